@@ -1,0 +1,1 @@
+//! Runnable Quark programs; see the `[[example]]` entries.

@@ -1,0 +1,114 @@
+//! The atomic commit: the one write path for everything that changes histories and the queue.
+//!
+//! A [`Commit`] appends events to any number of histories, enqueues tasks and settles the task it
+//! was done under, in one transaction. An orchestration turn, an activity result, a fired timer and
+//! a signal are all commits; nothing of one is ever half-written. If the settled task's lease was
+//! lost, or a history moved past its expected sequence number, the whole commit is rolled back.
+
+use crate::event::HistoryEvent;
+use crate::queue::{FailAction, Lease, NewTask};
+
+/// Where an append must land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// At this next sequence number, or not at all ([`Error::Conflict`](crate::Error::Conflict)).
+    /// Orchestration turns use this: their commands were decided on the history they read.
+    Seq(u64),
+    /// At the end, wherever it is now. Results from outside (activity completions, timers,
+    /// signals) use this: their order relative to concurrent appends does not matter.
+    Any,
+}
+
+/// Events to append to one instance's history.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The instance.
+    pub instance_id: String,
+    /// Where they must land.
+    pub expected: Expected,
+    /// The events, in order.
+    pub events: Vec<HistoryEvent>,
+}
+
+/// What happens to the task a commit was done under.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Settle {
+    /// It is done: remove it. An orchestration task that was marked to run again (new events
+    /// arrived during the turn) is released instead, visible at once.
+    Complete(Lease),
+    /// Its attempt failed: retry later or move it to the dead-letter list.
+    Fail(Lease, FailAction),
+}
+
+impl Settle {
+    /// The lease being settled.
+    pub fn lease(&self) -> &Lease {
+        match self {
+            Settle::Complete(lease) | Settle::Fail(lease, _) => lease,
+        }
+    }
+}
+
+/// One atomic unit of work. Build it with the methods, hand it to
+/// [`Store::commit`](crate::Store::commit).
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Histories to extend.
+    pub appends: Vec<Append>,
+    /// Tasks to enqueue.
+    pub tasks: Vec<NewTask>,
+    /// The task this was done under, checked against its fencing token.
+    pub settle: Option<Settle>,
+}
+
+impl Commit {
+    /// An empty commit.
+    pub fn new() -> Self {
+        Commit::default()
+    }
+
+    /// Appends `events` to `instance_id`, expecting `expected`.
+    pub fn append(
+        mut self,
+        instance_id: impl Into<String>,
+        expected: Expected,
+        events: impl IntoIterator<Item = HistoryEvent>,
+    ) -> Self {
+        self.appends.push(Append {
+            instance_id: instance_id.into(),
+            expected,
+            events: events.into_iter().collect(),
+        });
+        self
+    }
+
+    /// Enqueues a task.
+    pub fn enqueue(mut self, task: NewTask) -> Self {
+        self.tasks.push(task);
+        self
+    }
+
+    /// Completes the task held under `lease`.
+    pub fn complete(mut self, lease: Lease) -> Self {
+        self.settle = Some(Settle::Complete(lease));
+        self
+    }
+
+    /// Fails the task held under `lease`.
+    pub fn fail(mut self, lease: Lease, action: FailAction) -> Self {
+        self.settle = Some(Settle::Fail(lease, action));
+        self
+    }
+}
+
+/// What a commit wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// For each append, in order: the sequence numbers of its first and last event (equal to
+    /// `(next, next - 1)` for an empty append).
+    pub appended: Vec<(u64, u64)>,
+    /// The ids of the enqueued tasks, in order. An orchestration task merged into one that already
+    /// existed reports that task's id.
+    pub task_ids: Vec<i64>,
+}

@@ -1,0 +1,147 @@
+//! The store's errors.
+
+use crate::InstanceStatus;
+use crate::codec::CodecError;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An instance with this id exists and the id reuse policy forbids another.
+    /// Pick another id, or start with `IdReusePolicy::ReturnExisting`.
+    #[error("instance `{id}` already exists")]
+    DuplicateInstance {
+        /// The id.
+        id: String,
+    },
+    /// No instance has this id. Check the id, or the database the client points at.
+    #[error("no instance `{id}`")]
+    InstanceNotFound {
+        /// The id.
+        id: String,
+    },
+    /// The instance has ended; nothing more can be appended to it.
+    #[error("instance `{id}` is {status}; it accepts no more events")]
+    InstanceClosed {
+        /// The id.
+        id: String,
+        /// Its final status.
+        status: InstanceStatus,
+    },
+    /// Someone else appended to the history first. Re-read the history and decide again.
+    #[error("append conflict on `{id}`: expected next sequence number {expected}, the history is at {actual}")]
+    Conflict {
+        /// The instance.
+        id: String,
+        /// The next sequence number the caller expected.
+        expected: u64,
+        /// The actual next sequence number.
+        actual: u64,
+    },
+    /// The lease on a task is no longer held: it expired and the task was claimed again, or it was
+    /// completed. The work done under it must be thrown away; the new holder redoes it.
+    #[error("lease lost on task {task_id} (attempt {attempt})")]
+    LeaseLost {
+        /// The task.
+        task_id: i64,
+        /// The attempt (fencing token) of the lost lease.
+        attempt: u32,
+    },
+    /// No task has this id (in the dead-letter list, for a re-drive).
+    #[error("no task {task_id}")]
+    TaskNotFound {
+        /// The task id.
+        task_id: i64,
+    },
+    /// A payload or an encoded event is larger than the store accepts. Store large data elsewhere
+    /// and pass a reference, or raise `StoreConfig::max_payload_bytes`.
+    #[error("payload of {size} bytes is over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The size that was refused.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A request is malformed (an orchestration task without an instance id, an empty queue name, ...).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A stored event cannot be decoded. The row was written by another program or edited by hand;
+    /// `verify` tells whether the chain still holds.
+    #[error("event {seq} of instance `{instance_id}` cannot be decoded: {source}")]
+    Decode {
+        /// The instance.
+        instance_id: String,
+        /// The event's sequence number.
+        seq: u64,
+        /// Why.
+        #[source]
+        source: CodecError,
+    },
+    /// A stored event was written by a newer version of Quark. Upgrade this process.
+    #[error("event {seq} of instance `{instance_id}` has schema version {found}; this build reads up to {supported}")]
+    UnsupportedSchema {
+        /// The instance.
+        instance_id: String,
+        /// The event's sequence number.
+        seq: u64,
+        /// The stored version.
+        found: i16,
+        /// The newest version this build reads.
+        supported: i16,
+    },
+    /// An event or payload could not be encoded.
+    #[error("encode: {0}")]
+    Encode(#[source] CodecError),
+    /// The database could not be reached or the connection dropped. Retryable: the operation had
+    /// no effect, or its transaction was rolled back.
+    #[error("database connection: {0}")]
+    Connection(#[source] sqlx::Error),
+    /// The database refused the transaction for a transient reason (serialization failure, deadlock,
+    /// lock timeout). Retryable.
+    #[error("transient database error: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// Any other database error. Not retryable as is.
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Error {
+    /// Whether the same call may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Connection(_) | Error::Transient(_) | Error::Conflict { .. }
+        )
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => Error::Connection(e),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // Serialization failure, deadlock, lock not available.
+                Some("40001" | "40P01" | "55P03") => Error::Transient(e),
+                // Admin shutdown, crash shutdown, cannot connect now, connection failures.
+                Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+                    Error::Connection(e)
+                }
+                // SQLITE_BUSY, SQLITE_LOCKED.
+                Some("5" | "6" | "261" | "517") => Error::Transient(e),
+                _ => Error::Database(e),
+            },
+            _ => Error::Database(e),
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

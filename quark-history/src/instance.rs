@@ -1,0 +1,182 @@
+//! Orchestration instances: one row per run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::codec::Payload;
+use crate::event::ParentRef;
+
+/// Where an instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum InstanceStatus {
+    /// Started and not ended.
+    Running,
+    /// Returned a value.
+    Completed,
+    /// Returned an error.
+    Failed,
+    /// Ended after a cancellation request.
+    Cancelled,
+    /// Stopped from outside.
+    Terminated,
+    /// Ended and continued by a new run.
+    ContinuedAsNew,
+}
+
+impl InstanceStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [InstanceStatus; 6] = [
+        InstanceStatus::Running,
+        InstanceStatus::Completed,
+        InstanceStatus::Failed,
+        InstanceStatus::Cancelled,
+        InstanceStatus::Terminated,
+        InstanceStatus::ContinuedAsNew,
+    ];
+
+    /// The value stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Running => "running",
+            InstanceStatus::Completed => "completed",
+            InstanceStatus::Failed => "failed",
+            InstanceStatus::Cancelled => "cancelled",
+            InstanceStatus::Terminated => "terminated",
+            InstanceStatus::ContinuedAsNew => "continued_as_new",
+        }
+    }
+
+    /// Whether the instance has ended.
+    pub fn is_closed(self) -> bool {
+        self != InstanceStatus::Running
+    }
+}
+
+impl fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InstanceStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InstanceStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown instance status `{s}`"))
+    }
+}
+
+/// What to do when an instance id is already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IdReusePolicy {
+    /// Refuse with [`Error::DuplicateInstance`](crate::Error::DuplicateInstance).
+    #[default]
+    RejectDuplicate,
+    /// Return the existing run unchanged (idempotent start).
+    ReturnExisting,
+}
+
+/// A request to start an instance: inserts the row, appends `WorkflowStarted` and enqueues the
+/// first orchestration task, in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    /// The id; unique.
+    pub id: String,
+    /// The registered orchestration type.
+    pub instance_type: String,
+    /// The orchestration version.
+    pub version: u32,
+    /// The input.
+    pub input: Payload,
+    /// The parent, for a child orchestration.
+    pub parent: Option<ParentRef>,
+    /// The instance this run continues, after `continue_as_new`.
+    pub continued_from: Option<String>,
+    /// The queue of its orchestration tasks.
+    pub queue: String,
+    /// Priority of its orchestration tasks (higher first).
+    pub priority: i32,
+    /// When the first turn may run (`None`: now).
+    pub start_at: Option<Timestamp>,
+}
+
+impl NewInstance {
+    /// A request with the defaults: version 1, queue `default`, priority 0, start now.
+    pub fn new(id: impl Into<String>, instance_type: impl Into<String>, input: Payload) -> Self {
+        NewInstance {
+            id: id.into(),
+            instance_type: instance_type.into(),
+            version: 1,
+            input,
+            parent: None,
+            continued_from: None,
+            queue: "default".into(),
+            priority: 0,
+            start_at: None,
+        }
+    }
+}
+
+/// What [`Store::create_instance`](crate::Store::create_instance) did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The instance (the existing one, if `created` is false).
+    pub instance: InstanceRecord,
+    /// Whether a new instance was created.
+    pub created: bool,
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// The id.
+    pub id: String,
+    /// The orchestration type.
+    pub instance_type: String,
+    /// The version it started under.
+    pub version: u32,
+    /// Where it stands.
+    pub status: InstanceStatus,
+    /// The input.
+    pub input: Payload,
+    /// The output, once completed.
+    pub output: Option<Payload>,
+    /// The parent instance, for a child.
+    pub parent_id: Option<String>,
+    /// The queue of its orchestration tasks.
+    pub queue: String,
+    /// The number of events in its history.
+    pub history_len: u64,
+    /// The sum of the sizes of its encoded events.
+    pub history_bytes: u64,
+    /// The worker that keeps it warm, if any.
+    pub affinity: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// Which instances to list. Results are ordered by creation time, newest first, then by id.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Only this orchestration type.
+    pub instance_type: Option<String>,
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<InstanceStatus>,
+    /// Only instances created at or after this time.
+    pub created_from: Option<Timestamp>,
+    /// Only instances created before this time.
+    pub created_until: Option<Timestamp>,
+    /// Resume after this page cursor (the last `(created_at, id)` of the previous page).
+    pub after: Option<(Timestamp, String)>,
+    /// At most this many (0: 100).
+    pub limit: u32,
+}

@@ -1,0 +1,75 @@
+//! # quark-history
+//!
+//! The journal and the shared queue that everything in Quark stands on.
+//!
+//! - **The event model**: [`HistoryEvent`], versioned ([`SCHEMA_VERSION`]) and encoded with a
+//!   [`Codec`] ([`Json`] by default, [`Postcard`] for compact binary).
+//! - **The [`Store`] trait**, with two backends behind features: embedded SQLite (`sqlite`, the
+//!   default; a file or in memory) and PostgreSQL (`postgres`). Both pass one conformance suite.
+//! - **Instances and histories**: create with an id reuse policy, append with an expected sequence
+//!   number ([`Expected`]), read whole, from a sequence number or by time, list by type, status and
+//!   time.
+//! - **The queue**: enqueue, claim in batches under a lease, extend, complete, fail, retry,
+//!   dead-letter and re-drive; the attempt number is a fencing token ([`Lease`]).
+//! - **The atomic [`Commit`]**: appends, enqueues and settles a task in one transaction.
+//! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
+//!   blake3 hash chain ([`Store::verify`]).
+//!
+//! ```ignore
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> quark_history::Result<()> {
+//! use quark_history::{
+//!     ClaimRequest, Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, NewInstance,
+//!     Payload, SqliteStore, Store,
+//! };
+//!
+//! let store = SqliteStore::in_memory().await?;
+//! let input = Payload::json(&"hello").unwrap();
+//! store
+//!     .create_instance(NewInstance::new("greet-1", "greet", input), IdReusePolicy::RejectDuplicate)
+//!     .await?;
+//!
+//! // A worker claims the orchestration task and commits a turn.
+//! let task = store.claim(ClaimRequest::new("worker-a", ["default"])).await?.remove(0);
+//! let output = Payload::json(&"hello, world").unwrap();
+//! store
+//!     .commit(
+//!         Commit::new()
+//!             .append("greet-1", Expected::Seq(2), [HistoryEvent::WorkflowCompleted { output }])
+//!             .complete(task.lease),
+//!     )
+//!     .await?;
+//!
+//! let history = store.read_history("greet-1", HistoryRange::All).await?;
+//! assert_eq!(history.len(), 2);
+//! assert!(store.verify("greet-1").await?.is_intact());
+//! # Ok(())
+//! # }
+//! ```
+
+mod clock;
+mod codec;
+mod commit;
+mod error;
+mod event;
+mod instance;
+mod journal;
+mod queue;
+mod store;
+mod wakeup;
+
+mod rows;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use codec::{Codec, CodecError, CodecTag, Json, Payload, Postcard};
+pub use commit::{Append, Commit, Committed, Expected, Settle};
+pub use error::{Error, Result};
+pub use event::{CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION};
+pub use instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance};
+pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+pub use queue::{
+    ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind, WorkerInfo,
+};
+pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};
+pub use wakeup::{Wake, Wakeups};
+

@@ -1,0 +1,294 @@
+//! The shared queue: orchestration turns, activities, timers, jobs and outbox work, one table.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+
+/// What a task asks a worker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskKind {
+    /// Run a turn of an orchestration. At most one per instance exists at a time; enqueuing another
+    /// while one is pending merges them, and while one is leased marks it to run again.
+    Orchestration,
+    /// Run an activity.
+    Activity,
+    /// Fire a durable timer.
+    Timer,
+    /// Run a durable job.
+    Job,
+    /// Relay outbox messages.
+    Outbox,
+}
+
+impl TaskKind {
+    /// Every kind.
+    pub const ALL: [TaskKind; 5] = [
+        TaskKind::Orchestration,
+        TaskKind::Activity,
+        TaskKind::Timer,
+        TaskKind::Job,
+        TaskKind::Outbox,
+    ];
+
+    /// The value stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Orchestration => "orchestration",
+            TaskKind::Activity => "activity",
+            TaskKind::Timer => "timer",
+            TaskKind::Job => "job",
+            TaskKind::Outbox => "outbox",
+        }
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown task kind `{s}`"))
+    }
+}
+
+/// A task to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// What to do.
+    pub kind: TaskKind,
+    /// The queue; workers serve named queues.
+    pub queue: String,
+    /// The instance it belongs to (required for orchestration tasks).
+    pub instance_id: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Not claimable before this time (`None`: now).
+    pub visible_at: Option<Timestamp>,
+    /// The worker that should run it, if it is alive and claims in time.
+    pub affinity: Option<String>,
+    /// Opaque bytes for the worker.
+    pub payload: Vec<u8>,
+}
+
+impl NewTask {
+    /// A task of `kind` on `queue`, visible now, priority 0.
+    pub fn new(kind: TaskKind, queue: impl Into<String>) -> Self {
+        NewTask {
+            kind,
+            queue: queue.into(),
+            instance_id: None,
+            priority: 0,
+            visible_at: None,
+            affinity: None,
+            payload: Vec::new(),
+        }
+    }
+
+    /// An orchestration task for `instance_id`.
+    pub fn orchestration(queue: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        NewTask {
+            instance_id: Some(instance_id.into()),
+            ..NewTask::new(TaskKind::Orchestration, queue)
+        }
+    }
+
+    /// Sets the instance.
+    pub fn instance(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = Some(instance_id.into());
+        self
+    }
+
+    /// Sets the payload.
+    pub fn payload(mut self, payload: Vec<u8>) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Makes it visible only at `at`.
+    pub fn visible_at(mut self, at: Timestamp) -> Self {
+        self.visible_at = Some(at);
+        self
+    }
+
+    /// Prefers `worker`.
+    pub fn affinity(mut self, worker: impl Into<String>) -> Self {
+        self.affinity = Some(worker.into());
+        self
+    }
+}
+
+/// Proof of holding a task: the fencing token that completion, failure and lease extension check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    /// The task.
+    pub task_id: i64,
+    /// How many times the task has been claimed, this claim included. A later claim has a larger
+    /// attempt, so a zombie holding an older one cannot commit.
+    pub attempt: u32,
+    /// The worker holding it.
+    pub worker: String,
+}
+
+/// A claimed task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedTask {
+    /// The lease to complete it with.
+    pub lease: Lease,
+    /// What to do.
+    pub kind: TaskKind,
+    /// Its queue.
+    pub queue: String,
+    /// Its instance, if any.
+    pub instance_id: Option<String>,
+    /// Its priority.
+    pub priority: i32,
+    /// When it became claimable.
+    pub visible_at: Timestamp,
+    /// When it was first enqueued.
+    pub created_at: Timestamp,
+    /// Until when the lease holds unless extended.
+    pub lease_expires_at: Timestamp,
+    /// Opaque bytes for the worker.
+    pub payload: Vec<u8>,
+}
+
+/// A request for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The claiming worker's id.
+    pub worker: String,
+    /// The queues it serves.
+    pub queues: Vec<String>,
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<TaskKind>,
+    /// At most this many tasks.
+    pub limit: u32,
+    /// How long the lease holds before it must be extended.
+    pub lease: Duration,
+    /// How long a task with another worker's affinity waits before this worker may take it. A task
+    /// whose affinity worker has no live registration is free at once.
+    pub affinity_delay: Duration,
+    /// How old a worker's last heartbeat may be before it counts as gone.
+    pub worker_ttl: Duration,
+}
+
+impl ClaimRequest {
+    /// A claim by `worker` on `queues` with defaults: 64 tasks, 30 s lease, 1 s affinity delay,
+    /// 30 s worker liveness.
+    pub fn new(worker: impl Into<String>, queues: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ClaimRequest {
+            worker: worker.into(),
+            queues: queues.into_iter().map(Into::into).collect(),
+            kinds: Vec::new(),
+            limit: 64,
+            lease: Duration::from_secs(30),
+            affinity_delay: Duration::from_secs(1),
+            worker_ttl: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the batch size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Sets the lease length.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Only these kinds.
+    pub fn kinds(mut self, kinds: impl IntoIterator<Item = TaskKind>) -> Self {
+        self.kinds = kinds.into_iter().collect();
+        self
+    }
+
+    /// Sets the affinity delay.
+    pub fn affinity_delay(mut self, delay: Duration) -> Self {
+        self.affinity_delay = delay;
+        self
+    }
+}
+
+/// What to do with a task whose attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailAction {
+    /// Release it to run again at `at` (a retry with backoff, or a plain reschedule).
+    Retry {
+        /// When it becomes claimable again.
+        at: Timestamp,
+        /// The error of this attempt, kept on the task for operators.
+        error: Option<String>,
+    },
+    /// Move it to the dead-letter list, where it can be listed and re-driven.
+    Dead {
+        /// Why it died.
+        error: String,
+    },
+}
+
+/// A task in the dead-letter list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadTask {
+    /// The task id (kept when re-driven).
+    pub task_id: i64,
+    /// What it was.
+    pub kind: TaskKind,
+    /// Its queue.
+    pub queue: String,
+    /// Its instance, if any.
+    pub instance_id: Option<String>,
+    /// How many times it was claimed.
+    pub attempts: u32,
+    /// Why it died.
+    pub error: String,
+    /// When it died.
+    pub died_at: Timestamp,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// A live worker's registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Its id.
+    pub id: String,
+    /// The queues it serves.
+    pub queues: Vec<String>,
+    /// Labels (region, zone, rack, ...), as JSON text.
+    pub labels: String,
+    /// When it last heartbeated.
+    pub heartbeat_at: Timestamp,
+}
+
+/// Counts of tasks on a queue, for operators and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Claimable now or later, not leased.
+    pub pending: u64,
+    /// Held under a live lease.
+    pub leased: u64,
+    /// In the dead-letter list.
+    pub dead: u64,
+}

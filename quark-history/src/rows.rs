@@ -1,0 +1,1 @@
+//! Encoding and decoding of stored rows, shared by both backends.

@@ -1,0 +1,185 @@
+//! The `Store` trait: the journal and the queue behind one interface, on SQLite or PostgreSQL.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::clock::{Clock, SystemClock};
+use crate::codec::CodecTag;
+use crate::commit::{Commit, Committed};
+use crate::error::Result;
+use crate::event::RecordedEvent;
+use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
+use crate::wakeup::Wakeups;
+
+/// The default limit on one payload or encoded event: 2 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
+
+/// Settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The codec new events are written with (every row records its own).
+    pub codec: CodecTag,
+    /// The largest payload or encoded event accepted.
+    pub max_payload_bytes: usize,
+    /// The source of "now" for leases, visibility and timestamps.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            codec: CodecTag::Json,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Sets the codec.
+    pub fn codec(mut self, codec: CodecTag) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Sets the payload limit.
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Sets the clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Embedded SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        })
+    }
+}
+
+/// The journal and the queue.
+///
+/// Every method that writes is one database transaction. Methods return boxed futures so that a
+/// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// The settings.
+    fn config(&self) -> &StoreConfig;
+
+    /// Applies the embedded schema migrations (idempotent).
+    fn migrate(&self) -> BoxFuture<'_, Result<()>>;
+
+    // -- instances ------------------------------------------------------------------------------
+
+    /// Creates an instance: inserts its row, appends `WorkflowStarted` and enqueues its first
+    /// orchestration task, in one transaction.
+    fn create_instance(
+        &self,
+        new: NewInstance,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Created>>;
+
+    /// One instance, or `None`.
+    fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>>;
+
+    /// Instances matching `filter`, newest first.
+    fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>>;
+
+    // -- the journal ----------------------------------------------------------------------------
+
+    /// Reads part of a history, in sequence order.
+    fn read_history<'a>(
+        &'a self,
+        instance_id: &'a str,
+        range: HistoryRange,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>>;
+
+    /// Reads up to `limit` events after `after` in the global commit order. Never skips an event
+    /// that commits later with a smaller position.
+    fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>>>;
+
+    /// Recomputes an instance's hash chain and names the first event that does not match.
+    fn verify<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<ChainReport>>;
+
+    // -- the queue and the atomic commit ----------------------------------------------------------
+
+    /// Appends, enqueues and settles in one transaction. See [`Commit`].
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
+
+    /// Enqueues tasks in one transaction (a commit with tasks only).
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let committed = self
+                .commit(Commit {
+                    tasks,
+                    ..Commit::default()
+                })
+                .await?;
+            Ok(committed.task_ids)
+        })
+    }
+
+    /// Claims up to `request.limit` visible tasks under a lease. Prefers none over another worker's
+    /// affinity until `affinity_delay` has passed or that worker is gone; never leases a second
+    /// orchestration task of one instance.
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>>;
+
+    /// Extends a lease to `now + lease`; fails with `LeaseLost` if it is no longer held. Returns the
+    /// new expiry.
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        lease_for: std::time::Duration,
+    ) -> BoxFuture<'a, Result<crate::Timestamp>>;
+
+    /// Counts of tasks on a queue.
+    fn queue_stats<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueStats>>;
+
+    /// Tasks in the dead-letter list, oldest first.
+    fn list_dead<'a>(&'a self, queue: Option<&'a str>, limit: u32)
+    -> BoxFuture<'a, Result<Vec<DeadTask>>>;
+
+    /// Puts a dead task back on its queue, visible now, with its attempts reset.
+    fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Subscribes to wake-ups: a notice whenever tasks become visible on some queue.
+    fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>>;
+
+    // -- workers -----------------------------------------------------------------------------------
+
+    /// Registers or refreshes a worker (the heartbeat).
+    fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>>;
+
+    /// Removes a worker's registration (graceful shutdown); its affinities become free at once.
+    fn deregister_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// The registered workers.
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>>;
+}

@@ -1,0 +1,85 @@
+//! Wake-ups: telling idle pollers that tasks became visible.
+//!
+//! Each store has an in-process hub. A commit that enqueues visible tasks announces their queues on
+//! the hub after it commits; on PostgreSQL it also sends `NOTIFY` (after commit, coalesced, off the
+//! commit path) and a listener feeds other processes' notices into the hub. Notices are hints:
+//! pollers still poll on a timer, because a notice can be lost (a dropped connection, a lagging
+//! subscriber). A subscriber is told when that may have happened ([`Wake::MayHaveMissed`]).
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+/// A notice to a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wake {
+    /// Tasks became visible on this queue.
+    Queue(String),
+    /// Notices may have been lost (the listener reconnected, or this subscriber lagged): poll every
+    /// queue.
+    MayHaveMissed,
+}
+
+/// The in-process hub of a store.
+#[derive(Debug, Clone)]
+pub(crate) struct Hub {
+    tx: broadcast::Sender<Wake>,
+}
+
+impl Hub {
+    pub(crate) fn new() -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Hub { tx }
+    }
+
+    pub(crate) fn announce(&self, wake: Wake) {
+        // No subscriber is not an error: nobody is idle.
+        let _ = self.tx.send(wake);
+    }
+
+    pub(crate) fn subscribe(&self, keepalive: Option<std::sync::Arc<dyn Send + Sync>>) -> Wakeups {
+        Wakeups {
+            rx: self.tx.subscribe(),
+            _keepalive: keepalive,
+        }
+    }
+}
+
+/// A subscription to wake-ups. Dropping it unsubscribes.
+pub struct Wakeups {
+    rx: broadcast::Receiver<Wake>,
+    // Keeps a backend's listener task alive while someone subscribes.
+    _keepalive: Option<std::sync::Arc<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for Wakeups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wakeups").finish_non_exhaustive()
+    }
+}
+
+impl Wakeups {
+    /// The next notice. Waits forever if the store is gone and nothing more can come.
+    pub async fn recv(&mut self) -> Wake {
+        match self.rx.recv().await {
+            Ok(wake) => wake,
+            Err(broadcast::error::RecvError::Lagged(_)) => Wake::MayHaveMissed,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+
+    /// The next notice, or `None` after `timeout` (the polling fallback's interval).
+    pub async fn wait(&mut self, timeout: Duration) -> Option<Wake> {
+        tokio::time::timeout(timeout, self.recv()).await.ok()
+    }
+
+    /// A notice already waiting, without blocking.
+    pub fn try_recv(&mut self) -> Option<Wake> {
+        match self.rx.try_recv() {
+            Ok(wake) => Some(wake),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Wake::MayHaveMissed),
+            Err(_) => None,
+        }
+    }
+}
