@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quark_history::{
-    CallSite, ClaimRequest, ClaimedTask, Clock, Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy,
-    NewInstance, NewTask, Payload, SqliteStore, Store, SystemClock, TaskKind,
+    CallSite, ClaimRequest, ClaimedTask, Clock, Commit, Expected, HistoryEvent, HistoryRange,
+    IdReusePolicy, NewInstance, NewTask, Payload, SqliteStore, Store, SystemClock, TaskKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +34,9 @@ fn replay(history: &[quark_history::RecordedEvent]) -> anyhow::Result<OrderState
     let mut state = OrderState::default();
     for recorded in history {
         match &recorded.event {
-            HistoryEvent::ActivityCompleted { output, .. } => state.charged = Some(output.decode()?),
+            HistoryEvent::ActivityCompleted { output, .. } => {
+                state.charged = Some(output.decode()?)
+            }
             HistoryEvent::TimerFired { .. } => state.waited = true,
             HistoryEvent::WorkflowCompleted { .. } => state.done = true,
             _ => {}
@@ -44,13 +46,21 @@ fn replay(history: &[quark_history::RecordedEvent]) -> anyhow::Result<OrderState
 }
 
 fn site(line: u32) -> Option<CallSite> {
-    Some(CallSite { file: file!().into(), line, column: 1 })
+    Some(CallSite {
+        file: file!().into(),
+        line,
+        column: 1,
+    })
 }
 
 async fn claim_one(store: &SqliteStore, worker: &str) -> anyhow::Result<ClaimedTask> {
     let mut wakeups = store.subscribe().await?;
     loop {
-        if let Some(task) = store.claim(ClaimRequest::new(worker, ["default"]).limit(1)).await?.pop() {
+        if let Some(task) = store
+            .claim(ClaimRequest::new(worker, ["default"]).limit(1))
+            .await?
+            .pop()
+        {
             return Ok(task);
         }
         // Nothing visible yet (the timer): sleep until woken or the next poll.
@@ -60,13 +70,23 @@ async fn claim_one(store: &SqliteStore, worker: &str) -> anyhow::Result<ClaimedT
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "quark-journal-example.db".into());
-    let store = SqliteStore::open(&path).await.with_context(|| format!("opening {path}"))?;
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "quark-journal-example.db".into());
+    let store = SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("opening {path}"))?;
     let id = format!("order-{}", uuid::Uuid::now_v7());
-    let order = Order { id: id.clone(), amount_cents: 4_200 };
+    let order = Order {
+        id: id.clone(),
+        amount_cents: 4_200,
+    };
     println!("journal: {path}\nstarting {id}");
     store
-        .create_instance(NewInstance::new(&id, "process_order", Payload::json(&order)?), IdReusePolicy::RejectDuplicate)
+        .create_instance(
+            NewInstance::new(&id, "process_order", Payload::json(&order)?),
+            IdReusePolicy::RejectDuplicate,
+        )
         .await?;
 
     let worker = "example-worker";
@@ -80,65 +100,117 @@ async fn main() -> anyhow::Result<()> {
                 println!("  turn 1: schedule charge_card");
                 let input = Payload::json(&order)?;
                 Commit::new()
-                    .append(&id, Expected::Seq(next), [HistoryEvent::ActivityScheduled {
-                        command: 1,
-                        activity: "charge_card".into(),
-                        input,
-                        queue: "default".into(),
-                        site: site(line!()),
-                    }])
-                    .enqueue(NewTask::new(TaskKind::Activity, "default").instance(&id).payload(b"charge_card".to_vec()))
+                    .append(
+                        &id,
+                        Expected::Seq(next),
+                        [HistoryEvent::ActivityScheduled {
+                            command: 1,
+                            activity: "charge_card".into(),
+                            input,
+                            queue: "default".into(),
+                            site: site(line!()),
+                        }],
+                    )
+                    .enqueue(
+                        NewTask::new(TaskKind::Activity, "default")
+                            .instance(&id)
+                            .payload(b"charge_card".to_vec()),
+                    )
             }
             TaskKind::Activity => {
                 let receipt = format!("receipt-{}-{}", order.id, order.amount_cents);
                 println!("  activity charge_card -> {receipt}");
                 Commit::new()
-                    .append(&id, Expected::Any, [HistoryEvent::ActivityCompleted {
-                        command: 1,
-                        output: Payload::json(&receipt)?,
-                        attempt: task.lease.attempt,
-                    }])
+                    .append(
+                        &id,
+                        Expected::Any,
+                        [HistoryEvent::ActivityCompleted {
+                            command: 1,
+                            output: Payload::json(&receipt)?,
+                            attempt: task.lease.attempt,
+                        }],
+                    )
                     .enqueue(NewTask::orchestration("default", &id))
             }
             TaskKind::Orchestration if state.charged.is_some() && !state.waited => {
-                let fire_at = SystemClock.now().add(Duration::from_millis(200));
+                let fire_at = SystemClock.now() + Duration::from_millis(200);
                 println!("  turn 2: durable timer until {fire_at}");
                 Commit::new()
-                    .append(&id, Expected::Seq(next), [HistoryEvent::TimerCreated {
-                        command: 2,
-                        fire_at,
-                        site: site(line!()),
-                    }])
-                    .enqueue(NewTask::new(TaskKind::Timer, "default").instance(&id).visible_at(fire_at))
+                    .append(
+                        &id,
+                        Expected::Seq(next),
+                        [HistoryEvent::TimerCreated {
+                            command: 2,
+                            fire_at,
+                            site: site(line!()),
+                        }],
+                    )
+                    .enqueue(
+                        NewTask::new(TaskKind::Timer, "default")
+                            .instance(&id)
+                            .visible_at(fire_at),
+                    )
             }
             TaskKind::Timer => {
                 println!("  timer fired");
                 Commit::new()
-                    .append(&id, Expected::Any, [HistoryEvent::TimerFired { command: 2 }])
+                    .append(
+                        &id,
+                        Expected::Any,
+                        [HistoryEvent::TimerFired { command: 2 }],
+                    )
                     .enqueue(NewTask::orchestration("default", &id))
             }
             TaskKind::Orchestration => {
                 println!("  turn 3: complete");
                 let output = Payload::json(&serde_json::json!({"receipt": state.charged}))?;
-                Commit::new().append(&id, Expected::Seq(next), [HistoryEvent::WorkflowCompleted { output }])
+                Commit::new().append(
+                    &id,
+                    Expected::Seq(next),
+                    [HistoryEvent::WorkflowCompleted { output }],
+                )
             }
             other => bail!("unexpected task kind {other}"),
         };
         store.commit(commit.complete(task.lease)).await?;
-        if store.get_instance(&id).await?.is_some_and(|i| i.status.is_closed()) {
+        if store
+            .get_instance(&id)
+            .await?
+            .is_some_and(|i| i.status.is_closed())
+        {
             break;
         }
     }
 
     let history = store.read_history(&id, HistoryRange::All).await?;
-    println!("\n{:>3}  {:<27}  {:<18}  hash", "seq", "recorded at", "event");
+    println!(
+        "\n{:>3}  {:<27}  {:<18}  hash",
+        "seq", "recorded at", "event"
+    );
     for e in &history {
-        println!("{:>3}  {}  {:<18}  {}…", e.seq, e.recorded_at, e.event.kind(), &e.hash[..16]);
+        println!(
+            "{:>3}  {}  {:<18}  {}…",
+            e.seq,
+            e.recorded_at,
+            e.event.kind(),
+            &e.hash[..16]
+        );
     }
     let report = store.verify(&id).await?;
-    println!("\nhash chain: {} events, {}", report.events, if report.is_intact() { "intact" } else { "BROKEN" });
+    println!(
+        "\nhash chain: {} events, {}",
+        report.events,
+        if report.is_intact() {
+            "intact"
+        } else {
+            "BROKEN"
+        }
+    );
     let state = replay(&history)?;
-    println!("replayed state: charged={:?} waited={} done={}", state.charged, state.waited, state.done);
+    println!(
+        "replayed state: charged={:?} waited={} done={}",
+        state.charged, state.waited, state.done
+    );
     if !report.is_intact() || !state.done {
         bail!("the order did not complete cleanly");
     }

@@ -124,16 +124,14 @@ pub(crate) fn first_chain_mismatch<'a>(
 ) -> (u64, Option<u64>) {
     let mut prev = GENESIS;
     let mut count = 0;
-    let mut expected_seq = 1u64;
-    for (seq, codec, bytes, stored) in rows {
-        count += 1;
+    for (expected_seq, (seq, codec, bytes, stored)) in (1u64..).zip(rows) {
+        count = expected_seq;
         let seq = seq as u64;
         let computed = chain_hash(&prev, seq, codec, bytes);
         if seq != expected_seq || stored != computed.as_slice() {
             return (count, Some(seq));
         }
         prev = computed;
-        expected_seq += 1;
     }
     (count, None)
 }

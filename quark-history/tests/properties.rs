@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use quark_history::{
-    CallSite, ClaimRequest, Clock, CodecTag, Commit, Error, Failure, HistoryEvent, Lease, NewTask, ParentRef,
-    Payload, TaskKind, Timestamp,
+    CallSite, ClaimRequest, Clock, CodecTag, Commit, Error, Failure, HistoryEvent, Lease, NewTask,
+    ParentRef, Payload, TaskKind, Timestamp,
 };
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -28,46 +28,77 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 fn payload() -> impl Strategy<Value = Payload> {
     prop_oneof![
         json_value().prop_map(|v| Payload::json(&v).unwrap()),
-        prop::collection::vec(any::<u8>(), 0..32).prop_map(|b| Payload::from_bytes(CodecTag::Postcard, b)),
+        prop::collection::vec(any::<u8>(), 0..32)
+            .prop_map(|b| Payload::from_bytes(CodecTag::Postcard, b)),
     ]
 }
 
 fn site() -> impl Strategy<Value = Option<CallSite>> {
-    prop::option::of(("[a-z/]{1,12}\\.rs", 1u32..5000, 1u32..200).prop_map(|(file, line, column)| CallSite {
-        file,
-        line,
-        column,
-    }))
+    prop::option::of(
+        ("[a-z/]{1,12}\\.rs", 1u32..5000, 1u32..200).prop_map(|(file, line, column)| CallSite {
+            file,
+            line,
+            column,
+        }),
+    )
 }
 
 fn failure() -> impl Strategy<Value = Failure> {
-    (".{0,24}", any::<bool>(), prop::option::of(payload())).prop_map(|(message, retryable, details)| Failure {
-        message,
-        retryable,
-        details,
-    })
+    (".{0,24}", any::<bool>(), prop::option::of(payload())).prop_map(
+        |(message, retryable, details)| Failure {
+            message,
+            retryable,
+            details,
+        },
+    )
 }
 
 fn event() -> impl Strategy<Value = HistoryEvent> {
     let name = "[a-z_]{1,10}";
     let cmd = any::<u64>();
     prop_oneof![
-        (name, any::<u32>(), payload(), prop::option::of((name, cmd)), prop::option::of(name)).prop_map(
-            |(instance_type, version, input, parent, continued_from)| HistoryEvent::WorkflowStarted {
-                instance_type,
-                version,
-                input,
-                parent: parent.map(|(instance_id, command)| ParentRef { instance_id, command }),
-                continued_from,
-            }
-        ),
+        (
+            name,
+            any::<u32>(),
+            payload(),
+            prop::option::of((name, cmd)),
+            prop::option::of(name)
+        )
+            .prop_map(|(instance_type, version, input, parent, continued_from)| {
+                HistoryEvent::WorkflowStarted {
+                    instance_type,
+                    version,
+                    input,
+                    parent: parent.map(|(instance_id, command)| ParentRef {
+                        instance_id,
+                        command,
+                    }),
+                    continued_from,
+                }
+            }),
         (cmd, name, payload(), name, site()).prop_map(|(command, activity, input, queue, site)| {
-            HistoryEvent::ActivityScheduled { command, activity, input, queue, site }
+            HistoryEvent::ActivityScheduled {
+                command,
+                activity,
+                input,
+                queue,
+                site,
+            }
         }),
-        (cmd, payload(), any::<u32>())
-            .prop_map(|(command, output, attempt)| HistoryEvent::ActivityCompleted { command, output, attempt }),
-        (cmd, failure(), any::<u32>())
-            .prop_map(|(command, failure, attempt)| HistoryEvent::ActivityFailed { command, failure, attempt }),
+        (cmd, payload(), any::<u32>()).prop_map(|(command, output, attempt)| {
+            HistoryEvent::ActivityCompleted {
+                command,
+                output,
+                attempt,
+            }
+        }),
+        (cmd, failure(), any::<u32>()).prop_map(|(command, failure, attempt)| {
+            HistoryEvent::ActivityFailed {
+                command,
+                failure,
+                attempt,
+            }
+        }),
         (cmd, any::<i64>(), site()).prop_map(|(command, at, site)| HistoryEvent::TimerCreated {
             command,
             fire_at: Timestamp::from_micros(at),
@@ -75,17 +106,36 @@ fn event() -> impl Strategy<Value = HistoryEvent> {
         }),
         cmd.prop_map(|command| HistoryEvent::TimerFired { command }),
         cmd.prop_map(|command| HistoryEvent::TimerCancelled { command }),
-        (name, payload()).prop_map(|(name, payload)| HistoryEvent::SignalReceived { name, payload }),
-        (cmd, name, name, payload(), site()).prop_map(|(command, instance_id, instance_type, input, site)| {
-            HistoryEvent::ChildStarted { command, instance_id, instance_type, input, site }
+        (name, payload())
+            .prop_map(|(name, payload)| HistoryEvent::SignalReceived { name, payload }),
+        (cmd, name, name, payload(), site()).prop_map(
+            |(command, instance_id, instance_type, input, site)| {
+                HistoryEvent::ChildStarted {
+                    command,
+                    instance_id,
+                    instance_type,
+                    input,
+                    site,
+                }
+            }
+        ),
+        (cmd, payload())
+            .prop_map(|(command, output)| HistoryEvent::ChildCompleted { command, output }),
+        (cmd, failure())
+            .prop_map(|(command, failure)| HistoryEvent::ChildFailed { command, failure }),
+        (cmd, payload(), site()).prop_map(|(command, value, site)| {
+            HistoryEvent::SideEffectRecorded {
+                command,
+                value,
+                site,
+            }
         }),
-        (cmd, payload()).prop_map(|(command, output)| HistoryEvent::ChildCompleted { command, output }),
-        (cmd, failure()).prop_map(|(command, failure)| HistoryEvent::ChildFailed { command, failure }),
-        (cmd, payload(), site())
-            .prop_map(|(command, value, site)| HistoryEvent::SideEffectRecorded { command, value, site }),
         (cmd, name).prop_map(|(command, patch)| HistoryEvent::PatchMarker { command, patch }),
         ".{0,16}".prop_map(|reason| HistoryEvent::CancelRequested { reason }),
-        (name, payload()).prop_map(|(new_instance_id, input)| HistoryEvent::ContinuedAsNew { new_instance_id, input }),
+        (name, payload()).prop_map(|(new_instance_id, input)| HistoryEvent::ContinuedAsNew {
+            new_instance_id,
+            input
+        }),
         payload().prop_map(|output| HistoryEvent::WorkflowCompleted { output }),
         failure().prop_map(|failure| HistoryEvent::WorkflowFailed { failure }),
         ".{0,16}".prop_map(|reason| HistoryEvent::WorkflowCancelled { reason }),
@@ -158,7 +208,7 @@ proptest! {
                                 assert!(*expires <= now, "task {id} handed out while attempt {attempt} is live");
                                 assert!(c.lease.attempt > *attempt, "attempts only grow");
                             }
-                            newest.insert(id, (c.lease.attempt, now.add(lease_for)));
+                            newest.insert(id, (c.lease.attempt, now + lease_for));
                             leases.push(c.lease);
                         }
                     }

@@ -182,7 +182,7 @@ impl PostgresStore {
 
     pub(super) async fn claim_impl(&self, request: ClaimRequest) -> Result<Vec<ClaimedTask>> {
         let now = self.config.clock.now();
-        let expires = now.add(request.lease);
+        let expires = now + request.lease;
         let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
         let rows = sqlx::query(
             "WITH picked AS (SELECT id FROM tasks \
@@ -200,8 +200,8 @@ impl PostgresStore {
         .bind(&request.queues)
         .bind(now.as_micros())
         .bind(&kinds)
-        .bind(now.sub(request.affinity_delay).as_micros())
-        .bind(now.sub(request.worker_ttl).as_micros())
+        .bind((now - request.affinity_delay).as_micros())
+        .bind((now - request.worker_ttl).as_micros())
         .bind(i64::from(request.limit))
         .fetch_all(&self.pool)
         .await?;
@@ -237,7 +237,7 @@ impl PostgresStore {
         lease: &Lease,
         lease_for: Duration,
     ) -> Result<Timestamp> {
-        let expires = self.config.clock.now().add(lease_for);
+        let expires = self.config.clock.now() + lease_for;
         let done = sqlx::query(
             "UPDATE tasks SET visible_at = $4 WHERE id = $1 AND attempts = $2 AND lease_owner = $3",
         )

@@ -144,8 +144,8 @@ async fn it_lists_instances_by_type_status_and_time_in_pages(t: &TestStore) {
     let window = t
         .store
         .list_instances(InstanceFilter {
-            created_from: Some(first.add(Duration::from_secs(1))),
-            created_until: Some(first.add(Duration::from_secs(3))),
+            created_from: Some(first + Duration::from_secs(1)),
+            created_until: Some(first + Duration::from_secs(3)),
             ..Default::default()
         })
         .await

@@ -91,8 +91,8 @@ async fn it_reads_a_history_whole_from_a_sequence_number_and_by_time(t: &TestSto
         .read_history(
             "r",
             HistoryRange::Time {
-                from: t0.add(Duration::from_secs(20)),
-                until: t0.add(Duration::from_secs(40)),
+                from: t0 + Duration::from_secs(20),
+                until: t0 + Duration::from_secs(40),
             },
         )
         .await

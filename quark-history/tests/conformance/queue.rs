@@ -34,7 +34,7 @@ async fn it_claims_in_batches_by_priority_then_age_under_a_lease(t: &TestStore) 
             activity("q", 2).priority(5),
             activity("q", 3),
             activity("other", 4),
-            activity("q", 5).visible_at(t.clock.now().add(Duration::from_secs(60))),
+            activity("q", 5).visible_at(t.clock.now() + Duration::from_secs(60)),
             NewTask::new(TaskKind::Job, "q").payload(vec![6]),
         ])
         .await
@@ -68,7 +68,7 @@ async fn it_claims_in_batches_by_priority_then_age_under_a_lease(t: &TestStore) 
     assert!(
         batch
             .iter()
-            .all(|c| c.lease_expires_at == t.clock.now().add(Duration::from_secs(30)))
+            .all(|c| c.lease_expires_at == t.clock.now() + Duration::from_secs(30))
     );
     let rest = claim_all(&*t.store, "w", "q").await;
     assert_eq!(
@@ -177,7 +177,7 @@ async fn it_extends_a_lease_only_for_its_holder(t: &TestStore) {
         .extend_lease(&task.lease, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(until, t.clock.now().add(Duration::from_secs(10)));
+    assert_eq!(until, t.clock.now() + Duration::from_secs(10));
     t.clock.advance(Duration::from_secs(8)); // 16 s after the claim: past the first lease, within the second
     assert!(
         t.store
@@ -212,7 +212,7 @@ async fn it_extends_a_lease_only_for_its_holder(t: &TestStore) {
 async fn it_retries_later_dead_letters_and_redrives(t: &TestStore) {
     t.store.enqueue(vec![activity("q", 1)]).await.unwrap();
     let task = claim_all(&*t.store, "w", "q").await.remove(0);
-    let retry_at = t.clock.now().add(Duration::from_secs(5));
+    let retry_at = t.clock.now() + Duration::from_secs(5);
     t.store
         .commit(Commit::new().fail(
             task.lease,
