@@ -59,7 +59,7 @@ pub trait Activity: Send + Sync + 'static {
 }
 
 /// Where and how an activity runs. Serialized into its task (see [`ActivityTask`](crate::ActivityTask)).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ActivityOptions {
     /// The queue its tasks go to (`None`: the orchestration's queue).
@@ -77,19 +77,6 @@ pub struct ActivityOptions {
     pub heartbeat: Option<Duration>,
     /// Run in the same database transaction as its completion event (exactly-once effects).
     pub transactional: bool,
-}
-
-impl Default for ActivityOptions {
-    fn default() -> Self {
-        ActivityOptions {
-            queue: None,
-            retry: RetryPolicy::default(),
-            start_to_close: None,
-            schedule_to_close: None,
-            heartbeat: None,
-            transactional: false,
-        }
-    }
 }
 
 impl ActivityOptions {

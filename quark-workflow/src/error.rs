@@ -41,7 +41,7 @@ pub enum OrchestrationError {
     /// The code no longer matches its history. Fix the code (or guard the change with
     /// `ctx.patched`) and re-drive the dead-lettered task.
     #[error(transparent)]
-    Nondeterminism(#[from] Nondeterminism),
+    Nondeterminism(Box<Nondeterminism>),
     /// A value could not be encoded or decoded (an input, an output, a signal). Check that the
     /// types on both sides agree.
     #[error("payload: {0}")]
@@ -56,6 +56,12 @@ pub enum OrchestrationError {
         /// The new run's input.
         input: Payload,
     },
+}
+
+impl From<Nondeterminism> for OrchestrationError {
+    fn from(n: Nondeterminism) -> Self {
+        OrchestrationError::Nondeterminism(Box::new(n))
+    }
 }
 
 impl OrchestrationError {

@@ -34,7 +34,6 @@ activity!(ChargeCard, "charge_card", u32 => String);
 activity!(ChargePaypal, "charge_paypal", u32 => String);
 activity!(Ship, "ship", String => String);
 activity!(FraudCheck, "fraud_check", u32 => bool);
-activity!(Refund, "refund", String => ());
 
 /// Declares an orchestration named `order` with input `u32` and output `String`.
 macro_rules! order {

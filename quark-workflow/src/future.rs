@@ -350,11 +350,11 @@ impl<F: Future> Future for Join<F> {
         let this = self.get_mut();
         // Always every branch, always in argument order: nothing depends on which one woke us.
         for (slot, out) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
-            if let Some(f) = slot {
-                if let Poll::Ready(v) = f.as_mut().poll(cx) {
-                    *out = Some(v);
-                    *slot = None;
-                }
+            if let Some(f) = slot
+                && let Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *out = Some(v);
+                *slot = None;
             }
         }
         if this.outputs.iter().all(Option::is_some) {

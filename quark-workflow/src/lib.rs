@@ -40,6 +40,8 @@ pub use turn::{Turn, process_turn};
 pub use quark_history;
 
 #[cfg(test)]
+mod context_tests;
+#[cfg(test)]
 mod executor_tests;
 #[cfg(test)]
 mod sim;

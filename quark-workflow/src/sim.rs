@@ -47,6 +47,8 @@ pub(crate) struct Sim {
     /// Timers not yet fired, by fire time then command id.
     timers: BTreeMap<(Timestamp, u64), ()>,
     pub(crate) outcome: Outcome,
+    /// Deliver activity results newest first (default: in the order they were scheduled).
+    pub(crate) newest_first: bool,
 }
 
 impl Sim {
@@ -63,6 +65,7 @@ impl Sim {
             activities: Vec::new(),
             timers: BTreeMap::new(),
             outcome: Outcome::Waiting,
+            newest_first: false,
         };
         sim.push(HistoryEvent::WorkflowStarted {
             instance_type: O::NAME.into(),
@@ -120,7 +123,12 @@ impl Sim {
     /// Delivers the next external event: an activity result, else the earliest timer.
     pub(crate) fn deliver(&mut self) -> bool {
         if !self.activities.is_empty() {
-            let e = self.activities.remove(0);
+            let next = if self.newest_first {
+                self.activities.len() - 1
+            } else {
+                0
+            };
+            let e = self.activities.remove(next);
             self.push(e);
             return true;
         }

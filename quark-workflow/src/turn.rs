@@ -105,3 +105,94 @@ pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[Recorded
         outcome: replay.outcome,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor_tests::{ChargeCard, OrderV1, Reordered};
+    use crate::sim::recorded;
+    use quark_history::{Lease, Payload, Settle, TaskKind, Timestamp};
+
+    fn claimed() -> ClaimedTask {
+        ClaimedTask {
+            lease: Lease {
+                task_id: 1,
+                attempt: 1,
+                worker: "w".into(),
+            },
+            kind: TaskKind::Orchestration,
+            queue: "orders".into(),
+            instance_id: Some(crate::sim::ID.into()),
+            priority: 0,
+            visible_at: Timestamp::EPOCH,
+            created_at: Timestamp::EPOCH,
+            lease_expires_at: Timestamp::EPOCH,
+            payload: Vec::new(),
+        }
+    }
+
+    fn started() -> RecordedEvent {
+        recorded(
+            1,
+            Timestamp::from_millis(5),
+            HistoryEvent::WorkflowStarted {
+                instance_type: "order".into(),
+                version: 1,
+                input: Payload::json(&500u32).unwrap(),
+                parent: None,
+                continued_from: None,
+            },
+        )
+    }
+
+    fn registry<O: crate::Orchestration>() -> Registry {
+        let mut r = Registry::new();
+        r.add_orchestration::<O>();
+        r
+    }
+
+    #[test]
+    fn a_first_turn_appends_at_the_next_sequence_number_and_enqueues_the_activity() {
+        let turn = process_turn(&registry::<OrderV1>(), &claimed(), &[started()]);
+        assert_eq!(turn.outcome, Outcome::Waiting);
+        assert_eq!(turn.commit.appends.len(), 1);
+        assert_eq!(turn.commit.appends[0].expected, Expected::Seq(2));
+        let task = &turn.commit.tasks[0];
+        assert_eq!(
+            (task.kind, task.queue.as_str()),
+            (TaskKind::Activity, "orders")
+        );
+        let crate::TaskPayload::Activity(a) =
+            crate::TaskPayload::from_bytes(&task.payload).unwrap()
+        else {
+            panic!("not an activity task");
+        };
+        assert_eq!(a.activity, <ChargeCard as crate::Activity>::NAME);
+        assert!(matches!(turn.commit.settle, Some(Settle::Complete(_))));
+    }
+
+    #[test]
+    fn nondeterminism_dead_letters_the_task_and_appends_nothing() {
+        let first = process_turn(&registry::<OrderV1>(), &claimed(), &[started()]);
+        let mut history = vec![started()];
+        for (i, e) in first.commit.appends[0].events.iter().enumerate() {
+            history.push(recorded(2 + i as u64, Timestamp::from_millis(6), e.clone()));
+        }
+        let turn = process_turn(&registry::<Reordered>(), &claimed(), &history);
+        assert!(matches!(turn.outcome, Outcome::Nondeterminism(_)));
+        assert!(turn.commit.appends.is_empty() && turn.commit.tasks.is_empty());
+        assert!(matches!(
+            turn.commit.settle,
+            Some(Settle::Fail(_, FailAction::Dead { ref error })) if error.contains("nondeterminism")
+        ));
+    }
+
+    #[test]
+    fn an_unknown_orchestration_type_is_dead_lettered_with_its_name() {
+        let turn = process_turn(&Registry::new(), &claimed(), &[started()]);
+        assert!(matches!(
+            turn.commit.settle,
+            Some(Settle::Fail(_, FailAction::Dead { ref error })) if error.contains("`order`")
+        ));
+    }
+}
