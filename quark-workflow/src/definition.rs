@@ -152,6 +152,24 @@ impl RetryPolicy {
         }
     }
 
+    /// Sets the number of attempts (1: no retries).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Sets the first delay.
+    pub fn initial(mut self, d: Duration) -> Self {
+        self.initial = d;
+        self
+    }
+
+    /// Sets the longest delay.
+    pub fn max(mut self, d: Duration) -> Self {
+        self.max = d;
+        self
+    }
+
     /// The delay after failed attempt `attempt` (1-based), or `None` when no attempts are left.
     pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
         if attempt >= self.max_attempts {

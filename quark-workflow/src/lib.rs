@@ -16,6 +16,7 @@
 extern crate self as quark_workflow;
 
 mod activity;
+mod client;
 mod command;
 mod context;
 mod definition;
@@ -28,6 +29,7 @@ mod task;
 mod turn;
 
 pub use activity::{ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink};
+pub use client::{Client, ClientError, Handle, StartOptions};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
@@ -38,6 +40,19 @@ pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_comm
 pub use turn::{Turn, process_turn};
 
 pub use quark_history;
+
+#[doc(inline)]
+pub use quark_workflow_macros::{activity, orchestration};
+
+/// What the macros' generated code names. Not a public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::{
+        Activity, ActivityContext, ActivityError, ActivityOptions, Client, ClientError, Handle,
+        Orchestration, OrchestrationContext, OrchestrationError, Registration, Registry,
+        RetryPolicy,
+    };
+}
 
 #[cfg(test)]
 mod context_tests;
