@@ -45,22 +45,6 @@ impl Timestamp {
         Timestamp(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
     }
 
-    /// This time plus `d`, saturating.
-    pub fn add(self, d: Duration) -> Self {
-        Timestamp(
-            self.0
-                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-        )
-    }
-
-    /// This time minus `d`, saturating.
-    pub fn sub(self, d: Duration) -> Self {
-        Timestamp(
-            self.0
-                .saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
-        )
-    }
-
     /// The time from `earlier` to `self`, or zero if `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_micros(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
@@ -73,6 +57,28 @@ impl Timestamp {
         } else {
             UNIX_EPOCH - Duration::from_micros(self.0.unsigned_abs())
         }
+    }
+}
+
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// This time plus `d`, saturating.
+    fn add(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+impl std::ops::Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// This time minus `d`, saturating.
+    fn sub(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
     }
 }
 

@@ -261,7 +261,10 @@ mod tests {
         let text = serde_json::to_string(&p).unwrap();
         assert_eq!(text, r#"{"json":{"a":[true],"b":1}}"#);
         let back: Payload = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.decode::<serde_json::Value>().unwrap(), p.decode::<serde_json::Value>().unwrap());
+        assert_eq!(
+            back.decode::<serde_json::Value>().unwrap(),
+            p.decode::<serde_json::Value>().unwrap()
+        );
     }
 
     #[test]
@@ -270,11 +273,17 @@ mod tests {
         let bytes = postcard::to_stdvec(&p).unwrap();
         let back: Payload = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, p);
-        assert_eq!(back.decode::<(u32, String)>().unwrap(), (7, "seven".to_string()));
+        assert_eq!(
+            back.decode::<(u32, String)>().unwrap(),
+            (7, "seven".to_string())
+        );
     }
 
     #[test]
     fn an_unknown_codec_tag_is_an_error() {
-        assert!(matches!(CodecTag::from_i16(9), Err(CodecError::UnknownTag(9))));
+        assert!(matches!(
+            CodecTag::from_i16(9),
+            Err(CodecError::UnknownTag(9))
+        ));
     }
 }

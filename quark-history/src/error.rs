@@ -29,7 +29,9 @@ pub enum Error {
         status: InstanceStatus,
     },
     /// Someone else appended to the history first. Re-read the history and decide again.
-    #[error("append conflict on `{id}`: expected next sequence number {expected}, the history is at {actual}")]
+    #[error(
+        "append conflict on `{id}`: expected next sequence number {expected}, the history is at {actual}"
+    )]
     Conflict {
         /// The instance.
         id: String,
@@ -78,7 +80,9 @@ pub enum Error {
         source: CodecError,
     },
     /// A stored event was written by a newer version of Quark. Upgrade this process.
-    #[error("event {seq} of instance `{instance_id}` has schema version {found}; this build reads up to {supported}")]
+    #[error(
+        "event {seq} of instance `{instance_id}` has schema version {found}; this build reads up to {supported}"
+    )]
     UnsupportedSchema {
         /// The instance.
         instance_id: String,

@@ -29,7 +29,9 @@ pub enum HistoryRange {
 /// transaction older than the oldest running one is final, so reading in this order below that
 /// horizon never skips an event that commits later. On SQLite writers are serialized, and the
 /// transaction part is 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct GlobalPosition {
     /// The writing transaction's id (PostgreSQL `xid8`), 0 on SQLite.
     pub tx: u64,
@@ -86,8 +88,10 @@ pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -15,7 +15,7 @@
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
 //!
-//! ```ignore
+//! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> quark_history::Result<()> {
 //! use quark_history::{
@@ -58,18 +58,53 @@ mod queue;
 mod store;
 mod wakeup;
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod rows;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::{Codec, CodecError, CodecTag, Json, Payload, Postcard};
 pub use commit::{Append, Commit, Committed, Expected, Settle};
 pub use error::{Error, Result};
-pub use event::{CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION};
-pub use instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance};
-pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
-pub use queue::{
-    ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind, WorkerInfo,
+pub use event::{
+    CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION,
 };
+pub use instance::{
+    Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+};
+pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+pub use queue::{
+    ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind,
+    WorkerInfo,
+};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};
 pub use wakeup::{Wake, Wakeups};
 
+/// Opens a store from a URL: `sqlite::memory:`, `sqlite://path/to/file.db` (created if missing) or
+/// `postgres://...`, applying migrations.
+pub async fn open(url: &str, config: StoreConfig) -> Result<std::sync::Arc<dyn Store>> {
+    #[cfg(feature = "sqlite")]
+    if url.starts_with("sqlite:") {
+        return Ok(std::sync::Arc::new(
+            SqliteStore::open_with(url, config).await?,
+        ));
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(std::sync::Arc::new(
+            PostgresStore::connect_with(url, config).await?,
+        ));
+    }
+    let _ = config;
+    Err(Error::Invalid(format!(
+        "unsupported database url `{url}`: expected sqlite:... or postgres://... (with the matching feature enabled)"
+    )))
+}

@@ -160,8 +160,6 @@ pub struct ClaimedTask {
     pub instance_id: Option<String>,
     /// Its priority.
     pub priority: i32,
-    /// When it became claimable.
-    pub visible_at: Timestamp,
     /// When it was first enqueued.
     pub created_at: Timestamp,
     /// Until when the lease holds unless extended.
@@ -193,7 +191,10 @@ pub struct ClaimRequest {
 impl ClaimRequest {
     /// A claim by `worker` on `queues` with defaults: 64 tasks, 30 s lease, 1 s affinity delay,
     /// 30 s worker liveness.
-    pub fn new(worker: impl Into<String>, queues: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        worker: impl Into<String>,
+        queues: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         ClaimRequest {
             worker: worker.into(),
             queues: queues.into_iter().map(Into::into).collect(),

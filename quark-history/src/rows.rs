@@ -1,1 +1,152 @@
 //! Encoding and decoding of stored rows, shared by both backends.
+
+use std::collections::BTreeSet;
+
+use crate::clock::Timestamp;
+use crate::codec::{CodecTag, Payload};
+use crate::error::{Error, Result};
+use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
+use crate::journal::{GENESIS, chain_hash, to_hex};
+use crate::queue::NewTask;
+use crate::store::StoreConfig;
+
+/// An event ready to insert.
+pub(crate) struct EncodedEvent {
+    pub(crate) seq: u64,
+    pub(crate) kind: &'static str,
+    pub(crate) codec: i16,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) hash: [u8; 32],
+}
+
+/// Encodes `events` to follow `prev_hash` from `next_seq` on, checking the size limit.
+pub(crate) fn encode_events(
+    config: &StoreConfig,
+    mut prev_hash: [u8; 32],
+    next_seq: u64,
+    events: &[HistoryEvent],
+) -> Result<Vec<EncodedEvent>> {
+    let codec = config.codec;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let bytes = codec.encode(event).map_err(Error::Encode)?;
+            check_size(config, bytes.len())?;
+            let seq = next_seq + i as u64;
+            let hash = chain_hash(&prev_hash, seq, codec.as_i16(), &bytes);
+            prev_hash = hash;
+            Ok(EncodedEvent {
+                seq,
+                kind: event.kind(),
+                codec: codec.as_i16(),
+                bytes,
+                hash,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn check_size(config: &StoreConfig, size: usize) -> Result<()> {
+    if size > config.max_payload_bytes {
+        return Err(Error::PayloadTooLarge {
+            size,
+            limit: config.max_payload_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a batch of tasks before any of it is written.
+pub(crate) fn check_tasks(config: &StoreConfig, tasks: &[NewTask]) -> Result<()> {
+    for task in tasks {
+        check_size(config, task.payload.len())?;
+        if task.queue.is_empty() {
+            return Err(Error::Invalid("a task needs a queue name".into()));
+        }
+        if task.kind == crate::TaskKind::Orchestration && task.instance_id.is_none() {
+            return Err(Error::Invalid(
+                "an orchestration task needs an instance id".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The queues that `tasks` make claimable at `now`, to announce after commit.
+pub(crate) fn visible_queues(tasks: &[NewTask], now: Timestamp) -> BTreeSet<String> {
+    tasks
+        .iter()
+        .filter(|t| t.visible_at.is_none_or(|at| at <= now))
+        .map(|t| t.queue.clone())
+        .collect()
+}
+
+/// Decodes a stored event row.
+pub(crate) fn decode_event(
+    instance_id: &str,
+    seq: i64,
+    schema: i16,
+    codec: i16,
+    bytes: &[u8],
+    recorded_at: i64,
+    hash: &[u8],
+) -> Result<RecordedEvent> {
+    let seq = seq as u64;
+    if schema > SCHEMA_VERSION {
+        return Err(Error::UnsupportedSchema {
+            instance_id: instance_id.to_string(),
+            seq,
+            found: schema,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let decode_err = |source| Error::Decode {
+        instance_id: instance_id.to_string(),
+        seq,
+        source,
+    };
+    let event = CodecTag::from_i16(codec)
+        .and_then(|c| c.decode::<HistoryEvent>(bytes))
+        .map_err(decode_err)?;
+    Ok(RecordedEvent {
+        instance_id: instance_id.to_string(),
+        seq,
+        recorded_at: Timestamp::from_micros(recorded_at),
+        event,
+        hash: to_hex(hash),
+    })
+}
+
+/// Walks a chain of `(seq, codec, bytes, stored hash)` rows and returns the first mismatch.
+pub(crate) fn first_chain_mismatch<'a>(
+    rows: impl IntoIterator<Item = (i64, i16, &'a [u8], &'a [u8])>,
+) -> (u64, Option<u64>) {
+    let mut prev = GENESIS;
+    let mut count = 0;
+    for (expected_seq, (seq, codec, bytes, stored)) in (1u64..).zip(rows) {
+        count = expected_seq;
+        let seq = seq as u64;
+        let computed = chain_hash(&prev, seq, codec, bytes);
+        if seq != expected_seq || stored != computed.as_slice() {
+            return (count, Some(seq));
+        }
+        prev = computed;
+    }
+    (count, None)
+}
+
+/// A payload from a `(codec, bytes)` column pair.
+pub(crate) fn payload(codec: i16, bytes: Vec<u8>) -> Result<Payload> {
+    let tag = CodecTag::from_i16(codec).map_err(Error::Encode)?;
+    Ok(Payload::from_bytes(tag, bytes))
+}
+
+/// The first 32 bytes of a stored hash, for the next link.
+pub(crate) fn hash32(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if bytes.len() == 32 {
+        out.copy_from_slice(bytes);
+    }
+    out
+}

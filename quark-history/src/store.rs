@@ -163,8 +163,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn queue_stats<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueStats>>;
 
     /// Tasks in the dead-letter list, oldest first.
-    fn list_dead<'a>(&'a self, queue: Option<&'a str>, limit: u32)
-    -> BoxFuture<'a, Result<Vec<DeadTask>>>;
+    fn list_dead<'a>(
+        &'a self,
+        queue: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadTask>>>;
 
     /// Puts a dead task back on its queue, visible now, with its attempts reset.
     fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>>;

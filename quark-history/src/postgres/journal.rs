@@ -1,0 +1,349 @@
+//! Instances and histories on PostgreSQL.
+
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::PostgresStore;
+use crate::clock::Timestamp;
+use crate::commit::{Append, Expected};
+use crate::error::{Error, Result};
+use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
+use crate::instance::{
+    Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+};
+use crate::journal::{ChainReport, GENESIS, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::queue::NewTask;
+use crate::rows::{check_size, decode_event, encode_events, first_chain_mismatch, hash32, payload};
+
+const INSTANCE_COLUMNS: &str = "id, instance_type, version, status, input_codec, input, output_codec, output, \
+     parent_id, queue, next_seq, history_bytes, affinity, created_at, updated_at";
+
+const EVENT_COLUMNS: &str = "instance_id, seq, schema_version, codec, payload, recorded_at, hash";
+
+fn instance_from_row(row: &PgRow) -> Result<InstanceRecord> {
+    let status: String = row.try_get("status")?;
+    let output = match row.try_get::<Option<i16>, _>("output_codec")? {
+        Some(codec) => Some(payload(codec, row.try_get("output")?)?),
+        None => None,
+    };
+    Ok(InstanceRecord {
+        id: row.try_get("id")?,
+        instance_type: row.try_get("instance_type")?,
+        version: row.try_get::<i32, _>("version")? as u32,
+        status: status.parse().map_err(Error::Invalid)?,
+        input: payload(row.try_get("input_codec")?, row.try_get("input")?)?,
+        output,
+        parent_id: row.try_get("parent_id")?,
+        queue: row.try_get("queue")?,
+        history_len: row.try_get::<i64, _>("next_seq")? as u64 - 1,
+        history_bytes: row.try_get::<i64, _>("history_bytes")? as u64,
+        affinity: row.try_get("affinity")?,
+        created_at: Timestamp::from_micros(row.try_get("created_at")?),
+        updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
+    let instance_id: String = row.try_get("instance_id")?;
+    let bytes: Vec<u8> = row.try_get("payload")?;
+    let hash: Vec<u8> = row.try_get("hash")?;
+    decode_event(
+        &instance_id,
+        row.try_get("seq")?,
+        row.try_get("schema_version")?,
+        row.try_get("codec")?,
+        &bytes,
+        row.try_get("recorded_at")?,
+        &hash,
+    )
+}
+
+impl PostgresStore {
+    pub(super) async fn create_instance_impl(
+        &self,
+        new: NewInstance,
+        policy: IdReusePolicy,
+    ) -> Result<Created> {
+        check_size(&self.config, new.input.len())?;
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+        )))
+        .bind(&new.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            return match policy {
+                IdReusePolicy::ReturnExisting => Ok(Created {
+                    instance: instance_from_row(&row)?,
+                    created: false,
+                }),
+                IdReusePolicy::RejectDuplicate => Err(Error::DuplicateInstance { id: new.id }),
+            };
+        }
+        sqlx::query(
+            "INSERT INTO instances (id, instance_type, version, status, input_codec, input, parent_id, queue, \
+             next_seq, last_hash, created_at, updated_at) VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, 1, $8, $9, $9)",
+        )
+        .bind(&new.id)
+        .bind(&new.instance_type)
+        .bind(new.version as i32)
+        .bind(new.input.codec().as_i16())
+        .bind(new.input.as_bytes())
+        .bind(new.parent.as_ref().map(|p| p.instance_id.as_str()))
+        .bind(&new.queue)
+        .bind(GENESIS.as_slice())
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        let started = HistoryEvent::WorkflowStarted {
+            instance_type: new.instance_type.clone(),
+            version: new.version,
+            input: new.input.clone(),
+            parent: new.parent.clone(),
+            continued_from: new.continued_from.clone(),
+        };
+        let append = Append {
+            instance_id: new.id.clone(),
+            expected: Expected::Seq(1),
+            events: vec![started],
+        };
+        append_in_tx(&mut tx, self, &append, now).await?;
+        let mut task =
+            NewTask::orchestration(new.queue.clone(), new.id.clone()).priority(new.priority);
+        task.visible_at = new.start_at;
+        super::queue::enqueue_in_tx(&mut tx, &[task], now).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+        )))
+        .bind(&new.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let instance = instance_from_row(&row)?;
+        tx.commit().await?;
+        if new.start_at.is_none_or(|at| at <= now) {
+            self.announce([new.queue]);
+        }
+        Ok(Created {
+            instance,
+            created: true,
+        })
+    }
+
+    pub(super) async fn get_instance_impl(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(instance_from_row).transpose()
+    }
+
+    pub(super) async fn list_instances_impl(
+        &self,
+        filter: InstanceFilter,
+    ) -> Result<Vec<InstanceRecord>> {
+        let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        let (after_at, after_id) = match &filter.after {
+            Some((at, id)) => (Some(at.as_micros()), Some(id.as_str())),
+            None => (None, None),
+        };
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE \
+             ($1::text IS NULL OR instance_type = $1) \
+             AND (cardinality($2::text[]) = 0 OR status = ANY($2)) \
+             AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4) \
+             AND ($5::bigint IS NULL OR (created_at, id) < ($5, $6::text)) \
+             ORDER BY created_at DESC, id DESC LIMIT $7"
+        )))
+        .bind(filter.instance_type.as_deref())
+        .bind(statuses)
+        .bind(filter.created_from.map(Timestamp::as_micros))
+        .bind(filter.created_until.map(Timestamp::as_micros))
+        .bind(after_at)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    pub(super) async fn read_history_impl(
+        &self,
+        instance_id: &str,
+        range: HistoryRange,
+    ) -> Result<Vec<RecordedEvent>> {
+        let (from_seq, from_time, until_time) = match range {
+            HistoryRange::All => (1, i64::MIN, i64::MAX),
+            HistoryRange::From(seq) => (seq as i64, i64::MIN, i64::MAX),
+            HistoryRange::Time { from, until } => (1, from.as_micros(), until.as_micros()),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM history WHERE instance_id = $1 AND seq >= $2 \
+             AND recorded_at >= $3 AND recorded_at < $4 ORDER BY seq"
+        )))
+        .bind(instance_id)
+        .bind(from_seq)
+        .bind(from_time)
+        .bind(until_time)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub(super) async fn read_all_impl(
+        &self,
+        after: GlobalPosition,
+        limit: u32,
+    ) -> Result<Vec<GlobalEvent>> {
+        // Every transaction older than the oldest one still running has ended, so the events at or
+        // below that horizon are final: reading them in (transaction, position) order and resuming
+        // from the last one read never skips an event that commits later.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT tx_id::text AS tx, global_position, {EVENT_COLUMNS} FROM history \
+             WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id, global_position LIMIT $3"
+        )))
+        .bind(after.tx.to_string())
+        .bind(after.position)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let tx: String = row.try_get("tx")?;
+                Ok(GlobalEvent {
+                    position: GlobalPosition {
+                        tx: tx
+                            .parse()
+                            .map_err(|_| Error::Invalid(format!("bad xid8 `{tx}`")))?,
+                        position: row.try_get("global_position")?,
+                    },
+                    event: event_from_row(row)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn verify_impl(&self, instance_id: &str) -> Result<ChainReport> {
+        if self.get_instance_impl(instance_id).await?.is_none() {
+            return Err(Error::InstanceNotFound {
+                id: instance_id.to_string(),
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT seq, codec, payload, hash FROM history WHERE instance_id = $1 ORDER BY seq",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let decoded: Vec<(i64, i16, Vec<u8>, Vec<u8>)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect::<Result<_>>()?;
+        let (events, first_mismatch) = first_chain_mismatch(
+            decoded
+                .iter()
+                .map(|(s, c, b, h)| (*s, *c, b.as_slice(), h.as_slice())),
+        );
+        Ok(ChainReport {
+            instance_id: instance_id.to_string(),
+            events,
+            first_mismatch,
+        })
+    }
+}
+
+/// Appends one instance's events inside a write transaction. Returns (first seq, last seq).
+pub(super) async fn append_in_tx(
+    tx: &mut Transaction<'static, Postgres>,
+    store: &PostgresStore,
+    append: &Append,
+    now: Timestamp,
+) -> Result<(u64, u64)> {
+    let row = sqlx::query(
+        "SELECT next_seq, last_hash, status, history_bytes FROM instances WHERE id = $1 FOR UPDATE",
+    )
+    .bind(&append.instance_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(Error::InstanceNotFound {
+            id: append.instance_id.clone(),
+        });
+    };
+    let next_seq = row.try_get::<i64, _>(0)? as u64;
+    let last_hash: Vec<u8> = row.try_get(1)?;
+    let mut status: InstanceStatus = row
+        .try_get::<String, _>(2)?
+        .parse()
+        .map_err(Error::Invalid)?;
+    let mut history_bytes = row.try_get::<i64, _>(3)?;
+    if let Expected::Seq(expected) = append.expected
+        && expected != next_seq
+    {
+        return Err(Error::Conflict {
+            id: append.instance_id.clone(),
+            expected,
+            actual: next_seq,
+        });
+    }
+    if append.events.is_empty() {
+        return Ok((next_seq, next_seq - 1));
+    }
+    let encoded = encode_events(&store.config, hash32(&last_hash), next_seq, &append.events)?;
+    let mut output = None;
+    for event in &append.events {
+        if status.is_closed() {
+            return Err(Error::InstanceClosed {
+                id: append.instance_id.clone(),
+                status,
+            });
+        }
+        if let Some(closing) = event.closing_status() {
+            status = closing;
+            if let HistoryEvent::WorkflowCompleted { output: out } = event {
+                output = Some(out.clone());
+            }
+        }
+    }
+    history_bytes += encoded.iter().map(|e| e.bytes.len() as i64).sum::<i64>();
+    sqlx::query(
+        "INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
+         SELECT $1, seq, kind, $2, codec, payload, $3, hash \
+         FROM UNNEST($4::bigint[], $5::text[], $6::smallint[], $7::bytea[], $8::bytea[]) AS e(seq, kind, codec, payload, hash)",
+    )
+    .bind(&append.instance_id)
+    .bind(SCHEMA_VERSION)
+    .bind(now.as_micros())
+    .bind(encoded.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|e| e.codec).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|e| e.bytes.as_slice()).collect::<Vec<_>>())
+    .bind(encoded.iter().map(|e| e.hash.as_slice()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let last = encoded
+        .last()
+        .map(|e| (e.seq, e.hash))
+        .unwrap_or((next_seq - 1, GENESIS));
+    sqlx::query(
+        "UPDATE instances SET next_seq = $2, last_hash = $3, status = $4, history_bytes = $5, updated_at = $6, \
+         output_codec = COALESCE($7, output_codec), output = COALESCE($8, output) WHERE id = $1",
+    )
+    .bind(&append.instance_id)
+    .bind(last.0 as i64 + 1)
+    .bind(last.1.as_slice())
+    .bind(status.as_str())
+    .bind(history_bytes)
+    .bind(now.as_micros())
+    .bind(output.as_ref().map(|o| o.codec().as_i16()))
+    .bind(output.as_ref().map(|o| o.as_bytes()))
+    .execute(&mut **tx)
+    .await?;
+    Ok((next_seq, last.0))
+}

@@ -1,0 +1,210 @@
+//! The PostgreSQL backend.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`; every write is one `READ COMMITTED` transaction; wake-ups are
+//! `NOTIFY`s sent after commit, coalesced by a background task, and received by one `LISTEN`
+//! connection per store that reconnects by itself.
+
+mod journal;
+mod notify;
+mod queue;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::commit::{Commit, Committed};
+use crate::error::Result;
+use crate::event::RecordedEvent;
+use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
+use crate::store::{Backend, Store, StoreConfig};
+use crate::wakeup::{Hub, Wakeups};
+
+/// A [`Store`] on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    config: StoreConfig,
+    hub: Hub,
+    notifier: Arc<notify::Notifier>,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("journal and queue"),
+        MigrationType::Simple,
+        include_str!("../../migrations/postgres/0001_journal_and_queue.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl PostgresStore {
+    /// Connects with the default settings and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, StoreConfig::default()).await
+    }
+
+    /// Connects and applies the migrations.
+    pub async fn connect_with(url: &str, config: StoreConfig) -> Result<Self> {
+        let store = Self::connect_without_migrating(url, config).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without touching the schema; call [`Store::migrate`] (or `quark migrate`) first.
+    pub async fn connect_without_migrating(url: &str, config: StoreConfig) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("quark");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self::from_pool(pool, config))
+    }
+
+    /// A store on an existing pool (no migrations are applied).
+    pub fn from_pool(pool: PgPool, config: StoreConfig) -> Self {
+        let hub = Hub::new();
+        PostgresStore {
+            notifier: Arc::new(notify::Notifier::start(pool.clone())),
+            pool,
+            config,
+            hub,
+        }
+    }
+
+    /// The connection pool, for code that shares the engine's database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Announces queues in this process at once and to other processes by `NOTIFY`.
+    fn announce(&self, queues: impl IntoIterator<Item = String>) {
+        for queue in queues {
+            self.hub.announce(crate::Wake::Queue(queue.clone()));
+            self.notifier.send(queue);
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            migrator().run(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn create_instance(
+        &self,
+        new: NewInstance,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Created>> {
+        Box::pin(self.create_instance_impl(new, policy))
+    }
+
+    fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
+        Box::pin(self.get_instance_impl(id))
+    }
+
+    fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>> {
+        Box::pin(self.list_instances_impl(filter))
+    }
+
+    fn read_history<'a>(
+        &'a self,
+        instance_id: &'a str,
+        range: HistoryRange,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
+        Box::pin(self.read_history_impl(instance_id, range))
+    }
+
+    fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>>> {
+        Box::pin(self.read_all_impl(after, limit))
+    }
+
+    fn verify<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<ChainReport>> {
+        Box::pin(self.verify_impl(instance_id))
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        Box::pin(self.commit_impl(commit))
+    }
+
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
+        Box::pin(self.claim_impl(request))
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        lease_for: Duration,
+    ) -> BoxFuture<'a, Result<crate::Timestamp>> {
+        Box::pin(self.extend_lease_impl(lease, lease_for))
+    }
+
+    fn queue_stats<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueStats>> {
+        Box::pin(self.queue_stats_impl(queue))
+    }
+
+    fn list_dead<'a>(
+        &'a self,
+        queue: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadTask>>> {
+        Box::pin(self.list_dead_impl(queue, limit))
+    }
+
+    fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.redrive_impl(task_id))
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        Box::pin(async move {
+            let listener = self.notifier.listener(&self.pool, &self.hub).await?;
+            Ok(self.hub.subscribe(Some(listener)))
+        })
+    }
+
+    fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.heartbeat_worker_impl(info))
+    }
+
+    fn deregister_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM workers WHERE id = $1")
+                .bind(worker_id)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
+        Box::pin(self.list_workers_impl())
+    }
+}

@@ -1,0 +1,145 @@
+//! `NOTIFY` after commit and a self-healing `LISTEN`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Result;
+use crate::wakeup::{Hub, Wake};
+
+const CHANNEL: &str = "quark_tasks";
+
+/// Sends coalesced `NOTIFY`s off the commit path and owns the shared listener.
+#[derive(Debug)]
+pub(super) struct Notifier {
+    tx: mpsc::UnboundedSender<String>,
+    /// Tags this store's notices so its own listener can ignore their echo.
+    origin: String,
+    listener: Mutex<Weak<ListenerTask>>,
+}
+
+impl Notifier {
+    pub(super) fn start(pool: PgPool) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let origin = uuid::Uuid::now_v7().simple().to_string();
+        let tag = origin.clone();
+        tokio::spawn(async move {
+            // Whatever arrives while one NOTIFY is in flight goes out together in the next.
+            while let Some(first) = rx.recv().await {
+                let mut queues = BTreeSet::from([first]);
+                while let Ok(queue) = rx.try_recv() {
+                    queues.insert(queue);
+                }
+                let payloads: Vec<String> = queues.iter().map(|q| format!("{tag}|{q}")).collect();
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                    .bind(CHANNEL)
+                    .bind(&payloads)
+                    .execute(&pool)
+                    .await
+                {
+                    // A lost notice costs one polling interval of latency, nothing more.
+                    tracing::debug!(error = %e, "NOTIFY failed; pollers will find the tasks");
+                }
+            }
+        });
+        Notifier {
+            tx,
+            origin,
+            listener: Mutex::new(Weak::new()),
+        }
+    }
+
+    /// Queues a notice for `queue`.
+    pub(super) fn send(&self, queue: String) {
+        let _ = self.tx.send(queue);
+    }
+
+    /// The running listener, started if none is. Resolves once `LISTEN` is in effect.
+    pub(super) async fn listener(&self, pool: &PgPool, hub: &Hub) -> Result<Arc<dyn Send + Sync>> {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = {
+            let mut slot = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(task) = slot.upgrade() {
+                return Ok(task);
+            }
+            let task = Arc::new(ListenerTask(tokio::spawn(listen(
+                pool.clone(),
+                hub.clone(),
+                self.origin.clone(),
+                ready_tx,
+            ))));
+            *slot = Arc::downgrade(&task);
+            task
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(task),
+            Ok(Err(e)) => Err(e.into()),
+            // The task ended before it was ready: the pool is closed.
+            Err(_) => Err(sqlx::Error::PoolClosed.into()),
+        }
+    }
+}
+
+/// Aborts the listener when the last subscriber is gone.
+#[derive(Debug)]
+struct ListenerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn listen(pool: PgPool, hub: Hub, origin: String, ready: oneshot::Sender<sqlx::Result<()>>) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(50);
+    while !pool.is_closed() {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(e) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+                tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        match ready.take() {
+            Some(ready) => {
+                let _ = ready.send(Ok(()));
+            }
+            // Notices sent while we were away are gone: tell subscribers to poll.
+            None => hub.announce(Wake::MayHaveMissed),
+        }
+        backoff = Duration::from_millis(50);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notice)) => {
+                    if let Some((from, queue)) = notice.payload().split_once('|')
+                        && from != origin
+                    {
+                        hub.announce(Wake::Queue(queue.to_string()));
+                    }
+                }
+                // The connection dropped and was re-established; notices may be lost.
+                Ok(None) => hub.announce(Wake::MayHaveMissed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The embedded SQLite backend.
+//!
+//! One writer connection (every write transaction is `BEGIN IMMEDIATE` on it, so writers never
+//! deadlock on lock upgrades and commit in position order) and a pool of readers in WAL mode. An
+//! in-memory database has a single connection that does both.
+
+mod journal;
+mod queue;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::commit::{Commit, Committed};
+use crate::error::Result;
+use crate::event::RecordedEvent;
+use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
+use crate::store::{Backend, Store, StoreConfig};
+use crate::wakeup::{Hub, Wakeups};
+
+/// A [`Store`] on an embedded SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    config: StoreConfig,
+    hub: Hub,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("journal and queue"),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_journal_and_queue.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl SqliteStore {
+    /// A fresh in-memory database with the default settings.
+    pub async fn in_memory() -> Result<Self> {
+        Self::in_memory_with(StoreConfig::default()).await
+    }
+
+    /// A fresh in-memory database.
+    pub async fn in_memory_with(config: StoreConfig) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection: every connection to `:memory:` would be a database of its own.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        let store = SqliteStore {
+            writer: pool.clone(),
+            reader: pool,
+            config,
+            hub: Hub::new(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens (creating if missing) the database file at `path`.
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let options = SqliteConnectOptions::new().filename(path);
+        Self::open_options(options, StoreConfig::default()).await
+    }
+
+    /// Opens a database by URL (`sqlite://file.db`, `sqlite::memory:`).
+    pub async fn open_with(url: &str, config: StoreConfig) -> Result<Self> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Self::in_memory_with(config).await;
+        }
+        let options = SqliteConnectOptions::from_str(url)?;
+        Self::open_options(options, config).await
+    }
+
+    async fn open_options(options: SqliteConnectOptions, config: StoreConfig) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
+            // can roll back the last transactions, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let store = SqliteStore {
+            writer,
+            reader: SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(true))
+                .await?,
+            config,
+            hub: Hub::new(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// A write transaction on the single writer.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The writer pool, for tests that edit rows behind the engine's back.
+    #[cfg(feature = "test-util")]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            migrator().run(&self.writer).await?;
+            Ok(())
+        })
+    }
+
+    fn create_instance(
+        &self,
+        new: NewInstance,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Created>> {
+        Box::pin(self.create_instance_impl(new, policy))
+    }
+
+    fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
+        Box::pin(self.get_instance_impl(id))
+    }
+
+    fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>> {
+        Box::pin(self.list_instances_impl(filter))
+    }
+
+    fn read_history<'a>(
+        &'a self,
+        instance_id: &'a str,
+        range: HistoryRange,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
+        Box::pin(self.read_history_impl(instance_id, range))
+    }
+
+    fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>>> {
+        Box::pin(self.read_all_impl(after, limit))
+    }
+
+    fn verify<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<ChainReport>> {
+        Box::pin(self.verify_impl(instance_id))
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        Box::pin(self.commit_impl(commit))
+    }
+
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
+        Box::pin(self.claim_impl(request))
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        lease_for: Duration,
+    ) -> BoxFuture<'a, Result<crate::Timestamp>> {
+        Box::pin(self.extend_lease_impl(lease, lease_for))
+    }
+
+    fn queue_stats<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueStats>> {
+        Box::pin(self.queue_stats_impl(queue))
+    }
+
+    fn list_dead<'a>(
+        &'a self,
+        queue: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadTask>>> {
+        Box::pin(self.list_dead_impl(queue, limit))
+    }
+
+    fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.redrive_impl(task_id))
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        Box::pin(async move { Ok(self.hub.subscribe(None)) })
+    }
+
+    fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.heartbeat_worker_impl(info))
+    }
+
+    fn deregister_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM workers WHERE id = ?1")
+                .bind(worker_id)
+                .execute(&self.writer)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
+        Box::pin(self.list_workers_impl())
+    }
+}

@@ -1,0 +1,353 @@
+//! The shared queue and the atomic commit on SQLite.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::SqliteStore;
+use super::journal::append_in_tx;
+use crate::clock::Timestamp;
+use crate::commit::{Commit, Committed, Settle};
+use crate::error::{Error, Result};
+use crate::queue::{
+    ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind,
+    WorkerInfo,
+};
+use crate::rows::{check_tasks, visible_queues};
+use crate::wakeup::Wake;
+
+fn json_list<T: AsRef<str>>(items: &[T]) -> String {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
+}
+
+fn kind_of(text: &str) -> Result<TaskKind> {
+    text.parse().map_err(Error::Invalid)
+}
+
+/// Inserts tasks inside a write transaction, merging orchestration tasks per instance.
+pub(super) async fn enqueue_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    tasks: &[NewTask],
+    now: Timestamp,
+) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let visible_at = task.visible_at.unwrap_or(now).as_micros();
+        let id: i64 = if task.kind == TaskKind::Orchestration {
+            // One orchestration task per instance: a pending one absorbs the new one; a leased one
+            // is marked to run again when its holder settles it.
+            sqlx::query_scalar(
+                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
+                 VALUES ('orchestration', ?1, ?2, ?3, ?4, ?5, COALESCE(?6, (SELECT affinity FROM instances WHERE id = ?2)), ?7) \
+                 ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
+                 rerun = CASE WHEN tasks.lease_owner IS NOT NULL THEN 1 ELSE tasks.rerun END, \
+                 visible_at = CASE WHEN tasks.lease_owner IS NULL THEN MIN(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
+                 priority = MAX(tasks.priority, excluded.priority) \
+                 RETURNING id",
+            )
+        } else {
+            sqlx::query_scalar(
+                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
+                 VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            )
+        }
+        .bind(&task.queue)
+        .bind(task.instance_id.as_deref())
+        .bind(task.priority)
+        .bind(visible_at)
+        .bind(now.as_micros())
+        .bind(task.affinity.as_deref())
+        .bind(&task.payload)
+        .bind(task.kind.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Settles the task a commit was done under. Returns a queue to announce, if the task was released
+/// to run again at once.
+async fn settle_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    settle: &Settle,
+    now: Timestamp,
+) -> Result<Option<String>> {
+    let lease = settle.lease();
+    let row = sqlx::query("SELECT kind, rerun, instance_id, queue FROM tasks WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3")
+        .bind(lease.task_id)
+        .bind(i64::from(lease.attempt))
+        .bind(&lease.worker)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else {
+        return Err(Error::LeaseLost {
+            task_id: lease.task_id,
+            attempt: lease.attempt,
+        });
+    };
+    let kind = kind_of(row.try_get::<&str, _>(0)?)?;
+    let rerun: bool = row.try_get(1)?;
+    let instance_id: Option<String> = row.try_get(2)?;
+    let queue: String = row.try_get(3)?;
+    match settle {
+        Settle::Complete(_) => {
+            if kind == TaskKind::Orchestration {
+                // The worker that ran the turn keeps the instance warm: it is the affinity.
+                sqlx::query("UPDATE instances SET affinity = ?2 WHERE id = ?1")
+                    .bind(instance_id.as_deref())
+                    .bind(&lease.worker)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            if rerun {
+                sqlx::query("UPDATE tasks SET lease_owner = NULL, rerun = 0, visible_at = ?2, affinity = ?3 WHERE id = ?1")
+                    .bind(lease.task_id)
+                    .bind(now.as_micros())
+                    .bind(&lease.worker)
+                    .execute(&mut **tx)
+                    .await?;
+                return Ok(Some(queue));
+            }
+            sqlx::query("DELETE FROM tasks WHERE id = ?1")
+                .bind(lease.task_id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(None)
+        }
+        Settle::Fail(_, FailAction::Retry { at, error }) => {
+            let at = if rerun { (*at).min(now) } else { *at };
+            sqlx::query("UPDATE tasks SET lease_owner = NULL, rerun = 0, visible_at = ?2, last_error = COALESCE(?3, last_error) WHERE id = ?1")
+                .bind(lease.task_id)
+                .bind(at.as_micros())
+                .bind(error.as_deref())
+                .execute(&mut **tx)
+                .await?;
+            Ok((at <= now).then_some(queue))
+        }
+        Settle::Fail(_, FailAction::Dead { error }) => {
+            sqlx::query(
+                "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload) \
+                 SELECT id, kind, queue, instance_id, priority, attempts, ?2, created_at, ?3, payload FROM tasks WHERE id = ?1",
+            )
+            .bind(lease.task_id)
+            .bind(error)
+            .bind(now.as_micros())
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("DELETE FROM tasks WHERE id = ?1")
+                .bind(lease.task_id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(None)
+        }
+    }
+}
+
+impl SqliteStore {
+    pub(super) async fn commit_impl(&self, commit: Commit) -> Result<Committed> {
+        check_tasks(&self.config, &commit.tasks)?;
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let mut announce: BTreeSet<String> = visible_queues(&commit.tasks, now);
+        if let Some(settle) = &commit.settle
+            && let Some(queue) = settle_in_tx(&mut tx, settle, now).await?
+        {
+            announce.insert(queue);
+        }
+        let mut appended = Vec::with_capacity(commit.appends.len());
+        for append in &commit.appends {
+            appended.push(append_in_tx(&mut tx, self, append, now).await?);
+        }
+        let task_ids = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
+        tx.commit().await?;
+        for queue in announce {
+            self.hub.announce(Wake::Queue(queue));
+        }
+        Ok(Committed { appended, task_ids })
+    }
+
+    pub(super) async fn claim_impl(&self, request: ClaimRequest) -> Result<Vec<ClaimedTask>> {
+        let now = self.config.clock.now();
+        let expires = now + request.lease;
+        let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE tasks SET attempts = attempts + 1, lease_owner = ?1, visible_at = ?2, rerun = 0 \
+             WHERE id IN (SELECT id FROM tasks \
+               WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_at <= ?4 \
+               AND (json_array_length(?5) = 0 OR kind IN (SELECT value FROM json_each(?5))) \
+               AND (affinity IS NULL OR affinity = ?1 OR visible_at <= ?6 \
+                    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > ?7)) \
+               ORDER BY priority DESC, visible_at, id LIMIT ?8) \
+             RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload",
+        )
+        .bind(&request.worker)
+        .bind(expires.as_micros())
+        .bind(json_list(&request.queues))
+        .bind(now.as_micros())
+        .bind(json_list(&kinds))
+        .bind((now - request.affinity_delay).as_micros())
+        .bind((now - request.worker_ttl).as_micros())
+        .bind(i64::from(request.limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut tasks = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedTask {
+                    lease: Lease {
+                        task_id: row.try_get("id")?,
+                        attempt: row.try_get::<i64, _>("attempts")? as u32,
+                        worker: request.worker.clone(),
+                    },
+                    kind: kind_of(row.try_get::<&str, _>("kind")?)?,
+                    queue: row.try_get("queue")?,
+                    instance_id: row.try_get("instance_id")?,
+                    priority: row.try_get("priority")?,
+                    created_at: Timestamp::from_micros(row.try_get("created_at")?),
+                    lease_expires_at: expires,
+                    payload: row.try_get("payload")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tasks.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.lease.task_id.cmp(&b.lease.task_id))
+        });
+        Ok(tasks)
+    }
+
+    pub(super) async fn extend_lease_impl(
+        &self,
+        lease: &Lease,
+        lease_for: Duration,
+    ) -> Result<Timestamp> {
+        let expires = self.config.clock.now() + lease_for;
+        let done = sqlx::query(
+            "UPDATE tasks SET visible_at = ?4 WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3",
+        )
+        .bind(lease.task_id)
+        .bind(i64::from(lease.attempt))
+        .bind(&lease.worker)
+        .bind(expires.as_micros())
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::LeaseLost {
+                task_id: lease.task_id,
+                attempt: lease.attempt,
+            });
+        }
+        Ok(expires)
+    }
+
+    pub(super) async fn queue_stats_impl(&self, queue: &str) -> Result<QueueStats> {
+        let now = self.config.clock.now().as_micros();
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND (lease_owner IS NULL OR visible_at <= ?2)), \
+               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND lease_owner IS NOT NULL AND visible_at > ?2), \
+               (SELECT COUNT(*) FROM dead_tasks WHERE queue = ?1)",
+        )
+        .bind(queue)
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(QueueStats {
+            pending: row.try_get::<i64, _>(0)? as u64,
+            leased: row.try_get::<i64, _>(1)? as u64,
+            dead: row.try_get::<i64, _>(2)? as u64,
+        })
+    }
+
+    pub(super) async fn list_dead_impl(
+        &self,
+        queue: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadTask>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, queue, instance_id, attempts, error, died_at, payload FROM dead_tasks \
+             WHERE ?1 IS NULL OR queue = ?1 ORDER BY died_at, id LIMIT ?2",
+        )
+        .bind(queue)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadTask {
+                    task_id: row.try_get("id")?,
+                    kind: kind_of(row.try_get::<&str, _>("kind")?)?,
+                    queue: row.try_get("queue")?,
+                    instance_id: row.try_get("instance_id")?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                    error: row.try_get("error")?,
+                    died_at: Timestamp::from_micros(row.try_get("died_at")?),
+                    payload: row.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn redrive_impl(&self, task_id: i64) -> Result<()> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let queue: Option<String> = sqlx::query_scalar(
+            "INSERT INTO tasks (id, kind, queue, instance_id, priority, visible_at, created_at, attempts, payload) \
+             SELECT id, kind, queue, instance_id, priority, ?2, created_at, 0, payload FROM dead_tasks WHERE id = ?1 \
+             RETURNING queue",
+        )
+        .bind(task_id)
+        .bind(now.as_micros())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(queue) = queue else {
+            return Err(Error::TaskNotFound { task_id });
+        };
+        sqlx::query("DELETE FROM dead_tasks WHERE id = ?1")
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.hub.announce(Wake::Queue(queue));
+        Ok(())
+    }
+
+    pub(super) async fn heartbeat_worker_impl(&self, info: WorkerInfo) -> Result<()> {
+        let now = self.config.clock.now();
+        sqlx::query(
+            "INSERT INTO workers (id, queues, labels, heartbeat_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, labels = excluded.labels, heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&info.id)
+        .bind(json_list(&info.queues))
+        .bind(&info.labels)
+        .bind(now.as_micros())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn list_workers_impl(&self) -> Result<Vec<WorkerInfo>> {
+        let rows = sqlx::query("SELECT id, queues, labels, heartbeat_at FROM workers ORDER BY id")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let queues: String = row.try_get("queues")?;
+                Ok(WorkerInfo {
+                    id: row.try_get("id")?,
+                    queues: serde_json::from_str(&queues)
+                        .map_err(|e| Error::Invalid(e.to_string()))?,
+                    labels: row.try_get("labels")?,
+                    heartbeat_at: Timestamp::from_micros(row.try_get("heartbeat_at")?),
+                })
+            })
+            .collect()
+    }
+}

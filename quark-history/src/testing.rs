@@ -1,0 +1,233 @@
+//! Test support (feature `test-util`): fresh databases per test on both backends.
+//!
+//! PostgreSQL tests connect to `QUARK_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), create a database of their own, and drop it when
+//! the test passes. When PostgreSQL cannot be reached the PostgreSQL tests are skipped with a notice
+//! on the terminal, unless `CI` or `QUARK_REQUIRE_POSTGRES` is set, in which case they fail.
+
+use std::sync::Arc;
+
+use crate::clock::{ManualClock, Timestamp};
+use crate::store::{Store, StoreConfig};
+
+/// The time a test clock starts at: 2026-01-01T00:00:00Z.
+pub const TEST_EPOCH: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
+
+/// A store for one test, with the manual clock it runs on.
+#[derive(Debug)]
+pub struct TestStore {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Its clock.
+    pub clock: ManualClock,
+    raw: Raw,
+    #[cfg(feature = "postgres")]
+    pg: Option<pg::TestDatabase>,
+}
+
+/// A direct handle on a test store's database, for editing rows behind the engine's back.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Raw {
+    /// The SQLite writer pool.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+    /// The PostgreSQL pool.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+}
+
+impl TestStore {
+    /// Drops the test's database (PostgreSQL); a no-op on SQLite.
+    pub async fn cleanup(self) {
+        #[cfg(feature = "postgres")]
+        if let Some(db) = self.pg {
+            drop(self.store);
+            db.drop_database().await;
+        }
+    }
+
+    /// The raw database handle.
+    pub fn raw(&self) -> &Raw {
+        &self.raw
+    }
+
+    /// Runs one SQL statement directly on the database and returns the rows it affected.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.raw {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .expect("raw sql")
+                .rows_affected(),
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .expect("raw sql")
+                .rows_affected(),
+        }
+    }
+
+    /// The URL of the test's PostgreSQL database, if it has one (for a second connection).
+    pub fn database_url(&self) -> Option<String> {
+        #[cfg(feature = "postgres")]
+        if let Some(db) = &self.pg {
+            return Some(db.url.clone());
+        }
+        None
+    }
+}
+
+/// A fresh in-memory SQLite store on a manual clock.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite() -> TestStore {
+    sqlite_with(StoreConfig::default()).await
+}
+
+/// A fresh in-memory SQLite store with `config`, its clock replaced by a manual one.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_with(config: StoreConfig) -> TestStore {
+    let clock = ManualClock::new(TEST_EPOCH);
+    let store = crate::SqliteStore::in_memory_with(config.clock(clock.clone()))
+        .await
+        .expect("in-memory sqlite store");
+    TestStore {
+        raw: Raw::Sqlite(store.pool().clone()),
+        store: Arc::new(store),
+        clock,
+        #[cfg(feature = "postgres")]
+        pg: None,
+    }
+}
+
+/// A fresh SQLite store in a temporary file (several connections, WAL), on a manual clock.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_file(dir: &std::path::Path) -> TestStore {
+    let clock = ManualClock::new(TEST_EPOCH);
+    let url = format!(
+        "sqlite://{}/quark-{}.db",
+        dir.display(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let store = crate::SqliteStore::open_with(&url, StoreConfig::default().clock(clock.clone()))
+        .await
+        .expect("file sqlite store");
+    TestStore {
+        raw: Raw::Sqlite(store.pool().clone()),
+        store: Arc::new(store),
+        clock,
+        #[cfg(feature = "postgres")]
+        pg: None,
+    }
+}
+
+/// A fresh PostgreSQL database on a manual clock, or `None` when PostgreSQL is unreachable and not
+/// required (a notice is printed once per test binary).
+#[cfg(feature = "postgres")]
+pub async fn postgres() -> Option<TestStore> {
+    postgres_with(StoreConfig::default()).await
+}
+
+/// Like [`postgres`], with `config` (its clock replaced by a manual one).
+#[cfg(feature = "postgres")]
+pub async fn postgres_with(config: StoreConfig) -> Option<TestStore> {
+    let db = pg::TestDatabase::create().await?;
+    let clock = ManualClock::new(TEST_EPOCH);
+    let store = crate::PostgresStore::connect_with(&db.url, config.clock(clock.clone()))
+        .await
+        .expect("connect to the test database");
+    Some(TestStore {
+        raw: Raw::Postgres(store.pool().clone()),
+        store: Arc::new(store),
+        clock,
+        pg: Some(db),
+    })
+}
+
+/// The admin URL tests use.
+#[cfg(feature = "postgres")]
+pub fn postgres_admin_url() -> String {
+    std::env::var("QUARK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// Whether a PostgreSQL failure must fail the test rather than skip it.
+pub fn postgres_required() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("QUARK_REQUIRE_POSTGRES").is_some()
+}
+
+#[cfg(feature = "postgres")]
+mod pg {
+    use std::io::Write;
+    use std::sync::Once;
+
+    use sqlx::{Connection, Executor, PgConnection};
+
+    #[derive(Debug)]
+    pub(super) struct TestDatabase {
+        pub(super) url: String,
+        name: String,
+        admin: String,
+    }
+
+    static SKIP_NOTICE: Once = Once::new();
+
+    /// `admin` with its database replaced by `name`.
+    fn database_url(admin: &str, name: &str) -> String {
+        let (head, query) = match admin.split_once('?') {
+            Some((head, query)) => (head, format!("?{query}")),
+            None => (admin, String::new()),
+        };
+        let host_start = head.find("://").map_or(0, |i| i + 3);
+        let base = match head[host_start..].find('/') {
+            Some(j) => &head[..host_start + j],
+            None => head,
+        };
+        format!("{base}/{name}{query}")
+    }
+
+    impl TestDatabase {
+        pub(super) async fn create() -> Option<Self> {
+            let admin = super::postgres_admin_url();
+            let mut conn = match PgConnection::connect(&admin).await {
+                Ok(conn) => conn,
+                Err(e) if !super::postgres_required() => {
+                    SKIP_NOTICE.call_once(|| {
+                        // Straight to the terminal: the test harness captures print!, not this.
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "\nquark: PostgreSQL suite SKIPPED: cannot connect to {admin}: {e}\n\
+                             quark: start PostgreSQL or set QUARK_TEST_DATABASE_URL; set QUARK_REQUIRE_POSTGRES=1 to make this an error.\n"
+                        );
+                    });
+                    return None;
+                }
+                Err(e) => panic!(
+                    "PostgreSQL is required (CI or QUARK_REQUIRE_POSTGRES is set) but {admin} is unreachable: {e}"
+                ),
+            };
+            let name = format!("quark_test_{}", uuid::Uuid::now_v7().simple());
+            conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .expect("create the test database");
+            let _ = conn.close().await;
+            let url = database_url(&admin, &name);
+            Some(TestDatabase { url, name, admin })
+        }
+
+        pub(super) async fn drop_database(self) {
+            if let Ok(mut conn) = PgConnection::connect(&self.admin).await {
+                let _ = conn
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    )))
+                    .await;
+                let _ = conn.close().await;
+            }
+        }
+    }
+}

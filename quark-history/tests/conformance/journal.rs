@@ -1,0 +1,210 @@
+//! Appending, reading, the global order and the hash chain.
+
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{
+    Backend, Commit, Error, Expected, GlobalPosition, HistoryEvent, HistoryRange, Payload,
+};
+
+use crate::support::{conformance, start};
+
+conformance!(
+    it_appends_at_the_expected_sequence_number_and_reports_a_race_as_a_conflict,
+    it_reads_a_history_whole_from_a_sequence_number_and_by_time,
+    it_reads_all_events_in_commit_order_across_instances,
+    it_names_the_first_tampered_event_when_verifying_the_chain,
+    it_reports_an_undecodable_event_with_its_instance_and_sequence_number,
+);
+
+fn signal(n: u32) -> HistoryEvent {
+    HistoryEvent::SignalReceived {
+        name: format!("s{n}"),
+        payload: Payload::json(&n).unwrap(),
+    }
+}
+
+async fn it_appends_at_the_expected_sequence_number_and_reports_a_race_as_a_conflict(
+    t: &TestStore,
+) {
+    start(t, "a").await;
+    let done = t
+        .store
+        .commit(Commit::new().append("a", Expected::Seq(2), [signal(1), signal(2)]))
+        .await
+        .unwrap();
+    assert_eq!(done.appended, vec![(2, 3)]);
+
+    // A writer that read the history before that append expects 2 and must lose.
+    match t
+        .store
+        .commit(Commit::new().append("a", Expected::Seq(2), [signal(9)]))
+        .await
+    {
+        Err(e @ Error::Conflict { .. }) => {
+            assert!(e.is_retryable());
+            let Error::Conflict {
+                id,
+                expected,
+                actual,
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!((id.as_str(), expected, actual), ("a", 2, 4));
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    let history = t.store.read_history("a", HistoryRange::All).await.unwrap();
+    let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(
+        history[2].event,
+        signal(2),
+        "the losing append left no trace"
+    );
+    let record = t.store.get_instance("a").await.unwrap().unwrap();
+    assert_eq!(record.history_len, 3);
+    assert!(record.history_bytes > 0);
+}
+
+async fn it_reads_a_history_whole_from_a_sequence_number_and_by_time(t: &TestStore) {
+    start(t, "r").await; // seq 1 at T0
+    for n in 0..4 {
+        t.clock.advance(Duration::from_secs(10));
+        t.store
+            .commit(Commit::new().append("r", Expected::Any, [signal(n)]))
+            .await
+            .unwrap();
+    } // seqs 2..=5 at T0+10s .. T0+40s
+    let all = t.store.read_history("r", HistoryRange::All).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let from = t
+        .store
+        .read_history("r", HistoryRange::From(4))
+        .await
+        .unwrap();
+    assert_eq!(from.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    let t0 = all[0].recorded_at;
+    let window = t
+        .store
+        .read_history(
+            "r",
+            HistoryRange::Time {
+                from: t0 + Duration::from_secs(20),
+                until: t0 + Duration::from_secs(40),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3, 4],
+        "from inclusive, until exclusive"
+    );
+    assert!(
+        t.store
+            .read_history("unknown", HistoryRange::All)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn it_reads_all_events_in_commit_order_across_instances(t: &TestStore) {
+    start(t, "x").await;
+    start(t, "y").await;
+    t.store
+        .commit(
+            Commit::new()
+                .append("x", Expected::Any, [signal(1)])
+                .append("y", Expected::Any, [signal(2)]),
+        )
+        .await
+        .unwrap();
+    // On PostgreSQL events become readable once every older transaction in the cluster has ended
+    // (other tests may hold some open), so read until all four arrived, pages of two at a time.
+    let mut seen = Vec::new();
+    let mut after = GlobalPosition::START;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.len() < 4 && tokio::time::Instant::now() < deadline {
+        let page = t.store.read_all(after, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        if let Some(last) = page.last() {
+            after = last.position;
+        }
+        seen.extend(page.into_iter().map(|g| (g.event.instance_id, g.event.seq)));
+    }
+    let expected = [("x", 1), ("y", 1), ("x", 2), ("y", 2)].map(|(i, s)| (i.to_string(), s));
+    assert_eq!(seen, expected);
+}
+
+async fn it_names_the_first_tampered_event_when_verifying_the_chain(t: &TestStore) {
+    start(t, "v").await;
+    t.store
+        .commit(Commit::new().append("v", Expected::Any, [signal(1), signal(2), signal(3)]))
+        .await
+        .unwrap();
+    let report = t.store.verify("v").await.unwrap();
+    assert!(report.is_intact());
+    assert_eq!(report.events, 4);
+
+    // Someone edits event 3 behind the engine's back: a different, still valid, signal.
+    let forged = serde_json::to_string(&signal(7)).unwrap();
+    let sql = match t.store.backend() {
+        Backend::Postgres => {
+            format!(
+                "UPDATE history SET payload = convert_to('{forged}', 'UTF8') WHERE instance_id = 'v' AND seq = 3"
+            )
+        }
+        _ => format!(
+            "UPDATE history SET payload = CAST('{forged}' AS BLOB) WHERE instance_id = 'v' AND seq = 3"
+        ),
+    };
+    assert_eq!(t.execute(&sql).await, 1);
+    // The forged row still decodes...
+    let history = t.store.read_history("v", HistoryRange::All).await.unwrap();
+    assert_eq!(history[2].event, signal(7));
+    // ...but the chain names it.
+    let report = t.store.verify("v").await.unwrap();
+    assert_eq!(report.first_mismatch, Some(3));
+    assert!(!report.is_intact());
+    assert!(matches!(
+        t.store.verify("none").await,
+        Err(Error::InstanceNotFound { .. })
+    ));
+}
+
+async fn it_reports_an_undecodable_event_with_its_instance_and_sequence_number(t: &TestStore) {
+    start(t, "bad").await;
+    t.store
+        .commit(Commit::new().append("bad", Expected::Any, [signal(1)]))
+        .await
+        .unwrap();
+    let sql = match t.store.backend() {
+        Backend::Postgres => {
+            "UPDATE history SET payload = '\\xdeadbeef'::bytea WHERE instance_id = 'bad' AND seq = 2"
+        }
+        _ => "UPDATE history SET payload = X'DEADBEEF' WHERE instance_id = 'bad' AND seq = 2",
+    };
+    assert_eq!(t.execute(sql).await, 1);
+    match t.store.read_history("bad", HistoryRange::All).await {
+        Err(Error::Decode {
+            instance_id, seq, ..
+        }) => assert_eq!((instance_id.as_str(), seq), ("bad", 2)),
+        other => panic!("expected Decode, got {other:?}"),
+    }
+    // A newer schema is refused, not guessed at.
+    assert_eq!(
+        t.execute("UPDATE history SET schema_version = 99 WHERE instance_id = 'bad' AND seq = 1")
+            .await,
+        1
+    );
+    match t.store.read_history("bad", HistoryRange::From(1)).await {
+        Err(Error::UnsupportedSchema {
+            seq: 1, found: 99, ..
+        }) => {}
+        other => panic!("expected UnsupportedSchema, got {other:?}"),
+    }
+    assert_eq!(t.store.verify("bad").await.unwrap().first_mismatch, Some(2));
+}

@@ -1,0 +1,11 @@
+//! The store conformance suite: every test here runs against SQLite and PostgreSQL, each on a
+//! fresh database and a manual clock. Time moves only when a test advances the clock, so lease
+//! expiry and visibility are tested without sleeping.
+
+mod support;
+
+mod concurrency;
+mod instances;
+mod journal;
+mod queue;
+mod wakeups;

@@ -1,0 +1,513 @@
+//! Claiming, leases, fencing, settling and the atomic commit.
+
+use std::time::Duration;
+
+use quark_history::Clock;
+use quark_history::testing::TestStore;
+use quark_history::{
+    ClaimRequest, Commit, Error, Expected, FailAction, HistoryEvent, HistoryRange, NewTask,
+    Payload, QueueStats, TaskKind, WorkerInfo,
+};
+
+use crate::support::{claim_all, conformance, start};
+
+conformance!(
+    it_claims_in_batches_by_priority_then_age_under_a_lease,
+    it_redelivers_after_lease_expiry_and_fences_the_old_holder,
+    it_extends_a_lease_only_for_its_holder,
+    it_retries_later_dead_letters_and_redrives,
+    it_never_leases_two_orchestration_tasks_of_one_instance,
+    it_prefers_the_affinity_worker_until_the_delay_or_its_death,
+    it_commits_nothing_of_a_turn_whose_append_conflicts,
+    it_commits_nothing_of_a_turn_whose_lease_was_lost,
+);
+
+fn activity(queue: &str, n: u8) -> NewTask {
+    NewTask::new(TaskKind::Activity, queue).payload(vec![n])
+}
+
+async fn it_claims_in_batches_by_priority_then_age_under_a_lease(t: &TestStore) {
+    let ids = t
+        .store
+        .enqueue(vec![
+            activity("q", 1),
+            activity("q", 2).priority(5),
+            activity("q", 3),
+            activity("other", 4),
+            activity("q", 5).visible_at(t.clock.now() + Duration::from_secs(60)),
+            NewTask::new(TaskKind::Job, "q").payload(vec![6]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 6);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids come back in input order: {ids:?}"
+    );
+
+    let only_jobs = t
+        .store
+        .claim(ClaimRequest::new("w", ["q"]).kinds([TaskKind::Job]))
+        .await
+        .unwrap();
+    assert_eq!(
+        only_jobs.iter().map(|c| c.payload[0]).collect::<Vec<_>>(),
+        [6]
+    );
+
+    let batch = t
+        .store
+        .claim(ClaimRequest::new("w", ["q"]).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.iter().map(|c| c.payload[0]).collect::<Vec<_>>(),
+        [2, 1],
+        "priority first, then age"
+    );
+    assert!(
+        batch
+            .iter()
+            .all(|c| c.lease_expires_at == t.clock.now() + Duration::from_secs(30))
+    );
+    let rest = claim_all(&*t.store, "w", "q").await;
+    assert_eq!(
+        rest.iter().map(|c| c.payload[0]).collect::<Vec<_>>(),
+        [3],
+        "the delayed task is not visible"
+    );
+    assert_eq!(
+        t.store.queue_stats("q").await.unwrap(),
+        QueueStats {
+            pending: 1,
+            leased: 4,
+            dead: 0
+        }
+    );
+
+    t.clock.advance(Duration::from_secs(61));
+    // The leases have expired too, so everything on `q` comes back; the delayed task is among them.
+    let later = claim_all(&*t.store, "w2", "q").await;
+    assert!(later.iter().any(|c| c.payload[0] == 5));
+    for task in later {
+        t.store
+            .commit(Commit::new().complete(task.lease))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        t.store.queue_stats("q").await.unwrap(),
+        QueueStats::default()
+    );
+}
+
+async fn it_redelivers_after_lease_expiry_and_fences_the_old_holder(t: &TestStore) {
+    t.store.enqueue(vec![activity("q", 1)]).await.unwrap();
+    let lease = ClaimRequest::new("zombie", ["q"]).lease(Duration::from_secs(10));
+    let first = t.store.claim(lease.clone()).await.unwrap().remove(0);
+    assert_eq!(first.lease.attempt, 1);
+    assert!(
+        t.store
+            .claim(ClaimRequest::new("other", ["q"]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "held while the lease lives"
+    );
+
+    t.clock.advance(Duration::from_secs(10));
+    let second = t
+        .store
+        .claim(ClaimRequest::new("rescuer", ["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.lease.task_id, first.lease.task_id);
+    assert_eq!(second.lease.attempt, 2);
+
+    // The zombie wakes up and tries to finish: refused, whatever it tries.
+    for result in [
+        t.store
+            .commit(Commit::new().complete(first.lease.clone()))
+            .await,
+        t.store
+            .commit(Commit::new().fail(
+                first.lease.clone(),
+                FailAction::Dead {
+                    error: "late".into(),
+                },
+            ))
+            .await,
+    ] {
+        match result {
+            Err(Error::LeaseLost { task_id, attempt }) => {
+                assert_eq!((task_id, attempt), (first.lease.task_id, 1))
+            }
+            other => panic!("expected LeaseLost, got {other:?}"),
+        }
+    }
+    t.store
+        .commit(Commit::new().complete(second.lease.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            t.store.commit(Commit::new().complete(second.lease)).await,
+            Err(Error::LeaseLost { .. })
+        ),
+        "a task completes once"
+    );
+    assert_eq!(
+        t.store.queue_stats("q").await.unwrap(),
+        QueueStats::default()
+    );
+}
+
+async fn it_extends_a_lease_only_for_its_holder(t: &TestStore) {
+    t.store.enqueue(vec![activity("q", 1)]).await.unwrap();
+    let task = t
+        .store
+        .claim(ClaimRequest::new("w", ["q"]).lease(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .remove(0);
+    t.clock.advance(Duration::from_secs(8));
+    let until = t
+        .store
+        .extend_lease(&task.lease, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(until, t.clock.now() + Duration::from_secs(10));
+    t.clock.advance(Duration::from_secs(8)); // 16 s after the claim: past the first lease, within the second
+    assert!(
+        t.store
+            .claim(ClaimRequest::new("other", ["q"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut forged = task.lease.clone();
+    forged.worker = "other".into();
+    assert!(matches!(
+        t.store.extend_lease(&forged, Duration::from_secs(10)).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    t.clock.advance(Duration::from_secs(3));
+    let stolen = t
+        .store
+        .claim(ClaimRequest::new("other", ["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(stolen.lease.attempt, 2);
+    assert!(matches!(
+        t.store
+            .extend_lease(&task.lease, Duration::from_secs(10))
+            .await,
+        Err(Error::LeaseLost { .. })
+    ));
+}
+
+async fn it_retries_later_dead_letters_and_redrives(t: &TestStore) {
+    t.store.enqueue(vec![activity("q", 1)]).await.unwrap();
+    let task = claim_all(&*t.store, "w", "q").await.remove(0);
+    let retry_at = t.clock.now() + Duration::from_secs(5);
+    t.store
+        .commit(Commit::new().fail(
+            task.lease,
+            FailAction::Retry {
+                at: retry_at,
+                error: Some("timeout".into()),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(
+        claim_all(&*t.store, "w", "q").await.is_empty(),
+        "not before the backoff"
+    );
+    t.clock.advance(Duration::from_secs(5));
+    let again = claim_all(&*t.store, "w", "q").await.remove(0);
+    assert_eq!(again.lease.attempt, 2);
+
+    t.store
+        .commit(Commit::new().fail(
+            again.lease,
+            FailAction::Dead {
+                error: "gave up after 2 attempts".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(claim_all(&*t.store, "w", "q").await.is_empty());
+    let dead = t.store.list_dead(Some("q"), 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert_eq!(dead[0].error, "gave up after 2 attempts");
+    assert_eq!(dead[0].payload, vec![1]);
+    assert_eq!(t.store.queue_stats("q").await.unwrap().dead, 1);
+
+    t.store.redrive(dead[0].task_id).await.unwrap();
+    assert!(t.store.list_dead(None, 10).await.unwrap().is_empty());
+    let revived = claim_all(&*t.store, "w", "q").await.remove(0);
+    assert_eq!(revived.lease.task_id, dead[0].task_id);
+    assert_eq!(revived.lease.attempt, 1, "attempts start over");
+    assert!(matches!(
+        t.store.redrive(dead[0].task_id).await,
+        Err(Error::TaskNotFound { .. })
+    ));
+}
+
+async fn it_never_leases_two_orchestration_tasks_of_one_instance(t: &TestStore) {
+    start(t, "o").await;
+    let turn = claim_all(&*t.store, "w1", "default").await.remove(0);
+    // An activity result arrives while the turn runs: it enqueues another orchestration task.
+    let result = HistoryEvent::SignalReceived {
+        name: "s".into(),
+        payload: Payload::unit(),
+    };
+    let committed = t
+        .store
+        .commit(
+            Commit::new()
+                .append("o", Expected::Any, [result])
+                .enqueue(NewTask::orchestration("default", "o")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.task_ids,
+        vec![turn.lease.task_id],
+        "merged into the instance's one task"
+    );
+    assert!(
+        claim_all(&*t.store, "w2", "default").await.is_empty(),
+        "not while the turn holds the instance"
+    );
+
+    // The turn was decided on the old history: its append conflicts, and nothing of it lands.
+    let stale = t
+        .store
+        .commit(
+            Commit::new()
+                .append(
+                    "o",
+                    Expected::Seq(2),
+                    [HistoryEvent::WorkflowCompleted {
+                        output: Payload::unit(),
+                    }],
+                )
+                .complete(turn.lease.clone()),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(Error::Conflict {
+                expected: 2,
+                actual: 3,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    // Redone on the new history, the turn completes, and the instance runs again at once.
+    t.store
+        .commit(
+            Commit::new()
+                .append("o", Expected::Seq(3), [])
+                .complete(turn.lease),
+        )
+        .await
+        .unwrap();
+    let next = claim_all(&*t.store, "w2", "default").await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].instance_id.as_deref(), Some("o"));
+    assert_eq!(next[0].lease.attempt, 2);
+
+    // Two pending enqueues for an idle instance also merge.
+    t.store
+        .commit(Commit::new().complete(next[0].lease.clone()))
+        .await
+        .unwrap();
+    t.store
+        .enqueue(vec![
+            NewTask::orchestration("default", "o"),
+            NewTask::orchestration("default", "o"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(claim_all(&*t.store, "w3", "default").await.len(), 1);
+}
+
+async fn it_prefers_the_affinity_worker_until_the_delay_or_its_death(t: &TestStore) {
+    for w in ["a", "b"] {
+        t.store
+            .heartbeat_worker(WorkerInfo {
+                id: w.into(),
+                queues: vec!["q".into()],
+                labels: "{}".into(),
+                heartbeat_at: t.clock.now(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(t.store.list_workers().await.unwrap().len(), 2);
+    t.store
+        .enqueue(vec![
+            activity("q", 1).affinity("a"),
+            activity("q", 2).affinity("a"),
+        ])
+        .await
+        .unwrap();
+    let request = |w: &str| {
+        ClaimRequest::new(w, ["q"])
+            .limit(1)
+            .affinity_delay(Duration::from_secs(2))
+    };
+
+    assert!(
+        t.store.claim(request("b")).await.unwrap().is_empty(),
+        "b waits for a"
+    );
+    let by_a = t.store.claim(request("a")).await.unwrap();
+    assert_eq!(by_a.len(), 1, "a takes its own at once");
+    t.clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        t.store.claim(request("b")).await.unwrap().len(),
+        1,
+        "after the delay, anyone may"
+    );
+
+    // A worker that deregistered frees its affinity at once.
+    t.store
+        .enqueue(vec![activity("q", 3).affinity("a")])
+        .await
+        .unwrap();
+    assert!(t.store.claim(request("b")).await.unwrap().is_empty());
+    t.store.deregister_worker("a").await.unwrap();
+    assert_eq!(t.store.claim(request("b")).await.unwrap().len(), 1);
+
+    // So does one whose heartbeat is older than the liveness window.
+    t.store
+        .heartbeat_worker(WorkerInfo {
+            id: "c".into(),
+            queues: vec![],
+            labels: "{}".into(),
+            heartbeat_at: t.clock.now(),
+        })
+        .await
+        .unwrap();
+    t.store
+        .enqueue(vec![activity("q", 4).affinity("c")])
+        .await
+        .unwrap();
+    assert!(t.store.claim(request("b")).await.unwrap().is_empty());
+    t.clock.advance(Duration::from_secs(1)); // within the 2 s delay, but...
+    let mut stale = request("b");
+    stale.worker_ttl = Duration::from_millis(500); // ...c's heartbeat is too old for this window
+    assert_eq!(t.store.claim(stale).await.unwrap().len(), 1);
+}
+
+async fn it_commits_nothing_of_a_turn_whose_append_conflicts(t: &TestStore) {
+    start(t, "c").await;
+    start(t, "d").await;
+    let tasks = claim_all(&*t.store, "w", "default").await;
+    let turn = tasks
+        .iter()
+        .find(|c| c.instance_id.as_deref() == Some("c"))
+        .unwrap()
+        .clone();
+    let result = t
+        .store
+        .commit(
+            Commit::new()
+                .append(
+                    "d",
+                    Expected::Any,
+                    [HistoryEvent::SignalReceived {
+                        name: "x".into(),
+                        payload: Payload::unit(),
+                    }],
+                )
+                .append(
+                    "c",
+                    Expected::Seq(7),
+                    [HistoryEvent::TimerFired { command: 1 }],
+                )
+                .enqueue(activity("side", 1))
+                .complete(turn.lease.clone()),
+        )
+        .await;
+    assert!(matches!(result, Err(Error::Conflict { .. })), "{result:?}");
+    assert_eq!(
+        t.store
+            .read_history("d", HistoryRange::All)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "d's append rolled back"
+    );
+    assert!(
+        claim_all(&*t.store, "w", "side").await.is_empty(),
+        "no task enqueued"
+    );
+    // The turn's task is still held by its lease and can be completed properly.
+    t.store
+        .commit(Commit::new().complete(turn.lease))
+        .await
+        .unwrap();
+}
+
+async fn it_commits_nothing_of_a_turn_whose_lease_was_lost(t: &TestStore) {
+    start(t, "l").await;
+    let turn = t
+        .store
+        .claim(ClaimRequest::new("w", ["default"]).lease(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .remove(0);
+    t.clock.advance(Duration::from_secs(2));
+    let rescued = claim_all(&*t.store, "w2", "default").await.remove(0);
+    let result = t
+        .store
+        .commit(
+            Commit::new()
+                .append(
+                    "l",
+                    Expected::Seq(2),
+                    [HistoryEvent::WorkflowCompleted {
+                        output: Payload::unit(),
+                    }],
+                )
+                .enqueue(activity("side", 1))
+                .complete(turn.lease),
+        )
+        .await;
+    assert!(matches!(result, Err(Error::LeaseLost { .. })), "{result:?}");
+    assert_eq!(
+        t.store
+            .read_history("l", HistoryRange::All)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(claim_all(&*t.store, "w", "side").await.is_empty());
+    t.store
+        .commit(
+            Commit::new()
+                .append(
+                    "l",
+                    Expected::Seq(2),
+                    [HistoryEvent::WorkflowCompleted {
+                        output: Payload::unit(),
+                    }],
+                )
+                .complete(rescued.lease),
+        )
+        .await
+        .unwrap();
+}
