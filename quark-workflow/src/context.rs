@@ -108,7 +108,7 @@ impl OrchestrationContext {
 
     pub(crate) fn timer(&self, d: Duration, site: quark_history::CallSite) -> u64 {
         let mut st = self.state.borrow_mut();
-        let fire_at = st.now.add(d);
+        let fire_at = st.now + d;
         let (instance_id, queue) = (st.instance_id.clone(), st.queue.clone());
         st.issue(Command::Timer { fire_at }, site, |command| {
             Some(TaskPayload::timer_task(TimerTask {

@@ -78,7 +78,7 @@ impl Sim {
     }
 
     pub(crate) fn push(&mut self, event: HistoryEvent) {
-        self.now = self.now.add(std::time::Duration::from_millis(1));
+        self.now = self.now + std::time::Duration::from_millis(1);
         let seq = self.history.len() as u64 + 1;
         self.history.push(recorded(seq, self.now, event));
     }

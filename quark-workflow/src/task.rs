@@ -126,9 +126,9 @@ pub fn activity_commit(
             let deadline = task
                 .options
                 .schedule_to_close
-                .map(|d| task.scheduled_at.add(d));
+                .map(|d| task.scheduled_at + d);
             let retry_at = match task.options.retry.delay_after(attempt) {
-                Some(delay) if error.is_retryable() => Some(now.add(delay)),
+                Some(delay) if error.is_retryable() => Some(now + delay),
                 _ => None,
             };
             match retry_at {
