@@ -214,7 +214,6 @@ mod tests {
             queue: "default".into(),
             instance_id: Some("i".into()),
             priority: 0,
-            visible_at: Timestamp::EPOCH,
             created_at: Timestamp::EPOCH,
             lease_expires_at: Timestamp::EPOCH,
             payload: Vec::new(),

@@ -124,7 +124,6 @@ mod tests {
             queue: "orders".into(),
             instance_id: Some(crate::sim::ID.into()),
             priority: 0,
-            visible_at: Timestamp::EPOCH,
             created_at: Timestamp::EPOCH,
             lease_expires_at: Timestamp::EPOCH,
             payload: Vec::new(),
