@@ -1,0 +1,365 @@
+//! The client: start, signal, cancel, terminate, describe, list and await instances over any
+//! [`Store`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use quark_history::{
+    Commit, Expected, Failure, HistoryEvent, HistoryRange, IdReusePolicy, InstanceFilter,
+    InstanceRecord, NewInstance, NewTask, Payload, RecordedEvent, Store, Timestamp,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::definition::Orchestration;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The store refused or failed (duplicate id, closed instance, lost connection, ...); see
+    /// the inner error for what to do.
+    #[error(transparent)]
+    Store(#[from] quark_history::Error),
+    /// No instance has this id. Check the id and the database the client points at.
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    /// A value could not be encoded or decoded: the types on both sides disagree.
+    #[error("payload: {0}")]
+    Payload(String),
+    /// The orchestration ended with an error.
+    #[error("instance `{id}` failed: {}", failure.message)]
+    Failed {
+        /// The instance (the last run, after `continue_as_new`).
+        id: String,
+        /// Why.
+        failure: Failure,
+    },
+    /// The orchestration ended after a cancellation request.
+    #[error("instance `{id}` was cancelled: {reason}")]
+    Cancelled {
+        /// The instance.
+        id: String,
+        /// The reason given.
+        reason: String,
+    },
+    /// The instance was terminated.
+    #[error("instance `{id}` was terminated: {reason}")]
+    Terminated {
+        /// The instance.
+        id: String,
+        /// The reason given.
+        reason: String,
+    },
+    /// (Test environment) the instance is still running and nothing can move it forward: it
+    /// waits for a signal, or for a task nobody serves. Send the signal, or register the code.
+    #[error("instance `{id}` is waiting and nothing can move it forward: {reason}")]
+    Stuck {
+        /// The instance.
+        id: String,
+        /// What it waits for.
+        reason: String,
+    },
+}
+
+fn payload_error(e: impl fmt::Display) -> ClientError {
+    ClientError::Payload(e.to_string())
+}
+
+/// Runs work in-process until an instance ends (the test environment's virtual worker).
+pub(crate) trait Driver: Send + Sync + fmt::Debug {
+    fn drive<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ClientError>>;
+}
+
+/// How to start an instance.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// What to do when the id is taken (default: refuse).
+    pub id_reuse: IdReusePolicy,
+    /// The queue of its orchestration tasks (default: the orchestration's).
+    pub queue: Option<String>,
+    /// Priority of its orchestration tasks.
+    pub priority: i32,
+    /// When it starts (default: now).
+    pub start_at: Option<Timestamp>,
+}
+
+impl StartOptions {
+    /// Sets the id reuse policy.
+    pub fn id_reuse(mut self, policy: IdReusePolicy) -> Self {
+        self.id_reuse = policy;
+        self
+    }
+
+    /// Sets the queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+}
+
+/// Talks to instances through a [`Store`].
+#[derive(Clone)]
+pub struct Client {
+    store: Arc<dyn Store>,
+    driver: Option<Arc<dyn Driver>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Client {
+            store,
+            driver: None,
+        }
+    }
+
+    pub(crate) fn with_driver(store: Arc<dyn Store>, driver: Arc<dyn Driver>) -> Self {
+        Client {
+            store,
+            driver: Some(driver),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Starts orchestration `O` as `instance_id` (refusing a duplicate id).
+    pub async fn start<O: Orchestration>(
+        &self,
+        instance_id: impl Into<String>,
+        input: &O::Input,
+    ) -> Result<Handle<O::Output>, ClientError> {
+        self.start_with::<O>(instance_id, input, StartOptions::default())
+            .await
+    }
+
+    /// Starts orchestration `O` as `instance_id` with `options`.
+    pub async fn start_with<O: Orchestration>(
+        &self,
+        instance_id: impl Into<String>,
+        input: &O::Input,
+        options: StartOptions,
+    ) -> Result<Handle<O::Output>, ClientError> {
+        let id = instance_id.into();
+        let input = Payload::json(input).map_err(payload_error)?;
+        let mut new = NewInstance::new(id.clone(), O::NAME, input);
+        new.version = O::VERSION;
+        new.queue = options.queue.unwrap_or_else(|| O::queue().to_string());
+        new.priority = options.priority;
+        new.start_at = options.start_at;
+        self.store.create_instance(new, options.id_reuse).await?;
+        Ok(self.handle::<O>(id))
+    }
+
+    /// The typed handle of instance `instance_id` of orchestration `O`.
+    pub fn handle<O: Orchestration>(&self, instance_id: impl Into<String>) -> Handle<O::Output> {
+        Handle {
+            client: self.clone(),
+            id: instance_id.into(),
+            _out: PhantomData,
+        }
+    }
+
+    /// One instance.
+    pub async fn describe(&self, instance_id: &str) -> Result<InstanceRecord, ClientError> {
+        self.store
+            .get_instance(instance_id)
+            .await?
+            .ok_or_else(|| ClientError::NotFound(instance_id.to_string()))
+    }
+
+    /// Instances matching `filter`, newest first.
+    pub async fn list(&self, filter: InstanceFilter) -> Result<Vec<InstanceRecord>, ClientError> {
+        Ok(self.store.list_instances(filter).await?)
+    }
+
+    /// An instance's whole history.
+    pub async fn history(&self, instance_id: &str) -> Result<Vec<RecordedEvent>, ClientError> {
+        Ok(self
+            .store
+            .read_history(instance_id, HistoryRange::All)
+            .await?)
+    }
+
+    /// Sends signal `name` with `value`; the orchestration receives it through
+    /// `ctx.wait_for_signal(name)`.
+    pub async fn signal<T: Serialize>(
+        &self,
+        instance_id: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        let payload = Payload::json(value).map_err(payload_error)?;
+        let event = HistoryEvent::SignalReceived {
+            name: name.to_string(),
+            payload,
+        };
+        self.wake_with(instance_id, event).await
+    }
+
+    /// Requests cancellation: the orchestration's next await returns `Cancelled`, and it may
+    /// compensate before it ends.
+    pub async fn cancel(&self, instance_id: &str, reason: &str) -> Result<(), ClientError> {
+        let event = HistoryEvent::CancelRequested {
+            reason: reason.to_string(),
+        };
+        self.wake_with(instance_id, event).await
+    }
+
+    /// Stops an instance at once, without running any more of its code. A parent waiting for it
+    /// sees the child fail.
+    pub async fn terminate(&self, instance_id: &str, reason: &str) -> Result<(), ClientError> {
+        let record = self.describe(instance_id).await?;
+        let event = HistoryEvent::WorkflowTerminated {
+            reason: reason.to_string(),
+        };
+        let mut commit = Commit::new().append(instance_id, Expected::Any, [event]);
+        let first = self
+            .store
+            .read_history(instance_id, HistoryRange::From(1))
+            .await?;
+        if let Some(HistoryEvent::WorkflowStarted {
+            parent: Some(parent),
+            ..
+        }) = first.first().map(|e| &e.event)
+        {
+            let notice = HistoryEvent::ChildFailed {
+                command: parent.command,
+                failure: Failure::terminal(format!("terminated: {reason}")),
+            };
+            commit = commit
+                .append(parent.instance_id.as_str(), Expected::Any, [notice])
+                .enqueue(NewTask::orchestration(&record.queue, &parent.instance_id));
+        }
+        self.store.commit(commit).await?;
+        Ok(())
+    }
+
+    async fn wake_with(&self, instance_id: &str, event: HistoryEvent) -> Result<(), ClientError> {
+        let record = self.describe(instance_id).await?;
+        let commit = Commit::new()
+            .append(instance_id, Expected::Any, [event])
+            .enqueue(NewTask::orchestration(&record.queue, instance_id));
+        self.store.commit(commit).await?;
+        Ok(())
+    }
+
+    /// Waits until `instance_id` (or the last run it continued as) ends, and decodes its output.
+    pub async fn result<T: DeserializeOwned>(&self, instance_id: &str) -> Result<T, ClientError> {
+        let mut id = instance_id.to_string();
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let record = self.describe(&id).await?;
+            if !record.status.is_closed() {
+                match &self.driver {
+                    Some(driver) => driver.drive(&id).await?,
+                    None => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(500));
+                    }
+                }
+                continue;
+            }
+            let last = self
+                .store
+                .read_history(&id, HistoryRange::From(record.history_len))
+                .await?;
+            match last.last().map(|e| &e.event) {
+                Some(HistoryEvent::WorkflowCompleted { output }) => {
+                    return output.decode().map_err(payload_error);
+                }
+                Some(HistoryEvent::WorkflowFailed { failure }) => {
+                    let failure = failure.clone();
+                    return Err(ClientError::Failed { id, failure });
+                }
+                Some(HistoryEvent::WorkflowCancelled { reason }) => {
+                    let reason = reason.clone();
+                    return Err(ClientError::Cancelled { id, reason });
+                }
+                Some(HistoryEvent::WorkflowTerminated { reason }) => {
+                    let reason = reason.clone();
+                    return Err(ClientError::Terminated { id, reason });
+                }
+                Some(HistoryEvent::ContinuedAsNew {
+                    new_instance_id, ..
+                }) => id = new_instance_id.clone(),
+                other => {
+                    return Err(ClientError::Payload(format!(
+                        "instance `{id}` is {} but its last event is {:?}",
+                        record.status, other
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// A typed handle on one instance: `.result().await` yields the orchestration's output type.
+pub struct Handle<T> {
+    client: Client,
+    id: String,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").field("id", &self.id).finish()
+    }
+}
+
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Handle {
+            client: self.client.clone(),
+            id: self.id.clone(),
+            _out: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Handle<T> {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Waits for the end of the instance (following `continue_as_new`) and returns its output.
+    pub async fn result(&self) -> Result<T, ClientError> {
+        self.client.result(&self.id).await
+    }
+
+    /// The instance's row.
+    pub async fn describe(&self) -> Result<InstanceRecord, ClientError> {
+        self.client.describe(&self.id).await
+    }
+
+    /// Sends a signal.
+    pub async fn signal<S: Serialize>(&self, name: &str, value: &S) -> Result<(), ClientError> {
+        self.client.signal(&self.id, name, value).await
+    }
+
+    /// Requests cancellation.
+    pub async fn cancel(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.cancel(&self.id, reason).await
+    }
+
+    /// Terminates the instance.
+    pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.terminate(&self.id, reason).await
+    }
+}

@@ -1,0 +1,299 @@
+//! The orchestration's handle on the world: every durable step goes through it.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+use std::time::Duration;
+
+use quark_history::{HistoryEvent, Payload, RecordedEvent, Timestamp};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::command::{Command, caller, describe_event, event_site};
+use crate::definition::{Activity, Orchestration};
+use crate::error::{Nondeterminism, OrchestrationError};
+use crate::future::{ActivityCall, ChildCall, CommandFuture, Join, Select, Signal, Sleep};
+use crate::state::{Cancel, Shared, State};
+use crate::task::{ActivityTask, TaskPayload, TimerTask};
+
+/// What an orchestration uses instead of the clock, the network, threads and randomness.
+///
+/// Every method that returns a future issues a *command*: on first execution it is recorded in the
+/// history and runs (an activity task, a durable timer, a child); on replay the recorded result is
+/// returned. Cheap to clone; it cannot leave the orchestration's thread.
+#[derive(Clone)]
+pub struct OrchestrationContext {
+    pub(crate) state: Shared,
+}
+
+impl fmt::Debug for OrchestrationContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.borrow();
+        f.debug_struct("OrchestrationContext")
+            .field("instance_id", &s.instance_id)
+            .field("seq", &s.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrchestrationContext {
+    pub(crate) fn new(instance_id: &str, queue: &str, history: &[RecordedEvent]) -> Self {
+        OrchestrationContext {
+            state: Rc::new(RefCell::new(State::new(instance_id, queue, history))),
+        }
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> String {
+        self.state.borrow().instance_id.clone()
+    }
+
+    /// The number of history events processed so far: grows with every step. Keep histories
+    /// short (`continue_as_new`) before they reach tens of thousands of events.
+    pub fn history_len(&self) -> u64 {
+        self.state.borrow().seq
+    }
+
+    /// The deterministic "now": the recorded time of the history event being processed.
+    pub fn now(&self) -> Timestamp {
+        self.state.borrow().now
+    }
+
+    /// Whether cancellation was requested (the code saw it, or will at its next await).
+    pub fn is_cancel_requested(&self) -> bool {
+        self.state.borrow().cancel != Cancel::None
+    }
+
+    /// Calls activity `A` with `input`. Passing an input of another type does not compile.
+    #[track_caller]
+    pub fn call<A: Activity>(&self, activity: A, input: &A::Input) -> ActivityCall<A::Output> {
+        let _ = activity;
+        let site = caller();
+        let payload = match Payload::json(input) {
+            Ok(p) => p,
+            Err(e) => return ActivityCall::failed(OrchestrationError::payload(e)),
+        };
+        let options = A::options();
+        let mut st = self.state.borrow_mut();
+        let queue = options.queue.clone().unwrap_or_else(|| st.queue.clone());
+        let (instance_id, orchestration_queue, now) =
+            (st.instance_id.clone(), st.queue.clone(), st.now);
+        let command = Command::Activity {
+            name: A::NAME.to_string(),
+            input: payload.clone(),
+            queue: queue.clone(),
+        };
+        let id = st.issue(command, site, |command| {
+            let task = ActivityTask {
+                instance_id,
+                command,
+                activity: A::NAME.to_string(),
+                input: payload,
+                orchestration_queue,
+                scheduled_at: now,
+                options,
+            };
+            Some(TaskPayload::activity_task(task, &queue))
+        });
+        drop(st);
+        ActivityCall::new(CommandFuture::new(&self.state, id), A::NAME)
+    }
+
+    /// A durable timer: resolves `d` after the current history time, surviving restarts.
+    #[track_caller]
+    pub fn sleep(&self, d: Duration) -> Sleep {
+        let site = caller();
+        Sleep::new(CommandFuture::new(&self.state, self.timer(d, site)))
+    }
+
+    pub(crate) fn timer(&self, d: Duration, site: quark_history::CallSite) -> u64 {
+        let mut st = self.state.borrow_mut();
+        let fire_at = st.now + d;
+        let (instance_id, queue) = (st.instance_id.clone(), st.queue.clone());
+        st.issue(Command::Timer { fire_at }, site, |command| {
+            Some(TaskPayload::timer_task(TimerTask {
+                instance_id,
+                command,
+                fire_at,
+                orchestration_queue: queue,
+            }))
+        })
+    }
+
+    /// Waits for the next signal called `name` and decodes it as `T`. Signals that arrive before
+    /// anyone waits are buffered. Add [`.timeout(d)`](Signal::timeout) to stop waiting.
+    pub fn wait_for_signal<T: DeserializeOwned>(&self, name: &str) -> Signal<T> {
+        Signal::new(self.clone(), name)
+    }
+
+    /// Starts child orchestration `O` under the id `{this id}:{command id}` and waits for its output.
+    #[track_caller]
+    pub fn call_child<O: Orchestration>(&self, child: O, input: &O::Input) -> ChildCall<O::Output> {
+        let id = format!(
+            "{}:{}",
+            self.instance_id(),
+            self.state.borrow().next_command
+        );
+        self.call_child_with_id(child, &id, input)
+    }
+
+    /// Starts child orchestration `O` under `instance_id` and waits for its output.
+    #[track_caller]
+    pub fn call_child_with_id<O: Orchestration>(
+        &self,
+        child: O,
+        instance_id: &str,
+        input: &O::Input,
+    ) -> ChildCall<O::Output> {
+        let _ = child;
+        let site = caller();
+        let input = match Payload::json(input) {
+            Ok(p) => p,
+            Err(e) => return ChildCall::failed(OrchestrationError::payload(e), instance_id),
+        };
+        let command = Command::Child {
+            instance_id: instance_id.to_string(),
+            instance_type: O::NAME.to_string(),
+            version: O::VERSION,
+            input,
+        };
+        let id = self.state.borrow_mut().issue(command, site, |_| None);
+        ChildCall::new(CommandFuture::new(&self.state, id), instance_id)
+    }
+
+    /// Runs `f` once and records its value; replays return the recorded value without running it.
+    #[track_caller]
+    pub fn side_effect<T, F>(&self, f: F) -> Result<T, OrchestrationError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> T,
+    {
+        let site = caller();
+        let next = self.state.borrow().next_command;
+        let recorded = self.state.borrow().recorded.get(&next).cloned();
+        let value = match recorded {
+            Some((_, HistoryEvent::SideEffectRecorded { value, .. })) => value,
+            // Not recorded yet (run it), or recorded as something else (`issue` reports that).
+            _ => Payload::json(&f()).map_err(OrchestrationError::payload)?,
+        };
+        let out = value.decode::<T>();
+        let mut st = self.state.borrow_mut();
+        st.issue(Command::SideEffect { value }, site, |_| None);
+        out.map_err(OrchestrationError::payload)
+    }
+
+    /// A random number, recorded as a side effect.
+    #[track_caller]
+    pub fn random(&self) -> u64 {
+        let site = caller();
+        let fresh = self.state.borrow_mut().entropy();
+        self.recorded_value(fresh, site)
+    }
+
+    /// A UUID (version 7, timestamped with [`now`](Self::now)), recorded as a side effect.
+    #[track_caller]
+    pub fn uuid(&self) -> uuid::Uuid {
+        let site = caller();
+        let (hi, lo) = {
+            let mut st = self.state.borrow_mut();
+            (st.entropy(), st.entropy())
+        };
+        let mut bytes = [0u8; 10];
+        bytes[..8].copy_from_slice(&hi.to_le_bytes());
+        bytes[8..].copy_from_slice(&lo.to_le_bytes()[..2]);
+        let millis = u64::try_from(self.now().as_micros() / 1000).unwrap_or(0);
+        let fresh = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
+        self.recorded_value(fresh, site)
+    }
+
+    /// A side effect whose fresh value is already computed; a recorded value that no longer
+    /// decodes is a divergence.
+    fn recorded_value<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        fresh: T,
+        site: quark_history::CallSite,
+    ) -> T {
+        let next = self.state.borrow().next_command;
+        let recorded = self.state.borrow().recorded.get(&next).cloned();
+        let (value, decoded) = match &recorded {
+            Some((_, HistoryEvent::SideEffectRecorded { value, .. })) => {
+                (value.clone(), value.decode::<T>().ok())
+            }
+            _ => (
+                Payload::json(&fresh).unwrap_or_else(|_| Payload::unit()),
+                None,
+            ),
+        };
+        let mut st = self.state.borrow_mut();
+        let id = st.issue(Command::SideEffect { value }, site.clone(), |_| None);
+        match (recorded, decoded) {
+            (Some((seq, event)), None) if st.nondeterminism.is_none() => {
+                st.diverge(Nondeterminism {
+                    command: id,
+                    seq: Some(seq),
+                    expected: format!("{} (of another type)", describe_event(&event)),
+                    expected_site: event_site(&event),
+                    actual: format!("asks for a {}", std::any::type_name::<T>()),
+                    actual_site: Some(site),
+                });
+                fresh
+            }
+            (_, Some(v)) => v,
+            _ => fresh,
+        }
+    }
+
+    /// Whether to take the new branch of a change made while instances were running.
+    ///
+    /// An instance that reaches this point under new code records a `PatchMarker` and gets `true`
+    /// from then on; an old history, recorded before the change, has no marker here and gets
+    /// `false`, so it replays the old branch. Old histories keep their command ids: a `false`
+    /// answer issues no command.
+    #[track_caller]
+    pub fn patched(&self, patch: &str) -> bool {
+        let site = caller();
+        let mut st = self.state.borrow_mut();
+        let next = st.next_command;
+        match st.recorded.get(&next) {
+            Some((_, HistoryEvent::PatchMarker { patch: p, .. })) if p == patch => {}
+            // Old code issued something else here: it ran without the patch.
+            Some(_) => return false,
+            // Old code went on past this point (it recorded later commands, or ended) without
+            // asking for anything here.
+            None if st.last_decision > st.seq => return false,
+            None => {}
+        }
+        st.issue(
+            Command::Patch {
+                patch: patch.to_string(),
+            },
+            site,
+            |_| None,
+        );
+        true
+    }
+
+    /// Ends this run and starts a new one of the same orchestration with `input` and an empty
+    /// history. Return its result: `return ctx.continue_as_new(&next);`
+    pub fn continue_as_new<I: Serialize, T>(&self, input: &I) -> Result<T, OrchestrationError> {
+        match Payload::json(input) {
+            Ok(input) => Err(OrchestrationError::ContinueAsNew { input }),
+            Err(e) => Err(OrchestrationError::payload(e)),
+        }
+    }
+
+    /// Waits for all `futures`; outputs in argument order.
+    pub fn join<F: std::future::Future>(&self, futures: impl IntoIterator<Item = F>) -> Join<F> {
+        Join::new(futures)
+    }
+
+    /// Waits for the first of `futures` in *history* order: when several are ready, the one whose
+    /// result was recorded first wins, whatever the polling order. Returns its index and output;
+    /// the others are dropped.
+    pub fn select<F: std::future::Future>(
+        &self,
+        futures: impl IntoIterator<Item = F>,
+    ) -> Select<F> {
+        Select::new(self.state.clone(), futures)
+    }
+}

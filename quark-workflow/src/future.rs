@@ -1,0 +1,419 @@
+//! The futures `ctx` calls return, and `join`/`select` that resolve in history order.
+//!
+//! A command's future is ready once the executor has delivered the history event that resolves it.
+//! The executor delivers events one at a time, in history order, and polls the orchestration after
+//! each, so what the code observes depends only on the history, never on polling order.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quark_history::{CommandId, Payload};
+use serde::de::DeserializeOwned;
+
+use crate::command::caller;
+use crate::context::OrchestrationContext;
+use crate::error::OrchestrationError;
+use crate::state::{Resolution, Shared};
+
+/// The untyped future of one command.
+#[derive(Debug)]
+pub(crate) struct CommandFuture {
+    state: Shared,
+    id: CommandId,
+    done: bool,
+}
+
+impl CommandFuture {
+    pub(crate) fn new(state: &Shared, id: CommandId) -> Self {
+        CommandFuture {
+            state: state.clone(),
+            id,
+            done: false,
+        }
+    }
+
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<Resolution, OrchestrationError>> {
+        let mut st = self.state.borrow_mut();
+        if let Some(n) = &st.nondeterminism {
+            return Poll::Ready(Err(n.clone().into()));
+        }
+        let Some(slot) = st.slots.get_mut(&self.id) else {
+            return Poll::Pending;
+        };
+        if let Some(result) = slot.result.clone() {
+            let at = slot.resolved_at;
+            st.stamp = st.stamp.max(at);
+            self.done = true;
+            return Poll::Ready(Ok(result));
+        }
+        slot.waker = Some(cx.waker().clone());
+        if let Some(reason) = st.take_cancel() {
+            self.done = true;
+            return Poll::Ready(Err(OrchestrationError::Cancelled { reason }));
+        }
+        Poll::Pending
+    }
+
+    /// Marks an unfinished timer abandoned: the turn records `TimerCancelled`.
+    fn abandon(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        if st.turn_over {
+            return;
+        }
+        if let Some(slot) = st.slots.get_mut(&self.id) {
+            slot.abandoned = true;
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, OrchestrationError> {
+    p.decode().map_err(OrchestrationError::payload)
+}
+
+/// The future of [`OrchestrationContext::call`]: the activity's output or its final failure.
+#[derive(Debug)]
+#[must_use = "an activity call does nothing unless awaited"]
+pub struct ActivityCall<T> {
+    inner: Result<CommandFuture, Option<OrchestrationError>>,
+    activity: &'static str,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> ActivityCall<T> {
+    pub(crate) fn new(cmd: CommandFuture, activity: &'static str) -> Self {
+        ActivityCall {
+            inner: Ok(cmd),
+            activity,
+            _out: PhantomData,
+        }
+    }
+
+    pub(crate) fn failed(e: OrchestrationError) -> Self {
+        ActivityCall {
+            inner: Err(Some(e)),
+            activity: "",
+            _out: PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Future for ActivityCall<T> {
+    type Output = Result<T, OrchestrationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let cmd = match &mut this.inner {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                return Poll::Ready(Err(e.take().unwrap_or(OrchestrationError::Failed(
+                    "activity call polled after completion".into(),
+                ))));
+            }
+        };
+        cmd.poll_raw(cx).map(|r| match r? {
+            Resolution::Value(p) => decode(&p),
+            Resolution::Failed(failure) => Err(OrchestrationError::Activity {
+                activity: this.activity.to_string(),
+                failure,
+            }),
+        })
+    }
+}
+
+/// The future of [`OrchestrationContext::call_child`]: the child's output or its failure.
+#[derive(Debug)]
+#[must_use = "a child call does nothing unless awaited"]
+pub struct ChildCall<T> {
+    inner: Result<CommandFuture, Option<OrchestrationError>>,
+    instance_id: String,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T> ChildCall<T> {
+    pub(crate) fn new(cmd: CommandFuture, instance_id: &str) -> Self {
+        ChildCall {
+            inner: Ok(cmd),
+            instance_id: instance_id.to_string(),
+            _out: PhantomData,
+        }
+    }
+
+    pub(crate) fn failed(e: OrchestrationError, instance_id: &str) -> Self {
+        ChildCall {
+            inner: Err(Some(e)),
+            instance_id: instance_id.to_string(),
+            _out: PhantomData,
+        }
+    }
+
+    /// The child's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+}
+
+impl<T: DeserializeOwned> Future for ChildCall<T> {
+    type Output = Result<T, OrchestrationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let cmd = match &mut this.inner {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                return Poll::Ready(Err(e.take().unwrap_or(OrchestrationError::Failed(
+                    "child call polled after completion".into(),
+                ))));
+            }
+        };
+        cmd.poll_raw(cx).map(|r| match r? {
+            Resolution::Value(p) => decode(&p),
+            Resolution::Failed(failure) => Err(OrchestrationError::Child {
+                instance_id: this.instance_id.clone(),
+                failure,
+            }),
+        })
+    }
+}
+
+/// The future of [`OrchestrationContext::sleep`]. Dropping it before it fires records
+/// `TimerCancelled`.
+#[derive(Debug)]
+#[must_use = "a timer does nothing unless awaited"]
+pub struct Sleep {
+    cmd: CommandFuture,
+}
+
+impl Sleep {
+    pub(crate) fn new(cmd: CommandFuture) -> Self {
+        Sleep { cmd }
+    }
+}
+
+impl Future for Sleep {
+    type Output = Result<(), OrchestrationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().cmd.poll_raw(cx).map(|r| r.map(|_| ()))
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.cmd.abandon();
+    }
+}
+
+/// The future of [`OrchestrationContext::wait_for_signal`].
+#[derive(Debug)]
+#[must_use = "a signal wait does nothing unless awaited"]
+pub struct Signal<T> {
+    ctx: OrchestrationContext,
+    name: String,
+    _out: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Signal<T> {
+    pub(crate) fn new(ctx: OrchestrationContext, name: &str) -> Self {
+        Signal {
+            ctx,
+            name: name.to_string(),
+            _out: PhantomData,
+        }
+    }
+
+    /// Stops waiting after `d` (a durable timer): the output becomes `Ok(None)`.
+    #[track_caller]
+    pub fn timeout(self, d: Duration) -> SignalTimeout<T> {
+        let id = self.ctx.timer(d, caller());
+        let timer = Sleep::new(CommandFuture::new(&self.ctx.state, id));
+        SignalTimeout {
+            signal: self,
+            timer,
+        }
+    }
+
+    /// A buffered signal, with the sequence number of its event.
+    fn take(&self) -> Option<(u64, Result<T, OrchestrationError>)> {
+        let mut st = self.ctx.state.borrow_mut();
+        let (seq, payload) = st.signals.get_mut(&self.name)?.pop_front()?;
+        Some((seq, decode(&payload)))
+    }
+
+    fn wait(&self, cx: &mut Context<'_>) {
+        self.ctx
+            .state
+            .borrow_mut()
+            .signal_wakers
+            .push(cx.waker().clone());
+    }
+}
+
+impl<T: DeserializeOwned> Future for Signal<T> {
+    type Output = Result<T, OrchestrationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some((seq, value)) = self.take() {
+            let mut st = self.ctx.state.borrow_mut();
+            st.stamp = st.stamp.max(seq);
+            return Poll::Ready(value);
+        }
+        if let Some(reason) = self.ctx.state.borrow_mut().take_cancel() {
+            return Poll::Ready(Err(OrchestrationError::Cancelled { reason }));
+        }
+        self.wait(cx);
+        Poll::Pending
+    }
+}
+
+/// A signal wait with a timeout: `Ok(Some(value))`, or `Ok(None)` once the timer fired first
+/// (in history order).
+#[derive(Debug)]
+#[must_use = "a signal wait does nothing unless awaited"]
+pub struct SignalTimeout<T> {
+    signal: Signal<T>,
+    timer: Sleep,
+}
+
+impl<T: DeserializeOwned> Future for SignalTimeout<T> {
+    type Output = Result<Option<T>, OrchestrationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let fired_at = {
+            let st = this.signal.ctx.state.borrow();
+            let slot = st.slots.get(&this.timer.cmd.id);
+            slot.filter(|s| s.result.is_some()).map(|s| s.resolved_at)
+        };
+        let buffered = {
+            let st = this.signal.ctx.state.borrow();
+            st.signals
+                .get(&this.signal.name)
+                .and_then(|q| q.front().map(|(seq, _)| *seq))
+        };
+        match (buffered, fired_at) {
+            (Some(s), Some(t)) if t < s => {}
+            (Some(_), _) => {
+                if let Some((seq, value)) = this.signal.take() {
+                    let mut st = this.signal.ctx.state.borrow_mut();
+                    st.stamp = st.stamp.max(seq);
+                    return Poll::Ready(value.map(Some));
+                }
+            }
+            _ => {}
+        }
+        match Pin::new(&mut this.timer).poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|()| None)),
+            Poll::Pending => {
+                this.signal.wait(cx);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The future of [`OrchestrationContext::join`].
+#[must_use = "a join does nothing unless awaited"]
+pub struct Join<F: Future> {
+    futures: Vec<Option<Pin<Box<F>>>>,
+    outputs: Vec<Option<F::Output>>,
+}
+
+impl<F: Future> std::fmt::Debug for Join<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Join")
+            .field("len", &self.futures.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// The outputs are never pinned; the futures are boxed.
+impl<F: Future> Unpin for Join<F> {}
+
+impl<F: Future> Join<F> {
+    pub(crate) fn new(futures: impl IntoIterator<Item = F>) -> Self {
+        let futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+        let outputs = futures.iter().map(|_| None).collect();
+        Join { futures, outputs }
+    }
+}
+
+impl<F: Future> Future for Join<F> {
+    type Output = Vec<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // Always every branch, always in argument order: nothing depends on which one woke us.
+        for (slot, out) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
+            if let Some(f) = slot
+                && let Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *out = Some(v);
+                *slot = None;
+            }
+        }
+        if this.outputs.iter().all(Option::is_some) {
+            Poll::Ready(this.outputs.iter_mut().filter_map(Option::take).collect())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The future of [`OrchestrationContext::select`].
+#[must_use = "a select does nothing unless awaited"]
+pub struct Select<F: Future> {
+    state: Shared,
+    futures: Vec<Pin<Box<F>>>,
+}
+
+impl<F: Future> std::fmt::Debug for Select<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Select")
+            .field("len", &self.futures.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Select<F> {
+    pub(crate) fn new(state: Shared, futures: impl IntoIterator<Item = F>) -> Self {
+        let futures = futures.into_iter().map(Box::pin).collect();
+        Select { state, futures }
+    }
+}
+
+impl<F: Future> Future for Select<F> {
+    type Output = (usize, F::Output);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outer = std::mem::take(&mut this.state.borrow_mut().stamp);
+        // The winner is the ready branch that consumed the earliest event; ties go to the first.
+        let mut best: Option<(u64, usize, F::Output)> = None;
+        for (i, f) in this.futures.iter_mut().enumerate() {
+            this.state.borrow_mut().stamp = 0;
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                let stamp = this.state.borrow().stamp;
+                if best.as_ref().is_none_or(|(s, _, _)| stamp < *s) {
+                    best = Some((stamp, i, v));
+                }
+            }
+        }
+        let mut st = this.state.borrow_mut();
+        match best {
+            Some((stamp, i, v)) => {
+                st.stamp = outer.max(stamp);
+                Poll::Ready((i, v))
+            }
+            None => {
+                st.stamp = outer;
+                Poll::Pending
+            }
+        }
+    }
+}

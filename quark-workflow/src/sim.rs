@@ -1,0 +1,238 @@
+//! A pure, in-memory driver for replay tests: records histories by running orchestrations live
+//! (activities answered by closures, timers fired in time order), then checks that those
+//! histories replay, incrementally and in full.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use quark_history::{Failure, HistoryEvent, Payload, RecordedEvent, TaskKind, Timestamp};
+
+use crate::command::is_command_event;
+use crate::definition::Orchestration;
+use crate::executor::{Outcome, Replay, replay};
+use crate::registry::Registry;
+use crate::task::TaskPayload;
+
+type Responder = Arc<dyn Fn(&str, &Payload) -> Result<Payload, Failure> + Send + Sync>;
+
+pub(crate) const ID: &str = "wf-1";
+
+pub(crate) fn recorded(seq: u64, at: Timestamp, event: HistoryEvent) -> RecordedEvent {
+    RecordedEvent {
+        instance_id: ID.into(),
+        seq,
+        recorded_at: at,
+        event,
+        hash: String::new(),
+    }
+}
+
+/// Replays `history` against the registered orchestration its first event names.
+pub(crate) fn run(registry: &Registry, history: &[RecordedEvent]) -> Replay {
+    let HistoryEvent::WorkflowStarted { instance_type, .. } = &history[0].event else {
+        panic!("event 1 is not WorkflowStarted");
+    };
+    let orchestration = registry.orchestration(instance_type).expect("registered");
+    replay(orchestration.as_ref(), ID, "default", history)
+}
+
+/// A live run that records a history.
+pub(crate) struct Sim {
+    pub(crate) registry: Registry,
+    pub(crate) history: Vec<RecordedEvent>,
+    pub(crate) now: Timestamp,
+    respond: Responder,
+    /// External results not yet delivered, in the order their tasks were enqueued.
+    activities: Vec<HistoryEvent>,
+    /// Timers not yet fired, by fire time then command id.
+    timers: BTreeMap<(Timestamp, u64), ()>,
+    pub(crate) outcome: Outcome,
+    /// Deliver activity results newest first (default: in the order they were scheduled).
+    pub(crate) newest_first: bool,
+}
+
+impl Sim {
+    pub(crate) fn start<O: Orchestration>(
+        registry: Registry,
+        input: &O::Input,
+        respond: impl Fn(&str, &Payload) -> Result<Payload, Failure> + Send + Sync + 'static,
+    ) -> Sim {
+        let mut sim = Sim {
+            registry,
+            history: Vec::new(),
+            now: Timestamp::from_millis(1_000_000),
+            respond: Arc::new(respond),
+            activities: Vec::new(),
+            timers: BTreeMap::new(),
+            outcome: Outcome::Waiting,
+            newest_first: false,
+        };
+        sim.push(HistoryEvent::WorkflowStarted {
+            instance_type: O::NAME.into(),
+            version: O::VERSION,
+            input: Payload::json(input).unwrap(),
+            parent: None,
+            continued_from: None,
+        });
+        sim
+    }
+
+    pub(crate) fn push(&mut self, event: HistoryEvent) {
+        self.now = self.now + std::time::Duration::from_millis(1);
+        let seq = self.history.len() as u64 + 1;
+        self.history.push(recorded(seq, self.now, event));
+    }
+
+    /// Runs one turn and records what it decided.
+    pub(crate) fn turn(&mut self) -> &Outcome {
+        let r = run(&self.registry, &self.history);
+        for t in &r.tasks {
+            match TaskPayload::from_bytes(&t.payload).unwrap() {
+                TaskPayload::Activity(a) => {
+                    assert_eq!(t.kind, TaskKind::Activity);
+                    let event = match (self.respond)(&a.activity, &a.input) {
+                        Ok(output) => HistoryEvent::ActivityCompleted {
+                            command: a.command,
+                            output,
+                            attempt: 1,
+                        },
+                        Err(failure) => HistoryEvent::ActivityFailed {
+                            command: a.command,
+                            failure,
+                            attempt: 1,
+                        },
+                    };
+                    self.activities.push(event);
+                }
+                TaskPayload::Timer(tm) => {
+                    assert_eq!(t.visible_at, Some(tm.fire_at));
+                    self.timers.insert((tm.fire_at, tm.command), ());
+                }
+            }
+        }
+        for e in r.new_events {
+            if let HistoryEvent::TimerCancelled { command } = e {
+                self.timers.retain(|(_, c), _| *c != command);
+            }
+            self.push(e);
+        }
+        self.outcome = r.outcome;
+        &self.outcome
+    }
+
+    /// Delivers the next external event: an activity result, else the earliest timer.
+    pub(crate) fn deliver(&mut self) -> bool {
+        if !self.activities.is_empty() {
+            let next = if self.newest_first {
+                self.activities.len() - 1
+            } else {
+                0
+            };
+            let e = self.activities.remove(next);
+            self.push(e);
+            return true;
+        }
+        let Some(((at, command), ())) = self.timers.pop_first() else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        self.push(HistoryEvent::TimerFired { command });
+        true
+    }
+
+    /// Runs turns, delivering one external event between them, until the run ends or waits for
+    /// something only the test can give (a signal).
+    pub(crate) fn run(&mut self) -> &Outcome {
+        loop {
+            self.turn();
+            if !matches!(self.outcome, Outcome::Waiting) || !self.deliver() {
+                return &self.outcome;
+            }
+        }
+    }
+}
+
+/// Checks that `history` replays against `registry` both ways:
+/// - incrementally: every prefix that ends before a block of decided events (commands, timer
+///   cancellations, the end) must yield exactly that block, as the live turn did;
+/// - in full: nothing new, and the same outcome.
+///
+/// Returns the first nondeterminism of each way, if any.
+pub(crate) fn check_replays(
+    registry: &Registry,
+    history: &[RecordedEvent],
+) -> (Option<String>, Option<String>) {
+    let decided = |e: &HistoryEvent| {
+        is_command_event(e)
+            || matches!(e, HistoryEvent::TimerCancelled { .. })
+            || (e.closing_status().is_some()
+                && !matches!(e, HistoryEvent::WorkflowTerminated { .. }))
+    };
+    let mut incremental = None;
+    let mut k = 1;
+    while k <= history.len() {
+        let r = run(registry, &history[..k]);
+        if let Outcome::Nondeterminism(n) = &r.outcome {
+            incremental = Some(n.to_string());
+            break;
+        }
+        let block: Vec<_> = history[k..]
+            .iter()
+            .take_while(|e| decided(&e.event))
+            .map(|e| e.event.clone())
+            .collect();
+        if normalize(&r.new_events) != normalize(&block) {
+            let mismatch = format!(
+                "the turn after event {k} emits {:?}; the history has {block:?}",
+                r.new_events
+            );
+            incremental = Some(mismatch);
+            break;
+        }
+        k += block.len().max(1);
+    }
+    let full = run(registry, history);
+    let full = match full.outcome {
+        Outcome::Nondeterminism(n) => Some(n.to_string()),
+        _ => {
+            assert!(
+                full.new_events.is_empty(),
+                "full replay emitted {:?}",
+                full.new_events
+            );
+            None
+        }
+    };
+    (incremental, full)
+}
+
+/// Checks that new code picks up an instance recorded by old code at any point: every prefix that
+/// ends after a decision of the old code (and the full history) replays without nondeterminism.
+/// (What the new code decides next may differ: that is what `patched` is for.)
+pub(crate) fn check_upgrade(registry: &Registry, history: &[RecordedEvent]) -> Option<String> {
+    (1..=history.len())
+        .filter(|&k| k == history.len() || is_command_event(&history[k - 1].event))
+        .find_map(|k| match run(registry, &history[..k]).outcome {
+            Outcome::Nondeterminism(n) => Some(format!("prefix of {k} events: {n}")),
+            _ => None,
+        })
+}
+
+/// Events as compared across code versions: call sites move when code changes, and a fresh side
+/// effect (`random`, `uuid`) differs from the recorded one by design.
+fn normalize(events: &[HistoryEvent]) -> Vec<HistoryEvent> {
+    let mut events = events.to_vec();
+    for e in &mut events {
+        match e {
+            HistoryEvent::ActivityScheduled { site, .. }
+            | HistoryEvent::TimerCreated { site, .. }
+            | HistoryEvent::ChildStarted { site, .. } => *site = None,
+            HistoryEvent::SideEffectRecorded { site, value, .. } => {
+                *site = None;
+                *value = Payload::unit();
+            }
+            _ => {}
+        }
+    }
+    events
+}

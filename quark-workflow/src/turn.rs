@@ -1,0 +1,197 @@
+//! The shared turn-processing code: one claimed orchestration task in, one [`Commit`] out.
+//!
+//! Both the test environment and the worker call [`process_turn`]; it does no I/O. The caller
+//! reads the history, calls it, creates [`Turn::instances`] (idempotently, with
+//! `IdReusePolicy::ReturnExisting`: their ids are deterministic, so a retried turn finds them)
+//! and then commits [`Turn::commit`].
+
+use quark_history::{
+    ClaimedTask, Commit, Expected, FailAction, HistoryEvent, NewInstance, NewTask, RecordedEvent,
+};
+
+use crate::executor::{Outcome, replay};
+use crate::registry::Registry;
+
+/// What one turn decided.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// Appends the new events at `Expected::Seq(next)`, enqueues activity and timer tasks (and
+    /// the parent's next turn when the instance ends as a child), and settles the task: completes
+    /// it, or dead-letters it on nondeterminism or an unknown orchestration type.
+    pub commit: Commit,
+    /// Instances to create before committing: new children and the next run of
+    /// `continue_as_new`.
+    pub instances: Vec<NewInstance>,
+    /// Where the code stands.
+    pub outcome: Outcome,
+}
+
+/// Runs one orchestration turn for `task` over `history` (the instance's whole history).
+pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[RecordedEvent]) -> Turn {
+    let lease = task.lease.clone();
+    let dead = |error: String, outcome: Outcome| Turn {
+        commit: Commit::new().fail(lease.clone(), FailAction::Dead { error }),
+        instances: Vec::new(),
+        outcome,
+    };
+    let Some(first) = history.first() else {
+        return dead("the instance has no history".into(), Outcome::Waiting);
+    };
+    let instance_id = task
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| first.instance_id.clone());
+    let HistoryEvent::WorkflowStarted {
+        instance_type,
+        parent,
+        ..
+    } = &first.event
+    else {
+        return dead(
+            format!(
+                "event 1 of `{instance_id}` is {}, not WorkflowStarted",
+                first.event.kind()
+            ),
+            Outcome::Waiting,
+        );
+    };
+    let Some(orchestration) = registry.orchestration(instance_type) else {
+        return dead(
+            format!("no orchestration `{instance_type}` is registered on this worker"),
+            Outcome::Waiting,
+        );
+    };
+
+    let replay = replay(orchestration.as_ref(), &instance_id, &task.queue, history);
+    if let Outcome::Nondeterminism(n) = &replay.outcome {
+        tracing::error!(instance = %instance_id, "{n}");
+        return dead(format!("{instance_id}: {n}"), replay.outcome);
+    }
+
+    let next = history.last().map_or(1, |e| e.seq + 1);
+    let mut commit = Commit::new();
+    if !replay.new_events.is_empty() {
+        commit = commit.append(instance_id.as_str(), Expected::Seq(next), replay.new_events);
+    }
+    for t in replay.tasks {
+        commit = commit.enqueue(t);
+    }
+    if let Some(parent) = parent {
+        let notice = match &replay.outcome {
+            Outcome::Completed(output) => Some(HistoryEvent::ChildCompleted {
+                command: parent.command,
+                output: output.clone(),
+            }),
+            Outcome::Failed(failure) => Some(HistoryEvent::ChildFailed {
+                command: parent.command,
+                failure: failure.clone(),
+            }),
+            Outcome::Cancelled(reason) => Some(HistoryEvent::ChildFailed {
+                command: parent.command,
+                failure: quark_history::Failure::terminal(format!("cancelled: {reason}")),
+            }),
+            _ => None,
+        };
+        if let Some(notice) = notice {
+            // The parent's tasks share the child's queue: children start on their parent's.
+            commit = commit
+                .append(parent.instance_id.as_str(), Expected::Any, [notice])
+                .enqueue(NewTask::orchestration(&task.queue, &parent.instance_id));
+        }
+    }
+    Turn {
+        commit: commit.complete(lease),
+        instances: replay.children,
+        outcome: replay.outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor_tests::{ChargeCard, OrderV1, Reordered};
+    use crate::sim::recorded;
+    use quark_history::{Lease, Payload, Settle, TaskKind, Timestamp};
+
+    fn claimed() -> ClaimedTask {
+        ClaimedTask {
+            lease: Lease {
+                task_id: 1,
+                attempt: 1,
+                worker: "w".into(),
+            },
+            kind: TaskKind::Orchestration,
+            queue: "orders".into(),
+            instance_id: Some(crate::sim::ID.into()),
+            priority: 0,
+            created_at: Timestamp::EPOCH,
+            lease_expires_at: Timestamp::EPOCH,
+            payload: Vec::new(),
+        }
+    }
+
+    fn started() -> RecordedEvent {
+        recorded(
+            1,
+            Timestamp::from_millis(5),
+            HistoryEvent::WorkflowStarted {
+                instance_type: "order".into(),
+                version: 1,
+                input: Payload::json(&500u32).unwrap(),
+                parent: None,
+                continued_from: None,
+            },
+        )
+    }
+
+    fn registry<O: crate::Orchestration>() -> Registry {
+        let mut r = Registry::new();
+        r.add_orchestration::<O>();
+        r
+    }
+
+    #[test]
+    fn a_first_turn_appends_at_the_next_sequence_number_and_enqueues_the_activity() {
+        let turn = process_turn(&registry::<OrderV1>(), &claimed(), &[started()]);
+        assert_eq!(turn.outcome, Outcome::Waiting);
+        assert_eq!(turn.commit.appends.len(), 1);
+        assert_eq!(turn.commit.appends[0].expected, Expected::Seq(2));
+        let task = &turn.commit.tasks[0];
+        assert_eq!(
+            (task.kind, task.queue.as_str()),
+            (TaskKind::Activity, "orders")
+        );
+        let crate::TaskPayload::Activity(a) =
+            crate::TaskPayload::from_bytes(&task.payload).unwrap()
+        else {
+            panic!("not an activity task");
+        };
+        assert_eq!(a.activity, <ChargeCard as crate::Activity>::NAME);
+        assert!(matches!(turn.commit.settle, Some(Settle::Complete(_))));
+    }
+
+    #[test]
+    fn nondeterminism_dead_letters_the_task_and_appends_nothing() {
+        let first = process_turn(&registry::<OrderV1>(), &claimed(), &[started()]);
+        let mut history = vec![started()];
+        for (i, e) in first.commit.appends[0].events.iter().enumerate() {
+            history.push(recorded(2 + i as u64, Timestamp::from_millis(6), e.clone()));
+        }
+        let turn = process_turn(&registry::<Reordered>(), &claimed(), &history);
+        assert!(matches!(turn.outcome, Outcome::Nondeterminism(_)));
+        assert!(turn.commit.appends.is_empty() && turn.commit.tasks.is_empty());
+        assert!(matches!(
+            turn.commit.settle,
+            Some(Settle::Fail(_, FailAction::Dead { ref error })) if error.contains("nondeterminism")
+        ));
+    }
+
+    #[test]
+    fn an_unknown_orchestration_type_is_dead_lettered_with_its_name() {
+        let turn = process_turn(&Registry::new(), &claimed(), &[started()]);
+        assert!(matches!(
+            turn.commit.settle,
+            Some(Settle::Fail(_, FailAction::Dead { ref error })) if error.contains("`order`")
+        ));
+    }
+}
