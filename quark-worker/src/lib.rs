@@ -22,6 +22,7 @@ mod metrics;
 mod poller;
 mod shutdown;
 mod worker;
+mod workflow;
 
 pub use handler::{Handler, HandlerError, TaskContext};
 pub use metrics::MetricsSnapshot;

@@ -162,6 +162,46 @@ impl WorkerBuilder {
         self
     }
 
+    /// Runs the orchestrations and activities of `registry`: registers the orchestration, activity
+    /// and timer handlers (concurrency 64, 32 and 16; change them with
+    /// [`concurrency`](Self::concurrency)), with a history cache of 10,000 instances.
+    pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
+        let w = crate::workflow::Workflows::new(registry, 10_000);
+        let (turns, activities, timers) = (w.clone(), w.clone(), w);
+        self.handle(
+            TaskKind::Orchestration,
+            move |task, cx| {
+                let w = turns.clone();
+                async move { w.turn(task, cx).await }
+            },
+            64,
+        )
+        .handle(
+            TaskKind::Activity,
+            move |task, cx| {
+                let w = activities.clone();
+                async move { w.activity(task, cx).await }
+            },
+            32,
+        )
+        .handle(
+            TaskKind::Timer,
+            move |task, cx| {
+                let w = timers.clone();
+                async move { w.timer(task, cx).await }
+            },
+            16,
+        )
+    }
+
+    /// Sets how many tasks of `kind` run at once (the kind must have a handler).
+    pub fn concurrency(mut self, kind: TaskKind, n: usize) -> Self {
+        if let Some(route) = self.routes.get_mut(&kind) {
+            route.1 = n;
+        }
+        self
+    }
+
     /// Like [`handle`](Self::handle), with a shared handler.
     pub fn handle_shared(
         mut self,
