@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use quark_history::{HistoryRange, InstanceFilter, InstanceStatus, Store, StoreConfig};
+use quark_history::{
+    HistoryRange, IdReusePolicy, InstanceFilter, InstanceStatus, NewInstance, Payload, Store,
+    StoreConfig,
+};
+use quark_workflow::{Client, Registry};
 
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
@@ -28,6 +32,22 @@ pub struct Cli {
 /// A subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs a worker for the orchestrations and activities linked into this binary until SIGINT or
+    /// SIGTERM, then shuts down gracefully.
+    Worker {
+        /// The queues to serve.
+        #[arg(long, value_delimiter = ',', default_value = "default")]
+        queues: Vec<String>,
+        /// The worker's id (default: host, process id and a random suffix).
+        #[arg(long)]
+        id: Option<String>,
+        /// How many activities run at once.
+        #[arg(long, default_value_t = 32)]
+        activity_concurrency: usize,
+        /// How long in-flight work may take to finish at shutdown, in seconds.
+        #[arg(long, default_value_t = 30)]
+        shutdown_grace: u64,
+    },
     /// Applies the schema migrations.
     Migrate,
     /// Inspects workflow instances.
@@ -53,6 +73,46 @@ pub enum Command {
 /// `quark workflow ...`
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
+    /// Starts an instance of a registered orchestration.
+    Start {
+        /// The orchestration type.
+        #[arg(long = "type")]
+        instance_type: String,
+        /// The instance id.
+        id: String,
+        /// The input, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// The queue of its orchestration tasks.
+        #[arg(long, default_value = "default")]
+        queue: String,
+    },
+    /// Sends a signal.
+    Signal {
+        /// The instance id.
+        id: String,
+        /// The signal's name.
+        name: String,
+        /// The signal's value, as JSON.
+        #[arg(long, default_value = "null")]
+        value: String,
+    },
+    /// Requests cancellation; the orchestration may compensate before it ends.
+    Cancel {
+        /// The instance id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// Stops an instance at once, running no more of its code.
+    Terminate {
+        /// The instance id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "terminated from the command line")]
+        reason: String,
+    },
     /// Lists instances, newest first.
     List {
         /// Only this orchestration type.
@@ -125,15 +185,35 @@ pub enum Output {
     Json,
 }
 
-/// Parses the command line, runs it, and reports errors on stderr.
+/// Parses the command line, runs it, and reports errors on stderr. The stock `quark` binary: no
+/// orchestrations are linked in, so `quark worker` and `quark workflow start` refuse to run.
 pub async fn main() -> ExitCode {
+    entry(None).await
+}
+
+/// Like [`main`], for a binary that links orchestrations and activities: `quark worker` runs them,
+/// and `quark workflow start` checks the type against them.
+///
+/// ```no_run
+/// # use quark_workflow::Registry;
+/// #[tokio::main]
+/// async fn main() -> std::process::ExitCode {
+///     let registry = Registry::new(); // .register(process_order).register(charge_card) ...
+///     quark_worker::cli::main_with(registry).await
+/// }
+/// ```
+pub async fn main_with(registry: Registry) -> ExitCode {
+    entry(Some(registry)).await
+}
+
+async fn entry(registry: Option<Registry>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    match run(Cli::parse(), registry).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("quark: {e:#}");
@@ -160,11 +240,47 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line with the orchestrations and activities of `registry`, if the binary
+/// links any.
+pub async fn run(cli: Cli, registry: Option<Registry>) -> anyhow::Result<()> {
     let store = open_store(cli.database_url.as_deref()).await?;
-    let mut out = std::io::stdout().lock();
-    match cli.command {
+    run_on(store, cli.command, registry, &mut std::io::stdout()).await
+}
+
+/// Runs a command on an open store, writing its output to `out`.
+pub async fn run_on(
+    store: Arc<dyn Store>,
+    command: Command,
+    registry: Option<Registry>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Worker {
+            queues,
+            id,
+            activity_concurrency,
+            shutdown_grace,
+        } => {
+            let Some(registry) = registry else {
+                bail!(
+                    "no orchestrations or activities are linked into this binary; build your own \
+                     with quark_worker::cli::main_with(registry)"
+                );
+            };
+            let mut builder = crate::Worker::builder()
+                .store(Arc::clone(&store))
+                .queues(queues)
+                .workflows(registry)
+                .concurrency(quark_history::TaskKind::Activity, activity_concurrency)
+                .shutdown_grace(std::time::Duration::from_secs(shutdown_grace));
+            if let Some(id) = id {
+                builder = builder.id(id);
+            }
+            let worker = builder.build()?;
+            writeln!(out, "worker {} serving; Ctrl-C to stop", worker.id())?;
+            worker.run_until(crate::shutdown_signal()).await?;
+            writeln!(out, "worker stopped: {:?}", worker.metrics())?;
+        }
         Command::Migrate => {
             store.migrate().await?;
             writeln!(out, "migrations applied ({})", store.backend())?;
@@ -178,7 +294,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
-        Command::Workflow(cmd) => workflow(&*store, cmd, &mut out).await?,
+        Command::Workflow(cmd) => workflow(&store, cmd, registry.as_ref(), out).await?,
         Command::Dlq(DlqCommand::List {
             queue,
             limit,
@@ -196,7 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         })
                     })
                     .collect();
-                serde_json::to_writer_pretty(&mut out, &rows)?;
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
                 writeln!(out)?;
             } else {
                 writeln!(
@@ -239,12 +355,54 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn json_payload(what: &str, text: &str) -> anyhow::Result<Payload> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("the {what} is not valid JSON"))?;
+    Ok(Payload::json(&value)?)
+}
+
 async fn workflow(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     cmd: WorkflowCommand,
+    registry: Option<&Registry>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let client = Client::new(Arc::clone(store));
     match cmd {
+        WorkflowCommand::Start {
+            instance_type,
+            id,
+            input,
+            queue,
+        } => {
+            if !registry.is_some_and(|r| r.has_orchestration(&instance_type)) {
+                bail!(
+                    "no orchestration `{instance_type}` is linked into this binary; nothing was started \
+                     (build your own binary with quark_worker::cli::main_with(registry))"
+                );
+            }
+            let input = json_payload("input", &input)?;
+            let mut new = NewInstance::new(&id, &instance_type, input);
+            new.queue = queue;
+            store
+                .create_instance(new, IdReusePolicy::RejectDuplicate)
+                .await?;
+            writeln!(out, "started {id} ({instance_type})")?;
+        }
+        WorkflowCommand::Signal { id, name, value } => {
+            let value = json_payload("signal's value", &value)?;
+            let value: serde_json::Value = value.decode()?;
+            client.signal(&id, &name, &value).await?;
+            writeln!(out, "signalled {id}: {name}")?;
+        }
+        WorkflowCommand::Cancel { id, reason } => {
+            client.cancel(&id, &reason).await?;
+            writeln!(out, "cancellation requested for {id}")?;
+        }
+        WorkflowCommand::Terminate { id, reason } => {
+            client.terminate(&id, &reason).await?;
+            writeln!(out, "terminated {id}")?;
+        }
         WorkflowCommand::List {
             instance_type,
             status,
