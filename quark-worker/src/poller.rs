@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quark_history::{
-    ClaimRequest, ClaimedTask, Commit, Error, FailAction, Settle, TaskKind, Wake, Wakeups,
+    ClaimRequest, ClaimedTask, Commit, Error, FailAction, TaskKind, Wake, Wakeups,
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::handler::{Handler, HandlerError, TaskContext};
@@ -18,14 +18,9 @@ const MAX_CONFLICT_RETRIES: u32 = 8;
 
 /// The poller of one task kind: claims as many tasks as it has free slots, runs each on its own
 /// tokio task, and when the queue is empty sleeps until a wake-up or the polling interval.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    kind: TaskKind,
-    handler: Arc<dyn Handler>,
-    slots: Arc<Semaphore>,
-    concurrency: usize,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
     let settings = &shared.settings;
+    let slots = Arc::clone(&shared.routes[&kind].slots);
     let mut wakeups = subscribe(&shared).await;
     let mut backoff = Duration::from_millis(20);
     while !shared.is_stopping() {
@@ -60,7 +55,7 @@ pub(crate) async fn run(
                         crate::lease::hand_back(&shared, task.lease).await;
                         continue;
                     };
-                    spawn_task(&shared, &handler, task, permit);
+                    spawn_task(&shared, task, permit);
                 }
                 if full {
                     continue;
@@ -81,7 +76,6 @@ pub(crate) async fn run(
             () = shared.stopped() => return,
         }
     }
-    let _ = concurrency;
 }
 
 async fn subscribe(shared: &Shared) -> Option<Wakeups> {
@@ -111,12 +105,17 @@ async fn idle_wait(shared: &Shared, wakeups: &mut Option<Wakeups>) {
     }
 }
 
-fn spawn_task(
+/// Runs `task` on its own tokio task, holding `permit` (a slot of its kind's pool) until it is done.
+pub(crate) fn spawn_task(
     shared: &Arc<Shared>,
-    handler: &Arc<dyn Handler>,
     task: ClaimedTask,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let Some(route) = shared.routes.get(&task.kind) else {
+        tracing::error!(kind = %task.kind, "no handler for a task this worker holds");
+        return;
+    };
+    let handler = Arc::clone(&route.handler);
     let (cancel, cancelled) = watch::channel(false);
     let task_id = task.lease.task_id;
     shared.in_flight().insert(
@@ -134,15 +133,8 @@ fn spawn_task(
         instance = task.instance_id.as_deref().unwrap_or(""),
         attempt = task.lease.attempt,
     );
-    let cx = TaskContext {
-        store: Arc::clone(&shared.store),
-        lease: task.lease.clone(),
-        lease_for: shared.settings.lease,
-        cancelled,
-        worker_id: Arc::clone(&shared.settings.id),
-    };
+    let cx = TaskContext::new(Arc::clone(shared), task.lease.clone(), cancelled);
     let shared2 = Arc::clone(shared);
-    let handler = Arc::clone(handler);
     let join = tokio::spawn(
         async move {
             execute(&shared2, &*handler, &task, &cx).await;
@@ -177,21 +169,17 @@ async fn execute(shared: &Shared, handler: &dyn Handler, task: &ClaimedTask, cx:
                 return;
             }
         };
-        let counter = match &commit.settle {
-            Some(Settle::Complete(_)) => &metrics.completed,
-            Some(Settle::Fail(_, FailAction::Dead { .. })) => &metrics.failed,
-            Some(_) => &metrics.retried,
-            None => {
-                tracing::error!("handler returned a commit that does not settle its task");
-                release(shared, task, Some("handler did not settle the task".into())).await;
+        if commit.settle.is_none() {
+            if commit.appends.is_empty() && commit.tasks.is_empty() {
+                // The handler settled the task itself, through `TaskContext::commit`.
                 return;
             }
-        };
-        match shared.store.commit(commit).await {
-            Ok(_) => {
-                Metrics::inc(counter);
-                return;
-            }
+            tracing::error!("handler returned a commit that does not settle its task");
+            release(shared, task, Some("handler did not settle the task".into())).await;
+            return;
+        }
+        match cx.commit(commit).await {
+            Ok(_) => return,
             Err(Error::LeaseLost { .. }) => {
                 tracing::info!("lease lost; another worker has the task");
                 Metrics::inc(&metrics.lease_lost);

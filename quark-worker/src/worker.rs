@@ -30,7 +30,6 @@ pub(crate) struct Settings {
 pub(crate) struct Route {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) slots: Arc<Semaphore>,
-    pub(crate) concurrency: usize,
 }
 
 /// A task being worked on.
@@ -43,6 +42,7 @@ pub(crate) struct InFlight {
 /// State shared by the pollers, the task runners and the lease keeper.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) routes: HashMap<TaskKind, Route>,
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
@@ -282,7 +282,6 @@ impl WorkerBuilder {
                     Route {
                         handler,
                         slots: Arc::new(Semaphore::new(concurrency)),
-                        concurrency,
                     },
                 )
             })
@@ -290,13 +289,13 @@ impl WorkerBuilder {
         Ok(Worker {
             shared: Arc::new(Shared {
                 store,
+                routes,
                 settings: self.settings,
                 metrics: Metrics::default(),
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 stopping: watch::channel(false).0,
             }),
-            routes: Arc::new(routes),
         })
     }
 }
@@ -319,7 +318,6 @@ impl WorkerBuilder {
 #[derive(Clone)]
 pub struct Worker {
     shared: Arc<Shared>,
-    routes: Arc<HashMap<TaskKind, Route>>,
 }
 
 impl fmt::Debug for Worker {
@@ -359,14 +357,8 @@ impl Worker {
     pub async fn start(&self) -> Result<RunningWorker, quark_history::Error> {
         self.shared.store.heartbeat_worker(self.info()).await?;
         let mut tasks = Vec::new();
-        for (kind, route) in self.routes.iter() {
-            tasks.push(tokio::spawn(poller::run(
-                Arc::clone(&self.shared),
-                *kind,
-                Arc::clone(&route.handler),
-                Arc::clone(&route.slots),
-                route.concurrency,
-            )));
+        for kind in self.shared.routes.keys() {
+            tasks.push(tokio::spawn(poller::run(Arc::clone(&self.shared), *kind)));
         }
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");

@@ -11,10 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quark_history::{ClaimedTask, Commit, HistoryRange, IdReusePolicy, RecordedEvent, Store};
+use quark_history::{
+    ClaimedTask, Commit, Expected, HistoryRange, IdReusePolicy, RecordedEvent, Settle, Store,
+    TaskKind,
+};
 use quark_workflow::{
-    ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, Registry,
-    TaskPayload, activity_commit, process_turn, timer_commit,
+    ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, Outcome,
+    Registry, TaskPayload, activity_commit, process_turn, timer_commit,
 };
 
 use crate::handler::{HandlerError, TaskContext};
@@ -45,16 +48,93 @@ impl Workflows {
         })?;
         let history = self.cache.history(cx.store().as_ref(), &instance).await?;
         let turn = process_turn(&self.registry, &task, &history);
+        self.prepare(&instance, turn, &cx).await
+    }
+
+    /// Creates a turn's children and marks the tasks it creates to run on this worker when a slot
+    /// is free, so that a warm instance does not wait for a trip through the queue.
+    async fn prepare(
+        &self,
+        instance: &str,
+        turn: quark_workflow::Turn,
+        cx: &TaskContext,
+    ) -> Result<Commit, HandlerError> {
         for child in turn.instances {
             // Ids are deterministic, so a turn that is redone finds its children already there.
             cx.store()
                 .create_instance(child, IdReusePolicy::ReturnExisting)
                 .await?;
         }
-        if !matches!(turn.outcome, quark_workflow::Outcome::Waiting) {
-            self.cache.forget(&instance);
+        if !matches!(turn.outcome, Outcome::Waiting) {
+            self.cache.forget(instance);
         }
-        Ok(turn.commit)
+        let mut commit = turn.commit;
+        for task in &mut commit.tasks {
+            if task.kind == TaskKind::Activity {
+                cx.run_here(task);
+            }
+        }
+        Ok(commit)
+    }
+
+    /// Continues the orchestration right here: the activity's result and the turn it unblocks go
+    /// into one commit, at the history's next sequence number. Returns `None` when that cannot be
+    /// done (the result is a retry, the turn could not run); the caller then commits the plain
+    /// result, which wakes the orchestration through the queue. If the history moved on meanwhile,
+    /// the commit conflicts and the caller does the same.
+    async fn continue_here(
+        &self,
+        task: &ClaimedTask,
+        plain: &Commit,
+        cx: &TaskContext,
+    ) -> Option<Commit> {
+        let [append] = plain.appends.as_slice() else {
+            return None;
+        };
+        let [event] = append.events.as_slice() else {
+            return None;
+        };
+        let instance = append.instance_id.as_str();
+        let mut history = self
+            .cache
+            .history(cx.store().as_ref(), instance)
+            .await
+            .ok()?;
+        let now = cx.store().config().clock.now();
+        let next = history.last().map_or(1, |e| e.seq + 1);
+        history.push(RecordedEvent {
+            instance_id: instance.to_string(),
+            seq: next,
+            recorded_at: now,
+            event: event.clone(),
+            hash: String::new(),
+        });
+        let as_turn = ClaimedTask {
+            kind: TaskKind::Orchestration,
+            queue: plain.tasks.first()?.queue.clone(),
+            instance_id: Some(instance.to_string()),
+            ..task.clone()
+        };
+        let turn = process_turn(&self.registry, &as_turn, &history);
+        if !matches!(turn.commit.settle, Some(Settle::Complete(_))) {
+            return None;
+        }
+        let mut turn_commit = self.prepare(instance, turn, cx).await.ok()?;
+        let mut events = vec![event.clone()];
+        let mut rest = Vec::new();
+        for a in turn_commit.appends.drain(..) {
+            if a.instance_id == instance {
+                events.extend(a.events);
+            } else {
+                rest.push(a);
+            }
+        }
+        let mut combined = Commit::new().append(instance, Expected::Seq(next), events);
+        // Recorded at the time the turn saw, so that a replay sees the same `ctx.now()`.
+        combined.appends[0].at = Some(now);
+        combined.appends.extend(rest);
+        combined.tasks = turn_commit.tasks;
+        Some(combined.complete(task.lease.clone()))
     }
 
     /// One activity attempt.
@@ -121,7 +201,16 @@ impl Workflows {
                 return Err(HandlerError::Other("the activity's lease was lost".into()));
             }
         };
-        Ok(activity_commit(&task, &activity, result, now()))
+        let plain = activity_commit(&task, &activity, result, now());
+        if let Some(combined) = self.continue_here(&task, &plain, &cx).await {
+            match cx.commit(combined).await {
+                Ok(_) => return Ok(Commit::default()),
+                // The history moved on, the instance ended, or the store hiccuped: fall back to
+                // the plain result; the orchestration runs through the queue.
+                Err(e) => tracing::debug!(error = %e, "could not continue the orchestration here"),
+            }
+        }
+        Ok(plain)
     }
 
     /// A timer fires.
