@@ -225,6 +225,17 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
     }
+    // Where the time of one orchestration goes: the gap before each journaled event.
+    let last = format!("light-{}", a.light.saturating_sub(1));
+    let timeline = store.read_history(&last, quark_history::HistoryRange::All).await.unwrap();
+    let steps: Vec<String> = timeline
+        .windows(2)
+        .map(|w| {
+            let gap = w[1].recorded_at.since(w[0].recorded_at).as_micros() as u64;
+            format!("{} +{:.2}ms", w[1].event.kind(), ms(gap))
+        })
+        .collect();
+    eprintln!("[{backend}] one orchestration at light load: {}", steps.join(", "));
     rows.push(Row {
         backend,
         workload: format!(
