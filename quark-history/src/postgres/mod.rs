@@ -64,10 +64,9 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?.application_name("quark");
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            // No ping before each use: it costs a round trip per operation. A connection that
-            // died in the pool fails its next operation with a retryable `Error::Connection`, and
-            // the pool replaces it.
-            .test_before_acquire(false)
+            // A ping before each use costs a round trip, but without it every connection that died
+            // in the pool (a database restart, a failover) fails one caller's operation.
+            .test_before_acquire(true)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
