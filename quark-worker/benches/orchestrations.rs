@@ -227,7 +227,10 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
     }
     // Where the time of one orchestration goes: the gap before each journaled event.
     let last = format!("light-{}", a.light.saturating_sub(1));
-    let timeline = store.read_history(&last, quark_history::HistoryRange::All).await.unwrap();
+    let timeline = store
+        .read_history(&last, quark_history::HistoryRange::All)
+        .await
+        .unwrap();
     let steps: Vec<String> = timeline
         .windows(2)
         .map(|w| {
@@ -235,7 +238,10 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
             format!("{} +{:.2}ms", w[1].event.kind(), ms(gap))
         })
         .collect();
-    eprintln!("[{backend}] one orchestration at light load: {}", steps.join(", "));
+    eprintln!(
+        "[{backend}] one orchestration at light load: {}",
+        steps.join(", ")
+    );
     rows.push(Row {
         backend,
         workload: format!(

@@ -171,7 +171,7 @@ impl TaskContext {
             Some(Settle::Fail(..)) => Some(&shared.metrics.retried),
             _ => None,
         };
-        let result = shared.store.commit(commit).await;
+        let result = shared.committer.commit(commit).await;
         let mut reserved = std::mem::take(&mut *self.reserved());
         let committed = result?;
         if let Some(counter) = counter {

@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod cli;
+mod committer;
 mod handler;
 mod lease;
 mod metrics;

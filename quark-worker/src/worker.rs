@@ -42,6 +42,7 @@ pub(crate) struct InFlight {
 /// State shared by the pollers, the task runners and the lease keeper.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) committer: crate::committer::Committer,
     pub(crate) routes: HashMap<TaskKind, Route>,
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
@@ -288,6 +289,7 @@ impl WorkerBuilder {
             .collect();
         Ok(Worker {
             shared: Arc::new(Shared {
+                committer: crate::committer::Committer::start(Arc::clone(&store), 4, 128),
                 store,
                 routes,
                 settings: self.settings,

@@ -77,8 +77,9 @@ async fn it_runs_every_task_once_and_completes_it(t: &TestStore) {
         .map(|n| NewTask::new(TaskKind::Job, "jobs").payload(n.to_be_bytes().to_vec()))
         .collect();
     t.store.enqueue(tasks).await.unwrap();
-    until("the queue is drained", async || {
-        drained(&*t.store, "jobs").await
+    // The counters move just after each commit returns: wait for both.
+    until("the queue is drained and counted", async || {
+        drained(&*t.store, "jobs").await && running.worker().metrics().completed == 500
     })
     .await;
     let runs = runs.lock().unwrap().clone();

@@ -4,6 +4,7 @@
 //! `NOTIFY`s sent after commit, coalesced by a background task, and received by one `LISTEN`
 //! connection per store that reconnects by itself.
 
+mod batch;
 mod journal;
 mod notify;
 mod queue;
@@ -156,6 +157,10 @@ impl Store for PostgresStore {
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
         Box::pin(self.commit_impl(commit))
+    }
+
+    fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
+        Box::pin(self.commit_many_impl(commits))
     }
 
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
