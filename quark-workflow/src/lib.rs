@@ -26,6 +26,7 @@ mod future;
 mod registry;
 mod state;
 mod task;
+pub mod testing;
 mod turn;
 
 pub use activity::{ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink};

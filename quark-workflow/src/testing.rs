@@ -1,0 +1,286 @@
+//! The test environment: orchestrations and activities in-process, on an in-memory SQLite store,
+//! under a virtual clock.
+//!
+//! [`TestEnv`] plays the worker. It runs the same turn function ([`process_turn`]) and the same
+//! task commits ([`activity_commit`], [`timer_commit`]) as production, one task at a time. When
+//! nothing is runnable it moves its [`ManualClock`] straight to the next timer or retry, so a
+//! 30-day timer takes milliseconds. Activities can be replaced by mocks.
+//!
+//! ```
+//! # use std::time::Duration;
+//! use quark_workflow::testing::TestEnv;
+//! use quark_workflow::{ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Registry};
+//!
+//! #[quark_workflow::activity]
+//! async fn charge_card(_ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
+//!     Ok(format!("charged {cents}"))
+//! }
+//!
+//! #[quark_workflow::orchestration]
+//! async fn order(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
+//!     ctx.sleep(Duration::from_secs(30 * 24 * 3600)).await?;
+//!     ctx.call(charge_card, &cents).await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = TestEnv::new(Registry::new().register(order).register(charge_card)).await?;
+//! env.mock_activity::<charge_card>(|cents| Ok(format!("mocked {cents}")));
+//! let handle = order::start(env.client(), "order-1", 500).await?;
+//! assert_eq!(handle.result().await?, "mocked 500");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use quark_history::{
+    ClaimRequest, ClaimedTask, Clock, Commit, Error as StoreError, FailAction, HistoryRange,
+    IdReusePolicy, ManualClock, SqliteStore, Store, StoreConfig, TaskKind, Timestamp,
+};
+
+use crate::activity::{ActivityContext, ActivityInfo, CancellationToken};
+use crate::client::{Client, ClientError, Driver};
+use crate::definition::Activity;
+use crate::error::ActivityError;
+use crate::registry::Registry;
+use crate::task::{TaskPayload, activity_commit, timer_commit};
+use crate::turn::process_turn;
+
+/// Where the virtual clock starts: 2026-01-01T00:00:00Z.
+pub const START: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
+
+/// An in-process engine for tests. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    inner: Arc<Inner>,
+    client: Client,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: ManualClock,
+    registry: Mutex<Registry>,
+    /// Times at which a task becomes visible (timers, retries): where the clock jumps to.
+    wake_at: Mutex<BTreeSet<Timestamp>>,
+    /// One driver at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl TestEnv {
+    /// An environment running `registry`'s code on a fresh in-memory SQLite store.
+    pub async fn new(registry: Registry) -> Result<Self, ClientError> {
+        let clock = ManualClock::new(START);
+        let store =
+            SqliteStore::in_memory_with(StoreConfig::default().clock(clock.clone())).await?;
+        let inner = Arc::new(Inner {
+            store: Arc::new(store),
+            clock,
+            registry: Mutex::new(registry),
+            wake_at: Mutex::new(BTreeSet::new()),
+            running: tokio::sync::Mutex::new(()),
+        });
+        let client = Client::with_driver(inner.store.clone(), inner.clone());
+        Ok(TestEnv { inner, client })
+    }
+
+    /// A client whose `result()` runs the environment until the instance ends.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The virtual clock.
+    pub fn clock(&self) -> &ManualClock {
+        &self.inner.clock
+    }
+
+    /// Replaces activity `A` with `mock` from now on.
+    pub fn mock_activity<A: Activity>(
+        &self,
+        mock: impl Fn(A::Input) -> Result<A::Output, ActivityError> + Send + Sync + 'static,
+    ) {
+        self.inner.registry().mock_activity::<A>(mock);
+    }
+
+    /// Runs every task that is runnable now, without moving the clock. Returns how many ran.
+    pub async fn run_until_idle(&self) -> Result<usize, ClientError> {
+        let _guard = self.inner.running.lock().await;
+        self.inner.run_visible().await
+    }
+
+    /// Moves the clock forward by `d` and runs what became runnable.
+    pub async fn advance(&self, d: std::time::Duration) -> Result<usize, ClientError> {
+        self.inner.clock.advance(d);
+        self.run_until_idle().await
+    }
+}
+
+impl Inner {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panicking test thread poisons the lock; the registry itself is still whole.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note_wake(&self, at: Timestamp) {
+        self.wake_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(at);
+    }
+
+    async fn run_visible(&self) -> Result<usize, ClientError> {
+        let mut ran = 0;
+        loop {
+            let queues = self.registry().queues();
+            let claimed = self
+                .store
+                .claim(ClaimRequest::new("quark-test-env", queues).limit(16))
+                .await?;
+            if claimed.is_empty() {
+                return Ok(ran);
+            }
+            for task in claimed {
+                self.execute(task).await?;
+                ran += 1;
+            }
+        }
+    }
+
+    /// Runs one claimed task, as a worker would.
+    async fn execute(&self, task: ClaimedTask) -> Result<(), ClientError> {
+        let registry = self.registry().clone();
+        let commit = match task.kind {
+            TaskKind::Orchestration => {
+                let id = task.instance_id.clone().unwrap_or_default();
+                let history = self.store.read_history(&id, HistoryRange::All).await?;
+                let turn = process_turn(&registry, &task, &history);
+                for instance in turn.instances {
+                    self.store
+                        .create_instance(instance, IdReusePolicy::ReturnExisting)
+                        .await?;
+                }
+                turn.commit
+            }
+            TaskKind::Activity | TaskKind::Timer => match TaskPayload::from_bytes(&task.payload) {
+                Ok(TaskPayload::Timer(timer)) => timer_commit(&task, &timer),
+                Ok(TaskPayload::Activity(a)) => {
+                    let info = ActivityInfo::new(
+                        &a.instance_id,
+                        a.command,
+                        &a.activity,
+                        task.lease.attempt,
+                    );
+                    let ctx = ActivityContext::new(info, None, CancellationToken::new());
+                    match registry.run_activity(&a.activity, ctx, a.input.clone()) {
+                        Some(run) => {
+                            let result = run.await;
+                            activity_commit(&task, &a, result, self.clock.now())
+                        }
+                        None => Commit::new().fail(
+                            task.lease.clone(),
+                            FailAction::Dead {
+                                error: format!("no activity `{}` is registered", a.activity),
+                            },
+                        ),
+                    }
+                }
+                Err(_) => Commit::new().fail(
+                    task.lease.clone(),
+                    FailAction::Dead {
+                        error: "unreadable task payload".into(),
+                    },
+                ),
+            },
+            other => Commit::new().fail(
+                task.lease.clone(),
+                FailAction::Dead {
+                    error: format!("the test environment does not run {other} tasks"),
+                },
+            ),
+        };
+        for t in &commit.tasks {
+            if let Some(at) = t.visible_at {
+                self.note_wake(at);
+            }
+        }
+        if let Some(quark_history::Settle::Fail(_, FailAction::Retry { at, .. })) = &commit.settle {
+            self.note_wake(*at);
+        }
+        match self.store.commit(commit).await {
+            Ok(_) => Ok(()),
+            // The instance ended while this result was on its way: nothing waits for it.
+            Err(StoreError::InstanceClosed { .. }) => {
+                self.store
+                    .commit(Commit::new().complete(task.lease.clone()))
+                    .await?;
+                Ok(())
+            }
+            // New events arrived during the turn: run it again on the longer history.
+            Err(StoreError::Conflict { .. }) => {
+                let again = FailAction::Retry {
+                    at: self.clock.now(),
+                    error: None,
+                };
+                self.store
+                    .commit(Commit::new().fail(task.lease.clone(), again))
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Why `instance_id` cannot move: a dead task of its own, or nothing left to wait for.
+    async fn stuck(&self, instance_id: &str) -> ClientError {
+        let dead = self.store.list_dead(None, 1000).await.unwrap_or_default();
+        let reason = dead
+            .into_iter()
+            .rev()
+            .find(|d| d.instance_id.as_deref() == Some(instance_id))
+            .map(|d| d.error)
+            .unwrap_or_else(|| "it waits for a signal (or a task on a queue nobody serves)".into());
+        ClientError::Stuck {
+            id: instance_id.to_string(),
+            reason,
+        }
+    }
+}
+
+impl Driver for Inner {
+    fn drive<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(async move {
+            let _guard = self.running.lock().await;
+            loop {
+                self.run_visible().await?;
+                let record = self
+                    .store
+                    .get_instance(instance_id)
+                    .await?
+                    .ok_or_else(|| ClientError::NotFound(instance_id.to_string()))?;
+                if record.status.is_closed() {
+                    return Ok(());
+                }
+                let now = self.clock.now();
+                let next = {
+                    let mut wake = self.wake_at.lock().unwrap_or_else(|e| e.into_inner());
+                    let later = wake.split_off(&(now + std::time::Duration::from_micros(1)));
+                    let next = later.first().copied();
+                    *wake = later;
+                    next
+                };
+                match next {
+                    Some(at) => self.clock.set(at),
+                    None => return Err(self.stuck(instance_id).await),
+                }
+            }
+        })
+    }
+}
