@@ -24,6 +24,7 @@ mod error;
 mod executor;
 mod future;
 mod registry;
+mod replay;
 mod state;
 mod task;
 pub mod testing;
@@ -37,6 +38,7 @@ pub use error::{ActivityError, Nondeterminism, OrchestrationError};
 pub use executor::{Outcome, Replay};
 pub use future::{ActivityCall, ChildCall, Join, Select, Signal, SignalTimeout, Sleep};
 pub use registry::{Registration, Registry};
+pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
 pub use turn::{Turn, process_turn};
 
