@@ -62,4 +62,6 @@ mod context_tests;
 #[cfg(test)]
 mod executor_tests;
 #[cfg(test)]
+mod property_tests;
+#[cfg(test)]
 mod sim;
