@@ -25,6 +25,7 @@ mod executor;
 mod future;
 mod registry;
 mod replay;
+mod runner;
 mod state;
 mod task;
 pub mod testing;
@@ -39,6 +40,7 @@ pub use executor::{Outcome, Replay};
 pub use future::{ActivityCall, ChildCall, Join, Select, Signal, SignalTimeout, Sleep};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
+pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};
 pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
 pub use turn::{Turn, process_turn};
 

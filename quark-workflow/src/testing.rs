@@ -37,17 +37,14 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use quark_history::{
-    ClaimRequest, ClaimedTask, Clock, Commit, Error as StoreError, FailAction, HistoryRange,
-    IdReusePolicy, ManualClock, SqliteStore, Store, StoreConfig, TaskKind, Timestamp,
+    ClaimRequest, ClaimedTask, Clock, ManualClock, SqliteStore, Store, StoreConfig, Timestamp,
 };
 
-use crate::activity::{ActivityContext, ActivityInfo, CancellationToken};
 use crate::client::{Client, ClientError, Driver};
 use crate::definition::Activity;
 use crate::error::ActivityError;
 use crate::registry::Registry;
-use crate::task::{TaskPayload, activity_commit, timer_commit};
-use crate::turn::process_turn;
+use crate::runner::run_task;
 
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z.
 pub const START: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
@@ -154,88 +151,14 @@ impl Inner {
         }
     }
 
-    /// Runs one claimed task, as a worker would.
+    /// Runs one claimed task with the shared runner, noting when its follow-ups become visible.
     async fn execute(&self, task: ClaimedTask) -> Result<(), ClientError> {
         let registry = self.registry().clone();
-        let commit = match task.kind {
-            TaskKind::Orchestration => {
-                let id = task.instance_id.clone().unwrap_or_default();
-                let history = self.store.read_history(&id, HistoryRange::All).await?;
-                let turn = process_turn(&registry, &task, &history);
-                for instance in turn.instances {
-                    self.store
-                        .create_instance(instance, IdReusePolicy::ReturnExisting)
-                        .await?;
-                }
-                turn.commit
-            }
-            TaskKind::Activity | TaskKind::Timer => match TaskPayload::from_bytes(&task.payload) {
-                Ok(TaskPayload::Timer(timer)) => timer_commit(&task, &timer),
-                Ok(TaskPayload::Activity(a)) => {
-                    let info = ActivityInfo::new(
-                        &a.instance_id,
-                        a.command,
-                        &a.activity,
-                        task.lease.attempt,
-                    );
-                    let ctx = ActivityContext::new(info, None, CancellationToken::new());
-                    match registry.run_activity(&a.activity, ctx, a.input.clone()) {
-                        Some(run) => {
-                            let result = run.await;
-                            activity_commit(&task, &a, result, self.clock.now())
-                        }
-                        None => Commit::new().fail(
-                            task.lease.clone(),
-                            FailAction::Dead {
-                                error: format!("no activity `{}` is registered", a.activity),
-                            },
-                        ),
-                    }
-                }
-                Err(_) => Commit::new().fail(
-                    task.lease.clone(),
-                    FailAction::Dead {
-                        error: "unreadable task payload".into(),
-                    },
-                ),
-            },
-            other => Commit::new().fail(
-                task.lease.clone(),
-                FailAction::Dead {
-                    error: format!("the test environment does not run {other} tasks"),
-                },
-            ),
-        };
-        for t in &commit.tasks {
-            if let Some(at) = t.visible_at {
-                self.note_wake(at);
-            }
+        let ran = run_task(self.store.as_ref(), &registry, task, &self.clock, None).await?;
+        for at in ran.wake_at {
+            self.note_wake(at);
         }
-        if let Some(quark_history::Settle::Fail(_, FailAction::Retry { at, .. })) = &commit.settle {
-            self.note_wake(*at);
-        }
-        match self.store.commit(commit).await {
-            Ok(_) => Ok(()),
-            // The instance ended while this result was on its way: nothing waits for it.
-            Err(StoreError::InstanceClosed { .. }) => {
-                self.store
-                    .commit(Commit::new().complete(task.lease.clone()))
-                    .await?;
-                Ok(())
-            }
-            // New events arrived during the turn: run it again on the longer history.
-            Err(StoreError::Conflict { .. }) => {
-                let again = FailAction::Retry {
-                    at: self.clock.now(),
-                    error: None,
-                };
-                self.store
-                    .commit(Commit::new().fail(task.lease.clone(), again))
-                    .await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        Ok(())
     }
 
     /// Why `instance_id` cannot move: a dead task of its own, or nothing left to wait for.
