@@ -1,8 +1,8 @@
 //! The test environment: orchestrations and activities in-process, on an in-memory SQLite store,
 //! under a virtual clock.
 //!
-//! [`TestEnv`] plays the worker. It runs the same turn function ([`process_turn`]) and the same
-//! task commits ([`activity_commit`], [`timer_commit`]) as production, one task at a time. When
+//! [`TestEnv`] plays the worker. It runs every task with [`run_task`], the same
+//! code as production (turns through [`process_turn`](crate::process_turn)), one at a time. When
 //! nothing is runnable it moves its [`ManualClock`] straight to the next timer or retry, so a
 //! 30-day timer takes milliseconds. Activities can be replaced by mocks.
 //!
