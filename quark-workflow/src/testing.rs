@@ -37,9 +37,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use quark_history::{
-    ClaimRequest, ClaimedTask, Clock, ManualClock, SqliteStore, Store, StoreConfig, Timestamp,
+    ClaimRequest, ClaimedTask, Clock, ManualClock, Payload, SqliteStore, Store, StoreConfig,
+    Timestamp,
 };
 
+use crate::activity::{ActivityInfo, HeartbeatSink};
 use crate::client::{Client, ClientError, Driver};
 use crate::definition::Activity;
 use crate::error::ActivityError;
@@ -63,6 +65,8 @@ struct Inner {
     registry: Mutex<Registry>,
     /// Times at which a task becomes visible (timers, retries): where the clock jumps to.
     wake_at: Mutex<BTreeSet<Timestamp>>,
+    /// Heartbeats activities sent, in order.
+    heartbeats: Arc<Mutex<Vec<(ActivityInfo, Option<Payload>)>>>,
     /// One driver at a time.
     running: tokio::sync::Mutex<()>,
 }
@@ -78,6 +82,7 @@ impl TestEnv {
             clock,
             registry: Mutex::new(registry),
             wake_at: Mutex::new(BTreeSet::new()),
+            heartbeats: Arc::default(),
             running: tokio::sync::Mutex::new(()),
         });
         let client = Client::with_driver(inner.store.clone(), inner.clone());
@@ -107,6 +112,11 @@ impl TestEnv {
         self.inner.registry().mock_activity::<A>(mock);
     }
 
+    /// The heartbeats activities have sent so far, with their progress.
+    pub fn heartbeats(&self) -> Vec<(ActivityInfo, Option<Payload>)> {
+        lock(&self.inner.heartbeats).clone()
+    }
+
     /// Runs every task that is runnable now, without moving the clock. Returns how many ran.
     pub async fn run_until_idle(&self) -> Result<usize, ClientError> {
         let _guard = self.inner.running.lock().await;
@@ -120,17 +130,18 @@ impl TestEnv {
     }
 }
 
+/// A test that panicked while holding a lock poisons it; the data is still whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Inner {
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        // A panicking test thread poisons the lock; the registry itself is still whole.
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.registry)
     }
 
     fn note_wake(&self, at: Timestamp) {
-        self.wake_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(at);
+        lock(&self.wake_at).insert(at);
     }
 
     async fn run_visible(&self) -> Result<usize, ClientError> {
@@ -154,7 +165,19 @@ impl Inner {
     /// Runs one claimed task with the shared runner, noting when its follow-ups become visible.
     async fn execute(&self, task: ClaimedTask) -> Result<(), ClientError> {
         let registry = self.registry().clone();
-        let ran = run_task(self.store.as_ref(), &registry, task, &self.clock, None).await?;
+        let seen = self.heartbeats.clone();
+        let sink: HeartbeatSink =
+            Arc::new(move |info: &ActivityInfo, progress: Option<Payload>| {
+                lock(&seen).push((info.clone(), progress));
+            });
+        let ran = run_task(
+            self.store.as_ref(),
+            &registry,
+            task,
+            &self.clock,
+            Some(sink),
+        )
+        .await?;
         for at in ran.wake_at {
             self.note_wake(at);
         }
@@ -193,7 +216,7 @@ impl Driver for Inner {
                 }
                 let now = self.clock.now();
                 let next = {
-                    let mut wake = self.wake_at.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut wake = lock(&self.wake_at);
                     let later = wake.split_off(&(now + std::time::Duration::from_micros(1)));
                     let next = later.first().copied();
                     *wake = later;

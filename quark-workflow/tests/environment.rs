@@ -12,7 +12,8 @@ use quark_workflow::{
 };
 
 #[activity(retry(max_attempts = 3, initial = "1s", max = "10s"))]
-async fn charge_card(_ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
+async fn charge_card(ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
+    ctx.heartbeat(&format!("attempt {}", ctx.attempt()));
     Ok(format!("charged {cents}"))
 }
 
@@ -206,4 +207,62 @@ async fn result_follows_continue_as_new_to_the_last_run() {
         env.client().describe("count~4").await.unwrap().status,
         InstanceStatus::Completed
     );
+}
+
+#[tokio::test]
+async fn heartbeats_reach_the_environment_with_their_progress() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = order::start(env.client(), "order-hb", 5).await.unwrap();
+    handle.result().await.unwrap();
+    let beats = env.heartbeats();
+    assert_eq!(beats.len(), 1);
+    assert_eq!(beats[0].0.activity, "charge_card");
+    assert_eq!(
+        beats[0].1,
+        Some(quark_history::Payload::json(&"attempt 1").unwrap())
+    );
+}
+
+#[tokio::test]
+async fn an_unregistered_orchestration_type_is_reported_not_lost() {
+    let env = TestEnv::new(Registry::new().register(charge_card))
+        .await
+        .unwrap();
+    let handle = order::start(env.client(), "orphan", 1).await.unwrap();
+    match handle.result().await {
+        Err(ClientError::Stuck { reason, .. }) => {
+            assert!(
+                reason.contains("no orchestration `order` is registered"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected it to be stuck, got {other:?}"),
+    }
+    assert_eq!(
+        handle.describe().await.unwrap().status,
+        InstanceStatus::Running
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_input_fails_the_instance_with_a_payload_error() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let input = quark_history::Payload::json(&"not a number").unwrap();
+    env.store()
+        .create_instance(
+            quark_history::NewInstance::new("bad-input", "order", input),
+            IdReusePolicy::RejectDuplicate,
+        )
+        .await
+        .unwrap();
+    match env.client().result::<String>("bad-input").await {
+        Err(ClientError::Failed { failure, .. }) => {
+            assert!(
+                failure.message.starts_with("payload:"),
+                "{}",
+                failure.message
+            )
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }
