@@ -51,6 +51,9 @@ use crate::runner::run_task;
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z.
 pub const START: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
 
+/// A heartbeat an activity sent: who, and its progress.
+pub type Heartbeat = (ActivityInfo, Option<Payload>);
+
 /// An in-process engine for tests. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct TestEnv {
@@ -66,7 +69,7 @@ struct Inner {
     /// Times at which a task becomes visible (timers, retries): where the clock jumps to.
     wake_at: Mutex<BTreeSet<Timestamp>>,
     /// Heartbeats activities sent, in order.
-    heartbeats: Arc<Mutex<Vec<(ActivityInfo, Option<Payload>)>>>,
+    heartbeats: Arc<Mutex<Vec<Heartbeat>>>,
     /// One driver at a time.
     running: tokio::sync::Mutex<()>,
 }
@@ -113,7 +116,7 @@ impl TestEnv {
     }
 
     /// The heartbeats activities have sent so far, with their progress.
-    pub fn heartbeats(&self) -> Vec<(ActivityInfo, Option<Payload>)> {
+    pub fn heartbeats(&self) -> Vec<Heartbeat> {
         lock(&self.inner.heartbeats).clone()
     }
 
