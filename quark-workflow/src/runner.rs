@@ -90,9 +90,16 @@ pub async fn run_task(
     if let Some(Settle::Fail(_, FailAction::Retry { at, .. })) = &commit.settle {
         ran.wake_at.push(*at);
     }
-    match store.commit(commit).await {
+    let own = task.instance_id.clone().unwrap_or_default();
+    match store.commit(commit.clone()).await {
         Ok(_) => Ok(ran),
-        // The instance ended while this result was on its way: nothing waits for it.
+        // Another instance ended meanwhile (a parent told of its child's end): the news has
+        // nobody to go to, but this instance's own events still must land.
+        Err(Error::InstanceClosed { id, .. }) if id != own => {
+            store.commit(without(commit, &id)).await?;
+            Ok(ran)
+        }
+        // This instance ended while the result was on its way: nothing waits for it.
         Err(Error::InstanceClosed { .. }) => {
             store.commit(Commit::new().complete(task.lease)).await?;
             Ok(Ran::default())
@@ -108,6 +115,15 @@ pub async fn run_task(
         }
         Err(e) => Err(e),
     }
+}
+
+/// `commit` without its appends to, and orchestration tasks for, instance `id`.
+pub(crate) fn without(mut commit: Commit, id: &str) -> Commit {
+    commit.appends.retain(|a| a.instance_id != id);
+    commit
+        .tasks
+        .retain(|t| t.kind != TaskKind::Orchestration || t.instance_id.as_deref() != Some(id));
+    commit
 }
 
 async fn timed(

@@ -266,3 +266,18 @@ async fn a_malformed_input_fails_the_instance_with_a_payload_error() {
         other => panic!("expected a failure, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_child_still_completes_after_its_parent_was_terminated() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = parent::start(env.client(), "parent-2", 3).await.unwrap();
+    // The parent starts its child; the child charges and starts its 30-day timer.
+    env.run_until_idle().await.unwrap();
+    handle.terminate("no longer needed").await.unwrap();
+    let child = order::handle(env.client(), "parent-2:1");
+    assert_eq!(child.result().await.unwrap(), "charged 3");
+    assert!(matches!(
+        handle.result().await,
+        Err(ClientError::Terminated { .. })
+    ));
+}
