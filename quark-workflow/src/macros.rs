@@ -25,6 +25,10 @@
 /// `greet::start(&client, "id", input).await?` returns a [`Handle`] whose `.result().await` is the
 /// output type, and `greet::handle(&client, "id")` reopens one.
 ///
+/// Inside the body the function's own name is free for bindings (`fn order(ctx, order: Order)`
+/// works), but, as with any unit struct, a binding named like *another* generated activity or
+/// orchestration in scope is read as that type: name such bindings differently.
+///
 /// # Arguments
 ///
 /// - `name = "..."`: the registered type name (default: the function's name). Never rename a
