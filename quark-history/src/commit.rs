@@ -28,6 +28,10 @@ pub struct Append {
     pub expected: Expected,
     /// The events, in order.
     pub events: Vec<HistoryEvent>,
+    /// The time to record them at (`None`: the store's clock at commit). A worker that ran code on
+    /// these events before committing them passes the time the code saw, so that a replay sees it
+    /// too.
+    pub at: Option<crate::Timestamp>,
 }
 
 /// What happens to the task a commit was done under.
@@ -79,6 +83,7 @@ impl Commit {
             instance_id: instance_id.into(),
             expected,
             events: events.into_iter().collect(),
+            at: None,
         });
         self
     }

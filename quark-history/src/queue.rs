@@ -80,6 +80,10 @@ pub struct NewTask {
     pub affinity: Option<String>,
     /// Opaque bytes for the worker.
     pub payload: Vec<u8>,
+    /// Enqueue it already claimed by this worker, for this long: the worker that creates a task it
+    /// can run at once skips the round trip through the queue. The lease is attempt 1, and expires
+    /// like any other if the worker dies. Ignored for orchestration tasks.
+    pub lease_to: Option<(String, Duration)>,
 }
 
 impl NewTask {
@@ -93,6 +97,7 @@ impl NewTask {
             visible_at: None,
             affinity: None,
             payload: Vec::new(),
+            lease_to: None,
         }
     }
 

@@ -77,7 +77,7 @@ pub(crate) fn check_tasks(config: &StoreConfig, tasks: &[NewTask]) -> Result<()>
 pub(crate) fn visible_queues(tasks: &[NewTask], now: Timestamp) -> BTreeSet<String> {
     tasks
         .iter()
-        .filter(|t| t.visible_at.is_none_or(|at| at <= now))
+        .filter(|t| t.lease_to.is_none() && t.visible_at.is_none_or(|at| at <= now))
         .map(|t| t.queue.clone())
         .collect()
 }

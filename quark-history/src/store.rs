@@ -133,6 +133,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Appends, enqueues and settles in one transaction. See [`Commit`].
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
 
+    /// Commits many commits, each all or nothing, and returns each one's result in order. The
+    /// outcome is as if they were committed one after another in this order; a backend may write
+    /// them in one transaction (PostgreSQL does, with set-based statements), which is what makes a
+    /// busy worker fast.
+    fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(commits.len());
+            for commit in commits {
+                out.push(self.commit(commit).await);
+            }
+            out
+        })
+    }
+
     /// Enqueues tasks in one transaction (a commit with tasks only).
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<i64>>> {
         Box::pin(async move {

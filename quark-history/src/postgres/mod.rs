@@ -4,6 +4,7 @@
 //! `NOTIFY`s sent after commit, coalesced by a background task, and received by one `LISTEN`
 //! connection per store that reconnects by itself.
 
+mod batch;
 mod journal;
 mod notify;
 mod queue;
@@ -64,6 +65,9 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)?.application_name("quark");
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // A ping before each use costs a round trip, but without it every connection that died
+            // in the pool (a database restart, a failover) fails one caller's operation.
+            .test_before_acquire(true)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
@@ -153,6 +157,10 @@ impl Store for PostgresStore {
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
         Box::pin(self.commit_impl(commit))
+    }
+
+    fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
+        Box::pin(self.commit_many_impl(commits))
     }
 
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {

@@ -12,6 +12,10 @@ use crate::wakeup::{Hub, Wake};
 
 const CHANNEL: &str = "quark_tasks";
 
+/// The least time between two `NOTIFY` batches: other processes hear of new tasks at most this
+/// late (this process hears at once, through its hub).
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
+
 /// Sends coalesced `NOTIFY`s off the commit path and owns the shared listener.
 #[derive(Debug)]
 pub(super) struct Notifier {
@@ -43,6 +47,9 @@ impl Notifier {
                     // A lost notice costs one polling interval of latency, nothing more.
                     tracing::debug!(error = %e, "NOTIFY failed; pollers will find the tasks");
                 }
+                // Each NOTIFY takes a cluster-wide lock at commit: send at most one batch per
+                // interval, and let what arrives meanwhile ride along with the next.
+                tokio::time::sleep(NOTIFY_INTERVAL).await;
             }
         });
         Notifier {

@@ -57,10 +57,12 @@ pub(super) async fn enqueue_in_tx(
         // One statement for the batch. Identity values are drawn in row order, so sorting the
         // returned ids restores the input order.
         let mut inserted: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
-             SELECT kind, queue, instance_id, priority, visible_at, $1, affinity, payload \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::bytea[]) \
-             WITH ORDINALITY AS t(kind, queue, instance_id, priority, visible_at, affinity, payload, ord) \
+            "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
+             lease_owner, attempts) \
+             SELECT kind, queue, instance_id, priority, visible_at, $1, affinity, payload, lease_owner, attempts \
+             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::bytea[], \
+             $9::text[], $10::int[]) \
+             WITH ORDINALITY AS t(kind, queue, instance_id, priority, visible_at, affinity, payload, lease_owner, attempts, ord) \
              ORDER BY ord RETURNING id",
         )
         .bind(now.as_micros())
@@ -68,9 +70,19 @@ pub(super) async fn enqueue_in_tx(
         .bind(others.iter().map(|(_, t)| t.queue.as_str()).collect::<Vec<_>>())
         .bind(others.iter().map(|(_, t)| t.instance_id.as_deref()).collect::<Vec<_>>())
         .bind(others.iter().map(|(_, t)| t.priority).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| t.visible_at.unwrap_or(now).as_micros()).collect::<Vec<_>>())
+        .bind(
+            others
+                .iter()
+                .map(|(_, t)| match &t.lease_to {
+                    Some((_, lease)) => (now + *lease).as_micros(),
+                    None => t.visible_at.unwrap_or(now).as_micros(),
+                })
+                .collect::<Vec<_>>(),
+        )
         .bind(others.iter().map(|(_, t)| t.affinity.as_deref()).collect::<Vec<_>>())
         .bind(others.iter().map(|(_, t)| t.payload.as_slice()).collect::<Vec<_>>())
+        .bind(others.iter().map(|(_, t)| t.lease_to.as_ref().map(|(w, _)| w.as_str())).collect::<Vec<_>>())
+        .bind(others.iter().map(|(_, t)| i32::from(t.lease_to.is_some())).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
         inserted.sort_unstable();

@@ -108,6 +108,7 @@ impl SqliteStore {
             instance_id: new.id.clone(),
             expected: Expected::Seq(1),
             events: vec![started],
+            at: None,
         };
         append_in_tx(&mut tx, self, &append, now).await?;
         let mut task =
@@ -290,6 +291,7 @@ pub(super) async fn append_in_tx(
     if append.events.is_empty() {
         return Ok((next_seq, next_seq - 1));
     }
+    let now = append.at.unwrap_or(now);
     let encoded = encode_events(&store.config, hash32(&last_hash), next_seq, &append.events)?;
     let mut output = None;
     for (event, enc) in append.events.iter().zip(&encoded) {

@@ -34,7 +34,10 @@ pub(super) async fn enqueue_in_tx(
 ) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let visible_at = task.visible_at.unwrap_or(now).as_micros();
+        let (visible_at, lease_owner, attempts) = match &task.lease_to {
+            Some((worker, lease)) => ((now + *lease).as_micros(), Some(worker.as_str()), 1i64),
+            None => (task.visible_at.unwrap_or(now).as_micros(), None, 0),
+        };
         let id: i64 = if task.kind == TaskKind::Orchestration {
             // One orchestration task per instance: a pending one absorbs the new one; a leased one
             // is marked to run again when its holder settles it.
@@ -49,8 +52,8 @@ pub(super) async fn enqueue_in_tx(
             )
         } else {
             sqlx::query_scalar(
-                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
-                 VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
+                 lease_owner, attempts) VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10) RETURNING id",
             )
         }
         .bind(&task.queue)
@@ -61,6 +64,8 @@ pub(super) async fn enqueue_in_tx(
         .bind(task.affinity.as_deref())
         .bind(&task.payload)
         .bind(task.kind.as_str())
+        .bind(lease_owner)
+        .bind(attempts)
         .fetch_one(&mut **tx)
         .await?;
         ids.push(id);

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod batch;
 mod concurrency;
 mod instances;
 mod journal;

@@ -20,6 +20,7 @@ conformance!(
     it_prefers_the_affinity_worker_until_the_delay_or_its_death,
     it_commits_nothing_of_a_turn_whose_append_conflicts,
     it_commits_nothing_of_a_turn_whose_lease_was_lost,
+    it_enqueues_a_task_already_leased_to_the_worker_that_will_run_it,
 );
 
 fn activity(queue: &str, n: u8) -> NewTask {
@@ -510,4 +511,58 @@ async fn it_commits_nothing_of_a_turn_whose_lease_was_lost(t: &TestStore) {
         )
         .await
         .unwrap();
+}
+
+async fn it_enqueues_a_task_already_leased_to_the_worker_that_will_run_it(t: &TestStore) {
+    start(t, "warm").await;
+    let mut own = activity("q", 1);
+    own.lease_to = Some(("me".into(), Duration::from_secs(10)));
+    let at = t.clock.now() - Duration::from_secs(1);
+    let mut commit = Commit::new().enqueue(own).enqueue(activity("q", 2));
+    commit = commit.append(
+        "warm",
+        Expected::Seq(2),
+        [HistoryEvent::TimerFired { command: 1 }],
+    );
+    commit.appends[0].at = Some(at);
+    let ids = t.store.commit(commit).await.unwrap().task_ids;
+    let history = t
+        .store
+        .read_history("warm", HistoryRange::From(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        history[0].recorded_at, at,
+        "recorded at the time the caller gave"
+    );
+
+    let others = claim_all(&*t.store, "other", "q").await;
+    assert_eq!(
+        others.iter().map(|c| c.payload[0]).collect::<Vec<_>>(),
+        [2],
+        "the leased task is not up for grabs"
+    );
+    assert_eq!(t.store.queue_stats("q").await.unwrap().leased, 2);
+    let lease = quark_history::Lease {
+        task_id: ids[0],
+        attempt: 1,
+        worker: "me".into(),
+    };
+    t.store
+        .extend_lease(&lease, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // If "me" dies, the task comes back like any other whose lease expired.
+    t.clock.advance(Duration::from_secs(11));
+    let rescued = claim_all(&*t.store, "other", "q").await;
+    let rescued: Vec<_> = rescued
+        .into_iter()
+        .filter(|c| c.lease.task_id == ids[0])
+        .collect();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(rescued[0].lease.attempt, 2);
+    assert!(matches!(
+        t.store.commit(Commit::new().complete(lease)).await,
+        Err(Error::LeaseLost { .. })
+    ));
 }

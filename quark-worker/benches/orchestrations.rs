@@ -1,0 +1,319 @@
+//! Orchestration benchmark: N orchestrations of three no-op activities each, on PostgreSQL and
+//! SQLite, run by one in-process worker.
+//!
+//! Reports orchestrations/s and steps/s (turns + activities) under load, p50/p99 start-to-completion
+//! latency under load and at light load (one orchestration at a time), and enqueue-to-start latency
+//! of a task at light load.
+//!
+//! `cargo bench -p quark-worker --bench orchestrations -- [--n 2000] [--light 200] [--backend both|postgres|sqlite]`
+//! PostgreSQL: `QUARK_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! the bench creates and drops a database of its own.
+#![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use quark_history::{
+    Commit, InstanceFilter, InstanceStatus, NewTask, PostgresStore, SqliteStore, Store,
+    StoreConfig, TaskKind,
+};
+use quark_worker::Worker;
+use quark_workflow::{
+    ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
+    activity, orchestration,
+};
+
+#[activity]
+async fn noop(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
+    Ok(n)
+}
+
+#[orchestration]
+async fn three_steps(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    let a = ctx.call(noop, &n).await?;
+    let b = ctx.call(noop, &a).await?;
+    Ok(ctx.call(noop, &b).await?)
+}
+
+struct Args {
+    n: u64,
+    light: u64,
+    backends: Vec<&'static str>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        n: 2000,
+        light: 200,
+        backends: vec!["postgres", "sqlite"],
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--n" => a.n = value.parse().expect("--n N"),
+            "--light" => a.light = value.parse().expect("--light N"),
+            "--backend" => {
+                a.backends = match value.as_str() {
+                    "postgres" => vec!["postgres"],
+                    "sqlite" => vec!["sqlite"],
+                    _ => vec!["postgres", "sqlite"],
+                }
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+async fn start_worker(
+    store: &Arc<dyn Store>,
+    waits: tokio::sync::mpsc::UnboundedSender<Duration>,
+) -> quark_worker::RunningWorker {
+    Worker::builder()
+        .store(Arc::clone(store))
+        .workflows(Registry::new().register(three_steps).register(noop))
+        .handle(
+            TaskKind::Job,
+            move |task: quark_history::ClaimedTask, cx: quark_worker::TaskContext| {
+                let waits = waits.clone();
+                async move {
+                    let _ = waits.send(cx.store().config().clock.now().since(task.created_at));
+                    Ok(Commit::new().complete(task.lease.clone()))
+                }
+            },
+            8,
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+async fn completed(
+    store: &dyn Store,
+    created_from: quark_history::Timestamp,
+) -> Vec<quark_history::InstanceRecord> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_instances(InstanceFilter {
+                statuses: vec![InstanceStatus::Completed],
+                created_from: Some(created_from),
+                after: after.clone(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return all;
+        }
+        after = page.last().map(|i| (i.created_at, i.id.clone()));
+        all.extend(page);
+    }
+}
+
+async fn count_running(store: &dyn Store) -> usize {
+    store
+        .list_instances(InstanceFilter {
+            statuses: vec![InstanceStatus::Running],
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+struct Row {
+    backend: &'static str,
+    workload: String,
+    rate: String,
+    p50: f64,
+    p99: f64,
+}
+
+async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mut Vec<Row>) {
+    let (tx, mut waits) = tokio::sync::mpsc::unbounded_channel();
+    let running = start_worker(&store, tx).await;
+    let client = Client::new(Arc::clone(&store));
+
+    // Throughput: start N orchestrations from 8 concurrent clients, wait for all to complete.
+    eprintln!("[{backend}] {} orchestrations of 3 activities", a.n);
+    let t0 = store.config().clock.now();
+    let started = Instant::now();
+    let mut starters = Vec::new();
+    for c in 0..8u64 {
+        let client = client.clone();
+        let n = a.n;
+        starters.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                three_steps::start(&client, format!("load-{i}"), i)
+                    .await
+                    .unwrap();
+                i += 8;
+            }
+        }));
+    }
+    for s in starters {
+        s.await.unwrap();
+    }
+    let start_secs = started.elapsed().as_secs_f64();
+    while count_running(&*store).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = completed(&*store, t0).await;
+    assert_eq!(done.len() as u64, a.n, "every orchestration completed");
+    let last = done.iter().map(|i| i.updated_at).max().unwrap();
+    let secs = last.since(t0).as_secs_f64();
+    let mut lat = histogram();
+    for i in &done {
+        lat.record(i.updated_at.since(i.created_at).as_micros() as u64)
+            .unwrap();
+    }
+    let m = running.worker().metrics();
+    rows.push(Row {
+        backend,
+        workload: format!(
+            "{} orchestrations x 3 activities (start to completion)",
+            a.n
+        ),
+        rate: format!(
+            "{:.0} orch/s, {:.0} steps/s (starts alone: {:.0}/s)",
+            a.n as f64 / secs,
+            (a.n * 7) as f64 / secs,
+            a.n as f64 / start_secs
+        ),
+        p50: ms(lat.value_at_quantile(0.5)),
+        p99: ms(lat.value_at_quantile(0.99)),
+    });
+    eprintln!("[{backend}] worker counters: {m:?}");
+
+    // Light load: one orchestration at a time.
+    let mut light = histogram();
+    for i in 0..a.light {
+        let handle = three_steps::start(&client, format!("light-{i}"), i)
+            .await
+            .unwrap();
+        let id = handle.id().to_string();
+        loop {
+            let r = store.get_instance(&id).await.unwrap().unwrap();
+            if r.status.is_closed() {
+                light
+                    .record(r.updated_at.since(r.created_at).as_micros() as u64)
+                    .unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    // Where the time of one orchestration goes: the gap before each journaled event.
+    let last = format!("light-{}", a.light.saturating_sub(1));
+    let timeline = store
+        .read_history(&last, quark_history::HistoryRange::All)
+        .await
+        .unwrap();
+    let steps: Vec<String> = timeline
+        .windows(2)
+        .map(|w| {
+            let gap = w[1].recorded_at.since(w[0].recorded_at).as_micros() as u64;
+            format!("{} +{:.2}ms", w[1].event.kind(), ms(gap))
+        })
+        .collect();
+    eprintln!(
+        "[{backend}] one orchestration at light load: {}",
+        steps.join(", ")
+    );
+    rows.push(Row {
+        backend,
+        workload: format!(
+            "{} orchestrations one at a time (start to completion)",
+            a.light
+        ),
+        rate: "-".into(),
+        p50: ms(light.value_at_quantile(0.5)),
+        p99: ms(light.value_at_quantile(0.99)),
+    });
+
+    // Enqueue to start, at light load: one job at a time, idle worker.
+    let mut e2s = histogram();
+    for _ in 0..a.light {
+        store
+            .enqueue(vec![NewTask::new(TaskKind::Job, "default")])
+            .await
+            .unwrap();
+        let waited = waits.recv().await.unwrap();
+        e2s.record(waited.as_micros().max(1) as u64).unwrap();
+        // Let the worker go idle again, as at light load.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    rows.push(Row {
+        backend,
+        workload: format!(
+            "{} tasks enqueued one at a time (enqueue to start)",
+            a.light
+        ),
+        rate: "-".into(),
+        p50: ms(e2s.value_at_quantile(0.5)),
+        p99: ms(e2s.value_at_quantile(0.99)),
+    });
+    running.shutdown().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let mut rows = Vec::new();
+    for backend in a.backends.clone() {
+        match backend {
+            "postgres" => {
+                let t = quark_history::testing::postgres()
+                    .await
+                    .expect("PostgreSQL for the benchmark");
+                let url = t.database_url().unwrap();
+                let store: Arc<dyn Store> = Arc::new(
+                    PostgresStore::connect_with(&url, StoreConfig::default())
+                        .await
+                        .unwrap(),
+                );
+                bench("postgres", store, &a, &mut rows).await;
+                t.cleanup().await;
+            }
+            _ => {
+                let dir = std::env::temp_dir().join(format!("quark-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let store: Arc<dyn Store> =
+                    Arc::new(SqliteStore::open(dir.join("bench.db")).await.unwrap());
+                bench("sqlite", store, &a, &mut rows).await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    println!(
+        "\n| backend | workload | throughput | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- |"
+    );
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} |",
+            r.backend, r.workload, r.rate, r.p50, r.p99
+        );
+    }
+}

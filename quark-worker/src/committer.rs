@@ -1,0 +1,71 @@
+//! Group commit: the commits of a worker's concurrent tasks share transactions.
+//!
+//! Task runners hand their commits to a few committer lanes. A lane takes whatever has piled up
+//! (up to a batch limit) and writes it with [`Store::commit_many`], each commit still all or
+//! nothing. Nothing waits to fill a batch: a lone commit goes out at once, and batches grow only
+//! while the database is busy with the previous ones.
+
+use std::sync::Arc;
+
+use quark_history::{Commit, Committed, Error, Store};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+type Request = (Commit, oneshot::Sender<quark_history::Result<Committed>>);
+
+#[derive(Debug)]
+pub(crate) struct Committer {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Committer {
+    pub(crate) fn start(store: Arc<dyn Store>, lanes: usize, max_batch: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..lanes.max(1) {
+            tokio::spawn(lane(Arc::clone(&store), Arc::clone(&rx), max_batch.max(1)));
+        }
+        Committer { tx }
+    }
+
+    pub(crate) async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {
+        let (reply, result) = oneshot::channel();
+        if self.tx.send((commit, reply)).is_err() {
+            return Err(Error::Invalid("the worker's committer has stopped".into()));
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err(Error::Invalid("the worker's committer has stopped".into())))
+    }
+}
+
+async fn lane(
+    store: Arc<dyn Store>,
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
+    max_batch: usize,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (mut commits, replies): (Vec<Commit>, Vec<_>) = batch.into_iter().unzip();
+        let results = if commits.len() == 1 {
+            vec![store.commit(commits.remove(0)).await]
+        } else {
+            store.commit_many(commits).await
+        };
+        for (result, reply) in results.into_iter().zip(replies) {
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! What the runtime asks of the code that does the work.
+//!
+//! The worker runtime knows tasks, leases and commits, not orchestrations or jobs. For each task kind
+//! it serves, it is given a [`Handler`] that turns a claimed task into the [`Commit`] that records
+//! its outcome (settling the task's lease inside it). The orchestration turn, the activity runner,
+//! the timer and the job runner are handlers.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use quark_history::{
+    ClaimedTask, Commit, Committed, FailAction, Lease, NewTask, Settle, Store, TaskKind, Timestamp,
+};
+use tokio::sync::{OwnedSemaphorePermit, watch};
+
+use crate::metrics::Metrics;
+use crate::worker::Shared;
+
+/// Why a handler could not produce a commit. The runtime releases the task to be retried after a
+/// short backoff; the task's own retry policy is the handler's business and goes into the commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The store failed (a dropped connection, say). Retried.
+    #[error(transparent)]
+    Store(#[from] quark_history::Error),
+    /// The task cannot be processed by this worker (unknown type, undecodable payload). The
+    /// message says why; the task is dead-lettered.
+    #[error("{0}")]
+    Rejected(String),
+    /// Anything else. Retried.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Turns a claimed task into the commit that records its outcome.
+///
+/// Any `Fn(ClaimedTask, TaskContext) -> impl Future<Output = Result<Commit, HandlerError>>` is a
+/// handler.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one task. The returned commit must settle `task.lease` (complete or fail it). It may
+    /// be called again for the same claim when an orchestration turn's history moved on.
+    fn handle(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> BoxFuture<'static, Result<Commit, HandlerError>>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(ClaimedTask, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Commit, HandlerError>> + Send + 'static,
+{
+    fn handle(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> BoxFuture<'static, Result<Commit, HandlerError>> {
+        Box::pin(self(task, cx))
+    }
+}
+
+/// What a handler may ask of the runtime while it works on a task.
+#[derive(Clone)]
+pub struct TaskContext {
+    shared: Arc<Shared>,
+    lease: Lease,
+    cancelled: watch::Receiver<bool>,
+    /// Slots taken by [`run_here`](Self::run_here) for tasks the next commit creates.
+    reserved: Arc<Mutex<Vec<(TaskKind, OwnedSemaphorePermit)>>>,
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("lease", &self.lease)
+            .field("cancelled", &*self.cancelled.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    pub(crate) fn new(shared: Arc<Shared>, lease: Lease, cancelled: watch::Receiver<bool>) -> Self {
+        TaskContext {
+            shared,
+            lease,
+            cancelled,
+            reserved: Arc::default(),
+        }
+    }
+
+    /// The store the task came from.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// The lease the task is held under.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The id of the worker running the task.
+    pub fn worker_id(&self) -> &str {
+        &self.shared.settings.id
+    }
+
+    /// Extends the lease now (the runtime also extends it on its own schedule). Fails with
+    /// `LeaseLost` if the task was taken over; the work should then stop.
+    pub async fn heartbeat(&self) -> quark_history::Result<Timestamp> {
+        self.shared
+            .store
+            .extend_lease(&self.lease, self.shared.settings.lease)
+            .await
+    }
+
+    /// Whether the task was cancelled: its lease was lost, or the worker is shutting down past its
+    /// grace period.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Asks to run `task` on this worker right after the commit that creates it, without a trip
+    /// through the queue: if this worker serves its kind and queue and has a free slot, the slot is
+    /// reserved and the task is enqueued already leased to this worker. Returns whether it will.
+    pub fn run_here(&self, task: &mut NewTask) -> bool {
+        let shared = &self.shared;
+        let now = shared.store.config().clock.now();
+        if task.kind == TaskKind::Orchestration
+            || shared.is_stopping()
+            || !shared.settings.queues.contains(&task.queue)
+            || task.visible_at.is_some_and(|at| at > now)
+        {
+            return false;
+        }
+        let Some(route) = shared.routes.get(&task.kind) else {
+            return false;
+        };
+        let Ok(permit) = Arc::clone(&route.slots).try_acquire_owned() else {
+            return false;
+        };
+        self.reserved().push((task.kind, permit));
+        task.lease_to = Some((shared.settings.id.to_string(), shared.settings.lease));
+        true
+    }
+
+    fn reserved(&self) -> std::sync::MutexGuard<'_, Vec<(TaskKind, OwnedSemaphorePermit)>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits `commit` and starts the tasks it created for this worker with
+    /// [`run_here`](Self::run_here). A handler that commits its task's outcome itself returns
+    /// `Commit::default()`; the runtime commits whatever else it returns the same way.
+    pub async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {
+        let shared = &self.shared;
+        let me = shared.settings.id.as_ref();
+        let here: Vec<(usize, NewTask)> = commit
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.lease_to.as_ref().is_some_and(|(w, _)| w == me))
+            .map(|(i, t)| (i, t.clone()))
+            .collect();
+        let counter = match &commit.settle {
+            Some(Settle::Complete(_)) => Some(&shared.metrics.completed),
+            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(&shared.metrics.failed),
+            Some(Settle::Fail(..)) => Some(&shared.metrics.retried),
+            _ => None,
+        };
+        let result = shared.committer.commit(commit).await;
+        let mut reserved = std::mem::take(&mut *self.reserved());
+        let committed = result?;
+        if let Some(counter) = counter {
+            Metrics::inc(counter);
+        }
+        let now = shared.store.config().clock.now();
+        for (i, task) in here {
+            let Some(slot) = reserved.iter().position(|(k, _)| *k == task.kind) else {
+                continue;
+            };
+            let (_, permit) = reserved.swap_remove(slot);
+            let claimed = ClaimedTask {
+                lease: Lease {
+                    task_id: committed.task_ids[i],
+                    attempt: 1,
+                    worker: me.to_string(),
+                },
+                kind: task.kind,
+                queue: task.queue,
+                instance_id: task.instance_id,
+                priority: task.priority,
+                created_at: now,
+                lease_expires_at: now + shared.settings.lease,
+                payload: task.payload,
+            };
+            Metrics::inc(&shared.metrics.claimed);
+            crate::poller::spawn_task(shared, claimed, permit);
+        }
+        Ok(committed)
+    }
+
+    /// Resolves when the task is cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancelled.clone();
+        // An error means the runtime dropped the sender: the task is gone either way.
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}

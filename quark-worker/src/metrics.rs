@@ -1,0 +1,49 @@
+//! Counters a worker keeps, for operators, tests and benchmarks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters of one worker.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) claimed: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) lease_lost: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
+}
+
+/// A snapshot of [`Metrics`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MetricsSnapshot {
+    /// Tasks claimed.
+    pub claimed: u64,
+    /// Tasks whose commit completed them.
+    pub completed: u64,
+    /// Tasks whose commit moved them to the dead-letter list, or whose handler rejected them.
+    pub failed: u64,
+    /// Tasks released to run again later (by their handler's retry policy or after an error).
+    pub retried: u64,
+    /// Commits refused because the lease had been lost.
+    pub lease_lost: u64,
+    /// Turns redone because the history moved on while they ran.
+    pub conflicts: u64,
+}
+
+impl Metrics {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            claimed: self.claimed.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            lease_lost: self.lease_lost.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The worker: pollers per task kind, a bounded pool each, lease keeping, graceful shutdown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quark_history::{Store, TaskKind, WorkerInfo};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::handler::Handler;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::{lease, poller};
+
+/// How a worker behaves. Built by [`WorkerBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) id: Arc<str>,
+    pub(crate) queues: Vec<String>,
+    pub(crate) labels: serde_json::Map<String, serde_json::Value>,
+    pub(crate) lease: Duration,
+    pub(crate) heartbeat: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) claim_batch: u32,
+    pub(crate) affinity_delay: Duration,
+    pub(crate) shutdown_grace: Duration,
+}
+
+pub(crate) struct Route {
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+/// A task being worked on.
+pub(crate) struct InFlight {
+    pub(crate) lease: quark_history::Lease,
+    pub(crate) cancel: watch::Sender<bool>,
+    pub(crate) abort: Option<tokio::task::AbortHandle>,
+}
+
+/// State shared by the pollers, the task runners and the lease keeper.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) committer: crate::committer::Committer,
+    pub(crate) routes: HashMap<TaskKind, Route>,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Metrics,
+    pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
+    pub(crate) idle: Notify,
+    pub(crate) stopping: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub(crate) fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+}
+
+/// Configures a [`Worker`].
+pub struct WorkerBuilder {
+    store: Option<Arc<dyn Store>>,
+    settings: Settings,
+    routes: HashMap<TaskKind, (Arc<dyn Handler>, usize)>,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("settings", &self.settings)
+            .field("kinds", &self.routes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a worker could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No store was given.
+    #[error("a worker needs a store: call .store(..)")]
+    NoStore,
+    /// No handler was given.
+    #[error("a worker needs at least one handler: call .handle(kind, handler, concurrency)")]
+    NoHandlers,
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Default for WorkerBuilder {
+    fn default() -> Self {
+        WorkerBuilder {
+            store: None,
+            settings: Settings {
+                id: default_worker_id().into(),
+                queues: vec!["default".into()],
+                labels: serde_json::Map::new(),
+                lease: Duration::from_secs(30),
+                heartbeat: Duration::from_secs(10),
+                poll_interval: Duration::from_millis(250),
+                claim_batch: 64,
+                affinity_delay: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(30),
+            },
+            routes: HashMap::new(),
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &unique[unique.len() - 6..]
+    )
+}
+
+impl WorkerBuilder {
+    /// The store to work from.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The worker's id (default: host, process id and a random suffix). Must be unique among live
+    /// workers.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.settings.id = id.into().into();
+        self
+    }
+
+    /// The queues to serve (default: `default`).
+    pub fn queues(mut self, queues: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.settings.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A placement label (`region`, `zone`, `rack`, ...).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings
+            .labels
+            .insert(key.into(), serde_json::Value::String(value.into()));
+        self
+    }
+
+    /// Serves tasks of `kind` with `handler`, running at most `concurrency` at once.
+    pub fn handle(mut self, kind: TaskKind, handler: impl Handler, concurrency: usize) -> Self {
+        self.routes.insert(kind, (Arc::new(handler), concurrency));
+        self
+    }
+
+    /// Runs the orchestrations and activities of `registry`: registers the orchestration, activity
+    /// and timer handlers (concurrency 64, 32 and 16; change them with
+    /// [`concurrency`](Self::concurrency)), with a history cache of 10,000 instances.
+    pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
+        let w = crate::workflow::Workflows::new(registry, 10_000);
+        let (turns, activities, timers) = (w.clone(), w.clone(), w);
+        self.handle(
+            TaskKind::Orchestration,
+            move |task, cx| {
+                let w = turns.clone();
+                async move { w.turn(task, cx).await }
+            },
+            64,
+        )
+        .handle(
+            TaskKind::Activity,
+            move |task, cx| {
+                let w = activities.clone();
+                async move { w.activity(task, cx).await }
+            },
+            32,
+        )
+        .handle(
+            TaskKind::Timer,
+            move |task, cx| {
+                let w = timers.clone();
+                async move { w.timer(task, cx).await }
+            },
+            16,
+        )
+    }
+
+    /// Sets how many tasks of `kind` run at once (the kind must have a handler).
+    pub fn concurrency(mut self, kind: TaskKind, n: usize) -> Self {
+        if let Some(route) = self.routes.get_mut(&kind) {
+            route.1 = n;
+        }
+        self
+    }
+
+    /// Like [`handle`](Self::handle), with a shared handler.
+    pub fn handle_shared(
+        mut self,
+        kind: TaskKind,
+        handler: Arc<dyn Handler>,
+        concurrency: usize,
+    ) -> Self {
+        self.routes.insert(kind, (handler, concurrency));
+        self
+    }
+
+    /// How long a claim holds before it must be renewed (default 30 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = lease;
+        self
+    }
+
+    /// How often leases and the worker's registration are renewed (default 10 s).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.settings.heartbeat = every;
+        self
+    }
+
+    /// The polling fallback's interval (default 250 ms): the most a timer fires late, and the
+    /// longest an idle worker takes to notice work when a wake-up is lost.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.settings.poll_interval = every;
+        self
+    }
+
+    /// The most tasks one claim takes (default 64).
+    pub fn claim_batch(mut self, n: u32) -> Self {
+        self.settings.claim_batch = n;
+        self
+    }
+
+    /// How long a task with another worker's affinity waits before this one takes it (default 1 s).
+    pub fn affinity_delay(mut self, delay: Duration) -> Self {
+        self.settings.affinity_delay = delay;
+        self
+    }
+
+    /// How long shutdown waits for in-flight tasks before handing them back (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(self) -> Result<Worker, BuildError> {
+        let store = self.store.ok_or(BuildError::NoStore)?;
+        if self.routes.is_empty() {
+            return Err(BuildError::NoHandlers);
+        }
+        let s = &self.settings;
+        if s.heartbeat >= s.lease {
+            return Err(BuildError::Invalid(format!(
+                "the heartbeat ({:?}) must be shorter than the lease ({:?})",
+                s.heartbeat, s.lease
+            )));
+        }
+        if s.queues.is_empty() || s.claim_batch == 0 {
+            return Err(BuildError::Invalid(
+                "a worker needs a queue and a claim batch of at least 1".into(),
+            ));
+        }
+        if let Some((kind, _)) = self.routes.iter().find(|(_, (_, c))| *c == 0) {
+            return Err(BuildError::Invalid(format!(
+                "the concurrency for {kind} tasks is 0"
+            )));
+        }
+        let routes = self
+            .routes
+            .into_iter()
+            .map(|(kind, (handler, concurrency))| {
+                (
+                    kind,
+                    Route {
+                        handler,
+                        slots: Arc::new(Semaphore::new(concurrency)),
+                    },
+                )
+            })
+            .collect();
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                committer: crate::committer::Committer::start(Arc::clone(&store), 4, 128),
+                store,
+                routes,
+                settings: self.settings,
+                metrics: Metrics::default(),
+                in_flight: Mutex::new(HashMap::new()),
+                idle: Notify::new(),
+                stopping: watch::channel(false).0,
+            }),
+        })
+    }
+}
+
+/// A worker: claims tasks from the shared queue and runs them through its handlers.
+///
+/// ```no_run
+/// # async fn demo(store: std::sync::Arc<dyn quark_history::Store>, handler: impl quark_worker::Handler) -> anyhow::Result<()> {
+/// use quark_history::TaskKind;
+/// let worker = quark_worker::Worker::builder()
+///     .store(store)
+///     .queues(["default"])
+///     .handle(TaskKind::Job, handler, 16)
+///     .build()?;
+/// let running = worker.start().await?;
+/// quark_worker::shutdown_signal().await;
+/// running.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.shared.settings.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A builder with the defaults.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// The worker's id.
+    pub fn id(&self) -> &str {
+        &self.shared.settings.id
+    }
+
+    /// The worker's counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.shared.settings.id.to_string(),
+            queues: self.shared.settings.queues.clone(),
+            labels: serde_json::Value::Object(self.shared.settings.labels.clone()).to_string(),
+            heartbeat_at: self.shared.store.config().clock.now(),
+        }
+    }
+
+    /// Registers the worker and starts its pollers and lease keeper.
+    pub async fn start(&self) -> Result<RunningWorker, quark_history::Error> {
+        self.shared.store.heartbeat_worker(self.info()).await?;
+        let mut tasks = Vec::new();
+        for kind in self.shared.routes.keys() {
+            tasks.push(tokio::spawn(poller::run(Arc::clone(&self.shared), *kind)));
+        }
+        let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
+        tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");
+        Ok(RunningWorker {
+            worker: self.clone(),
+            pollers: tasks,
+            keeper,
+        })
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(
+        &self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), quark_history::Error> {
+        let running = self.start().await?;
+        signal.await;
+        running.shutdown().await;
+        Ok(())
+    }
+}
+
+/// A started worker. Drop it or call [`shutdown`](Self::shutdown) to stop.
+#[derive(Debug)]
+pub struct RunningWorker {
+    worker: Worker,
+    pollers: Vec<JoinHandle<()>>,
+    keeper: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// The worker.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// Stops claiming, lets in-flight tasks finish within the grace period, hands the rest back by
+    /// releasing their leases, and deregisters the worker.
+    pub async fn shutdown(self) {
+        let shared = &self.worker.shared;
+        let _ = shared.stopping.send(true);
+        for poller in &self.pollers {
+            poller.abort();
+        }
+        let grace = shared.settings.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            loop {
+                let idle = shared.idle.notified();
+                if shared.in_flight().is_empty() {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await
+        .is_ok();
+        self.keeper.abort();
+        if !drained {
+            let left: Vec<InFlight> = shared.in_flight().drain().map(|(_, f)| f).collect();
+            tracing::warn!(
+                count = left.len(),
+                "shutdown grace over; handing tasks back"
+            );
+            for task in left {
+                let _ = task.cancel.send(true);
+                if let Some(abort) = task.abort {
+                    abort.abort();
+                }
+                lease::hand_back(shared, task.lease).await;
+            }
+        }
+        if let Err(e) = shared.store.deregister_worker(&shared.settings.id).await {
+            tracing::warn!(error = %e, "could not deregister; the registration expires by itself");
+        }
+        tracing::info!(worker = %shared.settings.id, "worker stopped");
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        for poller in &self.pollers {
+            poller.abort();
+        }
+        self.keeper.abort();
+    }
+}

@@ -1,0 +1,370 @@
+//! Running orchestrations, activities and timers: the handlers that connect the runtime to
+//! `quark-workflow`.
+//!
+//! The orchestration handler reads the instance's history (only the new part, when the instance is
+//! warm in the history cache), calls [`process_turn`] — the same function the test environment
+//! calls — creates the children it started, and returns the turn's commit. The activity handler
+//! runs one attempt under the activity's timeouts and settles it with [`activity_commit`]; the
+//! timer handler fires with [`timer_commit`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quark_history::{
+    ClaimedTask, Commit, Expected, HistoryRange, IdReusePolicy, RecordedEvent, Settle, Store,
+    TaskKind,
+};
+use quark_workflow::{
+    ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, Outcome,
+    Registry, TaskPayload, activity_commit, process_turn, timer_commit,
+};
+
+use crate::handler::{HandlerError, TaskContext};
+
+/// The handlers of one worker's registry, with the history cache that keeps its instances warm.
+#[derive(Debug, Clone)]
+pub(crate) struct Workflows {
+    registry: Arc<Registry>,
+    cache: Arc<HistoryCache>,
+}
+
+impl Workflows {
+    pub(crate) fn new(registry: Registry, cache_capacity: usize) -> Self {
+        Workflows {
+            registry: Arc::new(registry),
+            cache: Arc::new(HistoryCache::new(cache_capacity)),
+        }
+    }
+
+    /// One orchestration turn.
+    pub(crate) async fn turn(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> Result<Commit, HandlerError> {
+        let instance = task.instance_id.clone().ok_or_else(|| {
+            HandlerError::Rejected("an orchestration task without an instance".into())
+        })?;
+        let history = self.cache.history(cx.store().as_ref(), &instance).await?;
+        let turn = process_turn(&self.registry, &task, &history);
+        self.prepare(&instance, turn, &cx).await
+    }
+
+    /// Creates a turn's children and marks the tasks it creates to run on this worker when a slot
+    /// is free, so that a warm instance does not wait for a trip through the queue.
+    async fn prepare(
+        &self,
+        instance: &str,
+        turn: quark_workflow::Turn,
+        cx: &TaskContext,
+    ) -> Result<Commit, HandlerError> {
+        for child in turn.instances {
+            // Ids are deterministic, so a turn that is redone finds its children already there.
+            cx.store()
+                .create_instance(child, IdReusePolicy::ReturnExisting)
+                .await?;
+        }
+        if !matches!(turn.outcome, Outcome::Waiting) {
+            self.cache.forget(instance);
+        }
+        let mut commit = turn.commit;
+        for task in &mut commit.tasks {
+            if task.kind == TaskKind::Activity {
+                cx.run_here(task);
+            }
+        }
+        Ok(commit)
+    }
+
+    /// Continues the orchestration right here: the activity's result and the turn it unblocks go
+    /// into one commit, at the history's next sequence number. Returns `None` when that cannot be
+    /// done (the result is a retry, the turn could not run); the caller then commits the plain
+    /// result, which wakes the orchestration through the queue. If the history moved on meanwhile,
+    /// the commit conflicts and the caller does the same.
+    async fn continue_here(
+        &self,
+        task: &ClaimedTask,
+        plain: &Commit,
+        cx: &TaskContext,
+    ) -> Option<Commit> {
+        let [append] = plain.appends.as_slice() else {
+            return None;
+        };
+        let [event] = append.events.as_slice() else {
+            return None;
+        };
+        let instance = append.instance_id.as_str();
+        let mut history = self
+            .cache
+            .history(cx.store().as_ref(), instance)
+            .await
+            .ok()?;
+        let now = cx.store().config().clock.now();
+        let next = history.last().map_or(1, |e| e.seq + 1);
+        history.push(RecordedEvent {
+            instance_id: instance.to_string(),
+            seq: next,
+            recorded_at: now,
+            event: event.clone(),
+            hash: String::new(),
+        });
+        let as_turn = ClaimedTask {
+            kind: TaskKind::Orchestration,
+            queue: plain.tasks.first()?.queue.clone(),
+            instance_id: Some(instance.to_string()),
+            ..task.clone()
+        };
+        let turn = process_turn(&self.registry, &as_turn, &history);
+        if !matches!(turn.commit.settle, Some(Settle::Complete(_))) {
+            return None;
+        }
+        let mut turn_commit = self.prepare(instance, turn, cx).await.ok()?;
+        let mut events = vec![event.clone()];
+        let mut rest = Vec::new();
+        for a in turn_commit.appends.drain(..) {
+            if a.instance_id == instance {
+                events.extend(a.events);
+            } else {
+                rest.push(a);
+            }
+        }
+        let mut combined = Commit::new().append(instance, Expected::Seq(next), events);
+        // Recorded at the time the turn saw, so that a replay sees the same `ctx.now()`.
+        combined.appends[0].at = Some(now);
+        combined.appends.extend(rest);
+        combined.tasks = turn_commit.tasks;
+        Some(combined.complete(task.lease.clone()))
+    }
+
+    /// One activity attempt.
+    pub(crate) async fn activity(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> Result<Commit, HandlerError> {
+        let Ok(TaskPayload::Activity(activity)) = TaskPayload::from_bytes(&task.payload) else {
+            return Err(HandlerError::Rejected(
+                "the activity task's payload cannot be decoded".into(),
+            ));
+        };
+        let cancel = CancellationToken::new();
+        let info = ActivityInfo::new(
+            &activity.instance_id,
+            activity.command,
+            &activity.activity,
+            task.lease.attempt,
+        );
+        let beats = Arc::new(tokio::sync::Notify::new());
+        let sink: HeartbeatSink = {
+            let (beats, cx) = (Arc::clone(&beats), cx.clone());
+            Arc::new(move |_info: &ActivityInfo, _progress| {
+                beats.notify_one();
+                let cx = cx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = cx.heartbeat().await {
+                        tracing::debug!(error = %e, "activity heartbeat could not extend the lease");
+                    }
+                });
+            })
+        };
+        let ctx = ActivityContext::new(info, Some(sink), cancel.clone());
+        let now = || cx.store().config().clock.now();
+        let Some(attempt) =
+            self.registry
+                .run_activity(&activity.activity, ctx, activity.input.clone())
+        else {
+            // The orchestration decides what a missing activity means; it is not retried here.
+            let error = ActivityError::message(format!(
+                "no activity `{}` is registered on the worker that took it",
+                activity.activity
+            ))
+            .terminal();
+            return Ok(activity_commit(&task, &activity, Err(error), now()));
+        };
+        let options = &activity.options;
+        let start_to_close = options.start_to_close.unwrap_or(Duration::MAX);
+        let result = tokio::select! {
+            result = attempt => result,
+            () = tokio::time::sleep(start_to_close) => {
+                cancel.cancel();
+                Err(ActivityError::message(format!("timed out after {start_to_close:?} (start_to_close)")))
+            }
+            () = missed_heartbeat(options.heartbeat, &beats) => {
+                cancel.cancel();
+                Err(ActivityError::message("no heartbeat within the heartbeat timeout"))
+            }
+            () = cx.cancelled() => {
+                // The lease is gone (or the worker is shutting down): whoever holds the task now
+                // runs it; nothing this attempt commits would be accepted.
+                cancel.cancel();
+                return Err(HandlerError::Other("the activity's lease was lost".into()));
+            }
+        };
+        let plain = activity_commit(&task, &activity, result, now());
+        if let Some(combined) = self.continue_here(&task, &plain, &cx).await {
+            match cx.commit(combined).await {
+                Ok(_) => return Ok(Commit::default()),
+                // The history moved on, the instance ended, or the store hiccuped: fall back to
+                // the plain result; the orchestration runs through the queue.
+                Err(e) => tracing::debug!(error = %e, "could not continue the orchestration here"),
+            }
+        }
+        Ok(plain)
+    }
+
+    /// A timer fires.
+    pub(crate) async fn timer(
+        &self,
+        task: ClaimedTask,
+        _cx: TaskContext,
+    ) -> Result<Commit, HandlerError> {
+        match TaskPayload::from_bytes(&task.payload) {
+            Ok(TaskPayload::Timer(timer)) => Ok(timer_commit(&task, &timer)),
+            _ => Err(HandlerError::Rejected(
+                "the timer task's payload cannot be decoded".into(),
+            )),
+        }
+    }
+}
+
+/// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.
+async fn missed_heartbeat(every: Option<Duration>, beats: &tokio::sync::Notify) {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    while tokio::time::timeout(every, beats.notified()).await.is_ok() {}
+}
+
+/// A bounded cache of histories, so a warm instance's turn reads only the events it has not seen.
+/// Histories are append-only, so a cached prefix stays valid; the least recently used instance is
+/// evicted when the cache is full.
+#[derive(Debug)]
+pub(crate) struct HistoryCache {
+    capacity: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    tick: u64,
+    entries: HashMap<String, (u64, Arc<Vec<RecordedEvent>>)>,
+}
+
+impl HistoryCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        HistoryCache {
+            capacity,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The instance's whole history, reading from the store only what the cache lacks.
+    pub(crate) async fn history(
+        &self,
+        store: &dyn Store,
+        instance: &str,
+    ) -> quark_history::Result<Vec<RecordedEvent>> {
+        let cached = self
+            .lock()
+            .entries
+            .get(instance)
+            .map(|(_, h)| Arc::clone(h));
+        let mut history = match cached {
+            Some(prefix) => {
+                let next = prefix.last().map_or(1, |e| e.seq + 1);
+                let mut history = Vec::clone(&prefix);
+                history.extend(
+                    store
+                        .read_history(instance, HistoryRange::From(next))
+                        .await?,
+                );
+                history
+            }
+            None => store.read_history(instance, HistoryRange::All).await?,
+        };
+        // A gap would mean the cache was wrong; fall back to the store's whole history.
+        if history
+            .iter()
+            .enumerate()
+            .any(|(i, e)| e.seq != i as u64 + 1)
+        {
+            history = store.read_history(instance, HistoryRange::All).await?;
+        }
+        self.remember(instance, &history);
+        Ok(history)
+    }
+
+    fn remember(&self, instance: &str, history: &[RecordedEvent]) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner
+            .entries
+            .insert(instance.to_string(), (tick, Arc::new(history.to_vec())));
+        if inner.entries.len() > self.capacity
+            && let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k.clone())
+        {
+            inner.entries.remove(&oldest);
+        }
+    }
+
+    pub(crate) fn forget(&self, instance: &str) {
+        self.lock().entries.remove(instance);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quark_history::{Commit, Expected, HistoryEvent, IdReusePolicy, NewInstance, Payload};
+
+    #[tokio::test]
+    async fn the_cache_reads_only_new_events_and_evicts_the_least_recently_used() {
+        let t = quark_history::testing::sqlite().await;
+        for id in ["a", "b", "c"] {
+            t.store
+                .create_instance(
+                    NewInstance::new(id, "t", Payload::unit()),
+                    IdReusePolicy::RejectDuplicate,
+                )
+                .await
+                .unwrap();
+        }
+        let cache = HistoryCache::new(2);
+        assert_eq!(cache.history(&*t.store, "a").await.unwrap().len(), 1);
+        let signal = HistoryEvent::SignalReceived {
+            name: "s".into(),
+            payload: Payload::unit(),
+        };
+        t.store
+            .commit(Commit::new().append("a", Expected::Any, [signal]))
+            .await
+            .unwrap();
+        let a = cache.history(&*t.store, "a").await.unwrap();
+        assert_eq!(a.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        cache.history(&*t.store, "b").await.unwrap();
+        cache.history(&*t.store, "c").await.unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(
+            !cache.lock().entries.contains_key("a"),
+            "a was the least recently used"
+        );
+    }
+}

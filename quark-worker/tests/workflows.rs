@@ -1,0 +1,171 @@
+//! Orchestrations end to end on the worker runtime: macros, replay, activities with retries,
+//! durable timers and signals, on both backends, with the store's clock as virtual time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{HistoryEvent, HistoryRange, QueueStats};
+use quark_worker::Worker;
+use quark_workflow::{
+    ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
+    activity, orchestration,
+};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let t = quark_history::testing::sqlite().await;
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(t) = quark_history::testing::postgres().await else { return };
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    it_runs_an_order_through_retries_a_timer_and_a_signal,
+    it_fails_an_unknown_orchestration_type_clearly
+);
+
+#[activity(retry(max_attempts = 5, initial = "1s", max = "10s"))]
+async fn flaky_charge(ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
+    if ctx.attempt() < 3 {
+        return Err(ActivityError::message("card network hiccup"));
+    }
+    Ok(format!("receipt-{cents}"))
+}
+
+#[activity]
+async fn ship(_ctx: ActivityContext, receipt: String) -> Result<String, ActivityError> {
+    Ok(format!("shipped against {receipt}"))
+}
+
+#[orchestration]
+async fn order(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
+    let receipt = ctx.call(flaky_charge, &cents).await?;
+    ctx.sleep(Duration::from_secs(3600)).await?;
+    let approved: bool = ctx.wait_for_signal("approve").await?;
+    if !approved {
+        return Ok("not approved".into());
+    }
+    ctx.call(ship, &receipt).await.map_err(Into::into)
+}
+
+fn worker(t: &TestStore) -> Worker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(
+            Registry::new()
+                .register(order)
+                .register(flaky_charge)
+                .register(ship),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Moves virtual time forward in small steps until `done` holds (at most 20 s of real time).
+async fn run_clock_until(t: &TestStore, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        t.clock.advance(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn it_runs_an_order_through_retries_a_timer_and_a_signal(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = order::start(&client, "order-7", 700).await.unwrap();
+
+    let waiting_for_signal = async || {
+        let history = t
+            .store
+            .read_history("order-7", HistoryRange::All)
+            .await
+            .unwrap();
+        history
+            .iter()
+            .any(|e| matches!(e.event, HistoryEvent::TimerFired { .. }))
+    };
+    run_clock_until(t, "the timer fired", waiting_for_signal).await;
+    handle.signal("approve", &true).await.unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output, "shipped against receipt-700");
+
+    let history = t
+        .store
+        .read_history("order-7", HistoryRange::All)
+        .await
+        .unwrap();
+    let charged = history.iter().find_map(|e| match &e.event {
+        HistoryEvent::ActivityCompleted { attempt, .. } => Some(*attempt),
+        _ => None,
+    });
+    assert_eq!(charged, Some(3), "two retryable failures, then success");
+    assert!(t.store.verify("order-7").await.unwrap().is_intact());
+    assert_eq!(
+        t.store.queue_stats("default").await.unwrap(),
+        QueueStats::default(),
+        "no task left behind"
+    );
+    let m = running.worker().metrics();
+    assert_eq!(m.failed, 0);
+    assert!(m.retried >= 2);
+    running.shutdown().await;
+}
+
+async fn it_fails_an_unknown_orchestration_type_clearly(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    t.store
+        .create_instance(
+            quark_history::NewInstance::new(
+                "stray",
+                "nobody_registered_this",
+                quark_history::Payload::unit(),
+            ),
+            quark_history::IdReusePolicy::RejectDuplicate,
+        )
+        .await
+        .unwrap();
+    run_clock_until(t, "the task is dead-lettered", async || {
+        !t.store.list_dead(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    let dead = t.store.list_dead(None, 10).await.unwrap();
+    assert!(
+        dead[0].error.contains("nobody_registered_this"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(
+        t.store
+            .read_history("stray", HistoryRange::All)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "nothing else was written"
+    );
+    running.shutdown().await;
+}

@@ -1,0 +1,25 @@
+//! A worker process for the crash tests: runs the shared workload against the database in
+//! `QUARK_DATABASE_URL` with short leases, until it is killed or told to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quark_history::{PostgresStore, StoreConfig};
+use quark_worker::Worker;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("QUARK_DATABASE_URL").context("QUARK_DATABASE_URL is not set")?;
+    let store = PostgresStore::connect_with(&url, StoreConfig::default()).await?;
+    let worker = Worker::builder()
+        .store(Arc::new(store))
+        .workflows(quark_tests::registry())
+        .lease(Duration::from_secs(2))
+        .heartbeat(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(50))
+        .affinity_delay(Duration::from_millis(200))
+        .build()?;
+    worker.run_until(quark_worker::shutdown_signal()).await?;
+    Ok(())
+}
