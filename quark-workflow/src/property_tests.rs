@@ -1,6 +1,7 @@
 //! Property: random orchestration programs (calls, timers, signals, joins, selects, side effects),
-//! run live under random delivery orders, replay from any prefix of their history without
-//! re-emitting a recorded command, and reach the same result.
+//! run live under random delivery orders, with or without a cancellation at a random point,
+//! replay from any prefix of their history without re-emitting a recorded command, and reach the
+//! same result.
 
 use std::future::Future;
 use std::time::Duration;
@@ -105,7 +106,7 @@ fn registry() -> Registry {
 /// Runs `steps` live: activities answered at once (newest first or oldest first), timers in
 /// time order, and a signal whenever the program waits for nothing else; `early` signals are
 /// sent before the first turn.
-fn record(steps: &[Step], newest_first: bool, early: u8) -> Sim {
+fn record(steps: &[Step], newest_first: bool, early: u8, cancel_at: Option<usize>) -> Sim {
     let mut sim = Sim::start::<Program>(registry(), &steps.to_vec(), |_, input| {
         let n: u32 = input.decode().unwrap();
         Ok(Payload::json(&(u64::from(n) + 1)).unwrap())
@@ -116,11 +117,29 @@ fn record(steps: &[Step], newest_first: bool, early: u8) -> Sim {
         signals += 1;
         sim.push(signal(signals));
     }
-    while matches!(sim.run(), Outcome::Waiting) {
-        signals += 1;
-        sim.push(signal(signals));
+    loop {
+        // Cancellation, if any, arrives once the history has grown to `cancel_at` events.
+        sim.turn();
+        if cancel_at.is_some_and(|at| sim.history.len() >= at)
+            && matches!(sim.outcome, Outcome::Waiting)
+            && !sim
+                .history
+                .iter()
+                .any(|e| e.event.kind() == "CancelRequested")
+        {
+            sim.push(HistoryEvent::CancelRequested {
+                reason: "test".into(),
+            });
+            continue;
+        }
+        if !matches!(sim.outcome, Outcome::Waiting) {
+            return sim;
+        }
+        if !sim.deliver() {
+            signals += 1;
+            sim.push(signal(signals));
+        }
     }
-    sim
 }
 
 fn signal(n: u64) -> HistoryEvent {
@@ -138,9 +157,14 @@ proptest! {
         steps in prop::collection::vec(step(), 0..8),
         newest_first in any::<bool>(),
         early in 0u8..3,
+        cancel_at in prop::option::of(2usize..40),
     ) {
-        let sim = record(&steps, newest_first, early);
-        prop_assert!(matches!(sim.outcome, Outcome::Completed(_)), "{:?}", sim.outcome);
+        let sim = record(&steps, newest_first, early, cancel_at);
+        prop_assert!(
+            matches!(sim.outcome, Outcome::Completed(_) | Outcome::Cancelled(_)),
+            "{:?}",
+            sim.outcome
+        );
         let history = &sim.history;
 
         for k in 1..=history.len() {
