@@ -182,6 +182,18 @@ impl Visit<'_> for Checker {
         }
     }
 
+    // An escape hatch the walk reaches was not at the start of a statement (those are skipped).
+    fn visit_attribute(&mut self, attr: &syn::Attribute) {
+        if attr.path().is_ident(ALLOW) {
+            self.errors.push(syn::Error::new_spanned(
+                attr,
+                format!(
+                    "`#[{ALLOW}]` goes on a statement (a `let`, or an expression ending in `;`)"
+                ),
+            ));
+        }
+    }
+
     fn visit_expr_path(&mut self, e: &syn::ExprPath) {
         if let Some((what, instead)) = replacement(&e.path) {
             self.errors.push(syn::Error::new_spanned(

@@ -40,6 +40,13 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     inner.sig.ident = body_fn.clone();
     inner.vis = syn::Visibility::Inherited;
     inner.attrs.retain(|a| !a.path().is_ident("doc"));
+    // Within the body, the function's name stays free for bindings: the unit type would
+    // otherwise turn `order: Order` in `fn order(..)` into a unit-struct pattern. (The type
+    // namespace is untouched.)
+    let shadow = quote! {
+        #[allow(dead_code, non_snake_case)]
+        fn #ident() {}
+    };
     let call = match &model.input {
         Some(_) => quote!(#body_fn(ctx, input)),
         None => quote!({
@@ -60,6 +67,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<#output, __q::OrchestrationError>,
                 > + 'static {
+                    #shadow
                     #inner
                     #call
                 }
@@ -112,6 +120,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<#output, __q::ActivityError>,
                 > + ::core::marker::Send + 'static {
+                    #shadow
                     #inner
                     #call
                 }

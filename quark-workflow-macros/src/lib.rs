@@ -69,3 +69,6 @@ pub(crate) fn entry(kind: Kind, args: TokenStream, item: TokenStream) -> TokenSt
         }
     }
 }
+
+#[cfg(test)]
+mod snapshots;

@@ -246,7 +246,17 @@ impl Client {
                 .append(parent.instance_id.as_str(), Expected::Any, [notice])
                 .enqueue(NewTask::orchestration(&record.queue, &parent.instance_id));
         }
-        self.store.commit(commit).await?;
+        match self.store.commit(commit.clone()).await {
+            // The parent ended first: only the child is left to stop.
+            Err(quark_history::Error::InstanceClosed { id, .. }) if id != instance_id => {
+                self.store
+                    .commit(crate::runner::without(commit, &id))
+                    .await?;
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(())
     }
 

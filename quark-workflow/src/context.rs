@@ -20,7 +20,10 @@ use crate::task::{ActivityTask, TaskPayload, TimerTask};
 ///
 /// Every method that returns a future issues a *command*: on first execution it is recorded in the
 /// history and runs (an activity task, a durable timer, a child); on replay the recorded result is
-/// returned. Cheap to clone; it cannot leave the orchestration's thread.
+/// returned. The command is issued when the method is called, not when the future is first
+/// polled: `let a = ctx.call(x, &i); let b = ctx.call(y, &j);` schedules both at once, and a
+/// future that is never awaited still ran. Cheap to clone; it cannot leave the orchestration's
+/// thread.
 #[derive(Clone)]
 pub struct OrchestrationContext {
     pub(crate) state: Shared,

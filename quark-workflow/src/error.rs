@@ -94,6 +94,7 @@ impl OrchestrationError {
 /// when it was recorded) and what the code asks for now, with its call site.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("nondeterminism: {}", self.describe())]
+#[non_exhaustive]
 pub struct Nondeterminism {
     /// The command id where the code and the history part.
     pub command: CommandId,

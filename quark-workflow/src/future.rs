@@ -50,8 +50,9 @@ impl CommandFuture {
             return Poll::Ready(Ok(result));
         }
         slot.waker = Some(cx.waker().clone());
+        // Not `done`: a timer that returns `Cancelled` never fired, and dropping it records
+        // `TimerCancelled`.
         if let Some(reason) = st.take_cancel() {
-            self.done = true;
             return Poll::Ready(Err(OrchestrationError::Cancelled { reason }));
         }
         Poll::Pending

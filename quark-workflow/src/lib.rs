@@ -2,16 +2,91 @@
 //!
 //! The Quark SDK: durable orchestrations and activities as plain async functions.
 //!
-//! - [`Orchestration`] and [`Activity`]: what you define (usually with `#[orchestration]` and
-//!   `#[activity]`).
+//! - [`Orchestration`] and [`Activity`], usually written with [`#[orchestration]`](orchestration)
+//!   and [`#[activity]`](activity), which also generate typed client stubs
+//!   (`process_order::start(&client, id, input)`) and check orchestration bodies for
+//!   nondeterministic calls at compile time.
 //! - [`OrchestrationContext`]: activities (`call`), durable timers (`sleep`), signals
 //!   (`wait_for_signal`, with `.timeout`), children (`call_child`), `side_effect`, `now`,
-//!   `random`, `uuid`, history-ordered `join`/`select`, `continue_as_new`, `patched`,
-//!   cancellation and `history_len`.
-//! - The deterministic replay executor and [`process_turn`], the one function that turns a claimed
-//!   orchestration task and its history into a [`Commit`](quark_history::Commit).
-//! - [`TaskPayload`]: the documented payload of activity and timer tasks, and the commits that
-//!   settle them ([`activity_commit`], [`timer_commit`]).
+//!   `random`, `uuid`, `join`/`select` that resolve in history order, `continue_as_new`,
+//!   `patched`, cancellation and `history_len`.
+//! - The deterministic replay executor and [`process_turn`]: one pure function from a claimed
+//!   orchestration task and its history to a [`Commit`](quark_history::Commit); [`run_task`]
+//!   around it runs any workflow task against a [`Store`](quark_history::Store).
+//! - [`TaskPayload`]: the documented payload of activity and timer tasks.
+//! - [`Client`] and typed [`Handle`]s; [`testing::TestEnv`], an in-process engine on in-memory
+//!   SQLite with a virtual clock; [`Replayer`], which checks recorded histories against new code.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use quark_workflow::testing::TestEnv;
+//! use quark_workflow::{
+//!     ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Registry,
+//!     activity, orchestration,
+//! };
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Payment {
+//!     card: String,
+//!     cents: u64,
+//! }
+//!
+//! #[activity(retry(max_attempts = 3, initial = "1s", max = "30s"), start_to_close = "30s")]
+//! async fn charge_card(_ctx: ActivityContext, payment: Payment) -> Result<String, ActivityError> {
+//!     Ok(format!("charged {} to {}", payment.cents, payment.card))
+//! }
+//!
+//! #[activity]
+//! async fn refund(_ctx: ActivityContext, receipt: String) -> Result<(), ActivityError> {
+//!     let _ = receipt;
+//!     Ok(())
+//! }
+//!
+//! #[orchestration(version = 1)]
+//! async fn process_order(
+//!     ctx: OrchestrationContext,
+//!     payment: Payment,
+//! ) -> Result<String, OrchestrationError> {
+//!     let receipt = ctx.call(charge_card, &payment).await?;
+//!     // Wait up to a day for a human; the timer survives restarts and deploys.
+//!     let approved = ctx
+//!         .wait_for_signal::<bool>("approve")
+//!         .timeout(Duration::from_secs(24 * 3600))
+//!         .await?;
+//!     if approved != Some(true) {
+//!         ctx.call(refund, &receipt).await?;
+//!         return Err(OrchestrationError::failed("not approved"));
+//!     }
+//!     Ok(receipt)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = Registry::new()
+//!     .register(process_order)
+//!     .register(charge_card)
+//!     .register(refund);
+//! let env = TestEnv::new(registry).await?;
+//! let payment = Payment { card: "4242".into(), cents: 500 };
+//! let order = process_order::start(env.client(), "order-1", payment).await?;
+//! order.signal("approve", &true).await?;
+//! assert_eq!(order.result().await?, "charged 500 to 4242");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Determinism
+//!
+//! An orchestration is replayed from its history after every interruption, so its code must make
+//! the same `ctx` calls in the same order on every replay. `#[orchestration]` rejects the usual
+//! culprits at compile time (the clock, sleeping, spawning, randomness, the environment, file and
+//! network I/O, unbiased `select!`, iterating a `HashMap`/`HashSet`); at run time a command
+//! that differs from the recorded one stops the turn with a [`Nondeterminism`] error naming
+//! both sides and their call sites. Change running code behind [`OrchestrationContext::patched`].
 
 extern crate self as quark_workflow;
 
@@ -24,8 +99,11 @@ mod error;
 mod executor;
 mod future;
 mod registry;
+mod replay;
+mod runner;
 mod state;
 mod task;
+pub mod testing;
 mod turn;
 
 pub use activity::{ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink};
@@ -36,13 +114,15 @@ pub use error::{ActivityError, Nondeterminism, OrchestrationError};
 pub use executor::{Outcome, Replay};
 pub use future::{ActivityCall, ChildCall, Join, Select, Signal, SignalTimeout, Sleep};
 pub use registry::{Registration, Registry};
+pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
+pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};
 pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
 pub use turn::{Turn, process_turn};
 
 pub use quark_history;
 
-#[doc(inline)]
-pub use quark_workflow_macros::{activity, orchestration};
+mod macros;
+pub use macros::{activity, orchestration};
 
 /// What the macros' generated code names. Not a public API: it may change in any release.
 #[doc(hidden)]
@@ -58,5 +138,7 @@ pub mod __private {
 mod context_tests;
 #[cfg(test)]
 mod executor_tests;
+#[cfg(test)]
+mod property_tests;
 #[cfg(test)]
 mod sim;

@@ -57,6 +57,7 @@ pub(crate) struct ActivityEntry {
 pub struct Registry {
     orchestrations: BTreeMap<String, Arc<dyn ErasedOrchestration>>,
     activities: BTreeMap<String, ActivityEntry>,
+    queues: std::collections::BTreeSet<String>,
 }
 
 impl fmt::Debug for Registry {
@@ -91,6 +92,7 @@ impl Registry {
 
     /// Registers orchestration `O`.
     pub fn add_orchestration<O: Orchestration>(&mut self) -> &mut Self {
+        self.queues.insert(O::queue().to_string());
         self.orchestrations.insert(
             O::NAME.to_string(),
             Arc::new(OrchestrationEntry::<O>(std::marker::PhantomData)),
@@ -121,11 +123,10 @@ impl Registry {
     }
 
     /// Replaces activity `A` with `mock` (for tests): orchestrations calling `A` get its output.
-    pub fn mock_activity<A, F>(&mut self, mock: F) -> &mut Self
-    where
-        A: Activity,
-        F: Fn(A::Input) -> Result<A::Output, ActivityError> + Send + Sync + 'static,
-    {
+    pub fn mock_activity<A: Activity>(
+        &mut self,
+        mock: impl Fn(A::Input) -> Result<A::Output, ActivityError> + Send + Sync + 'static,
+    ) -> &mut Self {
         let mock = Arc::new(mock);
         let run: ErasedActivity = Arc::new(move |_ctx, input: Payload| {
             let mock = mock.clone();
@@ -146,6 +147,18 @@ impl Registry {
             },
         );
         self
+    }
+
+    /// Every queue the registered code uses: orchestrations' and activities' (with `default`).
+    pub fn queues(&self) -> std::collections::BTreeSet<String> {
+        let mut queues: std::collections::BTreeSet<String> = self.queues.clone();
+        queues.insert("default".to_string());
+        queues.extend(
+            self.activities
+                .values()
+                .filter_map(|a| a.options.queue.clone()),
+        );
+        queues
     }
 
     /// Whether an orchestration called `name` is registered.

@@ -1,0 +1,188 @@
+//! The replayer: checks recorded histories against the current code before it is deployed.
+//!
+//! A history file is a JSON array of [`RecordedEvent`]s (what `Client::history` returns, as
+//! `serde_json` writes it). [`Replayer`] replays it from its full length and from every point at
+//! which a worker running the current code could pick the instance up (after each recorded
+//! command), and reports either success or the first divergence, with the recorded and the
+//! current command, their call sites and, when the source files are at hand, the source lines.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use quark_history::{CallSite, HistoryEvent, RecordedEvent};
+
+use crate::command::is_command_event;
+use crate::error::Nondeterminism;
+use crate::executor::{Outcome, replay};
+use crate::registry::Registry;
+
+/// Why a history could not be replayed at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a JSON array of recorded events.
+    #[error("not a history (a JSON array of recorded events): {0}")]
+    Json(#[from] serde_json::Error),
+    /// The history does not start with `WorkflowStarted`.
+    #[error("the history does not start with WorkflowStarted")]
+    NotStarted,
+    /// The orchestration type is not registered in the replayer's registry.
+    #[error("no orchestration `{0}` is registered")]
+    Unknown(String),
+}
+
+/// The result of replaying one history.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ReplayReport {
+    /// The current code makes the recorded decisions.
+    Ok {
+        /// How many events were replayed.
+        events: usize,
+        /// Where the code stands at the end of the history.
+        outcome: Outcome,
+    },
+    /// The current code departs from the history.
+    Diverged(Box<Divergence>),
+}
+
+impl ReplayReport {
+    /// Whether the history replays.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, ReplayReport::Ok { .. })
+    }
+}
+
+/// Where the code and a history part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Divergence {
+    /// The error, naming both sides.
+    pub error: Nondeterminism,
+    /// How many events of the history were replayed when it showed.
+    pub prefix: usize,
+    /// The recorded call's source line, if its file is found.
+    pub expected_line: Option<String>,
+    /// The current call's source line, if its file is found.
+    pub actual_line: Option<String>,
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.error)?;
+        if let Some(line) = &self.expected_line {
+            write!(f, "\n  recorded: {}", line.trim())?;
+        }
+        if let Some(line) = &self.actual_line {
+            write!(f, "\n  now:      {}", line.trim())?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays histories against the orchestrations of a registry.
+#[derive(Debug, Clone)]
+pub struct Replayer {
+    registry: Registry,
+    source_root: Option<PathBuf>,
+}
+
+impl Replayer {
+    /// A replayer for `registry`'s orchestrations.
+    pub fn new(registry: Registry) -> Self {
+        Replayer {
+            registry,
+            source_root: None,
+        }
+    }
+
+    /// Where call-site paths (relative to the workspace root, as `file!()` gives them) are
+    /// looked up for source lines. Default: the current directory and its ancestors.
+    pub fn source_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.source_root = Some(root.into());
+        self
+    }
+
+    /// Replays a history file.
+    pub fn replay_file(&self, path: impl AsRef<Path>) -> Result<ReplayReport, ReplayError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.replay_json(&text)
+    }
+
+    /// Replays a history in JSON.
+    pub fn replay_json(&self, json: &str) -> Result<ReplayReport, ReplayError> {
+        let history: Vec<RecordedEvent> = serde_json::from_str(json)?;
+        self.replay(&history)
+    }
+
+    /// Replays a history.
+    pub fn replay(&self, history: &[RecordedEvent]) -> Result<ReplayReport, ReplayError> {
+        let Some(HistoryEvent::WorkflowStarted { instance_type, .. }) =
+            history.first().map(|e| &e.event)
+        else {
+            return Err(ReplayError::NotStarted);
+        };
+        let orchestration = self
+            .registry
+            .orchestration(instance_type)
+            .ok_or_else(|| ReplayError::Unknown(instance_type.clone()))?;
+        let instance_id = &history[0].instance_id;
+        // Every point a worker could resume at, shortest first; the full history last.
+        let prefixes = (1..history.len())
+            .filter(|&k| is_command_event(&history[k - 1].event))
+            .chain([history.len()]);
+        let mut outcome = Outcome::Waiting;
+        for k in prefixes {
+            let r = replay(
+                orchestration.as_ref(),
+                instance_id,
+                "default",
+                &history[..k],
+            );
+            match r.outcome {
+                Outcome::Nondeterminism(error) => {
+                    return Ok(ReplayReport::Diverged(Box::new(Divergence {
+                        expected_line: self.line(error.expected_site.as_ref()),
+                        actual_line: self.line(error.actual_site.as_ref()),
+                        error,
+                        prefix: k,
+                    })));
+                }
+                other => outcome = other,
+            }
+        }
+        Ok(ReplayReport::Ok {
+            events: history.len(),
+            outcome,
+        })
+    }
+
+    fn line(&self, site: Option<&CallSite>) -> Option<String> {
+        let site = site?;
+        let roots: Vec<PathBuf> = match &self.source_root {
+            Some(root) => vec![root.clone()],
+            None => std::env::current_dir()
+                .ok()?
+                .ancestors()
+                .map(Path::to_path_buf)
+                .collect(),
+        };
+        let text = roots
+            .iter()
+            .find_map(|root| std::fs::read_to_string(root.join(&site.file)).ok())?;
+        let index = usize::try_from(site.line).ok()?.checked_sub(1)?;
+        text.lines().nth(index).map(str::to_string)
+    }
+}
