@@ -69,7 +69,7 @@ async fn ship_order(
     ctx: OrchestrationContext,
     order_id: String,
 ) -> Result<String, OrchestrationError> {
-    Ok(ctx.call(book_courier, &order_id).await?)
+    ctx.call(book_courier, &order_id).await
 }
 
 #[orchestration]
