@@ -257,14 +257,17 @@ impl OrchestrationContext {
         let site = caller();
         let mut st = self.state.borrow_mut();
         let next = st.next_command;
-        match st.recorded.get(&next) {
-            Some((_, HistoryEvent::PatchMarker { patch: p, .. })) if p == patch => {}
+        let old_branch = match st.recorded.get(&next) {
+            Some((_, HistoryEvent::PatchMarker { patch: p, .. })) => p != patch,
             // Old code issued something else here: it ran without the patch.
-            Some(_) => return false,
+            Some(_) => true,
             // Old code went on past this point (it recorded later commands, or ended) without
             // asking for anything here.
-            None if st.last_decision > st.seq => return false,
-            None => {}
+            None => st.last_decision > st.seq,
+        };
+        st.note_patch(patch, old_branch);
+        if old_branch {
+            return false;
         }
         st.issue(
             Command::Patch {

@@ -7,6 +7,7 @@
 //! events, tasks and children. A live turn and a replay of the same history are the same
 //! computation, so replaying any prefix of a history never re-emits a command the prefix holds.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,6 +55,9 @@ pub struct Replay {
     pub children: Vec<NewInstance>,
     /// Where the code stands.
     pub outcome: Outcome,
+    /// Every patch the code asked about (`ctx.patched`), with `true` if this history took its
+    /// old branch at least once: the instance still depends on the code before the patch.
+    pub patches: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +164,7 @@ pub(crate) fn replay(
     }
 
     let mut state = ctx.state.borrow_mut();
+    let patches = std::mem::take(&mut state.patches);
     if let Some(n) = state.nondeterminism.take() {
         state.turn_over = true;
         drop(state);
@@ -169,6 +174,7 @@ pub(crate) fn replay(
             tasks: Vec::new(),
             children: Vec::new(),
             outcome: Outcome::Nondeterminism(n),
+            patches,
         };
     }
     if closed {
@@ -180,6 +186,7 @@ pub(crate) fn replay(
             tasks: Vec::new(),
             children: Vec::new(),
             outcome: Outcome::Closed,
+            patches,
         };
     }
     let (mut new_events, tasks, mut children) = state.drain_new();
@@ -213,6 +220,7 @@ pub(crate) fn replay(
         tasks,
         children,
         outcome,
+        patches,
     }
 }
 

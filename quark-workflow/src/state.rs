@@ -77,6 +77,8 @@ pub(crate) struct State {
     pub(crate) stamp: u64,
     /// Set once the turn is over: futures dropped after that are not abandoned by the code.
     pub(crate) turn_over: bool,
+    /// Patches the code asked about, and whether any answer sent it down the old branch.
+    pub(crate) patches: BTreeMap<String, bool>,
     entropy: u64,
 }
 
@@ -117,6 +119,7 @@ impl State {
             nondeterminism: None,
             stamp: 0,
             turn_over: false,
+            patches: BTreeMap::new(),
             entropy: 0,
         }
     }
@@ -159,6 +162,11 @@ impl State {
             },
         );
         id
+    }
+
+    /// Records an answer of `ctx.patched(patch)`.
+    pub(crate) fn note_patch(&mut self, patch: &str, old_branch: bool) {
+        *self.patches.entry(patch.to_string()).or_insert(false) |= old_branch;
     }
 
     /// Records the first divergence; later ones are consequences of it.
