@@ -42,6 +42,9 @@ pub enum Outcome {
     Closed,
     /// The code no longer matches the history. Nothing is to be appended.
     Nondeterminism(Nondeterminism),
+    /// The code panicked (the message). Nothing is to be appended; like a nondeterminism, it
+    /// needs a code fix, not a retry.
+    Panicked(String),
 }
 
 /// What a replay produced: the events, tasks and instances to write after the given history.
@@ -160,7 +163,16 @@ pub(crate) fn replay(
         if ctx.state.borrow().nondeterminism.is_some() {
             break;
         }
-        poll_root(&mut root, &mut result, &flag, &waker);
+        if let Err(message) = poll_root(&mut root, &mut result, &flag, &waker) {
+            ctx.state.borrow_mut().turn_over = true;
+            return Replay {
+                new_events: Vec::new(),
+                tasks: Vec::new(),
+                children: Vec::new(),
+                outcome: Outcome::Panicked(message),
+                patches: BTreeMap::new(),
+            };
+        }
     }
 
     let mut state = ctx.state.borrow_mut();
@@ -224,21 +236,47 @@ pub(crate) fn replay(
     }
 }
 
+/// Polls the orchestration while something woke it. A panic in the user's code is caught and
+/// returned as its message: the turn is abandoned, not the worker.
 fn poll_root(
     root: &mut Option<LocalBoxFuture<'static, Result<Payload, OrchestrationError>>>,
     result: &mut Option<Result<Payload, OrchestrationError>>,
     flag: &Flag,
     waker: &Waker,
-) {
+) -> Result<(), String> {
     let mut cx = Context::from_waker(waker);
     while flag.0.swap(false, Ordering::SeqCst) {
-        let Some(fut) = root.as_mut() else { return };
-        if let Poll::Ready(r) = Pin::new(fut).poll(&mut cx) {
-            *result = Some(r);
-            *root = None;
-            return;
+        let Some(fut) = root.as_mut() else {
+            return Ok(());
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(&mut cx)));
+        match polled {
+            Ok(Poll::Ready(r)) => {
+                *result = Some(r);
+                *root = None;
+                return Ok(());
+            }
+            Ok(Poll::Pending) => {}
+            Err(panic) => {
+                // Its state is unknown after a panic: forget it rather than run its destructors.
+                if let Some(fut) = root.take() {
+                    std::mem::forget(fut);
+                }
+                return Err(panic_message(panic.as_ref()));
+            }
         }
     }
+    Ok(())
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_string())
 }
 
 fn resolve(ctx: &OrchestrationContext, command: u64, resolution: Resolution) {

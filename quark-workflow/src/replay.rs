@@ -57,6 +57,13 @@ pub enum ReplayReport {
     },
     /// The current code departs from the history.
     Diverged(Box<Divergence>),
+    /// The current code panicked while replaying the history.
+    Panicked {
+        /// How many events of the history were replayed when it panicked.
+        prefix: usize,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl ReplayReport {
@@ -169,6 +176,9 @@ impl Replayer {
                         error,
                         prefix: k,
                     })));
+                }
+                Outcome::Panicked(message) => {
+                    return Ok(ReplayReport::Panicked { prefix: k, message });
                 }
                 other => outcome = other,
             }

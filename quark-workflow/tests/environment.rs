@@ -281,3 +281,19 @@ async fn a_child_still_completes_after_its_parent_was_terminated() {
         Err(ClientError::Terminated { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_panicking_activity_is_retried_like_any_failure() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    env.mock_activity::<charge_card>(move |cents| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("activity bug on the first attempt");
+        }
+        Ok(format!("charged {cents} at last"))
+    });
+    let handle = order::start(env.client(), "order-panic", 8).await.unwrap();
+    assert_eq!(handle.result().await.unwrap(), "charged 8 at last");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
