@@ -9,10 +9,11 @@ use quark_history::{HistoryEvent, Payload, RecordedEvent, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::combinator::{Join, Select};
 use crate::command::{Command, caller, describe_event, event_site};
 use crate::definition::{Activity, Orchestration};
 use crate::error::{Nondeterminism, OrchestrationError};
-use crate::future::{ActivityCall, ChildCall, CommandFuture, Join, Select, Signal, Sleep};
+use crate::future::{ActivityCall, ChildCall, CommandFuture, Signal, Sleep};
 use crate::state::{Cancel, Shared, State};
 use crate::task::{ActivityTask, TaskPayload, TimerTask};
 
