@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use crate::state::Shared;
 
-/// The future of [`OrchestrationContext::join`].
+/// The future of [`OrchestrationContext::join`](crate::OrchestrationContext::join).
 #[must_use = "a join does nothing unless awaited"]
 pub struct Join<F: Future> {
     futures: Vec<Option<Pin<Box<F>>>>,
@@ -59,7 +59,7 @@ impl<F: Future> Future for Join<F> {
     }
 }
 
-/// The future of [`OrchestrationContext::select`].
+/// The future of [`OrchestrationContext::select`](crate::OrchestrationContext::select).
 #[must_use = "a select does nothing unless awaited"]
 pub struct Select<F: Future> {
     state: Shared,
