@@ -71,13 +71,35 @@ impl OrchestrationContext {
     /// Calls activity `A` with `input`. Passing an input of another type does not compile.
     #[track_caller]
     pub fn call<A: Activity>(&self, activity: A, input: &A::Input) -> ActivityCall<A::Output> {
-        let _ = activity;
         let site = caller();
+        self.schedule(activity, input, A::options(), site)
+    }
+
+    /// Calls activity `A` with `input` under `options` instead of the activity's own (another
+    /// queue, a tighter timeout, more retries).
+    #[track_caller]
+    pub fn call_with<A: Activity>(
+        &self,
+        activity: A,
+        input: &A::Input,
+        options: crate::ActivityOptions,
+    ) -> ActivityCall<A::Output> {
+        let site = caller();
+        self.schedule(activity, input, options, site)
+    }
+
+    fn schedule<A: Activity>(
+        &self,
+        activity: A,
+        input: &A::Input,
+        options: crate::ActivityOptions,
+        site: quark_history::CallSite,
+    ) -> ActivityCall<A::Output> {
+        let _ = activity;
         let payload = match Payload::json(input) {
             Ok(p) => p,
             Err(e) => return ActivityCall::failed(OrchestrationError::payload(e)),
         };
-        let options = A::options();
         let mut st = self.state.borrow_mut();
         let queue = options.queue.clone().unwrap_or_else(|| st.queue.clone());
         let (instance_id, orchestration_queue, now) =
@@ -107,6 +129,15 @@ impl OrchestrationContext {
     #[track_caller]
     pub fn sleep(&self, d: Duration) -> Sleep {
         let site = caller();
+        Sleep::new(CommandFuture::new(&self.state, self.timer(d, site)))
+    }
+
+    /// A durable timer that fires at `at` (at once, if `at` is not after the current history
+    /// time).
+    #[track_caller]
+    pub fn sleep_until(&self, at: Timestamp) -> Sleep {
+        let site = caller();
+        let d = at.since(self.now());
         Sleep::new(CommandFuture::new(&self.state, self.timer(d, site)))
     }
 

@@ -236,6 +236,9 @@ pub(crate) fn replay(
     }
 }
 
+/// How often the orchestration may be polled for one history event.
+const MAX_POLLS_PER_EVENT: u32 = 10_000;
+
 /// Polls the orchestration while something woke it. A panic in the user's code is caught and
 /// returned as its message: the turn is abandoned, not the worker.
 fn poll_root(
@@ -245,7 +248,16 @@ fn poll_root(
     waker: &Waker,
 ) -> Result<(), String> {
     let mut cx = Context::from_waker(waker);
+    let mut polls = 0u32;
     while flag.0.swap(false, Ordering::SeqCst) {
+        // Code that wakes itself forever (a busy `yield_now` loop) would hold the worker.
+        polls += 1;
+        if polls > MAX_POLLS_PER_EVENT {
+            return Err(format!(
+                "the orchestration woke itself {MAX_POLLS_PER_EVENT} times without waiting on \
+                 a `ctx` future"
+            ));
+        }
         let Some(fut) = root.as_mut() else {
             return Ok(());
         };
