@@ -61,6 +61,9 @@ pub struct Replay {
     /// Every patch the code asked about (`ctx.patched`), with `true` if this history took its
     /// old branch at least once: the instance still depends on the code before the patch.
     pub patches: BTreeMap<String, bool>,
+    /// Events for other instances: the cancellation of this instance's running children, the
+    /// first time a turn sees this instance's cancellation (again, if that turn did not commit).
+    pub notices: Vec<(String, HistoryEvent)>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +148,7 @@ pub(crate) fn replay(
                 let mut st = ctx.state.borrow_mut();
                 if st.cancel == Cancel::None {
                     st.cancel = Cancel::Requested(reason.clone());
+                    st.cancel_seq = rec.seq;
                 }
                 st.wake_all();
             }
@@ -171,6 +175,7 @@ pub(crate) fn replay(
                 children: Vec::new(),
                 outcome: Outcome::Panicked(message),
                 patches: BTreeMap::new(),
+                notices: Vec::new(),
             };
         }
     }
@@ -187,6 +192,7 @@ pub(crate) fn replay(
             children: Vec::new(),
             outcome: Outcome::Nondeterminism(n),
             patches,
+            notices: Vec::new(),
         };
     }
     if closed {
@@ -199,9 +205,11 @@ pub(crate) fn replay(
             children: Vec::new(),
             outcome: Outcome::Closed,
             patches,
+            notices: Vec::new(),
         };
     }
     let (mut new_events, tasks, mut children) = state.drain_new();
+    let notices = state.cancel_notices();
     state.turn_over = true;
     drop(state);
     drop(root);
@@ -233,6 +241,7 @@ pub(crate) fn replay(
         children,
         outcome,
         patches,
+        notices,
     }
 }
 

@@ -72,6 +72,8 @@ pub(crate) struct State {
     pub(crate) signals: HashMap<String, VecDeque<(u64, Payload)>>,
     pub(crate) signal_wakers: Vec<Waker>,
     pub(crate) cancel: Cancel,
+    /// The sequence number of the `CancelRequested` event, once delivered.
+    pub(crate) cancel_seq: u64,
     pub(crate) nondeterminism: Option<Nondeterminism>,
     /// The largest `resolved_at` of the commands resolved during the current poll of a branch.
     pub(crate) stamp: u64,
@@ -116,6 +118,7 @@ impl State {
             signals: HashMap::new(),
             signal_wakers: Vec::new(),
             cancel: Cancel::None,
+            cancel_seq: 0,
             nondeterminism: None,
             stamp: 0,
             turn_over: false,
@@ -215,6 +218,33 @@ impl State {
         use std::hash::BuildHasher;
         self.entropy += 1;
         std::collections::hash_map::RandomState::new().hash_one((self.entropy, self.seq))
+    }
+
+    /// `CancelRequested` for every child still running, if this is a turn that first sees this
+    /// instance's cancellation: no decision of the code is recorded after the request yet.
+    /// (A later turn that sees no recorded decision sends them again; a child ignores a second
+    /// request.)
+    pub(crate) fn cancel_notices(&self) -> Vec<(String, HistoryEvent)> {
+        let reason = match &self.cancel {
+            Cancel::Requested(r) | Cancel::Observed(r) => r,
+            Cancel::None => return Vec::new(),
+        };
+        if self.last_decision > self.cancel_seq {
+            return Vec::new();
+        }
+        self.slots
+            .values()
+            .filter(|slot| slot.result.is_none())
+            .filter_map(|slot| match &slot.command {
+                Command::Child { instance_id, .. } => Some((
+                    instance_id.clone(),
+                    HistoryEvent::CancelRequested {
+                        reason: format!("parent `{}` cancelled: {reason}", self.instance_id),
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The new events of this turn, in command order, and the tasks and children that go with

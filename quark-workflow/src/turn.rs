@@ -84,6 +84,12 @@ pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[Recorded
     for t in replay.tasks {
         commit = commit.enqueue(t);
     }
+    // Children share the parent's queue (they start on it).
+    for (child, event) in replay.notices {
+        commit = commit
+            .append(child.as_str(), Expected::Any, [event])
+            .enqueue(NewTask::orchestration(&task.queue, &child));
+    }
     if let Some(parent) = parent {
         let notice = match &replay.outcome {
             Outcome::Completed(output) => Some(HistoryEvent::ChildCompleted {

@@ -297,3 +297,29 @@ async fn a_panicking_activity_is_retried_like_any_failure() {
     assert_eq!(handle.result().await.unwrap(), "charged 8 at last");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn cancelling_a_parent_cancels_its_running_child() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = parent::start(env.client(), "parent-3", 4).await.unwrap();
+    // The child charges and starts its 30-day timer.
+    env.run_until_idle().await.unwrap();
+    handle.cancel("order withdrawn").await.unwrap();
+    assert!(matches!(
+        handle.result().await,
+        Err(ClientError::Cancelled { reason, .. }) if reason == "order withdrawn"
+    ));
+    let child = order::handle(env.client(), "parent-3:1");
+    match child.result().await {
+        Err(ClientError::Cancelled { reason, .. }) => {
+            assert_eq!(reason, "parent `parent-3` cancelled: order withdrawn")
+        }
+        other => panic!("expected the child to be cancelled, got {other:?}"),
+    }
+    // The child compensated.
+    let history = env.client().history("parent-3:1").await.unwrap();
+    assert!(history.iter().any(|e| matches!(
+        &e.event,
+        quark_history::HistoryEvent::ActivityScheduled { activity, .. } if activity == "refund"
+    )));
+}
