@@ -14,6 +14,13 @@ pub enum HistoryRange {
     All,
     /// Events with `seq >= from`.
     From(u64),
+    /// Events with `from <= seq < until`: a page.
+    Seq {
+        /// Inclusive start.
+        from: u64,
+        /// Exclusive end.
+        until: u64,
+    },
     /// Events recorded in `[from, until)`.
     Time {
         /// Inclusive start.

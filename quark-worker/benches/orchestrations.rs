@@ -280,6 +280,12 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
 
 #[tokio::main]
 async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let a = args();
     let mut rows = Vec::new();
     for backend in a.backends.clone() {

@@ -485,10 +485,10 @@ async fn workflow(
             }
         }
         WorkflowCommand::History { id, output } => {
-            if store.get_instance(&id).await?.is_none() {
+            let Some(instance) = store.get_instance(&id).await? else {
                 bail!("no instance `{id}`");
-            }
-            let history = store.read_history(&id, HistoryRange::All).await?;
+            };
+            let history = read_history_with_progress(&**store, &id, instance.history_len).await?;
             if output.output == Output::Json {
                 serde_json::to_writer_pretty(&mut *out, &history)?;
                 writeln!(out)?;
@@ -519,6 +519,42 @@ async fn workflow(
         }
     }
     Ok(())
+}
+
+/// Reads a history in pages, with a progress bar on the terminal for long ones.
+async fn read_history_with_progress(
+    store: &dyn Store,
+    id: &str,
+    len: u64,
+) -> anyhow::Result<Vec<quark_history::RecordedEvent>> {
+    const PAGE: u64 = 2_000;
+    let bar = if len > PAGE {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("reading {id}"));
+    let mut history = Vec::with_capacity(len as usize);
+    loop {
+        let from = history.len() as u64 + 1;
+        let range = HistoryRange::Seq {
+            from,
+            until: from + PAGE,
+        };
+        let page = store.read_history(id, range).await?;
+        let done = (page.len() as u64) < PAGE;
+        bar.inc(page.len() as u64);
+        history.extend(page);
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(history)
 }
 
 fn parse_cursor(cursor: &str) -> anyhow::Result<(quark_history::Timestamp, String)> {

@@ -32,9 +32,11 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
             {
                 Ok(_) => {}
                 Err(Error::LeaseLost { .. }) => {
-                    tracing::warn!(task_id = lease.task_id, "lease lost; cancelling the task");
-                    Metrics::inc(&shared.metrics.lease_lost);
-                    if let Some(f) = shared.in_flight().get(&lease.task_id) {
+                    // The task may simply have finished since the snapshot above.
+                    let in_flight = shared.in_flight();
+                    if let Some(f) = in_flight.get(&lease.task_id).filter(|f| f.lease == lease) {
+                        tracing::warn!(task_id = lease.task_id, "lease lost; cancelling the task");
+                        Metrics::inc(&shared.metrics.lease_lost);
                         let _ = f.cancel.send(true);
                     }
                 }

@@ -36,8 +36,34 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     it_runs_an_order_through_retries_a_timer_and_a_signal,
-    it_fails_an_unknown_orchestration_type_clearly
+    it_fails_an_unknown_orchestration_type_clearly,
+    it_fires_a_thousand_timers_due_at_once_and_none_early,
+    it_delivers_cancellation_and_termination_to_running_orchestrations,
 );
+
+#[orchestration]
+async fn nap(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    ctx.sleep(Duration::from_secs(3600)).await?;
+    Ok(n)
+}
+
+#[activity]
+async fn undo(_ctx: ActivityContext, what: String) -> Result<String, ActivityError> {
+    Ok(format!("undid {what}"))
+}
+
+/// Waits for approval; if cancelled meanwhile, compensates and ends as cancelled.
+#[orchestration]
+async fn patient(ctx: OrchestrationContext, what: String) -> Result<String, OrchestrationError> {
+    match ctx.wait_for_signal::<bool>("approve").await {
+        Ok(_) => Ok(format!("{what} approved")),
+        Err(OrchestrationError::Cancelled { reason }) => {
+            ctx.call(undo, &what).await?;
+            Err(OrchestrationError::Cancelled { reason })
+        }
+        Err(e) => Err(e),
+    }
+}
 
 #[activity(retry(max_attempts = 5, initial = "1s", max = "10s"))]
 async fn flaky_charge(ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
@@ -71,7 +97,10 @@ fn worker(t: &TestStore) -> Worker {
             Registry::new()
                 .register(order)
                 .register(flaky_charge)
-                .register(ship),
+                .register(ship)
+                .register(nap)
+                .register(patient)
+                .register(undo),
         )
         .build()
         .unwrap()
@@ -166,6 +195,121 @@ async fn it_fails_an_unknown_orchestration_type_clearly(t: &TestStore) {
             .len(),
         1,
         "nothing else was written"
+    );
+    running.shutdown().await;
+}
+
+async fn count(t: &TestStore, status: quark_history::InstanceStatus) -> usize {
+    let filter = quark_history::InstanceFilter {
+        statuses: vec![status],
+        limit: 5000,
+        ..Default::default()
+    };
+    t.store.list_instances(filter).await.unwrap().len()
+}
+
+async fn it_fires_a_thousand_timers_due_at_once_and_none_early(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    for n in 0..1000 {
+        nap::start(&client, format!("nap-{n}"), n).await.unwrap();
+    }
+    // Every instance reaches its timer; the timers are due in an hour of virtual time.
+    let all_waiting = async || {
+        let waiting = t.store.queue_stats("default").await.unwrap();
+        waiting.pending == 1000 && waiting.leased == 0
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !all_waiting().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timers were not all created"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    t.clock.advance(Duration::from_secs(3599));
+    // A poll or two at 59:59: nothing fires early.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        count(t, quark_history::InstanceStatus::Completed).await,
+        0,
+        "a timer fired early"
+    );
+    t.clock.advance(Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while count(t, quark_history::InstanceStatus::Completed).await < 1000 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timers did not all fire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        t.store.queue_stats("default").await.unwrap(),
+        QueueStats::default()
+    );
+    running.shutdown().await;
+}
+
+async fn it_delivers_cancellation_and_termination_to_running_orchestrations(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let cancelled = patient::start(&client, "p-cancel", "the booking".to_string())
+        .await
+        .unwrap();
+    let terminated = patient::start(&client, "p-term", "the order".to_string())
+        .await
+        .unwrap();
+    run_clock_until(t, "both wait for their signal", async || {
+        t.store.queue_stats("default").await.unwrap() == QueueStats::default()
+            && t.store
+                .read_history("p-term", HistoryRange::All)
+                .await
+                .unwrap()
+                .len()
+                == 1
+            && t.store
+                .read_history("p-cancel", HistoryRange::All)
+                .await
+                .unwrap()
+                .len()
+                == 1
+    })
+    .await;
+    cancelled
+        .cancel("customer changed their mind")
+        .await
+        .unwrap();
+    terminated.terminate("operator cleanup").await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(20), cancelled.result())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("customer changed their mind"), "{e}");
+    let history = t
+        .store
+        .read_history("p-cancel", HistoryRange::All)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = history.iter().map(|e| e.event.kind()).collect();
+    assert!(
+        kinds.contains(&"ActivityCompleted"),
+        "compensation ran: {kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"WorkflowCancelled"));
+    let e = tokio::time::timeout(Duration::from_secs(20), terminated.result())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().contains("operator cleanup"), "{e}");
+    let history = t
+        .store
+        .read_history("p-term", HistoryRange::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
+        ["WorkflowStarted", "WorkflowTerminated"]
     );
     running.shutdown().await;
 }

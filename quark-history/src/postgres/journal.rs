@@ -177,19 +177,28 @@ impl PostgresStore {
         instance_id: &str,
         range: HistoryRange,
     ) -> Result<Vec<RecordedEvent>> {
-        let (from_seq, from_time, until_time) = match range {
-            HistoryRange::All => (1, i64::MIN, i64::MAX),
-            HistoryRange::From(seq) => (seq as i64, i64::MIN, i64::MAX),
-            HistoryRange::Time { from, until } => (1, from.as_micros(), until.as_micros()),
+        let (from_seq, until_seq, from_time, until_time) = match range {
+            HistoryRange::All => (1, i64::MAX, i64::MIN, i64::MAX),
+            HistoryRange::From(seq) => (seq as i64, i64::MAX, i64::MIN, i64::MAX),
+            HistoryRange::Seq { from, until } => (
+                from as i64,
+                until.min(i64::MAX as u64) as i64,
+                i64::MIN,
+                i64::MAX,
+            ),
+            HistoryRange::Time { from, until } => {
+                (1, i64::MAX, from.as_micros(), until.as_micros())
+            }
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM history WHERE instance_id = $1 AND seq >= $2 \
+            "SELECT {EVENT_COLUMNS} FROM history WHERE instance_id = $1 AND seq >= $2 AND seq < $5 \
              AND recorded_at >= $3 AND recorded_at < $4 ORDER BY seq"
         )))
         .bind(instance_id)
         .bind(from_seq)
         .bind(from_time)
         .bind(until_time)
+        .bind(until_seq)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()

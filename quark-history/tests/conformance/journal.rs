@@ -85,6 +85,16 @@ async fn it_reads_a_history_whole_from_a_sequence_number_and_by_time(t: &TestSto
         .await
         .unwrap();
     assert_eq!(from.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    let page = t
+        .store
+        .read_history("r", HistoryRange::Seq { from: 2, until: 4 })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [2, 3],
+        "a page: from inclusive, until exclusive"
+    );
     let t0 = all[0].recorded_at;
     let window = t
         .store
