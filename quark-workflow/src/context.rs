@@ -63,6 +63,14 @@ impl OrchestrationContext {
         self.state.borrow().now
     }
 
+    /// Whether the code is re-executing what its history already records (a later decision of
+    /// the code is in the history). Use it to keep logs and metrics from repeating on replay;
+    /// never to decide what to do.
+    pub fn is_replaying(&self) -> bool {
+        let st = self.state.borrow();
+        st.last_decision > st.seq
+    }
+
     /// Whether cancellation was requested (the code saw it, or will at its next await).
     pub fn is_cancel_requested(&self) -> bool {
         self.state.borrow().cancel != Cancel::None

@@ -324,3 +324,18 @@ fn code_that_wakes_itself_forever_is_stopped() {
         r.outcome
     );
 }
+
+orchestration!(Logs, () => Vec<bool>, |ctx, _in| {
+    let mut seen = vec![ctx.is_replaying()];
+    ctx.call(Echo, &1).await?;
+    seen.push(ctx.is_replaying());
+    Ok(seen)
+});
+
+#[test]
+fn is_replaying_is_true_only_before_the_last_recorded_decision() {
+    let sim = live::<Logs>(&());
+    // The turn that finished replayed the start (its call is recorded) and ran the end live.
+    assert_eq!(sim.outcome, completed(vec![true, false]));
+    assert_replays::<Logs>(&sim);
+}
