@@ -66,6 +66,20 @@ pub struct Replay {
     pub notices: Vec<(String, HistoryEvent)>,
 }
 
+impl Replay {
+    /// Nothing to write, with `outcome`.
+    fn nothing(outcome: Outcome, patches: BTreeMap<String, bool>) -> Self {
+        Replay {
+            new_events: Vec::new(),
+            tasks: Vec::new(),
+            children: Vec::new(),
+            outcome,
+            patches,
+            notices: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Flag(AtomicBool);
 
@@ -77,12 +91,12 @@ impl Wake for Flag {
 
 /// The id of the run that continues `instance_id`: `id~2`, then `id~3`, ...
 pub(crate) fn next_run_id(instance_id: &str) -> String {
-    match instance_id.rsplit_once('~') {
-        Some((base, n)) if n.parse::<u64>().is_ok() => {
-            format!("{base}~{}", n.parse::<u64>().unwrap_or(1) + 1)
-        }
-        _ => format!("{instance_id}~2"),
+    if let Some((base, n)) = instance_id.rsplit_once('~')
+        && let Ok(n) = n.parse::<u64>()
+    {
+        return format!("{base}~{}", n + 1);
     }
+    format!("{instance_id}~2")
 }
 
 /// Replays `history` (of instance `instance_id`, whose orchestration tasks use `queue`) against
@@ -169,14 +183,7 @@ pub(crate) fn replay(
         }
         if let Err(message) = poll_root(&mut root, &mut result, &flag, &waker) {
             ctx.state.borrow_mut().turn_over = true;
-            return Replay {
-                new_events: Vec::new(),
-                tasks: Vec::new(),
-                children: Vec::new(),
-                outcome: Outcome::Panicked(message),
-                patches: BTreeMap::new(),
-                notices: Vec::new(),
-            };
+            return Replay::nothing(Outcome::Panicked(message), BTreeMap::new());
         }
     }
 
@@ -186,27 +193,13 @@ pub(crate) fn replay(
         state.turn_over = true;
         drop(state);
         drop(root);
-        return Replay {
-            new_events: Vec::new(),
-            tasks: Vec::new(),
-            children: Vec::new(),
-            outcome: Outcome::Nondeterminism(n),
-            patches,
-            notices: Vec::new(),
-        };
+        return Replay::nothing(Outcome::Nondeterminism(n), patches);
     }
     if closed {
         state.turn_over = true;
         drop(state);
         drop(root);
-        return Replay {
-            new_events: Vec::new(),
-            tasks: Vec::new(),
-            children: Vec::new(),
-            outcome: Outcome::Closed,
-            patches,
-            notices: Vec::new(),
-        };
+        return Replay::nothing(Outcome::Closed, patches);
     }
     let (mut new_events, tasks, mut children) = state.drain_new();
     let notices = state.cancel_notices();
