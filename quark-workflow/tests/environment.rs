@@ -323,3 +323,17 @@ async fn cancelling_a_parent_cancels_its_running_child() {
         quark_history::HistoryEvent::ActivityScheduled { activity, .. } if activity == "refund"
     )));
 }
+
+#[tokio::test]
+async fn an_instance_on_another_queue_runs_once_that_queue_is_served() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = env
+        .client()
+        .start_with::<order>("elsewhere", &6, StartOptions::default().queue("priority"))
+        .await
+        .unwrap();
+    assert_eq!(env.run_until_idle().await.unwrap(), 0);
+    env.serve("priority");
+    assert_eq!(handle.result().await.unwrap(), "charged 6");
+    assert_eq!(handle.describe().await.unwrap().queue, "priority");
+}
