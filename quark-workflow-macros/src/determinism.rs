@@ -2,7 +2,8 @@
 //! make a replay differ from the original run, each with the replacement to use.
 //!
 //! It is syntactic, so it catches what it can see:
-//! - calls by path (`SystemTime::now()`, `std::thread::sleep(..)`, `rand::random()`, ...), also
+//! - calls by path (`SystemTime::now()`, `chrono::Utc::now()`, `std::thread::sleep(..)`,
+//!   `rand::random()`, `fastrand::*`, `std::process::Command`, `reqwest::*`, `sqlx::*`, ...), also
 //!   inside macro arguments that parse as expressions (`println!("{:?}", Instant::now())`);
 //!   a function imported under another name (`use std::thread::sleep as nap;`) is not seen;
 //! - `tokio::select!` / `select!` whose first tokens are not `biased;`;
@@ -114,8 +115,21 @@ fn replacement(path: &Path) -> Option<(&'static str, &'static str)> {
             "use `ctx.join`/`ctx.select` over `ctx` futures, or an activity",
         ));
     }
-    if s.first() == Some(&"rand") {
+    if last2("Utc", "now") || last2("Local", "now") || last2("OffsetDateTime", "now_utc") {
+        return Some(("reads the clock", "use `ctx.now()`"));
+    }
+    if matches!(s.first(), Some(&"rand" | &"fastrand" | &"getrandom")) {
         return Some(("is random", "use `ctx.random()`"));
+    }
+    let has2 = |a: &str, b: &str| s.windows(2).any(|w| w[0] == a && w[1] == b);
+    if has2("process", "Command") || has2("process", "exit") {
+        return Some(("runs a process", "run processes in an activity"));
+    }
+    if matches!(
+        s.first(),
+        Some(&"reqwest" | &"hyper" | &"sqlx" | &"tokio_postgres" | &"redis")
+    ) {
+        return Some(("does network or database I/O", "do it in an activity"));
     }
     if last2("Uuid", "new_v4") || last2("Uuid", "now_v7") {
         return Some(("is random", "use `ctx.uuid()`"));

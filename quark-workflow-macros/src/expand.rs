@@ -48,10 +48,10 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         fn #ident() {}
     };
     let call = match &model.input {
-        Some(_) => quote!(#body_fn(ctx, input)),
+        Some(_) => quote!(#body_fn(__quark_ctx, __quark_input)),
         None => quote!({
-            let () = input;
-            #body_fn(ctx)
+            let () = __quark_input;
+            #body_fn(__quark_ctx)
         }),
     };
     let sig_span = func.sig.span();
@@ -62,8 +62,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             let queue = model.queue.as_deref().unwrap_or("default");
             let run = quote_spanned! {sig_span=>
                 fn run(
-                    ctx: __q::OrchestrationContext,
-                    input: <Self as __q::Orchestration>::Input,
+                    __quark_ctx: __q::OrchestrationContext,
+                    __quark_input: <Self as __q::Orchestration>::Input,
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<#output, __q::OrchestrationError>,
                 > + 'static {
@@ -115,8 +115,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             let options = activity_options(model);
             let run = quote_spanned! {sig_span=>
                 fn run(
-                    ctx: __q::ActivityContext,
-                    input: <Self as __q::Activity>::Input,
+                    __quark_ctx: __q::ActivityContext,
+                    __quark_input: <Self as __q::Activity>::Input,
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<#output, __q::ActivityError>,
                 > + ::core::marker::Send + 'static {

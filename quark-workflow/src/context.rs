@@ -9,10 +9,11 @@ use quark_history::{HistoryEvent, Payload, RecordedEvent, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::combinator::{Join, Select};
 use crate::command::{Command, caller, describe_event, event_site};
 use crate::definition::{Activity, Orchestration};
 use crate::error::{Nondeterminism, OrchestrationError};
-use crate::future::{ActivityCall, ChildCall, CommandFuture, Join, Select, Signal, Sleep};
+use crate::future::{ActivityCall, ChildCall, CommandFuture, Signal, Sleep};
 use crate::state::{Cancel, Shared, State};
 use crate::task::{ActivityTask, TaskPayload, TimerTask};
 
@@ -62,6 +63,14 @@ impl OrchestrationContext {
         self.state.borrow().now
     }
 
+    /// Whether the code is re-executing what its history already records (a later decision of
+    /// the code is in the history). Use it to keep logs and metrics from repeating on replay;
+    /// never to decide what to do.
+    pub fn is_replaying(&self) -> bool {
+        let st = self.state.borrow();
+        st.last_decision > st.seq
+    }
+
     /// Whether cancellation was requested (the code saw it, or will at its next await).
     pub fn is_cancel_requested(&self) -> bool {
         self.state.borrow().cancel != Cancel::None
@@ -70,13 +79,35 @@ impl OrchestrationContext {
     /// Calls activity `A` with `input`. Passing an input of another type does not compile.
     #[track_caller]
     pub fn call<A: Activity>(&self, activity: A, input: &A::Input) -> ActivityCall<A::Output> {
-        let _ = activity;
         let site = caller();
+        self.schedule(activity, input, A::options(), site)
+    }
+
+    /// Calls activity `A` with `input` under `options` instead of the activity's own (another
+    /// queue, a tighter timeout, more retries).
+    #[track_caller]
+    pub fn call_with<A: Activity>(
+        &self,
+        activity: A,
+        input: &A::Input,
+        options: crate::ActivityOptions,
+    ) -> ActivityCall<A::Output> {
+        let site = caller();
+        self.schedule(activity, input, options, site)
+    }
+
+    fn schedule<A: Activity>(
+        &self,
+        activity: A,
+        input: &A::Input,
+        options: crate::ActivityOptions,
+        site: quark_history::CallSite,
+    ) -> ActivityCall<A::Output> {
+        let _ = activity;
         let payload = match Payload::json(input) {
             Ok(p) => p,
             Err(e) => return ActivityCall::failed(OrchestrationError::payload(e)),
         };
-        let options = A::options();
         let mut st = self.state.borrow_mut();
         let queue = options.queue.clone().unwrap_or_else(|| st.queue.clone());
         let (instance_id, orchestration_queue, now) =
@@ -106,6 +137,15 @@ impl OrchestrationContext {
     #[track_caller]
     pub fn sleep(&self, d: Duration) -> Sleep {
         let site = caller();
+        Sleep::new(CommandFuture::new(&self.state, self.timer(d, site)))
+    }
+
+    /// A durable timer that fires at `at` (at once, if `at` is not after the current history
+    /// time).
+    #[track_caller]
+    pub fn sleep_until(&self, at: Timestamp) -> Sleep {
+        let site = caller();
+        let d = at.since(self.now());
         Sleep::new(CommandFuture::new(&self.state, self.timer(d, site)))
     }
 
@@ -257,14 +297,17 @@ impl OrchestrationContext {
         let site = caller();
         let mut st = self.state.borrow_mut();
         let next = st.next_command;
-        match st.recorded.get(&next) {
-            Some((_, HistoryEvent::PatchMarker { patch: p, .. })) if p == patch => {}
+        let old_branch = match st.recorded.get(&next) {
+            Some((_, HistoryEvent::PatchMarker { patch: p, .. })) => p != patch,
             // Old code issued something else here: it ran without the patch.
-            Some(_) => return false,
+            Some(_) => true,
             // Old code went on past this point (it recorded later commands, or ended) without
             // asking for anything here.
-            None if st.last_decision > st.seq => return false,
-            None => {}
+            None => st.last_decision > st.seq,
+        };
+        st.note_patch(patch, old_branch);
+        if old_branch {
+            return false;
         }
         st.issue(
             Command::Patch {

@@ -276,3 +276,68 @@ fn a_child_is_started_once_and_its_result_resumes_the_parent() {
     assert_eq!(sim.outcome, completed(21u32));
     assert_eq!(check_replays(&reg, &sim.history), (None, None));
 }
+
+orchestration!(Overridden, () => u32, |ctx, _in| {
+    let options = crate::ActivityOptions::default().queue("gpu");
+    let v = ctx.call_with(Echo, &5, options).await?;
+    ctx.sleep_until(ctx.now() + Duration::from_secs(90)).await?;
+    Ok(v)
+});
+
+#[test]
+fn call_with_overrides_the_options_and_sleep_until_fires_at_its_time() {
+    let reg = registry::<Overridden>();
+    let mut sim = Sim::start::<Overridden>(reg.clone(), &(), echo);
+    let first = run(&reg, &sim.history);
+    assert_eq!(first.tasks[0].queue, "gpu");
+    sim.run();
+    assert_eq!(sim.outcome, completed(5u32));
+    // `now` when the code asked was the time of the activity's result.
+    let completed_at = sim.history.iter().find_map(|e| match e.event {
+        HistoryEvent::ActivityCompleted { .. } => Some(e.recorded_at),
+        _ => None,
+    });
+    let fire_at = sim.history.iter().find_map(|e| match e.event {
+        HistoryEvent::TimerCreated { fire_at, .. } => Some(fire_at),
+        _ => None,
+    });
+    assert_eq!(
+        fire_at.unwrap(),
+        completed_at.unwrap() + Duration::from_secs(90)
+    );
+    assert_replays::<Overridden>(&sim);
+}
+
+orchestration!(Spins, () => (), |_ctx, _in| {
+    loop {
+        tokio::task::yield_now().await;
+    }
+});
+
+#[test]
+fn code_that_wakes_itself_forever_is_stopped() {
+    let sim = Sim::start::<Spins>(registry::<Spins>(), &(), echo);
+    let r = run(&registry::<Spins>(), &sim.history);
+    assert!(
+        matches!(&r.outcome, Outcome::Panicked(m) if m.contains("woke itself")),
+        "{:?}",
+        r.outcome
+    );
+}
+
+orchestration!(Logs, () => Vec<bool>, |ctx, _in| {
+    let mut seen = vec![ctx.is_replaying()];
+    ctx.call(Echo, &1).await?;
+    seen.push(ctx.is_replaying());
+    Ok(seen)
+});
+
+#[test]
+fn is_replaying_is_true_only_before_the_last_recorded_decision() {
+    let sim = live::<Logs>(&());
+    // The turn that finished replayed the start (its call is recorded) and ran the end live.
+    assert_eq!(sim.outcome, completed(vec![true, false]));
+    // Which is why it must not decide anything: this output differs on a full replay.
+    let (_, full) = check_replays(&registry::<Logs>(), &sim.history);
+    assert!(full.is_some_and(|e| e.contains("WorkflowCompleted")));
+}

@@ -7,6 +7,7 @@
 //! events, tasks and children. A live turn and a replay of the same history are the same
 //! computation, so replaying any prefix of a history never re-emits a command the prefix holds.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub enum Outcome {
     Closed,
     /// The code no longer matches the history. Nothing is to be appended.
     Nondeterminism(Nondeterminism),
+    /// The code panicked (the message). Nothing is to be appended; like a nondeterminism, it
+    /// needs a code fix, not a retry.
+    Panicked(String),
 }
 
 /// What a replay produced: the events, tasks and instances to write after the given history.
@@ -54,6 +58,26 @@ pub struct Replay {
     pub children: Vec<NewInstance>,
     /// Where the code stands.
     pub outcome: Outcome,
+    /// Every patch the code asked about (`ctx.patched`), with `true` if this history took its
+    /// old branch at least once: the instance still depends on the code before the patch.
+    pub patches: BTreeMap<String, bool>,
+    /// Events for other instances: the cancellation of this instance's running children, the
+    /// first time a turn sees this instance's cancellation (again, if that turn did not commit).
+    pub notices: Vec<(String, HistoryEvent)>,
+}
+
+impl Replay {
+    /// Nothing to write, with `outcome`.
+    fn nothing(outcome: Outcome, patches: BTreeMap<String, bool>) -> Self {
+        Replay {
+            new_events: Vec::new(),
+            tasks: Vec::new(),
+            children: Vec::new(),
+            outcome,
+            patches,
+            notices: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -67,12 +91,12 @@ impl Wake for Flag {
 
 /// The id of the run that continues `instance_id`: `id~2`, then `id~3`, ...
 pub(crate) fn next_run_id(instance_id: &str) -> String {
-    match instance_id.rsplit_once('~') {
-        Some((base, n)) if n.parse::<u64>().is_ok() => {
-            format!("{base}~{}", n.parse::<u64>().unwrap_or(1) + 1)
-        }
-        _ => format!("{instance_id}~2"),
+    if let Some((base, n)) = instance_id.rsplit_once('~')
+        && let Ok(n) = n.parse::<u64>()
+    {
+        return format!("{base}~{}", n + 1);
     }
+    format!("{instance_id}~2")
 }
 
 /// Replays `history` (of instance `instance_id`, whose orchestration tasks use `queue`) against
@@ -138,6 +162,7 @@ pub(crate) fn replay(
                 let mut st = ctx.state.borrow_mut();
                 if st.cancel == Cancel::None {
                     st.cancel = Cancel::Requested(reason.clone());
+                    st.cancel_seq = rec.seq;
                 }
                 st.wake_all();
             }
@@ -156,33 +181,28 @@ pub(crate) fn replay(
         if ctx.state.borrow().nondeterminism.is_some() {
             break;
         }
-        poll_root(&mut root, &mut result, &flag, &waker);
+        if let Err(message) = poll_root(&mut root, &mut result, &flag, &waker) {
+            ctx.state.borrow_mut().turn_over = true;
+            return Replay::nothing(Outcome::Panicked(message), BTreeMap::new());
+        }
     }
 
     let mut state = ctx.state.borrow_mut();
+    let patches = std::mem::take(&mut state.patches);
     if let Some(n) = state.nondeterminism.take() {
         state.turn_over = true;
         drop(state);
         drop(root);
-        return Replay {
-            new_events: Vec::new(),
-            tasks: Vec::new(),
-            children: Vec::new(),
-            outcome: Outcome::Nondeterminism(n),
-        };
+        return Replay::nothing(Outcome::Nondeterminism(n), patches);
     }
     if closed {
         state.turn_over = true;
         drop(state);
         drop(root);
-        return Replay {
-            new_events: Vec::new(),
-            tasks: Vec::new(),
-            children: Vec::new(),
-            outcome: Outcome::Closed,
-        };
+        return Replay::nothing(Outcome::Closed, patches);
     }
     let (mut new_events, tasks, mut children) = state.drain_new();
+    let notices = state.cancel_notices();
     state.turn_over = true;
     drop(state);
     drop(root);
@@ -213,24 +233,64 @@ pub(crate) fn replay(
         tasks,
         children,
         outcome,
+        patches,
+        notices,
     }
 }
 
+/// How often the orchestration may be polled for one history event.
+const MAX_POLLS_PER_EVENT: u32 = 10_000;
+
+/// Polls the orchestration while something woke it. A panic in the user's code is caught and
+/// returned as its message: the turn is abandoned, not the worker.
 fn poll_root(
     root: &mut Option<LocalBoxFuture<'static, Result<Payload, OrchestrationError>>>,
     result: &mut Option<Result<Payload, OrchestrationError>>,
     flag: &Flag,
     waker: &Waker,
-) {
+) -> Result<(), String> {
     let mut cx = Context::from_waker(waker);
+    let mut polls = 0u32;
     while flag.0.swap(false, Ordering::SeqCst) {
-        let Some(fut) = root.as_mut() else { return };
-        if let Poll::Ready(r) = Pin::new(fut).poll(&mut cx) {
-            *result = Some(r);
-            *root = None;
-            return;
+        // Code that wakes itself forever (a busy `yield_now` loop) would hold the worker.
+        polls += 1;
+        if polls > MAX_POLLS_PER_EVENT {
+            return Err(format!(
+                "the orchestration woke itself {MAX_POLLS_PER_EVENT} times without waiting on \
+                 a `ctx` future"
+            ));
+        }
+        let Some(fut) = root.as_mut() else {
+            return Ok(());
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(&mut cx)));
+        match polled {
+            Ok(Poll::Ready(r)) => {
+                *result = Some(r);
+                *root = None;
+                return Ok(());
+            }
+            Ok(Poll::Pending) => {}
+            Err(panic) => {
+                // Its state is unknown after a panic: forget it rather than run its destructors.
+                if let Some(fut) = root.take() {
+                    std::mem::forget(fut);
+                }
+                return Err(panic_message(panic.as_ref()));
+            }
         }
     }
+    Ok(())
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_string())
 }
 
 fn resolve(ctx: &OrchestrationContext, command: u64, resolution: Resolution) {

@@ -260,7 +260,9 @@ fn a_patch_keeps_old_histories_on_the_old_branch_and_new_ones_on_the_new() {
     let old = record::<OrderV1>(&500).history;
     assert_eq!(check_replays(&registry::<OrderV1>(), &old), (None, None));
     assert_eq!(check_upgrade(&registry::<Patched>(), &old), None);
-    assert!(run(&registry::<Patched>(), &old).new_events.is_empty());
+    let replayed = run(&registry::<Patched>(), &old);
+    assert!(replayed.new_events.is_empty());
+    assert_eq!(replayed.patches.get("fraud-check"), Some(&true));
 
     // A run under the new code records the marker and takes the new branch.
     let new = record::<Patched>(&500);
@@ -273,6 +275,8 @@ fn a_patch_keeps_old_histories_on_the_old_branch_and_new_ones_on_the_new() {
         check_replays(&registry::<Patched>(), &new.history),
         (None, None)
     );
+    let replayed = run(&registry::<Patched>(), &new.history);
+    assert_eq!(replayed.patches.get("fraud-check"), Some(&false));
 
     // The old code cannot replay a history that took the new branch.
     let (_, full) = check_replays(&registry::<OrderV1>(), &new.history);

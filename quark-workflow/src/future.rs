@@ -1,4 +1,4 @@
-//! The futures `ctx` calls return, and `join`/`select` that resolve in history order.
+//! The futures `ctx` calls return.
 //!
 //! A command's future is ready once the executor has delivered the history event that resolves it.
 //! The executor delivers events one at a time, in history order, and polls the orchestration after
@@ -312,107 +312,6 @@ impl<T: DeserializeOwned> Future for SignalTimeout<T> {
             Poll::Ready(r) => Poll::Ready(r.map(|()| None)),
             Poll::Pending => {
                 this.signal.wait(cx);
-                Poll::Pending
-            }
-        }
-    }
-}
-
-/// The future of [`OrchestrationContext::join`].
-#[must_use = "a join does nothing unless awaited"]
-pub struct Join<F: Future> {
-    futures: Vec<Option<Pin<Box<F>>>>,
-    outputs: Vec<Option<F::Output>>,
-}
-
-impl<F: Future> std::fmt::Debug for Join<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Join")
-            .field("len", &self.futures.len())
-            .finish_non_exhaustive()
-    }
-}
-
-// The outputs are never pinned; the futures are boxed.
-impl<F: Future> Unpin for Join<F> {}
-
-impl<F: Future> Join<F> {
-    pub(crate) fn new(futures: impl IntoIterator<Item = F>) -> Self {
-        let futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-        let outputs = futures.iter().map(|_| None).collect();
-        Join { futures, outputs }
-    }
-}
-
-impl<F: Future> Future for Join<F> {
-    type Output = Vec<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        // Always every branch, always in argument order: nothing depends on which one woke us.
-        for (slot, out) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
-            if let Some(f) = slot
-                && let Poll::Ready(v) = f.as_mut().poll(cx)
-            {
-                *out = Some(v);
-                *slot = None;
-            }
-        }
-        if this.outputs.iter().all(Option::is_some) {
-            Poll::Ready(this.outputs.iter_mut().filter_map(Option::take).collect())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
-/// The future of [`OrchestrationContext::select`].
-#[must_use = "a select does nothing unless awaited"]
-pub struct Select<F: Future> {
-    state: Shared,
-    futures: Vec<Pin<Box<F>>>,
-}
-
-impl<F: Future> std::fmt::Debug for Select<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Select")
-            .field("len", &self.futures.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F: Future> Select<F> {
-    pub(crate) fn new(state: Shared, futures: impl IntoIterator<Item = F>) -> Self {
-        let futures = futures.into_iter().map(Box::pin).collect();
-        Select { state, futures }
-    }
-}
-
-impl<F: Future> Future for Select<F> {
-    type Output = (usize, F::Output);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let outer = std::mem::take(&mut this.state.borrow_mut().stamp);
-        // The winner is the ready branch that consumed the earliest event; ties go to the first.
-        let mut best: Option<(u64, usize, F::Output)> = None;
-        for (i, f) in this.futures.iter_mut().enumerate() {
-            this.state.borrow_mut().stamp = 0;
-            if let Poll::Ready(v) = f.as_mut().poll(cx) {
-                let stamp = this.state.borrow().stamp;
-                if best.as_ref().is_none_or(|(s, _, _)| stamp < *s) {
-                    best = Some((stamp, i, v));
-                }
-            }
-        }
-        let mut st = this.state.borrow_mut();
-        match best {
-            Some((stamp, i, v)) => {
-                st.stamp = outer.max(stamp);
-                Poll::Ready((i, v))
-            }
-            None => {
-                st.stamp = outer;
                 Poll::Pending
             }
         }

@@ -92,6 +92,7 @@ extern crate self as quark_workflow;
 
 mod activity;
 mod client;
+mod combinator;
 mod command;
 mod context;
 mod definition;
@@ -108,11 +109,12 @@ mod turn;
 
 pub use activity::{ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink};
 pub use client::{Client, ClientError, Handle, StartOptions};
+pub use combinator::{Join, Select};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
 pub use executor::{Outcome, Replay};
-pub use future::{ActivityCall, ChildCall, Join, Select, Signal, SignalTimeout, Sleep};
+pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};

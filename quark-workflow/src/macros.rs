@@ -41,10 +41,11 @@
 /// # Determinism check
 ///
 /// The body is checked for calls that make a replay differ, each rejected with the replacement
-/// to use: `SystemTime::now`/`Instant::now` (`ctx.now()`), `std::thread::sleep`/
-/// `tokio::time::sleep` (`ctx.sleep`), `tokio::spawn`/`std::thread::spawn` (`ctx.join`,
-/// `ctx.select`, an activity), `rand::*` (`ctx.random()`), `Uuid::new_v4` (`ctx.uuid()`),
-/// `std::env::var`, `std::fs`/`tokio::fs`, `std::net`/`tokio::net` (an activity), `select!`
+/// to use: `SystemTime::now`/`Instant::now`/`chrono::Utc::now` (`ctx.now()`),
+/// `std::thread::sleep`/`tokio::time::sleep` (`ctx.sleep`), `tokio::spawn`/`std::thread::spawn`
+/// (`ctx.join`, `ctx.select`, an activity), `rand::*`/`fastrand::*` (`ctx.random()`),
+/// `Uuid::new_v4` (`ctx.uuid()`), `std::env::var`, `std::fs`/`tokio::fs`, `std::net`/
+/// `tokio::net`, `std::process`, `reqwest`/`sqlx`/`redis` clients (an activity), `select!`
 /// without `biased;` (`ctx.select`), and `for` loops or `.iter()`-like calls over a local or
 /// parameter declared as a `HashMap`/`HashSet` (a `BTreeMap`/`BTreeSet`).
 ///

@@ -6,11 +6,13 @@
 //! command), and reports either success or the first divergence, with the recorded and the
 //! current command, their call sites and, when the source files are at hand, the source lines.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use quark_history::{CallSite, HistoryEvent, RecordedEvent};
+use quark_history::{CallSite, HistoryEvent, InstanceFilter, InstanceStatus, RecordedEvent};
 
+use crate::client::{Client, ClientError};
 use crate::command::is_command_event;
 use crate::error::Nondeterminism;
 use crate::executor::{Outcome, replay};
@@ -50,9 +52,18 @@ pub enum ReplayReport {
         events: usize,
         /// Where the code stands at the end of the history.
         outcome: Outcome,
+        /// Patches whose old branch this history took (`ctx.patched` answered `false`).
+        old_branches: BTreeSet<String>,
     },
     /// The current code departs from the history.
     Diverged(Box<Divergence>),
+    /// The current code panicked while replaying the history.
+    Panicked {
+        /// How many events of the history were replayed when it panicked.
+        prefix: usize,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl ReplayReport {
@@ -144,6 +155,7 @@ impl Replayer {
             .filter(|&k| is_command_event(&history[k - 1].event))
             .chain([history.len()]);
         let mut outcome = Outcome::Waiting;
+        let mut old_branches = BTreeSet::new();
         for k in prefixes {
             let r = replay(
                 orchestration.as_ref(),
@@ -151,6 +163,11 @@ impl Replayer {
                 "default",
                 &history[..k],
             );
+            old_branches = r
+                .patches
+                .into_iter()
+                .filter_map(|(patch, old)| old.then_some(patch))
+                .collect();
             match r.outcome {
                 Outcome::Nondeterminism(error) => {
                     return Ok(ReplayReport::Diverged(Box::new(Divergence {
@@ -160,13 +177,55 @@ impl Replayer {
                         prefix: k,
                     })));
                 }
+                Outcome::Panicked(message) => {
+                    return Ok(ReplayReport::Panicked { prefix: k, message });
+                }
                 other => outcome = other,
             }
         }
         Ok(ReplayReport::Ok {
             events: history.len(),
             outcome,
+            old_branches,
         })
+    }
+
+    /// The running instances that take the old branch of `patch` under the current code: while
+    /// any remain, the code before the patch must stay. (Instances that have not reached the
+    /// patch yet take the new branch and are not listed.) Instances of types this replayer does
+    /// not know are skipped; those whose history no longer replays are listed, since they
+    /// need attention before anything is deleted.
+    pub async fn old_branch_instances(
+        &self,
+        client: &Client,
+        patch: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = client
+                .list(InstanceFilter {
+                    statuses: vec![InstanceStatus::Running],
+                    after: after.clone(),
+                    limit: 100,
+                    ..InstanceFilter::default()
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(found);
+            };
+            after = Some((last.created_at, last.id.clone()));
+            for instance in page {
+                if !self.registry.has_orchestration(&instance.instance_type) {
+                    continue;
+                }
+                let history = client.history(&instance.id).await?;
+                match self.replay(&history) {
+                    Ok(ReplayReport::Ok { old_branches, .. }) if !old_branches.contains(patch) => {}
+                    _ => found.push(instance.id),
+                }
+            }
+        }
     }
 
     fn line(&self, site: Option<&CallSite>) -> Option<String> {

@@ -69,11 +69,8 @@ pub async fn run_task(
                     ActivityInfo::new(&a.instance_id, a.command, &a.activity, task.lease.attempt);
                 let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new());
                 match registry.run_activity(&a.activity, ctx, a.input.clone()) {
-                    Some(attempt) => {
-                        let result = match a.options.start_to_close {
-                            Some(limit) => timed(attempt, limit).await,
-                            None => attempt.await,
-                        };
+                    Some(run) => {
+                        let result = attempt(run, a.options.start_to_close).await;
                         activity_commit(&task, &a, result, clock.now())
                     }
                     None => dead(format!("no activity `{}` is registered here", a.activity)),
@@ -126,17 +123,28 @@ pub(crate) fn without(mut commit: Commit, id: &str) -> Commit {
     commit
 }
 
-async fn timed(
-    attempt: futures::future::BoxFuture<
-        'static,
-        Result<quark_history::Payload, crate::ActivityError>,
-    >,
-    limit: Duration,
+/// One activity attempt, under its `start_to_close` limit; a panic is a retryable failure.
+async fn attempt(
+    run: futures::future::BoxFuture<'static, Result<quark_history::Payload, crate::ActivityError>>,
+    limit: Option<Duration>,
 ) -> Result<quark_history::Payload, crate::ActivityError> {
-    match tokio::time::timeout(limit, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(crate::ActivityError::message(format!(
-            "start_to_close timeout of {limit:?} exceeded"
-        ))),
-    }
+    use futures::FutureExt;
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind();
+    let outcome = match limit {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(crate::ActivityError::message(format!(
+                    "start_to_close timeout of {limit:?} exceeded"
+                )));
+            }
+        },
+        None => run.await,
+    };
+    outcome.unwrap_or_else(|panic| {
+        let message = crate::executor::panic_message(panic.as_ref());
+        Err(crate::ActivityError::message(format!(
+            "the activity panicked: {message}"
+        )))
+    })
 }

@@ -72,11 +72,15 @@ pub(crate) struct State {
     pub(crate) signals: HashMap<String, VecDeque<(u64, Payload)>>,
     pub(crate) signal_wakers: Vec<Waker>,
     pub(crate) cancel: Cancel,
+    /// The sequence number of the `CancelRequested` event, once delivered.
+    pub(crate) cancel_seq: u64,
     pub(crate) nondeterminism: Option<Nondeterminism>,
     /// The largest `resolved_at` of the commands resolved during the current poll of a branch.
     pub(crate) stamp: u64,
     /// Set once the turn is over: futures dropped after that are not abandoned by the code.
     pub(crate) turn_over: bool,
+    /// Patches the code asked about, and whether any answer sent it down the old branch.
+    pub(crate) patches: BTreeMap<String, bool>,
     entropy: u64,
 }
 
@@ -114,9 +118,11 @@ impl State {
             signals: HashMap::new(),
             signal_wakers: Vec::new(),
             cancel: Cancel::None,
+            cancel_seq: 0,
             nondeterminism: None,
             stamp: 0,
             turn_over: false,
+            patches: BTreeMap::new(),
             entropy: 0,
         }
     }
@@ -159,6 +165,11 @@ impl State {
             },
         );
         id
+    }
+
+    /// Records an answer of `ctx.patched(patch)`.
+    pub(crate) fn note_patch(&mut self, patch: &str, old_branch: bool) {
+        *self.patches.entry(patch.to_string()).or_insert(false) |= old_branch;
     }
 
     /// Records the first divergence; later ones are consequences of it.
@@ -207,6 +218,33 @@ impl State {
         use std::hash::BuildHasher;
         self.entropy += 1;
         std::collections::hash_map::RandomState::new().hash_one((self.entropy, self.seq))
+    }
+
+    /// `CancelRequested` for every child still running, if this is a turn that first sees this
+    /// instance's cancellation: no decision of the code is recorded after the request yet.
+    /// (A later turn that sees no recorded decision sends them again; a child ignores a second
+    /// request.)
+    pub(crate) fn cancel_notices(&self) -> Vec<(String, HistoryEvent)> {
+        let reason = match &self.cancel {
+            Cancel::Requested(r) | Cancel::Observed(r) => r,
+            Cancel::None => return Vec::new(),
+        };
+        if self.last_decision > self.cancel_seq {
+            return Vec::new();
+        }
+        self.slots
+            .values()
+            .filter(|slot| slot.result.is_none())
+            .filter_map(|slot| match &slot.command {
+                Command::Child { instance_id, .. } => Some((
+                    instance_id.clone(),
+                    HistoryEvent::CancelRequested {
+                        reason: format!("parent `{}` cancelled: {reason}", self.instance_id),
+                    },
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The new events of this turn, in command order, and the tasks and children that go with

@@ -68,6 +68,8 @@ struct Inner {
     registry: Mutex<Registry>,
     /// Times at which a task becomes visible (timers, retries): where the clock jumps to.
     wake_at: Mutex<BTreeSet<Timestamp>>,
+    /// Queues served beyond the registry's.
+    queues: Mutex<BTreeSet<String>>,
     /// Heartbeats activities sent, in order.
     heartbeats: Arc<Mutex<Vec<Heartbeat>>>,
     /// One driver at a time.
@@ -85,6 +87,7 @@ impl TestEnv {
             clock,
             registry: Mutex::new(registry),
             wake_at: Mutex::new(BTreeSet::new()),
+            queues: Mutex::new(BTreeSet::new()),
             heartbeats: Arc::default(),
             running: tokio::sync::Mutex::new(()),
         });
@@ -113,6 +116,12 @@ impl TestEnv {
         mock: impl Fn(A::Input) -> Result<A::Output, ActivityError> + Send + Sync + 'static,
     ) {
         self.inner.registry().mock_activity::<A>(mock);
+    }
+
+    /// Also serves `queue` (the registry's queues are always served): for instances started
+    /// with `StartOptions::queue` or activities called with `call_with` on another queue.
+    pub fn serve(&self, queue: impl Into<String>) {
+        lock(&self.inner.queues).insert(queue.into());
     }
 
     /// The heartbeats activities have sent so far, with their progress.
@@ -150,7 +159,8 @@ impl Inner {
     async fn run_visible(&self) -> Result<usize, ClientError> {
         let mut ran = 0;
         loop {
-            let queues = self.registry().queues();
+            let mut queues = self.registry().queues();
+            queues.extend(lock(&self.queues).iter().cloned());
             let claimed = self
                 .store
                 .claim(ClaimRequest::new("quark-test-env", queues).limit(16))

@@ -63,9 +63,17 @@ pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[Recorded
     };
 
     let replay = replay(orchestration.as_ref(), &instance_id, &task.queue, history);
-    if let Outcome::Nondeterminism(n) = &replay.outcome {
-        tracing::error!(instance = %instance_id, "{n}");
-        return dead(format!("{instance_id}: {n}"), replay.outcome);
+    match &replay.outcome {
+        Outcome::Nondeterminism(n) => {
+            tracing::error!(instance = %instance_id, "{n}");
+            return dead(format!("{instance_id}: {n}"), replay.outcome);
+        }
+        Outcome::Panicked(message) => {
+            tracing::error!(instance = %instance_id, "orchestration panicked: {message}");
+            let error = format!("{instance_id}: the orchestration panicked: {message}");
+            return dead(error, replay.outcome);
+        }
+        _ => {}
     }
 
     let next = history.last().map_or(1, |e| e.seq + 1);
@@ -75,6 +83,12 @@ pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[Recorded
     }
     for t in replay.tasks {
         commit = commit.enqueue(t);
+    }
+    // Children share the parent's queue (they start on it).
+    for (child, event) in replay.notices {
+        commit = commit
+            .append(child.as_str(), Expected::Any, [event])
+            .enqueue(NewTask::orchestration(&task.queue, &child));
     }
     if let Some(parent) = parent {
         let notice = match &replay.outcome {
@@ -183,6 +197,36 @@ mod tests {
         assert!(matches!(
             turn.commit.settle,
             Some(Settle::Fail(_, FailAction::Dead { ref error })) if error.contains("nondeterminism")
+        ));
+    }
+
+    struct Panics;
+    impl crate::Orchestration for Panics {
+        const NAME: &'static str = "order";
+        type Input = u32;
+        type Output = u32;
+        async fn run(
+            _ctx: crate::OrchestrationContext,
+            n: u32,
+        ) -> Result<u32, crate::OrchestrationError> {
+            if n > 0 {
+                panic!("bug in the orchestration: {n}");
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_panicking_orchestration_dead_letters_its_task_and_the_worker_goes_on() {
+        let turn = process_turn(&registry::<Panics>(), &claimed(), &[started()]);
+        assert_eq!(
+            turn.outcome,
+            Outcome::Panicked("bug in the orchestration: 500".into())
+        );
+        assert!(turn.commit.appends.is_empty());
+        assert!(matches!(
+            turn.commit.settle,
+            Some(Settle::Fail(_, FailAction::Dead { ref error })) if error.contains("panicked")
         ));
     }
 

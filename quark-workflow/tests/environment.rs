@@ -281,3 +281,59 @@ async fn a_child_still_completes_after_its_parent_was_terminated() {
         Err(ClientError::Terminated { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_panicking_activity_is_retried_like_any_failure() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    env.mock_activity::<charge_card>(move |cents| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("activity bug on the first attempt");
+        }
+        Ok(format!("charged {cents} at last"))
+    });
+    let handle = order::start(env.client(), "order-panic", 8).await.unwrap();
+    assert_eq!(handle.result().await.unwrap(), "charged 8 at last");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn cancelling_a_parent_cancels_its_running_child() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = parent::start(env.client(), "parent-3", 4).await.unwrap();
+    // The child charges and starts its 30-day timer.
+    env.run_until_idle().await.unwrap();
+    handle.cancel("order withdrawn").await.unwrap();
+    assert!(matches!(
+        handle.result().await,
+        Err(ClientError::Cancelled { reason, .. }) if reason == "order withdrawn"
+    ));
+    let child = order::handle(env.client(), "parent-3:1");
+    match child.result().await {
+        Err(ClientError::Cancelled { reason, .. }) => {
+            assert_eq!(reason, "parent `parent-3` cancelled: order withdrawn")
+        }
+        other => panic!("expected the child to be cancelled, got {other:?}"),
+    }
+    // The child compensated.
+    let history = env.client().history("parent-3:1").await.unwrap();
+    assert!(history.iter().any(|e| matches!(
+        &e.event,
+        quark_history::HistoryEvent::ActivityScheduled { activity, .. } if activity == "refund"
+    )));
+}
+
+#[tokio::test]
+async fn an_instance_on_another_queue_runs_once_that_queue_is_served() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = env
+        .client()
+        .start_with::<order>("elsewhere", &6, StartOptions::default().queue("priority"))
+        .await
+        .unwrap();
+    assert_eq!(env.run_until_idle().await.unwrap(), 0);
+    env.serve("priority");
+    assert_eq!(handle.result().await.unwrap(), "charged 6");
+    assert_eq!(handle.describe().await.unwrap().queue, "priority");
+}
