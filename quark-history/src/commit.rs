@@ -100,6 +100,17 @@ impl Commit {
         self
     }
 
+    /// This commit without its appends to instance `id` and the orchestration tasks that would wake
+    /// it: what is left to write when `id` has ended meanwhile (a parent told of its child's end
+    /// after the parent was terminated).
+    pub fn without_instance(mut self, id: &str) -> Self {
+        self.appends.retain(|a| a.instance_id != id);
+        self.tasks.retain(|t| {
+            t.kind != crate::TaskKind::Orchestration || t.instance_id.as_deref() != Some(id)
+        });
+        self
+    }
+
     /// Fails the task held under `lease`.
     pub fn fail(mut self, lease: Lease, action: FailAction) -> Self {
         self.settle = Some(Settle::Fail(lease, action));

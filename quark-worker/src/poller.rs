@@ -178,43 +178,55 @@ async fn execute(shared: &Shared, handler: &dyn Handler, task: &ClaimedTask, cx:
             release(shared, task, Some("handler did not settle the task".into())).await;
             return;
         }
-        match cx.commit(commit).await {
-            Ok(_) => return,
-            Err(Error::LeaseLost { .. }) => {
-                tracing::info!("lease lost; another worker has the task");
-                Metrics::inc(&metrics.lease_lost);
-                return;
-            }
-            Err(Error::Conflict { .. }) if conflicts < MAX_CONFLICT_RETRIES => {
-                // New events arrived while the turn ran: decide again on the longer history.
-                Metrics::inc(&metrics.conflicts);
-                conflicts += 1;
-            }
-            Err(Error::InstanceClosed { id, status }) => {
-                tracing::info!(instance = %id, %status, "instance ended meanwhile; dropping the result");
-                settle_alone(
-                    shared,
-                    Commit::new().complete(task.lease.clone()),
-                    &metrics.completed,
-                )
-                .await;
-                return;
-            }
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "commit failed; retrying after a backoff");
-                release(shared, task, Some(e.to_string())).await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit refused; dead-lettering the task");
-                let dead = Commit::new().fail(
-                    task.lease.clone(),
-                    FailAction::Dead {
-                        error: e.to_string(),
-                    },
-                );
-                settle_alone(shared, dead, &metrics.failed).await;
-                return;
+        let mut commit = commit;
+        // Inner loop: the same outcome, committed again with less when an instance it would tell
+        // has ended meanwhile.
+        loop {
+            let fallback = commit.clone();
+            match cx.commit(commit).await {
+                Ok(_) => return,
+                Err(Error::LeaseLost { .. }) => {
+                    tracing::info!("lease lost; another worker has the task");
+                    Metrics::inc(&metrics.lease_lost);
+                    return;
+                }
+                Err(Error::Conflict { .. }) if conflicts < MAX_CONFLICT_RETRIES => {
+                    // New events arrived while the turn ran: decide again on the longer history.
+                    Metrics::inc(&metrics.conflicts);
+                    conflicts += 1;
+                    break;
+                }
+                Err(Error::InstanceClosed { id, status })
+                    if task.instance_id.as_deref() != Some(id.as_str())
+                        && fallback.appends.iter().any(|a| a.instance_id == id) =>
+                {
+                    // Another instance ended (a parent told of its child's end after it was
+                    // terminated): the news has nobody to go to, but the rest must land.
+                    tracing::info!(instance = %id, %status, "dropping news for an ended instance");
+                    commit = fallback.without_instance(&id);
+                }
+                Err(Error::InstanceClosed { id, status }) => {
+                    tracing::info!(instance = %id, %status, "instance ended meanwhile; dropping the result");
+                    let done = Commit::new().complete(task.lease.clone());
+                    settle_alone(shared, done, &metrics.completed).await;
+                    return;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "commit failed; retrying after a backoff");
+                    release(shared, task, Some(e.to_string())).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "commit refused; dead-lettering the task");
+                    let dead = Commit::new().fail(
+                        task.lease.clone(),
+                        FailAction::Dead {
+                            error: e.to_string(),
+                        },
+                    );
+                    settle_alone(shared, dead, &metrics.failed).await;
+                    return;
+                }
             }
         }
     }

@@ -184,8 +184,10 @@ impl Workflows {
         };
         let options = &activity.options;
         let start_to_close = options.start_to_close.unwrap_or(Duration::MAX);
+        // A panic in an activity is a failed attempt (retryable), not a dead worker.
+        let attempt = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(attempt));
         let result = tokio::select! {
-            result = attempt => result,
+            result = attempt => result.unwrap_or_else(|_| Err(ActivityError::message("the activity panicked"))),
             () = tokio::time::sleep(start_to_close) => {
                 cancel.cancel();
                 Err(ActivityError::message(format!("timed out after {start_to_close:?} (start_to_close)")))

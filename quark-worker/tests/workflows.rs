@@ -39,7 +39,14 @@ on_both_backends!(
     it_fails_an_unknown_orchestration_type_clearly,
     it_fires_a_thousand_timers_due_at_once_and_none_early,
     it_delivers_cancellation_and_termination_to_running_orchestrations,
+    it_lets_a_child_finish_after_its_parent_was_terminated,
 );
+
+/// Starts a `patient` child and waits for it.
+#[orchestration]
+async fn guardian(ctx: OrchestrationContext, what: String) -> Result<String, OrchestrationError> {
+    ctx.call_child_with_id(patient, "ward", &what).await
+}
 
 #[orchestration]
 async fn nap(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
@@ -100,6 +107,7 @@ fn worker(t: &TestStore) -> Worker {
                 .register(ship)
                 .register(nap)
                 .register(patient)
+                .register(guardian)
                 .register(undo),
         )
         .build()
@@ -310,6 +318,34 @@ async fn it_delivers_cancellation_and_termination_to_running_orchestrations(t: &
     assert_eq!(
         history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
         ["WorkflowStarted", "WorkflowTerminated"]
+    );
+    running.shutdown().await;
+}
+
+async fn it_lets_a_child_finish_after_its_parent_was_terminated(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let parent = guardian::start(&client, "guardian", "the house".to_string())
+        .await
+        .unwrap();
+    run_clock_until(t, "the child waits for its signal", async || {
+        t.store.get_instance("ward").await.unwrap().is_some()
+            && t.store.queue_stats("default").await.unwrap() == QueueStats::default()
+    })
+    .await;
+    parent.terminate("parent went away").await.unwrap();
+    client.signal("ward", "approve", &true).await.unwrap();
+    let child = patient::handle(&client, "ward");
+    let out = tokio::time::timeout(Duration::from_secs(20), child.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "the house approved", "the child's own end landed");
+    let parent = t.store.get_instance("guardian").await.unwrap().unwrap();
+    assert_eq!(parent.status, quark_history::InstanceStatus::Terminated);
+    assert!(
+        t.store.list_dead(None, 10).await.unwrap().is_empty(),
+        "nothing was dead-lettered"
     );
     running.shutdown().await;
 }

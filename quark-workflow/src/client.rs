@@ -249,9 +249,7 @@ impl Client {
         match self.store.commit(commit.clone()).await {
             // The parent ended first: only the child is left to stop.
             Err(quark_history::Error::InstanceClosed { id, .. }) if id != instance_id => {
-                self.store
-                    .commit(crate::runner::without(commit, &id))
-                    .await?;
+                self.store.commit(commit.without_instance(&id)).await?;
             }
             other => {
                 other?;

@@ -93,7 +93,7 @@ pub async fn run_task(
         // Another instance ended meanwhile (a parent told of its child's end): the news has
         // nobody to go to, but this instance's own events still must land.
         Err(Error::InstanceClosed { id, .. }) if id != own => {
-            store.commit(without(commit, &id)).await?;
+            store.commit(commit.without_instance(&id)).await?;
             Ok(ran)
         }
         // This instance ended while the result was on its way: nothing waits for it.
@@ -112,15 +112,6 @@ pub async fn run_task(
         }
         Err(e) => Err(e),
     }
-}
-
-/// `commit` without its appends to, and orchestration tasks for, instance `id`.
-pub(crate) fn without(mut commit: Commit, id: &str) -> Commit {
-    commit.appends.retain(|a| a.instance_id != id);
-    commit
-        .tasks
-        .retain(|t| t.kind != TaskKind::Orchestration || t.instance_id.as_deref() != Some(id));
-    commit
 }
 
 /// One activity attempt, under its `start_to_close` limit; a panic is a retryable failure.
