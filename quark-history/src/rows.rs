@@ -73,12 +73,15 @@ pub(crate) fn check_tasks(config: &StoreConfig, tasks: &[NewTask]) -> Result<()>
     Ok(())
 }
 
-/// The queues that `tasks` make claimable at `now`, to announce after commit.
-pub(crate) fn visible_queues(tasks: &[NewTask], now: Timestamp) -> BTreeSet<String> {
+/// The queues and kinds that `tasks` make claimable at `now`, to announce after commit.
+pub(crate) fn visible_queues(
+    tasks: &[NewTask],
+    now: Timestamp,
+) -> BTreeSet<(String, crate::TaskKind)> {
     tasks
         .iter()
         .filter(|t| t.lease_to.is_none() && t.visible_at.is_none_or(|at| at <= now))
-        .map(|t| t.queue.clone())
+        .map(|t| (t.queue.clone(), t.kind))
         .collect()
 }
 

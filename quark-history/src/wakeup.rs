@@ -14,8 +14,13 @@ use tokio::sync::broadcast;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Wake {
-    /// Tasks became visible on this queue.
-    Queue(String),
+    /// Tasks of this kind became visible on this queue.
+    Queue {
+        /// The queue.
+        queue: String,
+        /// The kind of the tasks.
+        kind: crate::TaskKind,
+    },
     /// Notices may have been lost (the listener reconnected, or this subscriber lagged): poll every
     /// queue.
     MayHaveMissed,

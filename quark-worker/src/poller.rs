@@ -72,7 +72,7 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
             }
         }
         tokio::select! {
-            () = idle_wait(&shared, &mut wakeups) => {}
+            () = idle_wait(&shared, kind, &mut wakeups) => {}
             () = shared.stopped() => return,
         }
     }
@@ -88,18 +88,26 @@ async fn subscribe(shared: &Shared) -> Option<Wakeups> {
     }
 }
 
-/// Waits until a wake-up for one of our queues, or the polling interval.
-async fn idle_wait(shared: &Shared, wakeups: &mut Option<Wakeups>) {
+/// Waits until a wake-up for our kind on one of our queues, or the polling interval. Notices that
+/// piled up meanwhile are drained: one claim answers them all.
+async fn idle_wait(shared: &Shared, kind: TaskKind, wakeups: &mut Option<Wakeups>) {
     let deadline = tokio::time::Instant::now() + shared.settings.poll_interval;
     let Some(w) = wakeups else {
         tokio::time::sleep_until(deadline).await;
         return;
     };
+    let ours = |wake: &Wake| match wake {
+        Wake::Queue { queue, kind: k } => *k == kind && shared.settings.queues.contains(queue),
+        _ => true,
+    };
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match w.wait(left).await {
-            None | Some(Wake::MayHaveMissed) => return,
-            Some(Wake::Queue(q)) if shared.settings.queues.contains(&q) => return,
+            None => return,
+            Some(wake) if ours(&wake) => {
+                while w.try_recv().is_some() {}
+                return;
+            }
             Some(_) => {}
         }
     }

@@ -296,7 +296,7 @@ impl PostgresStore {
         let mut release: Vec<(i64, i64, Option<String>, Option<String>)> = Vec::new();
         let mut dead: Vec<(i64, String)> = Vec::new();
         let mut affinity: Vec<(String, String)> = Vec::new();
-        let mut announce: BTreeSet<String> = BTreeSet::new();
+        let mut announce: BTreeSet<(String, TaskKind)> = BTreeSet::new();
         for (i, c) in commits.iter().enumerate() {
             let (None, Some(settle)) = (&failed[i], &c.settle) else {
                 continue;
@@ -317,7 +317,7 @@ impl PostgresStore {
                             Some(lease.worker.clone()),
                             None,
                         ));
-                        announce.insert(task.queue.clone());
+                        announce.insert((task.queue.clone(), task.kind));
                     } else {
                         delete.push(lease.task_id);
                     }
@@ -325,7 +325,7 @@ impl PostgresStore {
                 Settle::Fail(_, FailAction::Retry { at, error }) => {
                     let at = if task.rerun { (*at).min(now) } else { *at };
                     if at <= now {
-                        announce.insert(task.queue.clone());
+                        announce.insert((task.queue.clone(), task.kind));
                     }
                     release.push((lease.task_id, at.as_micros(), None, error.clone()));
                 }

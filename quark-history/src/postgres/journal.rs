@@ -124,7 +124,7 @@ impl PostgresStore {
         let instance = instance_from_row(&row)?;
         tx.commit().await?;
         if new.start_at.is_none_or(|at| at <= now) {
-            self.announce([new.queue]);
+            self.announce([(new.queue, crate::TaskKind::Orchestration)]);
         }
         Ok(Created {
             instance,

@@ -94,11 +94,11 @@ impl PostgresStore {
         Ok(self.pool.begin().await?)
     }
 
-    /// Announces queues in this process at once and to other processes by `NOTIFY`.
-    fn announce(&self, queues: impl IntoIterator<Item = String>) {
-        for queue in queues {
-            self.hub.announce(crate::Wake::Queue(queue.clone()));
-            self.notifier.send(queue);
+    /// Announces visible tasks in this process at once and to other processes by `NOTIFY`.
+    fn announce(&self, visible: impl IntoIterator<Item = (String, crate::TaskKind)>) {
+        for (queue, kind) in visible {
+            self.notifier.send(queue.clone(), kind);
+            self.hub.announce(crate::Wake::Queue { queue, kind });
         }
     }
 }

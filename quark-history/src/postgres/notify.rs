@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::TaskKind;
 use crate::error::Result;
 use crate::wakeup::{Hub, Wake};
 
@@ -19,7 +20,7 @@ const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
 /// Sends coalesced `NOTIFY`s off the commit path and owns the shared listener.
 #[derive(Debug)]
 pub(super) struct Notifier {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<(String, TaskKind)>,
     /// Tags this store's notices so its own listener can ignore their echo.
     origin: String,
     listener: Mutex<Weak<ListenerTask>>,
@@ -27,7 +28,7 @@ pub(super) struct Notifier {
 
 impl Notifier {
     pub(super) fn start(pool: PgPool) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, TaskKind)>();
         let origin = uuid::Uuid::now_v7().simple().to_string();
         let tag = origin.clone();
         tokio::spawn(async move {
@@ -37,7 +38,10 @@ impl Notifier {
                 while let Ok(queue) = rx.try_recv() {
                     queues.insert(queue);
                 }
-                let payloads: Vec<String> = queues.iter().map(|q| format!("{tag}|{q}")).collect();
+                let payloads: Vec<String> = queues
+                    .iter()
+                    .map(|(q, k)| format!("{tag}|{k}|{q}"))
+                    .collect();
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
                     .bind(CHANNEL)
                     .bind(&payloads)
@@ -59,9 +63,9 @@ impl Notifier {
         }
     }
 
-    /// Queues a notice for `queue`.
-    pub(super) fn send(&self, queue: String) {
-        let _ = self.tx.send(queue);
+    /// Queues a notice for tasks of `kind` on `queue`.
+    pub(super) fn send(&self, queue: String, kind: TaskKind) {
+        let _ = self.tx.send((queue, kind));
     }
 
     /// The running listener, started if none is. Resolves once `LISTEN` is in effect.
@@ -134,10 +138,17 @@ async fn listen(pool: PgPool, hub: Hub, origin: String, ready: oneshot::Sender<s
         loop {
             match listener.try_recv().await {
                 Ok(Some(notice)) => {
-                    if let Some((from, queue)) = notice.payload().split_once('|')
+                    // `origin|kind|queue`: queue names may contain `|`, so they come last.
+                    let mut parts = notice.payload().splitn(3, '|');
+                    if let (Some(from), Some(kind), Some(queue)) =
+                        (parts.next(), parts.next(), parts.next())
                         && from != origin
+                        && let Ok(kind) = kind.parse::<TaskKind>()
                     {
-                        hub.announce(Wake::Queue(queue.to_string()));
+                        hub.announce(Wake::Queue {
+                            queue: queue.to_string(),
+                            kind,
+                        });
                     }
                 }
                 // The connection dropped and was re-established; notices may be lost.

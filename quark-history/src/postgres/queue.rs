@@ -99,7 +99,7 @@ async fn settle_in_tx(
     tx: &mut Transaction<'static, Postgres>,
     settle: &Settle,
     now: Timestamp,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, TaskKind)>> {
     let lease = settle.lease();
     let row = sqlx::query("SELECT kind, rerun, instance_id, queue FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 FOR UPDATE")
         .bind(lease.task_id)
@@ -134,7 +134,7 @@ async fn settle_in_tx(
                     .bind(&lease.worker)
                     .execute(&mut **tx)
                     .await?;
-                return Ok(Some(queue));
+                return Ok(Some((queue, kind)));
             }
             sqlx::query("DELETE FROM tasks WHERE id = $1")
                 .bind(lease.task_id)
@@ -150,7 +150,7 @@ async fn settle_in_tx(
                 .bind(error.as_deref())
                 .execute(&mut **tx)
                 .await?;
-            Ok((at <= now).then_some(queue))
+            Ok((at <= now).then_some((queue, kind)))
         }
         Settle::Fail(_, FailAction::Dead { error }) => {
             sqlx::query(
@@ -176,7 +176,7 @@ impl PostgresStore {
         check_tasks(&self.config, &commit.tasks)?;
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        let mut announce: BTreeSet<String> = visible_queues(&commit.tasks, now);
+        let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
             && let Some(queue) = settle_in_tx(&mut tx, settle, now).await?
         {
@@ -319,24 +319,25 @@ impl PostgresStore {
     pub(super) async fn redrive_impl(&self, task_id: i64) -> Result<()> {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        let queue: Option<String> = sqlx::query_scalar(
+        let queue: Option<(String, String)> = sqlx::query_as(
             "INSERT INTO tasks (id, kind, queue, instance_id, priority, visible_at, created_at, attempts, payload) \
              OVERRIDING SYSTEM VALUE SELECT id, kind, queue, instance_id, priority, $2, created_at, 0, payload FROM dead_tasks WHERE id = $1 \
-             RETURNING queue",
+             RETURNING queue, kind",
         )
         .bind(task_id)
         .bind(now.as_micros())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(queue) = queue else {
+        let Some((queue, kind)) = queue else {
             return Err(Error::TaskNotFound { task_id });
         };
+        let kind = kind_of(&kind)?;
         sqlx::query("DELETE FROM dead_tasks WHERE id = $1")
             .bind(task_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.announce([queue]);
+        self.announce([(queue, kind)]);
         Ok(())
     }
 

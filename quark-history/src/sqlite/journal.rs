@@ -124,7 +124,10 @@ impl SqliteStore {
         let instance = instance_from_row(&row)?;
         tx.commit().await?;
         if new.start_at.is_none_or(|at| at <= now) {
-            self.hub.announce(crate::Wake::Queue(new.queue));
+            self.hub.announce(crate::Wake::Queue {
+                queue: new.queue,
+                kind: crate::TaskKind::Orchestration,
+            });
         }
         Ok(Created {
             instance,

@@ -79,7 +79,7 @@ async fn settle_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
     settle: &Settle,
     now: Timestamp,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, TaskKind)>> {
     let lease = settle.lease();
     let row = sqlx::query("SELECT kind, rerun, instance_id, queue FROM tasks WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3")
         .bind(lease.task_id)
@@ -114,7 +114,7 @@ async fn settle_in_tx(
                     .bind(&lease.worker)
                     .execute(&mut **tx)
                     .await?;
-                return Ok(Some(queue));
+                return Ok(Some((queue, kind)));
             }
             sqlx::query("DELETE FROM tasks WHERE id = ?1")
                 .bind(lease.task_id)
@@ -130,7 +130,7 @@ async fn settle_in_tx(
                 .bind(error.as_deref())
                 .execute(&mut **tx)
                 .await?;
-            Ok((at <= now).then_some(queue))
+            Ok((at <= now).then_some((queue, kind)))
         }
         Settle::Fail(_, FailAction::Dead { error }) => {
             sqlx::query(
@@ -156,7 +156,7 @@ impl SqliteStore {
         check_tasks(&self.config, &commit.tasks)?;
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        let mut announce: BTreeSet<String> = visible_queues(&commit.tasks, now);
+        let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
             && let Some(queue) = settle_in_tx(&mut tx, settle, now).await?
         {
@@ -168,8 +168,8 @@ impl SqliteStore {
         }
         let task_ids = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
         tx.commit().await?;
-        for queue in announce {
-            self.hub.announce(Wake::Queue(queue));
+        for (queue, kind) in announce {
+            self.hub.announce(Wake::Queue { queue, kind });
         }
         Ok(Committed { appended, task_ids })
     }
@@ -302,24 +302,25 @@ impl SqliteStore {
     pub(super) async fn redrive_impl(&self, task_id: i64) -> Result<()> {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        let queue: Option<String> = sqlx::query_scalar(
+        let queue: Option<(String, String)> = sqlx::query_as(
             "INSERT INTO tasks (id, kind, queue, instance_id, priority, visible_at, created_at, attempts, payload) \
              SELECT id, kind, queue, instance_id, priority, ?2, created_at, 0, payload FROM dead_tasks WHERE id = ?1 \
-             RETURNING queue",
+             RETURNING queue, kind",
         )
         .bind(task_id)
         .bind(now.as_micros())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(queue) = queue else {
+        let Some((queue, kind)) = queue else {
             return Err(Error::TaskNotFound { task_id });
         };
+        let kind = kind_of(&kind)?;
         sqlx::query("DELETE FROM dead_tasks WHERE id = ?1")
             .bind(task_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.hub.announce(Wake::Queue(queue));
+        self.hub.announce(Wake::Queue { queue, kind });
         Ok(())
     }
 

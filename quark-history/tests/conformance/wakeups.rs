@@ -14,7 +14,10 @@ async fn next_queue_wake(wakeups: &mut Wakeups, queue: &str) {
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match wakeups.wait(left).await {
-            Some(Wake::Queue(q)) if q == queue => return,
+            Some(Wake::Queue {
+                queue: q,
+                kind: TaskKind::Job,
+            }) if q == queue => return,
             Some(_) => continue,
             None => panic!("no wake-up for `{queue}` within 10 s"),
         }
