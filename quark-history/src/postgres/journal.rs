@@ -12,7 +12,6 @@ use crate::instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
 };
 use crate::journal::{ChainReport, GENESIS, GlobalEvent, GlobalPosition, HistoryRange};
-use crate::queue::NewTask;
 use crate::rows::{check_size, decode_event, encode_events, first_chain_mismatch, hash32, payload};
 
 const INSTANCE_COLUMNS: &str = "id, instance_type, version, status, input_codec, input, output_codec, output, \
@@ -66,25 +65,31 @@ impl PostgresStore {
     ) -> Result<Created> {
         check_size(&self.config, new.input.len())?;
         let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
-        )))
-        .bind(&new.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            return match policy {
-                IdReusePolicy::ReturnExisting => Ok(Created {
-                    instance: instance_from_row(&row)?,
-                    created: false,
-                }),
-                IdReusePolicy::RejectDuplicate => Err(Error::DuplicateInstance { id: new.id }),
-            };
-        }
-        sqlx::query(
-            "INSERT INTO instances (id, instance_type, version, status, input_codec, input, parent_id, queue, \
-             next_seq, last_hash, created_at, updated_at) VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, 1, $8, $9, $9)",
+        let started = HistoryEvent::WorkflowStarted {
+            instance_type: new.instance_type.clone(),
+            version: new.version,
+            input: new.input.clone(),
+            parent: new.parent.clone(),
+            continued_from: new.continued_from.clone(),
+        };
+        let encoded = encode_events(&self.config, GENESIS, 1, std::slice::from_ref(&started))?;
+        let first = &encoded[0];
+        // One statement, so one round trip and its own transaction: the instance, its first event
+        // and its first orchestration task, or nothing if the id is taken.
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH i AS ( \
+               INSERT INTO instances (id, instance_type, version, status, input_codec, input, parent_id, queue, \
+                 next_seq, history_bytes, last_hash, created_at, updated_at) \
+               VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, 2, $8, $9, $10, $10) \
+               ON CONFLICT (id) DO NOTHING RETURNING id), \
+             h AS ( \
+               INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
+               SELECT id, 1, 'WorkflowStarted', $11, $12, $13, $10, $9 FROM i), \
+             t AS ( \
+               INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, payload) \
+               SELECT 'orchestration', $7, id, $14, $15, $10, ''::bytea FROM i \
+               ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO NOTHING) \
+             SELECT count(*) FROM i",
         )
         .bind(&new.id)
         .bind(&new.instance_type)
@@ -93,39 +98,47 @@ impl PostgresStore {
         .bind(new.input.as_bytes())
         .bind(new.parent.as_ref().map(|p| p.instance_id.as_str()))
         .bind(&new.queue)
-        .bind(GENESIS.as_slice())
+        .bind(first.bytes.len() as i64)
+        .bind(first.hash.as_slice())
         .bind(now.as_micros())
-        .execute(&mut *tx)
+        .bind(SCHEMA_VERSION)
+        .bind(first.codec)
+        .bind(&first.bytes)
+        .bind(new.priority)
+        .bind(new.start_at.unwrap_or(now).as_micros())
+        .fetch_one(&self.pool)
         .await?;
-        let started = HistoryEvent::WorkflowStarted {
-            instance_type: new.instance_type.clone(),
-            version: new.version,
-            input: new.input.clone(),
-            parent: new.parent.clone(),
-            continued_from: new.continued_from.clone(),
-        };
-        let append = Append {
-            instance_id: new.id.clone(),
-            expected: Expected::Seq(1),
-            events: vec![started],
-            at: None,
-        };
-        append_in_tx(&mut tx, self, &append, now).await?;
-        let mut task =
-            NewTask::orchestration(new.queue.clone(), new.id.clone()).priority(new.priority);
-        task.visible_at = new.start_at;
-        super::queue::enqueue_in_tx(&mut tx, &[task], now).await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
-        )))
-        .bind(&new.id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let instance = instance_from_row(&row)?;
-        tx.commit().await?;
-        if new.start_at.is_none_or(|at| at <= now) {
-            self.announce([(new.queue, crate::TaskKind::Orchestration)]);
+        if inserted == 0 {
+            let Some(existing) = self.get_instance_impl(&new.id).await? else {
+                // Deleted between the two statements: report the race as a conflict to retry.
+                return Err(Error::DuplicateInstance { id: new.id });
+            };
+            return match policy {
+                IdReusePolicy::ReturnExisting => Ok(Created {
+                    instance: existing,
+                    created: false,
+                }),
+                IdReusePolicy::RejectDuplicate => Err(Error::DuplicateInstance { id: new.id }),
+            };
         }
+        if new.start_at.is_none_or(|at| at <= now) {
+            self.announce([(new.queue.clone(), crate::TaskKind::Orchestration)]);
+        }
+        let instance = InstanceRecord {
+            id: new.id,
+            instance_type: new.instance_type,
+            version: new.version,
+            status: InstanceStatus::Running,
+            input: new.input,
+            output: None,
+            parent_id: new.parent.map(|p| p.instance_id),
+            queue: new.queue,
+            history_len: 1,
+            history_bytes: first.bytes.len() as u64,
+            affinity: None,
+            created_at: now,
+            updated_at: now,
+        };
         Ok(Created {
             instance,
             created: true,

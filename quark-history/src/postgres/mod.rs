@@ -38,13 +38,22 @@ pub struct PostgresStore {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("journal and queue"),
-        MigrationType::Simple,
-        include_str!("../../migrations/postgres/0001_journal_and_queue.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("journal and queue"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0001_journal_and_queue.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("leaner writes"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0002_leaner_writes.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl PostgresStore {
