@@ -333,6 +333,28 @@ impl OrchestrationContext {
         Join::new(futures)
     }
 
+    /// Waits for two futures of different types and returns both outputs:
+    /// `let (shipped, emailed) = ctx.join2(ctx.call(ship, &id), ctx.call(email, &to)).await;`.
+    /// Both commands were issued when `ctx.call` was called, so the order in which the two are
+    /// polled cannot change the history.
+    pub fn join2<A: std::future::Future, B: std::future::Future>(
+        &self,
+        a: A,
+        b: B,
+    ) -> futures::future::Join<A, B> {
+        futures::future::join(a, b)
+    }
+
+    /// Like [`join2`](Self::join2), for three futures.
+    pub fn join3<A: std::future::Future, B: std::future::Future, C: std::future::Future>(
+        &self,
+        a: A,
+        b: B,
+        c: C,
+    ) -> futures::future::Join3<A, B, C> {
+        futures::future::join3(a, b, c)
+    }
+
     /// Waits for the first of `futures` in *history* order: when several are ready, the one whose
     /// result was recorded first wins, whatever the polling order. Returns its index and output;
     /// the others are dropped.
