@@ -231,3 +231,34 @@ mod pg {
         }
     }
 }
+
+/// Turns each `async fn name(t: &TestStore)` into a module `name` with two tests, `sqlite` and
+/// `postgres`, each on a fresh database. The PostgreSQL test is skipped (with a notice) when
+/// PostgreSQL is unreachable and not required; see the module docs.
+///
+/// ```text
+/// quark_history::backend_tests!(it_does_something);
+/// async fn it_does_something(t: &quark_history::testing::TestStore) { /* ... */ }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let t = $crate::testing::sqlite().await;
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(t) = $crate::testing::postgres().await else { return };
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            }
+        )*
+    };
+}

@@ -8,29 +8,7 @@ use quark_history::testing::TestStore;
 use quark_history::{ClaimRequest, Commit, FailAction, NewTask, QueueStats, Store, TaskKind};
 use quark_worker::{HandlerError, Worker};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let t = quark_history::testing::sqlite().await;
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let Some(t) = quark_history::testing::postgres().await else { return };
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            }
-        )*
-    };
-}
-
-on_both_backends!(
+quark_history::backend_tests!(
     it_runs_every_task_once_and_completes_it,
     it_dead_letters_a_rejected_task_and_retries_a_failed_one_after_a_backoff,
     it_cancels_a_task_whose_lease_was_taken_over,

@@ -12,29 +12,7 @@ use quark_workflow::{
     activity, orchestration,
 };
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let t = quark_history::testing::sqlite().await;
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let Some(t) = quark_history::testing::postgres().await else { return };
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            }
-        )*
-    };
-}
-
-on_both_backends!(
+quark_history::backend_tests!(
     it_runs_an_order_through_retries_a_timer_and_a_signal,
     it_fails_an_unknown_orchestration_type_clearly,
     it_fires_a_thousand_timers_due_at_once_and_none_early,

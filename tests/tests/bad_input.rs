@@ -8,29 +8,7 @@ use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, QueueStats, Stor
 use quark_worker::cli::{Command, WorkflowCommand, run_on};
 use quark_workflow::Client;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let t = quark_history::testing::sqlite().await;
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let Some(t) = quark_history::testing::postgres().await else { return };
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            }
-        )*
-    };
-}
-
-on_both_backends!(it_refuses_bad_starts_and_bad_signals_and_changes_nothing);
+quark_history::backend_tests!(it_refuses_bad_starts_and_bad_signals_and_changes_nothing);
 
 /// Everything an operator could see: instances, their histories, the queue.
 async fn snapshot(store: &dyn Store) -> String {

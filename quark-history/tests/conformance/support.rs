@@ -3,29 +3,7 @@
 use quark_history::testing::TestStore;
 use quark_history::{ClaimRequest, ClaimedTask, IdReusePolicy, NewInstance, Payload, Store};
 
-/// For each `name`, a module `name` with tests `sqlite` and `postgres` that run `name(&TestStore)`.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let t = quark_history::testing::sqlite().await;
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let Some(t) = quark_history::testing::postgres().await else { return };
-                    super::$name(&t).await;
-                    t.cleanup().await;
-                }
-            }
-        )*
-    };
-}
-pub(crate) use conformance;
+pub(crate) use quark_history::backend_tests as conformance;
 
 /// Starts an instance of type `order` with a JSON input.
 pub(crate) async fn start(t: &TestStore, id: &str) -> quark_history::InstanceRecord {
