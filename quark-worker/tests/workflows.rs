@@ -71,7 +71,7 @@ async fn order(ctx: OrchestrationContext, cents: u64) -> Result<String, Orchestr
     if !approved {
         return Ok("not approved".into());
     }
-    ctx.call(ship, &receipt).await.map_err(Into::into)
+    ctx.call(ship, &receipt).await
 }
 
 fn worker(t: &TestStore) -> Worker {

@@ -22,7 +22,7 @@ fn kind_of(text: &str) -> Result<TaskKind> {
 
 /// Inserts tasks inside a write transaction, merging orchestration tasks per instance.
 pub(super) async fn enqueue_in_tx(
-    tx: &mut Transaction<'static, Postgres>,
+    conn: &mut sqlx::PgConnection,
     tasks: &[NewTask],
     now: Timestamp,
 ) -> Result<Vec<i64>> {
@@ -50,7 +50,7 @@ pub(super) async fn enqueue_in_tx(
         .bind(now.as_micros())
         .bind(task.affinity.as_deref())
         .bind(&task.payload)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await?;
     }
     if !others.is_empty() {
@@ -83,7 +83,7 @@ pub(super) async fn enqueue_in_tx(
         .bind(others.iter().map(|(_, t)| t.payload.as_slice()).collect::<Vec<_>>())
         .bind(others.iter().map(|(_, t)| t.lease_to.as_ref().map(|(w, _)| w.as_str())).collect::<Vec<_>>())
         .bind(others.iter().map(|(_, t)| i32::from(t.lease_to.is_some())).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *conn)
         .await?;
         inserted.sort_unstable();
         for ((i, _), id) in others.iter().zip(inserted) {
@@ -175,6 +175,22 @@ impl PostgresStore {
     pub(super) async fn commit_impl(&self, commit: Commit) -> Result<Committed> {
         check_tasks(&self.config, &commit.tasks)?;
         let now = self.config.clock.now();
+        if commit.appends.is_empty()
+            && commit.settle.is_none()
+            && commit
+                .tasks
+                .iter()
+                .all(|t| t.kind != TaskKind::Orchestration)
+        {
+            // Plain tasks only: one INSERT statement, atomic by itself, one round trip.
+            let mut conn = self.pool.acquire().await?;
+            let task_ids = enqueue_in_tx(&mut conn, &commit.tasks, now).await?;
+            self.announce(visible_queues(&commit.tasks, now));
+            return Ok(Committed {
+                appended: Vec::new(),
+                task_ids,
+            });
+        }
         let mut tx = self.begin().await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
