@@ -53,6 +53,13 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0002_leaner_writes.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            Cow::Borrowed("queue vacuum"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0003_queue_vacuum.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 
