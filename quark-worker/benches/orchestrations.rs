@@ -155,59 +155,7 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
     let running = start_worker(&store, tx).await;
     let client = Client::new(Arc::clone(&store));
 
-    // Throughput: start N orchestrations from 8 concurrent clients, wait for all to complete.
-    eprintln!("[{backend}] {} orchestrations of 3 activities", a.n);
-    let t0 = store.config().clock.now();
-    let started = Instant::now();
-    let mut starters = Vec::new();
-    for c in 0..8u64 {
-        let client = client.clone();
-        let n = a.n;
-        starters.push(tokio::spawn(async move {
-            let mut i = c;
-            while i < n {
-                three_steps::start(&client, format!("load-{i}"), i)
-                    .await
-                    .unwrap();
-                i += 8;
-            }
-        }));
-    }
-    for s in starters {
-        s.await.unwrap();
-    }
-    let start_secs = started.elapsed().as_secs_f64();
-    while count_running(&*store).await > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let done = completed(&*store, t0).await;
-    assert_eq!(done.len() as u64, a.n, "every orchestration completed");
-    let last = done.iter().map(|i| i.updated_at).max().unwrap();
-    let secs = last.since(t0).as_secs_f64();
-    let mut lat = histogram();
-    for i in &done {
-        lat.record(i.updated_at.since(i.created_at).as_micros() as u64)
-            .unwrap();
-    }
-    let m = running.worker().metrics();
-    rows.push(Row {
-        backend,
-        workload: format!(
-            "{} orchestrations x 3 activities (start to completion)",
-            a.n
-        ),
-        rate: format!(
-            "{:.0} orch/s, {:.0} steps/s (starts alone: {:.0}/s)",
-            a.n as f64 / secs,
-            (a.n * 7) as f64 / secs,
-            a.n as f64 / start_secs
-        ),
-        p50: ms(lat.value_at_quantile(0.5)),
-        p99: ms(lat.value_at_quantile(0.99)),
-    });
-    eprintln!("[{backend}] worker counters: {m:?}");
-
-    // Light load: one orchestration at a time.
+    // Light load first, on an idle database: one orchestration at a time.
     let mut light = histogram();
     for i in 0..a.light {
         let handle = three_steps::start(&client, format!("light-{i}"), i)
@@ -275,6 +223,58 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
         p50: ms(e2s.value_at_quantile(0.5)),
         p99: ms(e2s.value_at_quantile(0.99)),
     });
+    // Throughput: start N orchestrations from 8 concurrent clients, wait for all to complete.
+    eprintln!("[{backend}] {} orchestrations of 3 activities", a.n);
+    let t0 = store.config().clock.now();
+    let started = Instant::now();
+    let mut starters = Vec::new();
+    for c in 0..8u64 {
+        let client = client.clone();
+        let n = a.n;
+        starters.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < n {
+                three_steps::start(&client, format!("load-{i}"), i)
+                    .await
+                    .unwrap();
+                i += 8;
+            }
+        }));
+    }
+    for s in starters {
+        s.await.unwrap();
+    }
+    let start_secs = started.elapsed().as_secs_f64();
+    while count_running(&*store).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = completed(&*store, t0).await;
+    assert_eq!(done.len() as u64, a.n, "every orchestration completed");
+    let last = done.iter().map(|i| i.updated_at).max().unwrap();
+    let secs = last.since(t0).as_secs_f64();
+    let mut lat = histogram();
+    for i in &done {
+        lat.record(i.updated_at.since(i.created_at).as_micros() as u64)
+            .unwrap();
+    }
+    let m = running.worker().metrics();
+    rows.push(Row {
+        backend,
+        workload: format!(
+            "{} orchestrations x 3 activities (start to completion)",
+            a.n
+        ),
+        rate: format!(
+            "{:.0} orch/s, {:.0} steps/s (starts alone: {:.0}/s)",
+            a.n as f64 / secs,
+            (a.n * 7) as f64 / secs,
+            a.n as f64 / start_secs
+        ),
+        p50: ms(lat.value_at_quantile(0.5)),
+        p99: ms(lat.value_at_quantile(0.99)),
+    });
+    eprintln!("[{backend}] worker counters: {m:?}");
+
     running.shutdown().await;
 }
 
