@@ -15,16 +15,29 @@ type Request = (Commit, oneshot::Sender<quark_history::Result<Committed>>);
 #[derive(Debug)]
 pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Request>,
+    /// Taken by [`start_lanes`](Self::start_lanes) when the worker starts: building a worker must
+    /// not need a running Tokio runtime.
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
 }
 
 impl Committer {
-    pub(crate) fn start(store: Arc<dyn Store>, lanes: usize, max_batch: usize) -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        Committer {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Starts the lanes (once; later calls do nothing).
+    pub(crate) fn start_lanes(&self, store: &Arc<dyn Store>, lanes: usize, max_batch: usize) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..lanes.max(1) {
-            tokio::spawn(lane(Arc::clone(&store), Arc::clone(&rx), max_batch.max(1)));
+            tokio::spawn(lane(Arc::clone(store), Arc::clone(&rx), max_batch.max(1)));
         }
-        Committer { tx }
     }
 
     pub(crate) async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {

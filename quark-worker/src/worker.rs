@@ -289,7 +289,7 @@ impl WorkerBuilder {
             .collect();
         Ok(Worker {
             shared: Arc::new(Shared {
-                committer: crate::committer::Committer::start(Arc::clone(&store), 4, 128),
+                committer: crate::committer::Committer::new(),
                 store,
                 routes,
                 settings: self.settings,
@@ -358,6 +358,9 @@ impl Worker {
     /// Registers the worker and starts its pollers and lease keeper.
     pub async fn start(&self) -> Result<RunningWorker, quark_history::Error> {
         self.shared.store.heartbeat_worker(self.info()).await?;
+        self.shared
+            .committer
+            .start_lanes(&self.shared.store, 4, 128);
         let mut tasks = Vec::new();
         for kind in self.shared.routes.keys() {
             tasks.push(tokio::spawn(poller::run(Arc::clone(&self.shared), *kind)));

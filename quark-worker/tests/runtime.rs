@@ -242,3 +242,34 @@ async fn it_hands_unfinished_tasks_back_at_shutdown(t: &TestStore) {
             .unwrap();
     }
 }
+
+#[test]
+fn a_worker_can_be_built_outside_a_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = rt.block_on(quark_history::testing::sqlite());
+    // Building spawns nothing; only `start` needs the runtime.
+    let worker = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .handle(
+            TaskKind::Job,
+            |task: quark_history::ClaimedTask, _cx: quark_worker::TaskContext| async move {
+                Ok::<_, HandlerError>(Commit::new().complete(task.lease))
+            },
+            1,
+        )
+        .build()
+        .unwrap();
+    let running = rt.block_on(worker.start()).unwrap();
+    rt.block_on(
+        t.store
+            .enqueue(vec![NewTask::new(TaskKind::Job, "default")]),
+    )
+    .unwrap();
+    rt.block_on(until("the job ran", async || {
+        running.worker().metrics().completed == 1
+    }));
+    rt.block_on(running.shutdown());
+}
