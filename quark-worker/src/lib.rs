@@ -13,6 +13,51 @@
 //! Features: batched claims, per-kind bounded pools, lease keeping, exponential backoff with jitter
 //! for infrastructure errors, dead-lettering of rejected tasks, `tracing` spans per task (kind, task
 //! id, instance, attempt) and counters ([`MetricsSnapshot`]).
+//!
+//! For orchestrations, [`WorkerBuilder::workflows`] registers the handlers that run a
+//! `quark_workflow::Registry`: turns through the SDK's `process_turn`, activities under their
+//! timeouts, timers. A turn's activities run on the worker that scheduled them when it has a free
+//! slot, and an activity's result is committed together with the turn it unblocks, so a warm
+//! instance advances one transaction per step. Concurrent commits share transactions.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use quark_history::{SqliteStore, Store};
+//! use quark_workflow::{
+//!     ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Registry, activity,
+//!     orchestration,
+//! };
+//!
+//! #[activity(retry(max_attempts = 5, initial = "1s", max = "1m"))]
+//! async fn greet(_ctx: ActivityContext, name: String) -> Result<String, ActivityError> {
+//!     Ok(format!("hello, {name}"))
+//! }
+//!
+//! #[orchestration]
+//! async fn welcome(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+//!     ctx.sleep(Duration::from_secs(1)).await?;
+//!     ctx.call(greet, &name).await
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let store: Arc<dyn Store> = Arc::new(SqliteStore::open("quark.db").await?);
+//!     let worker = quark_worker::Worker::builder()
+//!         .store(Arc::clone(&store))
+//!         .workflows(Registry::new().register(welcome).register(greet))
+//!         .build()?;
+//!     let running = worker.start().await?;
+//!
+//!     let client = quark_workflow::Client::new(store);
+//!     let handle = welcome::start(&client, "welcome-ada", "Ada".to_string()).await?;
+//!     println!("{}", handle.result().await?);
+//!
+//!     running.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
 
 pub mod backoff;
 pub mod cli;
