@@ -163,12 +163,13 @@ impl WorkerBuilder {
         self
     }
 
-    /// Runs the orchestrations and activities of `registry`: registers the orchestration, activity
-    /// and timer handlers (concurrency 64, 32 and 16; change them with
-    /// [`concurrency`](Self::concurrency)), with a history cache of 10,000 instances.
+    /// Runs the orchestrations and activities of `registry`: registers the orchestration, activity,
+    /// timer and job handlers (concurrency 64, 32, 16 and 32; change them with
+    /// [`concurrency`](Self::concurrency)), with a history cache of 10,000 instances. Jobs are
+    /// activities enqueued on their own (`Client::enqueue`).
     pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
         let w = crate::workflow::Workflows::new(registry, 10_000);
-        let (turns, activities, timers) = (w.clone(), w.clone(), w);
+        let (turns, activities, timers, jobs) = (w.clone(), w.clone(), w.clone(), w);
         self.handle(
             TaskKind::Orchestration,
             move |task, cx| {
@@ -192,6 +193,14 @@ impl WorkerBuilder {
                 async move { w.timer(task, cx).await }
             },
             16,
+        )
+        .handle(
+            TaskKind::Job,
+            move |task, cx| {
+                let w = jobs.clone();
+                async move { w.job(task, cx).await }
+            },
+            32,
         )
     }
 

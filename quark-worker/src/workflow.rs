@@ -17,7 +17,7 @@ use quark_history::{
 };
 use quark_workflow::{
     ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, Outcome,
-    Registry, TaskPayload, activity_commit, process_turn, timer_commit,
+    Registry, TaskPayload, activity_commit, job_commit, process_turn, timer_commit,
 };
 
 use crate::handler::{HandlerError, TaskContext};
@@ -148,13 +148,48 @@ impl Workflows {
                 "the activity task's payload cannot be decoded".into(),
             ));
         };
-        let cancel = CancellationToken::new();
         let info = ActivityInfo::new(
             &activity.instance_id,
             activity.command,
             &activity.activity,
             task.lease.attempt,
         );
+        let now = || cx.store().config().clock.now();
+        let Some(result) = self
+            .attempt(info, activity.input.clone(), &activity.options, &cx)
+            .await?
+        else {
+            // The orchestration decides what a missing activity means; it is not retried here.
+            let error = ActivityError::message(format!(
+                "no activity `{}` is registered on the worker that took it",
+                activity.activity
+            ))
+            .terminal();
+            return Ok(activity_commit(&task, &activity, Err(error), now()));
+        };
+        let plain = activity_commit(&task, &activity, result, now());
+        if let Some(combined) = self.continue_here(&task, &plain, &cx).await {
+            match cx.commit(combined).await {
+                Ok(_) => return Ok(Commit::default()),
+                // The history moved on, the instance ended, or the store hiccuped: fall back to
+                // the plain result; the orchestration runs through the queue.
+                Err(e) => tracing::debug!(error = %e, "could not continue the orchestration here"),
+            }
+        }
+        Ok(plain)
+    }
+
+    /// One attempt of a registered activity under its timeouts: `None` if it is not registered
+    /// here. A missed heartbeat or a start-to-close timeout fires the activity's cancellation token
+    /// and fails the attempt (retryably); a lost lease abandons it.
+    async fn attempt(
+        &self,
+        info: ActivityInfo,
+        input: quark_history::Payload,
+        options: &quark_workflow::ActivityOptions,
+        cx: &TaskContext,
+    ) -> Result<Option<Result<quark_history::Payload, ActivityError>>, HandlerError> {
+        let cancel = CancellationToken::new();
         let beats = Arc::new(tokio::sync::Notify::new());
         let sink: HeartbeatSink = {
             let (beats, cx) = (Arc::clone(&beats), cx.clone());
@@ -168,26 +203,16 @@ impl Workflows {
                 });
             })
         };
+        let name = info.activity.clone();
         let ctx = ActivityContext::new(info, Some(sink), cancel.clone());
-        let now = || cx.store().config().clock.now();
-        let Some(attempt) =
-            self.registry
-                .run_activity(&activity.activity, ctx, activity.input.clone())
-        else {
-            // The orchestration decides what a missing activity means; it is not retried here.
-            let error = ActivityError::message(format!(
-                "no activity `{}` is registered on the worker that took it",
-                activity.activity
-            ))
-            .terminal();
-            return Ok(activity_commit(&task, &activity, Err(error), now()));
+        let Some(run) = self.registry.run_activity(&name, ctx, input) else {
+            return Ok(None);
         };
-        let options = &activity.options;
         let start_to_close = options.start_to_close.unwrap_or(Duration::MAX);
         // A panic in an activity is a failed attempt (retryable), not a dead worker.
-        let attempt = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(attempt));
+        let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
         let result = tokio::select! {
-            result = attempt => result.unwrap_or_else(|_| Err(ActivityError::message("the activity panicked"))),
+            result = run => result.unwrap_or_else(|_| Err(ActivityError::message("the activity panicked"))),
             () = tokio::time::sleep(start_to_close) => {
                 cancel.cancel();
                 Err(ActivityError::message(format!("timed out after {start_to_close:?} (start_to_close)")))
@@ -200,19 +225,39 @@ impl Workflows {
                 // The lease is gone (or the worker is shutting down): whoever holds the task now
                 // runs it; nothing this attempt commits would be accepted.
                 cancel.cancel();
-                return Err(HandlerError::Other("the activity's lease was lost".into()));
+                return Err(HandlerError::Other("the lease was lost".into()));
             }
         };
-        let plain = activity_commit(&task, &activity, result, now());
-        if let Some(combined) = self.continue_here(&task, &plain, &cx).await {
-            match cx.commit(combined).await {
-                Ok(_) => return Ok(Commit::default()),
-                // The history moved on, the instance ended, or the store hiccuped: fall back to
-                // the plain result; the orchestration runs through the queue.
-                Err(e) => tracing::debug!(error = %e, "could not continue the orchestration here"),
-            }
-        }
-        Ok(plain)
+        Ok(Some(result))
+    }
+
+    /// One attempt of a job.
+    pub(crate) async fn job(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> Result<Commit, HandlerError> {
+        let Ok(TaskPayload::Job(job)) = TaskPayload::from_bytes(&task.payload) else {
+            return Err(HandlerError::Rejected(
+                "the job's payload cannot be decoded".into(),
+            ));
+        };
+        let info = ActivityInfo::new("", 0, &job.activity, task.lease.attempt);
+        let Some(result) = self
+            .attempt(info, job.input.clone(), &job.options, &cx)
+            .await?
+        else {
+            return Err(HandlerError::Rejected(format!(
+                "no activity `{}` is registered on the worker that took this job",
+                job.activity
+            )));
+        };
+        Ok(job_commit(
+            &task,
+            &job,
+            result,
+            cx.store().config().clock.now(),
+        ))
     }
 
     /// A timer fires.

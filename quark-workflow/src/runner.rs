@@ -62,22 +62,39 @@ pub async fn run_task(
             }
             turn.commit
         }
-        TaskKind::Activity | TaskKind::Timer => match TaskPayload::from_bytes(&task.payload) {
-            Ok(TaskPayload::Timer(timer)) => timer_commit(&task, &timer),
-            Ok(TaskPayload::Activity(a)) => {
-                let info =
-                    ActivityInfo::new(&a.instance_id, a.command, &a.activity, task.lease.attempt);
-                let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new());
-                match registry.run_activity(&a.activity, ctx, a.input.clone()) {
-                    Some(run) => {
-                        let result = attempt(run, a.options.start_to_close).await;
-                        activity_commit(&task, &a, result, clock.now())
+        TaskKind::Activity | TaskKind::Timer | TaskKind::Job => {
+            match TaskPayload::from_bytes(&task.payload) {
+                Ok(TaskPayload::Timer(timer)) => timer_commit(&task, &timer),
+                Ok(TaskPayload::Activity(a)) => {
+                    let info = ActivityInfo::new(
+                        &a.instance_id,
+                        a.command,
+                        &a.activity,
+                        task.lease.attempt,
+                    );
+                    let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new());
+                    match registry.run_activity(&a.activity, ctx, a.input.clone()) {
+                        Some(run) => {
+                            let result = attempt(run, a.options.start_to_close).await;
+                            activity_commit(&task, &a, result, clock.now())
+                        }
+                        None => dead(format!("no activity `{}` is registered here", a.activity)),
                     }
-                    None => dead(format!("no activity `{}` is registered here", a.activity)),
                 }
+                Ok(TaskPayload::Job(job)) => {
+                    let info = ActivityInfo::new("", 0, &job.activity, task.lease.attempt);
+                    let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new());
+                    match registry.run_activity(&job.activity, ctx, job.input.clone()) {
+                        Some(run) => {
+                            let result = attempt(run, job.options.start_to_close).await;
+                            crate::job_commit(&task, &job, result, clock.now())
+                        }
+                        None => dead(format!("no activity `{}` is registered here", job.activity)),
+                    }
+                }
+                Err(e) => dead(format!("unreadable task payload: {e}")),
             }
-            Err(e) => dead(format!("unreadable task payload: {e}")),
-        },
+        }
         other => dead(format!("{other} tasks are not workflow tasks")),
     };
 

@@ -108,6 +108,7 @@ impl Sim {
                     assert_eq!(t.visible_at, Some(tm.fire_at));
                     self.timers.insert((tm.fire_at, tm.command), ());
                 }
+                TaskPayload::Job(j) => panic!("a turn never enqueues a job, got {}", j.activity),
             }
         }
         for e in r.new_events {

@@ -40,6 +40,8 @@ pub enum TaskPayload {
     Activity(ActivityTask),
     /// Fire a timer.
     Timer(TimerTask),
+    /// Run an activity as a job.
+    Job(crate::job::JobTask),
 }
 
 /// Run activity `activity` with `input` for command `command` of `instance_id`.

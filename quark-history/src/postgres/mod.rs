@@ -106,6 +106,31 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// Enqueues tasks inside the caller's own transaction on this database: they exist if and only
+    /// if that transaction commits (the outbox pattern for jobs). Idle workers hear of them by a
+    /// `NOTIFY` sent in the same transaction, which PostgreSQL delivers at commit.
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tasks: Vec<crate::NewTask>,
+    ) -> Result<Vec<i64>> {
+        crate::rows::check_tasks(&self.config, &tasks)?;
+        let now = self.config.clock.now();
+        let ids = queue::enqueue_in_tx(&mut *conn, &tasks, now).await?;
+        let notices: Vec<String> = crate::rows::visible_queues(&tasks, now)
+            .into_iter()
+            .map(|(queue, kind)| notify::notice("tx", kind, &queue))
+            .collect();
+        if !notices.is_empty() {
+            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .bind(notify::CHANNEL)
+                .bind(&notices)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(ids)
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         Ok(self.pool.begin().await?)
     }

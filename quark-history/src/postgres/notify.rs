@@ -11,11 +11,16 @@ use crate::TaskKind;
 use crate::error::Result;
 use crate::wakeup::{Hub, Wake};
 
-const CHANNEL: &str = "quark_tasks";
+pub(super) const CHANNEL: &str = "quark_tasks";
 
 /// The least time between two `NOTIFY` batches: other processes hear of new tasks at most this
 /// late (this process hears at once, through its hub).
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
+
+/// The payload of a notice: `origin|kind|queue` (queue names may contain `|`, so they come last).
+pub(super) fn notice(origin: &str, kind: TaskKind, queue: &str) -> String {
+    format!("{origin}|{kind}|{queue}")
+}
 
 /// Sends coalesced `NOTIFY`s off the commit path and owns the shared listener.
 #[derive(Debug)]
@@ -38,10 +43,8 @@ impl Notifier {
                 while let Ok(queue) = rx.try_recv() {
                     queues.insert(queue);
                 }
-                let payloads: Vec<String> = queues
-                    .iter()
-                    .map(|(q, k)| format!("{tag}|{k}|{q}"))
-                    .collect();
+                let payloads: Vec<String> =
+                    queues.iter().map(|(q, k)| notice(&tag, *k, q)).collect();
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
                     .bind(CHANNEL)
                     .bind(&payloads)

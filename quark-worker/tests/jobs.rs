@@ -1,0 +1,220 @@
+//! Durable jobs on the worker: activities enqueued on their own, with retries, dead letters,
+//! delays, bulk enqueue, and (on PostgreSQL) enqueue inside the caller's transaction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use quark_history::QueueStats;
+use quark_history::testing::TestStore;
+use quark_worker::Worker;
+use quark_workflow::{ActivityContext, ActivityError, Client, JobOptions, Registry, activity};
+
+quark_history::backend_tests!(
+    it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless,
+    it_runs_a_delayed_job_no_earlier_than_asked,
+);
+
+/// Runs per input, shared by the tests of one binary (inputs are unique per test).
+fn runs() -> &'static Mutex<BTreeMap<String, u32>> {
+    static RUNS: OnceLock<Mutex<BTreeMap<String, u32>>> = OnceLock::new();
+    RUNS.get_or_init(Mutex::default)
+}
+
+fn count(input: &str) -> u32 {
+    runs().lock().unwrap().get(input).copied().unwrap_or(0)
+}
+
+#[activity]
+async fn record(_ctx: ActivityContext, input: String) -> Result<(), ActivityError> {
+    *runs().lock().unwrap().entry(input).or_default() += 1;
+    Ok(())
+}
+
+#[activity(retry(max_attempts = 5, initial = "1s", max = "1s"))]
+async fn flaky(ctx: ActivityContext, input: String) -> Result<u32, ActivityError> {
+    *runs().lock().unwrap().entry(input).or_default() += 1;
+    if ctx.attempt() < 3 {
+        return Err(ActivityError::message("upstream timeout"));
+    }
+    Ok(ctx.attempt())
+}
+
+#[activity(retry(max_attempts = 2, initial = "1s", max = "1s"))]
+async fn hopeless(_ctx: ActivityContext, input: String) -> Result<(), ActivityError> {
+    Err(ActivityError::message(format!(
+        "{input} cannot be processed"
+    )))
+}
+
+fn worker(t: &TestStore) -> Worker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(
+            Registry::new()
+                .register(record)
+                .register(flaky)
+                .register(hopeless),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Moves virtual time in one-second steps until `done` holds (at most 20 s of real time).
+async fn run_clock_until(t: &TestStore, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        t.clock.advance(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let tag = format!("{:?}", t.store.backend());
+    let inputs: Vec<String> = (0..300).map(|n| format!("{tag}-bulk-{n}")).collect();
+    let ids = client
+        .enqueue_many::<record>(inputs.clone(), JobOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 300);
+    client
+        .enqueue::<flaky>(&format!("{tag}-flaky"), JobOptions::default())
+        .await
+        .unwrap();
+    let doomed = client
+        .enqueue::<hopeless>(&format!("{tag}-doomed"), JobOptions::default())
+        .await
+        .unwrap();
+
+    run_clock_until(t, "every job has settled", async || {
+        let stats = t.store.queue_stats("default").await.unwrap();
+        stats
+            == QueueStats {
+                pending: 0,
+                leased: 0,
+                dead: 1,
+            }
+    })
+    .await;
+    assert!(
+        inputs.iter().all(|i| count(i) == 1),
+        "every bulk job ran exactly once"
+    );
+    assert_eq!(
+        count(&format!("{tag}-flaky")),
+        3,
+        "two retryable failures, then success"
+    );
+    let dead = t.store.list_dead(Some("default"), 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].task_id, doomed);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(
+        dead[0].error.contains("after 2 attempt(s)")
+            && dead[0].error.contains("cannot be processed"),
+        "{}",
+        dead[0].error
+    );
+
+    // Re-driven, it gets its attempts back, and dies again: the operator sees the same error.
+    t.store.redrive(doomed).await.unwrap();
+    run_clock_until(t, "the re-driven job settled", async || {
+        t.store.queue_stats("default").await.unwrap()
+            == QueueStats {
+                pending: 0,
+                leased: 0,
+                dead: 1,
+            }
+            && !t.store.list_dead(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    running.shutdown().await;
+}
+
+async fn it_runs_a_delayed_job_no_earlier_than_asked(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let input = format!("{:?}-delayed", t.store.backend());
+    client
+        .enqueue::<record>(
+            &input,
+            JobOptions::default().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.store.queue_stats("default").await.unwrap().pending, 1);
+    t.clock.advance(Duration::from_secs(3599));
+    // Several polling intervals at 59:59: the job is not visible, so nothing can have run it.
+    assert!(
+        t.store
+            .claim(quark_history::ClaimRequest::new("probe", ["default"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(count(&input), 0);
+    t.clock.advance(Duration::from_secs(1));
+    run_clock_until(t, "the delayed job ran", async || count(&input) == 1).await;
+    running.shutdown().await;
+}
+
+/// PostgreSQL: a job enqueued in the caller's own transaction exists if and only if it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_in_the_callers_transaction_exists_only_if_it_commits() {
+    let Some(t) = quark_history::testing::postgres().await else {
+        return;
+    };
+    let store = quark_history::PostgresStore::connect_with(
+        &t.database_url().unwrap(),
+        quark_history::StoreConfig::default().clock(t.clock.clone()),
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let running = worker(&t).start().await.unwrap();
+    let now = t.store.config().clock.now();
+
+    for (id, commit) in [("rolled-back", false), ("committed", true)] {
+        let mut tx = store.pool().begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let job =
+            quark_workflow::job_task::<record>(&format!("tx-{id}"), &JobOptions::default(), now)
+                .unwrap();
+        store.enqueue_in(&mut tx, vec![job]).await.unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+    }
+    run_clock_until(&t, "the committed job ran", async || {
+        count("tx-committed") == 1
+    })
+    .await;
+    assert_eq!(count("tx-rolled-back"), 0, "no job without its order");
+    assert_eq!(
+        t.store.queue_stats("default").await.unwrap(),
+        QueueStats::default()
+    );
+    let orders: Vec<String> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(orders, ["committed"]);
+    running.shutdown().await;
+    t.cleanup().await;
+}
