@@ -38,6 +38,7 @@ async fn three_steps(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestra
 
 struct Args {
     n: u64,
+    jobs: u64,
     light: u64,
     backends: Vec<&'static str>,
 }
@@ -45,6 +46,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         n: 2000,
+        jobs: 20_000,
         light: 200,
         backends: vec!["postgres", "sqlite"],
     };
@@ -54,6 +56,7 @@ fn args() -> Args {
         let value = argv.get(i + 1).cloned().unwrap_or_default();
         match argv[i].as_str() {
             "--n" => a.n = value.parse().expect("--n N"),
+            "--jobs" => a.jobs = value.parse().expect("--jobs N"),
             "--light" => a.light = value.parse().expect("--light N"),
             "--backend" => {
                 a.backends = match value.as_str() {
@@ -88,7 +91,7 @@ async fn start_worker(
                     Ok(Commit::new().complete(task.lease.clone()))
                 }
             },
-            8,
+            64,
         )
         .build()
         .unwrap()
@@ -275,6 +278,37 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
     });
     eprintln!("[{backend}] worker counters: {m:?}");
 
+    // Drain: bulk-enqueue no-op jobs, then time the worker emptying the queue.
+    eprintln!("[{backend}] drain of {} bulk-enqueued no-op jobs", a.jobs);
+    let enqueue_started = Instant::now();
+    let mut left = a.jobs;
+    while left > 0 {
+        let chunk = left.min(5_000);
+        let tasks = (0..chunk).map(|_| NewTask::new(TaskKind::Job, "default")).collect();
+        store.enqueue(tasks).await.unwrap();
+        left -= chunk;
+    }
+    let enqueued = enqueue_started.elapsed();
+    let drain_started = Instant::now();
+    loop {
+        let stats = store.queue_stats("default").await.unwrap();
+        if stats.pending == 0 && stats.leased == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained = drain_started.elapsed();
+    rows.push(Row {
+        backend,
+        workload: format!("{} no-op jobs bulk-enqueued, then drained", a.jobs),
+        rate: format!(
+            "{:.0} jobs/s drained (enqueue: {:.0} jobs/s)",
+            a.jobs as f64 / drained.as_secs_f64(),
+            a.jobs as f64 / enqueued.as_secs_f64()
+        ),
+        p50: f64::NAN,
+        p99: f64::NAN,
+    });
     running.shutdown().await;
 }
 
