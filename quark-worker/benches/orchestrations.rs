@@ -36,6 +36,11 @@ async fn three_steps(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestra
     ctx.call(noop, &b).await
 }
 
+/// The job handler's slots and the claim batch, as a worker tuned for many short jobs would set
+/// them (the library defaults are 32 job slots and claims of up to 64).
+const JOB_SLOTS: usize = 512;
+const CLAIM_BATCH: u32 = 256;
+
 struct Args {
     n: u64,
     jobs: u64,
@@ -91,8 +96,9 @@ async fn start_worker(
                     Ok(Commit::new().complete(task.lease.clone()))
                 }
             },
-            64,
+            JOB_SLOTS,
         )
+        .claim_batch(CLAIM_BATCH)
         .build()
         .unwrap()
         .start()
