@@ -290,7 +290,9 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
     let mut left = a.jobs;
     while left > 0 {
         let chunk = left.min(5_000);
-        let tasks = (0..chunk).map(|_| NewTask::new(TaskKind::Job, "default")).collect();
+        let tasks = (0..chunk)
+            .map(|_| NewTask::new(TaskKind::Job, "default"))
+            .collect();
         store.enqueue(tasks).await.unwrap();
         left -= chunk;
     }
