@@ -146,7 +146,9 @@ async fn it_runs_an_order_through_retries_a_timer_and_a_signal(t: &TestStore) {
     );
     let m = running.worker().metrics();
     assert_eq!(m.failed, 0);
-    assert!(m.retried >= 2);
+    // Virtual time jumps 30 s at a step, a whole lease: an attempt may be taken over by a later
+    // claim, and then its failure is refused as a lost lease instead of counted as a retry.
+    assert!(m.retried + m.lease_lost >= 2, "{m:?}");
     running.shutdown().await;
 }
 
