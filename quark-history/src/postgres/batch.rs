@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::Row;
 
 use super::PostgresStore;
-use super::queue::enqueue_in_tx;
+use super::queue::{enqueue_in_tx, woken_instances};
 use crate::codec::Payload;
 use crate::commit::{Commit, Committed, Expected, Settle};
 use crate::error::{Error, Result};
@@ -88,13 +88,21 @@ impl PostgresStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        // The orchestration task rows this batch merges into are locked here too, with the settled
+        // ones, in id order and before any instance: every write path takes tasks, then instances.
+        let woken: Vec<&str> = commits
+            .iter()
+            .flat_map(|c| woken_instances(&c.tasks))
+            .collect();
         let mut locked: HashMap<i64, LockedTask> = HashMap::new();
-        if !task_ids.is_empty() {
+        if !task_ids.is_empty() || !woken.is_empty() {
             let rows = sqlx::query(
                 "SELECT id, attempts, lease_owner, kind, rerun, instance_id, queue FROM tasks \
-                 WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                 WHERE id = ANY($1) OR (kind = 'orchestration' AND instance_id = ANY($2)) \
+                 ORDER BY id FOR UPDATE",
             )
             .bind(&task_ids)
+            .bind(&woken)
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {

@@ -93,6 +93,35 @@ pub(super) async fn enqueue_in_tx(
     Ok(ids)
 }
 
+/// The instances whose orchestration task `tasks` would create or merge into.
+pub(super) fn woken_instances(tasks: &[NewTask]) -> Vec<&str> {
+    tasks
+        .iter()
+        .filter(|t| t.kind == TaskKind::Orchestration)
+        .filter_map(|t| t.instance_id.as_deref())
+        .collect()
+}
+
+/// Every write path locks task rows before instance rows, each in id order, so that two commits
+/// cannot deadlock. A commit that wakes an orchestration merges into its task row after appending
+/// to the instance; lock that row (and the settled task) up front, in one statement.
+async fn lock_tasks_first(tx: &mut Transaction<'static, Postgres>, commit: &Commit) -> Result<()> {
+    let woken = woken_instances(&commit.tasks);
+    if woken.is_empty() {
+        return Ok(());
+    }
+    let settled = commit.settle.as_ref().map_or(-1, |s| s.lease().task_id);
+    sqlx::query(
+        "SELECT id FROM tasks WHERE id = $1 OR (kind = 'orchestration' AND instance_id = ANY($2)) \
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(settled)
+    .bind(&woken)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Settles the task a commit was done under. Returns a queue to announce, if the task was released
 /// to run again at once.
 async fn settle_in_tx(
@@ -192,6 +221,7 @@ impl PostgresStore {
             });
         }
         let mut tx = self.begin().await?;
+        lock_tasks_first(&mut tx, &commit).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
             && let Some(queue) = settle_in_tx(&mut tx, settle, now).await?
