@@ -71,6 +71,17 @@ impl TestStore {
         }
     }
 
+    /// Moves the test clock forward by `step` until `check` holds: virtual time for tests of timers,
+    /// retries and leases. Panics after 60 s of real time, naming `what`.
+    pub async fn advance_until(
+        &self,
+        step: std::time::Duration,
+        what: &str,
+        check: impl AsyncFnMut() -> bool,
+    ) {
+        poll_until(what, check, || self.clock.advance(step)).await;
+    }
+
     /// The URL of the test's PostgreSQL database, if it has one (for a second connection).
     pub fn database_url(&self) -> Option<String> {
         #[cfg(feature = "postgres")]
@@ -261,4 +272,23 @@ macro_rules! backend_tests {
             }
         )*
     };
+}
+
+/// Waits until `check` holds, asking again every few milliseconds (work happens on other tasks and
+/// other connections, which nothing can signal to the test); panics after 60 s naming `what`.
+pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
+    poll_until(what, check, || {}).await;
+}
+
+async fn poll_until(what: &str, mut check: impl AsyncFnMut() -> bool, mut between: impl FnMut()) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        between();
+        // The pause between two checks, not a synchronization: the deadline bounds the wait.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

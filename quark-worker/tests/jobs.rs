@@ -61,19 +61,6 @@ fn worker(t: &TestStore) -> Worker {
         .unwrap()
 }
 
-/// Moves virtual time in one-second steps until `done` holds (at most 20 s of real time).
-async fn run_clock_until(t: &TestStore, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        t.clock.advance(Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &TestStore) {
     let running = worker(t).start().await.unwrap();
     let client = Client::new(Arc::clone(&t.store));
@@ -93,15 +80,19 @@ async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &T
         .await
         .unwrap();
 
-    run_clock_until(t, "every job has settled", async || {
-        let stats = t.store.queue_stats("default").await.unwrap();
-        stats
-            == QueueStats {
-                pending: 0,
-                leased: 0,
-                dead: 1,
-            }
-    })
+    t.advance_until(
+        Duration::from_secs(1),
+        "every job has settled",
+        async || {
+            let stats = t.store.queue_stats("default").await.unwrap();
+            stats
+                == QueueStats {
+                    pending: 0,
+                    leased: 0,
+                    dead: 1,
+                }
+        },
+    )
     .await;
     assert!(
         inputs.iter().all(|i| count(i) == 1),
@@ -125,15 +116,19 @@ async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &T
 
     // Re-driven, it gets its attempts back, and dies again: the operator sees the same error.
     t.store.redrive(doomed).await.unwrap();
-    run_clock_until(t, "the re-driven job settled", async || {
-        t.store.queue_stats("default").await.unwrap()
-            == QueueStats {
-                pending: 0,
-                leased: 0,
-                dead: 1,
-            }
-            && !t.store.list_dead(None, 10).await.unwrap().is_empty()
-    })
+    t.advance_until(
+        Duration::from_secs(1),
+        "the re-driven job settled",
+        async || {
+            t.store.queue_stats("default").await.unwrap()
+                == QueueStats {
+                    pending: 0,
+                    leased: 0,
+                    dead: 1,
+                }
+                && !t.store.list_dead(None, 10).await.unwrap().is_empty()
+        },
+    )
     .await;
     running.shutdown().await;
 }
@@ -161,7 +156,10 @@ async fn it_runs_a_delayed_job_no_earlier_than_asked(t: &TestStore) {
     );
     assert_eq!(count(&input), 0);
     t.clock.advance(Duration::from_secs(1));
-    run_clock_until(t, "the delayed job ran", async || count(&input) == 1).await;
+    t.advance_until(Duration::from_secs(1), "the delayed job ran", async || {
+        count(&input) == 1
+    })
+    .await;
     running.shutdown().await;
 }
 
@@ -202,10 +200,14 @@ async fn a_job_enqueued_in_the_callers_transaction_exists_only_if_it_commits() {
         }
     }
     // The job's run is counted before its completion commits: wait for both.
-    run_clock_until(&t, "the committed job ran and completed", async || {
-        count("tx-committed") == 1
-            && t.store.queue_stats("default").await.unwrap() == QueueStats::default()
-    })
+    t.advance_until(
+        Duration::from_secs(1),
+        "the committed job ran and completed",
+        async || {
+            count("tx-committed") == 1
+                && t.store.queue_stats("default").await.unwrap() == QueueStats::default()
+        },
+    )
     .await;
     assert_eq!(count("tx-rolled-back"), 0, "no job without its order");
     let orders: Vec<String> = sqlx::query_scalar("SELECT id FROM orders")

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quark_history::testing::TestStore;
+use quark_history::testing::{TestStore, eventually};
 use quark_history::{ClaimRequest, Commit, FailAction, NewTask, QueueStats, Store, TaskKind};
 use quark_worker::{HandlerError, Worker};
 
@@ -14,18 +14,6 @@ quark_history::backend_tests!(
     it_cancels_a_task_whose_lease_was_taken_over,
     it_hands_unfinished_tasks_back_at_shutdown,
 );
-
-/// Waits until `check` holds, polling every few milliseconds, for at most 20 s.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 async fn drained(store: &dyn Store, queue: &str) -> bool {
     store.queue_stats(queue).await.unwrap() == QueueStats::default()
@@ -56,7 +44,7 @@ async fn it_runs_every_task_once_and_completes_it(t: &TestStore) {
         .collect();
     t.store.enqueue(tasks).await.unwrap();
     // The counters move just after each commit returns: wait for both.
-    until("the queue is drained and counted", async || {
+    eventually("the queue is drained and counted", async || {
         drained(&*t.store, "jobs").await && running.worker().metrics().completed == 500
     })
     .await;
@@ -104,7 +92,7 @@ async fn it_dead_letters_a_rejected_task_and_retries_a_failed_one_after_a_backof
         ])
         .await
         .unwrap();
-    until("one dead, one retried", async || {
+    eventually("one dead, one retried", async || {
         running.worker().metrics().failed == 1 && running.worker().metrics().retried == 1
     })
     .await;
@@ -115,7 +103,7 @@ async fn it_dead_letters_a_rejected_task_and_retries_a_failed_one_after_a_backof
     // The flaky task waits out its backoff (on the store's clock) before it runs again.
     assert_eq!(t.store.queue_stats("jobs").await.unwrap().pending, 1);
     t.clock.advance(Duration::from_secs(2));
-    until("the flaky task succeeded", async || {
+    eventually("the flaky task succeeded", async || {
         running.worker().metrics().completed == 1
     })
     .await;
@@ -157,13 +145,13 @@ async fn it_cancels_a_task_whose_lease_was_taken_over(t: &TestStore) {
         .enqueue(vec![NewTask::new(TaskKind::Job, "jobs")])
         .await
         .unwrap();
-    until("the worker holds the task", async || {
+    eventually("the worker holds the task", async || {
         running.worker().metrics().claimed == 1
     })
     .await;
     // The worker keeps extending its lease; jump the clock past it until another claimer wins.
     let mut stolen = Vec::new();
-    until("another worker took the task over", async || {
+    eventually("another worker took the task over", async || {
         t.clock.advance(Duration::from_secs(31));
         stolen = t
             .store
@@ -177,7 +165,7 @@ async fn it_cancels_a_task_whose_lease_was_taken_over(t: &TestStore) {
     tokio::time::timeout(Duration::from_secs(20), observed.notified())
         .await
         .expect("the handler saw the cancellation");
-    until("the lost lease is counted", async || {
+    eventually("the lost lease is counted", async || {
         running.worker().metrics().lease_lost >= 1
     })
     .await;
@@ -217,7 +205,7 @@ async fn it_hands_unfinished_tasks_back_at_shutdown(t: &TestStore) {
         )
         .await
         .unwrap();
-    until("two tasks are running", async || {
+    eventually("two tasks are running", async || {
         running.worker().metrics().claimed == 2
     })
     .await;
@@ -268,7 +256,7 @@ fn a_worker_can_be_built_outside_a_runtime() {
             .enqueue(vec![NewTask::new(TaskKind::Job, "default")]),
     )
     .unwrap();
-    rt.block_on(until("the job ran", async || {
+    rt.block_on(eventually("the job ran", async || {
         running.worker().metrics().completed == 1
     }));
     rt.block_on(running.shutdown());

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::testing::TestStore;
+use quark_history::testing::{TestStore, eventually};
 use quark_history::{HistoryEvent, HistoryRange, QueueStats};
 use quark_worker::Worker;
 use quark_workflow::{
@@ -92,19 +92,6 @@ fn worker(t: &TestStore) -> Worker {
         .unwrap()
 }
 
-/// Moves virtual time forward in small steps until `done` holds (at most 20 s of real time).
-async fn run_clock_until(t: &TestStore, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        t.clock.advance(Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn it_runs_an_order_through_retries_a_timer_and_a_signal(t: &TestStore) {
     let running = worker(t).start().await.unwrap();
     let client = Client::new(Arc::clone(&t.store));
@@ -120,7 +107,12 @@ async fn it_runs_an_order_through_retries_a_timer_and_a_signal(t: &TestStore) {
             .iter()
             .any(|e| matches!(e.event, HistoryEvent::TimerFired { .. }))
     };
-    run_clock_until(t, "the timer fired", waiting_for_signal).await;
+    t.advance_until(
+        Duration::from_secs(30),
+        "the timer fired",
+        waiting_for_signal,
+    )
+    .await;
     handle.signal("approve", &true).await.unwrap();
     let output = tokio::time::timeout(Duration::from_secs(20), handle.result())
         .await
@@ -165,9 +157,11 @@ async fn it_fails_an_unknown_orchestration_type_clearly(t: &TestStore) {
         )
         .await
         .unwrap();
-    run_clock_until(t, "the task is dead-lettered", async || {
-        !t.store.list_dead(None, 10).await.unwrap().is_empty()
-    })
+    t.advance_until(
+        Duration::from_secs(30),
+        "the task is dead-lettered",
+        async || !t.store.list_dead(None, 10).await.unwrap().is_empty(),
+    )
     .await;
     let dead = t.store.list_dead(None, 10).await.unwrap();
     assert!(
@@ -207,14 +201,7 @@ async fn it_fires_a_thousand_timers_due_at_once_and_none_early(t: &TestStore) {
         let waiting = t.store.queue_stats("default").await.unwrap();
         waiting.pending == 1000 && waiting.leased == 0
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !all_waiting().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the timers were not all created"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every instance waits on its timer", all_waiting).await;
     t.clock.advance(Duration::from_secs(3599));
     // At 59:59 no timer is visible, so no worker can fire one early.
     let early = t
@@ -233,14 +220,10 @@ async fn it_fires_a_thousand_timers_due_at_once_and_none_early(t: &TestStore) {
         "a timer fired early"
     );
     t.clock.advance(Duration::from_secs(1));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while count(t, quark_history::InstanceStatus::Completed).await < 1000 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the timers did not all fire"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every timer fired", async || {
+        count(t, quark_history::InstanceStatus::Completed).await == 1000
+    })
+    .await;
     assert_eq!(
         t.store.queue_stats("default").await.unwrap(),
         QueueStats::default()
@@ -257,21 +240,25 @@ async fn it_delivers_cancellation_and_termination_to_running_orchestrations(t: &
     let terminated = patient::start(&client, "p-term", "the order".to_string())
         .await
         .unwrap();
-    run_clock_until(t, "both wait for their signal", async || {
-        t.store.queue_stats("default").await.unwrap() == QueueStats::default()
-            && t.store
-                .read_history("p-term", HistoryRange::All)
-                .await
-                .unwrap()
-                .len()
-                == 1
-            && t.store
-                .read_history("p-cancel", HistoryRange::All)
-                .await
-                .unwrap()
-                .len()
-                == 1
-    })
+    t.advance_until(
+        Duration::from_secs(30),
+        "both wait for their signal",
+        async || {
+            t.store.queue_stats("default").await.unwrap() == QueueStats::default()
+                && t.store
+                    .read_history("p-term", HistoryRange::All)
+                    .await
+                    .unwrap()
+                    .len()
+                    == 1
+                && t.store
+                    .read_history("p-cancel", HistoryRange::All)
+                    .await
+                    .unwrap()
+                    .len()
+                    == 1
+        },
+    )
     .await;
     cancelled
         .cancel("customer changed their mind")
@@ -317,10 +304,14 @@ async fn it_lets_a_child_finish_after_its_parent_was_terminated(t: &TestStore) {
     let parent = guardian::start(&client, "guardian", "the house".to_string())
         .await
         .unwrap();
-    run_clock_until(t, "the child waits for its signal", async || {
-        t.store.get_instance("ward").await.unwrap().is_some()
-            && t.store.queue_stats("default").await.unwrap() == QueueStats::default()
-    })
+    t.advance_until(
+        Duration::from_secs(30),
+        "the child waits for its signal",
+        async || {
+            t.store.get_instance("ward").await.unwrap().is_some()
+                && t.store.queue_stats("default").await.unwrap() == QueueStats::default()
+        },
+    )
     .await;
     parent.terminate("parent went away").await.unwrap();
     client.signal("ward", "approve", &true).await.unwrap();
