@@ -168,40 +168,17 @@ impl WorkerBuilder {
     /// [`concurrency`](Self::concurrency)), with a history cache of 10,000 instances. Jobs are
     /// activities enqueued on their own (`Client::enqueue`).
     pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
-        let w = crate::workflow::Workflows::new(registry, 10_000);
-        let (turns, activities, timers, jobs) = (w.clone(), w.clone(), w.clone(), w);
-        self.handle(
-            TaskKind::Orchestration,
-            move |task, cx| {
-                let w = turns.clone();
-                async move { w.turn(task, cx).await }
-            },
-            64,
-        )
-        .handle(
-            TaskKind::Activity,
-            move |task, cx| {
-                let w = activities.clone();
-                async move { w.activity(task, cx).await }
-            },
-            32,
-        )
-        .handle(
-            TaskKind::Timer,
-            move |task, cx| {
-                let w = timers.clone();
-                async move { w.timer(task, cx).await }
-            },
-            16,
-        )
-        .handle(
-            TaskKind::Job,
-            move |task, cx| {
-                let w = jobs.clone();
-                async move { w.job(task, cx).await }
-            },
-            32,
-        )
+        let w = Arc::new(crate::workflow::Workflows::new(registry, 10_000));
+        [
+            (TaskKind::Orchestration, 64),
+            (TaskKind::Activity, 32),
+            (TaskKind::Timer, 16),
+            (TaskKind::Job, 32),
+        ]
+        .into_iter()
+        .fold(self, |builder, (kind, concurrency)| {
+            builder.handle_shared(kind, w.clone(), concurrency)
+        })
     }
 
     /// Sets how many tasks of `kind` run at once (the kind must have a handler).

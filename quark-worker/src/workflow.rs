@@ -275,6 +275,28 @@ impl Workflows {
     }
 }
 
+/// One handler for every kind of workflow task, dispatching on the task's kind.
+impl crate::Handler for Workflows {
+    fn handle(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> futures::future::BoxFuture<'static, Result<Commit, HandlerError>> {
+        let w = self.clone();
+        Box::pin(async move {
+            match task.kind {
+                TaskKind::Orchestration => w.turn(task, cx).await,
+                TaskKind::Activity => w.activity(task, cx).await,
+                TaskKind::Timer => w.timer(task, cx).await,
+                TaskKind::Job => w.job(task, cx).await,
+                other => Err(HandlerError::Rejected(format!(
+                    "{other} tasks are not workflow tasks"
+                ))),
+            }
+        })
+    }
+}
+
 /// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.
 async fn missed_heartbeat(every: Option<Duration>, beats: &tokio::sync::Notify) {
     let Some(every) = every else {
