@@ -125,6 +125,19 @@ pub struct Committed {
     /// `(next, next - 1)` for an empty append).
     pub appended: Vec<(u64, u64)>,
     /// The ids of the enqueued tasks, in order. An orchestration task merged into one that already
-    /// existed reports that task's id.
+    /// existed reports that task's id, and so does a job deduplicated by its unique key.
     pub task_ids: Vec<i64>,
+    /// The tasks (by index) that were not inserted because another job held their unique key, and
+    /// what happened instead. Every other task was inserted (or merged, for orchestrations).
+    pub deduplicated: Vec<(usize, crate::Enqueued)>,
+}
+
+impl Committed {
+    /// What happened to task `i` of the commit.
+    pub fn outcome(&self, i: usize) -> crate::Enqueued {
+        self.deduplicated
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or(crate::Enqueued::New, |(_, e)| *e)
+    }
 }

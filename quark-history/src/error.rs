@@ -49,6 +49,32 @@ pub enum Error {
         /// The attempt (fencing token) of the lost lease.
         attempt: u32,
     },
+    /// A job with the same unique key exists and its policy is `Reject`.
+    #[error("a job with unique key `{key}` already exists (job {existing})")]
+    Duplicate {
+        /// The key.
+        key: String,
+        /// The job holding it.
+        existing: i64,
+    },
+    /// The task was asked to stop (a cancelled job). Its lease is still held (and was extended):
+    /// settle it as usual and the store records it as cancelled.
+    #[error("task {task_id} was cancelled")]
+    CancelRequested {
+        /// The task.
+        task_id: i64,
+    },
+    /// A job operation that its state does not allow (pausing a running job, cancelling a
+    /// completed one).
+    #[error("cannot {action} job {id}: it is {state}")]
+    JobState {
+        /// The job.
+        id: i64,
+        /// Its state.
+        state: crate::JobState,
+        /// What was asked.
+        action: &'static str,
+    },
     /// No task has this id (in the dead-letter list, for a re-drive).
     #[error("no task {task_id}")]
     TaskNotFound {

@@ -53,6 +53,7 @@ mod commit;
 mod error;
 mod event;
 mod instance;
+mod jobs;
 mod journal;
 mod queue;
 mod store;
@@ -75,6 +76,10 @@ pub use event::{
 };
 pub use instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+};
+pub use jobs::{
+    Enqueued, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit, UniqueKey,
+    UniquePolicy,
 };
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 #[cfg(feature = "postgres")]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::jobs::UniqueKey;
 
 /// What a task asks a worker to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -84,6 +85,12 @@ pub struct NewTask {
     /// can run at once skips the round trip through the queue. The lease is attempt 1, and expires
     /// like any other if the worker dies. Ignored for orchestration tasks.
     pub lease_to: Option<(String, Duration)>,
+    /// A unique key (jobs): see [`UniqueKey`].
+    pub unique: Option<UniqueKey>,
+    /// A concurrency key and its limit (jobs): at most that many tasks of the key are ready,
+    /// scheduled, running or waiting for a retry at a time; the others wait for a slot, highest
+    /// priority and oldest first.
+    pub concurrency: Option<(String, u32)>,
 }
 
 impl NewTask {
@@ -98,6 +105,8 @@ impl NewTask {
             affinity: None,
             payload: Vec::new(),
             lease_to: None,
+            unique: None,
+            concurrency: None,
         }
     }
 
@@ -137,6 +146,23 @@ impl NewTask {
     pub fn affinity(mut self, worker: impl Into<String>) -> Self {
         self.affinity = Some(worker.into());
         self
+    }
+
+    /// Sets a unique key.
+    pub fn unique(mut self, key: UniqueKey) -> Self {
+        self.unique = Some(key);
+        self
+    }
+
+    /// Sets a concurrency key: at most `limit` tasks of `key` run at a time.
+    pub fn concurrency(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.concurrency = Some((key.into(), limit));
+        self
+    }
+
+    /// Whether enqueuing it needs more than a plain insert.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.unique.is_none()
     }
 }
 
@@ -291,10 +317,14 @@ pub struct WorkerInfo {
 /// Counts of tasks on a queue, for operators and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
-    /// Claimable now or later, not leased.
+    /// Claimable now or later, not leased, not held.
     pub pending: u64,
     /// Held under a live lease.
     pub leased: u64,
     /// In the dead-letter list.
     pub dead: u64,
+    /// Held back: paused jobs and jobs waiting for a concurrency slot.
+    pub held: u64,
+    /// Whether the queue is paused.
+    pub paused: bool,
 }

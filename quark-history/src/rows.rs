@@ -64,6 +64,30 @@ pub(crate) fn check_tasks(config: &StoreConfig, tasks: &[NewTask]) -> Result<()>
         if task.queue.is_empty() {
             return Err(Error::Invalid("a task needs a queue name".into()));
         }
+        if task.lease_to.is_some() && (task.unique.is_some() || task.concurrency.is_some()) {
+            return Err(Error::Invalid(
+                "a task with a unique or concurrency key cannot be enqueued already leased".into(),
+            ));
+        }
+        if task
+            .concurrency
+            .as_ref()
+            .is_some_and(|(key, limit)| key.is_empty() || *limit == 0)
+        {
+            return Err(Error::Invalid(
+                "a concurrency key needs a name and a limit of at least 1".into(),
+            ));
+        }
+        if task.unique.as_ref().is_some_and(|u| u.key.is_empty()) {
+            return Err(Error::Invalid("a unique key cannot be empty".into()));
+        }
+        if task.kind != crate::TaskKind::Job
+            && (task.unique.is_some() || task.concurrency.is_some())
+        {
+            return Err(Error::Invalid(
+                "only jobs take unique and concurrency keys".into(),
+            ));
+        }
         if task.kind == crate::TaskKind::Orchestration && task.instance_id.is_none() {
             return Err(Error::Invalid(
                 "an orchestration task needs an instance id".into(),

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -11,6 +12,7 @@ use crate::commit::{Commit, Committed};
 use crate::error::Result;
 use crate::event::RecordedEvent;
 use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::jobs::{JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
 use crate::wakeup::Wakeups;
@@ -27,6 +29,10 @@ pub struct StoreConfig {
     pub max_payload_bytes: usize,
     /// The source of "now" for leases, visibility and timestamps.
     pub clock: Arc<dyn Clock>,
+    /// How long completed and cancelled jobs are kept (readable with [`Store::job`]) before
+    /// [`Store::purge_finished`] removes them. Zero: a completed job is deleted at once and leaves
+    /// no record, the fastest setting.
+    pub finished_job_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -35,6 +41,7 @@ impl Default for StoreConfig {
             codec: CodecTag::Json,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             clock: Arc::new(SystemClock),
+            finished_job_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -55,6 +62,12 @@ impl StoreConfig {
     /// Sets the clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets how long finished jobs are kept.
+    pub fn finished_job_retention(mut self, retention: Duration) -> Self {
+        self.finished_job_retention = retention;
         self
     }
 }
@@ -166,7 +179,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>>;
 
     /// Extends a lease to `now + lease`; fails with `LeaseLost` if it is no longer held. Returns the
-    /// new expiry.
+    /// new expiry. A job that was cancelled while running gets its lease extended and then
+    /// `CancelRequested`: the attempt should stop and settle.
     fn extend_lease<'a>(
         &'a self,
         lease: &'a Lease,
@@ -199,4 +213,52 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The registered workers.
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>>;
+
+    // -- jobs ------------------------------------------------------------------------------------
+
+    /// A job (a task of kind `Job`, live, finished or dead), with its last progress report.
+    fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>>;
+
+    /// Jobs matching `filter`, newest first.
+    fn list_jobs(&self, filter: JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>>;
+
+    /// Cancels a job. One that has not started is removed at once (`Cancelled`); a running one is
+    /// asked to stop (`Cancelling`): its worker sees it at its next lease extension, and however
+    /// the attempt ends, the job is recorded as cancelled unless it completed. Cancelling a
+    /// finished job is an error.
+    fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<JobState>>;
+
+    /// Holds a job that has not started until [`resume_job`](Self::resume_job).
+    fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Releases a paused job (into its concurrency key's line, if it has one).
+    fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Records progress for the job held under `lease` (fenced like a commit). A checkpoint of
+    /// `None` keeps the previous one.
+    fn report_progress<'a>(
+        &'a self,
+        lease: &'a Lease,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// The last progress report of a job, if any.
+    fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<Progress>>>;
+
+    /// Pauses or resumes claims from a queue, across every worker.
+    fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>>;
+
+    /// Sets or clears a queue's rate limit, across every worker.
+    fn set_rate_limit<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: Option<RateLimit>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// A queue's controls.
+    fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueSettings>>;
+
+    /// Removes up to `limit` finished jobs older than the retention, expired unique keys and
+    /// orphaned progress rows, in short transactions. Call it until it returns less than `limit`.
+    fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>>;
 }

@@ -90,6 +90,7 @@ async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &T
                     pending: 0,
                     leased: 0,
                     dead: 1,
+                    ..QueueStats::default()
                 }
         },
     )
@@ -125,6 +126,7 @@ async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &T
                     pending: 0,
                     leased: 0,
                     dead: 1,
+                    ..QueueStats::default()
                 }
                 && !t.store.list_dead(None, 10).await.unwrap().is_empty()
         },

@@ -112,7 +112,8 @@ async fn it_dead_letters_a_rejected_task_and_retries_a_failed_one_after_a_backof
         QueueStats {
             pending: 0,
             leased: 0,
-            dead: 1
+            dead: 1,
+            ..QueueStats::default()
         }
     );
     running.shutdown().await;

@@ -33,8 +33,10 @@ async fn snapshot(store: &dyn Store) -> String {
         pending,
         leased,
         dead,
+        held,
+        paused,
     } = store.queue_stats("default").await.unwrap();
-    out + &format!("queue {pending}/{leased}/{dead}")
+    out + &format!("queue {pending}/{leased}/{dead}/{held}/{paused}")
 }
 
 async fn cli(t: &TestStore, command: WorkflowCommand) -> anyhow::Result<String> {

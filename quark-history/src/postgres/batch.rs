@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::Row;
 
 use super::PostgresStore;
+use super::jobs::{Finish, finish_tasks};
 use super::queue::{enqueue_in_tx, woken_instances};
 use crate::codec::Payload;
 use crate::commit::{Commit, Committed, Expected, Settle};
@@ -37,6 +38,7 @@ struct LockedTask {
     rerun: bool,
     instance_id: Option<String>,
     queue: String,
+    cancel_requested: bool,
 }
 
 /// One event row to insert.
@@ -97,7 +99,7 @@ impl PostgresStore {
         let mut locked: HashMap<i64, LockedTask> = HashMap::new();
         if !task_ids.is_empty() || !woken.is_empty() {
             let rows = sqlx::query(
-                "SELECT id, attempts, lease_owner, kind, rerun, instance_id, queue FROM tasks \
+                "SELECT id, attempts, lease_owner, kind, rerun, instance_id, queue, cancel_requested FROM tasks \
                  WHERE id = ANY($1) OR (kind = 'orchestration' AND instance_id = ANY($2)) \
                  ORDER BY id FOR UPDATE",
             )
@@ -116,6 +118,7 @@ impl PostgresStore {
                         rerun: row.try_get("rerun")?,
                         instance_id: row.try_get("instance_id")?,
                         queue: row.try_get("queue")?,
+                        cancel_requested: row.try_get("cancel_requested")?,
                     },
                 );
             }
@@ -301,6 +304,7 @@ impl PostgresStore {
 
         // Settle the leases.
         let mut delete: Vec<i64> = Vec::new();
+        let mut finish: Vec<(i64, Finish, Option<String>)> = Vec::new();
         let mut release: Vec<(i64, i64, Option<String>, Option<String>)> = Vec::new();
         let mut dead: Vec<(i64, String)> = Vec::new();
         let mut affinity: Vec<(String, String)> = Vec::new();
@@ -327,8 +331,23 @@ impl PostgresStore {
                         ));
                         announce.insert((task.queue.clone(), task.kind));
                     } else {
-                        delete.push(lease.task_id);
+                        finish.push((lease.task_id, Finish::Completed, None));
                     }
+                }
+                // A cancelled job ends here, however its attempt failed.
+                Settle::Fail(_, action) if task.cancel_requested => {
+                    let error = match action {
+                        FailAction::Retry { error, .. } => error.clone(),
+                        FailAction::Dead { error } => Some(error.clone()),
+                    };
+                    finish.push((
+                        lease.task_id,
+                        Finish::Cancelled,
+                        Some(format!(
+                            "cancelled while running{}",
+                            error.map(|e| format!(": {e}")).unwrap_or_default()
+                        )),
+                    ));
                 }
                 Settle::Fail(_, FailAction::Retry { at, error }) => {
                     let at = if task.rerun { (*at).min(now) } else { *at };
@@ -361,6 +380,7 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        finish_tasks(&mut tx, self, &finish, now).await?;
         if !release.is_empty() {
             sqlx::query(
                 "UPDATE tasks AS t SET lease_owner = NULL, rerun = false, visible_at = u.at, \
@@ -392,12 +412,14 @@ impl PostgresStore {
             .iter()
             .flat_map(|i| commits[*i].tasks.iter().cloned())
             .collect();
-        let ids = enqueue_in_tx(&mut tx, &tasks, now).await?;
+        let inserted = enqueue_in_tx(&mut tx, &tasks, now).await?;
         tx.commit().await?;
 
         announce.extend(visible_queues(&tasks, now));
         self.announce(announce);
-        let mut ids = ids.into_iter();
+        let mut ids = inserted.ids.into_iter();
+        let mut deduplicated = inserted.deduplicated.into_iter().peekable();
+        let mut offset = 0;
         let mut appended = appended.into_iter();
         Ok(failed
             .into_iter()
@@ -406,10 +428,19 @@ impl PostgresStore {
                 let appended = appended.next().unwrap_or_default();
                 match failure {
                     Some(e) => Err(e),
-                    None => Ok(Committed {
-                        appended,
-                        task_ids: ids.by_ref().take(c.tasks.len()).collect(),
-                    }),
+                    None => {
+                        let n = c.tasks.len();
+                        let mut mine = Vec::new();
+                        while let Some((i, e)) = deduplicated.next_if(|(i, _)| *i < offset + n) {
+                            mine.push((i - offset, e));
+                        }
+                        offset += n;
+                        Ok(Committed {
+                            appended,
+                            task_ids: ids.by_ref().take(n).collect(),
+                            deduplicated: mine,
+                        })
+                    }
                 }
             })
             .collect())

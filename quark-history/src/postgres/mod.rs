@@ -5,6 +5,7 @@
 //! connection per store that reconnects by itself.
 
 mod batch;
+mod jobs;
 mod journal;
 mod notify;
 mod queue;
@@ -35,6 +36,7 @@ pub struct PostgresStore {
     config: StoreConfig,
     hub: Hub,
     notifier: Arc<notify::Notifier>,
+    rate_limited: Arc<crate::jobs::LimitedQueues>,
 }
 
 fn migrator() -> Migrator {
@@ -58,6 +60,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("queue vacuum"),
             MigrationType::Simple,
             include_str!("../../migrations/postgres/0003_queue_vacuum.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("jobs"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0004_jobs.sql").into_sql_str(),
             false,
         ),
     ])
@@ -98,6 +107,7 @@ impl PostgresStore {
             pool,
             config,
             hub,
+            rate_limited: Arc::default(),
         }
     }
 
@@ -116,7 +126,7 @@ impl PostgresStore {
     ) -> Result<Vec<i64>> {
         crate::rows::check_tasks(&self.config, &tasks)?;
         let now = self.config.clock.now();
-        let ids = queue::enqueue_in_tx(&mut *conn, &tasks, now).await?;
+        let ids = queue::enqueue_in_tx(&mut *conn, &tasks, now).await?.ids;
         let notices: Vec<String> = crate::rows::visible_queues(&tasks, now)
             .into_iter()
             .map(|(queue, kind)| notify::notice("tx", kind, &queue))
@@ -256,4 +266,6 @@ impl Store for PostgresStore {
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(self.list_workers_impl())
     }
+
+    crate::jobs::delegate_job_methods!();
 }

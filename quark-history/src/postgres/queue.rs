@@ -6,10 +6,12 @@ use std::time::Duration;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::PostgresStore;
+use super::jobs::{Finish, finish_tasks};
 use super::journal::append_in_tx;
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed, Settle};
 use crate::error::{Error, Result};
+use crate::jobs::Enqueued;
 use crate::queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind,
     WorkerInfo,
@@ -20,77 +22,116 @@ fn kind_of(text: &str) -> Result<TaskKind> {
     text.parse().map_err(Error::Invalid)
 }
 
-/// Inserts tasks inside a write transaction, merging orchestration tasks per instance.
+/// What an enqueue inside a transaction did.
+pub(super) struct Inserted {
+    /// The task ids, in input order.
+    pub(super) ids: Vec<i64>,
+    /// Tasks deduplicated by their unique key.
+    pub(super) deduplicated: Vec<(usize, Enqueued)>,
+}
+
+/// Inserts tasks inside a write transaction, merging orchestration tasks per instance and
+/// deduplicating jobs by unique key.
 pub(super) async fn enqueue_in_tx(
     conn: &mut sqlx::PgConnection,
     tasks: &[NewTask],
     now: Timestamp,
-) -> Result<Vec<i64>> {
+) -> Result<Inserted> {
     let mut ids = vec![0i64; tasks.len()];
-    let (orchestrations, others): (Vec<_>, Vec<_>) = tasks
-        .iter()
-        .enumerate()
-        .partition(|(_, t)| t.kind == TaskKind::Orchestration);
-    for (i, task) in orchestrations {
-        // One orchestration task per instance: a pending one absorbs the new one; a leased one
-        // is marked to run again when its holder settles it.
-        ids[i] = sqlx::query_scalar(
-            "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
-             VALUES ('orchestration', $1, $2, $3, $4, $5, COALESCE($6, (SELECT affinity FROM instances WHERE id = $2)), $7) \
-             ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
-             rerun = tasks.rerun OR tasks.lease_owner IS NOT NULL, \
-             visible_at = CASE WHEN tasks.lease_owner IS NULL THEN LEAST(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
-             priority = GREATEST(tasks.priority, excluded.priority) \
-             RETURNING id",
-        )
-        .bind(&task.queue)
-        .bind(task.instance_id.as_deref())
-        .bind(task.priority)
-        .bind(task.visible_at.unwrap_or(now).as_micros())
-        .bind(now.as_micros())
-        .bind(task.affinity.as_deref())
-        .bind(&task.payload)
-        .fetch_one(&mut *conn)
-        .await?;
+    let mut deduplicated = Vec::new();
+    let mut plain: Vec<(usize, &NewTask)> = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        if task.kind == TaskKind::Orchestration {
+            // One orchestration task per instance: a pending one absorbs the new one; a leased
+            // one is marked to run again when its holder settles it.
+            ids[i] = sqlx::query_scalar(
+                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
+                 VALUES ('orchestration', $1, $2, $3, $4, $5, COALESCE($6, (SELECT affinity FROM instances WHERE id = $2)), $7) \
+                 ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
+                 rerun = tasks.rerun OR tasks.lease_owner IS NOT NULL, \
+                 visible_at = CASE WHEN tasks.lease_owner IS NULL THEN LEAST(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
+                 priority = GREATEST(tasks.priority, excluded.priority) \
+                 RETURNING id",
+            )
+            .bind(&task.queue)
+            .bind(task.instance_id.as_deref())
+            .bind(task.priority)
+            .bind(task.visible_at.unwrap_or(now).as_micros())
+            .bind(now.as_micros())
+            .bind(task.affinity.as_deref())
+            .bind(&task.payload)
+            .fetch_one(&mut *conn)
+            .await?;
+        } else if task.unique.is_some() {
+            let (id, outcome) = super::jobs::enqueue_unique(conn, task, now).await?;
+            ids[i] = id;
+            if outcome != Enqueued::New {
+                deduplicated.push((i, outcome));
+            }
+        } else {
+            plain.push((i, task));
+        }
     }
-    if !others.is_empty() {
-        // One statement for the batch. Identity values are drawn in row order, so sorting the
-        // returned ids restores the input order.
-        let mut inserted: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
-             lease_owner, attempts) \
-             SELECT kind, queue, instance_id, priority, visible_at, $1, affinity, payload, lease_owner, attempts \
-             FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::bytea[], \
-             $9::text[], $10::int[]) \
-             WITH ORDINALITY AS t(kind, queue, instance_id, priority, visible_at, affinity, payload, lease_owner, attempts, ord) \
-             ORDER BY ord RETURNING id",
-        )
-        .bind(now.as_micros())
-        .bind(others.iter().map(|(_, t)| t.kind.as_str()).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| t.queue.as_str()).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| t.instance_id.as_deref()).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| t.priority).collect::<Vec<_>>())
-        .bind(
-            others
-                .iter()
-                .map(|(_, t)| match &t.lease_to {
-                    Some((_, lease)) => (now + *lease).as_micros(),
-                    None => t.visible_at.unwrap_or(now).as_micros(),
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(others.iter().map(|(_, t)| t.affinity.as_deref()).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| t.payload.as_slice()).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| t.lease_to.as_ref().map(|(w, _)| w.as_str())).collect::<Vec<_>>())
-        .bind(others.iter().map(|(_, t)| i32::from(t.lease_to.is_some())).collect::<Vec<_>>())
-        .fetch_all(&mut *conn)
-        .await?;
-        inserted.sort_unstable();
-        for ((i, _), id) in others.iter().zip(inserted) {
+    if !plain.is_empty() {
+        let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| (*t).clone()).collect();
+        let inserted = insert_plain(conn, &tasks, now).await?;
+        for ((i, _), id) in plain.iter().zip(inserted) {
             ids[*i] = id;
         }
     }
-    Ok(ids)
+    Ok(Inserted { ids, deduplicated })
+}
+
+/// Inserts tasks that are not orchestrations, in one statement. Identity values are drawn in row
+/// order, so sorting the returned ids restores the input order.
+pub(super) async fn insert_plain(
+    conn: &mut sqlx::PgConnection,
+    tasks: &[NewTask],
+    now: Timestamp,
+) -> Result<Vec<i64>> {
+    let mut inserted: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
+         lease_owner, attempts, concurrency_key, concurrency_limit) \
+         SELECT kind, queue, instance_id, priority, visible_at, $1, affinity, payload, lease_owner, attempts, ckey, climit \
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::bytea[], \
+         $9::text[], $10::int[], $11::text[], $12::int[]) \
+         WITH ORDINALITY AS t(kind, queue, instance_id, priority, visible_at, affinity, payload, lease_owner, attempts, ckey, climit, ord) \
+         ORDER BY ord RETURNING id",
+    )
+    .bind(now.as_micros())
+    .bind(tasks.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.instance_id.as_deref()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.priority).collect::<Vec<_>>())
+    .bind(
+        tasks
+            .iter()
+            .map(|t| match &t.lease_to {
+                Some((_, lease)) => (now + *lease).as_micros(),
+                None => t.visible_at.unwrap_or(now).as_micros(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(tasks.iter().map(|t| t.affinity.as_deref()).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.payload.as_slice()).collect::<Vec<_>>())
+    .bind(
+        tasks
+            .iter()
+            .map(|t| t.lease_to.as_ref().map(|(w, _)| w.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        tasks
+            .iter()
+            .map(|t| i32::from(t.lease_to.is_some()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(tasks.iter().map(|t| t.concurrency.as_ref().map(|c| c.0.as_str())).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.concurrency.as_ref().map(|c| c.1 as i32)).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    inserted.sort_unstable();
+    Ok(inserted)
 }
 
 /// The instances whose orchestration task `tasks` would create or merge into.
@@ -126,11 +167,12 @@ async fn lock_tasks_first(tx: &mut Transaction<'static, Postgres>, commit: &Comm
 /// to run again at once.
 async fn settle_in_tx(
     tx: &mut Transaction<'static, Postgres>,
+    store: &PostgresStore,
     settle: &Settle,
     now: Timestamp,
 ) -> Result<Option<(String, TaskKind)>> {
     let lease = settle.lease();
-    let row = sqlx::query("SELECT kind, rerun, instance_id, queue FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 FOR UPDATE")
+    let row = sqlx::query("SELECT kind, rerun, instance_id, queue, cancel_requested FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 FOR UPDATE")
         .bind(lease.task_id)
         .bind(lease.attempt as i32)
         .bind(&lease.worker)
@@ -146,6 +188,7 @@ async fn settle_in_tx(
     let rerun: bool = row.try_get(1)?;
     let instance_id: Option<String> = row.try_get(2)?;
     let queue: String = row.try_get(3)?;
+    let cancelled: bool = row.try_get(4)?;
     match settle {
         Settle::Complete(_) => {
             if kind == TaskKind::Orchestration {
@@ -165,10 +208,26 @@ async fn settle_in_tx(
                     .await?;
                 return Ok(Some((queue, kind)));
             }
-            sqlx::query("DELETE FROM tasks WHERE id = $1")
-                .bind(lease.task_id)
-                .execute(&mut **tx)
-                .await?;
+            finish_tasks(tx, store, &[(lease.task_id, Finish::Completed, None)], now).await?;
+            Ok(None)
+        }
+        // A cancelled job ends here, however its attempt failed.
+        Settle::Fail(_, action) if cancelled => {
+            let error = match action {
+                FailAction::Retry { error, .. } => error.clone(),
+                FailAction::Dead { error } => Some(error.clone()),
+            };
+            let error = format!(
+                "cancelled while running{}",
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            finish_tasks(
+                tx,
+                store,
+                &[(lease.task_id, Finish::Cancelled, Some(error))],
+                now,
+            )
+            .await?;
             Ok(None)
         }
         Settle::Fail(_, FailAction::Retry { at, error }) => {
@@ -209,22 +268,23 @@ impl PostgresStore {
             && commit
                 .tasks
                 .iter()
-                .all(|t| t.kind != TaskKind::Orchestration)
+                .all(|t| t.kind != TaskKind::Orchestration && t.is_plain())
         {
             // Plain tasks only: one INSERT statement, atomic by itself, one round trip.
             let mut conn = self.pool.acquire().await?;
-            let task_ids = enqueue_in_tx(&mut conn, &commit.tasks, now).await?;
+            let task_ids = insert_plain(&mut conn, &commit.tasks, now).await?;
             self.announce(visible_queues(&commit.tasks, now));
             return Ok(Committed {
                 appended: Vec::new(),
                 task_ids,
+                deduplicated: Vec::new(),
             });
         }
         let mut tx = self.begin().await?;
         lock_tasks_first(&mut tx, &commit).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
-            && let Some(queue) = settle_in_tx(&mut tx, settle, now).await?
+            && let Some(queue) = settle_in_tx(&mut tx, self, settle, now).await?
         {
             announce.insert(queue);
         }
@@ -232,19 +292,84 @@ impl PostgresStore {
         for append in &commit.appends {
             appended.push(append_in_tx(&mut tx, self, append, now).await?);
         }
-        let task_ids = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
+        let inserted = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
         tx.commit().await?;
         self.announce(announce);
-        Ok(Committed { appended, task_ids })
+        Ok(Committed {
+            appended,
+            task_ids: inserted.ids,
+            deduplicated: inserted.deduplicated,
+        })
     }
 
     pub(super) async fn claim_impl(&self, request: ClaimRequest) -> Result<Vec<ClaimedTask>> {
         let now = self.config.clock.now();
+        // Queues without a rate limit: one statement. Paused and limited queues are left out by
+        // the statement itself, so a pause or a new limit holds at once on every worker.
+        let mut tasks = self
+            .claim_from(
+                &self.pool,
+                &request,
+                &request.queues,
+                request.limit,
+                now,
+                true,
+            )
+            .await?;
+        // Rate-limited queues take their grant from the shared bucket first.
+        for queue in self.rate_limited_among(&request.queues).await? {
+            let want = request.limit.saturating_sub(tasks.len() as u32);
+            if want == 0 {
+                break;
+            }
+            let mut tx = self.begin().await?;
+            let Some(grant) = self.take_tokens(&mut tx, &queue, want, now).await? else {
+                continue;
+            };
+            let claimed = if grant > 0 {
+                self.claim_from(
+                    &mut *tx,
+                    &request,
+                    std::slice::from_ref(&queue),
+                    grant,
+                    now,
+                    false,
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            self.return_tokens(&mut tx, &queue, grant - claimed.len() as u32)
+                .await?;
+            tx.commit().await?;
+            tasks.extend(claimed);
+        }
+        tasks.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.lease.task_id.cmp(&b.lease.task_id))
+        });
+        Ok(tasks)
+    }
+
+    /// Claims up to `limit` tasks from `queues`; `unlimited_only` leaves out paused and
+    /// rate-limited queues (the caller took tokens otherwise, and checked the pause).
+    async fn claim_from<'e, E: sqlx::PgExecutor<'e>>(
+        &self,
+        executor: E,
+        request: &ClaimRequest,
+        queues: &[String],
+        limit: u32,
+        now: Timestamp,
+        unlimited_only: bool,
+    ) -> Result<Vec<ClaimedTask>> {
         let expires = now + request.lease;
         let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
         let rows = sqlx::query(
             "WITH picked AS (SELECT id FROM tasks \
-               WHERE queue = ANY($3) AND visible_at <= $4 \
+               WHERE queue = ANY(CASE WHEN $9 THEN ARRAY(SELECT unnest($3::text[]) EXCEPT \
+                   SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL) ELSE $3::text[] END) \
+               AND visible_at <= $4 \
                AND (cardinality($5::text[]) = 0 OR kind = ANY($5)) \
                AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
                     OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7)) \
@@ -255,16 +380,16 @@ impl PostgresStore {
         )
         .bind(&request.worker)
         .bind(expires.as_micros())
-        .bind(&request.queues)
+        .bind(queues)
         .bind(now.as_micros())
         .bind(&kinds)
         .bind((now - request.affinity_delay).as_micros())
         .bind((now - request.worker_ttl).as_micros())
-        .bind(i64::from(request.limit))
-        .fetch_all(&self.pool)
+        .bind(i64::from(limit))
+        .bind(unlimited_only)
+        .fetch_all(executor)
         .await?;
-        let mut tasks = rows
-            .iter()
+        rows.iter()
             .map(|row| {
                 Ok(ClaimedTask {
                     lease: Lease {
@@ -281,13 +406,7 @@ impl PostgresStore {
                     payload: row.try_get("payload")?,
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        tasks.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.lease.task_id.cmp(&b.lease.task_id))
-        });
-        Ok(tasks)
+            .collect()
     }
 
     pub(super) async fn extend_lease_impl(
@@ -296,31 +415,37 @@ impl PostgresStore {
         lease_for: Duration,
     ) -> Result<Timestamp> {
         let expires = self.config.clock.now() + lease_for;
-        let done = sqlx::query(
-            "UPDATE tasks SET visible_at = $4 WHERE id = $1 AND attempts = $2 AND lease_owner = $3",
+        let cancelled: Option<bool> = sqlx::query_scalar(
+            "UPDATE tasks SET visible_at = $4 WHERE id = $1 AND attempts = $2 AND lease_owner = $3 \
+             RETURNING cancel_requested",
         )
         .bind(lease.task_id)
         .bind(lease.attempt as i32)
         .bind(&lease.worker)
         .bind(expires.as_micros())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::LeaseLost {
+        match cancelled {
+            None => Err(Error::LeaseLost {
                 task_id: lease.task_id,
                 attempt: lease.attempt,
-            });
+            }),
+            Some(true) => Err(Error::CancelRequested {
+                task_id: lease.task_id,
+            }),
+            Some(false) => Ok(expires),
         }
-        Ok(expires)
     }
 
     pub(super) async fn queue_stats_impl(&self, queue: &str) -> Result<QueueStats> {
         let now = self.config.clock.now().as_micros();
         let row = sqlx::query(
             "SELECT \
-               (SELECT COUNT(*) FROM tasks WHERE queue = $1 AND (lease_owner IS NULL OR visible_at <= $2)), \
-               (SELECT COUNT(*) FROM tasks WHERE queue = $1 AND lease_owner IS NOT NULL AND visible_at > $2), \
-               (SELECT COUNT(*) FROM dead_tasks WHERE queue = $1)",
+               (SELECT COUNT(*) FROM tasks WHERE queue = $1 AND held IS NULL AND (lease_owner IS NULL OR visible_at <= $2)), \
+               (SELECT COUNT(*) FROM tasks WHERE queue = $1 AND held IS NULL AND lease_owner IS NOT NULL AND visible_at > $2), \
+               (SELECT COUNT(*) FROM dead_tasks WHERE queue = $1), \
+               (SELECT COUNT(*) FROM tasks WHERE queue = $1 AND held IS NOT NULL), \
+               COALESCE((SELECT paused FROM queue_settings WHERE queue = $1), false)",
         )
         .bind(queue)
         .bind(now)
@@ -330,6 +455,8 @@ impl PostgresStore {
             pending: row.try_get::<i64, _>(0)? as u64,
             leased: row.try_get::<i64, _>(1)? as u64,
             dead: row.try_get::<i64, _>(2)? as u64,
+            held: row.try_get::<i64, _>(3)? as u64,
+            paused: row.try_get(4)?,
         })
     }
 

@@ -4,6 +4,7 @@
 //! deadlock on lock upgrades and commit in position order) and a pool of readers in WAL mode. An
 //! in-memory database has a single connection that does both.
 
+mod jobs;
 mod journal;
 mod queue;
 
@@ -34,16 +35,26 @@ pub struct SqliteStore {
     reader: SqlitePool,
     config: StoreConfig,
     hub: Hub,
+    rate_limited: std::sync::Arc<crate::jobs::LimitedQueues>,
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("journal and queue"),
-        MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_journal_and_queue.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("journal and queue"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0001_journal_and_queue.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("jobs"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0002_jobs.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl SqliteStore {
@@ -68,6 +79,7 @@ impl SqliteStore {
             reader: pool,
             config,
             hub: Hub::new(),
+            rate_limited: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -109,6 +121,7 @@ impl SqliteStore {
                 .await?,
             config,
             hub: Hub::new(),
+            rate_limited: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -237,4 +250,6 @@ impl Store for SqliteStore {
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(self.list_workers_impl())
     }
+
+    crate::jobs::delegate_job_methods!();
 }

@@ -6,10 +6,12 @@ use std::time::Duration;
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::SqliteStore;
+use super::jobs::{Finish, finish_task};
 use super::journal::append_in_tx;
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed, Settle};
 use crate::error::{Error, Result};
+use crate::jobs::Enqueued;
 use crate::queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind,
     WorkerInfo,
@@ -26,62 +28,86 @@ fn kind_of(text: &str) -> Result<TaskKind> {
     text.parse().map_err(Error::Invalid)
 }
 
-/// Inserts tasks inside a write transaction, merging orchestration tasks per instance.
+/// Inserts tasks inside a write transaction, merging orchestration tasks per instance and
+/// deduplicating jobs by unique key. Returns the ids in order and the deduplicated tasks.
 pub(super) async fn enqueue_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
     tasks: &[NewTask],
     now: Timestamp,
-) -> Result<Vec<i64>> {
+) -> Result<(Vec<i64>, Vec<(usize, Enqueued)>)> {
     let mut ids = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let (visible_at, lease_owner, attempts) = match &task.lease_to {
-            Some((worker, lease)) => ((now + *lease).as_micros(), Some(worker.as_str()), 1i64),
-            None => (task.visible_at.unwrap_or(now).as_micros(), None, 0),
-        };
-        let id: i64 = if task.kind == TaskKind::Orchestration {
-            // One orchestration task per instance: a pending one absorbs the new one; a leased one
-            // is marked to run again when its holder settles it.
-            sqlx::query_scalar(
-                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
-                 VALUES ('orchestration', ?1, ?2, ?3, ?4, ?5, COALESCE(?6, (SELECT affinity FROM instances WHERE id = ?2)), ?7) \
-                 ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
-                 rerun = CASE WHEN tasks.lease_owner IS NOT NULL THEN 1 ELSE tasks.rerun END, \
-                 visible_at = CASE WHEN tasks.lease_owner IS NULL THEN MIN(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
-                 priority = MAX(tasks.priority, excluded.priority) \
-                 RETURNING id",
-            )
+    let mut deduplicated = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        let id = if task.unique.is_some() {
+            let (id, outcome) = super::jobs::enqueue_unique(tx, task, now).await?;
+            if outcome != Enqueued::New {
+                deduplicated.push((i, outcome));
+            }
+            id
         } else {
-            sqlx::query_scalar(
-                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
-                 lease_owner, attempts) VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10) RETURNING id",
-            )
-        }
-        .bind(&task.queue)
-        .bind(task.instance_id.as_deref())
-        .bind(task.priority)
-        .bind(visible_at)
-        .bind(now.as_micros())
-        .bind(task.affinity.as_deref())
-        .bind(&task.payload)
-        .bind(task.kind.as_str())
-        .bind(lease_owner)
-        .bind(attempts)
-        .fetch_one(&mut **tx)
-        .await?;
+            insert_one(tx, task, now).await?
+        };
         ids.push(id);
     }
-    Ok(ids)
+    Ok((ids, deduplicated))
+}
+
+/// Inserts one task (an orchestration task merges into its instance's pending one).
+pub(super) async fn insert_one(
+    conn: &mut sqlx::SqliteConnection,
+    task: &NewTask,
+    now: Timestamp,
+) -> Result<i64> {
+    let (visible_at, lease_owner, attempts) = match &task.lease_to {
+        Some((worker, lease)) => ((now + *lease).as_micros(), Some(worker.as_str()), 1i64),
+        None => (task.visible_at.unwrap_or(now).as_micros(), None, 0),
+    };
+    let id: i64 = if task.kind == TaskKind::Orchestration {
+        // One orchestration task per instance: a pending one absorbs the new one; a leased one
+        // is marked to run again when its holder settles it.
+        sqlx::query_scalar(
+            "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
+             VALUES ('orchestration', ?1, ?2, ?3, ?4, ?5, COALESCE(?6, (SELECT affinity FROM instances WHERE id = ?2)), ?7) \
+             ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
+             rerun = CASE WHEN tasks.lease_owner IS NOT NULL THEN 1 ELSE tasks.rerun END, \
+             visible_at = CASE WHEN tasks.lease_owner IS NULL THEN MIN(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
+             priority = MAX(tasks.priority, excluded.priority) \
+             RETURNING id",
+        )
+    } else {
+        sqlx::query_scalar(
+            "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
+             lease_owner, attempts, concurrency_key, concurrency_limit) \
+             VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?11, ?12) RETURNING id",
+        )
+    }
+    .bind(&task.queue)
+    .bind(task.instance_id.as_deref())
+    .bind(task.priority)
+    .bind(visible_at)
+    .bind(now.as_micros())
+    .bind(task.affinity.as_deref())
+    .bind(&task.payload)
+    .bind(task.kind.as_str())
+    .bind(lease_owner)
+    .bind(attempts)
+    .bind(task.concurrency.as_ref().map(|c| c.0.as_str()))
+    .bind(task.concurrency.as_ref().map(|c| i64::from(c.1)))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(id)
 }
 
 /// Settles the task a commit was done under. Returns a queue to announce, if the task was released
 /// to run again at once.
 async fn settle_in_tx(
     tx: &mut Transaction<'static, Sqlite>,
+    store: &SqliteStore,
     settle: &Settle,
     now: Timestamp,
 ) -> Result<Option<(String, TaskKind)>> {
     let lease = settle.lease();
-    let row = sqlx::query("SELECT kind, rerun, instance_id, queue FROM tasks WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3")
+    let row = sqlx::query("SELECT kind, rerun, instance_id, queue, cancel_requested FROM tasks WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3")
         .bind(lease.task_id)
         .bind(i64::from(lease.attempt))
         .bind(&lease.worker)
@@ -97,6 +123,7 @@ async fn settle_in_tx(
     let rerun: bool = row.try_get(1)?;
     let instance_id: Option<String> = row.try_get(2)?;
     let queue: String = row.try_get(3)?;
+    let cancelled: bool = row.try_get(4)?;
     match settle {
         Settle::Complete(_) => {
             if kind == TaskKind::Orchestration {
@@ -116,10 +143,29 @@ async fn settle_in_tx(
                     .await?;
                 return Ok(Some((queue, kind)));
             }
-            sqlx::query("DELETE FROM tasks WHERE id = ?1")
-                .bind(lease.task_id)
-                .execute(&mut **tx)
-                .await?;
+            finish_task(tx, store, lease.task_id, kind, Finish::Completed, None, now).await?;
+            Ok(None)
+        }
+        // A cancelled job ends here, however its attempt failed.
+        Settle::Fail(_, action) if cancelled => {
+            let error = match action {
+                FailAction::Retry { error, .. } => error.clone(),
+                FailAction::Dead { error } => Some(error.clone()),
+            };
+            let error = format!(
+                "cancelled while running{}",
+                error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            finish_task(
+                tx,
+                store,
+                lease.task_id,
+                kind,
+                Finish::Cancelled,
+                Some(error),
+                now,
+            )
+            .await?;
             Ok(None)
         }
         Settle::Fail(_, FailAction::Retry { at, error }) => {
@@ -158,7 +204,7 @@ impl SqliteStore {
         let mut tx = self.begin().await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
-            && let Some(queue) = settle_in_tx(&mut tx, settle, now).await?
+            && let Some(queue) = settle_in_tx(&mut tx, self, settle, now).await?
         {
             announce.insert(queue);
         }
@@ -166,59 +212,52 @@ impl SqliteStore {
         for append in &commit.appends {
             appended.push(append_in_tx(&mut tx, self, append, now).await?);
         }
-        let task_ids = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
+        let (task_ids, deduplicated) = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
         tx.commit().await?;
         for (queue, kind) in announce {
             self.hub.announce(Wake::Queue { queue, kind });
         }
-        Ok(Committed { appended, task_ids })
+        Ok(Committed {
+            appended,
+            task_ids,
+            deduplicated,
+        })
     }
 
     pub(super) async fn claim_impl(&self, request: ClaimRequest) -> Result<Vec<ClaimedTask>> {
         let now = self.config.clock.now();
-        let expires = now + request.lease;
-        let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
+        let limited = self.rate_limited_among(&request.queues).await?;
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE tasks SET attempts = attempts + 1, lease_owner = ?1, visible_at = ?2, rerun = 0 \
-             WHERE id IN (SELECT id FROM tasks \
-               WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_at <= ?4 \
-               AND (json_array_length(?5) = 0 OR kind IN (SELECT value FROM json_each(?5))) \
-               AND (affinity IS NULL OR affinity = ?1 OR visible_at <= ?6 \
-                    OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > ?7)) \
-               ORDER BY priority DESC, visible_at, id LIMIT ?8) \
-             RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload",
-        )
-        .bind(&request.worker)
-        .bind(expires.as_micros())
-        .bind(json_list(&request.queues))
-        .bind(now.as_micros())
-        .bind(json_list(&kinds))
-        .bind((now - request.affinity_delay).as_micros())
-        .bind((now - request.worker_ttl).as_micros())
-        .bind(i64::from(request.limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        // Queues without a rate limit: one statement, which leaves out paused and limited queues.
+        let mut tasks =
+            claim_from(&mut tx, &request, &request.queues, request.limit, now, true).await?;
+        // Rate-limited queues take their grant from the shared bucket first.
+        for queue in limited {
+            let want = request.limit.saturating_sub(tasks.len() as u32);
+            if want == 0 {
+                break;
+            }
+            let Some(grant) = self.take_tokens(&mut tx, &queue, want, now).await? else {
+                continue;
+            };
+            let claimed = if grant > 0 {
+                claim_from(
+                    &mut tx,
+                    &request,
+                    std::slice::from_ref(&queue),
+                    grant,
+                    now,
+                    false,
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+            self.return_tokens(&mut tx, &queue, grant - claimed.len() as u32)
+                .await?;
+            tasks.extend(claimed);
+        }
         tx.commit().await?;
-        let mut tasks = rows
-            .iter()
-            .map(|row| {
-                Ok(ClaimedTask {
-                    lease: Lease {
-                        task_id: row.try_get("id")?,
-                        attempt: row.try_get::<i64, _>("attempts")? as u32,
-                        worker: request.worker.clone(),
-                    },
-                    kind: kind_of(row.try_get::<&str, _>("kind")?)?,
-                    queue: row.try_get("queue")?,
-                    instance_id: row.try_get("instance_id")?,
-                    priority: row.try_get("priority")?,
-                    created_at: Timestamp::from_micros(row.try_get("created_at")?),
-                    lease_expires_at: expires,
-                    payload: row.try_get("payload")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         tasks.sort_by(|a, b| {
             b.priority
                 .cmp(&a.priority)
@@ -233,31 +272,37 @@ impl SqliteStore {
         lease_for: Duration,
     ) -> Result<Timestamp> {
         let expires = self.config.clock.now() + lease_for;
-        let done = sqlx::query(
-            "UPDATE tasks SET visible_at = ?4 WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3",
+        let cancelled: Option<bool> = sqlx::query_scalar(
+            "UPDATE tasks SET visible_at = ?4 WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3 \
+             RETURNING cancel_requested",
         )
         .bind(lease.task_id)
         .bind(i64::from(lease.attempt))
         .bind(&lease.worker)
         .bind(expires.as_micros())
-        .execute(&self.writer)
+        .fetch_optional(&self.writer)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::LeaseLost {
+        match cancelled {
+            None => Err(Error::LeaseLost {
                 task_id: lease.task_id,
                 attempt: lease.attempt,
-            });
+            }),
+            Some(true) => Err(Error::CancelRequested {
+                task_id: lease.task_id,
+            }),
+            Some(false) => Ok(expires),
         }
-        Ok(expires)
     }
 
     pub(super) async fn queue_stats_impl(&self, queue: &str) -> Result<QueueStats> {
         let now = self.config.clock.now().as_micros();
         let row = sqlx::query(
             "SELECT \
-               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND (lease_owner IS NULL OR visible_at <= ?2)), \
-               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND lease_owner IS NOT NULL AND visible_at > ?2), \
-               (SELECT COUNT(*) FROM dead_tasks WHERE queue = ?1)",
+               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND held IS NULL AND (lease_owner IS NULL OR visible_at <= ?2)), \
+               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND held IS NULL AND lease_owner IS NOT NULL AND visible_at > ?2), \
+               (SELECT COUNT(*) FROM dead_tasks WHERE queue = ?1), \
+               (SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND held IS NOT NULL), \
+               COALESCE((SELECT paused FROM queue_settings WHERE queue = ?1), 0)",
         )
         .bind(queue)
         .bind(now)
@@ -267,6 +312,8 @@ impl SqliteStore {
             pending: row.try_get::<i64, _>(0)? as u64,
             leased: row.try_get::<i64, _>(1)? as u64,
             dead: row.try_get::<i64, _>(2)? as u64,
+            held: row.try_get::<i64, _>(3)? as u64,
+            paused: row.try_get(4)?,
         })
     }
 
@@ -356,4 +403,58 @@ impl SqliteStore {
             })
             .collect()
     }
+}
+
+/// Claims up to `limit` tasks from `queues`; `unlimited_only` leaves out paused and rate-limited
+/// queues (the caller took tokens otherwise, and checked the pause).
+async fn claim_from(
+    conn: &mut sqlx::SqliteConnection,
+    request: &ClaimRequest,
+    queues: &[String],
+    limit: u32,
+    now: Timestamp,
+    unlimited_only: bool,
+) -> Result<Vec<ClaimedTask>> {
+    let expires = now + request.lease;
+    let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
+    let rows = sqlx::query(
+        "UPDATE tasks SET attempts = attempts + 1, lease_owner = ?1, visible_at = ?2, rerun = 0 \
+         WHERE id IN (SELECT id FROM tasks \
+           WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_at <= ?4 \
+           AND (?9 = 0 OR queue NOT IN (SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL)) \
+           AND (json_array_length(?5) = 0 OR kind IN (SELECT value FROM json_each(?5))) \
+           AND (affinity IS NULL OR affinity = ?1 OR visible_at <= ?6 \
+                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > ?7)) \
+           ORDER BY priority DESC, visible_at, id LIMIT ?8) \
+         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload",
+    )
+    .bind(&request.worker)
+    .bind(expires.as_micros())
+    .bind(json_list(queues))
+    .bind(now.as_micros())
+    .bind(json_list(&kinds))
+    .bind((now - request.affinity_delay).as_micros())
+    .bind((now - request.worker_ttl).as_micros())
+    .bind(i64::from(limit))
+    .bind(unlimited_only)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimedTask {
+                lease: Lease {
+                    task_id: row.try_get("id")?,
+                    attempt: row.try_get::<i64, _>("attempts")? as u32,
+                    worker: request.worker.clone(),
+                },
+                kind: kind_of(row.try_get::<&str, _>("kind")?)?,
+                queue: row.try_get("queue")?,
+                instance_id: row.try_get("instance_id")?,
+                priority: row.try_get("priority")?,
+                created_at: Timestamp::from_micros(row.try_get("created_at")?),
+                lease_expires_at: expires,
+                payload: row.try_get("payload")?,
+            })
+        })
+        .collect()
 }

@@ -185,7 +185,8 @@ async fn it_commits_a_batch_as_if_one_commit_after_another(t: &TestStore) {
         QueueStats {
             pending: 1,
             leased: 1,
-            dead: 1
+            dead: 1,
+            ..QueueStats::default()
         }
     );
 }

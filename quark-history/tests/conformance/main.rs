@@ -7,6 +7,7 @@ mod support;
 mod batch;
 mod concurrency;
 mod instances;
+mod jobs;
 mod journal;
 mod queue;
 mod wakeups;

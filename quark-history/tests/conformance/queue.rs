@@ -82,7 +82,8 @@ async fn it_claims_in_batches_by_priority_then_age_under_a_lease(t: &TestStore) 
         QueueStats {
             pending: 1,
             leased: 4,
-            dead: 0
+            dead: 0,
+            ..QueueStats::default()
         }
     );
 
