@@ -241,6 +241,9 @@ pub struct Purged {
     pub keys: u64,
     /// Progress rows of jobs that are gone.
     pub progress: u64,
+    /// Cancelled running jobs whose worker died before it settled them, now recorded as
+    /// cancelled.
+    pub cancelled: u64,
 }
 
 /// A snapshot of which queues have a rate limit, refreshed at most every second, so that a claim

@@ -90,6 +90,9 @@ pub use queue::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+/// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
+#[cfg(feature = "postgres")]
+pub use sqlx::PgConnection;
 pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};
 pub use wakeup::{Wake, Wakeups};
 

@@ -71,6 +71,7 @@ pub struct TaskContext {
     shared: Arc<Shared>,
     lease: Lease,
     cancelled: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     /// Slots taken by [`run_here`](Self::run_here) for tasks the next commit creates.
     reserved: Arc<Mutex<Vec<(TaskKind, OwnedSemaphorePermit)>>>,
 }
@@ -85,11 +86,17 @@ impl fmt::Debug for TaskContext {
 }
 
 impl TaskContext {
-    pub(crate) fn new(shared: Arc<Shared>, lease: Lease, cancelled: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        lease: Lease,
+        cancelled: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         TaskContext {
             shared,
             lease,
             cancelled,
+            stop,
             reserved: Arc::default(),
         }
     }
@@ -201,6 +208,33 @@ impl TaskContext {
             crate::poller::spawn_task(shared, claimed, permit);
         }
         Ok(committed)
+    }
+
+    /// Records progress for the task (a job) under its lease.
+    pub async fn report_progress(
+        &self,
+        progress: quark_history::Progress,
+    ) -> quark_history::Result<()> {
+        self.shared
+            .store
+            .report_progress(&self.lease, progress)
+            .await
+    }
+
+    /// Whether an operator asked the task to stop (a cancelled job). Unlike
+    /// [`is_cancelled`](Self::is_cancelled), the lease still holds: stop the work and return the
+    /// commit that settles the task; the store records the job as cancelled.
+    pub fn is_stop_requested(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves when an operator asks the task to stop (see
+    /// [`is_stop_requested`](Self::is_stop_requested)); never, otherwise.
+    pub async fn stop_requested(&self) {
+        let mut rx = self.stop.clone();
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Resolves when the task is cancelled.

@@ -40,6 +40,16 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
                         let _ = f.cancel.send(true);
                     }
                 }
+                Err(Error::CancelRequested { .. }) => {
+                    let in_flight = shared.in_flight();
+                    if let Some(f) = in_flight.get(&lease.task_id).filter(|f| f.lease == lease) {
+                        tracing::info!(
+                            task_id = lease.task_id,
+                            "the job was cancelled; stopping it"
+                        );
+                        let _ = f.stop.send(true);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, task_id = lease.task_id, "lease extension failed")
                 }

@@ -64,6 +64,7 @@ pub mod cli;
 mod committer;
 mod handler;
 mod lease;
+mod maintenance;
 mod metrics;
 mod poller;
 mod shutdown;

@@ -125,12 +125,14 @@ pub(crate) fn spawn_task(
     };
     let handler = Arc::clone(&route.handler);
     let (cancel, cancelled) = watch::channel(false);
+    let (stop, stop_requested) = watch::channel(false);
     let task_id = task.lease.task_id;
     shared.in_flight().insert(
         task_id,
         InFlight {
             lease: task.lease.clone(),
             cancel,
+            stop,
             abort: None,
         },
     );
@@ -141,7 +143,12 @@ pub(crate) fn spawn_task(
         instance = task.instance_id.as_deref().unwrap_or(""),
         attempt = task.lease.attempt,
     );
-    let cx = TaskContext::new(Arc::clone(shared), task.lease.clone(), cancelled);
+    let cx = TaskContext::new(
+        Arc::clone(shared),
+        task.lease.clone(),
+        cancelled,
+        stop_requested,
+    );
     let shared2 = Arc::clone(shared);
     let join = tokio::spawn(
         async move {

@@ -25,6 +25,7 @@ pub(crate) struct Settings {
     pub(crate) claim_batch: u32,
     pub(crate) affinity_delay: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) maintenance: Option<Duration>,
 }
 
 pub(crate) struct Route {
@@ -36,6 +37,9 @@ pub(crate) struct Route {
 pub(crate) struct InFlight {
     pub(crate) lease: quark_history::Lease,
     pub(crate) cancel: watch::Sender<bool>,
+    /// Set when the task was cancelled by an operator (a cancelled job): it should stop and
+    /// settle, unlike `cancel`, after which nothing it commits counts.
+    pub(crate) stop: watch::Sender<bool>,
     pub(crate) abort: Option<tokio::task::AbortHandle>,
 }
 
@@ -111,6 +115,7 @@ impl Default for WorkerBuilder {
                 claim_batch: 64,
                 affinity_delay: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
+                maintenance: Some(Duration::from_secs(60)),
             },
             routes: HashMap::new(),
         }
@@ -237,6 +242,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// How often this worker purges finished jobs past their retention, expired unique keys and
+    /// abandoned cancellations, in batches (default every 60 s; `None`: never, for workers that
+    /// leave it to others). Any number of workers may do it at once.
+    pub fn maintenance(mut self, every: Option<Duration>) -> Self {
+        self.settings.maintenance = every;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Result<Worker, BuildError> {
         let store = self.store.ok_or(BuildError::NoStore)?;
@@ -350,6 +363,12 @@ impl Worker {
         let mut tasks = Vec::new();
         for kind in self.shared.routes.keys() {
             tasks.push(tokio::spawn(poller::run(Arc::clone(&self.shared), *kind)));
+        }
+        if let Some(every) = self.shared.settings.maintenance {
+            tasks.push(tokio::spawn(crate::maintenance::run(
+                Arc::clone(&self.shared),
+                every,
+            )));
         }
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");

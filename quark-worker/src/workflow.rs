@@ -16,8 +16,8 @@ use quark_history::{
     TaskKind,
 };
 use quark_workflow::{
-    ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, Outcome,
-    Registry, TaskPayload, activity_commit, job_commit, process_turn, timer_commit,
+    ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, JobControl,
+    Outcome, Registry, TaskPayload, activity_commit, job_commit, process_turn, timer_commit,
 };
 
 use crate::handler::{HandlerError, TaskContext};
@@ -156,7 +156,7 @@ impl Workflows {
         );
         let now = || cx.store().config().clock.now();
         let Some(result) = self
-            .attempt(info, activity.input.clone(), &activity.options, &cx)
+            .attempt(info, activity.input.clone(), &activity.options, &cx, None)
             .await?
         else {
             // The orchestration decides what a missing activity means; it is not retried here.
@@ -188,6 +188,7 @@ impl Workflows {
         input: quark_history::Payload,
         options: &quark_workflow::ActivityOptions,
         cx: &TaskContext,
+        job: Option<JobControl>,
     ) -> Result<Option<Result<quark_history::Payload, ActivityError>>, HandlerError> {
         let cancel = CancellationToken::new();
         let beats = Arc::new(tokio::sync::Notify::new());
@@ -204,15 +205,26 @@ impl Workflows {
             })
         };
         let name = info.activity.clone();
-        let ctx = ActivityContext::new(info, Some(sink), cancel.clone());
+        let mut ctx = ActivityContext::new(info, Some(sink), cancel.clone());
+        if let Some(job) = job {
+            ctx = ctx.with_job(job);
+        }
         let Some(run) = self.registry.run_activity(&name, ctx, input) else {
             return Ok(None);
         };
         let start_to_close = options.start_to_close.unwrap_or(Duration::MAX);
         // A panic in an activity is a failed attempt (retryable), not a dead worker.
         let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
+        // An operator's cancellation fires the token; the attempt then ends as the activity decides
+        // and settles, and the store records the job as cancelled.
+        let stop = async {
+            cx.stop_requested().await;
+            cancel.cancel();
+            std::future::pending::<()>().await
+        };
         let result = tokio::select! {
             result = run => result.unwrap_or_else(|_| Err(ActivityError::message("the activity panicked"))),
+            () = stop => unreachable!("pending"),
             () = tokio::time::sleep(start_to_close) => {
                 cancel.cancel();
                 Err(ActivityError::message(format!("timed out after {start_to_close:?} (start_to_close)")))
@@ -243,8 +255,29 @@ impl Workflows {
             ));
         };
         let info = ActivityInfo::new("", 0, &job.activity, task.lease.attempt);
+        // A retried job resumes from the checkpoint its last attempt saved.
+        let checkpoint = if task.lease.attempt > 1 {
+            cx.store()
+                .job_progress(task.lease.task_id)
+                .await?
+                .and_then(|p| p.checkpoint)
+        } else {
+            None
+        };
+        let progress: quark_workflow::ProgressSink = {
+            let cx = cx.clone();
+            Arc::new(move |p| {
+                let cx = cx.clone();
+                Box::pin(async move { cx.report_progress(p).await })
+            })
+        };
+        let control = JobControl {
+            id: task.lease.task_id,
+            progress,
+            checkpoint,
+        };
         let Some(result) = self
-            .attempt(info, job.input.clone(), &job.options, &cx)
+            .attempt(info, job.input.clone(), &job.options, &cx, Some(control))
             .await?
         else {
             return Err(HandlerError::Rejected(format!(

@@ -3,8 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use quark_history::{CommandId, Payload};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ActivityError;
 use tokio::sync::watch;
 
 /// Identifies one attempt of one activity.
@@ -36,12 +40,40 @@ impl ActivityInfo {
 /// Receives heartbeats: the worker extends the task's lease, the test environment records them.
 pub type HeartbeatSink = Arc<dyn Fn(&ActivityInfo, Option<Payload>) + Send + Sync>;
 
+/// Records a job's progress durably (the worker writes it under the job's lease).
+pub type ProgressSink = Arc<
+    dyn Fn(quark_history::Progress) -> BoxFuture<'static, Result<(), quark_history::Error>>
+        + Send
+        + Sync,
+>;
+
+/// What an activity run as a durable job has besides an activity's context.
+#[derive(Clone)]
+pub struct JobControl {
+    /// The job's id.
+    pub id: i64,
+    /// Where progress reports go.
+    pub progress: ProgressSink,
+    /// The checkpoint an earlier attempt saved, if any.
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for JobControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobControl")
+            .field("id", &self.id)
+            .field("checkpoint", &self.checkpoint.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The context of one activity attempt.
 #[derive(Clone)]
 pub struct ActivityContext {
     info: ActivityInfo,
     heartbeat: Option<HeartbeatSink>,
     cancel: CancellationToken,
+    job: Option<JobControl>,
 }
 
 impl fmt::Debug for ActivityContext {
@@ -64,7 +96,70 @@ impl ActivityContext {
             info,
             heartbeat,
             cancel,
+            job: None,
         }
+    }
+
+    /// This context for an attempt of a durable job.
+    pub fn with_job(mut self, job: JobControl) -> Self {
+        self.job = Some(job);
+        self
+    }
+
+    /// The job's id, when the activity runs as a durable job.
+    pub fn job_id(&self) -> Option<i64> {
+        self.job.as_ref().map(|j| j.id)
+    }
+
+    /// Reports progress: `percent` done (0 to 100) and a short note. For a job it is stored, and
+    /// readable with `Client::job` and `quark job show`, before this returns; for an activity in
+    /// an orchestration it is a heartbeat.
+    pub async fn progress(
+        &self,
+        percent: f32,
+        message: impl Into<String>,
+    ) -> Result<(), ActivityError> {
+        self.report(percent, message.into(), None).await
+    }
+
+    /// Saves a checkpoint (small: a cursor, a count, a file offset) with the progress so far. A
+    /// later attempt of the same job, after a failure or a crash, gets it from
+    /// [`resume_from`](Self::resume_from). Outside a job it is a heartbeat.
+    pub async fn checkpoint<T: Serialize>(
+        &self,
+        percent: f32,
+        state: &T,
+    ) -> Result<(), ActivityError> {
+        let bytes = serde_json::to_vec(state)
+            .map_err(|e| ActivityError::message(format!("checkpoint: {e}")).terminal())?;
+        self.report(percent, String::new(), Some(bytes)).await
+    }
+
+    /// The checkpoint the last attempt of this job saved, if any: where to resume.
+    pub fn resume_from<T: DeserializeOwned>(&self) -> Option<T> {
+        let bytes = self.job.as_ref()?.checkpoint.as_ref()?;
+        serde_json::from_slice(bytes).ok()
+    }
+
+    async fn report(
+        &self,
+        percent: f32,
+        message: String,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<(), ActivityError> {
+        let Some(job) = &self.job else {
+            self.heartbeat(&(percent, message));
+            return Ok(());
+        };
+        let progress = quark_history::Progress {
+            percent: Some(percent.clamp(0.0, 100.0)),
+            message: (!message.is_empty()).then_some(message),
+            checkpoint,
+            updated_at: quark_history::Timestamp::EPOCH,
+        };
+        (job.progress)(progress)
+            .await
+            .map_err(|e| ActivityError::message(format!("progress could not be saved: {e}")))
     }
 
     /// Which attempt this is, from 1. Use it to make a retried effect idempotent.

@@ -25,9 +25,13 @@
 
 use std::time::Duration;
 
-use quark_history::{ClaimedTask, Commit, FailAction, NewTask, Payload, TaskKind, Timestamp};
+use quark_history::{
+    ClaimedTask, Commit, Enqueued, FailAction, JobFilter, JobInfo, JobState, NewTask, Payload,
+    Progress, RateLimit, TaskKind, Timestamp, UniqueKey,
+};
 use serde::{Deserialize, Serialize};
 
+use crate::client::{Client, ClientError};
 use crate::definition::{Activity, ActivityOptions};
 use crate::error::ActivityError;
 use crate::task::TaskPayload;
@@ -60,6 +64,10 @@ pub struct JobOptions {
     pub retry: Option<crate::RetryPolicy>,
     /// Overrides the activity's per-attempt timeout.
     pub timeout: Option<Duration>,
+    /// A unique key: see [`UniqueKey`].
+    pub unique: Option<UniqueKey>,
+    /// A concurrency key and its limit: at most that many jobs of the key run at a time.
+    pub concurrency: Option<(String, u32)>,
 }
 
 impl JobOptions {
@@ -98,6 +106,28 @@ impl JobOptions {
         self.timeout = Some(d);
         self
     }
+
+    /// Deduplicates by a unique key (see [`UniqueKey`] for the policies and the window).
+    pub fn unique(mut self, key: UniqueKey) -> Self {
+        self.unique = Some(key);
+        self
+    }
+
+    /// At most `limit` jobs with concurrency key `key` run at a time, across every worker; the
+    /// others wait their turn, highest priority and oldest first.
+    pub fn concurrency(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.concurrency = Some((key.into(), limit));
+        self
+    }
+}
+
+/// A job just enqueued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnqueuedJob {
+    /// Its id (for a deduplicated job, the id of the job that holds the key).
+    pub id: i64,
+    /// Whether it is new, or another job with its unique key was kept or replaced.
+    pub outcome: Enqueued,
 }
 
 /// The task that runs activity `A` with `input` as a job, for code that enqueues it itself (in its
@@ -134,7 +164,123 @@ pub fn job_task<A: Activity>(
     if at > now {
         task = task.visible_at(at);
     }
+    task.unique = options.unique.clone();
+    task.concurrency = options.concurrency.clone();
     Ok(task)
+}
+
+/// Enqueues job `A` inside the caller's own transaction on the engine's PostgreSQL database: the
+/// job exists if and only if that transaction commits (write your row and its follow-up job
+/// together). Returns the job's id.
+///
+/// ```no_run
+/// # use quark_workflow::{ActivityContext, ActivityError, JobOptions, activity, enqueue_tx};
+/// # #[activity] async fn send_welcome(_ctx: ActivityContext, user: i64) -> Result<(), ActivityError> { Ok(()) }
+/// # async fn demo(store: &quark_history::PostgresStore) -> anyhow::Result<()> {
+/// let mut tx = store.pool().begin().await?;
+/// // ... INSERT INTO users ... on &mut *tx
+/// enqueue_tx::<send_welcome>(store, &mut tx, &42, JobOptions::default()).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub async fn enqueue_tx<A: Activity>(
+    store: &quark_history::PostgresStore,
+    conn: &mut quark_history::PgConnection,
+    input: &A::Input,
+    options: JobOptions,
+) -> Result<i64, ClientError> {
+    use quark_history::Store as _;
+    let task = job_task::<A>(input, &options, store.config().clock.now())?;
+    Ok(store.enqueue_in(conn, vec![task]).await?[0])
+}
+
+/// Jobs, seen from a client: enqueue with the outcome, read, list, cancel, pause and resume, and
+/// queue controls. (`Client::enqueue` and `Client::enqueue_many` enqueue too.)
+impl Client {
+    /// Enqueues activity `A` as a job, telling whether it is new or was deduplicated by its
+    /// unique key (a `Reject` duplicate is an error naming the holder).
+    pub async fn enqueue_job<A: Activity>(
+        &self,
+        input: &A::Input,
+        options: JobOptions,
+    ) -> Result<EnqueuedJob, ClientError> {
+        let now = self.store().config().clock.now();
+        let task = job_task::<A>(input, &options, now)?;
+        let committed = self.store().commit(Commit::new().enqueue(task)).await?;
+        Ok(EnqueuedJob {
+            id: committed.task_ids[0],
+            outcome: committed.outcome(0),
+        })
+    }
+
+    /// A job: its state, attempts, times, last error and progress.
+    pub async fn job(&self, id: i64) -> Result<JobInfo, ClientError> {
+        self.store()
+            .job(id)
+            .await?
+            .ok_or_else(|| ClientError::NotFound(format!("job {id}")))
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn jobs(&self, filter: JobFilter) -> Result<Vec<JobInfo>, ClientError> {
+        Ok(self.store().list_jobs(filter).await?)
+    }
+
+    /// A job's last progress report.
+    pub async fn job_progress(&self, id: i64) -> Result<Option<Progress>, ClientError> {
+        Ok(self.store().job_progress(id).await?)
+    }
+
+    /// Cancels a job: at once if it has not started, else by asking its worker to stop (the
+    /// activity's cancellation token fires at the worker's next heartbeat).
+    pub async fn cancel_job(&self, id: i64) -> Result<JobState, ClientError> {
+        Ok(self.store().cancel_job(id).await?)
+    }
+
+    /// Holds a job that has not started.
+    pub async fn pause_job(&self, id: i64) -> Result<(), ClientError> {
+        Ok(self.store().pause_job(id).await?)
+    }
+
+    /// Releases a paused job.
+    pub async fn resume_job(&self, id: i64) -> Result<(), ClientError> {
+        Ok(self.store().resume_job(id).await?)
+    }
+
+    /// Puts a dead job back on its queue with fresh attempts.
+    pub async fn retry_job(&self, id: i64) -> Result<(), ClientError> {
+        Ok(self.store().redrive(id).await?)
+    }
+
+    /// Stops claims from `queue` on every worker until [`resume_queue`](Self::resume_queue).
+    pub async fn pause_queue(&self, queue: &str) -> Result<(), ClientError> {
+        Ok(self.store().set_queue_paused(queue, true).await?)
+    }
+
+    /// Resumes claims from `queue`.
+    pub async fn resume_queue(&self, queue: &str) -> Result<(), ClientError> {
+        Ok(self.store().set_queue_paused(queue, false).await?)
+    }
+
+    /// Sets (or with `None` clears) `queue`'s rate limit, shared by every worker.
+    pub async fn set_rate_limit(
+        &self,
+        queue: &str,
+        limit: Option<RateLimit>,
+    ) -> Result<(), ClientError> {
+        Ok(self.store().set_rate_limit(queue, limit).await?)
+    }
+}
+
+impl JobTask {
+    /// The job task in a job's payload (its activity, input and options).
+    pub fn of(job: &JobInfo) -> Option<JobTask> {
+        match TaskPayload::from_bytes(&job.payload) {
+            Ok(TaskPayload::Job(task)) => Some(task),
+            _ => None,
+        }
+    }
 }
 
 /// The commit that settles a job attempt held under `claimed`: success completes the job; a

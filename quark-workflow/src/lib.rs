@@ -108,7 +108,9 @@ mod task;
 pub mod testing;
 mod turn;
 
-pub use activity::{ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink};
+pub use activity::{
+    ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink, JobControl, ProgressSink,
+};
 pub use client::{Client, ClientError, Handle, StartOptions};
 pub use combinator::{Join, Select};
 pub use context::OrchestrationContext;
@@ -116,7 +118,9 @@ pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
 pub use executor::{Outcome, Replay};
 pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
-pub use job::{JobOptions, JobTask, job_commit, job_task};
+#[cfg(feature = "postgres")]
+pub use job::enqueue_tx;
+pub use job::{EnqueuedJob, JobOptions, JobTask, job_commit, job_task};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};

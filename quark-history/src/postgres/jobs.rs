@@ -546,10 +546,33 @@ impl PostgresStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        // A job cancelled while running whose worker died: it must not run again.
+        let mut tx = self.begin().await?;
+        let abandoned: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE cancel_requested AND visible_at <= $1 \
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now.as_micros())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let finish: Vec<_> = abandoned
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    Finish::Cancelled,
+                    Some("cancelled while running; its worker stopped before settling".to_string()),
+                )
+            })
+            .collect();
+        finish_tasks(&mut tx, self, &finish, now).await?;
+        tx.commit().await?;
         Ok(Purged {
             jobs: jobs as u64,
             keys,
             progress,
+            cancelled: abandoned.len() as u64,
         })
     }
 }

@@ -369,7 +369,7 @@ impl PostgresStore {
             "WITH picked AS (SELECT id FROM tasks \
                WHERE queue = ANY(CASE WHEN $9 THEN ARRAY(SELECT unnest($3::text[]) EXCEPT \
                    SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL) ELSE $3::text[] END) \
-               AND visible_at <= $4 \
+               AND visible_at <= $4 AND NOT cancel_requested \
                AND (cardinality($5::text[]) = 0 OR kind = ANY($5)) \
                AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
                     OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7)) \

@@ -534,11 +534,32 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // A job cancelled while running whose worker died: it must not run again.
+        let abandoned: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE cancel_requested AND visible_at <= ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(now.as_micros())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &abandoned {
+            finish_task(
+                &mut tx,
+                self,
+                *id,
+                TaskKind::Job,
+                Finish::Cancelled,
+                Some("cancelled while running; its worker stopped before settling".into()),
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(Purged {
             jobs: ids.len() as u64,
             keys,
             progress,
+            cancelled: abandoned.len() as u64,
         })
     }
 }

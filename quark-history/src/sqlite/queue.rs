@@ -420,7 +420,7 @@ async fn claim_from(
     let rows = sqlx::query(
         "UPDATE tasks SET attempts = attempts + 1, lease_owner = ?1, visible_at = ?2, rerun = 0 \
          WHERE id IN (SELECT id FROM tasks \
-           WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_at <= ?4 \
+           WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_at <= ?4 AND NOT cancel_requested \
            AND (?9 = 0 OR queue NOT IN (SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL)) \
            AND (json_array_length(?5) = 0 OR kind IN (SELECT value FROM json_each(?5))) \
            AND (affinity IS NULL OR affinity = ?1 OR visible_at <= ?6 \

@@ -315,6 +315,17 @@ async fn it_cancels_pending_jobs_at_once_and_running_jobs_through_their_worker(t
         t.store.cancel_job(999_999).await,
         Err(Error::TaskNotFound { .. })
     ));
+
+    // A worker that dies while its job is being cancelled: the job is not run again, and the
+    // maintenance pass records it as cancelled.
+    let id = t.store.enqueue(vec![job(4)]).await.unwrap()[0];
+    let held = claim_all(&*t.store, "doomed", "jobs").await;
+    assert_eq!(held.len(), 1);
+    t.store.cancel_job(id).await.unwrap();
+    t.clock.advance(Duration::from_secs(31));
+    assert!(claim_all(&*t.store, "w", "jobs").await.is_empty());
+    assert_eq!(t.store.purge_finished(100).await.unwrap().cancelled, 1);
+    assert_eq!(state(t, id).await, JobState::Cancelled);
 }
 
 async fn it_pauses_and_resumes_jobs_and_queues(t: &TestStore) {
