@@ -104,6 +104,7 @@ fn sales<I>(job: &JobInput<I>) -> Result<Vec<Sale>, ActivityError> {
     job.parent("fetch")
 }
 
+// ANCHOR: transform
 #[activity]
 async fn revenue_by_region(
     _ctx: ActivityContext,
@@ -116,6 +117,7 @@ async fn revenue_by_region(
     }
     Ok(by)
 }
+// ANCHOR_END: transform
 
 #[activity]
 async fn top_products(
@@ -193,6 +195,7 @@ async fn aggregate(_ctx: ActivityContext, job: JobInput<()>) -> Result<Summary, 
     })
 }
 
+// ANCHOR: pipeline
 fn pipeline() -> anyhow::Result<JobWorkflow> {
     let transform = |job: Job| job.depends_on(["fetch"]);
     Ok(JobWorkflow::builder()
@@ -248,6 +251,7 @@ fn pipeline() -> anyhow::Result<JobWorkflow> {
         )
         .build()?)
 }
+// ANCHOR_END: pipeline
 
 /// A short description of a job's output.
 fn brief(output: &serde_json::Value) -> String {
