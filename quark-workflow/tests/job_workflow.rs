@@ -394,3 +394,52 @@ async fn a_workflow_started_with_an_invalid_declaration_fails_with_the_reason() 
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_workflow_starts_no_more_jobs_and_ends_cancelled() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let slow = Flaky {
+        key: "cancel-slow".into(),
+        failures: 1,
+        terminal: false,
+    };
+    let dag = JobWorkflow::builder()
+        .add("slow", Job::new(flaky, &slow))
+        .add(
+            "never",
+            Job::new(
+                flaky,
+                &Flaky {
+                    key: "cancel-never".into(),
+                    failures: 0,
+                    terminal: false,
+                },
+            )
+            .depends_on(["slow"]),
+        )
+        .build()
+        .unwrap();
+    let run = env
+        .client()
+        .start_job_workflow("cancel", &dag)
+        .await
+        .unwrap();
+    // `slow` failed once and waits a second for its retry.
+    env.run_until_idle().await.unwrap();
+    assert_eq!(run.progress().await.unwrap().in_state("running"), ["slow"]);
+    run.cancel("not needed any more").await.unwrap();
+    let err = run.result().await.unwrap_err();
+    assert!(
+        matches!(&err, JobWorkflowRunError::Client(ClientError::Cancelled { reason, .. }) if reason == "not needed any more"),
+        "{err:?}"
+    );
+    assert_eq!(
+        attempts_of("cancel-never"),
+        0,
+        "nothing started after the request"
+    );
+    assert_eq!(
+        env.client().describe("cancel").await.unwrap().status,
+        InstanceStatus::Cancelled
+    );
+}

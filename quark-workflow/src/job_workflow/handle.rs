@@ -121,9 +121,9 @@ impl JobWorkflowHandle {
         let Some(snapshot) = snapshot else {
             // It failed before it scheduled anything: its declaration was refused.
             let record = self.client.describe(&self.id).await?;
-            return Err(not_a_workflow(format!(
-                "it ended ({}) before it started a job",
-                record.status
+            return Err(ClientError::Payload(format!(
+                "job workflow `{}` has no progress: it ended ({}) before it started a job",
+                self.id, record.status
             )));
         };
         let journaled: BTreeSet<u64> = history

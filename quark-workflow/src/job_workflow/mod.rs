@@ -69,10 +69,10 @@
 //! ```
 
 mod handle;
+mod report;
 mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::Duration;
 
 use quark_history::Payload;
@@ -83,6 +83,7 @@ use crate::definition::{Activity, ActivityOptions, RetryPolicy};
 use crate::error::ActivityError;
 
 pub use handle::{JobWorkflowHandle, JobWorkflowRunError};
+pub use report::{JobReport, JobState, JobWorkflowReport};
 pub use run::RunJobWorkflow;
 
 /// The registered name of the built-in orchestration that runs job workflows.
@@ -468,139 +469,6 @@ pub enum JobWorkflowError {
         /// The decoder's error.
         message: String,
     },
-}
-
-/// Where one job stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum JobState {
-    /// Not started: it waits for its dependencies (or, in a progress report, for its turn to be
-    /// journaled).
-    Waiting,
-    /// Scheduled or running (retries included).
-    Running,
-    /// Done, with its activity's output.
-    Completed {
-        /// The output, as JSON.
-        output: serde_json::Value,
-    },
-    /// Its activity failed for good: a terminal error, or its retries ran out.
-    Failed {
-        /// The last error.
-        error: String,
-    },
-    /// Never started, because job `cause` failed (upstream of it, or with
-    /// [`OnFailure::FailWorkflow`] anywhere).
-    Skipped {
-        /// The failed job.
-        cause: String,
-    },
-}
-
-impl JobState {
-    /// Whether it will not change any more.
-    pub fn is_finished(&self) -> bool {
-        !matches!(self, JobState::Waiting | JobState::Running)
-    }
-
-    /// `waiting`, `running`, `completed`, `failed` or `skipped`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            JobState::Waiting => "waiting",
-            JobState::Running => "running",
-            JobState::Completed { .. } => "completed",
-            JobState::Failed { .. } => "failed",
-            JobState::Skipped { .. } => "skipped",
-        }
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JobState::Failed { error } => write!(f, "failed: {error}"),
-            JobState::Skipped { cause } => write!(f, "skipped (`{cause}` failed)"),
-            other => f.write_str(other.label()),
-        }
-    }
-}
-
-/// One job in a report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct JobReport {
-    /// The job's name.
-    pub name: String,
-    /// The activity it runs.
-    pub activity: String,
-    /// Where it stands.
-    pub state: JobState,
-}
-
-/// Every job of a workflow with its state: the workflow's output, and its progress while it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct JobWorkflowReport {
-    /// The jobs, in the order they were added.
-    pub jobs: Vec<JobReport>,
-    /// The job whose failure (under [`OnFailure::FailWorkflow`]) stopped the workflow.
-    pub stopped_by: Option<String>,
-}
-
-impl JobWorkflowReport {
-    /// Job `name`.
-    pub fn get(&self, name: &str) -> Option<&JobReport> {
-        self.jobs.iter().find(|j| j.name == name)
-    }
-
-    /// The state of job `name`.
-    pub fn state(&self, name: &str) -> Option<&JobState> {
-        self.get(name).map(|j| &j.state)
-    }
-
-    /// The output of job `name`, decoded as `T`.
-    pub fn output<T: DeserializeOwned>(&self, name: &str) -> Result<T, JobWorkflowError> {
-        let job = self
-            .get(name)
-            .ok_or_else(|| JobWorkflowError::NoSuchJob(name.to_string()))?;
-        match &job.state {
-            JobState::Completed { output } => {
-                T::deserialize(output).map_err(|e| JobWorkflowError::Output {
-                    job: name.to_string(),
-                    message: e.to_string(),
-                })
-            }
-            other => Err(JobWorkflowError::NotCompleted {
-                job: name.to_string(),
-                state: other.to_string(),
-            }),
-        }
-    }
-
-    /// How many jobs are finished (completed, failed or skipped).
-    pub fn finished(&self) -> usize {
-        self.jobs.iter().filter(|j| j.state.is_finished()).count()
-    }
-
-    /// How many jobs there are.
-    pub fn total(&self) -> usize {
-        self.jobs.len()
-    }
-
-    /// Whether every job is finished.
-    pub fn is_finished(&self) -> bool {
-        self.finished() == self.total()
-    }
-
-    /// The jobs in state `label` (see [`JobState::label`]).
-    pub fn in_state(&self, label: &str) -> Vec<&str> {
-        self.jobs
-            .iter()
-            .filter(|j| j.state.label() == label)
-            .map(|j| j.name.as_str())
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! were added, so the commands are the same on every replay), waits for the first result in
 //! history order (`ctx.select`), applies it, and starts what became ready. Everything it decides
 //! follows from the history, so any worker can pick it up where another left it.
+//!
+//! That also means the order in which this code issues commands is part of every running job
+//! workflow's history: a change to it must keep old histories replaying (guard it with
+//! `ctx.patched`, and check with the `Replayer`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
