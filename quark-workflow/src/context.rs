@@ -1,5 +1,6 @@
 //! The orchestration's handle on the world: every durable step goes through it.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
@@ -108,12 +109,37 @@ impl OrchestrationContext {
             Ok(p) => p,
             Err(e) => return ActivityCall::failed(OrchestrationError::payload(e)),
         };
+        self.schedule_named(Cow::Borrowed(A::NAME), payload, options, site)
+    }
+
+    /// Calls the activity registered as `name` with an already encoded `input`, under `options`
+    /// (which, unlike [`call`](Self::call), are not looked up: the caller passes the activity's
+    /// own, or overrides). For code that only knows activities by name, like the job workflow
+    /// orchestration; the output is decoded as `T` (`serde_json::Value` keeps it untyped).
+    #[track_caller]
+    pub(crate) fn call_by_name<T>(
+        &self,
+        name: &str,
+        input: Payload,
+        options: crate::ActivityOptions,
+    ) -> ActivityCall<T> {
+        let site = caller();
+        self.schedule_named(Cow::Owned(name.to_string()), input, options, site)
+    }
+
+    fn schedule_named<T>(
+        &self,
+        name: Cow<'static, str>,
+        payload: Payload,
+        options: crate::ActivityOptions,
+        site: quark_history::CallSite,
+    ) -> ActivityCall<T> {
         let mut st = self.state.borrow_mut();
         let queue = options.queue.clone().unwrap_or_else(|| st.queue.clone());
         let (instance_id, orchestration_queue, now) =
             (st.instance_id.clone(), st.queue.clone(), st.now);
         let command = Command::Activity {
-            name: A::NAME.to_string(),
+            name: name.to_string(),
             input: payload.clone(),
             queue: queue.clone(),
         };
@@ -121,7 +147,7 @@ impl OrchestrationContext {
             let task = ActivityTask {
                 instance_id,
                 command,
-                activity: A::NAME.to_string(),
+                activity: name.to_string(),
                 input: payload,
                 orchestration_queue,
                 scheduled_at: now,
@@ -130,7 +156,7 @@ impl OrchestrationContext {
             Some(TaskPayload::activity_task(task, &queue))
         });
         drop(st);
-        ActivityCall::new(CommandFuture::new(&self.state, id), A::NAME)
+        ActivityCall::new(CommandFuture::new(&self.state, id), name)
     }
 
     /// A durable timer: resolves `d` after the current history time, surviving restarts.

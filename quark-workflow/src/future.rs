@@ -4,6 +4,7 @@
 //! The executor delivers events one at a time, in history order, and polls the orchestration after
 //! each, so what the code observes depends only on the history, never on polling order.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -82,15 +83,15 @@ fn decode<T: DeserializeOwned>(p: &Payload) -> Result<T, OrchestrationError> {
 #[must_use = "an activity call does nothing unless awaited"]
 pub struct ActivityCall<T> {
     inner: Result<CommandFuture, Option<OrchestrationError>>,
-    activity: &'static str,
+    activity: Cow<'static, str>,
     _out: PhantomData<fn() -> T>,
 }
 
 impl<T> ActivityCall<T> {
-    pub(crate) fn new(cmd: CommandFuture, activity: &'static str) -> Self {
+    pub(crate) fn new(cmd: CommandFuture, activity: impl Into<Cow<'static, str>>) -> Self {
         ActivityCall {
             inner: Ok(cmd),
-            activity,
+            activity: activity.into(),
             _out: PhantomData,
         }
     }
@@ -98,9 +99,14 @@ impl<T> ActivityCall<T> {
     pub(crate) fn failed(e: OrchestrationError) -> Self {
         ActivityCall {
             inner: Err(Some(e)),
-            activity: "",
+            activity: Cow::Borrowed(""),
             _out: PhantomData,
         }
+    }
+
+    /// The id of the command, unless the call failed before it was issued.
+    pub(crate) fn command(&self) -> Option<CommandId> {
+        self.inner.as_ref().ok().map(|cmd| cmd.id)
     }
 }
 

@@ -14,6 +14,9 @@
 //!   orchestration task and its history to a [`Commit`](quark_history::Commit); [`run_task`]
 //!   around it runs any workflow task against a [`Store`](quark_history::Store).
 //! - [`TaskPayload`]: the documented payload of activity and timer tasks.
+//! - [`JobWorkflow`]: a DAG of jobs (activities) with dependencies, parallel stages, results
+//!   passed from parents to children and a failure rule, run durably by the built-in
+//!   `quark.job_workflow` orchestration.
 //! - [`Client`] and typed [`Handle`]s; [`testing::TestEnv`], an in-process engine on in-memory
 //!   SQLite with a virtual clock; [`Replayer`], which checks recorded histories against new code.
 //!
@@ -100,6 +103,7 @@ mod error;
 mod executor;
 mod future;
 mod job;
+mod job_workflow;
 mod registry;
 mod replay;
 mod runner;
@@ -121,6 +125,11 @@ pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
 #[cfg(feature = "postgres")]
 pub use job::enqueue_tx;
 pub use job::{EnqueuedJob, JobOptions, JobTask, job_commit, job_task};
+pub use job_workflow::{
+    JOB_WORKFLOW, Job, JobInput, JobReport, JobSpec, JobStepState, JobWorkflow, JobWorkflowBuilder,
+    JobWorkflowError, JobWorkflowHandle, JobWorkflowReport, JobWorkflowRunError, OnFailure,
+    RunJobWorkflow,
+};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};

@@ -53,7 +53,9 @@ pub(crate) struct ActivityEntry {
 
 /// What a process can run: orchestrations and activities, by registered name.
 ///
-#[derive(Clone, Default)]
+/// A new registry already holds the built-in orchestrations: `quark.job_workflow`, which runs
+/// [`JobWorkflow`](crate::JobWorkflow) DAGs, so every worker can run one whose activities it has.
+#[derive(Clone)]
 pub struct Registry {
     orchestrations: BTreeMap<String, Arc<dyn ErasedOrchestration>>,
     activities: BTreeMap<String, ActivityEntry>,
@@ -78,8 +80,20 @@ pub trait Registration {
     fn register_into(self, registry: &mut Registry);
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        let mut registry = Registry {
+            orchestrations: BTreeMap::new(),
+            activities: BTreeMap::new(),
+            queues: std::collections::BTreeSet::new(),
+        };
+        registry.add_orchestration::<crate::job_workflow::RunJobWorkflow>();
+        registry
+    }
+}
+
 impl Registry {
-    /// An empty registry.
+    /// A registry with the built-in orchestrations and nothing else.
     pub fn new() -> Self {
         Self::default()
     }
