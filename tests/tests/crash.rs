@@ -23,6 +23,18 @@ fn spawn_worker(url: &str) -> Child {
         .expect("start a crash-worker")
 }
 
+/// Worker processes, killed when dropped: a failing test leaves none behind holding connections.
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
 /// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.
 struct Dice(u64);
 
@@ -130,23 +142,20 @@ async fn every_orchestration_completes_once_while_workers_are_killed_at_random()
     };
     let url = t.database_url().unwrap();
     start_all(&t).await;
-    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url)).collect();
+    let mut workers = Workers((0..3).map(|_| spawn_worker(&url)).collect());
     let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
     let mut kills = 0;
     wait_for_all(&*t.store, async || {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let victim = dice.roll(workers.len());
-        let mut dead = workers.swap_remove(victim);
+        let victim = dice.roll(workers.0.len());
+        let mut dead = workers.0.swap_remove(victim);
         dead.kill().expect("SIGKILL a worker"); // Child::kill is SIGKILL on Unix
         dead.wait().unwrap();
         kills += 1;
-        workers.push(spawn_worker(&url));
+        workers.0.push(spawn_worker(&url));
     })
     .await;
-    for mut w in workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
     assert!(
         kills >= 3,
         "the test killed {kills} workers; it proves little below 3"
@@ -163,7 +172,7 @@ async fn every_orchestration_completes_while_database_connections_are_terminated
     };
     let url = t.database_url().unwrap();
     start_all(&t).await;
-    let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(&url)).collect();
+    let workers = Workers((0..2).map(|_| spawn_worker(&url)).collect());
     let mut terminated = 0;
     wait_for_all(&*t.store, async || {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -176,10 +185,7 @@ async fn every_orchestration_completes_while_database_connections_are_terminated
             .await;
     })
     .await;
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
     assert!(
         terminated >= 3,
         "only {terminated} connections were terminated"
