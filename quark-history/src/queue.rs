@@ -161,6 +161,7 @@ impl NewTask {
     }
 
     /// Whether enqueuing it needs more than a plain insert.
+    #[cfg(feature = "postgres")]
     pub(crate) fn is_plain(&self) -> bool {
         self.unique.is_none()
     }

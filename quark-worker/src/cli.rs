@@ -16,6 +16,9 @@ use quark_history::{
 };
 use quark_workflow::{Client, Registry};
 
+mod jobs;
+pub use jobs::{JobCommand, QueueCommand};
+
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
 #[command(name = "quark", version, about)]
@@ -61,13 +64,12 @@ pub enum Command {
     /// The dead-letter list.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Queue statistics.
-    Queue {
-        /// The queue.
-        queue: String,
-        #[command(flatten)]
-        output: OutputArg,
-    },
+    /// Durable jobs: enqueue, list, show, cancel, retry, pause, resume.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Queues: statistics, pause and resume, rate limits.
+    #[command(subcommand)]
+    Queue(QueueCommand),
 }
 
 /// `quark workflow ...`
@@ -338,19 +340,8 @@ pub async fn run_on(
                 writeln!(out, "task {id} is back on its queue")?;
             }
         }
-        Command::Queue { queue, output } => {
-            let stats = store.queue_stats(&queue).await?;
-            if output.output == Output::Json {
-                let json = serde_json::json!({"queue": queue, "pending": stats.pending, "leased": stats.leased, "dead": stats.dead});
-                writeln!(out, "{json}")?;
-            } else {
-                writeln!(
-                    out,
-                    "{queue}: {} pending, {} leased, {} dead",
-                    stats.pending, stats.leased, stats.dead
-                )?;
-            }
-        }
+        Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), out).await?,
+        Command::Queue(cmd) => jobs::queue(&store, cmd, out).await?,
     }
     Ok(())
 }

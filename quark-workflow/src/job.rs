@@ -138,7 +138,18 @@ pub fn job_task<A: Activity>(
     now: Timestamp,
 ) -> Result<NewTask, crate::ClientError> {
     let input = Payload::json(input).map_err(|e| crate::ClientError::Payload(e.to_string()))?;
-    let mut activity = A::options();
+    Ok(job_task_by_name(A::NAME, A::options(), input, options, now))
+}
+
+/// [`job_task`] for an activity known by name only (the command line): `activity` is the
+/// activity's own options, which `options` override.
+pub fn job_task_by_name(
+    name: &str,
+    mut activity: ActivityOptions,
+    input: Payload,
+    options: &JobOptions,
+    now: Timestamp,
+) -> NewTask {
     if let Some(retry) = options.retry {
         activity.retry = retry;
     }
@@ -154,7 +165,7 @@ pub fn job_task<A: Activity>(
         .priority(options.priority)
         .payload(
             TaskPayload::Job(JobTask {
-                activity: A::NAME.to_string(),
+                activity: name.to_string(),
                 input,
                 options: activity,
             })
@@ -166,7 +177,7 @@ pub fn job_task<A: Activity>(
     }
     task.unique = options.unique.clone();
     task.concurrency = options.concurrency.clone();
-    Ok(task)
+    task
 }
 
 /// Enqueues job `A` inside the caller's own transaction on the engine's PostgreSQL database: the

@@ -124,7 +124,7 @@ pub use executor::{Outcome, Replay};
 pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
 #[cfg(feature = "postgres")]
 pub use job::enqueue_tx;
-pub use job::{EnqueuedJob, JobOptions, JobTask, job_commit, job_task};
+pub use job::{EnqueuedJob, JobOptions, JobTask, job_commit, job_task, job_task_by_name};
 pub use job_workflow::{
     JOB_WORKFLOW, Job, JobInput, JobReport, JobSpec, JobStepState, JobWorkflow, JobWorkflowBuilder,
     JobWorkflowError, JobWorkflowHandle, JobWorkflowReport, JobWorkflowRunError, OnFailure,

@@ -51,6 +51,9 @@ CREATE TRIGGER tasks_concurrency_release AFTER DELETE ON tasks
     FOR EACH ROW WHEN (OLD.concurrency_key IS NOT NULL AND OLD.held IS NULL)
     EXECUTE FUNCTION quark_concurrency_release();
 
+-- A dead job keeps its concurrency key, so that a re-drive waits its turn like any other.
+ALTER TABLE dead_tasks ADD COLUMN concurrency_key TEXT, ADD COLUMN concurrency_limit INTEGER;
+
 -- Unique keys: a key is taken by one job until `expires_at` (the window), or while that job is not
 -- finished when `until_finished`. Stale rows are taken over on conflict and purged in batches.
 CREATE TABLE job_keys (

@@ -34,6 +34,10 @@ BEGIN
     );
 END;
 
+-- A dead job keeps its concurrency key, so that a re-drive waits its turn like any other.
+ALTER TABLE dead_tasks ADD COLUMN concurrency_key TEXT;
+ALTER TABLE dead_tasks ADD COLUMN concurrency_limit INTEGER;
+
 CREATE TABLE job_keys (
     key            TEXT PRIMARY KEY NOT NULL,
     task_id        INTEGER NOT NULL,

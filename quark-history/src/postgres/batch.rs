@@ -363,8 +363,10 @@ impl PostgresStore {
         }
         if !dead.is_empty() {
             sqlx::query(
-                "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload) \
-                 SELECT t.id, t.kind, t.queue, t.instance_id, t.priority, t.attempts, u.error, t.created_at, $1, t.payload \
+                "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload, \
+                 concurrency_key, concurrency_limit) \
+                 SELECT t.id, t.kind, t.queue, t.instance_id, t.priority, t.attempts, u.error, t.created_at, $1, t.payload, \
+                 t.concurrency_key, t.concurrency_limit \
                  FROM tasks t JOIN UNNEST($2::bigint[], $3::text[]) AS u(id, error) ON t.id = u.id",
             )
             .bind(now.as_micros())

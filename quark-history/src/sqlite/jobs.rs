@@ -445,7 +445,7 @@ impl SqliteStore {
         want: u32,
         now: Timestamp,
     ) -> Result<Option<u32>> {
-        let row: Option<(bool, Option<i64>, Option<i64>, f64, i64)> = sqlx::query_as(
+        let row: Option<crate::jobs::BucketRow<i64>> = sqlx::query_as(
             "SELECT paused, rate_limit, rate_interval, tokens, refilled_at FROM queue_settings WHERE queue = ?1",
         )
         .bind(queue)

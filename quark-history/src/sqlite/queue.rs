@@ -180,8 +180,10 @@ async fn settle_in_tx(
         }
         Settle::Fail(_, FailAction::Dead { error }) => {
             sqlx::query(
-                "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload) \
-                 SELECT id, kind, queue, instance_id, priority, attempts, ?2, created_at, ?3, payload FROM tasks WHERE id = ?1",
+                "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload, \
+                 concurrency_key, concurrency_limit) \
+                 SELECT id, kind, queue, instance_id, priority, attempts, ?2, created_at, ?3, payload, concurrency_key, concurrency_limit \
+                 FROM tasks WHERE id = ?1",
             )
             .bind(lease.task_id)
             .bind(error)
@@ -350,8 +352,10 @@ impl SqliteStore {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
         let queue: Option<(String, String)> = sqlx::query_as(
-            "INSERT INTO tasks (id, kind, queue, instance_id, priority, visible_at, created_at, attempts, payload) \
-             SELECT id, kind, queue, instance_id, priority, ?2, created_at, 0, payload FROM dead_tasks WHERE id = ?1 \
+            "INSERT INTO tasks (id, kind, queue, instance_id, priority, visible_at, created_at, attempts, payload, \
+             concurrency_key, concurrency_limit) \
+             SELECT id, kind, queue, instance_id, priority, ?2, created_at, 0, payload, \
+             concurrency_key, concurrency_limit FROM dead_tasks WHERE id = ?1 \
              RETURNING queue, kind",
         )
         .bind(task_id)
