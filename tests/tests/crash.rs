@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::{HistoryEvent, HistoryRange, InstanceStatus, QueueStats, Store};
+use quark_tests::Dice;
 use quark_workflow::Client;
 
 const ORCHESTRATIONS: u64 = 200;
@@ -21,18 +22,6 @@ fn spawn_worker(url: &str) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start a crash-worker")
-}
-
-/// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 async fn start_all(t: &TestStore) {
