@@ -130,7 +130,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-/// Kills a random worker every 100–400 ms, and starts a replacement, until no job is left in
+/// Kills a random worker every 200–600 ms, and starts a replacement, until no job is left in
 /// `tasks`. Returns the number of kills.
 async fn drain_under_fire(pool: &PgPool, workers: &mut Workers) -> u32 {
     let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
@@ -149,7 +149,7 @@ async fn drain_under_fire(pool: &PgPool, workers: &mut Workers) -> u32 {
                  ({completed} completions, {runs} runs, {kills} workers killed)"
             );
         }
-        tokio::time::sleep(Duration::from_millis(100 + dice.roll(300) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(200 + dice.roll(400) as u64)).await;
         let victim = dice.roll(workers.children.len());
         workers.kill_and_replace(victim);
         kills += 1;
@@ -244,7 +244,11 @@ async fn every_job_completes_once_and_never_runs_after_while_workers_are_killed(
         runs.entry(job as u64).or_default().push((attempt, pid, at));
     }
     let never_ran: Vec<u64> = (0..JOBS).filter(|n| !runs.contains_key(n)).collect();
-    assert!(never_ran.is_empty(), "completed without a run: {}", some(&never_ran));
+    assert!(
+        never_ran.is_empty(),
+        "completed without a run: {}",
+        some(&never_ran)
+    );
     let mut late = Vec::new();
     let mut same_attempt = Vec::new();
     for (job, job_runs) in &runs {
