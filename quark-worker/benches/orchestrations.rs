@@ -5,7 +5,11 @@
 //! latency under load and at light load (one orchestration at a time), and enqueue-to-start latency
 //! of a task at light load.
 //!
-//! `cargo bench -p quark-worker --bench orchestrations -- [--n 2000] [--light 200] [--backend both|postgres|sqlite]`
+//! Ends with a drain of bulk-enqueued no-op jobs; with `--open-tx`, on PostgreSQL, the drain is run
+//! a second time while another connection holds a transaction open (a snapshot that holds back the
+//! xmin horizon, so vacuum cannot clean the queue table), and both rates and their ratio are shown.
+//!
+//! `cargo bench -p quark-worker --bench orchestrations -- [--n 2000] [--jobs 20000] [--light 200] [--backend both|postgres|sqlite] [--open-tx]`
 //! PostgreSQL: `QUARK_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
 //! the bench creates and drops a database of its own.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
@@ -23,6 +27,7 @@ use quark_workflow::{
     ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
     activity, orchestration,
 };
+use sqlx::{Connection, Executor, PgConnection};
 
 #[activity]
 async fn noop(_ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
@@ -41,11 +46,20 @@ async fn three_steps(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestra
 const JOB_SLOTS: usize = 512;
 const CLAIM_BATCH: u32 = 256;
 
+const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [options]
+  --n N                 orchestrations under load (default 2000)
+  --jobs N              no-op jobs bulk-enqueued, then drained (default 20000)
+  --light N             orchestrations and tasks one at a time, at light load (default 200)
+  --backend B           both | postgres | sqlite (default both)
+  --open-tx             PostgreSQL: drain the jobs again while another connection holds a
+                        transaction open, and show both rates and their ratio";
+
 struct Args {
     n: u64,
     jobs: u64,
     light: u64,
     backends: Vec<&'static str>,
+    open_tx: bool,
 }
 
 fn args() -> Args {
@@ -54,12 +68,22 @@ fn args() -> Args {
         jobs: 20_000,
         light: 200,
         backends: vec!["postgres", "sqlite"],
+        open_tx: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
         let value = argv.get(i + 1).cloned().unwrap_or_default();
         match argv[i].as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--open-tx" => {
+                a.open_tx = true;
+                i += 1;
+                continue;
+            }
             "--n" => a.n = value.parse().expect("--n N"),
             "--jobs" => a.jobs = value.parse().expect("--jobs N"),
             "--light" => a.light = value.parse().expect("--light N"),
@@ -159,7 +183,96 @@ struct Row {
     p99: f64,
 }
 
-async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mut Vec<Row>) {
+/// Jobs per second.
+struct Drain {
+    enqueued: f64,
+    drained: f64,
+}
+
+/// Bulk-enqueues `jobs` no-op jobs in commits of 5,000, then times the worker emptying the queue.
+async fn drain(store: &dyn Store, jobs: u64) -> Drain {
+    let enqueue_started = Instant::now();
+    let mut left = jobs;
+    while left > 0 {
+        let chunk = left.min(5_000);
+        let tasks = (0..chunk)
+            .map(|_| NewTask::new(TaskKind::Job, "default"))
+            .collect();
+        store.enqueue(tasks).await.unwrap();
+        left -= chunk;
+    }
+    let enqueued = enqueue_started.elapsed();
+    let drain_started = Instant::now();
+    loop {
+        let stats = store.queue_stats("default").await.unwrap();
+        if stats.pending == 0 && stats.leased == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Drain {
+        enqueued: jobs as f64 / enqueued.as_secs_f64(),
+        drained: jobs as f64 / drain_started.elapsed().as_secs_f64(),
+    }
+}
+
+/// How far behind the transaction of backend `pid` holds the xmin horizon, in transactions (from
+/// a connection of its own: the holder's view of `pg_stat_activity` is frozen by its snapshot).
+async fn xmin_age(url: &str, pid: i32) -> Option<i32> {
+    let mut observer = PgConnection::connect(url).await.unwrap();
+    let age = sqlx::query_scalar("SELECT age(backend_xmin) FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_optional(&mut observer)
+        .await
+        .unwrap()
+        .flatten();
+    let _ = observer.close().await;
+    age
+}
+
+/// The drain again, while another connection holds a REPEATABLE READ transaction open with a
+/// snapshot taken: vacuum can remove no row version that dies meanwhile, so every claimed and
+/// completed job leaves dead tuples in the queue table and its indexes for the whole drain (the
+/// case that collapses the throughput of queues that update rows in place).
+async fn drain_with_open_transaction(store: &dyn Store, url: &str, jobs: u64) -> Drain {
+    let mut holder = PgConnection::connect(url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    holder
+        .execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    // The first statement takes the snapshot, which holds the horizon until the transaction ends.
+    let _: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert!(
+        xmin_age(url, pid).await.is_some(),
+        "the open transaction holds no snapshot (backend_xmin is null): the measurement would mean nothing"
+    );
+    eprintln!("[postgres] drain again, a transaction open on backend {pid}");
+    let held = drain(store, jobs).await;
+    let age = xmin_age(url, pid)
+        .await
+        .expect("the snapshot was held to the end");
+    eprintln!(
+        "[postgres] at the end of the drain, the open transaction held the xmin horizon {age} transactions back"
+    );
+    holder.execute("ROLLBACK").await.unwrap();
+    holder.close().await.unwrap();
+    held
+}
+
+async fn bench(
+    backend: &'static str,
+    store: Arc<dyn Store>,
+    pg_url: Option<&str>,
+    a: &Args,
+    rows: &mut Vec<Row>,
+) {
     let (tx, mut waits) = tokio::sync::mpsc::unbounded_channel();
     let running = start_worker(&store, tx).await;
     let client = Client::new(Arc::clone(&store));
@@ -286,37 +399,48 @@ async fn bench(backend: &'static str, store: Arc<dyn Store>, a: &Args, rows: &mu
 
     // Drain: bulk-enqueue no-op jobs, then time the worker emptying the queue.
     eprintln!("[{backend}] drain of {} bulk-enqueued no-op jobs", a.jobs);
-    let enqueue_started = Instant::now();
-    let mut left = a.jobs;
-    while left > 0 {
-        let chunk = left.min(5_000);
-        let tasks = (0..chunk)
-            .map(|_| NewTask::new(TaskKind::Job, "default"))
-            .collect();
-        store.enqueue(tasks).await.unwrap();
-        left -= chunk;
-    }
-    let enqueued = enqueue_started.elapsed();
-    let drain_started = Instant::now();
-    loop {
-        let stats = store.queue_stats("default").await.unwrap();
-        if stats.pending == 0 && stats.leased == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let drained = drain_started.elapsed();
+    let normal = drain(&*store, a.jobs).await;
     rows.push(Row {
         backend,
         workload: format!("{} no-op jobs bulk-enqueued, then drained", a.jobs),
         rate: format!(
             "{:.0} jobs/s drained (enqueue: {:.0} jobs/s)",
-            a.jobs as f64 / drained.as_secs_f64(),
-            a.jobs as f64 / enqueued.as_secs_f64()
+            normal.drained, normal.enqueued
         ),
         p50: f64::NAN,
         p99: f64::NAN,
     });
+    if a.open_tx {
+        match pg_url {
+            Some(url) => {
+                let held = drain_with_open_transaction(&*store, url, a.jobs).await;
+                let ratio = held.drained / normal.drained;
+                eprintln!(
+                    "[{backend}] drain: {:.0} jobs/s normally, {:.0} jobs/s with a transaction \
+                     open on another connection: {:.0}%",
+                    normal.drained,
+                    held.drained,
+                    ratio * 100.0
+                );
+                rows.push(Row {
+                    backend,
+                    workload: format!(
+                        "{} no-op jobs drained while another connection holds a transaction open",
+                        a.jobs
+                    ),
+                    rate: format!(
+                        "{:.0} jobs/s drained, {:.0}% of the drain above (enqueue: {:.0} jobs/s)",
+                        held.drained,
+                        ratio * 100.0,
+                        held.enqueued
+                    ),
+                    p50: f64::NAN,
+                    p99: f64::NAN,
+                });
+            }
+            None => eprintln!("[{backend}] --open-tx is a PostgreSQL measurement; skipped"),
+        }
+    }
     running.shutdown().await;
 }
 
@@ -342,7 +466,7 @@ async fn main() {
                         .await
                         .unwrap(),
                 );
-                bench("postgres", store, &a, &mut rows).await;
+                bench("postgres", store, Some(&url), &a, &mut rows).await;
                 t.cleanup().await;
             }
             _ => {
@@ -350,7 +474,7 @@ async fn main() {
                 std::fs::create_dir_all(&dir).unwrap();
                 let store: Arc<dyn Store> =
                     Arc::new(SqliteStore::open(dir.join("bench.db")).await.unwrap());
-                bench("sqlite", store, &a, &mut rows).await;
+                bench("sqlite", store, None, &a, &mut rows).await;
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }

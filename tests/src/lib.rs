@@ -1,7 +1,10 @@
 //! The workload of the end-to-end tests, shared by the test harness and the `crash-worker` binary
 //! it starts and kills.
 
+use std::str::FromStr;
 use std::time::Duration;
+
+use tokio::sync::OnceCell;
 
 use quark_workflow::{
     ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Registry, activity,
@@ -34,10 +37,77 @@ pub fn expected(n: u64) -> u64 {
     (n + 1) * 2 + 1
 }
 
+/// The table where every run of [`logged_job`] leaves a row, created by the job crash test. The
+/// times come from PostgreSQL's clock, so they compare with the test's own records.
+pub const JOB_RUNS_DDL: &str = "CREATE TABLE job_runs (\
+    job BIGINT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL, \
+    started_at TIMESTAMPTZ NOT NULL)";
+
+/// The connection pool [`logged_job`] writes its run log through: its own, not the store's, the
+/// way a job's side effects would go to an application's database.
+async fn run_log() -> Result<&'static sqlx::PgPool, ActivityError> {
+    static POOL: OnceCell<sqlx::PgPool> = OnceCell::const_new();
+    let error = |e: &dyn std::fmt::Display| ActivityError::message(format!("run log: {e}"));
+    POOL.get_or_try_init(async || {
+        let url = std::env::var("QUARK_DATABASE_URL").map_err(|e| error(&e))?;
+        // A run's row is visible to the test as soon as its insert returns; only a crash of
+        // PostgreSQL itself, which the test does not cause, could lose it. So no flush per run,
+        // which would only load the machine.
+        let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+            .map_err(|e| error(&e))?
+            .options([("synchronous_commit", "off")]);
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| error(&e))
+    })
+    .await
+}
+
+/// A job for the job crash test: records that it started (job number, attempt, process, PostgreSQL
+/// time), then does a little work. The retry policy is generous, so that runs cut short by killed
+/// workers never use up a job's attempts.
+#[activity(retry(max_attempts = 1000, initial = "50ms", max = "500ms"))]
+pub async fn logged_job(ctx: ActivityContext, n: u64) -> Result<u64, ActivityError> {
+    sqlx::query(
+        "INSERT INTO job_runs (job, attempt, pid, started_at) VALUES ($1, $2, $3, clock_timestamp())",
+    )
+    .bind(n as i64)
+    .bind(ctx.attempt() as i32)
+    .bind(std::process::id() as i32)
+    .execute(run_log().await?)
+    .await
+    .map_err(|e| ActivityError::message(format!("run log: {e}")))?;
+    // The work: some arithmetic the optimizer cannot drop (xorshift rounds).
+    let mut x = n | 1;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    Ok(std::hint::black_box(x))
+}
+
 /// The registry the crash workers run.
 pub fn registry() -> Registry {
     Registry::new()
         .register(crash_order)
         .register(increment)
         .register(double)
+        .register(logged_job)
+}
+
+/// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.
+#[derive(Debug)]
+pub struct Dice(pub u64);
+
+impl Dice {
+    /// A number in `0..n`.
+    pub fn roll(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::{HistoryEvent, HistoryRange, InstanceStatus, QueueStats, Store};
+use quark_tests::Dice;
 use quark_workflow::Client;
 
 const ORCHESTRATIONS: u64 = 200;
@@ -32,18 +33,6 @@ impl Drop for Workers {
             let _ = w.kill();
             let _ = w.wait();
         }
-    }
-}
-
-/// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
     }
 }
 

@@ -1,5 +1,6 @@
-//! A worker process for the crash tests: runs the shared workload against the database in
-//! `QUARK_DATABASE_URL` with short leases, until it is killed or told to stop.
+//! A worker process for the crash tests: runs the shared workload (the orchestrations of `crash.rs`,
+//! the jobs of `job_crash.rs`) against the database in `QUARK_DATABASE_URL` with short leases, until
+//! it is killed or told to stop (SIGTERM: a graceful shutdown).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,9 @@ use quark_worker::Worker;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Listen before connecting: a worker told to stop while it starts then stops gracefully too,
+    // rather than dying of the signal's default action.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let url = std::env::var("QUARK_DATABASE_URL").context("QUARK_DATABASE_URL is not set")?;
     let store = PostgresStore::connect_with(&url, StoreConfig::default()).await?;
     let worker = Worker::builder()
@@ -20,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
         .poll_interval(Duration::from_millis(50))
         .affinity_delay(Duration::from_millis(200))
         .build()?;
-    worker.run_until(quark_worker::shutdown_signal()).await?;
+    worker
+        .run_until(async move {
+            term.recv().await;
+        })
+        .await?;
     Ok(())
 }
