@@ -141,7 +141,20 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                     }
                 }
             };
-            (trait_impl, TokenStream::new())
+            let stubs = quote! {
+                impl #ident {
+                    /// Enqueues this activity as a durable job; returns the job's id.
+                    #[allow(dead_code)]
+                    #vis async fn enqueue(
+                        client: &__q::Client,
+                        input: impl ::core::borrow::Borrow<#input_ty>,
+                        options: __q::JobOptions,
+                    ) -> ::core::result::Result<i64, __q::ClientError> {
+                        client.enqueue::<Self>(input.borrow(), options).await
+                    }
+                }
+            };
+            (trait_impl, stubs)
         }
     };
 

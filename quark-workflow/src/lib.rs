@@ -146,8 +146,8 @@ pub use macros::{activity, orchestration};
 pub mod __private {
     pub use crate::{
         Activity, ActivityContext, ActivityError, ActivityOptions, Client, ClientError, Handle,
-        Orchestration, OrchestrationContext, OrchestrationError, Registration, Registry,
-        RetryPolicy,
+        JobOptions, Orchestration, OrchestrationContext, OrchestrationError, Registration,
+        Registry, RetryPolicy,
     };
 }
 
