@@ -17,6 +17,7 @@ quark_history::backend_tests!(
     it_resumes_a_retried_job_from_its_checkpoint_with_progress_readable,
     it_runs_at_most_n_jobs_of_a_concurrency_key_across_workers,
     it_purges_finished_jobs_after_their_retention,
+    it_times_out_attempts_and_never_retries_a_terminal_error,
 );
 
 /// What the activities saw, per test input (inputs are unique per test and backend).
@@ -81,6 +82,21 @@ async fn keyed(_ctx: ActivityContext, key: String) -> Result<(), ActivityError> 
     Ok(())
 }
 
+/// Never finishes on its own.
+#[activity(retry(max_attempts = 2, initial = "1s", max = "1s"))]
+async fn stuck(ctx: ActivityContext, _input: String) -> Result<(), ActivityError> {
+    ctx.cancellation().cancelled().await;
+    Err(ActivityError::message("gave up when told"))
+}
+
+static TERMINAL: AtomicU32 = AtomicU32::new(0);
+
+#[activity(retry(max_attempts = 5))]
+async fn refuses(_ctx: ActivityContext, input: String) -> Result<(), ActivityError> {
+    TERMINAL.fetch_add(1, Ordering::SeqCst);
+    Err(ActivityError::message(format!("{input} is not an image")).terminal())
+}
+
 static QUICK: AtomicU32 = AtomicU32::new(0);
 
 #[activity]
@@ -101,7 +117,9 @@ async fn start(t: &TestStore, id: &str) -> RunningWorker {
                 .register(stoppable)
                 .register(resumable)
                 .register(keyed)
-                .register(quick),
+                .register(quick)
+                .register(stuck)
+                .register(refuses),
         )
         .build()
         .unwrap()
@@ -242,5 +260,44 @@ async fn it_purges_finished_jobs_after_their_retention(t: &TestStore) {
         t.store.job(id).await.unwrap().is_none()
     })
     .await;
+    running.shutdown().await;
+}
+
+async fn it_times_out_attempts_and_never_retries_a_terminal_error(t: &TestStore) {
+    let running = start(t, "w1").await;
+    let client = Client::new(Arc::clone(&t.store));
+    let slow = stuck::enqueue(
+        &client,
+        tag(t, "stuck"),
+        JobOptions::default().timeout(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let bad = refuses::enqueue(&client, tag(t, "refuses"), JobOptions::default())
+        .await
+        .unwrap();
+    t.advance_until(Duration::from_millis(500), "both jobs die", async || {
+        state(&*t.store, slow).await == JobState::Dead
+            && state(&*t.store, bad).await == JobState::Dead
+    })
+    .await;
+    let slow = client.job(slow).await.unwrap();
+    assert_eq!(
+        slow.attempts, 2,
+        "the timeout is per attempt, retried per the policy"
+    );
+    assert!(
+        slow.error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 50ms"),
+        "{slow:?}"
+    );
+    let bad = client.job(bad).await.unwrap();
+    assert_eq!(bad.attempts, 1, "a terminal error is not retried");
+    assert!(
+        bad.error.as_deref().unwrap().contains("is not an image"),
+        "{bad:?}"
+    );
     running.shutdown().await;
 }

@@ -182,8 +182,6 @@ async fn a_job_enqueued_in_the_callers_transaction_exists_only_if_it_commits() {
         .await
         .unwrap();
     let running = worker(&t).start().await.unwrap();
-    let now = t.store.config().clock.now();
-
     for (id, commit) in [("rolled-back", false), ("committed", true)] {
         let mut tx = store.pool().begin().await.unwrap();
         sqlx::query("INSERT INTO orders (id) VALUES ($1)")
@@ -191,10 +189,14 @@ async fn a_job_enqueued_in_the_callers_transaction_exists_only_if_it_commits() {
             .execute(&mut *tx)
             .await
             .unwrap();
-        let job =
-            quark_workflow::job_task::<record>(&format!("tx-{id}"), &JobOptions::default(), now)
-                .unwrap();
-        store.enqueue_in(&mut tx, vec![job]).await.unwrap();
+        quark_workflow::enqueue_tx::<record>(
+            &store,
+            &mut tx,
+            &format!("tx-{id}"),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
         if commit {
             tx.commit().await.unwrap();
         } else {
