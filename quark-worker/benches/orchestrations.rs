@@ -52,7 +52,9 @@ const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [opti
   --light N             orchestrations and tasks one at a time, at light load (default 200)
   --backend B           both | postgres | sqlite (default both)
   --open-tx             PostgreSQL: drain the jobs again while another connection holds a
-                        transaction open, and show both rates and their ratio";
+                        transaction open, and show both rates and their ratio
+  --retention SECS      how long finished jobs are kept in finished_jobs (default 86400, the
+                        store's default; 0 keeps no record, the fastest setting)";
 
 struct Args {
     n: u64,
@@ -60,6 +62,7 @@ struct Args {
     light: u64,
     backends: Vec<&'static str>,
     open_tx: bool,
+    retention: Duration,
 }
 
 fn args() -> Args {
@@ -69,6 +72,7 @@ fn args() -> Args {
         light: 200,
         backends: vec!["postgres", "sqlite"],
         open_tx: false,
+        retention: StoreConfig::default().finished_job_retention,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -87,6 +91,9 @@ fn args() -> Args {
             "--n" => a.n = value.parse().expect("--n N"),
             "--jobs" => a.jobs = value.parse().expect("--jobs N"),
             "--light" => a.light = value.parse().expect("--light N"),
+            "--retention" => {
+                a.retention = Duration::from_secs(value.parse().expect("--retention SECS"))
+            }
             "--backend" => {
                 a.backends = match value.as_str() {
                     "postgres" => vec!["postgres"],
@@ -462,7 +469,10 @@ async fn main() {
                     .expect("PostgreSQL for the benchmark");
                 let url = t.database_url().unwrap();
                 let store: Arc<dyn Store> = Arc::new(
-                    PostgresStore::connect_with(&url, StoreConfig::default())
+                    PostgresStore::connect_with(
+                        &url,
+                        StoreConfig::default().finished_job_retention(a.retention),
+                    )
                         .await
                         .unwrap(),
                 );
@@ -472,8 +482,10 @@ async fn main() {
             _ => {
                 let dir = std::env::temp_dir().join(format!("quark-bench-{}", std::process::id()));
                 std::fs::create_dir_all(&dir).unwrap();
+                let url = format!("sqlite://{}", dir.join("bench.db").display());
+                let config = StoreConfig::default().finished_job_retention(a.retention);
                 let store: Arc<dyn Store> =
-                    Arc::new(SqliteStore::open(dir.join("bench.db")).await.unwrap());
+                    Arc::new(SqliteStore::open_with(&url, config).await.unwrap());
                 bench("sqlite", store, None, &a, &mut rows).await;
                 let _ = std::fs::remove_dir_all(&dir);
             }
