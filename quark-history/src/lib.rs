@@ -55,6 +55,7 @@ mod event;
 mod instance;
 mod journal;
 mod queue;
+mod schedule;
 mod store;
 mod wakeup;
 
@@ -83,6 +84,7 @@ pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind,
     WorkerInfo,
 };
+pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};

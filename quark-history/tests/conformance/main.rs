@@ -9,4 +9,5 @@ mod concurrency;
 mod instances;
 mod journal;
 mod queue;
+mod schedules;
 mod wakeups;
