@@ -34,6 +34,16 @@ pub enum Missed {
     Backfill(u32),
 }
 
+impl Missed {
+    /// How many missed ticks get a job: 0 for [`Missed::Skip`], `n` for [`Missed::Backfill`].
+    pub fn backfill(self) -> u32 {
+        match self {
+            Missed::Skip => 0,
+            Missed::Backfill(n) => n,
+        }
+    }
+}
+
 impl fmt::Display for Missed {
     /// `skip` or `backfill:N`, as stored and as the CLI takes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
