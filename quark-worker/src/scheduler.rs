@@ -96,7 +96,7 @@ async fn fire(
             schedule = %name,
             missed_since = %record.next_at,
             policy = %record.spec.missed,
-            backfilled = fire.ticks.len(),
+            enqueued = fire.ticks.len(),
             "schedule missed ticks while no worker could fire them"
         );
     }
