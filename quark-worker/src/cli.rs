@@ -16,6 +16,9 @@ use quark_history::{
 };
 use quark_workflow::{Client, Registry};
 
+mod schedule;
+pub use schedule::ScheduleCommand;
+
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
 #[command(name = "quark", version, about)]
@@ -61,6 +64,9 @@ pub enum Command {
     /// The dead-letter list.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Cron schedules of durable jobs.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Queue statistics.
     Queue {
         /// The queue.
@@ -295,6 +301,7 @@ pub async fn run_on(
             }
         }
         Command::Workflow(cmd) => workflow(&store, cmd, registry.as_ref(), out).await?,
+        Command::Schedule(cmd) => schedule::run(&store, cmd, registry.as_ref(), out).await?,
         Command::Dlq(DlqCommand::List {
             queue,
             limit,
