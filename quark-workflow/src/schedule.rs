@@ -63,7 +63,8 @@ pub enum ScheduleError {
 ///   OR-ed, as in Vixie cron.
 /// - **Time zones** are IANA names (`UTC`, the default, or `Europe/Berlin`); daylight saving time is
 ///   handled as croner does: a wall-clock time skipped by a spring-forward fires once, right
-///   after the gap, and one repeated by a fall-back fires once.
+///   after the gap; a fixed time repeated by a fall-back fires once, at its first occurrence; an
+///   interval (`0 */30 * * * *`) fires on elapsed time through the repeated hour.
 /// - **Errors come at declaration**: an invalid expression, an unknown zone or an expression with
 ///   no tick left is a [`ScheduleError`] from [`Schedule::cron`] or [`Schedule::timezone`], never
 ///   a surprise at fire time.
@@ -430,6 +431,46 @@ mod tests {
         assert_eq!(first.to_string(), "2026-03-28T01:30:00.000000Z");
         assert_eq!(second.to_string(), "2026-03-29T01:00:00.000000Z");
         assert_eq!(third.to_string(), "2026-03-30T00:30:00.000000Z");
+    }
+
+    #[test]
+    fn a_fixed_time_repeated_by_a_fall_back_fires_once_and_an_interval_keeps_elapsed_time() {
+        let berlin = |expr| {
+            Schedule::cron(expr)
+                .unwrap()
+                .timezone("Europe/Berlin")
+                .unwrap()
+        };
+        let ticks = |s: &Schedule, from: Timestamp, until: Timestamp| {
+            let mut out = Vec::new();
+            let mut t = from;
+            while let Some(next) = s.next_after(t).filter(|n| *n < until) {
+                out.push(next.to_string());
+                t = next;
+            }
+            out
+        };
+        // 2026-10-25: 03:00 CEST becomes 02:00 CET, so 02:00-02:59 happens twice.
+        let day_start = Timestamp::from_micros(1_792_879_200_000_000); // 2026-10-24T22:00:00Z
+        let day_end = Timestamp::from_micros(1_792_969_200_000_000); // 2026-10-25T23:00:00Z
+        assert_eq!(
+            ticks(&berlin("30 2 * * *"), day_start, day_end),
+            ["2026-10-25T00:30:00.000000Z"],
+            "once, at the first 02:30"
+        );
+        let night = Timestamp::from_micros(1_792_886_400_000_000); // 2026-10-25T00:00:00Z
+        let after = Timestamp::from_micros(1_792_897_200_000_000); // 2026-10-25T03:00:00Z
+        assert_eq!(
+            ticks(&berlin("0 */30 * * * *"), night, after),
+            [
+                "2026-10-25T00:30:00.000000Z",
+                "2026-10-25T01:00:00.000000Z",
+                "2026-10-25T01:30:00.000000Z",
+                "2026-10-25T02:00:00.000000Z",
+                "2026-10-25T02:30:00.000000Z",
+            ],
+            "every 30 minutes of elapsed time, through both 02:00 hours"
+        );
     }
 
     #[test]
