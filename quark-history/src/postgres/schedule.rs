@@ -182,7 +182,7 @@ impl PostgresStore {
         let spec = decode(&row)?.spec;
         let tasks: Vec<_> = fire.ticks.iter().map(|t| spec.job_at(*t)).collect();
         check_tasks(&self.config, &tasks)?;
-        let ids = enqueue_in_tx(&mut *tx, &tasks, now).await?;
+        let ids = enqueue_in_tx(&mut tx, &tasks, now).await?;
         tx.commit().await?;
         self.announce(visible_queues(&tasks, now));
         Ok(Some(ids))

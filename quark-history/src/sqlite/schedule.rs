@@ -167,3 +167,41 @@ impl SqliteStore {
         Ok(Some(ids))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::str::FromStr;
+
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    /// The schedules migration is number 3 and number 2 comes from another branch: a database
+    /// migrated without 2 must take it when it arrives, and one migrated in order must also work.
+    #[tokio::test]
+    async fn a_database_migrated_past_a_gap_takes_the_missing_migration_later() {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::from_str("sqlite::memory:").unwrap())
+            .await
+            .unwrap();
+        super::super::migrator().run(&pool).await.unwrap();
+        let mut later = super::super::migrator().iter().cloned().collect::<Vec<_>>();
+        later.push(Migration::new(
+            2,
+            Cow::Borrowed("from another branch"),
+            MigrationType::Simple,
+            "CREATE TABLE merged_later (x INTEGER)".into_sql_str(),
+            false,
+        ));
+        Migrator::with_migrations(later).run(&pool).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('schedules', 'merged_later') ORDER BY name",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(tables, ["merged_later", "schedules"]);
+    }
+}
