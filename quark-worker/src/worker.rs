@@ -406,7 +406,9 @@ impl RunningWorker {
     /// releasing their leases, and deregisters the worker.
     pub async fn shutdown(mut self) {
         let shared = &self.worker.shared;
-        let _ = shared.stopping.send(true);
+        // `send_replace`, not `send`: `send` stores nothing when no task happens to be waiting
+        // on the channel, and then a loop that checks it later would never see the stop.
+        shared.stopping.send_replace(true);
         for poller in &self.pollers {
             poller.abort();
         }
