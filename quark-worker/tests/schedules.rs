@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use quark_history::testing::TestStore;
-use quark_history::{Clock, ManualClock, PostgresStore, QueueStats, Store, StoreConfig, Timestamp};
+use quark_history::{
+    Clock, ManualClock, PostgresStore, QueueStats, SqliteStore, Store, StoreConfig, Timestamp,
+};
 use quark_worker::{RunningWorker, Worker};
 use quark_workflow::{
     ActivityContext, ActivityError, Client, JobOptions, Missed, Schedule, ScheduleError, Upserted,
@@ -93,50 +95,59 @@ async fn another_process(t: &TestStore) -> Arc<dyn Store> {
     }
 }
 
-async fn settled(t: &TestStore, queue: &str) -> bool {
-    t.store.queue_stats(queue).await.unwrap() == QueueStats::default()
+async fn settled(store: &dyn Store, queue: &str) -> bool {
+    store.queue_stats(queue).await.unwrap() == QueueStats::default()
 }
 
 async fn it_enqueues_exactly_one_job_per_tick_with_several_workers_racing(t: &TestStore) {
-    const WORKERS: usize = 4;
-    const TICKS: u32 = 12;
-    let tag = tag(t, "racing");
-    let mut workers = Vec::new();
-    for w in 0..WORKERS {
-        let store = if w % 2 == 0 {
+    let mut stores = Vec::new();
+    for w in 0..4 {
+        stores.push(if w % 2 == 0 {
             Arc::clone(&t.store)
         } else {
             another_process(t).await
-        };
-        workers.push(start_worker(store, &format!("racer-{w}")).await);
+        });
+    }
+    let tag = tag(t, "racing");
+    race(&t.clock, &stores, &tag).await;
+}
+
+/// Workers on `stores` (one each) race over twelve ticks of a schedule; each tick's job runs once.
+async fn race(clock: &ManualClock, stores: &[Arc<dyn Store>], tag: &str) {
+    const TICKS: u32 = 12;
+    let store = &stores[0];
+    let mut workers = Vec::new();
+    for (w, store) in stores.iter().enumerate() {
+        workers.push(start_worker(Arc::clone(store), &format!("racer-{w}")).await);
     }
     // Registered while the workers run, as from another process: they pick it up.
-    let client = Client::new(Arc::clone(&t.store));
+    let client = Client::new(Arc::clone(store));
     let every_ten_seconds = Schedule::cron("*/10 * * * * *").unwrap();
-    let start = t.clock.now();
+    let start = clock.now();
     client
-        .schedule::<on_tick>("racing", &tag, JobOptions::default(), every_ten_seconds)
+        .schedule::<on_tick>(
+            "racing",
+            &tag.to_string(),
+            JobOptions::default(),
+            every_ten_seconds,
+        )
         .await
         .unwrap();
 
     for k in 1..=TICKS {
         // One second past tick k: every worker finds it due at its next round, and they race.
-        t.clock.set(start + SECOND * (10 * k + 1));
+        clock.set(start + SECOND * (10 * k + 1));
         // The clock stands still until the job ran and completed, so no lease can expire.
         eventually(&format!("tick {k} ran"), async || {
-            runs(&tag).len() >= k as usize && settled(t, "default").await
+            runs(tag).len() >= k as usize && settled(&**store, "default").await
         })
         .await;
-        assert_eq!(
-            runs(&tag).len(),
-            k as usize,
-            "one job for tick {k}, no more"
-        );
-        let next = t.store.get_schedule("racing").await.unwrap().unwrap();
+        assert_eq!(runs(tag).len(), k as usize, "one job for tick {k}, no more");
+        let next = store.get_schedule("racing").await.unwrap().unwrap();
         assert_eq!(next.next_at, start + SECOND * (10 * (k + 1)));
     }
     let mut per_tick: BTreeMap<Timestamp, u32> = BTreeMap::new();
-    for at in runs(&tag) {
+    for at in runs(tag) {
         *per_tick.entry(at).or_default() += 1;
     }
     assert_eq!(per_tick.len(), TICKS as usize, "{per_tick:?}");
@@ -144,12 +155,42 @@ async fn it_enqueues_exactly_one_job_per_tick_with_several_workers_racing(t: &Te
         per_tick.values().all(|n| *n == 1),
         "exactly one job per tick: {per_tick:?}"
     );
-    assert!(settled(t, "default").await, "no extra job is left either");
+    assert!(
+        settled(&**store, "default").await,
+        "no extra job is left either"
+    );
     // Checked before the shutdown: it aborts the pollers, and a poller cut short while the pool
     // pings the in-memory database's one connection loses that connection, and the database.
     for w in workers {
         w.shutdown().await;
     }
+}
+
+/// SQLite shared by several processes: each worker has its own store (writer connection and
+/// readers) on one database file, so their fires are serialized by the file lock, not by a pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_enqueues_exactly_one_job_per_tick_with_workers_on_one_sqlite_file() {
+    let dir =
+        std::env::temp_dir().join(format!("quark-schedules-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/quark.db", dir.display());
+    let clock = ManualClock::new(quark_history::testing::TEST_EPOCH);
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..3 {
+        let config = StoreConfig::default().clock(clock.clone());
+        stores.push(Arc::new(
+            SqliteStore::open_with(&url, config).await.unwrap(),
+        ));
+    }
+    let tag = "sqlite-file-racing".to_string();
+    book()
+        .lock()
+        .unwrap()
+        .clocks
+        .insert(tag.clone(), clock.clone());
+    race(&clock, &stores, &tag).await;
+    drop(stores);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Registers an hourly schedule of `on_tick` at the test clock's hour, and returns that hour.
@@ -184,7 +225,7 @@ async fn it_skips_the_ticks_missed_during_downtime(t: &TestStore) {
     })
     .await;
     // Moving next_at and enqueueing the ticks' jobs is one transaction: nothing was enqueued.
-    assert!(settled(t, "default").await);
+    assert!(settled(&*t.store, "default").await);
     assert!(runs(&tag).is_empty());
     let record = t.store.get_schedule("skipper").await.unwrap().unwrap();
     assert_eq!(record.last_fired_at, None);
@@ -192,7 +233,7 @@ async fn it_skips_the_ticks_missed_during_downtime(t: &TestStore) {
     // The next tick fires as usual.
     t.clock.set(start + HOUR * 6);
     eventually("the 06:00 tick ran", async || {
-        runs(&tag) == [start + HOUR * 6] && settled(t, "default").await
+        runs(&tag) == [start + HOUR * 6] && settled(&*t.store, "default").await
     })
     .await;
     worker.shutdown().await;
@@ -206,7 +247,7 @@ async fn it_fires_a_tick_that_is_late_by_less_than_the_grace_after_a_restart(t: 
     t.clock.set(back);
     let worker = start_worker(Arc::clone(&t.store), "restarted").await;
     eventually("the late 01:00 tick ran", async || {
-        runs(&tag) == [back] && settled(t, "default").await
+        runs(&tag) == [back] && settled(&*t.store, "default").await
     })
     .await;
     let record = t.store.get_schedule("restarted").await.unwrap().unwrap();
@@ -223,7 +264,7 @@ async fn it_backfills_at_most_n_missed_ticks_after_downtime(t: &TestStore) {
     t.clock.set(back);
     let worker = start_worker(Arc::clone(&t.store), "after-downtime").await;
     eventually("three backfilled jobs ran", async || {
-        runs(&tag).len() == 3 && settled(t, "default").await
+        runs(&tag).len() == 3 && settled(&*t.store, "default").await
     })
     .await;
     let record = t.store.get_schedule("backfiller").await.unwrap().unwrap();
@@ -232,7 +273,7 @@ async fn it_backfills_at_most_n_missed_ticks_after_downtime(t: &TestStore) {
 
     t.clock.set(start + HOUR * 6);
     eventually("the 06:00 tick ran", async || {
-        runs(&tag).len() == 4 && settled(t, "default").await
+        runs(&tag).len() == 4 && settled(&*t.store, "default").await
     })
     .await;
     assert_eq!(runs(&tag), [back, back, back, start + HOUR * 6]);
