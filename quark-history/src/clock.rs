@@ -21,6 +21,9 @@ impl Timestamp {
     /// The Unix epoch.
     pub const EPOCH: Timestamp = Timestamp(0);
 
+    /// The latest representable time: "never" (a schedule with no tick left).
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+
     /// A timestamp from microseconds since the Unix epoch.
     pub const fn from_micros(micros: i64) -> Self {
         Timestamp(micros)

@@ -14,6 +14,8 @@
 //! - **The atomic [`Commit`]**: appends, enqueues and settles a task in one transaction.
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
+//! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
+//!   ([`Store::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -56,6 +58,7 @@ mod instance;
 mod jobs;
 mod journal;
 mod queue;
+mod schedule;
 mod store;
 mod wakeup;
 
@@ -88,6 +91,7 @@ pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Lease, NewTask, QueueStats, TaskKind,
     WorkerInfo,
 };
+pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 /// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).

@@ -15,6 +15,7 @@ use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, Ne
 use crate::jobs::{JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
+use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
 use crate::wakeup::Wakeups;
 
 /// The default limit on one payload or encoded event: 2 MiB.
@@ -261,4 +262,43 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Removes up to `limit` finished jobs older than the retention, expired unique keys and
     /// orphaned progress rows, in short transactions. Call it until it returns less than `limit`.
     fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>>;
+
+    // -- cron schedules -----------------------------------------------------------------------------
+
+    /// Registers schedule `spec.name`, or changes it. Idempotent: registering the same spec again
+    /// writes nothing. A new schedule starts at `next_at`; a changed one keeps its `next_at` unless
+    /// its expression or time zone changed, in which case it moves to `next_at` (so redeploying
+    /// with a new job input neither skips nor repeats a tick).
+    fn upsert_schedule(
+        &self,
+        spec: ScheduleSpec,
+        next_at: crate::Timestamp,
+    ) -> BoxFuture<'_, Result<Upserted>>;
+
+    /// Removes a schedule; `false` if there was none of that name. Jobs it already enqueued stay.
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// One schedule, or `None`.
+    fn get_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ScheduleRecord>>>;
+
+    /// Every schedule, by name.
+    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
+
+    /// Up to `limit` schedules whose `next_at` is at or before `now`, earliest first.
+    fn due_schedules(
+        &self,
+        now: crate::Timestamp,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
+
+    /// The earliest `next_at` of all schedules, or `None` when there are none.
+    fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<crate::Timestamp>>>;
+
+    /// Fires a schedule, compare-and-set: in one transaction, moves its `next_at` from
+    /// `fire.expected_next_at` to `fire.next_at` and enqueues one job per tick (its template,
+    /// visible at the tick), and records the last tick as `last_fired_at`; all only if `next_at`
+    /// still held the expected value. Returns the jobs' task ids, or `None` when it did not (another
+    /// worker fired first, or the schedule was changed or removed). This is what makes a tick
+    /// enqueue exactly one job however many workers race for it.
+    fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
 }

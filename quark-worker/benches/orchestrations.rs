@@ -473,8 +473,8 @@ async fn main() {
                         &url,
                         StoreConfig::default().finished_job_retention(a.retention),
                     )
-                        .await
-                        .unwrap(),
+                    .await
+                    .unwrap(),
                 );
                 bench("postgres", store, Some(&url), &a, &mut rows).await;
                 t.cleanup().await;

@@ -18,6 +18,8 @@ use quark_workflow::{Client, Registry};
 
 mod jobs;
 pub use jobs::{JobCommand, QueueCommand};
+mod schedule;
+pub use schedule::ScheduleCommand;
 
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
@@ -70,6 +72,9 @@ pub enum Command {
     /// Queues: statistics, pause and resume, rate limits.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Cron schedules of durable jobs.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
 }
 
 /// `quark workflow ...`
@@ -297,6 +302,7 @@ pub async fn run_on(
             }
         }
         Command::Workflow(cmd) => workflow(&store, cmd, registry.as_ref(), out).await?,
+        Command::Schedule(cmd) => schedule::run(&store, cmd, registry.as_ref(), out).await?,
         Command::Dlq(DlqCommand::List {
             queue,
             limit,

@@ -20,6 +20,10 @@
 //! slot, and an activity's result is committed together with the turn it unblocks, so a warm
 //! instance advances one transaction per step. Concurrent commits share transactions.
 //!
+//! Every worker also fires the store's cron schedules (`quark_workflow::Schedule`; turn it off with
+//! [`WorkerBuilder::schedules`]): a compare-and-set on each schedule's next tick makes every tick
+//! enqueue its job exactly once, however many workers race for it.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -67,6 +71,7 @@ mod lease;
 mod maintenance;
 mod metrics;
 mod poller;
+mod scheduler;
 mod shutdown;
 mod worker;
 mod workflow;

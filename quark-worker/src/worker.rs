@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::handler::Handler;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::{lease, poller};
+use crate::{lease, poller, scheduler};
 
 /// How a worker behaves. Built by [`WorkerBuilder`].
 #[derive(Debug, Clone)]
@@ -26,6 +26,7 @@ pub(crate) struct Settings {
     pub(crate) affinity_delay: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) maintenance: Option<Duration>,
+    pub(crate) schedules: bool,
 }
 
 pub(crate) struct Route {
@@ -116,6 +117,7 @@ impl Default for WorkerBuilder {
                 affinity_delay: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
                 maintenance: Some(Duration::from_secs(60)),
+                schedules: true,
             },
             routes: HashMap::new(),
         }
@@ -250,6 +252,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// Whether this worker fires the store's cron schedules (default: yes). Every worker may:
+    /// each tick enqueues its job once however many race for it (see `quark_workflow::Schedule`).
+    pub fn schedules(mut self, enabled: bool) -> Self {
+        self.settings.schedules = enabled;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Result<Worker, BuildError> {
         let store = self.store.ok_or(BuildError::NoStore)?;
@@ -370,11 +379,17 @@ impl Worker {
                 every,
             )));
         }
+        let scheduler = self
+            .shared
+            .settings
+            .schedules
+            .then(|| tokio::spawn(scheduler::run(Arc::clone(&self.shared))));
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");
         Ok(RunningWorker {
             worker: self.clone(),
             pollers: tasks,
+            scheduler,
             keeper,
         })
     }
@@ -396,6 +411,7 @@ impl Worker {
 pub struct RunningWorker {
     worker: Worker,
     pollers: Vec<JoinHandle<()>>,
+    scheduler: Option<JoinHandle<()>>,
     keeper: JoinHandle<()>,
 }
 
@@ -407,11 +423,21 @@ impl RunningWorker {
 
     /// Stops claiming, lets in-flight tasks finish within the grace period, hands the rest back by
     /// releasing their leases, and deregisters the worker.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let shared = &self.worker.shared;
-        let _ = shared.stopping.send(true);
+        // `send_replace`, not `send`: `send` stores nothing when no task happens to be waiting
+        // on the channel, and then a loop that checks it later would never see the stop.
+        shared.stopping.send_replace(true);
         for poller in &self.pollers {
             poller.abort();
+        }
+        if let Some(mut scheduler) = self.scheduler.take() {
+            // It stops at once when idle, or after the fire it is committing (a fire is one
+            // transaction: cut short, it leaves nothing behind).
+            let grace = shared.settings.shutdown_grace;
+            if tokio::time::timeout(grace, &mut scheduler).await.is_err() {
+                scheduler.abort();
+            }
         }
         let grace = shared.settings.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
@@ -451,6 +477,9 @@ impl Drop for RunningWorker {
     fn drop(&mut self) {
         for poller in &self.pollers {
             poller.abort();
+        }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.abort();
         }
         self.keeper.abort();
     }

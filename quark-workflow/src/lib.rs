@@ -107,6 +107,7 @@ mod job_workflow;
 mod registry;
 mod replay;
 mod runner;
+mod schedule;
 mod state;
 mod task;
 pub mod testing;
@@ -130,9 +131,12 @@ pub use job_workflow::{
     JobWorkflowError, JobWorkflowHandle, JobWorkflowReport, JobWorkflowRunError, OnFailure,
     RunJobWorkflow,
 };
+/// The missed-tick policy of a [`Schedule`] and what the store keeps of a schedule.
+pub use quark_history::{Missed, ScheduleRecord, Upserted};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};
+pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
 pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
 pub use turn::{Turn, process_turn};
 

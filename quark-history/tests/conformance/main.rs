@@ -10,4 +10,5 @@ mod instances;
 mod jobs;
 mod journal;
 mod queue;
+mod schedules;
 mod wakeups;
