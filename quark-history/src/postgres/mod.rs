@@ -8,6 +8,7 @@ mod batch;
 mod jobs;
 mod journal;
 mod notify;
+mod outbox;
 mod queue;
 
 use std::borrow::Cow;
@@ -67,6 +68,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("jobs"),
             MigrationType::Simple,
             include_str!("../../migrations/postgres/0004_jobs.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            6,
+            Cow::Borrowed("outbox"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0006_outbox.sql").into_sql_str(),
             false,
         ),
     ])
@@ -268,4 +276,6 @@ impl Store for PostgresStore {
     }
 
     crate::jobs::delegate_job_methods!();
+
+    crate::outbox::delegate_outbox_methods!();
 }

@@ -6,6 +6,7 @@
 
 mod jobs;
 mod journal;
+mod outbox;
 mod queue;
 
 use std::borrow::Cow;
@@ -52,6 +53,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("jobs"),
             MigrationType::Simple,
             include_str!("../../migrations/sqlite/0002_jobs.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("outbox"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0004_outbox.sql").into_sql_str(),
             false,
         ),
     ])
@@ -252,4 +260,6 @@ impl Store for SqliteStore {
     }
 
     crate::jobs::delegate_job_methods!();
+
+    crate::outbox::delegate_outbox_methods!();
 }
