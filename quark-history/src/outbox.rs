@@ -568,11 +568,11 @@ impl Inbox {
         E: From<Error>,
     {
         let mut tx = store.begin_write().await?;
-        if !store.record_in(&mut tx, message_id, self.window).await? {
+        if !store.record_in(&mut *tx, message_id, self.window).await? {
             tx.rollback().await.map_err(Error::from)?;
             return Ok(Received::Duplicate);
         }
-        let value = handler(&mut tx).await?;
+        let value = handler(&mut *tx).await?;
         tx.commit().await.map_err(Error::from)?;
         Ok(Received::First(value))
     }
@@ -643,10 +643,13 @@ pub(crate) fn list_sql(filter: &OutboxFilter) -> String {
     sql
 }
 
-/// The claim's candidate condition: pending, due (or its lease lost), and the head of its key.
+/// The claim's candidate condition: pending, due (or its lease lost), the head of its key, and no
+/// other message of its key under a live lease (one can be, after a re-drive put an older message
+/// back in front of it).
 pub(crate) const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
      AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
-       AND p.ordering_key = o.ordering_key AND p.id < o.id)";
+       AND p.ordering_key = o.ordering_key AND p.id <> o.id \
+       AND (p.id < o.id OR (p.lease_owner IS NOT NULL AND p.next_attempt_at > $1)))";
 
 /// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
 pub(crate) const FENCE: &str = "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";

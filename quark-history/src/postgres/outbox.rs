@@ -135,9 +135,10 @@ impl PostgresStore {
 
     pub(super) async fn send_impl(&self, messages: Vec<OutboxMessage>) -> Result<Vec<i64>> {
         let rows = prepare(&self.config, &messages)?;
-        // One statement: atomic by itself.
-        let mut conn = self.pool.acquire().await?;
-        let ids = insert_messages(&mut conn, &rows, self.config.clock.now()).await?;
+        // A transaction, though it is one statement: a taken key must undo the other rows.
+        let mut tx = self.begin().await?;
+        let ids = insert_messages(&mut tx, &rows, self.config.clock.now()).await?;
+        tx.commit().await?;
         if !ids.is_empty() {
             self.announce_outbox();
         }

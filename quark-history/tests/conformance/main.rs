@@ -9,5 +9,6 @@ mod concurrency;
 mod instances;
 mod jobs;
 mod journal;
+mod outbox;
 mod queue;
 mod wakeups;
