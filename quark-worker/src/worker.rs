@@ -53,6 +53,7 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) relay: Arc<crate::relay::Relay>,
 }
 
 impl Shared {
@@ -75,6 +76,7 @@ pub struct WorkerBuilder {
     store: Option<Arc<dyn Store>>,
     settings: Settings,
     routes: HashMap<TaskKind, (Arc<dyn Handler>, usize)>,
+    relay: crate::relay::OutboxRelay,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -118,6 +120,7 @@ impl Default for WorkerBuilder {
                 maintenance: Some(Duration::from_secs(60)),
             },
             routes: HashMap::new(),
+            relay: crate::relay::OutboxRelay::default(),
         }
     }
 }
@@ -250,12 +253,22 @@ impl WorkerBuilder {
         self
     }
 
+    /// How this worker relays the transactional outbox (default: on, with
+    /// [`OutboxRelay::new`](crate::OutboxRelay::new)'s settings; [`OutboxRelay::disabled`](crate::OutboxRelay::disabled)
+    /// leaves it to other workers). Callbacks for `callback:<name>` destinations are registered
+    /// here too.
+    pub fn outbox(mut self, relay: crate::relay::OutboxRelay) -> Self {
+        self.relay = relay;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Result<Worker, BuildError> {
         let store = self.store.ok_or(BuildError::NoStore)?;
-        if self.routes.is_empty() {
+        if self.routes.is_empty() && !self.relay.enabled {
             return Err(BuildError::NoHandlers);
         }
+        self.relay.check().map_err(BuildError::Invalid)?;
         let s = &self.settings;
         if s.heartbeat >= s.lease {
             return Err(BuildError::Invalid(format!(
@@ -296,6 +309,7 @@ impl WorkerBuilder {
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 stopping: watch::channel(false).0,
+                relay: Arc::new(crate::relay::Relay::new(self.relay)),
             }),
         })
     }
@@ -369,12 +383,26 @@ impl Worker {
                 Arc::clone(&self.shared),
                 every,
             )));
+            tasks.push(tokio::spawn(crate::relay::housekeeping(
+                Arc::clone(&self.shared),
+                self.shared.relay.config().clone(),
+                every,
+            )));
         }
+        // Not aborted at shutdown like the pollers: it finishes the deliveries in flight (so
+        // they are not sent again after their lease expires) and hands back the rest.
+        let relay = self.shared.relay.config().enabled.then(|| {
+            tokio::spawn(crate::relay::run(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.shared.relay),
+            ))
+        });
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");
         Ok(RunningWorker {
             worker: self.clone(),
             pollers: tasks,
+            relay,
             keeper,
         })
     }
@@ -396,6 +424,7 @@ impl Worker {
 pub struct RunningWorker {
     worker: Worker,
     pollers: Vec<JoinHandle<()>>,
+    relay: Option<JoinHandle<()>>,
     keeper: JoinHandle<()>,
 }
 
@@ -407,13 +436,20 @@ impl RunningWorker {
 
     /// Stops claiming, lets in-flight tasks finish within the grace period, hands the rest back by
     /// releasing their leases, and deregisters the worker.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let shared = &self.worker.shared;
         let _ = shared.stopping.send(true);
         for poller in &self.pollers {
             poller.abort();
         }
         let grace = shared.settings.shutdown_grace;
+        if let Some(relay) = self.relay.take() {
+            let abort = relay.abort_handle();
+            if tokio::time::timeout(grace, relay).await.is_err() {
+                tracing::warn!("outbox deliveries still running after the grace period; their messages will be re-sent");
+                abort.abort();
+            }
+        }
         let drained = tokio::time::timeout(grace, async {
             loop {
                 let idle = shared.idle.notified();
@@ -451,6 +487,9 @@ impl Drop for RunningWorker {
     fn drop(&mut self) {
         for poller in &self.pollers {
             poller.abort();
+        }
+        if let Some(relay) = &self.relay {
+            relay.abort();
         }
         self.keeper.abort();
     }
