@@ -88,8 +88,8 @@ pub use jobs::{
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 pub use outbox::{
     ClaimedMessage, DEFAULT_INBOX_WINDOW, Delivery, Destination, Inbox, InboxStore, MessageState,
-    OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage,
-    OutboxRecord, Received,
+    OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+    Received,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

@@ -652,7 +652,8 @@ pub(crate) const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_
        AND (p.id < o.id OR (p.lease_owner IS NOT NULL AND p.next_attempt_at > $1)))";
 
 /// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
-pub(crate) const FENCE: &str = "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
+pub(crate) const FENCE: &str =
+    "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
 
 /// The columns a claim returns, in order.
 pub(crate) const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
@@ -690,10 +691,7 @@ pub(crate) fn claimed(
 /// Delegates the outbox section of `Store` to `*_impl` methods of the backend.
 macro_rules! delegate_outbox_methods {
     () => {
-        fn send(
-            &self,
-            messages: Vec<$crate::OutboxMessage>,
-        ) -> BoxFuture<'_, Result<Vec<i64>>> {
+        fn send(&self, messages: Vec<$crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>> {
             Box::pin(self.send_impl(messages))
         }
 
@@ -772,7 +770,8 @@ mod tests {
         .unwrap();
         assert_eq!(rows[0].ordering_key, "nats:a");
         assert!(uuid::Uuid::parse_str(&rows[0].idempotency_key).is_ok());
-        let bad = OutboxMessage::new(Destination::nats("a"), b"x".to_vec()).header("x", "1\r\nY: 2");
+        let bad =
+            OutboxMessage::new(Destination::nats("a"), b"x".to_vec()).header("x", "1\r\nY: 2");
         assert!(prepare(&config, &[bad]).is_err());
     }
 }

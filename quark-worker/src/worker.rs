@@ -446,7 +446,9 @@ impl RunningWorker {
         if let Some(relay) = self.relay.take() {
             let abort = relay.abort_handle();
             if tokio::time::timeout(grace, relay).await.is_err() {
-                tracing::warn!("outbox deliveries still running after the grace period; their messages will be re-sent");
+                tracing::warn!(
+                    "outbox deliveries still running after the grace period; their messages will be re-sent"
+                );
                 abort.abort();
             }
         }

@@ -145,7 +145,10 @@ impl PostgresStore {
         Ok(ids)
     }
 
-    pub(super) async fn claim_outbox_impl(&self, claim: OutboxClaim) -> Result<Vec<ClaimedMessage>> {
+    pub(super) async fn claim_outbox_impl(
+        &self,
+        claim: OutboxClaim,
+    ) -> Result<Vec<ClaimedMessage>> {
         let now = self.config.clock.now();
         let expires = now + claim.lease;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

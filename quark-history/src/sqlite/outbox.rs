@@ -128,7 +128,10 @@ impl SqliteStore {
         Ok(ids)
     }
 
-    pub(super) async fn claim_outbox_impl(&self, claim: OutboxClaim) -> Result<Vec<ClaimedMessage>> {
+    pub(super) async fn claim_outbox_impl(
+        &self,
+        claim: OutboxClaim,
+    ) -> Result<Vec<ClaimedMessage>> {
         let now = self.config.clock.now();
         let expires = now + claim.lease;
         let mut tx = self.begin().await?;

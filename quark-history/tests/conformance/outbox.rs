@@ -80,7 +80,10 @@ async fn it_writes_outbox_messages_with_their_commit_or_not_at_all(t: &TestStore
                 .complete(stale),
         )
         .await;
-    assert!(matches!(refused, Err(Error::LeaseLost { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::LeaseLost { .. })),
+        "{refused:?}"
+    );
     assert!(pending(t).await.is_empty());
 
     t.store
@@ -88,7 +91,10 @@ async fn it_writes_outbox_messages_with_their_commit_or_not_at_all(t: &TestStore
             Commit::new()
                 .append("o-1", Expected::Seq(2), [marker()])
                 .send(msg("k", 1).header("x-trace", "abc"))
-                .send(OutboxMessage::new(Destination::nats("orders.paid"), b"raw".to_vec()))
+                .send(OutboxMessage::new(
+                    Destination::nats("orders.paid"),
+                    b"raw".to_vec(),
+                ))
                 .complete(task.lease),
         )
         .await
@@ -97,7 +103,10 @@ async fn it_writes_outbox_messages_with_their_commit_or_not_at_all(t: &TestStore
     assert_eq!(listed.len(), 2);
     let (nats, cb) = (&listed[0], &listed[1]);
     assert_eq!(nats.destination, Destination::nats("orders.paid"));
-    assert_eq!(nats.ordering_key, "nats:orders.paid", "the default key is the destination");
+    assert_eq!(
+        nats.ordering_key, "nats:orders.paid",
+        "the default key is the destination"
+    );
     assert!(uuid::Uuid::parse_str(&nats.idempotency_key).is_ok());
     assert_ne!(nats.idempotency_key, cb.idempotency_key);
     assert_eq!(cb.headers.get("x-trace").map(String::as_str), Some("abc"));
@@ -128,8 +137,16 @@ async fn it_refuses_a_taken_idempotency_key_and_writes_nothing_of_that_commit(t:
         Err(Error::MessageExists { key }) => assert_eq!(key, "pay-7"),
         other => panic!("expected MessageExists, got {other:?}"),
     }
-    let history = t.store.read_history("o-2", HistoryRange::All).await.unwrap();
-    assert_eq!(history.len(), 1, "the append of the refused commit is rolled back");
+    let history = t
+        .store
+        .read_history("o-2", HistoryRange::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.len(),
+        1,
+        "the append of the refused commit is rolled back"
+    );
     // Two messages with one key in one call are refused too.
     let twice = t
         .store
@@ -138,7 +155,10 @@ async fn it_refuses_a_taken_idempotency_key_and_writes_nothing_of_that_commit(t:
             msg("k", 4).idempotency_key("dup"),
         ])
         .await;
-    assert!(matches!(twice, Err(Error::MessageExists { .. })), "{twice:?}");
+    assert!(
+        matches!(twice, Err(Error::MessageExists { .. })),
+        "{twice:?}"
+    );
     assert_eq!(pending(t).await.len(), 1);
     // Bad input is refused before anything is written.
     let bad = t
@@ -215,10 +235,7 @@ async fn it_hands_out_a_keys_messages_in_order_one_at_a_time(t: &TestStore) {
     }
     t.store.send(batch).await.unwrap();
     let claimed = t.store.claim_outbox(claim("w1")).await.unwrap();
-    let mut current = claimed
-        .into_iter()
-        .find(|m| m.ordering_key == "k")
-        .unwrap();
+    let mut current = claimed.into_iter().find(|m| m.ordering_key == "k").unwrap();
     let mut order = vec![serde_json::from_slice::<u32>(&current.payload).unwrap()];
     loop {
         // While one message of the key is held, no other relay gets any of the key.
@@ -226,7 +243,13 @@ async fn it_hands_out_a_keys_messages_in_order_one_at_a_time(t: &TestStore) {
         assert!(others.iter().all(|m| m.ordering_key != "k"), "{others:?}");
         for m in others {
             t.store
-                .settle_outbox(&m.lease, Delivery::Retry { at: t.clock.now(), error: None })
+                .settle_outbox(
+                    &m.lease,
+                    Delivery::Retry {
+                        at: t.clock.now(),
+                        error: None,
+                    },
+                )
                 .await
                 .unwrap();
         }
@@ -279,7 +302,12 @@ async fn it_retries_with_the_key_held_then_dies_and_redrives(t: &TestStore) {
     assert_eq!(payloads(&again), [("k".into(), 1)]);
     assert_eq!(again[0].lease.attempt, 2);
     t.store
-        .settle_outbox(&again[0].lease, Delivery::Dead { error: "gave up after 2 attempts".into() })
+        .settle_outbox(
+            &again[0].lease,
+            Delivery::Dead {
+                error: "gave up after 2 attempts".into(),
+            },
+        )
         .await
         .unwrap();
     // A dead message no longer holds its key.
@@ -291,7 +319,10 @@ async fn it_retries_with_the_key_held_then_dies_and_redrives(t: &TestStore) {
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].last_error.as_deref(), Some("gave up after 2 attempts"));
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("gave up after 2 attempts")
+    );
     assert_eq!(dead[0].attempts, 2);
 
     // A re-drive while the key's next message is in flight waits for that one.
@@ -361,14 +392,19 @@ async fn it_applies_a_commit_once_per_inbox_id(t: &TestStore) {
         Err(Error::AlreadyReceived { message_id }) => assert_eq!(message_id, "msg-1"),
         other => panic!("expected AlreadyReceived, got {other:?}"),
     }
-    let history = t.store.read_history("o-3", HistoryRange::All).await.unwrap();
+    let history = t
+        .store
+        .read_history("o-3", HistoryRange::All)
+        .await
+        .unwrap();
     let signals = history
         .iter()
         .filter(|e| matches!(e.event, HistoryEvent::SignalReceived { .. }))
         .count();
     assert_eq!(signals, 1);
     // Past the window an id counts as new.
-    t.clock.advance(quark_history::DEFAULT_INBOX_WINDOW + Duration::from_secs(1));
+    t.clock
+        .advance(quark_history::DEFAULT_INBOX_WINDOW + Duration::from_secs(1));
     t.store.commit(signal()).await.unwrap();
 }
 
@@ -390,7 +426,10 @@ async fn it_expires_inbox_ids_in_batches(t: &TestStore) {
         t.store.commit(Commit::new().receive("new")).await,
         Err(Error::AlreadyReceived { .. })
     ));
-    t.store.commit(Commit::new().receive("old-0")).await.unwrap();
+    t.store
+        .commit(Commit::new().receive("old-0"))
+        .await
+        .unwrap();
 }
 
 async fn it_writes_outbox_messages_of_batched_commits_that_succeed(t: &TestStore) {
@@ -414,7 +453,9 @@ async fn it_writes_outbox_messages_of_batched_commits_that_succeed(t: &TestStore
                 .append("b-2", Expected::Seq(2), [marker()])
                 .send(msg("b", 2))
                 .complete(stale),
-            Commit::new().send(msg("b", 3)).enqueue(NewTask::new(TaskKind::Job, "jobs")),
+            Commit::new()
+                .send(msg("b", 3))
+                .enqueue(NewTask::new(TaskKind::Job, "jobs")),
         ])
         .await;
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
@@ -537,7 +578,13 @@ mod inbox_once {
             inbox.once(&store, "m-1", apply).await.unwrap(),
             Received::First("applied")
         );
-        assert!(inbox.once(&store, "m-1", apply).await.unwrap().is_duplicate());
+        assert!(
+            inbox
+                .once(&store, "m-1", apply)
+                .await
+                .unwrap()
+                .is_duplicate()
+        );
         // A failing handler records nothing.
         let failed = inbox
             .once(&store, "m-2", async |_conn: &mut SqliteConnection| {
@@ -551,7 +598,13 @@ mod inbox_once {
         );
         // Past the window the id is new again.
         clock.advance(Duration::from_secs(61));
-        assert!(!inbox.once(&store, "m-1", apply).await.unwrap().is_duplicate());
+        assert!(
+            !inbox
+                .once(&store, "m-1", apply)
+                .await
+                .unwrap()
+                .is_duplicate()
+        );
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
             .fetch_one(store.pool())
             .await
@@ -607,13 +660,28 @@ mod inbox_once {
         assert_eq!(n, 1);
         // Inside the caller's own transaction.
         let mut tx = pool.begin().await.unwrap();
-        assert!(inbox.record_in(store.as_ref(), &mut tx, "m-2").await.unwrap());
+        assert!(
+            inbox
+                .record_in(store.as_ref(), &mut tx, "m-2")
+                .await
+                .unwrap()
+        );
         tx.rollback().await.unwrap();
         let mut tx = pool.begin().await.unwrap();
-        assert!(inbox.record_in(store.as_ref(), &mut tx, "m-2").await.unwrap());
+        assert!(
+            inbox
+                .record_in(store.as_ref(), &mut tx, "m-2")
+                .await
+                .unwrap()
+        );
         tx.commit().await.unwrap();
         let mut tx = pool.begin().await.unwrap();
-        assert!(!inbox.record_in(store.as_ref(), &mut tx, "m-2").await.unwrap());
+        assert!(
+            !inbox
+                .record_in(store.as_ref(), &mut tx, "m-2")
+                .await
+                .unwrap()
+        );
         drop(tx);
         drop(store);
         t.cleanup().await;

@@ -9,7 +9,8 @@ use quark_history::ClaimedMessage;
 
 use super::DeliveryError;
 
-type BoxedFn = dyn Fn(ClaimedMessage) -> BoxFuture<'static, Result<(), DeliveryError>> + Send + Sync;
+type BoxedFn =
+    dyn Fn(ClaimedMessage) -> BoxFuture<'static, Result<(), DeliveryError>> + Send + Sync;
 
 /// A registered callback. It receives each message (with its idempotency key and attempt) and may
 /// be called again for the same message after a crash or a lost lease: deduplicate by

@@ -173,7 +173,9 @@ pub(crate) async fn post(
     };
     let status = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| DeliveryError::retry(format!("webhook {url} timed out after {timeout:?}")))??;
+        .map_err(|_| {
+            DeliveryError::retry(format!("webhook {url} timed out after {timeout:?}"))
+        })??;
     classify(status)
 }
 
@@ -210,7 +212,10 @@ mod tests {
             assert!(matches!(classify(s), Err(DeliveryError::Retry(_))), "{s}");
         }
         for s in [400, 404, 410, 422] {
-            assert!(matches!(classify(s), Err(DeliveryError::Permanent(_))), "{s}");
+            assert!(
+                matches!(classify(s), Err(DeliveryError::Permanent(_))),
+                "{s}"
+            );
         }
     }
 }

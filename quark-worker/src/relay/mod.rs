@@ -305,7 +305,8 @@ impl Relay {
                 }
                 Err(DeliveryError::Retry(e)) => {
                     let (initial, max) = self.config.backoff;
-                    let at = store.config().clock.now() + crate::backoff::delay(attempt, initial, max);
+                    let at =
+                        store.config().clock.now() + crate::backoff::delay(attempt, initial, max);
                     Delivery::Retry { at, error: Some(e) }
                 }
             };

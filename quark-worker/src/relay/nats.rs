@@ -63,7 +63,9 @@ impl NatsClient {
         };
         let info = client.read_line().await?;
         if !info.starts_with("INFO") {
-            return Err(protocol(format!("expected INFO from the server, got {info:?}")));
+            return Err(protocol(format!(
+                "expected INFO from the server, got {info:?}"
+            )));
         }
         let connect = serde_json::json!({
             "verbose": false,
