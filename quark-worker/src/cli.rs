@@ -17,7 +17,9 @@ use quark_history::{
 use quark_workflow::{Client, Registry};
 
 mod jobs;
+mod outbox;
 pub use jobs::{JobCommand, QueueCommand};
+pub use outbox::OutboxCommand;
 
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
@@ -70,6 +72,9 @@ pub enum Command {
     /// Queues: statistics, pause and resume, rate limits.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The transactional outbox: list messages, re-drive dead ones, send one.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
 }
 
 /// `quark workflow ...`
@@ -342,6 +347,7 @@ pub async fn run_on(
         }
         Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), out).await?,
         Command::Queue(cmd) => jobs::queue(&store, cmd, out).await?,
+        Command::Outbox(cmd) => outbox::outbox(&store, cmd, out).await?,
     }
     Ok(())
 }
