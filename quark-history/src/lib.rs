@@ -99,6 +99,9 @@ pub use queue::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+/// The `sqlx` this crate is built on: for code that writes in the engine's transactions
+/// ([`Inbox::once`] handlers, [`Outbox::send_tx`]) without a version mismatch.
+pub use sqlx;
 /// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;
