@@ -517,7 +517,7 @@ async fn it_never_hands_one_message_or_key_to_two_racing_relays(t: &TestStore) {
                         tokio::task::yield_now().await;
                         held.lock().unwrap().remove(&m.ordering_key);
                         // Every other message goes back to the claim path.
-                        let next_lease = (n % 2 == 0).then_some(Duration::from_secs(30));
+                        let next_lease = n.is_multiple_of(2).then_some(Duration::from_secs(30));
                         match store
                             .settle_outbox(&m.lease, Delivery::Sent { next_lease })
                             .await
