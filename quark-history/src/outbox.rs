@@ -481,8 +481,9 @@ pub trait InboxStore: sealed::Sealed + Send + Sync {
     /// The database.
     type Db: sqlx::Database;
 
-    /// Begins a write transaction.
-    #[doc(hidden)]
+    /// Begins a write transaction on the engine's database (on SQLite, on its single writer
+    /// connection, with `BEGIN IMMEDIATE`): for code that writes its own rows together with
+    /// [`Inbox::record_in`] or [`Outbox::send_tx_sqlite`].
     fn begin_write(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Db>>>;
 
     /// Records `message_id` inside the transaction on `conn`; `true` if it is new.
@@ -607,8 +608,9 @@ impl Outbox {
         store.send_in(conn, &messages).await
     }
 
-    /// Like [`send_tx`](Self::send_tx), inside a transaction on the engine's SQLite database (begin
-    /// it with `BEGIN IMMEDIATE` on a writable connection).
+    /// Like [`send_tx`](Self::send_tx), inside a transaction on the engine's SQLite database,
+    /// begun with [`InboxStore::begin_write`]. Relays in this process are told at once (one that
+    /// looks before the commit finds nothing yet and polls again).
     #[cfg(feature = "sqlite")]
     pub async fn send_tx_sqlite(
         store: &crate::SqliteStore,

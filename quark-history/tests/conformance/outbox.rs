@@ -547,13 +547,17 @@ async fn it_never_hands_one_message_or_key_to_two_racing_relays(t: &TestStore) {
     }
 }
 
-/// `Inbox::once` needs the concrete store (its handler writes on the backend's own connection).
-mod inbox_once {
+/// `Inbox::once` and `Outbox::send_tx*` need the concrete store (they write on the backend's own
+/// connection).
+mod concrete {
     use std::sync::Arc;
     use std::time::Duration;
 
     use quark_history::testing::TEST_EPOCH;
-    use quark_history::{Error, Inbox, ManualClock, Received, SqliteStore, StoreConfig};
+    use quark_history::{
+        Destination, Error, Inbox, InboxStore, ManualClock, Outbox, OutboxFilter, OutboxMessage,
+        Received, SqliteStore, Store, StoreConfig, TaskKind, Wake,
+    };
     use sqlx::{PgConnection, SqliteConnection};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,6 +600,25 @@ mod inbox_once {
             inbox.once(&store, "m-2", apply).await.unwrap(),
             Received::First("applied")
         );
+        // The producer side inside a transaction of the caller's: all or nothing.
+        let send = |n: u32| vec![OutboxMessage::json(Destination::callback("test"), &n).unwrap()];
+        let mut tx = store.begin_write().await.unwrap();
+        Outbox::send_tx_sqlite(&store, &mut tx, send(1))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let mut tx = store.begin_write().await.unwrap();
+        sqlx::query("INSERT INTO effects (n) VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        Outbox::send_tx_sqlite(&store, &mut tx, send(2))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let listed = store.list_outbox(OutboxFilter::default()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].payload, b"2");
         // Past the window the id is new again.
         clock.advance(Duration::from_secs(61));
         assert!(
@@ -609,7 +632,7 @@ mod inbox_once {
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,6 +706,41 @@ mod inbox_once {
                 .unwrap()
         );
         drop(tx);
+
+        // Outbox::send_tx: the messages exist iff the caller's transaction commits, and relays
+        // elsewhere (here: the test's other store on this database) hear of them at commit.
+        let send = |n: u32| vec![OutboxMessage::json(Destination::callback("test"), &n).unwrap()];
+        let mut tx = pool.begin().await.unwrap();
+        Outbox::send_tx(&store, &mut tx, send(1)).await.unwrap();
+        tx.rollback().await.unwrap();
+        let mut wakeups = t.store.subscribe().await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO effects (n) VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let ids = Outbox::send_tx(&store, &mut tx, send(2)).await.unwrap();
+        tx.commit().await.unwrap();
+        let listed = t.store.list_outbox(OutboxFilter::default()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].id, listed[0].payload.as_slice()),
+            (ids[0], &b"2"[..])
+        );
+        let woken = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Wake::Queue {
+                    kind: TaskKind::Outbox,
+                    ..
+                } = wakeups.recv().await
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(woken.is_ok(), "no outbox wake-up after the commit");
+        drop(wakeups);
         drop(store);
         t.cleanup().await;
     }
