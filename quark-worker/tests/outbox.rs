@@ -144,6 +144,13 @@ async fn it_relays_each_message_once_and_each_key_in_order_across_two_workers(t:
     for (key, order) in per_key {
         assert_eq!(order, (0..PER_KEY).collect::<Vec<_>>(), "order of {key}");
     }
+    let counted = || a.worker().metrics().outbox_sent + b.worker().metrics().outbox_sent;
+    // A worker counts a delivery right after its settle commits.
+    eventually("the workers count every delivery", async || {
+        counted() as usize >= total
+    })
+    .await;
+    assert_eq!(counted() as usize, total);
     let workers: std::collections::BTreeSet<&str> =
         seen.iter().map(|s| s.worker.as_str()).collect();
     eprintln!("delivered by {workers:?}");

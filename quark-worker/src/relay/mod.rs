@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quark_history::{ClaimedMessage, Delivery, Destination, Error, OutboxClaim, TaskKind, Wake};
+use tracing::Instrument;
 
 pub use callback::Callback;
 
@@ -291,7 +292,13 @@ impl Relay {
                     .await;
                 return;
             }
-            let outcome = self.deliver(shared, &m).await;
+            let span = tracing::info_span!(
+                "outbox",
+                id = m.lease.id,
+                destination = %m.destination,
+                attempt = m.lease.attempt
+            );
+            let outcome = self.deliver(shared, &m).instrument(span).await;
             let attempt = m.lease.attempt;
             let delivery = match outcome {
                 Ok(()) => Delivery::Sent {
@@ -320,9 +327,19 @@ impl Relay {
                 ),
                 _ => {}
             }
+            let counter = match &delivery {
+                Delivery::Sent { .. } => &shared.metrics.outbox_sent,
+                Delivery::Retry { .. } => &shared.metrics.outbox_retried,
+                _ => &shared.metrics.outbox_dead,
+            };
             match store.settle_outbox(&m.lease, delivery).await {
-                Ok(Some(next)) => m = next,
-                Ok(None) => return,
+                Ok(next) => {
+                    crate::metrics::Metrics::inc(counter);
+                    match next {
+                        Some(next) => m = next,
+                        None => return,
+                    }
+                }
                 Err(Error::LeaseLost { .. }) => {
                     // Another relay took it over after our lease expired; it re-delivers with
                     // the same idempotency key.
