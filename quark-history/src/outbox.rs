@@ -510,15 +510,16 @@ impl sealed::Sealed for crate::SqliteStore {}
 ///
 /// let store = SqliteStore::in_memory().await?;
 /// let inbox = Inbox::new();
-/// for _ in 0..2 {
+/// for round in 0..2 {
 ///     let outcome = inbox
-///         .once(&store, "payment-42", async |conn: &mut sqlx::SqliteConnection| {
+///         .once(&store, "payment-42", async |conn: &mut quark_history::sqlx::SqliteConnection| {
 ///             // The handler's writes commit together with the id, or not at all.
 ///             let _ = conn;
 ///             Ok::<_, quark_history::Error>("charged")
 ///         })
 ///         .await?;
-///     println!("{outcome:?}"); // First("charged"), then Duplicate
+///     let expected = if round == 0 { Received::First("charged") } else { Received::Duplicate };
+///     assert_eq!(outcome, expected);
 /// }
 /// # Ok(())
 /// # }

@@ -25,6 +25,7 @@ quark_history::backend_tests!(
     it_posts_to_a_webhook_retrying_a_500_with_the_same_idempotency_key,
     it_publishes_to_jetstream_which_drops_a_resend_by_message_id,
     it_signals_a_running_orchestration_once_even_when_the_relay_resends,
+    it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery,
 );
 
 fn relay() -> OutboxRelay {
@@ -113,8 +114,8 @@ async fn it_relays_each_message_once_and_each_key_in_order_across_two_workers(t:
     };
     let a = start(t, "relay-a", sink("a"), None).await;
     let b = start(t, "relay-b", sink("b"), None).await;
-    const KEYS: u32 = 6;
-    const PER_KEY: u32 = 20;
+    const KEYS: u32 = 20;
+    const PER_KEY: u32 = 50;
     for n in 0..PER_KEY {
         let batch = (0..KEYS)
             .map(|k| {
@@ -156,6 +157,57 @@ async fn it_relays_each_message_once_and_each_key_in_order_across_two_workers(t:
     eprintln!("delivered by {workers:?}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+async fn it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery(
+    t: &TestStore,
+) {
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sink = |worker: &'static str, hang: bool| {
+        let seen = Arc::clone(&seen);
+        relay().callback("sink", move |m| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push((worker.to_string(), m.idempotency_key.clone()));
+                if hang {
+                    // Delivered, but the relay dies before it can mark the message sent.
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    let doomed = start(t, "relay-doomed", sink("doomed", true), None).await;
+    let ids = t
+        .store
+        .send(vec![
+            OutboxMessage::json(Destination::callback("sink"), &1).unwrap(),
+        ])
+        .await
+        .unwrap();
+    eventually("the first relay delivers", async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    drop(doomed);
+    let survivor = start(t, "relay-survivor", sink("survivor", false), None).await;
+    // The dead relay's lease runs out (on the store's clock), and the survivor takes over.
+    t.advance_until(Duration::from_secs(5), "the message is sent", async || {
+        message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "doomed");
+    assert_eq!(seen[1].0, "survivor");
+    assert_eq!(
+        seen[0].1, seen[1].1,
+        "the same idempotency key on the re-delivery"
+    );
+    assert_eq!(message(t.store.as_ref(), ids[0]).await.attempts, 2);
+    survivor.shutdown().await;
 }
 
 // -- HTTP -----------------------------------------------------------------------------------------

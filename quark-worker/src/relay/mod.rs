@@ -285,7 +285,8 @@ impl Relay {
         let store = shared.store.as_ref();
         loop {
             if shared.is_stopping() {
-                // Hand it back without counting an attempt against it.
+                // Hand it back, due now and without an error. (Its claim still counts as an
+                // attempt: attempts count claims.)
                 let at = store.config().clock.now();
                 let _ = store
                     .settle_outbox(&m.lease, Delivery::Retry { at, error: None })
