@@ -95,8 +95,10 @@ pub enum BuildError {
     /// No store was given.
     #[error("a worker needs a store: call .store(..)")]
     NoStore,
-    /// No handler was given.
-    #[error("a worker needs at least one handler: call .handle(kind, handler, concurrency)")]
+    /// No handler was given and the outbox relay is disabled: the worker would do nothing.
+    #[error(
+        "a worker needs at least one handler (call .handle(kind, handler, concurrency)) or the outbox relay"
+    )]
     NoHandlers,
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
