@@ -64,6 +64,12 @@ pub struct Commit {
     pub tasks: Vec<NewTask>,
     /// The task this was done under, checked against its fencing token.
     pub settle: Option<Settle>,
+    /// Outbox messages to write: they exist if and only if the commit does.
+    pub outbox: Vec<crate::OutboxMessage>,
+    /// Inbox message ids to record. If one was recorded within the default window
+    /// ([`DEFAULT_INBOX_WINDOW`](crate::DEFAULT_INBOX_WINDOW)), nothing of the commit is written
+    /// and it fails with [`Error::AlreadyReceived`](crate::Error::AlreadyReceived).
+    pub receive: Vec<String>,
 }
 
 impl Commit {
@@ -108,6 +114,18 @@ impl Commit {
         self.tasks.retain(|t| {
             t.kind != crate::TaskKind::Orchestration || t.instance_id.as_deref() != Some(id)
         });
+        self
+    }
+
+    /// Writes an outbox message with the commit.
+    pub fn send(mut self, message: crate::OutboxMessage) -> Self {
+        self.outbox.push(message);
+        self
+    }
+
+    /// Records an inbox message id with the commit: the commit happens once per id.
+    pub fn receive(mut self, message_id: impl Into<String>) -> Self {
+        self.receive.push(message_id.into());
         self
     }
 

@@ -133,6 +133,28 @@ pub enum Error {
     /// Any other database error. Not retryable as is.
     #[error("database: {0}")]
     Database(#[source] sqlx::Error),
+    /// An outbox message with this idempotency key exists. Keys are unique; reuse one only for
+    /// the same message (and then do not send it again), or leave it unset for a fresh UUID.
+    #[error("an outbox message with idempotency key `{key}` already exists")]
+    MessageExists {
+        /// The key.
+        key: String,
+    },
+    /// This inbox message id was already recorded within the deduplication window: the message
+    /// was handled before. Nothing was written; treat the message as done.
+    #[error("message `{message_id}` was already received")]
+    AlreadyReceived {
+        /// The id.
+        message_id: String,
+    },
+    /// No outbox message with this id (or not in the state the operation needs).
+    #[error("no {state}outbox message {id}")]
+    MessageNotFound {
+        /// The id.
+        id: i64,
+        /// The state looked for, with a trailing space (`"dead "`), or empty.
+        state: &'static str,
+    },
     /// Applying the schema migrations failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -12,6 +12,9 @@
 //! - **The queue**: enqueue, claim in batches under a lease, extend, complete, fail, retry,
 //!   dead-letter and re-drive; the attempt number is a fencing token ([`Lease`]).
 //! - **The atomic [`Commit`]**: appends, enqueues and settles a task in one transaction.
+//! - **The transactional outbox and the inbox** ([`Outbox`], [`Commit::send`], [`Inbox::once`]):
+//!   messages written in the same transaction as the change that caused them, relayed in order
+//!   per key with leases; message ids deduplicated by the consumer in its own transaction.
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
@@ -57,6 +60,7 @@ mod event;
 mod instance;
 mod jobs;
 mod journal;
+mod outbox;
 mod queue;
 mod schedule;
 mod store;
@@ -85,6 +89,11 @@ pub use jobs::{
     UniquePolicy,
 };
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+pub use outbox::{
+    ClaimedMessage, DEFAULT_INBOX_WINDOW, Delivery, Destination, Inbox, InboxStore, MessageState,
+    OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+    Received,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use queue::{
@@ -94,6 +103,9 @@ pub use queue::{
 pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+/// The `sqlx` this crate is built on: for code that writes in the engine's transactions
+/// ([`Inbox::once`] handlers, [`Outbox::send_tx`]) without a version mismatch.
+pub use sqlx;
 /// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;

@@ -301,4 +301,43 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// worker fired first, or the schedule was changed or removed). This is what makes a tick
     /// enqueue exactly one job however many workers race for it.
     fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
+
+    // -- the outbox and the inbox -------------------------------------------------------------
+
+    /// Writes outbox messages in one transaction (a commit with messages only). Returns their ids.
+    fn send(&self, messages: Vec<crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>>;
+
+    /// Claims up to `claim.limit` due messages under a lease, each the head of its ordering key
+    /// (its pending message with the smallest id), so no two relays hold one key at a time and a
+    /// key's next message is not handed out before the previous one is settled.
+    fn claim_outbox(
+        &self,
+        claim: crate::OutboxClaim,
+    ) -> BoxFuture<'_, Result<Vec<crate::ClaimedMessage>>>;
+
+    /// Settles a claimed message (fenced by its lease: `LeaseLost` if it was claimed again).
+    /// After `Delivery::Sent { next_lease: Some(..) }`, returns the key's next message if it is
+    /// due, already leased to the same worker.
+    fn settle_outbox<'a>(
+        &'a self,
+        lease: &'a crate::OutboxLease,
+        delivery: crate::Delivery,
+    ) -> BoxFuture<'a, Result<Option<crate::ClaimedMessage>>>;
+
+    /// Outbox messages matching `filter`, newest first.
+    fn list_outbox(
+        &self,
+        filter: crate::OutboxFilter,
+    ) -> BoxFuture<'_, Result<Vec<crate::OutboxRecord>>>;
+
+    /// Puts a dead message back in line, due now, with its attempts reset. It keeps its id, so it
+    /// goes before later messages of its key that are still pending.
+    fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Deletes up to `limit` sent messages older than `retention`. Call it until it returns less
+    /// than `limit`.
+    fn purge_outbox(&self, retention: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
+
+    /// Deletes up to `limit` inbox ids older than `window`, in one short transaction.
+    fn purge_inbox(&self, window: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
 }

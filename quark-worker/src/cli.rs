@@ -17,8 +17,10 @@ use quark_history::{
 use quark_workflow::{Client, Registry};
 
 mod jobs;
+mod outbox;
 pub use jobs::{JobCommand, QueueCommand};
 mod schedule;
+pub use outbox::OutboxCommand;
 pub use schedule::ScheduleCommand;
 
 /// Quark: durable execution for Rust.
@@ -75,6 +77,9 @@ pub enum Command {
     /// Cron schedules of durable jobs.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// The transactional outbox: list messages, re-drive dead ones, send one.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
 }
 
 /// `quark workflow ...`
@@ -348,6 +353,7 @@ pub async fn run_on(
         }
         Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), out).await?,
         Command::Queue(cmd) => jobs::queue(&store, cmd, out).await?,
+        Command::Outbox(cmd) => outbox::outbox(&store, cmd, out).await?,
     }
     Ok(())
 }

@@ -14,6 +14,11 @@
 //! for infrastructure errors, dead-lettering of rejected tasks, `tracing` spans per task (kind, task
 //! id, instance, attempt) and counters ([`MetricsSnapshot`]).
 //!
+//! Every worker also relays the transactional outbox ([`OutboxRelay`], on by default): messages
+//! written with a commit are delivered in order per key to Quark signals, `http://` webhooks,
+//! NATS JetStream or registered callbacks, with retries, a dead state and the same idempotency
+//! key on every re-send.
+//!
 //! For orchestrations, [`WorkerBuilder::workflows`] registers the handlers that run a
 //! `quark_workflow::Registry`: turns through the SDK's `process_turn`, activities under their
 //! timeouts, timers. A turn's activities run on the worker that scheduled them when it has a free
@@ -71,6 +76,7 @@ mod lease;
 mod maintenance;
 mod metrics;
 mod poller;
+pub mod relay;
 mod scheduler;
 mod shutdown;
 mod worker;
@@ -78,5 +84,6 @@ mod workflow;
 
 pub use handler::{Handler, HandlerError, TaskContext};
 pub use metrics::MetricsSnapshot;
+pub use relay::{DeliveryError, OutboxRelay};
 pub use shutdown::shutdown_signal;
 pub use worker::{BuildError, RunningWorker, Worker, WorkerBuilder};

@@ -11,6 +11,9 @@ pub(crate) struct Metrics {
     pub(crate) retried: AtomicU64,
     pub(crate) lease_lost: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) outbox_sent: AtomicU64,
+    pub(crate) outbox_retried: AtomicU64,
+    pub(crate) outbox_dead: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
@@ -28,6 +31,12 @@ pub struct MetricsSnapshot {
     pub lease_lost: u64,
     /// Turns redone because the history moved on while they ran.
     pub conflicts: u64,
+    /// Outbox messages this worker delivered and marked sent.
+    pub outbox_sent: u64,
+    /// Outbox deliveries that failed and were scheduled to be tried again.
+    pub outbox_retried: u64,
+    /// Outbox messages this worker gave up on (dead).
+    pub outbox_dead: u64,
 }
 
 impl Metrics {
@@ -44,6 +53,9 @@ impl Metrics {
             retried: self.retried.load(Ordering::Relaxed),
             lease_lost: self.lease_lost.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
+            outbox_sent: self.outbox_sent.load(Ordering::Relaxed),
+            outbox_retried: self.outbox_retried.load(Ordering::Relaxed),
+            outbox_dead: self.outbox_dead.load(Ordering::Relaxed),
         }
     }
 }

@@ -54,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) relay: Arc<crate::relay::Relay>,
 }
 
 impl Shared {
@@ -76,6 +77,7 @@ pub struct WorkerBuilder {
     store: Option<Arc<dyn Store>>,
     settings: Settings,
     routes: HashMap<TaskKind, (Arc<dyn Handler>, usize)>,
+    relay: crate::relay::OutboxRelay,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -94,8 +96,10 @@ pub enum BuildError {
     /// No store was given.
     #[error("a worker needs a store: call .store(..)")]
     NoStore,
-    /// No handler was given.
-    #[error("a worker needs at least one handler: call .handle(kind, handler, concurrency)")]
+    /// No handler was given and the outbox relay is disabled: the worker would do nothing.
+    #[error(
+        "a worker needs at least one handler (call .handle(kind, handler, concurrency)) or the outbox relay"
+    )]
     NoHandlers,
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
@@ -120,6 +124,7 @@ impl Default for WorkerBuilder {
                 schedules: true,
             },
             routes: HashMap::new(),
+            relay: crate::relay::OutboxRelay::default(),
         }
     }
 }
@@ -259,12 +264,22 @@ impl WorkerBuilder {
         self
     }
 
+    /// How this worker relays the transactional outbox (default: on, with
+    /// [`OutboxRelay::new`](crate::OutboxRelay::new)'s settings; [`OutboxRelay::disabled`](crate::OutboxRelay::disabled)
+    /// leaves it to other workers). Callbacks for `callback:<name>` destinations are registered
+    /// here too.
+    pub fn outbox(mut self, relay: crate::relay::OutboxRelay) -> Self {
+        self.relay = relay;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Result<Worker, BuildError> {
         let store = self.store.ok_or(BuildError::NoStore)?;
-        if self.routes.is_empty() {
+        if self.routes.is_empty() && !self.relay.enabled {
             return Err(BuildError::NoHandlers);
         }
+        self.relay.check().map_err(BuildError::Invalid)?;
         let s = &self.settings;
         if s.heartbeat >= s.lease {
             return Err(BuildError::Invalid(format!(
@@ -305,6 +320,7 @@ impl WorkerBuilder {
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 stopping: watch::channel(false).0,
+                relay: Arc::new(crate::relay::Relay::new(self.relay)),
             }),
         })
     }
@@ -378,18 +394,32 @@ impl Worker {
                 Arc::clone(&self.shared),
                 every,
             )));
+            tasks.push(tokio::spawn(crate::relay::housekeeping(
+                Arc::clone(&self.shared),
+                self.shared.relay.config().clone(),
+                every,
+            )));
         }
         let scheduler = self
             .shared
             .settings
             .schedules
             .then(|| tokio::spawn(scheduler::run(Arc::clone(&self.shared))));
+        // Not aborted at shutdown like the pollers: it finishes the deliveries in flight (so
+        // they are not sent again after their lease expires) and hands back the rest.
+        let relay = self.shared.relay.config().enabled.then(|| {
+            tokio::spawn(crate::relay::run(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.shared.relay),
+            ))
+        });
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");
         Ok(RunningWorker {
             worker: self.clone(),
             pollers: tasks,
             scheduler,
+            relay,
             keeper,
         })
     }
@@ -412,6 +442,7 @@ pub struct RunningWorker {
     worker: Worker,
     pollers: Vec<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
+    relay: Option<JoinHandle<()>>,
     keeper: JoinHandle<()>,
 }
 
@@ -440,6 +471,15 @@ impl RunningWorker {
             }
         }
         let grace = shared.settings.shutdown_grace;
+        if let Some(relay) = self.relay.take() {
+            let abort = relay.abort_handle();
+            if tokio::time::timeout(grace, relay).await.is_err() {
+                tracing::warn!(
+                    "outbox deliveries still running after the grace period; their messages will be re-sent"
+                );
+                abort.abort();
+            }
+        }
         let drained = tokio::time::timeout(grace, async {
             loop {
                 let idle = shared.idle.notified();
@@ -480,6 +520,9 @@ impl Drop for RunningWorker {
         }
         if let Some(scheduler) = &self.scheduler {
             scheduler.abort();
+        }
+        if let Some(relay) = &self.relay {
+            relay.abort();
         }
         self.keeper.abort();
     }

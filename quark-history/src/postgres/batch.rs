@@ -50,7 +50,9 @@ struct EventRow {
 
 impl PostgresStore {
     pub(super) async fn commit_many_impl(&self, commits: Vec<Commit>) -> Vec<Result<Committed>> {
-        if commits.len() <= 1 {
+        // A commit that records inbox ids can fail on a duplicate that only the database sees;
+        // such batches (rare: relayed signals commit on their own) go one by one.
+        if commits.len() <= 1 || commits.iter().any(|c| !c.receive.is_empty()) {
             let mut out = Vec::new();
             for c in commits {
                 out.push(self.commit_impl(c).await);
@@ -76,9 +78,17 @@ impl PostgresStore {
         let now = self.config.clock.now();
         let n = commits.len();
         let mut failed: Vec<Option<Error>> = (0..n).map(|_| None).collect();
+        let mut messages: Vec<Vec<crate::outbox::MessageRow>> = Vec::with_capacity(n);
         for (i, c) in commits.iter().enumerate() {
             if let Err(e) = check_tasks(&self.config, &c.tasks) {
                 failed[i] = Some(e);
+            }
+            match crate::outbox::prepare(&self.config, &c.outbox) {
+                Ok(rows) => messages.push(rows),
+                Err(e) => {
+                    messages.push(Vec::new());
+                    failed[i].get_or_insert(e);
+                }
             }
         }
         let mut tx = self.begin().await?;
@@ -415,9 +425,19 @@ impl PostgresStore {
             .flat_map(|i| commits[*i].tasks.iter().cloned())
             .collect();
         let inserted = enqueue_in_tx(&mut tx, &tasks, now).await?;
+        // Outbox messages, in commit order. A taken idempotency key fails the whole batch, which
+        // is then committed one by one, so that only its own commit fails.
+        let rows: Vec<crate::outbox::MessageRow> = live
+            .iter()
+            .flat_map(|i| messages[*i].iter().cloned())
+            .collect();
+        super::outbox::insert_messages(&mut tx, &rows, now).await?;
         tx.commit().await?;
 
         announce.extend(visible_queues(&tasks, now));
+        if !rows.is_empty() {
+            announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));
+        }
         self.announce(announce);
         let mut ids = inserted.ids.into_iter();
         let mut deduplicated = inserted.deduplicated.into_iter().peekable();

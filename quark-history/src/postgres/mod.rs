@@ -8,6 +8,7 @@ mod batch;
 mod jobs;
 mod journal;
 mod notify;
+mod outbox;
 mod queue;
 mod schedule;
 
@@ -75,6 +76,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("schedules"),
             MigrationType::Simple,
             include_str!("../../migrations/postgres/0005_schedules.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            6,
+            Cow::Borrowed("outbox"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0006_outbox.sql").into_sql_str(),
             false,
         ),
     ])
@@ -315,4 +323,5 @@ impl Store for PostgresStore {
     fn fire_schedule(&self, fire: crate::Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>> {
         Box::pin(self.fire_schedule_impl(fire))
     }
+    crate::outbox::delegate_outbox_methods!();
 }

@@ -264,9 +264,12 @@ async fn settle_in_tx(
 impl PostgresStore {
     pub(super) async fn commit_impl(&self, commit: Commit) -> Result<Committed> {
         check_tasks(&self.config, &commit.tasks)?;
+        let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
         let now = self.config.clock.now();
         if commit.appends.is_empty()
             && commit.settle.is_none()
+            && messages.is_empty()
+            && commit.receive.is_empty()
             && commit
                 .tasks
                 .iter()
@@ -284,6 +287,7 @@ impl PostgresStore {
         }
         let mut tx = self.begin().await?;
         lock_tasks_first(&mut tx, &commit).await?;
+        super::outbox::receive_in(&mut tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
             && let Some(queue) = settle_in_tx(&mut tx, self, settle, now).await?
@@ -295,7 +299,11 @@ impl PostgresStore {
             appended.push(append_in_tx(&mut tx, self, append, now).await?);
         }
         let inserted = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
+        super::outbox::insert_messages(&mut tx, &messages, now).await?;
         tx.commit().await?;
+        if !messages.is_empty() {
+            announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));
+        }
         self.announce(announce);
         Ok(Committed {
             appended,

@@ -6,6 +6,7 @@
 
 mod jobs;
 mod journal;
+mod outbox;
 mod queue;
 mod schedule;
 
@@ -60,6 +61,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("schedules"),
             MigrationType::Simple,
             include_str!("../../migrations/sqlite/0003_schedules.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("outbox"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0004_outbox.sql").into_sql_str(),
             false,
         ),
     ])
@@ -299,4 +307,5 @@ impl Store for SqliteStore {
     fn fire_schedule(&self, fire: crate::Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>> {
         Box::pin(self.fire_schedule_impl(fire))
     }
+    crate::outbox::delegate_outbox_methods!();
 }

@@ -202,8 +202,10 @@ async fn settle_in_tx(
 impl SqliteStore {
     pub(super) async fn commit_impl(&self, commit: Commit) -> Result<Committed> {
         check_tasks(&self.config, &commit.tasks)?;
+        let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
+        super::outbox::receive_in(&mut tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
             && let Some(queue) = settle_in_tx(&mut tx, self, settle, now).await?
@@ -215,9 +217,13 @@ impl SqliteStore {
             appended.push(append_in_tx(&mut tx, self, append, now).await?);
         }
         let (task_ids, deduplicated) = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
+        super::outbox::insert_messages(&mut tx, &messages, now).await?;
         tx.commit().await?;
         for (queue, kind) in announce {
             self.hub.announce(Wake::Queue { queue, kind });
+        }
+        if !messages.is_empty() {
+            self.announce_outbox();
         }
         Ok(Committed {
             appended,

@@ -9,6 +9,7 @@ mod concurrency;
 mod instances;
 mod jobs;
 mod journal;
+mod outbox;
 mod queue;
 mod schedules;
 mod wakeups;

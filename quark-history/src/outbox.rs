@@ -1,0 +1,780 @@
+//! The transactional outbox and the inbox.
+//!
+//! An [`OutboxMessage`] is written in the same transaction as the state change that caused it
+//! ([`Commit::send`](crate::Commit::send), [`Outbox::send_tx`] inside a caller's own PostgreSQL
+//! transaction, or [`Store::send`](crate::Store::send)), so it exists if and only if that change
+//! committed. A relay (in `quark-worker`) claims pending messages under a lease, delivers them and
+//! settles them ([`Store::settle_outbox`](crate::Store::settle_outbox)): sent, retried later, or
+//! dead (listable, re-drivable). Messages with the same ordering key are delivered one after
+//! another: only the *head* of a key (its pending message with the smallest id) can be claimed, so
+//! message N+1 is never handed out before N is marked sent (or dead). Every message carries an
+//! idempotency key (a UUID v7 unless given), the same on every re-send.
+//!
+//! The inbox records the ids of messages already handled: [`Inbox::once`] runs a handler's writes
+//! and records the id in one transaction, and skips a duplicate within the deduplication window.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::store::StoreConfig;
+
+/// How long the inbox remembers a message id by default: 7 days.
+pub const DEFAULT_INBOX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The queue name that outbox wake-ups are announced on (with [`TaskKind::Outbox`](crate::TaskKind)).
+pub const OUTBOX_WAKE_QUEUE: &str = "outbox";
+
+/// Where a message goes. Stored as text: `signal:<instance>/<name>`, `http:<url>`,
+/// `nats:<subject>`, `callback:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Destination {
+    /// A signal to a Quark orchestration instance (`ctx.wait_for_signal(name)`). The payload must
+    /// be JSON. Delivered once per idempotency key, however often it is re-sent.
+    Signal {
+        /// The instance id.
+        instance: String,
+        /// The signal name (no `/`).
+        name: String,
+    },
+    /// An HTTP webhook: a `POST` of the payload with the idempotency key in `Idempotency-Key`.
+    Http {
+        /// The URL (`http://host[:port]/path`).
+        url: String,
+    },
+    /// A NATS JetStream subject, published with `Nats-Msg-Id` set to the idempotency key so that
+    /// the stream deduplicates re-sends within its duplicate window.
+    Nats {
+        /// The subject.
+        subject: String,
+    },
+    /// A Rust callback registered on the relaying workers under this name.
+    Callback {
+        /// The name.
+        name: String,
+    },
+}
+
+impl Destination {
+    /// A signal `name` to `instance`.
+    pub fn signal(instance: impl Into<String>, name: impl Into<String>) -> Self {
+        Destination::Signal {
+            instance: instance.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A webhook at `url`.
+    pub fn http(url: impl Into<String>) -> Self {
+        Destination::Http { url: url.into() }
+    }
+
+    /// A NATS subject.
+    pub fn nats(subject: impl Into<String>) -> Self {
+        Destination::Nats {
+            subject: subject.into(),
+        }
+    }
+
+    /// A callback registered under `name`.
+    pub fn callback(name: impl Into<String>) -> Self {
+        Destination::Callback { name: name.into() }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Signal { instance, name } => write!(f, "signal:{instance}/{name}"),
+            Destination::Http { url } => write!(f, "http:{url}"),
+            Destination::Nats { subject } => write!(f, "nats:{subject}"),
+            Destination::Callback { name } => write!(f, "callback:{name}"),
+        }
+    }
+}
+
+impl FromStr for Destination {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = |why: &str| {
+            Error::Invalid(format!(
+                "destination `{s}`: {why}; expected signal:<instance>/<name>, http:<url>, nats:<subject> or callback:<name>"
+            ))
+        };
+        let (kind, target) = s.split_once(':').ok_or_else(|| invalid("no kind"))?;
+        if target.is_empty() {
+            return Err(invalid("empty target"));
+        }
+        match kind {
+            "signal" => {
+                let (instance, name) = target
+                    .rsplit_once('/')
+                    .ok_or_else(|| invalid("a signal needs <instance>/<name>"))?;
+                if instance.is_empty() || name.is_empty() {
+                    return Err(invalid("a signal needs <instance>/<name>"));
+                }
+                Ok(Destination::signal(instance, name))
+            }
+            "http" => Ok(Destination::http(target)),
+            "nats" => {
+                if target.contains(char::is_whitespace) {
+                    return Err(invalid("a NATS subject has no whitespace"));
+                }
+                Ok(Destination::nats(target))
+            }
+            "callback" => Ok(Destination::callback(target)),
+            _ => Err(invalid("unknown kind")),
+        }
+    }
+}
+
+/// A message to put in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Where it goes.
+    pub destination: Destination,
+    /// Messages with the same key are delivered in the order they were written (`None`: the
+    /// destination's text, so one destination's messages arrive in order).
+    pub ordering_key: Option<String>,
+    /// The key a receiver deduplicates by (`None`: a new UUID v7). Unique across the outbox.
+    pub idempotency_key: Option<String>,
+    /// The body.
+    pub payload: Vec<u8>,
+    /// Small metadata, passed on as headers where the destination has them.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl OutboxMessage {
+    /// A message with raw bytes.
+    pub fn new(destination: Destination, payload: impl Into<Vec<u8>>) -> Self {
+        OutboxMessage {
+            destination,
+            ordering_key: None,
+            idempotency_key: None,
+            payload: payload.into(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// A message with `value` encoded as JSON (and a `content-type: application/json` header).
+    pub fn json<T: Serialize + ?Sized>(destination: Destination, value: &T) -> Result<Self> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| Error::Encode(crate::CodecError::Json(e)))?;
+        Ok(OutboxMessage::new(destination, bytes).header("content-type", "application/json"))
+    }
+
+    /// Sets the ordering key.
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// A message ready to insert: defaults resolved, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageRow {
+    pub(crate) destination: String,
+    pub(crate) ordering_key: String,
+    pub(crate) idempotency_key: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) headers: String,
+}
+
+/// Checks messages and resolves their defaults, before any of them is written.
+pub(crate) fn prepare(config: &StoreConfig, messages: &[OutboxMessage]) -> Result<Vec<MessageRow>> {
+    messages
+        .iter()
+        .map(|m| {
+            crate::rows::check_size(config, m.payload.len())?;
+            for (name, value) in &m.headers {
+                let bad = |c: char| c == '\r' || c == '\n' || c == '\0';
+                if name.is_empty() || name.contains(bad) || name.contains(':') || value.contains(bad)
+                {
+                    return Err(Error::Invalid(format!(
+                        "header `{}`: names must be non-empty without `:`, and neither may contain line breaks",
+                        name.escape_debug()
+                    )));
+                }
+            }
+            let destination = m.destination.to_string();
+            // Round trip, so that what is stored can be read back.
+            destination.parse::<Destination>()?;
+            if m.idempotency_key.as_deref() == Some("") || m.ordering_key.as_deref() == Some("") {
+                return Err(Error::Invalid(
+                    "an idempotency or ordering key may not be empty".into(),
+                ));
+            }
+            Ok(MessageRow {
+                ordering_key: m.ordering_key.clone().unwrap_or_else(|| destination.clone()),
+                destination,
+                idempotency_key: m
+                    .idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+                payload: m.payload.clone(),
+                headers: serde_json::to_string(&m.headers).unwrap_or_else(|_| "{}".into()),
+            })
+        })
+        .collect()
+}
+
+/// The state of an outbox message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MessageState {
+    /// Waiting to be delivered (or being delivered, or waiting for a retry).
+    Pending,
+    /// Delivered; kept until the retention passes.
+    Sent,
+    /// Gave up (too many attempts, or refused for good); can be re-driven.
+    Dead,
+}
+
+impl MessageState {
+    /// The stored value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Pending => "pending",
+            MessageState::Sent => "sent",
+            MessageState::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for MessageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MessageState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(MessageState::Pending),
+            "sent" => Ok(MessageState::Sent),
+            "dead" => Ok(MessageState::Dead),
+            _ => Err(Error::Invalid(format!(
+                "unknown message state `{s}` (pending, sent, dead)"
+            ))),
+        }
+    }
+}
+
+/// An outbox message as stored, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// Its id (the order of writing).
+    pub id: i64,
+    /// Where it goes.
+    pub destination: Destination,
+    /// Its ordering key.
+    pub ordering_key: String,
+    /// Its idempotency key.
+    pub idempotency_key: String,
+    /// The body.
+    pub payload: Vec<u8>,
+    /// Its headers.
+    pub headers: BTreeMap<String, String>,
+    /// Its state.
+    pub state: MessageState,
+    /// How many times it was claimed for delivery.
+    pub attempts: u32,
+    /// When it is next due (while it is leased: the lease expiry).
+    pub next_attempt_at: Timestamp,
+    /// The worker holding it, if it is being delivered.
+    pub lease_owner: Option<String>,
+    /// The error of its last failed attempt.
+    pub last_error: Option<String>,
+    /// When it was written.
+    pub created_at: Timestamp,
+    /// When it was delivered.
+    pub sent_at: Option<Timestamp>,
+}
+
+/// Which messages to list.
+#[derive(Debug, Clone)]
+pub struct OutboxFilter {
+    /// Only this state (`None`: all).
+    pub state: Option<MessageState>,
+    /// Only this ordering key.
+    pub ordering_key: Option<String>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+impl Default for OutboxFilter {
+    fn default() -> Self {
+        OutboxFilter {
+            state: None,
+            ordering_key: None,
+            limit: 100,
+        }
+    }
+}
+
+impl OutboxFilter {
+    /// Only messages in `state`.
+    pub fn state(mut self, state: MessageState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only messages of `key`.
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+
+    /// At most `limit` messages.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+/// Proof of holding a message for delivery. The attempt is the fencing token: a relay whose lease
+/// expired and whose message was claimed again cannot settle it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutboxLease {
+    /// The message id.
+    pub id: i64,
+    /// The attempt this lease is for.
+    pub attempt: u32,
+    /// The relaying worker.
+    pub worker: String,
+}
+
+/// A message claimed for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedMessage {
+    /// The lease to settle it with.
+    pub lease: OutboxLease,
+    /// Where it goes.
+    pub destination: Destination,
+    /// Its ordering key.
+    pub ordering_key: String,
+    /// Its idempotency key.
+    pub idempotency_key: String,
+    /// The body.
+    pub payload: Vec<u8>,
+    /// Its headers.
+    pub headers: BTreeMap<String, String>,
+    /// When it was written.
+    pub created_at: Timestamp,
+    /// Until when the lease holds.
+    pub lease_expires_at: Timestamp,
+}
+
+/// A request for messages to relay.
+#[derive(Debug, Clone)]
+pub struct OutboxClaim {
+    /// The relaying worker.
+    pub worker: String,
+    /// At most this many messages (each the head of a different ordering key).
+    pub limit: u32,
+    /// How long the lease holds. Longer than a delivery may take.
+    pub lease: Duration,
+}
+
+impl OutboxClaim {
+    /// A claim by `worker`: 64 messages, 60 s lease.
+    pub fn new(worker: impl Into<String>) -> Self {
+        OutboxClaim {
+            worker: worker.into(),
+            limit: 64,
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    /// Sets the batch size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Sets the lease length.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Delivered: mark it sent. With `next_lease`, the next message of its ordering key, if it is
+    /// due, is leased to the same worker for that long and returned, saving a claim.
+    Sent {
+        /// Lease the key's next message for this long.
+        next_lease: Option<Duration>,
+    },
+    /// Try again at `at` (its key waits). `error: None` hands it back without blame.
+    Retry {
+        /// When it is due again.
+        at: Timestamp,
+        /// Why this attempt failed.
+        error: Option<String>,
+    },
+    /// Give up: it becomes dead, and the next message of its key may go.
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+/// What [`Inbox::once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Received<T> {
+    /// The id was new: the handler ran and its writes committed with the id.
+    First(T),
+    /// The id was seen within the window: the handler did not run.
+    Duplicate,
+}
+
+impl<T> Received<T> {
+    /// Whether it was a duplicate.
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, Received::Duplicate)
+    }
+}
+
+/// Records an id unless it was recorded within the window (an older record is renewed). Returns a
+/// row if the id is new (or expired). Placeholders are `$n`; SQLite runs it with `?n`.
+pub(crate) const INBOX_RECORD_SQL: &str = "INSERT INTO inbox (message_id, received_at) VALUES ($1, $2) \
+     ON CONFLICT (message_id) DO UPDATE SET received_at = excluded.received_at \
+     WHERE inbox.received_at < $3 RETURNING 1";
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A store whose database a handler can write to inside [`Inbox::once`]: [`PostgresStore`]
+/// (the handler gets a `&mut PgConnection`) and [`SqliteStore`] (a `&mut SqliteConnection`).
+/// Sealed.
+///
+/// [`PostgresStore`]: crate::PostgresStore
+/// [`SqliteStore`]: crate::SqliteStore
+pub trait InboxStore: sealed::Sealed + Send + Sync {
+    /// The database.
+    type Db: sqlx::Database;
+
+    /// Begins a write transaction on the engine's database (on SQLite, on its single writer
+    /// connection, with `BEGIN IMMEDIATE`): for code that writes its own rows together with
+    /// [`Inbox::record_in`] or [`Outbox::send_tx_sqlite`].
+    fn begin_write(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Db>>>;
+
+    /// Records `message_id` inside the transaction on `conn`; `true` if it is new.
+    #[doc(hidden)]
+    fn record_in<'a>(
+        &'a self,
+        conn: &'a mut <Self::Db as sqlx::Database>::Connection,
+        message_id: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+}
+
+#[cfg(feature = "postgres")]
+impl sealed::Sealed for crate::PostgresStore {}
+#[cfg(feature = "sqlite")]
+impl sealed::Sealed for crate::SqliteStore {}
+
+/// The consumer side: run a message's effects at most once per message id.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> quark_history::Result<()> {
+/// use quark_history::{Inbox, Received, SqliteStore};
+///
+/// let store = SqliteStore::in_memory().await?;
+/// let inbox = Inbox::new();
+/// for round in 0..2 {
+///     let outcome = inbox
+///         .once(&store, "payment-42", async |conn: &mut quark_history::sqlx::SqliteConnection| {
+///             // The handler's writes commit together with the id, or not at all.
+///             let _ = conn;
+///             Ok::<_, quark_history::Error>("charged")
+///         })
+///         .await?;
+///     let expected = if round == 0 { Received::First("charged") } else { Received::Duplicate };
+///     assert_eq!(outcome, expected);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Inbox {
+    window: Duration,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox::new()
+    }
+}
+
+impl Inbox {
+    /// An inbox with the default window ([`DEFAULT_INBOX_WINDOW`], 7 days).
+    pub fn new() -> Self {
+        Inbox {
+            window: DEFAULT_INBOX_WINDOW,
+        }
+    }
+
+    /// Sets the deduplication window: an id seen longer ago than this counts as new. Purge old ids
+    /// with [`Store::purge_inbox`](crate::Store::purge_inbox) and the same window.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The window.
+    pub fn window_len(&self) -> Duration {
+        self.window
+    }
+
+    /// In one transaction: records `message_id` and runs `handler` on the transaction's
+    /// connection. A duplicate within the window is skipped (the handler does not run). If the
+    /// handler fails, nothing is recorded and its error is returned. Concurrent calls with one id
+    /// are serialized by the database: one runs, the others see a duplicate.
+    pub async fn once<S, T, E>(
+        &self,
+        store: &S,
+        message_id: &str,
+        handler: impl AsyncFnOnce(&mut <S::Db as sqlx::Database>::Connection) -> Result<T, E>,
+    ) -> Result<Received<T>, E>
+    where
+        S: InboxStore,
+        E: From<Error>,
+    {
+        let mut tx = store.begin_write().await?;
+        if !store.record_in(&mut *tx, message_id, self.window).await? {
+            tx.rollback().await.map_err(Error::from)?;
+            return Ok(Received::Duplicate);
+        }
+        let value = handler(&mut *tx).await?;
+        tx.commit().await.map_err(Error::from)?;
+        Ok(Received::First(value))
+    }
+
+    /// Records `message_id` inside the caller's own transaction on `conn`: `true` if it is new and
+    /// the caller should apply the message's effects in the same transaction; `false` for a
+    /// duplicate.
+    pub async fn record_in<S: InboxStore>(
+        &self,
+        store: &S,
+        conn: &mut <S::Db as sqlx::Database>::Connection,
+        message_id: &str,
+    ) -> Result<bool> {
+        store.record_in(conn, message_id, self.window).await
+    }
+}
+
+/// The producer side for code outside workflows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outbox;
+
+impl Outbox {
+    /// Writes `messages` inside the caller's own transaction on the engine's PostgreSQL database:
+    /// they exist if and only if that transaction commits. Relays hear of them by a `NOTIFY` that
+    /// PostgreSQL delivers at commit. Returns their ids.
+    #[cfg(feature = "postgres")]
+    pub async fn send_tx(
+        store: &crate::PostgresStore,
+        conn: &mut sqlx::PgConnection,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<Vec<i64>> {
+        store.send_in(conn, &messages).await
+    }
+
+    /// Like [`send_tx`](Self::send_tx), inside a transaction on the engine's SQLite database,
+    /// begun with [`InboxStore::begin_write`]. Relays in this process are told at once (one that
+    /// looks before the commit finds nothing yet and polls again).
+    #[cfg(feature = "sqlite")]
+    pub async fn send_tx_sqlite(
+        store: &crate::SqliteStore,
+        conn: &mut sqlx::SqliteConnection,
+        messages: Vec<OutboxMessage>,
+    ) -> Result<Vec<i64>> {
+        store.send_in(conn, &messages).await
+    }
+}
+
+/// Decodes stored headers (an empty map if they were edited into something else).
+pub(crate) fn decode_headers(text: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// The listing SQL (`$n` placeholders): the filter's conditions are bound in order state, key.
+pub(crate) fn list_sql(filter: &OutboxFilter) -> String {
+    let mut sql = String::from(
+        "SELECT id, destination, ordering_key, idempotency_key, payload, headers, state, attempts, \
+         next_attempt_at, lease_owner, last_error, created_at, sent_at FROM outbox WHERE 1 = 1",
+    );
+    let mut n = 0;
+    if filter.state.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND state = ${n}"));
+    }
+    if filter.ordering_key.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND ordering_key = ${n}"));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit));
+    sql
+}
+
+/// The claim's candidate condition: pending, due (or its lease lost), the head of its key, and no
+/// other message of its key under a live lease (one can be, after a re-drive put an older message
+/// back in front of it).
+pub(crate) const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
+     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
+       AND p.ordering_key = o.ordering_key AND p.id <> o.id \
+       AND (p.id < o.id OR (p.lease_owner IS NOT NULL AND p.next_attempt_at > $1)))";
+
+/// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
+pub(crate) const FENCE: &str =
+    "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
+
+/// The columns a claim returns, in order.
+pub(crate) const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
+
+/// Builds a claimed message from its columns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn claimed(
+    worker: &str,
+    id: i64,
+    attempts: i64,
+    destination: &str,
+    ordering_key: String,
+    idempotency_key: String,
+    payload: Vec<u8>,
+    headers: &str,
+    created_at: i64,
+    expires: i64,
+) -> Result<ClaimedMessage> {
+    Ok(ClaimedMessage {
+        lease: OutboxLease {
+            id,
+            attempt: attempts as u32,
+            worker: worker.to_string(),
+        },
+        destination: destination.parse()?,
+        ordering_key,
+        idempotency_key,
+        payload,
+        headers: decode_headers(headers),
+        created_at: Timestamp::from_micros(created_at),
+        lease_expires_at: Timestamp::from_micros(expires),
+    })
+}
+
+/// Delegates the outbox section of `Store` to `*_impl` methods of the backend.
+macro_rules! delegate_outbox_methods {
+    () => {
+        fn send(&self, messages: Vec<$crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>> {
+            Box::pin(self.send_impl(messages))
+        }
+
+        fn claim_outbox(
+            &self,
+            claim: $crate::OutboxClaim,
+        ) -> BoxFuture<'_, Result<Vec<$crate::ClaimedMessage>>> {
+            Box::pin(self.claim_outbox_impl(claim))
+        }
+
+        fn settle_outbox<'a>(
+            &'a self,
+            lease: &'a $crate::OutboxLease,
+            delivery: $crate::Delivery,
+        ) -> BoxFuture<'a, Result<Option<$crate::ClaimedMessage>>> {
+            Box::pin(self.settle_outbox_impl(lease, delivery))
+        }
+
+        fn list_outbox(
+            &self,
+            filter: $crate::OutboxFilter,
+        ) -> BoxFuture<'_, Result<Vec<$crate::OutboxRecord>>> {
+            Box::pin(self.list_outbox_impl(filter))
+        }
+
+        fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+            Box::pin(self.redrive_message_impl(id))
+        }
+
+        fn purge_outbox(
+            &self,
+            retention: std::time::Duration,
+            limit: u32,
+        ) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(self.purge_outbox_impl(retention, limit))
+        }
+
+        fn purge_inbox(
+            &self,
+            window: std::time::Duration,
+            limit: u32,
+        ) -> BoxFuture<'_, Result<u64>> {
+            Box::pin(self.purge_inbox_impl(window, limit))
+        }
+    };
+}
+pub(crate) use delegate_outbox_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_round_trip_through_their_text() {
+        for d in [
+            Destination::signal("order-1", "paid"),
+            Destination::signal("a/b", "paid"),
+            Destination::http("http://127.0.0.1:8080/hook?x=1"),
+            Destination::nats("orders.created"),
+            Destination::callback("audit"),
+        ] {
+            assert_eq!(d.to_string().parse::<Destination>().unwrap(), d);
+        }
+        for bad in ["", "signal:", "signal:x", "smtp:a@b", "nats:a b", "http:"] {
+            assert!(bad.parse::<Destination>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn it_fills_in_keys_and_refuses_header_injection() {
+        let config = StoreConfig::default();
+        let rows = prepare(
+            &config,
+            &[OutboxMessage::new(Destination::nats("a"), b"x".to_vec())],
+        )
+        .unwrap();
+        assert_eq!(rows[0].ordering_key, "nats:a");
+        assert!(uuid::Uuid::parse_str(&rows[0].idempotency_key).is_ok());
+        let bad =
+            OutboxMessage::new(Destination::nats("a"), b"x".to_vec()).header("x", "1\r\nY: 2");
+        assert!(prepare(&config, &[bad]).is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! The outbox relay: every worker delivers pending outbox messages to their destinations.
+//!
+//! A relay claims a batch of messages, each the head of a different ordering key, under a lease,
+//! and delivers them concurrently; after each delivery the message is marked sent and the next
+//! message of its key (if due) is leased in the same transaction, so a busy key streams without
+//! a claim per message and is never held by two relays at once. A failed delivery is retried with
+//! exponential backoff and jitter (its key waits), and after `max_attempts` the message is dead:
+//! listed by `quark outbox list --state dead`, re-driven by `quark outbox retry`. A relay that dies
+//! mid-delivery leaves its lease to expire; the message is then delivered again with the same
+//! idempotency key, which is what each destination deduplicates by.
+//!
+//! Destinations: a signal to a Quark orchestration ([`signal`]), an HTTP webhook ([`http`],
+//! `http://` only for now), NATS JetStream ([`nats`]), and callbacks registered by name.
+
+pub(crate) mod callback;
+pub(crate) mod http;
+pub mod nats;
+pub(crate) mod signal;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::{ClaimedMessage, Delivery, Destination, Error, OutboxClaim, TaskKind, Wake};
+use tracing::Instrument;
+
+pub use callback::Callback;
+
+use crate::worker::Shared;
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// Worth another attempt later (a timeout, a 5xx, a broker that is down).
+    Retry(String),
+    /// Will never succeed (a 4xx, an unknown instance, a malformed message): the message dies.
+    Permanent(String),
+}
+
+impl DeliveryError {
+    /// A failure worth retrying.
+    pub fn retry(message: impl Into<String>) -> Self {
+        DeliveryError::Retry(message.into())
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        DeliveryError::Permanent(message.into())
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryError::Retry(m) | DeliveryError::Permanent(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for DeliveryError {}
+
+/// How a worker relays the outbox. On by default; see [`WorkerBuilder::outbox`].
+///
+/// [`WorkerBuilder::outbox`]: crate::WorkerBuilder::outbox
+#[derive(Clone)]
+pub struct OutboxRelay {
+    pub(crate) enabled: bool,
+    pub(crate) batch: u32,
+    pub(crate) lease: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) timeout: Duration,
+    pub(crate) nats_url: String,
+    pub(crate) callbacks: HashMap<String, Callback>,
+    pub(crate) sent_retention: Duration,
+    pub(crate) inbox_window: Duration,
+}
+
+impl fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("enabled", &self.enabled)
+            .field("batch", &self.batch)
+            .field("lease", &self.lease)
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout", &self.timeout)
+            .field("nats_url", &self.nats_url)
+            .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for OutboxRelay {
+    fn default() -> Self {
+        OutboxRelay {
+            enabled: true,
+            batch: 64,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            max_attempts: 12,
+            backoff: (Duration::from_secs(1), Duration::from_secs(300)),
+            timeout: Duration::from_secs(10),
+            nats_url: "127.0.0.1:4222".into(),
+            callbacks: HashMap::new(),
+            sent_retention: Duration::from_secs(24 * 3600),
+            inbox_window: quark_history::DEFAULT_INBOX_WINDOW,
+        }
+    }
+}
+
+impl OutboxRelay {
+    /// The defaults: on, batches of 64, 60 s lease, 1 s polling fallback, 12 attempts with backoff
+    /// from 1 s to 5 min, 10 s per delivery, NATS at `127.0.0.1:4222`, sent messages kept 24 h,
+    /// inbox ids 7 days.
+    pub fn new() -> Self {
+        OutboxRelay::default()
+    }
+
+    /// A worker that does not relay (another does). Its maintenance still purges.
+    pub fn disabled() -> Self {
+        OutboxRelay {
+            enabled: false,
+            ..OutboxRelay::default()
+        }
+    }
+
+    /// The most messages one claim takes (each a different ordering key).
+    pub fn batch(mut self, n: u32) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// How long a claimed message is held. Must exceed the delivery timeout: a message whose
+    /// lease runs out is delivered again by another relay.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// The polling fallback when no wake-up arrives.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Attempts before a message is dead (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The retry backoff: `initial * 2^(attempt - 1)` up to `max`, with jitter.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = (initial, max);
+        self
+    }
+
+    /// The time one delivery may take.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The NATS server (`host:port` or `nats://host:port`) for `nats:` destinations.
+    pub fn nats(mut self, url: impl Into<String>) -> Self {
+        self.nats_url = url.into();
+        self
+    }
+
+    /// Registers a callback for `callback:<name>` destinations.
+    pub fn callback<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(ClaimedMessage) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), DeliveryError>> + Send + 'static,
+    {
+        self.callbacks.insert(name.into(), Callback::new(f));
+        self
+    }
+
+    /// How long sent messages are kept before the maintenance pass deletes them.
+    pub fn sent_retention(mut self, retention: Duration) -> Self {
+        self.sent_retention = retention;
+        self
+    }
+
+    /// How long inbox ids are kept (the deduplication window of relayed signals).
+    pub fn inbox_window(mut self, window: Duration) -> Self {
+        self.inbox_window = window;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.batch == 0 || self.max_attempts == 0 {
+            return Err("the outbox relay needs a batch and max attempts of at least 1".into());
+        }
+        if self.lease <= self.timeout * 2 {
+            return Err(format!(
+                "the outbox lease ({:?}) must be more than twice the delivery timeout ({:?})",
+                self.lease, self.timeout
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A running relay's state.
+pub(crate) struct Relay {
+    config: OutboxRelay,
+    nats: tokio::sync::Mutex<Option<nats::NatsClient>>,
+}
+
+impl Relay {
+    pub(crate) fn new(config: OutboxRelay) -> Self {
+        Relay {
+            config,
+            nats: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &OutboxRelay {
+        &self.config
+    }
+
+    /// Delivers one message to its destination, within the timeout.
+    async fn deliver(&self, shared: &Shared, m: &ClaimedMessage) -> Result<(), DeliveryError> {
+        let timeout = self.config.timeout;
+        let work = async {
+            match &m.destination {
+                Destination::Signal { instance, name } => {
+                    signal::deliver(shared.store.as_ref(), instance, name, m).await
+                }
+                Destination::Http { url } => http::post(url, m, timeout).await,
+                Destination::Nats { subject } => self.publish(subject, m).await,
+                Destination::Callback { name } => match self.config.callbacks.get(name) {
+                    Some(cb) => cb.call(m.clone()).await,
+                    None => Err(DeliveryError::retry(format!(
+                        "no callback `{name}` is registered on worker {}",
+                        shared.settings.id
+                    ))),
+                },
+                other => Err(DeliveryError::permanent(format!(
+                    "this worker cannot deliver to {other}"
+                ))),
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(DeliveryError::retry(format!(
+                "delivery timed out after {timeout:?}"
+            ))),
+        }
+    }
+
+    async fn publish(&self, subject: &str, m: &ClaimedMessage) -> Result<(), DeliveryError> {
+        let mut slot = self.nats.lock().await;
+        if slot.is_none() {
+            let client = nats::NatsClient::connect(&self.config.nats_url)
+                .await
+                .map_err(|e| {
+                    DeliveryError::retry(format!(
+                        "cannot connect to NATS at {}: {e}",
+                        self.config.nats_url
+                    ))
+                })?;
+            *slot = Some(client);
+        }
+        let client = slot.as_mut().expect("connected above");
+        match client.publish_jetstream(subject, m).await {
+            Ok(()) => Ok(()),
+            Err(nats::PublishError::Io(e)) => {
+                // The connection's state is unknown: start over next time.
+                *slot = None;
+                Err(DeliveryError::retry(format!("NATS connection: {e}")))
+            }
+            Err(nats::PublishError::Refused(e)) => Err(DeliveryError::retry(e)),
+        }
+    }
+
+    /// Delivers `m`, then the messages of its key that the store hands over after it, until the
+    /// key has nothing due or the worker stops.
+    async fn run_key(&self, shared: &Shared, mut m: ClaimedMessage) {
+        let store = shared.store.as_ref();
+        loop {
+            if shared.is_stopping() {
+                // Hand it back, due now and without an error. (Its claim still counts as an
+                // attempt: attempts count claims.)
+                let at = store.config().clock.now();
+                let _ = store
+                    .settle_outbox(&m.lease, Delivery::Retry { at, error: None })
+                    .await;
+                return;
+            }
+            let span = tracing::info_span!(
+                "outbox",
+                id = m.lease.id,
+                destination = %m.destination,
+                attempt = m.lease.attempt
+            );
+            let outcome = self.deliver(shared, &m).instrument(span).await;
+            let attempt = m.lease.attempt;
+            let delivery = match outcome {
+                Ok(()) => Delivery::Sent {
+                    next_lease: Some(self.config.lease),
+                },
+                Err(DeliveryError::Permanent(e)) => Delivery::Dead { error: e },
+                Err(DeliveryError::Retry(e)) if attempt >= self.config.max_attempts => {
+                    Delivery::Dead {
+                        error: format!("{e} (gave up after {attempt} attempts)"),
+                    }
+                }
+                Err(DeliveryError::Retry(e)) => {
+                    let (initial, max) = self.config.backoff;
+                    let at =
+                        store.config().clock.now() + crate::backoff::delay(attempt, initial, max);
+                    Delivery::Retry { at, error: Some(e) }
+                }
+            };
+            match &delivery {
+                Delivery::Dead { error } => tracing::warn!(
+                    id = m.lease.id, destination = %m.destination, %error, "outbox message is dead"
+                ),
+                Delivery::Retry { error, .. } => tracing::debug!(
+                    id = m.lease.id, destination = %m.destination, attempt, error = ?error,
+                    "outbox delivery failed; retrying later"
+                ),
+                _ => {}
+            }
+            let counter = match &delivery {
+                Delivery::Sent { .. } => &shared.metrics.outbox_sent,
+                Delivery::Retry { .. } => &shared.metrics.outbox_retried,
+                _ => &shared.metrics.outbox_dead,
+            };
+            match store.settle_outbox(&m.lease, delivery).await {
+                Ok(next) => {
+                    crate::metrics::Metrics::inc(counter);
+                    match next {
+                        Some(next) => m = next,
+                        None => return,
+                    }
+                }
+                Err(Error::LeaseLost { .. }) => {
+                    // Another relay took it over after our lease expired; it re-delivers with
+                    // the same idempotency key.
+                    tracing::warn!(id = m.lease.id, "outbox lease lost during delivery");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(id = m.lease.id, error = %e, "settling an outbox message failed; its lease will expire");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The relay loop of one worker: claim, deliver each key's run concurrently, repeat; when idle,
+/// wait for an outbox wake-up or the polling interval.
+pub(crate) async fn run(shared: Arc<Shared>, relay: Arc<Relay>) {
+    let config = relay.config();
+    let mut wakeups = match shared.store.subscribe().await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "outbox relay: no wake-ups; polling only");
+            None
+        }
+    };
+    let mut backoff = Duration::from_millis(20);
+    while !shared.is_stopping() {
+        let claim = OutboxClaim::new(shared.settings.id.to_string())
+            .limit(config.batch)
+            .lease(config.lease);
+        match shared.store.claim_outbox(claim).await {
+            Ok(batch) if !batch.is_empty() => {
+                backoff = Duration::from_millis(20);
+                futures::future::join_all(batch.into_iter().map(|m| relay.run_key(&shared, m)))
+                    .await;
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox claim failed; backing off");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shared.stopped() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        tokio::select! {
+            () = idle_wait(config.poll_interval, &mut wakeups) => {}
+            () = shared.stopped() => return,
+        }
+    }
+}
+
+async fn idle_wait(every: Duration, wakeups: &mut Option<quark_history::Wakeups>) {
+    let deadline = tokio::time::Instant::now() + every;
+    let Some(w) = wakeups else {
+        tokio::time::sleep_until(deadline).await;
+        return;
+    };
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.wait(left).await {
+            None => return,
+            Some(Wake::Queue {
+                kind: TaskKind::Outbox,
+                ..
+            })
+            | Some(Wake::MayHaveMissed) => {
+                while w.try_recv().is_some() {}
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Rows per purge batch: one short transaction each.
+const PURGE_BATCH: u32 = 1_000;
+
+/// Every `every`, deletes sent messages past their retention and inbox ids past the window, in
+/// batches, until a batch comes back short.
+pub(crate) async fn housekeeping(shared: Arc<Shared>, config: OutboxRelay, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.stopped() => return,
+        }
+        for inbox in [false, true] {
+            loop {
+                let purged = if inbox {
+                    shared
+                        .store
+                        .purge_inbox(config.inbox_window, PURGE_BATCH)
+                        .await
+                } else {
+                    shared
+                        .store
+                        .purge_outbox(config.sent_retention, PURGE_BATCH)
+                        .await
+                };
+                match purged {
+                    Ok(n) if n < u64::from(PURGE_BATCH) => break,
+                    Ok(_) if shared.is_stopping() => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, inbox, "purging the outbox/inbox failed; trying again later");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

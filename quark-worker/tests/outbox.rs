@@ -1,0 +1,577 @@
+//! The outbox relay on real workers with real destinations: callbacks relayed by two workers at
+//! once (each message once, each key in order), an HTTP server started here that fails first, the
+//! NATS JetStream server on this machine (its stream drops a re-send), and signals to a running
+//! orchestration that arrive once however often the relay re-sends them.
+//!
+//! NATS: `QUARK_TEST_NATS_URL` (default `127.0.0.1:4222`). Unreachable NATS skips those tests with
+//! a notice, unless `CI` or `QUARK_REQUIRE_NATS` is set, which makes it a failure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quark_history::testing::{TestStore, eventually};
+use quark_history::{
+    Destination, HistoryEvent, HistoryRange, MessageState, OutboxFilter, OutboxMessage,
+    OutboxRecord, Store,
+};
+use quark_worker::relay::nats::NatsClient;
+use quark_worker::{DeliveryError, OutboxRelay, RunningWorker, Worker};
+use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry, orchestration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+quark_history::backend_tests!(
+    it_relays_each_message_once_and_each_key_in_order_across_two_workers,
+    it_posts_to_a_webhook_retrying_a_500_with_the_same_idempotency_key,
+    it_publishes_to_jetstream_which_drops_a_resend_by_message_id,
+    it_signals_a_running_orchestration_once_even_when_the_relay_resends,
+    it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery,
+);
+
+fn relay() -> OutboxRelay {
+    OutboxRelay::new()
+        .poll_interval(Duration::from_millis(20))
+        .backoff(Duration::from_secs(1), Duration::from_secs(1))
+        .max_attempts(5)
+        .timeout(Duration::from_secs(5))
+}
+
+async fn start(
+    t: &TestStore,
+    id: &str,
+    relay: OutboxRelay,
+    registry: Option<Registry>,
+) -> RunningWorker {
+    let mut builder = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(id)
+        .poll_interval(Duration::from_millis(10))
+        .heartbeat(Duration::from_millis(50))
+        .outbox(relay);
+    if let Some(registry) = registry {
+        builder = builder.workflows(registry);
+    }
+    builder.build().unwrap().start().await.unwrap()
+}
+
+async fn messages(store: &dyn Store, state: MessageState) -> Vec<OutboxRecord> {
+    store
+        .list_outbox(OutboxFilter::default().state(state).limit(10_000))
+        .await
+        .unwrap()
+}
+
+async fn message(store: &dyn Store, id: i64) -> OutboxRecord {
+    store
+        .list_outbox(OutboxFilter::default().limit(10_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.id == id)
+        .expect("the message exists")
+}
+
+/// Makes a sent message pending again: what a relay that crashed after delivering, before it
+/// marked the message sent, leaves behind (once its lease expired).
+async fn unsend(t: &TestStore, id: i64) {
+    let n = t
+        .execute(&format!(
+            "UPDATE outbox SET state = 'pending', sent_at = NULL, lease_owner = NULL WHERE id = {id}"
+        ))
+        .await;
+    assert_eq!(n, 1);
+}
+
+// -- callbacks, two workers -----------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Seen {
+    worker: String,
+    key: String,
+    n: u32,
+    idempotency_key: String,
+}
+
+async fn it_relays_each_message_once_and_each_key_in_order_across_two_workers(t: &TestStore) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let sink = |worker: &'static str| {
+        let seen = Arc::clone(&seen);
+        relay().batch(4).callback("sink", move |m| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let n: u32 = serde_json::from_slice(&m.payload).unwrap();
+                seen.lock().unwrap().push(Seen {
+                    worker: worker.to_string(),
+                    key: m.ordering_key.clone(),
+                    n,
+                    idempotency_key: m.idempotency_key.clone(),
+                });
+                // Let the other worker run while this one holds the key.
+                tokio::task::yield_now().await;
+                Ok(())
+            }
+        })
+    };
+    let a = start(t, "relay-a", sink("a"), None).await;
+    let b = start(t, "relay-b", sink("b"), None).await;
+    const KEYS: u32 = 20;
+    const PER_KEY: u32 = 50;
+    for n in 0..PER_KEY {
+        let batch = (0..KEYS)
+            .map(|k| {
+                OutboxMessage::json(Destination::callback("sink"), &n)
+                    .unwrap()
+                    .ordering_key(format!("k{k}"))
+            })
+            .collect();
+        t.store.send(batch).await.unwrap();
+    }
+    let total = (KEYS * PER_KEY) as usize;
+    eventually("every message is sent", async || {
+        messages(t.store.as_ref(), MessageState::Sent).await.len() == total
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), total, "each message delivered once");
+    let mut per_id: HashMap<&str, u32> = HashMap::new();
+    for s in &seen {
+        *per_id.entry(&s.idempotency_key).or_default() += 1;
+    }
+    assert!(per_id.values().all(|n| *n == 1));
+    let mut per_key: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for s in &seen {
+        per_key.entry(&s.key).or_default().push(s.n);
+    }
+    for (key, order) in per_key {
+        assert_eq!(order, (0..PER_KEY).collect::<Vec<_>>(), "order of {key}");
+    }
+    let counted = || a.worker().metrics().outbox_sent + b.worker().metrics().outbox_sent;
+    // A worker counts a delivery right after its settle commits.
+    eventually("the workers count every delivery", async || {
+        counted() as usize >= total
+    })
+    .await;
+    assert_eq!(counted() as usize, total);
+    let workers: std::collections::BTreeSet<&str> =
+        seen.iter().map(|s| s.worker.as_str()).collect();
+    eprintln!("delivered by {workers:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery(
+    t: &TestStore,
+) {
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sink = |worker: &'static str, hang: bool| {
+        let seen = Arc::clone(&seen);
+        relay().callback("sink", move |m| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push((worker.to_string(), m.idempotency_key.clone()));
+                if hang {
+                    // Delivered, but the relay dies before it can mark the message sent.
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    let doomed = start(t, "relay-doomed", sink("doomed", true), None).await;
+    let ids = t
+        .store
+        .send(vec![
+            OutboxMessage::json(Destination::callback("sink"), &1).unwrap(),
+        ])
+        .await
+        .unwrap();
+    eventually("the first relay delivers", async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    drop(doomed);
+    let survivor = start(t, "relay-survivor", sink("survivor", false), None).await;
+    // The dead relay's lease runs out (on the store's clock), and the survivor takes over.
+    t.advance_until(Duration::from_secs(5), "the message is sent", async || {
+        message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "doomed");
+    assert_eq!(seen[1].0, "survivor");
+    assert_eq!(
+        seen[0].1, seen[1].1,
+        "the same idempotency key on the re-delivery"
+    );
+    assert_eq!(message(t.store.as_ref(), ids[0]).await.attempts, 2);
+    survivor.shutdown().await;
+}
+
+// -- HTTP -----------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// A tiny webhook: records each request and answers with the next status of its path's script
+/// (then 200).
+struct Webhook {
+    addr: std::net::SocketAddr,
+    requests: Arc<Mutex<Vec<Request>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn webhook(script: HashMap<String, Vec<u16>>) -> Webhook {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
+    let script = Arc::new(Mutex::new(script));
+    let recorded = Arc::clone(&requests);
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let recorded = Arc::clone(&recorded);
+            let script = Arc::clone(&script);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i;
+                    }
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the client closed before its headers ended");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+                let mut lines = head.split("\r\n");
+                let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_string();
+                let headers: HashMap<String, String> = lines
+                    .filter_map(|l| l.split_once(": "))
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                    .collect();
+                let len: usize = headers["content-length"].parse().unwrap();
+                let mut body = buf[head_end + 4..].to_vec();
+                while body.len() < len {
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the client closed before its body ended");
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                let status = {
+                    let mut script = script.lock().unwrap();
+                    let next = script.get_mut(&path).filter(|s| !s.is_empty());
+                    next.map_or(200, |s| s.remove(0))
+                };
+                recorded.lock().unwrap().push(Request {
+                    path,
+                    headers,
+                    body,
+                });
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Webhook {
+        addr,
+        requests,
+        server,
+    }
+}
+
+async fn it_posts_to_a_webhook_retrying_a_500_with_the_same_idempotency_key(t: &TestStore) {
+    let hook = webhook(HashMap::from([
+        ("/flaky".to_string(), vec![500, 503]),
+        ("/gone".to_string(), vec![404]),
+    ]))
+    .await;
+    let worker = start(t, "relay-http", relay(), None).await;
+    let url = |path: &str| format!("http://{}{path}", hook.addr);
+    let ids = t
+        .store
+        .send(vec![
+            OutboxMessage::json(
+                Destination::http(url("/flaky")),
+                &serde_json::json!({"order": 7}),
+            )
+            .unwrap()
+            .header("x-trace", "t-1"),
+            OutboxMessage::new(Destination::http(url("/gone")), b"bye".to_vec()),
+            OutboxMessage::new(
+                Destination::http("https://example.invalid/x"),
+                b"tls".to_vec(),
+            ),
+        ])
+        .await
+        .unwrap();
+    // Retries are due on the store's clock: move it until the flaky one gets through.
+    t.advance_until(
+        Duration::from_millis(250),
+        "the flaky webhook accepts",
+        async || message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent,
+    )
+    .await;
+    eventually("the refused messages are dead", async || {
+        messages(t.store.as_ref(), MessageState::Dead).await.len() == 2
+    })
+    .await;
+    let flaky: Vec<Request> = hook
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == "/flaky")
+        .cloned()
+        .collect();
+    assert_eq!(flaky.len(), 3, "two failures, then success");
+    let sent = message(t.store.as_ref(), ids[0]).await;
+    assert_eq!(sent.attempts, 3);
+    for r in &flaky {
+        assert_eq!(r.headers["idempotency-key"], sent.idempotency_key);
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(r.headers["x-trace"], "t-1");
+        assert_eq!(r.body, br#"{"order":7}"#);
+    }
+    let gone = message(t.store.as_ref(), ids[1]).await;
+    assert_eq!(gone.attempts, 1, "a 404 is not retried");
+    assert!(
+        gone.last_error.as_deref().unwrap().contains("404"),
+        "{gone:?}"
+    );
+    let tls = message(t.store.as_ref(), ids[2]).await;
+    assert!(
+        tls.last_error
+            .as_deref()
+            .unwrap()
+            .contains("https:// webhooks are not supported"),
+        "{tls:?}"
+    );
+    // Re-driven, the 404 path now answers 200.
+    t.store.redrive_message(ids[1]).await.unwrap();
+    eventually("the re-driven message is sent", async || {
+        message(t.store.as_ref(), ids[1]).await.state == MessageState::Sent
+    })
+    .await;
+    worker.shutdown().await;
+}
+
+// -- NATS JetStream -------------------------------------------------------------------------------
+
+fn nats_url() -> String {
+    std::env::var("QUARK_TEST_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into())
+}
+
+fn nats_required() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("QUARK_REQUIRE_NATS").is_some()
+}
+
+async fn js(client: &mut NatsClient, api: &str, body: serde_json::Value) -> serde_json::Value {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(&format!("$JS.API.{api}"), &[], body.to_string().as_bytes()),
+    )
+    .await
+    .expect("JetStream API answers in time")
+    .expect("JetStream API request");
+    serde_json::from_slice(&reply.payload).expect("a JSON answer")
+}
+
+/// Deletes the test's stream however the test ends.
+struct Stream {
+    name: String,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A runtime of its own: Drop cannot await, and this may run while a test panics.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = NatsClient::connect(&nats_url()).await {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        c.request(&format!("$JS.API.STREAM.DELETE.{name}"), &[], b""),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestStore) {
+    let mut client = match NatsClient::connect(&nats_url()).await {
+        Ok(c) => c,
+        Err(e) if nats_required() => panic!(
+            "NATS is required (CI or QUARK_REQUIRE_NATS is set) but {} is unreachable: {e}",
+            nats_url()
+        ),
+        Err(e) => {
+            eprintln!(
+                "quark: NATS tests SKIPPED: cannot connect to {}: {e}",
+                nats_url()
+            );
+            return;
+        }
+    };
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let stream = Stream {
+        name: format!("QUARK_TEST_{tag}"),
+    };
+    let subject = format!("quarktest.{tag}");
+    let created = js(
+        &mut client,
+        &format!("STREAM.CREATE.{}", stream.name),
+        serde_json::json!({
+            "name": stream.name,
+            "subjects": [format!("{subject}.>")],
+            "storage": "memory",
+            "duplicate_window": 120_000_000_000u64,
+        }),
+    )
+    .await;
+    assert!(created.get("error").is_none(), "stream create: {created}");
+    let stored = async |client: &mut NatsClient| {
+        js(
+            client,
+            &format!("STREAM.INFO.{}", stream.name),
+            serde_json::json!({}),
+        )
+        .await["state"]["messages"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let worker = start(t, "relay-nats", relay().nats(nats_url()), None).await;
+    let ids = t
+        .store
+        .send(vec![
+            OutboxMessage::json(Destination::nats(format!("{subject}.orders")), &1).unwrap(),
+        ])
+        .await
+        .unwrap();
+    eventually("the message is published", async || {
+        message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent
+    })
+    .await;
+    assert_eq!(stored(&mut client).await, 1);
+
+    // The relay sends it again (as after a crash before it was marked sent): same Nats-Msg-Id,
+    // and JetStream acks without storing it twice.
+    unsend(t, ids[0]).await;
+    eventually("the message is published again", async || {
+        let m = message(t.store.as_ref(), ids[0]).await;
+        m.state == MessageState::Sent && m.attempts == 2
+    })
+    .await;
+    assert_eq!(stored(&mut client).await, 1, "the re-send was deduplicated");
+
+    // A different message is stored: the count above is not blind.
+    t.store
+        .send(vec![
+            OutboxMessage::json(Destination::nats(format!("{subject}.orders")), &2).unwrap(),
+        ])
+        .await
+        .unwrap();
+    eventually("the second message is published", async || {
+        messages(t.store.as_ref(), MessageState::Sent).await.len() == 2
+    })
+    .await;
+    assert_eq!(stored(&mut client).await, 2);
+    worker.shutdown().await;
+    drop(stream);
+}
+
+// -- signals --------------------------------------------------------------------------------------
+
+/// Waits to be paid, then to be told it is done; returns the amount.
+#[orchestration]
+async fn awaits_payment(
+    ctx: OrchestrationContext,
+    _order: String,
+) -> Result<u32, OrchestrationError> {
+    let paid: u32 = ctx.wait_for_signal("paid").await?;
+    let _: bool = ctx.wait_for_signal("done").await?;
+    Ok(paid)
+}
+
+async fn it_signals_a_running_orchestration_once_even_when_the_relay_resends(t: &TestStore) {
+    let worker = start(
+        t,
+        "relay-signal",
+        relay(),
+        Some(Registry::new().register(awaits_payment)),
+    )
+    .await;
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = awaits_payment::start(&client, "order-9", "o9".to_string())
+        .await
+        .unwrap();
+    let ids = t
+        .store
+        .send(vec![
+            OutboxMessage::json(Destination::signal("order-9", "paid"), &42).unwrap(),
+            OutboxMessage::json(Destination::signal("no-such-order", "paid"), &1).unwrap(),
+        ])
+        .await
+        .unwrap();
+    eventually("the signal is delivered", async || {
+        message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent
+    })
+    .await;
+    unsend(t, ids[0]).await;
+    eventually("the signal is delivered again", async || {
+        let m = message(t.store.as_ref(), ids[0]).await;
+        m.state == MessageState::Sent && m.attempts == 2
+    })
+    .await;
+    let paid = t
+        .store
+        .read_history("order-9", HistoryRange::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(&e.event, HistoryEvent::SignalReceived { name, .. } if name == "paid"))
+        .count();
+    assert_eq!(paid, 1, "the orchestration got the signal once");
+    eventually("a signal to an unknown instance is dead", async || {
+        message(t.store.as_ref(), ids[1]).await.state == MessageState::Dead
+    })
+    .await;
+    assert!(
+        message(t.store.as_ref(), ids[1])
+            .await
+            .last_error
+            .unwrap()
+            .contains("no-such-order")
+    );
+    handle.signal("done", &true).await.unwrap();
+    assert_eq!(handle.result().await.unwrap(), 42);
+    worker.shutdown().await;
+}
+
+#[test]
+fn delivery_errors_say_what_went_wrong() {
+    assert_eq!(DeliveryError::retry("503").to_string(), "503");
+}
