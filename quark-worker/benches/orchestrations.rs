@@ -41,8 +41,8 @@ async fn three_steps(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestra
     ctx.call(noop, &b).await
 }
 
-/// The job handler's slots and the claim batch, as a worker tuned for many short jobs would set
-/// them (the library defaults are 32 job slots and claims of up to 64).
+/// The job handler's slots and the claim batch by default, as a worker tuned for many short jobs
+/// would set them (the library defaults are 32 job slots and claims of up to 64).
 const JOB_SLOTS: usize = 512;
 const CLAIM_BATCH: u32 = 256;
 
@@ -53,6 +53,9 @@ const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [opti
   --backend B           both | postgres | sqlite (default both)
   --open-tx             PostgreSQL: drain the jobs again while another connection holds a
                         transaction open, and show both rates and their ratio
+  --job-slots N         jobs one worker runs at once (default 512)
+  --claim-batch N       the most tasks one claim takes (default 256)
+  --workers N           workers draining the jobs (default 1; extra ones serve jobs only)
   --retention SECS      how long finished jobs are kept in finished_jobs (default 86400, the
                         store's default; 0 keeps no record, the fastest setting)";
 
@@ -63,6 +66,9 @@ struct Args {
     backends: Vec<&'static str>,
     open_tx: bool,
     retention: Duration,
+    job_slots: usize,
+    claim_batch: u32,
+    workers: usize,
 }
 
 fn args() -> Args {
@@ -73,6 +79,9 @@ fn args() -> Args {
         backends: vec!["postgres", "sqlite"],
         open_tx: false,
         retention: StoreConfig::default().finished_job_retention,
+        job_slots: JOB_SLOTS,
+        claim_batch: CLAIM_BATCH,
+        workers: 1,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -91,6 +100,9 @@ fn args() -> Args {
             "--n" => a.n = value.parse().expect("--n N"),
             "--jobs" => a.jobs = value.parse().expect("--jobs N"),
             "--light" => a.light = value.parse().expect("--light N"),
+            "--job-slots" => a.job_slots = value.parse().expect("--job-slots N"),
+            "--claim-batch" => a.claim_batch = value.parse().expect("--claim-batch N"),
+            "--workers" => a.workers = value.parse().expect("--workers N"),
             "--retention" => {
                 a.retention = Duration::from_secs(value.parse().expect("--retention SECS"))
             }
@@ -114,10 +126,14 @@ fn args() -> Args {
 async fn start_worker(
     store: &Arc<dyn Store>,
     waits: tokio::sync::mpsc::UnboundedSender<Duration>,
+    a: &Args,
+    workflows: bool,
 ) -> quark_worker::RunningWorker {
-    Worker::builder()
-        .store(Arc::clone(store))
-        .workflows(Registry::new().register(three_steps).register(noop))
+    let mut builder = Worker::builder().store(Arc::clone(store));
+    if workflows {
+        builder = builder.workflows(Registry::new().register(three_steps).register(noop));
+    }
+    builder
         .handle(
             TaskKind::Job,
             move |task: quark_history::ClaimedTask, cx: quark_worker::TaskContext| {
@@ -127,9 +143,9 @@ async fn start_worker(
                     Ok(Commit::new().complete(task.lease.clone()))
                 }
             },
-            JOB_SLOTS,
+            a.job_slots,
         )
-        .claim_batch(CLAIM_BATCH)
+        .claim_batch(a.claim_batch)
         .build()
         .unwrap()
         .start()
@@ -281,7 +297,7 @@ async fn bench(
     rows: &mut Vec<Row>,
 ) {
     let (tx, mut waits) = tokio::sync::mpsc::unbounded_channel();
-    let running = start_worker(&store, tx).await;
+    let running = start_worker(&store, tx.clone(), a, true).await;
     let client = Client::new(Arc::clone(&store));
 
     // Light load first, on an idle database: one orchestration at a time.
@@ -405,11 +421,21 @@ async fn bench(
     eprintln!("[{backend}] worker counters: {m:?}");
 
     // Drain: bulk-enqueue no-op jobs, then time the worker emptying the queue.
-    eprintln!("[{backend}] drain of {} bulk-enqueued no-op jobs", a.jobs);
+    let mut extra = Vec::new();
+    for _ in 1..a.workers {
+        extra.push(start_worker(&store, tx.clone(), a, false).await);
+    }
+    eprintln!(
+        "[{backend}] drain of {} bulk-enqueued no-op jobs: {} worker(s), {} job slots each, claims of {}",
+        a.jobs, a.workers, a.job_slots, a.claim_batch
+    );
     let normal = drain(&*store, a.jobs).await;
     rows.push(Row {
         backend,
-        workload: format!("{} no-op jobs bulk-enqueued, then drained", a.jobs),
+        workload: format!(
+            "{} no-op jobs bulk-enqueued, then drained ({} worker(s) x {} slots, claims of {})",
+            a.jobs, a.workers, a.job_slots, a.claim_batch
+        ),
         rate: format!(
             "{:.0} jobs/s drained (enqueue: {:.0} jobs/s)",
             normal.drained, normal.enqueued
@@ -447,6 +473,9 @@ async fn bench(
             }
             None => eprintln!("[{backend}] --open-tx is a PostgreSQL measurement; skipped"),
         }
+    }
+    for w in extra {
+        w.shutdown().await;
     }
     running.shutdown().await;
 }
