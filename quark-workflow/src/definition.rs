@@ -178,6 +178,23 @@ impl RetryPolicy {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
         Some(self.initial.saturating_mul(factor).min(self.max))
     }
+
+    /// [`delay_after`](Self::delay_after) with jitter: shortened by up to a fifth, by an amount
+    /// drawn from `salt` (the task, the attempt, the time), so that many tasks that failed together
+    /// do not all come back at the same instant. Never longer than the policy's delay.
+    pub fn jittered_delay_after(&self, attempt: u32, salt: u64) -> Option<Duration> {
+        let delay = self.delay_after(attempt)?;
+        // splitmix64: a well-spread value from any salt.
+        let mut z = salt
+            .wrapping_add(u64::from(attempt))
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let fifth = delay / 5;
+        let cut = fifth.mul_f64((z % 10_000) as f64 / 10_000.0);
+        Some(delay - cut)
+    }
 }
 
 #[cfg(test)]
@@ -191,5 +208,30 @@ mod tests {
         assert_eq!(p.delay_after(2), Some(Duration::from_secs(2)));
         assert_eq!(p.delay_after(3), Some(Duration::from_secs(3)));
         assert_eq!(p.delay_after(4), None);
+    }
+
+    #[test]
+    fn jitter_spreads_retries_within_a_fifth_below_the_delay() {
+        let p = RetryPolicy::new(4, Duration::from_secs(10), Duration::from_secs(60));
+        let delays: std::collections::BTreeSet<Duration> = (0..100u64)
+            .map(|task| p.jittered_delay_after(1, task).unwrap())
+            .collect();
+        assert!(
+            delays.len() > 50,
+            "spread: {} distinct delays",
+            delays.len()
+        );
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d <= Duration::from_secs(10) && *d >= Duration::from_secs(8)),
+            "{delays:?}"
+        );
+        assert_eq!(p.jittered_delay_after(4, 7), None);
+        assert_eq!(
+            p.jittered_delay_after(2, 7),
+            p.jittered_delay_after(2, 7),
+            "the same salt, the same delay"
+        );
     }
 }

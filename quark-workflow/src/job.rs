@@ -306,7 +306,10 @@ pub fn job_commit(
     let lease = claimed.lease.clone();
     match result {
         Ok(_) => Commit::new().complete(lease),
-        Err(error) => match job.options.retry.delay_after(claimed.lease.attempt) {
+        Err(error) => match job.options.retry.jittered_delay_after(
+            claimed.lease.attempt,
+            claimed.lease.task_id as u64 ^ now.as_micros() as u64,
+        ) {
             Some(delay) if error.is_retryable() => Commit::new().fail(
                 lease,
                 FailAction::Retry {
@@ -365,7 +368,11 @@ mod tests {
         let err = || Err(ActivityError::message("timeout"));
         match job_commit(&claimed(2), &job(3), err(), now).settle {
             Some(Settle::Fail(_, FailAction::Retry { at, .. })) => {
-                assert_eq!(at, now + Duration::from_secs(2))
+                // 2 s after the second attempt, less up to a fifth of jitter.
+                assert!(
+                    at <= now + Duration::from_secs(2) && at >= now + Duration::from_millis(1600),
+                    "{at:?}"
+                )
             }
             other => panic!("expected a retry, got {other:?}"),
         }

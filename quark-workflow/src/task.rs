@@ -129,7 +129,10 @@ pub fn activity_commit(
                 .options
                 .schedule_to_close
                 .map(|d| task.scheduled_at + d);
-            let retry_at = match task.options.retry.delay_after(attempt) {
+            let retry_at = match task.options.retry.jittered_delay_after(
+                attempt,
+                claimed.lease.task_id as u64 ^ now.as_micros() as u64,
+            ) {
                 Some(delay) if error.is_retryable() => Some(now + delay),
                 _ => None,
             };
@@ -250,7 +253,11 @@ mod tests {
         assert!(c.appends.is_empty());
         match c.settle {
             Some(Settle::Fail(_, FailAction::Retry { at, .. })) => {
-                assert_eq!(at, Timestamp::from_millis(11_000))
+                // The first delay (1 s), less up to a fifth of jitter.
+                assert!(
+                    at <= Timestamp::from_millis(11_000) && at >= Timestamp::from_millis(10_800),
+                    "{at:?}"
+                )
             }
             other => panic!("expected a retry, got {other:?}"),
         }
