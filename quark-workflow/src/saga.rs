@@ -149,13 +149,34 @@ impl Saga {
         compensation: C,
         input: &C::Input,
     ) -> Result<(), OrchestrationError> {
-        let site = caller();
+        self.push(compensation, input, C::options(), caller())
+    }
+
+    /// Like [`add`](Self::add), with `options` instead of the activity's own (another queue,
+    /// more retries per call).
+    #[track_caller]
+    pub fn add_with<C: Activity>(
+        &self,
+        compensation: C,
+        input: &C::Input,
+        options: ActivityOptions,
+    ) -> Result<(), OrchestrationError> {
+        self.push(compensation, input, options, caller())
+    }
+
+    fn push<C: Activity>(
+        &self,
+        compensation: C,
+        input: &C::Input,
+        options: ActivityOptions,
+        site: CallSite,
+    ) -> Result<(), OrchestrationError> {
         let _ = compensation;
         let input = Payload::json(input).map_err(OrchestrationError::payload)?;
         self.inner.borrow_mut().compensations.push(Compensation {
             activity: C::NAME,
             input,
-            options: C::options(),
+            options,
             site,
         });
         Ok(())
@@ -181,16 +202,9 @@ impl Saga {
         let site = caller();
         let call = self.ctx.call(activity, input);
         let saga = self.clone();
-        let _ = compensation;
         async move {
             let output = call.await?;
-            let input = Payload::json(&undo(&output)).map_err(OrchestrationError::payload)?;
-            saga.inner.borrow_mut().compensations.push(Compensation {
-                activity: C::NAME,
-                input,
-                options: C::options(),
-                site,
-            });
+            saga.push(compensation, &undo(&output), C::options(), site)?;
             Ok(output)
         }
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use quark_history::HistoryEvent;
 use quark_workflow::testing::TestEnv;
 use quark_workflow::{
-    ActivityContext, ActivityError, ClientError, OrchestrationContext, OrchestrationError,
-    Registry, Replayer, RetryPolicy, StuckCompensation, activity, orchestration,
+    ActivityContext, ActivityError, ActivityOptions, ClientError, OrchestrationContext,
+    OrchestrationError, Registry, Replayer, RetryPolicy, StuckCompensation, activity,
+    orchestration,
 };
 use serde::{Deserialize, Serialize};
 
@@ -369,4 +370,70 @@ async fn assert_replays_with(env: &TestEnv, id: &str, registry: Registry) {
     let history = env.client().history(id).await.unwrap();
     let report = Replayer::new(registry).replay(&history).unwrap();
     assert!(report.is_ok(), "{id}: {report:?}");
+}
+
+#[activity]
+async fn refund_later(_ctx: ActivityContext, receipt: String) -> Result<(), ActivityError> {
+    let _ = receipt;
+    Ok(())
+}
+
+#[orchestration]
+async fn pay(ctx: OrchestrationContext, id: String) -> Result<(), OrchestrationError> {
+    ctx.saga()
+        .run(|saga| async move {
+            let receipt = ctx.call(book_flight, &id).await?;
+            // On a queue the test environment serves only when told to: the refund stays pending.
+            let later = ActivityOptions::default().queue("refunds");
+            saga.add_with(refund_later, &receipt, later)?;
+            ctx.call(book_car, &id).await?;
+            Ok(())
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_cancellation_during_compensation_lets_it_finish() {
+    let registry = || registry().register(pay).register(refund_later);
+    let env = TestEnv::new(registry()).await.unwrap();
+    no_cars(&env);
+    let refunded: Log = Arc::default();
+    let r = refunded.clone();
+    env.mock_activity::<refund_later>(move |receipt| {
+        r.lock().unwrap().push(receipt);
+        Ok(())
+    });
+    let handle = pay::start(env.client(), "c1", "c1".to_string())
+        .await
+        .unwrap();
+    env.run_until_idle().await.unwrap();
+    // The refund is scheduled and waits for its queue.
+    let history = env.client().history("c1").await.unwrap();
+    assert!(history.iter().any(|e| matches!(
+        &e.event,
+        HistoryEvent::ActivityScheduled { activity, .. } if activity == "refund_later"
+    )));
+    handle.cancel("too late").await.unwrap();
+    env.run_until_idle().await.unwrap();
+    env.serve("refunds");
+    match handle.result().await {
+        Err(ClientError::Failed { failure, .. }) => {
+            assert_eq!(failure.message, "activity `book_car` failed: no cars left")
+        }
+        other => panic!("expected the step's failure, got {other:?}"),
+    }
+    assert_eq!(*refunded.lock().unwrap(), ["flight-c1"]);
+    // The refund was scheduled once: the saga waited on the same call after the cancellation.
+    let history = env.client().history("c1").await.unwrap();
+    let refunds = history
+        .iter()
+        .filter(|e| matches!(&e.event, HistoryEvent::ActivityScheduled { activity, .. } if activity == "refund_later"))
+        .count();
+    assert_eq!(refunds, 1);
+    assert!(
+        history
+            .iter()
+            .any(|e| matches!(e.event, HistoryEvent::CancelRequested { .. }))
+    );
+    assert_replays_with(&env, "c1", registry()).await;
 }
