@@ -14,7 +14,7 @@
 //!
 //! Each compensation first gets its activity's own retry policy; when that runs out, the saga
 //! calls it again, after a backoff, under [`compensation_retry`](Saga::compensation_retry). When
-//! that runs out too the saga is *stuck*: it fails with [`OrchestrationError::SagaStuck`], whose
+//! that runs out too, or at once on a terminal error, the saga is *stuck*: it fails with [`OrchestrationError::SagaStuck`], whose
 //! recorded failure carries a [`StuckCompensation`] marker that `quark saga stuck` lists. A stuck
 //! saga never reports success.
 
@@ -125,9 +125,9 @@ impl Saga {
         self
     }
 
-    /// How often, and how far apart, a compensation whose activity failed for good (its own
-    /// retries ran out, or a terminal error) is called again before the saga is stuck.
-    /// `max_attempts` counts activity calls: 1 means the activity's own retries are all.
+    /// How often, and how far apart, a compensation whose activity's own retries ran out is
+    /// called again before the saga is stuck. `max_attempts` counts activity calls: 1 means the
+    /// activity's own retries are all. A terminal error makes the saga stuck at once.
     pub fn compensation_retry(self, retry: RetryPolicy) -> Self {
         self.inner.borrow_mut().retry = retry;
         self
@@ -378,7 +378,13 @@ async fn compensate_one(
             Err(OrchestrationError::Activity { failure, .. }) => failure,
             Err(e) => return Err(Failed::Fatal(e)),
         };
-        let Some(delay) = retry.delay_after(attempt) else {
+        // A terminal error says no retry can help: stuck at once, for a person to look at.
+        let next = if failure.retryable {
+            retry.delay_after(attempt)
+        } else {
+            None
+        };
+        let Some(delay) = next else {
             return Err(Failed::Stuck((
                 c.activity.to_string(),
                 c.input.clone(),

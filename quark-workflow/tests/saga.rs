@@ -437,3 +437,33 @@ async fn a_cancellation_during_compensation_lets_it_finish() {
     );
     assert_replays_with(&env, "c1", registry()).await;
 }
+
+#[tokio::test]
+async fn a_terminal_compensation_error_makes_the_saga_stuck_at_once() {
+    let (env, log) = env(0).await;
+    no_cars(&env);
+    env.mock_activity::<cancel_flight>(|_| {
+        Err(ActivityError::message("ticket already used").terminal())
+    });
+    let handle = trip::start(env.client(), "t8", Trip::plain("t8"))
+        .await
+        .unwrap();
+    let failure = match handle.result().await {
+        Err(ClientError::Failed { failure, .. }) => failure,
+        other => panic!("expected a stuck saga, got {other:?}"),
+    };
+    let stuck = StuckCompensation::from_failure(&failure).expect("the stuck marker");
+    assert_eq!(stuck.compensation, "cancel_flight");
+    assert_eq!(stuck.attempts, 1);
+    assert_eq!(stuck.last_error, "ticket already used");
+    assert!(stuck.skipped.is_empty());
+    assert_eq!(logged(&log), ["cancel_hotel#1:hotel-t8"]);
+    let history = env.client().history("t8").await.unwrap();
+    assert!(
+        !history
+            .iter()
+            .any(|e| matches!(e.event, HistoryEvent::TimerCreated { .. })),
+        "no backoff before a terminal error"
+    );
+    assert_replays(&env, "t8").await;
+}
