@@ -100,7 +100,7 @@ impl fmt::Debug for Saga {
 
 impl Saga {
     /// The default [`compensation_retry`](Self::compensation_retry): 10 more rounds, from 10 s up
-    /// to 10 min apart (about an hour in all), on top of the activity's own retries.
+    /// to 10 min apart (about 40 minutes of backoff in all), on top of the activity's own retries.
     pub fn default_retry() -> RetryPolicy {
         RetryPolicy::new(10, Duration::from_secs(10), Duration::from_secs(600))
     }
