@@ -8,7 +8,7 @@ use quark_history::HistoryEvent;
 use quark_workflow::testing::TestEnv;
 use quark_workflow::{
     ActivityContext, ActivityError, ActivityOptions, ClientError, OrchestrationContext,
-    OrchestrationError, Registry, Replayer, RetryPolicy, StuckCompensation, activity,
+    OrchestrationError, Registry, ReplayReport, Replayer, RetryPolicy, StuckCompensation, activity,
     orchestration,
 };
 use serde::{Deserialize, Serialize};
@@ -466,4 +466,37 @@ async fn a_terminal_compensation_error_makes_the_saga_stuck_at_once() {
         "no backoff before a terminal error"
     );
     assert_replays(&env, "t8").await;
+}
+
+/// `trip` with its compensations registered in the other order: a code change the replay of an
+/// old history must catch.
+#[orchestration(name = "trip")]
+async fn trip_reordered(ctx: OrchestrationContext, t: Trip) -> Result<String, OrchestrationError> {
+    let saga = ctx.saga();
+    saga.run(|saga| async move {
+        let flight = ctx.call(book_flight, &t.id).await?;
+        let hotel = ctx.call(book_hotel, &t.id).await?;
+        saga.add(cancel_hotel, &hotel)?;
+        saga.add(cancel_flight, &flight)?;
+        let car = ctx.call(book_car, &t.id).await?;
+        Ok(format!("{flight}, {hotel}, {car}"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replay_catches_compensations_reordered_in_the_code() {
+    let (env, _log) = env(0).await;
+    no_cars(&env);
+    let handle = trip::start(env.client(), "t9", Trip::plain("t9"))
+        .await
+        .unwrap();
+    assert!(handle.result().await.is_err());
+    let history = env.client().history("t9").await.unwrap();
+    let changed = Registry::new().register(trip_reordered);
+    let report = Replayer::new(changed).replay(&history).unwrap();
+    assert!(
+        matches!(&report, ReplayReport::Diverged(d) if d.error.to_string().contains("cancel_flight")),
+        "{report:?}"
+    );
 }
