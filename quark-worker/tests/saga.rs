@@ -199,3 +199,25 @@ async fn quark(t: &TestStore, output: Output) -> String {
         .unwrap();
     String::from_utf8(out).unwrap()
 }
+
+#[test]
+fn the_command_line_parses_saga_stuck() {
+    use clap::Parser;
+    let cli = quark_worker::cli::Cli::try_parse_from([
+        "quark", "saga", "stuck", "--type", "checkout", "--limit", "5", "--output", "json",
+    ])
+    .unwrap();
+    match cli.command {
+        Command::Saga(SagaCommand::Stuck {
+            instance_type,
+            limit,
+            scan,
+            output,
+        }) => {
+            assert_eq!(instance_type.as_deref(), Some("checkout"));
+            assert_eq!((limit, scan), (5, 10_000));
+            assert_eq!(output.output, Output::Json);
+        }
+        other => panic!("parsed as {other:?}"),
+    }
+}

@@ -447,3 +447,58 @@ impl fmt::Display for StuckCompensation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker() -> StuckCompensation {
+        StuckCompensation {
+            kind: STUCK_KIND.into(),
+            compensation: "release".into(),
+            input: serde_json::json!({"id": 7}),
+            attempts: 3,
+            last_error: "down".into(),
+            cause: "declined".into(),
+            skipped: vec!["refund".into()],
+        }
+    }
+
+    #[test]
+    fn a_stuck_failure_round_trips_through_its_details() {
+        let failure = OrchestrationError::SagaStuck(Box::new(marker())).to_failure();
+        assert!(!failure.retryable);
+        assert_eq!(
+            failure.message,
+            "saga stuck: compensation `release` failed 3 time(s), last error: down; \
+             compensating for: declined; not run: refund"
+        );
+        assert_eq!(StuckCompensation::from_failure(&failure), Some(marker()));
+    }
+
+    #[test]
+    fn other_failures_are_not_taken_for_stuck_sagas() {
+        let plain = OrchestrationError::failed("no").to_failure();
+        assert_eq!(StuckCompensation::from_failure(&plain), None);
+        let mut other = marker();
+        other.kind = "something_else".into();
+        let lookalike = Failure {
+            message: "x".into(),
+            retryable: false,
+            details: Some(Payload::json(&other).unwrap()),
+        };
+        assert_eq!(StuckCompensation::from_failure(&lookalike), None);
+        let unrelated = Failure {
+            details: Some(Payload::json(&serde_json::json!({"code": 4})).unwrap()),
+            ..lookalike
+        };
+        assert_eq!(StuckCompensation::from_failure(&unrelated), None);
+    }
+
+    #[test]
+    fn the_default_retry_backs_off_for_about_forty_minutes() {
+        let p = Saga::default_retry();
+        let total: Duration = (1..p.max_attempts).filter_map(|a| p.delay_after(a)).sum();
+        assert_eq!(total, Duration::from_secs(2430));
+    }
+}
