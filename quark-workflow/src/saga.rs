@@ -71,7 +71,8 @@ pub struct Saga {
 
 struct Inner {
     compensations: Vec<Compensation>,
-    deadline: Option<Duration>,
+    /// The deadline, and where it was set (the timer's call site in the history).
+    deadline: Option<(Duration, CallSite)>,
     retry: RetryPolicy,
     parallel: bool,
 }
@@ -91,7 +92,7 @@ impl fmt::Debug for Saga {
         let names: Vec<_> = inner.compensations.iter().map(|c| c.activity).collect();
         f.debug_struct("Saga")
             .field("compensations", &names)
-            .field("deadline", &inner.deadline)
+            .field("deadline", &inner.deadline.as_ref().map(|(d, _)| d))
             .field("retry", &inner.retry)
             .field("parallel", &inner.parallel)
             .finish()
@@ -120,8 +121,9 @@ impl Saga {
     /// A saga not finished `d` after [`run`](Self::run) starts compensates and fails with
     /// [`OrchestrationError::SagaDeadline`]. The deadline is a durable timer, raced with the
     /// steps in history order.
+    #[track_caller]
     pub fn deadline(self, d: Duration) -> Self {
-        self.inner.borrow_mut().deadline = Some(d);
+        self.inner.borrow_mut().deadline = Some((d, caller()));
         self
     }
 
@@ -238,12 +240,13 @@ impl Saga {
         F: FnOnce(Saga) -> Fut,
         Fut: Future<Output = Result<T, OrchestrationError>>,
     {
-        let deadline = self.inner.borrow().deadline;
+        let deadline = self.inner.borrow().deadline.clone();
         let outcome = match deadline {
             None => body(self.clone()).await,
-            Some(d) => {
+            Some((d, site)) => {
                 // Issued before the first step, so its command id never depends on the body.
-                let timer = self.ctx.sleep(d);
+                let timer =
+                    Sleep::new(CommandFuture::new(&self.ctx.state, self.ctx.timer(d, site)));
                 let steps = body(self.clone()).map(Raced::Body).boxed_local();
                 let timer = timer.map(Raced::Deadline).boxed_local();
                 match self.ctx.select([steps, timer]).await.1 {
