@@ -1,9 +1,11 @@
 //! An order saga: every step that succeeded is undone, in reverse order, when a later step fails.
 //!
 //! Two orders run on embedded SQLite. The first pays and ships. The second's card is declined (a
-//! terminal error: no retry helps), so the saga releases the stock it reserved and cancels the
-//! shipment it booked, then reports what it undid. The compensations are activities too, retried
-//! until they succeed, and journaled like everything else: a crash mid-compensation resumes it.
+//! terminal error: no retry helps), so the saga cancels the shipment it booked and releases the
+//! stock it reserved, newest first, and the order fails with the card's error. The compensations
+//! are activities too, retried until they succeed (or the saga is declared stuck, which
+//! `quark saga stuck` lists), and journaled like everything else: a crash mid-compensation
+//! resumes it. The saga also has a deadline: an order not settled within a day compensates.
 //!
 //! Run it with `cargo run -p quark-examples --example order_saga [path/to/file.db]`.
 
@@ -56,26 +58,28 @@ async fn charge_card(_ctx: ActivityContext, order: Order) -> Result<String, Acti
     Ok(format!("payment-{}-{}", order.id, order.cents))
 }
 
+// ANCHOR: saga
 /// Reserve, book, charge; on failure undo what was done, newest first.
 #[orchestration]
 async fn order_saga(ctx: OrchestrationContext, order: Order) -> Result<String, OrchestrationError> {
-    let reservation = ctx.call(reserve_stock, &order.id).await?;
-    let shipment = ctx.call(book_shipment, &order.id).await?;
-    match ctx.call(charge_card, &order).await {
-        Ok(payment) => Ok(format!(
-            "{}: paid ({payment}), {shipment} on its way",
-            order.id
-        )),
-        Err(failure) => {
-            ctx.call(cancel_shipment, &shipment).await?;
-            ctx.call(release_stock, &reservation).await?;
+    ctx.saga()
+        .deadline(Duration::from_secs(24 * 3600))
+        .run(|saga| async move {
+            let reservation = ctx.call(reserve_stock, &order.id).await?;
+            saga.add(release_stock, &reservation)?;
+            // A step and its undo in one call: the undo's input is made from the step's output.
+            let shipment = saga
+                .step(book_shipment, &order.id, cancel_shipment, |s| s.clone())
+                .await?;
+            let payment = ctx.call(charge_card, &order).await?;
             Ok(format!(
-                "{}: {failure}; compensated: cancelled {shipment}, released {reservation}",
+                "{}: paid ({payment}), {shipment} on its way",
                 order.id
             ))
-        }
-    }
+        })
+        .await
 }
+// ANCHOR_END: saga
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -113,8 +117,10 @@ async fn main() -> anyhow::Result<()> {
     ];
     for order in orders {
         let handle = order_saga::start(&client, &order.id, order.clone()).await?;
-        let outcome = handle.result().await?;
-        println!("{outcome}");
+        match handle.result().await {
+            Ok(outcome) => println!("{outcome}"),
+            Err(failure) => println!("{}: {failure}", order.id),
+        }
         for e in store.read_history(&order.id, HistoryRange::All).await? {
             if let quark_history::HistoryEvent::ActivityScheduled { activity, .. } = &e.event {
                 println!("    #{:>2} {activity}", e.seq);

@@ -19,6 +19,8 @@ use quark_workflow::{Client, Registry};
 mod jobs;
 mod outbox;
 pub use jobs::{JobCommand, QueueCommand};
+mod saga;
+pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 mod schedule;
 pub use outbox::OutboxCommand;
 pub use schedule::ScheduleCommand;
@@ -80,6 +82,9 @@ pub enum Command {
     /// The transactional outbox: list messages, re-drive dead ones, send one.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Sagas: list those whose compensation never succeeded.
+    #[command(subcommand)]
+    Saga(SagaCommand),
 }
 
 /// `quark workflow ...`
@@ -354,6 +359,7 @@ pub async fn run_on(
         Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), out).await?,
         Command::Queue(cmd) => jobs::queue(&store, cmd, out).await?,
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, out).await?,
+        Command::Saga(cmd) => saga::saga(&store, cmd, out).await?,
     }
     Ok(())
 }

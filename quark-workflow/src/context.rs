@@ -127,7 +127,7 @@ impl OrchestrationContext {
         self.schedule_named(Cow::Owned(name.to_string()), input, options, site)
     }
 
-    fn schedule_named<T>(
+    pub(crate) fn schedule_named<T>(
         &self,
         name: Cow<'static, str>,
         payload: Payload,
@@ -352,6 +352,13 @@ impl OrchestrationContext {
             Ok(input) => Err(OrchestrationError::ContinueAsNew { input }),
             Err(e) => Err(OrchestrationError::payload(e)),
         }
+    }
+
+    /// A new, empty [`Saga`](crate::Saga): register a compensating activity after each step
+    /// that succeeded; they run newest first when a later step fails, the orchestration is
+    /// cancelled or the saga's deadline passes.
+    pub fn saga(&self) -> crate::Saga {
+        crate::Saga::new(self)
     }
 
     /// Waits for all `futures`; outputs in argument order.

@@ -49,6 +49,17 @@ pub enum OrchestrationError {
     /// The orchestration's own failure, with a message.
     #[error("{0}")]
     Failed(String),
+    /// A saga's compensation failed after all its retries: the saga's work is only partly undone.
+    /// Fix the cause and finish the undo by hand; `quark saga stuck` lists these instances.
+    #[error("{0}")]
+    SagaStuck(Box<crate::saga::StuckCompensation>),
+    /// A saga did not finish within its deadline; it compensated. Retry the business operation,
+    /// or give the saga more time.
+    #[error("saga deadline of {deadline:?} passed")]
+    SagaDeadline {
+        /// The deadline the saga was given.
+        deadline: std::time::Duration,
+    },
     /// Not a failure: returned by [`continue_as_new`](crate::OrchestrationContext::continue_as_new),
     /// it ends this run and starts a new one with `input`.
     #[error("continued as new")]
@@ -78,6 +89,15 @@ impl OrchestrationError {
                 message: self.to_string(),
                 retryable: false,
                 details: failure.details.clone(),
+            },
+            OrchestrationError::SagaStuck(stuck) => Failure {
+                message: self.to_string(),
+                retryable: false,
+                // Through a `Value`: its keys come out sorted, as the history stores them, so the
+                // replayed failure equals the recorded one byte for byte.
+                details: serde_json::to_value(stuck)
+                    .ok()
+                    .and_then(|v| Payload::json(&v).ok()),
             },
             other => Failure::terminal(other.to_string()),
         }

@@ -1,0 +1,162 @@
+//! `quark saga ...`: sagas whose compensation never succeeded.
+//!
+//! A stuck saga fails its orchestration with a failure whose details carry a
+//! [`StuckCompensation`] marker (see `quark_workflow::Saga`). Finding them needs no table of its
+//! own: the failed instances are listed newest first through the `(status, created_at)` index, and
+//! for each only its closing event is read (one or two rows by primary key), never its history.
+//! The cost is proportional to the failed instances examined, bounded by `--scan`, not to the size
+//! of the database.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, Store};
+use quark_workflow::StuckCompensation;
+
+use super::{Output, OutputArg};
+
+/// `quark saga ...`
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// Lists instances whose saga is stuck, newest first: the compensation that never succeeded,
+    /// its input and its last error.
+    Stuck {
+        /// Only this orchestration type.
+        #[arg(long = "type")]
+        instance_type: Option<String>,
+        /// At most this many stuck sagas.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Look at no more than this many failed instances (newest first).
+        #[arg(long, default_value_t = 10_000)]
+        scan: usize,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+}
+
+/// A stuck saga, as listed.
+#[derive(Debug, Clone)]
+pub struct StuckSaga {
+    /// The instance.
+    pub instance_id: String,
+    /// Its orchestration type.
+    pub instance_type: String,
+    /// When it failed.
+    pub failed_at: String,
+    /// What is stuck.
+    pub stuck: StuckCompensation,
+}
+
+/// The stuck sagas among the newest `scan` failed instances, at most `limit` of them.
+pub async fn stuck_sagas(
+    store: &Arc<dyn Store>,
+    instance_type: Option<String>,
+    limit: usize,
+    scan: usize,
+) -> anyhow::Result<Vec<StuckSaga>> {
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    let mut after = None;
+    while found.len() < limit && scanned < scan {
+        let page = store
+            .list_instances(InstanceFilter {
+                instance_type: instance_type.clone(),
+                statuses: vec![InstanceStatus::Failed],
+                after: after.clone(),
+                limit: u32::try_from((scan - scanned).min(100)).unwrap_or(100),
+                ..InstanceFilter::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id.clone()));
+        for record in page {
+            scanned += 1;
+            // The closing event is the last one: read it alone.
+            let from = record.history_len.saturating_sub(1);
+            let tail = store
+                .read_history(&record.id, HistoryRange::From(from))
+                .await?;
+            let stuck = tail.iter().rev().find_map(|e| match &e.event {
+                HistoryEvent::WorkflowFailed { failure } => {
+                    StuckCompensation::from_failure(failure).map(|s| (e.recorded_at, s))
+                }
+                _ => None,
+            });
+            if let Some((at, stuck)) = stuck {
+                found.push(StuckSaga {
+                    instance_id: record.id,
+                    instance_type: record.instance_type,
+                    failed_at: at.to_string(),
+                    stuck,
+                });
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn row_json(r: &StuckSaga) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(&r.stuck)?;
+    if let Some(map) = v.as_object_mut() {
+        map.remove("kind");
+        map.insert("instance_id".into(), r.instance_id.clone().into());
+        map.insert("instance_type".into(), r.instance_type.clone().into());
+        map.insert("failed_at".into(), r.failed_at.clone().into());
+    }
+    Ok(v)
+}
+
+/// Runs `quark saga ...`.
+pub(super) async fn saga(
+    store: &Arc<dyn Store>,
+    cmd: SagaCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match cmd {
+        SagaCommand::Stuck {
+            instance_type,
+            limit,
+            scan,
+            output,
+        } => {
+            let rows = stuck_sagas(store, instance_type, limit, scan).await?;
+            if output.output == Output::Json {
+                let rows = rows
+                    .iter()
+                    .map(row_json)
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<28} {:<16} {:<20} {:>8}  LAST ERROR",
+                "INSTANCE", "TYPE", "COMPENSATION", "ATTEMPTS"
+            )?;
+            for r in &rows {
+                writeln!(
+                    out,
+                    "{:<28} {:<16} {:<20} {:>8}  {}",
+                    r.instance_id,
+                    r.instance_type,
+                    r.stuck.compensation,
+                    r.stuck.attempts,
+                    r.stuck.last_error
+                )?;
+                writeln!(out, "    input: {}", r.stuck.input)?;
+                writeln!(out, "    compensating for: {}", r.stuck.cause)?;
+                if !r.stuck.skipped.is_empty() {
+                    writeln!(out, "    not run: {}", r.stuck.skipped.join(", "))?;
+                }
+            }
+            writeln!(out, "{} stuck saga(s)", rows.len())?;
+        }
+    }
+    Ok(())
+}
