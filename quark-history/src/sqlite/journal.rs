@@ -1,7 +1,7 @@
 //! Instances and histories on SQLite.
 
+use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
 
 use super::SqliteStore;
 use crate::clock::Timestamp;
@@ -268,7 +268,7 @@ impl SqliteStore {
 
 /// Appends one instance's events inside a write transaction. Returns (first seq, last seq).
 pub(super) async fn append_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     store: &SqliteStore,
     append: &Append,
     now: Timestamp,
@@ -277,7 +277,7 @@ pub(super) async fn append_in_tx(
         "SELECT next_seq, last_hash, status, history_bytes FROM instances WHERE id = ?1",
     )
     .bind(&append.instance_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
         return Err(Error::InstanceNotFound {
@@ -332,7 +332,7 @@ pub(super) async fn append_in_tx(
         .bind(&enc.bytes)
         .bind(now.as_micros())
         .bind(enc.hash.as_slice())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     }
     let last = encoded
@@ -351,7 +351,7 @@ pub(super) async fn append_in_tx(
     .bind(now.as_micros())
     .bind(output.as_ref().map(|o| o.codec().as_i16()))
     .bind(output.as_ref().map(|o| o.as_bytes()))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok((next_seq, last.0))
 }

@@ -217,6 +217,10 @@ impl Store for SqliteStore {
         Box::pin(self.commit_impl(commit))
     }
 
+    fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
+        Box::pin(self.commit_many_impl(commits))
+    }
+
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
         Box::pin(self.claim_impl(request))
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 
 use super::SqliteStore;
 use super::jobs::{Finish, finish_task};
@@ -31,7 +31,7 @@ fn kind_of(text: &str) -> Result<TaskKind> {
 /// Inserts tasks inside a write transaction, merging orchestration tasks per instance and
 /// deduplicating jobs by unique key. Returns the ids in order and the deduplicated tasks.
 pub(super) async fn enqueue_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     tasks: &[NewTask],
     now: Timestamp,
 ) -> Result<(Vec<i64>, Vec<(usize, Enqueued)>)> {
@@ -98,10 +98,17 @@ pub(super) async fn insert_one(
     Ok(id)
 }
 
+/// What one commit wrote, and what to announce once its transaction has committed.
+struct Written {
+    committed: Committed,
+    announce: BTreeSet<(String, TaskKind)>,
+    outbox: bool,
+}
+
 /// Settles the task a commit was done under. Returns a queue to announce, if the task was released
 /// to run again at once.
 async fn settle_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     store: &SqliteStore,
     settle: &Settle,
     now: Timestamp,
@@ -111,7 +118,7 @@ async fn settle_in_tx(
         .bind(lease.task_id)
         .bind(i64::from(lease.attempt))
         .bind(&lease.worker)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
     let Some(row) = row else {
         return Err(Error::LeaseLost {
@@ -131,7 +138,7 @@ async fn settle_in_tx(
                 sqlx::query("UPDATE instances SET affinity = ?2 WHERE id = ?1")
                     .bind(instance_id.as_deref())
                     .bind(&lease.worker)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
             }
             if rerun {
@@ -139,7 +146,7 @@ async fn settle_in_tx(
                     .bind(lease.task_id)
                     .bind(now.as_micros())
                     .bind(&lease.worker)
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 return Ok(Some((queue, kind)));
             }
@@ -174,7 +181,7 @@ async fn settle_in_tx(
                 .bind(lease.task_id)
                 .bind(at.as_micros())
                 .bind(error.as_deref())
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             Ok((at <= now).then_some((queue, kind)))
         }
@@ -188,11 +195,11 @@ async fn settle_in_tx(
             .bind(lease.task_id)
             .bind(error)
             .bind(now.as_micros())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM tasks WHERE id = ?1")
                 .bind(lease.task_id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             Ok(None)
         }
@@ -201,35 +208,104 @@ async fn settle_in_tx(
 
 impl SqliteStore {
     pub(super) async fn commit_impl(&self, commit: Commit) -> Result<Committed> {
-        check_tasks(&self.config, &commit.tasks)?;
-        let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        super::outbox::receive_in(&mut tx, &commit.receive, now).await?;
+        let written = self.write(&mut tx, &commit, now).await?;
+        tx.commit().await?;
+        Ok(self.after_commit(written))
+    }
+
+    /// Many commits in one write transaction, each inside a savepoint of its own: one that fails
+    /// is rolled back alone and gets its error; the others are written by one `COMMIT`, the
+    /// outcome being as if they had been committed one after another in this order.
+    pub(super) async fn commit_many_impl(&self, commits: Vec<Commit>) -> Vec<Result<Committed>> {
+        if commits.len() <= 1 {
+            let mut out = Vec::new();
+            for c in commits {
+                out.push(self.commit_impl(c).await);
+            }
+            return out;
+        }
+        match self.write_many(&commits).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map(|w| self.after_commit(w)))
+                .collect(),
+            Err(e) => {
+                // The transaction as a whole failed: nothing of it was written.
+                tracing::debug!(error = %e, size = commits.len(), "batch commit failed; committing one by one");
+                let mut out = Vec::with_capacity(commits.len());
+                for c in commits {
+                    out.push(self.commit_impl(c).await);
+                }
+                out
+            }
+        }
+    }
+
+    async fn write_many(&self, commits: &[Commit]) -> Result<Vec<Result<Written>>> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let mut results = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+            match self.write(&mut savepoint, commit, now).await {
+                Ok(written) => {
+                    savepoint.commit().await?;
+                    results.push(Ok(written));
+                }
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Writes one commit inside an open write transaction.
+    async fn write(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        commit: &Commit,
+        now: Timestamp,
+    ) -> Result<Written> {
+        check_tasks(&self.config, &commit.tasks)?;
+        let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
+        super::outbox::receive_in(tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
-            && let Some(queue) = settle_in_tx(&mut tx, self, settle, now).await?
+            && let Some(queue) = settle_in_tx(tx, self, settle, now).await?
         {
             announce.insert(queue);
         }
         let mut appended = Vec::with_capacity(commit.appends.len());
         for append in &commit.appends {
-            appended.push(append_in_tx(&mut tx, self, append, now).await?);
+            appended.push(append_in_tx(tx, self, append, now).await?);
         }
-        let (task_ids, deduplicated) = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
-        super::outbox::insert_messages(&mut tx, &messages, now).await?;
-        tx.commit().await?;
-        for (queue, kind) in announce {
+        let (task_ids, deduplicated) = enqueue_in_tx(tx, &commit.tasks, now).await?;
+        super::outbox::insert_messages(tx, &messages, now).await?;
+        Ok(Written {
+            committed: Committed {
+                appended,
+                task_ids,
+                deduplicated,
+            },
+            announce,
+            outbox: !messages.is_empty(),
+        })
+    }
+
+    /// Tells idle workers and relays what a committed write made claimable.
+    fn after_commit(&self, written: Written) -> Committed {
+        for (queue, kind) in written.announce {
             self.hub.announce(Wake::Queue { queue, kind });
         }
-        if !messages.is_empty() {
+        if written.outbox {
             self.announce_outbox();
         }
-        Ok(Committed {
-            appended,
-            task_ids,
-            deduplicated,
-        })
+        written.committed
     }
 
     pub(super) async fn claim_impl(&self, request: ClaimRequest) -> Result<Vec<ClaimedTask>> {
