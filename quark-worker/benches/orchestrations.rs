@@ -43,8 +43,8 @@ async fn three_steps(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestra
 
 /// The job handler's slots and the claim batch by default, as a worker tuned for many short jobs
 /// would set them (the library defaults are 32 job slots and claims of up to 64).
-const JOB_SLOTS: usize = 512;
-const CLAIM_BATCH: u32 = 256;
+const JOB_SLOTS: usize = 4096;
+const CLAIM_BATCH: u32 = 2048;
 
 const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [options]
   --n N                 orchestrations under load (default 2000)
@@ -53,8 +53,8 @@ const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [opti
   --backend B           both | postgres | sqlite (default both)
   --open-tx             PostgreSQL: drain the jobs again while another connection holds a
                         transaction open, and show both rates and their ratio
-  --job-slots N         jobs one worker runs at once (default 512)
-  --claim-batch N       the most tasks one claim takes (default 256)
+  --job-slots N         jobs one worker runs at once (default 4096)
+  --claim-batch N       the most tasks one claim takes (default 2048)
   --workers N           workers draining the jobs (default 1; extra ones serve jobs only)
   --retention SECS      how long finished jobs are kept in finished_jobs (default 86400, the
                         store's default; 0 keeps no record, the fastest setting)";

@@ -384,7 +384,13 @@ impl Worker {
         self.shared.store.heartbeat_worker(self.info()).await?;
         self.shared
             .committer
-            .start_lanes(&self.shared.store, 4, 128);
+            // A commit batch as large as a claim (at least 128): a worker tuned to claim many
+            // short tasks at once also settles them together.
+            .start_lanes(
+                &self.shared.store,
+                4,
+                (self.shared.settings.claim_batch as usize).max(128),
+            );
         let mut tasks = Vec::new();
         for kind in self.shared.routes.keys() {
             tasks.push(tokio::spawn(poller::run(Arc::clone(&self.shared), *kind)));
