@@ -38,6 +38,10 @@ pub struct SqliteStore {
     config: StoreConfig,
     hub: Hub,
     rate_limited: std::sync::Arc<crate::jobs::LimitedQueues>,
+    /// For an in-memory database: a connection that is never used, only kept open. The database
+    /// lives as long as one connection to it is open; without this one, a pool that replaced its
+    /// only connection (one dropped mid-query by a cancelled task) would open a new, empty one.
+    _anchor: Option<std::sync::Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
 }
 
 fn migrator() -> Migrator {
@@ -82,7 +86,8 @@ impl SqliteStore {
     /// A fresh in-memory database.
     pub async fn in_memory_with(config: StoreConfig) -> Result<Self> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
-        // One connection: every connection to `:memory:` would be a database of its own.
+        let anchor = sqlx::ConnectOptions::connect(&options).await?;
+        // One connection in the pool: one writer, as on a file.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -96,6 +101,7 @@ impl SqliteStore {
             config,
             hub: Hub::new(),
             rate_limited: Default::default(),
+            _anchor: Some(std::sync::Arc::new(tokio::sync::Mutex::new(anchor))),
         };
         store.migrate().await?;
         Ok(store)
@@ -138,6 +144,7 @@ impl SqliteStore {
             config,
             hub: Hub::new(),
             rate_limited: Default::default(),
+            _anchor: None,
         };
         store.migrate().await?;
         Ok(store)
