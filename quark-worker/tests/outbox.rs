@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 quark_history::backend_tests!(
     it_relays_each_message_once_and_each_key_in_order_across_two_workers,
+    it_claims_other_keys_while_one_key_is_still_being_delivered,
     it_posts_to_a_webhook_retrying_a_500_with_the_same_idempotency_key,
     it_publishes_to_jetstream_which_drops_a_resend_by_message_id,
     it_signals_a_running_orchestration_once_even_when_the_relay_resends,
@@ -157,6 +158,57 @@ async fn it_relays_each_message_once_and_each_key_in_order_across_two_workers(t:
     eprintln!("delivered by {workers:?}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A relay claims again as soon as a key's run ends, not once its whole batch has ended: a key
+/// whose delivery hangs holds one slot, not the relay.
+async fn it_claims_other_keys_while_one_key_is_still_being_delivered(t: &TestStore) {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = {
+        let seen = Arc::clone(&seen);
+        // A delivery timeout beyond `eventually`'s 60 s: the slow key must not free its slot by
+        // timing out.
+        relay()
+            .timeout(Duration::from_secs(120))
+            .lease(Duration::from_secs(300))
+            .batch(2)
+            .callback("sink", move |m| {
+                let seen = Arc::clone(&seen);
+                let mut released = released.clone();
+                async move {
+                    if m.ordering_key == "slow" {
+                        let _ = released.wait_for(|r| *r).await;
+                    }
+                    seen.lock().unwrap().push(m.ordering_key.clone());
+                    Ok(())
+                }
+            })
+    };
+    let worker = start(t, "relay-slots", sink, None).await;
+    let message = |key: &str| {
+        OutboxMessage::new(Destination::callback("sink"), b"x".to_vec()).ordering_key(key)
+    };
+    t.store
+        .send(vec![message("slow"), message("quick")])
+        .await
+        .unwrap();
+    let delivered = |key: &str| seen.lock().unwrap().iter().any(|k| k == key);
+    eventually("the quick key is delivered", async || delivered("quick")).await;
+    // Written after the first claim, while the slow key still holds its slot.
+    t.store.send(vec![message("late")]).await.unwrap();
+    eventually(
+        "the late key is delivered while the slow one hangs",
+        async || delivered("late"),
+    )
+    .await;
+    assert!(!delivered("slow"));
+    release.send(true).unwrap();
+    eventually("every message is sent", async || {
+        messages(t.store.as_ref(), MessageState::Sent).await.len() == 3
+    })
+    .await;
+    worker.shutdown().await;
 }
 
 async fn it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery(

@@ -356,8 +356,10 @@ impl Relay {
     }
 }
 
-/// The relay loop of one worker: claim, deliver each key's run concurrently, repeat; when idle,
-/// wait for an outbox wake-up or the polling interval.
+/// The relay loop of one worker: claim up to `batch` keys, deliver each key's run concurrently, and
+/// claim again for the free slots as soon as any run ends (not when the whole batch has ended: a
+/// key with a long run would otherwise keep every unclaimed key waiting); when nothing is due,
+/// wait for an outbox wake-up, a run to end, or the polling interval.
 pub(crate) async fn run(shared: Arc<Shared>, relay: Arc<Relay>) {
     let config = relay.config();
     let mut wakeups = match shared.store.subscribe().await {
@@ -367,34 +369,55 @@ pub(crate) async fn run(shared: Arc<Shared>, relay: Arc<Relay>) {
             None
         }
     };
+    // Tasks, not a `FuturesUnordered` polled from here: a run that holds a database connection
+    // must go on while this loop awaits a claim, which may need that connection.
+    let mut runs = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(20);
     while !shared.is_stopping() {
-        let claim = OutboxClaim::new(shared.settings.id.to_string())
-            .limit(config.batch)
-            .lease(config.lease);
-        match shared.store.claim_outbox(claim).await {
-            Ok(batch) if !batch.is_empty() => {
-                backoff = Duration::from_millis(20);
-                futures::future::join_all(batch.into_iter().map(|m| relay.run_key(&shared, m)))
-                    .await;
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox claim failed; backing off");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shared.stopped() => return,
+        let free = config.batch.saturating_sub(runs.len() as u32);
+        if free > 0 {
+            let claim = OutboxClaim::new(shared.settings.id.to_string())
+                .limit(free)
+                .lease(config.lease);
+            match shared.store.claim_outbox(claim).await {
+                Ok(batch) if !batch.is_empty() => {
+                    backoff = Duration::from_millis(20);
+                    let full = batch.len() as u32 >= free;
+                    for m in batch {
+                        let (shared, relay) = (Arc::clone(&shared), Arc::clone(&relay));
+                        runs.spawn(async move { relay.run_key(&shared, m).await });
+                    }
+                    if full {
+                        // More may be due: claim again if a slot is free.
+                        continue;
+                    }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox claim failed; backing off");
+                    let pause = tokio::time::sleep(backoff);
+                    tokio::pin!(pause);
+                    // The runs in flight go on meanwhile.
+                    loop {
+                        tokio::select! {
+                            () = &mut pause => break,
+                            Some(_) = runs.join_next() => {}
+                            () = shared.stopped() => break,
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
             }
         }
         tokio::select! {
             () = idle_wait(config.poll_interval, &mut wakeups) => {}
-            () = shared.stopped() => return,
+            Some(_) = runs.join_next() => {}
+            () = shared.stopped() => break,
         }
     }
+    // Each run hands its message back at its next step once the worker is stopping.
+    while runs.join_next().await.is_some() {}
 }
 
 async fn idle_wait(every: Duration, wakeups: &mut Option<quark_history::Wakeups>) {
