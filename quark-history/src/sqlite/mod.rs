@@ -280,43 +280,7 @@ impl Store for SqliteStore {
 
     crate::jobs::delegate_job_methods!();
 
-    fn upsert_schedule(
-        &self,
-        spec: crate::ScheduleSpec,
-        next_at: crate::Timestamp,
-    ) -> BoxFuture<'_, Result<crate::Upserted>> {
-        Box::pin(self.upsert_schedule_impl(spec, next_at))
-    }
+    crate::schedule::delegate_schedule_methods!();
 
-    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(self.remove_schedule_impl(name))
-    }
-
-    fn get_schedule<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<crate::ScheduleRecord>>> {
-        Box::pin(self.get_schedule_impl(name))
-    }
-
-    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleRecord>>> {
-        Box::pin(self.list_schedules_impl())
-    }
-
-    fn due_schedules(
-        &self,
-        now: crate::Timestamp,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<crate::ScheduleRecord>>> {
-        Box::pin(self.due_schedules_impl(now, limit))
-    }
-
-    fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<crate::Timestamp>>> {
-        Box::pin(self.next_schedule_at_impl())
-    }
-
-    fn fire_schedule(&self, fire: crate::Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>> {
-        Box::pin(self.fire_schedule_impl(fire))
-    }
     crate::outbox::delegate_outbox_methods!();
 }
