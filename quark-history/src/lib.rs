@@ -12,6 +12,8 @@
 //! - **The queue**: enqueue, claim in batches under a lease, extend, complete, fail, retry,
 //!   dead-letter and re-drive; the attempt number is a fencing token ([`Lease`]).
 //! - **The atomic [`Commit`]**: appends, enqueues and settles a task in one transaction.
+//! - **Transactions the caller writes in** ([`Store::begin_tx`], [`Store::commit_tx`]): the
+//!   caller's own rows and a commit, together or not at all.
 //! - **The transactional outbox and the inbox** ([`Outbox`], [`Commit::send`], [`Inbox::once`]):
 //!   messages written in the same transaction as the change that caused them, relayed in order
 //!   per key with leases; message ids deduplicated by the consumer in its own transaction.
@@ -64,6 +66,7 @@ mod outbox;
 mod queue;
 mod schedule;
 mod store;
+mod transaction;
 mod wakeup;
 
 #[cfg(feature = "postgres")]
@@ -110,6 +113,7 @@ pub use sqlx;
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;
 pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};
+pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 
 /// Opens a store from a URL: `sqlite::memory:`, `sqlite://path/to/file.db` (created if missing) or

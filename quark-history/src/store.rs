@@ -161,6 +161,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Begins a transaction on the engine's database, for code that writes its own rows and then
+    /// records its outcome with [`commit_tx`](Self::commit_tx): all or nothing. See
+    /// [`StoreTx`](crate::StoreTx). On SQLite it holds the single writer until it ends.
+    fn begin_tx(&self) -> BoxFuture<'_, Result<crate::StoreTx>>;
+
+    /// Writes `commit` inside `tx` and commits the transaction: the caller's writes in `tx` and
+    /// the commit land together or not at all. On any error `tx` is rolled back, so a commit whose
+    /// lease was lost takes the caller's writes with it.
+    fn commit_tx(&self, tx: crate::StoreTx, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
+
     /// Enqueues tasks in one transaction (a commit with tasks only).
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<i64>>> {
         Box::pin(async move {

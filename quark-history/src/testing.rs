@@ -71,6 +71,23 @@ impl TestStore {
         }
     }
 
+    /// Runs a query that returns one integer (a `SELECT count(*)`, say) directly on the database.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.raw {
+            #[cfg(feature = "sqlite")]
+            Raw::Sqlite(pool) => sqlx::query_scalar(sql)
+                .fetch_one(pool)
+                .await
+                .expect("raw scalar"),
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => sqlx::query_scalar(sql)
+                .fetch_one(pool)
+                .await
+                .expect("raw scalar"),
+        }
+    }
+
     /// Moves the test clock forward by `step` until `check` holds: virtual time for tests of timers,
     /// retries and leases. Panics after 60 s of real time, naming `what`.
     pub async fn advance_until(

@@ -9,6 +9,7 @@ mod jobs;
 mod journal;
 mod notify;
 mod outbox;
+pub(crate) use outbox::record as record_inbox;
 mod queue;
 mod schedule;
 
@@ -228,6 +229,27 @@ impl Store for PostgresStore {
 
     fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
         Box::pin(self.commit_many_impl(commits))
+    }
+
+    fn begin_tx(&self) -> BoxFuture<'_, Result<crate::StoreTx>> {
+        Box::pin(async move {
+            Ok(crate::StoreTx::from_postgres(
+                self.begin().await?,
+                Arc::clone(&self.config.clock),
+            ))
+        })
+    }
+
+    fn commit_tx(&self, tx: crate::StoreTx, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        Box::pin(async move {
+            match tx.inner {
+                crate::transaction::TxInner::Postgres(tx) => self.commit_tx_impl(tx, commit).await,
+                #[allow(unreachable_patterns)]
+                _ => Err(crate::Error::Invalid(
+                    "a transaction of another store was handed to the PostgreSQL store".into(),
+                )),
+            }
+        })
     }
 
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {

@@ -79,7 +79,7 @@ pub(super) async fn receive_in(
     Ok(())
 }
 
-async fn record(
+pub(crate) async fn record(
     conn: &mut PgConnection,
     id: &str,
     now: Timestamp,

@@ -22,6 +22,12 @@ fn kind_of(text: &str) -> Result<TaskKind> {
     text.parse().map_err(Error::Invalid)
 }
 
+/// What a commit wrote, and whom to tell once it is committed.
+struct Written {
+    committed: Committed,
+    announce: BTreeSet<(String, TaskKind)>,
+}
+
 /// What an enqueue inside a transaction did.
 pub(super) struct Inserted {
     /// The task ids, in input order.
@@ -286,30 +292,66 @@ impl PostgresStore {
             });
         }
         let mut tx = self.begin().await?;
-        lock_tasks_first(&mut tx, &commit).await?;
-        super::outbox::receive_in(&mut tx, &commit.receive, now).await?;
+        let written = self.write(&mut tx, &commit, &messages, now).await?;
+        tx.commit().await?;
+        Ok(self.after_commit(written))
+    }
+
+    /// Writes `commit` inside the caller's transaction `tx` (begun with `Store::begin_tx`) and
+    /// commits it.
+    pub(super) async fn commit_tx_impl(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        commit: Commit,
+    ) -> Result<Committed> {
+        check_tasks(&self.config, &commit.tasks)?;
+        let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
+        let now = self.config.clock.now();
+        let written = self.write(&mut tx, &commit, &messages, now).await?;
+        tx.commit().await?;
+        Ok(self.after_commit(written))
+    }
+
+    /// Writes a checked commit inside `tx`; the caller commits.
+    async fn write(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        commit: &Commit,
+        messages: &[crate::outbox::MessageRow],
+        now: Timestamp,
+    ) -> Result<Written> {
+        lock_tasks_first(tx, commit).await?;
+        super::outbox::receive_in(tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
-            && let Some(queue) = settle_in_tx(&mut tx, self, settle, now).await?
+            && let Some(queue) = settle_in_tx(tx, self, settle, now).await?
         {
             announce.insert(queue);
         }
         let mut appended = Vec::with_capacity(commit.appends.len());
         for append in &commit.appends {
-            appended.push(append_in_tx(&mut tx, self, append, now).await?);
+            appended.push(append_in_tx(tx, self, append, now).await?);
         }
-        let inserted = enqueue_in_tx(&mut tx, &commit.tasks, now).await?;
-        super::outbox::insert_messages(&mut tx, &messages, now).await?;
-        tx.commit().await?;
+        let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
+        super::outbox::insert_messages(tx, messages, now).await?;
         if !messages.is_empty() {
             announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));
         }
-        self.announce(announce);
-        Ok(Committed {
-            appended,
-            task_ids: inserted.ids,
-            deduplicated: inserted.deduplicated,
+        Ok(Written {
+            committed: Committed {
+                appended,
+                task_ids: inserted.ids,
+                deduplicated: inserted.deduplicated,
+            },
+            announce,
         })
+    }
+
+    /// Tells this process's idle workers and relays, and other processes, what a committed write
+    /// made claimable.
+    fn after_commit(&self, written: Written) -> Committed {
+        self.announce(written.announce);
+        written.committed
     }
 
     pub(super) async fn claim_impl(&self, request: ClaimRequest) -> Result<Vec<ClaimedTask>> {

@@ -66,7 +66,7 @@ pub(super) async fn receive_in(
     Ok(())
 }
 
-async fn record(
+pub(crate) async fn record(
     conn: &mut SqliteConnection,
     id: &str,
     now: Timestamp,

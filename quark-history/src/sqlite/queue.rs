@@ -215,6 +215,19 @@ impl SqliteStore {
         Ok(self.after_commit(written))
     }
 
+    /// Writes `commit` inside the caller's transaction `tx` (begun with `Store::begin_tx`) and
+    /// commits it.
+    pub(super) async fn commit_tx_impl(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        commit: Commit,
+    ) -> Result<Committed> {
+        let now = self.config.clock.now();
+        let written = self.write(&mut tx, &commit, now).await?;
+        tx.commit().await?;
+        Ok(self.after_commit(written))
+    }
+
     /// Many commits in one write transaction, each inside a savepoint of its own: one that fails
     /// is rolled back alone and gets its error; the others are written by one `COMMIT`, the
     /// outcome being as if they had been committed one after another in this order.

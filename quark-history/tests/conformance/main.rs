@@ -12,4 +12,5 @@ mod journal;
 mod outbox;
 mod queue;
 mod schedules;
+mod transaction;
 mod wakeups;

@@ -1,0 +1,140 @@
+//! A transaction on the engine's own database that user code writes in and a [`Commit`] finishes.
+//!
+//! [`Store::begin_tx`] opens it; the caller runs its own statements on the connection
+//! ([`StoreTx::postgres`] or [`StoreTx::sqlite`]), may record inbox ids in it
+//! ([`StoreTx::receive`]), and then hands it to [`Store::commit_tx`] with the commit that records
+//! the outcome: the commit's appends, tasks, settle and outbox messages are written in the same
+//! transaction, which then commits. Everything lands together or nothing does. This is what makes
+//! a transactional activity's database effects happen exactly once: its writes and its completion
+//! event are one commit, fenced by the task's lease (a lost lease fails the commit and rolls the
+//! writes back).
+//!
+//! Dropping a `StoreTx` rolls it back.
+//!
+//! [`Commit`]: crate::Commit
+//! [`Store::begin_tx`]: crate::Store::begin_tx
+//! [`Store::commit_tx`]: crate::Store::commit_tx
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::store::Backend;
+
+/// An open transaction on the engine's database. See the [module docs](self).
+pub struct StoreTx {
+    pub(crate) inner: TxInner,
+    clock: Arc<dyn Clock>,
+}
+
+pub(crate) enum TxInner {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl fmt::Debug for StoreTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreTx")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreTx {
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_postgres(
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        StoreTx {
+            inner: TxInner::Postgres(tx),
+            clock,
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn from_sqlite(
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        StoreTx {
+            inner: TxInner::Sqlite(tx),
+            clock,
+        }
+    }
+
+    /// Which database the transaction is on.
+    pub fn backend(&self) -> Backend {
+        match &self.inner {
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(_) => Backend::Postgres,
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The connection, on PostgreSQL: run your statements on it. Fails if the engine runs on
+    /// another database.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&mut self) -> Result<&mut sqlx::PgConnection> {
+        let backend = self.backend();
+        match &mut self.inner {
+            TxInner::Postgres(tx) => Ok(&mut **tx),
+            #[allow(unreachable_patterns)]
+            _ => Err(wrong_backend(backend, Backend::Postgres)),
+        }
+    }
+
+    /// The connection, on SQLite: run your statements on it. Fails if the engine runs on another
+    /// database. On SQLite the transaction holds the database's single writer until it ends, so
+    /// keep it short.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(&mut self) -> Result<&mut sqlx::SqliteConnection> {
+        let backend = self.backend();
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => Ok(&mut **tx),
+            #[allow(unreachable_patterns)]
+            _ => Err(wrong_backend(backend, Backend::Sqlite)),
+        }
+    }
+
+    /// Records an inbox message id in this transaction: `true` if it is new (apply the message's
+    /// effects in this transaction), `false` if it was recorded within `window` (a duplicate:
+    /// skip it). Concurrent transactions recording one id are serialized by the database; the
+    /// one that commits second sees a duplicate.
+    pub async fn receive(&mut self, message_id: &str, window: Duration) -> Result<bool> {
+        let now = self.clock.now();
+        match &mut self.inner {
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(tx) => {
+                crate::postgres::record_inbox(&mut *tx, message_id, now, window).await
+            }
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(tx) => {
+                crate::sqlite::record_inbox(&mut *tx, message_id, now, window).await
+            }
+        }
+    }
+
+    /// Rolls the transaction back (dropping it does the same, without waiting).
+    pub async fn rollback(self) -> Result<()> {
+        match self.inner {
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(tx) => tx.rollback().await?,
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn wrong_backend(actual: Backend, wanted: Backend) -> Error {
+    Error::Invalid(format!(
+        "the engine's database is {actual}, not {wanted}: this transaction has no {wanted} connection"
+    ))
+}
