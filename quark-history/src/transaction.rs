@@ -120,6 +120,52 @@ impl StoreTx {
         }
     }
 
+    /// Runs `handler` at most once per `message_id` within `window`, inside this transaction: the
+    /// id is recorded and the handler's writes are made under a savepoint, so a handler that fails
+    /// leaves neither the id nor its writes behind (the rest of the transaction stands) and its
+    /// error is returned. A duplicate skips the handler.
+    pub async fn once<T, E>(
+        &mut self,
+        message_id: &str,
+        window: Duration,
+        handler: impl AsyncFnOnce(&mut StoreTx) -> std::result::Result<T, E>,
+    ) -> std::result::Result<crate::Received<T>, E>
+    where
+        E: From<Error>,
+    {
+        self.execute("SAVEPOINT quark_inbox_once").await?;
+        if !self.receive(message_id, window).await? {
+            self.execute("RELEASE SAVEPOINT quark_inbox_once").await?;
+            return Ok(crate::Received::Duplicate);
+        }
+        match handler(self).await {
+            Ok(value) => {
+                self.execute("RELEASE SAVEPOINT quark_inbox_once").await?;
+                Ok(crate::Received::First(value))
+            }
+            Err(e) => {
+                self.execute("ROLLBACK TO SAVEPOINT quark_inbox_once")
+                    .await?;
+                self.execute("RELEASE SAVEPOINT quark_inbox_once").await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn execute(&mut self, sql: &'static str) -> Result<()> {
+        match &mut self.inner {
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(tx) => {
+                sqlx::query(sql).execute(&mut **tx).await?;
+            }
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(tx) => {
+                sqlx::query(sql).execute(&mut **tx).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rolls the transaction back (dropping it does the same, without waiting).
     pub async fn rollback(self) -> Result<()> {
         match self.inner {

@@ -17,6 +17,7 @@ conformance!(
     it_rolls_the_callers_rows_back_when_the_lease_was_lost,
     it_writes_nothing_of_a_dropped_transaction,
     it_records_inbox_ids_in_the_transaction,
+    it_runs_a_handler_once_per_id_under_a_savepoint,
 );
 
 /// Runs one statement in the transaction, whichever database it is on.
@@ -192,4 +193,40 @@ async fn it_records_inbox_ids_in_the_transaction(t: &TestStore) {
     let mut tx = t.store.begin_tx().await.unwrap();
     assert!(tx.receive("m-1", window).await.unwrap());
     tx.rollback().await.unwrap();
+}
+
+async fn it_runs_a_handler_once_per_id_under_a_savepoint(t: &TestStore) {
+    effects_table(t).await;
+    let window = Duration::from_secs(3600);
+    let mut tx = t.store.begin_tx().await.unwrap();
+    exec(&mut tx, "INSERT INTO effects (id) VALUES ('before')").await;
+    // A failing handler: its write and its id are undone, the earlier write stands.
+    let failed = tx
+        .once("m-1", window, async |tx: &mut StoreTx| {
+            exec(tx, "INSERT INTO effects (id) VALUES ('m-1 first try')").await;
+            Err::<(), Error>(Error::Invalid("handler failed".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    let first = tx
+        .once("m-1", window, async |tx: &mut StoreTx| {
+            exec(tx, "INSERT INTO effects (id) VALUES ('m-1')").await;
+            Ok::<_, Error>(7)
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, quark_history::Received::First(7));
+    let again: Result<quark_history::Received<()>, Error> = tx
+        .once("m-1", window, async |_tx: &mut StoreTx| {
+            panic!("a duplicate must not run")
+        })
+        .await;
+    assert!(matches!(again, Ok(quark_history::Received::Duplicate)));
+    t.store.commit_tx(tx, Commit::new()).await.unwrap();
+    assert_eq!(t.scalar("SELECT count(*) FROM effects").await, 2);
+    assert_eq!(
+        t.scalar("SELECT count(*) FROM effects WHERE id = 'm-1 first try'")
+            .await,
+        0
+    );
 }
