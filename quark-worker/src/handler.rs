@@ -210,6 +210,29 @@ impl TaskContext {
         Ok(committed)
     }
 
+    /// Writes `commit` in `tx` and commits both (see
+    /// [`Store::commit_tx`](quark_history::Store::commit_tx)): for a handler that wrote its own rows
+    /// in the transaction. It bypasses the batching committer, since the transaction is the
+    /// handler's. A handler that commits this way returns `Commit::default()`.
+    pub async fn commit_tx(
+        &self,
+        tx: quark_history::StoreTx,
+        commit: Commit,
+    ) -> quark_history::Result<Committed> {
+        let shared = &self.shared;
+        let counter = match &commit.settle {
+            Some(Settle::Complete(_)) => Some(&shared.metrics.completed),
+            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(&shared.metrics.failed),
+            Some(Settle::Fail(..)) => Some(&shared.metrics.retried),
+            _ => None,
+        };
+        let committed = shared.store.commit_tx(tx, commit).await?;
+        if let Some(counter) = counter {
+            Metrics::inc(counter);
+        }
+        Ok(committed)
+    }
+
     /// Records progress for the task (a job) under its lease.
     pub async fn report_progress(
         &self,

@@ -16,8 +16,9 @@ use quark_history::{
     TaskKind,
 };
 use quark_workflow::{
-    ActivityContext, ActivityError, ActivityInfo, CancellationToken, HeartbeatSink, JobControl,
-    Outcome, Registry, TaskPayload, activity_commit, job_commit, process_turn, timer_commit,
+    ActivityContext, ActivityEffects, ActivityError, ActivityInfo, CancellationToken,
+    HeartbeatSink, JobControl, Outcome, Registry, TaskPayload, activity_commit, job_commit,
+    process_turn, timer_commit,
 };
 
 use crate::handler::{HandlerError, TaskContext};
@@ -155,8 +156,16 @@ impl Workflows {
             task.lease.attempt,
         );
         let now = || cx.store().config().clock.now();
+        let effects = quark_workflow::effects_for(cx.store().as_ref(), &activity.options).await?;
         let Some(result) = self
-            .attempt(info, activity.input.clone(), &activity.options, &cx, None)
+            .attempt(
+                info,
+                activity.input.clone(),
+                &activity.options,
+                &cx,
+                None,
+                &effects,
+            )
             .await?
         else {
             // The orchestration decides what a missing activity means; it is not retried here.
@@ -167,7 +176,26 @@ impl Workflows {
             .terminal();
             return Ok(activity_commit(&task, &activity, Err(error), now()));
         };
-        let plain = activity_commit(&task, &activity, result, now());
+        let ok = result.is_ok();
+        let (plain, tx) = effects
+            .finish(activity_commit(&task, &activity, result, now()), ok)
+            .await?;
+        if let Some(tx) = tx {
+            // Its writes, its messages and its result: one transaction, fenced by the lease. A
+            // lost lease or a failed commit rolls the writes back; the task is released and run
+            // again (or, if the lease is gone, by its new holder).
+            return match cx.commit_tx(tx, plain.clone()).await {
+                Ok(_) => Ok(Commit::default()),
+                Err(quark_history::Error::InstanceClosed { .. }) => {
+                    // The orchestration ended meanwhile: the writes are rolled back and the
+                    // result has nobody to go to; the runtime settles the task.
+                    let mut plain = plain;
+                    plain.outbox.clear();
+                    Ok(plain)
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
         if let Some(combined) = self.continue_here(&task, &plain, &cx).await {
             match cx.commit(combined).await {
                 Ok(_) => return Ok(Commit::default()),
@@ -189,6 +217,7 @@ impl Workflows {
         options: &quark_workflow::ActivityOptions,
         cx: &TaskContext,
         job: Option<JobControl>,
+        effects: &ActivityEffects,
     ) -> Result<Option<Result<quark_history::Payload, ActivityError>>, HandlerError> {
         let cancel = CancellationToken::new();
         let beats = Arc::new(tokio::sync::Notify::new());
@@ -205,7 +234,8 @@ impl Workflows {
             })
         };
         let name = info.activity.clone();
-        let mut ctx = ActivityContext::new(info, Some(sink), cancel.clone());
+        let mut ctx =
+            ActivityContext::new(info, Some(sink), cancel.clone()).with_effects(effects.clone());
         if let Some(job) = job {
             ctx = ctx.with_job(job);
         }
@@ -276,8 +306,16 @@ impl Workflows {
             progress,
             checkpoint,
         };
+        let effects = quark_workflow::effects_for(cx.store().as_ref(), &job.options).await?;
         let Some(result) = self
-            .attempt(info, job.input.clone(), &job.options, &cx, Some(control))
+            .attempt(
+                info,
+                job.input.clone(),
+                &job.options,
+                &cx,
+                Some(control),
+                &effects,
+            )
             .await?
         else {
             return Err(HandlerError::Rejected(format!(
@@ -285,12 +323,18 @@ impl Workflows {
                 job.activity
             )));
         };
-        Ok(job_commit(
-            &task,
-            &job,
-            result,
-            cx.store().config().clock.now(),
-        ))
+        let ok = result.is_ok();
+        let now = cx.store().config().clock.now();
+        let (commit, tx) = effects
+            .finish(job_commit(&task, &job, result, now), ok)
+            .await?;
+        match tx {
+            Some(tx) => {
+                cx.commit_tx(tx, commit).await?;
+                Ok(Commit::default())
+            }
+            None => Ok(commit),
+        }
     }
 
     /// A timer fires.

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use quark_history::{CommandId, Payload};
+use quark_history::{CommandId, Commit, Destination, OutboxMessage, Payload, Received, StoreTx};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -67,6 +67,68 @@ impl fmt::Debug for JobControl {
     }
 }
 
+/// What an attempt leaves to be written with its result: the transaction a transactional
+/// activity wrote in, and the outbox messages it sent. Shared between the runtime, which opens the
+/// transaction before the attempt and finishes it with the result's commit, and the attempt's
+/// [`ActivityContext`].
+#[derive(Clone, Default)]
+pub struct ActivityEffects {
+    inner: Arc<EffectsInner>,
+}
+
+#[derive(Default)]
+struct EffectsInner {
+    tx: tokio::sync::Mutex<Option<StoreTx>>,
+    outbox: std::sync::Mutex<Vec<OutboxMessage>>,
+}
+
+impl fmt::Debug for ActivityEffects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ActivityEffects")
+            .field("messages", &self.messages().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActivityEffects {
+    /// Effects for an attempt that writes in `tx` (a transactional activity) or in no
+    /// transaction of its own (`None`).
+    pub fn new(tx: Option<StoreTx>) -> Self {
+        ActivityEffects {
+            inner: Arc::new(EffectsInner {
+                tx: tokio::sync::Mutex::new(tx),
+                outbox: std::sync::Mutex::default(),
+            }),
+        }
+    }
+
+    fn messages(&self) -> std::sync::MutexGuard<'_, Vec<OutboxMessage>> {
+        self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After the attempt: `commit` (its result) with the messages it sent if it `succeeded`, and
+    /// the transaction to write it in. A failed attempt's messages are dropped and its
+    /// transaction is rolled back here; its result is committed on its own.
+    pub async fn finish(
+        &self,
+        mut commit: Commit,
+        succeeded: bool,
+    ) -> Result<(Commit, Option<StoreTx>), quark_history::Error> {
+        let messages = std::mem::take(&mut *self.messages());
+        // The attempt is over, so nothing else holds the lock; a task the activity spawned and
+        // left running with the transaction loses it.
+        let tx = self.inner.tx.try_lock().ok().and_then(|mut tx| tx.take());
+        if !succeeded {
+            if let Some(tx) = tx {
+                tx.rollback().await?;
+            }
+            return Ok((commit, None));
+        }
+        commit.outbox.extend(messages);
+        Ok((commit, tx))
+    }
+}
+
 /// The context of one activity attempt.
 #[derive(Clone)]
 pub struct ActivityContext {
@@ -74,6 +136,7 @@ pub struct ActivityContext {
     heartbeat: Option<HeartbeatSink>,
     cancel: CancellationToken,
     job: Option<JobControl>,
+    effects: ActivityEffects,
 }
 
 impl fmt::Debug for ActivityContext {
@@ -97,6 +160,48 @@ impl ActivityContext {
             heartbeat,
             cancel,
             job: None,
+            effects: ActivityEffects::default(),
+        }
+    }
+
+    /// This context writing its effects (transaction, outbox messages) to `effects`.
+    pub fn with_effects(mut self, effects: ActivityEffects) -> Self {
+        self.effects = effects;
+        self
+    }
+
+    /// The database transaction of a transactional activity (`#[activity(transactional)]`): run
+    /// your statements on [`StoreTx::postgres`] or [`StoreTx::sqlite`]. They commit in one
+    /// transaction with the activity's completion event and its outbox messages, or not at all: a
+    /// failed attempt, a crash or a lost lease rolls them back, and a completed activity is never
+    /// run again, so they happen exactly once. Keep the guard for as short as you can; on SQLite
+    /// the transaction holds the database's only writer.
+    ///
+    /// An activity that is not transactional gets a terminal error.
+    pub async fn transaction(
+        &self,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, StoreTx>, ActivityError> {
+        let guard = self.effects.inner.tx.lock().await;
+        tokio::sync::MutexGuard::try_map(guard, Option::as_mut).map_err(|_| {
+            ActivityError::message(format!(
+                "activity `{}` has no transaction: declare it #[activity(transactional)]",
+                self.info.activity
+            ))
+            .terminal()
+        })
+    }
+
+    /// The outbox: messages sent here are written with the activity's result (in its transaction,
+    /// for a transactional activity) and relayed after it commits. A failed attempt sends none.
+    pub fn outbox(&self) -> ActivityOutbox<'_> {
+        ActivityOutbox { ctx: self }
+    }
+
+    /// The inbox of a transactional activity: run a message's effects once per message id.
+    pub fn inbox(&self) -> ActivityInbox<'_> {
+        ActivityInbox {
+            ctx: self,
+            window: quark_history::DEFAULT_INBOX_WINDOW,
         }
     }
 
@@ -188,6 +293,60 @@ impl ActivityContext {
     /// Whether the attempt should stop.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+}
+
+/// Sends outbox messages with an activity's result. See [`ActivityContext::outbox`].
+#[derive(Debug, Clone, Copy)]
+pub struct ActivityOutbox<'a> {
+    ctx: &'a ActivityContext,
+}
+
+impl ActivityOutbox<'_> {
+    /// Sends `message` (JSON) to `destination`, with a fresh idempotency key and the
+    /// destination's ordering key.
+    pub fn send<T: Serialize + ?Sized>(
+        &self,
+        destination: Destination,
+        message: &T,
+    ) -> Result<(), ActivityError> {
+        let message = OutboxMessage::json(destination, message)
+            .map_err(|e| ActivityError::message(format!("outbox message: {e}")).terminal())?;
+        self.message(message);
+        Ok(())
+    }
+
+    /// Sends a message built in full (ordering key, idempotency key, headers).
+    pub fn message(&self, message: OutboxMessage) {
+        self.ctx.effects.messages().push(message);
+    }
+}
+
+/// Receives messages once per id in a transactional activity. See [`ActivityContext::inbox`].
+#[derive(Debug, Clone, Copy)]
+pub struct ActivityInbox<'a> {
+    ctx: &'a ActivityContext,
+    window: std::time::Duration,
+}
+
+impl ActivityInbox<'_> {
+    /// Sets the deduplication window (default [`DEFAULT_INBOX_WINDOW`](quark_history::DEFAULT_INBOX_WINDOW), 7 days).
+    pub fn window(mut self, window: std::time::Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Runs `handler` in the activity's transaction unless `message_id` was received within the
+    /// window. The id commits with the handler's writes and the activity's result; a handler that
+    /// fails leaves neither behind. A duplicate is reported as [`Received::Duplicate`] and the
+    /// handler does not run.
+    pub async fn once<T>(
+        &self,
+        message_id: &str,
+        handler: impl AsyncFnOnce(&mut StoreTx) -> Result<T, ActivityError>,
+    ) -> Result<Received<T>, ActivityError> {
+        let mut tx = self.ctx.transaction().await?;
+        tx.once(message_id, self.window, handler).await
     }
 }
 

@@ -115,7 +115,8 @@ pub mod testing;
 mod turn;
 
 pub use activity::{
-    ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink, JobControl, ProgressSink,
+    ActivityContext, ActivityEffects, ActivityInbox, ActivityInfo, ActivityOutbox,
+    CancellationToken, HeartbeatSink, JobControl, ProgressSink,
 };
 pub use client::{Client, ClientError, Handle, StartOptions};
 pub use combinator::{Join, Select};
@@ -136,7 +137,7 @@ pub use job_workflow::{
 pub use quark_history::{Missed, ScheduleRecord, Upserted};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
-pub use runner::{HISTORY_WARN_EVENTS, Ran, run_task};
+pub use runner::{HISTORY_WARN_EVENTS, Ran, effects_for, run_task};
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};
 pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
 pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};

@@ -12,7 +12,9 @@ use quark_history::{
     TaskKind, Timestamp,
 };
 
-use crate::activity::{ActivityContext, ActivityInfo, CancellationToken, HeartbeatSink};
+use crate::activity::{
+    ActivityContext, ActivityEffects, ActivityInfo, CancellationToken, HeartbeatSink,
+};
 use crate::registry::Registry;
 use crate::task::{TaskPayload, activity_commit, timer_commit};
 use crate::turn::process_turn;
@@ -41,6 +43,8 @@ pub async fn run_task(
     heartbeat: Option<HeartbeatSink>,
 ) -> Result<Ran, Error> {
     let dead = |error: String| Commit::new().fail(task.lease.clone(), FailAction::Dead { error });
+    // A transactional activity's transaction, which its result's commit finishes.
+    let mut tx = None;
     let commit = match task.kind {
         TaskKind::Orchestration => {
             let id = task.instance_id.clone().unwrap_or_default();
@@ -72,22 +76,36 @@ pub async fn run_task(
                         &a.activity,
                         task.lease.attempt,
                     );
-                    let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new());
+                    let effects = effects_for(store, &a.options).await?;
+                    let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new())
+                        .with_effects(effects.clone());
                     match registry.run_activity(&a.activity, ctx, a.input.clone()) {
                         Some(run) => {
                             let result = attempt(run, a.options.start_to_close).await;
-                            activity_commit(&task, &a, result, clock.now())
+                            let ok = result.is_ok();
+                            let (commit, in_tx) = effects
+                                .finish(activity_commit(&task, &a, result, clock.now()), ok)
+                                .await?;
+                            tx = in_tx;
+                            commit
                         }
                         None => dead(format!("no activity `{}` is registered here", a.activity)),
                     }
                 }
                 Ok(TaskPayload::Job(job)) => {
                     let info = ActivityInfo::new("", 0, &job.activity, task.lease.attempt);
-                    let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new());
+                    let effects = effects_for(store, &job.options).await?;
+                    let ctx = ActivityContext::new(info, heartbeat, CancellationToken::new())
+                        .with_effects(effects.clone());
                     match registry.run_activity(&job.activity, ctx, job.input.clone()) {
                         Some(run) => {
                             let result = attempt(run, job.options.start_to_close).await;
-                            crate::job_commit(&task, &job, result, clock.now())
+                            let ok = result.is_ok();
+                            let (commit, in_tx) = effects
+                                .finish(crate::job_commit(&task, &job, result, clock.now()), ok)
+                                .await?;
+                            tx = in_tx;
+                            commit
                         }
                         None => dead(format!("no activity `{}` is registered here", job.activity)),
                     }
@@ -105,7 +123,11 @@ pub async fn run_task(
         ran.wake_at.push(*at);
     }
     let own = task.instance_id.clone().unwrap_or_default();
-    match store.commit(commit.clone()).await {
+    let committed = match tx {
+        Some(tx) => store.commit_tx(tx, commit.clone()).await,
+        None => store.commit(commit.clone()).await,
+    };
+    match committed {
         Ok(_) => Ok(ran),
         // Another instance ended meanwhile (a parent told of its child's end): the news has
         // nobody to go to, but this instance's own events still must land.
@@ -129,6 +151,20 @@ pub async fn run_task(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The effects of an attempt of an activity with `options`: a transaction on the store for a
+/// transactional one (see [`ActivityContext::transaction`]).
+pub async fn effects_for(
+    store: &dyn Store,
+    options: &crate::ActivityOptions,
+) -> Result<ActivityEffects, Error> {
+    let tx = if options.transactional {
+        Some(store.begin_tx().await?)
+    } else {
+        None
+    };
+    Ok(ActivityEffects::new(tx))
 }
 
 /// One activity attempt, under its `start_to_close` limit; a panic is a retryable failure.

@@ -1,0 +1,213 @@
+//! Transactional activities on the worker runtime, on both backends: the activity's own writes,
+//! its outbox messages and its result commit together, so a failed attempt leaves nothing behind
+//! and a completed one is written once; inbox ids received in the transaction deduplicate.
+//! (Crashes at each point of a transactional activity are in `tests/tests/transactional_crash.rs`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{Backend, Destination, OutboxFilter, Received, StoreTx};
+use quark_worker::Worker;
+use quark_workflow::{
+    ActivityContext, ActivityError, Client, ClientError, OrchestrationContext, OrchestrationError,
+    Registry, activity, orchestration,
+};
+use serde::{Deserialize, Serialize};
+
+quark_history::backend_tests!(
+    it_commits_a_transactional_activitys_writes_and_messages_once_with_its_result,
+    it_refuses_a_transaction_to_an_activity_that_is_not_transactional,
+    it_applies_an_inbox_message_once_across_two_activities,
+);
+
+/// Runs one statement of the activity's own in its transaction, on either database.
+async fn exec(tx: &mut StoreTx, sql: String) -> Result<(), ActivityError> {
+    let sql = quark_history::sqlx::AssertSqlSafe(sql);
+    match tx.backend() {
+        Backend::Postgres => {
+            quark_history::sqlx::query(sql)
+                .execute(tx.postgres()?)
+                .await?;
+        }
+        _ => {
+            quark_history::sqlx::query(sql)
+                .execute(tx.sqlite()?)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Deposit {
+    id: String,
+    fail_first: bool,
+}
+
+/// Writes a row and sends a message; the first attempt fails after both when asked to.
+#[activity(transactional, retry(max_attempts = 3, initial = "10ms", max = "10ms"))]
+async fn deposit(ctx: ActivityContext, d: Deposit) -> Result<u32, ActivityError> {
+    {
+        let mut tx = ctx.transaction().await?;
+        let sql = format!(
+            "INSERT INTO deposits (id, attempt) VALUES ('{}', {})",
+            d.id,
+            ctx.attempt()
+        );
+        exec(&mut tx, sql).await?;
+    }
+    ctx.outbox()
+        .send(Destination::callback("deposits"), &d.id)?;
+    if d.fail_first && ctx.attempt() == 1 {
+        return Err(ActivityError::message(
+            "the first attempt fails after its writes",
+        ));
+    }
+    Ok(ctx.attempt())
+}
+
+#[orchestration]
+async fn make_deposit(ctx: OrchestrationContext, d: Deposit) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(deposit, &d).await?)
+}
+
+#[activity(retry(max_attempts = 1))]
+async fn not_transactional(ctx: ActivityContext) -> Result<(), ActivityError> {
+    let _tx = ctx.transaction().await?;
+    Ok(())
+}
+
+#[orchestration]
+async fn wants_a_transaction(ctx: OrchestrationContext) -> Result<(), OrchestrationError> {
+    Ok(ctx.call(not_transactional, &()).await?)
+}
+
+/// Applies a credit once per message id.
+#[activity(transactional)]
+async fn credit(ctx: ActivityContext, message_id: String) -> Result<String, ActivityError> {
+    let outcome = ctx
+        .inbox()
+        .once(&message_id, async |tx: &mut StoreTx| {
+            exec(
+                tx,
+                format!("INSERT INTO credits (message_id) VALUES ('{message_id}')"),
+            )
+            .await
+        })
+        .await?;
+    Ok(match outcome {
+        Received::First(()) => "applied".into(),
+        Received::Duplicate => "duplicate".into(),
+    })
+}
+
+#[orchestration]
+async fn credit_twice(
+    ctx: OrchestrationContext,
+    message_id: String,
+) -> Result<Vec<String>, OrchestrationError> {
+    let first = ctx.call(credit, &message_id).await?;
+    let second = ctx.call(credit, &message_id).await?;
+    Ok(vec![first, second])
+}
+
+async fn worker(t: &TestStore) -> quark_worker::RunningWorker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(
+            Registry::new()
+                .register(make_deposit)
+                .register(deposit)
+                .register(wants_a_transaction)
+                .register(not_transactional)
+                .register(credit_twice)
+                .register(credit),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn it_commits_a_transactional_activitys_writes_and_messages_once_with_its_result(
+    t: &TestStore,
+) {
+    t.execute("CREATE TABLE deposits (id TEXT, attempt BIGINT)")
+        .await;
+    let running = worker(t).await;
+    let client = Client::new(Arc::clone(&t.store));
+    for (id, fail_first, attempts) in [("d-1", false, 1), ("d-2", true, 2)] {
+        let d = Deposit {
+            id: id.into(),
+            fail_first,
+        };
+        let handle = make_deposit::start(&client, id, d).await.unwrap();
+        // The retry waits on the test's clock.
+        t.advance_until(
+            Duration::from_millis(10),
+            "the deposit completed",
+            async || {
+                let r = t.store.get_instance(id).await.unwrap().unwrap();
+                r.status.is_closed()
+            },
+        )
+        .await;
+        let ran = handle.result().await.unwrap();
+        assert_eq!(ran, attempts);
+        // One row, written by the attempt that completed; the failed attempt's row is gone.
+        let rows = format!("SELECT count(*) FROM deposits WHERE id = '{id}'");
+        assert_eq!(t.scalar(&rows).await, 1);
+        let last = format!("SELECT max(attempt) FROM deposits WHERE id = '{id}'");
+        assert_eq!(t.scalar(&last).await, i64::from(attempts));
+    }
+    // One message per completed activity, none from the failed attempt.
+    let messages = t.store.list_outbox(OutboxFilter::default()).await.unwrap();
+    let mut payloads: Vec<String> = messages
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, ["d-1", "d-2"]);
+    running.shutdown().await;
+}
+
+async fn it_refuses_a_transaction_to_an_activity_that_is_not_transactional(t: &TestStore) {
+    let running = worker(t).await;
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = wants_a_transaction::start(&client, "w-1", ())
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap();
+    match result {
+        Err(ClientError::Failed { failure, .. }) => assert!(
+            failure
+                .message
+                .contains("has no transaction: declare it #[activity(transactional)]"),
+            "{}",
+            failure.message
+        ),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    running.shutdown().await;
+}
+
+async fn it_applies_an_inbox_message_once_across_two_activities(t: &TestStore) {
+    t.execute("CREATE TABLE credits (message_id TEXT)").await;
+    let running = worker(t).await;
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = credit_twice::start(&client, "c-1", "msg-7".to_string())
+        .await
+        .unwrap();
+    let outcomes = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcomes, ["applied", "duplicate"]);
+    assert_eq!(t.scalar("SELECT count(*) FROM credits").await, 1);
+    running.shutdown().await;
+}
