@@ -518,10 +518,8 @@ impl SequencedInbox {
         S: SequencedStore,
         E: From<Error>,
     {
-        let index: Vec<(i64, Timestamp)> = held
-            .iter()
-            .map(|h| (h.seq as i64, h.received_at))
-            .collect();
+        let index: Vec<(i64, Timestamp)> =
+            held.iter().map(|h| (h.seq as i64, h.received_at)).collect();
         for step in plan(*next, &index, now - self.gap_timeout) {
             match step {
                 Step::Lose(first, last) => {

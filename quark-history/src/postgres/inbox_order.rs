@@ -4,7 +4,7 @@
 
 use futures::future::BoxFuture;
 use sqlx::postgres::PgRow;
-use sqlx::{Row, PgConnection};
+use sqlx::{PgConnection, Row};
 
 use super::PostgresStore;
 use crate::clock::Timestamp;

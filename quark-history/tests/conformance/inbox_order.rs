@@ -22,7 +22,10 @@ trait Backend: SequencedStore + Sized + 'static {
     async fn create_effects(&self);
     /// `(key, seq, payload)` in the order they were applied.
     async fn effects(&self) -> Vec<(String, u64, String)>;
-    fn write_effect<'a>(conn: &'a mut Conn<Self>, m: &'a Delivered) -> BoxFuture<'a, Result<(), Error>>;
+    fn write_effect<'a>(
+        conn: &'a mut Conn<Self>,
+        m: &'a Delivered,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 impl Backend for SqliteStore {
@@ -464,15 +467,19 @@ async fn it_starts_new_keys_at_the_configured_first_number<S: Backend>(h: &Harne
 async fn it_never_applies_twice_or_out_of_order_under_concurrent_consumers<S: Backend>(
     h: &Harness<S>,
 ) {
-    const N: u64 = 24;
+    const N: u64 = 64;
+    const CONSUMERS: usize = 8;
     let inbox = SequencedInbox::new();
-    // Every message twice, in a scrambled order, from 6 consumers at once.
+    // Every message twice, in a scrambled order, from 8 consumers that start together.
     let deliveries: Vec<u64> = (0..2 * N).map(|i| (i * 7) % N + 1).collect();
+    let start = Arc::new(tokio::sync::Barrier::new(CONSUMERS));
     let mut consumers = Vec::new();
-    for part in deliveries.chunks(8) {
+    for part in deliveries.chunks(deliveries.len() / CONSUMERS) {
         let store = Arc::clone(&h.store);
+        let start = Arc::clone(&start);
         let part = part.to_vec();
         consumers.push(tokio::spawn(async move {
+            start.wait().await;
             let mut receipts = Vec::new();
             for seq in part {
                 let r = inbox
@@ -482,7 +489,11 @@ async fn it_never_applies_twice_or_out_of_order_under_concurrent_consumers<S: Ba
                         seq,
                         &format!("m-{seq}"),
                         b"x",
-                        async |conn: &mut Conn<S>, m: &Delivered| S::write_effect(conn, m).await,
+                        async |conn: &mut Conn<S>, m: &Delivered| {
+                            // Give the other consumers a chance to run inside this transaction.
+                            tokio::task::yield_now().await;
+                            S::write_effect(conn, m).await
+                        },
                     )
                     .await
                     .unwrap();
@@ -504,4 +515,88 @@ async fn it_never_applies_twice_or_out_of_order_under_concurrent_consumers<S: Ba
         pairs("k", 1..=N),
         "each number applied once, in order"
     );
+}
+
+/// While one consumer is inside a key's transaction, another one's message of that key waits for
+/// the row lock instead of reading the key's old state (which would hold a message that is next).
+/// PostgreSQL only: SQLite's single writer makes the second wait for the connection itself.
+mod a_second_consumer_of_a_key_waits_for_the_first {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(mut h) = super::postgres().await else {
+            return;
+        };
+        let inbox = SequencedInbox::new();
+        let (inside_tx, inside_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        // The key exists already: the first consumer's lock is then a row lock, not an insert.
+        assert_eq!(receive(&h, &inbox, "k", 1, "m-1").await.applied, [1]);
+        let (mut inside, mut release) = (Some(inside_tx), Some(release_rx));
+        // The first consumer runs on the test's own task, beside the driver below.
+        let first = inbox.receive(
+            h.store.as_ref(),
+            "k",
+            2,
+            "m-2",
+            b"a",
+            async |conn: &mut PgConnection, m: &Delivered| {
+                if let Some(tx) = inside.take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = release.take() {
+                    let _ = rx.await;
+                }
+                PostgresStore::write_effect(conn, m).await
+            },
+        );
+        let driver = async {
+            inside_rx.await.unwrap();
+            let store = Arc::clone(&h.store);
+            let second = tokio::spawn(async move {
+                inbox
+                    .receive(
+                        store.as_ref(),
+                        "k",
+                        3,
+                        "m-3",
+                        b"b",
+                        async |conn: &mut PgConnection, m: &Delivered| {
+                            PostgresStore::write_effect(conn, m).await
+                        },
+                    )
+                    .await
+                    .unwrap()
+            });
+            let pool = h.store.pool().clone();
+            quark_history::testing::eventually(
+                "the second consumer waits for a lock or is done",
+                async || {
+                    let waiting: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    waiting > 0 || second.is_finished()
+                },
+            )
+            .await;
+            release_tx.send(()).unwrap();
+            second.await.unwrap()
+        };
+        let (first, second) = tokio::join!(first, driver);
+        assert_eq!(first.unwrap().applied, [2]);
+        assert_eq!(
+            (second.arrival, second.applied),
+            (Arrival::Applied, vec![3]),
+            "the second saw the first's commit"
+        );
+        assert_eq!(applied(&h).await, pairs("k", [1, 2, 3]));
+        let t = h.pg.take().expect("a PostgreSQL test database");
+        drop(h);
+        t.cleanup().await;
+    }
 }
