@@ -137,8 +137,8 @@ impl sealed::Sealed for crate::SqliteStore {}
 ///
 /// [`PostgresStore`]: crate::PostgresStore
 /// [`SqliteStore`]: crate::SqliteStore
-#[allow(missing_docs)]
 pub trait SequencedStore: InboxStore + sealed::Sealed {
+    /// The store's settings (its clock and payload limit).
     #[doc(hidden)]
     fn order_config(&self) -> &StoreConfig;
 
@@ -152,6 +152,7 @@ pub trait SequencedStore: InboxStore + sealed::Sealed {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<i64>>;
 
+    /// Sets the key's next number.
     #[doc(hidden)]
     fn set_next<'a>(
         &'a self,
@@ -169,6 +170,7 @@ pub trait SequencedStore: InboxStore + sealed::Sealed {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Delivered>>>;
 
+    /// Stores a message that is ahead of its key.
     #[doc(hidden)]
     fn hold<'a>(
         &'a self,
@@ -176,6 +178,7 @@ pub trait SequencedStore: InboxStore + sealed::Sealed {
         message: &'a Delivered,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// Deletes a held message once it is applied.
     #[doc(hidden)]
     fn unhold<'a>(
         &'a self,
@@ -184,6 +187,7 @@ pub trait SequencedStore: InboxStore + sealed::Sealed {
         seq: i64,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// Records `first..=last` of the key as lost.
     #[doc(hidden)]
     fn declare_lost<'a>(
         &'a self,
