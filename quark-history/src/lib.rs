@@ -16,7 +16,8 @@
 //!   caller's own rows and a commit, together or not at all.
 //! - **The transactional outbox and the inbox** ([`Outbox`], [`Commit::send`], [`Inbox::once`]):
 //!   messages written in the same transaction as the change that caused them, relayed in order
-//!   per key with leases; message ids deduplicated by the consumer in its own transaction.
+//!   per key with leases; message ids deduplicated by the consumer in its own transaction, and
+//!   applied in sequence order per key with [`SequencedInbox`] (gaps held, then declared lost).
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
@@ -59,6 +60,7 @@ mod codec;
 mod commit;
 mod error;
 mod event;
+mod inbox_order;
 mod instance;
 mod jobs;
 mod journal;
@@ -83,6 +85,10 @@ pub use commit::{Append, Commit, Committed, Expected, Settle};
 pub use error::{Error, Result};
 pub use event::{
     CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION,
+};
+pub use inbox_order::{
+    Arrival, DEFAULT_GAP_TIMEOUT, Delivered, DuplicateOf, GapSweep, LostGap, SeqReceipt,
+    SequencedInbox, SequencedStore,
 };
 pub use instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,

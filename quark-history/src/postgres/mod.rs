@@ -5,6 +5,7 @@
 //! connection per store that reconnects by itself.
 
 mod batch;
+mod inbox_order;
 mod jobs;
 mod journal;
 mod notify;
@@ -84,6 +85,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("outbox"),
             MigrationType::Simple,
             include_str!("../../migrations/postgres/0006_outbox.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            7,
+            Cow::Borrowed("inbox order"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0007_inbox_order.sql").into_sql_str(),
             false,
         ),
     ])

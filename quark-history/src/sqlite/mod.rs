@@ -4,6 +4,7 @@
 //! deadlock on lock upgrades and commit in position order) and a pool of readers in WAL mode. An
 //! in-memory database has a single connection that does both.
 
+mod inbox_order;
 mod jobs;
 mod journal;
 mod outbox;
@@ -73,6 +74,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("outbox"),
             MigrationType::Simple,
             include_str!("../../migrations/sqlite/0004_outbox.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            5,
+            Cow::Borrowed("inbox order"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0005_inbox_order.sql").into_sql_str(),
             false,
         ),
     ])

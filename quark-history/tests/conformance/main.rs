@@ -6,6 +6,7 @@ mod support;
 
 mod batch;
 mod concurrency;
+mod inbox_order;
 mod instances;
 mod jobs;
 mod journal;
