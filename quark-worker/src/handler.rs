@@ -226,11 +226,20 @@ impl TaskContext {
             Some(Settle::Fail(..)) => Some(&shared.metrics.retried),
             _ => None,
         };
+        self.fault(crate::FaultPoint::BeforeTransactionalCommit);
         let committed = shared.store.commit_tx(tx, commit).await?;
+        self.fault(crate::FaultPoint::AfterTransactionalCommit);
         if let Some(counter) = counter {
             Metrics::inc(counter);
         }
         Ok(committed)
+    }
+
+    /// Runs the fault hook at `point`, if the worker has one (crash tests).
+    pub(crate) fn fault(&self, point: crate::FaultPoint) {
+        if let Some(hook) = &self.shared.settings.fault {
+            (hook.0)(point, self.lease.attempt);
+        }
     }
 
     /// Records progress for the task (a job) under its lease.

@@ -71,6 +71,7 @@
 pub mod backoff;
 pub mod cli;
 mod committer;
+mod fault;
 mod handler;
 mod lease;
 mod maintenance;
@@ -82,6 +83,8 @@ mod shutdown;
 mod worker;
 mod workflow;
 
+#[doc(hidden)]
+pub use fault::FaultPoint;
 pub use handler::{Handler, HandlerError, TaskContext};
 pub use metrics::MetricsSnapshot;
 pub use relay::{DeliveryError, OutboxRelay};

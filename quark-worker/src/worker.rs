@@ -27,6 +27,7 @@ pub(crate) struct Settings {
     pub(crate) shutdown_grace: Duration,
     pub(crate) maintenance: Option<Duration>,
     pub(crate) schedules: bool,
+    pub(crate) fault: Option<crate::fault::FaultHook>,
 }
 
 pub(crate) struct Route {
@@ -122,6 +123,7 @@ impl Default for WorkerBuilder {
                 shutdown_grace: Duration::from_secs(30),
                 maintenance: Some(Duration::from_secs(60)),
                 schedules: true,
+                fault: None,
             },
             routes: HashMap::new(),
             relay: crate::relay::OutboxRelay::default(),
@@ -240,6 +242,16 @@ impl WorkerBuilder {
     /// How long a task with another worker's affinity waits before this one takes it (default 1 s).
     pub fn affinity_delay(mut self, delay: Duration) -> Self {
         self.settings.affinity_delay = delay;
+        self
+    }
+
+    /// Runs `hook` at each [`FaultPoint`](crate::FaultPoint) (crash tests only).
+    #[doc(hidden)]
+    pub fn fault_hook(
+        mut self,
+        hook: impl Fn(crate::FaultPoint, u32) + Send + Sync + 'static,
+    ) -> Self {
+        self.settings.fault = Some(crate::fault::FaultHook(Arc::new(hook)));
         self
     }
 

@@ -89,6 +89,93 @@ pub async fn logged_job(ctx: ActivityContext, n: u64) -> Result<u64, ActivityErr
     Ok(std::hint::black_box(x))
 }
 
+/// The table [`post_entry`] writes to, in the engine's own database: one row per run that
+/// committed.
+pub const LEDGER_DDL: &str = "CREATE TABLE ledger (\
+    entry TEXT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER NOT NULL)";
+
+/// Where a crash-worker dies on the first attempt of a transactional activity, read from
+/// `QUARK_CRASH_AT` (`before_write`, `after_write`, `before_commit`, `after_commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashAt {
+    /// In the activity, before its write.
+    BeforeWrite,
+    /// In the activity, after its write (and its outbox message), before it returns.
+    AfterWrite,
+    /// In the runtime, after the activity returned, before its transaction commits.
+    BeforeCommit,
+    /// In the runtime, right after its transaction committed.
+    AfterCommit,
+}
+
+impl CrashAt {
+    /// Every point, in order.
+    pub const ALL: [CrashAt; 4] = [
+        CrashAt::BeforeWrite,
+        CrashAt::AfterWrite,
+        CrashAt::BeforeCommit,
+        CrashAt::AfterCommit,
+    ];
+
+    /// The name `QUARK_CRASH_AT` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashAt::BeforeWrite => "before_write",
+            CrashAt::AfterWrite => "after_write",
+            CrashAt::BeforeCommit => "before_commit",
+            CrashAt::AfterCommit => "after_commit",
+        }
+    }
+
+    /// The point this process was told to crash at, if any.
+    pub fn configured() -> Option<CrashAt> {
+        let name = std::env::var("QUARK_CRASH_AT").ok()?;
+        CrashAt::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Ends the process at once (no unwinding, no cleanup: a crash) if this is the configured
+    /// point and the first attempt.
+    pub fn crash_here(self, attempt: u32) {
+        if attempt == 1 && CrashAt::configured() == Some(self) {
+            eprintln!("crash-worker: crashing at {}", self.name());
+            std::process::abort();
+        }
+    }
+}
+
+/// A transactional activity: writes a ledger row and sends an outbox message in the engine's
+/// transaction, crashing where `QUARK_CRASH_AT` says on its first attempt. Returns the attempt
+/// that committed.
+#[activity(
+    transactional,
+    retry(max_attempts = 10, initial = "50ms", max = "500ms")
+)]
+pub async fn post_entry(ctx: ActivityContext, entry: String) -> Result<u32, ActivityError> {
+    CrashAt::BeforeWrite.crash_here(ctx.attempt());
+    {
+        let mut tx = ctx.transaction().await?;
+        sqlx::query("INSERT INTO ledger (entry, attempt, pid) VALUES ($1, $2, $3)")
+            .bind(&entry)
+            .bind(ctx.attempt() as i32)
+            .bind(std::process::id() as i32)
+            .execute(tx.postgres()?)
+            .await?;
+    }
+    ctx.outbox()
+        .send(quark_history::Destination::callback("ledger"), &entry)?;
+    CrashAt::AfterWrite.crash_here(ctx.attempt());
+    Ok(ctx.attempt())
+}
+
+/// Posts one ledger entry.
+#[orchestration]
+pub async fn post_once(
+    ctx: OrchestrationContext,
+    entry: String,
+) -> Result<u32, OrchestrationError> {
+    ctx.call(post_entry, &entry).await
+}
+
 /// The registry the crash workers run.
 pub fn registry() -> Registry {
     Registry::new()
@@ -96,6 +183,8 @@ pub fn registry() -> Registry {
         .register(increment)
         .register(double)
         .register(logged_job)
+        .register(post_once)
+        .register(post_entry)
 }
 
 /// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.

@@ -1,13 +1,15 @@
 //! A worker process for the crash tests: runs the shared workload (the orchestrations of `crash.rs`,
 //! the jobs of `job_crash.rs`) against the database in `QUARK_DATABASE_URL` with short leases, until
-//! it is killed or told to stop (SIGTERM: a graceful shutdown).
+//! it is killed or told to stop (SIGTERM: a graceful shutdown). With `QUARK_CRASH_AT` set, it
+//! aborts at that point of the first attempt of a transactional activity (`transactional_crash.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use quark_history::{PostgresStore, StoreConfig};
-use quark_worker::Worker;
+use quark_tests::CrashAt;
+use quark_worker::{FaultPoint, Worker};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,6 +25,11 @@ async fn main() -> anyhow::Result<()> {
         .heartbeat(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(50))
         .affinity_delay(Duration::from_millis(200))
+        .fault_hook(|point, attempt| match point {
+            FaultPoint::BeforeTransactionalCommit => CrashAt::BeforeCommit.crash_here(attempt),
+            FaultPoint::AfterTransactionalCommit => CrashAt::AfterCommit.crash_here(attempt),
+            _ => {}
+        })
         .build()?;
     worker
         .run_until(async move {
