@@ -1,1 +1,3 @@
 //! Runnable Quark programs; see the `[[example]]` entries.
+
+pub mod bank;
