@@ -69,7 +69,7 @@ async fn deposit(ctx: ActivityContext, d: Deposit) -> Result<u32, ActivityError>
 
 #[orchestration]
 async fn make_deposit(ctx: OrchestrationContext, d: Deposit) -> Result<u32, OrchestrationError> {
-    Ok(ctx.call(deposit, &d).await?)
+    ctx.call(deposit, &d).await
 }
 
 #[activity(retry(max_attempts = 1))]
@@ -80,7 +80,7 @@ async fn not_transactional(ctx: ActivityContext) -> Result<(), ActivityError> {
 
 #[orchestration]
 async fn wants_a_transaction(ctx: OrchestrationContext) -> Result<(), OrchestrationError> {
-    Ok(ctx.call(not_transactional, &()).await?)
+    ctx.call(not_transactional, &()).await
 }
 
 /// Applies a credit once per message id.
