@@ -180,3 +180,17 @@ pub struct InstanceFilter {
     /// At most this many (0: 100).
     pub limit: u32,
 }
+
+/// Refuses a batch that names one id twice (it could not be created as asked).
+pub(crate) fn check_distinct(news: &[NewInstance]) -> crate::Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(news.len());
+    for new in news {
+        if !seen.insert(new.id.as_str()) {
+            return Err(crate::Error::Invalid(format!(
+                "instance id `{}` appears twice in one batch of starts",
+                new.id
+            )));
+        }
+    }
+    Ok(())
+}

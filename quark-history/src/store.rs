@@ -116,6 +116,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         policy: IdReusePolicy,
     ) -> BoxFuture<'_, Result<Created>>;
 
+    /// Creates many instances in one transaction, as [`create_instance`](Self::create_instance)
+    /// does one; returns what happened to each, in order. With
+    /// [`IdReusePolicy::RejectDuplicate`] a taken id fails the whole batch and creates none; an id
+    /// named twice in the batch is refused with [`Error::Invalid`](crate::Error::Invalid).
+    fn create_instances(
+        &self,
+        new: Vec<NewInstance>,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Vec<Created>>>;
+
     /// One instance, or `None`.
     fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>>;
 

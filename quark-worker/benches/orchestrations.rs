@@ -56,6 +56,8 @@ const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [opti
   --job-slots N         jobs one worker runs at once (default 4096)
   --claim-batch N       the most tasks one claim takes (default 2048)
   --workers N           workers draining the jobs (default 1; extra ones serve jobs only)
+  --start-batch N       each of the 8 starting clients starts N orchestrations per call
+                        (Client::start_many, one transaction); default 1 (Client::start)
   --retention SECS      how long finished jobs are kept in finished_jobs (default 86400, the
                         store's default; 0 keeps no record, the fastest setting)";
 
@@ -69,6 +71,7 @@ struct Args {
     job_slots: usize,
     claim_batch: u32,
     workers: usize,
+    start_batch: u64,
 }
 
 fn args() -> Args {
@@ -80,6 +83,7 @@ fn args() -> Args {
         open_tx: false,
         retention: StoreConfig::default().finished_job_retention,
         job_slots: JOB_SLOTS,
+        start_batch: 1,
         claim_batch: CLAIM_BATCH,
         workers: 1,
     };
@@ -103,6 +107,7 @@ fn args() -> Args {
             "--job-slots" => a.job_slots = value.parse().expect("--job-slots N"),
             "--claim-batch" => a.claim_batch = value.parse().expect("--claim-batch N"),
             "--workers" => a.workers = value.parse().expect("--workers N"),
+            "--start-batch" => a.start_batch = value.parse().expect("--start-batch N"),
             "--retention" => {
                 a.retention = Duration::from_secs(value.parse().expect("--retention SECS"))
             }
@@ -375,14 +380,26 @@ async fn bench(
     let mut starters = Vec::new();
     for c in 0..8u64 {
         let client = client.clone();
-        let n = a.n;
+        let (n, batch) = (a.n, a.start_batch);
         starters.push(tokio::spawn(async move {
             let mut i = c;
             while i < n {
-                three_steps::start(&client, format!("load-{i}"), i)
+                if batch <= 1 {
+                    three_steps::start(&client, format!("load-{i}"), i)
+                        .await
+                        .unwrap();
+                    i += 8;
+                    continue;
+                }
+                let mut starts = Vec::new();
+                while i < n && (starts.len() as u64) < batch {
+                    starts.push((format!("load-{i}"), i));
+                    i += 8;
+                }
+                client
+                    .start_many::<three_steps>(starts, Default::default())
                     .await
                     .unwrap();
-                i += 8;
             }
         }));
     }
@@ -406,8 +423,13 @@ async fn bench(
     rows.push(Row {
         backend,
         workload: format!(
-            "{} orchestrations x 3 activities (start to completion)",
-            a.n
+            "{} orchestrations x 3 activities (start to completion{})",
+            a.n,
+            if a.start_batch > 1 {
+                format!("; started {} per call", a.start_batch)
+            } else {
+                String::new()
+            }
         ),
         rate: format!(
             "{:.0} orch/s, {:.0} steps/s (starts alone: {:.0}/s)",

@@ -49,7 +49,38 @@ impl Workflows {
         })?;
         let history = self.cache.history(cx.store().as_ref(), &instance).await?;
         let turn = process_turn(&self.registry, &task, &history);
-        self.prepare(&instance, turn, &cx).await
+        let mut commit = self.prepare(&instance, turn, &cx).await?;
+        // The turn's events are recorded at a time chosen here, so that the cache can hold exact
+        // copies of them once they commit: the instance's next activity result then continues it
+        // without reading its history back (see `continue_here`).
+        let now = cx.store().config().clock.now();
+        let own = commit
+            .appends
+            .iter()
+            .position(|a| a.instance_id == instance);
+        if let Some(i) = own {
+            commit.appends[i].at.get_or_insert(now);
+        }
+        match cx.commit(commit.clone()).await {
+            Ok(committed) => {
+                if let Some(i) = own {
+                    let append = &commit.appends[i];
+                    let at = append.at.unwrap_or(now);
+                    self.cache
+                        .extend(&instance, committed.appended[i].0, &append.events, at);
+                }
+                Ok(Commit::default())
+            }
+            Err(e) => {
+                // Nothing was written. The runtime commits it again and handles what went wrong
+                // (a conflict reruns the turn); the tasks meant to start here go through the queue.
+                tracing::debug!(error = %e, "turn commit failed; handing it to the runtime");
+                for task in &mut commit.tasks {
+                    task.lease_to = None;
+                }
+                Ok(commit)
+            }
+        }
     }
 
     /// Creates a turn's children and marks the tasks it creates to run on this worker when a slot
@@ -96,11 +127,17 @@ impl Workflows {
             return None;
         };
         let instance = append.instance_id.as_str();
-        let mut history = self
-            .cache
-            .history(cx.store().as_ref(), instance)
-            .await
-            .ok()?;
+        // A warm instance's cached history is used as it is, without asking the store for newer
+        // events: the commit is fenced at the next sequence number, so if anything was appended
+        // meanwhile it conflicts and the plain result goes through the queue instead.
+        let mut history = match self.cache.cached(instance) {
+            Some(history) => history,
+            None => self
+                .cache
+                .history(cx.store().as_ref(), instance)
+                .await
+                .ok()?,
+        };
         let now = cx.store().config().clock.now();
         let next = history.last().map_or(1, |e| e.seq + 1);
         history.push(RecordedEvent {
@@ -197,8 +234,14 @@ impl Workflows {
             };
         }
         if let Some(combined) = self.continue_here(&task, &plain, &cx).await {
+            let own = combined.appends[0].clone();
             match cx.commit(combined).await {
-                Ok(_) => return Ok(Commit::default()),
+                Ok(committed) => {
+                    let at = own.at.unwrap_or_else(now);
+                    self.cache
+                        .extend(&own.instance_id, committed.appended[0].0, &own.events, at);
+                    return Ok(Commit::default());
+                }
                 // The history moved on, the instance ended, or the store hiccuped: fall back to
                 // the plain result; the orchestration runs through the queue.
                 Err(e) => tracing::debug!(error = %e, "could not continue the orchestration here"),
@@ -445,6 +488,46 @@ impl HistoryCache {
         Ok(history)
     }
 
+    /// The cached history of `instance`, if it is cached, without asking the store for more.
+    pub(crate) fn cached(&self, instance: &str) -> Option<Vec<RecordedEvent>> {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        let (used, history) = inner.entries.get_mut(instance)?;
+        *used = tick;
+        Some(Vec::clone(history))
+    }
+
+    /// Adds events this worker committed to `instance`'s cached history: `events` were written
+    /// from sequence number `first` on, recorded at `at`. If the cache does not end right before
+    /// them, it is dropped instead (the next turn reads the history from the store).
+    pub(crate) fn extend(
+        &self,
+        instance: &str,
+        first: u64,
+        events: &[quark_history::HistoryEvent],
+        at: quark_history::Timestamp,
+    ) {
+        let mut inner = self.lock();
+        let Some((_, history)) = inner.entries.get_mut(instance) else {
+            return;
+        };
+        if history.last().map_or(0, |e| e.seq) + 1 != first {
+            inner.entries.remove(instance);
+            return;
+        }
+        let history = Arc::make_mut(history);
+        for (i, event) in events.iter().enumerate() {
+            history.push(RecordedEvent {
+                instance_id: instance.to_string(),
+                seq: first + i as u64,
+                recorded_at: at,
+                event: event.clone(),
+                hash: String::new(),
+            });
+        }
+    }
+
     fn remember(&self, instance: &str, history: &[RecordedEvent]) {
         if self.capacity == 0 {
             return;
@@ -512,5 +595,39 @@ mod tests {
             !cache.lock().entries.contains_key("a"),
             "a was the least recently used"
         );
+    }
+
+    #[tokio::test]
+    async fn the_cache_takes_a_workers_own_events_only_right_after_what_it_holds() {
+        let t = quark_history::testing::sqlite().await;
+        t.store
+            .create_instance(
+                NewInstance::new("a", "t", Payload::unit()),
+                IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+        let cache = HistoryCache::new(8);
+        assert!(
+            cache.cached("a").is_none(),
+            "nothing is cached before a read"
+        );
+        cache.history(&*t.store, "a").await.unwrap();
+        let signal = HistoryEvent::SignalReceived {
+            name: "s".into(),
+            payload: Payload::unit(),
+        };
+        let at = t.store.config().clock.now();
+        cache.extend("a", 2, std::slice::from_ref(&signal), at);
+        let warm = cache.cached("a").unwrap();
+        assert_eq!(warm.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(warm[1].event, signal);
+        assert_eq!(warm[1].recorded_at, at);
+        // Events that would leave a gap (someone else wrote seq 3) drop the entry instead.
+        cache.extend("a", 4, std::slice::from_ref(&signal), at);
+        assert!(cache.cached("a").is_none());
+        // Extending an instance that is not cached caches nothing.
+        cache.extend("b", 1, std::slice::from_ref(&signal), at);
+        assert!(cache.cached("b").is_none());
     }
 }

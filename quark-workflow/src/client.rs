@@ -166,6 +166,31 @@ impl Client {
         Ok(self.handle::<O>(id))
     }
 
+    /// Starts one instance of orchestration `O` per `(instance id, input)`, all in one
+    /// transaction (one statement on PostgreSQL): much cheaper than one `start` each when there
+    /// are many. A taken id fails the batch and starts none unless `options.id_reuse` is
+    /// `ReturnExisting`. Returns the handles in order.
+    pub async fn start_many<O: Orchestration>(
+        &self,
+        starts: impl IntoIterator<Item = (String, O::Input)>,
+        options: StartOptions,
+    ) -> Result<Vec<Handle<O::Output>>, ClientError> {
+        let queue = options.queue.unwrap_or_else(|| O::queue().to_string());
+        let mut news = Vec::new();
+        for (id, input) in starts {
+            let input = Payload::json(&input).map_err(payload_error)?;
+            let mut new = NewInstance::new(id, O::NAME, input);
+            new.version = O::VERSION;
+            new.queue = queue.clone();
+            new.priority = options.priority;
+            new.start_at = options.start_at;
+            news.push(new);
+        }
+        let ids: Vec<String> = news.iter().map(|n| n.id.clone()).collect();
+        self.store.create_instances(news, options.id_reuse).await?;
+        Ok(ids.into_iter().map(|id| self.handle::<O>(id)).collect())
+    }
+
     /// The typed handle of instance `instance_id` of orchestration `O`.
     pub fn handle<O: Orchestration>(&self, instance_id: impl Into<String>) -> Handle<O::Output> {
         Handle {

@@ -145,6 +145,126 @@ impl PostgresStore {
         })
     }
 
+    /// Creates instances with one statement in one transaction: all of them, or none if one
+    /// fails (with `RejectDuplicate`, a taken id).
+    pub(super) async fn create_instances_impl(
+        &self,
+        news: Vec<NewInstance>,
+        policy: IdReusePolicy,
+    ) -> Result<Vec<Created>> {
+        crate::instance::check_distinct(&news)?;
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.config.clock.now();
+        let mut firsts = Vec::with_capacity(news.len());
+        for new in &news {
+            check_size(&self.config, new.input.len())?;
+            let started = HistoryEvent::WorkflowStarted {
+                instance_type: new.instance_type.clone(),
+                version: new.version,
+                input: new.input.clone(),
+                parent: new.parent.clone(),
+                continued_from: new.continued_from.clone(),
+            };
+            let mut encoded = encode_events(&self.config, GENESIS, 1, &[started])?;
+            firsts.push(encoded.remove(0));
+        }
+        let mut tx = self.begin().await?;
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "WITH n AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::smallint[], $5::bytea[],                $6::text[], $7::text[], $8::bigint[], $9::bytea[], $10::smallint[], $11::bytea[], $12::int[],                $13::bigint[]) WITH ORDINALITY AS n(id, instance_type, version, input_codec, input, parent_id,                queue, history_bytes, last_hash, codec, payload, priority, visible_at, ord)),              i AS (                INSERT INTO instances (id, instance_type, version, status, input_codec, input, parent_id, queue,                  next_seq, history_bytes, last_hash, created_at, updated_at)                SELECT id, instance_type, version, 'running', input_codec, input, parent_id, queue, 2,                  history_bytes, last_hash, $14, $14 FROM n ORDER BY ord                ON CONFLICT (id) DO NOTHING RETURNING id),              h AS (                INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash)                SELECT n.id, 1, 'WorkflowStarted', $15, n.codec, n.payload, $14, n.last_hash                FROM n JOIN i ON i.id = n.id),              t AS (                INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, payload)                SELECT 'orchestration', n.queue, n.id, n.priority, n.visible_at, $14, ''::bytea                FROM n JOIN i ON i.id = n.id ORDER BY n.ord                ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO NOTHING)              SELECT id FROM i",
+        )
+        .bind(news.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.instance_type.as_str()).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.version as i32).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.input.codec().as_i16()).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.input.as_bytes()).collect::<Vec<_>>())
+        .bind(
+            news.iter()
+                .map(|n| n.parent.as_ref().map(|p| p.instance_id.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(news.iter().map(|n| n.queue.as_str()).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|f| f.bytes.len() as i64).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|f| f.hash.as_slice()).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|f| f.codec).collect::<Vec<_>>())
+        .bind(firsts.iter().map(|f| f.bytes.as_slice()).collect::<Vec<_>>())
+        .bind(news.iter().map(|n| n.priority).collect::<Vec<_>>())
+        .bind(
+            news.iter()
+                .map(|n| n.start_at.unwrap_or(now).as_micros())
+                .collect::<Vec<_>>(),
+        )
+        .bind(now.as_micros())
+        .bind(SCHEMA_VERSION)
+        .fetch_all(&mut *tx)
+        .await?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let taken: Vec<&str> = news
+            .iter()
+            .map(|n| n.id.as_str())
+            .filter(|id| !inserted.contains(*id))
+            .collect();
+        if let (Some(id), IdReusePolicy::RejectDuplicate) = (taken.first(), policy) {
+            tx.rollback().await?;
+            return Err(Error::DuplicateInstance { id: id.to_string() });
+        }
+        let mut existing: std::collections::HashMap<String, InstanceRecord> =
+            std::collections::HashMap::new();
+        if !taken.is_empty() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ANY($1)"
+            )))
+            .bind(&taken)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let record = instance_from_row(row)?;
+                existing.insert(record.id.clone(), record);
+            }
+        }
+        tx.commit().await?;
+        let wake: std::collections::BTreeSet<(String, crate::TaskKind)> = news
+            .iter()
+            .filter(|n| inserted.contains(&n.id) && n.start_at.is_none_or(|at| at <= now))
+            .map(|n| (n.queue.clone(), crate::TaskKind::Orchestration))
+            .collect();
+        self.announce(wake);
+        news.into_iter()
+            .zip(firsts)
+            .map(|(new, first)| {
+                if !inserted.contains(&new.id) {
+                    let instance = existing.remove(&new.id).ok_or_else(|| {
+                        // Deleted between the two statements: report the race as a conflict.
+                        Error::DuplicateInstance { id: new.id.clone() }
+                    })?;
+                    return Ok(Created {
+                        instance,
+                        created: false,
+                    });
+                }
+                Ok(Created {
+                    instance: InstanceRecord {
+                        id: new.id,
+                        instance_type: new.instance_type,
+                        version: new.version,
+                        status: InstanceStatus::Running,
+                        input: new.input,
+                        output: None,
+                        parent_id: new.parent.map(|p| p.instance_id),
+                        queue: new.queue,
+                        history_len: 1,
+                        history_bytes: first.bytes.len() as u64,
+                        affinity: None,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                    created: true,
+                })
+            })
+            .collect()
+    }
+
     pub(super) async fn get_instance_impl(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"

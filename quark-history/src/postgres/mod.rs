@@ -203,6 +203,14 @@ impl Store for PostgresStore {
         Box::pin(self.create_instance_impl(new, policy))
     }
 
+    fn create_instances(
+        &self,
+        new: Vec<NewInstance>,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Vec<Created>>> {
+        Box::pin(self.create_instances_impl(new, policy))
+    }
+
     fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
         Box::pin(self.get_instance_impl(id))
     }

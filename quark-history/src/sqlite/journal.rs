@@ -64,9 +64,49 @@ impl SqliteStore {
         new: NewInstance,
         policy: IdReusePolicy,
     ) -> Result<Created> {
-        check_size(&self.config, new.input.len())?;
+        self.create_instances_impl(vec![new], policy)
+            .await
+            .map(|mut created| created.remove(0))
+    }
+
+    /// Creates instances in one transaction: all of them, or none if one fails.
+    pub(super) async fn create_instances_impl(
+        &self,
+        news: Vec<NewInstance>,
+        policy: IdReusePolicy,
+    ) -> Result<Vec<Created>> {
+        crate::instance::check_distinct(&news)?;
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(news.len());
+        let mut wake = Vec::new();
+        for new in news {
+            let created = self.create_in_tx(&mut tx, new.clone(), policy, now).await?;
+            if created.created && new.start_at.is_none_or(|at| at <= now) {
+                wake.push(new.queue);
+            }
+            out.push(created);
+        }
+        tx.commit().await?;
+        wake.sort();
+        wake.dedup();
+        for queue in wake {
+            self.hub.announce(crate::Wake::Queue {
+                queue,
+                kind: crate::TaskKind::Orchestration,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn create_in_tx(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        new: NewInstance,
+        policy: IdReusePolicy,
+        now: crate::Timestamp,
+    ) -> Result<Created> {
+        check_size(&self.config, new.input.len())?;
         let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
         )))
@@ -110,11 +150,11 @@ impl SqliteStore {
             events: vec![started],
             at: None,
         };
-        append_in_tx(&mut tx, self, &append, now).await?;
+        append_in_tx(&mut *tx, self, &append, now).await?;
         let mut task =
             NewTask::orchestration(new.queue.clone(), new.id.clone()).priority(new.priority);
         task.visible_at = new.start_at;
-        super::queue::enqueue_in_tx(&mut tx, &[task], now).await?;
+        super::queue::enqueue_in_tx(&mut *tx, &[task], now).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?1"
         )))
@@ -122,13 +162,6 @@ impl SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let instance = instance_from_row(&row)?;
-        tx.commit().await?;
-        if new.start_at.is_none_or(|at| at <= now) {
-            self.hub.announce(crate::Wake::Queue {
-                queue: new.queue,
-                kind: crate::TaskKind::Orchestration,
-            });
-        }
         Ok(Created {
             instance,
             created: true,

@@ -16,6 +16,7 @@ conformance!(
     it_lists_instances_by_type_status_and_time_in_pages,
     it_closes_an_instance_with_its_final_event_and_refuses_more,
     it_refuses_an_oversized_input_and_writes_nothing,
+    it_creates_many_instances_in_one_transaction_or_none,
 );
 
 async fn it_creates_an_instance_with_its_started_event_and_first_task(t: &TestStore) {
@@ -276,4 +277,79 @@ async fn it_refuses_an_oversized_input_and_writes_nothing(t: &TestStore) {
         1,
         "only the instance's own orchestration task exists"
     );
+}
+
+fn new_instance(id: &str, n: u32) -> NewInstance {
+    NewInstance::new(id, "order", Payload::json(&n).unwrap())
+}
+
+async fn it_creates_many_instances_in_one_transaction_or_none(t: &TestStore) {
+    let batch: Vec<NewInstance> = (0..50)
+        .map(|n| new_instance(&format!("b-{n}"), n))
+        .collect();
+    let created = t
+        .store
+        .create_instances(batch, IdReusePolicy::RejectDuplicate)
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 50);
+    for (n, c) in created.iter().enumerate() {
+        assert!(c.created);
+        assert_eq!(c.instance.id, format!("b-{n}"));
+        let history = t
+            .store
+            .read_history(&c.instance.id, HistoryRange::All)
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 1);
+        assert!(t.store.verify(&c.instance.id).await.unwrap().is_intact());
+        match &history[0].event {
+            HistoryEvent::WorkflowStarted { input, .. } => {
+                assert_eq!(input.decode::<u32>().unwrap(), n as u32)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let tasks = claim_all(&*t.store, "w", "default").await;
+    assert_eq!(tasks.len(), 50);
+    assert!(tasks.iter().all(|t| t.kind == TaskKind::Orchestration));
+
+    // One taken id: with RejectDuplicate nothing of the batch is created.
+    let batch = vec![
+        new_instance("c-1", 1),
+        new_instance("b-3", 3),
+        new_instance("c-2", 2),
+    ];
+    let err = t
+        .store
+        .create_instances(batch.clone(), IdReusePolicy::RejectDuplicate)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateInstance { ref id } if id == "b-3"),
+        "{err:?}"
+    );
+    assert!(t.store.get_instance("c-1").await.unwrap().is_none());
+    assert!(t.store.get_instance("c-2").await.unwrap().is_none());
+    // With ReturnExisting the others are created and the taken one is returned as it is.
+    let created = t
+        .store
+        .create_instances(batch, IdReusePolicy::ReturnExisting)
+        .await
+        .unwrap();
+    let flags: Vec<(&str, bool)> = created
+        .iter()
+        .map(|c| (c.instance.id.as_str(), c.created))
+        .collect();
+    assert_eq!(flags, [("c-1", true), ("b-3", false), ("c-2", true)]);
+    assert_eq!(created[1].instance.input.decode::<u32>().unwrap(), 3);
+    // An id named twice is refused before anything is written.
+    let twice = vec![new_instance("d-1", 1), new_instance("d-1", 2)];
+    let err = t
+        .store
+        .create_instances(twice, IdReusePolicy::ReturnExisting)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert!(t.store.get_instance("d-1").await.unwrap().is_none());
 }
