@@ -23,6 +23,8 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
     let slots = Arc::clone(&shared.routes[&kind].slots);
     let mut wakeups = subscribe(&shared).await;
     let mut backoff = Duration::from_millis(20);
+    // Whether the last claim may have left claimable tasks behind (it came back full).
+    let mut backlog = true;
     while !shared.is_stopping() {
         let free = slots.available_permits();
         if free == 0 {
@@ -30,6 +32,16 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
             tokio::select! {
                 permit = Arc::clone(&slots).acquire_owned() => drop(permit),
                 () = shared.stopped() => return,
+            }
+            if !backlog {
+                // The slots were busy with tasks this worker started itself (`run_here`), not
+                // with a queue it could not drain: claim again only when there is news (a
+                // wake-up that came in meanwhile is still waiting) or at the polling interval,
+                // not every time a slot frees.
+                tokio::select! {
+                    () = idle_wait(&shared, kind, &mut wakeups) => {}
+                    () = shared.stopped() => return,
+                }
             }
             continue;
         }
@@ -47,6 +59,7 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
             Ok(tasks) => {
                 backoff = Duration::from_millis(20);
                 let full = tasks.len() as u32 == limit;
+                backlog = full;
                 for task in tasks {
                     Metrics::inc(&shared.metrics.claimed);
                     let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {

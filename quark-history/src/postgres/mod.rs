@@ -94,6 +94,13 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0007_inbox_order.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            8,
+            Cow::Borrowed("claim by kind"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0008_claim_by_kind.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 

@@ -416,16 +416,25 @@ impl PostgresStore {
         unlimited_only: bool,
     ) -> Result<Vec<ClaimedTask>> {
         let expires = now + request.lease;
-        let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
+        // No kinds: every kind. Each (queue, kind) pair is then looked up on its own, in the
+        // order of the claim index, so a claim reads only the rows it takes (and the locked ones
+        // it skips), however many tasks of other kinds or queues are waiting.
+        let kinds: Vec<&str> = if request.kinds.is_empty() {
+            TaskKind::ALL.iter().map(|k| k.as_str()).collect()
+        } else {
+            request.kinds.iter().map(|k| k.as_str()).collect()
+        };
         let rows = sqlx::query(
-            "WITH picked AS (SELECT id FROM tasks \
-               WHERE queue = ANY(CASE WHEN $9 THEN ARRAY(SELECT unnest($3::text[]) EXCEPT \
-                   SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL) ELSE $3::text[] END) \
-               AND visible_at <= $4 AND NOT cancel_requested \
-               AND (cardinality($5::text[]) = 0 OR kind = ANY($5)) \
+            "WITH q AS (SELECT unnest(CASE WHEN $9 THEN ARRAY(SELECT unnest($3::text[]) EXCEPT \
+                 SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL) ELSE $3::text[] END) AS queue), \
+             k AS (SELECT unnest($5::text[]) AS kind), \
+             picked AS (SELECT c.id FROM q CROSS JOIN k CROSS JOIN LATERAL ( \
+               SELECT id, priority, visible_at FROM tasks \
+               WHERE tasks.queue = q.queue AND tasks.kind = k.kind AND visible_at <= $4 AND NOT cancel_requested \
                AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
                     OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7)) \
-               ORDER BY priority DESC, visible_at, id LIMIT $8 FOR UPDATE SKIP LOCKED) \
+               ORDER BY priority DESC, visible_at, id LIMIT $8 FOR UPDATE SKIP LOCKED) c \
+               ORDER BY c.priority DESC, c.visible_at, c.id LIMIT $8) \
              UPDATE tasks t SET attempts = t.attempts + 1, lease_owner = $1, visible_at = $2, rerun = false \
              FROM picked WHERE t.id = picked.id \
              RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload",
