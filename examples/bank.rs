@@ -350,7 +350,11 @@ pub fn worker(store: PostgresStore, lease: Duration) -> Result<Worker, quark_wor
         .heartbeat(lease / 4)
         .affinity_delay(Duration::from_millis(200))
         .outbox(
+            // Leases as short as the tasks' (a killed worker's messages go to another within
+            // seconds, not the default minute), and retries that outlast any outage.
             OutboxRelay::new()
+                .lease(lease.max(Duration::from_secs(1)) * 2)
+                .timeout(lease.max(Duration::from_secs(1)) / 2)
                 .max_attempts(1000)
                 .backoff(Duration::from_millis(50), Duration::from_secs(1))
                 .callback(BANK_B, move |message| consume(store.clone(), message)),

@@ -172,6 +172,9 @@ impl Workflows {
         combined.appends[0].at = Some(now);
         combined.appends.extend(rest);
         combined.tasks = turn_commit.tasks;
+        // The activity's outbox messages go with its result, whichever commit carries it.
+        combined.outbox = plain.outbox.clone();
+        combined.outbox.extend(turn_commit.outbox);
         Some(combined.complete(task.lease.clone()))
     }
 

@@ -19,6 +19,7 @@ quark_history::backend_tests!(
     it_commits_a_transactional_activitys_writes_and_messages_once_with_its_result,
     it_refuses_a_transaction_to_an_activity_that_is_not_transactional,
     it_applies_an_inbox_message_once_across_two_activities,
+    it_sends_an_ordinary_activitys_messages_with_its_result,
 );
 
 /// Runs one statement of the activity's own in its transaction, on either database.
@@ -112,6 +113,23 @@ async fn credit_twice(
     Ok(vec![first, second])
 }
 
+/// Not transactional: its messages are written with its result all the same.
+#[activity]
+async fn announce(ctx: ActivityContext, n: u32) -> Result<u32, ActivityError> {
+    ctx.outbox()
+        .send(Destination::callback("announcements"), &n)?;
+    Ok(n)
+}
+
+#[orchestration]
+async fn announce_three(ctx: OrchestrationContext) -> Result<u32, OrchestrationError> {
+    let mut sum = 0;
+    for n in 1..=3 {
+        sum += ctx.call(announce, &n).await?;
+    }
+    Ok(sum)
+}
+
 async fn worker(t: &TestStore) -> quark_worker::RunningWorker {
     Worker::builder()
         .store(Arc::clone(&t.store))
@@ -123,7 +141,9 @@ async fn worker(t: &TestStore) -> quark_worker::RunningWorker {
                 .register(wants_a_transaction)
                 .register(not_transactional)
                 .register(credit_twice)
-                .register(credit),
+                .register(credit)
+                .register(announce_three)
+                .register(announce),
         )
         .build()
         .unwrap()
@@ -209,5 +229,26 @@ async fn it_applies_an_inbox_message_once_across_two_activities(t: &TestStore) {
         .unwrap();
     assert_eq!(outcomes, ["applied", "duplicate"]);
     assert_eq!(t.scalar("SELECT count(*) FROM credits").await, 1);
+    running.shutdown().await;
+}
+
+async fn it_sends_an_ordinary_activitys_messages_with_its_result(t: &TestStore) {
+    let running = worker(t).await;
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = announce_three::start(&client, "a-1", ()).await.unwrap();
+    let sum = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sum, 6);
+    // Each result went with the turn it unblocked (the worker continues the orchestration in the
+    // activity's commit): the messages must have gone with it.
+    let messages = t.store.list_outbox(OutboxFilter::default()).await.unwrap();
+    let mut sent: Vec<u32> = messages
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, [1, 2, 3]);
     running.shutdown().await;
 }
