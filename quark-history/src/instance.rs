@@ -181,6 +181,38 @@ pub struct InstanceFilter {
     pub limit: u32,
 }
 
+impl NewInstance {
+    /// The `WorkflowStarted` event that opens its history.
+    pub(crate) fn started_event(&self) -> crate::HistoryEvent {
+        crate::HistoryEvent::WorkflowStarted {
+            instance_type: self.instance_type.clone(),
+            version: self.version,
+            input: self.input.clone(),
+            parent: self.parent.clone(),
+            continued_from: self.continued_from.clone(),
+        }
+    }
+
+    /// The record of the instance it creates at `now`, whose first event is `history_bytes` long.
+    pub(crate) fn into_record(self, history_bytes: u64, now: Timestamp) -> InstanceRecord {
+        InstanceRecord {
+            id: self.id,
+            instance_type: self.instance_type,
+            version: self.version,
+            status: InstanceStatus::Running,
+            input: self.input,
+            output: None,
+            parent_id: self.parent.map(|p| p.instance_id),
+            queue: self.queue,
+            history_len: 1,
+            history_bytes,
+            affinity: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// Refuses a batch that names one id twice (it could not be created as asked).
 pub(crate) fn check_distinct(news: &[NewInstance]) -> crate::Result<()> {
     let mut seen = std::collections::HashSet::with_capacity(news.len());

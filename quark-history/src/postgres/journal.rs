@@ -65,13 +65,7 @@ impl PostgresStore {
     ) -> Result<Created> {
         check_size(&self.config, new.input.len())?;
         let now = self.config.clock.now();
-        let started = HistoryEvent::WorkflowStarted {
-            instance_type: new.instance_type.clone(),
-            version: new.version,
-            input: new.input.clone(),
-            parent: new.parent.clone(),
-            continued_from: new.continued_from.clone(),
-        };
+        let started = new.started_event();
         let encoded = encode_events(&self.config, GENESIS, 1, std::slice::from_ref(&started))?;
         let first = &encoded[0];
         // One statement, so one round trip and its own transaction: the instance, its first event
@@ -124,21 +118,7 @@ impl PostgresStore {
         if new.start_at.is_none_or(|at| at <= now) {
             self.announce([(new.queue.clone(), crate::TaskKind::Orchestration)]);
         }
-        let instance = InstanceRecord {
-            id: new.id,
-            instance_type: new.instance_type,
-            version: new.version,
-            status: InstanceStatus::Running,
-            input: new.input,
-            output: None,
-            parent_id: new.parent.map(|p| p.instance_id),
-            queue: new.queue,
-            history_len: 1,
-            history_bytes: first.bytes.len() as u64,
-            affinity: None,
-            created_at: now,
-            updated_at: now,
-        };
+        let instance = new.into_record(first.bytes.len() as u64, now);
         Ok(Created {
             instance,
             created: true,
@@ -160,13 +140,7 @@ impl PostgresStore {
         let mut firsts = Vec::with_capacity(news.len());
         for new in &news {
             check_size(&self.config, new.input.len())?;
-            let started = HistoryEvent::WorkflowStarted {
-                instance_type: new.instance_type.clone(),
-                version: new.version,
-                input: new.input.clone(),
-                parent: new.parent.clone(),
-                continued_from: new.continued_from.clone(),
-            };
+            let started = new.started_event();
             let mut encoded = encode_events(&self.config, GENESIS, 1, &[started])?;
             firsts.push(encoded.remove(0));
         }
@@ -244,21 +218,7 @@ impl PostgresStore {
                     });
                 }
                 Ok(Created {
-                    instance: InstanceRecord {
-                        id: new.id,
-                        instance_type: new.instance_type,
-                        version: new.version,
-                        status: InstanceStatus::Running,
-                        input: new.input,
-                        output: None,
-                        parent_id: new.parent.map(|p| p.instance_id),
-                        queue: new.queue,
-                        history_len: 1,
-                        history_bytes: first.bytes.len() as u64,
-                        affinity: None,
-                        created_at: now,
-                        updated_at: now,
-                    },
+                    instance: new.into_record(first.bytes.len() as u64, now),
                     created: true,
                 })
             })

@@ -137,13 +137,7 @@ impl SqliteStore {
         .bind(now.as_micros())
         .execute(&mut *tx)
         .await?;
-        let started = HistoryEvent::WorkflowStarted {
-            instance_type: new.instance_type.clone(),
-            version: new.version,
-            input: new.input.clone(),
-            parent: new.parent.clone(),
-            continued_from: new.continued_from.clone(),
-        };
+        let started = new.started_event();
         let append = Append {
             instance_id: new.id.clone(),
             expected: Expected::Seq(1),
