@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
-use quark_history::{
-    ClaimedTask, Commit, Committed, FailAction, Lease, NewTask, Settle, Store, TaskKind, Timestamp,
-};
+use quark_history::{ClaimedTask, Commit, Committed, Lease, NewTask, Store, TaskKind, Timestamp};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::metrics::Metrics;
@@ -172,12 +170,7 @@ impl TaskContext {
             .filter(|(_, t)| t.lease_to.as_ref().is_some_and(|(w, _)| w == me))
             .map(|(i, t)| (i, t.clone()))
             .collect();
-        let counter = match &commit.settle {
-            Some(Settle::Complete(_)) => Some(&shared.metrics.completed),
-            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(&shared.metrics.failed),
-            Some(Settle::Fail(..)) => Some(&shared.metrics.retried),
-            _ => None,
-        };
+        let counter = shared.metrics.settled(commit.settle.as_ref());
         let result = shared.committer.commit(commit).await;
         let mut reserved = std::mem::take(&mut *self.reserved());
         let committed = result?;
@@ -220,12 +213,7 @@ impl TaskContext {
         commit: Commit,
     ) -> quark_history::Result<Committed> {
         let shared = &self.shared;
-        let counter = match &commit.settle {
-            Some(Settle::Complete(_)) => Some(&shared.metrics.completed),
-            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(&shared.metrics.failed),
-            Some(Settle::Fail(..)) => Some(&shared.metrics.retried),
-            _ => None,
-        };
+        let counter = shared.metrics.settled(commit.settle.as_ref());
         self.fault(crate::FaultPoint::BeforeTransactionalCommit);
         let committed = shared.store.commit_tx(tx, commit).await?;
         self.fault(crate::FaultPoint::AfterTransactionalCommit);

@@ -44,6 +44,17 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counter a commit that settles its task this way adds to, if any.
+    pub(crate) fn settled(&self, settle: Option<&quark_history::Settle>) -> Option<&AtomicU64> {
+        use quark_history::{FailAction, Settle};
+        match settle {
+            Some(Settle::Complete(_)) => Some(&self.completed),
+            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(&self.failed),
+            Some(Settle::Fail(..)) => Some(&self.retried),
+            _ => None,
+        }
+    }
+
     /// The current values.
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
