@@ -58,6 +58,8 @@ const USAGE: &str = "cargo bench -p quark-worker --bench orchestrations -- [opti
   --workers N           workers draining the jobs (default 1; extra ones serve jobs only)
   --start-batch N       each of the 8 starting clients starts N orchestrations per call
                         (Client::start_many, one transaction); default 1 (Client::start)
+  --orchestration-slots N  orchestration turns the worker runs at once (default: the worker's)
+  --activity-slots N    activities the worker runs at once (default: the worker's)
   --retention SECS      how long finished jobs are kept in finished_jobs (default 86400, the
                         store's default; 0 keeps no record, the fastest setting)";
 
@@ -72,6 +74,8 @@ struct Args {
     claim_batch: u32,
     workers: usize,
     start_batch: u64,
+    orchestration_slots: Option<usize>,
+    activity_slots: Option<usize>,
 }
 
 fn args() -> Args {
@@ -86,6 +90,8 @@ fn args() -> Args {
         start_batch: 1,
         claim_batch: CLAIM_BATCH,
         workers: 1,
+        orchestration_slots: None,
+        activity_slots: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -108,6 +114,12 @@ fn args() -> Args {
             "--claim-batch" => a.claim_batch = value.parse().expect("--claim-batch N"),
             "--workers" => a.workers = value.parse().expect("--workers N"),
             "--start-batch" => a.start_batch = value.parse().expect("--start-batch N"),
+            "--orchestration-slots" => {
+                a.orchestration_slots = Some(value.parse().expect("--orchestration-slots N"))
+            }
+            "--activity-slots" => {
+                a.activity_slots = Some(value.parse().expect("--activity-slots N"))
+            }
             "--retention" => {
                 a.retention = Duration::from_secs(value.parse().expect("--retention SECS"))
             }
@@ -137,6 +149,12 @@ async fn start_worker(
     let mut builder = Worker::builder().store(Arc::clone(store));
     if workflows {
         builder = builder.workflows(Registry::new().register(three_steps).register(noop));
+        if let Some(n) = a.orchestration_slots {
+            builder = builder.concurrency(TaskKind::Orchestration, n);
+        }
+        if let Some(n) = a.activity_slots {
+            builder = builder.concurrency(TaskKind::Activity, n);
+        }
     }
     builder
         .handle(

@@ -50,8 +50,9 @@ pub enum Command {
         /// The worker's id (default: host, process id and a random suffix).
         #[arg(long)]
         id: Option<String>,
-        /// How many activities run at once.
-        #[arg(long, default_value_t = 32)]
+        /// How many activities run at once (each slot is held until the activity's result is
+        /// committed).
+        #[arg(long, default_value_t = 256)]
         activity_concurrency: usize,
         /// How long in-flight work may take to finish at shutdown, in seconds.
         #[arg(long, default_value_t = 30)]

@@ -71,7 +71,18 @@ pub struct TaskContext {
     cancelled: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
     /// Slots taken by [`run_here`](Self::run_here) for tasks the next commit creates.
-    reserved: Arc<Mutex<Vec<(TaskKind, OwnedSemaphorePermit)>>>,
+    reserved: Arc<Mutex<Vec<Reserved>>>,
+    /// The slot this task runs in, until [`run_here`](Self::run_here) hands it on to a task of the
+    /// same kind that continues the work.
+    own: Arc<Mutex<Option<(TaskKind, OwnedSemaphorePermit)>>>,
+}
+
+/// A slot set aside for a task that the next commit creates.
+struct Reserved {
+    kind: TaskKind,
+    permit: OwnedSemaphorePermit,
+    /// Whether it is the running task's own slot (given back if the commit fails).
+    own: bool,
 }
 
 impl fmt::Debug for TaskContext {
@@ -89,6 +100,7 @@ impl TaskContext {
         lease: Lease,
         cancelled: watch::Receiver<bool>,
         stop: watch::Receiver<bool>,
+        permit: Option<(TaskKind, OwnedSemaphorePermit)>,
     ) -> Self {
         TaskContext {
             shared,
@@ -96,7 +108,17 @@ impl TaskContext {
             cancelled,
             stop,
             reserved: Arc::default(),
+            own: Arc::new(Mutex::new(permit)),
         }
+    }
+
+    /// Gives up the task's slot, if it still has it (the task has ended).
+    pub(crate) fn release_slot(&self) {
+        drop(self.own_slot().take());
+    }
+
+    fn own_slot(&self) -> std::sync::MutexGuard<'_, Option<(TaskKind, OwnedSemaphorePermit)>> {
+        self.own.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The store the task came from.
@@ -132,6 +154,10 @@ impl TaskContext {
     /// Asks to run `task` on this worker right after the commit that creates it, without a trip
     /// through the queue: if this worker serves its kind and queue and has a free slot, the slot is
     /// reserved and the task is enqueued already leased to this worker. Returns whether it will.
+    ///
+    /// A task of the running task's own kind takes over the running task's slot, which the commit
+    /// would free anyway: a chain of activities, each continuing its orchestration and scheduling
+    /// the next, holds one slot, not two while each commit is in flight.
     pub fn run_here(&self, task: &mut NewTask) -> bool {
         let shared = &self.shared;
         let now = shared.store.config().clock.now();
@@ -145,15 +171,37 @@ impl TaskContext {
         let Some(route) = shared.routes.get(&task.kind) else {
             return false;
         };
-        let Ok(permit) = Arc::clone(&route.slots).try_acquire_owned() else {
-            return false;
+        let handed_on = {
+            let mut own = self.own_slot();
+            match own.take() {
+                Some((kind, permit)) if kind == task.kind => Some(permit),
+                other => {
+                    *own = other;
+                    None
+                }
+            }
         };
-        self.reserved().push((task.kind, permit));
+        let reserved = match handed_on {
+            Some(permit) => Reserved {
+                kind: task.kind,
+                permit,
+                own: true,
+            },
+            None => match Arc::clone(&route.slots).try_acquire_owned() {
+                Ok(permit) => Reserved {
+                    kind: task.kind,
+                    permit,
+                    own: false,
+                },
+                Err(_) => return false,
+            },
+        };
+        self.reserved().push(reserved);
         task.lease_to = Some((shared.settings.id.to_string(), shared.settings.lease));
         true
     }
 
-    fn reserved(&self) -> std::sync::MutexGuard<'_, Vec<(TaskKind, OwnedSemaphorePermit)>> {
+    fn reserved(&self) -> std::sync::MutexGuard<'_, Vec<Reserved>> {
         self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -173,16 +221,25 @@ impl TaskContext {
         let counter = shared.metrics.settled(commit.settle.as_ref());
         let result = shared.committer.commit(commit).await;
         let mut reserved = std::mem::take(&mut *self.reserved());
-        let committed = result?;
+        let committed = match result {
+            Ok(committed) => committed,
+            Err(e) => {
+                // Nothing will run here: the running task keeps its own slot, the others go back.
+                if let Some(own) = reserved.into_iter().find(|r| r.own) {
+                    *self.own_slot() = Some((own.kind, own.permit));
+                }
+                return Err(e);
+            }
+        };
         if let Some(counter) = counter {
             Metrics::inc(counter);
         }
         let now = shared.store.config().clock.now();
         for (i, task) in here {
-            let Some(slot) = reserved.iter().position(|(k, _)| *k == task.kind) else {
+            let Some(slot) = reserved.iter().position(|r| r.kind == task.kind) else {
                 continue;
             };
-            let (_, permit) = reserved.swap_remove(slot);
+            let permit = reserved.swap_remove(slot).permit;
             let claimed = ClaimedTask {
                 lease: Lease {
                     task_id: committed.task_ids[i],
@@ -221,6 +278,16 @@ impl TaskContext {
             Metrics::inc(counter);
         }
         Ok(committed)
+    }
+
+    /// Waits for a turn to hold a database transaction (see
+    /// [`WorkerBuilder::transactions`](crate::WorkerBuilder::transactions)); the turn lasts as long
+    /// as the returned permit.
+    pub(crate) async fn transaction_turn(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.shared.transactions)
+            .acquire_owned()
+            .await
+            .ok()
     }
 
     /// Runs the fault hook at `point`, if the worker has one (crash tests).

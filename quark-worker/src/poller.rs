@@ -126,7 +126,8 @@ async fn idle_wait(shared: &Shared, kind: TaskKind, wakeups: &mut Option<Wakeups
     }
 }
 
-/// Runs `task` on its own tokio task, holding `permit` (a slot of its kind's pool) until it is done.
+/// Runs `task` on its own tokio task, holding `permit` (a slot of its kind's pool) until it is done
+/// or hands the slot on to a task that continues its work (see [`TaskContext::run_here`]).
 pub(crate) fn spawn_task(
     shared: &Arc<Shared>,
     task: ClaimedTask,
@@ -161,12 +162,13 @@ pub(crate) fn spawn_task(
         task.lease.clone(),
         cancelled,
         stop_requested,
+        Some((task.kind, permit)),
     );
     let shared2 = Arc::clone(shared);
     let join = tokio::spawn(
         async move {
             execute(&shared2, &*handler, &task, &cx).await;
-            drop(permit);
+            cx.release_slot();
             if shared2.in_flight().remove(&task_id).is_some() {
                 shared2.idle.notify_waiters();
             }

@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     pub(crate) maintenance: Option<Duration>,
     pub(crate) schedules: bool,
     pub(crate) fault: Option<crate::fault::FaultHook>,
+    /// How many transactional activities and jobs may hold a database transaction at once.
+    pub(crate) transactions: usize,
 }
 
 pub(crate) struct Route {
@@ -49,6 +51,8 @@ pub(crate) struct InFlight {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) committer: crate::committer::Committer,
+    /// Turns for transactional activities and jobs to hold a database transaction.
+    pub(crate) transactions: Arc<Semaphore>,
     pub(crate) routes: HashMap<TaskKind, Route>,
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
@@ -124,12 +128,18 @@ impl Default for WorkerBuilder {
                 maintenance: Some(Duration::from_secs(60)),
                 schedules: true,
                 fault: None,
+                transactions: DEFAULT_TRANSACTIONS,
             },
             routes: HashMap::new(),
             relay: crate::relay::OutboxRelay::default(),
         }
     }
 }
+
+/// Transactional activities hold a pooled connection from their start to their commit; the
+/// PostgreSQL store's pool has 16, and the worker's claims, commits and lease extensions share the
+/// other four.
+const DEFAULT_TRANSACTIONS: usize = 12;
 
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -178,14 +188,19 @@ impl WorkerBuilder {
     }
 
     /// Runs the orchestrations and activities of `registry`: registers the orchestration, activity,
-    /// timer and job handlers (concurrency 64, 32, 16 and 32; change them with
+    /// timer and job handlers (concurrency 256, 256, 16 and 32; change them with
     /// [`concurrency`](Self::concurrency)), with a history cache of 10,000 instances. Jobs are
     /// activities enqueued on their own (`Client::enqueue`).
+    ///
+    /// A slot is held from the claim until the task's outcome is committed, and commits are
+    /// grouped: under load most slots wait for a commit rather than run code, so the orchestration
+    /// and activity pools are large. Transactional activities are bounded separately, by
+    /// [`transactions`](Self::transactions).
     pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
         let w = Arc::new(crate::workflow::Workflows::new(registry, 10_000));
         [
-            (TaskKind::Orchestration, 64),
-            (TaskKind::Activity, 32),
+            (TaskKind::Orchestration, 256),
+            (TaskKind::Activity, 256),
             (TaskKind::Timer, 16),
             (TaskKind::Job, 32),
         ]
@@ -242,6 +257,15 @@ impl WorkerBuilder {
     /// How long a task with another worker's affinity waits before this one takes it (default 1 s).
     pub fn affinity_delay(mut self, delay: Duration) -> Self {
         self.settings.affinity_delay = delay;
+        self
+    }
+
+    /// How many transactional activities and jobs (`ActivityOptions::transactional`) may hold a
+    /// database transaction at once (default 12). Each holds a pooled connection until it commits,
+    /// so this stays below the store's pool size (16 for a store from `PostgresStore::connect`);
+    /// the others wait for a turn before they begin.
+    pub fn transactions(mut self, n: usize) -> Self {
+        self.settings.transactions = n;
         self
     }
 
@@ -304,6 +328,11 @@ impl WorkerBuilder {
                 "a worker needs a queue and a claim batch of at least 1".into(),
             ));
         }
+        if s.transactions == 0 {
+            return Err(BuildError::Invalid(
+                "a worker needs room for at least 1 transaction (`transactions`)".into(),
+            ));
+        }
         if let Some((kind, _)) = self.routes.iter().find(|(_, (_, c))| *c == 0) {
             return Err(BuildError::Invalid(format!(
                 "the concurrency for {kind} tasks is 0"
@@ -325,6 +354,7 @@ impl WorkerBuilder {
         Ok(Worker {
             shared: Arc::new(Shared {
                 committer: crate::committer::Committer::new(),
+                transactions: Arc::new(Semaphore::new(self.settings.transactions)),
                 store,
                 routes,
                 settings: self.settings,

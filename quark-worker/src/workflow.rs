@@ -196,6 +196,11 @@ impl Workflows {
             task.lease.attempt,
         );
         let now = || cx.store().config().clock.now();
+        let _turn = if activity.options.transactional {
+            cx.transaction_turn().await
+        } else {
+            None
+        };
         let effects = quark_workflow::effects_for(cx.store().as_ref(), &activity.options).await?;
         let Some(result) = self
             .attempt(
@@ -351,6 +356,11 @@ impl Workflows {
             id: task.lease.task_id,
             progress,
             checkpoint,
+        };
+        let _turn = if job.options.transactional {
+            cx.transaction_turn().await
+        } else {
+            None
         };
         let effects = quark_workflow::effects_for(cx.store().as_ref(), &job.options).await?;
         let Some(result) = self

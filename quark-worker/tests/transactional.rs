@@ -20,6 +20,7 @@ quark_history::backend_tests!(
     it_refuses_a_transaction_to_an_activity_that_is_not_transactional,
     it_applies_an_inbox_message_once_across_two_activities,
     it_sends_an_ordinary_activitys_messages_with_its_result,
+    it_holds_no_more_transactions_at_once_than_the_worker_allows,
 );
 
 /// Runs one statement of the activity's own in its transaction, on either database.
@@ -130,6 +131,72 @@ async fn announce_three(ctx: OrchestrationContext) -> Result<u32, OrchestrationE
     Ok(sum)
 }
 
+/// Open transactions of the `counted` activity, per gauge (one per test, since the backends' tests
+/// may run at the same time): (open now, most at once).
+static GAUGES: std::sync::Mutex<Vec<(String, usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn gauge(name: &str, change: isize) -> usize {
+    let mut gauges = GAUGES.lock().unwrap();
+    let i = match gauges.iter().position(|(n, _, _)| n == name) {
+        Some(i) => i,
+        None => {
+            gauges.push((name.to_string(), 0, 0));
+            gauges.len() - 1
+        }
+    };
+    let (_, open, most) = &mut gauges[i];
+    *open = open.checked_add_signed(change).unwrap();
+    *most = (*most).max(*open);
+    *most
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Counted {
+    gauge: String,
+    n: u32,
+}
+
+/// Counts itself open while it writes a row in its transaction.
+#[activity(transactional)]
+async fn counted(ctx: ActivityContext, c: Counted) -> Result<(), ActivityError> {
+    /// Counts the activity closed however it ends (an attempt whose lease is lost is dropped).
+    struct Open(String);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            gauge(&self.0, -1);
+        }
+    }
+    let mut tx = ctx.transaction().await?;
+    gauge(&c.gauge, 1);
+    let _open = Open(c.gauge.clone());
+    exec(&mut tx, format!("INSERT INTO counted (n) VALUES ({})", c.n)).await?;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    Ok(())
+}
+
+/// Calls `counted` `n` times at once.
+#[orchestration]
+async fn count_many(
+    ctx: OrchestrationContext,
+    (gauge, n): (String, u32),
+) -> Result<u32, OrchestrationError> {
+    let calls: Vec<_> = (0..n)
+        .map(|n| {
+            let c = Counted {
+                gauge: gauge.clone(),
+                n,
+            };
+            ctx.call(counted, &c)
+        })
+        .collect();
+    for done in ctx.join(calls).await {
+        done?;
+    }
+    Ok(n)
+}
+
 async fn worker(t: &TestStore) -> quark_worker::RunningWorker {
     Worker::builder()
         .store(Arc::clone(&t.store))
@@ -143,8 +210,11 @@ async fn worker(t: &TestStore) -> quark_worker::RunningWorker {
                 .register(credit_twice)
                 .register(credit)
                 .register(announce_three)
-                .register(announce),
+                .register(announce)
+                .register(count_many)
+                .register(counted),
         )
+        .transactions(2)
         .build()
         .unwrap()
         .start()
@@ -250,5 +320,36 @@ async fn it_sends_an_ordinary_activitys_messages_with_its_result(t: &TestStore) 
         .collect();
     sent.sort();
     assert_eq!(sent, [1, 2, 3]);
+    running.shutdown().await;
+}
+
+async fn it_holds_no_more_transactions_at_once_than_the_worker_allows(t: &TestStore) {
+    t.execute("CREATE TABLE counted (n BIGINT)").await;
+    let running = worker(t).await;
+    let client = Client::new(Arc::clone(&t.store));
+    let name = format!("{:?}", t.store.backend());
+    // Forty activities scheduled by one turn: the worker has slots for all of them at once, and
+    // without the bound on PostgreSQL as many would open a transaction as the pool has connections.
+    let handle = count_many::start(&client, "many", (name.clone(), 40))
+        .await
+        .unwrap();
+    // Forty results arriving one after another can keep the orchestration's turn conflicting
+    // until it backs off, on the test's clock.
+    t.advance_until(
+        Duration::from_secs(1),
+        "the activities completed",
+        async || {
+            let r = t.store.get_instance("many").await.unwrap().unwrap();
+            r.status.is_closed()
+        },
+    )
+    .await;
+    assert_eq!(handle.result().await.unwrap(), 40);
+    assert_eq!(t.scalar("SELECT count(*) FROM counted").await, 40);
+    let most = gauge(&name, 0);
+    assert!(
+        (1..=2).contains(&most),
+        "{most} transactions were open at once; the worker allows 2"
+    );
     running.shutdown().await;
 }
