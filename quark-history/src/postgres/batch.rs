@@ -410,7 +410,7 @@ impl PostgresStore {
         if !affinity.is_empty() {
             sqlx::query(
                 "UPDATE instances AS i SET affinity = u.worker FROM UNNEST($1::text[], $2::text[]) AS u(id, worker) \
-                 WHERE i.id = u.id",
+                 WHERE i.id = u.id AND i.affinity IS DISTINCT FROM u.worker",
             )
             .bind(affinity.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>())
             .bind(affinity.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>())

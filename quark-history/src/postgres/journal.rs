@@ -416,10 +416,18 @@ pub(super) async fn append_in_tx(
         }
     }
     history_bytes += encoded.iter().map(|e| e.bytes.len() as i64).sum::<i64>();
+    let last = encoded
+        .last()
+        .map(|e| (e.seq, e.hash))
+        .unwrap_or((next_seq - 1, GENESIS));
+    // The events and the instance's new head in one statement: one round trip per append.
     sqlx::query(
-        "INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
-         SELECT $1, seq, kind, $2, codec, payload, $3, hash \
-         FROM UNNEST($4::bigint[], $5::text[], $6::smallint[], $7::bytea[], $8::bytea[]) AS e(seq, kind, codec, payload, hash)",
+        "WITH h AS ( \
+           INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
+           SELECT $1, seq, kind, $2, codec, payload, $3, hash \
+           FROM UNNEST($4::bigint[], $5::text[], $6::smallint[], $7::bytea[], $8::bytea[]) AS e(seq, kind, codec, payload, hash)) \
+         UPDATE instances SET next_seq = $9, last_hash = $10, status = $11, history_bytes = $12, updated_at = $3, \
+         output_codec = COALESCE($13, output_codec), output = COALESCE($14, output) WHERE id = $1",
     )
     .bind(&append.instance_id)
     .bind(SCHEMA_VERSION)
@@ -429,22 +437,10 @@ pub(super) async fn append_in_tx(
     .bind(encoded.iter().map(|e| e.codec).collect::<Vec<_>>())
     .bind(encoded.iter().map(|e| e.bytes.as_slice()).collect::<Vec<_>>())
     .bind(encoded.iter().map(|e| e.hash.as_slice()).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    let last = encoded
-        .last()
-        .map(|e| (e.seq, e.hash))
-        .unwrap_or((next_seq - 1, GENESIS));
-    sqlx::query(
-        "UPDATE instances SET next_seq = $2, last_hash = $3, status = $4, history_bytes = $5, updated_at = $6, \
-         output_codec = COALESCE($7, output_codec), output = COALESCE($8, output) WHERE id = $1",
-    )
-    .bind(&append.instance_id)
     .bind(last.0 as i64 + 1)
     .bind(last.1.as_slice())
     .bind(status.as_str())
     .bind(history_bytes)
-    .bind(now.as_micros())
     .bind(output.as_ref().map(|o| o.codec().as_i16()))
     .bind(output.as_ref().map(|o| o.as_bytes()))
     .execute(&mut **tx)

@@ -199,7 +199,7 @@ async fn settle_in_tx(
         Settle::Complete(_) => {
             if kind == TaskKind::Orchestration {
                 // The worker that ran the turn keeps the instance warm: it is the affinity.
-                sqlx::query("UPDATE instances SET affinity = $2 WHERE id = $1")
+                sqlx::query("UPDATE instances SET affinity = $2 WHERE id = $1 AND affinity IS DISTINCT FROM $2")
                     .bind(instance_id.as_deref())
                     .bind(&lease.worker)
                     .execute(&mut **tx)
