@@ -363,10 +363,15 @@ async fn it_prefers_the_affinity_worker_until_the_delay_or_its_death(t: &TestSto
         ])
         .await
         .unwrap();
+    // a claims every kind, b activities only: both ways of claiming honour affinity.
     let request = |w: &str| {
-        ClaimRequest::new(w, ["q"])
+        let request = ClaimRequest::new(w, ["q"])
             .limit(1)
-            .affinity_delay(Duration::from_secs(2))
+            .affinity_delay(Duration::from_secs(2));
+        match w {
+            "a" => request,
+            _ => request.kinds([TaskKind::Activity]),
+        }
     };
 
     assert!(
