@@ -280,10 +280,16 @@ impl TaskContext {
         Ok(committed)
     }
 
-    /// Waits for a turn to hold a database transaction (see
+    /// For a transactional task, waits for a turn to hold a database transaction (see
     /// [`WorkerBuilder::transactions`](crate::WorkerBuilder::transactions)); the turn lasts as long
-    /// as the returned permit.
-    pub(crate) async fn transaction_turn(&self) -> Option<OwnedSemaphorePermit> {
+    /// as the returned permit. Others need none.
+    pub(crate) async fn transaction_turn(
+        &self,
+        transactional: bool,
+    ) -> Option<OwnedSemaphorePermit> {
+        if !transactional {
+            return None;
+        }
         Arc::clone(&self.shared.transactions)
             .acquire_owned()
             .await

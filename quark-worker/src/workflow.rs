@@ -196,11 +196,7 @@ impl Workflows {
             task.lease.attempt,
         );
         let now = || cx.store().config().clock.now();
-        let _turn = if activity.options.transactional {
-            cx.transaction_turn().await
-        } else {
-            None
-        };
+        let _turn = cx.transaction_turn(activity.options.transactional).await;
         let effects = quark_workflow::effects_for(cx.store().as_ref(), &activity.options).await?;
         let Some(result) = self
             .attempt(
@@ -357,11 +353,7 @@ impl Workflows {
             progress,
             checkpoint,
         };
-        let _turn = if job.options.transactional {
-            cx.transaction_turn().await
-        } else {
-            None
-        };
+        let _turn = cx.transaction_turn(job.options.transactional).await;
         let effects = quark_workflow::effects_for(cx.store().as_ref(), &job.options).await?;
         let Some(result) = self
             .attempt(
