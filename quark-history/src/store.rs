@@ -141,6 +141,26 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         range: HistoryRange,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>>;
 
+    /// Reads many histories at once: for each `(instance id, sequence number)`, that instance's
+    /// events from the sequence number on, in sequence order, in the order asked. A worker reads
+    /// the histories of a batch of claimed turns this way, in one round trip where the backend
+    /// allows it (PostgreSQL); the default reads them one by one.
+    fn read_histories<'a>(
+        &'a self,
+        from: &'a [(String, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<RecordedEvent>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(from.len());
+            for (instance_id, seq) in from {
+                out.push(
+                    self.read_history(instance_id, HistoryRange::From(*seq))
+                        .await?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
     /// Reads up to `limit` events after `after` in the global commit order. Never skips an event
     /// that commits later with a smaller position.
     fn read_all(

@@ -47,6 +47,15 @@ pub trait Handler: Send + Sync + 'static {
         task: ClaimedTask,
         cx: TaskContext,
     ) -> BoxFuture<'static, Result<Commit, HandlerError>>;
+
+    /// Called with each batch of tasks the poller claimed, before any of them runs, so that the
+    /// handler can read what they need in one round trip instead of one each (the orchestration
+    /// handler reads the batch's histories). It must not fail: a task whose data was not fetched
+    /// reads it itself. The default does nothing.
+    fn prefetch(&self, tasks: &[ClaimedTask], store: Arc<dyn Store>) -> BoxFuture<'static, ()> {
+        let _ = (tasks, store);
+        Box::pin(async {})
+    }
 }
 
 impl<F, Fut> Handler for F

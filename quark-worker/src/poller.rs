@@ -60,6 +60,10 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
                 backoff = Duration::from_millis(20);
                 let full = tasks.len() as u32 == limit;
                 backlog = full;
+                if !tasks.is_empty() {
+                    let handler = &shared.routes[&kind].handler;
+                    handler.prefetch(&tasks, Arc::clone(&shared.store)).await;
+                }
                 for task in tasks {
                     Metrics::inc(&shared.metrics.claimed);
                     let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {

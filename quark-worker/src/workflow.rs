@@ -2,12 +2,12 @@
 //! `quark-workflow`.
 //!
 //! The orchestration handler reads the instance's history (only the new part, when the instance is
-//! warm in the history cache), calls [`process_turn`] — the same function the test environment
+//! warm in the history cache; for a batch of claimed turns, in one read ahead of them), calls [`process_turn`] — the same function the test environment
 //! calls — creates the children it started, and returns the turn's commit. The activity handler
 //! runs one attempt under the activity's timeouts and settles it with [`activity_commit`]; the
 //! timer handler fires with [`timer_commit`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,14 +28,79 @@ use crate::handler::{HandlerError, TaskContext};
 pub(crate) struct Workflows {
     registry: Arc<Registry>,
     cache: Arc<HistoryCache>,
+    prefetched: Arc<Mutex<HashMap<TurnKey, Prefetched>>>,
 }
+
+/// A claimed turn: its task id and attempt.
+type TurnKey = (i64, u32);
+
+/// History events read for a claimed turn before it runs (see [`crate::Handler::prefetch`]),
+/// waiting for the turn, which is keyed by its task id and attempt.
+#[derive(Debug)]
+struct Prefetched {
+    /// The first sequence number read.
+    from: u64,
+    events: Vec<RecordedEvent>,
+    read_at: quark_history::Timestamp,
+}
+
+/// How long read-ahead events wait for their turn before they are dropped (a turn that never ran,
+/// say because the worker was stopping, leaves them behind).
+const PREFETCH_KEPT: Duration = Duration::from_secs(60);
 
 impl Workflows {
     pub(crate) fn new(registry: Registry, cache_capacity: usize) -> Self {
         Workflows {
             registry: Arc::new(registry),
             cache: Arc::new(HistoryCache::new(cache_capacity)),
+            prefetched: Arc::default(),
         }
+    }
+
+    /// Reads the histories of a batch of claimed turns in one round trip: each from where its
+    /// cached prefix ends, or whole. Read after the claim, they are as fresh as the turns' own
+    /// reads would be.
+    fn prefetch_histories(
+        &self,
+        tasks: &[ClaimedTask],
+        store: Arc<dyn Store>,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        let (keys, from): (Vec<TurnKey>, Vec<(String, u64)>) = tasks
+            .iter()
+            .filter(|t| t.kind == TaskKind::Orchestration)
+            .filter_map(|t| {
+                let id = t.instance_id.as_ref()?;
+                let key = (t.lease.task_id, t.lease.attempt);
+                Some((key, (id.clone(), self.cache.next_seq(id))))
+            })
+            .unzip();
+        let prefetched = Arc::clone(&self.prefetched);
+        Box::pin(async move {
+            if from.is_empty() {
+                return;
+            }
+            match store.read_histories(&from).await {
+                Ok(read) => {
+                    let now = store.config().clock.now();
+                    let mut waiting = prefetched.lock().unwrap_or_else(|e| e.into_inner());
+                    waiting.retain(|_, p| p.read_at + PREFETCH_KEPT > now);
+                    for ((key, (_, from)), events) in keys.into_iter().zip(from).zip(read) {
+                        waiting.insert(
+                            key,
+                            Prefetched {
+                                from,
+                                events,
+                                read_at: now,
+                            },
+                        );
+                    }
+                }
+                // Each turn reads its own history instead.
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not read the claimed turns' histories")
+                }
+            }
+        })
     }
 
     /// One orchestration turn.
@@ -47,7 +112,16 @@ impl Workflows {
         let instance = task.instance_id.clone().ok_or_else(|| {
             HandlerError::Rejected("an orchestration task without an instance".into())
         })?;
-        let history = self.cache.history(cx.store().as_ref(), &instance).await?;
+        let read_ahead = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(task.lease.task_id, task.lease.attempt))
+            .map(|p| (p.from, p.events));
+        let history = self
+            .cache
+            .history_with(cx.store().as_ref(), &instance, read_ahead)
+            .await?;
         let turn = process_turn(&self.registry, &task, &history);
         let mut commit = self.prepare(&instance, turn, &cx).await?;
         // The turn's events are recorded at a time chosen here, so that the cache can hold exact
@@ -420,6 +494,14 @@ impl crate::Handler for Workflows {
             }
         })
     }
+
+    fn prefetch(
+        &self,
+        tasks: &[ClaimedTask],
+        store: Arc<dyn Store>,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        self.prefetch_histories(tasks, store)
+    }
 }
 
 /// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.
@@ -442,7 +524,47 @@ pub(crate) struct HistoryCache {
 #[derive(Debug, Default)]
 struct CacheInner {
     tick: u64,
+    /// Each instance's history, with the tick of its last use.
     entries: HashMap<String, (u64, Arc<Vec<RecordedEvent>>)>,
+    /// The instances by last use, least recent first: eviction does not scan the cache.
+    by_use: BTreeMap<u64, String>,
+}
+
+impl CacheInner {
+    /// Marks `instance` used now; returns its history if it is cached.
+    fn touch(&mut self, instance: &str) -> Option<&mut Arc<Vec<RecordedEvent>>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (used, history) = self.entries.get_mut(instance)?;
+        self.by_use.remove(used);
+        *used = tick;
+        self.by_use.insert(tick, instance.to_string());
+        Some(history)
+    }
+
+    fn insert(&mut self, instance: &str, history: Arc<Vec<RecordedEvent>>) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some((used, _)) = self.entries.insert(instance.to_string(), (tick, history)) {
+            self.by_use.remove(&used);
+        }
+        self.by_use.insert(tick, instance.to_string());
+    }
+
+    fn remove(&mut self, instance: &str) {
+        if let Some((used, _)) = self.entries.remove(instance) {
+            self.by_use.remove(&used);
+        }
+    }
+
+    fn evict_to(&mut self, capacity: usize) {
+        while self.entries.len() > capacity {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                return;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
 }
 
 impl HistoryCache {
@@ -463,23 +585,49 @@ impl HistoryCache {
         store: &dyn Store,
         instance: &str,
     ) -> quark_history::Result<Vec<RecordedEvent>> {
+        self.history_with(store, instance, None).await
+    }
+
+    /// Where a read of `instance`'s history should start: right after its cached prefix, or at 1.
+    pub(crate) fn next_seq(&self, instance: &str) -> u64 {
+        self.lock()
+            .entries
+            .get(instance)
+            .and_then(|(_, h)| h.last())
+            .map_or(1, |e| e.seq + 1)
+    }
+
+    /// [`history`](Self::history), given the events from sequence number `from` on if they were
+    /// already read (`read_ahead`): they are used if they continue the cached prefix (or are the
+    /// whole history), and the store is asked otherwise.
+    pub(crate) async fn history_with(
+        &self,
+        store: &dyn Store,
+        instance: &str,
+        read_ahead: Option<(u64, Vec<RecordedEvent>)>,
+    ) -> quark_history::Result<Vec<RecordedEvent>> {
         let cached = self
             .lock()
             .entries
             .get(instance)
             .map(|(_, h)| Arc::clone(h));
-        let mut history = match cached {
-            Some(prefix) => {
+        let mut history = match (cached, read_ahead) {
+            (_, Some((1, events))) => events,
+            (Some(prefix), read_ahead) => {
                 let next = prefix.last().map_or(1, |e| e.seq + 1);
+                let tail = match read_ahead {
+                    Some((from, events)) if from == next => events,
+                    _ => {
+                        store
+                            .read_history(instance, HistoryRange::From(next))
+                            .await?
+                    }
+                };
                 let mut history = Vec::clone(&prefix);
-                history.extend(
-                    store
-                        .read_history(instance, HistoryRange::From(next))
-                        .await?,
-                );
+                history.extend(tail);
                 history
             }
-            None => store.read_history(instance, HistoryRange::All).await?,
+            (None, _) => store.read_history(instance, HistoryRange::All).await?,
         };
         // A gap would mean the cache was wrong; fall back to the store's whole history.
         if history
@@ -496,11 +644,7 @@ impl HistoryCache {
     /// The cached history of `instance`, if it is cached, without asking the store for more.
     pub(crate) fn cached(&self, instance: &str) -> Option<Vec<RecordedEvent>> {
         let mut inner = self.lock();
-        inner.tick += 1;
-        let tick = inner.tick;
-        let (used, history) = inner.entries.get_mut(instance)?;
-        *used = tick;
-        Some(Vec::clone(history))
+        inner.touch(instance).map(|history| Vec::clone(history))
     }
 
     /// Adds events this worker committed to `instance`'s cached history: `events` were written
@@ -518,7 +662,7 @@ impl HistoryCache {
             return;
         };
         if history.last().map_or(0, |e| e.seq) + 1 != first {
-            inner.entries.remove(instance);
+            inner.remove(instance);
             return;
         }
         let history = Arc::make_mut(history);
@@ -538,24 +682,12 @@ impl HistoryCache {
             return;
         }
         let mut inner = self.lock();
-        inner.tick += 1;
-        let tick = inner.tick;
-        inner
-            .entries
-            .insert(instance.to_string(), (tick, Arc::new(history.to_vec())));
-        if inner.entries.len() > self.capacity
-            && let Some(oldest) = inner
-                .entries
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| k.clone())
-        {
-            inner.entries.remove(&oldest);
-        }
+        inner.insert(instance, Arc::new(history.to_vec()));
+        inner.evict_to(self.capacity);
     }
 
     pub(crate) fn forget(&self, instance: &str) {
-        self.lock().entries.remove(instance);
+        self.lock().remove(instance);
     }
 
     #[cfg(test)]
@@ -599,6 +731,95 @@ mod tests {
         assert!(
             !cache.lock().entries.contains_key("a"),
             "a was the least recently used"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_turn_uses_the_events_read_ahead_for_it_only_where_they_fit_the_cache() {
+        let t = quark_history::testing::sqlite().await;
+        t.store
+            .create_instance(
+                NewInstance::new("a", "t", Payload::unit()),
+                IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+        let signal = |name: &str| HistoryEvent::SignalReceived {
+            name: name.into(),
+            payload: Payload::unit(),
+        };
+        t.store
+            .commit(Commit::new().append("a", Expected::Any, [signal("stored")]))
+            .await
+            .unwrap();
+        let stored = t.store.read_history("a", HistoryRange::All).await.unwrap();
+        // Read-ahead events that differ from the store's, so the answer shows which were used.
+        let mut ahead = stored.clone();
+        ahead[1].event = signal("read ahead");
+
+        let cache = HistoryCache::new(8);
+        assert_eq!(
+            cache.next_seq("a"),
+            1,
+            "nothing cached: read from the start"
+        );
+        let whole = cache
+            .history_with(&*t.store, "a", Some((1, ahead.clone())))
+            .await
+            .unwrap();
+        assert_eq!(whole, ahead, "a whole history read ahead is used as it is");
+        assert_eq!(cache.next_seq("a"), 3);
+
+        // Cached up to 2: a tail read from 3 continues it; one read from elsewhere is ignored.
+        let mut tail = stored[1].clone();
+        tail.seq = 3;
+        tail.event = signal("tail");
+        let continued = cache
+            .history_with(&*t.store, "a", Some((3, vec![tail.clone()])))
+            .await
+            .unwrap();
+        assert_eq!(continued.len(), 3);
+        assert_eq!(continued[2], tail);
+        cache.forget("a");
+        cache.history(&*t.store, "a").await.unwrap();
+        let misfit = cache
+            .history_with(&*t.store, "a", Some((7, vec![tail])))
+            .await
+            .unwrap();
+        assert_eq!(
+            misfit, stored,
+            "a tail that does not continue the cache is not used"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cache_evicts_in_order_of_last_use() {
+        let t = quark_history::testing::sqlite().await;
+        for id in ["a", "b", "c", "d"] {
+            t.store
+                .create_instance(
+                    NewInstance::new(id, "t", Payload::unit()),
+                    IdReusePolicy::RejectDuplicate,
+                )
+                .await
+                .unwrap();
+        }
+        let cache = HistoryCache::new(3);
+        for id in ["a", "b", "c"] {
+            cache.history(&*t.store, id).await.unwrap();
+        }
+        // Used again: a is now the most recent, b the least.
+        assert!(cache.cached("a").is_some());
+        cache.history(&*t.store, "d").await.unwrap();
+        let held = |id| cache.lock().entries.contains_key(id);
+        assert!(!held("b") && held("a") && held("c") && held("d"));
+        cache.forget("c");
+        cache.history(&*t.store, "b").await.unwrap();
+        assert!(held("a") && held("b") && held("d"));
+        assert_eq!(
+            cache.lock().by_use.len(),
+            3,
+            "the use order lists exactly the cached"
         );
     }
 

@@ -271,47 +271,6 @@ impl PostgresStore {
             }
         }
 
-        // Write the histories and the instances.
-        if !events.is_empty() {
-            sqlx::query(
-                "INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
-                 SELECT instance_id, seq, kind, $1, codec, payload, recorded_at, hash FROM UNNEST(\
-                 $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bytea[], $7::bigint[], $8::bytea[]) \
-                 AS e(instance_id, seq, kind, codec, payload, recorded_at, hash)",
-            )
-            .bind(SCHEMA_VERSION)
-            .bind(events.iter().map(|e| e.instance_id.as_str()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.encoded.seq as i64).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.encoded.kind).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.encoded.codec).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.encoded.bytes.as_slice()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.encoded.hash.as_slice()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-            let updates: Vec<(&String, &InstanceState)> = touched
-                .iter()
-                .filter_map(|id| state.get(id).map(|s| (id, s)))
-                .collect();
-            sqlx::query(
-                "UPDATE instances AS i SET next_seq = u.next_seq, last_hash = u.last_hash, status = u.status, \
-                 history_bytes = u.history_bytes, updated_at = $1, \
-                 output_codec = COALESCE(u.output_codec, i.output_codec), output = COALESCE(u.output, i.output) \
-                 FROM UNNEST($2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::bigint[], $7::smallint[], $8::bytea[]) \
-                 AS u(id, next_seq, last_hash, status, history_bytes, output_codec, output) WHERE i.id = u.id",
-            )
-            .bind(now.as_micros())
-            .bind(updates.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-            .bind(updates.iter().map(|(_, s)| s.next_seq as i64).collect::<Vec<_>>())
-            .bind(updates.iter().map(|(_, s)| s.last_hash.as_slice()).collect::<Vec<_>>())
-            .bind(updates.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
-            .bind(updates.iter().map(|(_, s)| s.history_bytes).collect::<Vec<_>>())
-            .bind(updates.iter().map(|(_, s)| s.output.as_ref().map(|o| o.codec().as_i16())).collect::<Vec<_>>())
-            .bind(updates.iter().map(|(_, s)| s.output.as_ref().map(|o| o.as_bytes())).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-
         // Settle the leases.
         let mut delete: Vec<i64> = Vec::new();
         let mut finish: Vec<(i64, Finish, Option<String>)> = Vec::new();
@@ -371,6 +330,54 @@ impl PostgresStore {
                 }
             }
         }
+        // The worker that ran a turn keeps its instance warm: it becomes the instance's affinity,
+        // written with the instance's new head where the turn appended events.
+        let mut affinity: HashMap<String, String> = affinity.into_iter().collect();
+
+        // Write the histories and the instances.
+        if !events.is_empty() {
+            sqlx::query(
+                "INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
+                 SELECT instance_id, seq, kind, $1, codec, payload, recorded_at, hash FROM UNNEST(\
+                 $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bytea[], $7::bigint[], $8::bytea[]) \
+                 AS e(instance_id, seq, kind, codec, payload, recorded_at, hash)",
+            )
+            .bind(SCHEMA_VERSION)
+            .bind(events.iter().map(|e| e.instance_id.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.encoded.seq as i64).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.encoded.kind).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.encoded.codec).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.encoded.bytes.as_slice()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.encoded.hash.as_slice()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            let updates: Vec<(&String, &InstanceState)> = touched
+                .iter()
+                .filter_map(|id| state.get(id).map(|s| (id, s)))
+                .collect();
+            sqlx::query(
+                "UPDATE instances AS i SET next_seq = u.next_seq, last_hash = u.last_hash, status = u.status, \
+                 history_bytes = u.history_bytes, updated_at = $1, \
+                 output_codec = COALESCE(u.output_codec, i.output_codec), output = COALESCE(u.output, i.output), \
+                 affinity = COALESCE(u.affinity, i.affinity) \
+                 FROM UNNEST($2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::bigint[], $7::smallint[], $8::bytea[], \
+                 $9::text[]) AS u(id, next_seq, last_hash, status, history_bytes, output_codec, output, affinity) \
+                 WHERE i.id = u.id",
+            )
+            .bind(now.as_micros())
+            .bind(updates.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(_, s)| s.next_seq as i64).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(_, s)| s.last_hash.as_slice()).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(_, s)| s.history_bytes).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(_, s)| s.output.as_ref().map(|o| o.codec().as_i16())).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(_, s)| s.output.as_ref().map(|o| o.as_bytes())).collect::<Vec<_>>())
+            .bind(updates.iter().map(|(id, _)| affinity.remove(id.as_str())).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+
         if !dead.is_empty() {
             sqlx::query(
                 "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload, \
@@ -407,7 +414,9 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        // Turns that appended nothing: their instances' affinity alone, if it changes.
         if !affinity.is_empty() {
+            let affinity: Vec<(String, String)> = affinity.into_iter().collect();
             sqlx::query(
                 "UPDATE instances AS i SET affinity = u.worker FROM UNNEST($1::text[], $2::text[]) AS u(id, worker) \
                  WHERE i.id = u.id AND i.affinity IS DISTINCT FROM u.worker",

@@ -297,6 +297,29 @@ impl PostgresStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    pub(super) async fn read_histories_impl(
+        &self,
+        from: &[(String, u64)],
+    ) -> Result<Vec<Vec<RecordedEvent>>> {
+        if from.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT u.ord, {EVENT_COLUMNS} FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, from_seq, ord) \
+             JOIN history ON instance_id = u.id AND seq >= u.from_seq ORDER BY u.ord, seq"
+        )))
+        .bind(from.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+        .bind(from.iter().map(|(_, seq)| *seq as i64).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<Vec<RecordedEvent>> = vec![Vec::new(); from.len()];
+        for row in &rows {
+            let ord: i64 = row.try_get("ord")?;
+            out[ord as usize - 1].push(event_from_row(row)?);
+        }
+        Ok(out)
+    }
+
     pub(super) async fn read_all_impl(
         &self,
         after: GlobalPosition,

@@ -101,6 +101,14 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/postgres/0008_claim_by_kind.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            9,
+            Cow::Borrowed("instances room to update"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0009_instances_room_to_update.sql")
+                .into_sql_str(),
+            false,
+        ),
     ])
 }
 
@@ -232,6 +240,13 @@ impl Store for PostgresStore {
         range: HistoryRange,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
         Box::pin(self.read_history_impl(instance_id, range))
+    }
+
+    fn read_histories<'a>(
+        &'a self,
+        from: &'a [(String, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<RecordedEvent>>>> {
+        Box::pin(self.read_histories_impl(from))
     }
 
     fn read_all(

@@ -159,6 +159,26 @@ async fn it_commits_a_batch_as_if_one_commit_after_another(t: &TestStore) {
             .unwrap(),
         "ok"
     );
+    // The worker that ran a turn is its instance's affinity, whether or not the turn appended.
+    let affinity =
+        |id: &'static str| async move { t.store.get_instance(id).await.unwrap().unwrap().affinity };
+    for id in ["a", "b", "c"] {
+        assert_eq!(affinity(id).await.as_deref(), Some("w"), "{id}");
+    }
+    assert_eq!(
+        affinity("d").await,
+        None,
+        "d's turn has not been settled yet"
+    );
+    let settled = t
+        .store
+        .commit_many(vec![
+            Commit::new().complete(turn("d")),
+            Commit::new().append("a", Expected::Any, [signal(8)]),
+        ])
+        .await;
+    assert!(settled.iter().all(Result::is_ok), "{settled:?}");
+    assert_eq!(affinity("d").await.as_deref(), Some("w"));
     for id in ["a", "b", "c", "d"] {
         assert!(t.store.verify(id).await.unwrap().is_intact(), "{id}");
     }

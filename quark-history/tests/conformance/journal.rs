@@ -12,6 +12,7 @@ use crate::support::{conformance, start};
 conformance!(
     it_appends_at_the_expected_sequence_number_and_reports_a_race_as_a_conflict,
     it_reads_a_history_whole_from_a_sequence_number_and_by_time,
+    it_reads_many_histories_at_once_each_from_its_own_sequence_number,
     it_reads_all_events_in_commit_order_across_instances,
     it_names_the_first_tampered_event_when_verifying_the_chain,
     it_reports_an_undecodable_event_with_its_instance_and_sequence_number,
@@ -119,6 +120,57 @@ async fn it_reads_a_history_whole_from_a_sequence_number_and_by_time(t: &TestSto
             .unwrap()
             .is_empty()
     );
+}
+
+async fn it_reads_many_histories_at_once_each_from_its_own_sequence_number(t: &TestStore) {
+    for id in ["m1", "m2", "m3"] {
+        start(t, id).await;
+    }
+    // m1: 4 events, m2: 1 (just started), m3: 3.
+    t.store
+        .commit(
+            Commit::new()
+                .append("m1", Expected::Seq(2), [signal(1), signal(2), signal(3)])
+                .append("m3", Expected::Seq(2), [signal(7), signal(8)]),
+        )
+        .await
+        .unwrap();
+    let asked = [
+        ("m3".to_string(), 2),
+        ("m1".to_string(), 1),
+        ("nobody".to_string(), 1),
+        ("m2".to_string(), 2),
+        ("m1".to_string(), 4),
+    ];
+    let read = t.store.read_histories(&asked).await.unwrap();
+    let seqs: Vec<Vec<(String, u64)>> = read
+        .iter()
+        .map(|h| h.iter().map(|e| (e.instance_id.clone(), e.seq)).collect())
+        .collect();
+    let expected = |id: &str, seqs: std::ops::RangeInclusive<u64>| -> Vec<(String, u64)> {
+        seqs.map(|s| (id.to_string(), s)).collect()
+    };
+    assert_eq!(
+        seqs,
+        vec![
+            expected("m3", 2..=3),
+            expected("m1", 1..=4),
+            Vec::new(),
+            Vec::new(),
+            expected("m1", 4..=4),
+        ],
+        "each answer in the order asked, from its own sequence number, nothing for an unknown instance"
+    );
+    // The same events as one read each, payloads and hashes included.
+    for ((id, from), events) in asked.iter().zip(&read) {
+        let one = t
+            .store
+            .read_history(id, HistoryRange::From(*from))
+            .await
+            .unwrap();
+        assert_eq!(&one, events);
+    }
+    assert!(t.store.read_histories(&[]).await.unwrap().is_empty());
 }
 
 async fn it_reads_all_events_in_commit_order_across_instances(t: &TestStore) {
