@@ -304,9 +304,11 @@ impl PostgresStore {
         if from.is_empty() {
             return Ok(Vec::new());
         }
+        // One index range per instance (a plain join lets the planner hash the whole history).
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT u.ord, {EVENT_COLUMNS} FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, from_seq, ord) \
-             JOIN history ON instance_id = u.id AND seq >= u.from_seq ORDER BY u.ord, seq"
+            "SELECT u.ord, h.* FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, from_seq, ord), \
+             LATERAL (SELECT {EVENT_COLUMNS} FROM history WHERE instance_id = u.id AND seq >= u.from_seq \
+             ORDER BY seq) AS h ORDER BY u.ord, h.seq"
         )))
         .bind(from.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
         .bind(from.iter().map(|(_, seq)| *seq as i64).collect::<Vec<_>>())
