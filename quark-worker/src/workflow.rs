@@ -701,18 +701,22 @@ mod tests {
     use super::*;
     use quark_history::{Commit, Expected, HistoryEvent, IdReusePolicy, NewInstance, Payload};
 
-    #[tokio::test]
-    async fn the_cache_reads_only_new_events_and_evicts_the_least_recently_used() {
-        let t = quark_history::testing::sqlite().await;
-        for id in ["a", "b", "c"] {
-            t.store
+    async fn start(store: &dyn Store, ids: &[&str]) {
+        for id in ids {
+            store
                 .create_instance(
-                    NewInstance::new(id, "t", Payload::unit()),
+                    NewInstance::new(*id, "t", Payload::unit()),
                     IdReusePolicy::RejectDuplicate,
                 )
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn the_cache_reads_only_new_events_and_evicts_the_least_recently_used() {
+        let t = quark_history::testing::sqlite().await;
+        start(&*t.store, &["a", "b", "c"]).await;
         let cache = HistoryCache::new(2);
         assert_eq!(cache.history(&*t.store, "a").await.unwrap().len(), 1);
         let signal = HistoryEvent::SignalReceived {
@@ -737,13 +741,7 @@ mod tests {
     #[tokio::test]
     async fn a_turn_uses_the_events_read_ahead_for_it_only_where_they_fit_the_cache() {
         let t = quark_history::testing::sqlite().await;
-        t.store
-            .create_instance(
-                NewInstance::new("a", "t", Payload::unit()),
-                IdReusePolicy::RejectDuplicate,
-            )
-            .await
-            .unwrap();
+        start(&*t.store, &["a"]).await;
         let signal = |name: &str| HistoryEvent::SignalReceived {
             name: name.into(),
             payload: Payload::unit(),
@@ -795,15 +793,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_evicts_in_order_of_last_use() {
         let t = quark_history::testing::sqlite().await;
-        for id in ["a", "b", "c", "d"] {
-            t.store
-                .create_instance(
-                    NewInstance::new(id, "t", Payload::unit()),
-                    IdReusePolicy::RejectDuplicate,
-                )
-                .await
-                .unwrap();
-        }
+        start(&*t.store, &["a", "b", "c", "d"]).await;
         let cache = HistoryCache::new(3);
         for id in ["a", "b", "c"] {
             cache.history(&*t.store, id).await.unwrap();
@@ -826,13 +816,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_takes_a_workers_own_events_only_right_after_what_it_holds() {
         let t = quark_history::testing::sqlite().await;
-        t.store
-            .create_instance(
-                NewInstance::new("a", "t", Payload::unit()),
-                IdReusePolicy::RejectDuplicate,
-            )
-            .await
-            .unwrap();
+        start(&*t.store, &["a"]).await;
         let cache = HistoryCache::new(8);
         assert!(
             cache.cached("a").is_none(),
