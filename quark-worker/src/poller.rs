@@ -216,7 +216,13 @@ async fn execute(shared: &Shared, handler: &dyn Handler, task: &ClaimedTask, cx:
         // Inner loop: the same outcome, committed again with less when an instance it would tell
         // has ended meanwhile.
         loop {
-            let fallback = commit.clone();
+            // Kept only when the commit tells another instance, the one case that commits again
+            // with less (cloning every commit would copy each outcome for a rare failure).
+            let mut fallback = commit
+                .appends
+                .iter()
+                .any(|a| task.instance_id.as_deref() != Some(a.instance_id.as_str()))
+                .then(|| commit.clone());
             match cx.commit(commit).await {
                 Ok(_) => return,
                 Err(Error::LeaseLost { .. }) => {
@@ -232,12 +238,17 @@ async fn execute(shared: &Shared, handler: &dyn Handler, task: &ClaimedTask, cx:
                 }
                 Err(Error::InstanceClosed { id, status })
                     if task.instance_id.as_deref() != Some(id.as_str())
-                        && fallback.appends.iter().any(|a| a.instance_id == id) =>
+                        && fallback
+                            .as_ref()
+                            .is_some_and(|f| f.appends.iter().any(|a| a.instance_id == id)) =>
                 {
                     // Another instance ended (a parent told of its child's end after it was
                     // terminated): the news has nobody to go to, but the rest must land.
                     tracing::info!(instance = %id, %status, "dropping news for an ended instance");
-                    commit = fallback.without_instance(&id);
+                    commit = fallback
+                        .take()
+                        .expect("the guard saw it")
+                        .without_instance(&id);
                 }
                 Err(Error::InstanceClosed { id, status }) => {
                     tracing::info!(instance = %id, %status, "instance ended meanwhile; dropping the result");
