@@ -117,6 +117,17 @@ impl Commit {
         self
     }
 
+    /// The instances this commit ends (it appends a closing event to them). When it commits, their
+    /// outstanding activities and timers have nobody to report to: the stores drop them in the
+    /// same transaction (see the `Store` docs on ending an instance).
+    pub(crate) fn ending_instances(&self) -> Vec<&str> {
+        self.appends
+            .iter()
+            .filter(|a| a.events.iter().any(|e| e.closing_status().is_some()))
+            .map(|a| a.instance_id.as_str())
+            .collect()
+    }
+
     /// Writes an outbox message with the commit.
     pub fn send(mut self, message: crate::OutboxMessage) -> Self {
         self.outbox.push(message);

@@ -57,8 +57,9 @@ pub enum Error {
         /// The job holding it.
         existing: i64,
     },
-    /// The task was asked to stop (a cancelled job). Its lease is still held (and was extended):
-    /// settle it as usual and the store records it as cancelled.
+    /// The task was asked to stop (a cancelled job, or a running activity of an instance that
+    /// ended). Its lease is still held (and was extended): settle it as usual and the store
+    /// records it as cancelled.
     #[error("task {task_id} was cancelled")]
     CancelRequested {
         /// The task.

@@ -175,6 +175,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     // -- the queue and the atomic commit ----------------------------------------------------------
 
     /// Appends, enqueues and settles in one transaction. See [`Commit`].
+    ///
+    /// A commit that ends an instance (completes, fails, cancels, terminates or continues it as
+    /// new) also drops what the instance still had outstanding, since nobody is left to report to:
+    /// its activity and timer tasks that are not running are deleted (pending ones, ones waiting
+    /// for a retry, ones enqueued by this very commit), and its running activities are asked to
+    /// cancel as a cancelled job is (their next lease extension fails with
+    /// [`Error::CancelRequested`](crate::Error::CancelRequested), and their attempt, however it
+    /// ends, is not retried).
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
 
     /// Commits many commits, each all or nothing, and returns each one's result in order. The

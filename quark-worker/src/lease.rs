@@ -43,9 +43,10 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
                 Err(Error::CancelRequested { .. }) => {
                     let in_flight = shared.in_flight();
                     if let Some(f) = in_flight.get(&lease.task_id).filter(|f| f.lease == lease) {
+                        // A cancelled job, or an activity of an instance that ended.
                         tracing::info!(
                             task_id = lease.task_id,
-                            "the job was cancelled; stopping it"
+                            "the task was cancelled; stopping it"
                         );
                         let _ = f.stop.send(true);
                     }

@@ -18,6 +18,7 @@ quark_history::backend_tests!(
     it_fires_a_thousand_timers_due_at_once_and_none_early,
     it_delivers_cancellation_and_termination_to_running_orchestrations,
     it_lets_a_child_finish_after_its_parent_was_terminated,
+    it_cancels_the_running_activity_of_a_terminated_orchestration,
 );
 
 /// Starts a `patient` child and waits for it.
@@ -326,6 +327,94 @@ async fn it_lets_a_child_finish_after_its_parent_was_terminated(t: &TestStore) {
     assert!(
         t.store.list_dead(None, 10).await.unwrap().is_empty(),
         "nothing was dead-lettered"
+    );
+    running.shutdown().await;
+}
+
+/// What `waits_for_cancellation` saw, by the token it was given (the SQLite and PostgreSQL tests
+/// run at once in one process): how many attempts started, and how many saw their cancellation.
+static SEEN: std::sync::Mutex<Vec<(String, u32, u32)>> = std::sync::Mutex::new(Vec::new());
+
+fn seen(token: &str) -> (u32, u32) {
+    let seen = SEEN.lock().unwrap();
+    seen.iter()
+        .find(|(t, _, _)| t == token)
+        .map_or((0, 0), |(_, started, cancelled)| (*started, *cancelled))
+}
+
+fn see(token: &str, started: u32, cancelled: u32) {
+    let mut seen = SEEN.lock().unwrap();
+    match seen.iter_mut().find(|(t, _, _)| t == token) {
+        Some(entry) => {
+            entry.1 += started;
+            entry.2 += cancelled;
+        }
+        None => seen.push((token.to_string(), started, cancelled)),
+    }
+}
+
+/// Runs until it is cancelled, then fails (retryably, were it retried).
+#[activity]
+async fn waits_for_cancellation(ctx: ActivityContext, token: String) -> Result<(), ActivityError> {
+    see(&token, 1, 0);
+    ctx.cancellation().cancelled().await;
+    see(&token, 0, 1);
+    Err(ActivityError::message("stopped"))
+}
+
+#[orchestration]
+async fn stuck(ctx: OrchestrationContext, token: String) -> Result<(), OrchestrationError> {
+    ctx.call(waits_for_cancellation, &token).await
+}
+
+async fn it_cancels_the_running_activity_of_a_terminated_orchestration(t: &TestStore) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let token = format!(
+        "run-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let running = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        // Leases are renewed, and cancellations learnt, at each heartbeat.
+        .heartbeat(Duration::from_millis(50))
+        .workflows(
+            Registry::new()
+                .register(stuck)
+                .register(waits_for_cancellation),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = stuck::start(&client, "stuck", token.clone()).await.unwrap();
+    eventually("the activity runs", async || seen(&token).0 == 1).await;
+
+    handle.terminate("operator cleanup").await.unwrap();
+    // Without the store asking it to stop, the activity would run until its lease was lost.
+    eventually("the running activity sees its cancellation", async || {
+        seen(&token).1 == 1
+    })
+    .await;
+    eventually("its task is settled", async || {
+        t.store.queue_stats("default").await.unwrap() == QueueStats::default()
+    })
+    .await;
+    assert_eq!(seen(&token), (1, 1), "one attempt, not retried");
+    assert!(
+        t.store.list_dead(None, 10).await.unwrap().is_empty(),
+        "nothing was dead-lettered"
+    );
+    let history = t
+        .store
+        .read_history("stuck", HistoryRange::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
+        ["WorkflowStarted", "ActivityScheduled", "WorkflowTerminated"]
     );
     running.shutdown().await;
 }

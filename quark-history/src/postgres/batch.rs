@@ -5,7 +5,8 @@
 //! locked in id order so that concurrent batches cannot deadlock each other), exactly as if they
 //! ran one after another; a commit that would fail (a lost lease, a conflict, a closed instance)
 //! is left out and gets its error, the others are written with a handful of `UNNEST` statements
-//! whatever their number.
+//! whatever their number. The instances the batch ends lose their outstanding activities and
+//! timers in the same transaction, as with a single commit.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,7 +14,7 @@ use sqlx::Row;
 
 use super::PostgresStore;
 use super::jobs::{Finish, finish_tasks};
-use super::queue::{enqueue_in_tx, woken_instances};
+use super::queue::{drop_outstanding, enqueue_in_tx, woken_instances};
 use crate::codec::Payload;
 use crate::commit::{Commit, Committed, Expected, Settle};
 use crate::error::{Error, Result};
@@ -106,15 +107,19 @@ impl PostgresStore {
             .iter()
             .flat_map(|c| woken_instances(&c.tasks))
             .collect();
+        // So are the activities and timers of the instances the batch ends, which it drops.
+        let ending: Vec<&str> = commits.iter().flat_map(|c| c.ending_instances()).collect();
         let mut locked: HashMap<i64, LockedTask> = HashMap::new();
-        if !task_ids.is_empty() || !woken.is_empty() {
+        if !task_ids.is_empty() || !woken.is_empty() || !ending.is_empty() {
             let rows = sqlx::query(
                 "SELECT id, attempts, lease_owner, kind, rerun, instance_id, queue, cancel_requested FROM tasks \
                  WHERE id = ANY($1) OR (kind = 'orchestration' AND instance_id = ANY($2)) \
+                 OR (instance_id = ANY($3) AND kind IN ('activity', 'timer')) \
                  ORDER BY id FOR UPDATE",
             )
             .bind(&task_ids)
             .bind(&woken)
+            .bind(&ending)
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {
@@ -434,6 +439,11 @@ impl PostgresStore {
             .flat_map(|i| commits[*i].tasks.iter().cloned())
             .collect();
         let inserted = enqueue_in_tx(&mut tx, &tasks, now).await?;
+        let ended: Vec<&str> = live
+            .iter()
+            .flat_map(|i| commits[*i].ending_instances())
+            .collect();
+        drop_outstanding(&mut tx, &ended, now).await?;
         // Outbox messages, in commit order. A taken idempotency key fails the whole batch, which
         // is then committed one by one, so that only its own commit fails.
         let rows: Vec<crate::outbox::MessageRow> = live

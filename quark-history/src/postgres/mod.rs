@@ -109,6 +109,13 @@ fn migrator() -> Migrator {
                 .into_sql_str(),
             false,
         ),
+        Migration::new(
+            10,
+            Cow::Borrowed("tasks by instance"),
+            MigrationType::Simple,
+            include_str!("../../migrations/postgres/0010_tasks_by_instance.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 

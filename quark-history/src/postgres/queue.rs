@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::PostgresStore;
 use super::jobs::{Finish, finish_tasks};
@@ -151,20 +151,49 @@ pub(super) fn woken_instances(tasks: &[NewTask]) -> Vec<&str> {
 
 /// Every write path locks task rows before instance rows, each in id order, so that two commits
 /// cannot deadlock. A commit that wakes an orchestration merges into its task row after appending
-/// to the instance; lock that row (and the settled task) up front, in one statement.
+/// to the instance, and one that ends an instance drops its activities and timers after appending
+/// the closing event; lock those rows (and the settled task) up front, in one statement.
 async fn lock_tasks_first(tx: &mut Transaction<'static, Postgres>, commit: &Commit) -> Result<()> {
     let woken = woken_instances(&commit.tasks);
-    if woken.is_empty() {
+    let ending = commit.ending_instances();
+    if woken.is_empty() && ending.is_empty() {
         return Ok(());
     }
     let settled = commit.settle.as_ref().map_or(-1, |s| s.lease().task_id);
     sqlx::query(
         "SELECT id FROM tasks WHERE id = $1 OR (kind = 'orchestration' AND instance_id = ANY($2)) \
-         ORDER BY id FOR UPDATE",
+         OR (instance_id = ANY($3) AND kind IN ('activity', 'timer')) ORDER BY id FOR UPDATE",
     )
     .bind(settled)
     .bind(&woken)
+    .bind(&ending)
     .fetch_all(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Drops what the instances `ending` still had outstanding, inside the transaction that ends them
+/// (after its tasks were enqueued): their activities and timers that are not running are deleted,
+/// and their running activities (leased, the lease not expired) are asked to cancel. Their rows were
+/// locked first (see [`lock_tasks_first`]), so this waits for nobody.
+pub(super) async fn drop_outstanding(
+    conn: &mut PgConnection,
+    ending: &[&str],
+    now: Timestamp,
+) -> Result<()> {
+    if ending.is_empty() {
+        return Ok(());
+    }
+    // Both halves use the `tasks_by_instance` index.
+    sqlx::query(
+        "WITH dropped AS (DELETE FROM tasks WHERE instance_id = ANY($1) AND kind IN ('activity', 'timer') \
+           AND (lease_owner IS NULL OR visible_at <= $2)) \
+         UPDATE tasks SET cancel_requested = true WHERE instance_id = ANY($1) AND kind = 'activity' \
+           AND lease_owner IS NOT NULL AND visible_at > $2 AND NOT cancel_requested",
+    )
+    .bind(ending)
+    .bind(now.as_micros())
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -333,6 +362,7 @@ impl PostgresStore {
             appended.push(append_in_tx(tx, self, append, now).await?);
         }
         let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
+        drop_outstanding(tx, &commit.ending_instances(), now).await?;
         super::outbox::insert_messages(tx, messages, now).await?;
         if !messages.is_empty() {
             announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));

@@ -83,6 +83,13 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/sqlite/0005_inbox_order.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            6,
+            Cow::Borrowed("tasks by instance"),
+            MigrationType::Simple,
+            include_str!("../../migrations/sqlite/0006_tasks_by_instance.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
 

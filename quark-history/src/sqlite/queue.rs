@@ -206,6 +206,36 @@ async fn settle_in_tx(
     }
 }
 
+/// Drops what the instances `ending` still had outstanding, inside the transaction that ends them
+/// (after its tasks were enqueued): their activities and timers that are not running are deleted,
+/// and their running activities (leased, the lease not expired) are asked to cancel.
+async fn drop_outstanding(
+    tx: &mut sqlx::SqliteConnection,
+    ending: &[&str],
+    now: Timestamp,
+) -> Result<()> {
+    for instance in ending {
+        // Both use the `tasks_by_instance` index.
+        sqlx::query(
+            "DELETE FROM tasks WHERE instance_id = ?1 AND kind IN ('activity', 'timer') \
+             AND (lease_owner IS NULL OR visible_at <= ?2)",
+        )
+        .bind(instance)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE tasks SET cancel_requested = 1 WHERE instance_id = ?1 AND kind IN ('activity', 'timer') \
+             AND kind = 'activity' AND lease_owner IS NOT NULL AND visible_at > ?2 AND NOT cancel_requested",
+        )
+        .bind(instance)
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub(super) async fn commit_impl(&self, commit: Commit) -> Result<Committed> {
         let now = self.config.clock.now();
@@ -298,6 +328,7 @@ impl SqliteStore {
             appended.push(append_in_tx(tx, self, append, now).await?);
         }
         let (task_ids, deduplicated) = enqueue_in_tx(tx, &commit.tasks, now).await?;
+        drop_outstanding(tx, &commit.ending_instances(), now).await?;
         super::outbox::insert_messages(tx, &messages, now).await?;
         Ok(Written {
             committed: Committed {

@@ -21,6 +21,7 @@ conformance!(
     it_commits_nothing_of_a_turn_whose_append_conflicts,
     it_commits_nothing_of_a_turn_whose_lease_was_lost,
     it_enqueues_a_task_already_leased_to_the_worker_that_will_run_it,
+    it_drops_the_outstanding_work_of_an_instance_that_ends,
 );
 
 fn activity(queue: &str, n: u8) -> NewTask {
@@ -571,4 +572,138 @@ async fn it_enqueues_a_task_already_leased_to_the_worker_that_will_run_it(t: &Te
         t.store.commit(Commit::new().complete(lease)).await,
         Err(Error::LeaseLost { .. })
     ));
+}
+
+async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
+    // Once through `commit`, once through `commit_many` (the batch path on PostgreSQL).
+    for batched in [false, true] {
+        let (ending, other) = if batched {
+            ("b-ends", "b-goes-on")
+        } else {
+            ("ends", "goes-on")
+        };
+        start(t, ending).await;
+        start(t, other).await;
+        let (q, other_q) = (format!("{ending}-work"), format!("{other}-work"));
+        let act = |queue: &str, instance: &str, n: u8| activity(queue, n).instance(instance);
+        let in_a_year = t.clock.now() + Duration::from_secs(365 * 24 * 3600);
+        let timer = |queue: &str, instance: &str| {
+            NewTask::new(TaskKind::Timer, queue)
+                .instance(instance)
+                .visible_at(in_a_year)
+        };
+
+        // The ending instance's work: an activity whose worker died (its lease expired), one
+        // waiting for a retry, one running, one pending and a timer due in a year.
+        t.store
+            .enqueue(vec![act(&q, ending, 2), act(&q, ending, 3)])
+            .await
+            .unwrap();
+        let claimed = t
+            .store
+            .claim(ClaimRequest::new("w", [q.as_str()]).lease(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let [failing, running]: [_; 2] = claimed.try_into().unwrap();
+        t.store.enqueue(vec![act(&q, ending, 1)]).await.unwrap();
+        let died = t
+            .store
+            .claim(ClaimRequest::new("gone", [q.as_str()]).lease(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(died.len(), 1);
+        t.clock.advance(Duration::from_secs(2));
+        t.store
+            .commit(Commit::new().fail(
+                failing.lease,
+                FailAction::Retry {
+                    at: t.clock.now() + Duration::from_secs(3600),
+                    error: Some("flaky".into()),
+                },
+            ))
+            .await
+            .unwrap();
+        t.store
+            .enqueue(vec![act(&q, ending, 4), timer(&q, ending)])
+            .await
+            .unwrap();
+        // The other instance's work, which must stay.
+        t.store
+            .enqueue(vec![act(&other_q, other, 5), timer(&other_q, other)])
+            .await
+            .unwrap();
+        let before = t.store.queue_stats(&q).await.unwrap();
+        assert_eq!(before.pending + before.leased, 5, "{before:?}");
+        let turns_before = t.store.queue_stats("default").await.unwrap();
+
+        // The commit that ends it also schedules an activity: nobody will read its result either.
+        let end = Commit::new()
+            .append(
+                ending,
+                Expected::Any,
+                [HistoryEvent::WorkflowTerminated {
+                    reason: "enough".into(),
+                }],
+            )
+            .enqueue(act(&q, ending, 6));
+        let unrelated = Commit::new().append(
+            other,
+            Expected::Any,
+            [HistoryEvent::SignalReceived {
+                name: "ping".into(),
+                payload: Payload::json(&1).unwrap(),
+            }],
+        );
+        if batched {
+            let results = t.store.commit_many(vec![end, unrelated]).await;
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+        } else {
+            t.store.commit(end).await.unwrap();
+            t.store.commit(unrelated).await.unwrap();
+        }
+
+        assert_eq!(
+            t.store.queue_stats(&q).await.unwrap(),
+            QueueStats {
+                leased: 1,
+                ..QueueStats::default()
+            },
+            "only the running activity is left"
+        );
+        assert!(claim_all(&*t.store, "w2", &q).await.is_empty());
+        assert!(matches!(
+            t.store
+                .extend_lease(&running.lease, Duration::from_secs(60))
+                .await,
+            Err(Error::CancelRequested { .. })
+        ));
+        // However its attempt ends, it is not retried.
+        t.store
+            .commit(Commit::new().fail(
+                running.lease,
+                FailAction::Retry {
+                    at: t.clock.now(),
+                    error: Some("stopped".into()),
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.store.queue_stats(&q).await.unwrap(),
+            QueueStats::default()
+        );
+        assert_eq!(
+            t.store.queue_stats(&other_q).await.unwrap(),
+            QueueStats {
+                pending: 2,
+                ..QueueStats::default()
+            },
+            "the other instance keeps its work"
+        );
+        assert_eq!(
+            t.store.queue_stats("default").await.unwrap(),
+            turns_before,
+            "orchestration tasks are not touched"
+        );
+    }
 }
