@@ -207,6 +207,27 @@ async fn settle_in_tx(
     now: Timestamp,
 ) -> Result<Option<(String, TaskKind)>> {
     let lease = settle.lease();
+    if let Settle::Complete(_) = settle {
+        // The common case in one round trip: a completed turn, activity or timer whose task is
+        // simply deleted (and, for a turn, whose worker becomes the instance's affinity). Anything
+        // else (a lost lease, a rerun, a cancellation, a job with its record) takes the path below.
+        let done: i64 = sqlx::query_scalar(
+            "WITH d AS (DELETE FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 \
+               AND kind IN ('orchestration', 'activity', 'timer') AND NOT rerun AND NOT cancel_requested \
+               RETURNING kind, instance_id), \
+             a AS (UPDATE instances i SET affinity = $3 FROM d \
+               WHERE d.kind = 'orchestration' AND i.id = d.instance_id AND i.affinity IS DISTINCT FROM $3) \
+             SELECT count(*) FROM d",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt as i32)
+        .bind(&lease.worker)
+        .fetch_one(&mut **tx)
+        .await?;
+        if done == 1 {
+            return Ok(None);
+        }
+    }
     let row = sqlx::query("SELECT kind, rerun, instance_id, queue, cancel_requested FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 FOR UPDATE")
         .bind(lease.task_id)
         .bind(lease.attempt as i32)

@@ -22,6 +22,7 @@ conformance!(
     it_commits_nothing_of_a_turn_whose_lease_was_lost,
     it_enqueues_a_task_already_leased_to_the_worker_that_will_run_it,
     it_drops_the_outstanding_work_of_an_instance_that_ends,
+    it_makes_the_worker_that_completed_a_turn_the_instance_s_affinity,
 );
 
 fn activity(queue: &str, n: u8) -> NewTask {
@@ -706,4 +707,63 @@ async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
             "orchestration tasks are not touched"
         );
     }
+}
+
+async fn it_makes_the_worker_that_completed_a_turn_the_instance_s_affinity(t: &TestStore) {
+    start(t, "sticky").await;
+    let affinity = async || {
+        t.store
+            .get_instance("sticky")
+            .await
+            .unwrap()
+            .unwrap()
+            .affinity
+    };
+    assert_eq!(affinity().await, None);
+    let claim = async |worker: &str| {
+        t.store
+            .claim(ClaimRequest::new(worker, ["default"]).affinity_delay(Duration::ZERO))
+            .await
+            .unwrap()
+            .remove(0)
+    };
+    // A turn that appends, then one that appends nothing, each completed alone.
+    let first = claim("w1").await;
+    t.store
+        .commit(
+            Commit::new()
+                .append(
+                    "sticky",
+                    Expected::Seq(2),
+                    [HistoryEvent::SignalReceived {
+                        name: "go".into(),
+                        payload: Payload::json(&1).unwrap(),
+                    }],
+                )
+                .complete(first.lease),
+        )
+        .await
+        .unwrap();
+    assert_eq!(affinity().await.as_deref(), Some("w1"));
+    t.store
+        .enqueue(vec![NewTask::orchestration("default", "sticky")])
+        .await
+        .unwrap();
+    let second = claim("w2").await;
+    t.store
+        .commit(Commit::new().complete(second.lease.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        affinity().await.as_deref(),
+        Some("w2"),
+        "the last turn's worker"
+    );
+    assert!(
+        matches!(
+            t.store.commit(Commit::new().complete(second.lease)).await,
+            Err(Error::LeaseLost { .. })
+        ),
+        "a task completes once"
+    );
 }
