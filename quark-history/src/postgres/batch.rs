@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::Row;
 
 use super::PostgresStore;
+use super::heads::Head;
 use super::jobs::{Finish, finish_tasks};
 use super::queue::{drop_outstanding, enqueue_in_tx, woken_instances};
 use crate::codec::Payload;
@@ -453,6 +454,14 @@ impl PostgresStore {
         super::outbox::insert_messages(&mut tx, &rows, now).await?;
         tx.commit().await?;
 
+        // Every instance read here was locked until the commit, so its state is its head now.
+        self.heads.learn(state.into_iter().map(|(id, st)| {
+            let head = (!st.status.is_closed()).then_some(Head {
+                next_seq: st.next_seq,
+                last_hash: st.last_hash,
+            });
+            (id, head)
+        }));
         announce.extend(visible_queues(&tasks, now));
         if !rows.is_empty() {
             announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));

@@ -4,6 +4,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::PostgresStore;
+use super::heads::Head;
 use crate::clock::Timestamp;
 use crate::commit::{Append, Expected};
 use crate::error::{Error, Result};
@@ -118,6 +119,8 @@ impl PostgresStore {
         if new.start_at.is_none_or(|at| at <= now) {
             self.announce([(new.queue.clone(), crate::TaskKind::Orchestration)]);
         }
+        self.heads
+            .learn([(new.id.clone(), Some(started_head(first)))]);
         let instance = new.into_record(first.bytes.len() as u64, now);
         Ok(Created {
             instance,
@@ -204,6 +207,12 @@ impl PostgresStore {
             .map(|n| (n.queue.clone(), crate::TaskKind::Orchestration))
             .collect();
         self.announce(wake);
+        self.heads.learn(
+            news.iter()
+                .zip(&firsts)
+                .filter(|(n, _)| inserted.contains(&n.id))
+                .map(|(n, first)| (n.id.clone(), Some(started_head(first)))),
+        );
         news.into_iter()
             .zip(firsts)
             .map(|(new, first)| {
@@ -386,45 +395,103 @@ impl PostgresStore {
     }
 }
 
-/// Appends one instance's events inside a write transaction. Returns (first seq, last seq).
+/// The head of an instance just created with `first` as its first event.
+fn started_head(first: &crate::rows::EncodedEvent) -> Head {
+    Head {
+        next_seq: 2,
+        last_hash: first.hash,
+    }
+}
+
+/// Appends one instance's events inside a write transaction. Returns (first seq, last seq), and
+/// the instance's head after the append for [`Heads::learn`](super::heads::Heads::learn) once the
+/// transaction commits (`None` if it ended).
+///
+/// If this store knows the instance's head, the append is one statement that writes only if the
+/// row still holds that head (see [`super::heads`]); otherwise, or if it no longer does, the row is
+/// locked and read first.
 pub(super) async fn append_in_tx(
     tx: &mut Transaction<'static, Postgres>,
     store: &PostgresStore,
     append: &Append,
     now: Timestamp,
-) -> Result<(u64, u64)> {
-    let row = sqlx::query(
-        "SELECT next_seq, last_hash, status, history_bytes FROM instances WHERE id = $1 FOR UPDATE",
-    )
-    .bind(&append.instance_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+) -> Result<((u64, u64), Option<Head>)> {
+    if let Some(head) = store.heads.get(&append.instance_id)
+        && !append.events.is_empty()
+        && matches!(append.expected, Expected::Any)
+            | matches!(append.expected, Expected::Seq(s) if s == head.next_seq)
+    {
+        let running = Locked {
+            next_seq: head.next_seq,
+            last_hash: head.last_hash,
+            status: InstanceStatus::Running,
+        };
+        if let Some(done) = write_append(tx, store, append, now, running, Some(head)).await? {
+            return Ok(done);
+        }
+        // Another process appended (or ended the instance) since: read it as it is now.
+        store.heads.forget(&append.instance_id);
+    }
+    let row =
+        sqlx::query("SELECT next_seq, last_hash, status FROM instances WHERE id = $1 FOR UPDATE")
+            .bind(&append.instance_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     let Some(row) = row else {
         return Err(Error::InstanceNotFound {
             id: append.instance_id.clone(),
         });
     };
-    let next_seq = row.try_get::<i64, _>(0)? as u64;
-    let last_hash: Vec<u8> = row.try_get(1)?;
-    let mut status: InstanceStatus = row
-        .try_get::<String, _>(2)?
-        .parse()
-        .map_err(Error::Invalid)?;
-    let mut history_bytes = row.try_get::<i64, _>(3)?;
+    let locked = Locked {
+        next_seq: row.try_get::<i64, _>(0)? as u64,
+        last_hash: hash32(&row.try_get::<Vec<u8>, _>(1)?),
+        status: row
+            .try_get::<String, _>(2)?
+            .parse()
+            .map_err(Error::Invalid)?,
+    };
     if let Expected::Seq(expected) = append.expected
-        && expected != next_seq
+        && expected != locked.next_seq
     {
         return Err(Error::Conflict {
             id: append.instance_id.clone(),
             expected,
-            actual: next_seq,
+            actual: locked.next_seq,
         });
     }
     if append.events.is_empty() {
-        return Ok((next_seq, next_seq - 1));
+        let head = (!locked.status.is_closed()).then_some(Head {
+            next_seq: locked.next_seq,
+            last_hash: locked.last_hash,
+        });
+        return Ok(((locked.next_seq, locked.next_seq - 1), head));
     }
+    Ok(write_append(tx, store, append, now, locked, None)
+        .await?
+        .expect("an unconditional write always writes"))
+}
+
+/// An instance's state as an append starts from it.
+struct Locked {
+    next_seq: u64,
+    last_hash: [u8; 32],
+    status: InstanceStatus,
+}
+
+/// Writes an append's events and the instance's new head in one statement, from `from`. With
+/// `expected_head`, the write happens only if the row still holds that head and is running, and
+/// `None` says it did not; without, the row is locked already and the write always happens.
+async fn write_append(
+    tx: &mut Transaction<'static, Postgres>,
+    store: &PostgresStore,
+    append: &Append,
+    now: Timestamp,
+    from: Locked,
+    expected_head: Option<Head>,
+) -> Result<Option<((u64, u64), Option<Head>)>> {
     let now = append.at.unwrap_or(now);
-    let encoded = encode_events(&store.config, hash32(&last_hash), next_seq, &append.events)?;
+    let encoded = encode_events(&store.config, from.last_hash, from.next_seq, &append.events)?;
+    let mut status = from.status;
     let mut output = None;
     for event in &append.events {
         if status.is_closed() {
@@ -440,19 +507,23 @@ pub(super) async fn append_in_tx(
             }
         }
     }
-    history_bytes += encoded.iter().map(|e| e.bytes.len() as i64).sum::<i64>();
+    let added = encoded.iter().map(|e| e.bytes.len() as i64).sum::<i64>();
     let last = encoded
         .last()
         .map(|e| (e.seq, e.hash))
-        .unwrap_or((next_seq - 1, GENESIS));
-    // The events and the instance's new head in one statement: one round trip per append.
-    sqlx::query(
-        "WITH h AS ( \
-           INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
-           SELECT $1, seq, kind, $2, codec, payload, $3, hash \
-           FROM UNNEST($4::bigint[], $5::text[], $6::smallint[], $7::bytea[], $8::bytea[]) AS e(seq, kind, codec, payload, hash)) \
-         UPDATE instances SET next_seq = $9, last_hash = $10, status = $11, history_bytes = $12, updated_at = $3, \
-         output_codec = COALESCE($13, output_codec), output = COALESCE($14, output) WHERE id = $1",
+        .unwrap_or((from.next_seq - 1, GENESIS));
+    // The instance's new head, then the events if it was written: one round trip per append.
+    let written = sqlx::query(
+        "WITH u AS ( \
+           UPDATE instances SET next_seq = $9, last_hash = $10, status = $11, \
+           history_bytes = history_bytes + $12, updated_at = $3, \
+           output_codec = COALESCE($13, output_codec), output = COALESCE($14, output) \
+           WHERE id = $1 AND ($15::bigint IS NULL OR (next_seq = $15 AND last_hash = $16 AND status = 'running')) \
+           RETURNING id) \
+         INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
+         SELECT $1, seq, kind, $2, codec, payload, $3, hash \
+         FROM UNNEST($4::bigint[], $5::text[], $6::smallint[], $7::bytea[], $8::bytea[]) AS e(seq, kind, codec, payload, hash) \
+         WHERE EXISTS (SELECT 1 FROM u)",
     )
     .bind(&append.instance_id)
     .bind(SCHEMA_VERSION)
@@ -465,10 +536,20 @@ pub(super) async fn append_in_tx(
     .bind(last.0 as i64 + 1)
     .bind(last.1.as_slice())
     .bind(status.as_str())
-    .bind(history_bytes)
+    .bind(added)
     .bind(output.as_ref().map(|o| o.codec().as_i16()))
     .bind(output.as_ref().map(|o| o.as_bytes()))
+    .bind(expected_head.map(|h| h.next_seq as i64))
+    .bind(expected_head.map(|h| h.last_hash.to_vec()))
     .execute(&mut **tx)
-    .await?;
-    Ok((next_seq, last.0))
+    .await?
+    .rows_affected();
+    if written != encoded.len() as u64 {
+        return Ok(None);
+    }
+    let head = (!status.is_closed()).then_some(Head {
+        next_seq: last.0 + 1,
+        last_hash: last.1,
+    });
+    Ok(Some(((from.next_seq, last.0), head)))
 }

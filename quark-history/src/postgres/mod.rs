@@ -5,6 +5,7 @@
 //! connection per store that reconnects by itself.
 
 mod batch;
+mod heads;
 mod inbox_order;
 mod jobs;
 mod journal;
@@ -41,6 +42,7 @@ pub struct PostgresStore {
     hub: Hub,
     notifier: Arc<notify::Notifier>,
     rate_limited: Arc<crate::jobs::LimitedQueues>,
+    heads: Arc<heads::Heads>,
 }
 
 fn migrator() -> Migrator {
@@ -155,6 +157,7 @@ impl PostgresStore {
             config,
             hub,
             rate_limited: Arc::default(),
+            heads: Arc::default(),
         }
     }
 

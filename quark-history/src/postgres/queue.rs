@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::PostgresStore;
+use super::heads::Head;
 use super::jobs::{Finish, finish_tasks};
 use super::journal::append_in_tx;
 use crate::clock::Timestamp;
@@ -26,6 +27,8 @@ fn kind_of(text: &str) -> Result<TaskKind> {
 struct Written {
     committed: Committed,
     announce: BTreeSet<(String, TaskKind)>,
+    /// The heads the appends left, learnt once the transaction committed.
+    heads: Vec<(String, Option<Head>)>,
 }
 
 /// What an enqueue inside a transaction did.
@@ -379,8 +382,11 @@ impl PostgresStore {
             announce.insert(queue);
         }
         let mut appended = Vec::with_capacity(commit.appends.len());
+        let mut heads = Vec::with_capacity(commit.appends.len());
         for append in &commit.appends {
-            appended.push(append_in_tx(tx, self, append, now).await?);
+            let (range, head) = append_in_tx(tx, self, append, now).await?;
+            appended.push(range);
+            heads.push((append.instance_id.clone(), head));
         }
         let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
         drop_outstanding(tx, &commit.ending_instances(), now).await?;
@@ -395,12 +401,14 @@ impl PostgresStore {
                 deduplicated: inserted.deduplicated,
             },
             announce,
+            heads,
         })
     }
 
     /// Tells this process's idle workers and relays, and other processes, what a committed write
-    /// made claimable.
+    /// made claimable, and keeps the heads it left.
     fn after_commit(&self, written: Written) -> Committed {
+        self.heads.learn(written.heads);
         self.announce(written.announce);
         written.committed
     }

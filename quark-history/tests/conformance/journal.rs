@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use quark_history::Store;
 use quark_history::testing::TestStore;
 use quark_history::{
     Backend, Commit, Error, Expected, GlobalPosition, HistoryEvent, HistoryRange, Payload,
@@ -269,4 +270,93 @@ async fn it_reports_an_undecodable_event_with_its_instance_and_sequence_number(t
         other => panic!("expected UnsupportedSchema, got {other:?}"),
     }
     assert_eq!(t.store.verify("bad").await.unwrap().first_mismatch, Some(2));
+}
+
+/// PostgreSQL: a store appends to a warm instance without reading its row first, from the head
+/// its own last append left. Another process's appends, its ending of the instance, and the
+/// instance's replacement by another of the same id (rows deleted behind the engine's back) must
+/// each be noticed: the append lands at the real next sequence number on the real chain, or fails
+/// as it would on a cold store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_continues_a_history_another_process_extended_replaced_or_ended() {
+    let Some(t) = quark_history::testing::postgres().await else {
+        return;
+    };
+    let url = t.database_url().unwrap();
+    let other = quark_history::PostgresStore::connect_with(&url, Default::default())
+        .await
+        .unwrap();
+    let append = |expected, n| Commit::new().append("shared", expected, [signal(n)]);
+    async fn ok(store: &dyn Store, commit: Commit) -> Vec<(u64, u64)> {
+        store.commit(commit).await.unwrap().appended
+    }
+
+    start(&t, "shared").await;
+    assert_eq!(ok(&*t.store, append(Expected::Seq(2), 1)).await, [(2, 2)]);
+    assert_eq!(ok(&other, append(Expected::Any, 2)).await, [(3, 3)]);
+    assert_eq!(
+        ok(&*t.store, append(Expected::Any, 3)).await,
+        [(4, 4)],
+        "after the other process's append, not over it"
+    );
+    assert!(matches!(
+        t.store.commit(append(Expected::Seq(4), 9)).await,
+        Err(Error::Conflict { actual: 5, .. })
+    ));
+    assert_eq!(ok(&other, append(Expected::Seq(5), 4)).await, [(5, 5)]);
+    let report = t.store.verify("shared").await.unwrap();
+    assert_eq!((report.events, report.first_mismatch), (5, None));
+    let names: Vec<String> = t
+        .store
+        .read_history("shared", HistoryRange::From(2))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.event {
+            HistoryEvent::SignalReceived { name, .. } => name,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["s1", "s2", "s3", "s4"]);
+
+    // Replaced: same id, same next sequence number, another chain.
+    assert_eq!(ok(&*t.store, append(Expected::Any, 5)).await, [(6, 6)]);
+    t.execute("DELETE FROM history WHERE instance_id = 'shared'")
+        .await;
+    t.execute("DELETE FROM instances WHERE id = 'shared'").await;
+    other
+        .create_instance(
+            quark_history::NewInstance::new("shared", "other-type", Payload::json(&0).unwrap()),
+            quark_history::IdReusePolicy::RejectDuplicate,
+        )
+        .await
+        .unwrap();
+    for n in 10..15 {
+        ok(&other, append(Expected::Any, n)).await;
+    }
+    assert_eq!(
+        ok(&*t.store, append(Expected::Any, 15)).await,
+        [(7, 7)],
+        "the head this store kept has the same sequence number, not the same chain"
+    );
+    let report = t.store.verify("shared").await.unwrap();
+    assert_eq!((report.events, report.first_mismatch), (7, None));
+
+    // Ended by the other process.
+    other
+        .commit(Commit::new().append(
+            "shared",
+            Expected::Any,
+            [HistoryEvent::WorkflowTerminated {
+                reason: "done".into(),
+            }],
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(
+        t.store.commit(append(Expected::Any, 16)).await,
+        Err(Error::InstanceClosed { .. })
+    ));
+    assert_eq!(t.store.verify("shared").await.unwrap().events, 8);
+    t.cleanup().await;
 }
