@@ -15,7 +15,7 @@ use sqlx::Row;
 use super::PostgresStore;
 use super::heads::Head;
 use super::jobs::{Finish, finish_tasks};
-use super::queue::{drop_outstanding, enqueue_in_tx, woken_instances};
+use super::queue::{drop_outstanding, enqueue_in_tx, to_drop, woken_instances};
 use crate::codec::Payload;
 use crate::commit::{Commit, Committed, Expected, Settle};
 use crate::error::{Error, Result};
@@ -444,6 +444,21 @@ impl PostgresStore {
             .iter()
             .flat_map(|i| commits[*i].ending_instances())
             .collect();
+        let completed: BTreeSet<i64> = live
+            .iter()
+            .filter_map(|i| match &commits[*i].settle {
+                Some(Settle::Complete(lease)) => Some(lease.task_id),
+                _ => None,
+            })
+            .collect();
+        let ended = to_drop(
+            &ended,
+            locked
+                .iter()
+                .map(|(id, t)| (*id, t.kind, t.instance_id.as_deref())),
+            &completed,
+            &tasks,
+        );
         drop_outstanding(&mut tx, &ended, now).await?;
         // Outbox messages, in commit order. A taken idempotency key fails the whole batch, which
         // is then committed one by one, so that only its own commit fails.

@@ -155,16 +155,21 @@ pub(super) fn woken_instances(tasks: &[NewTask]) -> Vec<&str> {
 /// Every write path locks task rows before instance rows, each in id order, so that two commits
 /// cannot deadlock. A commit that wakes an orchestration merges into its task row after appending
 /// to the instance, and one that ends an instance drops its activities and timers after appending
-/// the closing event; lock those rows (and the settled task) up front, in one statement.
-async fn lock_tasks_first(tx: &mut Transaction<'static, Postgres>, commit: &Commit) -> Result<()> {
+/// the closing event; lock those rows (and the settled task) up front, in one statement. Returns
+/// the ending instances that have work to drop (see [`to_drop`]).
+async fn lock_tasks_first<'c>(
+    tx: &mut Transaction<'static, Postgres>,
+    commit: &'c Commit,
+) -> Result<Vec<&'c str>> {
     let woken = woken_instances(&commit.tasks);
     let ending = commit.ending_instances();
     if woken.is_empty() && ending.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let settled = commit.settle.as_ref().map_or(-1, |s| s.lease().task_id);
-    sqlx::query(
-        "SELECT id FROM tasks WHERE id = $1 OR (kind = 'orchestration' AND instance_id = ANY($2)) \
+    let rows = sqlx::query(
+        "SELECT id, kind, instance_id FROM tasks WHERE id = $1 \
+         OR (kind = 'orchestration' AND instance_id = ANY($2)) \
          OR (instance_id = ANY($3) AND kind IN ('activity', 'timer')) ORDER BY id FOR UPDATE",
     )
     .bind(settled)
@@ -172,7 +177,55 @@ async fn lock_tasks_first(tx: &mut Transaction<'static, Postgres>, commit: &Comm
     .bind(&ending)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    let locked = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<i64, _>(0)?,
+                kind_of(row.try_get::<&str, _>(1)?)?,
+                row.try_get::<Option<String>, _>(2)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let completed: BTreeSet<i64> = match &commit.settle {
+        Some(Settle::Complete(lease)) => [lease.task_id].into(),
+        _ => BTreeSet::new(),
+    };
+    Ok(to_drop(
+        &ending,
+        locked
+            .iter()
+            .map(|(id, kind, i)| (*id, *kind, i.as_deref())),
+        &completed,
+        &commit.tasks,
+    ))
+}
+
+/// The instances among `ending` with activities or timers to drop when they end: tasks the lock
+/// step found (`locked`: id, kind, instance) other than those the same write completes, and tasks
+/// the write itself enqueues for them. An orchestration whose last activity's result ends it has
+/// none, and its commit skips the drop.
+pub(super) fn to_drop<'a, 'b>(
+    ending: &[&'a str],
+    locked: impl Iterator<Item = (i64, TaskKind, Option<&'b str>)>,
+    completed: &BTreeSet<i64>,
+    new: &'b [NewTask],
+) -> Vec<&'a str> {
+    let work = |kind: TaskKind| matches!(kind, TaskKind::Activity | TaskKind::Timer);
+    let mut busy: BTreeSet<&'b str> = locked
+        .filter(|(id, kind, _)| work(*kind) && !completed.contains(id))
+        .filter_map(|(_, _, instance)| instance)
+        .collect();
+    busy.extend(
+        new.iter()
+            .filter(|t| work(t.kind))
+            .filter_map(|t| t.instance_id.as_deref()),
+    );
+    ending
+        .iter()
+        .copied()
+        .filter(|i| busy.contains(i))
+        .collect()
 }
 
 /// Drops what the instances `ending` still had outstanding, inside the transaction that ends them
@@ -373,7 +426,7 @@ impl PostgresStore {
         messages: &[crate::outbox::MessageRow],
         now: Timestamp,
     ) -> Result<Written> {
-        lock_tasks_first(tx, commit).await?;
+        let ending = lock_tasks_first(tx, commit).await?;
         super::outbox::receive_in(tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
@@ -389,7 +442,7 @@ impl PostgresStore {
             heads.push((append.instance_id.clone(), head));
         }
         let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
-        drop_outstanding(tx, &commit.ending_instances(), now).await?;
+        drop_outstanding(tx, &ending, now).await?;
         super::outbox::insert_messages(tx, messages, now).await?;
         if !messages.is_empty() {
             announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));

@@ -597,7 +597,11 @@ async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
         // The ending instance's work: an activity whose worker died (its lease expired), one
         // waiting for a retry, one running, one pending and a timer due in a year.
         t.store
-            .enqueue(vec![act(&q, ending, 2), act(&q, ending, 3)])
+            .enqueue(vec![
+                act(&q, ending, 2),
+                act(&q, ending, 3),
+                act(&q, ending, 7),
+            ])
             .await
             .unwrap();
         let claimed = t
@@ -605,7 +609,8 @@ async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
             .claim(ClaimRequest::new("w", [q.as_str()]).lease(Duration::from_secs(60)))
             .await
             .unwrap();
-        let [failing, running]: [_; 2] = claimed.try_into().unwrap();
+        // `last` is the activity whose result ends the instance, completed by the ending commit.
+        let [failing, running, last]: [_; 3] = claimed.try_into().unwrap();
         t.store.enqueue(vec![act(&q, ending, 1)]).await.unwrap();
         let died = t
             .store
@@ -634,11 +639,12 @@ async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
             .await
             .unwrap();
         let before = t.store.queue_stats(&q).await.unwrap();
-        assert_eq!(before.pending + before.leased, 5, "{before:?}");
+        assert_eq!(before.pending + before.leased, 6, "{before:?}");
         let turns_before = t.store.queue_stats("default").await.unwrap();
 
-        // The commit that ends it also schedules an activity: nobody will read its result either.
-        let end = Commit::new()
+        // The commit that ends it completes one of its activities and (batched) schedules another:
+        // nobody will read that one's result either.
+        let mut end = Commit::new()
             .append(
                 ending,
                 Expected::Any,
@@ -646,7 +652,10 @@ async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
                     reason: "enough".into(),
                 }],
             )
-            .enqueue(act(&q, ending, 6));
+            .complete(last.lease);
+        if batched {
+            end = end.enqueue(act(&q, ending, 6));
+        }
         let unrelated = Commit::new().append(
             other,
             Expected::Any,
@@ -707,6 +716,27 @@ async fn it_drops_the_outstanding_work_of_an_instance_that_ends(t: &TestStore) {
             "orchestration tasks are not touched"
         );
     }
+
+    // An instance with nothing outstanding whose ending commit schedules an activity.
+    start(t, "lonely").await;
+    t.store
+        .commit(
+            Commit::new()
+                .append(
+                    "lonely",
+                    Expected::Any,
+                    [HistoryEvent::WorkflowTerminated {
+                        reason: "enough".into(),
+                    }],
+                )
+                .enqueue(activity("lonely-work", 1).instance("lonely")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store.queue_stats("lonely-work").await.unwrap(),
+        QueueStats::default()
+    );
 }
 
 async fn it_makes_the_worker_that_completed_a_turn_the_instance_s_affinity(t: &TestStore) {
