@@ -182,7 +182,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// for a retry, ones enqueued by this very commit), and its running activities are asked to
     /// cancel as a cancelled job is (their next lease extension fails with
     /// [`Error::CancelRequested`](crate::Error::CancelRequested), and their attempt, however it
-    /// ends, is not retried).
+    /// ends, is not retried). On PostgreSQL, an activity or timer that another transaction adds
+    /// while the ending commit runs (a turn that commits just before a terminate) is left alone: it
+    /// runs once, and its result is refused like any result for an ended instance.
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
 
     /// Commits many commits, each all or nothing, and returns each one's result in order. The

@@ -171,13 +171,18 @@ impl Workflows {
                 .create_instance(child, IdReusePolicy::ReturnExisting)
                 .await?;
         }
-        if !matches!(turn.outcome, Outcome::Waiting) {
+        let waiting = matches!(turn.outcome, Outcome::Waiting);
+        if !waiting {
             self.cache.forget(instance);
         }
         let mut commit = turn.commit;
-        for task in &mut commit.tasks {
-            if task.kind == TaskKind::Activity {
-                cx.run_here(task);
+        // A turn that ends its instance drops the activities it scheduled (nobody will read their
+        // results): they must not be started here either.
+        if waiting {
+            for task in &mut commit.tasks {
+                if task.kind == TaskKind::Activity {
+                    cx.run_here(task);
+                }
             }
         }
         Ok(commit)

@@ -19,6 +19,7 @@ quark_history::backend_tests!(
     it_delivers_cancellation_and_termination_to_running_orchestrations,
     it_lets_a_child_finish_after_its_parent_was_terminated,
     it_cancels_the_running_activity_of_a_terminated_orchestration,
+    it_does_not_start_the_activities_of_a_turn_that_ends_its_orchestration,
 );
 
 /// Starts a `patient` child and waits for it.
@@ -415,6 +416,63 @@ async fn it_cancels_the_running_activity_of_a_terminated_orchestration(t: &TestS
     assert_eq!(
         history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
         ["WorkflowStarted", "ActivityScheduled", "WorkflowTerminated"]
+    );
+    running.shutdown().await;
+}
+
+/// Schedules an activity and returns without waiting for it.
+#[orchestration]
+async fn fire_and_forget(
+    ctx: OrchestrationContext,
+    token: String,
+) -> Result<(), OrchestrationError> {
+    let _never_awaited = ctx.call(waits_for_cancellation, &token);
+    Ok(())
+}
+
+async fn it_does_not_start_the_activities_of_a_turn_that_ends_its_orchestration(t: &TestStore) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let token = format!(
+        "forgotten-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    // The default heartbeat (10 s): a started activity would still be running, leased, below.
+    let running = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(
+            Registry::new()
+                .register(fire_and_forget)
+                .register(waits_for_cancellation),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let handle = fire_and_forget::start(&client, "forgetful", token.clone())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    // The commit that completed the instance deleted the activity's task: nothing is leased to
+    // this worker, and nothing waits in the queue.
+    assert_eq!(
+        t.store.queue_stats("default").await.unwrap(),
+        QueueStats::default()
+    );
+    assert_eq!(seen(&token), (0, 0), "the activity never started");
+    let history = t
+        .store
+        .read_history("forgetful", HistoryRange::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
+        ["WorkflowStarted", "ActivityScheduled", "WorkflowCompleted"]
     );
     running.shutdown().await;
 }

@@ -15,7 +15,7 @@ use sqlx::Row;
 use super::PostgresStore;
 use super::heads::Head;
 use super::jobs::{Finish, finish_tasks};
-use super::queue::{drop_outstanding, enqueue_in_tx, to_drop, woken_instances};
+use super::queue::{drop_outstanding, enqueue_in_tx, enqueued_for, outstanding, woken_instances};
 use crate::codec::Payload;
 use crate::commit::{Commit, Committed, Expected, Settle};
 use crate::error::{Error, Result};
@@ -284,12 +284,29 @@ impl PostgresStore {
         let mut dead: Vec<(i64, String)> = Vec::new();
         let mut affinity: Vec<(String, String)> = Vec::new();
         let mut announce: BTreeSet<(String, TaskKind)> = BTreeSet::new();
+        // The first commit of the batch that ends each instance: a running activity of it that a
+        // later commit fails is cancelled, as if the commits ran one after another.
+        let mut ended_by: HashMap<&str, usize> = HashMap::new();
+        for (i, c) in commits.iter().enumerate() {
+            if failed[i].is_none() {
+                for id in c.ending_instances() {
+                    ended_by.entry(id).or_insert(i);
+                }
+            }
+        }
         for (i, c) in commits.iter().enumerate() {
             let (None, Some(settle)) = (&failed[i], &c.settle) else {
                 continue;
             };
             let lease = settle.lease();
             let task = &locked[&lease.task_id];
+            let cancelled = task.cancel_requested
+                || (task.kind == TaskKind::Activity
+                    && task
+                        .instance_id
+                        .as_deref()
+                        .and_then(|id| ended_by.get(id))
+                        .is_some_and(|j| *j < i));
             match settle {
                 Settle::Complete(_) => {
                     if task.kind == TaskKind::Orchestration
@@ -309,8 +326,9 @@ impl PostgresStore {
                         finish.push((lease.task_id, Finish::Completed, None));
                     }
                 }
-                // A cancelled job ends here, however its attempt failed.
-                Settle::Fail(_, action) if task.cancel_requested => {
+                // A cancelled job, or an activity of an ended instance, ends here, however its
+                // attempt failed.
+                Settle::Fail(_, action) if cancelled => {
                     let error = match action {
                         FailAction::Retry { error, .. } => error.clone(),
                         FailAction::Dead { error } => Some(error.clone()),
@@ -451,15 +469,15 @@ impl PostgresStore {
                 _ => None,
             })
             .collect();
-        let ended = to_drop(
+        let mut dropped = outstanding(
             &ended,
             locked
                 .iter()
                 .map(|(id, t)| (*id, t.kind, t.instance_id.as_deref())),
             &completed,
-            &tasks,
         );
-        drop_outstanding(&mut tx, &ended, now).await?;
+        dropped.extend(enqueued_for(&ended, &tasks, &inserted.ids));
+        drop_outstanding(&mut tx, &dropped, now).await?;
         // Outbox messages, in commit order. A taken idempotency key fails the whole batch, which
         // is then committed one by one, so that only its own commit fails.
         let rows: Vec<crate::outbox::MessageRow> = live

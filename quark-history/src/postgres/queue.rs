@@ -156,11 +156,12 @@ pub(super) fn woken_instances(tasks: &[NewTask]) -> Vec<&str> {
 /// cannot deadlock. A commit that wakes an orchestration merges into its task row after appending
 /// to the instance, and one that ends an instance drops its activities and timers after appending
 /// the closing event; lock those rows (and the settled task) up front, in one statement. Returns
-/// the ending instances that have work to drop (see [`to_drop`]).
-async fn lock_tasks_first<'c>(
+/// the ids of the ending instances' activities and timers it locked, but the one the commit
+/// completes (see [`outstanding`]).
+async fn lock_tasks_first(
     tx: &mut Transaction<'static, Postgres>,
-    commit: &'c Commit,
-) -> Result<Vec<&'c str>> {
+    commit: &Commit,
+) -> Result<Vec<i64>> {
     let woken = woken_instances(&commit.tasks);
     let ending = commit.ending_instances();
     if woken.is_empty() && ending.is_empty() {
@@ -191,63 +192,73 @@ async fn lock_tasks_first<'c>(
         Some(Settle::Complete(lease)) => [lease.task_id].into(),
         _ => BTreeSet::new(),
     };
-    Ok(to_drop(
+    Ok(outstanding(
         &ending,
         locked
             .iter()
             .map(|(id, kind, i)| (*id, *kind, i.as_deref())),
         &completed,
-        &commit.tasks,
     ))
 }
 
-/// The instances among `ending` with activities or timers to drop when they end: tasks the lock
-/// step found (`locked`: id, kind, instance) other than those the same write completes, and tasks
-/// the write itself enqueues for them. An orchestration whose last activity's result ends it has
-/// none, and its commit skips the drop.
-pub(super) fn to_drop<'a, 'b>(
-    ending: &[&'a str],
+fn is_work(kind: TaskKind) -> bool {
+    matches!(kind, TaskKind::Activity | TaskKind::Timer)
+}
+
+/// The activities and timers of the `ending` instances among the task rows a write locked
+/// (`locked`: id, kind, instance), but those the same write completes. An orchestration whose last
+/// activity's result ends it has none.
+pub(super) fn outstanding<'b>(
+    ending: &[&str],
     locked: impl Iterator<Item = (i64, TaskKind, Option<&'b str>)>,
     completed: &BTreeSet<i64>,
-    new: &'b [NewTask],
-) -> Vec<&'a str> {
-    let work = |kind: TaskKind| matches!(kind, TaskKind::Activity | TaskKind::Timer);
-    let mut busy: BTreeSet<&'b str> = locked
-        .filter(|(id, kind, _)| work(*kind) && !completed.contains(id))
-        .filter_map(|(_, _, instance)| instance)
-        .collect();
-    busy.extend(
-        new.iter()
-            .filter(|t| work(t.kind))
-            .filter_map(|t| t.instance_id.as_deref()),
-    );
-    ending
-        .iter()
-        .copied()
-        .filter(|i| busy.contains(i))
+) -> Vec<i64> {
+    locked
+        .filter(|(id, kind, instance)| {
+            is_work(*kind)
+                && !completed.contains(id)
+                && instance.is_some_and(|i| ending.contains(&i))
+        })
+        .map(|(id, _, _)| id)
         .collect()
 }
 
-/// Drops what the instances `ending` still had outstanding, inside the transaction that ends them
-/// (after its tasks were enqueued): their activities and timers that are not running are deleted,
-/// and their running activities (leased, the lease not expired) are asked to cancel. Their rows were
-/// locked first (see [`lock_tasks_first`]), so this waits for nobody.
+/// The activities and timers a write enqueued (`tasks`, with their new `ids`) for the `ending`
+/// instances: nobody will read their results either.
+pub(super) fn enqueued_for(ending: &[&str], tasks: &[NewTask], ids: &[i64]) -> Vec<i64> {
+    tasks
+        .iter()
+        .zip(ids)
+        .filter(|(t, _)| {
+            is_work(t.kind)
+                && t.instance_id
+                    .as_deref()
+                    .is_some_and(|i| ending.contains(&i))
+        })
+        .map(|(_, id)| *id)
+        .collect()
+}
+
+/// Drops the outstanding `tasks` of instances that end, inside the transaction that ends them (after
+/// its own tasks were enqueued): those not running are deleted, and running activities (leased,
+/// the lease not expired) are asked to cancel. Only rows this transaction locked or inserted are
+/// touched, so this waits for nobody; an activity or timer another transaction adds after the lock
+/// step (a turn that committed just before a terminate) runs once and its result is dropped, as
+/// the result of any instance that ended.
 pub(super) async fn drop_outstanding(
     conn: &mut PgConnection,
-    ending: &[&str],
+    tasks: &[i64],
     now: Timestamp,
 ) -> Result<()> {
-    if ending.is_empty() {
+    if tasks.is_empty() {
         return Ok(());
     }
-    // Both halves use the `tasks_by_instance` index.
     sqlx::query(
-        "WITH dropped AS (DELETE FROM tasks WHERE instance_id = ANY($1) AND kind IN ('activity', 'timer') \
-           AND (lease_owner IS NULL OR visible_at <= $2)) \
-         UPDATE tasks SET cancel_requested = true WHERE instance_id = ANY($1) AND kind = 'activity' \
+        "WITH dropped AS (DELETE FROM tasks WHERE id = ANY($1) AND (lease_owner IS NULL OR visible_at <= $2)) \
+         UPDATE tasks SET cancel_requested = true WHERE id = ANY($1) AND kind = 'activity' \
            AND lease_owner IS NOT NULL AND visible_at > $2 AND NOT cancel_requested",
     )
-    .bind(ending)
+    .bind(tasks)
     .bind(now.as_micros())
     .execute(conn)
     .await?;
@@ -426,7 +437,7 @@ impl PostgresStore {
         messages: &[crate::outbox::MessageRow],
         now: Timestamp,
     ) -> Result<Written> {
-        let ending = lock_tasks_first(tx, commit).await?;
+        let mut outstanding = lock_tasks_first(tx, commit).await?;
         super::outbox::receive_in(tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         if let Some(settle) = &commit.settle
@@ -442,7 +453,12 @@ impl PostgresStore {
             heads.push((append.instance_id.clone(), head));
         }
         let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
-        drop_outstanding(tx, &ending, now).await?;
+        outstanding.extend(enqueued_for(
+            &commit.ending_instances(),
+            &commit.tasks,
+            &inserted.ids,
+        ));
+        drop_outstanding(tx, &outstanding, now).await?;
         super::outbox::insert_messages(tx, messages, now).await?;
         if !messages.is_empty() {
             announce.insert((crate::OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox));

@@ -10,7 +10,10 @@ use quark_history::{
 
 use crate::support::{claim_all, conformance, start};
 
-conformance!(it_commits_a_batch_as_if_one_commit_after_another,);
+conformance!(
+    it_commits_a_batch_as_if_one_commit_after_another,
+    it_cancels_the_activity_an_earlier_commit_of_the_batch_orphaned,
+);
 
 fn signal(n: u32) -> HistoryEvent {
     HistoryEvent::SignalReceived {
@@ -209,4 +212,48 @@ async fn it_commits_a_batch_as_if_one_commit_after_another(t: &TestStore) {
             ..QueueStats::default()
         }
     );
+}
+
+/// An activity failed for good by a commit that comes after the one ending its instance is
+/// cancelled (the ending asked it to stop), not dead-lettered; failed before, it is dead-lettered.
+async fn it_cancels_the_activity_an_earlier_commit_of_the_batch_orphaned(t: &TestStore) {
+    let terminate = |id: &str| {
+        Commit::new().append(
+            id,
+            Expected::Any,
+            [HistoryEvent::WorkflowTerminated {
+                reason: "enough".into(),
+            }],
+        )
+    };
+    for (id, ended_first) in [("first", true), ("second", false)] {
+        start(t, id).await;
+        let queue = format!("{id}-work");
+        t.store
+            .enqueue(vec![NewTask::new(TaskKind::Activity, &queue).instance(id)])
+            .await
+            .unwrap();
+        let task = claim_all(&*t.store, "w", &queue).await.remove(0);
+        let fail = Commit::new().fail(
+            task.lease,
+            FailAction::Dead {
+                error: "boom".into(),
+            },
+        );
+        let batch = if ended_first {
+            vec![terminate(id), fail]
+        } else {
+            vec![fail, terminate(id)]
+        };
+        let results = t.store.commit_many(batch).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(
+            t.store.queue_stats(&queue).await.unwrap(),
+            QueueStats {
+                dead: u64::from(!ended_first),
+                ..QueueStats::default()
+            },
+            "{id}"
+        );
+    }
 }
