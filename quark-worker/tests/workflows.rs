@@ -354,6 +354,38 @@ fn see(token: &str, started: u32, cancelled: u32) {
     }
 }
 
+/// A token no other test of this process uses.
+fn fresh_token(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{n}")
+}
+
+/// A worker running `stuck`, `fire_and_forget` and their activity, renewing leases (and so
+/// learning of cancellations) every `heartbeat`.
+async fn cancellation_worker(t: &TestStore, heartbeat: Duration) -> quark_worker::RunningWorker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .heartbeat(heartbeat)
+        .workflows(
+            Registry::new()
+                .register(stuck)
+                .register(fire_and_forget)
+                .register(waits_for_cancellation),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn history_kinds(t: &TestStore, id: &str) -> Vec<&'static str> {
+    let history = t.store.read_history(id, HistoryRange::All).await.unwrap();
+    history.iter().map(|e| e.event.kind()).collect()
+}
+
 /// Runs until it is cancelled, then fails (retryably, were it retried).
 #[activity]
 async fn waits_for_cancellation(ctx: ActivityContext, token: String) -> Result<(), ActivityError> {
@@ -369,26 +401,8 @@ async fn stuck(ctx: OrchestrationContext, token: String) -> Result<(), Orchestra
 }
 
 async fn it_cancels_the_running_activity_of_a_terminated_orchestration(t: &TestStore) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let token = format!(
-        "run-{}",
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let running = Worker::builder()
-        .store(Arc::clone(&t.store))
-        .poll_interval(Duration::from_millis(10))
-        // Leases are renewed, and cancellations learnt, at each heartbeat.
-        .heartbeat(Duration::from_millis(50))
-        .workflows(
-            Registry::new()
-                .register(stuck)
-                .register(waits_for_cancellation),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let token = fresh_token("run");
+    let running = cancellation_worker(t, Duration::from_millis(50)).await;
     let client = Client::new(Arc::clone(&t.store));
     let handle = stuck::start(&client, "stuck", token.clone()).await.unwrap();
     eventually("the activity runs", async || seen(&token).0 == 1).await;
@@ -408,13 +422,8 @@ async fn it_cancels_the_running_activity_of_a_terminated_orchestration(t: &TestS
         t.store.list_dead(None, 10).await.unwrap().is_empty(),
         "nothing was dead-lettered"
     );
-    let history = t
-        .store
-        .read_history("stuck", HistoryRange::All)
-        .await
-        .unwrap();
     assert_eq!(
-        history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
+        history_kinds(t, "stuck").await,
         ["WorkflowStarted", "ActivityScheduled", "WorkflowTerminated"]
     );
     running.shutdown().await;
@@ -431,25 +440,9 @@ async fn fire_and_forget(
 }
 
 async fn it_does_not_start_the_activities_of_a_turn_that_ends_its_orchestration(t: &TestStore) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let token = format!(
-        "forgotten-{}",
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    // The default heartbeat (10 s): a started activity would still be running, leased, below.
-    let running = Worker::builder()
-        .store(Arc::clone(&t.store))
-        .poll_interval(Duration::from_millis(10))
-        .workflows(
-            Registry::new()
-                .register(fire_and_forget)
-                .register(waits_for_cancellation),
-        )
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let token = fresh_token("forgotten");
+    // A 10 s heartbeat: a started activity would still be running, leased, below.
+    let running = cancellation_worker(t, Duration::from_secs(10)).await;
     let client = Client::new(Arc::clone(&t.store));
     let handle = fire_and_forget::start(&client, "forgetful", token.clone())
         .await
@@ -465,13 +458,8 @@ async fn it_does_not_start_the_activities_of_a_turn_that_ends_its_orchestration(
         QueueStats::default()
     );
     assert_eq!(seen(&token), (0, 0), "the activity never started");
-    let history = t
-        .store
-        .read_history("forgetful", HistoryRange::All)
-        .await
-        .unwrap();
     assert_eq!(
-        history.iter().map(|e| e.event.kind()).collect::<Vec<_>>(),
+        history_kinds(t, "forgetful").await,
         ["WorkflowStarted", "ActivityScheduled", "WorkflowCompleted"]
     );
     running.shutdown().await;
