@@ -458,10 +458,7 @@ impl PostgresStore {
             .flat_map(|i| commits[*i].tasks.iter().cloned())
             .collect();
         let inserted = enqueue_in_tx(&mut tx, &tasks, now).await?;
-        let ended: Vec<&str> = live
-            .iter()
-            .flat_map(|i| commits[*i].ending_instances())
-            .collect();
+        let ended: Vec<&str> = ended_by.keys().copied().collect();
         let completed: BTreeSet<i64> = live
             .iter()
             .filter_map(|i| match &commits[*i].settle {
