@@ -466,9 +466,15 @@ pub(super) async fn append_in_tx(
         });
         return Ok(((locked.next_seq, locked.next_seq - 1), head));
     }
-    Ok(write_append(tx, store, append, now, locked, None)
+    // The row is locked, so the unconditional write matches it.
+    write_append(tx, store, append, now, locked, None)
         .await?
-        .expect("an unconditional write always writes"))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "instance {} changed under its row lock",
+                append.instance_id
+            ))
+        })
 }
 
 /// An instance's state as an append starts from it.
