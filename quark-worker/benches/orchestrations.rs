@@ -163,7 +163,9 @@ async fn start_worker(
                 let waits = waits.clone();
                 async move {
                     let _ = waits.send(cx.store().config().clock.now().since(task.created_at));
-                    Ok(Commit::new().complete(task.lease.clone()))
+                    Ok(quark_worker::Handled::Commit(
+                        Commit::new().complete(task.lease.clone()),
+                    ))
                 }
             },
             a.job_slots,

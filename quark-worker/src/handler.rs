@@ -2,8 +2,12 @@
 //!
 //! The worker runtime knows tasks, leases and commits, not orchestrations or jobs. For each task kind
 //! it serves, it is given a [`Handler`] that turns a claimed task into the [`Commit`] that records
-//! its outcome (settling the task's lease inside it). The orchestration turn, the activity runner,
-//! the timer and the job runner are handlers.
+//! its outcome (settling the task's lease inside it), or commits it itself and says so
+//! ([`Handled::Settled`]). The SDK's [`Runner`](quark_workflow::runner::Runner), which runs turns,
+//! activities, timers and jobs, is the handler of workflow tasks; the same settle step
+//! ([`quark_workflow::runner::settle`]) ends every task, whatever its handler.
+//!
+//! [`TaskContext`] is the worker's [`Host`]: what a running task may ask of the worker.
 
 use std::fmt;
 use std::future::Future;
@@ -12,41 +16,30 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
-use quark_history::{ClaimedTask, Commit, Committed, Lease, NewTask, Store, TaskKind, Timestamp};
+use quark_history::{
+    ClaimedTask, Commit, Committed, Lease, NewTask, Payload, Store, StoreTx, TaskKind, Timestamp,
+};
+use quark_workflow::ActivityInfo;
+use quark_workflow::runner::{Handled, HandlerError, Host, RunEvent, Runner};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use crate::metrics::Metrics;
-use crate::worker::Shared;
-
-/// Why a handler could not produce a commit. The runtime releases the task to be retried after a
-/// short backoff; the task's own retry policy is the handler's business and goes into the commit.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HandlerError {
-    /// The store failed (a dropped connection, say). Retried.
-    #[error(transparent)]
-    Store(#[from] quark_history::Error),
-    /// The task cannot be processed by this worker (unknown type, undecodable payload). The
-    /// message says why; the task is dead-lettered.
-    #[error("{0}")]
-    Rejected(String),
-    /// Anything else. Retried.
-    #[error("{0}")]
-    Other(String),
-}
+use crate::shared::Shared;
 
 /// Turns a claimed task into the commit that records its outcome.
 ///
-/// Any `Fn(ClaimedTask, TaskContext) -> impl Future<Output = Result<Commit, HandlerError>>` is a
+/// Any `Fn(ClaimedTask, TaskContext) -> impl Future<Output = Result<Handled, HandlerError>>` is a
 /// handler.
 pub trait Handler: Send + Sync + 'static {
-    /// Handles one task. The returned commit must settle `task.lease` (complete or fail it). It may
-    /// be called again for the same claim when an orchestration turn's history moved on.
+    /// Handles one task: the commit that settles `task.lease` (completes or fails it), or
+    /// [`Handled::Settled`] when the handler committed it itself through
+    /// [`TaskContext::commit`]. It may be called again for the same claim when an orchestration
+    /// turn's history moved on.
     fn handle(
         &self,
         task: ClaimedTask,
         cx: TaskContext,
-    ) -> BoxFuture<'static, Result<Commit, HandlerError>>;
+    ) -> BoxFuture<'static, Result<Handled, HandlerError>>;
 
     /// Called with each batch of tasks the poller claimed, before any of them runs, so that the
     /// handler can read what they need in one round trip instead of one each (the orchestration
@@ -61,14 +54,30 @@ pub trait Handler: Send + Sync + 'static {
 impl<F, Fut> Handler for F
 where
     F: Fn(ClaimedTask, TaskContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Commit, HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<Handled, HandlerError>> + Send + 'static,
 {
     fn handle(
         &self,
         task: ClaimedTask,
         cx: TaskContext,
-    ) -> BoxFuture<'static, Result<Commit, HandlerError>> {
+    ) -> BoxFuture<'static, Result<Handled, HandlerError>> {
         Box::pin(self(task, cx))
+    }
+}
+
+/// Workflow tasks (turns, activities, timers, jobs) run through the SDK's runner, the same one
+/// the test environment drives.
+impl Handler for Runner {
+    fn handle(
+        &self,
+        task: ClaimedTask,
+        cx: TaskContext,
+    ) -> BoxFuture<'static, Result<Handled, HandlerError>> {
+        Runner::handle(self, task, Arc::new(cx))
+    }
+
+    fn prefetch(&self, tasks: &[ClaimedTask], store: Arc<dyn Store>) -> BoxFuture<'static, ()> {
+        Runner::prefetch(self, tasks, store)
     }
 }
 
@@ -216,7 +225,7 @@ impl TaskContext {
 
     /// Commits `commit` and starts the tasks it created for this worker with
     /// [`run_here`](Self::run_here). A handler that commits its task's outcome itself returns
-    /// `Commit::default()`; the runtime commits whatever else it returns the same way.
+    /// [`Handled::Settled`]; the runtime commits whatever else it returns the same way.
     pub async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {
         let shared = &self.shared;
         let me = shared.settings.id.as_ref();
@@ -272,7 +281,7 @@ impl TaskContext {
     /// Writes `commit` in `tx` and commits both (see
     /// [`Store::commit_tx`](quark_history::Store::commit_tx)): for a handler that wrote its own rows
     /// in the transaction. It bypasses the batching committer, since the transaction is the
-    /// handler's. A handler that commits this way returns `Commit::default()`.
+    /// handler's. A handler that commits this way returns [`Handled::Settled`].
     pub async fn commit_tx(
         &self,
         tx: quark_history::StoreTx,
@@ -287,22 +296,6 @@ impl TaskContext {
             Metrics::inc(counter);
         }
         Ok(committed)
-    }
-
-    /// For a transactional task, waits for a turn to hold a database transaction (see
-    /// [`WorkerBuilder::transactions`](crate::WorkerBuilder::transactions)); the turn lasts as long
-    /// as the returned permit. Others need none.
-    pub(crate) async fn transaction_turn(
-        &self,
-        transactional: bool,
-    ) -> Option<OwnedSemaphorePermit> {
-        if !transactional {
-            return None;
-        }
-        Arc::clone(&self.shared.transactions)
-            .acquire_owned()
-            .await
-            .ok()
     }
 
     /// Runs the fault hook at `point`, if the worker has one (crash tests).
@@ -344,5 +337,74 @@ impl TaskContext {
         let mut rx = self.cancelled.clone();
         // An error means the runtime dropped the sender: the task is gone either way.
         let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// The worker's side of a running task, as the runner sees it.
+impl Host for TaskContext {
+    fn store(&self) -> &Arc<dyn Store> {
+        TaskContext::store(self)
+    }
+
+    fn lease(&self) -> &Lease {
+        TaskContext::lease(self)
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, quark_history::Result<Committed>> {
+        Box::pin(TaskContext::commit(self, commit))
+    }
+
+    fn commit_tx(
+        &self,
+        tx: StoreTx,
+        commit: Commit,
+    ) -> BoxFuture<'_, quark_history::Result<Committed>> {
+        Box::pin(TaskContext::commit_tx(self, tx, commit))
+    }
+
+    fn run_here(&self, task: &mut NewTask) -> bool {
+        TaskContext::run_here(self, task)
+    }
+
+    /// An activity's heartbeat extends the lease at once (the lease keeper also extends it on its
+    /// own schedule).
+    fn heartbeat(&self, _info: &ActivityInfo, _progress: Option<Payload>) {
+        let cx = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = TaskContext::heartbeat(&cx).await {
+                tracing::debug!(error = %e, "activity heartbeat could not extend the lease");
+            }
+        });
+    }
+
+    fn cancelled(&self) -> BoxFuture<'static, ()> {
+        let cx = self.clone();
+        Box::pin(async move { TaskContext::cancelled(&cx).await })
+    }
+
+    fn stop_requested(&self) -> BoxFuture<'static, ()> {
+        let cx = self.clone();
+        Box::pin(async move { TaskContext::stop_requested(&cx).await })
+    }
+
+    /// Waits for a turn to hold a database transaction (see
+    /// [`WorkerBuilder::transactions`](crate::WorkerBuilder::transactions)).
+    fn transaction_turn(&self) -> BoxFuture<'_, Option<Box<dyn Send>>> {
+        Box::pin(async move {
+            let permit = Arc::clone(&self.shared.transactions)
+                .acquire_owned()
+                .await
+                .ok()?;
+            Some(Box::new(permit) as Box<dyn Send>)
+        })
+    }
+
+    fn note(&self, event: RunEvent) {
+        let metrics = &self.shared.metrics;
+        match event {
+            RunEvent::LeaseLost => Metrics::inc(&metrics.lease_lost),
+            RunEvent::Conflict => Metrics::inc(&metrics.conflicts),
+            _ => {}
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use quark_history::{Commit, Error, FailAction, Lease, WorkerInfo};
 
 use crate::metrics::Metrics;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Every heartbeat: renews the worker's registration and extends the lease of every in-flight
 /// task. A task whose lease was lost is cancelled: another worker has it now.

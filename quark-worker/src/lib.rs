@@ -79,14 +79,15 @@ mod metrics;
 mod poller;
 pub mod relay;
 mod scheduler;
+mod shared;
 mod shutdown;
 mod worker;
-mod workflow;
 
 #[doc(hidden)]
 pub use fault::FaultPoint;
-pub use handler::{Handler, HandlerError, TaskContext};
+pub use handler::{Handler, TaskContext};
 pub use metrics::MetricsSnapshot;
+pub use quark_workflow::runner::{Handled, HandlerError};
 pub use relay::{DeliveryError, OutboxRelay};
 pub use shutdown::shutdown_signal;
 pub use worker::{BuildError, RunningWorker, Worker, WorkerBuilder};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Rows per batch: small enough that one batch is a short transaction.
 const BATCH: u32 = 1_000;

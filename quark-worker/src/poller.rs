@@ -3,18 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::{
-    ClaimRequest, ClaimedTask, Commit, Error, FailAction, TaskKind, Wake, Wakeups,
-};
+use quark_history::{ClaimRequest, ClaimedTask, TaskKind, Wake, Wakeups};
+use quark_workflow::runner::{HostRef, settle};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::handler::{Handler, HandlerError, TaskContext};
+use crate::handler::{Handler, TaskContext};
 use crate::metrics::Metrics;
-use crate::worker::{InFlight, Shared};
-
-/// How many times a turn is redone at once when its history moved on while it ran.
-const MAX_CONFLICT_RETRIES: u32 = 8;
+use crate::shared::{InFlight, Shared};
 
 /// The poller of one task kind: claims as many tasks as it has free slots, runs each on its own
 /// tokio task, and when the queue is empty sleeps until a wake-up or the polling interval.
@@ -171,7 +167,7 @@ pub(crate) fn spawn_task(
     let shared2 = Arc::clone(shared);
     let join = tokio::spawn(
         async move {
-            execute(&shared2, &*handler, &task, &cx).await;
+            execute(&*handler, &task, &cx).await;
             cx.release_slot();
             if shared2.in_flight().remove(&task_id).is_some() {
                 shared2.idle.notify_waiters();
@@ -184,116 +180,8 @@ pub(crate) fn spawn_task(
     }
 }
 
-/// Runs a task's handler and commits its outcome.
-async fn execute(shared: &Shared, handler: &dyn Handler, task: &ClaimedTask, cx: &TaskContext) {
-    let metrics = &shared.metrics;
-    let mut conflicts = 0;
-    loop {
-        let commit = match handler.handle(task.clone(), cx.clone()).await {
-            Ok(commit) => commit,
-            Err(HandlerError::Rejected(why)) => {
-                tracing::error!(error = %why, "task rejected; dead-lettering it");
-                let dead = Commit::new().fail(task.lease.clone(), FailAction::Dead { error: why });
-                settle_alone(shared, dead, &metrics.failed).await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "task failed; retrying after a backoff");
-                release(shared, task, Some(e.to_string())).await;
-                return;
-            }
-        };
-        if commit.settle.is_none() {
-            if commit.appends.is_empty() && commit.tasks.is_empty() {
-                // The handler settled the task itself, through `TaskContext::commit`.
-                return;
-            }
-            tracing::error!("handler returned a commit that does not settle its task");
-            release(shared, task, Some("handler did not settle the task".into())).await;
-            return;
-        }
-        let mut commit = commit;
-        // Inner loop: the same outcome, committed again with less when an instance it would tell
-        // has ended meanwhile.
-        loop {
-            // Kept only when the commit tells another instance, the one case that commits again
-            // with less (cloning every commit would copy each outcome for a rare failure).
-            let mut fallback = commit
-                .appends
-                .iter()
-                .any(|a| task.instance_id.as_deref() != Some(a.instance_id.as_str()))
-                .then(|| commit.clone());
-            match cx.commit(commit).await {
-                Ok(_) => return,
-                Err(Error::LeaseLost { .. }) => {
-                    tracing::info!("lease lost; another worker has the task");
-                    Metrics::inc(&metrics.lease_lost);
-                    return;
-                }
-                Err(Error::Conflict { .. }) if conflicts < MAX_CONFLICT_RETRIES => {
-                    // New events arrived while the turn ran: decide again on the longer history.
-                    Metrics::inc(&metrics.conflicts);
-                    conflicts += 1;
-                    break;
-                }
-                Err(Error::InstanceClosed { id, status })
-                    if task.instance_id.as_deref() != Some(id.as_str())
-                        && fallback
-                            .as_ref()
-                            .is_some_and(|f| f.appends.iter().any(|a| a.instance_id == id)) =>
-                {
-                    // Another instance ended (a parent told of its child's end after it was
-                    // terminated): the news has nobody to go to, but the rest must land.
-                    tracing::info!(instance = %id, %status, "dropping news for an ended instance");
-                    commit = fallback
-                        .take()
-                        .expect("the guard saw it")
-                        .without_instance(&id);
-                }
-                Err(Error::InstanceClosed { id, status }) => {
-                    tracing::info!(instance = %id, %status, "instance ended meanwhile; dropping the result");
-                    let done = Commit::new().complete(task.lease.clone());
-                    settle_alone(shared, done, &metrics.completed).await;
-                    return;
-                }
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "commit failed; retrying after a backoff");
-                    release(shared, task, Some(e.to_string())).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "commit refused; dead-lettering the task");
-                    let dead = Commit::new().fail(
-                        task.lease.clone(),
-                        FailAction::Dead {
-                            error: e.to_string(),
-                        },
-                    );
-                    settle_alone(shared, dead, &metrics.failed).await;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn settle_alone(shared: &Shared, commit: Commit, counter: &std::sync::atomic::AtomicU64) {
-    match shared.store.commit(commit).await {
-        Ok(_) => Metrics::inc(counter),
-        Err(Error::LeaseLost { .. }) => Metrics::inc(&shared.metrics.lease_lost),
-        // The lease will expire and the task come back.
-        Err(e) => tracing::warn!(error = %e, "could not settle the task; its lease will expire"),
-    }
-}
-
-/// Releases a task to run again after a backoff that grows with its attempts.
-async fn release(shared: &Shared, task: &ClaimedTask, error: Option<String>) {
-    let at = shared.store.config().clock.now()
-        + crate::backoff::delay(
-            task.lease.attempt,
-            Duration::from_millis(500),
-            Duration::from_secs(60),
-        );
-    let commit = Commit::new().fail(task.lease.clone(), FailAction::Retry { at, error });
-    settle_alone(shared, commit, &shared.metrics.retried).await;
+/// Runs a task's handler and settles it: the settle step the test environment runs too.
+async fn execute(handler: &dyn Handler, task: &ClaimedTask, cx: &TaskContext) {
+    let host: HostRef = Arc::new(cx.clone());
+    settle(task, &host, || handler.handle(task.clone(), cx.clone())).await;
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use quark_history::{ScheduleRecord, Timestamp};
 use quark_workflow::Schedule;
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// How many due schedules one round reads.
 const BATCH: u32 = 100;

@@ -11,71 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::handler::Handler;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::shared::{InFlight, Route, Settings, Shared};
 use crate::{lease, poller, scheduler};
-
-/// How a worker behaves. Built by [`WorkerBuilder`].
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) id: Arc<str>,
-    pub(crate) queues: Vec<String>,
-    pub(crate) labels: serde_json::Map<String, serde_json::Value>,
-    pub(crate) lease: Duration,
-    pub(crate) heartbeat: Duration,
-    pub(crate) poll_interval: Duration,
-    pub(crate) claim_batch: u32,
-    pub(crate) affinity_delay: Duration,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) maintenance: Option<Duration>,
-    pub(crate) schedules: bool,
-    pub(crate) fault: Option<crate::fault::FaultHook>,
-    /// How many transactional activities and jobs may hold a database transaction at once.
-    pub(crate) transactions: usize,
-}
-
-pub(crate) struct Route {
-    pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) slots: Arc<Semaphore>,
-}
-
-/// A task being worked on.
-pub(crate) struct InFlight {
-    pub(crate) lease: quark_history::Lease,
-    pub(crate) cancel: watch::Sender<bool>,
-    /// Set when the task was cancelled by an operator (a cancelled job): it should stop and
-    /// settle, unlike `cancel`, after which nothing it commits counts.
-    pub(crate) stop: watch::Sender<bool>,
-    pub(crate) abort: Option<tokio::task::AbortHandle>,
-}
-
-/// State shared by the pollers, the task runners and the lease keeper.
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) committer: crate::committer::Committer,
-    /// Turns for transactional activities and jobs to hold a database transaction.
-    pub(crate) transactions: Arc<Semaphore>,
-    pub(crate) routes: HashMap<TaskKind, Route>,
-    pub(crate) settings: Settings,
-    pub(crate) metrics: Metrics,
-    pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
-    pub(crate) idle: Notify,
-    pub(crate) stopping: watch::Sender<bool>,
-    pub(crate) relay: Arc<crate::relay::Relay>,
-}
-
-impl Shared {
-    pub(crate) fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, InFlight>> {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) async fn stopped(&self) {
-        let mut rx = self.stopping.subscribe();
-        let _ = rx.wait_for(|s| *s).await;
-    }
-
-    pub(crate) fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-}
 
 /// Configures a [`Worker`].
 pub struct WorkerBuilder {
@@ -197,7 +134,7 @@ impl WorkerBuilder {
     /// and activity pools are large. Transactional activities are bounded separately, by
     /// [`transactions`](Self::transactions).
     pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
-        let w = Arc::new(crate::workflow::Workflows::new(registry, 10_000));
+        let w = Arc::new(quark_workflow::runner::Runner::new(registry, 10_000));
         [
             (TaskKind::Orchestration, 256),
             (TaskKind::Activity, 256),

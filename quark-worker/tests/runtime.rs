@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use quark_history::testing::{TestStore, eventually};
 use quark_history::{ClaimRequest, Commit, FailAction, NewTask, QueueStats, Store, TaskKind};
-use quark_worker::{HandlerError, Worker};
+use quark_worker::{Handled, HandlerError, Worker};
 
 quark_history::backend_tests!(
     it_runs_every_task_once_and_completes_it,
@@ -31,7 +31,7 @@ async fn it_runs_every_task_once_and_completes_it(t: &TestStore) {
                 let n = u16::from_be_bytes([task.payload[0], task.payload[1]]);
                 *seen.lock().unwrap().entry(n).or_default() += 1;
                 let commit = Commit::new().complete(task.lease.clone());
-                async move { Ok::<_, HandlerError>(commit) }
+                async move { Ok::<_, HandlerError>(Handled::Commit(commit)) }
             },
             8,
         )
@@ -76,7 +76,7 @@ async fn it_dead_letters_a_rejected_task_and_retries_a_failed_one_after_a_backof
                         Err(HandlerError::Rejected("cannot decode the payload".into()))
                     }
                     (b"flaky", 1) => Err(HandlerError::Other("connection reset".into())),
-                    _ => Ok(Commit::new().complete(task.lease.clone())),
+                    _ => Ok(Handled::Commit(Commit::new().complete(task.lease.clone()))),
                 };
                 async move { result }
             },
@@ -134,7 +134,7 @@ async fn it_cancels_a_task_whose_lease_was_taken_over(t: &TestStore) {
                 async move {
                     cx.cancelled().await;
                     saw.notify_one();
-                    Ok::<_, HandlerError>(commit)
+                    Ok::<_, HandlerError>(Handled::Commit(commit))
                 }
             },
             1,
@@ -191,7 +191,7 @@ async fn it_hands_unfinished_tasks_back_at_shutdown(t: &TestStore) {
             TaskKind::Job,
             |_task: quark_history::ClaimedTask, _cx: quark_worker::TaskContext| {
                 // Never finishes on its own.
-                futures::future::pending::<Result<Commit, HandlerError>>()
+                futures::future::pending::<Result<Handled, HandlerError>>()
             },
             2,
         )
@@ -245,7 +245,7 @@ fn a_worker_can_be_built_outside_a_runtime() {
         .handle(
             TaskKind::Job,
             |task: quark_history::ClaimedTask, _cx: quark_worker::TaskContext| async move {
-                Ok::<_, HandlerError>(Commit::new().complete(task.lease))
+                Ok::<_, HandlerError>(Handled::Commit(Commit::new().complete(task.lease)))
             },
             1,
         )

@@ -11,8 +11,9 @@
 //!   `random`, `uuid`, `join`/`select` that resolve in history order, `continue_as_new`,
 //!   `patched`, cancellation and `history_len`.
 //! - The deterministic replay executor and [`process_turn`]: one pure function from a claimed
-//!   orchestration task and its history to a [`Commit`](quark_history::Commit); [`run_task`]
-//!   around it runs any workflow task against a [`Store`](quark_history::Store).
+//!   orchestration task and its history to a [`Commit`](quark_history::Commit); the
+//!   [`runner`] around it drives any workflow task from its claim to its settle, for the worker
+//!   and for the test environment alike.
 //! - [`TaskPayload`]: the documented payload of activity and timer tasks.
 //! - [`JobWorkflow`]: a DAG of jobs (activities) with dependencies, parallel stages, results
 //!   passed from parents to children and a failure rule, run durably by the built-in
@@ -106,7 +107,7 @@ mod job;
 mod job_workflow;
 mod registry;
 mod replay;
-mod runner;
+pub mod runner;
 mod saga;
 mod schedule;
 mod state;
@@ -137,7 +138,7 @@ pub use job_workflow::{
 pub use quark_history::{Missed, ScheduleRecord, Upserted};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
-pub use runner::{HISTORY_WARN_EVENTS, Ran, effects_for, run_task};
+pub use runner::HISTORY_WARN_EVENTS;
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};
 pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
 pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};

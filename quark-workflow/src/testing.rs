@@ -1,10 +1,13 @@
 //! The test environment: orchestrations and activities in-process, on an in-memory SQLite store,
 //! under a virtual clock.
 //!
-//! [`TestEnv`] plays the worker. It runs every task with [`run_task`], the same
-//! code as production (turns through [`process_turn`](crate::process_turn)), one at a time. When
-//! nothing is runnable it moves its [`ManualClock`] straight to the next timer or retry, so a
-//! 30-day timer takes milliseconds. Activities can be replaced by mocks.
+//! [`TestEnv`] plays the worker. It drives every task through the same
+//! [`Runner`](crate::runner::Runner) as the worker does, one at a time: the same turns, activity
+//! attempts (timeouts, heartbeat timeouts, panics, cancellation), job checkpoints, warm
+//! continuations and handling of refused commits. An activity a turn schedules runs right after
+//! that turn's commit, as on a worker with a free slot. When nothing is runnable it moves its
+//! [`ManualClock`] straight to the next timer or retry, so a 30-day timer takes milliseconds.
+//! Activities can be replaced by mocks.
 //!
 //! ```
 //! # use std::time::Duration;
@@ -32,24 +35,36 @@
 //! # }
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use quark_history::{
-    ClaimRequest, ClaimedTask, Clock, ManualClock, Payload, SqliteStore, Store, StoreConfig,
-    Timestamp,
+    ClaimRequest, ClaimedTask, Clock, Commit, Committed, FailAction, Lease, ManualClock, NewTask,
+    Payload, Settle, SqliteStore, Store, StoreConfig, StoreTx, TaskKind, Timestamp,
 };
+use tokio::sync::watch;
 
-use crate::activity::{ActivityInfo, HeartbeatSink};
+use crate::activity::ActivityInfo;
 use crate::client::{Client, ClientError, Driver};
 use crate::definition::Activity;
 use crate::error::ActivityError;
 use crate::registry::Registry;
-use crate::runner::run_task;
+use crate::runner::cache::HistoryCache;
+use crate::runner::{Host, HostRef, Runner, Settled};
 
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z.
 pub const START: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
+
+/// The worker id the test environment claims and leases tasks under.
+pub const TEST_WORKER: &str = "quark-test-env";
+
+/// How long the test environment's leases last, in virtual time (a worker's default).
+const LEASE: Duration = Duration::from_secs(30);
+
+/// How many instances the test environment keeps warm.
+const WARM_INSTANCES: usize = 10_000;
 
 /// A heartbeat an activity sent: who, and its progress.
 pub type Heartbeat = (ActivityInfo, Option<Payload>);
@@ -63,17 +78,28 @@ pub struct TestEnv {
 
 #[derive(Debug)]
 struct Inner {
-    store: Arc<dyn Store>,
     clock: ManualClock,
     registry: Mutex<Registry>,
+    cache: Arc<HistoryCache>,
+    book: Arc<Book>,
+    /// One driver at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// What the environment keeps track of while tasks run, shared with each task's host.
+#[derive(Debug)]
+struct Book {
+    store: Arc<dyn Store>,
     /// Times at which a task becomes visible (timers, retries): where the clock jumps to.
     wake_at: Mutex<BTreeSet<Timestamp>>,
     /// Queues served beyond the registry's.
     queues: Mutex<BTreeSet<String>>,
+    /// The registry's queues.
+    registry_queues: Mutex<BTreeSet<String>>,
+    /// Tasks a commit created already leased to the environment, to run next.
+    here: Mutex<VecDeque<ClaimedTask>>,
     /// Heartbeats activities sent, in order.
-    heartbeats: Arc<Mutex<Vec<Heartbeat>>>,
-    /// One driver at a time.
-    running: tokio::sync::Mutex<()>,
+    heartbeats: Mutex<Vec<Heartbeat>>,
 }
 
 impl TestEnv {
@@ -82,16 +108,22 @@ impl TestEnv {
         let clock = ManualClock::new(START);
         let store =
             SqliteStore::in_memory_with(StoreConfig::default().clock(clock.clone())).await?;
-        let inner = Arc::new(Inner {
+        let book = Arc::new(Book {
             store: Arc::new(store),
+            wake_at: Mutex::default(),
+            queues: Mutex::default(),
+            registry_queues: Mutex::new(registry.queues()),
+            here: Mutex::default(),
+            heartbeats: Mutex::default(),
+        });
+        let inner = Arc::new(Inner {
             clock,
             registry: Mutex::new(registry),
-            wake_at: Mutex::new(BTreeSet::new()),
-            queues: Mutex::new(BTreeSet::new()),
-            heartbeats: Arc::default(),
+            cache: Arc::new(HistoryCache::new(WARM_INSTANCES)),
+            book,
             running: tokio::sync::Mutex::new(()),
         });
-        let client = Client::with_driver(inner.store.clone(), inner.clone());
+        let client = Client::with_driver(inner.book.store.clone(), inner.clone());
         Ok(TestEnv { inner, client })
     }
 
@@ -102,7 +134,7 @@ impl TestEnv {
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+        &self.inner.book.store
     }
 
     /// The virtual clock.
@@ -121,18 +153,25 @@ impl TestEnv {
     /// Also serves `queue` (the registry's queues are always served): for instances started
     /// with `StartOptions::queue` or activities called with `call_with` on another queue.
     pub fn serve(&self, queue: impl Into<String>) {
-        lock(&self.inner.queues).insert(queue.into());
+        lock(&self.inner.book.queues).insert(queue.into());
     }
 
     /// The heartbeats activities have sent so far, with their progress.
     pub fn heartbeats(&self) -> Vec<Heartbeat> {
-        lock(&self.inner.heartbeats).clone()
+        lock(&self.inner.book.heartbeats).clone()
     }
 
     /// Runs every task that is runnable now, without moving the clock. Returns how many ran.
     pub async fn run_until_idle(&self) -> Result<usize, ClientError> {
         let _guard = self.inner.running.lock().await;
         self.inner.run_visible().await
+    }
+
+    /// Runs every task that is runnable now, like [`run_until_idle`](Self::run_until_idle), and
+    /// returns how each ended, in the order they ran.
+    pub async fn run_until_idle_settled(&self) -> Result<Vec<(ClaimedTask, Settled)>, ClientError> {
+        let _guard = self.inner.running.lock().await;
+        self.inner.run_visible_settled().await
     }
 
     /// Moves the clock forward by `d` and runs what became runnable.
@@ -152,54 +191,69 @@ impl Inner {
         lock(&self.registry)
     }
 
-    fn note_wake(&self, at: Timestamp) {
-        lock(&self.wake_at).insert(at);
-    }
-
     async fn run_visible(&self) -> Result<usize, ClientError> {
-        let mut ran = 0;
+        Ok(self.run_visible_settled().await?.len())
+    }
+
+    /// Claims and runs tasks until none is runnable at the clock's time. A task a commit leased
+    /// to the environment runs before anything is claimed again.
+    async fn run_visible_settled(&self) -> Result<Vec<(ClaimedTask, Settled)>, ClientError> {
+        let mut ran = Vec::new();
+        let mut batch = VecDeque::new();
         loop {
-            let mut queues = self.registry().queues();
-            queues.extend(lock(&self.queues).iter().cloned());
-            let claimed = self
-                .store
-                .claim(ClaimRequest::new("quark-test-env", queues).limit(16))
-                .await?;
-            if claimed.is_empty() {
-                return Ok(ran);
-            }
-            for task in claimed {
-                self.execute(task).await?;
-                ran += 1;
-            }
+            let next = lock(&self.book.here)
+                .pop_front()
+                .or_else(|| batch.pop_front());
+            let task = match next {
+                Some(task) => task,
+                None => {
+                    let claimed = self
+                        .book
+                        .store
+                        .claim(
+                            ClaimRequest::new(TEST_WORKER, self.book.served())
+                                .limit(16)
+                                .lease(LEASE),
+                        )
+                        .await?;
+                    if claimed.is_empty() {
+                        return Ok(ran);
+                    }
+                    let registry = Arc::new(self.registry().clone());
+                    let runner = Runner::from_parts(registry, Arc::clone(&self.cache));
+                    runner
+                        .prefetch(&claimed, Arc::clone(&self.book.store))
+                        .await;
+                    batch.extend(claimed);
+                    continue;
+                }
+            };
+            let settled = self.execute(task.clone()).await;
+            ran.push((task, settled));
         }
     }
 
-    /// Runs one claimed task with the shared runner, noting when its follow-ups become visible.
-    async fn execute(&self, task: ClaimedTask) -> Result<(), ClientError> {
-        let registry = self.registry().clone();
-        let seen = self.heartbeats.clone();
-        let sink: HeartbeatSink =
-            Arc::new(move |info: &ActivityInfo, progress: Option<Payload>| {
-                lock(&seen).push((info.clone(), progress));
-            });
-        let ran = run_task(
-            self.store.as_ref(),
-            &registry,
-            task,
-            &self.clock,
-            Some(sink),
-        )
-        .await?;
-        for at in ran.wake_at {
-            self.note_wake(at);
-        }
-        Ok(())
+    /// Runs one claimed task with the shared runner.
+    async fn execute(&self, task: ClaimedTask) -> Settled {
+        *lock(&self.book.registry_queues) = self.registry().queues();
+        let registry = Arc::new(self.registry().clone());
+        let runner = Runner::from_parts(registry, Arc::clone(&self.cache));
+        let host: HostRef = Arc::new(TestHost {
+            book: Arc::clone(&self.book),
+            lease: task.lease.clone(),
+            stop: watch::channel(false).0,
+        });
+        runner.run(task, host).await
     }
 
     /// Why `instance_id` cannot move: a dead task of its own, or nothing left to wait for.
     async fn stuck(&self, instance_id: &str) -> ClientError {
-        let dead = self.store.list_dead(None, 1000).await.unwrap_or_default();
+        let dead = self
+            .book
+            .store
+            .list_dead(None, 1000)
+            .await
+            .unwrap_or_default();
         let reason = dead
             .into_iter()
             .rev()
@@ -213,6 +267,142 @@ impl Inner {
     }
 }
 
+impl Book {
+    fn served(&self) -> Vec<String> {
+        let mut queues = lock(&self.registry_queues).clone();
+        queues.extend(lock(&self.queues).iter().cloned());
+        queues.into_iter().collect()
+    }
+
+    /// Notes when the tasks `commit` enqueues or releases for later become visible.
+    fn note_wakes(&self, commit: &Commit) {
+        let mut wake = lock(&self.wake_at);
+        wake.extend(commit.tasks.iter().filter_map(|t| t.visible_at));
+        if let Some(Settle::Fail(_, FailAction::Retry { at, .. })) = &commit.settle {
+            wake.insert(*at);
+        }
+    }
+
+    /// Queues the tasks `commit` leased to the environment (see [`Host::run_here`]) to run next.
+    fn take_here(&self, tasks: Vec<(usize, NewTask)>, committed: &Committed, now: Timestamp) {
+        let mut here = lock(&self.here);
+        for (i, task) in tasks {
+            here.push_back(ClaimedTask {
+                lease: Lease {
+                    task_id: committed.task_ids[i],
+                    attempt: 1,
+                    worker: TEST_WORKER.to_string(),
+                },
+                kind: task.kind,
+                queue: task.queue,
+                instance_id: task.instance_id,
+                priority: task.priority,
+                created_at: now,
+                lease_expires_at: now + LEASE,
+                payload: task.payload,
+            });
+        }
+    }
+}
+
+/// The test environment's side of one task.
+struct TestHost {
+    book: Arc<Book>,
+    lease: Lease,
+    stop: watch::Sender<bool>,
+}
+
+impl TestHost {
+    fn leased_here(commit: &Commit) -> Vec<(usize, NewTask)> {
+        commit
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.lease_to.as_ref().is_some_and(|(w, _)| w == TEST_WORKER))
+            .map(|(i, t)| (i, t.clone()))
+            .collect()
+    }
+}
+
+impl Host for TestHost {
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.book.store
+    }
+
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, quark_history::Result<Committed>> {
+        Box::pin(async move {
+            let here = Self::leased_here(&commit);
+            self.book.note_wakes(&commit);
+            let committed = self.book.store.commit(commit).await?;
+            let now = self.book.store.config().clock.now();
+            self.book.take_here(here, &committed, now);
+            Ok(committed)
+        })
+    }
+
+    fn commit_tx(
+        &self,
+        tx: StoreTx,
+        commit: Commit,
+    ) -> BoxFuture<'_, quark_history::Result<Committed>> {
+        Box::pin(async move {
+            let here = Self::leased_here(&commit);
+            self.book.note_wakes(&commit);
+            let committed = self.book.store.commit_tx(tx, commit).await?;
+            let now = self.book.store.config().clock.now();
+            self.book.take_here(here, &committed, now);
+            Ok(committed)
+        })
+    }
+
+    fn run_here(&self, task: &mut NewTask) -> bool {
+        let now = self.book.store.config().clock.now();
+        if task.kind == TaskKind::Orchestration
+            || task.visible_at.is_some_and(|at| at > now)
+            || !self.book.served().contains(&task.queue)
+        {
+            return false;
+        }
+        task.lease_to = Some((TEST_WORKER.to_string(), LEASE));
+        true
+    }
+
+    fn heartbeat(&self, info: &ActivityInfo, progress: Option<Payload>) {
+        lock(&self.book.heartbeats).push((info.clone(), progress));
+        // As a worker's lease keeper does, learn from the lease whether the task was cancelled.
+        let (store, lease, stop) = (
+            Arc::clone(&self.book.store),
+            self.lease.clone(),
+            self.stop.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(quark_history::Error::CancelRequested { .. }) =
+                store.extend_lease(&lease, LEASE).await
+            {
+                stop.send_replace(true);
+            }
+        });
+    }
+
+    fn cancelled(&self) -> BoxFuture<'static, ()> {
+        // One driver, a clock that stands still while a task runs: a lease is never lost here.
+        Box::pin(std::future::pending())
+    }
+
+    fn stop_requested(&self) -> BoxFuture<'static, ()> {
+        let mut rx = self.stop.subscribe();
+        Box::pin(async move {
+            if rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
 impl Driver for Inner {
     fn drive<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move {
@@ -220,6 +410,7 @@ impl Driver for Inner {
             loop {
                 self.run_visible().await?;
                 let record = self
+                    .book
                     .store
                     .get_instance(instance_id)
                     .await?
@@ -229,7 +420,7 @@ impl Driver for Inner {
                 }
                 let now = self.clock.now();
                 let next = {
-                    let mut wake = lock(&self.wake_at);
+                    let mut wake = lock(&self.book.wake_at);
                     let later = wake.split_off(&(now + std::time::Duration::from_micros(1)));
                     let next = later.first().copied();
                     *wake = later;

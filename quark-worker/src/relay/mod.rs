@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 pub use callback::Callback;
 
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Why a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

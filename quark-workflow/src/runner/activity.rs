@@ -1,0 +1,231 @@
+//! Activity and job attempts: under their timeouts, heartbeats and cancellation, with their
+//! effects (a transactional attempt's transaction, its outbox messages) committed with the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::{ClaimedTask, Payload, Store};
+
+use super::{Handled, HandlerError, HostRef, Runner, now};
+use crate::activity::{
+    ActivityContext, ActivityEffects, ActivityInfo, CancellationToken, HeartbeatSink, JobControl,
+    ProgressSink,
+};
+use crate::definition::ActivityOptions;
+use crate::error::ActivityError;
+use crate::job::job_commit;
+use crate::task::{TaskPayload, activity_commit};
+
+impl Runner {
+    /// One activity attempt. Its result goes into the history of the instance that scheduled it;
+    /// if that instance is warm here, together with the turn the result unblocks.
+    pub(super) async fn activity(
+        &self,
+        task: ClaimedTask,
+        host: HostRef,
+    ) -> Result<Handled, HandlerError> {
+        let Ok(TaskPayload::Activity(activity)) = TaskPayload::from_bytes(&task.payload) else {
+            return Err(HandlerError::Rejected(
+                "the activity task's payload cannot be decoded".into(),
+            ));
+        };
+        let info = ActivityInfo::new(
+            &activity.instance_id,
+            activity.command,
+            &activity.activity,
+            task.lease.attempt,
+        );
+        let _turn = transaction_turn(&host, &activity.options).await;
+        let effects = effects_for(host.store().as_ref(), &activity.options).await?;
+        let input = activity.input.clone();
+        let Some(result) = self
+            .attempt(info, input, &activity.options, &host, None, &effects)
+            .await?
+        else {
+            // The orchestration decides what a missing activity means; it is not retried.
+            let error = ActivityError::message(format!(
+                "no activity `{}` is registered on the worker that took it",
+                activity.activity
+            ))
+            .terminal();
+            let commit = activity_commit(&task, &activity, Err(error), now(&host));
+            return Ok(Handled::Commit(commit));
+        };
+        let ok = result.is_ok();
+        let (plain, tx) = effects
+            .finish(activity_commit(&task, &activity, result, now(&host)), ok)
+            .await?;
+        if let Some(tx) = tx {
+            // Its writes, its messages and its result: one transaction, fenced by the lease. A
+            // lost lease or a failed commit rolls the writes back; the task is released and run
+            // again (or, if the lease is gone, by its new holder).
+            return match host.commit_tx(tx, plain.clone()).await {
+                Ok(_) => Ok(Handled::Settled),
+                Err(quark_history::Error::InstanceClosed { .. }) => {
+                    // The orchestration ended meanwhile: the writes are rolled back and the
+                    // result has nobody to go to; the settle step completes the task.
+                    let mut plain = plain;
+                    plain.outbox.clear();
+                    Ok(Handled::Commit(plain))
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        if self.commit_continued(&task, &plain, &host).await {
+            return Ok(Handled::Settled);
+        }
+        Ok(Handled::Commit(plain))
+    }
+
+    /// One attempt of a job: an activity enqueued on its own, with progress reports and the
+    /// checkpoint its last attempt saved.
+    pub(super) async fn job(
+        &self,
+        task: ClaimedTask,
+        host: HostRef,
+    ) -> Result<Handled, HandlerError> {
+        let Ok(TaskPayload::Job(job)) = TaskPayload::from_bytes(&task.payload) else {
+            return Err(HandlerError::Rejected(
+                "the job's payload cannot be decoded".into(),
+            ));
+        };
+        let info = ActivityInfo::new("", 0, &job.activity, task.lease.attempt);
+        // A retried job resumes from the checkpoint its last attempt saved.
+        let checkpoint = if task.lease.attempt > 1 {
+            host.store()
+                .job_progress(task.lease.task_id)
+                .await?
+                .and_then(|p| p.checkpoint)
+        } else {
+            None
+        };
+        let progress: ProgressSink = {
+            let host = Arc::clone(&host);
+            Arc::new(move |p| {
+                let host = Arc::clone(&host);
+                Box::pin(async move { host.store().report_progress(host.lease(), p).await })
+            })
+        };
+        let control = JobControl {
+            id: task.lease.task_id,
+            progress,
+            checkpoint,
+        };
+        let _turn = transaction_turn(&host, &job.options).await;
+        let effects = effects_for(host.store().as_ref(), &job.options).await?;
+        let input = job.input.clone();
+        let Some(result) = self
+            .attempt(info, input, &job.options, &host, Some(control), &effects)
+            .await?
+        else {
+            return Err(HandlerError::Rejected(format!(
+                "no activity `{}` is registered on the worker that took this job",
+                job.activity
+            )));
+        };
+        let ok = result.is_ok();
+        let (commit, tx) = effects
+            .finish(job_commit(&task, &job, result, now(&host)), ok)
+            .await?;
+        match tx {
+            Some(tx) => {
+                host.commit_tx(tx, commit).await?;
+                Ok(Handled::Settled)
+            }
+            None => Ok(Handled::Commit(commit)),
+        }
+    }
+
+    /// One attempt of a registered activity under its timeouts: `None` if it is not registered
+    /// here. A missed heartbeat or a start-to-close timeout fires the activity's cancellation token
+    /// and fails the attempt (retryably); a panic fails it (retryably); a lost lease abandons it;
+    /// an operator's stop fires the token and lets the activity end as it decides.
+    async fn attempt(
+        &self,
+        info: ActivityInfo,
+        input: Payload,
+        options: &ActivityOptions,
+        host: &HostRef,
+        job: Option<JobControl>,
+        effects: &ActivityEffects,
+    ) -> Result<Option<Result<Payload, ActivityError>>, HandlerError> {
+        let cancel = CancellationToken::new();
+        let beats = Arc::new(tokio::sync::Notify::new());
+        let sink: HeartbeatSink = {
+            let (beats, host) = (Arc::clone(&beats), Arc::clone(host));
+            Arc::new(move |info: &ActivityInfo, progress| {
+                beats.notify_one();
+                host.heartbeat(info, progress);
+            })
+        };
+        let name = info.activity.clone();
+        let mut ctx =
+            ActivityContext::new(info, Some(sink), cancel.clone()).with_effects(effects.clone());
+        if let Some(job) = job {
+            ctx = ctx.with_job(job);
+        }
+        let Some(run) = self.registry.run_activity(&name, ctx, input) else {
+            return Ok(None);
+        };
+        let start_to_close = options.start_to_close.unwrap_or(Duration::MAX);
+        let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
+        let stop = host.stop_requested();
+        let stopping = async {
+            stop.await;
+            cancel.cancel();
+            std::future::pending::<()>().await
+        };
+        let result = tokio::select! {
+            result = run => result.unwrap_or_else(|panic| {
+                let message = crate::executor::panic_message(panic.as_ref());
+                Err(ActivityError::message(format!("the activity panicked: {message}")))
+            }),
+            () = stopping => unreachable!("pending"),
+            () = tokio::time::sleep(start_to_close) => {
+                cancel.cancel();
+                Err(ActivityError::message(format!("timed out after {start_to_close:?} (start_to_close)")))
+            }
+            () = missed_heartbeat(options.heartbeat, &beats) => {
+                cancel.cancel();
+                Err(ActivityError::message("no heartbeat within the heartbeat timeout"))
+            }
+            () = host.cancelled() => {
+                // The lease is gone: whoever holds the task now runs it.
+                cancel.cancel();
+                return Err(HandlerError::LeaseLost);
+            }
+        };
+        Ok(Some(result))
+    }
+}
+
+/// For a transactional attempt, waits for the driver's turn to hold a transaction.
+async fn transaction_turn(host: &HostRef, options: &ActivityOptions) -> Option<Box<dyn Send>> {
+    if options.transactional {
+        host.transaction_turn().await
+    } else {
+        None
+    }
+}
+
+/// The effects of an attempt of an activity with `options`: a transaction on the store for a
+/// transactional one (see [`ActivityContext::transaction`]).
+async fn effects_for(
+    store: &dyn Store,
+    options: &ActivityOptions,
+) -> Result<ActivityEffects, quark_history::Error> {
+    let tx = if options.transactional {
+        Some(store.begin_tx().await?)
+    } else {
+        None
+    };
+    Ok(ActivityEffects::new(tx))
+}
+
+/// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.
+async fn missed_heartbeat(every: Option<Duration>, beats: &tokio::sync::Notify) {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    while tokio::time::timeout(every, beats.notified()).await.is_ok() {}
+}

@@ -1,0 +1,215 @@
+//! The one task runner: a claimed task, driven from its claim to its settle.
+//!
+//! Every task of the shared queue that runs workflow code (an orchestration turn, an activity
+//! attempt, a timer, a job attempt) goes through [`Runner`], and so does the handling of a commit
+//! the store refuses ([`settle`]). Whoever claims tasks is a *driver*: the worker
+//! (`quark-worker`, with a real clock, pools, lease keeping and group commit) and the test
+//! environment ([`TestEnv`](crate::testing::TestEnv), with a virtual clock, one task at a time).
+//! A driver gives each task a [`Host`]: what the runner may ask of its driver while the task runs
+//! (commit, run a follow-up task here, heartbeats, cancellation). Nothing about a task's outcome
+//! depends on which driver runs it; the drivers differ only in when tasks run and how commits
+//! reach the store.
+//!
+//! The runner keeps instances warm: it caches the histories it has read and the events it has
+//! committed ([`cache`]), so a turn reads only events it has not seen, and an activity whose
+//! orchestration is warm commits its result together with the turn it unblocks (the warm
+//! continuation), one transaction per step.
+
+mod activity;
+pub(crate) mod cache;
+mod orchestration;
+mod settle;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use quark_history::{
+    ClaimedTask, Commit, Committed, Lease, NewTask, Payload, Store, StoreTx, TaskKind, Timestamp,
+};
+
+use crate::activity::ActivityInfo;
+use crate::registry::Registry;
+use crate::task::{TaskPayload, timer_commit};
+
+pub use settle::{MAX_CONFLICT_RETRIES, Settled, release_delay, settle};
+
+/// Histories past this many events get a warning each turn (Temporal warns at 10,240).
+pub const HISTORY_WARN_EVENTS: usize = 10_240;
+
+/// What handling a task came to.
+#[derive(Debug)]
+#[must_use]
+pub enum Handled {
+    /// The commit that records the task's outcome; it settles the task's lease. The runner
+    /// commits it through the [`Host`] and deals with a refusal.
+    Commit(Commit),
+    /// The handler already committed its task's outcome itself (through [`Host::commit`] or
+    /// [`Host::commit_tx`]); there is nothing left to write.
+    Settled,
+}
+
+/// Why a handler could not produce a commit. The runner releases the task to be retried after a
+/// short backoff; the task's own retry policy is the handler's business and goes into the commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The store failed (a dropped connection, say). Retried.
+    #[error(transparent)]
+    Store(#[from] quark_history::Error),
+    /// The task cannot be processed here (unknown type, undecodable payload). The message says
+    /// why; the task is dead-lettered.
+    #[error("{0}")]
+    Rejected(String),
+    /// The task's lease was lost while it ran: another holder runs it now, and nothing this
+    /// attempt commits would be accepted. Nothing is written.
+    #[error("the lease was lost")]
+    LeaseLost,
+    /// Anything else. Retried.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What happened to a task, for a driver's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunEvent {
+    /// A commit was refused because the lease had been lost.
+    LeaseLost,
+    /// A turn is redone because its history moved on while it ran.
+    Conflict,
+}
+
+/// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test
+/// environment has its own.
+pub trait Host: Send + Sync + 'static {
+    /// The store the task came from.
+    fn store(&self) -> &Arc<dyn Store>;
+
+    /// The lease the task is held under.
+    fn lease(&self) -> &Lease;
+
+    /// Commits `commit` (a driver may group it with other commits) and starts the tasks it
+    /// created that [`run_here`](Self::run_here) reserved.
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, quark_history::Result<Committed>>;
+
+    /// Writes `commit` inside `tx` and commits both (a transactional activity's result).
+    fn commit_tx(
+        &self,
+        tx: StoreTx,
+        commit: Commit,
+    ) -> BoxFuture<'_, quark_history::Result<Committed>>;
+
+    /// Asks to run `task` right after the commit that creates it, without a trip through the
+    /// queue; if the driver agrees it leases the task to itself (`task.lease_to`) and returns
+    /// `true`.
+    fn run_here(&self, task: &mut NewTask) -> bool;
+
+    /// An activity sent a heartbeat.
+    fn heartbeat(&self, info: &ActivityInfo, progress: Option<Payload>);
+
+    /// Resolves when the task's lease is lost (or the driver gives up on it): stop, commit
+    /// nothing.
+    fn cancelled(&self) -> BoxFuture<'static, ()>;
+
+    /// Resolves when an operator asks the task to stop (a cancelled job, an activity of an ended
+    /// instance): the attempt should end and settle.
+    fn stop_requested(&self) -> BoxFuture<'static, ()>;
+
+    /// Waits for a turn to hold a database transaction (a transactional activity or job); the
+    /// turn lasts as long as the returned guard. The default has no bound.
+    fn transaction_turn(&self) -> BoxFuture<'_, Option<Box<dyn Send>>> {
+        Box::pin(async { None })
+    }
+
+    /// Counts what happened (for metrics). The default ignores it.
+    fn note(&self, event: RunEvent) {
+        let _ = event;
+    }
+}
+
+/// A shared handle on a task's host.
+pub type HostRef = Arc<dyn Host>;
+
+/// Runs the workflow tasks of one registry: orchestration turns, activities, timers and jobs,
+/// with the cache that keeps instances warm. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    registry: Arc<Registry>,
+    cache: Arc<cache::HistoryCache>,
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// A runner of `registry`'s code that keeps up to `warm_instances` instances' histories.
+    pub fn new(registry: Registry, warm_instances: usize) -> Self {
+        Runner {
+            registry: Arc::new(registry),
+            cache: Arc::new(cache::HistoryCache::new(warm_instances)),
+        }
+    }
+
+    /// A runner of `registry` sharing an existing cache (the test environment swaps registries
+    /// when a test mocks an activity, and keeps its instances warm across the swap).
+    pub(crate) fn from_parts(registry: Arc<Registry>, cache: Arc<cache::HistoryCache>) -> Self {
+        Runner { registry, cache }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Drives `task` to its settle: handles it, commits its outcome and deals with a refused
+    /// commit (see [`settle`]).
+    pub async fn run(&self, task: ClaimedTask, host: HostRef) -> Settled {
+        settle(&task, &host, || {
+            self.handle(task.clone(), Arc::clone(&host))
+        })
+        .await
+    }
+
+    /// Handles one task: the commit that records its outcome, or [`Handled::Settled`].
+    pub fn handle(
+        &self,
+        task: ClaimedTask,
+        host: HostRef,
+    ) -> BoxFuture<'static, Result<Handled, HandlerError>> {
+        let runner = self.clone();
+        Box::pin(async move {
+            match task.kind {
+                TaskKind::Orchestration => runner.turn(task, host).await,
+                TaskKind::Activity => runner.activity(task, host).await,
+                TaskKind::Job => runner.job(task, host).await,
+                TaskKind::Timer => match TaskPayload::from_bytes(&task.payload) {
+                    Ok(TaskPayload::Timer(timer)) => {
+                        Ok(Handled::Commit(timer_commit(&task, &timer)))
+                    }
+                    _ => Err(HandlerError::Rejected(
+                        "the timer task's payload cannot be decoded".into(),
+                    )),
+                },
+                other => Err(HandlerError::Rejected(format!(
+                    "{other} tasks are not workflow tasks"
+                ))),
+            }
+        })
+    }
+
+    /// Reads the histories of a batch of claimed turns in one round trip, before they run (each
+    /// turn uses what was read for it, or reads its own). Never fails.
+    pub fn prefetch(&self, tasks: &[ClaimedTask], store: Arc<dyn Store>) -> BoxFuture<'static, ()> {
+        self.cache.prefetch(tasks, store)
+    }
+}
+
+fn now(host: &HostRef) -> Timestamp {
+    host.store().config().clock.now()
+}
