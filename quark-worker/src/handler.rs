@@ -9,6 +9,7 @@
 //!
 //! [`TaskContext`] is the worker's [`Host`]: what a running task may ask of the worker.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -20,11 +21,12 @@ use quark_history::{
     ClaimedTask, Commit, Committed, Lease, NewTask, Payload, Store, StoreTx, TaskKind, Timestamp,
 };
 use quark_workflow::ActivityInfo;
-use quark_workflow::runner::{Handled, HandlerError, Host, RunEvent, Runner};
+use quark_workflow::runner::{Handled, HandlerError, Host, HostRef, RunEvent, Runner, settle};
 use tokio::sync::{OwnedSemaphorePermit, watch};
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
-use crate::shared::Shared;
+use crate::shared::{InFlight, Shared};
 
 /// Turns a claimed task into the commit that records its outcome.
 ///
@@ -81,10 +83,20 @@ impl Handler for Runner {
     }
 }
 
+/// A handler and the pool of slots its tasks run in.
+pub(crate) struct Route {
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// The handler of each task kind a worker serves.
+pub(crate) type Routes = HashMap<TaskKind, Route>;
+
 /// What a handler may ask of the runtime while it works on a task.
 #[derive(Clone)]
 pub struct TaskContext {
     shared: Arc<Shared>,
+    routes: Arc<Routes>,
     lease: Lease,
     cancelled: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
@@ -115,6 +127,7 @@ impl fmt::Debug for TaskContext {
 impl TaskContext {
     pub(crate) fn new(
         shared: Arc<Shared>,
+        routes: Arc<Routes>,
         lease: Lease,
         cancelled: watch::Receiver<bool>,
         stop: watch::Receiver<bool>,
@@ -122,6 +135,7 @@ impl TaskContext {
     ) -> Self {
         TaskContext {
             shared,
+            routes,
             lease,
             cancelled,
             stop,
@@ -186,7 +200,7 @@ impl TaskContext {
         {
             return false;
         }
-        let Some(route) = shared.routes.get(&task.kind) else {
+        let Some(route) = self.routes.get(&task.kind) else {
             return false;
         };
         let handed_on = {
@@ -273,7 +287,7 @@ impl TaskContext {
                 payload: task.payload,
             };
             Metrics::inc(&shared.metrics.claimed);
-            crate::poller::spawn_task(shared, claimed, permit);
+            spawn_task(shared, &self.routes, claimed, permit);
         }
         Ok(committed)
     }
@@ -289,9 +303,9 @@ impl TaskContext {
     ) -> quark_history::Result<Committed> {
         let shared = &self.shared;
         let counter = shared.metrics.settled(commit.settle.as_ref());
-        self.fault(crate::FaultPoint::BeforeTransactionalCommit);
+        self.fault(crate::fault::FaultPoint::BeforeTransactionalCommit);
         let committed = shared.store.commit_tx(tx, commit).await?;
-        self.fault(crate::FaultPoint::AfterTransactionalCommit);
+        self.fault(crate::fault::FaultPoint::AfterTransactionalCommit);
         if let Some(counter) = counter {
             Metrics::inc(counter);
         }
@@ -299,7 +313,7 @@ impl TaskContext {
     }
 
     /// Runs the fault hook at `point`, if the worker has one (crash tests).
-    pub(crate) fn fault(&self, point: crate::FaultPoint) {
+    pub(crate) fn fault(&self, point: crate::fault::FaultPoint) {
         if let Some(hook) = &self.shared.settings.fault {
             (hook.0)(point, self.lease.attempt);
         }
@@ -338,6 +352,68 @@ impl TaskContext {
         // An error means the runtime dropped the sender: the task is gone either way.
         let _ = rx.wait_for(|c| *c).await;
     }
+}
+
+/// Runs `task` on its own tokio task, holding `permit` (a slot of its kind's pool) until it is done
+/// or hands the slot on to a task that continues its work (see [`TaskContext::run_here`]).
+pub(crate) fn spawn_task(
+    shared: &Arc<Shared>,
+    routes: &Arc<Routes>,
+    task: ClaimedTask,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let Some(route) = routes.get(&task.kind) else {
+        tracing::error!(kind = %task.kind, "no handler for a task this worker holds");
+        return;
+    };
+    let handler = Arc::clone(&route.handler);
+    let (cancel, cancelled) = watch::channel(false);
+    let (stop, stop_requested) = watch::channel(false);
+    let task_id = task.lease.task_id;
+    shared.in_flight().insert(
+        task_id,
+        InFlight {
+            lease: task.lease.clone(),
+            cancel,
+            stop,
+            abort: None,
+        },
+    );
+    let span = tracing::info_span!(
+        "task",
+        kind = %task.kind,
+        task_id,
+        instance = task.instance_id.as_deref().unwrap_or(""),
+        attempt = task.lease.attempt,
+    );
+    let cx = TaskContext::new(
+        Arc::clone(shared),
+        Arc::clone(routes),
+        task.lease.clone(),
+        cancelled,
+        stop_requested,
+        Some((task.kind, permit)),
+    );
+    let shared2 = Arc::clone(shared);
+    let join = tokio::spawn(
+        async move {
+            execute(&*handler, &task, &cx).await;
+            cx.release_slot();
+            if shared2.in_flight().remove(&task_id).is_some() {
+                shared2.idle.notify_waiters();
+            }
+        }
+        .instrument(span),
+    );
+    if let Some(entry) = shared.in_flight().get_mut(&task_id) {
+        entry.abort = Some(join.abort_handle());
+    }
+}
+
+/// Runs a task's handler and settles it: the settle step the test environment runs too.
+async fn execute(handler: &dyn Handler, task: &ClaimedTask, cx: &TaskContext) {
+    let host: HostRef = Arc::new(cx.clone());
+    settle(task, &host, || handler.handle(task.clone(), cx.clone())).await;
 }
 
 /// The worker's side of a running task, as the runner sees it.

@@ -3,20 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::{ClaimRequest, ClaimedTask, TaskKind, Wake, Wakeups};
-use quark_workflow::runner::{HostRef, settle};
-use tokio::sync::watch;
-use tracing::Instrument;
+use quark_history::{ClaimRequest, TaskKind, Wake, Wakeups};
 
-use crate::handler::{Handler, TaskContext};
+use crate::handler::{Routes, spawn_task};
 use crate::metrics::Metrics;
-use crate::shared::{InFlight, Shared};
+use crate::shared::Shared;
 
 /// The poller of one task kind: claims as many tasks as it has free slots, runs each on its own
 /// tokio task, and when the queue is empty sleeps until a wake-up or the polling interval.
-pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
+pub(crate) async fn run(shared: Arc<Shared>, routes: Arc<Routes>, kind: TaskKind) {
     let settings = &shared.settings;
-    let slots = Arc::clone(&shared.routes[&kind].slots);
+    let slots = Arc::clone(&routes[&kind].slots);
     let mut wakeups = subscribe(&shared).await;
     let mut backoff = Duration::from_millis(20);
     // Whether the last claim may have left claimable tasks behind (it came back full).
@@ -57,7 +54,7 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
                 let full = tasks.len() as u32 == limit;
                 backlog = full;
                 if !tasks.is_empty() {
-                    let handler = &shared.routes[&kind].handler;
+                    let handler = &routes[&kind].handler;
                     handler.prefetch(&tasks, Arc::clone(&shared.store)).await;
                 }
                 for task in tasks {
@@ -68,7 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>, kind: TaskKind) {
                         crate::lease::hand_back(&shared, task.lease).await;
                         continue;
                     };
-                    spawn_task(&shared, task, permit);
+                    spawn_task(&shared, &routes, task, permit);
                 }
                 if full {
                     continue;
@@ -124,64 +121,4 @@ async fn idle_wait(shared: &Shared, kind: TaskKind, wakeups: &mut Option<Wakeups
             Some(_) => {}
         }
     }
-}
-
-/// Runs `task` on its own tokio task, holding `permit` (a slot of its kind's pool) until it is done
-/// or hands the slot on to a task that continues its work (see [`TaskContext::run_here`]).
-pub(crate) fn spawn_task(
-    shared: &Arc<Shared>,
-    task: ClaimedTask,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let Some(route) = shared.routes.get(&task.kind) else {
-        tracing::error!(kind = %task.kind, "no handler for a task this worker holds");
-        return;
-    };
-    let handler = Arc::clone(&route.handler);
-    let (cancel, cancelled) = watch::channel(false);
-    let (stop, stop_requested) = watch::channel(false);
-    let task_id = task.lease.task_id;
-    shared.in_flight().insert(
-        task_id,
-        InFlight {
-            lease: task.lease.clone(),
-            cancel,
-            stop,
-            abort: None,
-        },
-    );
-    let span = tracing::info_span!(
-        "task",
-        kind = %task.kind,
-        task_id,
-        instance = task.instance_id.as_deref().unwrap_or(""),
-        attempt = task.lease.attempt,
-    );
-    let cx = TaskContext::new(
-        Arc::clone(shared),
-        task.lease.clone(),
-        cancelled,
-        stop_requested,
-        Some((task.kind, permit)),
-    );
-    let shared2 = Arc::clone(shared);
-    let join = tokio::spawn(
-        async move {
-            execute(&*handler, &task, &cx).await;
-            cx.release_slot();
-            if shared2.in_flight().remove(&task_id).is_some() {
-                shared2.idle.notify_waiters();
-            }
-        }
-        .instrument(span),
-    );
-    if let Some(entry) = shared.in_flight().get_mut(&task_id) {
-        entry.abort = Some(join.abort_handle());
-    }
-}
-
-/// Runs a task's handler and settles it: the settle step the test environment runs too.
-async fn execute(handler: &dyn Handler, task: &ClaimedTask, cx: &TaskContext) {
-    let host: HostRef = Arc::new(cx.clone());
-    settle(task, &host, || handler.handle(task.clone(), cx.clone())).await;
 }

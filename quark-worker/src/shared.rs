@@ -1,15 +1,15 @@
-//! What the parts of a running worker share: its settings, its handlers and their pools, the
-//! tasks in flight, its counters and its stop signal. The pollers, the task runners, the lease
-//! keeper, the scheduler, maintenance and the relay all read it; the worker builds it.
+//! What the parts of a running worker share: its store and committer, its settings, the tasks in
+//! flight, its counters and its stop signal. The pollers, the task runners, the lease keeper, the
+//! scheduler, maintenance and the relay all read it; the worker builds it. It depends on none of
+//! them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quark_history::{Store, TaskKind};
+use quark_history::Store;
 use tokio::sync::{Notify, Semaphore, watch};
 
-use crate::handler::Handler;
 use crate::metrics::Metrics;
 
 /// How a worker behaves. Built by [`WorkerBuilder`].
@@ -31,11 +31,6 @@ pub(crate) struct Settings {
     pub(crate) transactions: usize,
 }
 
-pub(crate) struct Route {
-    pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) slots: Arc<Semaphore>,
-}
-
 /// A task being worked on.
 pub(crate) struct InFlight {
     pub(crate) lease: quark_history::Lease,
@@ -52,13 +47,11 @@ pub(crate) struct Shared {
     pub(crate) committer: crate::committer::Committer,
     /// Turns for transactional activities and jobs to hold a database transaction.
     pub(crate) transactions: Arc<Semaphore>,
-    pub(crate) routes: HashMap<TaskKind, Route>,
     pub(crate) settings: Settings,
     pub(crate) metrics: Metrics,
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,
-    pub(crate) relay: Arc<crate::relay::Relay>,
 }
 
 impl Shared {

@@ -10,8 +10,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::handler::Handler;
+use crate::handler::{Route, Routes};
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::shared::{InFlight, Route, Settings, Shared};
+use crate::shared::{InFlight, Settings, Shared};
 use crate::{lease, poller, scheduler};
 
 /// Configures a [`Worker`].
@@ -275,7 +276,7 @@ impl WorkerBuilder {
                 "the concurrency for {kind} tasks is 0"
             )));
         }
-        let routes = self
+        let routes: Routes = self
             .routes
             .into_iter()
             .map(|(kind, (handler, concurrency))| {
@@ -289,17 +290,17 @@ impl WorkerBuilder {
             })
             .collect();
         Ok(Worker {
+            routes: Arc::new(routes),
+            relay: Arc::new(crate::relay::Relay::new(self.relay)),
             shared: Arc::new(Shared {
                 committer: crate::committer::Committer::new(),
                 transactions: Arc::new(Semaphore::new(self.settings.transactions)),
                 store,
-                routes,
                 settings: self.settings,
                 metrics: Metrics::default(),
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 stopping: watch::channel(false).0,
-                relay: Arc::new(crate::relay::Relay::new(self.relay)),
             }),
         })
     }
@@ -323,6 +324,8 @@ impl WorkerBuilder {
 #[derive(Clone)]
 pub struct Worker {
     shared: Arc<Shared>,
+    routes: Arc<Routes>,
+    relay: Arc<crate::relay::Relay>,
 }
 
 impl fmt::Debug for Worker {
@@ -371,8 +374,9 @@ impl Worker {
                 (self.shared.settings.claim_batch as usize).max(128),
             );
         let mut tasks = Vec::new();
-        for kind in self.shared.routes.keys() {
-            tasks.push(tokio::spawn(poller::run(Arc::clone(&self.shared), *kind)));
+        for kind in self.routes.keys() {
+            let (shared, routes) = (Arc::clone(&self.shared), Arc::clone(&self.routes));
+            tasks.push(tokio::spawn(poller::run(shared, routes, *kind)));
         }
         if let Some(every) = self.shared.settings.maintenance {
             tasks.push(tokio::spawn(crate::maintenance::run(
@@ -381,7 +385,7 @@ impl Worker {
             )));
             tasks.push(tokio::spawn(crate::relay::housekeeping(
                 Arc::clone(&self.shared),
-                self.shared.relay.config().clone(),
+                self.relay.config().clone(),
                 every,
             )));
         }
@@ -392,10 +396,10 @@ impl Worker {
             .then(|| tokio::spawn(scheduler::run(Arc::clone(&self.shared))));
         // Not aborted at shutdown like the pollers: it finishes the deliveries in flight (so
         // they are not sent again after their lease expires) and hands back the rest.
-        let relay = self.shared.relay.config().enabled.then(|| {
+        let relay = self.relay.config().enabled.then(|| {
             tokio::spawn(crate::relay::run(
                 Arc::clone(&self.shared),
-                Arc::clone(&self.shared.relay),
+                Arc::clone(&self.relay),
             ))
         });
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
