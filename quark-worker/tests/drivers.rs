@@ -8,7 +8,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use quark_history::testing::{TestStore, eventually};
-use quark_history::{HistoryEvent, HistoryRange, InstanceStatus, JobState, QueueStats, Store};
+use quark_history::{
+    Destination, HistoryEvent, HistoryRange, InstanceStatus, JobState, QueueStats, Store,
+};
 use quark_worker::{RunningWorker, Worker};
 use quark_workflow::runner::Settled;
 use quark_workflow::testing::TestEnv;
@@ -28,6 +30,7 @@ quark_history::backend_tests!(
     it_drops_the_result_of_an_activity_whose_instance_ended_under_both_drivers,
     it_resumes_a_job_from_its_checkpoint_under_both_drivers,
     it_stops_a_cancelled_running_job_under_both_drivers,
+    it_relays_an_activity_s_outbox_message_as_a_signal_under_both_drivers,
 );
 
 // -- the code under test ------------------------------------------------------------------------
@@ -126,6 +129,25 @@ async fn one_call(ctx: OrchestrationContext, which: String) -> Result<u32, Orche
     }
 }
 
+/// Sends `greeting` to instance `listener` through the outbox, as a `hello` signal.
+#[activity]
+async fn tell(ctx: ActivityContext, greeting: String) -> Result<u32, ActivityError> {
+    ctx.outbox()
+        .send(Destination::signal("listener", "hello"), &greeting)?;
+    Ok(1)
+}
+
+#[orchestration]
+async fn teller(ctx: OrchestrationContext, greeting: String) -> Result<u32, OrchestrationError> {
+    ctx.call(tell, &greeting).await
+}
+
+#[orchestration]
+async fn listener(ctx: OrchestrationContext, _n: u32) -> Result<u32, OrchestrationError> {
+    let heard: String = ctx.wait_for_signal("hello").await?;
+    Ok(heard.len() as u32)
+}
+
 #[orchestration]
 async fn three_steps(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
     let a = ctx.call(step, &n).await?;
@@ -145,6 +167,9 @@ fn registry() -> Registry {
         .register(linger)
         .register(resumable)
         .register(spin)
+        .register(tell)
+        .register(teller)
+        .register(listener)
 }
 
 // -- the two drivers ------------------------------------------------------------------------------
@@ -463,4 +488,30 @@ async fn it_stops_a_cancelled_running_job_under_both_drivers(t: &TestStore) {
 
     assert_eq!(env_state, JobState::Cancelled);
     assert_eq!(lock(&RESUMED).get(&env_key), None, "not a resumable job");
+}
+
+async fn it_relays_an_activity_s_outbox_message_as_a_signal_under_both_drivers(t: &TestStore) {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let heard = listener::start(env.client(), "listener", 0).await.unwrap();
+    teller::start(env.client(), "teller", "hi there".to_string())
+        .await
+        .unwrap();
+    let outcome = heard.result().await.map_err(|e| e.to_string());
+    let env_record = record(env.store(), "listener", outcome).await;
+
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let heard = listener::start(&client, "listener", 0).await.unwrap();
+    teller::start(&client, "teller", "hi there".to_string())
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), heard.result())
+        .await
+        .unwrap()
+        .map_err(|e| e.to_string());
+    running.shutdown().await;
+    let worker_record = record(&t.store, "listener", outcome).await;
+
+    assert_eq!(env_record, worker_record);
+    assert_eq!(env_record.outcome, Ok("hi there".len() as u32));
 }

@@ -35,14 +35,15 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use quark_history::{
-    ClaimRequest, ClaimedTask, Clock, Commit, Committed, FailAction, Lease, ManualClock, NewTask,
-    Payload, Settle, SqliteStore, Store, StoreConfig, StoreTx, TaskKind, Timestamp,
+    ClaimRequest, ClaimedMessage, ClaimedTask, Clock, Commit, Committed, Delivery, Destination,
+    FailAction, Lease, ManualClock, NewTask, OutboxClaim, Payload, Settle, SqliteStore, Store,
+    StoreConfig, StoreTx, TaskKind, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -52,6 +53,7 @@ use crate::definition::Activity;
 use crate::error::ActivityError;
 use crate::registry::Registry;
 use crate::runner::cache::HistoryCache;
+use crate::runner::outbox::{DeliveryError, DeliveryPolicy, Destinations, deliver_signal, run_key};
 use crate::runner::{Host, HostRef, Runner, Settled};
 
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z.
@@ -68,6 +70,9 @@ const WARM_INSTANCES: usize = 10_000;
 
 /// A heartbeat an activity sent: who, and its progress.
 pub type Heartbeat = (ActivityInfo, Option<Payload>);
+
+/// A callback for `callback:<name>` outbox destinations (see [`TestEnv::outbox_callback`]).
+pub type OutboxCallback = Arc<dyn Fn(&ClaimedMessage) -> Result<(), DeliveryError> + Send + Sync>;
 
 /// An in-process engine for tests. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -87,7 +92,6 @@ struct Inner {
 }
 
 /// What the environment keeps track of while tasks run, shared with each task's host.
-#[derive(Debug)]
 struct Book {
     store: Arc<dyn Store>,
     /// Times at which a task becomes visible (timers, retries): where the clock jumps to.
@@ -100,7 +104,20 @@ struct Book {
     here: Mutex<VecDeque<ClaimedTask>>,
     /// Heartbeats activities sent, in order.
     heartbeats: Mutex<Vec<Heartbeat>>,
+    /// Callbacks for `callback:<name>` destinations.
+    callbacks: Mutex<HashMap<String, OutboxCallback>>,
+    /// Messages for destinations outside the environment, recorded instead of sent.
+    sent: Mutex<Vec<ClaimedMessage>>,
 }
+
+impl std::fmt::Debug for OutboxCallbacks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// The names of the registered callbacks, for `Debug`.
+struct OutboxCallbacks<'a>(&'a HashMap<String, OutboxCallback>);
 
 impl TestEnv {
     /// An environment running `registry`'s code on a fresh in-memory SQLite store.
@@ -115,6 +132,8 @@ impl TestEnv {
             registry_queues: Mutex::new(registry.queues()),
             here: Mutex::default(),
             heartbeats: Mutex::default(),
+            callbacks: Mutex::default(),
+            sent: Mutex::default(),
         });
         let inner = Arc::new(Inner {
             clock,
@@ -159,6 +178,23 @@ impl TestEnv {
     /// The heartbeats activities have sent so far, with their progress.
     pub fn heartbeats(&self) -> Vec<Heartbeat> {
         lock(&self.inner.book.heartbeats).clone()
+    }
+
+    /// Handles outbox messages for `callback:<name>` destinations with `callback` (an error is a
+    /// failed delivery, retried or dead as on a worker).
+    pub fn outbox_callback(
+        &self,
+        name: impl Into<String>,
+        callback: impl Fn(&ClaimedMessage) -> Result<(), DeliveryError> + Send + Sync + 'static,
+    ) {
+        lock(&self.inner.book.callbacks).insert(name.into(), Arc::new(callback));
+    }
+
+    /// The outbox messages delivered to destinations outside the environment (HTTP, NATS, ...),
+    /// in delivery order: the environment records them instead of sending them. Signals to
+    /// instances and registered callbacks are delivered for real.
+    pub fn outbox_sent(&self) -> Vec<ClaimedMessage> {
+        lock(&self.inner.book.sent).clone()
     }
 
     /// Runs every task that is runnable now, without moving the clock. Returns how many ran.
@@ -217,7 +253,10 @@ impl Inner {
                         )
                         .await?;
                     if claimed.is_empty() {
-                        return Ok(ran);
+                        if self.relay().await? == 0 {
+                            return Ok(ran);
+                        }
+                        continue;
                     }
                     let registry = Arc::new(self.registry().clone());
                     let runner = Runner::from_parts(registry, Arc::clone(&self.cache));
@@ -231,6 +270,34 @@ impl Inner {
             let settled = self.execute(task.clone()).await;
             ran.push((task, settled));
         }
+    }
+
+    /// Delivers the outbox messages that are due, each key's run through the runner's delivery
+    /// loop as a worker's relay does. Returns how many keys it ran.
+    async fn relay(&self) -> Result<usize, ClientError> {
+        let claimed = self
+            .book
+            .store
+            .claim_outbox(OutboxClaim::new(TEST_WORKER).limit(64))
+            .await?;
+        let keys = claimed.len();
+        // A worker's defaults.
+        let policy = DeliveryPolicy::new(
+            12,
+            (Duration::from_secs(1), Duration::from_secs(300)),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
+        let settled = |delivery: &Delivery| {
+            if let Delivery::Retry { at, .. } = delivery {
+                lock(&self.book.wake_at).insert(*at);
+            }
+        };
+        for m in claimed {
+            let store = self.book.store.as_ref();
+            run_key(store, &*self.book, &policy, m, &|| false, &settled).await;
+        }
+        Ok(keys)
     }
 
     /// Runs one claimed task with the shared runner.
@@ -264,6 +331,47 @@ impl Inner {
             id: instance_id.to_string(),
             reason,
         }
+    }
+}
+
+impl std::fmt::Debug for Book {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Book")
+            .field("store", &self.store)
+            .field("wake_at", &self.wake_at)
+            .field("callbacks", &OutboxCallbacks(&lock(&self.callbacks)))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The environment delivers signals to its own instances and calls its registered callbacks; it
+/// records messages for anywhere else (see [`TestEnv::outbox_sent`]).
+impl Destinations for Book {
+    fn deliver<'a>(
+        &'a self,
+        store: &'a dyn Store,
+        m: &'a ClaimedMessage,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            match &m.destination {
+                Destination::Signal { instance, name } => {
+                    deliver_signal(store, instance, name, m).await
+                }
+                Destination::Callback { name } => {
+                    let callback = lock(&self.callbacks).get(name).cloned();
+                    match callback {
+                        Some(callback) => callback(m),
+                        None => Err(DeliveryError::retry(format!(
+                            "no callback `{name}` is registered on the test environment"
+                        ))),
+                    }
+                }
+                _ => {
+                    lock(&self.sent).push(m.clone());
+                    Ok(())
+                }
+            }
+        })
     }
 }
 

@@ -9,57 +9,28 @@
 //! mid-delivery leaves its lease to expire; the message is then delivered again with the same
 //! idempotency key, which is what each destination deduplicates by.
 //!
-//! Destinations: a signal to a Quark orchestration ([`signal`]), an HTTP webhook ([`http`],
+//! Destinations: a signal to a Quark orchestration (`quark_workflow::runner::outbox::deliver_signal`,
+//! which the test environment uses too), an HTTP webhook ([`http`],
 //! `http://` only for now), NATS JetStream ([`nats`]), and callbacks registered by name.
 
 pub(crate) mod callback;
 pub(crate) mod http;
 pub mod nats;
-pub(crate) mod signal;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::{ClaimedMessage, Delivery, Destination, Error, OutboxClaim, TaskKind, Wake};
+use futures::future::BoxFuture;
+use quark_history::{ClaimedMessage, Delivery, Destination, OutboxClaim, Store, TaskKind, Wake};
+use quark_workflow::runner::outbox::{DeliveryPolicy, Destinations, deliver_signal, run_key};
 use tracing::Instrument;
 
 pub use callback::Callback;
+pub use quark_workflow::runner::outbox::DeliveryError;
 
 use crate::shared::Shared;
-
-/// Why a delivery failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DeliveryError {
-    /// Worth another attempt later (a timeout, a 5xx, a broker that is down).
-    Retry(String),
-    /// Will never succeed (a 4xx, an unknown instance, a malformed message): the message dies.
-    Permanent(String),
-}
-
-impl DeliveryError {
-    /// A failure worth retrying.
-    pub fn retry(message: impl Into<String>) -> Self {
-        DeliveryError::Retry(message.into())
-    }
-
-    /// A failure that retrying cannot fix.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        DeliveryError::Permanent(message.into())
-    }
-}
-
-impl fmt::Display for DeliveryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeliveryError::Retry(m) | DeliveryError::Permanent(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for DeliveryError {}
 
 /// How a worker relays the outbox. On by default; see [`WorkerBuilder::outbox`].
 ///
@@ -224,36 +195,6 @@ impl Relay {
         &self.config
     }
 
-    /// Delivers one message to its destination, within the timeout.
-    async fn deliver(&self, shared: &Shared, m: &ClaimedMessage) -> Result<(), DeliveryError> {
-        let timeout = self.config.timeout;
-        let work = async {
-            match &m.destination {
-                Destination::Signal { instance, name } => {
-                    signal::deliver(shared.store.as_ref(), instance, name, m).await
-                }
-                Destination::Http { url } => http::post(url, m, timeout).await,
-                Destination::Nats { subject } => self.publish(subject, m).await,
-                Destination::Callback { name } => match self.config.callbacks.get(name) {
-                    Some(cb) => cb.call(m.clone()).await,
-                    None => Err(DeliveryError::retry(format!(
-                        "no callback `{name}` is registered on worker {}",
-                        shared.settings.id
-                    ))),
-                },
-                other => Err(DeliveryError::permanent(format!(
-                    "this worker cannot deliver to {other}"
-                ))),
-            }
-        };
-        match tokio::time::timeout(timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(DeliveryError::retry(format!(
-                "delivery timed out after {timeout:?}"
-            ))),
-        }
-    }
-
     async fn publish(&self, subject: &str, m: &ClaimedMessage) -> Result<(), DeliveryError> {
         let mut slot = self.nats.lock().await;
         if slot.is_none() {
@@ -280,79 +221,70 @@ impl Relay {
     }
 
     /// Delivers `m`, then the messages of its key that the store hands over after it, until the
-    /// key has nothing due or the worker stops.
-    async fn run_key(&self, shared: &Shared, mut m: ClaimedMessage) {
-        let store = shared.store.as_ref();
-        loop {
-            if shared.is_stopping() {
-                // Hand it back, due now and without an error. (Its claim still counts as an
-                // attempt: attempts count claims.)
-                let at = store.config().clock.now();
-                let _ = store
-                    .settle_outbox(&m.lease, Delivery::Retry { at, error: None })
-                    .await;
-                return;
-            }
-            let span = tracing::info_span!(
-                "outbox",
-                id = m.lease.id,
-                destination = %m.destination,
-                attempt = m.lease.attempt
-            );
-            let outcome = self.deliver(shared, &m).instrument(span).await;
-            let attempt = m.lease.attempt;
-            let delivery = match outcome {
-                Ok(()) => Delivery::Sent {
-                    next_lease: Some(self.config.lease),
-                },
-                Err(DeliveryError::Permanent(e)) => Delivery::Dead { error: e },
-                Err(DeliveryError::Retry(e)) if attempt >= self.config.max_attempts => {
-                    Delivery::Dead {
-                        error: format!("{e} (gave up after {attempt} attempts)"),
-                    }
-                }
-                Err(DeliveryError::Retry(e)) => {
-                    let (initial, max) = self.config.backoff;
-                    let at =
-                        store.config().clock.now() + crate::backoff::delay(attempt, initial, max);
-                    Delivery::Retry { at, error: Some(e) }
-                }
-            };
-            match &delivery {
-                Delivery::Dead { error } => tracing::warn!(
-                    id = m.lease.id, destination = %m.destination, %error, "outbox message is dead"
-                ),
-                Delivery::Retry { error, .. } => tracing::debug!(
-                    id = m.lease.id, destination = %m.destination, attempt, error = ?error,
-                    "outbox delivery failed; retrying later"
-                ),
-                _ => {}
-            }
-            let counter = match &delivery {
+    /// key has nothing due or the worker stops: the runner's delivery loop, with this worker's
+    /// destinations.
+    async fn run_key(&self, shared: &Shared, m: ClaimedMessage) {
+        let c = &self.config;
+        let policy = DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease);
+        let span = tracing::info_span!("outbox", key = %m.ordering_key);
+        let stopping = || shared.is_stopping();
+        let settled = |delivery: &Delivery| {
+            crate::metrics::Metrics::inc(match delivery {
                 Delivery::Sent { .. } => &shared.metrics.outbox_sent,
                 Delivery::Retry { .. } => &shared.metrics.outbox_retried,
                 _ => &shared.metrics.outbox_dead,
-            };
-            match store.settle_outbox(&m.lease, delivery).await {
-                Ok(next) => {
-                    crate::metrics::Metrics::inc(counter);
-                    match next {
-                        Some(next) => m = next,
-                        None => return,
-                    }
+            })
+        };
+        let destinations = WorkerDestinations {
+            relay: self,
+            worker: &shared.settings.id,
+        };
+        run_key(
+            shared.store.as_ref(),
+            &destinations,
+            &policy,
+            m,
+            &stopping,
+            &settled,
+        )
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Where this worker delivers: signals to the store's instances, its HTTP and NATS clients, and
+/// the callbacks registered on it.
+struct WorkerDestinations<'a> {
+    relay: &'a Relay,
+    worker: &'a str,
+}
+
+impl Destinations for WorkerDestinations<'_> {
+    fn deliver<'a>(
+        &'a self,
+        store: &'a dyn Store,
+        m: &'a ClaimedMessage,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let timeout = self.relay.config.timeout;
+        Box::pin(async move {
+            match &m.destination {
+                Destination::Signal { instance, name } => {
+                    deliver_signal(store, instance, name, m).await
                 }
-                Err(Error::LeaseLost { .. }) => {
-                    // Another relay took it over after our lease expired; it re-delivers with
-                    // the same idempotency key.
-                    tracing::warn!(id = m.lease.id, "outbox lease lost during delivery");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(id = m.lease.id, error = %e, "settling an outbox message failed; its lease will expire");
-                    return;
-                }
+                Destination::Http { url } => http::post(url, m, timeout).await,
+                Destination::Nats { subject } => self.relay.publish(subject, m).await,
+                Destination::Callback { name } => match self.relay.config.callbacks.get(name) {
+                    Some(cb) => cb.call(m.clone()).await,
+                    None => Err(DeliveryError::retry(format!(
+                        "no callback `{name}` is registered on worker {}",
+                        self.worker
+                    ))),
+                },
+                other => Err(DeliveryError::permanent(format!(
+                    "this worker cannot deliver to {other}"
+                ))),
             }
-        }
+        })
     }
 }
 

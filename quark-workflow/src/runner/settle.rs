@@ -8,7 +8,6 @@ use futures::future::BoxFuture;
 use quark_history::{ClaimedTask, Commit, Error, FailAction};
 
 use super::{Handled, HandlerError, HostRef, RunEvent};
-use crate::definition::RetryPolicy;
 
 /// How many times a turn is redone at once when its history moved on while it ran; past that,
 /// the task is released and redone after a backoff.
@@ -36,14 +35,11 @@ pub enum Settled {
 /// The delay before a task that failed for a reason outside its own code (a store error, a
 /// handler error) runs again: from half a second, doubling per attempt, up to a minute, jittered.
 pub fn release_delay(task: &ClaimedTask) -> Duration {
-    let policy = RetryPolicy::new(
-        u32::MAX,
+    super::backoff::delay(
+        task.lease.attempt,
         Duration::from_millis(500),
         Duration::from_secs(60),
-    );
-    policy
-        .jittered_delay_after(task.lease.attempt.max(1), task.lease.task_id as u64)
-        .unwrap_or(policy.max)
+    )
 }
 
 /// Handles `task` with `handle` and commits the outcome through `host`.
