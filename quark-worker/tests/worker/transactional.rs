@@ -1,7 +1,8 @@
 //! Transactional activities on the worker runtime, on both backends: the activity's own writes,
 //! its outbox messages and its result commit together, so a failed attempt leaves nothing behind
 //! and a completed one is written once; inbox ids received in the transaction deduplicate.
-//! (Crashes at each point of a transactional activity are in `tests/tests/transactional_crash.rs`.)
+//! (Crashes at each point of a transactional activity are in
+//! `tests/tests/end_to_end/transactional_crash.rs`.)
 
 use std::sync::Arc;
 use std::time::Duration;
