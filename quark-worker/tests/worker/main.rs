@@ -2,6 +2,8 @@
 //! not compiling, is most of a cold `cargo test`). The tests of all modules run in parallel in
 //! this one process: a module's statics are keyed by test, never assumed to be its own.
 
+mod support;
+
 mod cli;
 mod cli_jobs;
 mod cli_outbox;
