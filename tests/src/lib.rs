@@ -200,3 +200,25 @@ impl Dice {
         (self.0 % n as u64) as usize
     }
 }
+
+/// Whether to skip a slow suite (a crash loop, a chaos test): `true`, after saying so on the
+/// terminal, when `QUARK_SKIP_SLOW` is set (to anything but `0`), for quicker local runs. CI runs
+/// every suite: `.ci/run` refuses to start with `QUARK_SKIP_SLOW` set, and so does this when `CI`
+/// is set.
+pub fn skip_slow(suite: &str) -> bool {
+    use std::io::Write;
+
+    let skip = std::env::var_os("QUARK_SKIP_SLOW").is_some_and(|v| !v.is_empty() && v != "0");
+    if skip {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "QUARK_SKIP_SLOW is set under CI, where the slow suites must run"
+        );
+        // Straight to the terminal: the test harness captures eprintln!, not this.
+        let _ = writeln!(
+            std::io::stderr(),
+            "quark: slow suite SKIPPED (QUARK_SKIP_SLOW=1): {suite}"
+        );
+    }
+    skip
+}

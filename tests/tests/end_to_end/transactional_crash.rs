@@ -35,6 +35,10 @@ fn spawn_worker(url: &str, crash_at: Option<CrashAt>) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_activity_writes_once_whatever_point_its_worker_crashes_at() {
+    let Some(_one_at_a_time) = crate::support::slow_suite("transactional crash points").await
+    else {
+        return;
+    };
     let Some(t) = quark_history::testing::postgres().await else {
         return;
     };

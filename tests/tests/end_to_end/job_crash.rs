@@ -167,6 +167,9 @@ fn some<T: std::fmt::Debug>(items: &[T]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_completes_once_and_never_runs_after_while_workers_are_killed() {
+    let Some(_one_at_a_time) = crate::support::slow_suite("job crash loop").await else {
+        return;
+    };
     let Some(t) = quark_history::testing::postgres().await else {
         return;
     };

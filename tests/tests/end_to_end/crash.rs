@@ -126,6 +126,9 @@ async fn wait_for_all(store: &dyn Store, mut chaos: impl AsyncFnMut()) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_orchestration_completes_once_while_workers_are_killed_at_random() {
+    let Some(_one_at_a_time) = crate::support::slow_suite("crash: workers killed").await else {
+        return;
+    };
     let Some(t) = quark_history::testing::postgres().await else {
         return;
     };
@@ -156,6 +159,10 @@ async fn every_orchestration_completes_once_while_workers_are_killed_at_random()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_orchestration_completes_while_database_connections_are_terminated() {
+    let Some(_one_at_a_time) = crate::support::slow_suite("crash: connections terminated").await
+    else {
+        return;
+    };
     let Some(t) = quark_history::testing::postgres().await else {
         return;
     };

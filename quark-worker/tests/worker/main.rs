@@ -1,0 +1,19 @@
+//! The worker's integration tests, one module per subject, linked into one test binary (linking,
+//! not compiling, is most of a cold `cargo test`). The tests of all modules run in parallel in
+//! this one process: a module's statics are keyed by test, never assumed to be its own.
+
+mod support;
+
+mod cli;
+mod cli_jobs;
+mod cli_outbox;
+mod cli_schedule;
+mod job_control;
+mod job_workflow;
+mod jobs;
+mod outbox;
+mod runtime;
+mod saga;
+mod schedules;
+mod transactional;
+mod workflows;

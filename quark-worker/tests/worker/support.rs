@@ -1,0 +1,40 @@
+//! What the modules of this binary share.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Barrier;
+
+/// Meetings by key: how many are to meet, how many have arrived, and the barrier they wait at.
+#[allow(clippy::type_complexity)]
+static MEETINGS: Mutex<BTreeMap<String, (usize, usize, Arc<Barrier>)>> =
+    Mutex::new(BTreeMap::new());
+
+/// Makes the first `n` callers of [`meet`] with `key` wait for one another. A test of a limit on
+/// what runs at once uses it to make the overlap the limit allows certain, not left to timing, and
+/// so asserts the exact figure. Keys are unique per test and backend (both backends' tests run at
+/// the same time in this process).
+pub(crate) fn arrange_meeting(key: &str, n: usize) {
+    MEETINGS
+        .lock()
+        .unwrap()
+        .insert(key.to_string(), (n, 0, Arc::new(Barrier::new(n))));
+}
+
+/// If a meeting was arranged for `key` and this is one of its first `n` arrivals, waits until all
+/// `n` are here. Bounded: after 10 s in vain it goes on alone, and the test's count of what ran at
+/// once comes out short of `n`, so the test fails instead of hanging.
+pub(crate) async fn meet(key: &str) {
+    let barrier = MEETINGS
+        .lock()
+        .unwrap()
+        .get_mut(key)
+        .and_then(|(n, arrived, barrier)| {
+            *arrived += 1;
+            (*arrived <= *n).then(|| Arc::clone(barrier))
+        });
+    if let Some(barrier) = barrier {
+        let _ = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+    }
+}

@@ -1,0 +1,10 @@
+//! The cross-crate end-to-end tests, one module per subject, linked into one test binary (linking,
+//! not compiling, is most of a cold `cargo test`). The crash tests start and kill `crash-worker`
+//! processes; `support::slow_suite` runs them one at a time, or skips them under `QUARK_SKIP_SLOW`.
+
+mod support;
+
+mod bad_input;
+mod crash;
+mod job_crash;
+mod transactional_crash;
