@@ -8,6 +8,7 @@ mod cli;
 mod cli_jobs;
 mod cli_outbox;
 mod cli_schedule;
+mod drivers;
 mod job_control;
 mod job_workflow;
 mod jobs;

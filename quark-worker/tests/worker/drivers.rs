@@ -221,10 +221,10 @@ async fn record(store: &Arc<dyn Store>, id: &str, outcome: Result<u32, String>) 
     }
 }
 
-/// Runs `one_call(which)` under the test environment to its end.
-async fn under_env(which: &str) -> (Record, TestEnv) {
+/// Runs `one_call(which)` as instance `id` under the test environment to its end.
+async fn under_env(id: &str, which: &str) -> (Record, TestEnv) {
     let env = TestEnv::new(registry()).await.unwrap();
-    let id = format!("case-{which}");
+    let id = id.to_string();
     lock(&STORES).insert(id.clone(), Arc::clone(env.store()));
     let handle = one_call::start(env.client(), &id, which.to_string())
         .await
@@ -233,10 +233,10 @@ async fn under_env(which: &str) -> (Record, TestEnv) {
     (record(env.store(), &id, outcome).await, env)
 }
 
-/// Runs `one_call(which)` under a worker on `t` to its end.
-async fn under_worker(t: &TestStore, which: &str) -> (Record, RunningWorker) {
+/// Runs `one_call(which)` as instance `id` under a worker on `t` to its end.
+async fn under_worker(t: &TestStore, id: &str, which: &str) -> (Record, RunningWorker) {
     let running = worker(t).start().await.unwrap();
-    let id = format!("case-{which}");
+    let id = id.to_string();
     lock(&STORES).insert(id.clone(), Arc::clone(&t.store));
     let client = Client::new(Arc::clone(&t.store));
     let handle = one_call::start(&client, &id, which.to_string())
@@ -263,8 +263,11 @@ fn activity_failure(record: &Record) -> String {
 
 /// Runs `one_call(which)` under both drivers, checks they agree, and returns the record.
 async fn both(t: &TestStore, which: &str) -> Record {
-    let (env, _env) = under_env(which).await;
-    let (worker, running) = under_worker(t, which).await;
+    // One id for both drivers (the outcome names it), another for each backend: both backends'
+    // tests run at once in this process, and `poke` finds its store by instance id.
+    let id = format!("{which}-{}", t.store.backend());
+    let (env, _env) = under_env(&id, which).await;
+    let (worker, running) = under_worker(t, &id, which).await;
     running.shutdown().await;
     assert_eq!(env, worker, "the two drivers disagree on `{which}`");
     env
