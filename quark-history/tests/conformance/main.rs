@@ -1,8 +1,13 @@
 //! The store conformance suite: every test here runs against SQLite and PostgreSQL, each on a
 //! fresh database and a manual clock. Time moves only when a test advances the clock, so lease
 //! expiry and visibility are tested without sleeping.
+//!
+//! `properties` stands apart from the suite: proptest properties (codec round trips; leases, on
+//! SQLite), in this binary only to save linking another.
 
 mod support;
+
+mod properties;
 
 mod batch;
 mod concurrency;
