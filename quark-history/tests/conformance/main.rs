@@ -6,6 +6,7 @@ mod support;
 
 mod batch;
 mod concurrency;
+mod ending;
 mod inbox_order;
 mod instances;
 mod jobs;
