@@ -8,7 +8,8 @@
 //! would fail (a lost lease, a conflict, a closed instance) is left out with its error. SQLite
 //! plans each commit alone, PostgreSQL's batch plans them together; PostgreSQL's single commit
 //! keeps its fast paths (a known head appended to without a read, a completed task deleted in one
-//! statement) and runs the same [`rules`] around them.
+//! statement) and runs the same rules around them: [`settle()`], [`append()`] and
+//! [`drop_outstanding`].
 //!
 //! # Ending an instance
 //!
@@ -21,9 +22,13 @@
 //! rows it did not read are harmless: such an activity runs once and its result is refused like
 //! any result for an ended instance. On SQLite there is one writer, so a commit reads every row of
 //! the instance under its lock and the two readings coincide; what matters is that both backends
-//! run this one rule, and they do, through [`rules::drop_outstanding`].
+//! run this one rule, and they do, through [`drop_outstanding`].
 
-pub(crate) mod rules;
+mod append;
+#[cfg(test)]
+mod fixtures;
+mod outstanding;
+mod settle;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -35,7 +40,9 @@ use crate::queue::{NewTask, TaskKind};
 use crate::rows::{EncodedEvent, visible_queues};
 use crate::store::StoreConfig;
 
-pub(crate) use rules::{InstanceHead, TaskRow, TaskWrite};
+pub(crate) use append::{Appended, InstanceHead, append};
+pub(crate) use outstanding::{Dropped, drop_outstanding};
+pub(crate) use settle::{Settled, TaskRow, TaskWrite, settle};
 
 /// The rows a write read under its lock.
 #[derive(Debug, Default)]
@@ -80,7 +87,7 @@ pub(crate) struct WritePlan {
     /// The tasks of the live commits, in order.
     pub(crate) tasks: Vec<NewTask>,
     /// The outstanding work of the instances that end; its `*_new` indices point into `tasks`.
-    pub(crate) dropped: rules::Dropped,
+    pub(crate) dropped: Dropped,
     /// The queues the write makes claimable at once.
     pub(crate) announce: BTreeSet<(String, TaskKind)>,
 }
@@ -115,7 +122,7 @@ pub(crate) fn plan(
     // fails is cancelled, as it was asked to be.
     let mut ended_by: BTreeMap<&str, usize> = BTreeMap::new();
     // A task settles once: by the first commit that settles it and is written.
-    let mut settled: HashMap<i64, rules::Settled> = HashMap::new();
+    let mut settled: HashMap<i64, Settled> = HashMap::new();
     let mut settles = Vec::new();
     for (i, commit) in commits.iter().enumerate() {
         if failed[i].is_some() {
@@ -123,9 +130,9 @@ pub(crate) fn plan(
         }
         let outcome =
             (|| {
-                let settle = match &commit.settle {
-                    Some(settle) => {
-                        let lease = settle.lease();
+                let settling = match &commit.settle {
+                    Some(s) => {
+                        let lease = s.lease();
                         let row = locked
                             .tasks
                             .get(&lease.task_id)
@@ -133,18 +140,18 @@ pub(crate) fn plan(
                         let ended = row
                             .and_then(|r| r.instance_id.as_deref())
                             .is_some_and(|id| ended_by.contains_key(id));
-                        Some(rules::settle(settle, row, ended, now)?)
+                        Some(settle(s, row, ended, now)?)
                     }
                     None => None,
                 };
                 // Appends of one commit see each other; the batch sees them only if all succeed.
-                let mut scratch: BTreeMap<&str, rules::Appended> = BTreeMap::new();
+                let mut scratch: BTreeMap<&str, Appended> = BTreeMap::new();
                 let mut ranges = Vec::with_capacity(commit.appends.len());
                 let mut rows = Vec::new();
-                for append in &commit.appends {
-                    let id = append.instance_id.as_str();
+                for a in &commit.appends {
+                    let id = a.instance_id.as_str();
                     let from = scratch.get(id).map(|a| a.head).or(heads.get(id).copied());
-                    let mut done = rules::append(config, append, from.as_ref(), now)?;
+                    let mut done = append(config, a, from.as_ref(), now)?;
                     ranges.push(done.range);
                     rows.extend(std::mem::take(&mut done.events).into_iter().map(|encoded| {
                         EventRow {
@@ -155,7 +162,7 @@ pub(crate) fn plan(
                     }));
                     if done.range.1 >= done.range.0 {
                         let merged = match scratch.remove(id) {
-                            Some(prev) => rules::Appended {
+                            Some(prev) => Appended {
                                 added_bytes: prev.added_bytes + done.added_bytes,
                                 output: done.output.or(prev.output),
                                 ..done
@@ -165,11 +172,11 @@ pub(crate) fn plan(
                         scratch.insert(id, merged);
                     }
                 }
-                Ok::<_, Error>((settle, ranges, rows, scratch))
+                Ok::<_, Error>((settling, ranges, rows, scratch))
             })();
         match outcome {
             Err(e) => failed[i] = Some(e),
-            Ok((settle, ranges, rows, scratch)) => {
+            Ok((settling, ranges, rows, scratch)) => {
                 appended[i] = ranges;
                 events.extend(rows);
                 for (id, done) in scratch {
@@ -191,7 +198,7 @@ pub(crate) fn plan(
                 for id in commit.ending_instances() {
                     ended_by.entry(id).or_insert(i);
                 }
-                if let Some(s) = settle {
+                if let Some(s) = settling {
                     settles.push(s.write.clone());
                     settled.insert(s.write.task_id(), s);
                 }
@@ -224,7 +231,7 @@ pub(crate) fn plan(
         };
     }
     let ending: BTreeSet<&str> = ended_by.keys().copied().collect();
-    let dropped = rules::drop_outstanding(
+    let dropped = drop_outstanding(
         &ending,
         locked.tasks.values(),
         &gone,
@@ -247,7 +254,7 @@ pub(crate) fn plan(
 
 #[cfg(test)]
 mod tests {
-    use super::rules::tests::{NOW, fresh, lease, pending, running, signal, terminated};
+    use super::fixtures::{NOW, fresh, lease, pending, running, signal, terminated};
     use super::*;
     use crate::commit::Expected;
     use crate::queue::FailAction;
@@ -380,7 +387,7 @@ mod tests {
             plan.results
         );
         assert!(plan.events.is_empty() && plan.instances.is_empty() && plan.tasks.is_empty());
-        assert_eq!(plan.dropped, rules::Dropped::default());
+        assert_eq!(plan.dropped, Dropped::default());
         assert_eq!(plan.live().count(), 0);
     }
 }

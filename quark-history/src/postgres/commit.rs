@@ -3,7 +3,7 @@
 //!
 //! A single commit keeps two fast paths that read nothing first: a known head is appended to with
 //! one conditional statement (see [`super::heads`]), and a completed task that needs nothing else
-//! is deleted in one statement. Everything else follows the [plan's rules](crate::plan::rules).
+//! is deleted in one statement. Everything else follows the [plan's rules](crate::plan).
 
 use std::collections::BTreeSet;
 
@@ -18,8 +18,7 @@ use super::queue::{enqueue_in_tx, insert_plain, woken_instances};
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed, Settle};
 use crate::error::{Error, Result};
-use crate::plan::rules::{self, Settled};
-use crate::plan::{TaskRow, TaskWrite};
+use crate::plan::{self, Settled, TaskRow, TaskWrite};
 use crate::queue::TaskKind;
 use crate::rows::{check_tasks, visible_queues};
 
@@ -210,7 +209,7 @@ async fn settle_in_tx(
     .fetch_optional(&mut **tx)
     .await?;
     let row = row.as_ref().map(task_row).transpose()?;
-    let settled = rules::settle(settle, row.as_ref(), false, now)?;
+    let settled = plan::settle(settle, row.as_ref(), false, now)?;
     if let Some((instance, worker)) = &settled.affinity {
         sqlx::query(
             "UPDATE instances SET affinity = $2 WHERE id = $1 AND affinity IS DISTINCT FROM $2",
@@ -302,7 +301,7 @@ impl PostgresStore {
                 None => false,
             };
             let dropped =
-                rules::drop_outstanding(&ending, &locked, &gone, &released, &commit.tasks, now);
+                plan::drop_outstanding(&ending, &locked, &gone, &released, &commit.tasks, now);
             let (delete, cancel) = dropped.ids(&inserted.ids);
             write_drop(tx, &delete, &cancel).await?;
         }

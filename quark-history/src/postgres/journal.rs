@@ -13,8 +13,7 @@ use crate::instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
 };
 use crate::journal::{ChainReport, GENESIS, GlobalEvent, GlobalPosition, HistoryRange};
-use crate::plan::InstanceHead;
-use crate::plan::rules::{self, Appended};
+use crate::plan::{self, Appended, InstanceHead};
 use crate::rows::{check_size, decode_event, encode_events, first_chain_mismatch, hash32, payload};
 
 const INSTANCE_COLUMNS: &str = "id, instance_type, version, status, input_codec, input, output_codec, output, \
@@ -428,7 +427,7 @@ pub(super) async fn append_in_tx(
             last_hash: head.last_hash,
             status: InstanceStatus::Running,
         };
-        let planned = rules::append(&store.config, append, Some(&running), now)?;
+        let planned = plan::append(&store.config, append, Some(&running), now)?;
         if write_append(tx, append, &planned, Some(head)).await? {
             return Ok(done(&planned));
         }
@@ -451,7 +450,7 @@ pub(super) async fn append_in_tx(
         }),
         None => None,
     };
-    let planned = rules::append(&store.config, append, locked.as_ref(), now)?;
+    let planned = plan::append(&store.config, append, locked.as_ref(), now)?;
     // The row is locked, so the unconditional write matches it.
     if !planned.events.is_empty() && !write_append(tx, append, &planned, None).await? {
         return Err(Error::Invalid(format!(

@@ -149,7 +149,7 @@ impl SqliteStore {
             last_hash: GENESIS,
             status: InstanceStatus::Running,
         };
-        let started = plan::rules::append(&self.config, &append, Some(&fresh), now)?;
+        let started = plan::append(&self.config, &append, Some(&fresh), now)?;
         let instance = InstanceWrite {
             id: new.id.clone(),
             head: started.head,
