@@ -17,36 +17,51 @@ use crate::support::{conformance, start};
 
 conformance!(it_drops_the_work_its_ending_commit_read_and_only_that,);
 
-fn activity(n: u8) -> NewTask {
-    NewTask::new(TaskKind::Activity, "work")
-        .instance("ends")
+fn activity(instance: &str, n: u8) -> NewTask {
+    NewTask::new(TaskKind::Activity, instance)
+        .instance(instance)
         .payload(vec![n])
 }
 
-async fn pending(t: &TestStore) -> u64 {
-    t.store.queue_stats("work").await.unwrap().pending
+/// The pending work of `instance` (its activities go to a queue of its name).
+async fn pending(t: &TestStore, instance: &str) -> u64 {
+    t.store.queue_stats(instance).await.unwrap().pending
 }
 
 async fn it_drops_the_work_its_ending_commit_read_and_only_that(t: &TestStore) {
-    start(t, "ends").await;
-    t.store.enqueue(vec![activity(1)]).await.unwrap();
+    // Once through `commit`, once through `commit_many` (the batch path on PostgreSQL).
+    for (id, batched) in [("ends", false), ("ends-in-a-batch", true)] {
+        race(t, id, batched).await;
+    }
+}
+
+async fn race(t: &TestStore, id: &str, batched: bool) {
+    start(t, id).await;
+    t.store.enqueue(vec![activity(id, 1)]).await.unwrap();
 
     // A writer holds the instance: on PostgreSQL its row, on SQLite the one write lock.
     let mut writer = t.store.begin_tx().await.unwrap();
     if let Ok(conn) = writer.postgres() {
-        sqlx::query("SELECT 1 FROM instances WHERE id = 'ends' FOR UPDATE")
+        sqlx::query("SELECT 1 FROM instances WHERE id = $1 FOR UPDATE")
+            .bind(id)
             .execute(conn)
             .await
             .unwrap();
     }
     let store: Arc<dyn Store> = Arc::clone(&t.store);
+    let terminate = HistoryEvent::WorkflowTerminated {
+        reason: "enough".into(),
+    };
+    let end = Commit::new().append(id, Expected::Any, [terminate]);
     let ending = tokio::spawn(async move {
-        let terminate = HistoryEvent::WorkflowTerminated {
-            reason: "enough".into(),
-        };
-        store
-            .commit(Commit::new().append("ends", Expected::Any, [terminate]))
-            .await
+        if batched {
+            // A second commit, so that the batch is one.
+            let other = Commit::new().enqueue(NewTask::new(TaskKind::Activity, "elsewhere"));
+            let mut results = store.commit_many(vec![end, other]).await;
+            results.remove(0)
+        } else {
+            store.commit(end).await
+        }
     });
     if t.store.backend() == Backend::Postgres {
         // The ending commit has locked the instance's task rows and waits for its row.
@@ -65,22 +80,18 @@ async fn it_drops_the_work_its_ending_commit_read_and_only_that(t: &TestStore) {
     }
     // The writer adds work for the instance and lets go.
     t.store
-        .commit_tx(writer, Commit::new().enqueue(activity(2)))
+        .commit_tx(writer, Commit::new().enqueue(activity(id, 2)))
         .await
         .unwrap();
     ending.await.unwrap().unwrap();
 
     match t.store.backend() {
         // Read after the writer committed: dropped with the rest.
-        Backend::Sqlite => assert_eq!(pending(t).await, 0, "everything it read is dropped"),
+        Backend::Sqlite => assert_eq!(pending(t, id).await, 0, "everything it read is dropped"),
         // Not read: it stays, runs once, and its result is refused.
         _ => {
-            assert_eq!(pending(t).await, 1, "only what it read under its lock");
-            let claimed = t
-                .store
-                .claim(ClaimRequest::new("w", ["work"]))
-                .await
-                .unwrap();
+            assert_eq!(pending(t, id).await, 1, "only what it read under its lock");
+            let claimed = t.store.claim(ClaimRequest::new("w", [id])).await.unwrap();
             assert_eq!(claimed.len(), 1);
             assert_eq!(claimed[0].payload, vec![2], "the writer's activity");
             let lease = claimed[0].lease.clone();
@@ -92,7 +103,7 @@ async fn it_drops_the_work_its_ending_commit_read_and_only_that(t: &TestStore) {
                 .store
                 .commit(
                     Commit::new()
-                        .append("ends", Expected::Any, [result])
+                        .append(id, Expected::Any, [result])
                         .complete(lease.clone()),
                 )
                 .await;
@@ -101,7 +112,7 @@ async fn it_drops_the_work_its_ending_commit_read_and_only_that(t: &TestStore) {
                 "{refused:?}"
             );
             t.store.commit(Commit::new().complete(lease)).await.unwrap();
-            assert_eq!(pending(t).await, 0);
+            assert_eq!(pending(t, id).await, 0);
         }
     }
 }
