@@ -65,6 +65,7 @@ mod instance;
 mod jobs;
 mod journal;
 mod outbox;
+mod plan;
 mod queue;
 mod schedule;
 mod store;

@@ -8,11 +8,12 @@ use super::heads::Head;
 use crate::clock::Timestamp;
 use crate::commit::{Append, Expected};
 use crate::error::{Error, Result};
-use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
+use crate::event::{RecordedEvent, SCHEMA_VERSION};
 use crate::instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
 };
 use crate::journal::{ChainReport, GENESIS, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::plan::{self, Appended, InstanceHead};
 use crate::rows::{check_size, decode_event, encode_events, first_chain_mismatch, hash32, payload};
 
 const INSTANCE_COLUMNS: &str = "id, instance_type, version, status, input_codec, input, output_codec, output, \
@@ -421,13 +422,14 @@ pub(super) async fn append_in_tx(
         && matches!(append.expected, Expected::Any)
             | matches!(append.expected, Expected::Seq(s) if s == head.next_seq)
     {
-        let running = Locked {
+        let running = InstanceHead {
             next_seq: head.next_seq,
             last_hash: head.last_hash,
             status: InstanceStatus::Running,
         };
-        if let Some(done) = write_append(tx, store, append, now, running, Some(head)).await? {
-            return Ok(done);
+        let planned = plan::append(&store.config, append, Some(&running), now)?;
+        if write_append(tx, append, &planned, Some(head)).await? {
+            return Ok(done(&planned));
         }
         // Another process appended (or ended the instance) since: read it as it is now.
         store.heads.forget(&append.instance_id);
@@ -437,87 +439,48 @@ pub(super) async fn append_in_tx(
             .bind(&append.instance_id)
             .fetch_optional(&mut **tx)
             .await?;
-    let Some(row) = row else {
-        return Err(Error::InstanceNotFound {
-            id: append.instance_id.clone(),
-        });
+    let locked = match row {
+        Some(row) => Some(InstanceHead {
+            next_seq: row.try_get::<i64, _>(0)? as u64,
+            last_hash: hash32(&row.try_get::<Vec<u8>, _>(1)?),
+            status: row
+                .try_get::<String, _>(2)?
+                .parse()
+                .map_err(Error::Invalid)?,
+        }),
+        None => None,
     };
-    let locked = Locked {
-        next_seq: row.try_get::<i64, _>(0)? as u64,
-        last_hash: hash32(&row.try_get::<Vec<u8>, _>(1)?),
-        status: row
-            .try_get::<String, _>(2)?
-            .parse()
-            .map_err(Error::Invalid)?,
-    };
-    if let Expected::Seq(expected) = append.expected
-        && expected != locked.next_seq
-    {
-        return Err(Error::Conflict {
-            id: append.instance_id.clone(),
-            expected,
-            actual: locked.next_seq,
-        });
-    }
-    if append.events.is_empty() {
-        let head = (!locked.status.is_closed()).then_some(Head {
-            next_seq: locked.next_seq,
-            last_hash: locked.last_hash,
-        });
-        return Ok(((locked.next_seq, locked.next_seq - 1), head));
-    }
+    let planned = plan::append(&store.config, append, locked.as_ref(), now)?;
     // The row is locked, so the unconditional write matches it.
-    write_append(tx, store, append, now, locked, None)
-        .await?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "instance {} changed under its row lock",
-                append.instance_id
-            ))
-        })
+    if !planned.events.is_empty() && !write_append(tx, append, &planned, None).await? {
+        return Err(Error::Invalid(format!(
+            "instance {} changed under its row lock",
+            append.instance_id
+        )));
+    }
+    Ok(done(&planned))
 }
 
-/// An instance's state as an append starts from it.
-struct Locked {
-    next_seq: u64,
-    last_hash: [u8; 32],
-    status: InstanceStatus,
+/// What an append reports: its range, and the head to learn (none for an ended instance).
+fn done(planned: &Appended) -> ((u64, u64), Option<Head>) {
+    let head = (!planned.head.status.is_closed()).then_some(Head {
+        next_seq: planned.head.next_seq,
+        last_hash: planned.head.last_hash,
+    });
+    (planned.range, head)
 }
 
-/// Writes an append's events and the instance's new head in one statement, from `from`. With
+/// Writes a planned append's events and the instance's new head in one statement. With
 /// `expected_head`, the write happens only if the row still holds that head and is running, and
-/// `None` says it did not; without, the row is locked already and the write always happens.
+/// `false` says it did not; without, the row is locked already and the write always happens.
 async fn write_append(
     tx: &mut Transaction<'static, Postgres>,
-    store: &PostgresStore,
     append: &Append,
-    now: Timestamp,
-    from: Locked,
+    planned: &Appended,
     expected_head: Option<Head>,
-) -> Result<Option<((u64, u64), Option<Head>)>> {
-    let now = append.at.unwrap_or(now);
-    let encoded = encode_events(&store.config, from.last_hash, from.next_seq, &append.events)?;
-    let mut status = from.status;
-    let mut output = None;
-    for event in &append.events {
-        if status.is_closed() {
-            return Err(Error::InstanceClosed {
-                id: append.instance_id.clone(),
-                status,
-            });
-        }
-        if let Some(closing) = event.closing_status() {
-            status = closing;
-            if let HistoryEvent::WorkflowCompleted { output: out } = event {
-                output = Some(out.clone());
-            }
-        }
-    }
-    let added = encoded.iter().map(|e| e.bytes.len() as i64).sum::<i64>();
-    let last = encoded
-        .last()
-        .map(|e| (e.seq, e.hash))
-        .unwrap_or((from.next_seq - 1, GENESIS));
+) -> Result<bool> {
+    let encoded = &planned.events;
+    let output = &planned.output;
     // The instance's new head, then the events if it was written: one round trip per append.
     let written = sqlx::query(
         "WITH u AS ( \
@@ -533,16 +496,16 @@ async fn write_append(
     )
     .bind(&append.instance_id)
     .bind(SCHEMA_VERSION)
-    .bind(now.as_micros())
+    .bind(planned.at.as_micros())
     .bind(encoded.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
     .bind(encoded.iter().map(|e| e.kind).collect::<Vec<_>>())
     .bind(encoded.iter().map(|e| e.codec).collect::<Vec<_>>())
     .bind(encoded.iter().map(|e| e.bytes.as_slice()).collect::<Vec<_>>())
     .bind(encoded.iter().map(|e| e.hash.as_slice()).collect::<Vec<_>>())
-    .bind(last.0 as i64 + 1)
-    .bind(last.1.as_slice())
-    .bind(status.as_str())
-    .bind(added)
+    .bind(planned.head.next_seq as i64)
+    .bind(planned.head.last_hash.as_slice())
+    .bind(planned.head.status.as_str())
+    .bind(planned.added_bytes)
     .bind(output.as_ref().map(|o| o.codec().as_i16()))
     .bind(output.as_ref().map(|o| o.as_bytes()))
     .bind(expected_head.map(|h| h.next_seq as i64))
@@ -550,12 +513,5 @@ async fn write_append(
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if written != encoded.len() as u64 {
-        return Ok(None);
-    }
-    let head = (!status.is_closed()).then_some(Head {
-        next_seq: last.0 + 1,
-        last_hash: last.1,
-    });
-    Ok(Some(((from.next_seq, last.0), head)))
+    Ok(written == encoded.len() as u64)
 }

@@ -5,6 +5,8 @@
 //! connection per store that reconnects by itself.
 
 mod batch;
+mod claim;
+mod commit;
 mod heads;
 mod inbox_order;
 mod jobs;

@@ -7,13 +7,14 @@ use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::commit::{Append, Expected};
 use crate::error::{Error, Result};
-use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
+use crate::event::RecordedEvent;
 use crate::instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
 };
 use crate::journal::{ChainReport, GENESIS, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::plan::{self, EventRow, InstanceHead, InstanceWrite};
 use crate::queue::NewTask;
-use crate::rows::{check_size, decode_event, encode_events, first_chain_mismatch, hash32, payload};
+use crate::rows::{check_size, decode_event, first_chain_mismatch, payload};
 
 const INSTANCE_COLUMNS: &str = "id, instance_type, version, status, input_codec, input, output_codec, output, \
      parent_id, queue, next_seq, history_bytes, affinity, created_at, updated_at";
@@ -137,14 +138,35 @@ impl SqliteStore {
         .bind(now.as_micros())
         .execute(&mut *tx)
         .await?;
-        let started = new.started_event();
         let append = Append {
             instance_id: new.id.clone(),
             expected: Expected::Seq(1),
-            events: vec![started],
+            events: vec![new.started_event()],
             at: None,
         };
-        append_in_tx(&mut *tx, self, &append, now).await?;
+        let fresh = InstanceHead {
+            next_seq: 1,
+            last_hash: GENESIS,
+            status: InstanceStatus::Running,
+        };
+        let started = plan::append(&self.config, &append, Some(&fresh), now)?;
+        let instance = InstanceWrite {
+            id: new.id.clone(),
+            head: started.head,
+            added_bytes: started.added_bytes,
+            output: None,
+            updated_at: started.at,
+        };
+        let events: Vec<EventRow> = started
+            .events
+            .into_iter()
+            .map(|encoded| EventRow {
+                instance_id: new.id.clone(),
+                at: started.at,
+                encoded,
+            })
+            .collect();
+        super::commit::write_appends(&mut *tx, &events, &[instance]).await?;
         let mut task =
             NewTask::orchestration(new.queue.clone(), new.id.clone()).priority(new.priority);
         task.visible_at = new.start_at;
@@ -291,94 +313,4 @@ impl SqliteStore {
             first_mismatch,
         })
     }
-}
-
-/// Appends one instance's events inside a write transaction. Returns (first seq, last seq).
-pub(super) async fn append_in_tx(
-    tx: &mut sqlx::SqliteConnection,
-    store: &SqliteStore,
-    append: &Append,
-    now: Timestamp,
-) -> Result<(u64, u64)> {
-    let row = sqlx::query(
-        "SELECT next_seq, last_hash, status, history_bytes FROM instances WHERE id = ?1",
-    )
-    .bind(&append.instance_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Err(Error::InstanceNotFound {
-            id: append.instance_id.clone(),
-        });
-    };
-    let next_seq = row.try_get::<i64, _>(0)? as u64;
-    let last_hash: Vec<u8> = row.try_get(1)?;
-    let mut status: InstanceStatus = row
-        .try_get::<String, _>(2)?
-        .parse()
-        .map_err(Error::Invalid)?;
-    let mut history_bytes = row.try_get::<i64, _>(3)?;
-    if let Expected::Seq(expected) = append.expected
-        && expected != next_seq
-    {
-        return Err(Error::Conflict {
-            id: append.instance_id.clone(),
-            expected,
-            actual: next_seq,
-        });
-    }
-    if append.events.is_empty() {
-        return Ok((next_seq, next_seq - 1));
-    }
-    let now = append.at.unwrap_or(now);
-    let encoded = encode_events(&store.config, hash32(&last_hash), next_seq, &append.events)?;
-    let mut output = None;
-    for (event, enc) in append.events.iter().zip(&encoded) {
-        if status.is_closed() {
-            return Err(Error::InstanceClosed {
-                id: append.instance_id.clone(),
-                status,
-            });
-        }
-        if let Some(closing) = event.closing_status() {
-            status = closing;
-            if let HistoryEvent::WorkflowCompleted { output: out } = event {
-                output = Some(out.clone());
-            }
-        }
-        history_bytes += enc.bytes.len() as i64;
-        sqlx::query(
-            "INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(&append.instance_id)
-        .bind(enc.seq as i64)
-        .bind(enc.kind)
-        .bind(SCHEMA_VERSION)
-        .bind(enc.codec)
-        .bind(&enc.bytes)
-        .bind(now.as_micros())
-        .bind(enc.hash.as_slice())
-        .execute(&mut *tx)
-        .await?;
-    }
-    let last = encoded
-        .last()
-        .map(|e| (e.seq, e.hash))
-        .unwrap_or((next_seq - 1, GENESIS));
-    sqlx::query(
-        "UPDATE instances SET next_seq = ?2, last_hash = ?3, status = ?4, history_bytes = ?5, updated_at = ?6, \
-         output_codec = COALESCE(?7, output_codec), output = COALESCE(?8, output) WHERE id = ?1",
-    )
-    .bind(&append.instance_id)
-    .bind(last.0 as i64 + 1)
-    .bind(last.1.as_slice())
-    .bind(status.as_str())
-    .bind(history_bytes)
-    .bind(now.as_micros())
-    .bind(output.as_ref().map(|o| o.codec().as_i16()))
-    .bind(output.as_ref().map(|o| o.as_bytes()))
-    .execute(&mut *tx)
-    .await?;
-    Ok((next_seq, last.0))
 }

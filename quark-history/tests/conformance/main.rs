@@ -11,6 +11,7 @@ mod properties;
 
 mod batch;
 mod concurrency;
+mod ending;
 mod inbox_order;
 mod instances;
 mod jobs;
