@@ -122,64 +122,23 @@ pub(crate) fn plan(
     // fails is cancelled, as it was asked to be.
     let mut ended_by: BTreeMap<&str, usize> = BTreeMap::new();
     // A task settles once: by the first commit that settles it and is written.
-    let mut settled: HashMap<i64, Settled> = HashMap::new();
-    let mut settles = Vec::new();
+    let mut settled: Vec<Settled> = Vec::new();
+    let mut settled_ids = BTreeSet::new();
     for (i, commit) in commits.iter().enumerate() {
         if failed[i].is_some() {
             continue;
         }
-        let outcome =
-            (|| {
-                let settling = match &commit.settle {
-                    Some(s) => {
-                        let lease = s.lease();
-                        let row = locked
-                            .tasks
-                            .get(&lease.task_id)
-                            .filter(|_| !settled.contains_key(&lease.task_id));
-                        let ended = row
-                            .and_then(|r| r.instance_id.as_deref())
-                            .is_some_and(|id| ended_by.contains_key(id));
-                        Some(settle(s, row, ended, now)?)
-                    }
-                    None => None,
-                };
-                // Appends of one commit see each other; the batch sees them only if all succeed.
-                let mut scratch: BTreeMap<&str, Appended> = BTreeMap::new();
-                let mut ranges = Vec::with_capacity(commit.appends.len());
-                let mut rows = Vec::new();
-                for a in &commit.appends {
-                    let id = a.instance_id.as_str();
-                    let from = scratch.get(id).map(|a| a.head).or(heads.get(id).copied());
-                    let mut done = append(config, a, from.as_ref(), now)?;
-                    ranges.push(done.range);
-                    rows.extend(std::mem::take(&mut done.events).into_iter().map(|encoded| {
-                        EventRow {
-                            instance_id: id.to_string(),
-                            at: done.at,
-                            encoded,
-                        }
-                    }));
-                    if done.range.1 >= done.range.0 {
-                        let merged = match scratch.remove(id) {
-                            Some(prev) => Appended {
-                                added_bytes: prev.added_bytes + done.added_bytes,
-                                output: done.output.or(prev.output),
-                                ..done
-                            },
-                            None => done,
-                        };
-                        scratch.insert(id, merged);
-                    }
-                }
-                Ok::<_, Error>((settling, ranges, rows, scratch))
-            })();
-        match outcome {
+        let seen = Seen {
+            heads: &heads,
+            settled: &settled_ids,
+            ended_by: &ended_by,
+        };
+        match plan_commit(config, now, commit, locked, seen) {
             Err(e) => failed[i] = Some(e),
-            Ok((settling, ranges, rows, scratch)) => {
-                appended[i] = ranges;
-                events.extend(rows);
-                for (id, done) in scratch {
+            Ok(planned) => {
+                appended[i] = planned.ranges;
+                events.extend(planned.events);
+                for (id, done) in planned.instances {
                     heads.insert(id.to_string(), done.head);
                     let entry = written
                         .entry(id.to_string())
@@ -198,9 +157,9 @@ pub(crate) fn plan(
                 for id in commit.ending_instances() {
                     ended_by.entry(id).or_insert(i);
                 }
-                if let Some(s) = settling {
-                    settles.push(s.write.clone());
-                    settled.insert(s.write.task_id(), s);
+                if let Some(s) = planned.settled {
+                    settled_ids.insert(s.write.task_id());
+                    settled.push(s);
                 }
             }
         }
@@ -221,8 +180,7 @@ pub(crate) fn plan(
     let mut announce = visible_queues(&tasks, now);
     let mut affinity = Vec::new();
     let (mut gone, mut released) = (BTreeSet::new(), BTreeSet::new());
-    for s in &settles {
-        let s = &settled[&s.task_id()];
+    for s in &settled {
         announce.extend(s.announce.clone());
         affinity.extend(s.affinity.clone());
         match s.write {
@@ -244,12 +202,91 @@ pub(crate) fn plan(
         events,
         instances: written.into_values().collect(),
         heads: heads.into_iter().collect(),
-        settles,
+        settles: settled.into_iter().map(|s| s.write).collect(),
         affinity,
         tasks,
         dropped,
         announce,
     }
+}
+
+/// What the commits planned before one see of the state it starts from.
+struct Seen<'p, 'c> {
+    heads: &'p BTreeMap<String, InstanceHead>,
+    settled: &'p BTreeSet<i64>,
+    ended_by: &'p BTreeMap<&'c str, usize>,
+}
+
+/// One commit, planned after those before it.
+struct CommitPlan<'c> {
+    settled: Option<Settled>,
+    ranges: Vec<(u64, u64)>,
+    events: Vec<EventRow>,
+    /// Where its appends leave each instance, their bytes and output summed.
+    instances: BTreeMap<&'c str, Appended>,
+}
+
+fn plan_commit<'c>(
+    config: &StoreConfig,
+    now: Timestamp,
+    commit: &'c Commit,
+    locked: &Locked,
+    seen: Seen<'_, '_>,
+) -> Result<CommitPlan<'c>> {
+    let settled = match &commit.settle {
+        Some(s) => {
+            let lease = s.lease();
+            let row = locked
+                .tasks
+                .get(&lease.task_id)
+                .filter(|_| !seen.settled.contains(&lease.task_id));
+            let ended = row
+                .and_then(|r| r.instance_id.as_deref())
+                .is_some_and(|id| seen.ended_by.contains_key(id));
+            Some(settle(s, row, ended, now)?)
+        }
+        None => None,
+    };
+    // Appends of one commit see each other; later commits see them only if all succeed.
+    let mut instances: BTreeMap<&str, Appended> = BTreeMap::new();
+    let mut ranges = Vec::with_capacity(commit.appends.len());
+    let mut events = Vec::new();
+    for a in &commit.appends {
+        let id = a.instance_id.as_str();
+        let from = instances
+            .get(id)
+            .map(|a| a.head)
+            .or(seen.heads.get(id).copied());
+        let mut done = append(config, a, from.as_ref(), now)?;
+        ranges.push(done.range);
+        let at = done.at;
+        events.extend(
+            std::mem::take(&mut done.events)
+                .into_iter()
+                .map(|encoded| EventRow {
+                    instance_id: id.to_string(),
+                    at,
+                    encoded,
+                }),
+        );
+        if done.range.1 >= done.range.0 {
+            let merged = match instances.remove(id) {
+                Some(prev) => Appended {
+                    added_bytes: prev.added_bytes + done.added_bytes,
+                    output: done.output.or(prev.output),
+                    ..done
+                },
+                None => done,
+            };
+            instances.insert(id, merged);
+        }
+    }
+    Ok(CommitPlan {
+        settled,
+        ranges,
+        events,
+        instances,
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! deadlock on lock upgrades and commit in position order) and a pool of readers in WAL mode. An
 //! in-memory database has a single connection that does both.
 
+mod claim;
 mod commit;
 mod inbox_order;
 mod jobs;
