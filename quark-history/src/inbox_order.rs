@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::outbox::{DEFAULT_INBOX_WINDOW, InboxStore};
+use crate::inbox::{DEFAULT_INBOX_WINDOW, InboxStore};
 use crate::store::StoreConfig;
 
 /// How long a gap is waited for by default: 5 minutes.

@@ -60,6 +60,7 @@ mod codec;
 mod commit;
 mod error;
 mod event;
+mod inbox;
 mod inbox_order;
 mod instance;
 mod jobs;
@@ -86,6 +87,7 @@ pub use error::{Error, Result};
 pub use event::{
     CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION,
 };
+pub use inbox::{DEFAULT_INBOX_WINDOW, Inbox, InboxStore, Received};
 pub use inbox_order::{
     Arrival, DEFAULT_GAP_TIMEOUT, Delivered, DuplicateOf, GapSweep, LostGap, SeqReceipt,
     SequencedInbox, SequencedStore,
@@ -99,9 +101,8 @@ pub use jobs::{
 };
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 pub use outbox::{
-    ClaimedMessage, DEFAULT_INBOX_WINDOW, Delivery, Destination, Inbox, InboxStore, MessageState,
-    OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
-    Received,
+    ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim,
+    OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

@@ -9,10 +9,11 @@ use sqlx::{Row, SqliteConnection};
 use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
+use crate::inbox::{DEFAULT_INBOX_WINDOW, INBOX_RECORD_SQL, InboxStore};
 use crate::outbox::{
-    CLAIMED_COLUMNS, ClaimedMessage, DEFAULT_INBOX_WINDOW, Delivery, FENCE, HEAD_CONDITION,
-    INBOX_RECORD_SQL, InboxStore, MessageRow, OUTBOX_WAKE_QUEUE, OutboxClaim, OutboxFilter,
-    OutboxLease, OutboxMessage, OutboxRecord, claimed, decode_headers, list_sql, prepare,
+    CLAIMED_COLUMNS, ClaimedMessage, Delivery, FENCE, HEAD_CONDITION, MessageRow,
+    OUTBOX_WAKE_QUEUE, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+    claimed, decode_headers, list_sql, prepare,
 };
 use crate::queue::TaskKind;
 use crate::wakeup::Wake;
