@@ -68,6 +68,7 @@ mod journal;
 mod outbox;
 mod queue;
 mod schedule;
+mod sql;
 mod store;
 mod transaction;
 mod wakeup;

@@ -6,7 +6,6 @@
 
 mod batch;
 mod heads;
-mod inbox_order;
 mod jobs;
 mod journal;
 mod notify;
@@ -358,4 +357,22 @@ impl Store for PostgresStore {
     crate::schedule::delegate_schedule_methods!();
 
     crate::outbox::delegate_outbox_methods!();
+}
+
+impl crate::sql::Dialect for sqlx::Postgres {
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl crate::sql::SqlStore for PostgresStore {
+    fn settings(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
 }

@@ -4,7 +4,6 @@
 //! deadlock on lock upgrades and commit in position order) and a pool of readers in WAL mode. An
 //! in-memory database has a single connection that does both.
 
-mod inbox_order;
 mod jobs;
 mod journal;
 mod outbox;
@@ -328,4 +327,23 @@ impl Store for SqliteStore {
     crate::schedule::delegate_schedule_methods!();
 
     crate::outbox::delegate_outbox_methods!();
+}
+
+impl crate::sql::Dialect for sqlx::Sqlite {
+    // Every write transaction is `BEGIN IMMEDIATE` on the one writer: it holds every row already.
+    const FOR_UPDATE: &'static str = "";
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl crate::sql::SqlStore for SqliteStore {
+    fn settings(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
 }
