@@ -30,12 +30,6 @@ impl<T> Received<T> {
     }
 }
 
-/// Records an id unless it was recorded within the window (an older record is renewed). Returns a
-/// row if the id is new (or expired). Placeholders are `$n`; SQLite runs it with `?n`.
-pub(crate) const INBOX_RECORD_SQL: &str = "INSERT INTO inbox (message_id, received_at) VALUES ($1, $2) \
-     ON CONFLICT (message_id) DO UPDATE SET received_at = excluded.received_at \
-     WHERE inbox.received_at < $3 RETURNING 1";
-
 mod sealed {
     pub trait Sealed {}
 }
@@ -113,7 +107,7 @@ impl Inbox {
     }
 
     /// Sets the deduplication window: an id seen longer ago than this counts as new. Purge old ids
-    /// with [`Store::purge_inbox`](crate::Store::purge_inbox) and the same window.
+    /// with [`OutboxStore::purge_inbox`](crate::OutboxStore::purge_inbox) and the same window.
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self

@@ -120,7 +120,7 @@ pub use sqlx;
 /// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;
-pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};
+pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, OutboxStore, Store, StoreConfig};
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 

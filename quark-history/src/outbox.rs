@@ -2,9 +2,9 @@
 //!
 //! An [`OutboxMessage`] is written in the same transaction as the state change that caused it
 //! ([`Commit::send`](crate::Commit::send), [`Outbox::send_tx`] inside a caller's own PostgreSQL
-//! transaction, or [`Store::send`](crate::Store::send)), so it exists if and only if that change
+//! transaction, or [`OutboxStore::send`](crate::OutboxStore::send)), so it exists if and only if that change
 //! committed. A relay (in `quark-worker`) claims pending messages under a lease, delivers them and
-//! settles them ([`Store::settle_outbox`](crate::Store::settle_outbox)): sent, retried later, or
+//! settles them ([`OutboxStore::settle_outbox`](crate::OutboxStore::settle_outbox)): sent, retried later, or
 //! dead (listable, re-drivable). Messages with the same ordering key are delivered one after
 //! another: only the *head* of a key (its pending message with the smallest id) can be claimed, so
 //! message N+1 is never handed out before N is marked sent (or dead). Every message carries an
@@ -472,122 +472,6 @@ impl Outbox {
 pub(crate) fn decode_headers(text: &str) -> BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
 }
-
-/// The listing SQL (`$n` placeholders): the filter's conditions are bound in order state, key.
-pub(crate) fn list_sql(filter: &OutboxFilter) -> String {
-    let mut sql = String::from(
-        "SELECT id, destination, ordering_key, idempotency_key, payload, headers, state, attempts, \
-         next_attempt_at, lease_owner, last_error, created_at, sent_at FROM outbox WHERE 1 = 1",
-    );
-    let mut n = 0;
-    if filter.state.is_some() {
-        n += 1;
-        sql.push_str(&format!(" AND state = ${n}"));
-    }
-    if filter.ordering_key.is_some() {
-        n += 1;
-        sql.push_str(&format!(" AND ordering_key = ${n}"));
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit));
-    sql
-}
-
-/// The claim's candidate condition: pending, due (or its lease lost), the head of its key, and no
-/// other message of its key under a live lease (one can be, after a re-drive put an older message
-/// back in front of it).
-pub(crate) const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
-     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
-       AND p.ordering_key = o.ordering_key AND p.id <> o.id \
-       AND (p.id < o.id OR (p.lease_owner IS NOT NULL AND p.next_attempt_at > $1)))";
-
-/// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
-pub(crate) const FENCE: &str =
-    "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
-
-/// The columns a claim returns, in order.
-pub(crate) const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
-
-/// Builds a claimed message from its columns.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn claimed(
-    worker: &str,
-    id: i64,
-    attempts: i64,
-    destination: &str,
-    ordering_key: String,
-    idempotency_key: String,
-    payload: Vec<u8>,
-    headers: &str,
-    created_at: i64,
-    expires: i64,
-) -> Result<ClaimedMessage> {
-    Ok(ClaimedMessage {
-        lease: OutboxLease {
-            id,
-            attempt: attempts as u32,
-            worker: worker.to_string(),
-        },
-        destination: destination.parse()?,
-        ordering_key,
-        idempotency_key,
-        payload,
-        headers: decode_headers(headers),
-        created_at: Timestamp::from_micros(created_at),
-        lease_expires_at: Timestamp::from_micros(expires),
-    })
-}
-
-/// Delegates the outbox section of `Store` to `*_impl` methods of the backend.
-macro_rules! delegate_outbox_methods {
-    () => {
-        fn send(&self, messages: Vec<$crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>> {
-            Box::pin(self.send_impl(messages))
-        }
-
-        fn claim_outbox(
-            &self,
-            claim: $crate::OutboxClaim,
-        ) -> BoxFuture<'_, Result<Vec<$crate::ClaimedMessage>>> {
-            Box::pin(self.claim_outbox_impl(claim))
-        }
-
-        fn settle_outbox<'a>(
-            &'a self,
-            lease: &'a $crate::OutboxLease,
-            delivery: $crate::Delivery,
-        ) -> BoxFuture<'a, Result<Option<$crate::ClaimedMessage>>> {
-            Box::pin(self.settle_outbox_impl(lease, delivery))
-        }
-
-        fn list_outbox(
-            &self,
-            filter: $crate::OutboxFilter,
-        ) -> BoxFuture<'_, Result<Vec<$crate::OutboxRecord>>> {
-            Box::pin(self.list_outbox_impl(filter))
-        }
-
-        fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>> {
-            Box::pin(self.redrive_message_impl(id))
-        }
-
-        fn purge_outbox(
-            &self,
-            retention: std::time::Duration,
-            limit: u32,
-        ) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(self.purge_outbox_impl(retention, limit))
-        }
-
-        fn purge_inbox(
-            &self,
-            window: std::time::Duration,
-            limit: u32,
-        ) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(self.purge_inbox_impl(window, limit))
-        }
-    };
-}
-pub(crate) use delegate_outbox_methods;
 
 #[cfg(test)]
 mod tests {

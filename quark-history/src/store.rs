@@ -14,6 +14,9 @@ use crate::event::RecordedEvent;
 use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
 use crate::jobs::{JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::outbox::{
+    ClaimedMessage, Delivery, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+};
 use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
 use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
 use crate::wakeup::Wakeups;
@@ -92,11 +95,12 @@ impl fmt::Display for Backend {
     }
 }
 
-/// The journal and the queue.
+/// The journal and the queue, and through its supertraits every other capability of a store:
+/// [`OutboxStore`]. Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store: OutboxStore + Send + Sync + fmt::Debug + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -351,34 +355,30 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// worker fired first, or the schedule was changed or removed). This is what makes a tick
     /// enqueue exactly one job however many workers race for it.
     fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
+}
 
-    // -- the outbox and the inbox -------------------------------------------------------------
-
+/// The transactional outbox: messages written with a change, relayed in order per key under
+/// leases (and the purge of the inbox's ids). A capability of every [`Store`]; sealed.
+pub trait OutboxStore: Send + Sync {
     /// Writes outbox messages in one transaction (a commit with messages only). Returns their ids.
-    fn send(&self, messages: Vec<crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>>;
+    fn send(&self, messages: Vec<OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>>;
 
     /// Claims up to `claim.limit` due messages under a lease, each the head of its ordering key
     /// (its pending message with the smallest id), so no two relays hold one key at a time and a
     /// key's next message is not handed out before the previous one is settled.
-    fn claim_outbox(
-        &self,
-        claim: crate::OutboxClaim,
-    ) -> BoxFuture<'_, Result<Vec<crate::ClaimedMessage>>>;
+    fn claim_outbox(&self, claim: OutboxClaim) -> BoxFuture<'_, Result<Vec<ClaimedMessage>>>;
 
     /// Settles a claimed message (fenced by its lease: `LeaseLost` if it was claimed again).
     /// After `Delivery::Sent { next_lease: Some(..) }`, returns the key's next message if it is
     /// due, already leased to the same worker.
     fn settle_outbox<'a>(
         &'a self,
-        lease: &'a crate::OutboxLease,
-        delivery: crate::Delivery,
-    ) -> BoxFuture<'a, Result<Option<crate::ClaimedMessage>>>;
+        lease: &'a OutboxLease,
+        delivery: Delivery,
+    ) -> BoxFuture<'a, Result<Option<ClaimedMessage>>>;
 
     /// Outbox messages matching `filter`, newest first.
-    fn list_outbox(
-        &self,
-        filter: crate::OutboxFilter,
-    ) -> BoxFuture<'_, Result<Vec<crate::OutboxRecord>>>;
+    fn list_outbox(&self, filter: OutboxFilter) -> BoxFuture<'_, Result<Vec<OutboxRecord>>>;
 
     /// Puts a dead message back in line, due now, with its attempts reset. It keeps its id, so it
     /// goes before later messages of its key that are still pending.

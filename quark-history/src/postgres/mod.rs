@@ -355,12 +355,12 @@ impl Store for PostgresStore {
     crate::jobs::delegate_job_methods!();
 
     crate::schedule::delegate_schedule_methods!();
-
-    crate::outbox::delegate_outbox_methods!();
 }
 
 impl crate::sql::Dialect for sqlx::Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const ONE_WRITER: bool = false;
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
@@ -374,5 +374,21 @@ impl crate::sql::SqlStore for PostgresStore {
 
     fn reader(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn announce(&self, visible: Vec<(String, crate::TaskKind)>) {
+        PostgresStore::announce(self, visible);
+    }
+
+    fn insert_messages<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        rows: &'a [crate::outbox::MessageRow],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(outbox::insert_messages(conn, rows, now))
     }
 }

@@ -13,12 +13,16 @@
 //! an enum over the two connections puts a `match` in every statement; repeating the bounds on each
 //! function or `impl` block buries the SQL under them.
 //!
-//! Each capability is one module holding its statements ([`inbox_order`], [`outbox`], [`schedule`]),
+//! Each capability is one module holding its statements ([`inbox_order`], [`outbox`]),
 //! implemented once for every [`SqlStore`]. The dialects differ in what [`Dialect`] and
 //! [`SqlStore`] ask of them, and nothing more: row locks (`FOR UPDATE`, `SKIP LOCKED`; SQLite has
 //! one writer and needs none), array statements, and how wake-ups are announced.
 
+mod inbox;
 pub(crate) mod inbox_order;
+pub(crate) mod outbox;
+
+pub(crate) use inbox::{receive, record};
 
 use futures::future::BoxFuture;
 use sqlx::query::Query;
@@ -27,8 +31,11 @@ use sqlx::{
     Type,
 };
 
+use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::inbox::InboxStore;
+use crate::outbox::MessageRow;
+use crate::queue::TaskKind;
 use crate::store::StoreConfig;
 
 /// A database can bind a `T` as a statement argument.
@@ -137,6 +144,16 @@ pub(crate) trait Dialect:
     /// write transaction already holds the one write lock.
     const FOR_UPDATE: &'static str;
 
+    /// Appended to a `SELECT` of rows to take, so that rows another transaction holds are passed
+    /// over rather than waited for: `FOR UPDATE SKIP LOCKED` on PostgreSQL, nothing on SQLite.
+    const SKIP_LOCKED: &'static str;
+
+    /// Whether the database has one writer (SQLite), so that a statement that reads rows and then
+    /// changes them must take the write lock before it reads, in a `BEGIN IMMEDIATE` transaction:
+    /// alone, it would start as a reader and could find at its first write that another process
+    /// wrote since. With row locks (PostgreSQL) such a statement runs alone.
+    const ONE_WRITER: bool;
+
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 }
@@ -200,4 +217,32 @@ pub(crate) trait SqlStore: InboxStore<Db: Dialect> + 'static {
 
     /// The pool to read from (SQLite: its read-only connections).
     fn reader(&self) -> &Pool<Self::Db>;
+
+    /// The pool to write with outside a transaction (SQLite: its one writer).
+    fn writer(&self) -> &Pool<Self::Db>;
+
+    /// Tells waiting workers and relays that work became visible on these queues: in this process
+    /// and, on PostgreSQL, in others by `NOTIFY`.
+    fn announce(&self, visible: Vec<(String, TaskKind)>);
+
+    /// Inserts prepared outbox messages inside a transaction (PostgreSQL: one array statement);
+    /// a taken idempotency key fails it.
+    fn insert_messages<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        rows: &'a [MessageRow],
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>>;
+}
+
+/// Runs a statement that takes rows (a claim: it reads them, then changes them) as its own write;
+/// see [`Dialect::ONE_WRITER`].
+pub(crate) async fn claim<S: SqlStore>(store: &S, stmt: Stmt<S::Db>) -> Result<Vec<Row<S::Db>>> {
+    if S::Db::ONE_WRITER {
+        let mut tx = store.begin_write().await?;
+        let rows = stmt.fetch_all(&mut tx).await?;
+        tx.commit().await?;
+        Ok(rows)
+    } else {
+        stmt.fetch_all(&mut *store.writer().acquire().await?).await
+    }
 }

@@ -325,13 +325,13 @@ impl Store for SqliteStore {
     crate::jobs::delegate_job_methods!();
 
     crate::schedule::delegate_schedule_methods!();
-
-    crate::outbox::delegate_outbox_methods!();
 }
 
 impl crate::sql::Dialect for sqlx::Sqlite {
     // Every write transaction is `BEGIN IMMEDIATE` on the one writer: it holds every row already.
     const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+    const ONE_WRITER: bool = true;
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
@@ -345,5 +345,23 @@ impl crate::sql::SqlStore for SqliteStore {
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn announce(&self, visible: Vec<(String, crate::TaskKind)>) {
+        for (queue, kind) in visible {
+            self.hub.announce(crate::Wake::Queue { queue, kind });
+        }
+    }
+
+    fn insert_messages<'a>(
+        conn: &'a mut sqlx::SqliteConnection,
+        rows: &'a [crate::outbox::MessageRow],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(outbox::insert_messages(conn, rows, now))
     }
 }
