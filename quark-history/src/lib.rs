@@ -21,7 +21,7 @@
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
-//!   ([`Store::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
+//!   ([`ScheduleStore::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -120,7 +120,9 @@ pub use sqlx;
 /// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;
-pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, OutboxStore, Store, StoreConfig};
+pub use store::{
+    Backend, DEFAULT_MAX_PAYLOAD_BYTES, OutboxStore, ScheduleStore, Store, StoreConfig,
+};
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 

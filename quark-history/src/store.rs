@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::codec::CodecTag;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
@@ -96,11 +96,11 @@ impl fmt::Display for Backend {
 }
 
 /// The journal and the queue, and through its supertraits every other capability of a store:
-/// [`OutboxStore`]. Their methods can be called on a `dyn Store` as its own.
+/// [`OutboxStore`], [`ScheduleStore`]. Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
-pub trait Store: OutboxStore + Send + Sync + fmt::Debug + 'static {
+pub trait Store: OutboxStore + ScheduleStore + Send + Sync + fmt::Debug + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -316,45 +316,6 @@ pub trait Store: OutboxStore + Send + Sync + fmt::Debug + 'static {
     /// Removes up to `limit` finished jobs older than the retention, expired unique keys and
     /// orphaned progress rows, in short transactions. Call it until it returns less than `limit`.
     fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>>;
-
-    // -- cron schedules -----------------------------------------------------------------------------
-
-    /// Registers schedule `spec.name`, or changes it. Idempotent: registering the same spec again
-    /// writes nothing. A new schedule starts at `next_at`; a changed one keeps its `next_at` unless
-    /// its expression or time zone changed, in which case it moves to `next_at` (so redeploying
-    /// with a new job input neither skips nor repeats a tick).
-    fn upsert_schedule(
-        &self,
-        spec: ScheduleSpec,
-        next_at: crate::Timestamp,
-    ) -> BoxFuture<'_, Result<Upserted>>;
-
-    /// Removes a schedule; `false` if there was none of that name. Jobs it already enqueued stay.
-    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>>;
-
-    /// One schedule, or `None`.
-    fn get_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ScheduleRecord>>>;
-
-    /// Every schedule, by name.
-    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
-
-    /// Up to `limit` schedules whose `next_at` is at or before `now`, earliest first.
-    fn due_schedules(
-        &self,
-        now: crate::Timestamp,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
-
-    /// The earliest `next_at` of all schedules, or `None` when there are none.
-    fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<crate::Timestamp>>>;
-
-    /// Fires a schedule, compare-and-set: in one transaction, moves its `next_at` from
-    /// `fire.expected_next_at` to `fire.next_at` and enqueues one job per tick (its template,
-    /// visible at the tick), and records the last tick as `last_fired_at`; all only if `next_at`
-    /// still held the expected value. Returns the jobs' task ids, or `None` when it did not (another
-    /// worker fired first, or the schedule was changed or removed). This is what makes a tick
-    /// enqueue exactly one job however many workers race for it.
-    fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
 }
 
 /// The transactional outbox: messages written with a change, relayed in order per key under
@@ -390,4 +351,45 @@ pub trait OutboxStore: Send + Sync {
 
     /// Deletes up to `limit` inbox ids older than `window`, in one short transaction.
     fn purge_inbox(&self, window: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
+}
+
+/// Cron schedules: stored with their next tick, fired by a compare-and-set that enqueues each
+/// tick's job exactly once among racing workers. A capability of every [`Store`]; sealed.
+pub trait ScheduleStore: Send + Sync {
+    /// Registers schedule `spec.name`, or changes it. Idempotent: registering the same spec again
+    /// writes nothing. A new schedule starts at `next_at`; a changed one keeps its `next_at` unless
+    /// its expression or time zone changed, in which case it moves to `next_at` (so redeploying
+    /// with a new job input neither skips nor repeats a tick).
+    fn upsert_schedule(
+        &self,
+        spec: ScheduleSpec,
+        next_at: Timestamp,
+    ) -> BoxFuture<'_, Result<Upserted>>;
+
+    /// Removes a schedule; `false` if there was none of that name. Jobs it already enqueued stay.
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// One schedule, or `None`.
+    fn get_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ScheduleRecord>>>;
+
+    /// Every schedule, by name.
+    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
+
+    /// Up to `limit` schedules whose `next_at` is at or before `now`, earliest first.
+    fn due_schedules(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
+
+    /// The earliest `next_at` of all schedules, or `None` when there are none.
+    fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<Timestamp>>>;
+
+    /// Fires a schedule, compare-and-set: in one transaction, moves its `next_at` from
+    /// `fire.expected_next_at` to `fire.next_at` and enqueues one job per tick (its template,
+    /// visible at the tick), and records the last tick as `last_fired_at`; all only if `next_at`
+    /// still held the expected value. Returns the jobs' task ids, or `None` when it did not (another
+    /// worker fired first, or the schedule was changed or removed). This is what makes a tick
+    /// enqueue exactly one job however many workers race for it.
+    fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
 }

@@ -12,7 +12,6 @@ mod notify;
 mod outbox;
 pub(crate) use outbox::record as record_inbox;
 mod queue;
-mod schedule;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -353,8 +352,6 @@ impl Store for PostgresStore {
     }
 
     crate::jobs::delegate_job_methods!();
-
-    crate::schedule::delegate_schedule_methods!();
 }
 
 impl crate::sql::Dialect for sqlx::Postgres {
@@ -380,7 +377,7 @@ impl crate::sql::SqlStore for PostgresStore {
         &self.pool
     }
 
-    fn announce(&self, visible: Vec<(String, crate::TaskKind)>) {
+    fn announce(&self, visible: impl IntoIterator<Item = (String, crate::TaskKind)>) {
         PostgresStore::announce(self, visible);
     }
 
@@ -390,5 +387,13 @@ impl crate::sql::SqlStore for PostgresStore {
         now: crate::Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>> {
         Box::pin(outbox::insert_messages(conn, rows, now))
+    }
+
+    fn enqueue<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        tasks: &'a [crate::NewTask],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.ids) })
     }
 }

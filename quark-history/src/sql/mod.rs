@@ -13,7 +13,7 @@
 //! an enum over the two connections puts a `match` in every statement; repeating the bounds on each
 //! function or `impl` block buries the SQL under them.
 //!
-//! Each capability is one module holding its statements ([`inbox_order`], [`outbox`]),
+//! Each capability is one module holding its statements ([`inbox_order`], [`outbox`], [`schedule`]),
 //! implemented once for every [`SqlStore`]. The dialects differ in what [`Dialect`] and
 //! [`SqlStore`] ask of them, and nothing more: row locks (`FOR UPDATE`, `SKIP LOCKED`; SQLite has
 //! one writer and needs none), array statements, and how wake-ups are announced.
@@ -21,6 +21,7 @@
 mod inbox;
 pub(crate) mod inbox_order;
 pub(crate) mod outbox;
+pub(crate) mod schedule;
 
 pub(crate) use inbox::{receive, record};
 
@@ -35,7 +36,7 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::inbox::InboxStore;
 use crate::outbox::MessageRow;
-use crate::queue::TaskKind;
+use crate::queue::{NewTask, TaskKind};
 use crate::store::StoreConfig;
 
 /// A database can bind a `T` as a statement argument.
@@ -223,13 +224,20 @@ pub(crate) trait SqlStore: InboxStore<Db: Dialect> + 'static {
 
     /// Tells waiting workers and relays that work became visible on these queues: in this process
     /// and, on PostgreSQL, in others by `NOTIFY`.
-    fn announce(&self, visible: Vec<(String, TaskKind)>);
+    fn announce(&self, visible: impl IntoIterator<Item = (String, TaskKind)>);
 
     /// Inserts prepared outbox messages inside a transaction (PostgreSQL: one array statement);
     /// a taken idempotency key fails it.
     fn insert_messages<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
         rows: &'a [MessageRow],
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>>;
+
+    /// Enqueues tasks inside a transaction; returns their ids.
+    fn enqueue<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        tasks: &'a [NewTask],
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>>;
 }

@@ -9,7 +9,6 @@ mod journal;
 mod outbox;
 pub(crate) use outbox::record as record_inbox;
 mod queue;
-mod schedule;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -323,8 +322,6 @@ impl Store for SqliteStore {
     }
 
     crate::jobs::delegate_job_methods!();
-
-    crate::schedule::delegate_schedule_methods!();
 }
 
 impl crate::sql::Dialect for sqlx::Sqlite {
@@ -351,7 +348,7 @@ impl crate::sql::SqlStore for SqliteStore {
         &self.writer
     }
 
-    fn announce(&self, visible: Vec<(String, crate::TaskKind)>) {
+    fn announce(&self, visible: impl IntoIterator<Item = (String, crate::TaskKind)>) {
         for (queue, kind) in visible {
             self.hub.announce(crate::Wake::Queue { queue, kind });
         }
@@ -363,5 +360,13 @@ impl crate::sql::SqlStore for SqliteStore {
         now: crate::Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>> {
         Box::pin(outbox::insert_messages(conn, rows, now))
+    }
+
+    fn enqueue<'a>(
+        conn: &'a mut sqlx::SqliteConnection,
+        tasks: &'a [crate::NewTask],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.0) })
     }
 }
