@@ -121,7 +121,7 @@ pub use sqlx;
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;
 pub use store::{
-    Backend, DEFAULT_MAX_PAYLOAD_BYTES, OutboxStore, ScheduleStore, Store, StoreConfig,
+    Backend, DEFAULT_MAX_PAYLOAD_BYTES, JobStore, OutboxStore, ScheduleStore, Store, StoreConfig,
 };
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};

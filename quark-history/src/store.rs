@@ -33,8 +33,8 @@ pub struct StoreConfig {
     pub max_payload_bytes: usize,
     /// The source of "now" for leases, visibility and timestamps.
     pub clock: Arc<dyn Clock>,
-    /// How long completed and cancelled jobs are kept (readable with [`Store::job`]) before
-    /// [`Store::purge_finished`] removes them. Zero: a completed job is deleted at once and leaves
+    /// How long completed and cancelled jobs are kept (readable with [`JobStore::job`]) before
+    /// [`JobStore::purge_finished`] removes them. Zero: a completed job is deleted at once and leaves
     /// no record, the fastest setting.
     pub finished_job_retention: Duration,
 }
@@ -96,11 +96,13 @@ impl fmt::Display for Backend {
 }
 
 /// The journal and the queue, and through its supertraits every other capability of a store:
-/// [`OutboxStore`], [`ScheduleStore`]. Their methods can be called on a `dyn Store` as its own.
+/// [`JobStore`], [`OutboxStore`], [`ScheduleStore`]. Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
-pub trait Store: OutboxStore + ScheduleStore + Send + Sync + fmt::Debug + 'static {
+pub trait Store:
+    JobStore + OutboxStore + ScheduleStore + Send + Sync + fmt::Debug + 'static
+{
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -268,54 +270,6 @@ pub trait Store: OutboxStore + ScheduleStore + Send + Sync + fmt::Debug + 'stati
 
     /// The registered workers.
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>>;
-
-    // -- jobs ------------------------------------------------------------------------------------
-
-    /// A job (a task of kind `Job`, live, finished or dead), with its last progress report.
-    fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>>;
-
-    /// Jobs matching `filter`, newest first.
-    fn list_jobs(&self, filter: JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>>;
-
-    /// Cancels a job. One that has not started is removed at once (`Cancelled`); a running one is
-    /// asked to stop (`Cancelling`): its worker sees it at its next lease extension, and however
-    /// the attempt ends, the job is recorded as cancelled unless it completed. Cancelling a
-    /// finished job is an error.
-    fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<JobState>>;
-
-    /// Holds a job that has not started until [`resume_job`](Self::resume_job).
-    fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>>;
-
-    /// Releases a paused job (into its concurrency key's line, if it has one).
-    fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>>;
-
-    /// Records progress for the job held under `lease` (fenced like a commit). A checkpoint of
-    /// `None` keeps the previous one.
-    fn report_progress<'a>(
-        &'a self,
-        lease: &'a Lease,
-        progress: Progress,
-    ) -> BoxFuture<'a, Result<()>>;
-
-    /// The last progress report of a job, if any.
-    fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<Progress>>>;
-
-    /// Pauses or resumes claims from a queue, across every worker.
-    fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>>;
-
-    /// Sets or clears a queue's rate limit, across every worker.
-    fn set_rate_limit<'a>(
-        &'a self,
-        queue: &'a str,
-        limit: Option<RateLimit>,
-    ) -> BoxFuture<'a, Result<()>>;
-
-    /// A queue's controls.
-    fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueSettings>>;
-
-    /// Removes up to `limit` finished jobs older than the retention, expired unique keys and
-    /// orphaned progress rows, in short transactions. Call it until it returns less than `limit`.
-    fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>>;
 }
 
 /// The transactional outbox: messages written with a change, relayed in order per key under
@@ -392,4 +346,55 @@ pub trait ScheduleStore: Send + Sync {
     /// worker fired first, or the schedule was changed or removed). This is what makes a tick
     /// enqueue exactly one job however many workers race for it.
     fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
+}
+
+/// Durable jobs: reading, cancelling, pausing and resuming them, their progress, the queues'
+/// controls (pause, rate limit) and the retention of finished jobs. A capability of every
+/// [`Store`]; sealed.
+pub trait JobStore: Send + Sync {
+    /// A job (a task of kind `Job`, live, finished or dead), with its last progress report.
+    fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>>;
+
+    /// Jobs matching `filter`, newest first.
+    fn list_jobs(&self, filter: JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>>;
+
+    /// Cancels a job. One that has not started is removed at once (`Cancelled`); a running one is
+    /// asked to stop (`Cancelling`): its worker sees it at its next lease extension, and however
+    /// the attempt ends, the job is recorded as cancelled unless it completed. Cancelling a
+    /// finished job is an error.
+    fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<JobState>>;
+
+    /// Holds a job that has not started until [`resume_job`](Self::resume_job).
+    fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Releases a paused job (into its concurrency key's line, if it has one).
+    fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Records progress for the job held under `lease` (fenced like a commit). A checkpoint of
+    /// `None` keeps the previous one.
+    fn report_progress<'a>(
+        &'a self,
+        lease: &'a Lease,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// The last progress report of a job, if any.
+    fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<Progress>>>;
+
+    /// Pauses or resumes claims from a queue, across every worker.
+    fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>>;
+
+    /// Sets or clears a queue's rate limit, across every worker.
+    fn set_rate_limit<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: Option<RateLimit>,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// A queue's controls.
+    fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueSettings>>;
+
+    /// Removes up to `limit` finished jobs older than the retention, expired unique keys and
+    /// orphaned progress rows, in short transactions. Call it until it returns less than `limit`.
+    fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>>;
 }

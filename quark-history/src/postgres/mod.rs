@@ -350,8 +350,6 @@ impl Store for PostgresStore {
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(self.list_workers_impl())
     }
-
-    crate::jobs::delegate_job_methods!();
 }
 
 impl crate::sql::Dialect for sqlx::Postgres {

@@ -320,8 +320,6 @@ impl Store for SqliteStore {
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(self.list_workers_impl())
     }
-
-    crate::jobs::delegate_job_methods!();
 }
 
 impl crate::sql::Dialect for sqlx::Sqlite {
