@@ -20,6 +20,7 @@
 
 mod inbox;
 pub(crate) mod inbox_order;
+pub(crate) mod jobs;
 pub(crate) mod outbox;
 pub(crate) mod schedule;
 
@@ -130,6 +131,8 @@ pub(crate) trait Dialect:
     + for<'a> Binds<&'a str>
     + Binds<Option<String>>
     + Binds<Option<i64>>
+    + Binds<Option<f32>>
+    + Binds<Option<Vec<u8>>>
     + Binds<Vec<u8>>
     + for<'a> Binds<&'a [u8]>
     + Reads<i64>
@@ -138,6 +141,8 @@ pub(crate) trait Dialect:
     + Reads<String>
     + Reads<Option<String>>
     + Reads<Option<i64>>
+    + Reads<Option<f32>>
+    + Reads<Option<Vec<u8>>>
     + Reads<Vec<u8>>
 {
     /// Appended to a `SELECT` that reads a row it is about to change, so that a concurrent

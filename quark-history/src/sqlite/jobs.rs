@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::jobs::{
-    Enqueued, HELD, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit,
-    UniquePolicy, decode_job_row, list_sql,
+    Enqueued, HELD, JobFilter, JobInfo, JobState, Purged, RateLimit, UniquePolicy, decode_job_row,
+    list_sql,
 };
 use crate::queue::{NewTask, TaskKind};
 use crate::store::JobStore;
@@ -386,76 +386,15 @@ impl JobStore for SqliteStore {
         lease: &'a crate::Lease,
         progress: crate::Progress,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            if let Some(checkpoint) = &progress.checkpoint {
-                crate::rows::check_size(&self.config, checkpoint.len())?;
-            }
-            let now = self.config.clock.now();
-            let done = sqlx::query(
-                "INSERT INTO job_progress (task_id, percent, message, checkpoint, updated_at) \
-                 SELECT id, ?4, ?5, ?6, ?7 FROM tasks WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3 \
-                 ON CONFLICT (task_id) DO UPDATE SET percent = excluded.percent, message = excluded.message, \
-                   checkpoint = COALESCE(excluded.checkpoint, job_progress.checkpoint), updated_at = excluded.updated_at",
-            )
-            .bind(lease.task_id)
-            .bind(i64::from(lease.attempt))
-            .bind(&lease.worker)
-            .bind(progress.percent.map(f64::from))
-            .bind(progress.message.as_deref())
-            .bind(progress.checkpoint.as_deref())
-            .bind(now.as_micros())
-            .execute(&self.writer)
-            .await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::LeaseLost {
-                    task_id: lease.task_id,
-                    attempt: lease.attempt,
-                });
-            }
-            Ok(())
-        })
+        Box::pin(crate::sql::jobs::report_progress(self, lease, progress))
     }
 
     fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<crate::Progress>>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT percent, message, checkpoint, updated_at FROM job_progress WHERE task_id = ?1",
-            )
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-            row.map(|row| {
-                Ok(Progress {
-                    percent: row.try_get::<Option<f64>, _>("percent")?.map(|p| p as f32),
-                    message: row.try_get("message")?,
-                    checkpoint: row.try_get("checkpoint")?,
-                    updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
-                })
-            })
-            .transpose()
-        })
+        Box::pin(crate::sql::jobs::job_progress(self, id))
     }
 
     fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO queue_settings (queue, paused) VALUES (?1, ?2) \
-                 ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
-            )
-            .bind(queue)
-            .bind(paused)
-            .execute(&self.writer)
-            .await?;
-            if !paused {
-                for kind in TaskKind::ALL {
-                    self.hub.announce(Wake::Queue {
-                        queue: queue.to_string(),
-                        kind,
-                    });
-                }
-            }
-            Ok(())
-        })
+        Box::pin(crate::sql::jobs::set_queue_paused(self, queue, paused))
     }
 
     fn set_rate_limit<'a>(
@@ -497,24 +436,7 @@ impl JobStore for SqliteStore {
     }
 
     fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<crate::QueueSettings>> {
-        Box::pin(async move {
-            let row: Option<(bool, Option<i64>, Option<i64>)> = sqlx::query_as(
-                "SELECT paused, rate_limit, rate_interval FROM queue_settings WHERE queue = ?1",
-            )
-            .bind(queue)
-            .fetch_optional(&self.reader)
-            .await?;
-            Ok(match row {
-                None => QueueSettings::default(),
-                Some((paused, limit, interval)) => QueueSettings {
-                    paused,
-                    rate_limit: limit.zip(interval).map(|(l, i)| RateLimit {
-                        limit: l as u32,
-                        interval: Duration::from_micros(i as u64),
-                    }),
-                },
-            })
-        })
+        Box::pin(crate::sql::jobs::queue_settings(self, queue))
     }
 
     fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<crate::Purged>> {
