@@ -16,7 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use quark_examples::bank::{Totals, Transfer, open_banks, transfer_money, worker};
 use quark_history::sqlx::{self, Connection};
-use quark_history::{InstanceStatus, MessageState, OutboxFilter, PostgresStore, Store};
+use quark_history::{
+    InstanceStatus, MessageState, OutboxFilter, OutboxStore, PostgresStore, Store,
+};
 use quark_workflow::Client;
 
 const TRANSFERS: u64 = 200;

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::outbox::{DEFAULT_INBOX_WINDOW, InboxStore};
+use crate::inbox::{DEFAULT_INBOX_WINDOW, InboxStore};
 use crate::store::StoreConfig;
 
 /// How long a gap is waited for by default: 5 minutes.
@@ -123,21 +123,12 @@ pub struct GapSweep {
     pub applied: Vec<(String, u64)>,
 }
 
-mod sealed {
-    pub trait Sealed {}
-}
-
-#[cfg(feature = "postgres")]
-impl sealed::Sealed for crate::PostgresStore {}
-#[cfg(feature = "sqlite")]
-impl sealed::Sealed for crate::SqliteStore {}
-
 /// A store that keeps per-key order for a [`SequencedInbox`]: [`PostgresStore`] and
-/// [`SqliteStore`]. Sealed; its methods are the backends' SQL.
+/// [`SqliteStore`]. Sealed (as [`InboxStore`] is); its methods are the shared SQL.
 ///
 /// [`PostgresStore`]: crate::PostgresStore
 /// [`SqliteStore`]: crate::SqliteStore
-pub trait SequencedStore: InboxStore + sealed::Sealed {
+pub trait SequencedStore: InboxStore {
     /// The store's settings (its clock and payload limit).
     #[doc(hidden)]
     fn order_config(&self) -> &StoreConfig;

@@ -5,7 +5,7 @@
 //! (paused, or waiting for a concurrency slot) parks it without moving it. When it finishes it
 //! leaves the hot table: a completed or cancelled job is kept in `finished_jobs` for the store's
 //! [`finished_job_retention`](crate::StoreConfig::finished_job_retention) and purged in batches
-//! ([`Store::purge_finished`](crate::Store::purge_finished)); a dead one is in the dead-letter list.
+//! ([`JobStore::purge_finished`](crate::JobStore::purge_finished)); a dead one is in the dead-letter list.
 
 use std::fmt;
 use std::str::FromStr;
@@ -232,7 +232,7 @@ pub struct QueueSettings {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// What [`Store::purge_finished`](crate::Store::purge_finished) removed.
+/// What [`JobStore::purge_finished`](crate::JobStore::purge_finished) removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Purged {
     /// Finished jobs past their retention.
@@ -271,75 +271,6 @@ impl LimitedQueues {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
-
-/// The job methods of `impl Store`, the same for both backends: each calls the backend's
-/// `*_impl` method of the same name.
-macro_rules! delegate_job_methods {
-    () => {
-        fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<$crate::JobInfo>>> {
-            Box::pin(self.job_impl(id))
-        }
-
-        fn list_jobs(
-            &self,
-            filter: $crate::JobFilter,
-        ) -> BoxFuture<'_, Result<Vec<$crate::JobInfo>>> {
-            Box::pin(self.list_jobs_impl(filter))
-        }
-
-        fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<$crate::JobState>> {
-            Box::pin(self.cancel_job_impl(id))
-        }
-
-        fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
-            Box::pin(self.pause_job_impl(id))
-        }
-
-        fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
-            Box::pin(self.resume_job_impl(id))
-        }
-
-        fn report_progress<'a>(
-            &'a self,
-            lease: &'a Lease,
-            progress: $crate::Progress,
-        ) -> BoxFuture<'a, Result<()>> {
-            Box::pin(self.report_progress_impl(lease, progress))
-        }
-
-        fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<$crate::Progress>>> {
-            Box::pin(self.job_progress_impl(id))
-        }
-
-        fn set_queue_paused<'a>(
-            &'a self,
-            queue: &'a str,
-            paused: bool,
-        ) -> BoxFuture<'a, Result<()>> {
-            Box::pin(self.set_queue_paused_impl(queue, paused))
-        }
-
-        fn set_rate_limit<'a>(
-            &'a self,
-            queue: &'a str,
-            limit: Option<$crate::RateLimit>,
-        ) -> BoxFuture<'a, Result<()>> {
-            Box::pin(self.set_rate_limit_impl(queue, limit))
-        }
-
-        fn queue_settings<'a>(
-            &'a self,
-            queue: &'a str,
-        ) -> BoxFuture<'a, Result<$crate::QueueSettings>> {
-            Box::pin(self.queue_settings_impl(queue))
-        }
-
-        fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<$crate::Purged>> {
-            Box::pin(self.purge_finished_impl(limit))
-        }
-    };
-}
-pub(crate) use delegate_job_methods;
 
 /// A queue's token bucket as stored: paused, limit, interval (µs), tokens, refilled at (µs).
 pub(crate) type BucketRow<Int> = (bool, Option<Int>, Option<i64>, f64, i64);

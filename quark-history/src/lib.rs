@@ -21,7 +21,7 @@
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
-//!   ([`Store::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
+//!   ([`ScheduleStore::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -60,6 +60,7 @@ mod codec;
 mod commit;
 mod error;
 mod event;
+mod inbox;
 mod inbox_order;
 mod instance;
 mod jobs;
@@ -68,6 +69,7 @@ mod outbox;
 mod plan;
 mod queue;
 mod schedule;
+mod sql;
 mod store;
 mod transaction;
 mod wakeup;
@@ -87,6 +89,7 @@ pub use error::{Error, Result};
 pub use event::{
     CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION,
 };
+pub use inbox::{DEFAULT_INBOX_WINDOW, Inbox, InboxStore, Received};
 pub use inbox_order::{
     Arrival, DEFAULT_GAP_TIMEOUT, Delivered, DuplicateOf, GapSweep, LostGap, SeqReceipt,
     SequencedInbox, SequencedStore,
@@ -100,9 +103,8 @@ pub use jobs::{
 };
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 pub use outbox::{
-    ClaimedMessage, DEFAULT_INBOX_WINDOW, Delivery, Destination, Inbox, InboxStore, MessageState,
-    OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
-    Received,
+    ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim,
+    OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -119,7 +121,9 @@ pub use sqlx;
 /// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
 #[cfg(feature = "postgres")]
 pub use sqlx::PgConnection;
-pub use store::{Backend, DEFAULT_MAX_PAYLOAD_BYTES, Store, StoreConfig};
+pub use store::{
+    Backend, DEFAULT_MAX_PAYLOAD_BYTES, JobStore, OutboxStore, ScheduleStore, Store, StoreConfig,
+};
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 

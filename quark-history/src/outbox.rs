@@ -1,32 +1,26 @@
-//! The transactional outbox and the inbox.
+//! The transactional outbox: the producer side of messaging.
 //!
 //! An [`OutboxMessage`] is written in the same transaction as the state change that caused it
 //! ([`Commit::send`](crate::Commit::send), [`Outbox::send_tx`] inside a caller's own PostgreSQL
-//! transaction, or [`Store::send`](crate::Store::send)), so it exists if and only if that change
+//! transaction, or [`OutboxStore::send`](crate::OutboxStore::send)), so it exists if and only if that change
 //! committed. A relay (in `quark-worker`) claims pending messages under a lease, delivers them and
-//! settles them ([`Store::settle_outbox`](crate::Store::settle_outbox)): sent, retried later, or
+//! settles them ([`OutboxStore::settle_outbox`](crate::OutboxStore::settle_outbox)): sent, retried later, or
 //! dead (listable, re-drivable). Messages with the same ordering key are delivered one after
 //! another: only the *head* of a key (its pending message with the smallest id) can be claimed, so
 //! message N+1 is never handed out before N is marked sent (or dead). Every message carries an
-//! idempotency key (a UUID v7 unless given), the same on every re-send.
-//!
-//! The inbox records the ids of messages already handled: [`Inbox::once`] runs a handler's writes
-//! and records the id in one transaction, and skips a duplicate within the deduplication window.
+//! idempotency key (a UUID v7 unless given), the same on every re-send. The consumer's side is the
+//! [`inbox`](crate::inbox).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::StoreConfig;
-
-/// How long the inbox remembers a message id by default: 7 days.
-pub const DEFAULT_INBOX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The queue name that outbox wake-ups are announced on (with [`TaskKind::Outbox`](crate::TaskKind)).
 pub const OUTBOX_WAKE_QUEUE: &str = "outbox";
@@ -444,154 +438,6 @@ pub enum Delivery {
     },
 }
 
-/// What [`Inbox::once`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-pub enum Received<T> {
-    /// The id was new: the handler ran and its writes committed with the id.
-    First(T),
-    /// The id was seen within the window: the handler did not run.
-    Duplicate,
-}
-
-impl<T> Received<T> {
-    /// Whether it was a duplicate.
-    pub fn is_duplicate(&self) -> bool {
-        matches!(self, Received::Duplicate)
-    }
-}
-
-/// Records an id unless it was recorded within the window (an older record is renewed). Returns a
-/// row if the id is new (or expired). Placeholders are `$n`; SQLite runs it with `?n`.
-pub(crate) const INBOX_RECORD_SQL: &str = "INSERT INTO inbox (message_id, received_at) VALUES ($1, $2) \
-     ON CONFLICT (message_id) DO UPDATE SET received_at = excluded.received_at \
-     WHERE inbox.received_at < $3 RETURNING 1";
-
-mod sealed {
-    pub trait Sealed {}
-}
-
-/// A store whose database a handler can write to inside [`Inbox::once`]: [`PostgresStore`]
-/// (the handler gets a `&mut PgConnection`) and [`SqliteStore`] (a `&mut SqliteConnection`).
-/// Sealed.
-///
-/// [`PostgresStore`]: crate::PostgresStore
-/// [`SqliteStore`]: crate::SqliteStore
-pub trait InboxStore: sealed::Sealed + Send + Sync {
-    /// The database.
-    type Db: sqlx::Database;
-
-    /// Begins a write transaction on the engine's database (on SQLite, on its single writer
-    /// connection, with `BEGIN IMMEDIATE`): for code that writes its own rows together with
-    /// [`Inbox::record_in`] or [`Outbox::send_tx_sqlite`].
-    fn begin_write(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Db>>>;
-
-    /// Records `message_id` inside the transaction on `conn`; `true` if it is new.
-    #[doc(hidden)]
-    fn record_in<'a>(
-        &'a self,
-        conn: &'a mut <Self::Db as sqlx::Database>::Connection,
-        message_id: &'a str,
-        window: Duration,
-    ) -> BoxFuture<'a, Result<bool>>;
-}
-
-#[cfg(feature = "postgres")]
-impl sealed::Sealed for crate::PostgresStore {}
-#[cfg(feature = "sqlite")]
-impl sealed::Sealed for crate::SqliteStore {}
-
-/// The consumer side: run a message's effects at most once per message id.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> quark_history::Result<()> {
-/// use quark_history::{Inbox, Received, SqliteStore};
-///
-/// let store = SqliteStore::in_memory().await?;
-/// let inbox = Inbox::new();
-/// for round in 0..2 {
-///     let outcome = inbox
-///         .once(&store, "payment-42", async |conn: &mut quark_history::sqlx::SqliteConnection| {
-///             // The handler's writes commit together with the id, or not at all.
-///             let _ = conn;
-///             Ok::<_, quark_history::Error>("charged")
-///         })
-///         .await?;
-///     let expected = if round == 0 { Received::First("charged") } else { Received::Duplicate };
-///     assert_eq!(outcome, expected);
-/// }
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct Inbox {
-    window: Duration,
-}
-
-impl Default for Inbox {
-    fn default() -> Self {
-        Inbox::new()
-    }
-}
-
-impl Inbox {
-    /// An inbox with the default window ([`DEFAULT_INBOX_WINDOW`], 7 days).
-    pub fn new() -> Self {
-        Inbox {
-            window: DEFAULT_INBOX_WINDOW,
-        }
-    }
-
-    /// Sets the deduplication window: an id seen longer ago than this counts as new. Purge old ids
-    /// with [`Store::purge_inbox`](crate::Store::purge_inbox) and the same window.
-    pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
-        self
-    }
-
-    /// The window.
-    pub fn window_len(&self) -> Duration {
-        self.window
-    }
-
-    /// In one transaction: records `message_id` and runs `handler` on the transaction's
-    /// connection. A duplicate within the window is skipped (the handler does not run). If the
-    /// handler fails, nothing is recorded and its error is returned. Concurrent calls with one id
-    /// are serialized by the database: one runs, the others see a duplicate.
-    pub async fn once<S, T, E>(
-        &self,
-        store: &S,
-        message_id: &str,
-        handler: impl AsyncFnOnce(&mut <S::Db as sqlx::Database>::Connection) -> Result<T, E>,
-    ) -> Result<Received<T>, E>
-    where
-        S: InboxStore,
-        E: From<Error>,
-    {
-        let mut tx = store.begin_write().await?;
-        if !store.record_in(&mut *tx, message_id, self.window).await? {
-            tx.rollback().await.map_err(Error::from)?;
-            return Ok(Received::Duplicate);
-        }
-        let value = handler(&mut *tx).await?;
-        tx.commit().await.map_err(Error::from)?;
-        Ok(Received::First(value))
-    }
-
-    /// Records `message_id` inside the caller's own transaction on `conn`: `true` if it is new and
-    /// the caller should apply the message's effects in the same transaction; `false` for a
-    /// duplicate.
-    pub async fn record_in<S: InboxStore>(
-        &self,
-        store: &S,
-        conn: &mut <S::Db as sqlx::Database>::Connection,
-        message_id: &str,
-    ) -> Result<bool> {
-        store.record_in(conn, message_id, self.window).await
-    }
-}
-
 /// The producer side for code outside workflows.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outbox;
@@ -610,7 +456,7 @@ impl Outbox {
     }
 
     /// Like [`send_tx`](Self::send_tx), inside a transaction on the engine's SQLite database,
-    /// begun with [`InboxStore::begin_write`]. Relays in this process are told at once (one that
+    /// begun with [`InboxStore::begin_write`](crate::InboxStore::begin_write). Relays in this process are told at once (one that
     /// looks before the commit finds nothing yet and polls again).
     #[cfg(feature = "sqlite")]
     pub async fn send_tx_sqlite(
@@ -626,122 +472,6 @@ impl Outbox {
 pub(crate) fn decode_headers(text: &str) -> BTreeMap<String, String> {
     serde_json::from_str(text).unwrap_or_default()
 }
-
-/// The listing SQL (`$n` placeholders): the filter's conditions are bound in order state, key.
-pub(crate) fn list_sql(filter: &OutboxFilter) -> String {
-    let mut sql = String::from(
-        "SELECT id, destination, ordering_key, idempotency_key, payload, headers, state, attempts, \
-         next_attempt_at, lease_owner, last_error, created_at, sent_at FROM outbox WHERE 1 = 1",
-    );
-    let mut n = 0;
-    if filter.state.is_some() {
-        n += 1;
-        sql.push_str(&format!(" AND state = ${n}"));
-    }
-    if filter.ordering_key.is_some() {
-        n += 1;
-        sql.push_str(&format!(" AND ordering_key = ${n}"));
-    }
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit));
-    sql
-}
-
-/// The claim's candidate condition: pending, due (or its lease lost), the head of its key, and no
-/// other message of its key under a live lease (one can be, after a re-drive put an older message
-/// back in front of it).
-pub(crate) const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
-     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
-       AND p.ordering_key = o.ordering_key AND p.id <> o.id \
-       AND (p.id < o.id OR (p.lease_owner IS NOT NULL AND p.next_attempt_at > $1)))";
-
-/// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
-pub(crate) const FENCE: &str =
-    "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
-
-/// The columns a claim returns, in order.
-pub(crate) const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
-
-/// Builds a claimed message from its columns.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn claimed(
-    worker: &str,
-    id: i64,
-    attempts: i64,
-    destination: &str,
-    ordering_key: String,
-    idempotency_key: String,
-    payload: Vec<u8>,
-    headers: &str,
-    created_at: i64,
-    expires: i64,
-) -> Result<ClaimedMessage> {
-    Ok(ClaimedMessage {
-        lease: OutboxLease {
-            id,
-            attempt: attempts as u32,
-            worker: worker.to_string(),
-        },
-        destination: destination.parse()?,
-        ordering_key,
-        idempotency_key,
-        payload,
-        headers: decode_headers(headers),
-        created_at: Timestamp::from_micros(created_at),
-        lease_expires_at: Timestamp::from_micros(expires),
-    })
-}
-
-/// Delegates the outbox section of `Store` to `*_impl` methods of the backend.
-macro_rules! delegate_outbox_methods {
-    () => {
-        fn send(&self, messages: Vec<$crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>> {
-            Box::pin(self.send_impl(messages))
-        }
-
-        fn claim_outbox(
-            &self,
-            claim: $crate::OutboxClaim,
-        ) -> BoxFuture<'_, Result<Vec<$crate::ClaimedMessage>>> {
-            Box::pin(self.claim_outbox_impl(claim))
-        }
-
-        fn settle_outbox<'a>(
-            &'a self,
-            lease: &'a $crate::OutboxLease,
-            delivery: $crate::Delivery,
-        ) -> BoxFuture<'a, Result<Option<$crate::ClaimedMessage>>> {
-            Box::pin(self.settle_outbox_impl(lease, delivery))
-        }
-
-        fn list_outbox(
-            &self,
-            filter: $crate::OutboxFilter,
-        ) -> BoxFuture<'_, Result<Vec<$crate::OutboxRecord>>> {
-            Box::pin(self.list_outbox_impl(filter))
-        }
-
-        fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>> {
-            Box::pin(self.redrive_message_impl(id))
-        }
-
-        fn purge_outbox(
-            &self,
-            retention: std::time::Duration,
-            limit: u32,
-        ) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(self.purge_outbox_impl(retention, limit))
-        }
-
-        fn purge_inbox(
-            &self,
-            window: std::time::Duration,
-            limit: u32,
-        ) -> BoxFuture<'_, Result<u64>> {
-            Box::pin(self.purge_inbox_impl(window, limit))
-        }
-    };
-}
-pub(crate) use delegate_outbox_methods;
 
 #[cfg(test)]
 mod tests {

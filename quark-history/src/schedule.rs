@@ -3,7 +3,7 @@
 //! The store keeps each schedule's expression and time zone as text, the job it enqueues as a task
 //! template (queue, priority, payload), its missed-tick policy, and `next_at`, the next tick to
 //! fire. It knows nothing of cron: the caller computes ticks (the SDK does, with `croner`) and
-//! hands them to [`Store::fire_schedule`](crate::Store::fire_schedule), which moves `next_at` from
+//! hands them to [`ScheduleStore::fire_schedule`](crate::ScheduleStore::fire_schedule), which moves `next_at` from
 //! the value the caller read to the next one and enqueues the ticks' jobs in one transaction, only
 //! if `next_at` still held the value read. Any number of workers can race to fire a schedule; one
 //! wins each tick, the others change nothing.
@@ -139,7 +139,7 @@ pub struct ScheduleRecord {
     pub updated_at: Timestamp,
 }
 
-/// What [`Store::upsert_schedule`](crate::Store::upsert_schedule) did.
+/// What [`ScheduleStore::upsert_schedule`](crate::ScheduleStore::upsert_schedule) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Upserted {
@@ -152,7 +152,7 @@ pub enum Upserted {
     Unchanged,
 }
 
-/// A compare-and-set fire: see [`Store::fire_schedule`](crate::Store::fire_schedule).
+/// A compare-and-set fire: see [`ScheduleStore::fire_schedule`](crate::ScheduleStore::fire_schedule).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fire {
     /// The schedule.
@@ -182,95 +182,6 @@ impl Fire {
         Ok(())
     }
 }
-
-/// The columns every schedule query selects, as a literal for `concat!`.
-macro_rules! schedule_columns {
-    () => {
-        "name, cron, timezone, missed, queue, priority, payload, next_at, last_fired_at, created_at, updated_at"
-    };
-}
-pub(crate) use schedule_columns;
-
-/// Builds a record from a row selected with [`schedule_columns!`].
-pub(crate) fn decode<R>(row: &R) -> Result<ScheduleRecord>
-where
-    R: sqlx::Row,
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let name: String = row.try_get("name")?;
-    let missed: String = row.try_get("missed")?;
-    let missed = missed
-        .parse()
-        .map_err(|e| Error::Invalid(format!("schedule `{name}`: {e}")))?;
-    Ok(ScheduleRecord {
-        spec: ScheduleSpec {
-            cron: row.try_get("cron")?,
-            timezone: row.try_get("timezone")?,
-            missed,
-            queue: row.try_get("queue")?,
-            priority: row.try_get("priority")?,
-            payload: row.try_get("payload")?,
-            name,
-        },
-        next_at: Timestamp::from_micros(row.try_get("next_at")?),
-        last_fired_at: row
-            .try_get::<Option<i64>, _>("last_fired_at")?
-            .map(Timestamp::from_micros),
-        created_at: Timestamp::from_micros(row.try_get("created_at")?),
-        updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
-    })
-}
-
-/// The schedule methods of `impl Store`, the same for both backends: each calls the backend's
-/// `*_impl` method of the same name.
-macro_rules! delegate_schedule_methods {
-    () => {
-        fn upsert_schedule(
-            &self,
-            spec: crate::ScheduleSpec,
-            next_at: crate::Timestamp,
-        ) -> BoxFuture<'_, Result<crate::Upserted>> {
-            Box::pin(self.upsert_schedule_impl(spec, next_at))
-        }
-
-        fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>> {
-            Box::pin(self.remove_schedule_impl(name))
-        }
-
-        fn get_schedule<'a>(
-            &'a self,
-            name: &'a str,
-        ) -> BoxFuture<'a, Result<Option<crate::ScheduleRecord>>> {
-            Box::pin(self.get_schedule_impl(name))
-        }
-
-        fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleRecord>>> {
-            Box::pin(self.list_schedules_impl())
-        }
-
-        fn due_schedules(
-            &self,
-            now: crate::Timestamp,
-            limit: u32,
-        ) -> BoxFuture<'_, Result<Vec<crate::ScheduleRecord>>> {
-            Box::pin(self.due_schedules_impl(now, limit))
-        }
-
-        fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<crate::Timestamp>>> {
-            Box::pin(self.next_schedule_at_impl())
-        }
-
-        fn fire_schedule(&self, fire: crate::Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>> {
-            Box::pin(self.fire_schedule_impl(fire))
-        }
-    };
-}
-pub(crate) use delegate_schedule_methods;
 
 #[cfg(test)]
 mod tests {

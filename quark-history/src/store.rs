@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::codec::CodecTag;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
@@ -14,6 +14,9 @@ use crate::event::RecordedEvent;
 use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
 use crate::jobs::{JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::outbox::{
+    ClaimedMessage, Delivery, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+};
 use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
 use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
 use crate::wakeup::Wakeups;
@@ -30,8 +33,8 @@ pub struct StoreConfig {
     pub max_payload_bytes: usize,
     /// The source of "now" for leases, visibility and timestamps.
     pub clock: Arc<dyn Clock>,
-    /// How long completed and cancelled jobs are kept (readable with [`Store::job`]) before
-    /// [`Store::purge_finished`] removes them. Zero: a completed job is deleted at once and leaves
+    /// How long completed and cancelled jobs are kept (readable with [`JobStore::job`]) before
+    /// [`JobStore::purge_finished`] removes them. Zero: a completed job is deleted at once and leaves
     /// no record, the fastest setting.
     pub finished_job_retention: Duration,
 }
@@ -92,11 +95,14 @@ impl fmt::Display for Backend {
     }
 }
 
-/// The journal and the queue.
+/// The journal and the queue, and through its supertraits every other capability of a store:
+/// [`JobStore`], [`OutboxStore`], [`ScheduleStore`]. Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store:
+    JobStore + OutboxStore + ScheduleStore + Send + Sync + fmt::Debug + 'static
+{
     /// Which database this is.
     fn backend(&self) -> Backend;
 
@@ -264,9 +270,88 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// The registered workers.
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>>;
+}
 
-    // -- jobs ------------------------------------------------------------------------------------
+/// The transactional outbox: messages written with a change, relayed in order per key under
+/// leases (and the purge of the inbox's ids). A capability of every [`Store`]; sealed.
+pub trait OutboxStore: Send + Sync {
+    /// Writes outbox messages in one transaction (a commit with messages only). Returns their ids.
+    fn send(&self, messages: Vec<OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>>;
 
+    /// Claims up to `claim.limit` due messages under a lease, each the head of its ordering key
+    /// (its pending message with the smallest id), so no two relays hold one key at a time and a
+    /// key's next message is not handed out before the previous one is settled.
+    fn claim_outbox(&self, claim: OutboxClaim) -> BoxFuture<'_, Result<Vec<ClaimedMessage>>>;
+
+    /// Settles a claimed message (fenced by its lease: `LeaseLost` if it was claimed again).
+    /// After `Delivery::Sent { next_lease: Some(..) }`, returns the key's next message if it is
+    /// due, already leased to the same worker.
+    fn settle_outbox<'a>(
+        &'a self,
+        lease: &'a OutboxLease,
+        delivery: Delivery,
+    ) -> BoxFuture<'a, Result<Option<ClaimedMessage>>>;
+
+    /// Outbox messages matching `filter`, newest first.
+    fn list_outbox(&self, filter: OutboxFilter) -> BoxFuture<'_, Result<Vec<OutboxRecord>>>;
+
+    /// Puts a dead message back in line, due now, with its attempts reset. It keeps its id, so it
+    /// goes before later messages of its key that are still pending.
+    fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// Deletes up to `limit` sent messages older than `retention`. Call it until it returns less
+    /// than `limit`.
+    fn purge_outbox(&self, retention: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
+
+    /// Deletes up to `limit` inbox ids older than `window`, in one short transaction.
+    fn purge_inbox(&self, window: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
+}
+
+/// Cron schedules: stored with their next tick, fired by a compare-and-set that enqueues each
+/// tick's job exactly once among racing workers. A capability of every [`Store`]; sealed.
+pub trait ScheduleStore: Send + Sync {
+    /// Registers schedule `spec.name`, or changes it. Idempotent: registering the same spec again
+    /// writes nothing. A new schedule starts at `next_at`; a changed one keeps its `next_at` unless
+    /// its expression or time zone changed, in which case it moves to `next_at` (so redeploying
+    /// with a new job input neither skips nor repeats a tick).
+    fn upsert_schedule(
+        &self,
+        spec: ScheduleSpec,
+        next_at: Timestamp,
+    ) -> BoxFuture<'_, Result<Upserted>>;
+
+    /// Removes a schedule; `false` if there was none of that name. Jobs it already enqueued stay.
+    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// One schedule, or `None`.
+    fn get_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ScheduleRecord>>>;
+
+    /// Every schedule, by name.
+    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
+
+    /// Up to `limit` schedules whose `next_at` is at or before `now`, earliest first.
+    fn due_schedules(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
+
+    /// The earliest `next_at` of all schedules, or `None` when there are none.
+    fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<Timestamp>>>;
+
+    /// Fires a schedule, compare-and-set: in one transaction, moves its `next_at` from
+    /// `fire.expected_next_at` to `fire.next_at` and enqueues one job per tick (its template,
+    /// visible at the tick), and records the last tick as `last_fired_at`; all only if `next_at`
+    /// still held the expected value. Returns the jobs' task ids, or `None` when it did not (another
+    /// worker fired first, or the schedule was changed or removed). This is what makes a tick
+    /// enqueue exactly one job however many workers race for it.
+    fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
+}
+
+/// Durable jobs: reading, cancelling, pausing and resuming them, their progress, the queues'
+/// controls (pause, rate limit) and the retention of finished jobs. A capability of every
+/// [`Store`]; sealed.
+pub trait JobStore: Send + Sync {
     /// A job (a task of kind `Job`, live, finished or dead), with its last progress report.
     fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>>;
 
@@ -312,82 +397,4 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Removes up to `limit` finished jobs older than the retention, expired unique keys and
     /// orphaned progress rows, in short transactions. Call it until it returns less than `limit`.
     fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>>;
-
-    // -- cron schedules -----------------------------------------------------------------------------
-
-    /// Registers schedule `spec.name`, or changes it. Idempotent: registering the same spec again
-    /// writes nothing. A new schedule starts at `next_at`; a changed one keeps its `next_at` unless
-    /// its expression or time zone changed, in which case it moves to `next_at` (so redeploying
-    /// with a new job input neither skips nor repeats a tick).
-    fn upsert_schedule(
-        &self,
-        spec: ScheduleSpec,
-        next_at: crate::Timestamp,
-    ) -> BoxFuture<'_, Result<Upserted>>;
-
-    /// Removes a schedule; `false` if there was none of that name. Jobs it already enqueued stay.
-    fn remove_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool>>;
-
-    /// One schedule, or `None`.
-    fn get_schedule<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ScheduleRecord>>>;
-
-    /// Every schedule, by name.
-    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
-
-    /// Up to `limit` schedules whose `next_at` is at or before `now`, earliest first.
-    fn due_schedules(
-        &self,
-        now: crate::Timestamp,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<ScheduleRecord>>>;
-
-    /// The earliest `next_at` of all schedules, or `None` when there are none.
-    fn next_schedule_at(&self) -> BoxFuture<'_, Result<Option<crate::Timestamp>>>;
-
-    /// Fires a schedule, compare-and-set: in one transaction, moves its `next_at` from
-    /// `fire.expected_next_at` to `fire.next_at` and enqueues one job per tick (its template,
-    /// visible at the tick), and records the last tick as `last_fired_at`; all only if `next_at`
-    /// still held the expected value. Returns the jobs' task ids, or `None` when it did not (another
-    /// worker fired first, or the schedule was changed or removed). This is what makes a tick
-    /// enqueue exactly one job however many workers race for it.
-    fn fire_schedule(&self, fire: Fire) -> BoxFuture<'_, Result<Option<Vec<i64>>>>;
-
-    // -- the outbox and the inbox -------------------------------------------------------------
-
-    /// Writes outbox messages in one transaction (a commit with messages only). Returns their ids.
-    fn send(&self, messages: Vec<crate::OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>>;
-
-    /// Claims up to `claim.limit` due messages under a lease, each the head of its ordering key
-    /// (its pending message with the smallest id), so no two relays hold one key at a time and a
-    /// key's next message is not handed out before the previous one is settled.
-    fn claim_outbox(
-        &self,
-        claim: crate::OutboxClaim,
-    ) -> BoxFuture<'_, Result<Vec<crate::ClaimedMessage>>>;
-
-    /// Settles a claimed message (fenced by its lease: `LeaseLost` if it was claimed again).
-    /// After `Delivery::Sent { next_lease: Some(..) }`, returns the key's next message if it is
-    /// due, already leased to the same worker.
-    fn settle_outbox<'a>(
-        &'a self,
-        lease: &'a crate::OutboxLease,
-        delivery: crate::Delivery,
-    ) -> BoxFuture<'a, Result<Option<crate::ClaimedMessage>>>;
-
-    /// Outbox messages matching `filter`, newest first.
-    fn list_outbox(
-        &self,
-        filter: crate::OutboxFilter,
-    ) -> BoxFuture<'_, Result<Vec<crate::OutboxRecord>>>;
-
-    /// Puts a dead message back in line, due now, with its attempts reset. It keeps its id, so it
-    /// goes before later messages of its key that are still pending.
-    fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>>;
-
-    /// Deletes up to `limit` sent messages older than `retention`. Call it until it returns less
-    /// than `limit`.
-    fn purge_outbox(&self, retention: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
-
-    /// Deletes up to `limit` inbox ids older than `window`, in one short transaction.
-    fn purge_inbox(&self, window: Duration, limit: u32) -> BoxFuture<'_, Result<u64>>;
 }

@@ -9,10 +9,12 @@ use super::PostgresStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::jobs::{
-    Enqueued, HELD, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit,
-    UniquePolicy, decode_job_row, list_sql,
+    Enqueued, HELD, JobFilter, JobInfo, JobState, Purged, RateLimit, UniquePolicy, decode_job_row,
+    list_sql,
 };
 use crate::queue::{NewTask, TaskKind};
+use crate::store::JobStore;
+use futures::future::BoxFuture;
 
 /// How a task leaves the hot table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,273 +163,11 @@ pub(super) async fn enqueue_unique(
 }
 
 impl PostgresStore {
-    pub(super) async fn job_impl(&self, id: i64) -> Result<Option<JobInfo>> {
-        let now = self.config.clock.now();
-        let sql = list_sql(&JobFilter::default(), now, true);
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(decode_job_row!(&row, now, i32, f32))),
-            None => Ok(None),
-        }
-    }
-
-    pub(super) async fn list_jobs_impl(&self, filter: JobFilter) -> Result<Vec<JobInfo>> {
-        let now = self.config.clock.now();
-        let sql = list_sql(&filter, now, false);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if let Some(queue) = &filter.queue {
-            query = query.bind(queue);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| Ok(decode_job_row!(row, now, i32, f32)))
-            .collect()
-    }
-
     async fn job_state(&self, id: i64) -> Result<JobState> {
-        match self.job_impl(id).await? {
+        match self.job(id).await? {
             Some(job) => Ok(job.state),
             None => Err(Error::TaskNotFound { task_id: id }),
         }
-    }
-
-    pub(super) async fn cancel_job_impl(&self, id: i64) -> Result<JobState> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let row = sqlx::query(
-            "SELECT lease_owner IS NOT NULL AND visible_at > $2 AS running FROM tasks \
-             WHERE id = $1 AND kind = 'job' FOR UPDATE",
-        )
-        .bind(id)
-        .bind(now.as_micros())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            let state = self.job_state(id).await?;
-            return Err(Error::JobState {
-                id,
-                state,
-                action: "cancel",
-            });
-        };
-        let running: bool = row.try_get(0)?;
-        let state = if running {
-            sqlx::query("UPDATE tasks SET cancel_requested = true WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            JobState::Cancelling
-        } else {
-            finish_tasks(
-                &mut tx,
-                self,
-                &[(
-                    id,
-                    Finish::Cancelled,
-                    Some("cancelled before it ran".into()),
-                )],
-                now,
-            )
-            .await?;
-            JobState::Cancelled
-        };
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    pub(super) async fn pause_job_impl(&self, id: i64) -> Result<()> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let row: Option<(Option<String>, i32, Option<String>)> = sqlx::query_as(
-            "UPDATE tasks t SET held = 'paused', \
-               held_visible_at = COALESCE(t.held_visible_at, t.visible_at), visible_at = $3 \
-             FROM (SELECT id, held AS was, concurrency_key, concurrency_limit FROM tasks WHERE id = $1 FOR UPDATE) o \
-             WHERE t.id = o.id AND t.kind = 'job' AND (t.held IS NULL OR t.held = 'concurrency') \
-               AND (t.lease_owner IS NULL OR t.visible_at <= $2) \
-             RETURNING o.was, COALESCE(o.concurrency_limit, 0), o.concurrency_key",
-        )
-        .bind(id)
-        .bind(now.as_micros())
-        .bind(HELD)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((was, limit, key)) = row else {
-            let state = self.job_state(id).await?;
-            if state == JobState::Paused {
-                return Ok(());
-            }
-            return Err(Error::JobState {
-                id,
-                state,
-                action: "pause",
-            });
-        };
-        if was.is_none()
-            && let Some(key) = key
-        {
-            // It held a slot of its concurrency key: pass the slot on.
-            sqlx::query("SELECT quark_concurrency_promote($1, $2)")
-                .bind(key)
-                .bind(limit)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn resume_job_impl(&self, id: i64) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let row: Option<(Option<String>, i32, String, i64)> = sqlx::query_as(
-            "UPDATE tasks SET \
-               held = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'concurrency' END, \
-               visible_at = CASE WHEN concurrency_key IS NULL THEN held_visible_at ELSE visible_at END, \
-               held_visible_at = CASE WHEN concurrency_key IS NULL THEN NULL ELSE held_visible_at END \
-             WHERE id = $1 AND held = 'paused' \
-             RETURNING concurrency_key, COALESCE(concurrency_limit, 0), queue, visible_at",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((key, limit, queue, visible_at)) = row else {
-            let state = self.job_state(id).await?;
-            return Err(Error::JobState {
-                id,
-                state,
-                action: "resume",
-            });
-        };
-        if let Some(key) = key {
-            sqlx::query("SELECT quark_concurrency_promote($1, $2)")
-                .bind(key)
-                .bind(limit)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        if visible_at <= self.config.clock.now().as_micros() {
-            self.announce([(queue, TaskKind::Job)]);
-        }
-        Ok(())
-    }
-
-    pub(super) async fn report_progress_impl(
-        &self,
-        lease: &crate::Lease,
-        progress: Progress,
-    ) -> Result<()> {
-        if let Some(checkpoint) = &progress.checkpoint {
-            crate::rows::check_size(&self.config, checkpoint.len())?;
-        }
-        let now = self.config.clock.now();
-        let done = sqlx::query(
-            "INSERT INTO job_progress (task_id, percent, message, checkpoint, updated_at) \
-             SELECT id, $4, $5, $6, $7 FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 \
-             ON CONFLICT (task_id) DO UPDATE SET percent = excluded.percent, message = excluded.message, \
-               checkpoint = COALESCE(excluded.checkpoint, job_progress.checkpoint), updated_at = excluded.updated_at",
-        )
-        .bind(lease.task_id)
-        .bind(lease.attempt as i32)
-        .bind(&lease.worker)
-        .bind(progress.percent)
-        .bind(progress.message.as_deref())
-        .bind(progress.checkpoint.as_deref())
-        .bind(now.as_micros())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::LeaseLost {
-                task_id: lease.task_id,
-                attempt: lease.attempt,
-            });
-        }
-        Ok(())
-    }
-
-    pub(super) async fn job_progress_impl(&self, id: i64) -> Result<Option<Progress>> {
-        let row = sqlx::query(
-            "SELECT percent, message, checkpoint, updated_at FROM job_progress WHERE task_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(Progress {
-                percent: row.try_get("percent")?,
-                message: row.try_get("message")?,
-                checkpoint: row.try_get("checkpoint")?,
-                updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
-            })
-        })
-        .transpose()
-    }
-
-    pub(super) async fn set_queue_paused_impl(&self, queue: &str, paused: bool) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO queue_settings (queue, paused) VALUES ($1, $2) \
-             ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
-        )
-        .bind(queue)
-        .bind(paused)
-        .execute(&self.pool)
-        .await?;
-        if !paused {
-            self.announce(TaskKind::ALL.map(|k| (queue.to_string(), k)));
-        }
-        Ok(())
-    }
-
-    pub(super) async fn set_rate_limit_impl(
-        &self,
-        queue: &str,
-        limit: Option<RateLimit>,
-    ) -> Result<()> {
-        if let Some(l) = limit
-            && (l.limit == 0 || l.interval.is_zero())
-        {
-            return Err(Error::Invalid(
-                "a rate limit needs a positive count and interval".into(),
-            ));
-        }
-        sqlx::query(
-            "INSERT INTO queue_settings (queue, rate_limit, rate_interval, tokens, refilled_at) \
-             VALUES ($1, $2, $3, COALESCE($2, 0), $4) \
-             ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
-               rate_interval = excluded.rate_interval, tokens = excluded.tokens, refilled_at = excluded.refilled_at",
-        )
-        .bind(queue)
-        .bind(limit.map(|l| l.limit as i32))
-        .bind(limit.map(|l| l.interval.as_micros() as i64))
-        .bind(self.config.clock.now().as_micros())
-        .execute(&self.pool)
-        .await?;
-        self.rate_limited.invalidate();
-        if limit.is_none() {
-            self.announce(TaskKind::ALL.map(|k| (queue.to_string(), k)));
-        }
-        Ok(())
-    }
-
-    pub(super) async fn queue_settings_impl(&self, queue: &str) -> Result<QueueSettings> {
-        let row: Option<(bool, Option<i32>, Option<i64>)> = sqlx::query_as(
-            "SELECT paused, rate_limit, rate_interval FROM queue_settings WHERE queue = $1",
-        )
-        .bind(queue)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            None => QueueSettings::default(),
-            Some((paused, limit, interval)) => QueueSettings {
-                paused,
-                rate_limit: limit.zip(interval).map(|(l, i)| RateLimit {
-                    limit: l as u32,
-                    interval: Duration::from_micros(i as u64),
-                }),
-            },
-        })
     }
 
     /// The rate-limited queues among `queues`, from a snapshot at most a second old.
@@ -511,68 +251,284 @@ impl PostgresStore {
         }
         Ok(())
     }
+}
 
-    pub(super) async fn purge_finished_impl(&self, limit: u32) -> Result<Purged> {
-        let now = self.config.clock.now();
-        let before = now - self.config.finished_job_retention;
-        let jobs: i64 = sqlx::query_scalar(
-            "WITH f AS (DELETE FROM finished_jobs WHERE id IN ( \
-               SELECT id FROM finished_jobs WHERE finished_at < $1 ORDER BY finished_at LIMIT $2) RETURNING id), \
-             p AS (DELETE FROM job_progress WHERE task_id IN (SELECT id FROM f)) \
-             SELECT count(*) FROM f",
-        )
-        .bind(before.as_micros())
-        .bind(i64::from(limit))
-        .fetch_one(&self.pool)
-        .await?;
-        let keys = sqlx::query(
-            "DELETE FROM job_keys WHERE key IN (SELECT key FROM job_keys k WHERE k.expires_at <= $1 \
-               OR (k.until_finished AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = k.task_id)) LIMIT $2)",
-        )
-        .bind(now.as_micros())
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let progress = sqlx::query(
-            "DELETE FROM job_progress WHERE task_id IN (SELECT p.task_id FROM job_progress p \
-               WHERE p.updated_at < $1 \
-               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = p.task_id) \
-               AND NOT EXISTS (SELECT 1 FROM finished_jobs f WHERE f.id = p.task_id) \
-               AND NOT EXISTS (SELECT 1 FROM dead_tasks d WHERE d.id = p.task_id) LIMIT $2)",
-        )
-        .bind(before.as_micros())
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        // A job cancelled while running whose worker died: it must not run again.
-        let mut tx = self.begin().await?;
-        let abandoned: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE cancel_requested AND visible_at <= $1 \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(now.as_micros())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let finish: Vec<_> = abandoned
-            .iter()
-            .map(|id| {
-                (
-                    *id,
-                    Finish::Cancelled,
-                    Some("cancelled while running; its worker stopped before settling".to_string()),
+impl JobStore for PostgresStore {
+    fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let sql = list_sql(&JobFilter::default(), now, true);
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            match row {
+                Some(row) => Ok(Some(decode_job_row!(&row, now, i32, f32))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_jobs(&self, filter: crate::JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let sql = list_sql(&filter, now, false);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            if let Some(queue) = &filter.queue {
+                query = query.bind(queue);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            rows.iter()
+                .map(|row| Ok(decode_job_row!(row, now, i32, f32)))
+                .collect()
+        })
+    }
+
+    fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<crate::JobState>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let mut tx = self.begin().await?;
+            let row = sqlx::query(
+                "SELECT lease_owner IS NOT NULL AND visible_at > $2 AS running FROM tasks \
+                 WHERE id = $1 AND kind = 'job' FOR UPDATE",
+            )
+            .bind(id)
+            .bind(now.as_micros())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                let state = self.job_state(id).await?;
+                return Err(Error::JobState {
+                    id,
+                    state,
+                    action: "cancel",
+                });
+            };
+            let running: bool = row.try_get(0)?;
+            let state = if running {
+                sqlx::query("UPDATE tasks SET cancel_requested = true WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                JobState::Cancelling
+            } else {
+                finish_tasks(
+                    &mut tx,
+                    self,
+                    &[(
+                        id,
+                        Finish::Cancelled,
+                        Some("cancelled before it ran".into()),
+                    )],
+                    now,
                 )
+                .await?;
+                JobState::Cancelled
+            };
+            tx.commit().await?;
+            Ok(state)
+        })
+    }
+
+    fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let mut tx = self.begin().await?;
+            let row: Option<(Option<String>, i32, Option<String>)> = sqlx::query_as(
+                "UPDATE tasks t SET held = 'paused', \
+                   held_visible_at = COALESCE(t.held_visible_at, t.visible_at), visible_at = $3 \
+                 FROM (SELECT id, held AS was, concurrency_key, concurrency_limit FROM tasks WHERE id = $1 FOR UPDATE) o \
+                 WHERE t.id = o.id AND t.kind = 'job' AND (t.held IS NULL OR t.held = 'concurrency') \
+                   AND (t.lease_owner IS NULL OR t.visible_at <= $2) \
+                 RETURNING o.was, COALESCE(o.concurrency_limit, 0), o.concurrency_key",
+            )
+            .bind(id)
+            .bind(now.as_micros())
+            .bind(HELD)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((was, limit, key)) = row else {
+                let state = self.job_state(id).await?;
+                if state == JobState::Paused {
+                    return Ok(());
+                }
+                return Err(Error::JobState {
+                    id,
+                    state,
+                    action: "pause",
+                });
+            };
+            if was.is_none()
+                && let Some(key) = key
+            {
+                // It held a slot of its concurrency key: pass the slot on.
+                sqlx::query("SELECT quark_concurrency_promote($1, $2)")
+                    .bind(key)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let row: Option<(Option<String>, i32, String, i64)> = sqlx::query_as(
+                "UPDATE tasks SET \
+                   held = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'concurrency' END, \
+                   visible_at = CASE WHEN concurrency_key IS NULL THEN held_visible_at ELSE visible_at END, \
+                   held_visible_at = CASE WHEN concurrency_key IS NULL THEN NULL ELSE held_visible_at END \
+                 WHERE id = $1 AND held = 'paused' \
+                 RETURNING concurrency_key, COALESCE(concurrency_limit, 0), queue, visible_at",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((key, limit, queue, visible_at)) = row else {
+                let state = self.job_state(id).await?;
+                return Err(Error::JobState {
+                    id,
+                    state,
+                    action: "resume",
+                });
+            };
+            if let Some(key) = key {
+                sqlx::query("SELECT quark_concurrency_promote($1, $2)")
+                    .bind(key)
+                    .bind(limit)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            if visible_at <= self.config.clock.now().as_micros() {
+                self.announce([(queue, TaskKind::Job)]);
+            }
+            Ok(())
+        })
+    }
+
+    fn report_progress<'a>(
+        &'a self,
+        lease: &'a crate::Lease,
+        progress: crate::Progress,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::sql::jobs::report_progress(self, lease, progress))
+    }
+
+    fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<crate::Progress>>> {
+        Box::pin(crate::sql::jobs::job_progress(self, id))
+    }
+
+    fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::sql::jobs::set_queue_paused(self, queue, paused))
+    }
+
+    fn set_rate_limit<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: Option<crate::RateLimit>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if let Some(l) = limit
+                && (l.limit == 0 || l.interval.is_zero())
+            {
+                return Err(Error::Invalid(
+                    "a rate limit needs a positive count and interval".into(),
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO queue_settings (queue, rate_limit, rate_interval, tokens, refilled_at) \
+                 VALUES ($1, $2, $3, COALESCE($2, 0), $4) \
+                 ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
+                   rate_interval = excluded.rate_interval, tokens = excluded.tokens, refilled_at = excluded.refilled_at",
+            )
+            .bind(queue)
+            .bind(limit.map(|l| l.limit as i32))
+            .bind(limit.map(|l| l.interval.as_micros() as i64))
+            .bind(self.config.clock.now().as_micros())
+            .execute(&self.pool)
+            .await?;
+            self.rate_limited.invalidate();
+            if limit.is_none() {
+                self.announce(TaskKind::ALL.map(|k| (queue.to_string(), k)));
+            }
+            Ok(())
+        })
+    }
+
+    fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<crate::QueueSettings>> {
+        Box::pin(crate::sql::jobs::queue_settings(self, queue))
+    }
+
+    fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<crate::Purged>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let before = now - self.config.finished_job_retention;
+            let jobs: i64 = sqlx::query_scalar(
+                "WITH f AS (DELETE FROM finished_jobs WHERE id IN ( \
+                   SELECT id FROM finished_jobs WHERE finished_at < $1 ORDER BY finished_at LIMIT $2) RETURNING id), \
+                 p AS (DELETE FROM job_progress WHERE task_id IN (SELECT id FROM f)) \
+                 SELECT count(*) FROM f",
+            )
+            .bind(before.as_micros())
+            .bind(i64::from(limit))
+            .fetch_one(&self.pool)
+            .await?;
+            let keys = sqlx::query(
+                "DELETE FROM job_keys WHERE key IN (SELECT key FROM job_keys k WHERE k.expires_at <= $1 \
+                   OR (k.until_finished AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = k.task_id)) LIMIT $2)",
+            )
+            .bind(now.as_micros())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            let progress = sqlx::query(
+                "DELETE FROM job_progress WHERE task_id IN (SELECT p.task_id FROM job_progress p \
+                   WHERE p.updated_at < $1 \
+                   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = p.task_id) \
+                   AND NOT EXISTS (SELECT 1 FROM finished_jobs f WHERE f.id = p.task_id) \
+                   AND NOT EXISTS (SELECT 1 FROM dead_tasks d WHERE d.id = p.task_id) LIMIT $2)",
+            )
+            .bind(before.as_micros())
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            // A job cancelled while running whose worker died: it must not run again.
+            let mut tx = self.begin().await?;
+            let abandoned: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM tasks WHERE cancel_requested AND visible_at <= $1 \
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(now.as_micros())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            let finish: Vec<_> = abandoned
+                .iter()
+                .map(|id| {
+                    (
+                        *id,
+                        Finish::Cancelled,
+                        Some(
+                            "cancelled while running; its worker stopped before settling"
+                                .to_string(),
+                        ),
+                    )
+                })
+                .collect();
+            finish_tasks(&mut tx, self, &finish, now).await?;
+            tx.commit().await?;
+            Ok(Purged {
+                jobs: jobs as u64,
+                keys,
+                progress,
+                cancelled: abandoned.len() as u64,
             })
-            .collect();
-        finish_tasks(&mut tx, self, &finish, now).await?;
-        tx.commit().await?;
-        Ok(Purged {
-            jobs: jobs as u64,
-            keys,
-            progress,
-            cancelled: abandoned.len() as u64,
         })
     }
 }

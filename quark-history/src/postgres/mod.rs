@@ -8,14 +8,12 @@ mod batch;
 mod claim;
 mod commit;
 mod heads;
-mod inbox_order;
 mod jobs;
 mod journal;
 mod notify;
 mod outbox;
 pub(crate) use outbox::record as record_inbox;
 mod queue;
-mod schedule;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -354,10 +352,48 @@ impl Store for PostgresStore {
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(self.list_workers_impl())
     }
+}
 
-    crate::jobs::delegate_job_methods!();
+impl crate::sql::Dialect for sqlx::Postgres {
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const ONE_WRITER: bool = false;
 
-    crate::schedule::delegate_schedule_methods!();
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
 
-    crate::outbox::delegate_outbox_methods!();
+impl crate::sql::SqlStore for PostgresStore {
+    fn settings(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn announce(&self, visible: impl IntoIterator<Item = (String, crate::TaskKind)>) {
+        PostgresStore::announce(self, visible);
+    }
+
+    fn insert_messages<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        rows: &'a [crate::outbox::MessageRow],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(outbox::insert_messages(conn, rows, now))
+    }
+
+    fn enqueue<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        tasks: &'a [crate::NewTask],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.ids) })
+    }
 }

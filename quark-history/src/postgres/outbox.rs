@@ -1,25 +1,19 @@
-//! The outbox and the inbox on PostgreSQL.
-//!
-//! A claim takes heads of ordering keys with `FOR UPDATE SKIP LOCKED`; a row that another relay
-//! leased meanwhile fails the re-checked `next_attempt_at <= now` and is left out, so a message is
-//! leased to one relay at a time. A key's next message only becomes a head once the previous one
-//! is no longer pending, which is what keeps a key in order across relays.
+//! The outbox and the inbox where PostgreSQL differs: messages are inserted with one `UNNEST`
+//! statement, and messages written in a caller's transaction are announced by a `NOTIFY` in that
+//! transaction. The rest is shared, in `crate::sql`.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, Postgres};
 
 use super::PostgresStore;
 use super::notify;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::outbox::{
-    CLAIMED_COLUMNS, ClaimedMessage, DEFAULT_INBOX_WINDOW, Delivery, FENCE, HEAD_CONDITION,
-    INBOX_RECORD_SQL, InboxStore, MessageRow, OUTBOX_WAKE_QUEUE, OutboxClaim, OutboxFilter,
-    OutboxLease, OutboxMessage, OutboxRecord, claimed, decode_headers, list_sql, prepare,
-};
+use crate::inbox::InboxStore;
+use crate::outbox::{MessageRow, OUTBOX_WAKE_QUEUE, OutboxMessage, prepare};
 use crate::queue::TaskKind;
 
 /// Inserts prepared messages in one statement; a taken idempotency key fails the transaction.
@@ -69,14 +63,7 @@ pub(super) async fn receive_in(
     ids: &[String],
     now: Timestamp,
 ) -> Result<()> {
-    for id in ids {
-        if !record(conn, id, now, DEFAULT_INBOX_WINDOW).await? {
-            return Err(Error::AlreadyReceived {
-                message_id: id.clone(),
-            });
-        }
-    }
-    Ok(())
+    crate::sql::receive::<Postgres>(conn, ids, now).await
 }
 
 pub(crate) async fn record(
@@ -85,35 +72,10 @@ pub(crate) async fn record(
     now: Timestamp,
     window: Duration,
 ) -> Result<bool> {
-    let row: Option<i32> = sqlx::query_scalar(INBOX_RECORD_SQL)
-        .bind(id)
-        .bind(now.as_micros())
-        .bind((now - window).as_micros())
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.is_some())
-}
-
-fn claimed_row(worker: &str, row: &sqlx::postgres::PgRow) -> Result<ClaimedMessage> {
-    claimed(
-        worker,
-        row.try_get(0)?,
-        i64::from(row.try_get::<i32, _>(1)?),
-        row.try_get(2)?,
-        row.try_get(3)?,
-        row.try_get(4)?,
-        row.try_get(5)?,
-        row.try_get(6)?,
-        row.try_get(7)?,
-        row.try_get(8)?,
-    )
+    crate::sql::record::<Postgres>(conn, id, now, window).await
 }
 
 impl PostgresStore {
-    pub(super) fn announce_outbox(&self) {
-        self.announce([(OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox)]);
-    }
-
     /// Writes messages inside the caller's transaction, with a `NOTIFY` that is delivered at its
     /// commit.
     pub(crate) async fn send_in(
@@ -132,199 +94,6 @@ impl PostgresStore {
         }
         Ok(ids)
     }
-
-    pub(super) async fn send_impl(&self, messages: Vec<OutboxMessage>) -> Result<Vec<i64>> {
-        let rows = prepare(&self.config, &messages)?;
-        // A transaction, though it is one statement: a taken key must undo the other rows.
-        let mut tx = self.begin().await?;
-        let ids = insert_messages(&mut tx, &rows, self.config.clock.now()).await?;
-        tx.commit().await?;
-        if !ids.is_empty() {
-            self.announce_outbox();
-        }
-        Ok(ids)
-    }
-
-    pub(super) async fn claim_outbox_impl(
-        &self,
-        claim: OutboxClaim,
-    ) -> Result<Vec<ClaimedMessage>> {
-        let now = self.config.clock.now();
-        let expires = now + claim.lease;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH c AS (SELECT o.id FROM outbox o WHERE {HEAD_CONDITION} \
-               ORDER BY o.next_attempt_at, o.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
-             WHERE id IN (SELECT id FROM c) \
-             RETURNING {CLAIMED_COLUMNS}"
-        )))
-        .bind(now.as_micros())
-        .bind(i64::from(claim.limit))
-        .bind(&claim.worker)
-        .bind(expires.as_micros())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = rows
-            .iter()
-            .map(|row| claimed_row(&claim.worker, row))
-            .collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|m| m.lease.id);
-        Ok(out)
-    }
-
-    pub(super) async fn settle_outbox_impl(
-        &self,
-        lease: &OutboxLease,
-        delivery: Delivery,
-    ) -> Result<Option<ClaimedMessage>> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let (set, extra): (&str, Option<String>) = match &delivery {
-            Delivery::Sent { .. } => (
-                "state = 'sent', sent_at = $4, lease_owner = NULL, last_error = NULL, next_attempt_at = $4",
-                None,
-            ),
-            Delivery::Retry { error, .. } => (
-                "lease_owner = NULL, next_attempt_at = $4, last_error = COALESCE($5, last_error)",
-                error.clone(),
-            ),
-            Delivery::Dead { error } => (
-                "state = 'dead', lease_owner = NULL, next_attempt_at = $4, last_error = $5",
-                Some(error.clone()),
-            ),
-        };
-        let at = match &delivery {
-            Delivery::Retry { at, .. } => *at,
-            _ => now,
-        };
-        let key: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "UPDATE outbox SET {set} WHERE {FENCE} RETURNING ordering_key"
-        )))
-        .bind(lease.id)
-        .bind(lease.attempt as i32)
-        .bind(&lease.worker)
-        .bind(at.as_micros())
-        .bind(extra)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(key) = key else {
-            return Err(Error::LeaseLost {
-                task_id: lease.id,
-                attempt: lease.attempt,
-            });
-        };
-        let mut next = None;
-        if let Delivery::Sent {
-            next_lease: Some(lease_for),
-        } = &delivery
-        {
-            // Not SKIP LOCKED: a head locked by a claimer must not be passed over for the message
-            // behind it. The re-checked `next_attempt_at <= now` leaves it out if it got leased.
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
-                 WHERE id = (SELECT min(p.id) FROM outbox p WHERE p.state = 'pending' AND p.ordering_key = $1) \
-                   AND next_attempt_at <= $2 AND state = 'pending' \
-                 RETURNING {CLAIMED_COLUMNS}"
-            )))
-            .bind(&key)
-            .bind(now.as_micros())
-            .bind(&lease.worker)
-            .bind((now + *lease_for).as_micros())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                next = Some(claimed_row(&lease.worker, &row)?);
-            }
-        }
-        tx.commit().await?;
-        let free = match &delivery {
-            Delivery::Sent { next_lease } => next_lease.is_none(),
-            Delivery::Retry { at, .. } => *at <= now,
-            Delivery::Dead { .. } => true,
-        };
-        if free {
-            self.announce_outbox();
-        }
-        Ok(next)
-    }
-
-    pub(super) async fn list_outbox_impl(&self, filter: OutboxFilter) -> Result<Vec<OutboxRecord>> {
-        let text = list_sql(&filter);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
-        if let Some(state) = filter.state {
-            query = query.bind(state.as_str());
-        }
-        if let Some(key) = &filter.ordering_key {
-            query = query.bind(key.clone());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxRecord {
-                    id: row.try_get(0)?,
-                    destination: row.try_get::<&str, _>(1)?.parse()?,
-                    ordering_key: row.try_get(2)?,
-                    idempotency_key: row.try_get(3)?,
-                    payload: row.try_get(4)?,
-                    headers: decode_headers(row.try_get(5)?),
-                    state: row.try_get::<&str, _>(6)?.parse()?,
-                    attempts: row.try_get::<i32, _>(7)? as u32,
-                    next_attempt_at: Timestamp::from_micros(row.try_get(8)?),
-                    lease_owner: row.try_get(9)?,
-                    last_error: row.try_get(10)?,
-                    created_at: Timestamp::from_micros(row.try_get(11)?),
-                    sent_at: row
-                        .try_get::<Option<i64>, _>(12)?
-                        .map(Timestamp::from_micros),
-                })
-            })
-            .collect()
-    }
-
-    pub(super) async fn redrive_message_impl(&self, id: i64) -> Result<()> {
-        let now = self.config.clock.now();
-        let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $2, lease_owner = NULL \
-             WHERE id = $1 AND state = 'dead'",
-        )
-        .bind(id)
-        .bind(now.as_micros())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::MessageNotFound { id, state: "dead " });
-        }
-        self.announce_outbox();
-        Ok(())
-    }
-
-    pub(super) async fn purge_outbox_impl(&self, retention: Duration, limit: u32) -> Result<u64> {
-        let before = self.config.clock.now() - retention;
-        Ok(sqlx::query(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'sent' AND sent_at < $1 \
-             ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(before.as_micros())
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    pub(super) async fn purge_inbox_impl(&self, window: Duration, limit: u32) -> Result<u64> {
-        let before = self.config.clock.now() - window;
-        // Small batches of old rows, skipping any a concurrent purge holds: the hot path only
-        // inserts new ids and never waits for this.
-        Ok(sqlx::query(
-            "DELETE FROM inbox WHERE message_id IN (SELECT message_id FROM inbox WHERE received_at < $1 \
-             ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(before.as_micros())
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
 }
 
 impl InboxStore for PostgresStore {
@@ -340,6 +109,11 @@ impl InboxStore for PostgresStore {
         message_id: &'a str,
         window: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move { record(conn, message_id, self.config.clock.now(), window).await })
+        Box::pin(crate::sql::record::<Postgres>(
+            conn,
+            message_id,
+            self.config.clock.now(),
+            window,
+        ))
     }
 }

@@ -3,17 +3,19 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::jobs::{
-    Enqueued, HELD, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit,
-    UniquePolicy, decode_job_row, list_sql,
+    Enqueued, HELD, JobFilter, JobInfo, JobState, Purged, RateLimit, UniquePolicy, decode_job_row,
+    list_sql,
 };
 use crate::queue::{NewTask, TaskKind};
+use crate::store::JobStore;
 use crate::wakeup::Wake;
+use futures::future::BoxFuture;
 
 /// How a task leaves the hot table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,35 +136,9 @@ pub(super) async fn enqueue_unique(
 }
 
 impl SqliteStore {
-    pub(super) async fn job_impl(&self, id: i64) -> Result<Option<JobInfo>> {
-        let now = self.config.clock.now();
-        let sql = list_sql(&JobFilter::default(), now, true);
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(decode_job_row!(&row, now, i64, f64))),
-            None => Ok(None),
-        }
-    }
-
-    pub(super) async fn list_jobs_impl(&self, filter: JobFilter) -> Result<Vec<JobInfo>> {
-        let now = self.config.clock.now();
-        let sql = list_sql(&filter, now, false);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if let Some(queue) = &filter.queue {
-            query = query.bind(queue);
-        }
-        let rows = query.fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|row| Ok(decode_job_row!(row, now, i64, f64)))
-            .collect()
-    }
-
     /// The state of a job that an operation found in the wrong state, for its error.
     async fn refuse(&self, id: i64, action: &'static str) -> Error {
-        match self.job_impl(id).await {
+        match self.job(id).await {
             Ok(Some(job)) => Error::JobState {
                 id,
                 state: job.state,
@@ -171,247 +147,6 @@ impl SqliteStore {
             Ok(None) => Error::TaskNotFound { task_id: id },
             Err(e) => e,
         }
-    }
-
-    pub(super) async fn cancel_job_impl(&self, id: i64) -> Result<JobState> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let running: Option<bool> = sqlx::query_scalar(
-            "SELECT lease_owner IS NOT NULL AND visible_at > ?2 FROM tasks WHERE id = ?1 AND kind = 'job'",
-        )
-        .bind(id)
-        .bind(now.as_micros())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let state = match running {
-            None => {
-                drop(tx);
-                return Err(self.refuse(id, "cancel").await);
-            }
-            Some(true) => {
-                sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                JobState::Cancelling
-            }
-            Some(false) => {
-                finish_task(
-                    &mut tx,
-                    self,
-                    id,
-                    TaskKind::Job,
-                    Finish::Cancelled,
-                    Some("cancelled before it ran".into()),
-                    now,
-                )
-                .await?;
-                JobState::Cancelled
-            }
-        };
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    pub(super) async fn pause_job_impl(&self, id: i64) -> Result<()> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let row: Option<(Option<String>, Option<String>, Option<i64>)> = sqlx::query_as(
-            "SELECT held, concurrency_key, concurrency_limit FROM tasks WHERE id = ?1 AND kind = 'job' \
-             AND (held IS NULL OR held = 'concurrency') AND (lease_owner IS NULL OR visible_at <= ?2)",
-        )
-        .bind(id)
-        .bind(now.as_micros())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((was, key, limit)) = row else {
-            drop(tx);
-            return match self.refuse(id, "pause").await {
-                Error::JobState {
-                    state: JobState::Paused,
-                    ..
-                } => Ok(()),
-                e => Err(e),
-            };
-        };
-        sqlx::query(
-            "UPDATE tasks SET held = 'paused', held_visible_at = COALESCE(held_visible_at, visible_at), \
-             visible_at = ?2 WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(HELD)
-        .execute(&mut *tx)
-        .await?;
-        if was.is_none()
-            && let Some(key) = key
-        {
-            // It held a slot of its concurrency key: pass the slot on.
-            sqlx::query(PROMOTE)
-                .bind(key)
-                .bind(limit.unwrap_or(0))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub(super) async fn resume_job_impl(&self, id: i64) -> Result<()> {
-        let mut tx = self.begin().await?;
-        let row: Option<(Option<String>, Option<i64>, String, i64)> = sqlx::query_as(
-            "UPDATE tasks SET \
-               held = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'concurrency' END, \
-               visible_at = CASE WHEN concurrency_key IS NULL THEN held_visible_at ELSE visible_at END, \
-               held_visible_at = CASE WHEN concurrency_key IS NULL THEN NULL ELSE held_visible_at END \
-             WHERE id = ?1 AND held = 'paused' \
-             RETURNING concurrency_key, concurrency_limit, queue, visible_at",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((key, limit, queue, _)) = row else {
-            drop(tx);
-            return Err(self.refuse(id, "resume").await);
-        };
-        if let Some(key) = key {
-            sqlx::query(PROMOTE)
-                .bind(key)
-                .bind(limit.unwrap_or(0))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        self.hub.announce(Wake::Queue {
-            queue,
-            kind: TaskKind::Job,
-        });
-        Ok(())
-    }
-
-    pub(super) async fn report_progress_impl(
-        &self,
-        lease: &crate::Lease,
-        progress: Progress,
-    ) -> Result<()> {
-        if let Some(checkpoint) = &progress.checkpoint {
-            crate::rows::check_size(&self.config, checkpoint.len())?;
-        }
-        let now = self.config.clock.now();
-        let done = sqlx::query(
-            "INSERT INTO job_progress (task_id, percent, message, checkpoint, updated_at) \
-             SELECT id, ?4, ?5, ?6, ?7 FROM tasks WHERE id = ?1 AND attempts = ?2 AND lease_owner = ?3 \
-             ON CONFLICT (task_id) DO UPDATE SET percent = excluded.percent, message = excluded.message, \
-               checkpoint = COALESCE(excluded.checkpoint, job_progress.checkpoint), updated_at = excluded.updated_at",
-        )
-        .bind(lease.task_id)
-        .bind(i64::from(lease.attempt))
-        .bind(&lease.worker)
-        .bind(progress.percent.map(f64::from))
-        .bind(progress.message.as_deref())
-        .bind(progress.checkpoint.as_deref())
-        .bind(now.as_micros())
-        .execute(&self.writer)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::LeaseLost {
-                task_id: lease.task_id,
-                attempt: lease.attempt,
-            });
-        }
-        Ok(())
-    }
-
-    pub(super) async fn job_progress_impl(&self, id: i64) -> Result<Option<Progress>> {
-        let row = sqlx::query(
-            "SELECT percent, message, checkpoint, updated_at FROM job_progress WHERE task_id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        row.map(|row| {
-            Ok(Progress {
-                percent: row.try_get::<Option<f64>, _>("percent")?.map(|p| p as f32),
-                message: row.try_get("message")?,
-                checkpoint: row.try_get("checkpoint")?,
-                updated_at: Timestamp::from_micros(row.try_get("updated_at")?),
-            })
-        })
-        .transpose()
-    }
-
-    pub(super) async fn set_queue_paused_impl(&self, queue: &str, paused: bool) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO queue_settings (queue, paused) VALUES (?1, ?2) \
-             ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
-        )
-        .bind(queue)
-        .bind(paused)
-        .execute(&self.writer)
-        .await?;
-        if !paused {
-            for kind in TaskKind::ALL {
-                self.hub.announce(Wake::Queue {
-                    queue: queue.to_string(),
-                    kind,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) async fn set_rate_limit_impl(
-        &self,
-        queue: &str,
-        limit: Option<RateLimit>,
-    ) -> Result<()> {
-        if let Some(l) = limit
-            && (l.limit == 0 || l.interval.is_zero())
-        {
-            return Err(Error::Invalid(
-                "a rate limit needs a positive count and interval".into(),
-            ));
-        }
-        sqlx::query(
-            "INSERT INTO queue_settings (queue, rate_limit, rate_interval, tokens, refilled_at) \
-             VALUES (?1, ?2, ?3, COALESCE(?2, 0), ?4) \
-             ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
-               rate_interval = excluded.rate_interval, tokens = excluded.tokens, refilled_at = excluded.refilled_at",
-        )
-        .bind(queue)
-        .bind(limit.map(|l| i64::from(l.limit)))
-        .bind(limit.map(|l| l.interval.as_micros() as i64))
-        .bind(self.config.clock.now().as_micros())
-        .execute(&self.writer)
-        .await?;
-        self.rate_limited.invalidate();
-        if limit.is_none() {
-            for kind in TaskKind::ALL {
-                self.hub.announce(Wake::Queue {
-                    queue: queue.to_string(),
-                    kind,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) async fn queue_settings_impl(&self, queue: &str) -> Result<QueueSettings> {
-        let row: Option<(bool, Option<i64>, Option<i64>)> = sqlx::query_as(
-            "SELECT paused, rate_limit, rate_interval FROM queue_settings WHERE queue = ?1",
-        )
-        .bind(queue)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(match row {
-            None => QueueSettings::default(),
-            Some((paused, limit, interval)) => QueueSettings {
-                paused,
-                rate_limit: limit.zip(interval).map(|(l, i)| RateLimit {
-                    limit: l as u32,
-                    interval: Duration::from_micros(i as u64),
-                }),
-            },
-        })
     }
 
     /// The rate-limited queues among `queues`, from a snapshot at most a second old.
@@ -492,74 +227,287 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
 
-    pub(super) async fn purge_finished_impl(&self, limit: u32) -> Result<Purged> {
-        let now = self.config.clock.now();
-        let before = now - self.config.finished_job_retention;
-        let mut tx = self.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM finished_jobs WHERE id IN ( \
-               SELECT id FROM finished_jobs WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING id",
-        )
-        .bind(before.as_micros())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        if !ids.is_empty() {
-            sqlx::query(
-                "DELETE FROM job_progress WHERE task_id IN (SELECT value FROM json_each(?1))",
+impl JobStore for SqliteStore {
+    fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let sql = list_sql(&JobFilter::default(), now, true);
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+            match row {
+                Some(row) => Ok(Some(decode_job_row!(&row, now, i64, f64))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list_jobs(&self, filter: crate::JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let sql = list_sql(&filter, now, false);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            if let Some(queue) = &filter.queue {
+                query = query.bind(queue);
+            }
+            let rows = query.fetch_all(&self.reader).await?;
+            rows.iter()
+                .map(|row| Ok(decode_job_row!(row, now, i64, f64)))
+                .collect()
+        })
+    }
+
+    fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<crate::JobState>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let mut tx = self.begin().await?;
+            let running: Option<bool> = sqlx::query_scalar(
+                "SELECT lease_owner IS NOT NULL AND visible_at > ?2 FROM tasks WHERE id = ?1 AND kind = 'job'",
             )
-            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+            .bind(id)
+            .bind(now.as_micros())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let state = match running {
+                None => {
+                    drop(tx);
+                    return Err(self.refuse(id, "cancel").await);
+                }
+                Some(true) => {
+                    sqlx::query("UPDATE tasks SET cancel_requested = 1 WHERE id = ?1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    JobState::Cancelling
+                }
+                Some(false) => {
+                    finish_task(
+                        &mut tx,
+                        self,
+                        id,
+                        TaskKind::Job,
+                        Finish::Cancelled,
+                        Some("cancelled before it ran".into()),
+                        now,
+                    )
+                    .await?;
+                    JobState::Cancelled
+                }
+            };
+            tx.commit().await?;
+            Ok(state)
+        })
+    }
+
+    fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let mut tx = self.begin().await?;
+            let row: Option<(Option<String>, Option<String>, Option<i64>)> = sqlx::query_as(
+                "SELECT held, concurrency_key, concurrency_limit FROM tasks WHERE id = ?1 AND kind = 'job' \
+                 AND (held IS NULL OR held = 'concurrency') AND (lease_owner IS NULL OR visible_at <= ?2)",
+            )
+            .bind(id)
+            .bind(now.as_micros())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((was, key, limit)) = row else {
+                drop(tx);
+                return match self.refuse(id, "pause").await {
+                    Error::JobState {
+                        state: JobState::Paused,
+                        ..
+                    } => Ok(()),
+                    e => Err(e),
+                };
+            };
+            sqlx::query(
+                "UPDATE tasks SET held = 'paused', held_visible_at = COALESCE(held_visible_at, visible_at), \
+                 visible_at = ?2 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(HELD)
             .execute(&mut *tx)
             .await?;
-        }
-        let keys = sqlx::query(
-            "DELETE FROM job_keys WHERE key IN (SELECT key FROM job_keys k WHERE k.expires_at <= ?1 \
-               OR (k.until_finished AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = k.task_id)) LIMIT ?2)",
-        )
-        .bind(now.as_micros())
-        .bind(i64::from(limit))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let progress = sqlx::query(
-            "DELETE FROM job_progress WHERE task_id IN (SELECT p.task_id FROM job_progress p \
-               WHERE p.updated_at < ?1 \
-               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = p.task_id) \
-               AND NOT EXISTS (SELECT 1 FROM finished_jobs f WHERE f.id = p.task_id) \
-               AND NOT EXISTS (SELECT 1 FROM dead_tasks d WHERE d.id = p.task_id) LIMIT ?2)",
-        )
-        .bind(before.as_micros())
-        .bind(i64::from(limit))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // A job cancelled while running whose worker died: it must not run again.
-        let abandoned: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM tasks WHERE cancel_requested AND visible_at <= ?1 ORDER BY id LIMIT ?2",
-        )
-        .bind(now.as_micros())
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        for id in &abandoned {
-            finish_task(
-                &mut tx,
-                self,
-                *id,
-                TaskKind::Job,
-                Finish::Cancelled,
-                Some("cancelled while running; its worker stopped before settling".into()),
-                now,
+            if was.is_none()
+                && let Some(key) = key
+            {
+                // It held a slot of its concurrency key: pass the slot on.
+                sqlx::query(PROMOTE)
+                    .bind(key)
+                    .bind(limit.unwrap_or(0))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let row: Option<(Option<String>, Option<i64>, String, i64)> = sqlx::query_as(
+                "UPDATE tasks SET \
+                   held = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'concurrency' END, \
+                   visible_at = CASE WHEN concurrency_key IS NULL THEN held_visible_at ELSE visible_at END, \
+                   held_visible_at = CASE WHEN concurrency_key IS NULL THEN NULL ELSE held_visible_at END \
+                 WHERE id = ?1 AND held = 'paused' \
+                 RETURNING concurrency_key, concurrency_limit, queue, visible_at",
             )
+            .bind(id)
+            .fetch_optional(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(Purged {
-            jobs: ids.len() as u64,
-            keys,
-            progress,
-            cancelled: abandoned.len() as u64,
+            let Some((key, limit, queue, _)) = row else {
+                drop(tx);
+                return Err(self.refuse(id, "resume").await);
+            };
+            if let Some(key) = key {
+                sqlx::query(PROMOTE)
+                    .bind(key)
+                    .bind(limit.unwrap_or(0))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            self.hub.announce(Wake::Queue {
+                queue,
+                kind: TaskKind::Job,
+            });
+            Ok(())
+        })
+    }
+
+    fn report_progress<'a>(
+        &'a self,
+        lease: &'a crate::Lease,
+        progress: crate::Progress,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::sql::jobs::report_progress(self, lease, progress))
+    }
+
+    fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<crate::Progress>>> {
+        Box::pin(crate::sql::jobs::job_progress(self, id))
+    }
+
+    fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>> {
+        Box::pin(crate::sql::jobs::set_queue_paused(self, queue, paused))
+    }
+
+    fn set_rate_limit<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: Option<crate::RateLimit>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if let Some(l) = limit
+                && (l.limit == 0 || l.interval.is_zero())
+            {
+                return Err(Error::Invalid(
+                    "a rate limit needs a positive count and interval".into(),
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO queue_settings (queue, rate_limit, rate_interval, tokens, refilled_at) \
+                 VALUES (?1, ?2, ?3, COALESCE(?2, 0), ?4) \
+                 ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
+                   rate_interval = excluded.rate_interval, tokens = excluded.tokens, refilled_at = excluded.refilled_at",
+            )
+            .bind(queue)
+            .bind(limit.map(|l| i64::from(l.limit)))
+            .bind(limit.map(|l| l.interval.as_micros() as i64))
+            .bind(self.config.clock.now().as_micros())
+            .execute(&self.writer)
+            .await?;
+            self.rate_limited.invalidate();
+            if limit.is_none() {
+                for kind in TaskKind::ALL {
+                    self.hub.announce(Wake::Queue {
+                        queue: queue.to_string(),
+                        kind,
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<crate::QueueSettings>> {
+        Box::pin(crate::sql::jobs::queue_settings(self, queue))
+    }
+
+    fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<crate::Purged>> {
+        Box::pin(async move {
+            let now = self.config.clock.now();
+            let before = now - self.config.finished_job_retention;
+            let mut tx = self.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "DELETE FROM finished_jobs WHERE id IN ( \
+                   SELECT id FROM finished_jobs WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2) RETURNING id",
+            )
+            .bind(before.as_micros())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            if !ids.is_empty() {
+                sqlx::query(
+                    "DELETE FROM job_progress WHERE task_id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let keys = sqlx::query(
+                "DELETE FROM job_keys WHERE key IN (SELECT key FROM job_keys k WHERE k.expires_at <= ?1 \
+                   OR (k.until_finished AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = k.task_id)) LIMIT ?2)",
+            )
+            .bind(now.as_micros())
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let progress = sqlx::query(
+                "DELETE FROM job_progress WHERE task_id IN (SELECT p.task_id FROM job_progress p \
+                   WHERE p.updated_at < ?1 \
+                   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = p.task_id) \
+                   AND NOT EXISTS (SELECT 1 FROM finished_jobs f WHERE f.id = p.task_id) \
+                   AND NOT EXISTS (SELECT 1 FROM dead_tasks d WHERE d.id = p.task_id) LIMIT ?2)",
+            )
+            .bind(before.as_micros())
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            // A job cancelled while running whose worker died: it must not run again.
+            let abandoned: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM tasks WHERE cancel_requested AND visible_at <= ?1 ORDER BY id LIMIT ?2",
+            )
+            .bind(now.as_micros())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in &abandoned {
+                finish_task(
+                    &mut tx,
+                    self,
+                    *id,
+                    TaskKind::Job,
+                    Finish::Cancelled,
+                    Some("cancelled while running; its worker stopped before settling".into()),
+                    now,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Purged {
+                jobs: ids.len() as u64,
+                keys,
+                progress,
+                cancelled: abandoned.len() as u64,
+            })
         })
     }
 }

@@ -6,13 +6,11 @@
 
 mod claim;
 mod commit;
-mod inbox_order;
 mod jobs;
 mod journal;
 mod outbox;
 pub(crate) use outbox::record as record_inbox;
 mod queue;
-mod schedule;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -324,10 +322,51 @@ impl Store for SqliteStore {
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(self.list_workers_impl())
     }
+}
 
-    crate::jobs::delegate_job_methods!();
+impl crate::sql::Dialect for sqlx::Sqlite {
+    // Every write transaction is `BEGIN IMMEDIATE` on the one writer: it holds every row already.
+    const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+    const ONE_WRITER: bool = true;
 
-    crate::schedule::delegate_schedule_methods!();
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
 
-    crate::outbox::delegate_outbox_methods!();
+impl crate::sql::SqlStore for SqliteStore {
+    fn settings(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn announce(&self, visible: impl IntoIterator<Item = (String, crate::TaskKind)>) {
+        for (queue, kind) in visible {
+            self.hub.announce(crate::Wake::Queue { queue, kind });
+        }
+    }
+
+    fn insert_messages<'a>(
+        conn: &'a mut sqlx::SqliteConnection,
+        rows: &'a [crate::outbox::MessageRow],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(outbox::insert_messages(conn, rows, now))
+    }
+
+    fn enqueue<'a>(
+        conn: &'a mut sqlx::SqliteConnection,
+        tasks: &'a [crate::NewTask],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.0) })
+    }
 }

@@ -556,7 +556,7 @@ mod concrete {
     use quark_history::testing::TEST_EPOCH;
     use quark_history::{
         Destination, Error, Inbox, InboxStore, ManualClock, Outbox, OutboxFilter, OutboxMessage,
-        Received, SqliteStore, Store, StoreConfig, TaskKind, Wake,
+        OutboxStore, Received, SqliteStore, StoreConfig, TaskKind, Wake,
     };
     use sqlx::{PgConnection, SqliteConnection};
 

@@ -1,0 +1,281 @@
+//! The outbox ([`OutboxStore`]), for both databases. A claim takes heads of ordering keys; on
+//! PostgreSQL with `FOR UPDATE SKIP LOCKED`, where a row that another relay leased meanwhile fails
+//! the re-checked `next_attempt_at <= now` and is left out; on SQLite writers are serialized, so
+//! the head-of-key condition alone keeps two relays off one key. A key's next message only becomes
+//! a head once the previous one is no longer pending, which keeps a key in order across relays.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{Dialect, Row, SqlStore, Stmt};
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::outbox::{
+    ClaimedMessage, Delivery, OUTBOX_WAKE_QUEUE, OutboxClaim, OutboxFilter, OutboxLease,
+    OutboxMessage, OutboxRecord, decode_headers, prepare,
+};
+use crate::queue::TaskKind;
+use crate::store::OutboxStore;
+
+/// The claim's candidate condition: pending, due (or its lease lost), the head of its key, and no
+/// other message of its key under a live lease (one can be, after a re-drive put an older message
+/// back in front of it).
+const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
+     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
+       AND p.ordering_key = o.ordering_key AND p.id <> o.id \
+       AND (p.id < o.id OR (p.lease_owner IS NOT NULL AND p.next_attempt_at > $1)))";
+
+/// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
+const FENCE: &str = "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
+
+/// The columns a claim returns.
+const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
+
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// A claimed message from a row of [`CLAIMED_COLUMNS`]; its lease expires at `next_attempt_at`.
+fn claimed<DB: Dialect>(worker: &str, row: &Row<DB>) -> Result<ClaimedMessage> {
+    Ok(ClaimedMessage {
+        lease: OutboxLease {
+            id: row.get("id")?,
+            attempt: row.get::<i32>("attempts")? as u32,
+            worker: worker.to_string(),
+        },
+        destination: row.get::<String>("destination")?.parse()?,
+        ordering_key: row.get("ordering_key")?,
+        idempotency_key: row.get("idempotency_key")?,
+        payload: row.get("payload")?,
+        headers: decode_headers(&row.get::<String>("headers")?),
+        created_at: Timestamp::from_micros(row.get("created_at")?),
+        lease_expires_at: Timestamp::from_micros(row.get("next_attempt_at")?),
+    })
+}
+
+fn record<DB: Dialect>(row: &Row<DB>) -> Result<OutboxRecord> {
+    Ok(OutboxRecord {
+        id: row.get("id")?,
+        destination: row.get::<String>("destination")?.parse()?,
+        ordering_key: row.get("ordering_key")?,
+        idempotency_key: row.get("idempotency_key")?,
+        payload: row.get("payload")?,
+        headers: decode_headers(&row.get::<String>("headers")?),
+        state: row.get::<String>("state")?.parse()?,
+        attempts: row.get::<i32>("attempts")? as u32,
+        next_attempt_at: Timestamp::from_micros(row.get("next_attempt_at")?),
+        lease_owner: row.get("lease_owner")?,
+        last_error: row.get("last_error")?,
+        created_at: Timestamp::from_micros(row.get("created_at")?),
+        sent_at: row
+            .get::<Option<i64>>("sent_at")?
+            .map(Timestamp::from_micros),
+    })
+}
+
+fn announce_outbox<S: SqlStore>(store: &S) {
+    store.announce(vec![(OUTBOX_WAKE_QUEUE.to_string(), TaskKind::Outbox)]);
+}
+
+impl<S: SqlStore> OutboxStore for S {
+    fn send(&self, messages: Vec<OutboxMessage>) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let rows = prepare(self.settings(), &messages)?;
+            // A transaction, though it may be one statement: a taken key must undo the other rows.
+            let mut tx = self.begin_write().await?;
+            let ids = S::insert_messages(&mut tx, &rows, self.settings().clock.now()).await?;
+            tx.commit().await?;
+            if !ids.is_empty() {
+                announce_outbox(self);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn claim_outbox(&self, claim: OutboxClaim) -> BoxFuture<'_, Result<Vec<ClaimedMessage>>> {
+        Box::pin(async move {
+            let now = self.settings().clock.now();
+            let expires = now + claim.lease;
+            let stmt = Stmt::new(sql(format!(
+                "WITH c AS (SELECT o.id FROM outbox o WHERE {HEAD_CONDITION} \
+                   ORDER BY o.next_attempt_at, o.id LIMIT $2{}) \
+                 UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
+                 WHERE id IN (SELECT id FROM c) \
+                 RETURNING {CLAIMED_COLUMNS}",
+                S::Db::SKIP_LOCKED
+            )))
+            .bind(now.as_micros())
+            .bind(i64::from(claim.limit))
+            .bind(claim.worker.as_str())
+            .bind(expires.as_micros());
+            let rows = super::claim(self, stmt).await?;
+            let mut out = rows
+                .iter()
+                .map(|row| claimed(&claim.worker, row))
+                .collect::<Result<Vec<_>>>()?;
+            out.sort_by_key(|m| m.lease.id);
+            Ok(out)
+        })
+    }
+
+    fn settle_outbox<'a>(
+        &'a self,
+        lease: &'a OutboxLease,
+        delivery: Delivery,
+    ) -> BoxFuture<'a, Result<Option<ClaimedMessage>>> {
+        Box::pin(async move {
+            let now = self.settings().clock.now();
+            let mut tx = self.begin_write().await?;
+            let (set, extra): (&str, Option<String>) = match &delivery {
+                Delivery::Sent { .. } => (
+                    "state = 'sent', sent_at = $4, lease_owner = NULL, last_error = NULL, next_attempt_at = $4",
+                    None,
+                ),
+                Delivery::Retry { error, .. } => (
+                    "lease_owner = NULL, next_attempt_at = $4, last_error = COALESCE($5, last_error)",
+                    error.clone(),
+                ),
+                Delivery::Dead { error } => (
+                    "state = 'dead', lease_owner = NULL, next_attempt_at = $4, last_error = $5",
+                    Some(error.clone()),
+                ),
+            };
+            let at = match &delivery {
+                Delivery::Retry { at, .. } => *at,
+                _ => now,
+            };
+            let settled = Stmt::<S::Db>::new(sql(format!(
+                "UPDATE outbox SET {set} WHERE {FENCE} RETURNING ordering_key"
+            )))
+            .bind(lease.id)
+            .bind(i64::from(lease.attempt))
+            .bind(lease.worker.as_str())
+            .bind(at.as_micros())
+            .bind(extra)
+            .fetch_optional(&mut tx)
+            .await?;
+            let Some(settled) = settled else {
+                return Err(Error::LeaseLost {
+                    task_id: lease.id,
+                    attempt: lease.attempt,
+                });
+            };
+            let key: String = settled.get("ordering_key")?;
+            let mut next = None;
+            if let Delivery::Sent {
+                next_lease: Some(lease_for),
+            } = &delivery
+            {
+                // Not SKIP LOCKED: a head locked by a claimer must not be passed over for the
+                // message behind it. The re-checked `next_attempt_at <= now` leaves it out if it
+                // got leased.
+                let row = Stmt::<S::Db>::new(sql(format!(
+                    "UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
+                     WHERE id = (SELECT min(p.id) FROM outbox p WHERE p.state = 'pending' AND p.ordering_key = $1) \
+                       AND next_attempt_at <= $2 AND state = 'pending' \
+                     RETURNING {CLAIMED_COLUMNS}"
+                )))
+                .bind(key)
+                .bind(now.as_micros())
+                .bind(lease.worker.as_str())
+                .bind((now + *lease_for).as_micros())
+                .fetch_optional(&mut tx)
+                .await?;
+                if let Some(row) = row {
+                    next = Some(claimed(&lease.worker, &row)?);
+                }
+            }
+            tx.commit().await?;
+            let free = match &delivery {
+                Delivery::Sent { next_lease } => next_lease.is_none(),
+                Delivery::Retry { at, .. } => *at <= now,
+                Delivery::Dead { .. } => true,
+            };
+            if free {
+                announce_outbox(self);
+            }
+            Ok(next)
+        })
+    }
+
+    fn list_outbox(&self, filter: OutboxFilter) -> BoxFuture<'_, Result<Vec<OutboxRecord>>> {
+        Box::pin(async move {
+            let mut text = String::from(
+                "SELECT id, destination, ordering_key, idempotency_key, payload, headers, state, \
+                 attempts, next_attempt_at, lease_owner, last_error, created_at, sent_at \
+                 FROM outbox WHERE 1 = 1",
+            );
+            let mut n = 0;
+            if filter.state.is_some() {
+                n += 1;
+                text.push_str(&format!(" AND state = ${n}"));
+            }
+            if filter.ordering_key.is_some() {
+                n += 1;
+                text.push_str(&format!(" AND ordering_key = ${n}"));
+            }
+            text.push_str(&format!(" ORDER BY id DESC LIMIT {}", filter.limit));
+            let mut stmt = Stmt::<S::Db>::new(sql(text));
+            if let Some(state) = filter.state {
+                stmt = stmt.bind(state.as_str());
+            }
+            if let Some(key) = filter.ordering_key {
+                stmt = stmt.bind(key);
+            }
+            let rows = stmt.fetch_all(&mut *self.reader().acquire().await?).await?;
+            rows.iter().map(record).collect()
+        })
+    }
+
+    fn redrive_message(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let now = self.settings().clock.now();
+            let done = Stmt::<S::Db>::new(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $2, lease_owner = NULL \
+                 WHERE id = $1 AND state = 'dead'",
+            )
+            .bind(id)
+            .bind(now.as_micros())
+            .execute(&mut *self.writer().acquire().await?)
+            .await?;
+            if done == 0 {
+                return Err(Error::MessageNotFound { id, state: "dead " });
+            }
+            announce_outbox(self);
+            Ok(())
+        })
+    }
+
+    fn purge_outbox(&self, retention: Duration, limit: u32) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let before = self.settings().clock.now() - retention;
+            Stmt::<S::Db>::new(sql(format!(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'sent' \
+                 AND sent_at < $1 ORDER BY sent_at LIMIT $2{})",
+                S::Db::SKIP_LOCKED
+            )))
+            .bind(before.as_micros())
+            .bind(i64::from(limit))
+            .execute(&mut *self.writer().acquire().await?)
+            .await
+        })
+    }
+
+    fn purge_inbox(&self, window: Duration, limit: u32) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let before = self.settings().clock.now() - window;
+            // Small batches of old rows, skipping any a concurrent purge holds: the hot path only
+            // inserts new ids and never waits for this.
+            Stmt::<S::Db>::new(sql(format!(
+                "DELETE FROM inbox WHERE message_id IN (SELECT message_id FROM inbox \
+                 WHERE received_at < $1 ORDER BY received_at LIMIT $2{})",
+                S::Db::SKIP_LOCKED
+            )))
+            .bind(before.as_micros())
+            .bind(i64::from(limit))
+            .execute(&mut *self.writer().acquire().await?)
+            .await
+        })
+    }
+}
