@@ -82,6 +82,14 @@ mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+/// The store's traits, whose methods a concrete store ([`SqliteStore`], [`PostgresStore`]) is used
+/// through: `use quark_history::prelude::*;`. A `dyn Store` needs none of them in scope.
+pub mod prelude {
+    pub use crate::inbox::InboxStore;
+    pub use crate::inbox_order::SequencedStore;
+    pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
+}
+
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::{Codec, CodecError, CodecTag, Json, Payload, Postcard};
 pub use commit::{Append, Commit, Committed, Expected, Settle};

@@ -8,10 +8,7 @@ use sqlx::SqliteConnection;
 use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::jobs::{
-    Enqueued, HELD, JobFilter, JobInfo, JobState, Purged, RateLimit, UniquePolicy, decode_job_row,
-    list_sql,
-};
+use crate::jobs::{Enqueued, HELD, JobInfo, JobState, Purged, RateLimit, UniquePolicy};
 use crate::queue::{NewTask, TaskKind};
 use crate::store::JobStore;
 use crate::wakeup::Wake;
@@ -231,33 +228,11 @@ impl SqliteStore {
 
 impl JobStore for SqliteStore {
     fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>> {
-        Box::pin(async move {
-            let now = self.config.clock.now();
-            let sql = list_sql(&JobFilter::default(), now, true);
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await?;
-            match row {
-                Some(row) => Ok(Some(decode_job_row!(&row, now, i64, f64))),
-                None => Ok(None),
-            }
-        })
+        Box::pin(crate::sql::jobs::job(self, id))
     }
 
     fn list_jobs(&self, filter: crate::JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>> {
-        Box::pin(async move {
-            let now = self.config.clock.now();
-            let sql = list_sql(&filter, now, false);
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            if let Some(queue) = &filter.queue {
-                query = query.bind(queue);
-            }
-            let rows = query.fetch_all(&self.reader).await?;
-            rows.iter()
-                .map(|row| Ok(decode_job_row!(row, now, i64, f64)))
-                .collect()
-        })
+        Box::pin(crate::sql::jobs::list_jobs(self, filter))
     }
 
     fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<crate::JobState>> {
