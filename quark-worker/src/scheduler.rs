@@ -3,7 +3,7 @@
 //! Each round reads the due schedules, plans each one's fire with the SDK's
 //! [`Schedule::fire`](quark_workflow::Schedule::fire) (which ticks get a job under the schedule's
 //! missed-tick policy, and the next tick) and hands it to
-//! [`Store::fire_schedule`](quark_history::ScheduleStore::fire_schedule), a compare-and-set on the
+//! [`ScheduleStore::fire_schedule`](quark_history::ScheduleStore::fire_schedule), a compare-and-set on the
 //! schedule's `next_at`. Every worker runs this loop, so a schedule keeps firing while any worker
 //! lives; when several find the same tick due, one fire moves `next_at` and enqueues the jobs, and
 //! the others find it moved and write nothing.
