@@ -15,14 +15,12 @@ mod outbox;
 pub(crate) use outbox::record as record_inbox;
 mod queue;
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::commit::{Commit, Committed};
@@ -45,78 +43,58 @@ pub struct PostgresStore {
     heads: Arc<heads::Heads>,
 }
 
+/// The schema's migrations, in order.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![
-        Migration::new(
+    crate::sql::migrator(&[
+        (
             1,
-            Cow::Borrowed("journal and queue"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0001_journal_and_queue.sql").into_sql_str(),
-            false,
+            "journal and queue",
+            include_str!("../../migrations/postgres/0001_journal_and_queue.sql"),
         ),
-        Migration::new(
+        (
             2,
-            Cow::Borrowed("leaner writes"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0002_leaner_writes.sql").into_sql_str(),
-            false,
+            "leaner writes",
+            include_str!("../../migrations/postgres/0002_leaner_writes.sql"),
         ),
-        Migration::new(
+        (
             3,
-            Cow::Borrowed("queue vacuum"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0003_queue_vacuum.sql").into_sql_str(),
-            false,
+            "queue vacuum",
+            include_str!("../../migrations/postgres/0003_queue_vacuum.sql"),
         ),
-        Migration::new(
+        (
             4,
-            Cow::Borrowed("jobs"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0004_jobs.sql").into_sql_str(),
-            false,
+            "jobs",
+            include_str!("../../migrations/postgres/0004_jobs.sql"),
         ),
-        Migration::new(
+        (
             5,
-            Cow::Borrowed("schedules"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0005_schedules.sql").into_sql_str(),
-            false,
+            "schedules",
+            include_str!("../../migrations/postgres/0005_schedules.sql"),
         ),
-        Migration::new(
+        (
             6,
-            Cow::Borrowed("outbox"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0006_outbox.sql").into_sql_str(),
-            false,
+            "outbox",
+            include_str!("../../migrations/postgres/0006_outbox.sql"),
         ),
-        Migration::new(
+        (
             7,
-            Cow::Borrowed("inbox order"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0007_inbox_order.sql").into_sql_str(),
-            false,
+            "inbox order",
+            include_str!("../../migrations/postgres/0007_inbox_order.sql"),
         ),
-        Migration::new(
+        (
             8,
-            Cow::Borrowed("claim by kind"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0008_claim_by_kind.sql").into_sql_str(),
-            false,
+            "claim by kind",
+            include_str!("../../migrations/postgres/0008_claim_by_kind.sql"),
         ),
-        Migration::new(
+        (
             9,
-            Cow::Borrowed("instances room to update"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0009_instances_room_to_update.sql")
-                .into_sql_str(),
-            false,
+            "instances room to update",
+            include_str!("../../migrations/postgres/0009_instances_room_to_update.sql"),
         ),
-        Migration::new(
+        (
             10,
-            Cow::Borrowed("tasks by instance"),
-            MigrationType::Simple,
-            include_str!("../../migrations/postgres/0010_tasks_by_instance.sql").into_sql_str(),
-            false,
+            "tasks by instance",
+            include_str!("../../migrations/postgres/0010_tasks_by_instance.sql"),
         ),
     ])
 }

@@ -259,3 +259,20 @@ pub(crate) async fn claim<S: SqlStore>(store: &S, stmt: Stmt<S::Db>) -> Result<V
         stmt.fetch_all(&mut *store.writer().acquire().await?).await
     }
 }
+
+/// A backend's embedded migrations, `(version, description, SQL)` each, applied in order.
+pub(crate) fn migrator(
+    migrations: &[(i64, &'static str, &'static str)],
+) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                let description = std::borrow::Cow::Borrowed(description);
+                let sql = sql.into_sql_str();
+                Migration::new(version, description, MigrationType::Simple, sql, false)
+            })
+            .collect(),
+    )
+}

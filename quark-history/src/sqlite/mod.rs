@@ -12,13 +12,11 @@ mod outbox;
 pub(crate) use outbox::record as record_inbox;
 mod queue;
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -46,49 +44,38 @@ pub struct SqliteStore {
     _anchor: Option<std::sync::Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>>,
 }
 
+/// The schema's migrations, in order.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![
-        Migration::new(
+    crate::sql::migrator(&[
+        (
             1,
-            Cow::Borrowed("journal and queue"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0001_journal_and_queue.sql").into_sql_str(),
-            false,
+            "journal and queue",
+            include_str!("../../migrations/sqlite/0001_journal_and_queue.sql"),
         ),
-        Migration::new(
+        (
             2,
-            Cow::Borrowed("jobs"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0002_jobs.sql").into_sql_str(),
-            false,
+            "jobs",
+            include_str!("../../migrations/sqlite/0002_jobs.sql"),
         ),
-        Migration::new(
+        (
             3,
-            Cow::Borrowed("schedules"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0003_schedules.sql").into_sql_str(),
-            false,
+            "schedules",
+            include_str!("../../migrations/sqlite/0003_schedules.sql"),
         ),
-        Migration::new(
+        (
             4,
-            Cow::Borrowed("outbox"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0004_outbox.sql").into_sql_str(),
-            false,
+            "outbox",
+            include_str!("../../migrations/sqlite/0004_outbox.sql"),
         ),
-        Migration::new(
+        (
             5,
-            Cow::Borrowed("inbox order"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0005_inbox_order.sql").into_sql_str(),
-            false,
+            "inbox order",
+            include_str!("../../migrations/sqlite/0005_inbox_order.sql"),
         ),
-        Migration::new(
+        (
             6,
-            Cow::Borrowed("tasks by instance"),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0006_tasks_by_instance.sql").into_sql_str(),
-            false,
+            "tasks by instance",
+            include_str!("../../migrations/sqlite/0006_tasks_by_instance.sql"),
         ),
     ])
 }
