@@ -337,3 +337,65 @@ async fn an_instance_on_another_queue_runs_once_that_queue_is_served() {
     assert_eq!(handle.result().await.unwrap(), "charged 6");
     assert_eq!(handle.describe().await.unwrap().queue, "priority");
 }
+
+/// Sends one message to a webhook and one to a callback, with its result.
+#[activity]
+async fn announce(ctx: ActivityContext, what: String) -> Result<(), ActivityError> {
+    let outbox = ctx.outbox();
+    outbox.send(
+        quark_history::Destination::http("https://example.invalid/hook"),
+        &what,
+    )?;
+    outbox.send(quark_history::Destination::callback("audit"), &what)?;
+    Ok(())
+}
+
+#[orchestration]
+async fn announcer(ctx: OrchestrationContext, what: String) -> Result<(), OrchestrationError> {
+    ctx.call(announce, &what).await
+}
+
+#[tokio::test]
+async fn the_environment_relays_the_outbox_records_webhooks_and_calls_callbacks() {
+    let env = TestEnv::new(Registry::new().register(announcer).register(announce))
+        .await
+        .unwrap();
+    let audited = Arc::new(std::sync::Mutex::new(Vec::new()));
+    env.outbox_callback("audit", {
+        let audited = Arc::clone(&audited);
+        move |m| {
+            audited.lock().unwrap().push(m.payload.clone());
+            Ok(())
+        }
+    });
+    let handle = announcer::start(env.client(), "news", "shipped".to_string())
+        .await
+        .unwrap();
+    handle.result().await.unwrap();
+    env.run_until_idle().await.unwrap();
+
+    let sent = env.outbox_sent();
+    assert_eq!(
+        sent.len(),
+        1,
+        "only the webhook's message is recorded: {sent:?}"
+    );
+    assert_eq!(
+        sent[0].destination,
+        quark_history::Destination::http("https://example.invalid/hook")
+    );
+    assert_eq!(sent[0].payload, br#""shipped""#.to_vec());
+    assert_eq!(*audited.lock().unwrap(), vec![br#""shipped""#.to_vec()]);
+    let pending = env
+        .store()
+        .list_outbox(quark_history::OutboxFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(
+        pending
+            .iter()
+            .all(|m| m.state == quark_history::MessageState::Sent),
+        "every message is settled as sent: {pending:?}"
+    );
+}
