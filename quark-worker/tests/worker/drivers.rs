@@ -105,12 +105,18 @@ async fn resumable(ctx: ActivityContext, key: String) -> Result<(), ActivityErro
 #[activity(retry(max_attempts = 3, initial = "1s", max = "1s"))]
 async fn spin(ctx: ActivityContext, key: String) -> Result<(), ActivityError> {
     gate(&key).started.notify_one();
-    while !ctx.is_cancelled() {
+    // Heartbeat until the stop arrives: each wait on the token is bounded, so that the heartbeats
+    // (through which a driver may learn of the stop) keep going.
+    loop {
         ctx.heartbeat(&());
-        // Activity code, not a synchronization: a long-running job's unit of work.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let stop = ctx.cancellation().cancelled();
+        if tokio::time::timeout(Duration::from_millis(5), stop)
+            .await
+            .is_ok()
+        {
+            return Err(ActivityError::message("stopped on request"));
+        }
     }
-    Err(ActivityError::message("stopped on request"))
 }
 
 #[orchestration]
