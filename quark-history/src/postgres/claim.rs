@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
-
 use super::PostgresStore;
-use super::queue::kind_of;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::queue::{ClaimRequest, ClaimedTask, Lease, TaskKind};
@@ -113,7 +110,7 @@ impl PostgresStore {
         .bind(unlimited_only)
         .fetch_all(executor)
         .await?;
-        claimed_tasks(&rows, request, expires)
+        crate::sql::claim::claimed_tasks::<sqlx::Postgres>(rows, &request.worker, expires)
     }
 
     /// The claim of [`claim_from`](Self::claim_from) for one queue and one kind (what a worker's
@@ -158,7 +155,7 @@ impl PostgresStore {
         .bind(unlimited_only)
         .fetch_all(executor)
         .await?;
-        claimed_tasks(&rows, request, expires)
+        crate::sql::claim::claimed_tasks::<sqlx::Postgres>(rows, &request.worker, expires)
     }
 
     pub(super) async fn extend_lease_impl(
@@ -188,30 +185,4 @@ impl PostgresStore {
             Some(false) => Ok(expires),
         }
     }
-}
-
-/// The tasks a claim statement returned, leased to `request.worker` until `expires`.
-fn claimed_tasks(
-    rows: &[sqlx::postgres::PgRow],
-    request: &ClaimRequest,
-    expires: Timestamp,
-) -> Result<Vec<ClaimedTask>> {
-    rows.iter()
-        .map(|row| {
-            Ok(ClaimedTask {
-                lease: Lease {
-                    task_id: row.try_get("id")?,
-                    attempt: row.try_get::<i32, _>("attempts")? as u32,
-                    worker: request.worker.clone(),
-                },
-                kind: kind_of(row.try_get::<&str, _>("kind")?)?,
-                queue: row.try_get("queue")?,
-                instance_id: row.try_get("instance_id")?,
-                priority: row.try_get("priority")?,
-                created_at: Timestamp::from_micros(row.try_get("created_at")?),
-                lease_expires_at: expires,
-                payload: row.try_get("payload")?,
-            })
-        })
-        .collect()
 }

@@ -18,6 +18,7 @@
 //! [`SqlStore`] ask of them, and nothing more: row locks (`FOR UPDATE`, `SKIP LOCKED`; SQLite has
 //! one writer and needs none), array statements, and how wake-ups are announced.
 
+pub(crate) mod claim;
 mod inbox;
 pub(crate) mod inbox_order;
 pub(crate) mod jobs;

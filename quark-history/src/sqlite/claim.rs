@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
-
 use super::SqliteStore;
-use super::queue::{json_list, kind_of};
+use super::queue::json_list;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::queue::{ClaimRequest, ClaimedTask, Lease};
@@ -118,22 +116,5 @@ async fn claim_from(
     .bind(unlimited_only)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(ClaimedTask {
-                lease: Lease {
-                    task_id: row.try_get("id")?,
-                    attempt: row.try_get::<i64, _>("attempts")? as u32,
-                    worker: request.worker.clone(),
-                },
-                kind: kind_of(row.try_get::<&str, _>("kind")?)?,
-                queue: row.try_get("queue")?,
-                instance_id: row.try_get("instance_id")?,
-                priority: row.try_get("priority")?,
-                created_at: Timestamp::from_micros(row.try_get("created_at")?),
-                lease_expires_at: expires,
-                payload: row.try_get("payload")?,
-            })
-        })
-        .collect()
+    crate::sql::claim::claimed_tasks::<sqlx::Sqlite>(rows, &request.worker, expires)
 }
