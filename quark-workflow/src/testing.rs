@@ -52,7 +52,6 @@ use crate::client::{Client, ClientError, Driver};
 use crate::definition::Activity;
 use crate::error::ActivityError;
 use crate::registry::Registry;
-use crate::runner::cache::HistoryCache;
 use crate::runner::outbox::{DeliveryError, DeliveryPolicy, Destinations, deliver_signal, run_key};
 use crate::runner::{Host, HostRef, Runner, Settled};
 
@@ -84,8 +83,9 @@ pub struct TestEnv {
 #[derive(Debug)]
 struct Inner {
     clock: ManualClock,
-    registry: Mutex<Registry>,
-    cache: Arc<HistoryCache>,
+    /// The runner of the registry's code (replaced, with the same warm cache, when a test mocks
+    /// an activity).
+    runner: Mutex<Runner>,
     book: Arc<Book>,
     /// One driver at a time.
     running: tokio::sync::Mutex<()>,
@@ -99,7 +99,7 @@ struct Book {
     /// Queues served beyond the registry's.
     queues: Mutex<BTreeSet<String>>,
     /// The registry's queues.
-    registry_queues: Mutex<BTreeSet<String>>,
+    registry_queues: BTreeSet<String>,
     /// Tasks a commit created already leased to the environment, to run next.
     here: Mutex<VecDeque<ClaimedTask>>,
     /// Heartbeats activities sent, in order.
@@ -129,7 +129,7 @@ impl TestEnv {
             store: Arc::new(store),
             wake_at: Mutex::default(),
             queues: Mutex::default(),
-            registry_queues: Mutex::new(registry.queues()),
+            registry_queues: registry.queues(),
             here: Mutex::default(),
             heartbeats: Mutex::default(),
             callbacks: Mutex::default(),
@@ -137,8 +137,7 @@ impl TestEnv {
         });
         let inner = Arc::new(Inner {
             clock,
-            registry: Mutex::new(registry),
-            cache: Arc::new(HistoryCache::new(WARM_INSTANCES)),
+            runner: Mutex::new(Runner::new(registry, WARM_INSTANCES)),
             book,
             running: tokio::sync::Mutex::new(()),
         });
@@ -166,7 +165,10 @@ impl TestEnv {
         &self,
         mock: impl Fn(A::Input) -> Result<A::Output, ActivityError> + Send + Sync + 'static,
     ) {
-        self.inner.registry().mock_activity::<A>(mock);
+        let mut runner = lock(&self.inner.runner);
+        let mut registry = runner.registry().clone();
+        registry.mock_activity::<A>(mock);
+        *runner = runner.with_registry(registry);
     }
 
     /// Also serves `queue` (the registry's queues are always served): for instances started
@@ -223,8 +225,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        lock(&self.registry)
+    fn runner(&self) -> Runner {
+        lock(&self.runner).clone()
     }
 
     async fn run_visible(&self) -> Result<usize, ClientError> {
@@ -258,9 +260,7 @@ impl Inner {
                         }
                         continue;
                     }
-                    let registry = Arc::new(self.registry().clone());
-                    let runner = Runner::from_parts(registry, Arc::clone(&self.cache));
-                    runner
+                    self.runner()
                         .prefetch(&claimed, Arc::clone(&self.book.store))
                         .await;
                     batch.extend(claimed);
@@ -302,15 +302,12 @@ impl Inner {
 
     /// Runs one claimed task with the shared runner.
     async fn execute(&self, task: ClaimedTask) -> Settled {
-        *lock(&self.book.registry_queues) = self.registry().queues();
-        let registry = Arc::new(self.registry().clone());
-        let runner = Runner::from_parts(registry, Arc::clone(&self.cache));
         let host: HostRef = Arc::new(TestHost {
             book: Arc::clone(&self.book),
             lease: task.lease.clone(),
             stop: watch::channel(false).0,
         });
-        runner.run(task, host).await
+        self.runner().run(task, host).await
     }
 
     /// Why `instance_id` cannot move: a dead task of its own, or nothing left to wait for.
@@ -377,7 +374,7 @@ impl Destinations for Book {
 
 impl Book {
     fn served(&self) -> Vec<String> {
-        let mut queues = lock(&self.registry_queues).clone();
+        let mut queues = self.registry_queues.clone();
         queues.extend(lock(&self.queues).iter().cloned());
         queues.into_iter().collect()
     }

@@ -158,10 +158,13 @@ impl Runner {
         }
     }
 
-    /// A runner of `registry` sharing an existing cache (the test environment swaps registries
-    /// when a test mocks an activity, and keeps its instances warm across the swap).
-    pub(crate) fn from_parts(registry: Arc<Registry>, cache: Arc<cache::HistoryCache>) -> Self {
-        Runner { registry, cache }
+    /// A runner of `registry` that shares this runner's warm instances (the test environment
+    /// swaps registries when a test mocks an activity).
+    pub(crate) fn with_registry(&self, registry: Registry) -> Self {
+        Runner {
+            registry: Arc::new(registry),
+            cache: Arc::clone(&self.cache),
+        }
     }
 
     /// The registry.
