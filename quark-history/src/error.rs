@@ -127,6 +127,13 @@ pub enum Error {
     /// no effect, or its transaction was rolled back.
     #[error("database connection: {0}")]
     Connection(#[source] sqlx::Error),
+    /// The TLS handshake with the database failed: an unknown certificate authority, a name that
+    /// the certificate does not cover, or a server without TLS under `sslmode=require`. Not
+    /// retryable: check `sslmode`, `sslrootcert` and the server's certificate.
+    #[error(
+        "TLS with the database failed: {0} (check sslmode, sslrootcert and the server's certificate)"
+    )]
+    Tls(#[source] sqlx::Error),
     /// The database refused the transaction for a transient reason (serialization failure, deadlock,
     /// lock timeout). Retryable.
     #[error("transient database error: {0}")]
@@ -174,8 +181,9 @@ impl Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match &e {
+            sqlx::Error::Tls(_) => Error::Tls(e),
+            sqlx::Error::Io(io) if is_tls(io) => Error::Tls(e),
             sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
@@ -193,6 +201,21 @@ impl From<sqlx::Error> for Error {
             },
             _ => Error::Database(e),
         }
+    }
+}
+
+/// Whether an I/O error is a TLS failure: the TLS stack reports a refused certificate as an I/O
+/// error carrying its own error, which retrying would only meet again.
+fn is_tls(io: &std::io::Error) -> bool {
+    #[cfg(feature = "postgres")]
+    {
+        io.get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = io;
+        false
     }
 }
 

@@ -19,5 +19,6 @@ mod journal;
 mod outbox;
 mod queue;
 mod schedules;
+mod tls;
 mod transaction;
 mod wakeups;
