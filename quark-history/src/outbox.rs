@@ -40,7 +40,7 @@ pub enum Destination {
     },
     /// An HTTP webhook: a `POST` of the payload with the idempotency key in `Idempotency-Key`.
     Http {
-        /// The URL (`http://host[:port]/path`).
+        /// The URL (`http://` or `https://`).
         url: String,
     },
     /// A NATS JetStream subject, published with `Nats-Msg-Id` set to the idempotency key so that

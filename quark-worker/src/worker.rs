@@ -254,6 +254,7 @@ impl WorkerBuilder {
             return Err(BuildError::NoHandlers);
         }
         self.relay.check().map_err(BuildError::Invalid)?;
+        let relay = crate::relay::Relay::new(self.relay).map_err(BuildError::Invalid)?;
         let s = &self.settings;
         if s.heartbeat >= s.lease {
             return Err(BuildError::Invalid(format!(
@@ -291,7 +292,7 @@ impl WorkerBuilder {
             .collect();
         Ok(Worker {
             routes: Arc::new(routes),
-            relay: Arc::new(crate::relay::Relay::new(self.relay)),
+            relay: Arc::new(relay),
             shared: Arc::new(Shared {
                 committer: crate::committer::Committer::new(),
                 transactions: Arc::new(Semaphore::new(self.settings.transactions)),

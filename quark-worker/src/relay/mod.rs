@@ -10,12 +10,12 @@
 //! idempotency key, which is what each destination deduplicates by.
 //!
 //! Destinations: a signal to a Quark orchestration (`quark_workflow::runner::outbox::deliver_signal`,
-//! which the test environment uses too), an HTTP webhook ([`http`],
-//! `http://` only for now), NATS JetStream ([`nats`]), and callbacks registered by name.
+//! which the test environment uses too), an HTTP webhook ([`webhook`]: `http://` and `https://`,
+//! signed), NATS JetStream ([`nats`]), and callbacks registered by name.
 
 pub(crate) mod callback;
-pub(crate) mod http;
 pub mod nats;
+pub(crate) mod webhook;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,6 +45,7 @@ pub struct OutboxRelay {
     pub(crate) backoff: (Duration, Duration),
     pub(crate) timeout: Duration,
     pub(crate) nats_url: String,
+    pub(crate) webhook: webhook::WebhookOptions,
     pub(crate) callbacks: HashMap<String, Callback>,
     pub(crate) sent_retention: Duration,
     pub(crate) inbox_window: Duration,
@@ -59,6 +60,9 @@ impl fmt::Debug for OutboxRelay {
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
             .field("nats_url", &self.nats_url)
+            .field("webhook_signed", &self.webhook.secret.is_some())
+            .field("webhook_roots", &self.webhook.roots.len())
+            .field("webhook_proxy", &self.webhook.proxy)
             .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -75,6 +79,7 @@ impl Default for OutboxRelay {
             backoff: (Duration::from_secs(1), Duration::from_secs(300)),
             timeout: Duration::from_secs(10),
             nats_url: "127.0.0.1:4222".into(),
+            webhook: webhook::WebhookOptions::default(),
             callbacks: HashMap::new(),
             sent_retention: Duration::from_secs(24 * 3600),
             inbox_window: quark_history::DEFAULT_INBOX_WINDOW,
@@ -141,6 +146,29 @@ impl OutboxRelay {
         self
     }
 
+    /// Signs every webhook request with this secret, so that receivers can check that Quark sent
+    /// it: `webhook-timestamp` and `webhook-signature` headers as in the Standard Webhooks
+    /// specification (`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{timestamp}.{body}`).
+    /// A secret of the form `whsec_<base64>` is decoded; any other string is used as its bytes.
+    pub fn webhook_secret(mut self, secret: impl Into<String>) -> Self {
+        self.webhook.secret = Some(secret.into());
+        self
+    }
+
+    /// Trusts this certificate authority (PEM) for `https://` webhooks, besides the system's.
+    pub fn webhook_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.webhook.roots.push(pem.into());
+        self
+    }
+
+    /// Sends webhook requests through this proxy (`http://host:port`, `socks5://...` not
+    /// supported). Without it, the `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` environment
+    /// variables apply.
+    pub fn webhook_proxy(mut self, url: impl Into<String>) -> Self {
+        self.webhook.proxy = Some(url.into());
+        self
+    }
+
     /// Registers a callback for `callback:<name>` destinations.
     pub fn callback<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
     where
@@ -180,15 +208,19 @@ impl OutboxRelay {
 /// A running relay's state.
 pub(crate) struct Relay {
     config: OutboxRelay,
+    webhooks: webhook::Webhooks,
     nats: tokio::sync::Mutex<Option<nats::NatsClient>>,
 }
 
 impl Relay {
-    pub(crate) fn new(config: OutboxRelay) -> Self {
-        Relay {
+    /// The relay of these settings, its clients built (an invalid certificate, secret or proxy is
+    /// refused here, when the worker is built).
+    pub(crate) fn new(config: OutboxRelay) -> Result<Self, String> {
+        Ok(Relay {
+            webhooks: webhook::Webhooks::new(&config.webhook, config.timeout)?,
             config,
             nats: tokio::sync::Mutex::new(None),
-        }
+        })
     }
 
     pub(crate) fn config(&self) -> &OutboxRelay {
@@ -265,13 +297,15 @@ impl Destinations for WorkerDestinations<'_> {
         store: &'a dyn Store,
         m: &'a ClaimedMessage,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        let timeout = self.relay.config.timeout;
         Box::pin(async move {
             match &m.destination {
                 Destination::Signal { instance, name } => {
                     deliver_signal(store, instance, name, m).await
                 }
-                Destination::Http { url } => http::post(url, m, timeout).await,
+                Destination::Http { url } => {
+                    let now = store.config().clock.now();
+                    self.relay.webhooks.post(url, m, now).await
+                }
                 Destination::Nats { subject } => self.relay.publish(subject, m).await,
                 Destination::Callback { name } => match self.relay.config.callbacks.get(name) {
                     Some(cb) => cb.call(m.clone()).await,

@@ -17,4 +17,5 @@ mod runtime;
 mod saga;
 mod schedules;
 mod transactional;
+mod webhook;
 mod workflows;

@@ -1,7 +1,7 @@
 //! The outbox relay on real workers with real destinations: callbacks relayed by two workers at
-//! once (each message once, each key in order), an HTTP server started here that fails first, the
-//! NATS JetStream server on this machine (its stream drops a re-send), and signals to a running
-//! orchestration that arrive once however often the relay re-sends them.
+//! once (each message once, each key in order), the NATS JetStream server on this machine (its
+//! stream drops a re-send), and signals to a running orchestration that arrive once however often
+//! the relay re-sends them. Webhooks are in `webhook`.
 //!
 //! NATS: `QUARK_TEST_NATS_URL` (default `127.0.0.1:4222`). Unreachable NATS skips those tests with
 //! a notice, unless `CI` or `QUARK_REQUIRE_NATS` is set, which makes it a failure.
@@ -18,18 +18,16 @@ use quark_history::{
 use quark_worker::relay::nats::NatsClient;
 use quark_worker::{DeliveryError, OutboxRelay, RunningWorker, Worker};
 use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry, orchestration};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 quark_history::backend_tests!(
     it_relays_each_message_once_and_each_key_in_order_across_two_workers,
     it_claims_other_keys_while_one_key_is_still_being_delivered,
-    it_posts_to_a_webhook_retrying_a_500_with_the_same_idempotency_key,
     it_publishes_to_jetstream_which_drops_a_resend_by_message_id,
     it_signals_a_running_orchestration_once_even_when_the_relay_resends,
     it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery,
 );
 
-fn relay() -> OutboxRelay {
+pub(crate) fn relay() -> OutboxRelay {
     OutboxRelay::new()
         .poll_interval(Duration::from_millis(20))
         .backoff(Duration::from_secs(1), Duration::from_secs(1))
@@ -37,7 +35,7 @@ fn relay() -> OutboxRelay {
         .timeout(Duration::from_secs(5))
 }
 
-async fn start(
+pub(crate) async fn start(
     t: &TestStore,
     id: &str,
     relay: OutboxRelay,
@@ -55,14 +53,14 @@ async fn start(
     builder.build().unwrap().start().await.unwrap()
 }
 
-async fn messages(store: &dyn Store, state: MessageState) -> Vec<OutboxRecord> {
+pub(crate) async fn messages(store: &dyn Store, state: MessageState) -> Vec<OutboxRecord> {
     store
         .list_outbox(OutboxFilter::default().state(state).limit(10_000))
         .await
         .unwrap()
 }
 
-async fn message(store: &dyn Store, id: i64) -> OutboxRecord {
+pub(crate) async fn message(store: &dyn Store, id: i64) -> OutboxRecord {
     store
         .list_outbox(OutboxFilter::default().limit(10_000))
         .await
@@ -260,167 +258,6 @@ async fn it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_deli
     );
     assert_eq!(message(t.store.as_ref(), ids[0]).await.attempts, 2);
     survivor.shutdown().await;
-}
-
-// -- HTTP -----------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Request {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-/// A tiny webhook: records each request and answers with the next status of its path's script
-/// (then 200).
-struct Webhook {
-    addr: std::net::SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn webhook(script: HashMap<String, Vec<u16>>) -> Webhook {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
-    let script = Arc::new(Mutex::new(script));
-    let recorded = Arc::clone(&requests);
-    let server = tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let recorded = Arc::clone(&recorded);
-            let script = Arc::clone(&script);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i;
-                    }
-                    let n = conn.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the client closed before its headers ended");
-                    buf.extend_from_slice(&chunk[..n]);
-                };
-                let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-                let mut lines = head.split("\r\n");
-                let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_string();
-                let headers: HashMap<String, String> = lines
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                    .collect();
-                let len: usize = headers["content-length"].parse().unwrap();
-                let mut body = buf[head_end + 4..].to_vec();
-                while body.len() < len {
-                    let n = conn.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the client closed before its body ended");
-                    body.extend_from_slice(&chunk[..n]);
-                }
-                let status = {
-                    let mut script = script.lock().unwrap();
-                    let next = script.get_mut(&path).filter(|s| !s.is_empty());
-                    next.map_or(200, |s| s.remove(0))
-                };
-                recorded.lock().unwrap().push(Request {
-                    path,
-                    headers,
-                    body,
-                });
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-                );
-                let _ = conn.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    Webhook {
-        addr,
-        requests,
-        server,
-    }
-}
-
-async fn it_posts_to_a_webhook_retrying_a_500_with_the_same_idempotency_key(t: &TestStore) {
-    let hook = webhook(HashMap::from([
-        ("/flaky".to_string(), vec![500, 503]),
-        ("/gone".to_string(), vec![404]),
-    ]))
-    .await;
-    let worker = start(t, "relay-http", relay(), None).await;
-    let url = |path: &str| format!("http://{}{path}", hook.addr);
-    let ids = t
-        .store
-        .send(vec![
-            OutboxMessage::json(
-                Destination::http(url("/flaky")),
-                &serde_json::json!({"order": 7}),
-            )
-            .unwrap()
-            .header("x-trace", "t-1"),
-            OutboxMessage::new(Destination::http(url("/gone")), b"bye".to_vec()),
-            OutboxMessage::new(
-                Destination::http("https://example.invalid/x"),
-                b"tls".to_vec(),
-            ),
-        ])
-        .await
-        .unwrap();
-    // Retries are due on the store's clock: move it until the flaky one gets through.
-    t.advance_until(
-        Duration::from_millis(250),
-        "the flaky webhook accepts",
-        async || message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent,
-    )
-    .await;
-    eventually("the refused messages are dead", async || {
-        messages(t.store.as_ref(), MessageState::Dead).await.len() == 2
-    })
-    .await;
-    let flaky: Vec<Request> = hook
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.path == "/flaky")
-        .cloned()
-        .collect();
-    assert_eq!(flaky.len(), 3, "two failures, then success");
-    let sent = message(t.store.as_ref(), ids[0]).await;
-    assert_eq!(sent.attempts, 3);
-    for r in &flaky {
-        assert_eq!(r.headers["idempotency-key"], sent.idempotency_key);
-        assert_eq!(r.headers["content-type"], "application/json");
-        assert_eq!(r.headers["x-trace"], "t-1");
-        assert_eq!(r.body, br#"{"order":7}"#);
-    }
-    let gone = message(t.store.as_ref(), ids[1]).await;
-    assert_eq!(gone.attempts, 1, "a 404 is not retried");
-    assert!(
-        gone.last_error.as_deref().unwrap().contains("404"),
-        "{gone:?}"
-    );
-    let tls = message(t.store.as_ref(), ids[2]).await;
-    assert!(
-        tls.last_error
-            .as_deref()
-            .unwrap()
-            .contains("https:// webhooks are not supported"),
-        "{tls:?}"
-    );
-    // Re-driven, the 404 path now answers 200.
-    t.store.redrive_message(ids[1]).await.unwrap();
-    eventually("the re-driven message is sent", async || {
-        message(t.store.as_ref(), ids[1]).await.state == MessageState::Sent
-    })
-    .await;
-    worker.shutdown().await;
 }
 
 // -- NATS JetStream -------------------------------------------------------------------------------
