@@ -9,9 +9,8 @@
 //!   messages/s from the first commit to the last delivery, and commit-to-delivery p50/p99.
 //!
 //! "Commit" is the moment `store.send` returns; "delivery" is the moment the destination sees the
-//! message: the in-bench webhook (a tokio server answering 200) has read the whole request, or a
-//! core NATS subscription on the subject (a raw connection opened here: the project's
-//! `NatsClient` only does requests on its own inbox) receives it. The relay itself waits for the
+//! message: the in-bench webhook (a tokio server answering 200, keeping connections alive) has read
+//! the whole request, or a core NATS subscription on the subject receives it. The relay itself waits for the
 //! JetStream ack before it marks a message sent. Every message must arrive exactly once (counted
 //! by idempotency key) and each key in order, or the bench panics.
 //!
@@ -25,9 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use quark_history::{Destination, OutboxMessage, PostgresStore, SqliteStore, Store};
-use quark_worker::relay::nats::NatsClient;
 use quark_worker::{OutboxRelay, Worker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -130,45 +129,48 @@ fn record(sink: &Sink, idempotency_key: String, payload: &[u8]) {
 
 // -- the webhook ----------------------------------------------------------------------------------
 
-/// An HTTP server on 127.0.0.1 that records each request once it is read and answers 200.
+/// An HTTP server on 127.0.0.1 that records each request once it is read and answers 200, on
+/// connections kept alive for the next request.
 async fn webhook(sink: Sink) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
+            let Ok((conn, _)) = listener.accept().await else {
                 return;
             };
             let sink = Arc::clone(&sink);
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i;
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
                     }
-                    let n = conn.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the client closed before its headers ended");
-                    buf.extend_from_slice(&chunk[..n]);
-                };
-                let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
-                let headers: HashMap<String, String> = head
-                    .split("\r\n")
-                    .skip(1)
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                    .collect();
-                let len: usize = headers["content-length"].parse().unwrap();
-                let mut body = buf[head_end + 4..].to_vec();
-                while body.len() < len {
-                    let n = conn.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the client closed before its body ended");
-                    body.extend_from_slice(&chunk[..n]);
+                    let mut headers = HashMap::new();
+                    loop {
+                        line.clear();
+                        conn.read_line(&mut line).await.unwrap();
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        let (k, v) = l.split_once(": ").expect("a header line");
+                        headers.insert(k.to_ascii_lowercase(), v.to_string());
+                    }
+                    let len: usize = headers["content-length"].parse().unwrap();
+                    let mut body = vec![0; len];
+                    conn.read_exact(&mut body).await.unwrap();
+                    record(&sink, headers["idempotency-key"].clone(), &body);
+                    if conn
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
-                record(&sink, headers["idempotency-key"].clone(), &body);
-                let _ = conn
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
             });
         }
     });
@@ -181,76 +183,50 @@ fn nats_url() -> String {
     std::env::var("QUARK_TEST_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into())
 }
 
-/// A core NATS subscription on `subject`, on a raw connection: `NatsClient` has no `SUB` of its
-/// own beyond its reply inbox. Returns once the server has confirmed the subscription (`PONG`).
+/// A core NATS subscription on `subject`; returns once the server has it.
 async fn subscribe(subject: &str, sink: Sink) -> tokio::task::JoinHandle<()> {
-    let addr = nats_url();
-    let stream = tokio::net::TcpStream::connect(addr.strip_prefix("nats://").unwrap_or(&addr))
+    let client = async_nats::connect(nats_url())
         .await
         .expect("NATS for the benchmark");
-    stream.set_nodelay(true).unwrap();
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.unwrap();
-    assert!(line.starts_with("INFO"), "{line:?}");
-    let hello = format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1,\"name\":\"quark-bench\"}}\r\nSUB {subject} 1\r\nPING\r\n"
-    );
-    write.write_all(hello.as_bytes()).await.unwrap();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await.unwrap();
-        match line.trim_end() {
-            "PONG" => break,
-            l if l.starts_with("-ERR") => panic!("NATS refused the subscription: {l}"),
-            _ => {}
-        }
-    }
+    let mut messages = client.subscribe(subject.to_string()).await.unwrap();
+    client.flush().await.unwrap();
     tokio::spawn(async move {
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let words: Vec<&str> = line.split_ascii_whitespace().collect();
-            match words.as_slice() {
-                ["PING"] => write.write_all(b"PONG\r\n").await.unwrap(),
-                // HMSG <subject> <sid> [reply-to] <#header bytes> <#total bytes>
-                ["HMSG", .., h, t] => {
-                    let (h, t): (usize, usize) = (h.parse().unwrap(), t.parse().unwrap());
-                    let mut frame = vec![0u8; t + 2];
-                    reader.read_exact(&mut frame).await.unwrap();
-                    let head = String::from_utf8_lossy(&frame[..h]).to_string();
-                    let id = head
-                        .split("\r\n")
-                        .filter_map(|l| l.split_once(':'))
-                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("nats-msg-id"))
-                        .map(|(_, v)| v.trim().to_string())
-                        .expect("the relay sets Nats-Msg-Id");
-                    record(&sink, id, &frame[h..t]);
-                }
-                ["MSG", ..] => panic!("a message without headers: {line:?}"),
-                _ => {}
-            }
+        let _client = client;
+        while let Some(m) = messages.next().await {
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .expect("the relay sets Nats-Msg-Id")
+                .to_string();
+            record(&sink, id, &m.payload);
         }
     })
-}
-
-async fn js(client: &mut NatsClient, api: &str, body: serde_json::Value) -> serde_json::Value {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(&format!("$JS.API.{api}"), &[], body.to_string().as_bytes()),
-    )
-    .await
-    .expect("JetStream API answers in time")
-    .expect("JetStream API request");
-    serde_json::from_slice(&reply.payload).expect("a JSON answer")
 }
 
 /// The bench's JetStream stream, deleted however the bench ends.
 struct Stream {
     name: String,
+}
+
+impl Stream {
+    async fn create(tag: &str) -> Stream {
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("NATS for the benchmark");
+        let name = format!("QUARK_BENCH_{tag}");
+        async_nats::jetstream::new(client)
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("quarkbench.{tag}.>")],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .expect("create the bench stream");
+        Stream { name }
+    }
 }
 
 impl Drop for Stream {
@@ -263,14 +239,14 @@ impl Drop for Stream {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok(mut c) = NatsClient::connect(&nats_url()).await {
-                    let deleted = js(
-                        &mut c,
-                        &format!("STREAM.DELETE.{name}"),
-                        serde_json::json!({}),
-                    )
-                    .await;
-                    eprintln!("[nats] stream {name} deleted: {deleted}");
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let deleted = async_nats::jetstream::new(client)
+                        .delete_stream(&name)
+                        .await;
+                    eprintln!(
+                        "[nats] stream {name} deleted: {:?}",
+                        deleted.map(|s| s.success)
+                    );
                 }
             });
         })
@@ -352,26 +328,8 @@ async fn bench(
             (Destination::http(format!("http://{addr}/hook")), server)
         }
         _ => {
-            let mut client = NatsClient::connect(&nats_url())
-                .await
-                .expect("NATS for the benchmark");
-            let stream = Stream {
-                name: format!("QUARK_BENCH_{tag}"),
-            };
+            _stream = Some(Stream::create(&tag).await);
             let subject = format!("quarkbench.{tag}.out");
-            let created = js(
-                &mut client,
-                &format!("STREAM.CREATE.{}", stream.name),
-                serde_json::json!({
-                    "name": stream.name,
-                    "subjects": [format!("quarkbench.{tag}.>")],
-                    "storage": "file",
-                    "duplicate_window": 120_000_000_000u64,
-                }),
-            )
-            .await;
-            assert!(created.get("error").is_none(), "stream create: {created}");
-            _stream = Some(stream);
             let sub = subscribe(&subject, Arc::clone(&sink)).await;
             (Destination::nats(subject), sub)
         }

@@ -14,7 +14,7 @@
 //! signed), NATS JetStream ([`nats`]), and callbacks registered by name.
 
 pub(crate) mod callback;
-pub mod nats;
+pub(crate) mod nats;
 pub(crate) mod webhook;
 
 use std::collections::HashMap;
@@ -44,7 +44,7 @@ pub struct OutboxRelay {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) timeout: Duration,
-    pub(crate) nats_url: String,
+    pub(crate) nats: nats::NatsOptions,
     pub(crate) webhook: webhook::WebhookOptions,
     pub(crate) callbacks: HashMap<String, Callback>,
     pub(crate) sent_retention: Duration,
@@ -59,7 +59,8 @@ impl fmt::Debug for OutboxRelay {
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &self.nats.url)
+            .field("nats_auth", &self.nats.auth)
             .field("webhook_signed", &self.webhook.secret.is_some())
             .field("webhook_roots", &self.webhook.roots.len())
             .field("webhook_proxy", &self.webhook.proxy)
@@ -78,7 +79,7 @@ impl Default for OutboxRelay {
             max_attempts: 12,
             backoff: (Duration::from_secs(1), Duration::from_secs(300)),
             timeout: Duration::from_secs(10),
-            nats_url: "127.0.0.1:4222".into(),
+            nats: nats::NatsOptions::default(),
             webhook: webhook::WebhookOptions::default(),
             callbacks: HashMap::new(),
             sent_retention: Duration::from_secs(24 * 3600),
@@ -140,9 +141,57 @@ impl OutboxRelay {
         self
     }
 
-    /// The NATS server (`host:port` or `nats://host:port`) for `nats:` destinations.
+    /// The NATS server for `nats:` destinations: `host:port`, `nats://host:port`, or
+    /// `tls://host:port` for TLS; several, separated by commas, for a cluster. Credentials in the
+    /// URL (`nats://user:password@host`) are used too.
     pub fn nats(mut self, url: impl Into<String>) -> Self {
-        self.nats_url = url.into();
+        self.nats.url = url.into();
+        self
+    }
+
+    /// Authenticates to NATS with a user and password.
+    pub fn nats_user_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.nats.auth = nats::NatsAuth::UserPassword(user.into(), password.into());
+        self
+    }
+
+    /// Authenticates to NATS with a token.
+    pub fn nats_token(mut self, token: impl Into<String>) -> Self {
+        self.nats.auth = nats::NatsAuth::Token(token.into());
+        self
+    }
+
+    /// Authenticates to NATS with a `.creds` file (a user JWT and its NKey seed), read when the
+    /// relay first connects.
+    pub fn nats_credentials_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.nats.auth = nats::NatsAuth::CredentialsFile(path.into());
+        self
+    }
+
+    /// Refuses to talk to NATS without TLS (a `tls://` URL requires it too).
+    pub fn nats_require_tls(mut self, required: bool) -> Self {
+        self.nats.require_tls = required;
+        self
+    }
+
+    /// Trusts the certificate authorities in this PEM file for NATS, besides the public web's.
+    pub fn nats_root_certificate(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.nats.roots.push(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) to NATS, for servers that verify
+    /// clients.
+    pub fn nats_client_certificate(
+        mut self,
+        certificate: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.nats.client_certificate = Some((certificate.into(), key.into()));
         self
     }
 
@@ -209,7 +258,7 @@ impl OutboxRelay {
 pub(crate) struct Relay {
     config: OutboxRelay,
     webhooks: webhook::Webhooks,
-    nats: tokio::sync::Mutex<Option<nats::NatsClient>>,
+    nats: nats::Nats,
 }
 
 impl Relay {
@@ -218,38 +267,13 @@ impl Relay {
     pub(crate) fn new(config: OutboxRelay) -> Result<Self, String> {
         Ok(Relay {
             webhooks: webhook::Webhooks::new(&config.webhook, config.timeout)?,
+            nats: nats::Nats::new(config.nats.clone()),
             config,
-            nats: tokio::sync::Mutex::new(None),
         })
     }
 
     pub(crate) fn config(&self) -> &OutboxRelay {
         &self.config
-    }
-
-    async fn publish(&self, subject: &str, m: &ClaimedMessage) -> Result<(), DeliveryError> {
-        let mut slot = self.nats.lock().await;
-        if slot.is_none() {
-            let client = nats::NatsClient::connect(&self.config.nats_url)
-                .await
-                .map_err(|e| {
-                    DeliveryError::retry(format!(
-                        "cannot connect to NATS at {}: {e}",
-                        self.config.nats_url
-                    ))
-                })?;
-            *slot = Some(client);
-        }
-        let client = slot.as_mut().expect("connected above");
-        match client.publish_jetstream(subject, m).await {
-            Ok(()) => Ok(()),
-            Err(nats::PublishError::Io(e)) => {
-                // The connection's state is unknown: start over next time.
-                *slot = None;
-                Err(DeliveryError::retry(format!("NATS connection: {e}")))
-            }
-            Err(nats::PublishError::Refused(e)) => Err(DeliveryError::retry(e)),
-        }
     }
 
     /// Delivers `m`, then the messages of its key that the store hands over after it, until the
@@ -306,7 +330,7 @@ impl Destinations for WorkerDestinations<'_> {
                     let now = store.config().clock.now();
                     self.relay.webhooks.post(url, m, now).await
                 }
-                Destination::Nats { subject } => self.relay.publish(subject, m).await,
+                Destination::Nats { subject } => self.relay.nats.publish(subject, m).await,
                 Destination::Callback { name } => match self.relay.config.callbacks.get(name) {
                     Some(cb) => cb.call(m.clone()).await,
                     None => Err(DeliveryError::retry(format!(

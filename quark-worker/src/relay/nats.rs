@@ -1,277 +1,163 @@
-//! A minimal NATS client over a tokio `TcpStream`, enough for JetStream publishing with
-//! deduplication: `CONNECT` (with headers and no-responders), one `SUB` on a private reply inbox,
-//! `HPUB` with headers, `PING`/`PONG`, `+OK`/`-ERR`, `MSG`/`HMSG`.
+//! NATS JetStream delivery on `async-nats`: one connection per relay, made on the first `nats:`
+//! message and kept (the client reconnects by itself after a server restart or a network cut,
+//! and buffers publishes meanwhile); TLS (`tls://` URLs, a required-TLS option, extra roots, a
+//! client certificate), user and password, token, and `.creds` files.
 //!
-//! Why not `async-nats`: publishing a message and waiting for its JetStream ack is a few lines of
-//! the text protocol, while the crate would bring its own TLS, nkeys and a large tree of
-//! dependencies into every worker. What this client does not do: TLS, authentication, cluster
-//! discovery and reconnection (the relay reconnects by making a new client after an error), and
-//! more than one request in flight per connection.
+//! Each message is published with its headers and `Nats-Msg-Id` set to its idempotency key, and
+//! counts as delivered once the stream acknowledges it: a re-send within the stream's duplicate
+//! window is acknowledged without being stored twice. Deliveries of different keys publish on the
+//! one connection at once, each waiting for its own ack.
 
-use std::io;
+use std::path::PathBuf;
 
+use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
 use quark_history::ClaimedMessage;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::OnceCell;
 
-/// An answer to a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The status of a header-only answer (`503`: no responders).
-    pub status: Option<u16>,
-    /// The answer's headers.
-    pub headers: Vec<(String, String)>,
-    /// The answer's body.
-    pub payload: Vec<u8>,
+use super::DeliveryError;
+
+/// How a relay connects to NATS; see [`OutboxRelay::nats`] and the options beside it.
+///
+/// [`OutboxRelay::nats`]: super::OutboxRelay::nats
+#[derive(Clone, Debug)]
+pub(crate) struct NatsOptions {
+    /// `host:port`, `nats://host:port` or `tls://host:port`; several separated by commas.
+    pub(crate) url: String,
+    pub(crate) auth: NatsAuth,
+    pub(crate) require_tls: bool,
+    pub(crate) roots: Vec<PathBuf>,
+    pub(crate) client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
-/// Why a JetStream publish failed.
-#[derive(Debug)]
-pub(crate) enum PublishError {
-    /// The connection failed; its state is unknown.
-    Io(io::Error),
-    /// The server answered with a refusal (no stream for the subject, a stream error).
-    Refused(String),
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            url: "127.0.0.1:4222".into(),
+            auth: NatsAuth::None,
+            require_tls: false,
+            roots: Vec::new(),
+            client_certificate: None,
+        }
+    }
 }
 
-/// A connection to one NATS server.
-#[derive(Debug)]
-pub struct NatsClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    inbox: String,
-    next: u64,
+/// How a relay authenticates to NATS.
+#[derive(Clone)]
+pub(crate) enum NatsAuth {
+    None,
+    UserPassword(String, String),
+    Token(String),
+    CredentialsFile(PathBuf),
 }
 
-fn protocol(message: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.into())
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets themselves.
+        f.write_str(match self {
+            NatsAuth::None => "none",
+            NatsAuth::UserPassword(..) => "user and password",
+            NatsAuth::Token(_) => "token",
+            NatsAuth::CredentialsFile(_) => "credentials file",
+        })
+    }
 }
 
-impl NatsClient {
-    /// Connects to `url` (`host:port` or `nats://host:port`) and subscribes to a private inbox.
-    pub async fn connect(url: &str) -> io::Result<Self> {
-        let addr = url.strip_prefix("nats://").unwrap_or(url);
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
-        let mut client = NatsClient {
-            reader: BufReader::new(read),
-            writer,
-            inbox: format!("_INBOX.{}", uuid::Uuid::now_v7().simple()),
-            next: 0,
+/// The NATS connection of one relay.
+pub(crate) struct Nats {
+    options: NatsOptions,
+    context: OnceCell<jetstream::Context>,
+}
+
+impl Nats {
+    pub(crate) fn new(options: NatsOptions) -> Self {
+        Nats {
+            options,
+            context: OnceCell::new(),
+        }
+    }
+
+    /// The JetStream context, connecting on first use. A failed first connection is tried again
+    /// by the next delivery.
+    async fn context(&self) -> Result<&jetstream::Context, DeliveryError> {
+        self.context
+            .get_or_try_init(|| async {
+                let client = self
+                    .connect_options()
+                    .await?
+                    .connect(&self.options.url)
+                    .await;
+                let client = client.map_err(|e| {
+                    DeliveryError::retry(format!(
+                        "cannot connect to NATS at {}: {e}",
+                        self.options.url
+                    ))
+                })?;
+                Ok(jetstream::new(client))
+            })
+            .await
+    }
+
+    async fn connect_options(&self) -> Result<async_nats::ConnectOptions, DeliveryError> {
+        let o = &self.options;
+        let mut options = async_nats::ConnectOptions::new().name("quark-outbox");
+        options = match &o.auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword(user, password) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => options.token(token.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                options.credentials_file(path).await.map_err(|e| {
+                    DeliveryError::retry(format!(
+                        "reading the NATS credentials file {}: {e}",
+                        path.display()
+                    ))
+                })?
+            }
         };
-        let info = client.read_line().await?;
-        if !info.starts_with("INFO") {
-            return Err(protocol(format!(
-                "expected INFO from the server, got {info:?}"
-            )));
+        for root in &o.roots {
+            options = options.add_root_certificates(root.clone());
         }
-        let connect = serde_json::json!({
-            "verbose": false,
-            "pedantic": false,
-            "headers": true,
-            "no_responders": true,
-            "protocol": 1,
-            "name": "quark-outbox",
-            "lang": "rust",
-            "version": env!("CARGO_PKG_VERSION"),
-        });
-        let hello = format!("CONNECT {connect}\r\nPING\r\nSUB {}.* 1\r\n", client.inbox);
-        client.writer.write_all(hello.as_bytes()).await?;
-        loop {
-            let line = client.read_line().await?;
-            match line.as_str() {
-                "PONG" => break,
-                "PING" => client.writer.write_all(b"PONG\r\n").await?,
-                l if l.starts_with("-ERR") => {
-                    return Err(protocol(format!("NATS refused the connection: {l}")));
-                }
-                _ => {}
-            }
+        if let Some((cert, key)) = &o.client_certificate {
+            options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        Ok(client)
+        Ok(options.require_tls(o.require_tls))
     }
 
-    async fn read_line(&mut self) -> io::Result<String> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "NATS closed the connection",
-            ));
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_string())
-    }
-
-    /// Publishes `payload` to `subject` with `headers` and waits for the answer on a private
-    /// reply subject.
-    pub async fn request(
-        &mut self,
-        subject: &str,
-        headers: &[(String, String)],
-        payload: &[u8],
-    ) -> io::Result<Reply> {
-        if subject.is_empty() || subject.contains(char::is_whitespace) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid NATS subject {subject:?}"),
-            ));
-        }
-        self.next += 1;
-        let reply_to = format!("{}.{}", self.inbox, self.next);
-        let mut frame = Vec::with_capacity(payload.len() + 128);
-        if headers.is_empty() {
-            frame.extend_from_slice(
-                format!("PUB {subject} {reply_to} {}\r\n", payload.len()).as_bytes(),
-            );
-        } else {
-            let mut block = String::from("NATS/1.0\r\n");
-            for (name, value) in headers {
-                block.push_str(&format!("{name}: {value}\r\n"));
-            }
-            block.push_str("\r\n");
-            frame.extend_from_slice(
-                format!(
-                    "HPUB {subject} {reply_to} {} {}\r\n",
-                    block.len(),
-                    block.len() + payload.len()
-                )
-                .as_bytes(),
-            );
-            frame.extend_from_slice(block.as_bytes());
-        }
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(b"\r\n");
-        self.writer.write_all(&frame).await?;
-        loop {
-            let line = self.read_line().await?;
-            let mut words = line.split_ascii_whitespace();
-            match words.next() {
-                Some("PING") => self.writer.write_all(b"PONG\r\n").await?,
-                Some("MSG") => {
-                    // MSG <subject> <sid> [reply-to] <#bytes>
-                    let words: Vec<&str> = words.collect();
-                    let (subject, len) = match words.as_slice() {
-                        [s, _, len] | [s, _, _, len] => (s.to_string(), len.parse::<usize>()),
-                        _ => return Err(protocol(format!("malformed {line:?}"))),
-                    };
-                    let len = len.map_err(|_| protocol(format!("malformed {line:?}")))?;
-                    let body = self.read_body(len).await?;
-                    if subject == reply_to {
-                        return Ok(Reply {
-                            status: None,
-                            headers: Vec::new(),
-                            payload: body,
-                        });
-                    }
-                }
-                Some("HMSG") => {
-                    // HMSG <subject> <sid> [reply-to] <#header bytes> <#total bytes>
-                    let words: Vec<&str> = words.collect();
-                    let (subject, hlen, tlen) = match words.as_slice() {
-                        [s, _, h, t] | [s, _, _, h, t] => {
-                            (s.to_string(), h.parse::<usize>(), t.parse::<usize>())
-                        }
-                        _ => return Err(protocol(format!("malformed {line:?}"))),
-                    };
-                    let (Ok(hlen), Ok(tlen)) = (hlen, tlen) else {
-                        return Err(protocol(format!("malformed {line:?}")));
-                    };
-                    if hlen > tlen {
-                        return Err(protocol(format!("malformed {line:?}")));
-                    }
-                    let mut body = self.read_body(tlen).await?;
-                    if subject == reply_to {
-                        let payload = body.split_off(hlen);
-                        let (status, headers) = parse_headers(&body);
-                        return Ok(Reply {
-                            status,
-                            headers,
-                            payload,
-                        });
-                    }
-                }
-                Some("-ERR") => return Err(protocol(format!("NATS error: {line}"))),
-                // +OK, PONG, INFO updates: nothing to do.
-                _ => {}
-            }
-        }
-    }
-
-    async fn read_body(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        let mut body = vec![0u8; len + 2];
-        self.reader.read_exact(&mut body).await?;
-        body.truncate(len);
-        Ok(body)
-    }
-
-    /// Publishes a message to JetStream with `Nats-Msg-Id` set to its idempotency key, and waits
-    /// for the stream's ack (a duplicate within the stream's window is acked too, not stored).
-    pub(crate) async fn publish_jetstream(
-        &mut self,
+    /// Publishes `m` to `subject` and waits for the stream's acknowledgement.
+    pub(crate) async fn publish(
+        &self,
         subject: &str,
         m: &ClaimedMessage,
-    ) -> Result<(), PublishError> {
-        let mut headers: Vec<(String, String)> = m
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.eq_ignore_ascii_case("nats-msg-id"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        headers.push(("Nats-Msg-Id".into(), m.idempotency_key.clone()));
-        let reply = self
-            .request(subject, &headers, &m.payload)
+    ) -> Result<(), DeliveryError> {
+        let context = self.context().await?;
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &m.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(m.payload.clone().into())
+            .headers(headers)
+            .message_id(&m.idempotency_key);
+        let ack = context
+            .send_publish(subject.to_string(), publish)
             .await
-            .map_err(PublishError::Io)?;
-        if reply.status == Some(503) {
-            return Err(PublishError::Refused(format!(
-                "no JetStream stream takes subject `{subject}` (no responders)"
-            )));
-        }
-        let ack: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|_| {
-            PublishError::Refused(format!(
-                "not a JetStream ack from `{subject}`: {:?}",
-                String::from_utf8_lossy(&reply.payload)
-            ))
-        })?;
-        if let Some(error) = ack.get("error") {
-            return Err(PublishError::Refused(format!("JetStream refused: {error}")));
-        }
-        if ack.get("stream").is_none() {
-            return Err(PublishError::Refused(format!(
-                "not a JetStream ack from `{subject}`: {ack}"
-            )));
-        }
-        Ok(())
+            .map_err(|e| refused(subject, e.kind(), &e))?;
+        ack.await
+            .map_err(|e| refused(subject, e.kind(), &e))
+            .map(|_| ())
     }
 }
 
-/// Parses a `NATS/1.0 [status]` header block.
-fn parse_headers(block: &[u8]) -> (Option<u16>, Vec<(String, String)>) {
-    let text = String::from_utf8_lossy(block);
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|first| first.split_ascii_whitespace().nth(1))
-        .and_then(|s| s.parse().ok());
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    (status, headers)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_reads_the_status_and_headers_of_a_header_block() {
-        let (status, headers) = parse_headers(b"NATS/1.0 503\r\n\r\n");
-        assert_eq!((status, headers.len()), (Some(503), 0));
-        let (status, headers) = parse_headers(b"NATS/1.0\r\nNats-Msg-Id: k1\r\n\r\n");
-        assert_eq!(status, None);
-        assert_eq!(headers, [("Nats-Msg-Id".to_string(), "k1".to_string())]);
+/// What a refused publish means for the message.
+fn refused(subject: &str, kind: PublishErrorKind, e: &dyn std::fmt::Display) -> DeliveryError {
+    match kind {
+        // Will not fit however often it is sent.
+        PublishErrorKind::MaxPayloadExceeded => {
+            DeliveryError::permanent(format!("NATS {subject}: {e}"))
+        }
+        // A stream may be created for the subject later; the server may come back.
+        _ => DeliveryError::retry(format!("NATS {subject}: {e}")),
     }
 }

@@ -12,6 +12,7 @@ mod drivers;
 mod job_control;
 mod job_workflow;
 mod jobs;
+mod nats_tls;
 mod outbox;
 mod runtime;
 mod saga;

@@ -15,7 +15,6 @@ use quark_history::{
     Destination, HistoryEvent, HistoryRange, MessageState, OutboxFilter, OutboxMessage,
     OutboxRecord, Store,
 };
-use quark_worker::relay::nats::NatsClient;
 use quark_worker::{DeliveryError, OutboxRelay, RunningWorker, Worker};
 use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry, orchestration};
 
@@ -270,48 +269,15 @@ fn nats_required() -> bool {
     std::env::var_os("CI").is_some() || std::env::var_os("QUARK_REQUIRE_NATS").is_some()
 }
 
-async fn js(client: &mut NatsClient, api: &str, body: serde_json::Value) -> serde_json::Value {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(&format!("$JS.API.{api}"), &[], body.to_string().as_bytes()),
-    )
-    .await
-    .expect("JetStream API answers in time")
-    .expect("JetStream API request");
-    serde_json::from_slice(&reply.payload).expect("a JSON answer")
-}
-
-/// Deletes the test's stream however the test ends.
-struct Stream {
-    name: String,
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // A runtime of its own: Drop cannot await, and this may run while a test panics.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = NatsClient::connect(&nats_url()).await {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        c.request(&format!("$JS.API.STREAM.DELETE.{name}"), &[], b""),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestStore) {
-    let mut client = match NatsClient::connect(&nats_url()).await {
-        Ok(c) => c,
+/// A JetStream context on the test's NATS server, or `None` (the test skips) when it is
+/// unreachable and not required.
+pub(crate) async fn jetstream() -> Option<async_nats::jetstream::Context> {
+    let connected = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(nats_url()))
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match connected {
+        Ok(client) => Some(async_nats::jetstream::new(client)),
         Err(e) if nats_required() => panic!(
             "NATS is required (CI or QUARK_REQUIRE_NATS is set) but {} is unreachable: {e}",
             nats_url()
@@ -321,36 +287,76 @@ async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestSt
                 "quark: NATS tests SKIPPED: cannot connect to {}: {e}",
                 nats_url()
             );
-            return;
+            None
         }
-    };
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let stream = Stream {
-        name: format!("QUARK_TEST_{tag}"),
-    };
-    let subject = format!("quarktest.{tag}");
-    let created = js(
-        &mut client,
-        &format!("STREAM.CREATE.{}", stream.name),
-        serde_json::json!({
-            "name": stream.name,
-            "subjects": [format!("{subject}.>")],
-            "storage": "memory",
-            "duplicate_window": 120_000_000_000u64,
-        }),
-    )
-    .await;
-    assert!(created.get("error").is_none(), "stream create: {created}");
-    let stored = async |client: &mut NatsClient| {
-        js(
-            client,
-            &format!("STREAM.INFO.{}", stream.name),
-            serde_json::json!({}),
-        )
-        .await["state"]["messages"]
-            .as_u64()
-            .unwrap()
-    };
+    }
+}
+
+/// A memory stream of the test's own on `{subject}.>`, deleted however the test ends.
+pub(crate) struct Stream {
+    name: String,
+    js: async_nats::jetstream::Context,
+}
+
+impl Stream {
+    pub(crate) async fn create(js: &async_nats::jetstream::Context, subject: &str) -> Stream {
+        let name = format!("QUARK_TEST_{}", uuid::Uuid::now_v7().simple());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subject}.>")],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create the test stream");
+        Stream {
+            name,
+            js: js.clone(),
+        }
+    }
+
+    /// How many messages the stream holds.
+    pub(crate) async fn stored(&self) -> u64 {
+        let mut stream = self.js.get_stream(&self.name).await.expect("the stream");
+        stream
+            .info()
+            .await
+            .expect("the stream's info")
+            .state
+            .messages
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A runtime and a connection of its own: Drop cannot await, and this may run while a
+        // test panics, with the test's runtime going away.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let delete = async {
+                    let client = async_nats::connect(nats_url()).await.ok()?;
+                    async_nats::jetstream::new(client)
+                        .delete_stream(&name)
+                        .await
+                        .ok()
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), delete).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestStore) {
+    let Some(js) = jetstream().await else { return };
+    let subject = format!("quarktest.{}", uuid::Uuid::now_v7().simple());
+    let stream = Stream::create(&js, &subject).await;
 
     let worker = start(t, "relay-nats", relay().nats(nats_url()), None).await;
     let ids = t
@@ -364,7 +370,7 @@ async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestSt
         message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent
     })
     .await;
-    assert_eq!(stored(&mut client).await, 1);
+    assert_eq!(stream.stored().await, 1);
 
     // The relay sends it again (as after a crash before it was marked sent): same Nats-Msg-Id,
     // and JetStream acks without storing it twice.
@@ -374,7 +380,7 @@ async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestSt
         m.state == MessageState::Sent && m.attempts == 2
     })
     .await;
-    assert_eq!(stored(&mut client).await, 1, "the re-send was deduplicated");
+    assert_eq!(stream.stored().await, 1, "the re-send was deduplicated");
 
     // A different message is stored: the count above is not blind.
     t.store
@@ -387,7 +393,7 @@ async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestSt
         messages(t.store.as_ref(), MessageState::Sent).await.len() == 2
     })
     .await;
-    assert_eq!(stored(&mut client).await, 2);
+    assert_eq!(stream.stored().await, 2);
     worker.shutdown().await;
     drop(stream);
 }
