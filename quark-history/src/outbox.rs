@@ -26,7 +26,7 @@ use crate::store::StoreConfig;
 pub const OUTBOX_WAKE_QUEUE: &str = "outbox";
 
 /// Where a message goes. Stored as text: `signal:<instance>/<name>`, `http:<url>`,
-/// `nats:<subject>`, `callback:<name>`.
+/// `nats:<subject>`, `amqp:<exchange>/<routing key>`, `redis:<stream>`, `callback:<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Destination {
@@ -48,6 +48,22 @@ pub enum Destination {
     Nats {
         /// The subject.
         subject: String,
+    },
+    /// A RabbitMQ (AMQP 0-9-1) exchange, published with publisher confirms and the idempotency
+    /// key as `message_id` (RabbitMQ does not deduplicate: consumers do, by that id). Relayed by
+    /// workers built with `quark-worker`'s `rabbitmq` feature.
+    Amqp {
+        /// The exchange (empty: the default exchange, which routes to the queue named by the
+        /// routing key).
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// A Redis stream, appended with `XADD` once per idempotency key within the relay's
+    /// deduplication window. Relayed by workers built with `quark-worker`'s `redis` feature.
+    RedisStream {
+        /// The stream's key.
+        stream: String,
     },
     /// A Rust callback registered on the relaying workers under this name.
     Callback {
@@ -77,6 +93,22 @@ impl Destination {
         }
     }
 
+    /// A RabbitMQ exchange and routing key (`""` as the exchange: straight to the queue named
+    /// `routing_key`).
+    pub fn amqp(exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        Destination::Amqp {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }
+    }
+
+    /// A Redis stream.
+    pub fn redis_stream(stream: impl Into<String>) -> Self {
+        Destination::RedisStream {
+            stream: stream.into(),
+        }
+    }
+
     /// A callback registered under `name`.
     pub fn callback(name: impl Into<String>) -> Self {
         Destination::Callback { name: name.into() }
@@ -89,6 +121,11 @@ impl fmt::Display for Destination {
             Destination::Signal { instance, name } => write!(f, "signal:{instance}/{name}"),
             Destination::Http { url } => write!(f, "http:{url}"),
             Destination::Nats { subject } => write!(f, "nats:{subject}"),
+            Destination::Amqp {
+                exchange,
+                routing_key,
+            } => write!(f, "amqp:{exchange}/{routing_key}"),
+            Destination::RedisStream { stream } => write!(f, "redis:{stream}"),
             Destination::Callback { name } => write!(f, "callback:{name}"),
         }
     }
@@ -100,7 +137,7 @@ impl FromStr for Destination {
     fn from_str(s: &str) -> Result<Self> {
         let invalid = |why: &str| {
             Error::Invalid(format!(
-                "destination `{s}`: {why}; expected signal:<instance>/<name>, http:<url>, nats:<subject> or callback:<name>"
+                "destination `{s}`: {why}; expected signal:<instance>/<name>, http:<url>, nats:<subject>, amqp:<exchange>/<routing key>, redis:<stream> or callback:<name>"
             ))
         };
         let (kind, target) = s.split_once(':').ok_or_else(|| invalid("no kind"))?;
@@ -124,6 +161,16 @@ impl FromStr for Destination {
                 }
                 Ok(Destination::nats(target))
             }
+            "amqp" => {
+                let (exchange, routing_key) = target
+                    .split_once('/')
+                    .ok_or_else(|| invalid("AMQP needs <exchange>/<routing key> (an empty exchange is the default one)"))?;
+                if routing_key.is_empty() && exchange.is_empty() {
+                    return Err(invalid("AMQP needs an exchange or a routing key"));
+                }
+                Ok(Destination::amqp(exchange, routing_key))
+            }
+            "redis" => Ok(Destination::redis_stream(target)),
             "callback" => Ok(Destination::callback(target)),
             _ => Err(invalid("unknown kind")),
         }
@@ -484,11 +531,17 @@ mod tests {
             Destination::signal("a/b", "paid"),
             Destination::http("http://127.0.0.1:8080/hook?x=1"),
             Destination::nats("orders.created"),
+            Destination::amqp("orders", "order.created/eu"),
+            Destination::amqp("", "work-queue"),
+            Destination::redis_stream("orders:events"),
             Destination::callback("audit"),
         ] {
             assert_eq!(d.to_string().parse::<Destination>().unwrap(), d);
         }
-        for bad in ["", "signal:", "signal:x", "smtp:a@b", "nats:a b", "http:"] {
+        for bad in [
+            "", "signal:", "signal:x", "smtp:a@b", "nats:a b", "http:", "amqp:x", "amqp:/",
+            "redis:",
+        ] {
             assert!(bad.parse::<Destination>().is_err(), "{bad} parsed");
         }
     }

@@ -15,6 +15,10 @@
 
 pub(crate) mod callback;
 pub(crate) mod nats;
+#[cfg(feature = "rabbitmq")]
+pub(crate) mod rabbitmq;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_streams;
 pub(crate) mod webhook;
 
 use std::collections::HashMap;
@@ -46,6 +50,9 @@ pub struct OutboxRelay {
     pub(crate) timeout: Duration,
     pub(crate) nats: nats::NatsOptions,
     pub(crate) webhook: webhook::WebhookOptions,
+    pub(crate) amqp_url: String,
+    pub(crate) redis_url: String,
+    pub(crate) redis_window: Duration,
     pub(crate) callbacks: HashMap<String, Callback>,
     pub(crate) sent_retention: Duration,
     pub(crate) inbox_window: Duration,
@@ -64,6 +71,7 @@ impl fmt::Debug for OutboxRelay {
             .field("webhook_signed", &self.webhook.secret.is_some())
             .field("webhook_roots", &self.webhook.roots.len())
             .field("webhook_proxy", &self.webhook.proxy)
+            .field("redis_window", &self.redis_window)
             .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -81,6 +89,9 @@ impl Default for OutboxRelay {
             timeout: Duration::from_secs(10),
             nats: nats::NatsOptions::default(),
             webhook: webhook::WebhookOptions::default(),
+            amqp_url: "amqp://127.0.0.1:5672/%2f".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_window: Duration::from_secs(24 * 3600),
             callbacks: HashMap::new(),
             sent_retention: Duration::from_secs(24 * 3600),
             inbox_window: quark_history::DEFAULT_INBOX_WINDOW,
@@ -218,6 +229,28 @@ impl OutboxRelay {
         self
     }
 
+    /// The RabbitMQ broker for `amqp:` destinations (default `amqp://127.0.0.1:5672/%2f`; `amqps://`
+    /// for TLS; user and password in the URL). Needs the `rabbitmq` feature.
+    pub fn amqp(mut self, url: impl Into<String>) -> Self {
+        self.amqp_url = url.into();
+        self
+    }
+
+    /// The Redis server for `redis:` destinations (default `redis://127.0.0.1:6379`; `rediss://`
+    /// for TLS; credentials in the URL). Needs the `redis` feature.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = url.into();
+        self
+    }
+
+    /// How long a Redis stream remembers an idempotency key, so that a re-send is not added twice
+    /// (default 24 h). It must exceed the longest time between two attempts of a message: the
+    /// backoff's maximum plus the lease.
+    pub fn redis_dedup_window(mut self, window: Duration) -> Self {
+        self.redis_window = window;
+        self
+    }
+
     /// Registers a callback for `callback:<name>` destinations.
     pub fn callback<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
     where
@@ -259,6 +292,10 @@ pub(crate) struct Relay {
     config: OutboxRelay,
     webhooks: webhook::Webhooks,
     nats: nats::Nats,
+    #[cfg(feature = "rabbitmq")]
+    rabbitmq: rabbitmq::RabbitMq,
+    #[cfg(feature = "redis")]
+    redis: redis_streams::RedisStreams,
 }
 
 impl Relay {
@@ -268,6 +305,10 @@ impl Relay {
         Ok(Relay {
             webhooks: webhook::Webhooks::new(&config.webhook, config.timeout)?,
             nats: nats::Nats::new(config.nats.clone()),
+            #[cfg(feature = "rabbitmq")]
+            rabbitmq: rabbitmq::RabbitMq::new(config.amqp_url.clone()),
+            #[cfg(feature = "redis")]
+            redis: redis_streams::RedisStreams::new(config.redis_url.clone(), config.redis_window),
             config,
         })
     }
@@ -331,6 +372,13 @@ impl Destinations for WorkerDestinations<'_> {
                     self.relay.webhooks.post(url, m, now).await
                 }
                 Destination::Nats { subject } => self.relay.nats.publish(subject, m).await,
+                #[cfg(feature = "rabbitmq")]
+                Destination::Amqp {
+                    exchange,
+                    routing_key,
+                } => self.relay.rabbitmq.publish(exchange, routing_key, m).await,
+                #[cfg(feature = "redis")]
+                Destination::RedisStream { stream } => self.relay.redis.add(stream, m).await,
                 Destination::Callback { name } => match self.relay.config.callbacks.get(name) {
                     Some(cb) => cb.call(m.clone()).await,
                     None => Err(DeliveryError::retry(format!(
@@ -338,8 +386,12 @@ impl Destinations for WorkerDestinations<'_> {
                         self.worker
                     ))),
                 },
-                other => Err(DeliveryError::permanent(format!(
-                    "this worker cannot deliver to {other}"
+                // Another worker may be built with the feature this one lacks: retry, and let the
+                // message die only after its attempts.
+                other => Err(DeliveryError::retry(format!(
+                    "worker {} cannot deliver to {other}: it was built without the destination's \
+                     feature (`rabbitmq`, `redis`)",
+                    self.worker
                 ))),
             }
         })

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod brokers;
 mod cli;
 mod cli_jobs;
 mod cli_outbox;

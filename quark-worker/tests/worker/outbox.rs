@@ -71,7 +71,7 @@ pub(crate) async fn message(store: &dyn Store, id: i64) -> OutboxRecord {
 
 /// Makes a sent message pending again: what a relay that crashed after delivering, before it
 /// marked the message sent, leaves behind (once its lease expired).
-async fn unsend(t: &TestStore, id: i64) {
+pub(crate) async fn unsend(t: &TestStore, id: i64) {
     let n = t
         .execute(&format!(
             "UPDATE outbox SET state = 'pending', sent_at = NULL, lease_owner = NULL WHERE id = {id}"
