@@ -112,7 +112,7 @@ pub use jobs::{
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 pub use outbox::{
     ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim,
-    OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+    OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

@@ -429,28 +429,40 @@ pub struct ClaimedMessage {
 
 /// A request for messages to relay.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct OutboxClaim {
     /// The relaying worker.
     pub worker: String,
-    /// At most this many messages (each the head of a different ordering key).
+    /// At most this many ordering keys, each from its head (its pending message with the smallest
+    /// id).
     pub limit: u32,
+    /// At most this many messages of each key: the head and the due messages right behind it, in
+    /// order (a *window*; see [`OutboxStore::settle_outbox_window`](crate::OutboxStore)).
+    pub window: u32,
     /// How long the lease holds. Longer than a delivery may take.
     pub lease: Duration,
 }
 
 impl OutboxClaim {
-    /// A claim by `worker`: 64 messages, 60 s lease.
+    /// A claim by `worker`: 64 keys, one message each, 60 s lease.
     pub fn new(worker: impl Into<String>) -> Self {
         OutboxClaim {
             worker: worker.into(),
             limit: 64,
+            window: 1,
             lease: Duration::from_secs(60),
         }
     }
 
-    /// Sets the batch size.
+    /// Sets how many keys one claim takes.
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = limit;
+        self
+    }
+
+    /// Sets how many messages of each key one claim takes (at least 1).
+    pub fn window(mut self, window: u32) -> Self {
+        self.window = window.max(1);
         self
     }
 
@@ -483,6 +495,51 @@ pub enum Delivery {
         /// Why.
         error: String,
     },
+}
+
+/// How the delivery of a window ended: the messages of one ordering key that one claim or one
+/// hand-over leased together, delivered in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WindowOutcome {
+    /// The first `sent` messages were delivered.
+    pub sent: usize,
+    /// What happened to the message after them, if one was tried and failed (a `Retry` or a
+    /// `Dead`). The messages after it were not tried: they are handed back, due now, their claim
+    /// not counted as an attempt.
+    pub failed: Option<Delivery>,
+    /// When every message was sent: lease the key's next window, of at most this many messages
+    /// for this long, to the same worker (saving a claim).
+    pub next: Option<(u32, Duration)>,
+}
+
+impl WindowOutcome {
+    /// All `n` messages delivered; with `next`, the key's next window is leased.
+    pub fn all_sent(n: usize, next: Option<(u32, Duration)>) -> Self {
+        WindowOutcome {
+            sent: n,
+            failed: None,
+            next,
+        }
+    }
+
+    /// The first `sent` delivered, the next one failed as `failed` says, the rest handed back.
+    pub fn failed_at(sent: usize, failed: Delivery) -> Self {
+        WindowOutcome {
+            sent,
+            failed: Some(failed),
+            next: None,
+        }
+    }
+
+    /// The first `sent` delivered, the rest handed back untried (the relay is stopping).
+    pub fn handed_back(sent: usize) -> Self {
+        WindowOutcome {
+            sent,
+            failed: None,
+            next: None,
+        }
+    }
 }
 
 /// The producer side for code outside workflows.

@@ -16,6 +16,7 @@ use crate::jobs::{JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings,
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::outbox::{
     ClaimedMessage, Delivery, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
+    WindowOutcome,
 };
 use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
 use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
@@ -291,6 +292,18 @@ pub trait OutboxStore: Send + Sync {
         lease: &'a OutboxLease,
         delivery: Delivery,
     ) -> BoxFuture<'a, Result<Option<ClaimedMessage>>>;
+
+    /// Settles a window: messages of one ordering key leased together by one claim or hand-over,
+    /// in id order, delivered in that order. One transaction marks the delivered ones sent,
+    /// settles the failed one, hands the untried rest back (due now, the claim not counted as an
+    /// attempt), and, with [`WindowOutcome::next`], leases the key's next window and returns it.
+    /// Fenced by the window's lease: `LeaseLost` (and nothing written) if any of its messages was
+    /// claimed again after the lease expired.
+    fn settle_outbox_window<'a>(
+        &'a self,
+        window: &'a [ClaimedMessage],
+        outcome: WindowOutcome,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedMessage>>>;
 
     /// Outbox messages matching `filter`, newest first.
     fn list_outbox(&self, filter: OutboxFilter) -> BoxFuture<'_, Result<Vec<OutboxRecord>>>;

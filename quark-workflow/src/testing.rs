@@ -52,7 +52,9 @@ use crate::client::{Client, ClientError, Driver};
 use crate::definition::Activity;
 use crate::error::ActivityError;
 use crate::registry::Registry;
-use crate::runner::outbox::{DeliveryError, DeliveryPolicy, Destinations, deliver_signal, run_key};
+use crate::runner::outbox::{
+    DeliveryError, DeliveryPolicy, Destinations, deliver_signal, run_key, windows,
+};
 use crate::runner::{Host, HostRef, Runner, Settled};
 
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z.
@@ -275,12 +277,6 @@ impl Inner {
     /// Delivers the outbox messages that are due, each key's run through the runner's delivery
     /// loop as a worker's relay does. Returns how many keys it ran.
     async fn relay(&self) -> Result<usize, ClientError> {
-        let claimed = self
-            .book
-            .store
-            .claim_outbox(OutboxClaim::new(TEST_WORKER).limit(64))
-            .await?;
-        let keys = claimed.len();
         // A worker's defaults.
         let policy = DeliveryPolicy::new(
             12,
@@ -288,14 +284,25 @@ impl Inner {
             Duration::from_secs(10),
             Duration::from_secs(60),
         );
+        let claimed = self
+            .book
+            .store
+            .claim_outbox(
+                OutboxClaim::new(TEST_WORKER)
+                    .limit(64)
+                    .window(policy.window),
+            )
+            .await?;
+        let windows = windows(claimed);
+        let keys = windows.len();
         let settled = |delivery: &Delivery| {
             if let Delivery::Retry { at, .. } = delivery {
                 lock(&self.book.wake_at).insert(*at);
             }
         };
-        for m in claimed {
+        for window in windows {
             let store = self.book.store.as_ref();
-            run_key(store, &*self.book, &policy, m, &|| false, &settled).await;
+            run_key(store, &*self.book, &policy, window, &|| false, &settled).await;
         }
         Ok(keys)
     }

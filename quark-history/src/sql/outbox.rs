@@ -3,6 +3,10 @@
 //! the re-checked `next_attempt_at <= now` and is left out; on SQLite writers are serialized, so
 //! the head-of-key condition alone keeps two relays off one key. A key's next message only becomes
 //! a head once the previous one is no longer pending, which keeps a key in order across relays.
+//!
+//! A claim (and a hand-over) can lease a *window* of a key: its head and the due messages right
+//! behind it, all under one lease (one owner, one expiry), which also fences their settle: a window
+//! is settled in one transaction, by id range, instead of one per message.
 
 use std::time::Duration;
 
@@ -13,7 +17,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::outbox::{
     ClaimedMessage, Delivery, OUTBOX_WAKE_QUEUE, OutboxClaim, OutboxFilter, OutboxLease,
-    OutboxMessage, OutboxRecord, decode_headers, prepare,
+    OutboxMessage, OutboxRecord, WindowOutcome, decode_headers, prepare,
 };
 use crate::queue::TaskKind;
 use crate::store::OutboxStore;
@@ -28,6 +32,19 @@ const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
 
 /// Settles a held message (`$1` id, `$2` attempt, `$3` worker are the fence).
 const FENCE: &str = "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
+
+/// The first `$5` pending messages of each key in `keys` (a subquery), stopping before the first
+/// one that is not due (`$1` is now): a window never skips a message its key has to deliver first.
+fn window_of(keys: &str) -> String {
+    format!(
+        "SELECT id FROM (SELECT p.id, \
+           row_number() OVER (PARTITION BY p.ordering_key ORDER BY p.id) AS rn, \
+           sum(CASE WHEN p.next_attempt_at > $1 THEN 1 ELSE 0 END) \
+             OVER (PARTITION BY p.ordering_key ORDER BY p.id) AS late \
+         FROM outbox p WHERE p.state = 'pending' AND p.ordering_key IN ({keys})) w \
+         WHERE w.rn <= $5 AND w.late = 0"
+    )
+}
 
 /// The columns a claim returns.
 const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
@@ -97,18 +114,23 @@ impl<S: SqlStore> OutboxStore for S {
         Box::pin(async move {
             let now = self.settings().clock.now();
             let expires = now + claim.lease;
+            // The heads, locked (PostgreSQL) so two claimers take different keys; then their
+            // windows, heads included (a head is its key's first pending message). The re-checked
+            // `next_attempt_at <= $1` leaves out a row that another relay leased meanwhile.
             let stmt = Stmt::new(sql(format!(
-                "WITH c AS (SELECT o.id FROM outbox o WHERE {HEAD_CONDITION} \
+                "WITH c AS (SELECT o.id, o.ordering_key FROM outbox o WHERE {HEAD_CONDITION} \
                    ORDER BY o.next_attempt_at, o.id LIMIT $2{}) \
                  UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
-                 WHERE id IN (SELECT id FROM c) \
+                 WHERE id IN ({}) AND state = 'pending' AND next_attempt_at <= $1 \
                  RETURNING {CLAIMED_COLUMNS}",
-                S::Db::SKIP_LOCKED
+                S::Db::SKIP_LOCKED,
+                window_of("SELECT ordering_key FROM c"),
             )))
             .bind(now.as_micros())
             .bind(i64::from(claim.limit))
             .bind(claim.worker.as_str())
-            .bind(expires.as_micros());
+            .bind(expires.as_micros())
+            .bind(i64::from(claim.window.max(1)));
             let rows = super::claim(self, stmt).await?;
             let mut out = rows
                 .iter()
@@ -199,6 +221,14 @@ impl<S: SqlStore> OutboxStore for S {
         })
     }
 
+    fn settle_outbox_window<'a>(
+        &'a self,
+        window: &'a [ClaimedMessage],
+        outcome: WindowOutcome,
+    ) -> BoxFuture<'a, Result<Vec<ClaimedMessage>>> {
+        Box::pin(settle_window(self, window, outcome))
+    }
+
     fn list_outbox(&self, filter: OutboxFilter) -> BoxFuture<'_, Result<Vec<OutboxRecord>>> {
         Box::pin(async move {
             let mut text = String::from(
@@ -278,4 +308,132 @@ impl<S: SqlStore> OutboxStore for S {
             .await
         })
     }
+}
+
+/// [`OutboxStore::settle_outbox_window`]: the window's rows are those of its key and id range
+/// that still carry its lease (owner and expiry); each change below must find all the rows it
+/// means, or the lease was lost and the transaction is dropped unwritten.
+async fn settle_window<S: SqlStore>(
+    store: &S,
+    window: &[ClaimedMessage],
+    outcome: WindowOutcome,
+) -> Result<Vec<ClaimedMessage>> {
+    let Some(first) = window.first() else {
+        return Ok(Vec::new());
+    };
+    let key = first.ordering_key.as_str();
+    let (worker, expires) = (first.lease.worker.as_str(), first.lease_expires_at);
+    if window
+        .iter()
+        .any(|m| m.ordering_key != key || m.lease.worker != worker || m.lease_expires_at != expires)
+        || window.windows(2).any(|w| w[0].lease.id >= w[1].lease.id)
+        || outcome.sent + usize::from(outcome.failed.is_some()) > window.len()
+    {
+        return Err(Error::Invalid(
+            "a window is one key's messages of one lease, in id order, settled once each".into(),
+        ));
+    }
+    let now = store.settings().clock.now();
+    let lost = || Error::LeaseLost {
+        task_id: first.lease.id,
+        attempt: first.lease.attempt,
+    };
+    let mut tx = store.begin_write().await?;
+    // The rows of `window[range]` that still hold the lease.
+    let held = |set: &str, range: std::ops::Range<usize>| {
+        Stmt::<S::Db>::new(sql(format!(
+            "UPDATE outbox SET {set} WHERE ordering_key = $1 AND id >= $2 AND id <= $3 \
+             AND lease_owner = $4 AND next_attempt_at = $5 AND state = 'pending'"
+        )))
+        .bind(key)
+        .bind(window[range.start].lease.id)
+        .bind(window[range.end - 1].lease.id)
+        .bind(worker)
+        .bind(expires.as_micros())
+    };
+    let mut tried = outcome.sent;
+    if outcome.sent > 0 {
+        let done = held(
+            "state = 'sent', sent_at = $6, lease_owner = NULL, last_error = NULL, next_attempt_at = $6",
+            0..outcome.sent,
+        )
+        .bind(now.as_micros())
+        .execute(&mut tx)
+        .await?;
+        if done != outcome.sent as u64 {
+            return Err(lost());
+        }
+    }
+    let mut free = outcome.next.is_none();
+    if let Some(failed) = &outcome.failed {
+        let (set, at, error) = match failed {
+            Delivery::Retry { at, error } => (
+                "lease_owner = NULL, next_attempt_at = $6, last_error = COALESCE($7, last_error)",
+                *at,
+                error.clone(),
+            ),
+            Delivery::Dead { error } => (
+                "state = 'dead', lease_owner = NULL, next_attempt_at = $6, last_error = $7",
+                now,
+                Some(error.clone()),
+            ),
+            Delivery::Sent { .. } => {
+                return Err(Error::Invalid(
+                    "a window's failed message cannot be settled as sent".into(),
+                ));
+            }
+        };
+        free = !matches!(failed, Delivery::Retry { at, .. } if *at > now);
+        let done = held(set, tried..tried + 1)
+            .bind(at.as_micros())
+            .bind(error)
+            .execute(&mut tx)
+            .await?;
+        if done != 1 {
+            return Err(lost());
+        }
+        tried += 1;
+    }
+    if tried < window.len() {
+        // Not tried: back in line, due now, and the claim that took them not counted.
+        let done = held(
+            "lease_owner = NULL, attempts = attempts - 1, next_attempt_at = $6",
+            tried..window.len(),
+        )
+        .bind(now.as_micros())
+        .execute(&mut tx)
+        .await?;
+        if done != (window.len() - tried) as u64 {
+            return Err(lost());
+        }
+    }
+    let mut next = Vec::new();
+    if let (Some((size, lease_for)), true) = (outcome.next, tried == window.len()) {
+        // Not SKIP LOCKED: a head locked by a claimer must not be passed over for the messages
+        // behind it. The re-checked `next_attempt_at <= $1` leaves it out if it got leased.
+        let rows = Stmt::<S::Db>::new(sql(format!(
+            "UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
+             WHERE id IN ({}) AND state = 'pending' AND next_attempt_at <= $1 \
+             RETURNING {CLAIMED_COLUMNS}",
+            window_of("$2")
+        )))
+        .bind(now.as_micros())
+        .bind(key)
+        .bind(worker)
+        .bind((now + lease_for).as_micros())
+        .bind(i64::from(size.max(1)))
+        .fetch_all(&mut tx)
+        .await?;
+        next = rows
+            .iter()
+            .map(|row| claimed(worker, row))
+            .collect::<Result<Vec<_>>>()?;
+        next.sort_by_key(|m| m.lease.id);
+        free = next.is_empty();
+    }
+    tx.commit().await?;
+    if free {
+        announce_outbox(store);
+    }
+    Ok(next)
 }

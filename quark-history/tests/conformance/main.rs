@@ -17,6 +17,7 @@ mod instances;
 mod jobs;
 mod journal;
 mod outbox;
+mod outbox_window;
 mod queue;
 mod schedules;
 mod tls;

@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use quark_history::{ClaimedMessage, Delivery, Destination, OutboxClaim, Store, TaskKind, Wake};
-use quark_workflow::runner::outbox::{DeliveryPolicy, Destinations, deliver_signal, run_key};
+use quark_workflow::runner::outbox::{
+    DeliveryPolicy, Destinations, WindowResults, deliver_signal, run_key, windows,
+};
 use tracing::Instrument;
 
 pub use callback::Callback;
@@ -43,6 +45,7 @@ use crate::shared::Shared;
 pub struct OutboxRelay {
     pub(crate) enabled: bool,
     pub(crate) batch: u32,
+    pub(crate) window: u32,
     pub(crate) lease: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_attempts: u32,
@@ -63,6 +66,7 @@ impl fmt::Debug for OutboxRelay {
         f.debug_struct("OutboxRelay")
             .field("enabled", &self.enabled)
             .field("batch", &self.batch)
+            .field("window", &self.window)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
@@ -82,6 +86,7 @@ impl Default for OutboxRelay {
         OutboxRelay {
             enabled: true,
             batch: 64,
+            window: 16,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_attempts: 12,
@@ -115,9 +120,18 @@ impl OutboxRelay {
         }
     }
 
-    /// The most messages one claim takes (each a different ordering key).
+    /// The most ordering keys one relay delivers at once (one claim takes up to this many).
     pub fn batch(mut self, n: u32) -> Self {
         self.batch = n;
+        self
+    }
+
+    /// The most messages of one key that a claim or a hand-over takes at once (default 16): they
+    /// are delivered in order and settled in one transaction. NATS publishes a window's messages
+    /// without waiting for each ack; other destinations take them one after the other. A window
+    /// is held in memory, payloads included: lower it for large messages.
+    pub fn window(mut self, n: u32) -> Self {
+        self.window = n;
         self
     }
 
@@ -274,8 +288,10 @@ impl OutboxRelay {
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
-        if self.batch == 0 || self.max_attempts == 0 {
-            return Err("the outbox relay needs a batch and max attempts of at least 1".into());
+        if self.batch == 0 || self.window == 0 || self.max_attempts == 0 {
+            return Err(
+                "the outbox relay needs a batch, a window and max attempts of at least 1".into(),
+            );
         }
         if self.lease <= self.timeout * 2 {
             return Err(format!(
@@ -317,13 +333,14 @@ impl Relay {
         &self.config
     }
 
-    /// Delivers `m`, then the messages of its key that the store hands over after it, until the
-    /// key has nothing due or the worker stops: the runner's delivery loop, with this worker's
+    /// Delivers `window`, then the windows of its key that the store hands over after it, until
+    /// the key has nothing due or the worker stops: the runner's delivery loop, with this worker's
     /// destinations.
-    async fn run_key(&self, shared: &Shared, m: ClaimedMessage) {
+    async fn run_key(&self, shared: &Shared, window: Vec<ClaimedMessage>) {
         let c = &self.config;
-        let policy = DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease);
-        let span = tracing::info_span!("outbox", key = %m.ordering_key);
+        let policy =
+            DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease).window(c.window);
+        let span = tracing::info_span!("outbox", key = %window[0].ordering_key);
         let stopping = || shared.is_stopping();
         let settled = |delivery: &Delivery| {
             crate::metrics::Metrics::inc(match delivery {
@@ -340,7 +357,7 @@ impl Relay {
             shared.store.as_ref(),
             &destinations,
             &policy,
-            m,
+            window,
             &stopping,
             &settled,
         )
@@ -357,6 +374,26 @@ struct WorkerDestinations<'a> {
 }
 
 impl Destinations for WorkerDestinations<'_> {
+    fn pipeline<'a>(
+        &'a self,
+        _store: &'a dyn Store,
+        window: &'a [ClaimedMessage],
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, WindowResults>> {
+        // One connection takes a window's publishes in order; other destinations go one by one.
+        let subjects: Option<Vec<&str>> = window
+            .iter()
+            .map(|m| match &m.destination {
+                Destination::Nats { subject } => Some(subject.as_str()),
+                _ => None,
+            })
+            .collect();
+        let subjects = subjects.filter(|s| s.len() > 1)?;
+        Some(Box::pin(
+            self.relay.nats.publish_window(subjects, window, timeout),
+        ))
+    }
+
     fn deliver<'a>(
         &'a self,
         store: &'a dyn Store,
@@ -420,14 +457,16 @@ pub(crate) async fn run(shared: Arc<Shared>, relay: Arc<Relay>) {
         if free > 0 {
             let claim = OutboxClaim::new(shared.settings.id.to_string())
                 .limit(free)
+                .window(config.window)
                 .lease(config.lease);
             match shared.store.claim_outbox(claim).await {
                 Ok(batch) if !batch.is_empty() => {
                     backoff = Duration::from_millis(20);
-                    let full = batch.len() as u32 >= free;
-                    for m in batch {
+                    let windows = windows(batch);
+                    let full = windows.len() as u32 >= free;
+                    for window in windows {
                         let (shared, relay) = (Arc::clone(&shared), Arc::clone(&relay));
-                        runs.spawn(async move { relay.run_key(&shared, m).await });
+                        runs.spawn(async move { relay.run_key(&shared, window).await });
                     }
                     if full {
                         // More may be due: claim again if a slot is free.

@@ -132,22 +132,87 @@ impl Nats {
         m: &ClaimedMessage,
     ) -> Result<(), DeliveryError> {
         let context = self.context().await?;
-        let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in &m.headers {
-            headers.insert(name.as_str(), value.as_str());
-        }
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(m.payload.clone().into())
-            .headers(headers)
-            .message_id(&m.idempotency_key);
         let ack = context
-            .send_publish(subject.to_string(), publish)
+            .send_publish(subject.to_string(), message(m))
             .await
             .map_err(|e| refused(subject, e.kind(), &e))?;
         ack.await
             .map_err(|e| refused(subject, e.kind(), &e))
             .map(|_| ())
     }
+}
+
+impl Nats {
+    /// Publishes a window's messages (to `subjects`, one each) in order on the one connection,
+    /// without waiting for each ack, then waits for the acks in order, each bounded by `timeout`:
+    /// the results up to and including the first failure.
+    ///
+    /// The server takes one connection's publishes in the order they were written. If one in the
+    /// middle fails (its ack lost in a timeout, say), the ones after it are reported as not tried
+    /// and sent again later with the same `Nats-Msg-Id`, which the stream deduplicates.
+    pub(crate) async fn publish_window(
+        &self,
+        subjects: Vec<&str>,
+        window: &[ClaimedMessage],
+        timeout: std::time::Duration,
+    ) -> Vec<Result<(), DeliveryError>> {
+        let context = match self.context().await {
+            Ok(context) => context,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut acks = Vec::with_capacity(window.len());
+        let mut results = Vec::with_capacity(window.len());
+        for (subject, m) in subjects.iter().zip(window) {
+            match tokio::time::timeout(
+                timeout,
+                context.send_publish(subject.to_string(), message(m)),
+            )
+            .await
+            {
+                Ok(Ok(ack)) => acks.push((*subject, ack)),
+                Ok(Err(e)) => {
+                    results.push(Err(refused(subject, e.kind(), &e)));
+                    break;
+                }
+                Err(_) => {
+                    results.push(Err(DeliveryError::retry(format!(
+                        "NATS {subject}: publishing timed out after {timeout:?}"
+                    ))));
+                    break;
+                }
+            }
+        }
+        let failed_to_send = results.pop();
+        for (subject, ack) in acks {
+            let result = match tokio::time::timeout(timeout, ack).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(refused(subject, e.kind(), &e)),
+                Err(_) => Err(DeliveryError::retry(format!(
+                    "NATS {subject}: no ack within {timeout:?}"
+                ))),
+            };
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                return results;
+            }
+        }
+        results.extend(failed_to_send);
+        results
+    }
+}
+
+/// The JetStream message for `m`: its payload and headers, and its idempotency key as
+/// `Nats-Msg-Id`.
+fn message(m: &ClaimedMessage) -> jetstream::message::PublishMessage {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in &m.headers {
+        headers.insert(name.as_str(), value.as_str());
+    }
+    jetstream::message::PublishMessage::build()
+        .payload(m.payload.clone().into())
+        .headers(headers)
+        .message_id(&m.idempotency_key)
 }
 
 /// What a refused publish means for the message.

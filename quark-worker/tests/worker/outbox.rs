@@ -22,6 +22,7 @@ quark_history::backend_tests!(
     it_relays_each_message_once_and_each_key_in_order_across_two_workers,
     it_claims_other_keys_while_one_key_is_still_being_delivered,
     it_publishes_to_jetstream_which_drops_a_resend_by_message_id,
+    it_publishes_a_keys_windows_to_jetstream_in_order,
     it_signals_a_running_orchestration_once_even_when_the_relay_resends,
     it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery,
 );
@@ -394,6 +395,57 @@ async fn it_publishes_to_jetstream_which_drops_a_resend_by_message_id(t: &TestSt
     })
     .await;
     assert_eq!(stream.stored().await, 2);
+    worker.shutdown().await;
+    drop(stream);
+}
+
+async fn it_publishes_a_keys_windows_to_jetstream_in_order(t: &TestStore) {
+    let Some(js) = jetstream().await else { return };
+    let subject = format!("quarktest.{}", uuid::Uuid::now_v7().simple());
+    let stream = Stream::create(&js, &subject).await;
+    // One key, windows of 8: 50 messages go out 8 at a time, each window published without
+    // waiting for each ack, and must land in the stream in the order they were written.
+    let worker = start(
+        t,
+        "relay-nats-order",
+        relay().nats(nats_url()).window(8),
+        None,
+    )
+    .await;
+    let ids = t
+        .store
+        .send(
+            (0..50)
+                .map(|n| {
+                    OutboxMessage::json(Destination::nats(format!("{subject}.orders")), &n)
+                        .unwrap()
+                        .ordering_key("orders")
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    eventually("every message is published", async || {
+        messages(t.store.as_ref(), MessageState::Sent).await.len() == 50
+    })
+    .await;
+    assert_eq!(stream.stored().await, 50);
+    let handle = js.get_stream(&stream.name).await.unwrap();
+    for seq in 1..=50u64 {
+        let m = handle.get_raw_message(seq).await.unwrap();
+        let n: u64 = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(n, seq - 1, "stream order");
+        let id = m.headers.get("Nats-Msg-Id").unwrap().to_string();
+        assert_eq!(
+            id,
+            message(t.store.as_ref(), ids[n as usize])
+                .await
+                .idempotency_key
+        );
+    }
+    for id in &ids {
+        assert_eq!(message(t.store.as_ref(), *id).await.attempts, 1);
+    }
     worker.shutdown().await;
     drop(stream);
 }

@@ -1,6 +1,7 @@
-//! Outbox deliveries: a claimed message, delivered and settled, then the next message of its key
-//! that the store hands over, until the key has nothing due. The worker's relay and the test
-//! environment both deliver through [`run_key`]; they differ only in their [`Destinations`].
+//! Outbox deliveries: a claimed window of one key's messages, delivered in order and settled in one
+//! transaction, then the next window of the key that the store hands over in that transaction,
+//! until the key has nothing due. The worker's relay and the test environment both deliver through
+//! [`run_key`]; they differ only in their [`Destinations`].
 
 use std::fmt;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use quark_history::{
     ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, NewTask, Payload,
-    Store, Timestamp,
+    Store, Timestamp, WindowOutcome,
 };
 
 use super::backoff;
@@ -45,6 +46,10 @@ impl fmt::Display for DeliveryError {
 
 impl std::error::Error for DeliveryError {}
 
+/// The outcomes of a window's messages, in order: every one `Ok` but the last, which may have
+/// failed. Shorter than the window when a failure (or a stop) ended it early.
+pub type WindowResults = Vec<Result<(), DeliveryError>>;
+
 /// Where a driver can deliver messages.
 pub trait Destinations: Send + Sync {
     /// Delivers one message to its destination (the caller bounds it by the policy's timeout).
@@ -53,6 +58,20 @@ pub trait Destinations: Send + Sync {
         store: &'a dyn Store,
         message: &'a ClaimedMessage,
     ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// Delivers a whole window with several messages in flight at once, where the destination
+    /// keeps them in order by itself (one connection to a broker that takes them in the order
+    /// they were sent), each bounded by `timeout`; `None` (the default) has them delivered one
+    /// after the other.
+    fn pipeline<'a>(
+        &'a self,
+        store: &'a dyn Store,
+        window: &'a [ClaimedMessage],
+        timeout: Duration,
+    ) -> Option<BoxFuture<'a, WindowResults>> {
+        let _ = (store, window, timeout);
+        None
+    }
 }
 
 /// How deliveries are retried.
@@ -65,8 +84,12 @@ pub struct DeliveryPolicy {
     pub backoff: (Duration, Duration),
     /// The time one delivery may take.
     pub timeout: Duration,
-    /// How long the key's next message is leased when the store hands it over.
+    /// How long the key's next window is leased when the store hands it over.
     pub lease: Duration,
+    /// The most messages of a key the store hands over at once (see [`OutboxClaim::window`]).
+    ///
+    /// [`OutboxClaim::window`]: quark_history::OutboxClaim::window
+    pub window: u32,
 }
 
 impl DeliveryPolicy {
@@ -82,7 +105,14 @@ impl DeliveryPolicy {
             backoff,
             timeout,
             lease,
+            window: 16,
         }
+    }
+
+    /// Sets how many messages of a key are handed over at once (default 16).
+    pub fn window(mut self, window: u32) -> Self {
+        self.window = window.max(1);
+        self
     }
 
     /// What a delivery's outcome means for its message: sent (and lease the key's next), retried
@@ -110,67 +140,121 @@ impl DeliveryPolicy {
     }
 }
 
-/// Delivers `m`, then the messages of its key that the store hands over after it, until the key
-/// has nothing due or `stopping` says so (the message in hand is then handed back, due now).
-/// `settled` is told of each settle that the store accepted.
+/// Groups claimed messages into their keys' windows, each in id order, the keys in the order of
+/// their first message.
+pub fn windows(claimed: Vec<ClaimedMessage>) -> Vec<Vec<ClaimedMessage>> {
+    let mut out: Vec<Vec<ClaimedMessage>> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let mut claimed = claimed;
+    claimed.sort_by_key(|m| m.lease.id);
+    for m in claimed {
+        let i = *index.entry(m.ordering_key.clone()).or_insert_with(|| {
+            out.push(Vec::new());
+            out.len() - 1
+        });
+        out[i].push(m);
+    }
+    out
+}
+
+/// Delivers a window of one key's messages in order, settles it in one transaction, and goes on
+/// with the key's next window that the store hands over, until the key has nothing due or
+/// `stopping` says so (what is in hand is then handed back, due now). `settled` is told of each
+/// message's settle once the store accepted it.
 pub async fn run_key(
     store: &dyn Store,
     destinations: &dyn Destinations,
     policy: &DeliveryPolicy,
-    mut m: ClaimedMessage,
+    mut window: Vec<ClaimedMessage>,
     stopping: &(dyn Fn() -> bool + Send + Sync),
     settled: &(dyn Fn(&Delivery) + Send + Sync),
 ) {
-    loop {
-        if stopping() {
-            // Hand it back, due now and without an error. (Its claim still counts as an attempt:
-            // attempts count claims.)
-            let at = store.config().clock.now();
-            let _ = store
-                .settle_outbox(&m.lease, Delivery::Retry { at, error: None })
-                .await;
-            return;
+    while !window.is_empty() {
+        let results = match destinations.pipeline(store, &window, policy.timeout) {
+            Some(pipelined) if !stopping() => pipelined.await,
+            _ => deliver_in_turn(store, destinations, policy, &window, stopping).await,
+        };
+        let sent = results.iter().take_while(|r| r.is_ok()).count();
+        let now = store.config().clock.now();
+        let (outcome, failed) = match results.into_iter().nth(sent) {
+            Some(Err(e)) => {
+                let m = &window[sent];
+                let delivery = policy.settle(Err(e), m.lease.attempt, now);
+                match &delivery {
+                    Delivery::Dead { error } => tracing::warn!(
+                        id = m.lease.id, destination = %m.destination, %error, "outbox message is dead"
+                    ),
+                    Delivery::Retry { error, .. } => tracing::debug!(
+                        id = m.lease.id, destination = %m.destination, attempt = m.lease.attempt,
+                        error = ?error, "outbox delivery failed; retrying later"
+                    ),
+                    _ => {}
+                }
+                (
+                    WindowOutcome::failed_at(sent, delivery.clone()),
+                    Some(delivery),
+                )
+            }
+            _ if sent == window.len() && !stopping() => (
+                WindowOutcome::all_sent(sent, Some((policy.window, policy.lease))),
+                None,
+            ),
+            // Stopped, or every message sent as the worker stops: hand the rest back.
+            _ => (WindowOutcome::handed_back(sent), None),
+        };
+        match store.settle_outbox_window(&window, outcome).await {
+            Ok(next) => {
+                for _ in 0..sent {
+                    settled(&Delivery::Sent { next_lease: None });
+                }
+                if let Some(failed) = &failed {
+                    settled(failed);
+                }
+                window = next;
+            }
+            Err(Error::LeaseLost { .. }) => {
+                // Another relay took the key over after our lease expired; it re-delivers with
+                // the same idempotency keys.
+                tracing::warn!(key = %window[0].ordering_key, "outbox lease lost during delivery");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(key = %window[0].ordering_key, error = %e, "settling an outbox window failed; its lease will expire");
+                return;
+            }
         }
-        let outcome =
-            match tokio::time::timeout(policy.timeout, destinations.deliver(store, &m)).await {
+    }
+}
+
+/// Delivers a window's messages one after the other, each bounded by the policy's timeout, until
+/// one fails or `stopping` says so.
+async fn deliver_in_turn(
+    store: &dyn Store,
+    destinations: &dyn Destinations,
+    policy: &DeliveryPolicy,
+    window: &[ClaimedMessage],
+    stopping: &(dyn Fn() -> bool + Send + Sync),
+) -> WindowResults {
+    let mut results = Vec::with_capacity(window.len());
+    for m in window {
+        if stopping() {
+            break;
+        }
+        let result =
+            match tokio::time::timeout(policy.timeout, destinations.deliver(store, m)).await {
                 Ok(result) => result,
                 Err(_) => Err(DeliveryError::retry(format!(
                     "delivery timed out after {:?}",
                     policy.timeout
                 ))),
             };
-        let attempt = m.lease.attempt;
-        let delivery = policy.settle(outcome, attempt, store.config().clock.now());
-        match &delivery {
-            Delivery::Dead { error } => tracing::warn!(
-                id = m.lease.id, destination = %m.destination, %error, "outbox message is dead"
-            ),
-            Delivery::Retry { error, .. } => tracing::debug!(
-                id = m.lease.id, destination = %m.destination, attempt, error = ?error,
-                "outbox delivery failed; retrying later"
-            ),
-            _ => {}
-        }
-        match store.settle_outbox(&m.lease, delivery.clone()).await {
-            Ok(next) => {
-                settled(&delivery);
-                match next {
-                    Some(next) => m = next,
-                    None => return,
-                }
-            }
-            Err(Error::LeaseLost { .. }) => {
-                // Another relay took it over after our lease expired; it re-delivers with the
-                // same idempotency key.
-                tracing::warn!(id = m.lease.id, "outbox lease lost during delivery");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(id = m.lease.id, error = %e, "settling an outbox message failed; its lease will expire");
-                return;
-            }
+        let failed = result.is_err();
+        results.push(result);
+        if failed {
+            break;
         }
     }
+    results
 }
 
 /// The inbox id a relayed signal is recorded under.

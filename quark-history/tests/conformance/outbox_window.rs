@@ -1,0 +1,365 @@
+//! Outbox windows: a claim (and a hand-over) leases a key's head with the due messages right
+//! behind it, under one lease; the window is settled in one transaction: the delivered ones sent,
+//! a failed one retried or dead, the untried rest handed back without an attempt counted; a lost
+//! lease writes nothing. Racing relays with windows still deliver each message once, in order.
+
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{
+    ClaimedMessage, Clock, Delivery, Destination, Error, MessageState, OutboxClaim, OutboxFilter,
+    OutboxMessage, OutboxRecord, WindowOutcome,
+};
+
+use crate::support::conformance;
+
+conformance!(
+    it_claims_a_window_of_each_key_in_order_under_one_lease,
+    it_hands_over_the_next_window_when_every_message_was_sent,
+    it_settles_a_failed_window_and_hands_the_untried_rest_back,
+    it_stops_a_window_before_a_message_that_is_not_due,
+    it_writes_nothing_of_a_window_whose_lease_was_lost,
+    it_never_hands_one_message_or_key_to_two_racing_relays_with_windows,
+);
+
+fn msg(key: &str, n: u32) -> OutboxMessage {
+    OutboxMessage::json(Destination::callback("test"), &n)
+        .unwrap()
+        .ordering_key(key)
+}
+
+fn claim(worker: &str, window: u32) -> OutboxClaim {
+    OutboxClaim::new(worker)
+        .limit(100)
+        .window(window)
+        .lease(Duration::from_secs(30))
+}
+
+fn numbers(window: &[ClaimedMessage]) -> Vec<(String, u32)> {
+    window
+        .iter()
+        .map(|m| {
+            (
+                m.ordering_key.clone(),
+                serde_json::from_slice(&m.payload).unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn record(t: &TestStore, id: i64) -> OutboxRecord {
+    t.store
+        .list_outbox(OutboxFilter::default().limit(1000))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == id)
+        .expect("the message exists")
+}
+
+/// Sends `n` messages on `key`, numbered from 0.
+async fn send(t: &TestStore, key: &str, n: u32) -> Vec<i64> {
+    t.store
+        .send((0..n).map(|i| msg(key, i)).collect())
+        .await
+        .unwrap()
+}
+
+async fn it_claims_a_window_of_each_key_in_order_under_one_lease(t: &TestStore) {
+    send(t, "a", 5).await;
+    send(t, "b", 2).await;
+    let claimed = t.store.claim_outbox(claim("w1", 3)).await.unwrap();
+    let a: Vec<_> = claimed
+        .iter()
+        .filter(|m| m.ordering_key == "a")
+        .cloned()
+        .collect();
+    let b: Vec<_> = claimed
+        .iter()
+        .filter(|m| m.ordering_key == "b")
+        .cloned()
+        .collect();
+    assert_eq!(
+        numbers(&a),
+        [("a".into(), 0), ("a".into(), 1), ("a".into(), 2)]
+    );
+    assert_eq!(numbers(&b), [("b".into(), 0), ("b".into(), 1)]);
+    let expiry = a[0].lease_expires_at;
+    assert!(
+        claimed.iter().all(|m| m.lease_expires_at == expiry
+            && m.lease.worker == "w1"
+            && m.lease.attempt == 1)
+    );
+    // Both keys are held: another relay gets nothing, not even a's fourth message.
+    assert!(
+        t.store
+            .claim_outbox(claim("w2", 3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn it_hands_over_the_next_window_when_every_message_was_sent(t: &TestStore) {
+    let ids = send(t, "a", 5).await;
+    let first = t.store.claim_outbox(claim("w1", 2)).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let next = t
+        .store
+        .settle_outbox_window(
+            &first,
+            WindowOutcome::all_sent(2, Some((2, Duration::from_secs(30)))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(numbers(&next), [("a".into(), 2), ("a".into(), 3)]);
+    // The key is still held across the hand-over.
+    assert!(
+        t.store
+            .claim_outbox(claim("w2", 2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let last = t
+        .store
+        .settle_outbox_window(
+            &next,
+            WindowOutcome::all_sent(2, Some((2, Duration::from_secs(30)))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(numbers(&last), [("a".into(), 4)]);
+    let none = t
+        .store
+        .settle_outbox_window(
+            &last,
+            WindowOutcome::all_sent(1, Some((2, Duration::from_secs(30)))),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    for id in ids {
+        let r = record(t, id).await;
+        assert_eq!((r.state, r.attempts), (MessageState::Sent, 1), "{r:?}");
+    }
+}
+
+async fn it_settles_a_failed_window_and_hands_the_untried_rest_back(t: &TestStore) {
+    let ids = send(t, "a", 4).await;
+    let window = t.store.claim_outbox(claim("w1", 4)).await.unwrap();
+    assert_eq!(window.len(), 4);
+    let retry_at = t.clock.now() + Duration::from_secs(10);
+    let next = t
+        .store
+        .settle_outbox_window(
+            &window,
+            WindowOutcome::failed_at(
+                1,
+                Delivery::Retry {
+                    at: retry_at,
+                    error: Some("503".into()),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(next.is_empty());
+    let r: Vec<OutboxRecord> = futures::future::join_all(ids.iter().map(|id| record(t, *id))).await;
+    assert_eq!((r[0].state, r[0].attempts), (MessageState::Sent, 1));
+    assert_eq!((r[1].state, r[1].attempts), (MessageState::Pending, 1));
+    assert_eq!(r[1].last_error.as_deref(), Some("503"));
+    assert_eq!(r[1].next_attempt_at, retry_at);
+    for untried in &r[2..] {
+        assert_eq!(untried.state, MessageState::Pending);
+        assert_eq!(
+            untried.attempts, 0,
+            "a claim that was never tried is not an attempt"
+        );
+        assert_eq!(untried.lease_owner, None);
+    }
+    // The key waits for its failed head: nothing is due before the retry.
+    assert!(
+        t.store
+            .claim_outbox(claim("w2", 4))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    t.clock.advance(Duration::from_secs(10));
+    let again = t.store.claim_outbox(claim("w2", 4)).await.unwrap();
+    assert_eq!(
+        numbers(&again),
+        [("a".into(), 1), ("a".into(), 2), ("a".into(), 3)]
+    );
+    assert_eq!(again[0].lease.attempt, 2);
+    assert_eq!(again[1].lease.attempt, 1);
+    // A dead message lets the key go on: its successors are handed back, due now.
+    t.store
+        .settle_outbox_window(
+            &again,
+            WindowOutcome::failed_at(
+                0,
+                Delivery::Dead {
+                    error: "gone".into(),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record(t, ids[1]).await.state, MessageState::Dead);
+    let rest = t.store.claim_outbox(claim("w3", 4)).await.unwrap();
+    assert_eq!(numbers(&rest), [("a".into(), 2), ("a".into(), 3)]);
+}
+
+async fn it_stops_a_window_before_a_message_that_is_not_due(t: &TestStore) {
+    let ids = send(t, "a", 4).await;
+    // The third message waits for later (as a message put back with a retry time would).
+    let later = (t.clock.now() + Duration::from_secs(60)).as_micros();
+    let n = t
+        .execute(&format!(
+            "UPDATE outbox SET next_attempt_at = {later} WHERE id = {}",
+            ids[2]
+        ))
+        .await;
+    assert_eq!(n, 1);
+    let window = t.store.claim_outbox(claim("w1", 4)).await.unwrap();
+    assert_eq!(
+        numbers(&window),
+        [("a".into(), 0), ("a".into(), 1)],
+        "never past a waiting one"
+    );
+    let next = t
+        .store
+        .settle_outbox_window(
+            &window,
+            WindowOutcome::all_sent(2, Some((4, Duration::from_secs(30)))),
+        )
+        .await
+        .unwrap();
+    assert!(next.is_empty(), "the key's head is not due: {next:?}");
+}
+
+async fn it_writes_nothing_of_a_window_whose_lease_was_lost(t: &TestStore) {
+    let ids = send(t, "a", 3).await;
+    let stale = t.store.claim_outbox(claim("w1", 3)).await.unwrap();
+    t.clock.advance(Duration::from_secs(31));
+    let fresh = t.store.claim_outbox(claim("w2", 3)).await.unwrap();
+    assert_eq!(fresh.len(), 3, "the expired window is claimed again");
+    let err = t
+        .store
+        .settle_outbox_window(&stale, WindowOutcome::all_sent(3, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err:?}");
+    for id in &ids {
+        let r = record(t, *id).await;
+        assert_eq!(r.state, MessageState::Pending);
+        assert_eq!(
+            r.lease_owner.as_deref(),
+            Some("w2"),
+            "the new holder keeps it"
+        );
+    }
+    t.store
+        .settle_outbox_window(&fresh, WindowOutcome::all_sent(3, None))
+        .await
+        .unwrap();
+    assert_eq!(record(t, ids[2]).await.state, MessageState::Sent);
+    // A window that is not one key's messages of one lease is refused, not half written.
+    let mixed = [fresh[0].clone(), stale[1].clone()];
+    assert!(matches!(
+        t.store
+            .settle_outbox_window(&mixed, WindowOutcome::all_sent(2, None))
+            .await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+async fn it_never_hands_one_message_or_key_to_two_racing_relays_with_windows(t: &TestStore) {
+    const KEYS: u32 = 6;
+    const PER_KEY: u32 = 30;
+    let mut batch = Vec::new();
+    for n in 0..PER_KEY {
+        for k in 0..KEYS {
+            batch.push(msg(&format!("k{k}"), n));
+        }
+    }
+    t.store.send(batch).await.unwrap();
+    let delivered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u32)>::new()));
+    let held = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let mut relays = Vec::new();
+    for r in 0..4u32 {
+        let store = std::sync::Arc::clone(&t.store);
+        let delivered = std::sync::Arc::clone(&delivered);
+        let held = std::sync::Arc::clone(&held);
+        relays.push(tokio::spawn(async move {
+            let worker = format!("relay-{r}");
+            loop {
+                let claimed = store
+                    .claim_outbox(OutboxClaim::new(&worker).limit(2).window(1 + r))
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    let left = store
+                        .list_outbox(OutboxFilter::default().state(MessageState::Pending))
+                        .await
+                        .unwrap();
+                    if left.is_empty() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let mut keys: Vec<String> =
+                    claimed.iter().map(|m| m.ordering_key.clone()).collect();
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    let mut window: Vec<ClaimedMessage> = claimed
+                        .iter()
+                        .filter(|m| m.ordering_key == key)
+                        .cloned()
+                        .collect();
+                    while !window.is_empty() {
+                        assert!(
+                            held.lock().unwrap().insert(key.clone()),
+                            "key {key} held by two relays"
+                        );
+                        // Deliver all but (sometimes) the last, which is handed back untried.
+                        let last: u32 =
+                            serde_json::from_slice(&window[window.len() - 1].payload).unwrap();
+                        let hand_back = window.len() > 1 && last.is_multiple_of(3);
+                        let sent = window.len() - usize::from(hand_back);
+                        for m in &window[..sent] {
+                            let n: u32 = serde_json::from_slice(&m.payload).unwrap();
+                            delivered.lock().unwrap().push((key.clone(), n));
+                        }
+                        tokio::task::yield_now().await;
+                        held.lock().unwrap().remove(&key);
+                        let outcome = if hand_back {
+                            WindowOutcome::handed_back(sent)
+                        } else {
+                            WindowOutcome::all_sent(sent, Some((1 + r, Duration::from_secs(30))))
+                        };
+                        window = store.settle_outbox_window(&window, outcome).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    for r in relays {
+        r.await.unwrap();
+    }
+    let delivered = delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len() as u32, KEYS * PER_KEY, "each message once");
+    for k in 0..KEYS {
+        let key = format!("k{k}");
+        let order: Vec<u32> = delivered
+            .iter()
+            .filter(|(dk, _)| *dk == key)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(order, (0..PER_KEY).collect::<Vec<_>>(), "order of {key}");
+    }
+}
