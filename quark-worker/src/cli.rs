@@ -230,7 +230,10 @@ async fn entry(registry: Option<Registry>) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
-        .init();
+        // The application may have installed its own subscriber before calling `main_with`: keep
+        // it rather than fail.
+        .try_init()
+        .ok();
     match run(Cli::parse(), registry).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -296,7 +299,21 @@ pub async fn run_on(
             }
             let worker = builder.build()?;
             writeln!(out, "worker {} serving; Ctrl-C to stop", worker.id())?;
-            worker.run_until(crate::shutdown_signal()).await?;
+            let running = worker.start().await?;
+            crate::shutdown_signal().await;
+            writeln!(
+                out,
+                "stopping: finishing the tasks in hand (up to {shutdown_grace} s); Ctrl-C again to exit at once"
+            )?;
+            tokio::select! {
+                () = running.shutdown() => {}
+                () = crate::shutdown_signal() => {
+                    // Nothing is lost: the leases of the tasks in hand run out, and other workers
+                    // (or this one, restarted) take them over.
+                    eprintln!("quark: interrupted again; exiting without waiting for the tasks in hand");
+                    std::process::exit(130);
+                }
+            }
             writeln!(out, "worker stopped: {:?}", worker.metrics())?;
         }
         Command::Migrate => {
