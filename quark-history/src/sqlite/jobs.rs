@@ -1,14 +1,12 @@
 //! Durable jobs on SQLite: unique keys, finishing, cancellation, holds, progress, queue controls and
 //! retention. Writers are serialized, so the checks here are exact without row locks.
 
-use std::time::Duration;
-
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::jobs::{Enqueued, HELD, JobInfo, JobState, Purged, RateLimit, UniquePolicy};
+use crate::jobs::{Enqueued, HELD, JobInfo, JobState, Purged, UniquePolicy};
 use crate::queue::{NewTask, TaskKind};
 use crate::store::JobStore;
 use crate::wakeup::Wake;
@@ -144,85 +142,6 @@ impl SqliteStore {
             Ok(None) => Error::TaskNotFound { task_id: id },
             Err(e) => e,
         }
-    }
-
-    /// The rate-limited queues among `queues`, from a snapshot at most a second old.
-    pub(super) async fn rate_limited_among(&self, queues: &[String]) -> Result<Vec<String>> {
-        let now = self.config.clock.now();
-        let limited = match self.rate_limited.get(now) {
-            Some(limited) => limited,
-            None => {
-                let limited: Vec<String> = sqlx::query_scalar(
-                    "SELECT queue FROM queue_settings WHERE rate_limit IS NOT NULL",
-                )
-                .fetch_all(&self.reader)
-                .await?;
-                self.rate_limited.set(now, limited.clone());
-                limited
-            }
-        };
-        Ok(queues
-            .iter()
-            .filter(|q| limited.contains(*q))
-            .cloned()
-            .collect())
-    }
-
-    /// Takes up to `want` tokens from `queue`'s bucket inside the write transaction. `None` if the
-    /// queue is paused or no longer limited.
-    pub(super) async fn take_tokens(
-        &self,
-        conn: &mut SqliteConnection,
-        queue: &str,
-        want: u32,
-        now: Timestamp,
-    ) -> Result<Option<u32>> {
-        let row: Option<crate::jobs::BucketRow<i64>> = sqlx::query_as(
-            "SELECT paused, rate_limit, rate_interval, tokens, refilled_at FROM queue_settings WHERE queue = ?1",
-        )
-        .bind(queue)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((false, Some(limit), Some(interval), tokens, refilled_at)) = row else {
-            return Ok(None);
-        };
-        let limit = RateLimit {
-            limit: limit as u32,
-            interval: Duration::from_micros(interval as u64),
-        };
-        let (grant, left) = crate::jobs::take_tokens(
-            limit,
-            tokens,
-            Timestamp::from_micros(refilled_at),
-            now,
-            want,
-        );
-        sqlx::query("UPDATE queue_settings SET tokens = ?2, refilled_at = ?3 WHERE queue = ?1")
-            .bind(queue)
-            .bind(left)
-            .bind(now.as_micros())
-            .execute(&mut *conn)
-            .await?;
-        Ok(Some(grant))
-    }
-
-    /// Gives back tokens taken but not used.
-    pub(super) async fn return_tokens(
-        &self,
-        conn: &mut SqliteConnection,
-        queue: &str,
-        unused: u32,
-    ) -> Result<()> {
-        if unused > 0 {
-            sqlx::query(
-                "UPDATE queue_settings SET tokens = min(tokens + ?2, rate_limit) WHERE queue = ?1",
-            )
-            .bind(queue)
-            .bind(f64::from(unused))
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
     }
 }
 
