@@ -14,13 +14,14 @@ use sqlx::Row;
 use super::PostgresStore;
 use super::commit::{TASK_COLUMNS, task_row, write_drop, write_settles};
 use super::heads::Head;
-use super::queue::{enqueue_in_tx, woken_instances};
+use super::queue::woken_instances;
 use crate::commit::{Commit, Committed};
 use crate::error::{Error, Result};
 use crate::event::SCHEMA_VERSION;
 use crate::plan::{self, InstanceHead, Locked, WritePlan};
 use crate::queue::TaskKind;
 use crate::rows::{check_tasks, hash32};
+use crate::sql::enqueue::enqueue;
 
 impl PostgresStore {
     pub(super) async fn commit_many_impl(&self, commits: Vec<Commit>) -> Vec<Result<Committed>> {
@@ -136,7 +137,7 @@ impl PostgresStore {
         let locked = self.lock(&mut tx, commits, &refused).await?;
         let plan = plan::plan(&self.config, now, commits, refused, &locked);
         self.write_plan(&mut tx, &plan, now).await?;
-        let inserted = enqueue_in_tx(&mut tx, &plan.tasks, now).await?;
+        let inserted = enqueue::<PostgresStore>(&mut tx, &plan.tasks, now).await?;
         let (delete, cancel) = plan.dropped.ids(&inserted.ids);
         write_drop(&mut tx, &delete, &cancel).await?;
         // Outbox messages, in commit order. A taken idempotency key fails the whole batch, which

@@ -12,15 +12,17 @@ use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use super::PostgresStore;
 use super::heads::Head;
-use super::jobs::{Finish, finish_tasks};
 use super::journal::append_in_tx;
-use super::queue::{enqueue_in_tx, insert_plain, woken_instances};
+use super::queue::{insert_plain, woken_instances};
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed, Settle};
 use crate::error::{Error, Result};
 use crate::plan::{self, Settled, TaskRow, TaskWrite};
 use crate::queue::TaskKind;
 use crate::rows::{check_tasks, visible_queues};
+use crate::sql::SqlStore;
+use crate::sql::enqueue::enqueue;
+use crate::sql::jobs::{Finish, Finished};
 
 pub(super) const TASK_COLUMNS: &str =
     "id, kind, attempts, lease_owner, visible_at, rerun, instance_id, queue, cancel_requested";
@@ -54,10 +56,22 @@ pub(super) async fn write_settles(
     let mut dead = Vec::new();
     for write in settles {
         match write {
-            TaskWrite::Complete { task_id, .. } => finish.push((*task_id, Finish::Completed, None)),
-            TaskWrite::Cancel { task_id, error, .. } => {
-                finish.push((*task_id, Finish::Cancelled, Some(error.clone())))
-            }
+            TaskWrite::Complete { task_id, kind } => finish.push(Finished {
+                id: *task_id,
+                kind: *kind,
+                how: Finish::Completed,
+                error: None,
+            }),
+            TaskWrite::Cancel {
+                task_id,
+                kind,
+                error,
+            } => finish.push(Finished {
+                id: *task_id,
+                kind: *kind,
+                how: Finish::Cancelled,
+                error: Some(error.clone()),
+            }),
             TaskWrite::Release {
                 task_id,
                 at,
@@ -88,7 +102,7 @@ pub(super) async fn write_settles(
         .execute(&mut *conn)
         .await?;
     }
-    finish_tasks(conn, store, &finish, now).await?;
+    store.finish_tasks(conn, &finish, now).await?;
     if !release.is_empty() {
         sqlx::query(
             "UPDATE tasks AS t SET lease_owner = NULL, rerun = false, visible_at = u.at, \
@@ -291,7 +305,7 @@ impl PostgresStore {
             appended.push(range);
             heads.push((append.instance_id.clone(), head));
         }
-        let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
+        let inserted = enqueue::<PostgresStore>(tx, &commit.tasks, now).await?;
         let ending: BTreeSet<&str> = commit.ending_instances().into_iter().collect();
         if !ending.is_empty() {
             let (mut gone, mut released) = (BTreeSet::new(), BTreeSet::new());

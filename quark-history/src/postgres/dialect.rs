@@ -80,6 +80,7 @@ impl Dialect for Postgres {
     const OVERRIDING_ID: &'static str = " OVERRIDING SYSTEM VALUE";
     const LEAST: &'static str = "LEAST";
     const GREATEST: &'static str = "GREATEST";
+    const PROMOTE: &'static str = "SELECT quark_concurrency_promote($1, $2)";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()

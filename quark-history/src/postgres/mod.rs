@@ -9,7 +9,6 @@ mod claim;
 mod commit;
 mod dialect;
 mod heads;
-mod jobs;
 mod journal;
 mod notify;
 mod outbox;
@@ -94,7 +93,9 @@ impl PostgresStore {
     ) -> Result<Vec<i64>> {
         crate::rows::check_tasks(&self.config, &tasks)?;
         let now = self.config.clock.now();
-        let ids = queue::enqueue_in_tx(&mut *conn, &tasks, now).await?.ids;
+        let ids = crate::sql::enqueue::enqueue::<Self>(&mut *conn, &tasks, now)
+            .await?
+            .ids;
         let notices: Vec<String> = crate::rows::visible_queues(&tasks, now)
             .into_iter()
             .map(|(queue, kind)| notify::notice("tx", kind, &queue))
@@ -205,11 +206,20 @@ impl crate::sql::SqlStore for PostgresStore {
         Box::pin(outbox::insert_messages(conn, rows, now))
     }
 
-    fn enqueue<'a>(
+    fn insert_tasks<'a>(
         conn: &'a mut sqlx::PgConnection,
         tasks: &'a [crate::NewTask],
         now: crate::Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>> {
-        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.ids) })
+        Box::pin(queue::insert_plain(conn, tasks, now))
+    }
+
+    fn finish_tasks<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        tasks: &'a [crate::sql::jobs::Finished],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(queue::finish_tasks(conn, self, tasks, now))
     }
 }

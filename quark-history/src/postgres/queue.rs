@@ -1,74 +1,18 @@
-//! Enqueues on PostgreSQL: plain tasks in one `UNNEST` statement.
+//! The queue's set statements on PostgreSQL: plain tasks inserted and settled tasks finished in
+//! one `UNNEST` statement each, whatever their number.
 
+use sqlx::PgConnection;
+
+use super::PostgresStore;
 use crate::clock::Timestamp;
 use crate::error::Result;
-use crate::jobs::Enqueued;
 use crate::queue::{NewTask, TaskKind};
-
-/// What an enqueue inside a transaction did.
-pub(super) struct Inserted {
-    /// The task ids, in input order.
-    pub(super) ids: Vec<i64>,
-    /// Tasks deduplicated by their unique key.
-    pub(super) deduplicated: Vec<(usize, Enqueued)>,
-}
-
-/// Inserts tasks inside a write transaction, merging orchestration tasks per instance and
-/// deduplicating jobs by unique key.
-pub(super) async fn enqueue_in_tx(
-    conn: &mut sqlx::PgConnection,
-    tasks: &[NewTask],
-    now: Timestamp,
-) -> Result<Inserted> {
-    let mut ids = vec![0i64; tasks.len()];
-    let mut deduplicated = Vec::new();
-    let mut plain: Vec<(usize, &NewTask)> = Vec::new();
-    for (i, task) in tasks.iter().enumerate() {
-        if task.kind == TaskKind::Orchestration {
-            // One orchestration task per instance: a pending one absorbs the new one; a leased
-            // one is marked to run again when its holder settles it.
-            ids[i] = sqlx::query_scalar(
-                "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
-                 VALUES ('orchestration', $1, $2, $3, $4, $5, COALESCE($6, (SELECT affinity FROM instances WHERE id = $2)), $7) \
-                 ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
-                 rerun = tasks.rerun OR tasks.lease_owner IS NOT NULL, \
-                 visible_at = CASE WHEN tasks.lease_owner IS NULL THEN LEAST(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
-                 priority = GREATEST(tasks.priority, excluded.priority) \
-                 RETURNING id",
-            )
-            .bind(&task.queue)
-            .bind(task.instance_id.as_deref())
-            .bind(task.priority)
-            .bind(task.visible_at.unwrap_or(now).as_micros())
-            .bind(now.as_micros())
-            .bind(task.affinity.as_deref())
-            .bind(&task.payload)
-            .fetch_one(&mut *conn)
-            .await?;
-        } else if task.unique.is_some() {
-            let (id, outcome) = super::jobs::enqueue_unique(conn, task, now).await?;
-            ids[i] = id;
-            if outcome != Enqueued::New {
-                deduplicated.push((i, outcome));
-            }
-        } else {
-            plain.push((i, task));
-        }
-    }
-    if !plain.is_empty() {
-        let tasks: Vec<NewTask> = plain.iter().map(|(_, t)| (*t).clone()).collect();
-        let inserted = insert_plain(conn, &tasks, now).await?;
-        for ((i, _), id) in plain.iter().zip(inserted) {
-            ids[*i] = id;
-        }
-    }
-    Ok(Inserted { ids, deduplicated })
-}
+use crate::sql::jobs::Finished;
 
 /// Inserts tasks that are not orchestrations, in one statement. Identity values are drawn in row
 /// order, so sorting the returned ids restores the input order.
 pub(super) async fn insert_plain(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     tasks: &[NewTask],
     now: Timestamp,
 ) -> Result<Vec<i64>> {
@@ -124,4 +68,43 @@ pub(super) fn woken_instances(tasks: &[NewTask]) -> Vec<&str> {
         .filter(|t| t.kind == TaskKind::Orchestration)
         .filter_map(|t| t.instance_id.as_deref())
         .collect()
+}
+
+/// Removes tasks from the hot table; jobs among them are recorded in `finished_jobs` (when the
+/// store keeps finished jobs) with their state and error. One statement whatever their number.
+pub(super) async fn finish_tasks(
+    conn: &mut PgConnection,
+    store: &PostgresStore,
+    tasks: &[Finished],
+    now: Timestamp,
+) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = tasks.iter().map(|t| t.id).collect();
+    if store.config.finished_job_retention.is_zero() {
+        sqlx::query(
+            "WITH d AS (DELETE FROM tasks WHERE id = ANY($1) RETURNING id, kind) \
+             DELETE FROM job_progress p USING d WHERE p.task_id = d.id AND d.kind = 'job'",
+        )
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH d AS (DELETE FROM tasks t USING UNNEST($1::bigint[], $2::text[], $3::text[]) AS u(id, state, error) \
+           WHERE t.id = u.id \
+           RETURNING t.id, t.kind, t.queue, t.priority, t.attempts, t.created_at, t.payload, u.state, \
+             CASE WHEN u.state = 'completed' THEN NULL ELSE COALESCE(u.error, t.last_error) END AS error) \
+         INSERT INTO finished_jobs (id, queue, state, priority, attempts, error, created_at, finished_at, payload) \
+         SELECT id, queue, state, priority, attempts, error, created_at, $4, payload FROM d WHERE kind = 'job'",
+    )
+    .bind(&ids)
+    .bind(tasks.iter().map(Finished::state).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.error.as_deref()).collect::<Vec<_>>())
+    .bind(now.as_micros())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

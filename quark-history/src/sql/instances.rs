@@ -93,7 +93,7 @@ pub(crate) async fn insert_one_by_one<S: SqlStore>(
         let mut task =
             NewTask::orchestration(new.queue.clone(), new.id.clone()).priority(new.priority);
         task.visible_at = new.start_at;
-        S::enqueue(&mut *conn, std::slice::from_ref(&task), now).await?;
+        super::enqueue::enqueue::<S>(&mut *conn, std::slice::from_ref(&task), now).await?;
         inserted.push(new.id.clone());
     }
     Ok(inserted)

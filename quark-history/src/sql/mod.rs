@@ -19,9 +19,11 @@
 //! one writer and needs none), array statements, and how wake-ups are announced.
 
 pub(crate) mod claim;
+pub(crate) mod enqueue;
 mod inbox;
 pub(crate) mod inbox_order;
 pub(crate) mod instances;
+mod job_list;
 pub(crate) mod jobs;
 pub(crate) mod journal;
 pub(crate) mod outbox;
@@ -210,6 +212,11 @@ pub(crate) trait Dialect:
     /// The larger of two values: `GREATEST` on PostgreSQL, the scalar `max` on SQLite.
     const GREATEST: &'static str;
 
+    /// Frees slots of concurrency key `$1` (limit `$2`) to the oldest waiting jobs of the highest
+    /// priority, as the delete trigger does: on PostgreSQL the schema's function, which takes the
+    /// key's advisory lock first.
+    const PROMOTE: &'static str;
+
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 
@@ -332,12 +339,26 @@ pub(crate) trait SqlStore:
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>>;
 
-    /// Enqueues tasks inside a transaction; returns their ids.
-    fn enqueue<'a>(
+    /// Inserts tasks that are neither orchestrations nor unique inside a transaction; returns
+    /// their ids in order. Enqueueing is [`enqueue::enqueue`].
+    fn insert_tasks<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
         tasks: &'a [NewTask],
         now: Timestamp,
-    ) -> BoxFuture<'a, Result<Vec<i64>>>;
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(enqueue::insert_one_by_one::<Self::Db>(conn, tasks, now))
+    }
+
+    /// Removes settled tasks from the hot table inside a transaction; the jobs among them are
+    /// recorded in `finished_jobs`, unless the store keeps no finished jobs.
+    fn finish_tasks<'a>(
+        &'a self,
+        conn: &'a mut <Self::Db as Database>::Connection,
+        tasks: &'a [jobs::Finished],
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(jobs::finish_one_by_one(self, conn, tasks, now))
+    }
 
     /// Inserts new instances (`firsts`: their encoded `WorkflowStarted` events) with their first
     /// orchestration tasks, leaving out those whose id is taken; returns the ids it inserted.

@@ -22,7 +22,7 @@ use crate::store::{Backend, Store, StoreConfig};
 use crate::transaction::StoreTx;
 use crate::wakeup::Wakeups;
 
-impl<S: SqlStore + crate::store::JobStore> Store for S {
+impl<S: SqlStore> Store for S {
     fn backend(&self) -> Backend {
         S::Db::BACKEND
     }

@@ -9,8 +9,6 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::SqliteStore;
-use super::jobs::{Finish, finish_task};
-use super::queue::enqueue_in_tx;
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed};
 use crate::error::{Error, Result};
@@ -18,6 +16,9 @@ use crate::event::SCHEMA_VERSION;
 use crate::plan::{self, EventRow, InstanceHead, InstanceWrite, Locked, TaskRow, TaskWrite};
 use crate::queue::TaskKind;
 use crate::rows::{check_tasks, hash32};
+use crate::sql::SqlStore;
+use crate::sql::enqueue::enqueue;
+use crate::sql::jobs::{Finish, Finished};
 use crate::wakeup::Wake;
 
 const TASK_COLUMNS: &str =
@@ -153,15 +154,26 @@ async fn write_settles(
     for write in settles {
         match write {
             TaskWrite::Complete { task_id, kind } => {
-                finish_task(tx, store, *task_id, *kind, Finish::Completed, None, now).await?
+                let finished = Finished {
+                    id: *task_id,
+                    kind: *kind,
+                    how: Finish::Completed,
+                    error: None,
+                };
+                store.finish_tasks(tx, &[finished], now).await?
             }
             TaskWrite::Cancel {
                 task_id,
                 kind,
                 error,
             } => {
-                let error = Some(error.clone());
-                finish_task(tx, store, *task_id, *kind, Finish::Cancelled, error, now).await?
+                let finished = Finished {
+                    id: *task_id,
+                    kind: *kind,
+                    how: Finish::Cancelled,
+                    error: Some(error.clone()),
+                };
+                store.finish_tasks(tx, &[finished], now).await?
             }
             TaskWrite::Release {
                 task_id,
@@ -317,7 +329,8 @@ impl SqliteStore {
                 .await?;
         }
         write_appends(tx, &plan.events, &plan.instances).await?;
-        let (task_ids, deduplicated) = enqueue_in_tx(tx, &plan.tasks, now).await?;
+        let inserted = enqueue::<SqliteStore>(tx, &plan.tasks, now).await?;
+        let (task_ids, deduplicated) = (inserted.ids, inserted.deduplicated);
         let (delete, cancel) = plan.dropped.ids(&task_ids);
         write_drop(tx, &delete, &cancel).await?;
         super::outbox::insert_messages(tx, &messages, now).await?;

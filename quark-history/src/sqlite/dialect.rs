@@ -62,6 +62,11 @@ impl Dialect for Sqlite {
     const OVERRIDING_ID: &'static str = "";
     const LEAST: &'static str = "min";
     const GREATEST: &'static str = "max";
+    // The statement of the delete trigger: writers are serialized, so the count is exact.
+    const PROMOTE: &'static str = "UPDATE tasks SET held = NULL, visible_at = held_visible_at, \
+        held_visible_at = NULL WHERE id IN (SELECT id FROM tasks \
+          WHERE concurrency_key = $1 AND held = 'concurrency' ORDER BY priority DESC, id \
+          LIMIT max(0, $2 - (SELECT count(*) FROM tasks WHERE concurrency_key = $1 AND held IS NULL)))";
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()

@@ -7,10 +7,8 @@
 mod claim;
 mod commit;
 mod dialect;
-mod jobs;
 mod outbox;
 pub(crate) use outbox::record as record_inbox;
-mod queue;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -191,13 +189,5 @@ impl crate::sql::SqlStore for SqliteStore {
         now: crate::Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>> {
         Box::pin(outbox::insert_messages(conn, rows, now))
-    }
-
-    fn enqueue<'a>(
-        conn: &'a mut sqlx::SqliteConnection,
-        tasks: &'a [crate::NewTask],
-        now: crate::Timestamp,
-    ) -> BoxFuture<'a, Result<Vec<i64>>> {
-        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.0) })
     }
 }
