@@ -7,8 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::heads::Head;
@@ -20,29 +19,10 @@ use crate::error::{Error, Result};
 use crate::plan::{self, Settled, TaskRow, TaskWrite};
 use crate::queue::TaskKind;
 use crate::rows::{check_tasks, visible_queues};
-use crate::sql::SqlStore;
 use crate::sql::enqueue::enqueue;
 use crate::sql::jobs::{Finish, Finished};
-
-pub(super) const TASK_COLUMNS: &str =
-    "id, kind, attempts, lease_owner, visible_at, rerun, instance_id, queue, cancel_requested";
-
-pub(super) fn task_row(row: &PgRow) -> Result<TaskRow> {
-    Ok(TaskRow {
-        id: row.try_get("id")?,
-        kind: row
-            .try_get::<&str, _>("kind")?
-            .parse()
-            .map_err(Error::Invalid)?,
-        attempt: row.try_get::<i32, _>("attempts")? as u32,
-        owner: row.try_get("lease_owner")?,
-        visible_at: Timestamp::from_micros(row.try_get("visible_at")?),
-        rerun: row.try_get("rerun")?,
-        instance_id: row.try_get("instance_id")?,
-        queue: row.try_get("queue")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-    })
-}
+use crate::sql::locked::{TASK_COLUMNS, task_row};
+use crate::sql::{Row, SqlStore};
 
 /// Writes settled tasks as planned, a statement per kind of write whatever their number.
 pub(super) async fn write_settles(
@@ -174,7 +154,9 @@ async fn lock_tasks_first(
     .bind(&ending)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter().map(task_row).collect()
+    rows.into_iter()
+        .map(|r| task_row(&Row::<sqlx::Postgres>::new(r)))
+        .collect()
 }
 
 /// Settles the task a commit was done under.
@@ -222,7 +204,9 @@ async fn settle_in_tx(
     .bind(&lease.worker)
     .fetch_optional(&mut **tx)
     .await?;
-    let row = row.as_ref().map(task_row).transpose()?;
+    let row = row
+        .map(|r| task_row(&Row::<sqlx::Postgres>::new(r)))
+        .transpose()?;
     let settled = plan::settle(settle, row.as_ref(), false, now)?;
     if let Some((instance, worker)) = &settled.affinity {
         sqlx::query(

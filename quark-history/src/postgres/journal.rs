@@ -1,7 +1,7 @@
 //! Instances and histories where PostgreSQL differs: new instances inserted in one statement, and
 //! the append that writes to a known head without reading the instance row first.
 
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::heads::Head;
@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::event::SCHEMA_VERSION;
 use crate::instance::{InstanceStatus, NewInstance};
 use crate::plan::{self, Appended, InstanceHead};
-use crate::rows::{EncodedEvent, hash32};
+use crate::rows::EncodedEvent;
+use crate::sql::Row;
+use crate::sql::locked::{HEAD_COLUMNS, instance_head};
 
 /// Inserts new instances with their first events and orchestration tasks, leaving out taken ids,
 /// in one statement: a `VALUES` one for a single instance (the common case, and the quickest to
@@ -118,20 +120,14 @@ pub(super) async fn append_in_tx(
         // Another process appended (or ended the instance) since: read it as it is now.
         store.heads.forget(&append.instance_id);
     }
-    let row =
-        sqlx::query("SELECT next_seq, last_hash, status FROM instances WHERE id = $1 FOR UPDATE")
-            .bind(&append.instance_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {HEAD_COLUMNS} FROM instances WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(&append.instance_id)
+    .fetch_optional(&mut **tx)
+    .await?;
     let locked = match row {
-        Some(row) => Some(InstanceHead {
-            next_seq: row.try_get::<i64, _>(0)? as u64,
-            last_hash: hash32(&row.try_get::<Vec<u8>, _>(1)?),
-            status: row
-                .try_get::<String, _>(2)?
-                .parse()
-                .map_err(Error::Invalid)?,
-        }),
+        Some(row) => Some(instance_head(&Row::<sqlx::Postgres>::new(row))?.1),
         None => None,
     };
     let planned = plan::append(&store.config, append, locked.as_ref(), now)?;

@@ -1,15 +1,14 @@
 //! Durable jobs ([`JobStore`]), implemented once for both databases: cancelling, pausing and
-//! resuming jobs, finishing tasks, progress reports, the queues' controls and the retention of
-//! finished jobs (reading jobs is [`super::job_list`]). A job's row is read with
+//! resuming jobs, finishing tasks, progress reports and the retention of finished jobs (reading
+//! jobs is [`super::job_list`], the queues' controls [`super::queue_settings`]). A job's row is read with
 //! [`Dialect::FOR_UPDATE`] before it changes, a row lock on PostgreSQL and nothing on SQLite, whose
 //! write transactions hold the one writer. What differs is finishing many tasks at once
 //! ([`SqlStore::finish_tasks`]: one set statement on PostgreSQL) and handing a concurrency slot on
 //! ([`Dialect::PROMOTE`]).
 
-use std::time::Duration;
-
 use futures::future::BoxFuture;
 
+use super::queue_settings::{queue_settings, set_queue_paused, set_rate_limit};
 use super::{Dialect, SqlStore, Stmt, job_list};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -280,79 +279,6 @@ async fn job_progress<S: SqlStore>(store: &S, id: i64) -> Result<Option<Progress
         })
     })
     .transpose()
-}
-
-/// Pauses or resumes claims from a queue; a resumed queue's waiting workers are woken.
-async fn set_queue_paused<S: SqlStore>(store: &S, queue: &str, paused: bool) -> Result<()> {
-    Stmt::<S::Db>::new(
-        "INSERT INTO queue_settings (queue, paused) VALUES ($1, $2) \
-         ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
-    )
-    .bind(queue)
-    .bind(paused)
-    .execute(&mut *store.writer().acquire().await?)
-    .await?;
-    if !paused {
-        store.announce(TaskKind::ALL.map(|k| (queue.to_string(), k)));
-    }
-    Ok(())
-}
-
-/// A queue's controls.
-async fn queue_settings<S: SqlStore>(store: &S, queue: &str) -> Result<QueueSettings> {
-    // The limit is INTEGER (32 bits) on PostgreSQL and 64 on SQLite: read as 64 on both.
-    let row = Stmt::<S::Db>::new(
-        "SELECT paused, CAST(rate_limit AS BIGINT) AS rate_limit, rate_interval \
-         FROM queue_settings WHERE queue = $1",
-    )
-    .bind(queue)
-    .fetch_optional(&mut *store.reader().acquire().await?)
-    .await?;
-    let Some(row) = row else {
-        return Ok(QueueSettings::default());
-    };
-    let limit: Option<i64> = row.get("rate_limit")?;
-    let interval: Option<i64> = row.get("rate_interval")?;
-    Ok(QueueSettings {
-        paused: row.get("paused")?,
-        rate_limit: limit.zip(interval).map(|(l, i)| RateLimit {
-            limit: l as u32,
-            interval: Duration::from_micros(i as u64),
-        }),
-    })
-}
-
-/// Sets or clears a queue's rate limit; a queue set free wakes its waiting workers.
-async fn set_rate_limit<S: SqlStore>(
-    store: &S,
-    queue: &str,
-    limit: Option<RateLimit>,
-) -> Result<()> {
-    if let Some(l) = limit
-        && (l.limit == 0 || l.interval.is_zero())
-    {
-        return Err(Error::Invalid(
-            "a rate limit needs a positive count and interval".into(),
-        ));
-    }
-    Stmt::<S::Db>::new(
-        "INSERT INTO queue_settings (queue, rate_limit, rate_interval, tokens, refilled_at) \
-         VALUES ($1, $2, $3, COALESCE($2, 0), $4) \
-         ON CONFLICT (queue) DO UPDATE SET rate_limit = excluded.rate_limit, \
-           rate_interval = excluded.rate_interval, tokens = excluded.tokens, \
-           refilled_at = excluded.refilled_at",
-    )
-    .bind(queue)
-    .bind(limit.map(|l| l.limit as i32))
-    .bind(limit.map(|l| l.interval.as_micros() as i64))
-    .bind(store.settings().clock.now().as_micros())
-    .execute(&mut *store.writer().acquire().await?)
-    .await?;
-    store.limited_queues().invalidate();
-    if limit.is_none() {
-        store.announce(TaskKind::ALL.map(|k| (queue.to_string(), k)));
-    }
-    Ok(())
 }
 
 /// Removes up to `limit` finished jobs past the retention (with their progress), expired unique

@@ -13,10 +13,13 @@
 //! an enum over the two connections puts a `match` in every statement; repeating the bounds on each
 //! function or `impl` block buries the SQL under them.
 //!
-//! Each capability is one module holding its statements ([`inbox_order`], [`outbox`], [`schedule`]),
-//! implemented once for every [`SqlStore`]. The dialects differ in what [`Dialect`] and
-//! [`SqlStore`] ask of them, and nothing more: row locks (`FOR UPDATE`, `SKIP LOCKED`; SQLite has
-//! one writer and needs none), array statements, and how wake-ups are announced.
+//! Each capability is one module holding its statements, implemented once for every [`SqlStore`]:
+//! [`Store`](crate::Store) itself in `store` (over [`instances`], [`journal`] and [`queue`]),
+//! [`JobStore`](crate::JobStore) in [`jobs`], and [`inbox_order`], [`outbox`], [`schedule`]. The
+//! dialects differ in what [`Dialect`] and [`SqlStore`] ask of them, and nothing more: row locks
+//! (`FOR UPDATE`, `SKIP LOCKED`; SQLite has one writer and needs none), lists (arrays or JSON),
+//! array statements where PostgreSQL writes many rows in one, the claim statement, the global
+//! order's horizon, the commit path, and how wake-ups are announced and heard.
 
 pub(crate) mod claim;
 pub(crate) mod enqueue;
@@ -26,8 +29,10 @@ pub(crate) mod instances;
 mod job_list;
 pub(crate) mod jobs;
 pub(crate) mod journal;
+pub(crate) mod locked;
 pub(crate) mod outbox;
 pub(crate) mod queue;
+mod queue_settings;
 pub(crate) mod schedule;
 mod store;
 
@@ -294,6 +299,11 @@ impl<DB: Dialect> Stmt<DB> {
 pub(crate) struct Row<DB: Database>(DB::Row);
 
 impl<DB: Dialect> Row<DB> {
+    /// A row that plain sqlx code fetched.
+    pub(crate) fn new(row: DB::Row) -> Self {
+        Row(row)
+    }
+
     pub(crate) fn get<T>(&self, column: &str) -> Result<T>
     where
         DB: Reads<T>,
