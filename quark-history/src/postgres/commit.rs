@@ -275,7 +275,7 @@ impl PostgresStore {
         now: Timestamp,
     ) -> Result<Written> {
         let locked = lock_tasks_first(tx, commit).await?;
-        super::outbox::receive_in(tx, &commit.receive, now).await?;
+        crate::sql::receive::<sqlx::Postgres>(tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         let settled = match &commit.settle {
             Some(settle) => Some(settle_in_tx(tx, self, settle, now).await?),

@@ -12,7 +12,6 @@ mod heads;
 mod journal;
 mod notify;
 mod outbox;
-pub(crate) use outbox::record as record_inbox;
 mod queue;
 
 use std::str::FromStr;

@@ -284,7 +284,7 @@ impl SqliteStore {
     ) -> Result<Written> {
         check_tasks(&self.config, &commit.tasks)?;
         let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
-        super::outbox::receive_in(tx, &commit.receive, now).await?;
+        crate::sql::receive::<sqlx::Sqlite>(tx, &commit.receive, now).await?;
         let locked = read_locked(tx, commit).await?;
         let mut plan = plan::plan(
             &self.config,

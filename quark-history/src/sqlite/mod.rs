@@ -8,7 +8,6 @@ mod claim;
 mod commit;
 mod dialect;
 mod outbox;
-pub(crate) use outbox::record as record_inbox;
 
 use std::str::FromStr;
 use std::time::Duration;
