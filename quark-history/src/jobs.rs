@@ -272,9 +272,6 @@ impl LimitedQueues {
     }
 }
 
-/// A queue's token bucket as stored: paused, limit, interval (µs), tokens, refilled at (µs).
-pub(crate) type BucketRow<Int> = (bool, Option<Int>, Option<i64>, f64, i64);
-
 /// The far-future `visible_at` of a held task.
 pub(crate) const HELD: i64 = i64::MAX;
 

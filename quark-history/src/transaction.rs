@@ -111,11 +111,11 @@ impl StoreTx {
         match &mut self.inner {
             #[cfg(feature = "postgres")]
             TxInner::Postgres(tx) => {
-                crate::postgres::record_inbox(&mut *tx, message_id, now, window).await
+                crate::sql::record::<sqlx::Postgres>(tx, message_id, now, window).await
             }
             #[cfg(feature = "sqlite")]
             TxInner::Sqlite(tx) => {
-                crate::sqlite::record_inbox(&mut *tx, message_id, now, window).await
+                crate::sql::record::<sqlx::Sqlite>(tx, message_id, now, window).await
             }
         }
     }

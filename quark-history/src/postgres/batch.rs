@@ -9,18 +9,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use sqlx::Row;
-
 use super::PostgresStore;
-use super::commit::{TASK_COLUMNS, task_row, write_drop, write_settles};
+use super::commit::{write_drop, write_settles};
 use super::heads::Head;
-use super::queue::{enqueue_in_tx, woken_instances};
+use super::queue::woken_instances;
 use crate::commit::{Commit, Committed};
 use crate::error::{Error, Result};
 use crate::event::SCHEMA_VERSION;
-use crate::plan::{self, InstanceHead, Locked, WritePlan};
+use crate::plan::{self, Locked, WritePlan};
 use crate::queue::TaskKind;
-use crate::rows::{check_tasks, hash32};
+use crate::rows::check_tasks;
+use crate::sql::Row;
+use crate::sql::enqueue::enqueue;
+use crate::sql::locked::{HEAD_COLUMNS, TASK_COLUMNS, instance_head, task_row};
 
 impl PostgresStore {
     pub(super) async fn commit_many_impl(&self, commits: Vec<Commit>) -> Vec<Result<Committed>> {
@@ -80,8 +81,8 @@ impl PostgresStore {
             .bind(&ending)
             .fetch_all(&mut *tx)
             .await?;
-            for row in &rows {
-                let task = task_row(row)?;
+            for row in rows {
+                let task = task_row(&Row::<sqlx::Postgres>::new(row))?;
                 locked.tasks.insert(task.id, task);
             }
         }
@@ -94,22 +95,15 @@ impl PostgresStore {
             .into_iter()
             .collect();
         if !instances.is_empty() {
-            let rows = sqlx::query(
-                "SELECT id, next_seq, last_hash, status FROM instances \
-                 WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            )
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {HEAD_COLUMNS} FROM instances WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+            )))
             .bind(&instances)
             .fetch_all(&mut *tx)
             .await?;
             for row in rows {
-                let status: String = row.try_get("status")?;
-                let hash: Vec<u8> = row.try_get("last_hash")?;
-                let head = InstanceHead {
-                    next_seq: row.try_get::<i64, _>("next_seq")? as u64,
-                    last_hash: hash32(&hash),
-                    status: status.parse().map_err(Error::Invalid)?,
-                };
-                locked.instances.insert(row.try_get("id")?, head);
+                let (id, head) = instance_head(&Row::<sqlx::Postgres>::new(row))?;
+                locked.instances.insert(id, head);
             }
         }
         Ok(locked)
@@ -136,7 +130,7 @@ impl PostgresStore {
         let locked = self.lock(&mut tx, commits, &refused).await?;
         let plan = plan::plan(&self.config, now, commits, refused, &locked);
         self.write_plan(&mut tx, &plan, now).await?;
-        let inserted = enqueue_in_tx(&mut tx, &plan.tasks, now).await?;
+        let inserted = enqueue::<PostgresStore>(&mut tx, &plan.tasks, now).await?;
         let (delete, cancel) = plan.dropped.ids(&inserted.ids);
         write_drop(&mut tx, &delete, &cancel).await?;
         // Outbox messages, in commit order. A taken idempotency key fails the whole batch, which

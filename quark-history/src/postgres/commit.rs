@@ -7,40 +7,22 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::PostgresStore;
 use super::heads::Head;
-use super::jobs::{Finish, finish_tasks};
 use super::journal::append_in_tx;
-use super::queue::{enqueue_in_tx, insert_plain, woken_instances};
+use super::queue::{insert_plain, woken_instances};
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed, Settle};
 use crate::error::{Error, Result};
 use crate::plan::{self, Settled, TaskRow, TaskWrite};
 use crate::queue::TaskKind;
 use crate::rows::{check_tasks, visible_queues};
-
-pub(super) const TASK_COLUMNS: &str =
-    "id, kind, attempts, lease_owner, visible_at, rerun, instance_id, queue, cancel_requested";
-
-pub(super) fn task_row(row: &PgRow) -> Result<TaskRow> {
-    Ok(TaskRow {
-        id: row.try_get("id")?,
-        kind: row
-            .try_get::<&str, _>("kind")?
-            .parse()
-            .map_err(Error::Invalid)?,
-        attempt: row.try_get::<i32, _>("attempts")? as u32,
-        owner: row.try_get("lease_owner")?,
-        visible_at: Timestamp::from_micros(row.try_get("visible_at")?),
-        rerun: row.try_get("rerun")?,
-        instance_id: row.try_get("instance_id")?,
-        queue: row.try_get("queue")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-    })
-}
+use crate::sql::enqueue::enqueue;
+use crate::sql::jobs::{Finish, Finished};
+use crate::sql::locked::{TASK_COLUMNS, task_row};
+use crate::sql::{Row, SqlStore};
 
 /// Writes settled tasks as planned, a statement per kind of write whatever their number.
 pub(super) async fn write_settles(
@@ -54,10 +36,22 @@ pub(super) async fn write_settles(
     let mut dead = Vec::new();
     for write in settles {
         match write {
-            TaskWrite::Complete { task_id, .. } => finish.push((*task_id, Finish::Completed, None)),
-            TaskWrite::Cancel { task_id, error, .. } => {
-                finish.push((*task_id, Finish::Cancelled, Some(error.clone())))
-            }
+            TaskWrite::Complete { task_id, kind } => finish.push(Finished {
+                id: *task_id,
+                kind: *kind,
+                how: Finish::Completed,
+                error: None,
+            }),
+            TaskWrite::Cancel {
+                task_id,
+                kind,
+                error,
+            } => finish.push(Finished {
+                id: *task_id,
+                kind: *kind,
+                how: Finish::Cancelled,
+                error: Some(error.clone()),
+            }),
             TaskWrite::Release {
                 task_id,
                 at,
@@ -88,7 +82,7 @@ pub(super) async fn write_settles(
         .execute(&mut *conn)
         .await?;
     }
-    finish_tasks(conn, store, &finish, now).await?;
+    store.finish_tasks(conn, &finish, now).await?;
     if !release.is_empty() {
         sqlx::query(
             "UPDATE tasks AS t SET lease_owner = NULL, rerun = false, visible_at = u.at, \
@@ -160,7 +154,9 @@ async fn lock_tasks_first(
     .bind(&ending)
     .fetch_all(&mut **tx)
     .await?;
-    rows.iter().map(task_row).collect()
+    rows.into_iter()
+        .map(|r| task_row(&Row::<sqlx::Postgres>::new(r)))
+        .collect()
 }
 
 /// Settles the task a commit was done under.
@@ -208,7 +204,9 @@ async fn settle_in_tx(
     .bind(&lease.worker)
     .fetch_optional(&mut **tx)
     .await?;
-    let row = row.as_ref().map(task_row).transpose()?;
+    let row = row
+        .map(|r| task_row(&Row::<sqlx::Postgres>::new(r)))
+        .transpose()?;
     let settled = plan::settle(settle, row.as_ref(), false, now)?;
     if let Some((instance, worker)) = &settled.affinity {
         sqlx::query(
@@ -277,7 +275,7 @@ impl PostgresStore {
         now: Timestamp,
     ) -> Result<Written> {
         let locked = lock_tasks_first(tx, commit).await?;
-        super::outbox::receive_in(tx, &commit.receive, now).await?;
+        crate::sql::receive::<sqlx::Postgres>(tx, &commit.receive, now).await?;
         let mut announce: BTreeSet<(String, TaskKind)> = visible_queues(&commit.tasks, now);
         let settled = match &commit.settle {
             Some(settle) => Some(settle_in_tx(tx, self, settle, now).await?),
@@ -291,7 +289,7 @@ impl PostgresStore {
             appended.push(range);
             heads.push((append.instance_id.clone(), head));
         }
-        let inserted = enqueue_in_tx(tx, &commit.tasks, now).await?;
+        let inserted = enqueue::<PostgresStore>(tx, &commit.tasks, now).await?;
         let ending: BTreeSet<&str> = commit.ending_instances().into_iter().collect();
         if !ending.is_empty() {
             let (mut gone, mut released) = (BTreeSet::new(), BTreeSet::new());

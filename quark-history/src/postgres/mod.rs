@@ -7,12 +7,11 @@
 mod batch;
 mod claim;
 mod commit;
+mod dialect;
 mod heads;
-mod jobs;
 mod journal;
 mod notify;
 mod outbox;
-pub(crate) use outbox::record as record_inbox;
 mod queue;
 
 use std::str::FromStr;
@@ -20,16 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
-use crate::event::RecordedEvent;
-use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
-use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
-use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
-use crate::store::{Backend, Store, StoreConfig};
+use crate::store::{Store, StoreConfig};
 use crate::wakeup::{Hub, Wakeups};
 
 /// A [`Store`] on PostgreSQL.
@@ -41,62 +35,6 @@ pub struct PostgresStore {
     notifier: Arc<notify::Notifier>,
     rate_limited: Arc<crate::jobs::LimitedQueues>,
     heads: Arc<heads::Heads>,
-}
-
-/// The schema's migrations, in order.
-fn migrator() -> Migrator {
-    crate::sql::migrator(&[
-        (
-            1,
-            "journal and queue",
-            include_str!("../../migrations/postgres/0001_journal_and_queue.sql"),
-        ),
-        (
-            2,
-            "leaner writes",
-            include_str!("../../migrations/postgres/0002_leaner_writes.sql"),
-        ),
-        (
-            3,
-            "queue vacuum",
-            include_str!("../../migrations/postgres/0003_queue_vacuum.sql"),
-        ),
-        (
-            4,
-            "jobs",
-            include_str!("../../migrations/postgres/0004_jobs.sql"),
-        ),
-        (
-            5,
-            "schedules",
-            include_str!("../../migrations/postgres/0005_schedules.sql"),
-        ),
-        (
-            6,
-            "outbox",
-            include_str!("../../migrations/postgres/0006_outbox.sql"),
-        ),
-        (
-            7,
-            "inbox order",
-            include_str!("../../migrations/postgres/0007_inbox_order.sql"),
-        ),
-        (
-            8,
-            "claim by kind",
-            include_str!("../../migrations/postgres/0008_claim_by_kind.sql"),
-        ),
-        (
-            9,
-            "instances room to update",
-            include_str!("../../migrations/postgres/0009_instances_room_to_update.sql"),
-        ),
-        (
-            10,
-            "tasks by instance",
-            include_str!("../../migrations/postgres/0010_tasks_by_instance.sql"),
-        ),
-    ])
 }
 
 impl PostgresStore {
@@ -154,7 +92,9 @@ impl PostgresStore {
     ) -> Result<Vec<i64>> {
         crate::rows::check_tasks(&self.config, &tasks)?;
         let now = self.config.clock.now();
-        let ids = queue::enqueue_in_tx(&mut *conn, &tasks, now).await?.ids;
+        let ids = crate::sql::enqueue::enqueue::<Self>(&mut *conn, &tasks, now)
+            .await?
+            .ids;
         let notices: Vec<String> = crate::rows::visible_queues(&tasks, now)
             .into_iter()
             .map(|(queue, kind)| notify::notice("tx", kind, &queue))
@@ -182,167 +122,9 @@ impl PostgresStore {
     }
 }
 
-impl Store for PostgresStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
-    }
-
-    fn config(&self) -> &StoreConfig {
-        &self.config
-    }
-
-    fn migrate(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            migrator().run(&self.pool).await?;
-            Ok(())
-        })
-    }
-
-    fn create_instance(
-        &self,
-        new: NewInstance,
-        policy: IdReusePolicy,
-    ) -> BoxFuture<'_, Result<Created>> {
-        Box::pin(self.create_instance_impl(new, policy))
-    }
-
-    fn create_instances(
-        &self,
-        new: Vec<NewInstance>,
-        policy: IdReusePolicy,
-    ) -> BoxFuture<'_, Result<Vec<Created>>> {
-        Box::pin(self.create_instances_impl(new, policy))
-    }
-
-    fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
-        Box::pin(self.get_instance_impl(id))
-    }
-
-    fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>> {
-        Box::pin(self.list_instances_impl(filter))
-    }
-
-    fn read_history<'a>(
-        &'a self,
-        instance_id: &'a str,
-        range: HistoryRange,
-    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
-        Box::pin(self.read_history_impl(instance_id, range))
-    }
-
-    fn read_histories<'a>(
-        &'a self,
-        from: &'a [(String, u64)],
-    ) -> BoxFuture<'a, Result<Vec<Vec<RecordedEvent>>>> {
-        Box::pin(self.read_histories_impl(from))
-    }
-
-    fn read_all(
-        &self,
-        after: GlobalPosition,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>>> {
-        Box::pin(self.read_all_impl(after, limit))
-    }
-
-    fn verify<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<ChainReport>> {
-        Box::pin(self.verify_impl(instance_id))
-    }
-
-    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
-        Box::pin(self.commit_impl(commit))
-    }
-
-    fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
-        Box::pin(self.commit_many_impl(commits))
-    }
-
-    fn begin_tx(&self) -> BoxFuture<'_, Result<crate::StoreTx>> {
-        Box::pin(async move {
-            Ok(crate::StoreTx::from_postgres(
-                self.begin().await?,
-                Arc::clone(&self.config.clock),
-            ))
-        })
-    }
-
-    fn commit_tx(&self, tx: crate::StoreTx, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
-        Box::pin(async move {
-            match tx.inner {
-                crate::transaction::TxInner::Postgres(tx) => self.commit_tx_impl(tx, commit).await,
-                #[allow(unreachable_patterns)]
-                _ => Err(crate::Error::Invalid(
-                    "a transaction of another store was handed to the PostgreSQL store".into(),
-                )),
-            }
-        })
-    }
-
-    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
-        Box::pin(self.claim_impl(request))
-    }
-
-    fn extend_lease<'a>(
-        &'a self,
-        lease: &'a Lease,
-        lease_for: Duration,
-    ) -> BoxFuture<'a, Result<crate::Timestamp>> {
-        Box::pin(self.extend_lease_impl(lease, lease_for))
-    }
-
-    fn queue_stats<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueStats>> {
-        Box::pin(self.queue_stats_impl(queue))
-    }
-
-    fn list_dead<'a>(
-        &'a self,
-        queue: Option<&'a str>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<DeadTask>>> {
-        Box::pin(self.list_dead_impl(queue, limit))
-    }
-
-    fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.redrive_impl(task_id))
-    }
-
-    fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>> {
-        Box::pin(async move {
-            let listener = self.notifier.listener(&self.pool, &self.hub).await?;
-            Ok(self.hub.subscribe(Some(listener)))
-        })
-    }
-
-    fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.heartbeat_worker_impl(info))
-    }
-
-    fn deregister_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM workers WHERE id = $1")
-                .bind(worker_id)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
-        })
-    }
-
-    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
-        Box::pin(self.list_workers_impl())
-    }
-}
-
-impl crate::sql::Dialect for sqlx::Postgres {
-    const FOR_UPDATE: &'static str = " FOR UPDATE";
-    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const ONE_WRITER: bool = false;
-
-    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
-        result.rows_affected()
-    }
-}
-
 impl crate::sql::SqlStore for PostgresStore {
+    const CREATES_IN_ONE_STATEMENT: bool = true;
+
     fn settings(&self) -> &StoreConfig {
         &self.config
     }
@@ -359,6 +141,62 @@ impl crate::sql::SqlStore for PostgresStore {
         PostgresStore::announce(self, visible);
     }
 
+    fn wakeups(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        Box::pin(async move {
+            let listener = self.notifier.listener(&self.pool, &self.hub).await?;
+            Ok(self.hub.subscribe(Some(listener)))
+        })
+    }
+
+    fn limited_queues(&self) -> &crate::jobs::LimitedQueues {
+        &self.rate_limited
+    }
+
+    fn insert_instances<'a>(
+        conn: &'a mut sqlx::PgConnection,
+        news: &'a [crate::NewInstance],
+        firsts: &'a [crate::rows::EncodedEvent],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(journal::insert_instances(conn, news, firsts, now))
+    }
+
+    fn created<'a>(&self, started: impl IntoIterator<Item = (&'a str, [u8; 32])>) {
+        self.heads.learn(started.into_iter().map(|(id, last_hash)| {
+            let head = heads::Head {
+                next_seq: 2,
+                last_hash,
+            };
+            (id.to_string(), Some(head))
+        }));
+    }
+
+    fn claim_stmt(
+        request: &crate::ClaimRequest,
+        queues: &[String],
+        limit: u32,
+        now: crate::Timestamp,
+        unlimited_only: bool,
+    ) -> crate::sql::Stmt<sqlx::Postgres> {
+        claim::claim_stmt(request, queues, limit, now, unlimited_only)
+    }
+
+    fn write_commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        Box::pin(self.commit_impl(commit))
+    }
+
+    fn write_commits(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
+        Box::pin(self.commit_many_impl(commits))
+    }
+
+    fn write_commit_in(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        commit: Commit,
+    ) -> BoxFuture<'_, Result<Committed>> {
+        Box::pin(self.commit_tx_impl(tx, commit))
+    }
+
     fn insert_messages<'a>(
         conn: &'a mut sqlx::PgConnection,
         rows: &'a [crate::outbox::MessageRow],
@@ -367,11 +205,20 @@ impl crate::sql::SqlStore for PostgresStore {
         Box::pin(outbox::insert_messages(conn, rows, now))
     }
 
-    fn enqueue<'a>(
+    fn insert_tasks<'a>(
         conn: &'a mut sqlx::PgConnection,
         tasks: &'a [crate::NewTask],
         now: crate::Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>> {
-        Box::pin(async move { Ok(queue::enqueue_in_tx(conn, tasks, now).await?.ids) })
+        Box::pin(queue::insert_plain(conn, tasks, now))
+    }
+
+    fn finish_tasks<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        tasks: &'a [crate::sql::jobs::Finished],
+        now: crate::Timestamp,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(queue::finish_tasks(conn, self, tasks, now))
     }
 }

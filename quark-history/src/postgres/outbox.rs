@@ -56,25 +56,6 @@ pub(super) async fn insert_messages(
     Ok(ids)
 }
 
-/// Records inbox ids for a commit; a duplicate within the default window fails it. A concurrent
-/// transaction recording the same id makes this one wait for its outcome.
-pub(super) async fn receive_in(
-    conn: &mut PgConnection,
-    ids: &[String],
-    now: Timestamp,
-) -> Result<()> {
-    crate::sql::receive::<Postgres>(conn, ids, now).await
-}
-
-pub(crate) async fn record(
-    conn: &mut PgConnection,
-    id: &str,
-    now: Timestamp,
-    window: Duration,
-) -> Result<bool> {
-    crate::sql::record::<Postgres>(conn, id, now, window).await
-}
-
 impl PostgresStore {
     /// Writes messages inside the caller's transaction, with a `NOTIFY` that is delivered at its
     /// commit.

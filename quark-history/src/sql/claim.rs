@@ -8,13 +8,12 @@ use crate::queue::{ClaimedTask, Lease};
 /// The claimed tasks in `rows` (columns `id, attempts, kind, queue, instance_id, priority,
 /// created_at, payload`), leased to `worker` until `expires`.
 pub(crate) fn claimed_tasks<DB: Dialect>(
-    rows: Vec<DB::Row>,
+    rows: Vec<Row<DB>>,
     worker: &str,
     expires: Timestamp,
 ) -> Result<Vec<ClaimedTask>> {
     rows.into_iter()
         .map(|row| {
-            let row = Row::<DB>(row);
             Ok(ClaimedTask {
                 lease: Lease {
                     task_id: row.get("id")?,

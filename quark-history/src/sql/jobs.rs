@@ -1,22 +1,239 @@
-//! The parts of durable jobs ([`JobStore`](crate::JobStore)) that are the same on both databases:
-//! reading jobs, progress reports and the queues' controls. Cancelling, pausing and resuming jobs, unique keys
-//! and finishing stay in the dialect files, where PostgreSQL locks rows and works in set
-//! statements that SQLite's one writer does not need.
+//! Durable jobs ([`JobStore`]), implemented once for both databases: cancelling, pausing and
+//! resuming jobs, finishing tasks, progress reports and the retention of finished jobs (reading
+//! jobs is [`super::job_list`], the queues' controls [`super::queue_settings`]). A job's row is read with
+//! [`Dialect::FOR_UPDATE`] before it changes, a row lock on PostgreSQL and nothing on SQLite, whose
+//! write transactions hold the one writer. What differs is finishing many tasks at once
+//! ([`SqlStore::finish_tasks`]: one set statement on PostgreSQL) and handing a concurrency slot on
+//! ([`Dialect::PROMOTE`]).
 
-use std::time::Duration;
+use futures::future::BoxFuture;
 
-use super::{Dialect, Row, SqlStore, Stmt};
+use super::queue_settings::{queue_settings, set_queue_paused, set_rate_limit};
+use super::{Dialect, SqlStore, Stmt, job_list};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::jobs::{JobFilter, JobInfo, JobState, Progress, QueueSettings, RateLimit, live_state};
+use crate::jobs::{HELD, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit};
 use crate::queue::{Lease, TaskKind};
+use crate::store::JobStore;
+
+type Conn<S> = <<S as crate::inbox::InboxStore>::Db as sqlx::Database>::Connection;
+
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// How a task leaves the hot table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// Done.
+    Completed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// A task leaving the hot table, for [`SqlStore::finish_tasks`].
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub(crate) id: i64,
+    /// Only jobs leave a record.
+    pub(crate) kind: TaskKind,
+    pub(crate) how: Finish,
+    /// Why it was cancelled (a completed job keeps no error).
+    pub(crate) error: Option<String>,
+}
+
+impl Finish {
+    fn state(self) -> JobState {
+        match self {
+            Finish::Completed => JobState::Completed,
+            Finish::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+impl Finished {
+    /// The state a finished job is recorded with.
+    pub(crate) fn state(&self) -> &'static str {
+        self.how.state().as_str()
+    }
+}
+
+/// Removes tasks from the hot table, a statement or two each; jobs among them are recorded in
+/// `finished_jobs` (when the store keeps finished jobs). The default of
+/// [`SqlStore::finish_tasks`].
+pub(crate) async fn finish_one_by_one<S: SqlStore>(
+    store: &S,
+    conn: &mut Conn<S>,
+    tasks: &[Finished],
+    now: Timestamp,
+) -> Result<()> {
+    let keep = !store.settings().finished_job_retention.is_zero();
+    for task in tasks {
+        if task.kind != TaskKind::Job {
+            // Only jobs leave a record.
+        } else if keep {
+            Stmt::<S::Db>::new(
+                "INSERT INTO finished_jobs (id, queue, state, priority, attempts, error, created_at, \
+                 finished_at, payload) \
+                 SELECT id, queue, $2, priority, attempts, \
+                   CASE WHEN $2 = 'completed' THEN NULL ELSE COALESCE($3, last_error) END, \
+                   created_at, $4, payload \
+                 FROM tasks WHERE id = $1 AND kind = 'job'",
+            )
+            .bind(task.id)
+            .bind(task.state())
+            .bind(task.error.clone())
+            .bind(now.as_micros())
+            .execute(&mut *conn)
+            .await?;
+        } else {
+            Stmt::<S::Db>::new("DELETE FROM job_progress WHERE task_id = $1")
+                .bind(task.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Stmt::<S::Db>::new("DELETE FROM tasks WHERE id = $1")
+            .bind(task.id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The error for an operation that found job `id` in the wrong state (or found none).
+async fn refuse<S: SqlStore>(store: &S, id: i64, action: &'static str) -> Error {
+    match job_list::job(store, id).await {
+        Ok(Some(job)) => Error::JobState {
+            id,
+            state: job.state,
+            action,
+        },
+        Ok(None) => Error::TaskNotFound { task_id: id },
+        Err(e) => e,
+    }
+}
+
+/// Cancels a job: removes one that has not started, asks a running one to stop.
+async fn cancel_job<S: SqlStore>(store: &S, id: i64) -> Result<JobState> {
+    let now = store.settings().clock.now();
+    let mut tx = store.begin_write().await?;
+    let row = Stmt::<S::Db>::new(sql(format!(
+        "SELECT lease_owner IS NOT NULL AND visible_at > $2 AS running FROM tasks \
+         WHERE id = $1 AND kind = 'job'{}",
+        S::Db::FOR_UPDATE
+    )))
+    .bind(id)
+    .bind(now.as_micros())
+    .fetch_optional(&mut tx)
+    .await?;
+    let Some(row) = row else {
+        drop(tx);
+        return Err(refuse(store, id, "cancel").await);
+    };
+    let state = if row.get("running")? {
+        Stmt::<S::Db>::new("UPDATE tasks SET cancel_requested = true WHERE id = $1")
+            .bind(id)
+            .execute(&mut tx)
+            .await?;
+        JobState::Cancelling
+    } else {
+        let finished = Finished {
+            id,
+            kind: TaskKind::Job,
+            how: Finish::Cancelled,
+            error: Some("cancelled before it ran".into()),
+        };
+        store.finish_tasks(&mut tx, &[finished], now).await?;
+        JobState::Cancelled
+    };
+    tx.commit().await?;
+    Ok(state)
+}
+
+/// Passes the free slots of concurrency key `key` on to the jobs waiting for one.
+async fn promote<DB: Dialect>(conn: &mut DB::Connection, key: String, limit: i32) -> Result<()> {
+    Stmt::<DB>::new(DB::PROMOTE)
+        .bind(key)
+        .bind(limit)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Holds a job that has not started; pausing a paused job does nothing.
+async fn pause_job<S: SqlStore>(store: &S, id: i64) -> Result<()> {
+    let now = store.settings().clock.now();
+    let mut tx = store.begin_write().await?;
+    let row = Stmt::<S::Db>::new(sql(format!(
+        "SELECT held, concurrency_key, COALESCE(concurrency_limit, 0) AS concurrency_limit \
+         FROM tasks WHERE id = $1 AND kind = 'job' AND (held IS NULL OR held = 'concurrency') \
+         AND (lease_owner IS NULL OR visible_at <= $2){}",
+        S::Db::FOR_UPDATE
+    )))
+    .bind(id)
+    .bind(now.as_micros())
+    .fetch_optional(&mut tx)
+    .await?;
+    let Some(row) = row else {
+        drop(tx);
+        return match refuse(store, id, "pause").await {
+            Error::JobState {
+                state: JobState::Paused,
+                ..
+            } => Ok(()),
+            e => Err(e),
+        };
+    };
+    Stmt::<S::Db>::new(
+        "UPDATE tasks SET held = 'paused', held_visible_at = COALESCE(held_visible_at, visible_at), \
+         visible_at = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(HELD)
+    .execute(&mut tx)
+    .await?;
+    let was: Option<String> = row.get("held")?;
+    if was.is_none()
+        && let Some(key) = row.get::<Option<String>>("concurrency_key")?
+    {
+        // It held a slot of its concurrency key: pass the slot on.
+        promote::<S::Db>(&mut tx, key, row.get("concurrency_limit")?).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Releases a paused job, into its concurrency key's line if it has one.
+async fn resume_job<S: SqlStore>(store: &S, id: i64) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    let row = Stmt::<S::Db>::new(
+        "UPDATE tasks SET \
+           held = CASE WHEN concurrency_key IS NULL THEN NULL ELSE 'concurrency' END, \
+           visible_at = CASE WHEN concurrency_key IS NULL THEN held_visible_at ELSE visible_at END, \
+           held_visible_at = CASE WHEN concurrency_key IS NULL THEN NULL ELSE held_visible_at END \
+         WHERE id = $1 AND held = 'paused' \
+         RETURNING concurrency_key, COALESCE(concurrency_limit, 0) AS concurrency_limit, queue, \
+           visible_at",
+    )
+    .bind(id)
+    .fetch_optional(&mut tx)
+    .await?;
+    let Some(row) = row else {
+        drop(tx);
+        return Err(refuse(store, id, "resume").await);
+    };
+    if let Some(key) = row.get::<Option<String>>("concurrency_key")? {
+        promote::<S::Db>(&mut tx, key, row.get("concurrency_limit")?).await?;
+    }
+    tx.commit().await?;
+    if row.get::<i64>("visible_at")? <= store.settings().clock.now().as_micros() {
+        store.announce([(row.get("queue")?, TaskKind::Job)]);
+    }
+    Ok(())
+}
 
 /// Records progress for the job held under `lease` (fenced like a commit).
-pub(crate) async fn report_progress<S: SqlStore>(
-    store: &S,
-    lease: &Lease,
-    progress: Progress,
-) -> Result<()> {
+async fn report_progress<S: SqlStore>(store: &S, lease: &Lease, progress: Progress) -> Result<()> {
     if let Some(checkpoint) = &progress.checkpoint {
         crate::rows::check_size(store.settings(), checkpoint.len())?;
     }
@@ -46,7 +263,7 @@ pub(crate) async fn report_progress<S: SqlStore>(
 }
 
 /// The last progress report of a job, if any.
-pub(crate) async fn job_progress<S: SqlStore>(store: &S, id: i64) -> Result<Option<Progress>> {
+async fn job_progress<S: SqlStore>(store: &S, id: i64) -> Result<Option<Progress>> {
     let row = Stmt::<S::Db>::new(
         "SELECT percent, message, checkpoint, updated_at FROM job_progress WHERE task_id = $1",
     )
@@ -64,211 +281,133 @@ pub(crate) async fn job_progress<S: SqlStore>(store: &S, id: i64) -> Result<Opti
     .transpose()
 }
 
-/// Pauses or resumes claims from a queue; a resumed queue's waiting workers are woken.
-pub(crate) async fn set_queue_paused<S: SqlStore>(
-    store: &S,
-    queue: &str,
-    paused: bool,
-) -> Result<()> {
-    Stmt::<S::Db>::new(
-        "INSERT INTO queue_settings (queue, paused) VALUES ($1, $2) \
-         ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused",
+/// Removes up to `limit` finished jobs past the retention (with their progress), expired unique
+/// keys, orphaned progress rows, and jobs cancelled while running whose worker died.
+async fn purge_finished<S: SqlStore>(store: &S, limit: u32) -> Result<Purged> {
+    let now = store.settings().clock.now();
+    let before = now - store.settings().finished_job_retention;
+    let mut tx = store.begin_write().await?;
+    let ids = Stmt::<S::Db>::new(
+        "DELETE FROM finished_jobs WHERE id IN (SELECT id FROM finished_jobs \
+         WHERE finished_at < $1 ORDER BY finished_at LIMIT $2) RETURNING id",
     )
-    .bind(queue)
-    .bind(paused)
+    .bind(before.as_micros())
+    .bind(i64::from(limit))
+    .fetch_all(&mut tx)
+    .await?
+    .iter()
+    .map(|row| row.get("id"))
+    .collect::<Result<Vec<i64>>>()?;
+    let jobs = ids.len() as u64;
+    if !ids.is_empty() {
+        let stmt = Stmt::<S::Db>::new(sql(format!(
+            "DELETE FROM job_progress WHERE {}",
+            S::Db::in_list("task_id", 1)
+        )));
+        S::Db::bind_ids(stmt, ids).execute(&mut tx).await?;
+    }
+    tx.commit().await?;
+    let keys = Stmt::<S::Db>::new(
+        "DELETE FROM job_keys WHERE key IN (SELECT key FROM job_keys k WHERE k.expires_at <= $1 \
+           OR (k.until_finished AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = k.task_id)) \
+           LIMIT $2)",
+    )
+    .bind(now.as_micros())
+    .bind(i64::from(limit))
     .execute(&mut *store.writer().acquire().await?)
     .await?;
-    if !paused {
-        store.announce(TaskKind::ALL.map(|k| (queue.to_string(), k)));
-    }
-    Ok(())
-}
-
-/// A queue's controls.
-pub(crate) async fn queue_settings<S: SqlStore>(store: &S, queue: &str) -> Result<QueueSettings> {
-    // The limit is INTEGER (32 bits) on PostgreSQL and 64 on SQLite: read as 64 on both.
-    let row = Stmt::<S::Db>::new(
-        "SELECT paused, CAST(rate_limit AS BIGINT) AS rate_limit, rate_interval \
-         FROM queue_settings WHERE queue = $1",
+    let progress = Stmt::<S::Db>::new(
+        "DELETE FROM job_progress WHERE task_id IN (SELECT p.task_id FROM job_progress p \
+           WHERE p.updated_at < $1 \
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = p.task_id) \
+           AND NOT EXISTS (SELECT 1 FROM finished_jobs f WHERE f.id = p.task_id) \
+           AND NOT EXISTS (SELECT 1 FROM dead_tasks d WHERE d.id = p.task_id) LIMIT $2)",
     )
-    .bind(queue)
-    .fetch_optional(&mut *store.reader().acquire().await?)
+    .bind(before.as_micros())
+    .bind(i64::from(limit))
+    .execute(&mut *store.writer().acquire().await?)
     .await?;
-    let Some(row) = row else {
-        return Ok(QueueSettings::default());
-    };
-    let limit: Option<i64> = row.get("rate_limit")?;
-    let interval: Option<i64> = row.get("rate_interval")?;
-    Ok(QueueSettings {
-        paused: row.get("paused")?,
-        rate_limit: limit.zip(interval).map(|(l, i)| RateLimit {
-            limit: l as u32,
-            interval: Duration::from_micros(i as u64),
-        }),
+    // A job cancelled while running whose worker died: it must not run again.
+    let mut tx = store.begin_write().await?;
+    let abandoned = Stmt::<S::Db>::new(sql(format!(
+        "SELECT id, kind FROM tasks WHERE cancel_requested AND visible_at <= $1 \
+         ORDER BY id LIMIT $2{}",
+        S::Db::SKIP_LOCKED
+    )))
+    .bind(now.as_micros())
+    .bind(i64::from(limit))
+    .fetch_all(&mut tx)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok(Finished {
+            id: row.get("id")?,
+            kind: row.get::<String>("kind")?.parse().map_err(Error::Invalid)?,
+            how: Finish::Cancelled,
+            error: Some("cancelled while running; its worker stopped before settling".into()),
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    store.finish_tasks(&mut tx, &abandoned, now).await?;
+    tx.commit().await?;
+    Ok(Purged {
+        jobs,
+        keys,
+        progress,
+        cancelled: abandoned.len() as u64,
     })
 }
 
-/// The SQL (the same in both dialects) that lists jobs: live rows of `tasks`, `finished_jobs` and
-/// dead jobs, with their progress, newest first. `now` is inlined (it is our own integer).
-fn list_sql(filter: &JobFilter, now: Timestamp, by_id: bool) -> String {
-    let now = now.as_micros();
-    let wanted = |s: JobState| filter.states.is_empty() || filter.states.contains(&s);
-    let live: Vec<String> = [
-        (JobState::Pending, format!("(held IS NULL AND visible_at <= {now})")),
-        (
-            JobState::Scheduled,
-            format!("(held IS NULL AND visible_at > {now} AND lease_owner IS NULL AND attempts = 0)"),
-        ),
-        (
-            JobState::Retrying,
-            format!("(held IS NULL AND visible_at > {now} AND lease_owner IS NULL AND attempts > 0)"),
-        ),
-        (JobState::Paused, "(held = 'paused')".to_string()),
-        (JobState::Waiting, "(held = 'concurrency')".to_string()),
-        (
-            JobState::Running,
-            format!("(held IS NULL AND lease_owner IS NOT NULL AND visible_at > {now} AND NOT cancel_requested)"),
-        ),
-        (
-            JobState::Cancelling,
-            format!("(held IS NULL AND lease_owner IS NOT NULL AND visible_at > {now} AND cancel_requested)"),
-        ),
-    ]
-    .into_iter()
-    .filter(|(s, _)| wanted(*s))
-    .map(|(_, c)| c)
-    .collect();
-    let live = if live.is_empty() {
-        "1 = 0".to_string()
-    } else {
-        live.join(" OR ")
-    };
-    let finished: Vec<&str> = [JobState::Completed, JobState::Cancelled]
-        .into_iter()
-        .filter(|s| wanted(*s))
-        .map(|s| s.as_str())
-        .collect();
-    let finished = if finished.is_empty() {
-        "1 = 0".to_string()
-    } else {
-        format!(
-            "state IN ({})",
-            finished
-                .iter()
-                .map(|s| format!("'{s}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let dead = if wanted(JobState::Dead) {
-        "1 = 1"
-    } else {
-        "1 = 0"
-    };
-    let mut outer = vec!["1 = 1".to_string()];
-    if by_id {
-        outer.push("j.id = $1".into());
-    } else {
-        if filter.queue.is_some() {
-            outer.push("j.queue = $1".into());
-        }
-        if let Some(before) = filter.before_id {
-            outer.push(format!("j.id < {before}"));
-        }
+impl<S: SqlStore> JobStore for S {
+    fn job(&self, id: i64) -> BoxFuture<'_, Result<Option<JobInfo>>> {
+        Box::pin(job_list::job(self, id))
     }
-    let limit = if filter.limit == 0 { 100 } else { filter.limit };
-    format!(
-        "SELECT j.id, j.queue, j.priority, j.attempts, j.created_at, j.visible_at, j.leased, j.held, \
-         j.held_visible_at, j.cancel_requested, j.error, j.concurrency_key, j.payload, j.finished_at, \
-         j.source, p.percent, p.message, p.checkpoint, p.updated_at AS progress_at FROM ( \
-           SELECT id, queue, priority, attempts, created_at, visible_at, lease_owner IS NOT NULL AS leased, \
-             held, held_visible_at, cancel_requested, last_error AS error, concurrency_key, payload, \
-             CAST(NULL AS BIGINT) AS finished_at, 'live' AS source \
-           FROM tasks WHERE kind = 'job' AND ({live}) \
-           UNION ALL \
-           SELECT id, queue, priority, attempts, created_at, NULL, false, NULL, NULL, false, error, NULL, \
-             payload, finished_at, state FROM finished_jobs WHERE {finished} \
-           UNION ALL \
-           SELECT id, queue, priority, attempts, created_at, NULL, false, NULL, NULL, false, error, NULL, \
-             payload, died_at, 'dead' FROM dead_tasks WHERE kind = 'job' AND {dead} \
-         ) j LEFT JOIN job_progress p ON p.task_id = j.id \
-         WHERE {} ORDER BY j.id DESC LIMIT {limit}",
-        outer.join(" AND ")
-    )
-}
 
-/// A job from a row of [`list_sql`].
-fn decode_job<DB: Dialect>(row: &Row<DB>, now: Timestamp) -> Result<JobInfo> {
-    let source: String = row.get("source")?;
-    let attempts = row.get::<i32>("attempts")? as u32;
-    let visible_at: Option<i64> = row.get("visible_at")?;
-    let held: Option<String> = row.get("held")?;
-    let held_visible_at: Option<i64> = row.get("held_visible_at")?;
-    let finished_at: Option<i64> = row.get("finished_at")?;
-    let state = match source.as_str() {
-        "live" => live_state(
-            held.as_deref(),
-            row.get("leased")?,
-            visible_at.unwrap_or_default(),
-            attempts,
-            row.get("cancel_requested")?,
-            now,
-        ),
-        other => other.parse().map_err(Error::Invalid)?,
-    };
-    let run_at = match (state.is_finished(), held_visible_at, visible_at) {
-        (true, _, _) => None,
-        (false, Some(at), _) => Some(at),
-        (false, None, at) => at,
-    };
-    let progress_at: Option<i64> = row.get("progress_at")?;
-    Ok(JobInfo {
-        id: row.get("id")?,
-        queue: row.get("queue")?,
-        state,
-        priority: row.get("priority")?,
-        attempts,
-        created_at: Timestamp::from_micros(row.get("created_at")?),
-        run_at: run_at.map(Timestamp::from_micros),
-        finished_at: finished_at.map(Timestamp::from_micros),
-        error: row.get("error")?,
-        concurrency_key: row.get("concurrency_key")?,
-        progress: match progress_at {
-            Some(at) => Some(Progress {
-                percent: row.get("percent")?,
-                message: row.get("message")?,
-                checkpoint: row.get("checkpoint")?,
-                updated_at: Timestamp::from_micros(at),
-            }),
-            None => None,
-        },
-        payload: row.get("payload")?,
-    })
-}
-
-/// A job (live, finished or dead), with its last progress report.
-pub(crate) async fn job<S: SqlStore>(store: &S, id: i64) -> Result<Option<JobInfo>> {
-    let now = store.settings().clock.now();
-    let sql = list_sql(&JobFilter::default(), now, true);
-    Stmt::<S::Db>::new(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(&mut *store.reader().acquire().await?)
-        .await?
-        .map(|row| decode_job(&row, now))
-        .transpose()
-}
-
-/// Jobs matching `filter`, newest first.
-pub(crate) async fn list_jobs<S: SqlStore>(store: &S, filter: JobFilter) -> Result<Vec<JobInfo>> {
-    let now = store.settings().clock.now();
-    let sql = list_sql(&filter, now, false);
-    let mut stmt = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(sql));
-    if let Some(queue) = filter.queue {
-        stmt = stmt.bind(queue);
+    fn list_jobs(&self, filter: JobFilter) -> BoxFuture<'_, Result<Vec<JobInfo>>> {
+        Box::pin(job_list::list_jobs(self, filter))
     }
-    stmt.fetch_all(&mut *store.reader().acquire().await?)
-        .await?
-        .iter()
-        .map(|row| decode_job(row, now))
-        .collect()
+
+    fn cancel_job(&self, id: i64) -> BoxFuture<'_, Result<JobState>> {
+        Box::pin(cancel_job(self, id))
+    }
+
+    fn pause_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(pause_job(self, id))
+    }
+
+    fn resume_job(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(resume_job(self, id))
+    }
+
+    fn report_progress<'a>(
+        &'a self,
+        lease: &'a Lease,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(report_progress(self, lease, progress))
+    }
+
+    fn job_progress(&self, id: i64) -> BoxFuture<'_, Result<Option<Progress>>> {
+        Box::pin(job_progress(self, id))
+    }
+
+    fn set_queue_paused<'a>(&'a self, queue: &'a str, paused: bool) -> BoxFuture<'a, Result<()>> {
+        Box::pin(set_queue_paused(self, queue, paused))
+    }
+
+    fn set_rate_limit<'a>(
+        &'a self,
+        queue: &'a str,
+        limit: Option<RateLimit>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(set_rate_limit(self, queue, limit))
+    }
+
+    fn queue_settings<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueSettings>> {
+        Box::pin(queue_settings(self, queue))
+    }
+
+    fn purge_finished(&self, limit: u32) -> BoxFuture<'_, Result<Purged>> {
+        Box::pin(purge_finished(self, limit))
+    }
 }

@@ -13,33 +13,55 @@
 //! an enum over the two connections puts a `match` in every statement; repeating the bounds on each
 //! function or `impl` block buries the SQL under them.
 //!
-//! Each capability is one module holding its statements ([`inbox_order`], [`outbox`], [`schedule`]),
-//! implemented once for every [`SqlStore`]. The dialects differ in what [`Dialect`] and
-//! [`SqlStore`] ask of them, and nothing more: row locks (`FOR UPDATE`, `SKIP LOCKED`; SQLite has
-//! one writer and needs none), array statements, and how wake-ups are announced.
+//! Each capability is one module holding its statements, implemented once for every [`SqlStore`]:
+//! [`Store`](crate::Store) itself in `store` (over [`instances`], [`journal`] and [`queue`]),
+//! [`JobStore`](crate::JobStore) in [`jobs`], and [`inbox_order`], [`outbox`], [`schedule`]. The
+//! dialects differ in what [`Dialect`] and [`SqlStore`] ask of them, and nothing more: row locks
+//! (`FOR UPDATE`, `SKIP LOCKED`; SQLite has one writer and needs none), lists (arrays or JSON),
+//! array statements where PostgreSQL writes many rows in one, the claim statement, the global
+//! order's horizon, the commit path, and how wake-ups are announced and heard.
 
 pub(crate) mod claim;
+pub(crate) mod enqueue;
 mod inbox;
 pub(crate) mod inbox_order;
+pub(crate) mod instances;
+mod job_list;
 pub(crate) mod jobs;
+pub(crate) mod journal;
+pub(crate) mod locked;
 pub(crate) mod outbox;
+pub(crate) mod queue;
+mod queue_settings;
 pub(crate) mod schedule;
+mod store;
 
 pub(crate) use inbox::{receive, record};
 
 use futures::future::BoxFuture;
+use std::sync::Arc;
+
+use sqlx::migrate::{Migrate, Migrator};
 use sqlx::query::Query;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, SqlSafeStr,
-    Type,
+    Transaction, Type,
 };
 
-use crate::clock::Timestamp;
+use crate::clock::{Clock, Timestamp};
+use crate::commit::{Commit, Committed};
 use crate::error::Result;
 use crate::inbox::InboxStore;
+use crate::instance::NewInstance;
+use crate::jobs::LimitedQueues;
+use crate::journal::GlobalPosition;
 use crate::outbox::MessageRow;
-use crate::queue::{NewTask, TaskKind};
+use crate::queue::{ClaimRequest, NewTask, TaskKind};
+use crate::rows::EncodedEvent;
+use crate::store::Backend;
 use crate::store::StoreConfig;
+use crate::transaction::StoreTx;
+use crate::wakeup::Wakeups;
 
 /// A database can bind a `T` as a statement argument.
 pub(crate) trait Binds<T>: Database {
@@ -78,6 +100,8 @@ where
 
 /// A database can run a statement on one of its connections.
 pub(crate) trait Runs: Database {
+    fn migrate(pool: &Pool<Self>, migrator: Migrator) -> BoxFuture<'_, Result<()>>;
+
     fn fetch_all<'c>(
         conn: &'c mut Self::Connection,
         query: Query<'static, Self, Self::Arguments>,
@@ -97,8 +121,16 @@ pub(crate) trait Runs: Database {
 impl<DB: Database> Runs for DB
 where
     DB::Arguments: IntoArguments<DB>,
+    DB::Connection: Migrate,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
+    fn migrate(pool: &Pool<DB>, migrator: Migrator) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            migrator.run(pool).await?;
+            Ok(())
+        })
+    }
+
     fn fetch_all<'c>(
         conn: &'c mut DB::Connection,
         query: Query<'static, DB, DB::Arguments>,
@@ -127,21 +159,29 @@ pub(crate) trait Dialect:
     Runs
     + Binds<i64>
     + Binds<i32>
+    + Binds<i16>
+    + Binds<f64>
     + Binds<bool>
     + Binds<String>
     + for<'a> Binds<&'a str>
     + Binds<Option<String>>
     + Binds<Option<i64>>
+    + Binds<Option<i32>>
+    + Binds<Option<i16>>
     + Binds<Option<f32>>
     + Binds<Option<Vec<u8>>>
     + Binds<Vec<u8>>
     + for<'a> Binds<&'a [u8]>
     + Reads<i64>
     + Reads<i32>
+    + Reads<i16>
+    + Reads<f64>
     + Reads<bool>
     + Reads<String>
     + Reads<Option<String>>
     + Reads<Option<i64>>
+    + Reads<Option<i32>>
+    + Reads<Option<i16>>
     + Reads<Option<f32>>
     + Reads<Option<Vec<u8>>>
     + Reads<Vec<u8>>
@@ -161,8 +201,59 @@ pub(crate) trait Dialect:
     /// wrote since. With row locks (PostgreSQL) such a statement runs alone.
     const ONE_WRITER: bool;
 
+    /// Which database this is.
+    const BACKEND: Backend;
+
+    /// The schema's migrations, `(version, description, SQL)` each, in order.
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)];
+
+    /// Between `INSERT INTO t (id, ...)` and its `SELECT`, so that a row can be put back with the
+    /// id it had: PostgreSQL's identity columns refuse an explicit id without it.
+    const OVERRIDING_ID: &'static str;
+
+    /// The smaller of two values: `LEAST` on PostgreSQL, the scalar `min` on SQLite.
+    const LEAST: &'static str;
+
+    /// The larger of two values: `GREATEST` on PostgreSQL, the scalar `max` on SQLite.
+    const GREATEST: &'static str;
+
+    /// Frees slots of concurrency key `$1` (limit `$2`) to the oldest waiting jobs of the highest
+    /// priority, as the delete trigger does: on PostgreSQL the schema's function, which takes the
+    /// key's advisory lock first.
+    const PROMOTE: &'static str;
+
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// The condition "`column` is in the list bound as parameter `$param`" (see
+    /// [`bind_texts`](Self::bind_texts)): `= ANY($n)` over an array on PostgreSQL, `json_each`
+    /// over a JSON array on SQLite, which has no arrays.
+    fn in_list(column: &str, param: usize) -> String;
+
+    /// Binds a list of texts as one parameter, for [`in_list`](Self::in_list).
+    fn bind_texts(stmt: Stmt<Self>, items: Vec<String>) -> Stmt<Self>;
+
+    /// Binds a list of ids as one parameter, for [`in_list`](Self::in_list).
+    fn bind_ids(stmt: Stmt<Self>, ids: Vec<i64>) -> Stmt<Self>;
+
+    /// Reads a column written with [`bind_texts`](Self::bind_texts).
+    fn read_texts(row: &Row<Self>, column: &str) -> Result<Vec<String>>;
+
+    /// The statement behind [`Store::read_all`](crate::Store::read_all): up to `limit` events
+    /// after `after` in the global order, with the columns `tx` (text), `global_position` and
+    /// [`journal::EVENT_COLUMNS`]. It alone says which events are final (the gap-safe horizon).
+    fn read_all(after: GlobalPosition, limit: u32) -> Stmt<Self>;
+
+    /// The statement behind [`Store::read_histories`](crate::Store::read_histories), where one
+    /// statement reads them all: each event with `ord`, the 1-based index of its request in
+    /// `from`. `None`: they are read one by one.
+    fn read_histories(from: &[(String, u64)]) -> Option<Stmt<Self>>;
+
+    /// Wraps a write transaction for the caller ([`Store::begin_tx`](crate::Store::begin_tx)).
+    fn store_tx(tx: Transaction<'static, Self>, clock: Arc<dyn Clock>) -> StoreTx;
+
+    /// The write transaction inside a [`StoreTx`] of this database.
+    fn from_store_tx(tx: StoreTx) -> Result<Transaction<'static, Self>>;
 }
 
 /// One statement and its arguments: `sqlx::query` for code generic over the database.
@@ -208,6 +299,11 @@ impl<DB: Dialect> Stmt<DB> {
 pub(crate) struct Row<DB: Database>(DB::Row);
 
 impl<DB: Dialect> Row<DB> {
+    /// A row that plain sqlx code fetched.
+    pub(crate) fn new(row: DB::Row) -> Self {
+        Row(row)
+    }
+
     pub(crate) fn get<T>(&self, column: &str) -> Result<T>
     where
         DB: Reads<T>,
@@ -216,9 +312,16 @@ impl<DB: Dialect> Row<DB> {
     }
 }
 
-/// A store the shared SQL is implemented for: its database, pools, settings and wake-ups. Write
+/// A store the shared SQL is implemented for: its database, pools, settings and wake-ups, and the
+/// few operations whose statements differ in kind between the databases, not in spelling. Write
 /// transactions are [`InboxStore::begin_write`] (`BEGIN IMMEDIATE` on SQLite's one writer).
-pub(crate) trait SqlStore: InboxStore<Db: Dialect> + 'static {
+pub(crate) trait SqlStore:
+    InboxStore<Db: Dialect> + Sized + std::fmt::Debug + 'static
+{
+    /// Whether [`insert_instances`](Self::insert_instances) is one statement, atomic by itself,
+    /// so that a single instance is created without a transaction around it.
+    const CREATES_IN_ONE_STATEMENT: bool;
+
     /// The settings (the clock, the payload limit).
     fn settings(&self) -> &StoreConfig;
 
@@ -232,6 +335,12 @@ pub(crate) trait SqlStore: InboxStore<Db: Dialect> + 'static {
     /// and, on PostgreSQL, in others by `NOTIFY`.
     fn announce(&self, visible: impl IntoIterator<Item = (String, TaskKind)>);
 
+    /// A subscription to wake-ups: this process's, and on PostgreSQL other processes' by `LISTEN`.
+    fn wakeups(&self) -> BoxFuture<'_, Result<Wakeups>>;
+
+    /// The rate-limited queues, as last read.
+    fn limited_queues(&self) -> &LimitedQueues;
+
     /// Inserts prepared outbox messages inside a transaction (PostgreSQL: one array statement);
     /// a taken idempotency key fails it.
     fn insert_messages<'a>(
@@ -240,12 +349,69 @@ pub(crate) trait SqlStore: InboxStore<Db: Dialect> + 'static {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>>;
 
-    /// Enqueues tasks inside a transaction; returns their ids.
-    fn enqueue<'a>(
+    /// Inserts tasks that are neither orchestrations nor unique inside a transaction; returns
+    /// their ids in order. Enqueueing is [`enqueue::enqueue`].
+    fn insert_tasks<'a>(
         conn: &'a mut <Self::Db as Database>::Connection,
         tasks: &'a [NewTask],
         now: Timestamp,
-    ) -> BoxFuture<'a, Result<Vec<i64>>>;
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(enqueue::insert_one_by_one::<Self::Db>(conn, tasks, now))
+    }
+
+    /// Removes settled tasks from the hot table inside a transaction; the jobs among them are
+    /// recorded in `finished_jobs`, unless the store keeps no finished jobs.
+    fn finish_tasks<'a>(
+        &'a self,
+        conn: &'a mut <Self::Db as Database>::Connection,
+        tasks: &'a [jobs::Finished],
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(jobs::finish_one_by_one(self, conn, tasks, now))
+    }
+
+    /// Inserts new instances (`firsts`: their encoded `WorkflowStarted` events) with their first
+    /// orchestration tasks, leaving out those whose id is taken; returns the ids it inserted.
+    fn insert_instances<'a>(
+        conn: &'a mut <Self::Db as Database>::Connection,
+        news: &'a [NewInstance],
+        firsts: &'a [EncodedEvent],
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(instances::insert_one_by_one::<Self>(
+            conn, news, firsts, now,
+        ))
+    }
+
+    /// Learns the heads of instances just created, `(id, hash of the first event)` (PostgreSQL's
+    /// appends to a known head read nothing first).
+    fn created<'a>(&self, started: impl IntoIterator<Item = (&'a str, [u8; 32])>) {
+        let _ = started;
+    }
+
+    /// The statement that claims up to `limit` tasks from `queues` for `request` (columns as
+    /// [`claim::claimed_tasks`] reads them); `unlimited_only` leaves out paused and rate-limited
+    /// queues (the caller took tokens otherwise, and checked the pause).
+    fn claim_stmt(
+        request: &ClaimRequest,
+        queues: &[String],
+        limit: u32,
+        now: Timestamp,
+        unlimited_only: bool,
+    ) -> Stmt<Self::Db>;
+
+    /// [`Store::commit`](crate::Store::commit): the commit path, each dialect's own.
+    fn write_commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
+
+    /// [`Store::commit_many`](crate::Store::commit_many).
+    fn write_commits(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>>;
+
+    /// [`Store::commit_tx`](crate::Store::commit_tx), the transaction unwrapped.
+    fn write_commit_in(
+        &self,
+        tx: Transaction<'static, Self::Db>,
+        commit: Commit,
+    ) -> BoxFuture<'_, Result<Committed>>;
 }
 
 /// Runs a statement that takes rows (a claim: it reads them, then changes them) as its own write;

@@ -229,7 +229,9 @@ impl<S: SqlStore> ScheduleStore for S {
             let spec = decode(&row)?.spec;
             let tasks: Vec<_> = fire.ticks.iter().map(|t| spec.job_at(*t)).collect();
             check_tasks(self.settings(), &tasks)?;
-            let ids = S::enqueue(&mut tx, &tasks, now).await?;
+            let ids = super::enqueue::enqueue::<S>(&mut tx, &tasks, now)
+                .await?
+                .ids;
             tx.commit().await?;
             self.announce(visible_queues(&tasks, now));
             Ok(Some(ids))

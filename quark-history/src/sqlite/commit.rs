@@ -5,40 +5,21 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use super::jobs::{Finish, finish_task};
-use super::queue::enqueue_in_tx;
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::SCHEMA_VERSION;
-use crate::plan::{self, EventRow, InstanceHead, InstanceWrite, Locked, TaskRow, TaskWrite};
+use crate::plan::{self, EventRow, InstanceWrite, Locked, TaskWrite};
 use crate::queue::TaskKind;
-use crate::rows::{check_tasks, hash32};
+use crate::rows::check_tasks;
+use crate::sql::enqueue::enqueue;
+use crate::sql::jobs::{Finish, Finished};
+use crate::sql::locked::{HEAD_COLUMNS, TASK_COLUMNS, instance_head, task_row};
+use crate::sql::{Row, SqlStore};
 use crate::wakeup::Wake;
-
-const TASK_COLUMNS: &str =
-    "id, kind, attempts, lease_owner, visible_at, rerun, instance_id, queue, cancel_requested";
-
-fn task_row(row: &SqliteRow) -> Result<TaskRow> {
-    Ok(TaskRow {
-        id: row.try_get("id")?,
-        kind: row
-            .try_get::<&str, _>("kind")?
-            .parse()
-            .map_err(Error::Invalid)?,
-        attempt: row.try_get::<i64, _>("attempts")? as u32,
-        owner: row.try_get("lease_owner")?,
-        visible_at: Timestamp::from_micros(row.try_get("visible_at")?),
-        rerun: row.try_get("rerun")?,
-        instance_id: row.try_get("instance_id")?,
-        queue: row.try_get("queue")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-    })
-}
 
 /// What one commit wrote, and what to announce once its transaction has committed.
 struct Written {
@@ -73,8 +54,8 @@ async fn read_locked(tx: &mut SqliteConnection, commit: &Commit) -> Result<Locke
                 .await?,
         );
     }
-    for row in &rows {
-        let task = task_row(row)?;
+    for row in rows {
+        let task = task_row(&Row::<sqlx::Sqlite>::new(row))?;
         locked.tasks.insert(task.id, task);
     }
     let appended: BTreeSet<&str> = commit
@@ -83,20 +64,14 @@ async fn read_locked(tx: &mut SqliteConnection, commit: &Commit) -> Result<Locke
         .map(|a| a.instance_id.as_str())
         .collect();
     for id in appended {
-        let row = sqlx::query("SELECT next_seq, last_hash, status FROM instances WHERE id = ?1")
+        let sql = format!("SELECT {HEAD_COLUMNS} FROM instances WHERE id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(row) = row {
-            let head = InstanceHead {
-                next_seq: row.try_get::<i64, _>(0)? as u64,
-                last_hash: hash32(&row.try_get::<Vec<u8>, _>(1)?),
-                status: row
-                    .try_get::<String, _>(2)?
-                    .parse()
-                    .map_err(Error::Invalid)?,
-            };
-            locked.instances.insert(id.to_string(), head);
+            let (id, head) = instance_head(&Row::<sqlx::Sqlite>::new(row))?;
+            locked.instances.insert(id, head);
         }
     }
     Ok(locked)
@@ -153,15 +128,26 @@ async fn write_settles(
     for write in settles {
         match write {
             TaskWrite::Complete { task_id, kind } => {
-                finish_task(tx, store, *task_id, *kind, Finish::Completed, None, now).await?
+                let finished = Finished {
+                    id: *task_id,
+                    kind: *kind,
+                    how: Finish::Completed,
+                    error: None,
+                };
+                store.finish_tasks(tx, &[finished], now).await?
             }
             TaskWrite::Cancel {
                 task_id,
                 kind,
                 error,
             } => {
-                let error = Some(error.clone());
-                finish_task(tx, store, *task_id, *kind, Finish::Cancelled, error, now).await?
+                let finished = Finished {
+                    id: *task_id,
+                    kind: *kind,
+                    how: Finish::Cancelled,
+                    error: Some(error.clone()),
+                };
+                store.finish_tasks(tx, &[finished], now).await?
             }
             TaskWrite::Release {
                 task_id,
@@ -298,7 +284,7 @@ impl SqliteStore {
     ) -> Result<Written> {
         check_tasks(&self.config, &commit.tasks)?;
         let messages = crate::outbox::prepare(&self.config, &commit.outbox)?;
-        super::outbox::receive_in(tx, &commit.receive, now).await?;
+        crate::sql::receive::<sqlx::Sqlite>(tx, &commit.receive, now).await?;
         let locked = read_locked(tx, commit).await?;
         let mut plan = plan::plan(
             &self.config,
@@ -317,7 +303,8 @@ impl SqliteStore {
                 .await?;
         }
         write_appends(tx, &plan.events, &plan.instances).await?;
-        let (task_ids, deduplicated) = enqueue_in_tx(tx, &plan.tasks, now).await?;
+        let inserted = enqueue::<SqliteStore>(tx, &plan.tasks, now).await?;
+        let (task_ids, deduplicated) = (inserted.ids, inserted.deduplicated);
         let (delete, cancel) = plan.dropped.ids(&task_ids);
         write_drop(tx, &delete, &cancel).await?;
         super::outbox::insert_messages(tx, &messages, now).await?;

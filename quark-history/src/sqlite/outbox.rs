@@ -43,24 +43,6 @@ pub(super) async fn insert_messages(
     Ok(ids)
 }
 
-/// Records inbox ids for a commit; a duplicate within the default window fails it.
-pub(super) async fn receive_in(
-    conn: &mut SqliteConnection,
-    ids: &[String],
-    now: Timestamp,
-) -> Result<()> {
-    crate::sql::receive::<Sqlite>(conn, ids, now).await
-}
-
-pub(crate) async fn record(
-    conn: &mut SqliteConnection,
-    id: &str,
-    now: Timestamp,
-    window: Duration,
-) -> Result<bool> {
-    crate::sql::record::<Sqlite>(conn, id, now, window).await
-}
-
 impl SqliteStore {
     pub(super) fn announce_outbox(&self) {
         self.hub.announce(Wake::Queue {

@@ -1,0 +1,145 @@
+//! What the shared SQL asks of PostgreSQL ([`Dialect`]): row locks, arrays for lists, the
+//! gap-safe horizon of the global order and the one-statement read of many histories.
+
+use std::sync::Arc;
+
+use sqlx::Postgres;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::journal::GlobalPosition;
+use crate::sql::journal::EVENT_COLUMNS;
+use crate::sql::{Dialect, Row, Stmt};
+use crate::store::Backend;
+use crate::transaction::{StoreTx, TxInner};
+
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// The schema's migrations, in order.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "journal and queue",
+        include_str!("../../migrations/postgres/0001_journal_and_queue.sql"),
+    ),
+    (
+        2,
+        "leaner writes",
+        include_str!("../../migrations/postgres/0002_leaner_writes.sql"),
+    ),
+    (
+        3,
+        "queue vacuum",
+        include_str!("../../migrations/postgres/0003_queue_vacuum.sql"),
+    ),
+    (
+        4,
+        "jobs",
+        include_str!("../../migrations/postgres/0004_jobs.sql"),
+    ),
+    (
+        5,
+        "schedules",
+        include_str!("../../migrations/postgres/0005_schedules.sql"),
+    ),
+    (
+        6,
+        "outbox",
+        include_str!("../../migrations/postgres/0006_outbox.sql"),
+    ),
+    (
+        7,
+        "inbox order",
+        include_str!("../../migrations/postgres/0007_inbox_order.sql"),
+    ),
+    (
+        8,
+        "claim by kind",
+        include_str!("../../migrations/postgres/0008_claim_by_kind.sql"),
+    ),
+    (
+        9,
+        "instances room to update",
+        include_str!("../../migrations/postgres/0009_instances_room_to_update.sql"),
+    ),
+    (
+        10,
+        "tasks by instance",
+        include_str!("../../migrations/postgres/0010_tasks_by_instance.sql"),
+    ),
+];
+
+impl Dialect for Postgres {
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const ONE_WRITER: bool = false;
+    const BACKEND: Backend = Backend::Postgres;
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;
+    const OVERRIDING_ID: &'static str = " OVERRIDING SYSTEM VALUE";
+    const LEAST: &'static str = "LEAST";
+    const GREATEST: &'static str = "GREATEST";
+    const PROMOTE: &'static str = "SELECT quark_concurrency_promote($1, $2)";
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn in_list(column: &str, param: usize) -> String {
+        format!("{column} = ANY(${param})")
+    }
+
+    fn bind_texts(stmt: Stmt<Self>, items: Vec<String>) -> Stmt<Self> {
+        stmt.bind(items)
+    }
+
+    fn bind_ids(stmt: Stmt<Self>, ids: Vec<i64>) -> Stmt<Self> {
+        stmt.bind(ids)
+    }
+
+    fn read_texts(row: &Row<Self>, column: &str) -> Result<Vec<String>> {
+        row.get(column)
+    }
+
+    fn read_all(after: GlobalPosition, limit: u32) -> Stmt<Self> {
+        // Every transaction older than the oldest one still running has ended, so the events at
+        // or below that horizon are final: reading them in (transaction, position) order and
+        // resuming from the last one read never skips an event that commits later.
+        Stmt::new(sql(format!(
+            "SELECT tx_id::text AS tx, global_position, {EVENT_COLUMNS} FROM history \
+             WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id, global_position LIMIT $3"
+        )))
+        .bind(after.tx.to_string())
+        .bind(after.position)
+        .bind(i64::from(limit))
+    }
+
+    fn read_histories(from: &[(String, u64)]) -> Option<Stmt<Self>> {
+        // One index range per instance (a plain join lets the planner hash the whole history).
+        let stmt = Stmt::new(sql(format!(
+            "SELECT u.ord, h.* FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, from_seq, ord), \
+             LATERAL (SELECT {EVENT_COLUMNS} FROM history WHERE instance_id = u.id AND seq >= u.from_seq \
+             ORDER BY seq) AS h ORDER BY u.ord, h.seq"
+        )))
+        .bind(from.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())
+        .bind(from.iter().map(|(_, seq)| *seq as i64).collect::<Vec<_>>());
+        Some(stmt)
+    }
+
+    fn store_tx(tx: sqlx::Transaction<'static, Self>, clock: Arc<dyn Clock>) -> StoreTx {
+        StoreTx::from_postgres(tx, clock)
+    }
+
+    fn from_store_tx(tx: StoreTx) -> Result<sqlx::Transaction<'static, Self>> {
+        match tx.inner {
+            TxInner::Postgres(tx) => Ok(tx),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::Invalid(
+                "a transaction of another store was handed to the PostgreSQL store".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Histories read back, for both databases: one instance's events by sequence number or time,
+//! many histories at once, the global order and the hash chain check. The rows are decoded here
+//! once; what differs is the statement of the global order (its gap-safe horizon) and whether many
+//! histories take one statement ([`Dialect::read_all`], [`Dialect::read_histories`]).
+
+use super::{Dialect, Row, SqlStore, Stmt};
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::rows::{decode_event, first_chain_mismatch};
+
+/// The columns an event is decoded from ([`event_from_row`]).
+pub(crate) const EVENT_COLUMNS: &str =
+    "instance_id, seq, schema_version, codec, payload, recorded_at, hash";
+
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// An event from a row of [`EVENT_COLUMNS`].
+pub(crate) fn event_from_row<DB: Dialect>(row: &Row<DB>) -> Result<RecordedEvent> {
+    let instance_id: String = row.get("instance_id")?;
+    let bytes: Vec<u8> = row.get("payload")?;
+    let hash: Vec<u8> = row.get("hash")?;
+    decode_event(
+        &instance_id,
+        row.get("seq")?,
+        row.get("schema_version")?,
+        row.get("codec")?,
+        &bytes,
+        row.get("recorded_at")?,
+        &hash,
+    )
+}
+
+/// Part of a history, in sequence order.
+pub(crate) async fn read_history<S: SqlStore>(
+    store: &S,
+    instance_id: &str,
+    range: HistoryRange,
+) -> Result<Vec<RecordedEvent>> {
+    let (from_seq, until_seq, from_time, until_time) = match range {
+        HistoryRange::All => (1, i64::MAX, i64::MIN, i64::MAX),
+        HistoryRange::From(seq) => (seq as i64, i64::MAX, i64::MIN, i64::MAX),
+        HistoryRange::Seq { from, until } => (
+            from as i64,
+            until.min(i64::MAX as u64) as i64,
+            i64::MIN,
+            i64::MAX,
+        ),
+        HistoryRange::Time { from, until } => (1, i64::MAX, from.as_micros(), until.as_micros()),
+    };
+    Stmt::<S::Db>::new(sql(format!(
+        "SELECT {EVENT_COLUMNS} FROM history WHERE instance_id = $1 AND seq >= $2 AND seq < $5 \
+         AND recorded_at >= $3 AND recorded_at < $4 ORDER BY seq"
+    )))
+    .bind(instance_id)
+    .bind(from_seq)
+    .bind(from_time)
+    .bind(until_time)
+    .bind(until_seq)
+    .fetch_all(&mut *store.reader().acquire().await?)
+    .await?
+    .iter()
+    .map(event_from_row)
+    .collect()
+}
+
+/// Many histories from a sequence number on each, in the order asked.
+pub(crate) async fn read_histories<S: SqlStore>(
+    store: &S,
+    from: &[(String, u64)],
+) -> Result<Vec<Vec<RecordedEvent>>> {
+    if from.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(stmt) = S::Db::read_histories(from) else {
+        let mut out = Vec::with_capacity(from.len());
+        for (instance_id, seq) in from {
+            out.push(read_history(store, instance_id, HistoryRange::From(*seq)).await?);
+        }
+        return Ok(out);
+    };
+    let rows = stmt
+        .fetch_all(&mut *store.reader().acquire().await?)
+        .await?;
+    let mut out: Vec<Vec<RecordedEvent>> = vec![Vec::new(); from.len()];
+    for row in &rows {
+        let ord: i64 = row.get("ord")?;
+        out[ord as usize - 1].push(event_from_row(row)?);
+    }
+    Ok(out)
+}
+
+/// Up to `limit` events after `after` in the global order, never past the horizon below which
+/// every event is final.
+pub(crate) async fn read_all<S: SqlStore>(
+    store: &S,
+    after: GlobalPosition,
+    limit: u32,
+) -> Result<Vec<GlobalEvent>> {
+    S::Db::read_all(after, limit)
+        .fetch_all(&mut *store.reader().acquire().await?)
+        .await?
+        .iter()
+        .map(|row| {
+            let tx: String = row.get("tx")?;
+            Ok(GlobalEvent {
+                position: GlobalPosition {
+                    tx: tx
+                        .parse()
+                        .map_err(|_| Error::Invalid(format!("bad transaction id `{tx}`")))?,
+                    position: row.get("global_position")?,
+                },
+                event: event_from_row(row)?,
+            })
+        })
+        .collect()
+}
+
+/// Recomputes an instance's hash chain.
+pub(crate) async fn verify<S: SqlStore>(store: &S, instance_id: &str) -> Result<ChainReport> {
+    if super::instances::get_instance(store, instance_id)
+        .await?
+        .is_none()
+    {
+        return Err(Error::InstanceNotFound {
+            id: instance_id.to_string(),
+        });
+    }
+    let rows = Stmt::<S::Db>::new(
+        "SELECT seq, codec, payload, hash FROM history WHERE instance_id = $1 ORDER BY seq",
+    )
+    .bind(instance_id)
+    .fetch_all(&mut *store.reader().acquire().await?)
+    .await?;
+    let decoded: Vec<(i64, i16, Vec<u8>, Vec<u8>)> = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.get("seq")?,
+                r.get("codec")?,
+                r.get("payload")?,
+                r.get("hash")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let (events, first_mismatch) = first_chain_mismatch(
+        decoded
+            .iter()
+            .map(|(s, c, b, h)| (*s, *c, b.as_slice(), h.as_slice())),
+    );
+    Ok(ChainReport {
+        instance_id: instance_id.to_string(),
+        events,
+        first_mismatch,
+    })
+}

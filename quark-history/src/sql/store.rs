@@ -1,0 +1,157 @@
+//! The one implementation of [`Store`], for every [`SqlStore`]: each method is the shared SQL of
+//! [`instances`](super::instances), [`journal`](super::journal) and [`queue`](super::queue), or,
+//! where the databases truly differ (the commit path, wake-up subscriptions), the dialect's hook.
+//!
+//! `Store` is public and `SqlStore` crate-private, so only this crate's two stores can implement
+//! `SqlStore`, and through it `Store`; the blanket implementation keeps the methods in one place,
+//! which a forwarding `impl Store` per backend would not.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{Dialect, SqlStore, instances, journal, queue};
+use crate::clock::Timestamp;
+use crate::commit::{Commit, Committed};
+use crate::error::Result;
+use crate::event::RecordedEvent;
+use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
+use crate::store::{Backend, Store, StoreConfig};
+use crate::transaction::StoreTx;
+use crate::wakeup::Wakeups;
+
+impl<S: SqlStore> Store for S {
+    fn backend(&self) -> Backend {
+        S::Db::BACKEND
+    }
+
+    fn config(&self) -> &StoreConfig {
+        self.settings()
+    }
+
+    fn migrate(&self) -> BoxFuture<'_, Result<()>> {
+        <S::Db as super::Runs>::migrate(self.writer(), super::migrator(S::Db::MIGRATIONS))
+    }
+
+    fn create_instance(
+        &self,
+        new: NewInstance,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Created>> {
+        Box::pin(async move {
+            let mut created = instances::create_instances(self, vec![new], policy).await?;
+            Ok(created.remove(0))
+        })
+    }
+
+    fn create_instances(
+        &self,
+        new: Vec<NewInstance>,
+        policy: IdReusePolicy,
+    ) -> BoxFuture<'_, Result<Vec<Created>>> {
+        Box::pin(instances::create_instances(self, new, policy))
+    }
+
+    fn get_instance<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<InstanceRecord>>> {
+        Box::pin(instances::get_instance(self, id))
+    }
+
+    fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>> {
+        Box::pin(instances::list_instances(self, filter))
+    }
+
+    fn read_history<'a>(
+        &'a self,
+        instance_id: &'a str,
+        range: HistoryRange,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
+        Box::pin(journal::read_history(self, instance_id, range))
+    }
+
+    fn read_histories<'a>(
+        &'a self,
+        from: &'a [(String, u64)],
+    ) -> BoxFuture<'a, Result<Vec<Vec<RecordedEvent>>>> {
+        Box::pin(journal::read_histories(self, from))
+    }
+
+    fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<GlobalEvent>>> {
+        Box::pin(journal::read_all(self, after, limit))
+    }
+
+    fn verify<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<ChainReport>> {
+        Box::pin(journal::verify(self, instance_id))
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        self.write_commit(commit)
+    }
+
+    fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
+        self.write_commits(commits)
+    }
+
+    fn begin_tx(&self) -> BoxFuture<'_, Result<StoreTx>> {
+        Box::pin(async move {
+            let tx = self.begin_write().await?;
+            Ok(S::Db::store_tx(tx, self.settings().clock.clone()))
+        })
+    }
+
+    fn commit_tx(&self, tx: StoreTx, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        match S::Db::from_store_tx(tx) {
+            Ok(tx) => self.write_commit_in(tx, commit),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
+        Box::pin(queue::claim(self, request))
+    }
+
+    fn extend_lease<'a>(
+        &'a self,
+        lease: &'a Lease,
+        lease_for: Duration,
+    ) -> BoxFuture<'a, Result<Timestamp>> {
+        Box::pin(queue::extend_lease(self, lease, lease_for))
+    }
+
+    fn queue_stats<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<QueueStats>> {
+        Box::pin(queue::queue_stats(self, queue))
+    }
+
+    fn list_dead<'a>(
+        &'a self,
+        queue: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadTask>>> {
+        Box::pin(queue::list_dead(self, queue, limit))
+    }
+
+    fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(queue::redrive(self, task_id))
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        self.wakeups()
+    }
+
+    fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        Box::pin(queue::heartbeat_worker(self, info))
+    }
+
+    fn deregister_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(queue::deregister_worker(self, worker_id))
+    }
+
+    fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
+        Box::pin(queue::list_workers(self))
+    }
+}

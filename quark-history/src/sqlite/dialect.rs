@@ -1,0 +1,120 @@
+//! What the shared SQL asks of SQLite ([`Dialect`]): no row locks (every write transaction holds
+//! the one writer), JSON arrays for lists, and a global order that needs no horizon.
+
+use std::sync::Arc;
+
+use sqlx::Sqlite;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::journal::GlobalPosition;
+use crate::sql::journal::EVENT_COLUMNS;
+use crate::sql::{Dialect, Row, Stmt};
+use crate::store::Backend;
+use crate::transaction::{StoreTx, TxInner};
+
+/// The schema's migrations, in order.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "journal and queue",
+        include_str!("../../migrations/sqlite/0001_journal_and_queue.sql"),
+    ),
+    (
+        2,
+        "jobs",
+        include_str!("../../migrations/sqlite/0002_jobs.sql"),
+    ),
+    (
+        3,
+        "schedules",
+        include_str!("../../migrations/sqlite/0003_schedules.sql"),
+    ),
+    (
+        4,
+        "outbox",
+        include_str!("../../migrations/sqlite/0004_outbox.sql"),
+    ),
+    (
+        5,
+        "inbox order",
+        include_str!("../../migrations/sqlite/0005_inbox_order.sql"),
+    ),
+    (
+        6,
+        "tasks by instance",
+        include_str!("../../migrations/sqlite/0006_tasks_by_instance.sql"),
+    ),
+];
+
+/// A JSON array of `items`, for [`Dialect::in_list`].
+fn json_list<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+impl Dialect for Sqlite {
+    // Every write transaction is `BEGIN IMMEDIATE` on the one writer: it holds every row already.
+    const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+    const ONE_WRITER: bool = true;
+    const BACKEND: Backend = Backend::Sqlite;
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;
+    const OVERRIDING_ID: &'static str = "";
+    const LEAST: &'static str = "min";
+    const GREATEST: &'static str = "max";
+    // The statement of the delete trigger: writers are serialized, so the count is exact.
+    const PROMOTE: &'static str = "UPDATE tasks SET held = NULL, visible_at = held_visible_at, \
+        held_visible_at = NULL WHERE id IN (SELECT id FROM tasks \
+          WHERE concurrency_key = $1 AND held = 'concurrency' ORDER BY priority DESC, id \
+          LIMIT max(0, $2 - (SELECT count(*) FROM tasks WHERE concurrency_key = $1 AND held IS NULL)))";
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn in_list(column: &str, param: usize) -> String {
+        format!("{column} IN (SELECT value FROM json_each(${param}))")
+    }
+
+    fn bind_texts(stmt: Stmt<Self>, items: Vec<String>) -> Stmt<Self> {
+        stmt.bind(json_list(&items))
+    }
+
+    fn bind_ids(stmt: Stmt<Self>, ids: Vec<i64>) -> Stmt<Self> {
+        stmt.bind(json_list(&ids))
+    }
+
+    fn read_texts(row: &Row<Self>, column: &str) -> Result<Vec<String>> {
+        serde_json::from_str(&row.get::<String>(column)?).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    fn read_all(after: GlobalPosition, limit: u32) -> Stmt<Self> {
+        // Writers are serialized and a reader sees only committed transactions, so positions
+        // become visible in order and reading past the last one seen skips nothing.
+        Stmt::new(sqlx::AssertSqlSafe(format!(
+            "SELECT '0' AS tx, global_position, {EVENT_COLUMNS} FROM history \
+             WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+        )))
+        .bind(after.position)
+        .bind(i64::from(limit))
+    }
+
+    fn read_histories(_: &[(String, u64)]) -> Option<Stmt<Self>> {
+        // Reads are local: one statement per history costs no round trips.
+        None
+    }
+
+    fn store_tx(tx: sqlx::Transaction<'static, Self>, clock: Arc<dyn Clock>) -> StoreTx {
+        StoreTx::from_sqlite(tx, clock)
+    }
+
+    fn from_store_tx(tx: StoreTx) -> Result<sqlx::Transaction<'static, Self>> {
+        match tx.inner {
+            TxInner::Sqlite(tx) => Ok(tx),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::Invalid(
+                "a transaction of another store was handed to the SQLite store".into(),
+            )),
+        }
+    }
+}
