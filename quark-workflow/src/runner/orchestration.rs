@@ -2,7 +2,7 @@
 //! the turn it unblocks.
 
 use quark_history::{
-    ClaimedTask, Commit, Expected, IdReusePolicy, RecordedEvent, Settle, TaskKind,
+    ClaimedTask, Commit, Expected, IdReusePolicy, RecordedEvent, Settle, TaskKind, Timestamp,
 };
 
 use super::{HISTORY_WARN_EVENTS, Handled, HandlerError, HostRef, Runner, now};
@@ -45,17 +45,28 @@ impl Runner {
         if let Some(i) = own {
             commit.appends[i].at.get_or_insert(at);
         }
+        let cached_ahead = own.and_then(|i| self.cache_ahead(&commit.appends[i], at));
         match host.commit(commit.clone()).await {
             Ok(committed) => {
                 if let Some(i) = own {
                     let append = &commit.appends[i];
-                    let at = append.at.unwrap_or(at);
-                    self.cache
-                        .extend(&instance, committed.appended[i].0, &append.events, at);
+                    match cached_ahead {
+                        Some(first) if first == committed.appended[i].0 => {}
+                        Some(_) => self.cache.forget(&instance),
+                        None => self.cache.extend(
+                            &instance,
+                            committed.appended[i].0,
+                            &append.events,
+                            append.at.unwrap_or(at),
+                        ),
+                    }
                 }
                 Ok(Handled::Settled)
             }
             Err(e) => {
+                if cached_ahead.is_some() {
+                    self.cache.forget(&instance);
+                }
                 // Nothing was written. The settle step commits it again and handles what went
                 // wrong (a conflict reruns the turn); the tasks meant to start here go through
                 // the queue.
@@ -180,19 +191,37 @@ impl Runner {
             return false;
         };
         let own = combined.appends[0].clone();
+        let at = own.at.unwrap_or_else(|| now(host));
+        let cached_ahead = self.cache_ahead(&own, at);
         match host.commit(combined).await {
             Ok(committed) => {
-                let at = own.at.unwrap_or_else(|| now(host));
-                self.cache
-                    .extend(&own.instance_id, committed.appended[0].0, &own.events, at);
+                if cached_ahead != Some(committed.appended[0].0) {
+                    self.cache.forget(&own.instance_id);
+                }
                 true
             }
             // The history moved on, the instance ended, or the store hiccuped: the caller falls
             // back to the plain result; the orchestration runs through the queue.
             Err(e) => {
+                self.cache.forget(&own.instance_id);
                 tracing::debug!(error = %e, "could not continue the orchestration here");
                 false
             }
         }
+    }
+
+    /// Puts a commit's own events into the cache before the commit is made, at the sequence
+    /// number it is fenced at. The driver may start the activities the commit schedules here as
+    /// soon as it is written, before the commit call returns, and their results continue the
+    /// instance from the cache: it must already hold these events then. Returns that first
+    /// sequence number, or `None` when the append is not fenced at one (the cache is then
+    /// extended after the commit). The caller forgets the instance if the commit fails.
+    fn cache_ahead(&self, append: &quark_history::Append, at: Timestamp) -> Option<u64> {
+        let Expected::Seq(first) = append.expected else {
+            return None;
+        };
+        self.cache
+            .extend(&append.instance_id, first, &append.events, at);
+        Some(first)
     }
 }
