@@ -288,7 +288,7 @@ impl Inner {
             Duration::from_secs(10),
             Duration::from_secs(60),
         );
-        let settled = |delivery: &Delivery| {
+        let settled = |_: &ClaimedMessage, delivery: &Delivery| {
             if let Delivery::Retry { at, .. } = delivery {
                 lock(&self.book.wake_at).insert(*at);
             }
@@ -403,6 +403,7 @@ impl Book {
                 instance_id: task.instance_id,
                 priority: task.priority,
                 created_at: now,
+                visible_at: now,
                 lease_expires_at: now + LEASE,
                 payload: task.payload,
             });

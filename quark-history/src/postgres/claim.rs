@@ -1,5 +1,10 @@
 //! Claims and leases on PostgreSQL: `FOR UPDATE SKIP LOCKED` over the claim index, and the
 //! lease extensions that keep a claim.
+//!
+//! A claim returns the `visible_at` it replaced (for the queue-wait metric) through a subquery
+//! in `RETURNING`: it reads the statement's snapshot, so it sees the row as it was before the
+//! update (PostgreSQL 15 has no `RETURNING old.*`). A row another transaction changed between
+//! that snapshot and the lock reports its earlier value, which is close enough for a metric.
 
 use std::time::Duration;
 
@@ -97,7 +102,8 @@ impl PostgresStore {
                ORDER BY c.priority DESC, c.visible_at, c.id LIMIT $8) \
              UPDATE tasks t SET attempts = t.attempts + 1, lease_owner = $1, visible_at = $2, rerun = false \
              FROM picked WHERE t.id = picked.id \
-             RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload",
+             RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload, \
+             (SELECT was.visible_at FROM tasks was WHERE was.id = t.id) AS ready_at",
         )
         .bind(&request.worker)
         .bind(expires.as_micros())
@@ -142,7 +148,8 @@ impl PostgresStore {
                AND NOT ($9 AND EXISTS (SELECT 1 FROM queue_settings s \
                     WHERE s.queue = $3 AND (s.paused OR s.rate_limit IS NOT NULL))) \
                ORDER BY priority DESC, visible_at, id LIMIT $8 FOR UPDATE SKIP LOCKED)) \
-             RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload",
+             RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload, \
+             (SELECT was.visible_at FROM tasks was WHERE was.id = t.id) AS ready_at",
         )
         .bind(&request.worker)
         .bind(expires.as_micros())

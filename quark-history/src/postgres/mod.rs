@@ -198,6 +198,24 @@ impl Store for PostgresStore {
         })
     }
 
+    fn pending_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            // A database never migrated has no table to read; that is "all pending", not an error.
+            let tracked: bool =
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(&self.pool)
+                    .await?;
+            let applied: Vec<i64> = if tracked {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.pool)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            Ok(crate::sql::pending(&migrator(), &applied))
+        })
+    }
+
     fn create_instance(
         &self,
         new: NewInstance,

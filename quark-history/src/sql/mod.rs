@@ -262,6 +262,16 @@ pub(crate) async fn claim<S: SqlStore>(store: &S, stmt: Stmt<S::Db>) -> Result<V
 }
 
 /// A backend's embedded migrations, `(version, description, SQL)` each, applied in order.
+/// The versions of `migrator`'s migrations missing from `applied` (the versions a database
+/// recorded as applied successfully).
+pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
+    migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect()
+}
+
 pub(crate) fn migrator(
     migrations: &[(i64, &'static str, &'static str)],
 ) -> sqlx::migrate::Migrator {

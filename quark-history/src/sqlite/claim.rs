@@ -1,6 +1,8 @@
 //! Claims and leases on SQLite: one `UPDATE ... RETURNING` over the claim index inside the write
 //! transaction (the single writer makes a claimed row everyone else's to skip), and the lease
-//! extensions that keep a claim.
+//! extensions that keep a claim. The rows to claim are picked in a materialized CTE, so that
+//! `RETURNING` can report the `visible_at` each claim replaced (for the queue-wait metric):
+//! SQLite's `RETURNING` sees only the updated row.
 
 use std::time::Duration;
 
@@ -95,15 +97,17 @@ async fn claim_from(
     let expires = now + request.lease;
     let kinds: Vec<&str> = request.kinds.iter().map(|k| k.as_str()).collect();
     let rows = sqlx::query(
-        "UPDATE tasks SET attempts = attempts + 1, lease_owner = ?1, visible_at = ?2, rerun = 0 \
-         WHERE id IN (SELECT id FROM tasks \
+        "WITH picked AS MATERIALIZED (SELECT id, visible_at FROM tasks \
            WHERE queue IN (SELECT value FROM json_each(?3)) AND visible_at <= ?4 AND NOT cancel_requested \
            AND (?9 = 0 OR queue NOT IN (SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL)) \
            AND (json_array_length(?5) = 0 OR kind IN (SELECT value FROM json_each(?5))) \
            AND (affinity IS NULL OR affinity = ?1 OR visible_at <= ?6 \
                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > ?7)) \
            ORDER BY priority DESC, visible_at, id LIMIT ?8) \
-         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload",
+         UPDATE tasks SET attempts = attempts + 1, lease_owner = ?1, visible_at = ?2, rerun = 0 \
+         WHERE id IN (SELECT id FROM picked) \
+         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, \
+           (SELECT p.visible_at FROM picked p WHERE p.id = tasks.id) AS ready_at",
     )
     .bind(&request.worker)
     .bind(expires.as_micros())

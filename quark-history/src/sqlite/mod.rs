@@ -187,6 +187,26 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pending_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            // A database never migrated has no table to read; that is "all pending", not an error.
+            let tracked: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                 WHERE type = 'table' AND name = '_sqlx_migrations')",
+            )
+            .fetch_one(&self.reader)
+            .await?;
+            let applied: Vec<i64> = if tracked {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.reader)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            Ok(crate::sql::pending(&migrator(), &applied))
+        })
+    }
+
     fn create_instance(
         &self,
         new: NewInstance,

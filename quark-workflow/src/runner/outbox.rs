@@ -112,14 +112,14 @@ impl DeliveryPolicy {
 
 /// Delivers `m`, then the messages of its key that the store hands over after it, until the key
 /// has nothing due or `stopping` says so (the message in hand is then handed back, due now).
-/// `settled` is told of each settle that the store accepted.
+/// `settled` is told of each settle that the store accepted, with the message it settled.
 pub async fn run_key(
     store: &dyn Store,
     destinations: &dyn Destinations,
     policy: &DeliveryPolicy,
     mut m: ClaimedMessage,
     stopping: &(dyn Fn() -> bool + Send + Sync),
-    settled: &(dyn Fn(&Delivery) + Send + Sync),
+    settled: &(dyn Fn(&ClaimedMessage, &Delivery) + Send + Sync),
 ) {
     loop {
         if stopping() {
@@ -153,7 +153,7 @@ pub async fn run_key(
         }
         match store.settle_outbox(&m.lease, delivery.clone()).await {
             Ok(next) => {
-                settled(&delivery);
+                settled(&m, &delivery);
                 match next {
                     Some(next) => m = next,
                     None => return,
