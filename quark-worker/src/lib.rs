@@ -71,6 +71,7 @@
 pub mod backoff;
 pub mod cli;
 mod committer;
+mod endpoint;
 mod fault;
 mod handler;
 mod lease;

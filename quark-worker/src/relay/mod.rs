@@ -325,12 +325,9 @@ impl Relay {
         let policy = DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease);
         let span = tracing::info_span!("outbox", key = %m.ordering_key);
         let stopping = || shared.is_stopping();
-        let settled = |delivery: &Delivery| {
-            crate::metrics::Metrics::inc(match delivery {
-                Delivery::Sent { .. } => &shared.metrics.outbox_sent,
-                Delivery::Retry { .. } => &shared.metrics.outbox_retried,
-                _ => &shared.metrics.outbox_dead,
-            })
+        let settled = |m: &ClaimedMessage, delivery: &Delivery| {
+            let now = shared.store.config().clock.now();
+            shared.metrics.outbox(m, delivery, now);
         };
         let destinations = WorkerDestinations {
             relay: self,
