@@ -18,6 +18,7 @@ mod jobs;
 mod journal;
 mod outbox;
 mod queue;
+mod readiness;
 mod schedules;
 mod tls;
 mod transaction;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quark_history::testing::{TestStore, eventually};
-use quark_worker::{RunningWorker, Worker};
+use quark_history::{Destination, OutboxMessage};
+use quark_worker::{OutboxRelay, RunningWorker, Worker};
 use quark_workflow::{ActivityContext, ActivityError, Client, JobOptions, Registry, activity};
 
 quark_history::backend_tests!(
@@ -55,6 +56,11 @@ async fn start(t: &TestStore, queue: &str) -> RunningWorker {
         // The clock is virtual and jumps while tasks run; a long lease keeps every claim.
         .lease(Duration::from_secs(3600))
         .metrics_addr("127.0.0.1:0".parse().unwrap())
+        .outbox(
+            OutboxRelay::new()
+                .poll_interval(Duration::from_millis(10))
+                .callback("metrics-sink", |_| async { Ok(()) }),
+        )
         .workflows(
             Registry::new()
                 .register(metered)
@@ -130,6 +136,8 @@ async fn it_serves_counters_that_move_by_what_the_worker_did(t: &TestStore) {
         .unwrap();
     doomed::enqueue(&client, 4, options.clone()).await.unwrap();
     wobbly::enqueue(&client, 5, options).await.unwrap();
+    let sink = || OutboxMessage::new(Destination::callback("metrics-sink"), b"x".to_vec());
+    t.store.send(vec![sink(), sink()]).await.unwrap();
 
     // Three jobs complete at once, one dies, one fails once and completes after its backoff: six
     // claims, four completions, one failure, one retry.
@@ -140,6 +148,7 @@ async fn it_serves_counters_that_move_by_what_the_worker_did(t: &TestStore) {
             let now = scrape(addr).await;
             moved(&now, "quark_tasks_settled_total", &settled("completed")) >= 4.0
                 && moved(&now, "quark_tasks_settled_total", &settled("failed")) >= 1.0
+                && running.worker().metrics().outbox_sent >= 2
         },
     )
     .await;
@@ -162,6 +171,10 @@ async fn it_serves_counters_that_move_by_what_the_worker_did(t: &TestStore) {
     assert_eq!(moved(&now, "quark_activity_seconds_count", &job), 6.0);
     assert!(value(&now, "quark_commit_seconds_count", &[("kind", "job")]) >= 6.0);
     assert!(now.keys().any(|s| s.starts_with("quark_slots_in_use{")));
+    // The outbox series have no queue: other tests' workers in this process add to them too.
+    let sent = [("outcome", "sent")];
+    assert!(moved(&now, "quark_outbox_messages_total", &sent) >= 2.0);
+    assert!(moved(&now, "quark_outbox_delivery_lag_seconds_count", &[]) >= 2.0);
 
     // The worker's own snapshot saw the same.
     let snapshot = running.worker().metrics();
@@ -170,9 +183,10 @@ async fn it_serves_counters_that_move_by_what_the_worker_did(t: &TestStore) {
             snapshot.claimed,
             snapshot.completed,
             snapshot.failed,
-            snapshot.retried
+            snapshot.retried,
+            snapshot.outbox_sent,
         ),
-        (6, 4, 1, 1),
+        (6, 4, 1, 1, 2),
         "{snapshot:?}"
     );
 
