@@ -194,6 +194,9 @@ pub struct ClaimedTask {
     pub priority: i32,
     /// When it was first enqueued.
     pub created_at: Timestamp,
+    /// When it became claimable: its `visible_at` just before this claim (its enqueue or delay,
+    /// a retry's backoff, a lost lease's expiry). The claim time minus this is its queue wait.
+    pub visible_at: Timestamp,
     /// Until when the lease holds unless extended.
     pub lease_expires_at: Timestamp,
     /// Opaque bytes for the worker.

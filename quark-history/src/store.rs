@@ -113,6 +113,10 @@ pub trait Store:
     /// Applies the embedded schema migrations (idempotent).
     fn migrate(&self) -> BoxFuture<'_, Result<()>>;
 
+    /// The versions of the embedded migrations the database has not applied (empty: the schema
+    /// is current). A worker's readiness check; it fails when the database cannot be reached.
+    fn pending_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>>>;
+
     // -- instances ------------------------------------------------------------------------------
 
     /// Creates an instance: inserts its row, appends `WorkflowStarted` and enqueues its first

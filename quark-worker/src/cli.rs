@@ -57,6 +57,10 @@ pub enum Command {
         /// How long in-flight work may take to finish at shutdown, in seconds.
         #[arg(long, default_value_t = 30)]
         shutdown_grace: u64,
+        /// Serves `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
+        /// `0.0.0.0:9090`.
+        #[arg(long, env = "QUARK_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Applies the schema migrations.
     Migrate,
@@ -281,6 +285,7 @@ pub async fn run_on(
             id,
             activity_concurrency,
             shutdown_grace,
+            metrics_addr,
         } => {
             let Some(registry) = registry else {
                 bail!(
@@ -297,9 +302,18 @@ pub async fn run_on(
             if let Some(id) = id {
                 builder = builder.id(id);
             }
+            if let Some(addr) = metrics_addr {
+                builder = builder.metrics_addr(addr);
+            }
             let worker = builder.build()?;
-            writeln!(out, "worker {} serving; Ctrl-C to stop", worker.id())?;
             let running = worker.start().await?;
+            writeln!(out, "worker {} serving; Ctrl-C to stop", worker.id())?;
+            if let Some(addr) = running.metrics_addr() {
+                writeln!(
+                    out,
+                    "metrics and health on http://{addr}/metrics, /healthz, /readyz"
+                )?;
+            }
             crate::shutdown_signal().await;
             writeln!(
                 out,

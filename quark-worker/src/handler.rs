@@ -25,7 +25,7 @@ use quark_workflow::runner::{Handled, HandlerError, Host, HostRef, RunEvent, Run
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Outcome, TaskLabels};
 use crate::shared::{InFlight, Shared};
 
 /// Turns a claimed task into the commit that records its outcome.
@@ -87,6 +87,8 @@ impl Handler for Runner {
 pub(crate) struct Route {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// How many slots it has.
+    pub(crate) concurrency: usize,
 }
 
 /// The handler of each task kind a worker serves.
@@ -98,6 +100,8 @@ pub struct TaskContext {
     shared: Arc<Shared>,
     routes: Arc<Routes>,
     lease: Lease,
+    /// The task's queue and kind, for its metrics.
+    labels: Arc<TaskLabels>,
     cancelled: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
     /// Slots taken by [`run_here`](Self::run_here) for tasks the next commit creates.
@@ -129,6 +133,7 @@ impl TaskContext {
         shared: Arc<Shared>,
         routes: Arc<Routes>,
         lease: Lease,
+        labels: TaskLabels,
         cancelled: watch::Receiver<bool>,
         stop: watch::Receiver<bool>,
         permit: Option<(TaskKind, OwnedSemaphorePermit)>,
@@ -137,6 +142,7 @@ impl TaskContext {
             shared,
             routes,
             lease,
+            labels: Arc::new(labels),
             cancelled,
             stop,
             reserved: Arc::default(),
@@ -250,8 +256,10 @@ impl TaskContext {
             .filter(|(_, t)| t.lease_to.as_ref().is_some_and(|(w, _)| w == me))
             .map(|(i, t)| (i, t.clone()))
             .collect();
-        let counter = shared.metrics.settled(commit.settle.as_ref());
+        let outcome = Outcome::of(commit.settle.as_ref());
+        let started = shared.store.config().clock.now();
         let result = shared.committer.commit(commit).await;
+        self.committed(started);
         let mut reserved = std::mem::take(&mut *self.reserved());
         let committed = match result {
             Ok(committed) => committed,
@@ -263,8 +271,8 @@ impl TaskContext {
                 return Err(e);
             }
         };
-        if let Some(counter) = counter {
-            Metrics::inc(counter);
+        if let Some(outcome) = outcome {
+            shared.metrics.settled(outcome, &self.labels);
         }
         let now = shared.store.config().clock.now();
         for (i, task) in here {
@@ -283,10 +291,11 @@ impl TaskContext {
                 instance_id: task.instance_id,
                 priority: task.priority,
                 created_at: now,
+                visible_at: now,
                 lease_expires_at: now + shared.settings.lease,
                 payload: task.payload,
             };
-            Metrics::inc(&shared.metrics.claimed);
+            shared.metrics.claimed(&claimed, now);
             spawn_task(shared, &self.routes, claimed, permit);
         }
         Ok(committed)
@@ -302,14 +311,23 @@ impl TaskContext {
         commit: Commit,
     ) -> quark_history::Result<Committed> {
         let shared = &self.shared;
-        let counter = shared.metrics.settled(commit.settle.as_ref());
+        let outcome = Outcome::of(commit.settle.as_ref());
         self.fault(crate::fault::FaultPoint::BeforeTransactionalCommit);
-        let committed = shared.store.commit_tx(tx, commit).await?;
+        let started = shared.store.config().clock.now();
+        let committed = shared.store.commit_tx(tx, commit).await;
+        self.committed(started);
+        let committed = committed?;
         self.fault(crate::fault::FaultPoint::AfterTransactionalCommit);
-        if let Some(counter) = counter {
-            Metrics::inc(counter);
+        if let Some(outcome) = outcome {
+            shared.metrics.settled(outcome, &self.labels);
         }
         Ok(committed)
+    }
+
+    /// Records the time of a commit that began at `started`, whether it succeeded or not.
+    fn committed(&self, started: Timestamp) {
+        let took = self.shared.store.config().clock.now().since(started);
+        self.shared.metrics.committed(self.labels.kind, took);
     }
 
     /// Runs the fault hook at `point`, if the worker has one (crash tests).
@@ -374,6 +392,7 @@ pub(crate) fn spawn_task(
         task_id,
         InFlight {
             lease: task.lease.clone(),
+            labels: TaskLabels::of(&task),
             cancel,
             stop,
             abort: None,
@@ -390,6 +409,7 @@ pub(crate) fn spawn_task(
         Arc::clone(shared),
         Arc::clone(routes),
         task.lease.clone(),
+        TaskLabels::of(&task),
         cancelled,
         stop_requested,
         Some((task.kind, permit)),
@@ -413,7 +433,12 @@ pub(crate) fn spawn_task(
 /// Runs a task's handler and settles it: the settle step the test environment runs too.
 async fn execute(handler: &dyn Handler, task: &ClaimedTask, cx: &TaskContext) {
     let host: HostRef = Arc::new(cx.clone());
+    let clock = &cx.shared.store.config().clock;
+    let started = clock.now();
     settle(task, &host, || handler.handle(task.clone(), cx.clone())).await;
+    cx.shared
+        .metrics
+        .ran(&cx.labels, clock.now().since(started));
 }
 
 /// The worker's side of a running task, as the runner sees it.
@@ -478,8 +503,8 @@ impl Host for TaskContext {
     fn note(&self, event: RunEvent) {
         let metrics = &self.shared.metrics;
         match event {
-            RunEvent::LeaseLost => Metrics::inc(&metrics.lease_lost),
-            RunEvent::Conflict => Metrics::inc(&metrics.conflicts),
+            RunEvent::LeaseLost => metrics.lease_lost(&self.labels),
+            RunEvent::Conflict => metrics.conflict(&self.labels),
             _ => {}
         }
     }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use quark_history::{Commit, Error, FailAction, Lease, WorkerInfo};
 
-use crate::metrics::Metrics;
 use crate::shared::Shared;
 
 /// Every heartbeat: renews the worker's registration and extends the lease of every in-flight
@@ -36,7 +35,7 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
                     let in_flight = shared.in_flight();
                     if let Some(f) = in_flight.get(&lease.task_id).filter(|f| f.lease == lease) {
                         tracing::warn!(task_id = lease.task_id, "lease lost; cancelling the task");
-                        Metrics::inc(&shared.metrics.lease_lost);
+                        shared.metrics.lease_lost(&f.labels);
                         let _ = f.cancel.send(true);
                     }
                 }

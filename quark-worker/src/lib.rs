@@ -12,7 +12,10 @@
 //!
 //! Features: batched claims, per-kind bounded pools, lease keeping, exponential backoff with jitter
 //! for infrastructure errors, dead-lettering of rejected tasks, `tracing` spans per task (kind, task
-//! id, instance, attempt) and counters ([`MetricsSnapshot`]).
+//! id, instance, attempt), and metrics through the `metrics` crate (counters, histograms and
+//! gauges labelled by queue and task kind) that [`WorkerBuilder::metrics_addr`] serves in the
+//! Prometheus format beside `/healthz` and `/readyz`; [`MetricsSnapshot`] reads a worker's
+//! counters in process.
 //!
 //! Every worker also relays the transactional outbox ([`OutboxRelay`], on by default): messages
 //! written with a commit are delivered in order per key to Quark signals, `http://` webhooks,
@@ -71,6 +74,7 @@
 pub mod backoff;
 pub mod cli;
 mod committer;
+mod endpoint;
 mod fault;
 mod handler;
 mod lease;

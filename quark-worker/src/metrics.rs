@@ -1,22 +1,110 @@
-//! Counters a worker keeps, for operators, tests and benchmarks.
+//! What a worker counts and measures, for operators, tests and benchmarks.
+//!
+//! Every figure goes two ways: into the worker's own atomic counters, which
+//! [`Worker::metrics`](crate::Worker::metrics) reads in process ([`MetricsSnapshot`]), and through
+//! the [`metrics`] facade to whatever recorder the process installed: the Prometheus recorder that
+//! a worker's metrics address serves (see [`crate::endpoint`]), or the application's own. The
+//! facade's recorder is process-wide, so two workers in one process add up there, as Prometheus
+//! expects of one process; the snapshot stays per worker.
+//!
+//! The names and labels are listed in the book's deployment chapter ("Metrics and health").
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Monotonic counters of one worker.
-#[derive(Debug, Default)]
-pub(crate) struct Metrics {
-    pub(crate) claimed: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) lease_lost: AtomicU64,
-    pub(crate) conflicts: AtomicU64,
-    pub(crate) outbox_sent: AtomicU64,
-    pub(crate) outbox_retried: AtomicU64,
-    pub(crate) outbox_dead: AtomicU64,
+use quark_history::{
+    ClaimedMessage, ClaimedTask, Delivery, FailAction, Settle, TaskKind, Timestamp,
+};
+
+/// The metric names, in one place for the recorder's descriptions and the book.
+pub(crate) mod names {
+    pub(crate) const CLAIMED: &str = "quark_tasks_claimed_total";
+    pub(crate) const SETTLED: &str = "quark_tasks_settled_total";
+    pub(crate) const LEASE_LOST: &str = "quark_lease_lost_total";
+    pub(crate) const CONFLICTS: &str = "quark_conflicts_total";
+    pub(crate) const OUTBOX: &str = "quark_outbox_messages_total";
+    pub(crate) const QUEUE_WAIT: &str = "quark_queue_wait_seconds";
+    pub(crate) const TURN: &str = "quark_turn_seconds";
+    pub(crate) const ACTIVITY: &str = "quark_activity_seconds";
+    pub(crate) const COMMIT: &str = "quark_commit_seconds";
+    pub(crate) const OUTBOX_LAG: &str = "quark_outbox_delivery_lag_seconds";
+    pub(crate) const SLOTS: &str = "quark_slots_in_use";
+    pub(crate) const CACHED: &str = "quark_cached_instances";
 }
 
-/// A snapshot of [`Metrics`].
+/// The labels of a running task's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskLabels {
+    pub(crate) queue: String,
+    pub(crate) kind: TaskKind,
+}
+
+impl TaskLabels {
+    pub(crate) fn of(task: &ClaimedTask) -> Self {
+        TaskLabels {
+            queue: task.queue.clone(),
+            kind: task.kind,
+        }
+    }
+}
+
+/// How a commit settled its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    Failed,
+    Retried,
+}
+
+impl Outcome {
+    /// How a commit that settles its task this way counts, if it settles it at all.
+    pub(crate) fn of(settle: Option<&Settle>) -> Option<Self> {
+        match settle {
+            Some(Settle::Complete(_)) => Some(Outcome::Completed),
+            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(Outcome::Failed),
+            Some(Settle::Fail(..)) => Some(Outcome::Retried),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Retried => "retried",
+        }
+    }
+}
+
+/// The figures of one worker.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    claimed: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    lease_lost: AtomicU64,
+    conflicts: AtomicU64,
+    outbox_sent: AtomicU64,
+    outbox_retried: AtomicU64,
+    outbox_dead: AtomicU64,
+    /// What this worker last added to the process-wide gauges. Gauges are reported as
+    /// increments from it, so that two workers in one process sum instead of overwriting each
+    /// other.
+    reported: Mutex<Reported>,
+}
+
+/// What a worker last added to each gauge; `None` before its first report, which is made even
+/// when the value is 0, so that every series exists from the start.
+#[derive(Debug, Default)]
+struct Reported {
+    slots: HashMap<TaskKind, f64>,
+    cached: Option<f64>,
+}
+
+/// A snapshot of a worker's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MetricsSnapshot {
     /// Tasks claimed.
@@ -39,34 +127,131 @@ pub struct MetricsSnapshot {
     pub outbox_dead: u64,
 }
 
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 impl Metrics {
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// A task was claimed at `now` (by the poller, or leased to this worker by its own commit).
+    pub(crate) fn claimed(&self, task: &ClaimedTask, now: Timestamp) {
+        inc(&self.claimed);
+        let (queue, kind) = (task.queue.clone(), task.kind.as_str());
+        metrics::counter!(names::CLAIMED, "queue" => queue.clone(), "kind" => kind).increment(1);
+        metrics::histogram!(names::QUEUE_WAIT, "queue" => queue, "kind" => kind)
+            .record(now.since(task.visible_at));
     }
 
-    /// The counter a commit that settles its task this way adds to, if any.
-    pub(crate) fn settled(&self, settle: Option<&quark_history::Settle>) -> Option<&AtomicU64> {
-        use quark_history::{FailAction, Settle};
-        match settle {
-            Some(Settle::Complete(_)) => Some(&self.completed),
-            Some(Settle::Fail(_, FailAction::Dead { .. })) => Some(&self.failed),
-            Some(Settle::Fail(..)) => Some(&self.retried),
-            _ => None,
+    /// A commit settled a task of `task`'s.
+    pub(crate) fn settled(&self, outcome: Outcome, task: &TaskLabels) {
+        inc(match outcome {
+            Outcome::Completed => &self.completed,
+            Outcome::Failed => &self.failed,
+            Outcome::Retried => &self.retried,
+        });
+        metrics::counter!(
+            names::SETTLED,
+            "queue" => task.queue.clone(),
+            "kind" => task.kind.as_str(),
+            "outcome" => outcome.as_str(),
+        )
+        .increment(1);
+    }
+
+    /// A task's lease was found lost (by its commit or by the lease keeper).
+    pub(crate) fn lease_lost(&self, task: &TaskLabels) {
+        inc(&self.lease_lost);
+        metrics::counter!(names::LEASE_LOST, "queue" => task.queue.clone(), "kind" => task.kind.as_str())
+            .increment(1);
+    }
+
+    /// A turn is redone because its history moved on.
+    pub(crate) fn conflict(&self, task: &TaskLabels) {
+        inc(&self.conflicts);
+        metrics::counter!(names::CONFLICTS, "queue" => task.queue.clone(), "kind" => task.kind.as_str())
+            .increment(1);
+    }
+
+    /// A task ran from its start to its settle in `took` (commits included).
+    pub(crate) fn ran(&self, task: &TaskLabels, took: Duration) {
+        match task.kind {
+            TaskKind::Orchestration => {
+                metrics::histogram!(names::TURN, "queue" => task.queue.clone()).record(took)
+            }
+            TaskKind::Activity | TaskKind::Job => metrics::histogram!(
+                names::ACTIVITY, "queue" => task.queue.clone(), "kind" => task.kind.as_str()
+            )
+            .record(took),
+            _ => {}
         }
+    }
+
+    /// A commit of a `kind` task took `took`, from its hand-over to its acknowledgement.
+    pub(crate) fn committed(&self, kind: TaskKind, took: Duration) {
+        metrics::histogram!(names::COMMIT, "kind" => kind.as_str()).record(took);
+    }
+
+    /// An outbox delivery of `m` was settled at `now`.
+    pub(crate) fn outbox(&self, m: &ClaimedMessage, delivery: &Delivery, now: Timestamp) {
+        let outcome = match delivery {
+            Delivery::Sent { .. } => {
+                metrics::histogram!(names::OUTBOX_LAG).record(now.since(m.created_at));
+                inc(&self.outbox_sent);
+                "sent"
+            }
+            Delivery::Retry { .. } => {
+                inc(&self.outbox_retried);
+                "retried"
+            }
+            // Dead, or whatever a later version adds: counted as given up on.
+            _ => {
+                inc(&self.outbox_dead);
+                "dead"
+            }
+        };
+        metrics::counter!(names::OUTBOX, "outcome" => outcome).increment(1);
+    }
+
+    /// Reports the slots in use per kind and the instances held warm, as changes since the last
+    /// report.
+    pub(crate) fn gauges(&self, slots: impl IntoIterator<Item = (TaskKind, usize)>, cached: usize) {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, now) in slots {
+            let now = now as f64;
+            let was = reported.slots.insert(kind, now);
+            if was != Some(now) {
+                metrics::gauge!(names::SLOTS, "kind" => kind.as_str())
+                    .increment(now - was.unwrap_or(0.0));
+            }
+        }
+        let cached = cached as f64;
+        let was = reported.cached.replace(cached);
+        if was != Some(cached) {
+            metrics::gauge!(names::CACHED).increment(cached - was.unwrap_or(0.0));
+        }
+    }
+
+    /// Takes back everything this worker added to the gauges (it stopped).
+    pub(crate) fn clear_gauges(&self) {
+        let kinds: Vec<TaskKind> = {
+            let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            reported.slots.keys().copied().collect()
+        };
+        self.gauges(kinds.into_iter().map(|k| (k, 0)), 0);
     }
 
     /// The current values.
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MetricsSnapshot {
-            claimed: self.claimed.load(Ordering::Relaxed),
-            completed: self.completed.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            lease_lost: self.lease_lost.load(Ordering::Relaxed),
-            conflicts: self.conflicts.load(Ordering::Relaxed),
-            outbox_sent: self.outbox_sent.load(Ordering::Relaxed),
-            outbox_retried: self.outbox_retried.load(Ordering::Relaxed),
-            outbox_dead: self.outbox_dead.load(Ordering::Relaxed),
+            claimed: get(&self.claimed),
+            completed: get(&self.completed),
+            failed: get(&self.failed),
+            retried: get(&self.retried),
+            lease_lost: get(&self.lease_lost),
+            conflicts: get(&self.conflicts),
+            outbox_sent: get(&self.outbox_sent),
+            outbox_retried: get(&self.outbox_retried),
+            outbox_dead: get(&self.outbox_dead),
         }
     }
 }

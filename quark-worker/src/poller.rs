@@ -6,7 +6,6 @@ use std::time::Duration;
 use quark_history::{ClaimRequest, TaskKind, Wake, Wakeups};
 
 use crate::handler::{Routes, spawn_task};
-use crate::metrics::Metrics;
 use crate::shared::Shared;
 
 /// The poller of one task kind: claims as many tasks as it has free slots, runs each on its own
@@ -57,8 +56,9 @@ pub(crate) async fn run(shared: Arc<Shared>, routes: Arc<Routes>, kind: TaskKind
                     let handler = &routes[&kind].handler;
                     handler.prefetch(&tasks, Arc::clone(&shared.store)).await;
                 }
+                let now = shared.store.config().clock.now();
                 for task in tasks {
-                    Metrics::inc(&shared.metrics.claimed);
+                    shared.metrics.claimed(&task, now);
                     let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
                         // Cannot happen: we claimed no more than the free slots, and only this
                         // poller takes them. Hand the task back rather than overrun the pool.

@@ -34,6 +34,7 @@ pub(crate) struct Settings {
 /// A task being worked on.
 pub(crate) struct InFlight {
     pub(crate) lease: quark_history::Lease,
+    pub(crate) labels: crate::metrics::TaskLabels,
     pub(crate) cancel: watch::Sender<bool>,
     /// Set when the task was cancelled by an operator (a cancelled job): it should stop and
     /// settle, unlike `cancel`, after which nothing it commits counts.

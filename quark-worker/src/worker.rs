@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub struct WorkerBuilder {
     settings: Settings,
     routes: HashMap<TaskKind, (Arc<dyn Handler>, usize)>,
     relay: crate::relay::OutboxRelay,
+    /// The runners of [`workflows`](Self::workflows), whose warm instances the gauges count.
+    runners: Vec<quark_workflow::runner::Runner>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -70,6 +74,8 @@ impl Default for WorkerBuilder {
             },
             routes: HashMap::new(),
             relay: crate::relay::OutboxRelay::default(),
+            runners: Vec::new(),
+            metrics_addr: None,
         }
     }
 }
@@ -78,6 +84,9 @@ impl Default for WorkerBuilder {
 /// PostgreSQL store's pool has 16, and the worker's claims, commits and lease extensions share the
 /// other four.
 const DEFAULT_TRANSACTIONS: usize = 12;
+
+/// How often the gauges are brought up to date between scrapes.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -134,8 +143,10 @@ impl WorkerBuilder {
     /// grouped: under load most slots wait for a commit rather than run code, so the orchestration
     /// and activity pools are large. Transactional activities are bounded separately, by
     /// [`transactions`](Self::transactions).
-    pub fn workflows(self, registry: quark_workflow::Registry) -> Self {
-        let w = Arc::new(quark_workflow::runner::Runner::new(registry, 10_000));
+    pub fn workflows(mut self, registry: quark_workflow::Registry) -> Self {
+        let runner = quark_workflow::runner::Runner::new(registry, 10_000);
+        self.runners.push(runner.clone());
+        let w = Arc::new(runner);
         [
             (TaskKind::Orchestration, 256),
             (TaskKind::Activity, 256),
@@ -247,6 +258,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// Serves `/metrics` (the Prometheus text format), `/healthz` and `/readyz` on `addr` while
+    /// the worker runs (port 0: any free port; [`RunningWorker::metrics_addr`] says which).
+    ///
+    /// The first worker to serve installs `metrics-exporter-prometheus`'s recorder as the
+    /// process's [`metrics`] recorder, unless the application installed one before: then the
+    /// figures go to that one and `/metrics` serves none. Workers in one process share the
+    /// recorder, so their figures add up. `/readyz` answers 200 when the store answers and has
+    /// every migration applied, 503 otherwise.
+    pub fn metrics_addr(mut self, addr: SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Result<Worker, BuildError> {
         let store = self.store.ok_or(BuildError::NoStore)?;
@@ -286,6 +310,7 @@ impl WorkerBuilder {
                     Route {
                         handler,
                         slots: Arc::new(Semaphore::new(concurrency)),
+                        concurrency,
                     },
                 )
             })
@@ -293,6 +318,8 @@ impl WorkerBuilder {
         Ok(Worker {
             routes: Arc::new(routes),
             relay: Arc::new(relay),
+            runners: Arc::new(self.runners),
+            metrics_addr: self.metrics_addr,
             shared: Arc::new(Shared {
                 committer: crate::committer::Committer::new(),
                 transactions: Arc::new(Semaphore::new(self.settings.transactions)),
@@ -327,6 +354,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     routes: Arc<Routes>,
     relay: Arc<crate::relay::Relay>,
+    runners: Arc<Vec<quark_workflow::runner::Runner>>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Worker {
@@ -353,6 +382,20 @@ impl Worker {
         self.shared.metrics.snapshot()
     }
 
+    /// Brings the gauges (slots in use, warm instances) up to date.
+    fn report_gauges(&self) {
+        let slots = self.routes.iter().map(|(kind, route)| {
+            (
+                *kind,
+                route
+                    .concurrency
+                    .saturating_sub(route.slots.available_permits()),
+            )
+        });
+        let cached = self.runners.iter().map(|r| r.cached_instances()).sum();
+        self.shared.metrics.gauges(slots, cached);
+    }
+
     fn info(&self) -> WorkerInfo {
         WorkerInfo {
             id: self.shared.settings.id.to_string(),
@@ -362,8 +405,26 @@ impl Worker {
         }
     }
 
-    /// Registers the worker and starts its pollers and lease keeper.
+    /// Registers the worker and starts its pollers and lease keeper (and its metrics endpoint, if
+    /// it has an address).
     pub async fn start(&self) -> Result<RunningWorker, quark_history::Error> {
+        let endpoint = match self.metrics_addr {
+            Some(addr) => {
+                let worker = self.clone();
+                let refresh: crate::endpoint::Refresh = Arc::new(move || worker.report_gauges());
+                let store = Arc::clone(&self.shared.store);
+                Some(
+                    crate::endpoint::serve(addr, store, refresh)
+                        .await
+                        .map_err(|e| {
+                            quark_history::Error::Invalid(format!(
+                                "cannot serve metrics on {addr}: {e}"
+                            ))
+                        })?,
+                )
+            }
+            None => None,
+        };
         self.shared.store.heartbeat_worker(self.info()).await?;
         self.shared
             .committer
@@ -404,9 +465,20 @@ impl Worker {
             ))
         });
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
+        // The gauges follow the worker between scrapes too, for a recorder that is not scraped
+        // through the endpoint (an application's own).
+        let worker = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+            loop {
+                tick.tick().await;
+                worker.report_gauges();
+            }
+        }));
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");
         Ok(RunningWorker {
             worker: self.clone(),
+            endpoint,
             pollers: tasks,
             scheduler,
             relay,
@@ -430,6 +502,7 @@ impl Worker {
 #[derive(Debug)]
 pub struct RunningWorker {
     worker: Worker,
+    endpoint: Option<crate::endpoint::Endpoint>,
     pollers: Vec<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     relay: Option<JoinHandle<()>>,
@@ -440,6 +513,12 @@ impl RunningWorker {
     /// The worker.
     pub fn worker(&self) -> &Worker {
         &self.worker
+    }
+
+    /// Where its metrics and health endpoint listens, if it has one (see
+    /// [`WorkerBuilder::metrics_addr`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.as_ref().map(|e| e.addr)
     }
 
     /// Stops claiming, lets in-flight tasks finish within the grace period, hands the rest back by
@@ -496,6 +575,8 @@ impl RunningWorker {
                 lease::hand_back(shared, task.lease).await;
             }
         }
+        // A stopped worker holds no slots and no warm instances.
+        shared.metrics.clear_gauges();
         if let Err(e) = shared.store.deregister_worker(&shared.settings.id).await {
             tracing::warn!(error = %e, "could not deregister; the registration expires by itself");
         }

@@ -345,6 +345,7 @@ mod tests {
             instance_id: None,
             priority: 0,
             created_at: Timestamp::EPOCH,
+            visible_at: Timestamp::EPOCH,
             lease_expires_at: Timestamp::EPOCH,
             payload: Vec::new(),
         }

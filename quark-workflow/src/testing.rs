@@ -295,7 +295,7 @@ impl Inner {
             .await?;
         let windows = windows(claimed);
         let keys = windows.len();
-        let settled = |delivery: &Delivery| {
+        let settled = |_: &ClaimedMessage, delivery: &Delivery| {
             if let Delivery::Retry { at, .. } = delivery {
                 lock(&self.book.wake_at).insert(*at);
             }
@@ -410,6 +410,7 @@ impl Book {
                 instance_id: task.instance_id,
                 priority: task.priority,
                 created_at: now,
+                visible_at: now,
                 lease_expires_at: now + LEASE,
                 payload: task.payload,
             });

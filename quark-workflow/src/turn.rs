@@ -139,6 +139,7 @@ mod tests {
             instance_id: Some(crate::sim::ID.into()),
             priority: 0,
             created_at: Timestamp::EPOCH,
+            visible_at: Timestamp::EPOCH,
             lease_expires_at: Timestamp::EPOCH,
             payload: Vec::new(),
         }

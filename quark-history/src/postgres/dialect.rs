@@ -77,6 +77,8 @@ impl Dialect for Postgres {
     const ONE_WRITER: bool = false;
     const BACKEND: Backend = Backend::Postgres;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;
+    const MIGRATIONS_TRACKED: &'static str =
+        "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS tracked";
     const OVERRIDING_ID: &'static str = " OVERRIDING SYSTEM VALUE";
     const LEAST: &'static str = "LEAST";
     const GREATEST: &'static str = "GREATEST";

@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::queue::{ClaimedTask, Lease};
 
 /// The claimed tasks in `rows` (columns `id, attempts, kind, queue, instance_id, priority,
-/// created_at, payload`), leased to `worker` until `expires`.
+/// created_at, ready_at, payload`, where `ready_at` is the `visible_at` the claim replaced),
+/// leased to `worker` until `expires`.
 pub(crate) fn claimed_tasks<DB: Dialect>(
     rows: Vec<Row<DB>>,
     worker: &str,
@@ -25,6 +26,7 @@ pub(crate) fn claimed_tasks<DB: Dialect>(
                 instance_id: row.get("instance_id")?,
                 priority: row.get("priority")?,
                 created_at: Timestamp::from_micros(row.get("created_at")?),
+                visible_at: Timestamp::from_micros(row.get("ready_at")?),
                 lease_expires_at: expires,
                 payload: row.get("payload")?,
             })

@@ -207,6 +207,10 @@ pub(crate) trait Dialect:
     /// The schema's migrations, `(version, description, SQL)` each, in order.
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)];
 
+    /// A query whose one row's `tracked` column says whether the database has sqlx's migrations
+    /// table (a database never migrated has none).
+    const MIGRATIONS_TRACKED: &'static str;
+
     /// Between `INSERT INTO t (id, ...)` and its `SELECT`, so that a row can be put back with the
     /// id it had: PostgreSQL's identity columns refuse an explicit id without it.
     const OVERRIDING_ID: &'static str;
@@ -425,6 +429,16 @@ pub(crate) async fn claim<S: SqlStore>(store: &S, stmt: Stmt<S::Db>) -> Result<V
     } else {
         stmt.fetch_all(&mut *store.writer().acquire().await?).await
     }
+}
+
+/// The versions of `migrator`'s migrations missing from `applied` (the versions a database
+/// recorded as applied successfully).
+pub(crate) fn pending(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
+    migrator
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect()
 }
 
 /// A backend's embedded migrations, `(version, description, SQL)` each, applied in order.

@@ -35,6 +35,29 @@ impl<S: SqlStore> Store for S {
         <S::Db as super::Runs>::migrate(self.writer(), super::migrator(S::Db::MIGRATIONS))
     }
 
+    fn pending_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let mut conn = self.reader().acquire().await?;
+            // A database never migrated has no table to read; that is "all pending", not an error.
+            let tracked: bool = super::Stmt::<S::Db>::new(S::Db::MIGRATIONS_TRACKED)
+                .fetch_one(&mut conn)
+                .await?
+                .get("tracked")?;
+            let mut applied = Vec::new();
+            if tracked {
+                for row in super::Stmt::<S::Db>::new(
+                    "SELECT version FROM _sqlx_migrations WHERE success",
+                )
+                .fetch_all(&mut conn)
+                .await?
+                {
+                    applied.push(row.get::<i64>("version")?);
+                }
+            }
+            Ok(super::pending(&super::migrator(S::Db::MIGRATIONS), &applied))
+        })
+    }
+
     fn create_instance(
         &self,
         new: NewInstance,

@@ -19,15 +19,17 @@ pub(super) fn claim_stmt(
 ) -> Stmt<Sqlite> {
     let kinds: Vec<String> = request.kinds.iter().map(|k| k.as_str().into()).collect();
     let stmt = Stmt::new(
-        "UPDATE tasks SET attempts = attempts + 1, lease_owner = $1, visible_at = $2, rerun = 0 \
-         WHERE id IN (SELECT id FROM tasks \
+        "WITH picked AS MATERIALIZED (SELECT id, visible_at FROM tasks \
            WHERE queue IN (SELECT value FROM json_each($3)) AND visible_at <= $4 AND NOT cancel_requested \
            AND ($9 = 0 OR queue NOT IN (SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL)) \
            AND (json_array_length($5) = 0 OR kind IN (SELECT value FROM json_each($5))) \
            AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7)) \
            ORDER BY priority DESC, visible_at, id LIMIT $8) \
-         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload",
+         UPDATE tasks SET attempts = attempts + 1, lease_owner = $1, visible_at = $2, rerun = 0 \
+         WHERE id IN (SELECT id FROM picked) \
+         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, \
+           (SELECT p.visible_at FROM picked p WHERE p.id = tasks.id) AS ready_at",
     )
     .bind(request.worker.clone())
     .bind((now + request.lease).as_micros());

@@ -59,6 +59,8 @@ impl Dialect for Sqlite {
     const ONE_WRITER: bool = true;
     const BACKEND: Backend = Backend::Sqlite;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;
+    const MIGRATIONS_TRACKED: &'static str = "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+         WHERE type = 'table' AND name = '_sqlx_migrations') AS tracked";
     const OVERRIDING_ID: &'static str = "";
     const LEAST: &'static str = "min";
     const GREATEST: &'static str = "max";

@@ -19,6 +19,7 @@ mod journal;
 mod outbox;
 mod outbox_window;
 mod queue;
+mod readiness;
 mod schedules;
 mod tls;
 mod transaction;

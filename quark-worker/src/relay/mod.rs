@@ -342,12 +342,9 @@ impl Relay {
             DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease).window(c.window);
         let span = tracing::info_span!("outbox", key = %window[0].ordering_key);
         let stopping = || shared.is_stopping();
-        let settled = |delivery: &Delivery| {
-            crate::metrics::Metrics::inc(match delivery {
-                Delivery::Sent { .. } => &shared.metrics.outbox_sent,
-                Delivery::Retry { .. } => &shared.metrics.outbox_retried,
-                _ => &shared.metrics.outbox_dead,
-            })
+        let settled = |m: &ClaimedMessage, delivery: &Delivery| {
+            let now = shared.store.config().clock.now();
+            shared.metrics.outbox(m, delivery, now);
         };
         let destinations = WorkerDestinations {
             relay: self,

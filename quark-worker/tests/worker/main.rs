@@ -13,6 +13,7 @@ mod drivers;
 mod job_control;
 mod job_workflow;
 mod jobs;
+mod metrics;
 mod nats_tls;
 mod outbox;
 mod runtime;

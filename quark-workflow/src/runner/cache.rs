@@ -261,8 +261,7 @@ impl HistoryCache {
         self.lock().remove(instance);
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().entries.len()
     }
 }

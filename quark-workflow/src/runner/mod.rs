@@ -172,6 +172,11 @@ impl Runner {
         &self.registry
     }
 
+    /// How many instances' histories the runner holds warm now (a driver's gauge).
+    pub fn cached_instances(&self) -> usize {
+        self.cache.len()
+    }
+
     /// Drives `task` to its settle: handles it, commits its outcome and deals with a refused
     /// commit (see [`settle`]).
     pub async fn run(&self, task: ClaimedTask, host: HostRef) -> Settled {

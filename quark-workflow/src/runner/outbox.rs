@@ -160,14 +160,14 @@ pub fn windows(claimed: Vec<ClaimedMessage>) -> Vec<Vec<ClaimedMessage>> {
 /// Delivers a window of one key's messages in order, settles it in one transaction, and goes on
 /// with the key's next window that the store hands over, until the key has nothing due or
 /// `stopping` says so (what is in hand is then handed back, due now). `settled` is told of each
-/// message's settle once the store accepted it.
+/// message's settle, with the message, once the store accepted it.
 pub async fn run_key(
     store: &dyn Store,
     destinations: &dyn Destinations,
     policy: &DeliveryPolicy,
     mut window: Vec<ClaimedMessage>,
     stopping: &(dyn Fn() -> bool + Send + Sync),
-    settled: &(dyn Fn(&Delivery) + Send + Sync),
+    settled: &(dyn Fn(&ClaimedMessage, &Delivery) + Send + Sync),
 ) {
     while !window.is_empty() {
         let results = match destinations.pipeline(store, &window, policy.timeout) {
@@ -204,11 +204,11 @@ pub async fn run_key(
         };
         match store.settle_outbox_window(&window, outcome).await {
             Ok(next) => {
-                for _ in 0..sent {
-                    settled(&Delivery::Sent { next_lease: None });
+                for m in &window[..sent] {
+                    settled(m, &Delivery::Sent { next_lease: None });
                 }
                 if let Some(failed) = &failed {
-                    settled(failed);
+                    settled(&window[sent], failed);
                 }
                 window = next;
             }
