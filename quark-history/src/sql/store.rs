@@ -45,16 +45,18 @@ impl<S: SqlStore> Store for S {
                 .get("tracked")?;
             let mut applied = Vec::new();
             if tracked {
-                for row in super::Stmt::<S::Db>::new(
-                    "SELECT version FROM _sqlx_migrations WHERE success",
-                )
-                .fetch_all(&mut conn)
-                .await?
+                for row in
+                    super::Stmt::<S::Db>::new("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&mut conn)
+                        .await?
                 {
                     applied.push(row.get::<i64>("version")?);
                 }
             }
-            Ok(super::pending(&super::migrator(S::Db::MIGRATIONS), &applied))
+            Ok(super::pending(
+                &super::migrator(S::Db::MIGRATIONS),
+                &applied,
+            ))
         })
     }
 
