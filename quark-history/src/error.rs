@@ -181,8 +181,11 @@ impl Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::Tls(_) => Error::Tls(e),
-            sqlx::Error::Io(io) if is_tls(io) => Error::Tls(e),
+            // A handshake that failed for want of a connection (the server went away) is worth
+            // retrying; one the server or its certificate refused is not.
+            sqlx::Error::Tls(tls) if !carries_io(tls.as_ref()) => Error::Tls(e),
+            sqlx::Error::Tls(_) => Error::Connection(e),
+            sqlx::Error::Io(io) if refused_certificate(io) => Error::Tls(e),
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -204,13 +207,24 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// Whether an I/O error is a TLS failure: the TLS stack reports a refused certificate as an I/O
-/// error carrying its own error, which retrying would only meet again.
-fn is_tls(io: &std::io::Error) -> bool {
+/// Whether an I/O error is the TLS stack refusing the server's certificate (an unknown authority,
+/// a name it does not cover, none at all) or the server's TLS: configuration that retrying would
+/// only meet again. The TLS stack reports these as I/O errors carrying its own error. A connection
+/// that drops mid-handshake or mid-query (a terminated backend, a failover) is not one of them.
+fn refused_certificate(io: &std::io::Error) -> bool {
     #[cfg(feature = "postgres")]
     {
         io.get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| {
+                matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::NoCertificatesPresented
+                        | rustls::Error::UnsupportedNameType
+                        | rustls::Error::PeerIncompatible(_)
+                )
+            })
     }
     #[cfg(not(feature = "postgres"))]
     {
@@ -219,5 +233,65 @@ fn is_tls(io: &std::io::Error) -> bool {
     }
 }
 
+/// Whether an error or one of its causes is an I/O error.
+fn carries_io(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(all(test, feature = "postgres"))]
+mod tests {
+    use super::*;
+
+    fn io(
+        kind: std::io::ErrorKind,
+        inner: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::new(kind, inner))
+    }
+
+    #[test]
+    fn a_refused_certificate_is_a_tls_error_and_not_retried() {
+        let refused = io(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let e = Error::from(refused);
+        assert!(matches!(e, Error::Tls(_)), "{e:?}");
+        assert!(!e.is_retryable());
+        let e = Error::from(sqlx::Error::Tls("server does not support TLS".into()));
+        assert!(matches!(e, Error::Tls(_)) && !e.is_retryable(), "{e:?}");
+    }
+
+    #[test]
+    fn a_connection_lost_under_tls_is_retried() {
+        // What a terminated backend looks like on an encrypted connection: an alert or an end of
+        // stream from the TLS stack, or a handshake cut short.
+        for lost in [
+            io(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(rustls::AlertDescription::InternalError),
+            ),
+            io(
+                std::io::ErrorKind::UnexpectedEof,
+                "peer closed connection without close_notify",
+            ),
+            sqlx::Error::Tls(Box::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            ))),
+        ] {
+            let e = Error::from(lost);
+            assert!(matches!(e, Error::Connection(_)), "{e:?}");
+            assert!(e.is_retryable());
+        }
+    }
+}
