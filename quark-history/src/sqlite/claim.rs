@@ -1,6 +1,8 @@
 //! The claim statement on SQLite: one `UPDATE ... RETURNING` over the claim index, run inside a
 //! write transaction (the single writer makes a claimed row everyone else's to skip). The claim
-//! around it (rate limits, decoding) is shared, in `crate::sql::queue`.
+//! around it (rate limits, decoding) is shared, in `crate::sql::queue`. The claim keeps the
+//! `visible_at` it replaces in `ready_at` (a SET reads the row as it was), for the queue-wait
+//! metric: `RETURNING` sees only the updated row.
 
 use sqlx::Sqlite;
 
@@ -19,17 +21,16 @@ pub(super) fn claim_stmt(
 ) -> Stmt<Sqlite> {
     let kinds: Vec<String> = request.kinds.iter().map(|k| k.as_str().into()).collect();
     let stmt = Stmt::new(
-        "WITH picked AS MATERIALIZED (SELECT id, visible_at FROM tasks \
+        "UPDATE tasks SET attempts = attempts + 1, lease_owner = $1, ready_at = visible_at, \
+           visible_at = $2, rerun = 0 \
+         WHERE id IN (SELECT id FROM tasks \
            WHERE queue IN (SELECT value FROM json_each($3)) AND visible_at <= $4 AND NOT cancel_requested \
            AND ($9 = 0 OR queue NOT IN (SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL)) \
            AND (json_array_length($5) = 0 OR kind IN (SELECT value FROM json_each($5))) \
            AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7)) \
            ORDER BY priority DESC, visible_at, id LIMIT $8) \
-         UPDATE tasks SET attempts = attempts + 1, lease_owner = $1, visible_at = $2, rerun = 0 \
-         WHERE id IN (SELECT id FROM picked) \
-         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, \
-           (SELECT p.visible_at FROM picked p WHERE p.id = tasks.id) AS ready_at",
+         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, ready_at",
     )
     .bind(request.worker.clone())
     .bind((now + request.lease).as_micros());

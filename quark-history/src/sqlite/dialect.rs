@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tasks by instance",
         include_str!("../../migrations/sqlite/0006_tasks_by_instance.sql"),
     ),
+    (
+        7,
+        "claim ready_at",
+        include_str!("../../migrations/sqlite/0007_claim_ready_at.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].
