@@ -1,7 +1,7 @@
 //! Test support (feature `test-util`): fresh databases per test on both backends.
 //!
 //! PostgreSQL tests connect to `QUARK_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), create a database of their own, and drop it when
+//! `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`), create a database of their own, and drop it when
 //! the test passes. When PostgreSQL cannot be reached the PostgreSQL tests are skipped with a notice
 //! on the terminal, unless `CI` or `QUARK_REQUIRE_POSTGRES` is set, in which case they fail.
 
@@ -179,7 +179,10 @@ pub async fn postgres_with(config: StoreConfig) -> Option<TestStore> {
 #[cfg(feature = "postgres")]
 pub fn postgres_admin_url() -> String {
     std::env::var("QUARK_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+        // Plain text, as CI runs it: TLS is tested by its own tests, which set their sslmode.
+        .unwrap_or_else(|_| {
+            "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string()
+        })
 }
 
 /// Whether a PostgreSQL failure must fail the test rather than skip it.
