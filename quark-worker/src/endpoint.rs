@@ -106,7 +106,15 @@ fn describe() {
         "From an outbox message's write to its delivery"
     );
     describe_gauge!(names::SLOTS, "Task slots in use");
-    describe_gauge!(names::CACHED, "Orchestration instances held warm");
+    describe_gauge!(names::CACHED, "Orchestration instances held live");
+    describe_gauge!(
+        names::CACHED_BYTES,
+        "Estimated memory of the orchestration instances held live, in bytes"
+    );
+    describe_counter!(
+        names::LONG_HISTORIES,
+        "Instances whose history passed the warning bounds (continue_as_new them)"
+    );
 }
 
 /// A running endpoint.

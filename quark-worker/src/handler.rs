@@ -505,6 +505,7 @@ impl Host for TaskContext {
         match event {
             RunEvent::LeaseLost => metrics.lease_lost(&self.labels),
             RunEvent::Conflict => metrics.conflict(&self.labels),
+            RunEvent::LongHistory => metrics.long_history(&self.labels),
             _ => {}
         }
     }

@@ -32,6 +32,8 @@ pub(crate) mod names {
     pub(crate) const OUTBOX_LAG: &str = "quark_outbox_delivery_lag_seconds";
     pub(crate) const SLOTS: &str = "quark_slots_in_use";
     pub(crate) const CACHED: &str = "quark_cached_instances";
+    pub(crate) const CACHED_BYTES: &str = "quark_cached_instance_bytes";
+    pub(crate) const LONG_HISTORIES: &str = "quark_long_histories_total";
 }
 
 /// The labels of a running task's figures.
@@ -102,6 +104,7 @@ pub(crate) struct Metrics {
 struct Reported {
     slots: HashMap<TaskKind, f64>,
     cached: Option<f64>,
+    cached_bytes: Option<f64>,
 }
 
 /// A snapshot of a worker's counters.
@@ -171,6 +174,11 @@ impl Metrics {
             .increment(1);
     }
 
+    /// A turn found its instance's history past the warning bounds (once per live run).
+    pub(crate) fn long_history(&self, task: &TaskLabels) {
+        metrics::counter!(names::LONG_HISTORIES, "queue" => task.queue.clone()).increment(1);
+    }
+
     /// A task ran from its start to its settle in `took` (commits included).
     pub(crate) fn ran(&self, task: &TaskLabels, took: Duration) {
         match task.kind {
@@ -211,9 +219,14 @@ impl Metrics {
         metrics::counter!(names::OUTBOX, "outcome" => outcome).increment(1);
     }
 
-    /// Reports the slots in use per kind and the instances held warm, as changes since the last
-    /// report.
-    pub(crate) fn gauges(&self, slots: impl IntoIterator<Item = (TaskKind, usize)>, cached: usize) {
+    /// Reports the slots in use per kind and the instances held live (count and estimated
+    /// bytes), as changes since the last report.
+    pub(crate) fn gauges(
+        &self,
+        slots: impl IntoIterator<Item = (TaskKind, usize)>,
+        cached: usize,
+        cached_bytes: usize,
+    ) {
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         for (kind, now) in slots {
             let now = now as f64;
@@ -228,6 +241,11 @@ impl Metrics {
         if was != Some(cached) {
             metrics::gauge!(names::CACHED).increment(cached - was.unwrap_or(0.0));
         }
+        let bytes = cached_bytes as f64;
+        let was = reported.cached_bytes.replace(bytes);
+        if was != Some(bytes) {
+            metrics::gauge!(names::CACHED_BYTES).increment(bytes - was.unwrap_or(0.0));
+        }
     }
 
     /// Takes back everything this worker added to the gauges (it stopped).
@@ -236,7 +254,7 @@ impl Metrics {
             let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
             reported.slots.keys().copied().collect()
         };
-        self.gauges(kinds.into_iter().map(|k| (k, 0)), 0);
+        self.gauges(kinds.into_iter().map(|k| (k, 0)), 0, 0);
     }
 
     /// The current values.

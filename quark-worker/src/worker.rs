@@ -24,6 +24,9 @@ pub struct WorkerBuilder {
     relay: crate::relay::OutboxRelay,
     /// The runners of [`workflows`](Self::workflows), whose warm instances the gauges count.
     runners: Vec<quark_workflow::runner::Runner>,
+    /// What the runners keep live, and when they warn about a long history.
+    warm: quark_workflow::runner::WarmLimits,
+    history_warning: quark_workflow::runner::HistoryWarning,
     metrics_addr: Option<SocketAddr>,
 }
 
@@ -75,6 +78,8 @@ impl Default for WorkerBuilder {
             routes: HashMap::new(),
             relay: crate::relay::OutboxRelay::default(),
             runners: Vec::new(),
+            warm: Default::default(),
+            history_warning: Default::default(),
             metrics_addr: None,
         }
     }
@@ -144,7 +149,8 @@ impl WorkerBuilder {
     /// and activity pools are large. Transactional activities are bounded separately, by
     /// [`transactions`](Self::transactions).
     pub fn workflows(mut self, registry: quark_workflow::Registry) -> Self {
-        let runner = quark_workflow::runner::Runner::new(registry, 10_000);
+        let runner =
+            quark_workflow::runner::Runner::with_limits(registry, self.warm, self.history_warning);
         self.runners.push(runner.clone());
         let w = Arc::new(runner);
         [
@@ -181,6 +187,29 @@ impl WorkerBuilder {
     /// How long a claim holds before it must be renewed (default 30 s).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings.lease = lease;
+        self
+    }
+
+    /// How many orchestration instances the worker keeps live, and how much memory (by their
+    /// estimated footprints) they may hold: a live instance's next turn feeds its suspended run
+    /// only the new events; one that is not live is replayed from its history. Default: 10,000
+    /// instances and 256 MiB; `instances: 0` keeps none.
+    pub fn warm_limits(mut self, limits: quark_workflow::runner::WarmLimits) -> Self {
+        self.warm = limits;
+        for runner in &self.runners {
+            runner.set_limits(self.warm, self.history_warning);
+        }
+        self
+    }
+
+    /// When an instance's history is long enough to warn about (a log line and the
+    /// `quark_long_histories_total` counter, once per live run). Default: 10,240 events or
+    /// 10 MiB, as Temporal warns. The answer to the warning is `ctx.continue_as_new`.
+    pub fn history_warning(mut self, warning: quark_workflow::runner::HistoryWarning) -> Self {
+        self.history_warning = warning;
+        for runner in &self.runners {
+            runner.set_limits(self.warm, self.history_warning);
+        }
         self
     }
 
@@ -393,7 +422,8 @@ impl Worker {
             )
         });
         let cached = self.runners.iter().map(|r| r.cached_instances()).sum();
-        self.shared.metrics.gauges(slots, cached);
+        let bytes = self.runners.iter().map(|r| r.cached_bytes()).sum();
+        self.shared.metrics.gauges(slots, cached, bytes);
     }
 
     fn info(&self) -> WorkerInfo {

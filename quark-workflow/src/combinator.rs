@@ -9,6 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::error::OrchestrationError;
+use crate::future::Sleep;
 use crate::state::Shared;
 
 /// The future of [`OrchestrationContext::join`](crate::OrchestrationContext::join).
@@ -103,6 +105,81 @@ impl<F: Future> Future for Select<F> {
             Some((stamp, i, v)) => {
                 st.stamp = outer.max(stamp);
                 Poll::Ready((i, v))
+            }
+            None => {
+                st.stamp = outer;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The future of [`OrchestrationContext::timeout`](crate::OrchestrationContext::timeout).
+#[must_use = "a timeout does nothing unless awaited"]
+pub struct Timeout<F: Future> {
+    state: Shared,
+    future: Pin<Box<F>>,
+    /// The durable timer; dropped (and cancelled in the history) once the future wins.
+    timer: Option<Sleep>,
+    after: std::time::Duration,
+}
+
+impl<F: Future> std::fmt::Debug for Timeout<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeout")
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Timeout<F> {
+    pub(crate) fn new(state: Shared, future: F, timer: Sleep, after: std::time::Duration) -> Self {
+        Timeout {
+            state,
+            future: Box::pin(future),
+            timer: Some(timer),
+            after,
+        }
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, OrchestrationError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outer = std::mem::take(&mut this.state.borrow_mut().stamp);
+        // Like `select`: when both are ready, the one whose event came first in the history wins.
+        // The timer is only looked at while the future is ready, so that a cancellation goes to
+        // the future (which may be a `ctx` call that must see it), not to the timer.
+        let fired_at = this.timer.as_ref().and_then(Sleep::fired_at);
+        let result = match this.future.as_mut().poll(cx) {
+            Poll::Ready(v) => {
+                let at = std::mem::take(&mut this.state.borrow_mut().stamp);
+                match fired_at {
+                    Some(t) if t < at => {
+                        Some((t, Err(OrchestrationError::TimedOut { after: this.after })))
+                    }
+                    _ => Some((at, Ok(v))),
+                }
+            }
+            Poll::Pending => match this.timer.as_mut().map(|t| Pin::new(t).poll(cx)) {
+                Some(Poll::Ready(r)) => {
+                    let t = this.state.borrow().stamp;
+                    let out = r.and(Err(OrchestrationError::TimedOut { after: this.after }));
+                    Some((t, out))
+                }
+                _ => None,
+            },
+        };
+        let mut st = this.state.borrow_mut();
+        match result {
+            Some((at, out)) => {
+                st.stamp = outer.max(at);
+                drop(st);
+                // The timer is no longer needed: dropping it records `TimerCancelled`.
+                this.timer = None;
+                Poll::Ready(out)
             }
             None => {
                 st.stamp = outer;

@@ -6,7 +6,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use quark_history::{HistoryEvent, Payload, RecordedEvent, Timestamp};
+use quark_history::{HistoryEvent, Payload, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -42,9 +42,9 @@ impl fmt::Debug for OrchestrationContext {
 }
 
 impl OrchestrationContext {
-    pub(crate) fn new(instance_id: &str, queue: &str, history: &[RecordedEvent]) -> Self {
+    pub(crate) fn new(instance_id: &str, queue: &str) -> Self {
         OrchestrationContext {
-            state: Rc::new(RefCell::new(State::new(instance_id, queue, history))),
+            state: Rc::new(RefCell::new(State::new(instance_id, queue))),
         }
     }
 
@@ -54,9 +54,16 @@ impl OrchestrationContext {
     }
 
     /// The number of history events processed so far: grows with every step. Keep histories
-    /// short (`continue_as_new`) before they reach tens of thousands of events.
+    /// short: past about 10,000 events or 10 MB (the worker warns), end the run with
+    /// [`continue_as_new`](Self::continue_as_new) and carry the state over in its input.
     pub fn history_len(&self) -> u64 {
         self.state.borrow().seq
+    }
+
+    /// The approximate encoded size, in bytes, of the history events processed so far (payloads
+    /// and strings, plus a fixed part per event). See [`history_len`](Self::history_len).
+    pub fn history_size(&self) -> u64 {
+        self.state.borrow().history_bytes
     }
 
     /// The deterministic "now": the recorded time of the history event being processed.
@@ -386,6 +393,24 @@ impl OrchestrationContext {
         c: C,
     ) -> futures::future::Join3<A, B, C> {
         futures::future::join3(a, b, c)
+    }
+
+    /// Waits for `future` for at most `after` of history time, with a durable timer: `Ok` with
+    /// its output if it is ready first, `Err(OrchestrationError::TimedOut)` if the timer fires
+    /// first (in history order, so a replay decides the same). This is the deterministic
+    /// `tokio::time::timeout`, which cannot work in an orchestration (no Tokio timer drives it).
+    /// Once the future wins, the timer is cancelled.
+    ///
+    /// `let charged = ctx.timeout(Duration::from_secs(30), ctx.call(charge, &order)).await??;`
+    #[track_caller]
+    pub fn timeout<F: std::future::Future>(
+        &self,
+        after: Duration,
+        future: F,
+    ) -> crate::combinator::Timeout<F> {
+        let site = caller();
+        let timer = Sleep::new(CommandFuture::new(&self.state, self.timer(after, site)));
+        crate::combinator::Timeout::new(self.state.clone(), future, timer, after)
     }
 
     /// Waits for the first of `futures` in *history* order: when several are ready, the one whose

@@ -334,10 +334,15 @@ orchestration!(Logs, () => Vec<bool>, |ctx, _in| {
 
 #[test]
 fn is_replaying_is_true_only_before_the_last_recorded_decision() {
-    let sim = live::<Logs>(&());
-    // The turn that finished replayed the start (its call is recorded) and ran the end live.
-    assert_eq!(sim.outcome, completed(vec![true, false]));
-    // Which is why it must not decide anything: this output differs on a full replay.
+    let mut sim = Sim::start::<Logs>(registry::<Logs>(), &(), echo);
+    sim.check_cold = false;
+    sim.run();
+    // A warm run executes each step once, live.
+    assert_eq!(sim.outcome, completed(vec![false, false]));
+    // A replay of the whole history replays the start (its call is recorded) and runs the end
+    // live, which is why `is_replaying` must not decide anything: this output differs.
+    let r = run(&registry::<Logs>(), &sim.history[..sim.history.len() - 1]);
+    assert_eq!(r.outcome, completed(vec![true, false]));
     let (_, full) = check_replays(&registry::<Logs>(), &sim.history);
     assert!(full.is_some_and(|e| e.contains("WorkflowCompleted")));
 }

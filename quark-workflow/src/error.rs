@@ -60,6 +60,13 @@ pub enum OrchestrationError {
         /// The deadline the saga was given.
         deadline: std::time::Duration,
     },
+    /// A [`ctx.timeout`](crate::OrchestrationContext::timeout) ran out: its durable timer fired
+    /// (in history order) before the future it guarded was ready.
+    #[error("timed out after {after:?}")]
+    TimedOut {
+        /// The time the future was given.
+        after: std::time::Duration,
+    },
     /// Not a failure: returned by [`continue_as_new`](crate::OrchestrationContext::continue_as_new),
     /// it ends this run and starts a new one with `input`.
     #[error("continued as new")]

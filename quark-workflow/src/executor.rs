@@ -8,6 +8,7 @@
 //! computation, so replaying any prefix of a history never re-emits a command the prefix holds.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::future::LocalBoxFuture;
-use quark_history::{Failure, HistoryEvent, NewInstance, NewTask, Payload, RecordedEvent};
+use quark_history::{
+    Failure, HistoryEvent, NewInstance, NewTask, ParentRef, Payload, RecordedEvent, Timestamp,
+};
 
 use crate::command::{describe_event, event_site, is_command_event, same_payload};
 use crate::context::OrchestrationContext;
@@ -45,6 +48,10 @@ pub enum Outcome {
     /// The code panicked (the message). Nothing is to be appended; like a nondeterminism, it
     /// needs a code fix, not a retry.
     Panicked(String),
+    /// The code waits on a future that Quark does not drive (a Tokio timer, a channel), so no
+    /// history event can ever wake it; the message names the likely cause. Like a panic, it
+    /// needs a code fix.
+    Stuck(String),
 }
 
 /// What a replay produced: the events, tasks and instances to write after the given history.
@@ -108,46 +115,236 @@ pub(crate) fn replay(
     queue: &str,
     history: &[RecordedEvent],
 ) -> Replay {
-    let ctx = OrchestrationContext::new(instance_id, queue, history);
-    let flag = Arc::new(Flag::default());
-    let waker = Waker::from(flag.clone());
-    let mut root: Option<LocalBoxFuture<'static, Result<Payload, OrchestrationError>>> = None;
-    let mut result: Option<Result<Payload, OrchestrationError>> = None;
-    let mut started: Option<(String, u32)> = None;
-    let mut closed = false;
+    let mut executor = Executor::new(instance_id, queue);
+    executor.feed(orchestration, history);
+    executor.turn(queue)
+}
 
-    for rec in history {
+/// One run of an orchestration, kept between turns: a warm instance's next turn feeds it only
+/// the events that are new, instead of replaying the whole history into a fresh one.
+///
+/// Feeding a history in pieces reaches the state that feeding it at once reaches (see
+/// [`State::learn`](crate::state::State::learn)); when it cannot (a command issued ahead of the
+/// history was recorded differently, by other code), the executor says it is
+/// [`stale`](Self::is_stale) and must be rebuilt from the history.
+pub(crate) struct Executor {
+    ctx: OrchestrationContext,
+    flag: Arc<Flag>,
+    waker: Waker,
+    root: Option<LocalBoxFuture<'static, Result<Payload, OrchestrationError>>>,
+    result: Option<Result<Payload, OrchestrationError>>,
+    /// The type and version of the run, from `WorkflowStarted`.
+    started: Option<(String, u32)>,
+    /// The parent, for a child's run.
+    parent: Option<ParentRef>,
+    /// The history ended (a closing event was fed).
+    closed: bool,
+    /// The code panicked; the message.
+    panicked: Option<String>,
+    /// The code waits on something no event can wake; why.
+    stuck: Option<String>,
+    /// The sequence number the next event fed must have.
+    next_seq: u64,
+    /// The events the last turn decided, kept until they are confirmed as recorded.
+    decided: Vec<HistoryEvent>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("instance_id", &self.ctx.state.borrow().instance_id)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// A run that has seen nothing yet.
+    pub(crate) fn new(instance_id: &str, queue: &str) -> Self {
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(flag.clone());
+        Executor {
+            ctx: OrchestrationContext::new(instance_id, queue),
+            flag,
+            waker,
+            root: None,
+            result: None,
+            started: None,
+            parent: None,
+            closed: false,
+            panicked: None,
+            stuck: None,
+            next_seq: 1,
+            decided: Vec::new(),
+        }
+    }
+
+    /// The instance the run belongs to.
+    pub(crate) fn instance_id(&self) -> String {
+        self.ctx.instance_id()
+    }
+
+    /// The parent instance and command, for a child's run.
+    pub(crate) fn parent(&self) -> Option<ParentRef> {
+        self.parent.clone()
+    }
+
+    /// The sequence number the next event fed must have: one past what the run has seen.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Whether the run can go on: it has not ended, diverged, panicked or gone stale.
+    pub(crate) fn is_live(&self) -> bool {
+        let st = self.ctx.state.borrow();
+        !self.closed
+            && self.panicked.is_none()
+            && self.stuck.is_none()
+            && st.nondeterminism.is_none()
+            && !st.stale
+    }
+
+    /// The orchestration type the run runs, once it has seen `WorkflowStarted`.
+    pub(crate) fn orchestration_type(&self) -> Option<String> {
+        self.started.as_ref().map(|(ty, _)| ty.clone())
+    }
+
+    /// Whether the events of the last turn wait for [`confirm`](Self::confirm): until then the
+    /// run is ahead of the history by events that may never be recorded, and nothing else may
+    /// use it.
+    pub(crate) fn has_unconfirmed(&self) -> bool {
+        !self.decided.is_empty()
+    }
+
+    /// Whether the run saw less than a replay would have and must be rebuilt from the history.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.ctx.state.borrow().stale
+    }
+
+    /// A rough measure of the memory the run holds, in bytes: the orchestration's future (its
+    /// state machine, not what it allocates) and the run's bookkeeping.
+    pub(crate) fn footprint(&self) -> usize {
+        let future = self
+            .root
+            .as_ref()
+            .map_or(0, |f| std::mem::size_of_val(&**f));
+        std::mem::size_of::<Self>() + future + self.ctx.state.borrow().footprint()
+    }
+
+    /// How many events the run has seen, and their approximate encoded size.
+    pub(crate) fn history_size(&self) -> (u64, u64) {
+        let st = self.ctx.state.borrow();
+        (st.seq, st.history_bytes)
+    }
+
+    /// Feeds `events`, which must continue what the run has seen (`events[0].seq ==
+    /// next_seq()`); anything else makes the run stale. Events past the end of the run, or after
+    /// it stopped, are ignored.
+    pub(crate) fn feed(
+        &mut self,
+        orchestration: &dyn ErasedOrchestration,
+        events: &[RecordedEvent],
+    ) {
+        if events.is_empty() || !self.is_live() {
+            return;
+        }
+        // The last turn's events, if they are recorded, come back among these and are checked
+        // as they are learned (the replayer feeds histories this way, without confirming).
+        self.decided.clear();
+        let contiguous = events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == self.next_seq + i as u64);
+        if !contiguous {
+            self.ctx.state.borrow_mut().stale = true;
+            return;
+        }
+        self.ctx.state.borrow_mut().learn(events);
+        if !self.is_live() {
+            return;
+        }
+        for rec in events {
+            self.next_seq = rec.seq + 1;
+            if !self.deliver(orchestration, rec) {
+                break;
+            }
+        }
+        self.check_waiting();
+    }
+
+    /// Confirms that the events the last turn decided were recorded from sequence number
+    /// `first` on, at `at`, and feeds them: the run is then where the history is. Returns
+    /// `false` (and the run is stale) if they cannot continue it.
+    pub(crate) fn confirm(
+        &mut self,
+        orchestration: &dyn ErasedOrchestration,
+        first: u64,
+        at: Timestamp,
+    ) -> bool {
+        let decided = std::mem::take(&mut self.decided);
+        if decided.is_empty() {
+            return self.is_live();
+        }
+        if first != self.next_seq {
+            self.ctx.state.borrow_mut().stale = true;
+            return false;
+        }
+        let instance_id = self.ctx.state.borrow().instance_id.clone();
+        let events: Vec<RecordedEvent> = decided
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| RecordedEvent {
+                instance_id: instance_id.clone(),
+                seq: first + i as u64,
+                recorded_at: at,
+                event,
+                hash: String::new(),
+            })
+            .collect();
+        self.feed(orchestration, &events);
+        self.is_live() || self.closed
+    }
+
+    /// Delivers one event; `false` once nothing more is to be delivered.
+    fn deliver(&mut self, orchestration: &dyn ErasedOrchestration, rec: &RecordedEvent) -> bool {
+        let ctx = &self.ctx;
         {
             let mut st = ctx.state.borrow_mut();
             st.seq = rec.seq;
             st.now = rec.recorded_at;
+            st.history_bytes += crate::state::event_bytes(&rec.event) as u64;
         }
         match &rec.event {
             HistoryEvent::WorkflowStarted {
                 input,
                 instance_type,
                 version,
+                parent,
                 ..
-            } => {
-                started = Some((instance_type.clone(), *version));
-                root = Some(orchestration.start(ctx.clone(), input));
-                flag.wake_by_ref();
+            } if self.started.is_none() => {
+                self.started = Some((instance_type.clone(), *version));
+                self.parent = parent.clone();
+                self.root = Some(orchestration.start(ctx.clone(), input));
+                self.flag.wake_by_ref();
             }
-            ev if is_command_event(ev) => check_issued(&ctx, rec, result.is_some()),
+            ev if is_command_event(ev) => check_issued(ctx, rec, self.result.is_some()),
             HistoryEvent::ActivityCompleted {
                 command, output, ..
             }
             | HistoryEvent::ChildCompleted { command, output } => {
-                resolve(&ctx, *command, Resolution::Value(output.clone()))
+                resolve(ctx, *command, Resolution::Value(output.clone()))
             }
             HistoryEvent::ActivityFailed {
                 command, failure, ..
             }
             | HistoryEvent::ChildFailed { command, failure } => {
-                resolve(&ctx, *command, Resolution::Failed(failure.clone()))
+                resolve(ctx, *command, Resolution::Failed(failure.clone()))
             }
             HistoryEvent::TimerFired { command } => {
-                resolve(&ctx, *command, Resolution::Value(Payload::unit()))
+                resolve(ctx, *command, Resolution::Value(Payload::unit()))
+            }
+            HistoryEvent::TimerCancelled { command } => {
+                ctx.state.borrow_mut().timer_cancelled(*command)
             }
             HistoryEvent::SignalReceived { name, payload } => {
                 let mut st = ctx.state.borrow_mut();
@@ -167,74 +364,124 @@ pub(crate) fn replay(
                 st.wake_all();
             }
             HistoryEvent::WorkflowTerminated { .. } => {
-                closed = true;
-                break;
+                self.closed = true;
+                return false;
             }
             ev if ev.closing_status().is_some() => {
-                check_closing(&ctx, rec, result.as_ref(), instance_id);
-                closed = true;
-                break;
+                check_closing(ctx, rec, self.result.as_ref(), &ctx.instance_id());
+                self.closed = true;
+                return false;
             }
-            // TimerCancelled, and kinds this build does not know: nothing to deliver.
+            // Kinds this build does not know: nothing to deliver.
             _ => {}
         }
         if ctx.state.borrow().nondeterminism.is_some() {
-            break;
+            return false;
         }
-        if let Err(message) = poll_root(&mut root, &mut result, &flag, &waker) {
-            ctx.state.borrow_mut().turn_over = true;
-            return Replay::nothing(Outcome::Panicked(message), BTreeMap::new());
+        if let Err(message) = poll_root(&mut self.root, &mut self.result, &self.flag, &self.waker) {
+            self.panicked = Some(panic_hint(message));
+            return false;
+        }
+        true
+    }
+
+    /// After the events are delivered: code that is pending while no `ctx` future waits can
+    /// never be woken by the history.
+    fn check_waiting(&mut self) {
+        if self.root.is_none() || !self.is_live() {
+            return;
+        }
+        if !self.ctx.state.borrow().anything_waits() {
+            self.stuck = Some(
+                "the orchestration is waiting, but not on anything Quark drives: no activity, \
+                 timer, child or signal of its `ctx` is pending. It awaits a future that no \
+                 history event can wake (a `tokio::time` sleep, interval or timeout, a channel, \
+                 a task handle, `futures::future::pending`). Use `ctx.sleep`, `ctx.timeout`, \
+                 `ctx.wait_for_signal`, an activity or a child orchestration instead."
+                    .to_string(),
+            );
         }
     }
 
-    let mut state = ctx.state.borrow_mut();
-    let patches = std::mem::take(&mut state.patches);
-    if let Some(n) = state.nondeterminism.take() {
-        state.turn_over = true;
-        drop(state);
-        drop(root);
-        return Replay::nothing(Outcome::Nondeterminism(n), patches);
-    }
-    if closed {
-        state.turn_over = true;
-        drop(state);
-        drop(root);
-        return Replay::nothing(Outcome::Closed, patches);
-    }
-    let (mut new_events, tasks, mut children) = state.drain_new();
-    let notices = state.cancel_notices();
-    state.turn_over = true;
-    drop(state);
-    drop(root);
-    let outcome = match result {
-        None => Outcome::Waiting,
-        Some(result) => {
-            let (event, outcome) = closing(result, instance_id);
-            if let (
-                HistoryEvent::ContinuedAsNew {
-                    new_instance_id,
-                    input,
-                },
-                Some((ty, version)),
-            ) = (&event, started)
-            {
-                let mut next = NewInstance::new(new_instance_id, ty, input.clone());
-                next.version = version;
-                next.queue = queue.to_string();
-                next.continued_from = Some(instance_id.to_string());
-                children.push(next);
-            }
-            new_events.push(event);
-            outcome
+    /// What the run decided since the last turn, and where it stands. The new events are kept
+    /// until [`confirm`](Self::confirm) says where they were recorded.
+    pub(crate) fn turn(&mut self, queue: &str) -> Replay {
+        let instance_id = self.ctx.instance_id();
+        let mut state = self.ctx.state.borrow_mut();
+        let patches = state.patches.clone();
+        if let Some(message) = &self.panicked {
+            return Replay::nothing(Outcome::Panicked(message.clone()), patches);
         }
-    };
-    Replay {
-        new_events,
-        tasks,
-        children,
-        outcome,
-        patches,
-        notices,
+        if let Some(n) = state.nondeterminism.clone() {
+            return Replay::nothing(Outcome::Nondeterminism(n), patches);
+        }
+        if self.closed {
+            return Replay::nothing(Outcome::Closed, patches);
+        }
+        if let Some(why) = &self.stuck {
+            return Replay::nothing(Outcome::Stuck(why.clone()), patches);
+        }
+        let (mut new_events, tasks, mut children) = state.drain_new();
+        let notices = state.cancel_notices();
+        drop(state);
+        let outcome = match self.result.take() {
+            None => Outcome::Waiting,
+            Some(result) => {
+                let (event, outcome) = closing(result, &instance_id);
+                if let (
+                    HistoryEvent::ContinuedAsNew {
+                        new_instance_id,
+                        input,
+                    },
+                    Some((ty, version)),
+                ) = (&event, &self.started)
+                {
+                    let mut next = NewInstance::new(new_instance_id, ty, input.clone());
+                    next.version = *version;
+                    next.queue = queue.to_string();
+                    next.continued_from = Some(instance_id.to_string());
+                    children.push(next);
+                }
+                new_events.push(event);
+                // The run is over; what it returns is handed out once.
+                self.closed = true;
+                outcome
+            }
+        };
+        self.decided = new_events.clone();
+        Replay {
+            new_events,
+            tasks,
+            children,
+            outcome,
+            patches,
+            notices,
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Futures dropped from here on are torn down with the run, not abandoned by the code.
+        if let Ok(mut st) = self.ctx.state.try_borrow_mut() {
+            st.turn_over = true;
+        }
+        self.root = None;
+    }
+}
+
+/// A panic's message, with a hint when it comes from a Tokio future awaited in the
+/// orchestration (they need a runtime that orchestration code does not run on).
+fn panic_hint(message: String) -> String {
+    let tokio = message.contains("Tokio") || message.contains("reactor");
+    if tokio {
+        format!(
+            "{message} (orchestration code runs on Quark's deterministic executor, not on a \
+             Tokio runtime: use `ctx.sleep`, `ctx.timeout` and `ctx` futures instead of \
+             `tokio::time` and `tokio::task`)"
+        )
+    } else {
+        message
     }
 }
 
@@ -304,7 +551,7 @@ fn check_issued(ctx: &OrchestrationContext, rec: &RecordedEvent, finished: bool)
     let Some(id) = rec.event.command() else {
         return;
     };
-    if st.slots.contains_key(&id) {
+    if id < st.next_command {
         return;
     }
     let issued = st.next_command - 1;

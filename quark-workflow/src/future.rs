@@ -29,6 +29,13 @@ pub(crate) struct CommandFuture {
 
 impl CommandFuture {
     pub(crate) fn new(state: &Shared, id: CommandId) -> Self {
+        // A command waited on again (after its first future returned `Cancelled`) has a future
+        // again.
+        if let Ok(mut st) = state.try_borrow_mut()
+            && let Some(slot) = st.slots.get_mut(&id)
+        {
+            slot.orphaned = false;
+        }
         CommandFuture {
             state: state.clone(),
             id,
@@ -41,14 +48,25 @@ impl CommandFuture {
         if let Some(n) = &st.nondeterminism {
             return Poll::Ready(Err(n.clone().into()));
         }
+        if self.done {
+            return Poll::Ready(Err(OrchestrationError::Failed(
+                "a `ctx` future was polled after it completed".into(),
+            )));
+        }
         let Some(slot) = st.slots.get_mut(&self.id) else {
             return Poll::Pending;
         };
-        if let Some(result) = slot.result.clone() {
+        if slot.result.is_some() {
             let at = slot.resolved_at;
+            // The result is handed out once: the slot goes, so a long run keeps only what is
+            // still pending.
+            let result = st.slots.remove(&self.id).and_then(|s| s.result);
             st.stamp = st.stamp.max(at);
             self.done = true;
-            return Poll::Ready(Ok(result));
+            return match result {
+                Some(result) => Poll::Ready(Ok(result)),
+                None => Poll::Pending,
+            };
         }
         slot.waker = Some(cx.waker().clone());
         // Not `done`: a timer that returns `Cancelled` never fired, and dropping it records
@@ -64,12 +82,39 @@ impl CommandFuture {
         if self.done {
             return;
         }
-        let mut st = self.state.borrow_mut();
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return;
+        };
         if st.turn_over {
             return;
         }
         if let Some(slot) = st.slots.get_mut(&self.id) {
             slot.abandoned = true;
+        }
+    }
+}
+
+impl Drop for CommandFuture {
+    /// Nobody waits for the command any more: its waker goes (so that a run waiting on nothing
+    /// else is seen to be stuck), and its slot goes once the command is settled.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(mut st) = self.state.try_borrow_mut() else {
+            return;
+        };
+        if st.turn_over {
+            return;
+        }
+        let Some(slot) = st.slots.get_mut(&self.id) else {
+            return;
+        };
+        slot.waker = None;
+        slot.orphaned = true;
+        let settled = slot.result.is_some();
+        if settled {
+            st.slots.remove(&self.id);
         }
     }
 }
@@ -199,6 +244,13 @@ pub struct Sleep {
 impl Sleep {
     pub(crate) fn new(cmd: CommandFuture) -> Self {
         Sleep { cmd }
+    }
+
+    /// The sequence number of the event that fired the timer, if it fired (without polling it).
+    pub(crate) fn fired_at(&self) -> Option<u64> {
+        let st = self.cmd.state.borrow();
+        let slot = st.slots.get(&self.cmd.id)?;
+        slot.result.as_ref().map(|_| slot.resolved_at)
     }
 }
 

@@ -120,7 +120,7 @@ pub use activity::{
     CancellationToken, HeartbeatSink, JobControl, ProgressSink,
 };
 pub use client::{Client, ClientError, Handle, StartOptions};
-pub use combinator::{Join, Select};
+pub use combinator::{Join, Select, Timeout};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};

@@ -15,7 +15,7 @@ use quark_history::{CallSite, HistoryEvent, InstanceFilter, InstanceStatus, Reco
 use crate::client::{Client, ClientError};
 use crate::command::is_command_event;
 use crate::error::Nondeterminism;
-use crate::executor::{Outcome, replay};
+use crate::executor::{Executor, Outcome};
 use crate::registry::Registry;
 
 /// Why a history could not be replayed at all.
@@ -43,6 +43,8 @@ pub enum ReplayError {
 }
 
 /// The result of replaying one history.
+///
+/// Replaying is linear in the history's length: one run is fed the history prefix by prefix.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ReplayReport {
@@ -57,7 +59,8 @@ pub enum ReplayReport {
     },
     /// The current code departs from the history.
     Diverged(Box<Divergence>),
-    /// The current code panicked while replaying the history.
+    /// The current code panicked while replaying the history, or waited on something Quark
+    /// does not drive (the message says which).
     Panicked {
         /// How many events of the history were replayed when it panicked.
         prefix: usize,
@@ -150,19 +153,30 @@ impl Replayer {
             .orchestration(instance_type)
             .ok_or_else(|| ReplayError::Unknown(instance_type.clone()))?;
         let instance_id = &history[0].instance_id;
-        // Every point a worker could resume at, shortest first; the full history last.
+        // Every point a worker could resume at, shortest first; the full history last. One run
+        // is fed the history up to each point in turn, which is what a replay of that prefix
+        // computes: the run learns each part before it runs the code on it. Where it cannot be
+        // (the run issued a command ahead of a prefix that the history records differently, or
+        // it ended before the history does), a new run replays that prefix from the start.
         let prefixes = (1..history.len())
             .filter(|&k| is_command_event(&history[k - 1].event))
             .chain([history.len()]);
         let mut outcome = Outcome::Waiting;
         let mut old_branches = BTreeSet::new();
+        let mut run = Executor::new(instance_id, "default");
+        let mut fed = 0;
         for k in prefixes {
-            let r = replay(
-                orchestration.as_ref(),
-                instance_id,
-                "default",
-                &history[..k],
-            );
+            if !run.is_live() {
+                run = Executor::new(instance_id, "default");
+                fed = 0;
+            }
+            run.feed(orchestration.as_ref(), &history[fed..k]);
+            fed = k;
+            if run.is_stale() {
+                run = Executor::new(instance_id, "default");
+                run.feed(orchestration.as_ref(), &history[..k]);
+            }
+            let r = run.turn("default");
             old_branches = r
                 .patches
                 .into_iter()
@@ -177,7 +191,7 @@ impl Replayer {
                         prefix: k,
                     })));
                 }
-                Outcome::Panicked(message) => {
+                Outcome::Panicked(message) | Outcome::Stuck(message) => {
                     return Ok(ReplayReport::Panicked { prefix: k, message });
                 }
                 other => outcome = other,

@@ -9,8 +9,8 @@ use quark_history::{Failure, HistoryEvent, Payload, RecordedEvent, TaskKind, Tim
 
 use crate::command::is_command_event;
 use crate::definition::Orchestration;
-use crate::executor::{Outcome, Replay, replay};
-use crate::registry::Registry;
+use crate::executor::{Executor, Outcome, Replay, replay};
+use crate::registry::{ErasedOrchestration, Registry};
 use crate::task::TaskPayload;
 
 type Responder = Arc<dyn Fn(&str, &Payload) -> Result<Payload, Failure> + Send + Sync>;
@@ -49,6 +49,12 @@ pub(crate) struct Sim {
     pub(crate) outcome: Outcome,
     /// Deliver activity results newest first (default: in the order they were scheduled).
     pub(crate) newest_first: bool,
+    /// The live run, fed only the events that are new at each turn, as a warm worker feeds it;
+    /// every turn checks that it decides what a replay of the whole history decides.
+    live: Option<(Executor, Arc<dyn ErasedOrchestration>)>,
+    /// Whether each live turn is checked against a replay of the whole history (off for code
+    /// that decides on `is_replaying`, which differs between the two by design).
+    pub(crate) check_cold: bool,
 }
 
 impl Sim {
@@ -66,6 +72,8 @@ impl Sim {
             timers: BTreeMap::new(),
             outcome: Outcome::Waiting,
             newest_first: false,
+            live: None,
+            check_cold: true,
         };
         sim.push(HistoryEvent::WorkflowStarted {
             instance_type: O::NAME.into(),
@@ -85,7 +93,8 @@ impl Sim {
 
     /// Runs one turn and records what it decided.
     pub(crate) fn turn(&mut self) -> &Outcome {
-        let r = run(&self.registry, &self.history);
+        let cold = run(&self.registry, &self.history);
+        let r = self.live_turn(&cold);
         for t in &r.tasks {
             match TaskPayload::from_bytes(&t.payload).unwrap() {
                 TaskPayload::Activity(a) => {
@@ -119,6 +128,60 @@ impl Sim {
         }
         self.outcome = r.outcome;
         &self.outcome
+    }
+
+    /// Runs the turn on the live run (fed only the events that are new, as a warm worker feeds
+    /// it) and checks that it decides what the replay `cold` of the whole history decides: the
+    /// same events (fresh side-effect values aside), tasks and outcome. The live run's turn is
+    /// the one recorded.
+    fn live_turn(&mut self, cold: &Replay) -> Replay {
+        let HistoryEvent::WorkflowStarted { instance_type, .. } = &self.history[0].event else {
+            return cold.clone();
+        };
+        let orchestration = self
+            .registry
+            .orchestration(instance_type)
+            .expect("registered");
+        // New code (a deploy, in a test) starts a new run, as a restarted worker would.
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|(_, code)| !Arc::ptr_eq(code, orchestration))
+        {
+            self.live = None;
+        }
+        let (live, _) = self
+            .live
+            .get_or_insert_with(|| (Executor::new(ID, "default"), orchestration.clone()));
+        let from = usize::try_from(live.next_seq() - 1).unwrap_or(0);
+        live.feed(orchestration.as_ref(), &self.history[from..]);
+        assert!(!live.is_stale(), "the live run went stale");
+        let warm = live.turn("default");
+        if !self.check_cold {
+            if !matches!(warm.outcome, Outcome::Waiting) {
+                self.live = None;
+            }
+            return warm;
+        }
+        assert_eq!(
+            normalize(&warm.new_events),
+            normalize(&cold.new_events),
+            "the live run decided other events than a replay"
+        );
+        assert_eq!(
+            std::mem::discriminant(&warm.outcome),
+            std::mem::discriminant(&cold.outcome),
+            "the live run ended elsewhere: {:?} against {:?}",
+            warm.outcome,
+            cold.outcome
+        );
+        assert_eq!(warm.tasks.len(), cold.tasks.len(), "other tasks");
+        assert_eq!(warm.children.len(), cold.children.len(), "other children");
+        assert_eq!(warm.notices, cold.notices, "other notices");
+        if !matches!(warm.outcome, Outcome::Waiting) {
+            self.live = None;
+        }
+        warm
     }
 
     /// Delivers the next external event: an activity result, else the earliest timer.

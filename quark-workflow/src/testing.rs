@@ -55,7 +55,9 @@ use crate::registry::Registry;
 use crate::runner::outbox::{
     DeliveryError, DeliveryPolicy, Destinations, deliver_signal, run_key, windows,
 };
-use crate::runner::{Host, HostRef, Runner, Settled};
+use crate::runner::{
+    HistoryWarning, Host, HostRef, LiveInstance, RunEvent, Runner, Settled, WarmLimits,
+};
 
 /// Where the virtual clock starts: 2026-01-01T00:00:00Z.
 pub const START: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
@@ -65,9 +67,6 @@ pub const TEST_WORKER: &str = "quark-test-env";
 
 /// How long the test environment's leases last, in virtual time (a worker's default).
 const LEASE: Duration = Duration::from_secs(30);
-
-/// How many instances the test environment keeps warm.
-const WARM_INSTANCES: usize = 10_000;
 
 /// A heartbeat an activity sent: who, and its progress.
 pub type Heartbeat = (ActivityInfo, Option<Payload>);
@@ -110,6 +109,8 @@ struct Book {
     callbacks: Mutex<HashMap<String, OutboxCallback>>,
     /// Messages for destinations outside the environment, recorded instead of sent.
     sent: Mutex<Vec<ClaimedMessage>>,
+    /// What the runner noted, in order (a worker counts these in its metrics).
+    events: Mutex<Vec<RunEvent>>,
 }
 
 impl std::fmt::Debug for OutboxCallbacks<'_> {
@@ -124,6 +125,17 @@ struct OutboxCallbacks<'a>(&'a HashMap<String, OutboxCallback>);
 impl TestEnv {
     /// An environment running `registry`'s code on a fresh in-memory SQLite store.
     pub async fn new(registry: Registry) -> Result<Self, ClientError> {
+        Self::with_limits(registry, WarmLimits::default(), HistoryWarning::default()).await
+    }
+
+    /// [`new`](Self::new), keeping instances live within `limits` (`instances: 0` replays every
+    /// turn from the history, as a worker that has just started does) and warning about
+    /// histories past `warning` (see [`run_events`](Self::run_events)).
+    pub async fn with_limits(
+        registry: Registry,
+        limits: WarmLimits,
+        warning: HistoryWarning,
+    ) -> Result<Self, ClientError> {
         let clock = ManualClock::new(START);
         let store =
             SqliteStore::in_memory_with(StoreConfig::default().clock(clock.clone())).await?;
@@ -136,10 +148,11 @@ impl TestEnv {
             heartbeats: Mutex::default(),
             callbacks: Mutex::default(),
             sent: Mutex::default(),
+            events: Mutex::default(),
         });
         let inner = Arc::new(Inner {
             clock,
-            runner: Mutex::new(Runner::new(registry, WARM_INSTANCES)),
+            runner: Mutex::new(Runner::with_limits(registry, limits, warning)),
             book,
             running: tokio::sync::Mutex::new(()),
         });
@@ -155,6 +168,16 @@ impl TestEnv {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.book.store
+    }
+
+    /// The instances the runner holds live, with their estimated footprints, largest first.
+    pub fn live_instances(&self) -> Vec<LiveInstance> {
+        self.inner.runner().live_instances()
+    }
+
+    /// What the runner noted so far (conflicts, lost leases, long histories), in order.
+    pub fn run_events(&self) -> Vec<RunEvent> {
+        lock(&self.inner.book.events).clone()
     }
 
     /// The virtual clock.
@@ -470,6 +493,10 @@ impl Host for TestHost {
             self.book.take_here(here, &committed, now);
             Ok(committed)
         })
+    }
+
+    fn note(&self, event: RunEvent) {
+        lock(&self.book.events).push(event);
     }
 
     fn run_here(&self, task: &mut NewTask) -> bool {

@@ -9,8 +9,10 @@ use quark_history::{
     ClaimedTask, Commit, Expected, FailAction, HistoryEvent, NewInstance, NewTask, RecordedEvent,
 };
 
-use crate::executor::{Outcome, replay};
-use crate::registry::Registry;
+use std::sync::Arc;
+
+use crate::executor::{Executor, Outcome};
+use crate::registry::{ErasedOrchestration, Registry};
 
 /// What one turn decided.
 #[derive(Debug, Clone)]
@@ -28,55 +30,81 @@ pub struct Turn {
 
 /// Runs one orchestration turn for `task` over `history` (the instance's whole history).
 pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[RecordedEvent]) -> Turn {
-    let lease = task.lease.clone();
-    let dead = |error: String, outcome: Outcome| Turn {
-        commit: Commit::new().fail(lease.clone(), FailAction::Dead { error }),
-        instances: Vec::new(),
-        outcome,
-    };
+    match start_executor(registry, task, history) {
+        Ok((mut executor, orchestration)) => {
+            executor.feed(orchestration.as_ref(), history);
+            turn_of(&mut executor, task)
+        }
+        Err(turn) => *turn,
+    }
+}
+
+/// A fresh executor for the instance whose history starts with `history[0]`, and its
+/// orchestration; or the turn that dead-letters `task` when there is none to run.
+pub(crate) fn start_executor(
+    registry: &Registry,
+    task: &ClaimedTask,
+    history: &[RecordedEvent],
+) -> Result<(Executor, Arc<dyn ErasedOrchestration>), Box<Turn>> {
+    let dead = |error: String| Box::new(dead_turn(task, error, Outcome::Waiting));
     let Some(first) = history.first() else {
-        return dead("the instance has no history".into(), Outcome::Waiting);
+        return Err(dead("the instance has no history".into()));
     };
     let instance_id = task
         .instance_id
         .clone()
         .unwrap_or_else(|| first.instance_id.clone());
-    let HistoryEvent::WorkflowStarted {
-        instance_type,
-        parent,
-        ..
-    } = &first.event
-    else {
-        return dead(
-            format!(
-                "event 1 of `{instance_id}` is {}, not WorkflowStarted",
-                first.event.kind()
-            ),
-            Outcome::Waiting,
-        );
+    let HistoryEvent::WorkflowStarted { instance_type, .. } = &first.event else {
+        return Err(dead(format!(
+            "event 1 of `{instance_id}` is {}, not WorkflowStarted",
+            first.event.kind()
+        )));
     };
     let Some(orchestration) = registry.orchestration(instance_type) else {
-        return dead(
-            format!("no orchestration `{instance_type}` is registered on this worker"),
-            Outcome::Waiting,
-        );
+        return Err(dead(format!(
+            "no orchestration `{instance_type}` is registered on this worker"
+        )));
     };
+    Ok((
+        Executor::new(&instance_id, &task.queue),
+        Arc::clone(orchestration),
+    ))
+}
 
-    let replay = replay(orchestration.as_ref(), &instance_id, &task.queue, history);
+/// The turn that dead-letters `task` with `error`.
+fn dead_turn(task: &ClaimedTask, error: String, outcome: Outcome) -> Turn {
+    Turn {
+        commit: Commit::new().fail(task.lease.clone(), FailAction::Dead { error }),
+        instances: Vec::new(),
+        outcome,
+    }
+}
+
+/// The turn `executor` decided since its last one, as the commit that records it (at the
+/// history's next sequence number, which is the executor's).
+pub(crate) fn turn_of(executor: &mut Executor, task: &ClaimedTask) -> Turn {
+    let instance_id = executor.instance_id();
+    let parent = executor.parent();
+    let next = executor.next_seq();
+    let replay = executor.turn(&task.queue);
     match &replay.outcome {
         Outcome::Nondeterminism(n) => {
             tracing::error!(instance = %instance_id, "{n}");
-            return dead(format!("{instance_id}: {n}"), replay.outcome);
+            return dead_turn(task, format!("{instance_id}: {n}"), replay.outcome);
         }
         Outcome::Panicked(message) => {
             tracing::error!(instance = %instance_id, "orchestration panicked: {message}");
             let error = format!("{instance_id}: the orchestration panicked: {message}");
-            return dead(error, replay.outcome);
+            return dead_turn(task, error, replay.outcome);
+        }
+        Outcome::Stuck(why) => {
+            tracing::error!(instance = %instance_id, "orchestration stuck: {why}");
+            let error = format!("{instance_id}: {why}");
+            return dead_turn(task, error, replay.outcome);
         }
         _ => {}
     }
 
-    let next = history.last().map_or(1, |e| e.seq + 1);
     let mut commit = Commit::new();
     if !replay.new_events.is_empty() {
         commit = commit.append(instance_id.as_str(), Expected::Seq(next), replay.new_events);
@@ -114,7 +142,7 @@ pub fn process_turn(registry: &Registry, task: &ClaimedTask, history: &[Recorded
         }
     }
     Turn {
-        commit: commit.complete(lease),
+        commit: commit.complete(task.lease.clone()),
         instances: replay.children,
         outcome: replay.outcome,
     }

@@ -114,7 +114,9 @@ impl JobWorkflowHandle {
                     self.id
                 )));
             }
-            Outcome::Panicked(message) => return Err(ClientError::Payload(message)),
+            Outcome::Panicked(message) | Outcome::Stuck(message) => {
+                return Err(ClientError::Payload(message));
+            }
             _ => {}
         }
         let snapshot = sink.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -10,16 +10,18 @@
 //! depends on which driver runs it; the drivers differ only in when tasks run and how commits
 //! reach the store.
 //!
-//! The runner keeps instances warm: it caches the histories it has read and the events it has
-//! committed ([`cache`]), so a turn reads only events it has not seen, and an activity whose
-//! orchestration is warm commits its result together with the turn it unblocks (the warm
-//! continuation), one transaction per step.
+//! The runner keeps instances live ([`live`]): a warm instance's run stays suspended between
+//! turns on the runner's orchestration threads, so a turn reads and feeds it only the events it
+//! has not seen, instead of replaying the whole history; and an activity whose orchestration is
+//! live commits its result together with the turn it unblocks (the warm continuation), one
+//! transaction per step.
 
 mod activity;
 pub mod backoff;
-pub(crate) mod cache;
+pub mod live;
 mod orchestration;
 pub mod outbox;
+mod prefetch;
 mod settle;
 
 use std::fmt;
@@ -34,9 +36,11 @@ use crate::activity::ActivityInfo;
 use crate::registry::Registry;
 use crate::task::{TaskPayload, timer_commit};
 
+pub use live::{HistoryWarning, LiveInstance, WarmLimits};
 pub use settle::{MAX_CONFLICT_RETRIES, Settled, release_delay, settle};
 
-/// Histories past this many events get a warning each turn (Temporal warns at 10,240).
+/// Histories past this many events get a warning (Temporal warns at 10,240); see
+/// [`HistoryWarning`] to change it.
 pub const HISTORY_WARN_EVENTS: usize = 10_240;
 
 /// What handling a task came to.
@@ -80,6 +84,8 @@ pub enum RunEvent {
     LeaseLost,
     /// A turn is redone because its history moved on while it ran.
     Conflict,
+    /// An instance's history passed the warning bounds ([`HistoryWarning`]), once per run.
+    LongHistory,
 }
 
 /// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test
@@ -134,11 +140,12 @@ pub trait Host: Send + Sync + 'static {
 pub type HostRef = Arc<dyn Host>;
 
 /// Runs the workflow tasks of one registry: orchestration turns, activities, timers and jobs,
-/// with the cache that keeps instances warm. Cheap to clone.
+/// with the live runs that keep instances warm. Cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
     registry: Arc<Registry>,
-    cache: Arc<cache::HistoryCache>,
+    live: Arc<live::LiveInstances>,
+    prefetch: Arc<prefetch::Prefetch>,
 }
 
 impl fmt::Debug for Runner {
@@ -150,21 +157,46 @@ impl fmt::Debug for Runner {
 }
 
 impl Runner {
-    /// A runner of `registry`'s code that keeps up to `warm_instances` instances' histories.
+    /// A runner of `registry`'s code that keeps up to `warm_instances` instances live (and at
+    /// most the default [`WarmLimits::bytes`] of them).
     pub fn new(registry: Registry, warm_instances: usize) -> Self {
+        let limits = WarmLimits {
+            instances: warm_instances,
+            ..WarmLimits::default()
+        };
+        Self::with_limits(registry, limits, HistoryWarning::default())
+    }
+
+    /// A runner of `registry`'s code that keeps instances live within `limits`, and warns about
+    /// histories past `warning`. Its live runs are spread over one orchestration thread per
+    /// core (at most 8).
+    pub fn with_limits(registry: Registry, limits: WarmLimits, warning: HistoryWarning) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        let live = Arc::new(live::LiveInstances::new(threads, limits, warning));
         Runner {
             registry: Arc::new(registry),
-            cache: Arc::new(cache::HistoryCache::new(warm_instances)),
+            prefetch: Arc::new(prefetch::Prefetch::new(Arc::clone(&live))),
+            live,
         }
     }
 
-    /// A runner of `registry` that shares this runner's warm instances (the test environment
-    /// swaps registries when a test mocks an activity).
+    /// A runner of `registry` that shares this runner's live instances (the test environment
+    /// swaps registries when a test mocks an activity; a run started under other code is
+    /// replayed anew).
     pub(crate) fn with_registry(&self, registry: Registry) -> Self {
         Runner {
             registry: Arc::new(registry),
-            cache: Arc::clone(&self.cache),
+            live: Arc::clone(&self.live),
+            prefetch: Arc::clone(&self.prefetch),
         }
+    }
+
+    /// Changes what the runner keeps live and when it warns about a long history; runs over the
+    /// new limits are evicted as instances are next used.
+    pub fn set_limits(&self, limits: WarmLimits, warning: HistoryWarning) {
+        self.live.set_limits(limits, warning);
     }
 
     /// The registry.
@@ -172,9 +204,19 @@ impl Runner {
         &self.registry
     }
 
-    /// How many instances' histories the runner holds warm now (a driver's gauge).
+    /// How many instances the runner holds live now (a driver's gauge).
     pub fn cached_instances(&self) -> usize {
-        self.cache.len()
+        self.live.len()
+    }
+
+    /// The estimated memory the live instances hold, in bytes (a driver's gauge).
+    pub fn cached_bytes(&self) -> usize {
+        self.live.bytes()
+    }
+
+    /// Every live instance with its estimated footprint, largest first.
+    pub fn live_instances(&self) -> Vec<LiveInstance> {
+        self.live.instances()
     }
 
     /// Drives `task` to its settle: handles it, commits its outcome and deals with a refused
@@ -216,7 +258,7 @@ impl Runner {
     /// Reads the histories of a batch of claimed turns in one round trip, before they run (each
     /// turn uses what was read for it, or reads its own). Never fails.
     pub fn prefetch(&self, tasks: &[ClaimedTask], store: Arc<dyn Store>) -> BoxFuture<'static, ()> {
-        self.cache.prefetch(tasks, store)
+        self.prefetch.prefetch(tasks, store)
     }
 }
 

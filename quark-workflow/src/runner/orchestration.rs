@@ -1,17 +1,19 @@
-//! Orchestration turns, and the warm continuation: an activity's result committed together with
+//! Orchestration turns on live runs, and the warm continuation: an activity's result committed together with
 //! the turn it unblocks.
 
 use quark_history::{
-    ClaimedTask, Commit, Expected, IdReusePolicy, RecordedEvent, Settle, TaskKind, Timestamp,
+    ClaimedTask, Commit, Expected, HistoryRange, IdReusePolicy, Settle, TaskKind, Timestamp,
 };
 
-use super::{HISTORY_WARN_EVENTS, Handled, HandlerError, HostRef, Runner, now};
+use super::live::LiveTurn;
+use super::{Handled, HandlerError, HostRef, RunEvent, Runner, now};
 use crate::executor::Outcome;
-use crate::turn::{Turn, process_turn};
+use crate::turn::Turn;
 
 impl Runner {
-    /// One orchestration turn: the instance's history (only the new part when it is warm, or what
-    /// was read ahead for it), [`process_turn`], the children it starts, and its commit.
+    /// One orchestration turn: the events the instance's live run has not seen (or, for an
+    /// instance that is not live, its whole history, replayed into a new run), the turn the run
+    /// decides, the children it starts, and its commit.
     pub(super) async fn turn(
         &self,
         task: ClaimedTask,
@@ -20,23 +22,48 @@ impl Runner {
         let instance = task.instance_id.clone().ok_or_else(|| {
             HandlerError::Rejected("an orchestration task without an instance".into())
         })?;
-        let read_ahead = self.cache.take_prefetched(&task);
-        let history = self
-            .cache
-            .history_with(host.store().as_ref(), &instance, read_ahead)
-            .await?;
-        if history.len() > HISTORY_WARN_EVENTS {
-            tracing::warn!(
-                instance = %instance,
-                events = history.len(),
-                "long history: consider continue_as_new"
-            );
+        let store = host.store().clone();
+        let (from, events) = match self.prefetch.take(&task) {
+            Some((from, events)) if from == 1 || from == self.live.next_seq(&instance) => {
+                (from, events)
+            }
+            _ => {
+                let from = self.live.next_seq(&instance);
+                (
+                    from,
+                    store
+                        .read_history(&instance, HistoryRange::From(from))
+                        .await?,
+                )
+            }
+        };
+        let mut reply = self
+            .live
+            .turn(&instance, &task, &self.registry, from, events)
+            .await;
+        if matches!(reply, Some(LiveTurn::Miss)) {
+            let history = store.read_history(&instance, HistoryRange::All).await?;
+            reply = self
+                .live
+                .turn(&instance, &task, &self.registry, 1, history)
+                .await;
         }
-        let turn = process_turn(&self.registry, &task, &history);
+        let turn = match reply {
+            Some(LiveTurn::Turn(turn, warn)) => {
+                if warn {
+                    host.note(RunEvent::LongHistory);
+                }
+                *turn
+            }
+            Some(LiveTurn::Miss) | None => {
+                return Err(HandlerError::Other(
+                    "the orchestration threads are gone".into(),
+                ));
+            }
+        };
         let mut commit = self.prepare(&instance, turn, &host).await?;
-        // The turn's events are recorded at a time chosen here, so that the cache can hold exact
-        // copies of them once they commit: the instance's next activity result then continues it
-        // without reading its history back (see `continue_here`).
+        // The turn's events are recorded at a time chosen here, so that the live run can take
+        // exact copies of them once they commit.
         let at = now(&host);
         let own = commit
             .appends
@@ -45,28 +72,18 @@ impl Runner {
         if let Some(i) = own {
             commit.appends[i].at.get_or_insert(at);
         }
-        let cached_ahead = own.and_then(|i| self.cache_ahead(&commit.appends[i], at));
+        let confirmed = own.and_then(|i| self.confirm_ahead(&commit.appends[i], at));
         match host.commit(commit.clone()).await {
             Ok(committed) => {
-                if let Some(i) = own {
-                    let append = &commit.appends[i];
-                    match cached_ahead {
-                        Some(first) if first == committed.appended[i].0 => {}
-                        Some(_) => self.cache.forget(&instance),
-                        None => self.cache.extend(
-                            &instance,
-                            committed.appended[i].0,
-                            &append.events,
-                            append.at.unwrap_or(at),
-                        ),
-                    }
+                if let Some(i) = own
+                    && confirmed != Some(committed.appended[i].0)
+                {
+                    self.live.forget(&instance);
                 }
                 Ok(Handled::Settled)
             }
             Err(e) => {
-                if cached_ahead.is_some() {
-                    self.cache.forget(&instance);
-                }
+                self.live.forget(&instance);
                 // Nothing was written. The settle step commits it again and handles what went
                 // wrong (a conflict reruns the turn); the tasks meant to start here go through
                 // the queue.
@@ -89,14 +106,16 @@ impl Runner {
     ) -> Result<Commit, HandlerError> {
         for child in turn.instances {
             // Ids are deterministic, so a turn that is redone finds its children already there.
-            host.store()
+            if let Err(e) = host
+                .store()
                 .create_instance(child, IdReusePolicy::ReturnExisting)
-                .await?;
+                .await
+            {
+                self.live.forget(instance);
+                return Err(e.into());
+            }
         }
         let waiting = matches!(turn.outcome, Outcome::Waiting);
-        if !waiting {
-            self.cache.forget(instance);
-        }
         let mut commit = turn.commit;
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
         // results): they must not be started here either.
@@ -128,34 +147,42 @@ impl Runner {
             return None;
         };
         let instance = append.instance_id.as_str();
-        // A warm instance's cached history is used as it is, without asking the store for newer
-        // events: the commit is fenced at the next sequence number, so if anything was appended
-        // meanwhile it conflicts and the plain result goes through the queue instead.
-        let mut history = match self.cache.cached(instance) {
-            Some(history) => history,
-            None => self
-                .cache
-                .history(host.store().as_ref(), instance)
-                .await
-                .ok()?,
-        };
-        let at = now(host);
-        let next = history.last().map_or(1, |e| e.seq + 1);
-        history.push(RecordedEvent {
-            instance_id: instance.to_string(),
-            seq: next,
-            recorded_at: at,
-            event: event.clone(),
-            hash: String::new(),
-        });
         let as_turn = ClaimedTask {
             kind: TaskKind::Orchestration,
             queue: plain.tasks.first()?.queue.clone(),
             instance_id: Some(instance.to_string()),
             ..task.clone()
         };
-        let turn = process_turn(&self.registry, &as_turn, &history);
+        let at = now(host);
+        // A live run is continued as it is, without asking the store for newer events: the
+        // commit is fenced at the next sequence number, so if anything was appended meanwhile it
+        // conflicts and the plain result goes through the queue instead.
+        let history = if self.live.next_seq(instance) > 1 {
+            None
+        } else {
+            Some(
+                host.store()
+                    .read_history(instance, HistoryRange::All)
+                    .await
+                    .ok()?,
+            )
+        };
+        let (next, turn, warn) = self
+            .live
+            .continue_with(
+                instance,
+                &as_turn,
+                &self.registry,
+                history,
+                event.clone(),
+                at,
+            )
+            .await?;
+        if warn {
+            host.note(RunEvent::LongHistory);
+        }
         if !matches!(turn.commit.settle, Some(Settle::Complete(_))) {
+            self.live.forget(instance);
             return None;
         }
         let mut turn_commit = self.prepare(instance, turn, host).await.ok()?;
@@ -192,36 +219,45 @@ impl Runner {
         };
         let own = combined.appends[0].clone();
         let at = own.at.unwrap_or_else(|| now(host));
-        let cached_ahead = self.cache_ahead(&own, at);
+        // The run has taken the activity's result already; the turn's own events follow it.
+        let turn_events = quark_history::Append {
+            expected: match own.expected {
+                Expected::Seq(n) => Expected::Seq(n + 1),
+                other => other,
+            },
+            events: own.events[1..].to_vec(),
+            ..own.clone()
+        };
+        let confirmed = self.confirm_ahead(&turn_events, at);
         match host.commit(combined).await {
             Ok(committed) => {
-                if cached_ahead != Some(committed.appended[0].0) {
-                    self.cache.forget(&own.instance_id);
+                if confirmed.is_some() && confirmed != Some(committed.appended[0].0 + 1) {
+                    self.live.forget(&own.instance_id);
                 }
                 true
             }
             // The history moved on, the instance ended, or the store hiccuped: the caller falls
             // back to the plain result; the orchestration runs through the queue.
             Err(e) => {
-                self.cache.forget(&own.instance_id);
+                self.live.forget(&own.instance_id);
                 tracing::debug!(error = %e, "could not continue the orchestration here");
                 false
             }
         }
     }
 
-    /// Puts a commit's own events into the cache before the commit is made, at the sequence
-    /// number it is fenced at. The driver may start the activities the commit schedules here as
-    /// soon as it is written, before the commit call returns, and their results continue the
-    /// instance from the cache: it must already hold these events then. Returns that first
-    /// sequence number, or `None` when the append is not fenced at one (the cache is then
-    /// extended after the commit). The caller forgets the instance if the commit fails.
-    fn cache_ahead(&self, append: &quark_history::Append, at: Timestamp) -> Option<u64> {
+    /// Hands the live run the events its turn decided, at the sequence number the commit is
+    /// fenced at, before the commit is made. The driver may start the activities the commit
+    /// schedules here as soon as it is written, before the commit call returns, and their results
+    /// continue the instance from its live run: the run must already be past these events then.
+    /// Returns that first sequence number, or `None` when the append is not fenced at one (the
+    /// run is then dropped). The caller forgets the instance if the commit fails.
+    fn confirm_ahead(&self, append: &quark_history::Append, at: Timestamp) -> Option<u64> {
         let Expected::Seq(first) = append.expected else {
+            self.live.forget(&append.instance_id);
             return None;
         };
-        self.cache
-            .extend(&append.instance_id, first, &append.events, at);
+        self.live.confirm(&append.instance_id, first, at);
         Some(first)
     }
 }

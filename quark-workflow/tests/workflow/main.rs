@@ -6,6 +6,7 @@ mod environment;
 // `pub`: the module's types are `pub` as in the brief it reproduces.
 pub mod issue_example;
 mod job_workflow;
+mod live;
 mod replay;
 mod saga;
 mod versioning;

@@ -1,0 +1,515 @@
+//! Live instances: the suspended runs of warm orchestrations, kept between turns so that a turn
+//! feeds its instance only the events that are new, instead of replaying its whole history.
+//!
+//! An orchestration's run is single-threaded by construction (its context is `Rc`-shared with
+//! its futures), so it cannot move between the threads of an async runtime. The runs live on
+//! the runner's own orchestration threads instead: each instance belongs to one of them (by a
+//! hash of its id), and every step of a run (a turn, the confirmation of its commit, a warm
+//! continuation) is a job sent to that thread, in order. Nothing else touches a run.
+//!
+//! A run kept here is a cache, never the truth: a run that cannot continue exactly where the
+//! journal is (its turn's commit failed, the journal moved on without it, it was evicted) is
+//! dropped, and the next turn replays the history into a new one, which reaches the same state.
+//! The cache is bounded by count and by an estimate of the memory the runs hold; each run's
+//! footprint is reported (placement uses it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use futures::channel::oneshot;
+use quark_history::{ClaimedTask, HistoryEvent, RecordedEvent, Timestamp};
+
+use crate::executor::{Executor, Outcome};
+use crate::registry::{ErasedOrchestration, Registry};
+use crate::turn::{Turn, start_executor, turn_of};
+
+/// When a run's history is long enough to warn about: past either bound, the worker logs a
+/// warning and counts it, once per run. Temporal warns at 10,240 events and 10 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWarning {
+    /// Events.
+    pub events: u64,
+    /// Approximate encoded bytes.
+    pub bytes: u64,
+}
+
+impl Default for HistoryWarning {
+    fn default() -> Self {
+        HistoryWarning {
+            events: 10_240,
+            bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// How much a runner keeps live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmLimits {
+    /// At most this many live instances.
+    pub instances: usize,
+    /// At most this many bytes of live instances (by their footprint estimates).
+    pub bytes: usize,
+}
+
+impl Default for WarmLimits {
+    fn default() -> Self {
+        WarmLimits {
+            instances: 10_000,
+            bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// A live instance's figures, as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveInstance {
+    /// The instance.
+    pub instance_id: String,
+    /// The estimated memory its run holds, in bytes.
+    pub footprint: usize,
+    /// The events of its history the run has seen.
+    pub events: u64,
+}
+
+/// What a turn on a live run came to.
+pub(crate) enum LiveTurn {
+    /// The turn, and whether this run's history just passed the warning bounds.
+    Turn(Box<Turn>, bool),
+    /// The run is not where the events given start (or is gone): read the whole history and
+    /// ask again from sequence number 1.
+    Miss,
+}
+
+type Job = Box<dyn FnOnce(&mut Shard) + Send>;
+
+/// The live runs, spread over the orchestration threads.
+pub(crate) struct LiveInstances {
+    threads: Vec<mpsc::Sender<Job>>,
+    index: Arc<Mutex<Index>>,
+}
+
+impl std::fmt::Debug for LiveInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveInstances")
+            .field("threads", &self.threads.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every thread may read: where each live run stands, its size and last use, for the
+/// read-ahead of claimed turns, eviction and the reports.
+#[derive(Debug, Default)]
+struct Index {
+    limits: WarmLimits,
+    warning: HistoryWarning,
+    tick: u64,
+    entries: HashMap<String, Meta>,
+    /// Live instances by last use, least recent first.
+    by_use: BTreeMap<u64, String>,
+    bytes: usize,
+    /// Runs evicted, per thread, for that thread to drop at its next job.
+    evicted: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    next_seq: u64,
+    footprint: usize,
+    events: u64,
+    used: u64,
+    thread: usize,
+}
+
+impl Index {
+    fn limits(&self) -> WarmLimits {
+        self.limits
+    }
+
+    fn remove(&mut self, instance: &str) {
+        if let Some(meta) = self.entries.remove(instance) {
+            self.by_use.remove(&meta.used);
+            self.bytes -= meta.footprint;
+        }
+    }
+
+    /// Records `instance`'s run as used now, then evicts the least recently used runs (never
+    /// this one) while the limits are exceeded.
+    fn touch(&mut self, instance: &str, thread: usize, run: &Executor) {
+        self.remove(instance);
+        self.tick += 1;
+        let (events, _) = run.history_size();
+        let meta = Meta {
+            next_seq: run.next_seq(),
+            footprint: run.footprint(),
+            events,
+            used: self.tick,
+            thread,
+        };
+        self.bytes += meta.footprint;
+        self.by_use.insert(self.tick, instance.to_string());
+        self.entries.insert(instance.to_string(), meta);
+        let limits = self.limits();
+        while self.entries.len() > limits.instances || self.bytes > limits.bytes {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            if oldest == instance {
+                // The run just used is kept even alone over the limits; it goes next time.
+                self.by_use.insert(self.tick, oldest);
+                break;
+            }
+            if let Some(meta) = self.entries.remove(&oldest) {
+                self.bytes -= meta.footprint;
+                self.evicted[meta.thread].push(oldest);
+            }
+        }
+    }
+}
+
+/// One orchestration thread's runs.
+struct Shard {
+    thread: usize,
+    runs: HashMap<String, Live>,
+    index: Arc<Mutex<Index>>,
+}
+
+struct Live {
+    executor: Executor,
+    orchestration: Arc<dyn ErasedOrchestration>,
+    /// The history warning was given for this run.
+    warned: bool,
+}
+
+impl Shard {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the runs evicted since this thread's last job.
+    fn sweep(&mut self) {
+        let evicted = std::mem::take(&mut self.index().evicted[self.thread]);
+        for instance in evicted {
+            // Used again since it was evicted: it is in the index again, and stays.
+            if !self.index().entries.contains_key(&instance) {
+                self.runs.remove(&instance);
+            }
+        }
+    }
+
+    fn forget(&mut self, instance: &str) {
+        self.runs.remove(instance);
+        self.index().remove(instance);
+    }
+
+    /// Keeps `live` if it can go on, and returns whether its history just passed the bounds.
+    fn keep(&mut self, instance: &str, mut live: Live) -> bool {
+        let (events, bytes) = live.executor.history_size();
+        let warning = self.index().warning;
+        let warn = !live.warned && (events > warning.events || bytes > warning.bytes);
+        live.warned |= warn;
+        if live.executor.is_live() && self.index().limits().instances > 0 {
+            self.index().touch(instance, self.thread, &live.executor);
+            self.runs.insert(instance.to_string(), live);
+        } else {
+            self.forget(instance);
+        }
+        warn
+    }
+
+    /// The orchestration `registry` runs for `instance`'s run, if the run is live under that
+    /// same code (a runner with another registry, as in a test that swaps one, starts anew).
+    /// A run whose last turn is not confirmed yet is not handed out (its commit may fail).
+    fn take_live(&mut self, instance: &str, registry: &Registry) -> Option<Live> {
+        let live = self.runs.remove(instance)?;
+        let same_code = !live.executor.has_unconfirmed()
+            && live
+                .executor_type()
+                .and_then(|ty| registry.orchestration(&ty))
+                .is_some_and(|o| Arc::ptr_eq(o, &live.orchestration));
+        if same_code {
+            Some(live)
+        } else {
+            self.index().remove(instance);
+            None
+        }
+    }
+}
+
+impl Live {
+    fn executor_type(&self) -> Option<String> {
+        self.executor.orchestration_type()
+    }
+}
+
+fn warn_long(instance: &str, executor: &Executor) {
+    let (events, bytes) = executor.history_size();
+    tracing::warn!(
+        instance = %instance,
+        events,
+        bytes,
+        "long history: end the run with `ctx.continue_as_new` and carry its state over"
+    );
+}
+
+impl LiveInstances {
+    /// Live runs on `threads` orchestration threads, within `limits`.
+    pub(crate) fn new(threads: usize, limits: WarmLimits, warning: HistoryWarning) -> Self {
+        let threads = threads.max(1);
+        let index = Arc::new(Mutex::new(Index {
+            limits,
+            warning,
+            evicted: vec![Vec::new(); threads],
+            ..Index::default()
+        }));
+        let senders = (0..threads)
+            .map(|thread| {
+                let (tx, rx) = mpsc::channel::<Job>();
+                let index = Arc::clone(&index);
+                std::thread::Builder::new()
+                    .name(format!("quark-orchestrations-{thread}"))
+                    .spawn(move || {
+                        // Built here: the runs never leave this thread.
+                        let mut shard = Shard {
+                            thread,
+                            runs: HashMap::new(),
+                            index,
+                        };
+                        // Ends when the runner and every job are gone.
+                        while let Ok(job) = rx.recv() {
+                            shard.sweep();
+                            let run = std::panic::AssertUnwindSafe(|| job(&mut shard));
+                            if std::panic::catch_unwind(run).is_err() {
+                                // A bug here, not in user code (whose panics the executor
+                                // catches): start this thread's runs afresh.
+                                tracing::error!("an orchestration thread's job panicked");
+                                let lost: Vec<String> =
+                                    shard.runs.drain().map(|(k, _)| k).collect();
+                                let mut index = shard.index();
+                                for instance in lost {
+                                    index.remove(&instance);
+                                }
+                            }
+                        }
+                    })
+                    .map(|_| tx)
+            })
+            .collect::<Result<Vec<_>, _>>();
+        let threads = match senders {
+            Ok(senders) => senders,
+            Err(e) => panic!("cannot start the orchestration threads: {e}"),
+        };
+        LiveInstances { threads, index }
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn thread_of(&self, instance: &str) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        instance.hash(&mut h);
+        (h.finish() % self.threads.len() as u64) as usize
+    }
+
+    /// Runs `job` on `instance`'s thread and waits for its answer.
+    async fn on_thread<R: Send + 'static>(
+        &self,
+        instance: &str,
+        job: impl FnOnce(&mut Shard) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            let _ = tx.send(job(shard));
+        });
+        self.threads[self.thread_of(instance)].send(job).ok()?;
+        rx.await.ok()
+    }
+
+    /// Sends `job` to `instance`'s thread without waiting: jobs sent later for the same instance
+    /// run after it.
+    fn post(&self, instance: &str, job: impl FnOnce(&mut Shard) + Send + 'static) {
+        let _ = self.threads[self.thread_of(instance)].send(Box::new(job));
+    }
+
+    pub(crate) fn set_limits(&self, limits: WarmLimits, warning: HistoryWarning) {
+        let mut index = self.index();
+        index.limits = limits;
+        index.warning = warning;
+    }
+
+    /// Where a read of `instance`'s history should start for its live run: right after what the
+    /// run has seen, or at 1.
+    pub(crate) fn next_seq(&self, instance: &str) -> u64 {
+        self.index().entries.get(instance).map_or(1, |m| m.next_seq)
+    }
+
+    /// One turn of `instance` (claimed as `task`), given its history from sequence number
+    /// `from` on: from 1, a new run replays it; otherwise the live run, if it is exactly there,
+    /// is fed the events. `None` if the orchestration threads are gone.
+    pub(crate) async fn turn(
+        &self,
+        instance: &str,
+        task: &ClaimedTask,
+        registry: &Arc<Registry>,
+        from: u64,
+        events: Vec<RecordedEvent>,
+    ) -> Option<LiveTurn> {
+        let (id, task, registry) = (instance.to_string(), task.clone(), Arc::clone(registry));
+        self.on_thread(instance, move |shard| {
+            let live = if from == 1 {
+                shard.forget(&id);
+                match start_executor(&registry, &task, &events) {
+                    Ok((executor, orchestration)) => Live {
+                        executor,
+                        orchestration,
+                        warned: false,
+                    },
+                    Err(dead) => return LiveTurn::Turn(dead, false),
+                }
+            } else {
+                match shard.take_live(&id, &registry) {
+                    Some(live) if live.executor.next_seq() == from => live,
+                    _ => {
+                        shard.forget(&id);
+                        return LiveTurn::Miss;
+                    }
+                }
+            };
+            let mut live = live;
+            live.executor.feed(live.orchestration.as_ref(), &events);
+            if live.executor.is_stale() {
+                shard.forget(&id);
+                return LiveTurn::Miss;
+            }
+            let turn = turn_of(&mut live.executor, &task);
+            let warn = shard.keep(&id, live);
+            if warn && let Some(live) = shard.runs.get(&id) {
+                warn_long(&id, &live.executor);
+            }
+            LiveTurn::Turn(Box::new(turn), warn)
+        })
+        .await
+    }
+
+    /// Continues `instance`'s run with `event`, recorded at `at` right after what the run has
+    /// seen (a warm continuation: an activity's result and the turn it unblocks in one commit).
+    /// Given `history` (the whole of it), a new run replays it first; without, only a live run
+    /// continues. Returns the sequence number the event takes, the turn, and whether the run's
+    /// history just passed the warning bounds; or `None`.
+    pub(crate) async fn continue_with(
+        &self,
+        instance: &str,
+        task: &ClaimedTask,
+        registry: &Arc<Registry>,
+        history: Option<Vec<RecordedEvent>>,
+        event: HistoryEvent,
+        at: Timestamp,
+    ) -> Option<(u64, Turn, bool)> {
+        let (id, task, registry) = (instance.to_string(), task.clone(), Arc::clone(registry));
+        self.on_thread(instance, move |shard| {
+            let mut live = match history {
+                Some(history) => {
+                    shard.forget(&id);
+                    let (executor, orchestration) =
+                        start_executor(&registry, &task, &history).ok()?;
+                    let mut live = Live {
+                        executor,
+                        orchestration,
+                        warned: false,
+                    };
+                    live.executor.feed(live.orchestration.as_ref(), &history);
+                    live
+                }
+                None => shard.take_live(&id, &registry)?,
+            };
+            let next = live.executor.next_seq();
+            let rec = RecordedEvent {
+                instance_id: id.clone(),
+                seq: next,
+                recorded_at: at,
+                event,
+                hash: String::new(),
+            };
+            live.executor
+                .feed(live.orchestration.as_ref(), std::slice::from_ref(&rec));
+            if !live.executor.is_live() {
+                shard.forget(&id);
+                return None;
+            }
+            let turn = turn_of(&mut live.executor, &task);
+            if matches!(
+                turn.outcome,
+                Outcome::Nondeterminism(_) | Outcome::Panicked(_) | Outcome::Stuck(_)
+            ) {
+                shard.forget(&id);
+                return None;
+            }
+            let warn = shard.keep(&id, live);
+            if warn && let Some(live) = shard.runs.get(&id) {
+                warn_long(&id, &live.executor);
+            }
+            Some((next, turn, warn))
+        })
+        .await
+        .flatten()
+    }
+
+    /// The events `instance`'s last turn decided were recorded from `first` on, at `at`: its
+    /// run takes them in. Sent before the commit is made (see the turn), so that any later job
+    /// for the instance sees them; the caller forgets the instance if the commit fails.
+    pub(crate) fn confirm(&self, instance: &str, first: u64, at: Timestamp) {
+        let id = instance.to_string();
+        self.post(instance, move |shard| {
+            let Some(mut live) = shard.runs.remove(&id) else {
+                return;
+            };
+            if live
+                .executor
+                .confirm(live.orchestration.as_ref(), first, at)
+            {
+                shard.keep(&id, live);
+            } else {
+                shard.forget(&id);
+            }
+        });
+    }
+
+    /// Drops `instance`'s run: the next turn replays its history.
+    pub(crate) fn forget(&self, instance: &str) {
+        self.index().remove(instance);
+        let id = instance.to_string();
+        self.post(instance, move |shard| shard.forget(&id));
+    }
+
+    /// How many instances are live.
+    pub(crate) fn len(&self) -> usize {
+        self.index().entries.len()
+    }
+
+    /// The estimated memory the live runs hold, in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.index().bytes
+    }
+
+    /// Every live instance with its footprint, largest first.
+    pub(crate) fn instances(&self) -> Vec<LiveInstance> {
+        let mut all: Vec<LiveInstance> = self
+            .index()
+            .entries
+            .iter()
+            .map(|(id, m)| LiveInstance {
+                instance_id: id.clone(),
+                footprint: m.footprint,
+                events: m.events,
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            b.footprint
+                .cmp(&a.footprint)
+                .then(a.instance_id.cmp(&b.instance_id))
+        });
+        all
+    }
+}
