@@ -107,6 +107,11 @@ fn describe() {
     );
     describe_gauge!(names::SLOTS, "Task slots in use");
     describe_gauge!(names::CACHED, "Orchestration instances held warm");
+    describe_gauge!(
+        names::BLOCKED,
+        "Instances blocked by a dead-lettered turn (nondeterminism, a panic), per queue: fix the \
+         code, then re-drive the turn"
+    );
 }
 
 /// A running endpoint.

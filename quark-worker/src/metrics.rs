@@ -9,7 +9,7 @@
 //!
 //! The names and labels are listed in the book's deployment chapter ("Metrics and health").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +32,7 @@ pub(crate) mod names {
     pub(crate) const OUTBOX_LAG: &str = "quark_outbox_delivery_lag_seconds";
     pub(crate) const SLOTS: &str = "quark_slots_in_use";
     pub(crate) const CACHED: &str = "quark_cached_instances";
+    pub(crate) const BLOCKED: &str = "quark_instances_blocked";
 }
 
 /// The labels of a running task's figures.
@@ -227,6 +228,15 @@ impl Metrics {
         let was = reported.cached.replace(cached);
         if was != Some(cached) {
             metrics::gauge!(names::CACHED).increment(cached - was.unwrap_or(0.0));
+        }
+    }
+
+    /// Sets the number of blocked instances of each of `queues` from the database's `counts`.
+    /// Set, not added up as the worker's own gauges are: every worker reads the same figure.
+    pub(crate) fn blocked(&self, queues: &[String], counts: &BTreeMap<String, u64>) {
+        for queue in queues {
+            let n = counts.get(queue).copied().unwrap_or(0);
+            metrics::gauge!(names::BLOCKED, "queue" => queue.clone()).set(n as f64);
         }
     }
 
