@@ -267,3 +267,57 @@ async fn missed_heartbeat(every: Option<Duration>, beats: &tokio::sync::Notify) 
     };
     while tokio::time::timeout(every, beats.notified()).await.is_ok() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> ActivityTask {
+        ActivityTask {
+            instance_id: "i".into(),
+            command: 1,
+            activity: "export".into(),
+            input: Payload::unit(),
+            orchestration_queue: "default".into(),
+            scheduled_at: quark_history::Timestamp::EPOCH,
+            options: ActivityOptions::default(),
+        }
+    }
+
+    /// The size of the event that records `output`.
+    fn recorded(config: &StoreConfig, output: &Payload) -> usize {
+        let event = HistoryEvent::ActivityCompleted {
+            command: 1,
+            output: output.clone(),
+            attempt: 1,
+        };
+        config.codec.encode(&event).unwrap().len()
+    }
+
+    #[test]
+    fn an_output_whose_event_fits_the_limit_exactly_passes_and_one_byte_more_fails_for_good() {
+        let output = Payload::json(&"x".repeat(1000)).unwrap();
+        let size = recorded(&StoreConfig::default(), &output);
+        let config = StoreConfig::default().max_payload_bytes(size);
+        let fits = fit_for_history(&config, &task(), 1, Ok(output.clone()));
+        assert_eq!(fits.unwrap(), output);
+
+        let config = StoreConfig::default().max_payload_bytes(size - 1);
+        let error = fit_for_history(&config, &task(), 1, Ok(output)).unwrap_err();
+        assert!(!error.is_retryable());
+        let expected = format!(
+            "too large to record: {size} bytes as a history event, over the payload limit of {} \
+             bytes",
+            size - 1
+        );
+        assert!(error.text().contains(&expected), "{}", error.text());
+    }
+
+    #[test]
+    fn a_failure_passes_through_untouched() {
+        let config = StoreConfig::default().max_payload_bytes(10);
+        let error = fit_for_history(&config, &task(), 1, Err(ActivityError::message("nope")));
+        let error = error.unwrap_err();
+        assert_eq!((error.text(), error.is_retryable()), ("nope", true));
+    }
+}
