@@ -15,6 +15,12 @@ use crate::event::ParentRef;
 pub enum InstanceStatus {
     /// Started and not ended.
     Running,
+    /// Not ended, but stopped: its code failed in a way that retrying cannot fix (a
+    /// nondeterminism error, a panic, an orchestration type no worker has), and its turn is in the
+    /// dead-letter list. [`InstanceRecord::blocked`] says why. Deploy fixed code and re-drive the
+    /// turn ([`Store::redrive`](crate::Store::redrive)): that sets it running again, and its next
+    /// turn runs the new code.
+    Blocked,
     /// Returned a value.
     Completed,
     /// Returned an error.
@@ -29,8 +35,9 @@ pub enum InstanceStatus {
 
 impl InstanceStatus {
     /// Every status, in declaration order.
-    pub const ALL: [InstanceStatus; 6] = [
+    pub const ALL: [InstanceStatus; 7] = [
         InstanceStatus::Running,
+        InstanceStatus::Blocked,
         InstanceStatus::Completed,
         InstanceStatus::Failed,
         InstanceStatus::Cancelled,
@@ -42,6 +49,7 @@ impl InstanceStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             InstanceStatus::Running => "running",
+            InstanceStatus::Blocked => "blocked",
             InstanceStatus::Completed => "completed",
             InstanceStatus::Failed => "failed",
             InstanceStatus::Cancelled => "cancelled",
@@ -50,9 +58,16 @@ impl InstanceStatus {
         }
     }
 
-    /// Whether the instance has ended.
+    /// Whether the instance has ended. A blocked instance has not: it resumes once re-driven.
     pub fn is_closed(self) -> bool {
-        self != InstanceStatus::Running
+        match self {
+            InstanceStatus::Running | InstanceStatus::Blocked => false,
+            InstanceStatus::Completed
+            | InstanceStatus::Failed
+            | InstanceStatus::Cancelled
+            | InstanceStatus::Terminated
+            | InstanceStatus::ContinuedAsNew => true,
+        }
     }
 }
 
@@ -162,6 +177,23 @@ pub struct InstanceRecord {
     pub created_at: Timestamp,
     /// When it last changed.
     pub updated_at: Timestamp,
+    /// Why it is blocked, while its status is [`InstanceStatus::Blocked`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<BlockedTurn>,
+}
+
+/// The dead-lettered turn that blocks an instance: what went wrong, and what to re-drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BlockedTurn {
+    /// The dead orchestration task: `quark dlq redrive <task_id>` (or
+    /// [`Store::redrive`](crate::Store::redrive)) runs the turn again.
+    pub task_id: i64,
+    /// The error, e.g. a nondeterminism error naming the recorded and the new command and their
+    /// call sites.
+    pub error: String,
+    /// When the turn was dead-lettered.
+    pub since: Timestamp,
 }
 
 /// Which instances to list. Results are ordered by creation time, newest first, then by id.
@@ -209,6 +241,7 @@ impl NewInstance {
             affinity: None,
             created_at: now,
             updated_at: now,
+            blocked: None,
         }
     }
 }

@@ -10,7 +10,9 @@
 //!   number ([`Expected`]), read whole, from a sequence number or by time, list by type, status and
 //!   time.
 //! - **The queue**: enqueue, claim in batches under a lease, extend, complete, fail, retry,
-//!   dead-letter and re-drive; the attempt number is a fencing token ([`Lease`]).
+//!   dead-letter and re-drive; the attempt number is a fencing token ([`Lease`]). A dead-lettered
+//!   orchestration turn blocks its instance ([`InstanceStatus::Blocked`]) in the same
+//!   transaction, and re-driving it unblocks the instance in the re-drive's.
 //! - **The atomic [`Commit`]**: appends, enqueues and settles a task in one transaction.
 //! - **Transactions the caller writes in** ([`Store::begin_tx`], [`Store::commit_tx`]): the
 //!   caller's own rows and a commit, together or not at all.
@@ -103,7 +105,8 @@ pub use inbox_order::{
     SequencedInbox, SequencedStore,
 };
 pub use instance::{
-    Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+    BlockedTurn, Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus,
+    NewInstance,
 };
 pub use jobs::{
     Enqueued, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit, UniqueKey,

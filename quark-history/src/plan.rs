@@ -82,8 +82,11 @@ pub(crate) struct WritePlan {
     /// Every instance read, as the write leaves it.
     pub(crate) heads: Vec<(String, InstanceHead)>,
     pub(crate) settles: Vec<TaskWrite>,
-    /// (instance, worker): completed turns make their worker the instance's affinity.
+    /// (instance, worker): completed turns make their worker the instance's affinity, and
+    /// unblock the instance if it was blocked.
     pub(crate) affinity: Vec<(String, String)>,
+    /// The instances whose turn was dead-lettered: blocked, if still running.
+    pub(crate) blocked: Vec<String>,
     /// The tasks of the live commits, in order.
     pub(crate) tasks: Vec<NewTask>,
     /// The outstanding work of the instances that end; its `*_new` indices point into `tasks`.
@@ -178,11 +181,12 @@ pub(crate) fn plan(
         .flat_map(|i| commits[i].tasks.iter().cloned())
         .collect();
     let mut announce = visible_queues(&tasks, now);
-    let mut affinity = Vec::new();
+    let (mut affinity, mut blocked) = (Vec::new(), Vec::new());
     let (mut gone, mut released) = (BTreeSet::new(), BTreeSet::new());
     for s in &settled {
         announce.extend(s.announce.clone());
         affinity.extend(s.affinity.clone());
+        blocked.extend(s.blocks.clone());
         match s.write {
             TaskWrite::Release { task_id, .. } => released.insert(task_id),
             _ => gone.insert(s.write.task_id()),
@@ -204,6 +208,7 @@ pub(crate) fn plan(
         heads: heads.into_iter().collect(),
         settles: settled.into_iter().map(|s| s.write).collect(),
         affinity,
+        blocked,
         tasks,
         dropped,
         announce,
@@ -399,6 +404,39 @@ mod tests {
         assert_eq!(plan.dropped.cancel, [9]);
         assert_eq!(plan.dropped.delete_new, [0]);
         assert_eq!(plan.heads[0].1.status, crate::InstanceStatus::Terminated);
+    }
+
+    #[test]
+    fn a_dead_lettered_turn_blocks_its_instance_and_a_completed_one_sets_its_affinity() {
+        let locked = Locked {
+            tasks: [
+                running(7, TaskKind::Orchestration, "i"),
+                running(8, TaskKind::Orchestration, "j"),
+            ]
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect(),
+            instances: [("i".to_string(), fresh())].into(),
+        };
+        let dead = Commit::new().fail(
+            lease(7, 1),
+            FailAction::Dead {
+                error: "nondeterminism".into(),
+            },
+        );
+        // An activity result for the blocked instance in the same batch is still appended.
+        let result = Commit::new().append("i", Expected::Any, [signal()]);
+        let done = Commit::new().complete(lease(8, 1));
+        let plan = run(&[dead, result, done], &locked);
+        assert!(plan.results.iter().all(Result::is_ok), "{:?}", plan.results);
+        assert_eq!(plan.blocked, ["i"]);
+        assert_eq!(plan.affinity, [("j".to_string(), "w".to_string())]);
+        assert_eq!(plan.instances.len(), 1);
+        assert_eq!(
+            plan.instances[0].head.written_status(),
+            None,
+            "a non-closing append leaves the status as the row has it"
+        );
     }
 
     #[test]

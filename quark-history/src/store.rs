@@ -11,7 +11,9 @@ use crate::codec::CodecTag;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
 use crate::event::RecordedEvent;
-use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::instance::{
+    Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+};
 use crate::jobs::{JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::outbox::{
@@ -143,6 +145,13 @@ pub trait Store:
     /// Instances matching `filter`, newest first.
     fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>>;
 
+    /// How many instances have `status`, per queue of their orchestration tasks (queues with none
+    /// are left out): a worker's gauge of blocked instances.
+    fn count_instances(
+        &self,
+        status: InstanceStatus,
+    ) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, u64>>>;
+
     // -- the journal ----------------------------------------------------------------------------
 
     /// Reads part of a history, in sequence order.
@@ -259,7 +268,9 @@ pub trait Store:
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<DeadTask>>>;
 
-    /// Puts a dead task back on its queue, visible now, with its attempts reset.
+    /// Puts a dead task back on its queue, visible now, with its attempts reset. Re-driving a
+    /// dead orchestration turn unblocks its instance ([`InstanceStatus::Blocked`]) in the same
+    /// transaction; its next turn runs whatever code the workers run now.
     fn redrive(&self, task_id: i64) -> BoxFuture<'_, Result<()>>;
 
     /// Subscribes to wake-ups: a notice whenever tasks become visible on some queue.

@@ -140,7 +140,8 @@ pub enum WorkflowCommand {
         /// Only this orchestration type.
         #[arg(long = "type")]
         instance_type: Option<String>,
-        /// Only these statuses (running, completed, failed, cancelled, terminated, continued_as_new).
+        /// Only these statuses (running, blocked, completed, failed, cancelled, terminated,
+        /// continued_as_new).
         #[arg(long, value_delimiter = ',')]
         status: Vec<String>,
         /// At most this many.
@@ -182,7 +183,9 @@ pub enum DlqCommand {
         #[command(flatten)]
         output: OutputArg,
     },
-    /// Puts dead tasks back on their queues.
+    /// Puts dead tasks back on their queues (also `redrive`). Re-driving a dead turn unblocks
+    /// its instance, and its next turn runs the code deployed now.
+    #[command(alias = "redrive")]
     Retry {
         /// The task ids.
         #[arg(required = true)]
@@ -507,6 +510,14 @@ async fn workflow(
                 "id:       {}\ntype:     {} (version {})\nstatus:   {}",
                 i.id, i.instance_type, i.version, i.status
             )?;
+            if let Some(turn) = &i.blocked {
+                writeln!(
+                    out,
+                    "blocked:  since {}, by dead turn {} (fix the code, deploy it, then \
+                     `quark dlq redrive {}`)\nerror:    {}",
+                    turn.since, turn.task_id, turn.task_id, turn.error
+                )?;
+            }
             writeln!(
                 out,
                 "created:  {}\nupdated:  {}",

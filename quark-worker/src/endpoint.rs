@@ -115,6 +115,11 @@ fn describe() {
         names::LONG_HISTORIES,
         "Instances whose history passed the warning bounds (continue_as_new them)"
     );
+    describe_gauge!(
+        names::BLOCKED,
+        "Instances blocked by a dead-lettered turn (nondeterminism, a panic), per queue: fix the \
+         code, then re-drive the turn"
+    );
 }
 
 /// A running endpoint.

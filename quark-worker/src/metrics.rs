@@ -9,7 +9,7 @@
 //!
 //! The names and labels are listed in the book's deployment chapter ("Metrics and health").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,6 +34,7 @@ pub(crate) mod names {
     pub(crate) const CACHED: &str = "quark_cached_instances";
     pub(crate) const CACHED_BYTES: &str = "quark_cached_instance_bytes";
     pub(crate) const LONG_HISTORIES: &str = "quark_long_histories_total";
+    pub(crate) const BLOCKED: &str = "quark_instances_blocked";
 }
 
 /// The labels of a running task's figures.
@@ -245,6 +246,15 @@ impl Metrics {
         let was = reported.cached_bytes.replace(bytes);
         if was != Some(bytes) {
             metrics::gauge!(names::CACHED_BYTES).increment(bytes - was.unwrap_or(0.0));
+        }
+    }
+
+    /// Sets the number of blocked instances of each of `queues` from the database's `counts`.
+    /// Set, not added up as the worker's own gauges are: every worker reads the same figure.
+    pub(crate) fn blocked(&self, queues: &[String], counts: &BTreeMap<String, u64>) {
+        for queue in queues {
+            let n = counts.get(queue).copied().unwrap_or(0);
+            metrics::gauge!(names::BLOCKED, "queue" => queue.clone()).set(n as f64);
         }
     }
 

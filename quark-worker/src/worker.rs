@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quark_history::{Store, TaskKind, WorkerInfo};
+use quark_history::{InstanceStatus, Store, TaskKind, WorkerInfo};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -92,6 +92,10 @@ const DEFAULT_TRANSACTIONS: usize = 12;
 
 /// How often the gauges are brought up to date between scrapes.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a worker that runs orchestrations counts the blocked instances of its queues (one
+/// indexed `COUNT` in the database).
+const BLOCKED_INTERVAL: Duration = Duration::from_secs(5);
 
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -426,6 +430,23 @@ impl Worker {
         self.shared.metrics.gauges(slots, cached, bytes);
     }
 
+    /// Brings the gauge of blocked instances up to date: the database's count for each queue
+    /// this worker serves.
+    async fn report_blocked(&self) {
+        match self
+            .shared
+            .store
+            .count_instances(InstanceStatus::Blocked)
+            .await
+        {
+            Ok(counts) => self
+                .shared
+                .metrics
+                .blocked(&self.shared.settings.queues, &counts),
+            Err(e) => tracing::debug!(error = %e, "could not count the blocked instances"),
+        }
+    }
+
     fn info(&self) -> WorkerInfo {
         WorkerInfo {
             id: self.shared.settings.id.to_string(),
@@ -505,6 +526,18 @@ impl Worker {
                 worker.report_gauges();
             }
         }));
+        if !self.runners.is_empty() {
+            // Blocked instances wait for an operator (fixed code, then a re-drive): the gauge
+            // that an alert watches.
+            let worker = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(BLOCKED_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    worker.report_blocked().await;
+                }
+            }));
+        }
         tracing::info!(worker = %self.id(), queues = ?self.shared.settings.queues, "worker started");
         Ok(RunningWorker {
             worker: self.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use quark_history::{
     Commit, Expected, Failure, HistoryEvent, HistoryRange, IdReusePolicy, InstanceFilter,
-    InstanceRecord, NewInstance, NewTask, Payload, RecordedEvent, Store, Timestamp,
+    InstanceRecord, InstanceStatus, NewInstance, NewTask, Payload, RecordedEvent, Store, Timestamp,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -54,6 +54,22 @@ pub enum ClientError {
         /// The reason given.
         reason: String,
     },
+    /// The instance is blocked ([`InstanceStatus::Blocked`]): its code failed in a way that
+    /// retrying cannot fix (a nondeterminism error, a panic, an orchestration type no worker
+    /// has), and its turn is in the dead-letter list. `error` says what; for a nondeterminism
+    /// error, the recorded and the new command and their call sites. It has not ended: fix the
+    /// code, deploy it, and re-drive the turn (`quark dlq redrive <task_id>`,
+    /// `Store::redrive`); it goes on from where it stopped.
+    #[error("instance `{id}` is blocked: {error}{}", redrive_hint(*task_id))]
+    Blocked {
+        /// The instance (the last run, after `continue_as_new`).
+        id: String,
+        /// Why its turn was dead-lettered.
+        error: String,
+        /// The dead-lettered turn to re-drive once the code is fixed (`None` if it was re-driven
+        /// or removed while the instance was read).
+        task_id: Option<i64>,
+    },
     /// (Test environment) the instance is still running and nothing can move it forward: it
     /// waits for a signal, or for a task nobody serves. Send the signal, or register the code.
     #[error("instance `{id}` is waiting and nothing can move it forward: {reason}")]
@@ -63,6 +79,28 @@ pub enum ClientError {
         /// What it waits for.
         reason: String,
     },
+}
+
+fn redrive_hint(task_id: Option<i64>) -> String {
+    match task_id {
+        Some(id) => {
+            format!(" (fix the code, deploy it, then re-drive its turn: `quark dlq redrive {id}`)")
+        }
+        None => " (fix the code, deploy it, then re-drive its turn)".into(),
+    }
+}
+
+/// The error that reports a blocked instance.
+fn blocked(record: InstanceRecord) -> ClientError {
+    let (error, task_id) = match record.blocked {
+        Some(turn) => (turn.error, Some(turn.task_id)),
+        None => ("its turn was dead-lettered".into(), None),
+    };
+    ClientError::Blocked {
+        id: record.id,
+        error,
+        task_id,
+    }
 }
 
 fn payload_error(e: impl fmt::Display) -> ClientError {
@@ -228,7 +266,8 @@ impl Client {
         Ok(self.store.enqueue(tasks).await?)
     }
 
-    /// One instance.
+    /// One instance. A blocked one carries the turn that blocks it
+    /// ([`InstanceRecord::blocked`]).
     pub async fn describe(&self, instance_id: &str) -> Result<InstanceRecord, ClientError> {
         self.store
             .get_instance(instance_id)
@@ -321,11 +360,16 @@ impl Client {
     }
 
     /// Waits until `instance_id` (or the last run it continued as) ends, and decodes its output.
+    /// A blocked instance does not wait: it is [`ClientError::Blocked`] at once, with the error
+    /// that blocks it.
     pub async fn result<T: DeserializeOwned>(&self, instance_id: &str) -> Result<T, ClientError> {
         let mut id = instance_id.to_string();
         let mut delay = Duration::from_millis(10);
         loop {
             let record = self.describe(&id).await?;
+            if record.status == InstanceStatus::Blocked {
+                return Err(blocked(record));
+            }
             if !record.status.is_closed() {
                 match &self.driver {
                     Some(driver) => driver.drive(&id).await?,

@@ -219,7 +219,8 @@ impl Replayer {
         loop {
             let page = client
                 .list(InstanceFilter {
-                    statuses: vec![InstanceStatus::Running],
+                    // A blocked instance has not ended: its next turn runs the new code too.
+                    statuses: vec![InstanceStatus::Running, InstanceStatus::Blocked],
                     after: after.clone(),
                     limit: 100,
                     ..InstanceFilter::default()

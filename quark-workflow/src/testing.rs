@@ -42,8 +42,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use quark_history::{
     ClaimRequest, ClaimedMessage, ClaimedTask, Clock, Commit, Committed, Delivery, Destination,
-    FailAction, Lease, ManualClock, NewTask, OutboxClaim, Payload, Settle, SqliteStore, Store,
-    StoreConfig, StoreTx, TaskKind, Timestamp,
+    FailAction, InstanceStatus, Lease, ManualClock, NewTask, OutboxClaim, Payload, Settle,
+    SqliteStore, Store, StoreConfig, StoreTx, TaskKind, Timestamp,
 };
 use tokio::sync::watch;
 
@@ -193,6 +193,17 @@ impl TestEnv {
         let mut runner = lock(&self.inner.runner);
         let mut registry = runner.registry().clone();
         registry.mock_activity::<A>(mock);
+        *runner = runner.with_registry(registry);
+    }
+
+    /// Replaces the code the environment runs, as a deploy of new workers would: from now on
+    /// turns run `registry`'s orchestrations and attempts its activities (mocks are dropped with
+    /// the old registry; the queues served stay those of the first registry and of
+    /// [`serve`](Self::serve)). A test of a code change runs the old code, deploys the new one and
+    /// carries on against the same histories; a blocked instance goes on once its turn is
+    /// re-driven (`env.store().redrive(task_id)`).
+    pub fn deploy(&self, registry: Registry) {
+        let mut runner = lock(&self.inner.runner);
         *runner = runner.with_registry(registry);
     }
 
@@ -555,7 +566,9 @@ impl Driver for Inner {
                     .get_instance(instance_id)
                     .await?
                     .ok_or_else(|| ClientError::NotFound(instance_id.to_string()))?;
-                if record.status.is_closed() {
+                // A blocked instance cannot move until its turn is re-driven: the client reports
+                // it as blocked.
+                if record.status.is_closed() || record.status == InstanceStatus::Blocked {
                     return Ok(());
                 }
                 let now = self.clock.now();

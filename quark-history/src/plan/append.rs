@@ -18,6 +18,15 @@ pub(crate) struct InstanceHead {
     pub(crate) status: InstanceStatus,
 }
 
+impl InstanceHead {
+    /// The status an append that leaves the instance at this head writes: its closing status if
+    /// the append ended it, `None` (the row keeps its own) otherwise. Whether a running instance
+    /// is blocked is not an append's to change: its turns' settles block and unblock it.
+    pub(crate) fn written_status(&self) -> Option<&'static str> {
+        self.status.is_closed().then(|| self.status.as_str())
+    }
+}
+
 /// What one append writes.
 pub(crate) struct Appended {
     /// The sequence numbers of its first and last event (`(next, next - 1)` when empty).

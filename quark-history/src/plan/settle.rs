@@ -1,5 +1,11 @@
 //! How a commit settles the task it was done under: completed, released to run again, retried
 //! later, cancelled, or dead-lettered, fenced by its lease.
+//!
+//! A turn also moves its instance between running and blocked: a dead-lettered turn blocks it (its
+//! code cannot go on until it is fixed and the turn re-driven), and a completed one unblocks it
+//! (fixed code ran a turn that new events had enqueued). Both are conditional writes (`running`
+//! to `blocked`, `blocked` to `running`) that leave an ended instance alone, so they hold in
+//! whatever order a batch writes them and its appends.
 
 use crate::clock::Timestamp;
 use crate::commit::Settle;
@@ -70,7 +76,10 @@ impl TaskWrite {
 pub(crate) struct Settled {
     pub(crate) write: TaskWrite,
     /// A completed turn's instance and the worker that ran it, which keeps it warm: its affinity.
+    /// The instance is unblocked if it was blocked.
     pub(crate) affinity: Option<(String, String)>,
+    /// A dead-lettered turn's instance, which it blocks.
+    pub(crate) blocks: Option<String>,
     /// The queue to announce, when the task is visible again at once.
     pub(crate) announce: Option<(String, TaskKind)>,
 }
@@ -96,6 +105,7 @@ pub(crate) fn settle(
     let settled = |write| Settled {
         write,
         affinity: None,
+        blocks: None,
         announce: None,
     };
     Ok(match settle {
@@ -119,6 +129,7 @@ pub(crate) fn settle(
             Settled {
                 write,
                 affinity,
+                blocks: None,
                 announce,
             }
         }
@@ -148,13 +159,21 @@ pub(crate) fn settle(
                     error: error.clone(),
                 },
                 affinity: None,
+                blocks: None,
                 announce: (at <= now).then(queue),
             }
         }
-        Settle::Fail(_, FailAction::Dead { error }) => settled(TaskWrite::Dead {
-            task_id,
-            error: error.clone(),
-        }),
+        Settle::Fail(_, FailAction::Dead { error }) => Settled {
+            write: TaskWrite::Dead {
+                task_id,
+                error: error.clone(),
+            },
+            affinity: None,
+            blocks: (kind == TaskKind::Orchestration)
+                .then(|| task.instance_id.clone())
+                .flatten(),
+            announce: None,
+        },
     })
 }
 
@@ -204,9 +223,27 @@ mod tests {
                     kind: TaskKind::Orchestration
                 },
                 affinity: Some(("i".into(), "w".into())),
+                blocks: None,
                 announce: None,
             }
         );
+    }
+
+    #[test]
+    fn a_dead_lettered_turn_blocks_its_instance_and_a_dead_activity_does_not() {
+        let dead = Settle::Fail(
+            lease(7, 1),
+            FailAction::Dead {
+                error: "nondeterminism".into(),
+            },
+        );
+        let turn = running(7, TaskKind::Orchestration, "i");
+        let settled = settle_task(&dead, Some(&turn), false, NOW).unwrap();
+        assert_eq!(settled.blocks.as_deref(), Some("i"));
+        assert_eq!(settled.affinity, None);
+        let activity = running(7, TaskKind::Activity, "i");
+        let settled = settle_task(&dead, Some(&activity), false, NOW).unwrap();
+        assert_eq!(settled.blocks, None);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::PostgresStore;
-use super::commit::{write_drop, write_settles};
+use super::commit::{write_blocks, write_drop, write_settles};
 use super::heads::Head;
 use super::queue::woken_instances;
 use crate::commit::{Commit, Committed};
@@ -187,7 +187,8 @@ impl PostgresStore {
         now: crate::Timestamp,
     ) -> Result<()> {
         // The worker that ran a turn keeps its instance warm: it becomes the instance's affinity,
-        // written with the instance's new head where the turn appended events.
+        // written with the instance's new head where the turn appended events (and a blocked
+        // instance whose turn completed runs again).
         let mut affinity: HashMap<&str, &str> = plan
             .affinity
             .iter()
@@ -213,7 +214,9 @@ impl PostgresStore {
             .await?;
             let updates = &plan.instances;
             sqlx::query(
-                "UPDATE instances AS i SET next_seq = u.next_seq, last_hash = u.last_hash, status = u.status, \
+                "UPDATE instances AS i SET next_seq = u.next_seq, last_hash = u.last_hash, \
+                 status = CASE WHEN u.status IS NOT NULL THEN u.status \
+                   WHEN u.affinity IS NOT NULL AND i.status = 'blocked' THEN 'running' ELSE i.status END, \
                  history_bytes = i.history_bytes + u.added, updated_at = u.updated_at, \
                  output_codec = COALESCE(u.output_codec, i.output_codec), output = COALESCE(u.output, i.output), \
                  affinity = COALESCE(u.affinity, i.affinity) \
@@ -225,7 +228,7 @@ impl PostgresStore {
             .bind(updates.iter().map(|u| u.id.as_str()).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.head.next_seq as i64).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.head.last_hash.as_slice()).collect::<Vec<_>>())
-            .bind(updates.iter().map(|u| u.head.status.as_str()).collect::<Vec<_>>())
+            .bind(updates.iter().map(|u| u.head.written_status()).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.added_bytes).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.updated_at.as_micros()).collect::<Vec<_>>())
             .bind(updates.iter().map(|u| u.output.as_ref().map(|o| o.codec().as_i16())).collect::<Vec<_>>())
@@ -239,14 +242,17 @@ impl PostgresStore {
         if !affinity.is_empty() {
             let affinity: Vec<(&str, &str)> = affinity.into_iter().collect();
             sqlx::query(
-                "UPDATE instances AS i SET affinity = u.worker FROM UNNEST($1::text[], $2::text[]) AS u(id, worker) \
-                 WHERE i.id = u.id AND i.affinity IS DISTINCT FROM u.worker",
+                "UPDATE instances AS i SET affinity = u.worker, \
+                 status = CASE WHEN i.status = 'blocked' THEN 'running' ELSE i.status END \
+                 FROM UNNEST($1::text[], $2::text[]) AS u(id, worker) \
+                 WHERE i.id = u.id AND (i.affinity IS DISTINCT FROM u.worker OR i.status = 'blocked')",
             )
             .bind(affinity.iter().map(|(i, _)| *i).collect::<Vec<_>>())
             .bind(affinity.iter().map(|(_, w)| *w).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
         }
+        write_blocks(tx, &plan.blocked, now).await?;
         Ok(())
     }
 }

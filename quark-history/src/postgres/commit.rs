@@ -100,6 +100,27 @@ pub(super) async fn write_settles(
     Ok(())
 }
 
+/// Blocks the instances whose turns were dead-lettered, those still running (one that ended
+/// meanwhile stays ended).
+pub(super) async fn write_blocks(
+    conn: &mut PgConnection,
+    instances: &[String],
+    now: Timestamp,
+) -> Result<()> {
+    if instances.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE instances SET status = 'blocked', updated_at = $2 \
+         WHERE id = ANY($1) AND status = 'running'",
+    )
+    .bind(instances)
+    .bind(now.as_micros())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Deletes and cancels the outstanding work a plan drops: rows this transaction locked or
 /// inserted, so it waits for nobody.
 pub(super) async fn write_drop(
@@ -176,8 +197,10 @@ async fn settle_in_tx(
             "WITH d AS (DELETE FROM tasks WHERE id = $1 AND attempts = $2 AND lease_owner = $3 \
                AND kind IN ('orchestration', 'activity', 'timer') AND NOT rerun AND NOT cancel_requested \
                RETURNING kind, instance_id), \
-             a AS (UPDATE instances i SET affinity = $3 FROM d \
-               WHERE d.kind = 'orchestration' AND i.id = d.instance_id AND i.affinity IS DISTINCT FROM $3) \
+             a AS (UPDATE instances i SET affinity = $3, \
+               status = CASE WHEN i.status = 'blocked' THEN 'running' ELSE i.status END FROM d \
+               WHERE d.kind = 'orchestration' AND i.id = d.instance_id \
+               AND (i.affinity IS DISTINCT FROM $3 OR i.status = 'blocked')) \
              SELECT kind FROM d",
         )
         .bind(lease.task_id)
@@ -192,6 +215,7 @@ async fn settle_in_tx(
                     kind: kind.parse().map_err(Error::Invalid)?,
                 },
                 affinity: None,
+                blocks: None,
                 announce: None,
             });
         }
@@ -210,7 +234,9 @@ async fn settle_in_tx(
     let settled = plan::settle(settle, row.as_ref(), false, now)?;
     if let Some((instance, worker)) = &settled.affinity {
         sqlx::query(
-            "UPDATE instances SET affinity = $2 WHERE id = $1 AND affinity IS DISTINCT FROM $2",
+            "UPDATE instances SET affinity = $2, \
+             status = CASE WHEN status = 'blocked' THEN 'running' ELSE status END \
+             WHERE id = $1 AND (affinity IS DISTINCT FROM $2 OR status = 'blocked')",
         )
         .bind(instance)
         .bind(worker)
@@ -218,6 +244,7 @@ async fn settle_in_tx(
         .await?;
     }
     write_settles(tx, store, std::slice::from_ref(&settled.write), now).await?;
+    write_blocks(tx, settled.blocks.as_slice(), now).await?;
     Ok(settled)
 }
 

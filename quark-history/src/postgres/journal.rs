@@ -151,7 +151,7 @@ fn done(planned: &Appended) -> ((u64, u64), Option<Head>) {
 }
 
 /// Writes a planned append's events and the instance's new head in one statement. With
-/// `expected_head`, the write happens only if the row still holds that head and is running, and
+/// `expected_head`, the write happens only if the row still holds that head and has not ended, and
 /// `false` says it did not; without, the row is locked already and the write always happens.
 async fn write_append(
     tx: &mut Transaction<'static, Postgres>,
@@ -164,10 +164,11 @@ async fn write_append(
     // The instance's new head, then the events if it was written: one round trip per append.
     let written = sqlx::query(
         "WITH u AS ( \
-           UPDATE instances SET next_seq = $9, last_hash = $10, status = $11, \
+           UPDATE instances SET next_seq = $9, last_hash = $10, status = COALESCE($11, status), \
            history_bytes = history_bytes + $12, updated_at = $3, \
            output_codec = COALESCE($13, output_codec), output = COALESCE($14, output) \
-           WHERE id = $1 AND ($15::bigint IS NULL OR (next_seq = $15 AND last_hash = $16 AND status = 'running')) \
+           WHERE id = $1 AND ($15::bigint IS NULL OR \
+             (next_seq = $15 AND last_hash = $16 AND status IN ('running', 'blocked'))) \
            RETURNING id) \
          INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
          SELECT $1, seq, kind, $2, codec, payload, $3, hash \
@@ -184,7 +185,7 @@ async fn write_append(
     .bind(encoded.iter().map(|e| e.hash.as_slice()).collect::<Vec<_>>())
     .bind(planned.head.next_seq as i64)
     .bind(planned.head.last_hash.as_slice())
-    .bind(planned.head.status.as_str())
+    .bind(planned.head.written_status())
     .bind(planned.added_bytes)
     .bind(output.as_ref().map(|o| o.codec().as_i16()))
     .bind(output.as_ref().map(|o| o.as_bytes()))

@@ -1,15 +1,19 @@
 //! Instances, for both databases: created with their first event and first orchestration task,
-//! read one at a time and listed. The rows are decoded here once. What differs is how a batch of
+//! read one at a time and listed (a blocked one with the dead-lettered turn that blocks it), and
+//! counted by status. The rows are decoded here once. What differs is how a batch of
 //! new instances is inserted ([`SqlStore::insert_instances`]: one `UNNEST` statement on
 //! PostgreSQL, a few statements per instance on SQLite).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{Dialect, Row, SqlStore, Stmt};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::event::SCHEMA_VERSION;
-use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::instance::{
+    BlockedTurn, Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus,
+    NewInstance,
+};
 use crate::journal::GENESIS;
 use crate::queue::{NewTask, TaskKind};
 use crate::rows::{EncodedEvent, check_size, encode_events, payload};
@@ -43,7 +47,45 @@ pub(crate) fn instance_from_row<DB: Dialect>(row: &Row<DB>) -> Result<InstanceRe
         affinity: row.get("affinity")?,
         created_at: Timestamp::from_micros(row.get("created_at")?),
         updated_at: Timestamp::from_micros(row.get("updated_at")?),
+        blocked: None,
     })
+}
+
+/// Fills in [`InstanceRecord::blocked`] for the blocked instances among `records`: the latest
+/// dead-lettered turn of each (a turn that new events enqueued while it was blocked may have
+/// failed again since). One statement, and none when no record is blocked.
+async fn attach_blocked<DB: Dialect>(
+    conn: &mut DB::Connection,
+    records: &mut [InstanceRecord],
+) -> Result<()> {
+    let ids: Vec<String> = records
+        .iter()
+        .filter(|r| r.status == InstanceStatus::Blocked)
+        .map(|r| r.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = Stmt::<DB>::new(sql(format!(
+        "SELECT id, instance_id, error, died_at FROM dead_tasks \
+         WHERE kind = 'orchestration' AND {} ORDER BY died_at, id",
+        DB::in_list("instance_id", 1)
+    )));
+    let mut latest: HashMap<String, BlockedTurn> = HashMap::new();
+    for row in DB::bind_texts(stmt, ids).fetch_all(conn).await? {
+        let turn = BlockedTurn {
+            task_id: row.get("id")?,
+            error: row.get("error")?,
+            since: Timestamp::from_micros(row.get("died_at")?),
+        };
+        latest.insert(row.get("instance_id")?, turn);
+    }
+    for record in records {
+        if record.status == InstanceStatus::Blocked {
+            record.blocked = latest.remove(&record.id);
+        }
+    }
+    Ok(())
 }
 
 /// Inserts new instances inside a transaction, a few statements each: the instance row (unless
@@ -193,10 +235,14 @@ async fn insert_or_read<S: SqlStore>(
         "SELECT {INSTANCE_COLUMNS} FROM instances WHERE {}",
         S::Db::in_list("id", 1)
     )));
-    for row in S::Db::bind_texts(stmt, taken).fetch_all(conn).await? {
-        let record = instance_from_row(&row)?;
-        existing.insert(record.id.clone(), record);
-    }
+    let mut records = S::Db::bind_texts(stmt, taken)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(instance_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    attach_blocked::<S::Db>(conn, &mut records).await?;
+    existing.extend(records.into_iter().map(|r| (r.id.clone(), r)));
     Ok((inserted, existing))
 }
 
@@ -205,15 +251,36 @@ pub(crate) async fn get_instance<S: SqlStore>(
     store: &S,
     id: &str,
 ) -> Result<Option<InstanceRecord>> {
-    Stmt::<S::Db>::new(sql(format!(
+    let mut conn = store.reader().acquire().await?;
+    let row = Stmt::<S::Db>::new(sql(format!(
         "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
     )))
     .bind(id)
-    .fetch_optional(&mut *store.reader().acquire().await?)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(record) = row.as_ref().map(instance_from_row).transpose()? else {
+        return Ok(None);
+    };
+    let mut records = [record];
+    attach_blocked::<S::Db>(&mut conn, &mut records).await?;
+    let [record] = records;
+    Ok(Some(record))
+}
+
+/// How many instances have `status`, per queue (queues without one are left out).
+pub(crate) async fn count_instances<S: SqlStore>(
+    store: &S,
+    status: InstanceStatus,
+) -> Result<BTreeMap<String, u64>> {
+    Stmt::<S::Db>::new(
+        "SELECT queue, COUNT(*) AS n FROM instances WHERE status = $1 GROUP BY queue",
+    )
+    .bind(status.as_str())
+    .fetch_all(&mut *store.reader().acquire().await?)
     .await?
-    .as_ref()
-    .map(instance_from_row)
-    .transpose()
+    .iter()
+    .map(|row| Ok((row.get("queue")?, row.get::<i64>("n")? as u64)))
+    .collect()
 }
 
 /// Instances matching `filter`, newest first.
@@ -251,9 +318,13 @@ pub(crate) async fn list_instances<S: SqlStore>(
             S::Db::bind_texts(stmt, statuses.collect())
         }
     };
-    stmt.fetch_all(&mut *store.reader().acquire().await?)
+    let mut conn = store.reader().acquire().await?;
+    let mut records = stmt
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(instance_from_row)
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    attach_blocked::<S::Db>(&mut conn, &mut records).await?;
+    Ok(records)
 }

@@ -238,7 +238,9 @@ pub(crate) async fn list_dead<S: SqlStore>(
         .collect()
 }
 
-/// Puts a dead task back on its queue, visible now, with its attempts reset and its own id.
+/// Puts a dead task back on its queue, visible now, with its attempts reset and its own id. A
+/// dead turn unblocks its instance in the same transaction; if the instance has an orchestration
+/// task already (new events woke it since), the turn merges into that one, as any wake-up does.
 pub(crate) async fn redrive<S: SqlStore>(store: &S, task_id: i64) -> Result<()> {
     let now = store.settings().clock.now();
     let mut tx = store.begin_write().await?;
@@ -247,8 +249,13 @@ pub(crate) async fn redrive<S: SqlStore>(store: &S, task_id: i64) -> Result<()> 
          attempts, payload, concurrency_key, concurrency_limit){} \
          SELECT id, kind, queue, instance_id, priority, $2, created_at, 0, payload, \
          concurrency_key, concurrency_limit FROM dead_tasks WHERE id = $1 \
-         RETURNING queue, kind",
-        S::Db::OVERRIDING_ID
+         ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
+         rerun = tasks.rerun OR tasks.lease_owner IS NOT NULL, \
+         visible_at = CASE WHEN tasks.lease_owner IS NULL \
+           THEN {least}(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END \
+         RETURNING queue, kind, instance_id",
+        S::Db::OVERRIDING_ID,
+        least = S::Db::LEAST,
     )))
     .bind(task_id)
     .bind(now.as_micros())
@@ -263,6 +270,18 @@ pub(crate) async fn redrive<S: SqlStore>(store: &S, task_id: i64) -> Result<()> 
         .bind(task_id)
         .execute(&mut tx)
         .await?;
+    if kind == TaskKind::Orchestration
+        && let Some(instance) = row.get::<Option<String>>("instance_id")?
+    {
+        Stmt::<S::Db>::new(
+            "UPDATE instances SET status = 'running', updated_at = $2 \
+             WHERE id = $1 AND status = 'blocked'",
+        )
+        .bind(instance)
+        .bind(now.as_micros())
+        .execute(&mut tx)
+        .await?;
+    }
     tx.commit().await?;
     store.announce([(queue, kind)]);
     Ok(())

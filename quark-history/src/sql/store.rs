@@ -15,7 +15,9 @@ use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
 use crate::event::RecordedEvent;
-use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
+use crate::instance::{
+    Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
 use crate::store::{Backend, Store, StoreConfig};
@@ -85,6 +87,13 @@ impl<S: SqlStore> Store for S {
 
     fn list_instances(&self, filter: InstanceFilter) -> BoxFuture<'_, Result<Vec<InstanceRecord>>> {
         Box::pin(instances::list_instances(self, filter))
+    }
+
+    fn count_instances(
+        &self,
+        status: InstanceStatus,
+    ) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, u64>>> {
+        Box::pin(instances::count_instances(self, status))
     }
 
     fn read_history<'a>(

@@ -101,13 +101,14 @@ pub(super) async fn write_appends(
     }
     for i in instances {
         sqlx::query(
-            "UPDATE instances SET next_seq = ?2, last_hash = ?3, status = ?4, history_bytes = history_bytes + ?5, \
-             updated_at = ?6, output_codec = COALESCE(?7, output_codec), output = COALESCE(?8, output) WHERE id = ?1",
+            "UPDATE instances SET next_seq = ?2, last_hash = ?3, status = COALESCE(?4, status), \
+             history_bytes = history_bytes + ?5, updated_at = ?6, output_codec = COALESCE(?7, output_codec), \
+             output = COALESCE(?8, output) WHERE id = ?1",
         )
         .bind(&i.id)
         .bind(i.head.next_seq as i64)
         .bind(i.head.last_hash.as_slice())
-        .bind(i.head.status.as_str())
+        .bind(i.head.written_status())
         .bind(i.added_bytes)
         .bind(i.updated_at.as_micros())
         .bind(i.output.as_ref().map(|o| o.codec().as_i16()))
@@ -296,11 +297,24 @@ impl SqliteStore {
         let appended = plan.results.remove(0)?;
         write_settles(tx, self, &plan.settles, now).await?;
         for (instance, worker) in &plan.affinity {
-            sqlx::query("UPDATE instances SET affinity = ?2 WHERE id = ?1")
-                .bind(instance)
-                .bind(worker)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE instances SET affinity = ?2, \
+                 status = CASE WHEN status = 'blocked' THEN 'running' ELSE status END WHERE id = ?1",
+            )
+            .bind(instance)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for instance in &plan.blocked {
+            sqlx::query(
+                "UPDATE instances SET status = 'blocked', updated_at = ?2 \
+                 WHERE id = ?1 AND status = 'running'",
+            )
+            .bind(instance)
+            .bind(now.as_micros())
+            .execute(&mut *tx)
+            .await?;
         }
         write_appends(tx, &plan.events, &plan.instances).await?;
         let inserted = enqueue::<SqliteStore>(tx, &plan.tasks, now).await?;

@@ -10,6 +10,7 @@ mod support;
 mod properties;
 
 mod batch;
+mod blocked;
 mod concurrency;
 mod ending;
 mod inbox_order;

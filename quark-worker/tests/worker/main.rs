@@ -4,6 +4,7 @@
 
 mod support;
 
+mod blocked;
 mod brokers;
 mod cli;
 mod cli_jobs;

@@ -84,7 +84,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The Prometheus text of `/metrics`, as a map from each series (`name{labels}`, as rendered) to
 /// its value.
-async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+pub(crate) async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
     body.lines()
@@ -97,7 +97,7 @@ async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
 }
 
 /// The sum of the series named `name` that carry every label of `labels`.
-fn value(scraped: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scraped: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
     scraped
         .iter()
         .filter(|(series, _)| {

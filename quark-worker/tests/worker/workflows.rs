@@ -181,6 +181,12 @@ async fn it_fails_an_unknown_orchestration_type_clearly(t: &TestStore) {
         1,
         "nothing else was written"
     );
+    let stray = t.store.get_instance("stray").await.unwrap().unwrap();
+    assert_eq!(
+        stray.status,
+        quark_history::InstanceStatus::Blocked,
+        "not lost: blocked until a worker with the code re-drives it"
+    );
     running.shutdown().await;
 }
 

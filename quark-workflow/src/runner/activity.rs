@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::{ClaimedTask, Payload, Store};
+use quark_history::{ClaimedTask, HistoryEvent, Payload, Store, StoreConfig};
 
 use super::{Handled, HandlerError, HostRef, Runner, now};
 use crate::activity::{
@@ -14,7 +14,7 @@ use crate::activity::{
 use crate::definition::ActivityOptions;
 use crate::error::ActivityError;
 use crate::job::job_commit;
-use crate::task::{TaskPayload, activity_commit};
+use crate::task::{ActivityTask, TaskPayload, activity_commit};
 
 impl Runner {
     /// One activity attempt. Its result goes into the history of the instance that scheduled it;
@@ -51,6 +51,7 @@ impl Runner {
             let commit = activity_commit(&task, &activity, Err(error), now(&host));
             return Ok(Handled::Commit(commit));
         };
+        let result = fit_for_history(host.store().config(), &activity, task.lease.attempt, result);
         let ok = result.is_ok();
         let (plain, tx) = effects
             .finish(activity_commit(&task, &activity, result, now(&host)), ok)
@@ -199,6 +200,43 @@ impl Runner {
     }
 }
 
+/// An activity's output that is too large to record fails the activity for good instead. The
+/// store would refuse the `ActivityCompleted` event, the task would be dead-lettered, and the
+/// orchestration would wait for ever without hearing of it; this way it gets a terminal
+/// `ActivityFailed` naming the size and the limit, and decides what to do.
+fn fit_for_history(
+    config: &StoreConfig,
+    task: &ActivityTask,
+    attempt: u32,
+    result: Result<Payload, ActivityError>,
+) -> Result<Payload, ActivityError> {
+    let limit = config.max_payload_bytes;
+    let output = match result {
+        // Far below the limit, so is the event that carries it: no need to encode it twice.
+        Ok(output) if output.len() <= limit / 2 => return Ok(output),
+        Ok(output) => output,
+        Err(e) => return Err(e),
+    };
+    let event = HistoryEvent::ActivityCompleted {
+        command: task.command,
+        output,
+        attempt,
+    };
+    let size = match config.codec.encode(&event) {
+        Ok(bytes) => bytes.len(),
+        Err(e) => return Err(ActivityError::from(e).terminal()),
+    };
+    match event {
+        HistoryEvent::ActivityCompleted { output, .. } if size <= limit => Ok(output),
+        _ => Err(ActivityError::message(format!(
+            "its result is too large to record: {size} bytes as a history event, over the \
+             payload limit of {limit} bytes (StoreConfig::max_payload_bytes); store large data \
+             elsewhere and return a reference to it"
+        ))
+        .terminal()),
+    }
+}
+
 /// For a transactional attempt, waits for the driver's turn to hold a transaction.
 async fn transaction_turn(host: &HostRef, options: &ActivityOptions) -> Option<Box<dyn Send>> {
     if options.transactional {
@@ -228,4 +266,58 @@ async fn missed_heartbeat(every: Option<Duration>, beats: &tokio::sync::Notify) 
         return std::future::pending().await;
     };
     while tokio::time::timeout(every, beats.notified()).await.is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> ActivityTask {
+        ActivityTask {
+            instance_id: "i".into(),
+            command: 1,
+            activity: "export".into(),
+            input: Payload::unit(),
+            orchestration_queue: "default".into(),
+            scheduled_at: quark_history::Timestamp::EPOCH,
+            options: ActivityOptions::default(),
+        }
+    }
+
+    /// The size of the event that records `output`.
+    fn recorded(config: &StoreConfig, output: &Payload) -> usize {
+        let event = HistoryEvent::ActivityCompleted {
+            command: 1,
+            output: output.clone(),
+            attempt: 1,
+        };
+        config.codec.encode(&event).unwrap().len()
+    }
+
+    #[test]
+    fn an_output_whose_event_fits_the_limit_exactly_passes_and_one_byte_more_fails_for_good() {
+        let output = Payload::json(&"x".repeat(1000)).unwrap();
+        let size = recorded(&StoreConfig::default(), &output);
+        let config = StoreConfig::default().max_payload_bytes(size);
+        let fits = fit_for_history(&config, &task(), 1, Ok(output.clone()));
+        assert_eq!(fits.unwrap(), output);
+
+        let config = StoreConfig::default().max_payload_bytes(size - 1);
+        let error = fit_for_history(&config, &task(), 1, Ok(output)).unwrap_err();
+        assert!(!error.is_retryable());
+        let expected = format!(
+            "too large to record: {size} bytes as a history event, over the payload limit of {} \
+             bytes",
+            size - 1
+        );
+        assert!(error.text().contains(&expected), "{}", error.text());
+    }
+
+    #[test]
+    fn a_failure_passes_through_untouched() {
+        let config = StoreConfig::default().max_payload_bytes(10);
+        let error = fit_for_history(&config, &task(), 1, Err(ActivityError::message("nope")));
+        let error = error.unwrap_err();
+        assert_eq!((error.text(), error.is_retryable()), ("nope", true));
+    }
 }

@@ -230,17 +230,18 @@ async fn an_unregistered_orchestration_type_is_reported_not_lost() {
         .unwrap();
     let handle = order::start(env.client(), "orphan", 1).await.unwrap();
     match handle.result().await {
-        Err(ClientError::Stuck { reason, .. }) => {
+        Err(ClientError::Blocked { error, .. }) => {
             assert!(
-                reason.contains("no orchestration `order` is registered"),
-                "{reason}"
+                error.contains("no orchestration `order` is registered"),
+                "{error}"
             )
         }
-        other => panic!("expected it to be stuck, got {other:?}"),
+        other => panic!("expected it to be blocked, got {other:?}"),
     }
+    // Not lost: blocked until a worker that has the code re-drives its turn.
     assert_eq!(
         handle.describe().await.unwrap().status,
-        InstanceStatus::Running
+        InstanceStatus::Blocked
     );
 }
 

@@ -270,11 +270,11 @@ async fn a_tokio_timer_in_an_orchestration_fails_at_once_and_names_the_replaceme
     let env = TestEnv::new(registry()).await.unwrap();
     let handle = naps::start(env.client(), "naps", ()).await.unwrap();
     match handle.result().await {
-        Err(ClientError::Stuck { reason, .. }) => {
-            assert!(reason.contains("panicked"), "{reason}");
-            assert!(reason.contains("ctx.sleep"), "{reason}");
+        Err(ClientError::Blocked { error, .. }) => {
+            assert!(error.contains("panicked"), "{error}");
+            assert!(error.contains("ctx.sleep"), "{error}");
         }
-        other => panic!("expected a dead turn, got {other:?}"),
+        other => panic!("expected a blocked instance, got {other:?}"),
     }
 }
 
@@ -285,11 +285,11 @@ async fn waiting_on_a_future_quark_does_not_drive_fails_at_once_and_says_so() {
         .await
         .unwrap();
     match handle.result().await {
-        Err(ClientError::Stuck { reason, .. }) => {
-            assert!(reason.contains("not on anything Quark drives"), "{reason}");
-            assert!(reason.contains("ctx.timeout"), "{reason}");
+        Err(ClientError::Blocked { error, .. }) => {
+            assert!(error.contains("not on anything Quark drives"), "{error}");
+            assert!(error.contains("ctx.timeout"), "{error}");
         }
-        other => panic!("expected a dead turn, got {other:?}"),
+        other => panic!("expected a blocked instance, got {other:?}"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! compiling, is most of a cold `cargo test`). The golden histories the replay tests read stay in
 //! `tests/histories/`.
 
+mod blocked;
 mod environment;
 // `pub`: the module's types are `pub` as in the brief it reproduces.
 pub mod issue_example;
