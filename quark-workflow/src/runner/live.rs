@@ -75,8 +75,9 @@ pub struct LiveInstance {
 
 /// What a turn on a live run came to.
 pub(crate) enum LiveTurn {
-    /// The turn, and whether this run's history just passed the warning bounds.
-    Turn(Box<Turn>, bool),
+    /// The turn, whether this run's history just passed the warning bounds, and the token to
+    /// [`ack`](LiveInstances::ack) its commit with.
+    Turn(Box<Turn>, bool, u64),
     /// The run is not where the events given start (or is gone): read the whole history and
     /// ask again from sequence number 1.
     Miss,
@@ -88,6 +89,7 @@ type Job = Box<dyn FnOnce(&mut Shard) + Send>;
 pub(crate) struct LiveInstances {
     threads: Vec<mpsc::Sender<Job>>,
     index: Arc<Mutex<Index>>,
+    tokens: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for LiveInstances {
@@ -180,6 +182,57 @@ struct Live {
     orchestration: Arc<dyn ErasedOrchestration>,
     /// The history warning was given for this run.
     warned: bool,
+    /// The commits in flight whose events the run has taken in ahead of them, by token, with
+    /// the activities each schedules. Until one is known written (acknowledged, or one of its
+    /// activities reports back, which only a written commit's task can), the run may stand on
+    /// events that are never recorded, and nothing may build on it: a commit fenced after them
+    /// could land on other events that happen to end at the same sequence number.
+    provisional: BTreeMap<u64, Vec<quark_history::CommandId>>,
+}
+
+impl Live {
+    fn new(executor: Executor, orchestration: Arc<dyn ErasedOrchestration>) -> Self {
+        Live {
+            executor,
+            orchestration,
+            warned: false,
+            provisional: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the run stands only on written events once `proof` (an activity that reports
+    /// back) is taken into account.
+    fn settled_with(&mut self, proof: Option<quark_history::CommandId>) -> bool {
+        if let Some(command) = proof {
+            self.provisional
+                .retain(|_, scheduled| !scheduled.contains(&command));
+        }
+        self.provisional.is_empty()
+    }
+
+    /// Registers the commit of `turn` as in flight under `token`, if the run takes in events
+    /// of it ahead of it: its own events, or (`fed`) an event fed to the run for it.
+    fn in_flight(&mut self, token: u64, turn: &Turn, fed: bool) {
+        let id = self.executor.instance_id();
+        let own: Vec<&HistoryEvent> = turn
+            .commit
+            .appends
+            .iter()
+            .filter(|a| a.instance_id == id)
+            .flat_map(|a| a.events.iter())
+            .collect();
+        if own.is_empty() && !fed {
+            return;
+        }
+        let scheduled = own
+            .into_iter()
+            .filter_map(|e| match e {
+                HistoryEvent::ActivityScheduled { command, .. } => Some(*command),
+                _ => None,
+            })
+            .collect();
+        self.provisional.insert(token, scheduled);
+    }
 }
 
 impl Shard {
@@ -220,14 +273,24 @@ impl Shard {
 
     /// The orchestration `registry` runs for `instance`'s run, if the run is live under that
     /// same code (a runner with another registry, as in a test that swaps one, starts anew).
-    /// A run whose last turn is not confirmed yet is not handed out (its commit may fail).
-    fn take_live(&mut self, instance: &str, registry: &Registry) -> Option<Live> {
-        let live = self.runs.remove(instance)?;
-        let same_code = !live.executor.has_unconfirmed()
-            && live
-                .executor_type()
-                .and_then(|ty| registry.orchestration(&ty))
-                .is_some_and(|o| Arc::ptr_eq(o, &live.orchestration));
+    /// A run whose last turn is not confirmed yet, or that stands on commits not known to be
+    /// written (`proof` is an activity reporting back, which proves its commit written), is not
+    /// handed out: it is left in place for its commit's acknowledgement.
+    fn take_live(
+        &mut self,
+        instance: &str,
+        registry: &Registry,
+        proof: Option<quark_history::CommandId>,
+    ) -> Option<Live> {
+        let mut live = self.runs.remove(instance)?;
+        if live.executor.has_unconfirmed() || !live.settled_with(proof) {
+            self.runs.insert(instance.to_string(), live);
+            return None;
+        }
+        let same_code = live
+            .executor_type()
+            .and_then(|ty| registry.orchestration(&ty))
+            .is_some_and(|o| Arc::ptr_eq(o, &live.orchestration));
         if same_code {
             Some(live)
         } else {
@@ -300,7 +363,11 @@ impl LiveInstances {
             Ok(senders) => senders,
             Err(e) => panic!("cannot start the orchestration threads: {e}"),
         };
-        LiveInstances { threads, index }
+        LiveInstances {
+            threads,
+            index,
+            tokens: std::sync::atomic::AtomicU64::new(1),
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -357,19 +424,16 @@ impl LiveInstances {
         events: Vec<RecordedEvent>,
     ) -> Option<LiveTurn> {
         let (id, task, registry) = (instance.to_string(), task.clone(), Arc::clone(registry));
+        let token = self.token();
         self.on_thread(instance, move |shard| {
             let live = if from == 1 {
                 shard.forget(&id);
                 match start_executor(&registry, &task, &events) {
-                    Ok((executor, orchestration)) => Live {
-                        executor,
-                        orchestration,
-                        warned: false,
-                    },
-                    Err(dead) => return LiveTurn::Turn(dead, false),
+                    Ok((executor, orchestration)) => Live::new(executor, orchestration),
+                    Err(dead) => return LiveTurn::Turn(dead, false, token),
                 }
             } else {
-                match shard.take_live(&id, &registry) {
+                match shard.take_live(&id, &registry, None) {
                     Some(live) if live.executor.next_seq() == from => live,
                     _ => {
                         shard.forget(&id);
@@ -384,11 +448,12 @@ impl LiveInstances {
                 return LiveTurn::Miss;
             }
             let turn = turn_of(&mut live.executor, &task);
+            live.in_flight(token, &turn, false);
             let warn = shard.keep(&id, live);
             if warn && let Some(live) = shard.runs.get(&id) {
                 warn_long(&id, &live.executor);
             }
-            LiveTurn::Turn(Box::new(turn), warn)
+            LiveTurn::Turn(Box::new(turn), warn, token)
         })
         .await
     }
@@ -396,8 +461,9 @@ impl LiveInstances {
     /// Continues `instance`'s run with `event`, recorded at `at` right after what the run has
     /// seen (a warm continuation: an activity's result and the turn it unblocks in one commit).
     /// Given `history` (the whole of it), a new run replays it first; without, only a live run
-    /// continues. Returns the sequence number the event takes, the turn, and whether the run's
-    /// history just passed the warning bounds; or `None`.
+    /// continues. Returns the sequence number the event takes, the turn, whether the run's
+    /// history just passed the warning bounds, and the token to [`ack`](Self::ack) the commit
+    /// with; or `None`.
     pub(crate) async fn continue_with(
         &self,
         instance: &str,
@@ -406,23 +472,22 @@ impl LiveInstances {
         history: Option<Vec<RecordedEvent>>,
         event: HistoryEvent,
         at: Timestamp,
-    ) -> Option<(u64, Turn, bool)> {
+    ) -> Option<(u64, Turn, bool, u64)> {
         let (id, task, registry) = (instance.to_string(), task.clone(), Arc::clone(registry));
+        let token = self.token();
+        // The activity reporting back proves the commit that scheduled it written.
+        let proof = event.command();
         self.on_thread(instance, move |shard| {
             let mut live = match history {
                 Some(history) => {
                     shard.forget(&id);
                     let (executor, orchestration) =
                         start_executor(&registry, &task, &history).ok()?;
-                    let mut live = Live {
-                        executor,
-                        orchestration,
-                        warned: false,
-                    };
+                    let mut live = Live::new(executor, orchestration);
                     live.executor.feed(live.orchestration.as_ref(), &history);
                     live
                 }
-                None => shard.take_live(&id, &registry)?,
+                None => shard.take_live(&id, &registry, proof)?,
             };
             let next = live.executor.next_seq();
             let rec = RecordedEvent {
@@ -446,11 +511,12 @@ impl LiveInstances {
                 shard.forget(&id);
                 return None;
             }
+            live.in_flight(token, &turn, true);
             let warn = shard.keep(&id, live);
             if warn && let Some(live) = shard.runs.get(&id) {
                 warn_long(&id, &live.executor);
             }
-            Some((next, turn, warn))
+            Some((next, turn, warn, token))
         })
         .await
         .flatten()
@@ -474,6 +540,21 @@ impl LiveInstances {
                 shard.forget(&id);
             }
         });
+    }
+
+    /// The commit made under `token` for `instance` was written: its run stands on it.
+    pub(crate) fn ack(&self, instance: &str, token: u64) {
+        let id = instance.to_string();
+        self.post(instance, move |shard| {
+            if let Some(live) = shard.runs.get_mut(&id) {
+                live.provisional.remove(&token);
+            }
+        });
+    }
+
+    fn token(&self) -> u64 {
+        self.tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops `instance`'s run: the next turn replays its history.
@@ -511,5 +592,107 @@ impl LiveInstances {
                 .then(a.instance_id.cmp(&b.instance_id))
         });
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor_tests::OrderV1;
+    use crate::sim::{ID, recorded};
+    use quark_history::{Lease, Payload, TaskKind};
+
+    fn claimed() -> ClaimedTask {
+        ClaimedTask {
+            lease: Lease {
+                task_id: 1,
+                attempt: 1,
+                worker: "w".into(),
+            },
+            kind: TaskKind::Orchestration,
+            queue: "default".into(),
+            instance_id: Some(ID.into()),
+            priority: 0,
+            created_at: Timestamp::EPOCH,
+            visible_at: Timestamp::EPOCH,
+            lease_expires_at: Timestamp::EPOCH,
+            payload: Vec::new(),
+        }
+    }
+
+    fn completed(command: u64) -> HistoryEvent {
+        HistoryEvent::ActivityCompleted {
+            command,
+            output: Payload::json(&"receipt").unwrap(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_proven_written()
+    {
+        let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
+        let mut registry = Registry::new();
+        registry.add_orchestration::<OrderV1>();
+        let registry = Arc::new(registry);
+        let at = Timestamp::from_millis(5);
+        let started = recorded(
+            1,
+            at,
+            HistoryEvent::WorkflowStarted {
+                instance_type: "order".into(),
+                version: 1,
+                input: Payload::json(&500u32).unwrap(),
+                parent: None,
+                continued_from: None,
+            },
+        );
+        let Some(LiveTurn::Turn(turn, _, token)) =
+            live.turn(ID, &claimed(), &registry, 1, vec![started]).await
+        else {
+            panic!("no turn");
+        };
+        assert_eq!(
+            turn.commit.appends[0].events.len(),
+            1,
+            "charge_card, command 1"
+        );
+        // The run takes the turn's events in ahead of the commit.
+        live.confirm(ID, 2, at);
+        // An activity the commit did not schedule reports back: the commit may still fail, and
+        // a continuation fenced after its events could land on other events. Refused.
+        let other = live
+            .continue_with(ID, &claimed(), &registry, None, completed(7), at)
+            .await;
+        assert!(other.is_none());
+        // The commit's own activity reports back: its task exists, so the commit was written.
+        let (seq, turn, _, second) = live
+            .continue_with(ID, &claimed(), &registry, None, completed(1), at)
+            .await
+            .expect("continued on the written commit");
+        assert_eq!(seq, 3);
+        assert!(matches!(
+            turn.commit.appends[0].events[0],
+            HistoryEvent::TimerCreated { command: 2, .. }
+        ));
+        // That continuation's commit is in flight in turn: the timer it set (which no activity
+        // of it can prove) waits for its acknowledgement.
+        live.confirm(ID, 4, at);
+        let fired = HistoryEvent::TimerFired { command: 2 };
+        let early = live
+            .continue_with(ID, &claimed(), &registry, None, fired.clone(), at)
+            .await;
+        assert!(early.is_none());
+        live.ack(ID, token);
+        live.ack(ID, second);
+        let (seq, turn, _, _) = live
+            .continue_with(ID, &claimed(), &registry, None, fired, at)
+            .await
+            .expect("continued once acknowledged");
+        assert_eq!(seq, 5);
+        assert!(matches!(
+            &turn.commit.appends[0].events[0],
+            HistoryEvent::ActivityScheduled { command: 3, activity, .. } if activity == "ship"
+        ));
     }
 }

@@ -48,12 +48,12 @@ impl Runner {
                 .turn(&instance, &task, &self.registry, 1, history)
                 .await;
         }
-        let turn = match reply {
-            Some(LiveTurn::Turn(turn, warn)) => {
+        let (turn, token) = match reply {
+            Some(LiveTurn::Turn(turn, warn, token)) => {
                 if warn {
                     host.note(RunEvent::LongHistory);
                 }
-                *turn
+                (*turn, token)
             }
             Some(LiveTurn::Miss) | None => {
                 return Err(HandlerError::Other(
@@ -79,6 +79,8 @@ impl Runner {
                     && confirmed != Some(committed.appended[i].0)
                 {
                     self.live.forget(&instance);
+                } else {
+                    self.live.ack(&instance, token);
                 }
                 Ok(Handled::Settled)
             }
@@ -139,7 +141,7 @@ impl Runner {
         task: &ClaimedTask,
         plain: &Commit,
         host: &HostRef,
-    ) -> Option<Commit> {
+    ) -> Option<(Commit, u64)> {
         let [append] = plain.appends.as_slice() else {
             return None;
         };
@@ -167,7 +169,7 @@ impl Runner {
                     .ok()?,
             )
         };
-        let (next, turn, warn) = self
+        let (next, turn, warn, token) = self
             .live
             .continue_with(
                 instance,
@@ -203,7 +205,7 @@ impl Runner {
         // The activity's outbox messages go with its result, whichever commit carries it.
         combined.outbox = plain.outbox.clone();
         combined.outbox.extend(turn_commit.outbox);
-        Some(combined.complete(task.lease.clone()))
+        Some((combined.complete(task.lease.clone()), token))
     }
 
     /// Commits an activity's plain result together with the turn it unblocks, if the instance can
@@ -214,7 +216,7 @@ impl Runner {
         plain: &Commit,
         host: &HostRef,
     ) -> bool {
-        let Some(combined) = self.continue_here(task, plain, host).await else {
+        let Some((combined, token)) = self.continue_here(task, plain, host).await else {
             return false;
         };
         let own = combined.appends[0].clone();
@@ -233,6 +235,8 @@ impl Runner {
             Ok(committed) => {
                 if confirmed.is_some() && confirmed != Some(committed.appended[0].0 + 1) {
                     self.live.forget(&own.instance_id);
+                } else {
+                    self.live.ack(&own.instance_id, token);
                 }
                 true
             }
