@@ -7,6 +7,7 @@
 mod determinism;
 mod expand;
 mod parse;
+mod rules;
 mod validate;
 
 use proc_macro2::TokenStream;
