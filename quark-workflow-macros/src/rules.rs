@@ -20,8 +20,11 @@ pub(crate) struct Family {
     pub(crate) patterns: &'static [&'static str],
     /// Extra `disallowed-methods` entries for the lint file, where a pattern ends in `*` (clippy
     /// takes whole paths only). Every pattern without `*` is one entry already.
+    // Read only where the lint file is rendered, a test.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) methods: &'static [&'static str],
     /// `disallowed-types` entries for the lint file (`Type::*` patterns).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) types: &'static [&'static str],
 }
 
@@ -354,6 +357,7 @@ pub(crate) static RULES: &[Family] = &[
 /// The `HashMap`/`HashSet` methods that visit entries in hash order, for the lint file. The macro
 /// catches these (and `for` loops) on bindings it can see are hash maps; clippy catches them on
 /// any receiver, but not `for` loops.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const HASH_ITERATION: &[&str] = &[
     "std::collections::HashMap::iter",
     "std::collections::HashMap::iter_mut",
