@@ -66,4 +66,6 @@ pub(crate) fn entry(kind: Kind, args: TokenStream, item: TokenStream) -> TokenSt
 }
 
 #[cfg(test)]
+mod rules_tests;
+#[cfg(test)]
 mod snapshots;
