@@ -2,10 +2,12 @@
 //! make a replay differ from the original run, each with the replacement to use.
 //!
 //! It is syntactic, so it catches what it can see:
-//! - calls by path (`SystemTime::now()`, `chrono::Utc::now()`, `std::thread::sleep(..)`,
-//!   `rand::random()`, `fastrand::*`, `std::process::Command`, `reqwest::*`, `sqlx::*`, ...), also
-//!   inside macro arguments that parse as expressions (`println!("{:?}", Instant::now())`);
-//!   a function imported under another name (`use std::thread::sleep as nap;`) is not seen;
+//! - calls by path to anything in [`rules::RULES`] (`SystemTime::now()`, `tokio::time::timeout`,
+//!   `std::env::var`, `rand::random()`, `Command::new`, `reqwest::*`, ...), also inside macro
+//!   arguments that parse as expressions (`println!("{:?}", Instant::now())`); a function
+//!   imported by its bare name (`use std::thread::sleep;`) or under another one is not seen,
+//!   nor is a call inside a helper function: the clippy configuration rendered from the same
+//!   rules sees those;
 //! - `tokio::select!` / `select!` whose first tokens are not `biased;`;
 //! - `for` loops and `.iter()`-like calls over a local or parameter whose declared type, or
 //!   initializer (`HashMap::new()`, `collect::<HashSet<_>>()`), names `HashMap`/`HashSet`. Names
@@ -21,6 +23,8 @@ use quote::ToTokens;
 use syn::punctuated::Punctuated;
 use syn::visit::{self, Visit};
 use syn::{Expr, Path, Token};
+
+use crate::rules::{self, HASH_ITERATION_INSTEAD, HASH_ITERATION_WHY};
 
 /// The escape hatch's name.
 pub(crate) const ALLOW: &str = "allow_nondeterministic";
@@ -86,67 +90,10 @@ pub(crate) fn is_allowed(tokens: TokenStream) -> bool {
     }
 }
 
-/// The replacement for a nondeterministic path, if it is one.
+/// The rule a nondeterministic path breaks, if it breaks one.
 fn replacement(path: &Path) -> Option<(&'static str, &'static str)> {
     let segs: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let last2 = |a: &str, b: &str| s.len() >= 2 && s[s.len() - 2] == a && s[s.len() - 1] == b;
-    let after_std_or_tokio = |m: &str| {
-        s.windows(2)
-            .any(|w| (w[0] == "std" || w[0] == "tokio") && w[1] == m)
-    };
-    if last2("SystemTime", "now") || last2("Instant", "now") {
-        return Some(("reads the clock", "use `ctx.now()`"));
-    }
-    if last2("thread", "sleep") || last2("time", "sleep") || last2("time", "sleep_until") {
-        return Some((
-            "sleeps outside the history",
-            "use `ctx.sleep(duration).await`",
-        ));
-    }
-    if last2("thread", "spawn")
-        || last2("tokio", "spawn")
-        || last2("task", "spawn")
-        || last2("task", "spawn_blocking")
-        || last2("task", "spawn_local")
-    {
-        return Some((
-            "runs work outside the orchestration",
-            "use `ctx.join`/`ctx.select` over `ctx` futures, or an activity",
-        ));
-    }
-    if last2("Utc", "now") || last2("Local", "now") || last2("OffsetDateTime", "now_utc") {
-        return Some(("reads the clock", "use `ctx.now()`"));
-    }
-    if matches!(s.first(), Some(&"rand" | &"fastrand" | &"getrandom")) {
-        return Some(("is random", "use `ctx.random()`"));
-    }
-    let has2 = |a: &str, b: &str| s.windows(2).any(|w| w[0] == a && w[1] == b);
-    if has2("process", "Command") || has2("process", "exit") {
-        return Some(("runs a process", "run processes in an activity"));
-    }
-    if matches!(
-        s.first(),
-        Some(&"reqwest" | &"hyper" | &"sqlx" | &"tokio_postgres" | &"redis")
-    ) {
-        return Some(("does network or database I/O", "do it in an activity"));
-    }
-    if last2("Uuid", "new_v4") || last2("Uuid", "now_v7") {
-        return Some(("is random", "use `ctx.uuid()`"));
-    }
-    if last2("env", "var") || last2("env", "vars") || last2("env", "var_os") {
-        return Some((
-            "reads the environment",
-            "pass configuration in the input, or read it in an activity",
-        ));
-    }
-    if after_std_or_tokio("fs") || s.first() == Some(&"fs") {
-        return Some(("does file I/O", "do file I/O in an activity"));
-    }
-    if after_std_or_tokio("net") || s.first() == Some(&"net") {
-        return Some(("does network I/O", "do network I/O in an activity"));
-    }
-    None
+    rules::find(&segs).map(|f| (f.what, f.instead))
 }
 
 fn display(path: &Path) -> String {
@@ -154,7 +101,8 @@ fn display(path: &Path) -> String {
     segs.join("::")
 }
 
-const ITERATING: [&str; 8] = [
+/// The methods that visit a map's entries in its order.
+pub(crate) const ITERATING: [&str; 9] = [
     "iter",
     "iter_mut",
     "into_iter",
@@ -163,6 +111,7 @@ const ITERATING: [&str; 8] = [
     "values_mut",
     "drain",
     "into_keys",
+    "into_values",
 ];
 
 impl Checker {
@@ -182,8 +131,8 @@ impl Checker {
         self.errors.push(syn::Error::new_spanned(
             span_of,
             format!(
-                "iterating `{name}`, a `HashMap`/`HashSet`, visits entries in a different order in \
-                 every process; use a `BTreeMap`/`BTreeSet`, or sort the entries first"
+                "iterating `{name}`, a `HashMap`/`HashSet`, {HASH_ITERATION_WHY}; \
+                 {HASH_ITERATION_INSTEAD}"
             ),
         ));
     }
@@ -214,7 +163,7 @@ impl Visit<'_> for Checker {
                 &e.path,
                 format!(
                     "`{}` {what}, which an orchestration must not do: a replay would differ; \
-                     {instead} instead (or mark the statement `#[{ALLOW}]`)",
+                     {instead} (or mark the statement `#[{ALLOW}]`)",
                     display(&e.path)
                 ),
             ));

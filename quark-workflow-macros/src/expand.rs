@@ -40,6 +40,9 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     inner.sig.ident = body_fn.clone();
     inner.vis = syn::Visibility::Inherited;
     inner.attrs.retain(|a| !a.path().is_ident("doc"));
+    if !model.callable {
+        inner.attrs.push(syn::parse_quote!(#[allow(dead_code)]));
+    }
     // Within the body, the function's name stays free for bindings: the unit type would
     // otherwise turn `order: Order` in `fn order(..)` into a unit-struct pattern. (The type
     // namespace is untouched.)
@@ -47,11 +50,17 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         #[allow(dead_code, non_snake_case)]
         fn #ident() {}
     };
-    let call = match &model.input {
-        Some(_) => quote!(#body_fn(__quark_ctx, __quark_input)),
-        None => quote!({
+    let call = match (&model.input, model.callable) {
+        (Some(_), true) => quote!(#body_fn(__quark_ctx, __quark_input)),
+        (None, true) => quote!({
             let () = __quark_input;
             #body_fn(__quark_ctx)
+        }),
+        // The signature has an error already reported: the body is still type-checked (its own
+        // mistakes show), but not called, which would only repeat that error in other words.
+        (_, false) => quote!({
+            let _ = (__quark_ctx, __quark_input);
+            ::core::future::pending()
         }),
     };
     let sig_span = func.sig.span();

@@ -7,6 +7,7 @@
 mod determinism;
 mod expand;
 mod parse;
+mod rules;
 mod validate;
 
 use proc_macro2::TokenStream;
@@ -52,23 +53,19 @@ pub(crate) fn entry(kind: Kind, args: TokenStream, item: TokenStream) -> TokenSt
         errors.push(e);
         Vec::new()
     });
-    let model = validate::validate(kind, args, func, &mut errors);
-    match (model, errors.is_empty()) {
-        (Some(mut model), true) => {
-            // Checked with the escape hatches in place; emitted without them.
-            if let Ok(f) = syn::parse2(stripped) {
-                model.func = f;
-            }
-            expand::expand(&model)
-        }
-        _ => {
-            // The user's item still goes out, so one mistake does not cascade into many.
-            let mut out: TokenStream = errors.iter().map(syn::Error::to_compile_error).collect();
-            out.extend(stripped);
-            out
-        }
+    let mut model = validate::validate(kind, args, func, &mut errors);
+    // Checked with the escape hatches in place; emitted without them.
+    if let Ok(f) = syn::parse2(stripped) {
+        model.func = f;
     }
+    // The generated type and its impls go out even with errors, so that one mistake does not
+    // cascade (`.register(f)` failing elsewhere, `f::start` not found).
+    let mut out: TokenStream = errors.iter().map(syn::Error::to_compile_error).collect();
+    out.extend(expand::expand(&model));
+    out
 }
 
+#[cfg(test)]
+mod rules_tests;
 #[cfg(test)]
 mod snapshots;

@@ -69,7 +69,7 @@ fn an_input_less_activity_takes_unit() {
 }
 
 #[test]
-fn on_error_the_item_is_still_emitted_without_the_escape_hatch() {
+fn on_error_the_type_and_its_impls_are_still_emitted_without_the_escape_hatch() {
     let out = entry(
         Kind::Orchestration,
         quote!(version = 0),
@@ -83,6 +83,25 @@ fn on_error_the_item_is_still_emitted_without_the_escape_hatch() {
     );
     let text = out.to_string();
     assert!(text.contains("compile_error"), "{text}");
-    assert!(text.contains("async fn broken"), "{text}");
+    assert!(text.contains("struct broken"), "{text}");
+    assert!(
+        text.contains("impl __q :: Registration for broken"),
+        "{text}"
+    );
+    assert!(text.contains("async fn __quark_broken"), "{text}");
     assert!(!text.contains("allow_nondeterministic"), "{text}");
+}
+
+#[test]
+fn a_signature_the_run_cannot_call_still_gets_its_type_around_a_body_that_never_runs() {
+    let out = entry(
+        Kind::Activity,
+        quote!(),
+        quote! {
+            fn not_async(_ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
+                Ok(cents.to_string())
+            }
+        },
+    );
+    insta::assert_snapshot!(pretty(out));
 }

@@ -26,6 +26,10 @@ pub(crate) struct Model {
     pub(crate) input: Option<PatType>,
     /// `T` of the declared `Result<T, E>`.
     pub(crate) output: Type,
+    /// Whether the signature is one the generated `run` can call. When it is not, the type and
+    /// its impls are still generated (around a body that never runs), so that the signature's
+    /// error is the only one and `.register(f)` elsewhere still compiles.
+    pub(crate) callable: bool,
 }
 
 /// `retry(...)`, in milliseconds; unset keys keep the SDK's defaults.
@@ -36,13 +40,14 @@ pub(crate) struct Retry {
     pub(crate) max: Option<u64>,
 }
 
-/// Validates `args` and `func` for `kind`. Returns the model, or every error found.
+/// Validates `args` and `func` for `kind`, adding every error found to `errors`. The model is
+/// returned either way, with defaults where an argument was invalid, for the expansion to emit.
 pub(crate) fn validate(
     kind: Kind,
     args: Vec<Arg>,
     func: ItemFn,
     errors: &mut Vec<syn::Error>,
-) -> Option<Model> {
+) -> Model {
     let mut seen: Vec<&'static str> = Vec::new();
     let mut model = Model {
         kind,
@@ -57,6 +62,7 @@ pub(crate) fn validate(
         transactional: false,
         input: None,
         output: syn::parse_quote!(()),
+        callable: false,
         func: func.clone(),
     };
     for arg in args {
@@ -122,12 +128,14 @@ pub(crate) fn validate(
             Arg::Transactional(_) => model.transactional = true,
         }
     }
+    let before = errors.len();
     signature(&mut model, errors);
+    model.callable = errors.len() == before;
     if kind == Kind::Orchestration {
         let params: Vec<&PatType> = typed_params(&model.func).collect();
         errors.extend(determinism::check(&model.func.block, &params));
     }
-    errors.is_empty().then_some(model)
+    model
 }
 
 fn non_empty(l: &LitStr, errors: &mut Vec<syn::Error>) -> String {

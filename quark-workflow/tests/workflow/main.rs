@@ -4,6 +4,7 @@
 
 mod blocked;
 mod environment;
+mod hidden_nondeterminism;
 // `pub`: the module's types are `pub` as in the brief it reproduces.
 pub mod issue_example;
 mod job_workflow;
