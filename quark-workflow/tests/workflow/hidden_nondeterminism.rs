@@ -1,9 +1,12 @@
 //! Nondeterminism `#[orchestration]` cannot see at compile time (a clock, randomness or the
 //! environment read in a helper function, a `HashMap` iterated behind a type, process state) is
-//! caught when the history is replayed, and every turn replays it: what changes from one
-//! execution to the next (randomness, a hash map's order, a counter) stops the instance's second
-//! turn, in `TestEnv` as on a worker; what changes only with time or with the machine (the clock,
-//! the environment) shows when the history is replayed later or elsewhere. The tests check what
+//! caught when the history is replayed. A live instance is not replayed between its turns, so
+//! such code runs on until the instance is replayed: after a restart or an eviction, on another
+//! worker, or by the `Replayer`. These tests keep no instance live (as a worker that has just
+//! restarted), so that every turn replays: what changes from one execution to the next
+//! (randomness, a hash map's order, a counter) stops the instance's second turn and blocks it;
+//! what changes only with time or with the machine (the clock, the environment) shows when the
+//! history is replayed later or elsewhere. The tests check what
 //! the user is told: the event, the call site that recorded it and the one that now differs, with
 //! both inputs and the source line.
 //!
@@ -17,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use quark_workflow::runner::{HistoryWarning, WarmLimits};
 use quark_workflow::testing::TestEnv;
 use quark_workflow::{
     ActivityContext, ActivityError, ClientError, Divergence, OrchestrationContext,
@@ -52,17 +56,24 @@ where
     F: FnOnce(TestEnv) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let env = TestEnv::new(registry()).await.unwrap();
+    // No live instances: every turn replays the history, as after a restart.
+    let replays = WarmLimits {
+        instances: 0,
+        ..WarmLimits::default()
+    };
+    let env = TestEnv::with_limits(registry(), replays, HistoryWarning::default())
+        .await
+        .unwrap();
     start(env.clone()).await;
     let history = env.client().history(instance_id).await.unwrap();
     serde_json::to_string(&history).unwrap()
 }
 
-/// The reason an instance stopped on: its turn diverged, and nothing else can move it.
+/// The reason an instance stopped on: its turn diverged, and the instance is blocked.
 fn stuck<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
     match result {
-        Err(ClientError::Stuck { reason, .. }) => reason,
-        other => panic!("expected the instance to be stuck, got {other:?}"),
+        Err(ClientError::Blocked { error, .. }) => error,
+        other => panic!("expected the instance to be blocked, got {other:?}"),
     }
 }
 
