@@ -32,7 +32,7 @@ impl<S: SqlStore> Store for S {
     }
 
     fn migrate(&self) -> BoxFuture<'_, Result<()>> {
-        <S::Db as super::Runs>::migrate(self.writer(), super::migrator(S::Db::MIGRATIONS))
+        S::Db::migrate(self.writer(), super::migrator(S::Db::MIGRATIONS))
     }
 
     fn pending_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>>> {

@@ -7,4 +7,5 @@ mod support;
 mod bad_input;
 mod crash;
 mod job_crash;
+mod startup;
 mod transactional_crash;
