@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tasks by instance",
         include_str!("../../migrations/postgres/0010_tasks_by_instance.sql"),
     ),
+    (
+        12,
+        "worker incarnations",
+        include_str!("../../migrations/postgres/0012_worker_incarnations.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -35,6 +35,7 @@ pub(crate) mod queue;
 mod queue_settings;
 pub(crate) mod schedule;
 mod store;
+mod workers;
 
 pub(crate) use inbox::{receive, record};
 
@@ -322,6 +323,9 @@ pub(crate) trait SqlStore:
 
     /// The settings (the clock, the payload limit).
     fn settings(&self) -> &StoreConfig;
+
+    /// [`Store::location`](crate::Store::location).
+    fn place(&self) -> String;
 
     /// The pool to read from (SQLite: its read-only connections).
     fn reader(&self) -> &Pool<Self::Db>;

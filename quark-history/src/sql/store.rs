@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Dialect, SqlStore, instances, journal, queue};
+use super::{Dialect, SqlStore, instances, journal, queue, workers};
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
 use crate::event::RecordedEvent;
 use crate::instance::{Created, IdReusePolicy, InstanceFilter, InstanceRecord, NewInstance};
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
-use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
+use crate::queue::{
+    ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lease, QueueStats, Reaped, Registered,
+    WorkerInfo,
+};
 use crate::store::{Backend, Store, StoreConfig};
 use crate::transaction::StoreTx;
 use crate::wakeup::Wakeups;
@@ -178,5 +181,37 @@ impl<S: SqlStore> Store for S {
 
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(queue::list_workers(self))
+    }
+
+    fn location(&self) -> String {
+        self.place()
+    }
+
+    fn register_worker<'a>(
+        &'a self,
+        info: WorkerInfo,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<Registered>> {
+        Box::pin(workers::register(self, info, run))
+    }
+
+    fn heartbeat_run<'a>(
+        &'a self,
+        info: WorkerInfo,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(workers::heartbeat(self, info, run))
+    }
+
+    fn retire_run<'a>(
+        &'a self,
+        worker_id: &'a str,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(workers::retire(self, worker_id, run))
+    }
+
+    fn reap_workers<'a>(&'a self, caller: &'a str) -> BoxFuture<'a, Result<Vec<Reaped>>> {
+        Box::pin(workers::reap(self, caller))
     }
 }

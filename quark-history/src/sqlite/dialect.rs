@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim ready_at",
         include_str!("../../migrations/sqlite/0007_claim_ready_at.sql"),
     ),
+    (
+        9,
+        "worker incarnations",
+        include_str!("../../migrations/sqlite/0009_worker_incarnations.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

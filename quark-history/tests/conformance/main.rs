@@ -24,3 +24,4 @@ mod schedules;
 mod tls;
 mod transaction;
 mod wakeups;
+mod workers;
