@@ -89,7 +89,9 @@ fn step_down(shared: &Shared, worker_id: &str) {
 /// intervals ago, so that their tasks wait about that long rather than a whole lease. Every
 /// worker does it; the store reaps each dead worker once.
 pub(crate) async fn reap(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.settings.heartbeat / 2);
+    // At least a millisecond: an interval of zero panics.
+    let every = (shared.settings.heartbeat / 2).max(std::time::Duration::from_millis(1));
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use quark_history::testing::{TestStore, eventually};
 use quark_history::{JobState, Store, StoreConfig};
