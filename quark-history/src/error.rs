@@ -166,6 +166,28 @@ pub enum Error {
     /// Applying the schema migrations failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another process serves this worker id and still heartbeats, from another host (or
+    /// container). Give each process its own id; if that process is dead, its registration
+    /// expires after two of its heartbeat intervals (`expires_in`) and the id is free.
+    #[error(
+        "worker id `{worker_id}` is in use by a live process ({scope}); it expires in {expires_in:?} unless that process heartbeats"
+    )]
+    WorkerIdInUse {
+        /// The id.
+        worker_id: String,
+        /// Where the other process runs (its host and lock scope).
+        scope: String,
+        /// How long until its registration expires, if it stops heartbeating now.
+        expires_in: std::time::Duration,
+    },
+    /// Another process registered this worker id since this one did (a restart of the same id,
+    /// while this one was thought dead): this process must stop. Its leases are fenced; whatever
+    /// it still commits under them is refused.
+    #[error("worker id `{worker_id}` was taken over by another process; this one must stop")]
+    Superseded {
+        /// The id.
+        worker_id: String,
+    },
 }
 
 impl Error {

@@ -332,3 +332,57 @@ pub struct QueueStats {
     /// Whether the queue is paused.
     pub paused: bool,
 }
+
+/// One run of a worker process under its worker id: what [`Store::register_worker`] records so
+/// that a restart with the same id takes back the leases of the run before it at once, and so that
+/// two live processes with one id never share its leases unnoticed.
+///
+/// [`Store::register_worker`]: crate::Store::register_worker
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Incarnation {
+    /// Unique to this run (a fresh UUID).
+    pub token: String,
+    /// Where the id is held exclusively: a registration of the same id from the same scope
+    /// belongs to a process that has died, because the caller holds a lock that only one live
+    /// process in the scope can hold (the worker's lock file: its host, container and lock
+    /// directory).
+    pub scope: String,
+    /// How often this run heartbeats. A registration whose last heartbeat is older than twice
+    /// its interval is dead: its leases are released to other workers.
+    pub heartbeat: Duration,
+}
+
+impl Incarnation {
+    /// A run with a fresh token.
+    pub fn new(scope: impl Into<String>, heartbeat: Duration) -> Self {
+        Incarnation {
+            token: uuid::Uuid::now_v7().to_string(),
+            scope: scope.into(),
+            heartbeat,
+        }
+    }
+}
+
+/// What [`Store::register_worker`](crate::Store::register_worker) found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Registered {
+    /// Whether it replaced the registration of an earlier run of the same id.
+    pub replaced: bool,
+    /// Leases held under the id by earlier runs, expired so that they are claimable at once.
+    /// Their attempts stay fenced: the next claim is a new attempt, and the old one can no longer
+    /// commit, extend or fail.
+    pub reclaimed: u64,
+}
+
+/// A worker whose heartbeats stopped, as [`Store::reap_workers`](crate::Store::reap_workers)
+/// removed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reaped {
+    /// Its id.
+    pub worker_id: String,
+    /// How many of its leases were expired.
+    pub released: u64,
+}

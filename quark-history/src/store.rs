@@ -20,7 +20,10 @@ use crate::outbox::{
     ClaimedMessage, Delivery, OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord,
     WindowOutcome,
 };
-use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, NewTask, QueueStats, WorkerInfo};
+use crate::queue::{
+    ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lease, NewTask, QueueStats, Reaped,
+    Registered, WorkerInfo,
+};
 use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
 use crate::wakeup::Wakeups;
 
@@ -286,6 +289,46 @@ pub trait Store:
 
     /// The registered workers.
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>>;
+
+    /// Where the data lives, as text that is the same for every process on this host that opens
+    /// the same database: the SQLite file's canonical path, or the PostgreSQL server and
+    /// database. Workers scope their id lock files by it.
+    fn location(&self) -> String;
+
+    /// Registers a run of a worker ([`Incarnation`]) under `info.id`, at its start. If an earlier
+    /// run of the id is registered and dead (its heartbeat older than twice its interval, or from
+    /// the same [`scope`](Incarnation::scope), whose lock the caller holds), this run replaces it
+    /// and the leases the id holds are expired at once, so that it (or any worker) claims them
+    /// again as new attempts, fencing the old ones. If that run still heartbeats from another
+    /// scope, [`Error::WorkerIdInUse`](crate::Error::WorkerIdInUse): nothing changes.
+    fn register_worker<'a>(
+        &'a self,
+        info: WorkerInfo,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<Registered>>;
+
+    /// The heartbeat of a run registered by [`register_worker`](Self::register_worker).
+    /// [`Error::Superseded`](crate::Error::Superseded) if another run of the id took it over: this
+    /// one must stop.
+    fn heartbeat_run<'a>(
+        &'a self,
+        info: WorkerInfo,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Removes a run's registration at a graceful stop; a successor's registration is left alone.
+    fn retire_run<'a>(
+        &'a self,
+        worker_id: &'a str,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Removes the registrations of runs whose heartbeats stopped more than two of their
+    /// intervals ago, and expires their leases so that other workers take the tasks at once.
+    /// Any number of workers may call it at once; each dead run is reaped once. `caller` is the
+    /// calling worker's id, never reaped: it knows it is alive, even when its clock jumped ahead
+    /// of its heartbeats (a test's manual clock).
+    fn reap_workers<'a>(&'a self, caller: &'a str) -> BoxFuture<'a, Result<Vec<Reaped>>>;
 }
 
 /// The transactional outbox: messages written with a change, relayed in order per key under

@@ -175,6 +175,34 @@ pub async fn postgres_with(config: StoreConfig) -> Option<TestStore> {
     })
 }
 
+/// A fresh PostgreSQL database with nothing in it, not even the schema: for tests of what
+/// processes do to a new database. [`cleanup`](Self::cleanup) drops it.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct EmptyDatabase {
+    /// Its URL.
+    pub url: String,
+    db: pg::TestDatabase,
+}
+
+#[cfg(feature = "postgres")]
+impl EmptyDatabase {
+    /// Drops the database.
+    pub async fn cleanup(self) {
+        self.db.drop_database().await;
+    }
+}
+
+/// A fresh, empty PostgreSQL database, or `None` when PostgreSQL is unreachable and not required.
+#[cfg(feature = "postgres")]
+pub async fn postgres_empty() -> Option<EmptyDatabase> {
+    let db = pg::TestDatabase::create().await?;
+    Some(EmptyDatabase {
+        url: db.url.clone(),
+        db,
+    })
+}
+
 /// The admin URL tests use.
 #[cfg(feature = "postgres")]
 pub fn postgres_admin_url() -> String {

@@ -47,9 +47,15 @@ pub enum Command {
         /// The queues to serve.
         #[arg(long, value_delimiter = ',', default_value = "default")]
         queues: Vec<String>,
-        /// The worker's id (default: host, process id and a random suffix).
-        #[arg(long)]
+        /// The worker's id. Keep it across restarts: a worker restarted under its id takes back
+        /// at once the tasks it held when it died (default: `<host>-<n>`, the smallest `n` no
+        /// live worker on this host uses for this database, which a restart finds free again).
+        #[arg(long = "worker-id", visible_alias = "id", env = "QUARK_WORKER_ID")]
         id: Option<String>,
+        /// Where the ids' lock files live (default: `quark-workers` in the temporary directory);
+        /// every worker on a host must use the same one.
+        #[arg(long, env = "QUARK_WORKER_LOCK_DIR")]
+        lock_dir: Option<std::path::PathBuf>,
         /// How many activities run at once (each slot is held until the activity's result is
         /// committed).
         #[arg(long, default_value_t = 256)]
@@ -286,6 +292,7 @@ pub async fn run_on(
         Command::Worker {
             queues,
             id,
+            lock_dir,
             activity_concurrency,
             shutdown_grace,
             metrics_addr,
@@ -305,6 +312,9 @@ pub async fn run_on(
             if let Some(id) = id {
                 builder = builder.id(id);
             }
+            if let Some(dir) = lock_dir {
+                builder = builder.lock_dir(dir);
+            }
             if let Some(addr) = metrics_addr {
                 builder = builder.metrics_addr(addr);
             }
@@ -317,7 +327,18 @@ pub async fn run_on(
                     "metrics and health on http://{addr}/metrics, /healthz, /readyz"
                 )?;
             }
-            crate::shutdown_signal().await;
+            let taken_over = tokio::select! {
+                () = crate::shutdown_signal() => false,
+                () = running.taken_over() => true,
+            };
+            if taken_over {
+                running.shutdown().await;
+                bail!(
+                    "worker {} stopped: another process registered its id (a restart of it, while \
+                     this one was thought dead); its tasks were taken back",
+                    worker.id()
+                );
+            }
             writeln!(
                 out,
                 "stopping: finishing the tasks in hand (up to {shutdown_grace} s); Ctrl-C again to exit at once"

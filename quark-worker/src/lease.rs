@@ -15,8 +15,17 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
     loop {
         tick.tick().await;
         info.heartbeat_at = shared.store.config().clock.now();
-        if let Err(e) = shared.store.heartbeat_worker(info.clone()).await {
-            tracing::warn!(error = %e, "worker heartbeat failed");
+        match shared
+            .store
+            .heartbeat_run(info.clone(), &shared.identity.run)
+            .await
+        {
+            Ok(()) => {}
+            Err(Error::Superseded { worker_id }) => {
+                step_down(&shared, &worker_id);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
         }
         let leases: Vec<Lease> = shared
             .in_flight()
@@ -54,6 +63,49 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
                     tracing::warn!(error = %e, task_id = lease.task_id, "lease extension failed")
                 }
             }
+        }
+    }
+}
+
+/// Stops a worker whose id another process registered: that process took the leases back, so
+/// whatever this one still does is refused at commit. It stops claiming and cancels its tasks
+/// rather than run them for nothing, and says so loudly.
+fn step_down(shared: &Shared, worker_id: &str) {
+    tracing::error!(
+        worker = worker_id,
+        "another process registered this worker id (a restart, while this one was thought dead); \
+         stopping: this process's tasks were taken back"
+    );
+    shared
+        .superseded
+        .store(true, std::sync::atomic::Ordering::Release);
+    for f in shared.in_flight().values() {
+        let _ = f.cancel.send(true);
+    }
+    shared.stopping.send_replace(true);
+}
+
+/// Every half heartbeat: releases the leases of workers whose heartbeats stopped two of their
+/// intervals ago, so that their tasks wait about that long rather than a whole lease. Every
+/// worker does it; the store reaps each dead worker once.
+pub(crate) async fn reap(shared: Arc<Shared>) {
+    // At least a millisecond: an interval of zero panics.
+    let every = (shared.settings.heartbeat / 2).max(std::time::Duration::from_millis(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match shared.store.reap_workers(&shared.settings.id).await {
+            Ok(reaped) => {
+                for dead in reaped {
+                    tracing::warn!(
+                        worker = %dead.worker_id,
+                        released = dead.released,
+                        "a worker stopped heartbeating; its tasks are claimable again"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for dead workers"),
         }
     }
 }

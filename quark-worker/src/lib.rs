@@ -77,6 +77,7 @@ mod committer;
 mod endpoint;
 mod fault;
 mod handler;
+mod identity;
 mod lease;
 mod maintenance;
 mod metrics;

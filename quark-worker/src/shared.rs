@@ -49,6 +49,10 @@ pub(crate) struct Shared {
     /// Turns for transactional activities and jobs to hold a database transaction.
     pub(crate) transactions: Arc<Semaphore>,
     pub(crate) settings: Settings,
+    /// The worker's id, held, and this run of it.
+    pub(crate) identity: crate::identity::Identity,
+    /// Set when another process took the worker's id over: this one stopped by itself.
+    pub(crate) superseded: std::sync::atomic::AtomicBool,
     pub(crate) metrics: Metrics,
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) idle: Notify,
@@ -63,6 +67,10 @@ impl Shared {
     pub(crate) async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub(crate) fn is_stopping(&self) -> bool {

@@ -28,6 +28,9 @@ pub struct WorkerBuilder {
     warm: quark_workflow::runner::WarmLimits,
     history_warning: quark_workflow::runner::HistoryWarning,
     metrics_addr: Option<SocketAddr>,
+    /// The id asked for; `None`: the first free `<host>-<n>`.
+    id: Option<String>,
+    lock_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -54,6 +57,27 @@ pub enum BuildError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// Another process on this host (or another worker in this process) serves this database
+    /// under this id. Give each worker its own id, or leave it unset for a free one.
+    #[error(
+        "worker id `{id}` is in use by another process on this host (its lock {path:?} is held)"
+    )]
+    IdInUse {
+        /// The id.
+        id: String,
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+    /// The id's lock file could not be created or locked. Check the lock directory's permissions,
+    /// or choose another (`lock_dir`, `--lock-dir`).
+    #[error("cannot lock {path:?}: {error}")]
+    Lock {
+        /// The lock file or its directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
 }
 
 impl Default for WorkerBuilder {
@@ -61,7 +85,7 @@ impl Default for WorkerBuilder {
         WorkerBuilder {
             store: None,
             settings: Settings {
-                id: default_worker_id().into(),
+                id: "".into(),
                 queues: vec!["default".into()],
                 labels: serde_json::Map::new(),
                 lease: Duration::from_secs(30),
@@ -81,6 +105,8 @@ impl Default for WorkerBuilder {
             warm: Default::default(),
             history_warning: Default::default(),
             metrics_addr: None,
+            id: None,
+            lock_dir: None,
         }
     }
 }
@@ -97,18 +123,6 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// indexed `COUNT` in the database).
 const BLOCKED_INTERVAL: Duration = Duration::from_secs(5);
 
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "worker".into());
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        &unique[unique.len() - 6..]
-    )
-}
-
 impl WorkerBuilder {
     /// The store to work from.
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
@@ -116,10 +130,23 @@ impl WorkerBuilder {
         self
     }
 
-    /// The worker's id (default: host, process id and a random suffix). Must be unique among live
-    /// workers.
+    /// The worker's id: keep it across restarts, so that a restarted worker takes back at once
+    /// the tasks it held when it died (default: `<host>-<n>`, the smallest `n` that no live
+    /// worker on this host uses for this database, which a restarted worker finds free again).
+    ///
+    /// An id is held by one worker at a time: [`build`](Self::build) fails with
+    /// [`BuildError::IdInUse`] while another on this host holds it, and
+    /// [`start`](Worker::start) waits while a worker on another host still heartbeats under it.
     pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.settings.id = id.into().into();
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Where the ids' lock files live (default: `quark-workers` in the system's temporary
+    /// directory). Every worker of a host (of a container) must use the same directory for the
+    /// locks to keep its ids apart.
+    pub fn lock_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.lock_dir = Some(dir.into());
         self
     }
 
@@ -334,6 +361,17 @@ impl WorkerBuilder {
                 "the concurrency for {kind} tasks is 0"
             )));
         }
+        let lock_dir = self
+            .lock_dir
+            .unwrap_or_else(crate::identity::default_lock_dir);
+        let identity = crate::identity::acquire(
+            self.id.as_deref(),
+            &lock_dir,
+            &store.location(),
+            self.settings.heartbeat,
+        )?;
+        let mut settings = self.settings;
+        settings.id = identity.id.as_str().into();
         let routes: Routes = self
             .routes
             .into_iter()
@@ -355,9 +393,11 @@ impl WorkerBuilder {
             metrics_addr: self.metrics_addr,
             shared: Arc::new(Shared {
                 committer: crate::committer::Committer::new(),
-                transactions: Arc::new(Semaphore::new(self.settings.transactions)),
+                transactions: Arc::new(Semaphore::new(settings.transactions)),
                 store,
-                settings: self.settings,
+                settings,
+                identity,
+                superseded: std::sync::atomic::AtomicBool::new(false),
                 metrics: Metrics::default(),
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
@@ -476,7 +516,7 @@ impl Worker {
             }
             None => None,
         };
-        self.shared.store.heartbeat_worker(self.info()).await?;
+        self.register().await?;
         self.shared
             .committer
             // A commit batch as large as a claim (at least 128): a worker tuned to claim many
@@ -516,6 +556,7 @@ impl Worker {
             ))
         });
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
+        tasks.push(tokio::spawn(lease::reap(Arc::clone(&self.shared))));
         // The gauges follow the worker between scrapes too, for a recorder that is not scraped
         // through the endpoint (an application's own).
         let worker = self.clone();
@@ -549,6 +590,48 @@ impl Worker {
         })
     }
 
+    /// Registers this run of the worker's id. A run of the id that died is replaced and its
+    /// leases are taken back at once; one that still heartbeats from another host is waited for,
+    /// however long: taking its id would take its tasks from under it.
+    async fn register(&self) -> Result<(), quark_history::Error> {
+        let shared = &self.shared;
+        loop {
+            match shared
+                .store
+                .register_worker(self.info(), &shared.identity.run)
+                .await
+            {
+                Ok(registered) => {
+                    if registered.replaced {
+                        tracing::info!(
+                            worker = %self.id(),
+                            reclaimed = registered.reclaimed,
+                            "replaced the registration of a dead run of this worker; its leases are claimable again"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(quark_history::Error::WorkerIdInUse {
+                    scope, expires_in, ..
+                }) => {
+                    tracing::warn!(
+                        worker = %self.id(),
+                        other = %scope,
+                        ?expires_in,
+                        "another process still heartbeats under this worker id; waiting for it to stop"
+                    );
+                    // Its registration may be renewed meanwhile: ask again no later than one of
+                    // our heartbeats, and no sooner than a few milliseconds.
+                    let wait = expires_in
+                        .min(shared.settings.heartbeat)
+                        .max(std::time::Duration::from_millis(10));
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Runs until `signal` resolves, then shuts down gracefully.
     pub async fn run_until(
         &self,
@@ -576,6 +659,18 @@ impl RunningWorker {
     /// The worker.
     pub fn worker(&self) -> &Worker {
         &self.worker
+    }
+
+    /// Resolves if the worker stops by itself: another process registered its id (a restart of
+    /// it, while this one was thought dead). It has stopped claiming and cancelled its tasks,
+    /// whose leases were taken back; call [`shutdown`](Self::shutdown) and exit.
+    pub async fn taken_over(&self) {
+        let shared = &self.worker.shared;
+        shared.stopped().await;
+        if !shared.is_superseded() {
+            // A graceful stop: not this.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Where its metrics and health endpoint listens, if it has one (see
@@ -640,7 +735,11 @@ impl RunningWorker {
         }
         // A stopped worker holds no slots and no warm instances.
         shared.metrics.clear_gauges();
-        if let Err(e) = shared.store.deregister_worker(&shared.settings.id).await {
+        if let Err(e) = shared
+            .store
+            .retire_run(&shared.settings.id, &shared.identity.run)
+            .await
+        {
             tracing::warn!(error = %e, "could not deregister; the registration expires by itself");
         }
         tracing::info!(worker = %shared.settings.id, "worker stopped");

@@ -176,6 +176,16 @@ pub async fn post_once(
     ctx.call(post_entry, &entry).await
 }
 
+/// A job for the recovery tests: its first attempt never ends (the worker running it is killed
+/// holding it), a later one returns at once. Returns the attempt that finished.
+#[activity(retry(max_attempts = 100, initial = "10ms", max = "100ms"))]
+pub async fn stuck_first_time(ctx: ActivityContext, _n: u64) -> Result<u32, ActivityError> {
+    if ctx.attempt() == 1 {
+        std::future::pending::<()>().await;
+    }
+    Ok(ctx.attempt())
+}
+
 /// The registry the crash workers run.
 pub fn registry() -> Registry {
     Registry::new()
@@ -185,6 +195,7 @@ pub fn registry() -> Registry {
         .register(logged_job)
         .register(post_once)
         .register(post_entry)
+        .register(stuck_first_time)
 }
 
 /// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use sqlx::Postgres;
+use futures::future::BoxFuture;
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, Postgres};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -69,7 +71,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tasks by instance",
         include_str!("../../migrations/postgres/0010_tasks_by_instance.sql"),
     ),
+    (
+        12,
+        "worker incarnations",
+        include_str!("../../migrations/postgres/0012_worker_incarnations.sql"),
+    ),
 ];
+
+/// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are
+/// per database, so databases on one server migrate independently.
+const MIGRATION_LOCK: i64 = 0x7175_6172_6b5f_6d69;
 
 impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
@@ -77,6 +88,32 @@ impl Dialect for Postgres {
     const ONE_WRITER: bool = false;
     const BACKEND: Backend = Backend::Postgres;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;
+    fn migrate(pool: &sqlx::PgPool, mut migrator: Migrator) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // The lock is a session's, so it is taken on a connection of the migration's own and
+            // released by closing it, whatever happens: sqlx's own lock, taken on a pooled
+            // connection, stays with that connection when a migration fails or the call is
+            // cancelled, and every later migration, in any process, then waits for it forever.
+            // Processes that come second wait on the lock, then find nothing left to do.
+            let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+            let run = async {
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut conn)
+                    .await?;
+                migrator.set_locking(false);
+                // `run_direct`: see the SQLite dialect.
+                migrator.run_direct(None, &mut conn, false).await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            // Ending the session releases the lock; if the connection is broken, the server ends
+            // the session (and the lock) when it notices.
+            let _ = conn.close().await;
+            run
+        })
+    }
+
     const MIGRATIONS_TRACKED: &'static str =
         "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS tracked";
     const OVERRIDING_ID: &'static str = " OVERRIDING SYSTEM VALUE";

@@ -129,6 +129,18 @@ impl crate::sql::SqlStore for PostgresStore {
         &self.config
     }
 
+    fn place(&self) -> String {
+        let options = self.pool.connect_options();
+        let server = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        format!(
+            "postgres://{server}/{}",
+            options.get_database().unwrap_or_default()
+        )
+    }
+
     fn reader(&self) -> &PgPool {
         &self.pool
     }

@@ -35,13 +35,14 @@ pub(crate) mod queue;
 mod queue_settings;
 pub(crate) mod schedule;
 mod store;
+mod workers;
 
 pub(crate) use inbox::{receive, record};
 
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
-use sqlx::migrate::{Migrate, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::query::Query;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, SqlSafeStr,
@@ -100,8 +101,6 @@ where
 
 /// A database can run a statement on one of its connections.
 pub(crate) trait Runs: Database {
-    fn migrate(pool: &Pool<Self>, migrator: Migrator) -> BoxFuture<'_, Result<()>>;
-
     fn fetch_all<'c>(
         conn: &'c mut Self::Connection,
         query: Query<'static, Self, Self::Arguments>,
@@ -121,16 +120,8 @@ pub(crate) trait Runs: Database {
 impl<DB: Database> Runs for DB
 where
     DB::Arguments: IntoArguments<DB>,
-    DB::Connection: Migrate,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
-    fn migrate(pool: &Pool<DB>, migrator: Migrator) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            migrator.run(pool).await?;
-            Ok(())
-        })
-    }
-
     fn fetch_all<'c>(
         conn: &'c mut DB::Connection,
         query: Query<'static, DB, DB::Arguments>,
@@ -206,6 +197,10 @@ pub(crate) trait Dialect:
 
     /// The schema's migrations, `(version, description, SQL)` each, in order.
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)];
+
+    /// Applies `migrator`'s pending migrations, safely while other processes do the same on the
+    /// same database: one applies them, the others wait for it and then find nothing to do.
+    fn migrate(pool: &Pool<Self>, migrator: Migrator) -> BoxFuture<'_, Result<()>>;
 
     /// A query whose one row's `tracked` column says whether the database has sqlx's migrations
     /// table (a database never migrated has none).
@@ -328,6 +323,9 @@ pub(crate) trait SqlStore:
 
     /// The settings (the clock, the payload limit).
     fn settings(&self) -> &StoreConfig;
+
+    /// [`Store::location`](crate::Store::location).
+    fn place(&self) -> String;
 
     /// The pool to read from (SQLite: its read-only connections).
     fn reader(&self) -> &Pool<Self::Db>;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Dialect, SqlStore, instances, journal, queue};
+use super::{Dialect, SqlStore, instances, journal, queue, workers};
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
@@ -19,7 +19,10 @@ use crate::instance::{
     Created, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
 };
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
-use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, WorkerInfo};
+use crate::queue::{
+    ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lease, QueueStats, Reaped, Registered,
+    WorkerInfo,
+};
 use crate::store::{Backend, Store, StoreConfig};
 use crate::transaction::StoreTx;
 use crate::wakeup::Wakeups;
@@ -34,7 +37,7 @@ impl<S: SqlStore> Store for S {
     }
 
     fn migrate(&self) -> BoxFuture<'_, Result<()>> {
-        <S::Db as super::Runs>::migrate(self.writer(), super::migrator(S::Db::MIGRATIONS))
+        S::Db::migrate(self.writer(), super::migrator(S::Db::MIGRATIONS))
     }
 
     fn pending_migrations(&self) -> BoxFuture<'_, Result<Vec<i64>>> {
@@ -187,5 +190,37 @@ impl<S: SqlStore> Store for S {
 
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
         Box::pin(queue::list_workers(self))
+    }
+
+    fn location(&self) -> String {
+        self.place()
+    }
+
+    fn register_worker<'a>(
+        &'a self,
+        info: WorkerInfo,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<Registered>> {
+        Box::pin(workers::register(self, info, run))
+    }
+
+    fn heartbeat_run<'a>(
+        &'a self,
+        info: WorkerInfo,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(workers::heartbeat(self, info, run))
+    }
+
+    fn retire_run<'a>(
+        &'a self,
+        worker_id: &'a str,
+        run: &'a Incarnation,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(workers::retire(self, worker_id, run))
+    }
+
+    fn reap_workers<'a>(&'a self, caller: &'a str) -> BoxFuture<'a, Result<Vec<Reaped>>> {
+        Box::pin(workers::reap(self, caller))
     }
 }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use sqlx::Sqlite;
+use sqlx::migrate::Migrator;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -50,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim ready_at",
         include_str!("../../migrations/sqlite/0007_claim_ready_at.sql"),
     ),
+    (
+        9,
+        "worker incarnations",
+        include_str!("../../migrations/sqlite/0009_worker_incarnations.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].
@@ -64,6 +71,38 @@ impl Dialect for Sqlite {
     const ONE_WRITER: bool = true;
     const BACKEND: Backend = Backend::Sqlite;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;
+    fn migrate(pool: &sqlx::SqlitePool, migrator: Migrator) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // Every process that opens the file migrates it, and sqlx takes no lock on SQLite:
+            // two processes started together both found migration 1 pending and one of them died
+            // on "table instances already exists". All of it runs in one `BEGIN IMMEDIATE`
+            // transaction, so the processes take turns on the write lock, and the ones after the
+            // first read the migrations table only once they hold it, and find nothing to do
+            // (sqlx's own transaction per migration becomes a savepoint inside it). SQLite's DDL
+            // is transactional, so a failed run leaves nothing half-applied.
+            let mut tx = loop {
+                match pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(Error::from)
+                {
+                    Ok(tx) => break tx,
+                    // The busy timeout ran out while another process migrates a large database:
+                    // wait for it again rather than give up.
+                    Err(Error::Transient(e)) => {
+                        tracing::info!(error = %e, "waiting for another process's migrations")
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            // `run_direct`, sqlx's `run` on a connection: `run` itself asks for an `Acquire` that a
+            // boxed future cannot name (sqlx's own comment on `run_direct` says as much).
+            migrator.run_direct(None, &mut *tx, false).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     const MIGRATIONS_TRACKED: &'static str = "SELECT EXISTS (SELECT 1 FROM sqlite_master \
          WHERE type = 'table' AND name = '_sqlx_migrations') AS tracked";
     const OVERRIDING_ID: &'static str = "";

@@ -30,6 +30,9 @@ pub struct SqliteStore {
     config: StoreConfig,
     hub: Hub,
     rate_limited: std::sync::Arc<crate::jobs::LimitedQueues>,
+    /// [`Store::location`]: the file's canonical path, or a name of its own for a database in
+    /// memory (no other process can open it).
+    location: String,
     /// For an in-memory database: a connection that is never used, only kept open. The database
     /// lives as long as one connection to it is open; without this one, a pool that replaced its
     /// only connection (one dropped mid-query by a cancelled task) would open a new, empty one.
@@ -60,6 +63,7 @@ impl SqliteStore {
             config,
             hub: Hub::new(),
             rate_limited: Default::default(),
+            location: format!("sqlite::memory:{}", uuid::Uuid::now_v7().simple()),
             _anchor: Some(std::sync::Arc::new(tokio::sync::Mutex::new(anchor))),
         };
         store.migrate().await?;
@@ -94,7 +98,14 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
+        // The file exists now (the writer created it).
+        let path = options.get_filename();
+        let location = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
         let store = SqliteStore {
+            location,
             writer,
             reader: SqlitePoolOptions::new()
                 .max_connections(4)
@@ -132,6 +143,10 @@ impl crate::sql::SqlStore for SqliteStore {
 
     fn settings(&self) -> &StoreConfig {
         &self.config
+    }
+
+    fn place(&self) -> String {
+        self.location.clone()
     }
 
     fn reader(&self) -> &SqlitePool {

@@ -25,3 +25,4 @@ mod schedules;
 mod tls;
 mod transaction;
 mod wakeups;
+mod workers;

@@ -21,6 +21,9 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::builder()
         .store(Arc::new(store))
         .workflows(quark_tests::registry())
+        // How the tests tell which process a registration is (the id is `<host>-<n>`, reused by
+        // a restarted worker).
+        .label("pid", std::process::id().to_string())
         .lease(Duration::from_secs(2))
         .heartbeat(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(50))

@@ -80,13 +80,14 @@ impl Workers {
     /// each to shut down gracefully and exit with success.
     async fn stop(mut self, pool: &PgPool) {
         let registered = async || {
-            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM workers")
+            let labels: Vec<String> = sqlx::query_scalar("SELECT labels FROM workers")
                 .fetch_all(pool)
                 .await
                 .unwrap();
-            self.children
-                .iter()
-                .all(|c| ids.iter().any(|id| id.contains(&format!("-{}-", c.id()))))
+            self.children.iter().all(|c| {
+                let pid = format!("\"pid\":\"{}\"", c.id());
+                labels.iter().any(|l| l.contains(&pid))
+            })
         };
         quark_history::testing::eventually("every worker has registered", registered).await;
         for child in &self.children {

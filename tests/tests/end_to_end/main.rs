@@ -7,4 +7,6 @@ mod support;
 mod bad_input;
 mod crash;
 mod job_crash;
+mod recovery;
+mod startup;
 mod transactional_crash;

@@ -1,0 +1,215 @@
+//! Runs of workers ([`Incarnation`]s), for both databases: registering a run, which takes back
+//! the leases of a dead run of the same id at once; its heartbeat, which finds out when another
+//! run took the id over; and reaping, which releases the leases of workers whose heartbeats
+//! stopped after two of their intervals rather than a whole lease.
+//!
+//! Releasing a lease here is what its expiry would do, sooner: the task's `visible_at` becomes
+//! now. Its `attempts` stays, so the next claim is a new attempt and the old holder's completion,
+//! failure and extension (all fenced on the attempt) are refused from then on.
+
+use std::time::Duration;
+
+use super::{Dialect, SqlStore, Stmt};
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::queue::{Incarnation, Reaped, Registered, TaskKind, WorkerInfo};
+
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+/// Registers `run` as the holder of `info.id`. A registration of another run is replaced if it is
+/// dead: its heartbeat is older than twice its interval, or it comes from the same scope (whose
+/// lock the caller holds, so no process there still has the id). Otherwise the id is in use.
+pub(crate) async fn register<S: SqlStore>(
+    store: &S,
+    info: WorkerInfo,
+    run: &Incarnation,
+) -> Result<Registered> {
+    let now = store.settings().clock.now();
+    let mut tx = store.begin_write().await?;
+    let row = Stmt::<S::Db>::new(sql(format!(
+        "SELECT incarnation, scope, heartbeat_at, heartbeat_interval FROM workers WHERE id = $1{}",
+        S::Db::FOR_UPDATE
+    )))
+    .bind(info.id.as_str())
+    .fetch_optional(&mut tx)
+    .await?;
+    let mut registered = Registered::default();
+    let mut visible = Vec::new();
+    if let Some(row) = row {
+        let token: Option<String> = row.get("incarnation")?;
+        if token.as_deref() != Some(run.token.as_str()) {
+            let scope: Option<String> = row.get("scope")?;
+            // A registration from before incarnations has no interval: judge it by ours.
+            let interval = row
+                .get::<Option<i64>>("heartbeat_interval")?
+                .map_or(run.heartbeat, |us| Duration::from_micros(us.max(0) as u64));
+            let expires = Timestamp::from_micros(row.get("heartbeat_at")?) + interval * 2;
+            if expires > now && scope.as_deref() != Some(run.scope.as_str()) {
+                return Err(Error::WorkerIdInUse {
+                    worker_id: info.id,
+                    scope: scope.unwrap_or_else(|| "a worker without incarnations".into()),
+                    expires_in: expires.since(now),
+                });
+            }
+            registered.replaced = true;
+            visible = release::<S::Db>(&mut tx, &info.id, now).await?;
+            registered.reclaimed = visible.len() as u64;
+        }
+    }
+    let stmt = Stmt::<S::Db>::new(
+        "INSERT INTO workers (id, queues, labels, heartbeat_at, incarnation, scope, heartbeat_interval) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, labels = excluded.labels, \
+         heartbeat_at = excluded.heartbeat_at, incarnation = excluded.incarnation, \
+         scope = excluded.scope, heartbeat_interval = excluded.heartbeat_interval",
+    )
+    .bind(info.id.as_str());
+    S::Db::bind_texts(stmt, info.queues)
+        .bind(info.labels)
+        .bind(now.as_micros())
+        .bind(run.token.as_str())
+        .bind(run.scope.as_str())
+        .bind(micros(run.heartbeat))
+        .execute(&mut tx)
+        .await?;
+    tx.commit().await?;
+    store.announce(visible);
+    Ok(registered)
+}
+
+/// The heartbeat of a registered run. A registration that is gone (reaped while this process
+/// stood still) is written again; one that another run holds means this run was taken over.
+pub(crate) async fn heartbeat<S: SqlStore>(
+    store: &S,
+    info: WorkerInfo,
+    run: &Incarnation,
+) -> Result<()> {
+    let now = store.settings().clock.now();
+    let mut conn = store.writer().acquire().await?;
+    let stmt = Stmt::<S::Db>::new(
+        "UPDATE workers SET queues = $2, labels = $3, heartbeat_at = $4 \
+         WHERE id = $1 AND incarnation = $5",
+    )
+    .bind(info.id.as_str());
+    let updated = S::Db::bind_texts(stmt, info.queues.clone())
+        .bind(info.labels.as_str())
+        .bind(now.as_micros())
+        .bind(run.token.as_str())
+        .execute(&mut conn)
+        .await?;
+    if updated > 0 {
+        return Ok(());
+    }
+    let stmt = Stmt::<S::Db>::new(
+        "INSERT INTO workers (id, queues, labels, heartbeat_at, incarnation, scope, heartbeat_interval) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(info.id.as_str());
+    let inserted = S::Db::bind_texts(stmt, info.queues)
+        .bind(info.labels)
+        .bind(now.as_micros())
+        .bind(run.token.as_str())
+        .bind(run.scope.as_str())
+        .bind(micros(run.heartbeat))
+        .execute(&mut conn)
+        .await?;
+    if inserted == 0 {
+        return Err(Error::Superseded { worker_id: info.id });
+    }
+    Ok(())
+}
+
+/// Removes the registration of `run` (a graceful stop), and only its: a run that was taken over
+/// leaves its successor's alone.
+pub(crate) async fn retire<S: SqlStore>(
+    store: &S,
+    worker_id: &str,
+    run: &Incarnation,
+) -> Result<()> {
+    Stmt::<S::Db>::new("DELETE FROM workers WHERE id = $1 AND incarnation = $2")
+        .bind(worker_id)
+        .bind(run.token.as_str())
+        .execute(&mut *store.writer().acquire().await?)
+        .await?;
+    Ok(())
+}
+
+/// The condition "this registration's heartbeats stopped two intervals ago", at `$n`.
+fn stopped(param: usize) -> String {
+    format!("heartbeat_interval IS NOT NULL AND heartbeat_at + 2 * heartbeat_interval < ${param}")
+}
+
+/// Removes the registrations of runs whose heartbeats stopped and releases their leases. Runs
+/// registered without an interval (by [`Store::heartbeat_worker`](crate::Store::heartbeat_worker))
+/// keep their leases until they expire.
+pub(crate) async fn reap<S: SqlStore>(store: &S, caller: &str) -> Result<Vec<Reaped>> {
+    let now = store.settings().clock.now();
+    // Most of the time nobody died: a read on the small workers table, no write lock.
+    let dead = Stmt::<S::Db>::new(sql(format!(
+        "SELECT id FROM workers WHERE {} AND id <> $2",
+        stopped(1)
+    )))
+    .bind(now.as_micros())
+    .bind(caller)
+    .fetch_all(&mut *store.reader().acquire().await?)
+    .await?;
+    if dead.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = store.begin_write().await?;
+    let mut reaped = Vec::new();
+    let mut visible = Vec::new();
+    for row in dead {
+        let worker_id: String = row.get("id")?;
+        // Checked again under the write (and the row's) lock: a worker that heartbeated since it
+        // was read stays, and of two reapers only one releases.
+        let gone = Stmt::<S::Db>::new(sql(format!(
+            "DELETE FROM workers WHERE id = $1 AND {}",
+            stopped(2)
+        )))
+        .bind(worker_id.as_str())
+        .bind(now.as_micros())
+        .execute(&mut tx)
+        .await?;
+        if gone == 0 {
+            continue;
+        }
+        let released = release::<S::Db>(&mut tx, &worker_id, now).await?;
+        reaped.push(Reaped {
+            worker_id,
+            released: released.len() as u64,
+        });
+        visible.extend(released);
+    }
+    tx.commit().await?;
+    store.announce(visible);
+    Ok(reaped)
+}
+
+/// Expires every lease `worker_id` holds; returns the queue and kind of each.
+async fn release<DB: Dialect>(
+    conn: &mut DB::Connection,
+    worker_id: &str,
+    now: Timestamp,
+) -> Result<Vec<(String, TaskKind)>> {
+    Stmt::<DB>::new(
+        "UPDATE tasks SET visible_at = $2 WHERE lease_owner = $1 AND visible_at > $2 \
+         RETURNING queue, kind",
+    )
+    .bind(worker_id)
+    .bind(now.as_micros())
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|row| {
+        let kind: String = row.get("kind")?;
+        Ok((row.get("queue")?, kind.parse().map_err(Error::Invalid)?))
+    })
+    .collect()
+}

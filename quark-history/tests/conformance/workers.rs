@@ -1,0 +1,202 @@
+//! Runs of a worker id: a restart takes its leases back at once, fencing the old attempts; a live
+//! run elsewhere keeps its id; a worker whose heartbeats stop loses its leases after two
+//! intervals, not a whole lease.
+
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{
+    ClaimRequest, Clock, Commit, Error, Incarnation, NewTask, TaskKind, WorkerInfo,
+};
+
+use crate::support::conformance;
+
+conformance!(
+    it_gives_a_restarted_worker_its_leases_back_at_once_and_fences_the_old_run,
+    it_refuses_an_id_that_a_live_run_in_another_scope_holds_until_it_stops_heartbeating,
+    it_releases_the_leases_of_a_worker_two_heartbeats_after_it_stopped,
+);
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const LEASE: Duration = Duration::from_secs(30);
+
+fn info(t: &TestStore, id: &str) -> WorkerInfo {
+    WorkerInfo {
+        id: id.into(),
+        queues: vec!["q".into()],
+        labels: "{}".into(),
+        heartbeat_at: t.clock.now(),
+    }
+}
+
+async fn claim(t: &TestStore, worker: &str) -> Vec<quark_history::ClaimedTask> {
+    t.store
+        .claim(ClaimRequest::new(worker, ["q"]).lease(LEASE))
+        .await
+        .unwrap()
+}
+
+async fn enqueue(t: &TestStore, n: u8) {
+    let tasks = (0..n)
+        .map(|i| NewTask::new(TaskKind::Activity, "q").payload(vec![i]))
+        .collect();
+    t.store.enqueue(tasks).await.unwrap();
+}
+
+async fn it_gives_a_restarted_worker_its_leases_back_at_once_and_fences_the_old_run(t: &TestStore) {
+    let first = Incarnation::new("host-a", HEARTBEAT);
+    let registered = t.store.register_worker(info(t, "w"), &first).await.unwrap();
+    assert!(!registered.replaced);
+    enqueue(t, 2).await;
+    let held = claim(t, "w").await;
+    assert_eq!(held.len(), 2);
+
+    // The process dies and starts again at once, in the same scope: its heartbeat is fresh, but
+    // the scope's lock says the old run is gone.
+    t.clock.advance(Duration::from_millis(100));
+    let second = Incarnation::new("host-a", HEARTBEAT);
+    let registered = t
+        .store
+        .register_worker(info(t, "w"), &second)
+        .await
+        .unwrap();
+    assert!(registered.replaced);
+    assert_eq!(registered.reclaimed, 2);
+    let again = claim(t, "w").await;
+    assert_eq!(again.len(), 2, "claimable at once, not after the lease");
+    assert!(again.iter().all(|c| c.lease.attempt == 2), "{again:?}");
+
+    // The old run, were it alive, can neither commit nor extend, and learns it was replaced.
+    let old = held[0].lease.clone();
+    assert!(matches!(
+        t.store.commit(Commit::new().complete(old.clone())).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        t.store.extend_lease(&old, LEASE).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        t.store.heartbeat_run(info(t, "w"), &first).await,
+        Err(Error::Superseded { .. })
+    ));
+    // Its retirement leaves the new run's registration alone.
+    t.store.retire_run("w", &first).await.unwrap();
+    t.store.heartbeat_run(info(t, "w"), &second).await.unwrap();
+    assert_eq!(t.store.list_workers().await.unwrap().len(), 1);
+    for task in again {
+        t.store
+            .commit(Commit::new().complete(task.lease))
+            .await
+            .unwrap();
+    }
+    t.store.retire_run("w", &second).await.unwrap();
+    assert!(t.store.list_workers().await.unwrap().is_empty());
+}
+
+async fn it_refuses_an_id_that_a_live_run_in_another_scope_holds_until_it_stops_heartbeating(
+    t: &TestStore,
+) {
+    let live = Incarnation::new("host-a", HEARTBEAT);
+    t.store.register_worker(info(t, "w"), &live).await.unwrap();
+    enqueue(t, 1).await;
+    let held = claim(t, "w").await;
+    assert_eq!(held.len(), 1);
+
+    let elsewhere = Incarnation::new("host-b", HEARTBEAT);
+    t.clock.advance(HEARTBEAT);
+    t.store.heartbeat_run(info(t, "w"), &live).await.unwrap();
+    t.clock.advance(HEARTBEAT);
+    match t.store.register_worker(info(t, "w"), &elsewhere).await {
+        Err(Error::WorkerIdInUse {
+            worker_id,
+            expires_in,
+            ..
+        }) => {
+            assert_eq!(worker_id, "w");
+            assert_eq!(expires_in, HEARTBEAT);
+        }
+        other => panic!("a live run's id was taken: {other:?}"),
+    }
+    // Nothing changed: the live run keeps its registration and its lease.
+    t.store.heartbeat_run(info(t, "w"), &live).await.unwrap();
+    t.store
+        .extend_lease(&held[0].lease, LEASE)
+        .await
+        .expect("the live run still holds its lease");
+
+    // Once its heartbeats have stopped for two intervals, the id is free.
+    t.clock.advance(HEARTBEAT * 2 + Duration::from_millis(1));
+    let registered = t
+        .store
+        .register_worker(info(t, "w"), &elsewhere)
+        .await
+        .unwrap();
+    assert_eq!(registered.reclaimed, 1);
+    assert!(matches!(
+        t.store.heartbeat_run(info(t, "w"), &live).await,
+        Err(Error::Superseded { .. })
+    ));
+}
+
+async fn it_releases_the_leases_of_a_worker_two_heartbeats_after_it_stopped(t: &TestStore) {
+    let dying = Incarnation::new("host-a", HEARTBEAT);
+    let living = Incarnation::new("host-b", HEARTBEAT);
+    t.store
+        .register_worker(info(t, "dying"), &dying)
+        .await
+        .unwrap();
+    t.store
+        .register_worker(info(t, "living"), &living)
+        .await
+        .unwrap();
+    enqueue(t, 3).await;
+    assert_eq!(claim(t, "dying").await.len(), 3);
+
+    // One interval and a half without a heartbeat: not dead yet.
+    t.clock.advance(HEARTBEAT + HEARTBEAT / 2);
+    t.store
+        .heartbeat_run(info(t, "living"), &living)
+        .await
+        .unwrap();
+    assert!(t.store.reap_workers("living").await.unwrap().is_empty());
+    assert!(claim(t, "living").await.is_empty());
+
+    // Past two intervals: reaped once, however many reap, and its tasks are claimable at once.
+    t.clock.advance(HEARTBEAT);
+    t.store
+        .heartbeat_run(info(t, "living"), &living)
+        .await
+        .unwrap();
+    let reaped = t.store.reap_workers("living").await.unwrap();
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    assert_eq!(
+        (reaped[0].worker_id.as_str(), reaped[0].released),
+        ("dying", 3)
+    );
+    assert!(t.store.reap_workers("living").await.unwrap().is_empty());
+    let taken = claim(t, "living").await;
+    assert_eq!(taken.len(), 3, "long before the 30 s lease");
+    assert!(taken.iter().all(|c| c.lease.attempt == 2));
+    let workers: Vec<String> = t
+        .store
+        .list_workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(workers, ["living"]);
+
+    // A worker registered the old way (no interval) keeps its leases until they run out.
+    t.store.heartbeat_worker(info(t, "legacy")).await.unwrap();
+    enqueue(t, 1).await;
+    assert_eq!(claim(t, "legacy").await.len(), 1);
+    t.clock.advance(HEARTBEAT * 10);
+    t.store
+        .heartbeat_run(info(t, "living"), &living)
+        .await
+        .unwrap();
+    assert!(t.store.reap_workers("living").await.unwrap().is_empty());
+    assert!(claim(t, "living").await.is_empty());
+}
