@@ -7,7 +7,9 @@
 //! would show the late iterations costing hundreds of times the early ones; a live instance keeps
 //! them flat. Then the `Replayer` checks the recorded history (every prefix) and its time is shown.
 //!
-//! `cargo bench -p quark-worker --bench history_loop -- [--n 5000] [--window 50] [--backend both|postgres|sqlite] [--warm N]`
+//! `cargo bench -p quark-worker --bench history_loop -- [--n 5000] [--window 100] [--warmup 2000] [--backend both|postgres|sqlite] [--warm N]`
+//! (`--warmup N`: another instance loops N times first, so that both windows are measured on a
+//! database in use rather than the early one on a fresh file.)
 //! (`--warm 0` keeps no instance live: every turn replays, as before live instances).
 //! PostgreSQL: `QUARK_TEST_DATABASE_URL`; the bench creates and drops a database of its own.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
@@ -39,6 +41,10 @@ async fn long_loop(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestrati
 
 struct Args {
     n: u64,
+    /// Iterations of another instance run first, so that the measured loop starts on a database
+    /// that is already in use (its files, caches and queue tables past their first growth): the
+    /// figure is about the cost of this instance's history, not of a fresh file.
+    warmup: u64,
     window: usize,
     warm: Option<usize>,
     backends: Vec<&'static str>,
@@ -47,7 +53,8 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         n: 5000,
-        window: 50,
+        warmup: 2000,
+        window: 100,
         warm: None,
         backends: vec!["sqlite", "postgres"],
     };
@@ -57,6 +64,7 @@ fn args() -> Args {
         match arg.as_str() {
             "--n" => a.n = value().parse().expect("--n N"),
             "--window" => a.window = value().parse().expect("--window N"),
+            "--warmup" => a.warmup = value().parse().expect("--warmup N"),
             "--warm" => a.warm = Some(value().parse().expect("--warm N")),
             "--backend" => {
                 a.backends = match value().as_str() {
@@ -94,6 +102,10 @@ async fn bench(backend: &str, store: Arc<dyn Store>, a: &Args) {
     }
     let worker = builder.build().unwrap().start().await.unwrap();
     let client = Client::new(Arc::clone(&store));
+    if a.warmup > 0 {
+        let warmup = long_loop::start(&client, "warmup", a.warmup).await.unwrap();
+        warmup.result().await.unwrap();
+    }
     let started = Instant::now();
     let handle = long_loop::start(&client, "loop", a.n).await.unwrap();
     let sum = handle.result().await.unwrap();
@@ -115,6 +127,14 @@ async fn bench(backend: &str, store: Arc<dyn Store>, a: &Args) {
     let w = a.window.min(gaps.len() / 4).max(1);
     let early = median(gaps[10.min(gaps.len())..(10 + w).min(gaps.len())].to_vec());
     let late = median(gaps[gaps.len().saturating_sub(w)..].to_vec());
+
+    // The median iteration across the run, in tenths, to show where any growth sets in.
+    let tenth = (gaps.len() / 10).max(1);
+    let profile: Vec<String> = gaps
+        .chunks(tenth)
+        .map(|c| format!("{:.0}", median(c.to_vec())))
+        .collect();
+    eprintln!("{backend}: median iteration µs by tenth of the run: {}", profile.join(" "));
 
     let replay_started = Instant::now();
     let report = Replayer::new(registry()).replay(&history).unwrap();
