@@ -134,7 +134,10 @@ async fn bench(backend: &str, store: Arc<dyn Store>, a: &Args) {
         .chunks(tenth)
         .map(|c| format!("{:.0}", median(c.to_vec())))
         .collect();
-    eprintln!("{backend}: median iteration µs by tenth of the run: {}", profile.join(" "));
+    eprintln!(
+        "{backend}: median iteration µs by tenth of the run: {}",
+        profile.join(" ")
+    );
 
     let replay_started = Instant::now();
     let report = Replayer::new(registry()).replay(&history).unwrap();
