@@ -48,25 +48,17 @@ impl CommandFuture {
         if let Some(n) = &st.nondeterminism {
             return Poll::Ready(Err(n.clone().into()));
         }
-        if self.done {
-            return Poll::Ready(Err(OrchestrationError::Failed(
-                "a `ctx` future was polled after it completed".into(),
-            )));
-        }
         let Some(slot) = st.slots.get_mut(&self.id) else {
             return Poll::Pending;
         };
-        if slot.result.is_some() {
+        if let Some(result) = slot.result.clone() {
+            // The slot stays while the future lives: `select` polls every branch and keeps the
+            // losers, which may be ready already and are polled again later. It goes when the
+            // future is dropped.
             let at = slot.resolved_at;
-            // The result is handed out once: the slot goes, so a long run keeps only what is
-            // still pending.
-            let result = st.slots.remove(&self.id).and_then(|s| s.result);
             st.stamp = st.stamp.max(at);
             self.done = true;
-            return match result {
-                Some(result) => Poll::Ready(Ok(result)),
-                None => Poll::Pending,
-            };
+            return Poll::Ready(Ok(result));
         }
         slot.waker = Some(cx.waker().clone());
         // Not `done`: a timer that returns `Cancelled` never fired, and dropping it records
@@ -95,12 +87,10 @@ impl CommandFuture {
 }
 
 impl Drop for CommandFuture {
-    /// Nobody waits for the command any more: its waker goes (so that a run waiting on nothing
-    /// else is seen to be stuck), and its slot goes once the command is settled.
+    /// Nobody waits for the command any more: a settled command's slot goes; an unsettled one
+    /// loses its waker (so that a run waiting on nothing else is seen to be stuck) and goes once
+    /// the command settles.
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
         let Ok(mut st) = self.state.try_borrow_mut() else {
             return;
         };
@@ -110,11 +100,11 @@ impl Drop for CommandFuture {
         let Some(slot) = st.slots.get_mut(&self.id) else {
             return;
         };
-        slot.waker = None;
-        slot.orphaned = true;
-        let settled = slot.result.is_some();
-        if settled {
+        if slot.result.is_some() {
             st.slots.remove(&self.id);
+        } else {
+            slot.waker = None;
+            slot.orphaned = true;
         }
     }
 }
