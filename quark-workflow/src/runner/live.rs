@@ -343,10 +343,13 @@ impl LiveInstances {
                         while let Ok(job) = rx.recv() {
                             shard.sweep();
                             let run = std::panic::AssertUnwindSafe(|| job(&mut shard));
-                            if std::panic::catch_unwind(run).is_err() {
+                            if let Err(panic) = std::panic::catch_unwind(run) {
                                 // A bug here, not in user code (whose panics the executor
                                 // catches): start this thread's runs afresh.
-                                tracing::error!("an orchestration thread's job panicked");
+                                let message = crate::executor::panic_message(panic.as_ref());
+                                tracing::error!(
+                                    "an orchestration thread's job panicked: {message}"
+                                );
                                 let lost: Vec<String> =
                                     shard.runs.drain().map(|(k, _)| k).collect();
                                 let mut index = shard.index();

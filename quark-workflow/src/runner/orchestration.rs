@@ -56,9 +56,15 @@ impl Runner {
                 (*turn, token)
             }
             Some(LiveTurn::Miss) | None => {
-                return Err(HandlerError::Other(
-                    "the orchestration threads are gone".into(),
-                ));
+                // The orchestration thread could not run it (its job failed): replay the history
+                // here into a run that is not kept, as a worker without live instances does.
+                tracing::warn!(instance = %instance, "the orchestration thread failed a turn; replaying it here");
+                let history = store.read_history(&instance, HistoryRange::All).await?;
+                self.live.forget(&instance);
+                (
+                    crate::turn::process_turn(&self.registry, &task, &history),
+                    0,
+                )
             }
         };
         let mut commit = self.prepare(&instance, turn, &host).await?;
