@@ -27,6 +27,25 @@ pub(crate) fn recorded(seq: u64, at: Timestamp, event: HistoryEvent) -> Recorded
     }
 }
 
+/// A claimed orchestration task of instance [`ID`] on queue `queue`.
+pub(crate) fn claimed(queue: &str) -> quark_history::ClaimedTask {
+    quark_history::ClaimedTask {
+        lease: quark_history::Lease {
+            task_id: 1,
+            attempt: 1,
+            worker: "w".into(),
+        },
+        kind: TaskKind::Orchestration,
+        queue: queue.into(),
+        instance_id: Some(ID.into()),
+        priority: 0,
+        created_at: Timestamp::EPOCH,
+        visible_at: Timestamp::EPOCH,
+        lease_expires_at: Timestamp::EPOCH,
+        payload: Vec::new(),
+    }
+}
+
 /// Replays `history` against the registered orchestration its first event names.
 pub(crate) fn run(registry: &Registry, history: &[RecordedEvent]) -> Replay {
     let HistoryEvent::WorkflowStarted { instance_type, .. } = &history[0].event else {

@@ -153,24 +153,10 @@ mod tests {
     use super::*;
     use crate::executor_tests::{ChargeCard, OrderV1, Reordered};
     use crate::sim::recorded;
-    use quark_history::{Lease, Payload, Settle, TaskKind, Timestamp};
+    use quark_history::{Payload, Settle, TaskKind, Timestamp};
 
     fn claimed() -> ClaimedTask {
-        ClaimedTask {
-            lease: Lease {
-                task_id: 1,
-                attempt: 1,
-                worker: "w".into(),
-            },
-            kind: TaskKind::Orchestration,
-            queue: "orders".into(),
-            instance_id: Some(crate::sim::ID.into()),
-            priority: 0,
-            created_at: Timestamp::EPOCH,
-            visible_at: Timestamp::EPOCH,
-            lease_expires_at: Timestamp::EPOCH,
-            payload: Vec::new(),
-        }
+        crate::sim::claimed("orders")
     }
 
     fn started() -> RecordedEvent {

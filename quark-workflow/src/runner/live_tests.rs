@@ -1,0 +1,82 @@
+//! The live runs' safety rule: nothing builds on a run ahead of an unwritten commit.
+
+use super::*;
+use crate::executor_tests::OrderV1;
+use crate::sim::{ID, claimed, recorded};
+use quark_history::Payload;
+
+fn completed(command: u64) -> HistoryEvent {
+    HistoryEvent::ActivityCompleted {
+        command,
+        output: Payload::json(&"receipt").unwrap(),
+        attempt: 1,
+    }
+}
+
+#[tokio::test]
+async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_proven_written() {
+    let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
+    let mut registry = Registry::new();
+    registry.add_orchestration::<OrderV1>();
+    let registry = Arc::new(registry);
+    let at = Timestamp::from_millis(5);
+    let started = recorded(
+        1,
+        at,
+        HistoryEvent::WorkflowStarted {
+            instance_type: "order".into(),
+            version: 1,
+            input: Payload::json(&500u32).unwrap(),
+            parent: None,
+            continued_from: None,
+        },
+    );
+    let Some(LiveTurn::Turn(turn, _, token)) = live
+        .turn(ID, &claimed("default"), &registry, 1, vec![started])
+        .await
+    else {
+        panic!("no turn");
+    };
+    assert_eq!(
+        turn.commit.appends[0].events.len(),
+        1,
+        "charge_card, command 1"
+    );
+    // The run takes the turn's events in ahead of the commit.
+    live.confirm(ID, 2, at);
+    // An activity the commit did not schedule reports back: the commit may still fail, and
+    // a continuation fenced after its events could land on other events. Refused.
+    let other = live
+        .continue_with(ID, &claimed("default"), &registry, None, completed(7), at)
+        .await;
+    assert!(other.is_none());
+    // The commit's own activity reports back: its task exists, so the commit was written.
+    let (seq, turn, _, second) = live
+        .continue_with(ID, &claimed("default"), &registry, None, completed(1), at)
+        .await
+        .expect("continued on the written commit");
+    assert_eq!(seq, 3);
+    assert!(matches!(
+        turn.commit.appends[0].events[0],
+        HistoryEvent::TimerCreated { command: 2, .. }
+    ));
+    // That continuation's commit is in flight in turn: the timer it set (which no activity
+    // of it can prove) waits for its acknowledgement.
+    live.confirm(ID, 4, at);
+    let fired = HistoryEvent::TimerFired { command: 2 };
+    let early = live
+        .continue_with(ID, &claimed("default"), &registry, None, fired.clone(), at)
+        .await;
+    assert!(early.is_none());
+    live.ack(ID, token);
+    live.ack(ID, second);
+    let (seq, turn, _, _) = live
+        .continue_with(ID, &claimed("default"), &registry, None, fired, at)
+        .await
+        .expect("continued once acknowledged");
+    assert_eq!(seq, 5);
+    assert!(matches!(
+        &turn.commit.appends[0].events[0],
+        HistoryEvent::ActivityScheduled { command: 3, activity, .. } if activity == "ship"
+    ));
+}
