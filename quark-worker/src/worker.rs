@@ -592,7 +592,8 @@ impl Worker {
 
     /// Registers this run of the worker's id. A run of the id that died is replaced and its
     /// leases are taken back at once; one that still heartbeats from another host is waited for,
-    /// however long: taking its id would take its tasks from under it.
+    /// however long: taking its id would take its tasks from under it. A store error worth
+    /// retrying is retried after a heartbeat; any other ends the start.
     async fn register(&self) -> Result<(), quark_history::Error> {
         let shared = &self.shared;
         loop {
@@ -626,6 +627,17 @@ impl Worker {
                         .min(shared.settings.heartbeat)
                         .max(std::time::Duration::from_millis(10));
                     tokio::time::sleep(wait).await;
+                }
+                // A locked SQLite file (another process is in a write, or stopped in one), a
+                // dropped connection: the registration is tried again, as patiently as a live
+                // holder is waited for.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(
+                        worker = %self.id(),
+                        error = %e,
+                        "could not register this worker; trying again"
+                    );
+                    tokio::time::sleep(shared.settings.heartbeat).await;
                 }
                 Err(e) => return Err(e),
             }
