@@ -37,7 +37,7 @@ use crate::registry::Registry;
 use crate::task::{TaskPayload, timer_commit};
 
 pub use live::{HistoryWarning, LiveInstance, WarmLimits};
-pub use settle::{MAX_CONFLICT_RETRIES, Settled, release_delay, settle};
+pub use settle::{MAX_CONFLICT_RETRIES, MAX_TURN_RELEASE_DELAY, Settled, release_delay, settle};
 
 /// Histories past this many events get a warning (Temporal warns at 10,240); see
 /// [`HistoryWarning`] to change it.

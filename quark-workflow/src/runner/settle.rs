@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use quark_history::{ClaimedTask, Commit, Error, FailAction};
+use quark_history::{ClaimedTask, Commit, Error, FailAction, TaskKind};
 
 use super::{Handled, HandlerError, HostRef, RunEvent};
 
@@ -33,14 +33,25 @@ pub enum Settled {
 }
 
 /// The delay before a task that failed for a reason outside its own code (a store error, a
-/// handler error) runs again: from half a second, doubling per attempt, up to a minute, jittered.
+/// handler error) runs again: from half a second, doubling per attempt, jittered, up to a minute,
+/// or up to [`MAX_TURN_RELEASE_DELAY`] for an orchestration turn.
+///
+/// A turn's attempts count its wake-ups as well as its failures: a turn woken while it runs is
+/// released to run again on the same row, and every claim counts. A busy instance's turn can
+/// therefore stand at its eighth attempt on its first failure, and a minute's wait would hold the
+/// whole instance up for a store hiccup. A turn is redone from the journal and costs little, so
+/// it waits a few seconds at most.
 pub fn release_delay(task: &ClaimedTask) -> Duration {
-    super::backoff::delay(
-        task.lease.attempt,
-        Duration::from_millis(500),
-        Duration::from_secs(60),
-    )
+    let max = if task.kind == TaskKind::Orchestration {
+        MAX_TURN_RELEASE_DELAY
+    } else {
+        Duration::from_secs(60)
+    };
+    super::backoff::delay(task.lease.attempt, Duration::from_millis(500), max)
 }
+
+/// The longest an orchestration turn that failed waits before it runs again.
+pub const MAX_TURN_RELEASE_DELAY: Duration = Duration::from_secs(2);
 
 /// Handles `task` with `handle` and commits the outcome through `host`.
 ///
@@ -173,5 +184,43 @@ async fn settle_alone(host: &HostRef, commit: Commit) -> Result<(), Settled> {
             tracing::warn!(error = %e, "could not settle the task; its lease will expire");
             Err(Settled::Abandoned(e.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quark_history::{Lease, Timestamp};
+
+    fn claimed(kind: TaskKind, attempt: u32) -> ClaimedTask {
+        ClaimedTask {
+            lease: Lease {
+                task_id: 1,
+                attempt,
+                worker: "w".into(),
+            },
+            kind,
+            queue: "default".into(),
+            instance_id: Some("i".into()),
+            priority: 0,
+            created_at: Timestamp::EPOCH,
+            visible_at: Timestamp::EPOCH,
+            lease_expires_at: Timestamp::EPOCH,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_turn_claimed_many_times_waits_seconds_not_a_minute() {
+        // The eighth claim of a busy instance's turn, failing for the first time.
+        let turn = release_delay(&claimed(TaskKind::Orchestration, 8));
+        assert!(turn <= MAX_TURN_RELEASE_DELAY, "{turn:?}");
+        assert!(turn >= MAX_TURN_RELEASE_DELAY * 3 / 4, "{turn:?}");
+        // An activity's attempts are its failures: it backs off to the minute.
+        let activity = release_delay(&claimed(TaskKind::Activity, 8));
+        assert!(activity >= Duration::from_secs(45), "{activity:?}");
+        // A turn's first attempts back off as before.
+        let first = release_delay(&claimed(TaskKind::Orchestration, 1));
+        assert!(first <= Duration::from_millis(500), "{first:?}");
     }
 }
