@@ -78,9 +78,13 @@ pub(crate) enum LiveTurn {
     /// The turn, whether this run's history just passed the warning bounds, and the token to
     /// [`ack`](LiveInstances::ack) its commit with.
     Turn(Box<Turn>, bool, u64),
-    /// The run is not where the events given start (or is gone): read the whole history and
-    /// ask again from sequence number 1.
+    /// The run is not where the events given start (or is gone, or has a commit in flight):
+    /// read the whole history and ask again from sequence number 1.
     Miss,
+    /// The turn, run on a run that is not kept: the instance's live run has a commit in flight,
+    /// and is left alone until it is known whether that commit was written. Its commit must not
+    /// confirm, acknowledge or forget the live run.
+    Cold(Box<Turn>),
 }
 
 type Job = Box<dyn FnOnce(&mut Shard) + Send>;
@@ -188,6 +192,10 @@ struct Live {
     /// events that are never recorded, and nothing may build on it: a commit fenced after them
     /// could land on other events that happen to end at the same sequence number.
     provisional: BTreeMap<u64, Vec<quark_history::CommandId>>,
+    /// The token of the turn whose decided events wait for their [`confirm`]ation.
+    ///
+    /// [`confirm`]: LiveInstances::confirm
+    unconfirmed: Option<u64>,
 }
 
 impl Live {
@@ -197,7 +205,15 @@ impl Live {
             orchestration,
             warned: false,
             provisional: BTreeMap::new(),
+            unconfirmed: None,
         }
+    }
+
+    /// Whether a commit the run took in ahead of is in flight: the run may stand on events that
+    /// are never written, so it is neither handed out nor replaced by another run (two runs of
+    /// one instance with commits in flight could each take the other's acknowledgement).
+    fn busy(&self) -> bool {
+        self.executor.has_unconfirmed() || !self.provisional.is_empty()
     }
 
     /// Whether the run stands only on written events once `proof` (an activity that reports
@@ -213,6 +229,7 @@ impl Live {
     /// Registers the commit of `turn` as in flight under `token`, if the run takes in events
     /// of it ahead of it: its own events, or (`fed`) an event fed to the run for it.
     fn in_flight(&mut self, token: u64, turn: &Turn, fed: bool) {
+        self.unconfirmed = self.executor.has_unconfirmed().then_some(token);
         let id = self.executor.instance_id();
         let own: Vec<&HistoryEvent> = turn
             .commit
@@ -254,6 +271,11 @@ impl Shard {
     fn forget(&mut self, instance: &str) {
         self.runs.remove(instance);
         self.index().remove(instance);
+    }
+
+    /// Whether `instance`'s run has a commit in flight (see [`Live::busy`]).
+    fn busy(&self, instance: &str) -> bool {
+        self.runs.get(instance).is_some_and(Live::busy)
     }
 
     /// Keeps `live` if it can go on, and returns whether its history just passed the bounds.
@@ -430,11 +452,21 @@ impl LiveInstances {
         let token = self.token();
         self.on_thread(instance, move |shard| {
             let live = if from == 1 {
-                shard.forget(&id);
-                match start_executor(&registry, &task, &events) {
+                let cold = shard.busy(&id);
+                if !cold {
+                    shard.forget(&id);
+                }
+                let mut live = match start_executor(&registry, &task, &events) {
                     Ok((executor, orchestration)) => Live::new(executor, orchestration),
                     Err(dead) => return LiveTurn::Turn(dead, false, token),
+                };
+                if cold {
+                    live.executor.feed(live.orchestration.as_ref(), &events);
+                    return LiveTurn::Cold(Box::new(turn_of(&mut live.executor, &task)));
                 }
+                live
+            } else if shard.busy(&id) {
+                return LiveTurn::Miss;
             } else {
                 match shard.take_live(&id, &registry, None) {
                     Some(live) if live.executor.next_seq() == from => live,
@@ -482,6 +514,9 @@ impl LiveInstances {
         let proof = event.command();
         self.on_thread(instance, move |shard| {
             let mut live = match history {
+                // A run with a commit in flight is not replaced: the result goes through the
+                // queue.
+                Some(_) if shard.busy(&id) => return None,
                 Some(history) => {
                     shard.forget(&id);
                     let (executor, orchestration) =
@@ -528,12 +563,19 @@ impl LiveInstances {
     /// The events `instance`'s last turn decided were recorded from `first` on, at `at`: its
     /// run takes them in. Sent before the commit is made (see the turn), so that any later job
     /// for the instance sees them; the caller forgets the instance if the commit fails.
-    pub(crate) fn confirm(&self, instance: &str, first: u64, at: Timestamp) {
+    /// Only the run that decided them (under `token`) takes them: a confirmation that finds
+    /// another run (its own was dropped and the instance replayed meanwhile) is ignored.
+    pub(crate) fn confirm(&self, instance: &str, token: u64, first: u64, at: Timestamp) {
         let id = instance.to_string();
         self.post(instance, move |shard| {
             let Some(mut live) = shard.runs.remove(&id) else {
                 return;
             };
+            if live.unconfirmed != Some(token) {
+                shard.runs.insert(id, live);
+                return;
+            }
+            live.unconfirmed = None;
             if live
                 .executor
                 .confirm(live.orchestration.as_ref(), first, at)

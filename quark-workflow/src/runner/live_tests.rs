@@ -13,6 +13,73 @@ fn completed(command: u64) -> HistoryEvent {
     }
 }
 
+fn order_registry() -> Arc<Registry> {
+    let mut registry = Registry::new();
+    registry.add_orchestration::<OrderV1>();
+    Arc::new(registry)
+}
+
+fn started(at: Timestamp) -> RecordedEvent {
+    recorded(
+        1,
+        at,
+        HistoryEvent::WorkflowStarted {
+            instance_type: "order".into(),
+            version: 1,
+            input: Payload::json(&500u32).unwrap(),
+            parent: None,
+            continued_from: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_run_with_a_commit_in_flight_is_not_replaced_and_takes_only_its_own_confirmation() {
+    let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
+    let registry = order_registry();
+    let at = Timestamp::from_millis(5);
+    let Some(LiveTurn::Turn(_, _, token)) = live
+        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
+        .await
+    else {
+        panic!("no turn");
+    };
+    // Another turn of the instance claimed meanwhile, from the whole history (a read-ahead, or
+    // a miss): it runs on a run that is not kept, and the live run stays.
+    let again = live
+        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
+        .await;
+    let Some(LiveTurn::Cold(cold)) = again else {
+        panic!("the live run was replaced while its commit was in flight");
+    };
+    assert_eq!(cold.commit.appends[0].events.len(), 1, "the same decision");
+    // So is a continuation that brings the whole history.
+    let replaced = live
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            Some(vec![started(at)]),
+            completed(1),
+            at,
+        )
+        .await;
+    assert!(replaced.is_none(), "a continuation replaced the live run");
+    // A confirmation under another turn's token does not reach the run: it still waits.
+    live.confirm(ID, token + 100, 2, Timestamp::from_millis(9));
+    let early = live
+        .continue_with(ID, &claimed("default"), &registry, None, completed(1), at)
+        .await;
+    assert!(early.is_none(), "the run took another turn's confirmation");
+    // Its own does; its activity reporting back proves the commit written.
+    live.confirm(ID, token, 2, at);
+    let (seq, _, _, _) = live
+        .continue_with(ID, &claimed("default"), &registry, None, completed(1), at)
+        .await
+        .expect("the live run continues on its own commit");
+    assert_eq!(seq, 3);
+}
+
 #[tokio::test]
 async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_proven_written() {
     let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
@@ -43,7 +110,7 @@ async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_
         "charge_card, command 1"
     );
     // The run takes the turn's events in ahead of the commit.
-    live.confirm(ID, 2, at);
+    live.confirm(ID, token, 2, at);
     // An activity the commit did not schedule reports back: the commit may still fail, and
     // a continuation fenced after its events could land on other events. Refused.
     let other = live
@@ -62,7 +129,7 @@ async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_
     ));
     // That continuation's commit is in flight in turn: the timer it set (which no activity
     // of it can prove) waits for its acknowledgement.
-    live.confirm(ID, 4, at);
+    live.confirm(ID, second, 4, at);
     let fired = HistoryEvent::TimerFired { command: 2 };
     let early = live
         .continue_with(ID, &claimed("default"), &registry, None, fired.clone(), at)

@@ -48,13 +48,16 @@ impl Runner {
                 .turn(&instance, &task, &self.registry, 1, history)
                 .await;
         }
+        // The token the live run's commit is acknowledged with; none for a turn on a run that
+        // is not kept, whose commit leaves the live run alone.
         let (turn, token) = match reply {
             Some(LiveTurn::Turn(turn, warn, token)) => {
                 if warn {
                     host.note(RunEvent::LongHistory);
                 }
-                (*turn, token)
+                (*turn, Some(token))
             }
+            Some(LiveTurn::Cold(turn)) => (*turn, None),
             Some(LiveTurn::Miss) | None => {
                 // The orchestration thread could not run it (its job failed): replay the history
                 // here into a run that is not kept, as a worker without live instances does.
@@ -63,7 +66,7 @@ impl Runner {
                 self.live.forget(&instance);
                 (
                     crate::turn::process_turn(&self.registry, &task, &history),
-                    0,
+                    None,
                 )
             }
         };
@@ -78,20 +81,27 @@ impl Runner {
         if let Some(i) = own {
             commit.appends[i].at.get_or_insert(at);
         }
-        let confirmed = own.and_then(|i| self.confirm_ahead(&commit.appends[i], at));
+        let confirmed = match (own, token) {
+            (Some(i), Some(token)) => self.confirm_ahead(&commit.appends[i], token, at),
+            _ => None,
+        };
         match host.commit(commit.clone()).await {
             Ok(committed) => {
-                if let Some(i) = own
-                    && confirmed != Some(committed.appended[i].0)
-                {
-                    self.live.forget(&instance);
-                } else {
-                    self.live.ack(&instance, token);
+                if let Some(token) = token {
+                    if let Some(i) = own
+                        && confirmed != Some(committed.appended[i].0)
+                    {
+                        self.live.forget(&instance);
+                    } else {
+                        self.live.ack(&instance, token);
+                    }
                 }
                 Ok(Handled::Settled)
             }
             Err(e) => {
-                self.live.forget(&instance);
+                if token.is_some() {
+                    self.live.forget(&instance);
+                }
                 // Nothing was written. The settle step commits it again and handles what went
                 // wrong (a conflict reruns the turn); the tasks meant to start here go through
                 // the queue.
@@ -236,7 +246,7 @@ impl Runner {
             events: own.events[1..].to_vec(),
             ..own.clone()
         };
-        let confirmed = self.confirm_ahead(&turn_events, at);
+        let confirmed = self.confirm_ahead(&turn_events, token, at);
         match host.commit(combined).await {
             Ok(committed) => {
                 if confirmed.is_some() && confirmed != Some(committed.appended[0].0 + 1) {
@@ -262,12 +272,17 @@ impl Runner {
     /// continue the instance from its live run: the run must already be past these events then.
     /// Returns that first sequence number, or `None` when the append is not fenced at one (the
     /// run is then dropped). The caller forgets the instance if the commit fails.
-    fn confirm_ahead(&self, append: &quark_history::Append, at: Timestamp) -> Option<u64> {
+    fn confirm_ahead(
+        &self,
+        append: &quark_history::Append,
+        token: u64,
+        at: Timestamp,
+    ) -> Option<u64> {
         let Expected::Seq(first) = append.expected else {
             self.live.forget(&append.instance_id);
             return None;
         };
-        self.live.confirm(&append.instance_id, first, at);
+        self.live.confirm(&append.instance_id, token, first, at);
         Some(first)
     }
 }
