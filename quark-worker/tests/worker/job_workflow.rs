@@ -122,13 +122,30 @@ fn worker(t: &TestStore, queues: &[&str]) -> Worker {
 }
 
 async fn finish(
+    t: &TestStore,
     run: &quark_workflow::JobWorkflowHandle,
 ) -> Result<JobWorkflowReport, JobWorkflowRunError> {
     // Longer than a lease (30 s): a task whose lease must expire before it runs again is slow,
     // not wrong; the assertions after this check that every job ran exactly once.
-    tokio::time::timeout(Duration::from_secs(90), run.result())
-        .await
-        .expect("the workflow ends")
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    // The store runs on the test's clock, which stands still unless moved. A task released after
+    // a backoff (its commit met a deadlock between two commits of the instance, under load)
+    // waits for that clock: it moves here no faster than real time, so leases keep their length.
+    let tick = Duration::from_millis(5);
+    let result = run.result();
+    tokio::pin!(result);
+    loop {
+        tokio::select! {
+            result = &mut result => return result,
+            () = tokio::time::sleep(tick) => t.clock.advance(tick),
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "the workflow did not end within 90 s; where it stands:\n{}",
+                crate::support::where_it_stands(t, run.id()).await
+            );
+        }
+    }
 }
 
 async fn it_runs_the_middle_stage_of_a_diamond_at_once_and_shows_progress(t: &TestStore) {
@@ -169,7 +186,7 @@ async fn it_runs_the_middle_stage_of_a_diamond_at_once_and_shows_progress(t: &Te
     assert_eq!((p.finished(), p.total()), (1, 4));
     gate(&key).release.send_replace(true);
 
-    let report = finish(&run).await.unwrap();
+    let report = finish(t, &run).await.unwrap();
     assert_eq!(report.output::<u64>("double").unwrap(), 20);
     assert_eq!(report.output::<u64>("triple").unwrap(), 30);
     assert_eq!(report.output::<u64>("total").unwrap(), 50);
@@ -207,7 +224,7 @@ async fn it_fails_the_workflow_or_skips_dependents_when_a_middle_job_fails(t: &T
     let key = unique("fail");
     let dag = middle_fails(&key, OnFailure::FailWorkflow);
     let run = client.start_job_workflow("fail", &dag).await.unwrap();
-    let Err(JobWorkflowRunError::JobFailed { job, error, report }) = finish(&run).await else {
+    let Err(JobWorkflowRunError::JobFailed { job, error, report }) = finish(t, &run).await else {
         panic!("the broken job should fail the workflow");
     };
     assert_eq!((job.as_str(), error), ("b", format!("{key}-b is broken")));
@@ -224,7 +241,7 @@ async fn it_fails_the_workflow_or_skips_dependents_when_a_middle_job_fails(t: &T
     let key = unique("skip");
     let dag = middle_fails(&key, OnFailure::SkipDependents);
     let run = client.start_job_workflow("skip", &dag).await.unwrap();
-    let report = finish(&run).await.unwrap();
+    let report = finish(t, &run).await.unwrap();
     assert_eq!(report.in_state("completed"), ["a", "c", "e", "f"]);
     assert_eq!(report.in_state("failed"), ["b"]);
     assert_eq!(report.in_state("skipped"), ["d"]);
@@ -283,7 +300,7 @@ async fn it_finishes_on_another_worker_a_workflow_left_by_a_stopped_one(t: &Test
 
     // A new worker, with nothing in memory, resumes it from the journal.
     let second = worker(t, &["default", "load"]).start().await.unwrap();
-    let report = finish(&run).await.unwrap();
+    let report = finish(t, &run).await.unwrap();
     assert!(report.is_finished());
     assert_eq!(report.in_state("completed").len(), 4);
     for job in ["extract", "load_a", "load_b", "report"] {

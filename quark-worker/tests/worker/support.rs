@@ -38,3 +38,35 @@ pub(crate) async fn meet(key: &str) {
         let _ = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
     }
 }
+
+/// What a test that timed out waiting for `instance` shows: its history, and on PostgreSQL the
+/// queue's rows for it (payloads left out), so that a hang says where it stands.
+pub(crate) async fn where_it_stands(
+    t: &quark_history::testing::TestStore,
+    instance: &str,
+) -> String {
+    use quark_history::HistoryRange;
+    let mut out = String::new();
+    match t.store.read_history(instance, HistoryRange::All).await {
+        Ok(events) => {
+            for e in events {
+                out.push_str(&format!("  {} {:?} {:?}\n", e.seq, e.recorded_at, e.event));
+            }
+        }
+        Err(e) => out.push_str(&format!("  history unreadable: {e}\n")),
+    }
+    #[allow(irrefutable_let_patterns)]
+    if let quark_history::testing::Raw::Postgres(pool) = t.raw() {
+        let rows: Result<Vec<String>, _> = sqlx::query_scalar(
+            "SELECT (to_jsonb(t) - 'payload')::text FROM tasks t WHERE instance_id = $1 ORDER BY id",
+        )
+        .bind(instance)
+        .fetch_all(pool)
+        .await;
+        match rows {
+            Ok(rows) => out.extend(rows.into_iter().map(|r| format!("  task {r}\n"))),
+            Err(e) => out.push_str(&format!("  tasks unreadable: {e}\n")),
+        }
+    }
+    out
+}
