@@ -373,6 +373,27 @@ async fn bench(
         p99: ms(light.value_at_quantile(0.99)),
     });
 
+    // The same as the caller sees it: from `start` to `result` returning, one at a time.
+    let mut awaited = histogram();
+    for i in 0..a.light {
+        let began = Instant::now();
+        let handle = three_steps::start(&client, format!("awaited-{i}"), i)
+            .await
+            .unwrap();
+        handle.result().await.unwrap();
+        awaited.record(began.elapsed().as_micros() as u64).unwrap();
+    }
+    rows.push(Row {
+        backend,
+        workload: format!(
+            "{} orchestrations one at a time (start to Client::result returning)",
+            a.light
+        ),
+        rate: "-".into(),
+        p50: ms(awaited.value_at_quantile(0.5)),
+        p99: ms(awaited.value_at_quantile(0.99)),
+    });
+
     // Enqueue to start, at light load: one job at a time, idle worker.
     let mut e2s = histogram();
     for _ in 0..a.light {
