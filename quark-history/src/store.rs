@@ -279,6 +279,13 @@ pub trait Store:
     /// Subscribes to wake-ups: a notice whenever tasks become visible on some queue.
     fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>>;
 
+    /// Subscribes to the ends of instances: a [`Wake::Ended`](crate::Wake::Ended) whenever a
+    /// commit ends one (in this process, and on PostgreSQL in any process), and
+    /// [`Wake::MayHaveMissed`](crate::Wake::MayHaveMissed) when some may have been lost. Notices
+    /// are hints: whoever waits still looks now and then (on SQLite, another process's ends are
+    /// not heard at all).
+    fn watch_ends(&self) -> BoxFuture<'_, Result<Wakeups>>;
+
     // -- workers -----------------------------------------------------------------------------------
 
     /// Registers or refreshes a worker (the heartbeat).

@@ -5,6 +5,9 @@
 //! commit path) and a listener feeds other processes' notices into the hub. Notices are hints:
 //! pollers still poll on a timer, because a notice can be lost (a dropped connection, a lagging
 //! subscriber). A subscriber is told when that may have happened ([`Wake::MayHaveMissed`]).
+//!
+//! The ends of instances go the same ways on a channel of their own, so that a caller awaiting a
+//! result is told at once while workers' pollers never hear of them.
 
 use std::time::Duration;
 
@@ -22,25 +25,56 @@ pub enum Wake {
         kind: crate::TaskKind,
     },
     /// Notices may have been lost (the listener reconnected, or this subscriber lagged): poll every
-    /// queue.
+    /// queue, or look at every instance awaited.
     MayHaveMissed,
+    /// An instance ended (completed, failed, cancelled, terminated or continued as new). Only
+    /// subscribers to ends ([`Store::watch_ends`](crate::Store::watch_ends)) get it.
+    Ended {
+        /// The instance.
+        instance: String,
+    },
 }
 
 /// The in-process hub of a store.
 #[derive(Debug, Clone)]
 pub(crate) struct Hub {
     tx: broadcast::Sender<Wake>,
+    ends: broadcast::Sender<Wake>,
 }
 
 impl Hub {
     pub(crate) fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Hub { tx }
+        let (ends, _) = broadcast::channel(1024);
+        Hub { tx, ends }
     }
 
+    /// Tells the subscribers to wake-ups; [`Wake::MayHaveMissed`] goes to the subscribers to
+    /// ends as well, and [`Wake::Ended`] to them only.
     pub(crate) fn announce(&self, wake: Wake) {
-        // No subscriber is not an error: nobody is idle.
-        let _ = self.tx.send(wake);
+        // No subscriber is not an error: nobody is idle, nobody waits.
+        match wake {
+            Wake::Ended { .. } => {
+                let _ = self.ends.send(wake);
+            }
+            Wake::MayHaveMissed => {
+                let _ = self.ends.send(Wake::MayHaveMissed);
+                let _ = self.tx.send(wake);
+            }
+            Wake::Queue { .. } => {
+                let _ = self.tx.send(wake);
+            }
+        }
+    }
+
+    pub(crate) fn subscribe_ends(
+        &self,
+        keepalive: Option<std::sync::Arc<dyn Send + Sync>>,
+    ) -> Wakeups {
+        Wakeups {
+            rx: self.ends.subscribe(),
+            _keepalive: keepalive,
+        }
     }
 
     pub(crate) fn subscribe(&self, keepalive: Option<std::sync::Arc<dyn Send + Sync>>) -> Wakeups {

@@ -145,7 +145,15 @@ impl StartOptions {
 pub struct Client {
     store: Arc<dyn Store>,
     driver: Option<Arc<dyn Driver>>,
+    /// How long [`result`](Self::result) goes without looking at the instance, at most, when it
+    /// hears of no end.
+    look_every: Duration,
 }
+
+/// How long [`Client::result`] waits at most between two looks at an instance when it hears of
+/// no end: ends are announced, so this only bounds how late a lost notice, a blocked instance or
+/// (on SQLite) another process's end is seen.
+pub const DEFAULT_RESULT_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,6 +169,7 @@ impl Client {
         Client {
             store,
             driver: None,
+            look_every: DEFAULT_RESULT_LOOK_EVERY,
         }
     }
 
@@ -168,7 +177,15 @@ impl Client {
         Client {
             store,
             driver: Some(driver),
+            look_every: DEFAULT_RESULT_LOOK_EVERY,
         }
+    }
+
+    /// Sets how long [`result`](Self::result) goes at most without looking at the instance when
+    /// it hears of no end (default [`DEFAULT_RESULT_LOOK_EVERY`]).
+    pub fn result_look_every(mut self, every: Duration) -> Self {
+        self.look_every = every;
+        self
     }
 
     /// The store.
@@ -362,8 +379,23 @@ impl Client {
     /// Waits until `instance_id` (or the last run it continued as) ends, and decodes its output.
     /// A blocked instance does not wait: it is [`ClientError::Blocked`] at once, with the error
     /// that blocks it.
+    ///
+    /// It waits for the instance's end to be announced (in this process, and on PostgreSQL by
+    /// any process), and looks again at least every
+    /// [`result_look_every`](Self::result_look_every) in case a notice was lost.
     pub async fn result<T: DeserializeOwned>(&self, instance_id: &str) -> Result<T, ClientError> {
         let mut id = instance_id.to_string();
+        // Subscribed before the first look, so that an end between a look and the wait is heard.
+        let mut ends = match self.driver {
+            Some(_) => None,
+            None => match self.store.watch_ends().await {
+                Ok(ends) => Some(ends),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no notices of ends; looking at the instance now and then");
+                    None
+                }
+            },
+        };
         let mut delay = Duration::from_millis(10);
         loop {
             let record = self.describe(&id).await?;
@@ -371,10 +403,11 @@ impl Client {
                 return Err(blocked(record));
             }
             if !record.status.is_closed() {
-                match &self.driver {
-                    Some(driver) => driver.drive(&id).await?,
-                    None => {
-                        tokio::time::sleep(delay).await;
+                match (&self.driver, &mut ends) {
+                    (Some(driver), _) => driver.drive(&id).await?,
+                    (None, Some(ends)) => wait_for_end(ends, &id, self.look_every).await,
+                    (None, None) => {
+                        tokio::time::sleep(delay.min(self.look_every)).await;
                         delay = (delay * 2).min(Duration::from_millis(500));
                     }
                 }
@@ -410,6 +443,19 @@ impl Client {
                     )));
                 }
             }
+        }
+    }
+}
+
+/// Waits until `instance` is announced ended, a notice may have been lost, or `every` passed.
+async fn wait_for_end(ends: &mut quark_history::Wakeups, instance: &str, every: Duration) {
+    let deadline = tokio::time::Instant::now() + every;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ends.wait(left).await {
+            None | Some(quark_history::Wake::MayHaveMissed) => return,
+            Some(quark_history::Wake::Ended { instance: ended }) if ended == instance => return,
+            Some(_) => {}
         }
     }
 }

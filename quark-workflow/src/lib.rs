@@ -119,7 +119,7 @@ pub use activity::{
     ActivityContext, ActivityEffects, ActivityInbox, ActivityInfo, ActivityOutbox,
     CancellationToken, HeartbeatSink, JobControl, ProgressSink,
 };
-pub use client::{Client, ClientError, Handle, StartOptions};
+pub use client::{Client, ClientError, DEFAULT_RESULT_LOOK_EVERY, Handle, StartOptions};
 pub use combinator::{Join, Select, Timeout};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};

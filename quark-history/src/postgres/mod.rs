@@ -160,6 +160,20 @@ impl crate::sql::SqlStore for PostgresStore {
         })
     }
 
+    fn announce_ends(&self, ended: Vec<String>) {
+        for instance in ended {
+            self.notifier.send_end(instance.clone());
+            self.hub.announce(crate::Wake::Ended { instance });
+        }
+    }
+
+    fn end_wakeups(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        Box::pin(async move {
+            let listener = self.notifier.listener(&self.pool, &self.hub).await?;
+            Ok(self.hub.subscribe_ends(Some(listener)))
+        })
+    }
+
     fn limited_queues(&self) -> &crate::jobs::LimitedQueues {
         &self.rate_limited
     }

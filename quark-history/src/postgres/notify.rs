@@ -22,10 +22,31 @@ pub(super) fn notice(origin: &str, kind: TaskKind, queue: &str) -> String {
     format!("{origin}|{kind}|{queue}")
 }
 
+/// The kind a notice of an instance's end carries in place of a task kind: `origin|ended|id`.
+const ENDED: &str = "ended";
+
+/// What a notice tells.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Notice {
+    /// Tasks of a kind became visible on a queue.
+    Queue(String, TaskKind),
+    /// An instance ended.
+    Ended(String),
+}
+
+impl Notice {
+    fn payload(&self, origin: &str) -> String {
+        match self {
+            Notice::Queue(queue, kind) => notice(origin, *kind, queue),
+            Notice::Ended(instance) => format!("{origin}|{ENDED}|{instance}"),
+        }
+    }
+}
+
 /// Sends coalesced `NOTIFY`s off the commit path and owns the shared listener.
 #[derive(Debug)]
 pub(super) struct Notifier {
-    tx: mpsc::UnboundedSender<(String, TaskKind)>,
+    tx: mpsc::UnboundedSender<Notice>,
     /// Tags this store's notices so its own listener can ignore their echo.
     origin: String,
     listener: Mutex<Weak<ListenerTask>>,
@@ -33,18 +54,17 @@ pub(super) struct Notifier {
 
 impl Notifier {
     pub(super) fn start(pool: PgPool) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, TaskKind)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
         let origin = uuid::Uuid::now_v7().simple().to_string();
         let tag = origin.clone();
         tokio::spawn(async move {
             // Whatever arrives while one NOTIFY is in flight goes out together in the next.
             while let Some(first) = rx.recv().await {
-                let mut queues = BTreeSet::from([first]);
-                while let Ok(queue) = rx.try_recv() {
-                    queues.insert(queue);
+                let mut notices = BTreeSet::from([first]);
+                while let Ok(notice) = rx.try_recv() {
+                    notices.insert(notice);
                 }
-                let payloads: Vec<String> =
-                    queues.iter().map(|(q, k)| notice(&tag, *k, q)).collect();
+                let payloads: Vec<String> = notices.iter().map(|n| n.payload(&tag)).collect();
                 if let Err(e) = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
                     .bind(CHANNEL)
                     .bind(&payloads)
@@ -52,7 +72,7 @@ impl Notifier {
                     .await
                 {
                     // A lost notice costs one polling interval of latency, nothing more.
-                    tracing::debug!(error = %e, "NOTIFY failed; pollers will find the tasks");
+                    tracing::debug!(error = %e, "NOTIFY failed; pollers will find the tasks, waiters the ends");
                 }
                 // Each NOTIFY takes a cluster-wide lock at commit: send at most one batch per
                 // interval, and let what arrives meanwhile ride along with the next.
@@ -68,7 +88,12 @@ impl Notifier {
 
     /// Queues a notice for tasks of `kind` on `queue`.
     pub(super) fn send(&self, queue: String, kind: TaskKind) {
-        let _ = self.tx.send((queue, kind));
+        let _ = self.tx.send(Notice::Queue(queue, kind));
+    }
+
+    /// Queues a notice that `instance` ended.
+    pub(super) fn send_end(&self, instance: String) {
+        let _ = self.tx.send(Notice::Ended(instance));
     }
 
     /// The running listener, started if none is. Resolves once `LISTEN` is in effect.
@@ -143,15 +168,20 @@ async fn listen(pool: PgPool, hub: Hub, origin: String, ready: oneshot::Sender<s
                 Ok(Some(notice)) => {
                     // `origin|kind|queue`: queue names may contain `|`, so they come last.
                     let mut parts = notice.payload().splitn(3, '|');
-                    if let (Some(from), Some(kind), Some(queue)) =
+                    if let (Some(from), Some(kind), Some(name)) =
                         (parts.next(), parts.next(), parts.next())
                         && from != origin
-                        && let Ok(kind) = kind.parse::<TaskKind>()
                     {
-                        hub.announce(Wake::Queue {
-                            queue: queue.to_string(),
-                            kind,
-                        });
+                        if kind == ENDED {
+                            hub.announce(Wake::Ended {
+                                instance: name.to_string(),
+                            });
+                        } else if let Ok(kind) = kind.parse::<TaskKind>() {
+                            hub.announce(Wake::Queue {
+                                queue: name.to_string(),
+                                kind,
+                            });
+                        }
                     }
                 }
                 // The connection dropped and was re-established; notices may be lost.

@@ -340,6 +340,13 @@ pub(crate) trait SqlStore:
     /// A subscription to wake-ups: this process's, and on PostgreSQL other processes' by `LISTEN`.
     fn wakeups(&self) -> BoxFuture<'_, Result<Wakeups>>;
 
+    /// Tells those waiting for these instances that they ended: in this process and, on
+    /// PostgreSQL, in others by `NOTIFY`.
+    fn announce_ends(&self, ended: Vec<String>);
+
+    /// A subscription to the ends of instances, as [`wakeups`](Self::wakeups).
+    fn end_wakeups(&self) -> BoxFuture<'_, Result<Wakeups>>;
+
     /// The rate-limited queues, as last read.
     fn limited_queues(&self) -> &LimitedQueues;
 

@@ -127,11 +127,33 @@ impl<S: SqlStore> Store for S {
     }
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
-        self.write_commit(commit)
+        let ended = ended(&commit);
+        if ended.is_empty() {
+            return self.write_commit(commit);
+        }
+        Box::pin(async move {
+            let committed = self.write_commit(commit).await?;
+            self.announce_ends(ended);
+            Ok(committed)
+        })
     }
 
     fn commit_many(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
-        self.write_commits(commits)
+        let ended: Vec<Vec<String>> = commits.iter().map(ended).collect();
+        if ended.iter().all(Vec::is_empty) {
+            return self.write_commits(commits);
+        }
+        Box::pin(async move {
+            let results = self.write_commits(commits).await;
+            let written = results
+                .iter()
+                .zip(ended)
+                .filter(|(r, _)| r.is_ok())
+                .flat_map(|(_, ended)| ended)
+                .collect();
+            self.announce_ends(written);
+            results
+        })
     }
 
     fn begin_tx(&self) -> BoxFuture<'_, Result<StoreTx>> {
@@ -142,8 +164,14 @@ impl<S: SqlStore> Store for S {
     }
 
     fn commit_tx(&self, tx: StoreTx, commit: Commit) -> BoxFuture<'_, Result<Committed>> {
+        let ended = ended(&commit);
         match S::Db::from_store_tx(tx) {
-            Ok(tx) => self.write_commit_in(tx, commit),
+            Ok(tx) if ended.is_empty() => self.write_commit_in(tx, commit),
+            Ok(tx) => Box::pin(async move {
+                let committed = self.write_commit_in(tx, commit).await?;
+                self.announce_ends(ended);
+                Ok(committed)
+            }),
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }
@@ -178,6 +206,10 @@ impl<S: SqlStore> Store for S {
 
     fn subscribe(&self) -> BoxFuture<'_, Result<Wakeups>> {
         self.wakeups()
+    }
+
+    fn watch_ends(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        self.end_wakeups()
     }
 
     fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
@@ -223,4 +255,13 @@ impl<S: SqlStore> Store for S {
     fn reap_workers<'a>(&'a self, caller: &'a str) -> BoxFuture<'a, Result<Vec<Reaped>>> {
         Box::pin(workers::reap(self, caller))
     }
+}
+
+/// The instances `commit` ends, to be told once it is written.
+fn ended(commit: &Commit) -> Vec<String> {
+    commit
+        .ending_instances()
+        .into_iter()
+        .map(str::to_string)
+        .collect()
 }

@@ -167,6 +167,16 @@ impl crate::sql::SqlStore for SqliteStore {
         Box::pin(async move { Ok(self.hub.subscribe(None)) })
     }
 
+    fn announce_ends(&self, ended: Vec<String>) {
+        for instance in ended {
+            self.hub.announce(crate::Wake::Ended { instance });
+        }
+    }
+
+    fn end_wakeups(&self) -> BoxFuture<'_, Result<Wakeups>> {
+        Box::pin(async move { Ok(self.hub.subscribe_ends(None)) })
+    }
+
     fn limited_queues(&self) -> &crate::jobs::LimitedQueues {
         &self.rate_limited
     }

@@ -20,6 +20,7 @@ quark_history::backend_tests!(
     it_lets_a_child_finish_after_its_parent_was_terminated,
     it_cancels_the_running_activity_of_a_terminated_orchestration,
     it_does_not_start_the_activities_of_a_turn_that_ends_its_orchestration,
+    it_hands_over_a_result_when_the_end_is_announced_without_looking_again,
 );
 
 /// Starts a `patient` child and waits for it.
@@ -485,5 +486,50 @@ async fn it_does_not_start_the_activities_of_a_turn_that_ends_its_orchestration(
         history_kinds(t, "forgetful").await,
         ["WorkflowStarted", "ActivityScheduled", "WorkflowCompleted"]
     );
+    running.shutdown().await;
+}
+
+async fn it_hands_over_a_result_when_the_end_is_announced_without_looking_again(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    // Clients that look at the instance only once an hour unless told of its end: the result
+    // arrives within the test's minute only if the end is announced. One shares the worker's
+    // store (this process); on PostgreSQL another has a store of its own, as another process
+    // would, and hears of the end through the database.
+    let here = Client::new(Arc::clone(&t.store)).result_look_every(Duration::from_secs(3600));
+    let mut clients = vec![("this process", here)];
+    if let Some(url) = t.database_url() {
+        let own = quark_history::PostgresStore::connect_with(
+            &url,
+            quark_history::StoreConfig::default().clock(t.clock.clone()),
+        )
+        .await
+        .unwrap();
+        let elsewhere = Client::new(Arc::new(own)).result_look_every(Duration::from_secs(3600));
+        clients.push(("another store", elsewhere));
+    }
+    for (i, (who, client)) in clients.into_iter().enumerate() {
+        let id = format!("announced-{i}");
+        // Held so that the store listens already: the waiter's first look comes at once.
+        let _listening = client.store().watch_ends().await.unwrap();
+        let handle = patient::start(&client, id.clone(), "leave".to_string())
+            .await
+            .unwrap();
+        // The waiter looks (the instance runs) while the first turn runs, before the signal
+        // that ends the instance is sent.
+        let waiter = tokio::spawn(async move { handle.result().await });
+        // Its first turn done (the worker that ran it is the instance's affinity), it waits for
+        // approval.
+        eventually("the patient waits for approval", async || {
+            client.describe(&id).await.unwrap().affinity.is_some()
+        })
+        .await;
+        client.signal(&id, "approve", &true).await.unwrap();
+        let output = tokio::time::timeout(Duration::from_secs(60), waiter)
+            .await
+            .unwrap_or_else(|_| panic!("{who}: the result waited for its next look"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(output, "leave approved", "{who}");
+    }
     running.shutdown().await;
 }
