@@ -233,3 +233,73 @@ pub fn skip_slow(suite: &str) -> bool {
     }
     skip
 }
+
+/// The book's chapters, compiled and run as doctests (`cargo test -p quark-tests --doc`): every
+/// ```` ```rust ```` block of `book/src` is a test against the current API, so the guide cannot
+/// drift from the code. A block marked `ignore` says why next to it.
+#[cfg(doctest)]
+mod book {
+    macro_rules! chapters {
+        ($($name:ident => $file:literal),* $(,)?) => {
+            $(
+                #[doc = include_str!(concat!("../../book/src/", $file))]
+                mod $name {}
+            )*
+        };
+    }
+
+    chapters! {
+        introduction => "introduction.md",
+        getting_started => "getting_started.md",
+        concepts => "concepts.md",
+        workflows => "workflows.md",
+        determinism => "determinism.md",
+        testing => "testing.md",
+        versioning => "versioning.md",
+        jobs => "jobs.md",
+        schedules => "schedules.md",
+        job_workflows => "job_workflows.md",
+        journal => "journal.md",
+        sagas => "sagas.md",
+        outbox => "outbox.md",
+        transactional => "transactional.md",
+        configuration => "configuration.md",
+        deployment => "deployment.md",
+        cli => "cli.md",
+        performance => "performance.md",
+        performance_lab => "performance_lab.md",
+    }
+}
+
+#[cfg(test)]
+mod book_tests {
+    /// A chapter left out of the list above would have its snippets go uncompiled, and one left
+    /// out of `SUMMARY.md` would be missing from the built book.
+    #[test]
+    fn every_chapter_is_in_the_summary_and_compiled_as_a_doctest() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../book/src");
+        let summary = std::fs::read_to_string(dir.join("SUMMARY.md")).unwrap();
+        let this = include_str!("lib.rs");
+        let mut chapters = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".md") || name == "SUMMARY.md" {
+                continue;
+            }
+            chapters += 1;
+            assert!(
+                this.contains(&format!("=> \"{name}\"")),
+                "book/src/{name} is not compiled as a doctest: add it to `chapters!` in tests/src/lib.rs"
+            );
+            assert!(
+                summary.contains(&format!("]({name})")),
+                "book/src/{name} is not in book/src/SUMMARY.md"
+            );
+        }
+        assert!(
+            chapters > 10,
+            "found only {chapters} chapters in {}",
+            dir.display()
+        );
+    }
+}

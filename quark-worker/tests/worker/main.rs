@@ -9,6 +9,7 @@ mod brokers;
 mod cli;
 mod cli_jobs;
 mod cli_outbox;
+mod cli_reference;
 mod cli_schedule;
 mod drivers;
 mod job_control;
