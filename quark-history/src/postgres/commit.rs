@@ -150,6 +150,10 @@ struct Written {
     heads: Vec<(String, Option<Head>)>,
 }
 
+/// How many times one commit is tried when the database rolls it back for a deadlock or a
+/// serialization failure.
+const TRANSIENT_ATTEMPTS: u32 = 3;
+
 /// Every write path locks task rows before instance rows, each in id order, so that two commits
 /// cannot deadlock. A commit that wakes an orchestration merges into its task row after appending
 /// to the instance, and one that ends an instance drops its activities and timers after appending
@@ -272,10 +276,27 @@ impl PostgresStore {
                 deduplicated: Vec::new(),
             });
         }
-        let mut tx = self.begin().await?;
-        let written = self.write(&mut tx, &commit, &messages, now).await?;
-        tx.commit().await?;
-        Ok(self.after_commit(written))
+        // A deadlock or a serialization failure rolled the whole transaction back and wrote
+        // nothing: run it again a few times before giving up. Giving up releases the task, and
+        // an activity's task released after its code ran runs its code again.
+        let mut attempt = 1;
+        loop {
+            let tried = async {
+                let mut tx = self.begin().await?;
+                let written = self.write(&mut tx, &commit, &messages, now).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(written)
+            }
+            .await;
+            match tried {
+                Ok(written) => return Ok(self.after_commit(written)),
+                Err(e @ Error::Transient(_)) if attempt < TRANSIENT_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "commit rolled back by the database; running it again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Writes `commit` inside the caller's transaction `tx` (begun with `Store::begin_tx`) and

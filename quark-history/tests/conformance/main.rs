@@ -12,6 +12,7 @@ mod properties;
 mod batch;
 mod blocked;
 mod concurrency;
+mod deadlock;
 mod ending;
 mod inbox_order;
 mod instances;
