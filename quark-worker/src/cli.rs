@@ -277,7 +277,7 @@ pub async fn run_on(
         command @ Command::Completions { .. } => {
             run_offline(command, output, registry.as_ref(), out)?
         }
-        Command::Worker(args) => worker(store, args, registry, out).await?,
+        Command::Worker(args) => worker(store, args, registry, output, out).await?,
         Command::Migrate => {
             store.migrate().await?;
             #[derive(Serialize)]
@@ -408,6 +408,7 @@ async fn worker(
     store: Arc<dyn Store>,
     args: WorkerArgs,
     registry: Option<Registry>,
+    output: Output,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let Some(registry) = registry else {
@@ -441,14 +442,15 @@ async fn worker(
     }
     let worker = builder.build()?;
     let running = worker.start().await?;
-    writeln!(out, "worker {} serving; Ctrl-C to stop", worker.id())?;
-    if let Some(addr) = running.metrics_addr() {
-        writeln!(
-            out,
-            "metrics and health on http://{addr}/metrics, /healthz, /readyz"
-        )?;
-    }
-    out.flush()?;
+    let worker_id = worker.id().to_string();
+    announce(
+        out,
+        output,
+        &Lifecycle::Serving {
+            worker_id: worker_id.clone(),
+            metrics_addr: running.metrics_addr().map(|a| a.to_string()),
+        },
+    )?;
     let taken_over = tokio::select! {
         () = crate::shutdown_signal() => false,
         () = running.taken_over() => true,
@@ -461,12 +463,14 @@ async fn worker(
             worker.id()
         );
     }
-    writeln!(
+    announce(
         out,
-        "stopping: finishing the tasks in hand (up to {}); Ctrl-C again to exit at once",
-        duration::show(shutdown_timeout)
+        output,
+        &Lifecycle::Stopping {
+            worker_id: worker_id.clone(),
+            shutdown_timeout: duration::show(shutdown_timeout),
+        },
     )?;
-    out.flush()?;
     // The worker's own waits share one deadline (`shutdown_grace`); this bounds the rest (handing
     // tasks back, deregistering), so the whole shutdown has one deadline whatever the database does.
     tokio::select! {
@@ -486,7 +490,58 @@ async fn worker(
             std::process::exit(130);
         }
     }
-    writeln!(out, "worker stopped: {:?}", worker.metrics())?;
+    announce(out, output, &Lifecycle::Stopped { worker_id })?;
+    Ok(())
+}
+
+/// What a running worker says as it goes: a line of text, or of JSON in the `json` and `jsonl`
+/// formats (a stream, so one object a line in both).
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Lifecycle {
+    Serving {
+        worker_id: String,
+        metrics_addr: Option<String>,
+    },
+    Stopping {
+        worker_id: String,
+        shutdown_timeout: String,
+    },
+    Stopped {
+        worker_id: String,
+    },
+}
+
+fn announce(out: &mut dyn Write, output: Output, event: &Lifecycle) -> anyhow::Result<()> {
+    if output != Output::Table {
+        serde_json::to_writer(&mut *out, event)?;
+        writeln!(out)?;
+    } else {
+        match event {
+            Lifecycle::Serving {
+                worker_id,
+                metrics_addr,
+            } => {
+                writeln!(out, "worker {worker_id} serving; Ctrl-C to stop")?;
+                if let Some(addr) = metrics_addr {
+                    writeln!(
+                        out,
+                        "metrics and health on http://{addr}/metrics, /healthz, /readyz"
+                    )?;
+                }
+            }
+            Lifecycle::Stopping {
+                shutdown_timeout, ..
+            } => writeln!(
+                out,
+                "stopping: finishing the tasks in hand (up to {shutdown_timeout}); Ctrl-C again \
+                 to exit at once"
+            )?,
+            Lifecycle::Stopped { worker_id } => writeln!(out, "worker {worker_id} stopped")?,
+        }
+    }
+    // Whoever reads the lines (a supervisor, a test) sees each when it happens.
+    out.flush()?;
     Ok(())
 }
 

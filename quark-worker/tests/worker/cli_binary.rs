@@ -228,3 +228,38 @@ fn it_prints_shell_completions() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn read_only_commands_leave_an_unmigrated_postgres_database_alone() {
+    use sqlx::Connection;
+    let Some(db) = quark_history::testing::postgres_empty().await else {
+        return;
+    };
+    let dir = scratch("pg-read-only");
+    let env = [("QUARK_DATABASE_URL", db.url.as_str())];
+    let o = quark(&dir, &["job", "list"], &env);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("missing or older than this binary")
+            && stderr(&o).contains("run `quark migrate`"),
+        "{}",
+        stderr(&o)
+    );
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "no schema was created");
+    conn.close().await.unwrap();
+
+    let o = quark(&dir, &["migrate"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = quark(&dir, &["job", "list", "-o", "jsonl"], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "", "no jobs: no lines");
+    db.cleanup().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

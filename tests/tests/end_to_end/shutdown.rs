@@ -54,9 +54,16 @@ fn interrupt(child: &Child) {
 async fn worker_in_the_middle_of_a_job(
     dir: &Path,
     shutdown_timeout: &str,
+    output: &str,
 ) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut worker = quark(dir)
-        .args(["worker", "--shutdown-timeout", shutdown_timeout])
+        .args([
+            "worker",
+            "--shutdown-timeout",
+            shutdown_timeout,
+            "-o",
+            output,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -98,7 +105,7 @@ async fn worker_in_the_middle_of_a_job(
 async fn a_second_ctrl_c_exits_at_once() {
     let _turn = crate::support::one_at_a_time().await;
     let dir = scratch("second-ctrl-c");
-    let (mut worker, mut lines) = worker_in_the_middle_of_a_job(&dir, "10m").await;
+    let (mut worker, mut lines) = worker_in_the_middle_of_a_job(&dir, "10m", "table").await;
     interrupt(&worker);
     wait_for_line(&mut lines, "Ctrl-C again to exit at once").await;
     let second = Instant::now();
@@ -116,10 +123,10 @@ async fn a_second_ctrl_c_exits_at_once() {
 async fn a_shutdown_ends_at_its_timeout() {
     let _turn = crate::support::one_at_a_time().await;
     let dir = scratch("shutdown-timeout");
-    let (mut worker, mut lines) = worker_in_the_middle_of_a_job(&dir, "1s").await;
+    let (mut worker, mut lines) = worker_in_the_middle_of_a_job(&dir, "1s", "jsonl").await;
     let first = Instant::now();
     interrupt(&worker);
-    wait_for_line(&mut lines, "up to 1s").await;
+    wait_for_line(&mut lines, r#""shutdown_timeout":"1s"}"#).await;
     let status = tokio::time::timeout(Duration::from_secs(15), worker.wait())
         .await
         .expect("stops within its timeout (and the hand-back's few seconds)")
