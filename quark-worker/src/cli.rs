@@ -39,7 +39,13 @@ use output::{rfc3339, table, write_table};
 pub struct Cli {
     /// The database: `postgres://...` or `sqlite://file.db`. Default: `sqlite://quark.db` in the
     /// current directory.
-    #[arg(long, env = "QUARK_DATABASE_URL", global = true)]
+    // `hide_env_values`: `--help` would print the URL with its password.
+    #[arg(
+        long,
+        env = "QUARK_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
     /// The output format, for every command: `table` for people, `json` or `jsonl` (one object a
     /// line) for programs.
