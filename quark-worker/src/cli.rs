@@ -277,7 +277,7 @@ pub async fn run_on(
     command: Command,
     output: Output,
     registry: Option<Registry>,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match command {
         command @ Command::Completions { .. } => {
@@ -415,7 +415,7 @@ async fn worker(
     args: WorkerArgs,
     registry: Option<Registry>,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let Some(registry) = registry else {
         bail!(

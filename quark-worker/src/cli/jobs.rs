@@ -137,7 +137,7 @@ pub(super) async fn job(
     cmd: JobCommand,
     registry: Option<&Registry>,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let client = Client::new(Arc::clone(store));
     match cmd {
@@ -502,7 +502,7 @@ pub(super) async fn queue(
     store: &Arc<dyn Store>,
     cmd: QueueCommand,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let (queue, paused, rate_limit) = match cmd {
         QueueCommand::Stats { queue } => {

@@ -100,7 +100,7 @@ pub(super) async fn outbox(
     store: &Arc<dyn Store>,
     cmd: OutboxCommand,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match cmd {
         OutboxCommand::List { state, key, limit } => {

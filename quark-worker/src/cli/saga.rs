@@ -136,7 +136,7 @@ pub(super) async fn saga(
     store: &Arc<dyn Store>,
     cmd: SagaCommand,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match cmd {
         SagaCommand::Stuck {

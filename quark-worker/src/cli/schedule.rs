@@ -61,7 +61,7 @@ pub(super) async fn run(
     cmd: ScheduleCommand,
     registry: Option<&Registry>,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let client = Client::new(Arc::clone(store));
     match cmd {

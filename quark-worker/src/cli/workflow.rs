@@ -202,7 +202,7 @@ pub(super) async fn run(
     cmd: WorkflowCommand,
     registry: Option<&Registry>,
     output: Output,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let client = Client::new(Arc::clone(store));
     let changed = match cmd {

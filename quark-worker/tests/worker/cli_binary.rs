@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use clap::CommandFactory;
+use clap::Parser;
 use quark_worker::cli::Cli;
 
 /// Runs the stock `quark` binary with `args` and `env`, in `dir`.
@@ -262,4 +263,12 @@ async fn read_only_commands_leave_an_unmigrated_postgres_database_alone() {
     assert_eq!(stdout(&o), "", "no jobs: no lines");
     db.cleanup().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_command_line_runs_in_a_spawned_task() {
+    fn send<T: Send>(_: &T) {}
+    let cli = Cli::try_parse_from(["quark", "migrate"]).unwrap();
+    // A binary around `main_with` may spawn it: the future must be `Send`.
+    send(&quark_worker::cli::run(cli, None));
 }
