@@ -67,6 +67,45 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
     )
     .await;
     assert_eq!(verify, "long: 4501 events, hash chain intact\n");
+    let verify = run(
+        &t.store,
+        Command::Verify { id: "long".into() },
+        Output::Json,
+    )
+    .await;
+    let verify: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(
+        (verify["events"].as_u64(), verify["intact"].as_bool()),
+        (Some(4501), Some(true))
+    );
+
+    // Instances in JSON: times as RFC 3339 (they were microseconds), and the next page's cursor.
+    let listed = run(
+        &t.store,
+        Command::Workflow(WorkflowCommand::List {
+            instance_type: None,
+            status: vec![],
+            limit: 10,
+            after: None,
+        }),
+        Output::Json,
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let created = t
+        .store
+        .get_instance("long")
+        .await
+        .unwrap()
+        .unwrap()
+        .created_at;
+    assert_eq!(listed[0]["created_at"], created.to_string(), "{listed}");
+    assert_eq!(listed[0]["status"], "running");
+    assert_eq!(
+        listed[0]["cursor"],
+        format!("{}/long", created.as_micros()),
+        "{listed}"
+    );
     let dlq = run(
         &t.store,
         Command::Dlq(DlqCommand::List {
