@@ -20,13 +20,15 @@ mod jobs;
 mod open;
 mod outbox;
 mod output;
+mod queue;
 mod saga;
 mod schedule;
 mod workflow;
-pub use jobs::{JobCommand, QueueCommand};
+pub use jobs::JobCommand;
 pub use open::{open_store, open_store_read_only};
 pub use outbox::OutboxCommand;
 pub use output::Output;
+pub use queue::QueueCommand;
 pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
 pub use workflow::WorkflowCommand;
@@ -393,7 +395,7 @@ pub async fn run_on(
             })?;
         }
         Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), output, out).await?,
-        Command::Queue(cmd) => jobs::queue(&store, cmd, output, out).await?,
+        Command::Queue(cmd) => queue::run(&store, cmd, output, out).await?,
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
         Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
     }
