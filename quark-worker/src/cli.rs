@@ -100,7 +100,7 @@ pub enum Command {
     /// Sagas: list those whose compensation never succeeded.
     #[command(subcommand)]
     Saga(SagaCommand),
-    /// Prints a shell completion script, e.g. `quark completions bash > /etc/bash_completion.d/quark`.
+    /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
     Completions {
         /// The shell.
         #[arg(value_enum)]
