@@ -7,23 +7,33 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use quark_history::{
-    HistoryRange, IdReusePolicy, InstanceFilter, InstanceStatus, NewInstance, Payload, Store,
-    StoreConfig,
-};
-use quark_workflow::{Client, Registry};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use quark_history::{Payload, Store};
+use quark_workflow::Registry;
+use serde::Serialize;
 
+mod duration;
 mod jobs;
+mod open;
 mod outbox;
-pub use jobs::{JobCommand, QueueCommand};
+mod output;
+mod queue;
 mod saga;
-pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 mod schedule;
+mod workflow;
+pub use jobs::JobCommand;
+pub use open::{open_store, open_store_read_only};
 pub use outbox::OutboxCommand;
+pub use output::Output;
+pub use queue::QueueCommand;
+pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
+pub use workflow::WorkflowCommand;
+
+use output::{rfc3339, table, write_table};
 
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
@@ -31,8 +41,25 @@ pub use schedule::ScheduleCommand;
 pub struct Cli {
     /// The database: `postgres://...` or `sqlite://file.db`. Default: `sqlite://quark.db` in the
     /// current directory.
-    #[arg(long, env = "QUARK_DATABASE_URL", global = true)]
+    // `hide_env_values`: `--help` would print the URL with its password.
+    #[arg(
+        long,
+        env = "QUARK_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub database_url: Option<String>,
+    /// The output format, for every command: `table` for people, `json` or `jsonl` (one object a
+    /// line) for programs.
+    #[arg(
+        long,
+        short = 'o',
+        value_enum,
+        default_value_t = Output::Table,
+        env = "QUARK_OUTPUT",
+        global = true
+    )]
+    pub output: Output,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -42,35 +69,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs a worker for the orchestrations and activities linked into this binary until SIGINT or
-    /// SIGTERM, then shuts down gracefully.
-    Worker {
-        /// The queues to serve.
-        #[arg(long, value_delimiter = ',', default_value = "default")]
-        queues: Vec<String>,
-        /// The worker's id. Keep it across restarts: a worker restarted under its id takes back
-        /// at once the tasks it held when it died (default: `<host>-<n>`, the smallest `n` no
-        /// live worker on this host uses for this database, which a restart finds free again).
-        #[arg(long = "worker-id", visible_alias = "id", env = "QUARK_WORKER_ID")]
-        id: Option<String>,
-        /// Where the ids' lock files live (default: `quark-workers` in the temporary directory);
-        /// every worker on a host must use the same one.
-        #[arg(long, env = "QUARK_WORKER_LOCK_DIR")]
-        lock_dir: Option<std::path::PathBuf>,
-        /// How many activities run at once (each slot is held until the activity's result is
-        /// committed).
-        #[arg(long, default_value_t = 256)]
-        activity_concurrency: usize,
-        /// How long in-flight work may take to finish at shutdown, in seconds.
-        #[arg(long, default_value_t = 30)]
-        shutdown_grace: u64,
-        /// Serves `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
-        /// `0.0.0.0:9090`.
-        #[arg(long, env = "QUARK_METRICS_ADDR")]
-        metrics_addr: Option<std::net::SocketAddr>,
-    },
-    /// Applies the schema migrations.
+    /// SIGTERM, then shuts down gracefully (a second Ctrl-C exits at once).
+    Worker(WorkerArgs),
+    /// Applies the schema migrations (the only command that creates or upgrades a schema, besides
+    /// `worker` and the commands that write).
     Migrate,
-    /// Inspects workflow instances.
+    /// Inspects, starts and replays workflow instances.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
     /// Checks an instance's hash chain.
@@ -96,83 +100,52 @@ pub enum Command {
     /// Sagas: list those whose compensation never succeeded.
     #[command(subcommand)]
     Saga(SagaCommand),
+    /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-/// `quark workflow ...`
-#[derive(Debug, Subcommand)]
-pub enum WorkflowCommand {
-    /// Starts an instance of a registered orchestration.
-    Start {
-        /// The orchestration type.
-        #[arg(long = "type")]
-        instance_type: String,
-        /// The instance id.
-        id: String,
-        /// The input, as JSON.
-        #[arg(long, default_value = "null")]
-        input: String,
-        /// The queue of its orchestration tasks.
-        #[arg(long, default_value = "default")]
-        queue: String,
-    },
-    /// Sends a signal.
-    Signal {
-        /// The instance id.
-        id: String,
-        /// The signal's name.
-        name: String,
-        /// The signal's value, as JSON.
-        #[arg(long, default_value = "null")]
-        value: String,
-    },
-    /// Requests cancellation; the orchestration may compensate before it ends.
-    Cancel {
-        /// The instance id.
-        id: String,
-        /// Why.
-        #[arg(long, default_value = "cancelled from the command line")]
-        reason: String,
-    },
-    /// Stops an instance at once, running no more of its code.
-    Terminate {
-        /// The instance id.
-        id: String,
-        /// Why.
-        #[arg(long, default_value = "terminated from the command line")]
-        reason: String,
-    },
-    /// Lists instances, newest first.
-    List {
-        /// Only this orchestration type.
-        #[arg(long = "type")]
-        instance_type: Option<String>,
-        /// Only these statuses (running, blocked, completed, failed, cancelled, terminated,
-        /// continued_as_new).
-        #[arg(long, value_delimiter = ',')]
-        status: Vec<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Continue after this cursor (printed at the end of the previous page).
-        #[arg(long)]
-        after: Option<String>,
-        #[command(flatten)]
-        output: OutputArg,
-    },
-    /// Shows one instance.
-    Describe {
-        /// The instance id.
-        id: String,
-        #[command(flatten)]
-        output: OutputArg,
-    },
-    /// Prints an instance's history; `--output json` writes what the Replayer reads.
-    History {
-        /// The instance id.
-        id: String,
-        #[command(flatten)]
-        output: OutputArg,
-    },
+/// `quark worker`: every flag also reads an environment variable, for containers.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The queues to serve.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "default",
+        env = "QUARK_QUEUES"
+    )]
+    pub queues: Vec<String>,
+    /// The worker's id. Keep it across restarts: a worker restarted under its id takes back
+    /// at once the tasks it held when it died (default: `<host>-<n>`, the smallest `n` no
+    /// live worker on this host uses for this database, which a restart finds free again).
+    #[arg(long = "worker-id", visible_alias = "id", env = "QUARK_WORKER_ID")]
+    pub id: Option<String>,
+    /// Where the ids' lock files live (default: `quark-workers` in the temporary directory);
+    /// every worker on a host must use the same one.
+    #[arg(long, env = "QUARK_WORKER_LOCK_DIR")]
+    pub lock_dir: Option<std::path::PathBuf>,
+    /// How many activities run at once (each slot is held until the activity's result is
+    /// committed).
+    #[arg(long, default_value_t = 256, env = "QUARK_ACTIVITY_CONCURRENCY")]
+    pub activity_concurrency: usize,
+    /// How long a shutdown may take, all of it: in-flight work finishes within it, and what is
+    /// still running then is handed back to the queue (`30s`, `2m`).
+    #[arg(
+        long,
+        alias = "shutdown-grace",
+        default_value = "30s",
+        value_parser = duration::parse,
+        env = "QUARK_SHUTDOWN_TIMEOUT"
+    )]
+    pub shutdown_timeout: Duration,
+    /// Serves `/metrics` (Prometheus), `/healthz` and `/readyz` on this address, e.g.
+    /// `0.0.0.0:9090`.
+    #[arg(long, env = "QUARK_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `quark dlq ...`
@@ -186,8 +159,6 @@ pub enum DlqCommand {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[command(flatten)]
-        output: OutputArg,
     },
     /// Puts dead tasks back on their queues (also `redrive`). Re-driving a dead turn unblocks
     /// its instance, and its next turn runs the code deployed now.
@@ -199,31 +170,42 @@ pub enum DlqCommand {
     },
 }
 
-/// `--output table|json`
-#[derive(Debug, Clone, Args)]
-pub struct OutputArg {
-    /// The output format.
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
+impl Command {
+    /// Whether the command only reads: it then opens the database without migrating it, and
+    /// fails if it is absent or its schema is behind, instead of creating or upgrading it.
+    pub fn reads_only(&self) -> bool {
+        match self {
+            Command::Verify { .. }
+            | Command::Dlq(DlqCommand::List { .. })
+            | Command::Job(JobCommand::List { .. } | JobCommand::Show { .. })
+            | Command::Queue(QueueCommand::Stats { .. })
+            | Command::Schedule(ScheduleCommand::List)
+            | Command::Outbox(OutboxCommand::List { .. })
+            | Command::Saga(_) => true,
+            Command::Workflow(w) => w.reads_only(),
+            _ => false,
+        }
+    }
 
-/// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Aligned text for people.
-    Table,
-    /// JSON for programs.
-    Json,
+    /// Whether the command needs no database at all.
+    fn offline(&self) -> bool {
+        matches!(
+            self,
+            Command::Completions { .. } | Command::Workflow(WorkflowCommand::Replay { .. })
+        )
+    }
 }
 
 /// Parses the command line, runs it, and reports errors on stderr. The stock `quark` binary: no
-/// orchestrations are linked in, so `quark worker` and `quark workflow start` refuse to run.
+/// orchestrations are linked in, so `quark worker`, `quark workflow start` and `quark workflow
+/// replay` refuse to run.
 pub async fn main() -> ExitCode {
     entry(None).await
 }
 
 /// Like [`main`], for a binary that links orchestrations and activities: `quark worker` runs them,
-/// and `quark workflow start` checks the type against them.
+/// `quark workflow start` checks the type against them, and `quark workflow replay` replays
+/// exported histories against them.
 ///
 /// ```no_run
 /// # use quark_workflow::Registry;
@@ -256,167 +238,318 @@ async fn entry(registry: Option<Registry>) -> ExitCode {
     }
 }
 
-/// Opens the store a command line points at.
-pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
-    let url = database_url.unwrap_or("sqlite://quark.db");
-    quark_history::open(url, StoreConfig::default())
-        .await
-        .with_context(|| format!("opening {}", redact(url)))
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(colon) => format!("{}:***{}", &url[..s + 3 + colon], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
-}
-
 /// Runs a parsed command line with the orchestrations and activities of `registry`, if the binary
 /// links any.
 pub async fn run(cli: Cli, registry: Option<Registry>) -> anyhow::Result<()> {
-    let store = open_store(cli.database_url.as_deref()).await?;
-    run_on(store, cli.command, registry, &mut std::io::stdout()).await
+    let mut stdout = std::io::stdout();
+    if cli.command.offline() {
+        return run_offline(cli.command, cli.output, registry.as_ref(), &mut stdout);
+    }
+    let url = cli.database_url.as_deref();
+    let store = if cli.command.reads_only() {
+        open_store_read_only(url).await?
+    } else {
+        open_store(url).await?
+    };
+    run_on(store, cli.command, cli.output, registry, &mut stdout).await
 }
 
-/// Runs a command on an open store, writing its output to `out`.
+/// The commands that need no database.
+fn run_offline(
+    command: Command,
+    output: Output,
+    registry: Option<&Registry>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "quark", out);
+            Ok(())
+        }
+        Command::Workflow(WorkflowCommand::Replay { files, source_root }) => {
+            workflow::replay(&files, source_root, registry, output, out)
+        }
+        other => bail!("{other:?} needs a database"),
+    }
+}
+
+/// Runs a command on an open store, writing its output to `out` in the `output` format.
 pub async fn run_on(
     store: Arc<dyn Store>,
     command: Command,
+    output: Output,
     registry: Option<Registry>,
-    out: &mut impl Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match command {
-        Command::Worker {
-            queues,
-            id,
-            lock_dir,
-            activity_concurrency,
-            shutdown_grace,
-            metrics_addr,
-        } => {
-            let Some(registry) = registry else {
-                bail!(
-                    "no orchestrations or activities are linked into this binary; build your own \
-                     with quark_worker::cli::main_with(registry)"
-                );
-            };
-            let mut builder = crate::Worker::builder()
-                .store(Arc::clone(&store))
-                .queues(queues)
-                .workflows(registry)
-                .concurrency(quark_history::TaskKind::Activity, activity_concurrency)
-                .shutdown_grace(std::time::Duration::from_secs(shutdown_grace));
-            if let Some(id) = id {
-                builder = builder.id(id);
-            }
-            if let Some(dir) = lock_dir {
-                builder = builder.lock_dir(dir);
-            }
-            if let Some(addr) = metrics_addr {
-                builder = builder.metrics_addr(addr);
-            }
-            let worker = builder.build()?;
-            let running = worker.start().await?;
-            writeln!(out, "worker {} serving; Ctrl-C to stop", worker.id())?;
-            if let Some(addr) = running.metrics_addr() {
-                writeln!(
-                    out,
-                    "metrics and health on http://{addr}/metrics, /healthz, /readyz"
-                )?;
-            }
-            let taken_over = tokio::select! {
-                () = crate::shutdown_signal() => false,
-                () = running.taken_over() => true,
-            };
-            if taken_over {
-                running.shutdown().await;
-                bail!(
-                    "worker {} stopped: another process registered its id (a restart of it, while \
-                     this one was thought dead); its tasks were taken back",
-                    worker.id()
-                );
-            }
-            writeln!(
-                out,
-                "stopping: finishing the tasks in hand (up to {shutdown_grace} s); Ctrl-C again to exit at once"
-            )?;
-            tokio::select! {
-                () = running.shutdown() => {}
-                () = crate::shutdown_signal() => {
-                    // Nothing is lost: the leases of the tasks in hand run out, and other workers
-                    // (or this one, restarted) take them over.
-                    eprintln!("quark: interrupted again; exiting without waiting for the tasks in hand");
-                    std::process::exit(130);
-                }
-            }
-            writeln!(out, "worker stopped: {:?}", worker.metrics())?;
+        command @ Command::Completions { .. } => {
+            run_offline(command, output, registry.as_ref(), out)?
         }
+        Command::Worker(args) => worker(store, args, registry, output, out).await?,
         Command::Migrate => {
             store.migrate().await?;
-            writeln!(out, "migrations applied ({})", store.backend())?;
+            #[derive(Serialize)]
+            struct Migrated {
+                backend: String,
+            }
+            let done = Migrated {
+                backend: store.backend().to_string(),
+            };
+            output::one(out, output, &done, |out, d| {
+                writeln!(out, "migrations applied ({})", d.backend)?;
+                Ok(())
+            })?;
         }
         Command::Verify { id } => {
             let report = store.verify(&id).await?;
-            match report.first_mismatch {
-                None => writeln!(out, "{id}: {} events, hash chain intact", report.events)?,
+            #[derive(Serialize)]
+            struct Verified {
+                id: String,
+                events: u64,
+                intact: bool,
+                first_mismatch: Option<u64>,
+            }
+            let verified = Verified {
+                id,
+                events: report.events,
+                intact: report.first_mismatch.is_none(),
+                first_mismatch: report.first_mismatch,
+            };
+            if output != Output::Table {
+                output::one(out, output, &verified, |_, _| Ok(()))?;
+            }
+            match verified.first_mismatch {
+                None if output == Output::Table => writeln!(
+                    out,
+                    "{}: {} events, hash chain intact",
+                    verified.id, verified.events
+                )?,
+                None => {}
                 Some(seq) => bail!(
-                    "{id}: hash chain broken at event {seq}; events from {seq} on are unverified"
+                    "{}: hash chain broken at event {seq}; events from {seq} on are unverified",
+                    verified.id
                 ),
             }
         }
-        Command::Workflow(cmd) => workflow(&store, cmd, registry.as_ref(), out).await?,
-        Command::Schedule(cmd) => schedule::run(&store, cmd, registry.as_ref(), out).await?,
-        Command::Dlq(DlqCommand::List {
-            queue,
-            limit,
-            output,
-        }) => {
-            let dead = store.list_dead(queue.as_deref(), limit).await?;
-            if output.output == Output::Json {
-                let rows: Vec<_> = dead
-                    .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "task_id": d.task_id, "kind": d.kind.as_str(), "queue": d.queue,
-                            "instance_id": d.instance_id, "attempts": d.attempts, "error": d.error,
-                            "died_at": d.died_at.to_string(),
-                        })
-                    })
-                    .collect();
-                serde_json::to_writer_pretty(&mut *out, &rows)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:>8}  {:<13}  {:<12}  {:>8}  {:<27}  error",
-                    "task", "kind", "queue", "attempts", "died at"
-                )?;
-                for d in dead {
-                    writeln!(
-                        out,
-                        "{:>8}  {:<13}  {:<12}  {:>8}  {}  {}",
-                        d.task_id, d.kind, d.queue, d.attempts, d.died_at, d.error
-                    )?;
-                }
+        Command::Workflow(cmd) => {
+            workflow::run(&store, cmd, registry.as_ref(), output, out).await?
+        }
+        Command::Schedule(cmd) => {
+            schedule::run(&store, cmd, registry.as_ref(), output, out).await?
+        }
+        Command::Dlq(DlqCommand::List { queue, limit }) => {
+            #[derive(Serialize)]
+            struct DeadRow {
+                task_id: i64,
+                kind: &'static str,
+                queue: String,
+                instance_id: Option<String>,
+                attempts: u32,
+                error: String,
+                #[serde(serialize_with = "rfc3339")]
+                died_at: quark_history::Timestamp,
             }
+            let dead: Vec<DeadRow> = store
+                .list_dead(queue.as_deref(), limit)
+                .await?
+                .into_iter()
+                .map(|d| DeadRow {
+                    task_id: d.task_id,
+                    kind: d.kind.as_str(),
+                    queue: d.queue,
+                    instance_id: d.instance_id,
+                    attempts: d.attempts,
+                    error: d.error,
+                    died_at: d.died_at,
+                })
+                .collect();
+            output::rows(out, output, &dead, |out, dead| {
+                let mut t = table(["task", "kind", "queue", "attempts", "died at", "error"]);
+                for d in dead {
+                    t.add_row([
+                        d.task_id.to_string(),
+                        d.kind.to_string(),
+                        d.queue.clone(),
+                        d.attempts.to_string(),
+                        d.died_at.to_string(),
+                        d.error.clone(),
+                    ]);
+                }
+                write_table(out, &t)
+            })?;
         }
         Command::Dlq(DlqCommand::Retry { task_ids }) => {
+            let mut done = Vec::new();
             for id in task_ids {
                 store
                     .redrive(id)
                     .await
                     .with_context(|| format!("re-driving task {id}"))?;
-                writeln!(out, "task {id} is back on its queue")?;
+                done.push(Redriven { task_id: id });
             }
+            output::rows(out, output, &done, |out, done| {
+                for d in done {
+                    writeln!(out, "task {} is back on its queue", d.task_id)?;
+                }
+                Ok(())
+            })?;
         }
-        Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), out).await?,
-        Command::Queue(cmd) => jobs::queue(&store, cmd, out).await?,
-        Command::Outbox(cmd) => outbox::outbox(&store, cmd, out).await?,
-        Command::Saga(cmd) => saga::saga(&store, cmd, out).await?,
+        Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), output, out).await?,
+        Command::Queue(cmd) => queue::run(&store, cmd, output, out).await?,
+        Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
+        Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
     }
+    Ok(())
+}
+
+/// A task put back on its queue.
+#[derive(Debug, Serialize)]
+struct Redriven {
+    task_id: i64,
+}
+
+/// How long a worker that has spent its shutdown timeout still gets to hand its tasks back and
+/// deregister (a few statements) before the process exits without them.
+const HAND_BACK: Duration = Duration::from_secs(5);
+
+async fn worker(
+    store: Arc<dyn Store>,
+    args: WorkerArgs,
+    registry: Option<Registry>,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let Some(registry) = registry else {
+        bail!(
+            "no orchestrations or activities are linked into this binary; build your own \
+             with quark_worker::cli::main_with(registry)"
+        );
+    };
+    let WorkerArgs {
+        queues,
+        id,
+        lock_dir,
+        activity_concurrency,
+        shutdown_timeout,
+        metrics_addr,
+    } = args;
+    let mut builder = crate::Worker::builder()
+        .store(Arc::clone(&store))
+        .queues(queues)
+        .workflows(registry)
+        .concurrency(quark_history::TaskKind::Activity, activity_concurrency)
+        .shutdown_grace(shutdown_timeout);
+    if let Some(id) = id {
+        builder = builder.id(id);
+    }
+    if let Some(dir) = lock_dir {
+        builder = builder.lock_dir(dir);
+    }
+    if let Some(addr) = metrics_addr {
+        builder = builder.metrics_addr(addr);
+    }
+    let worker = builder.build()?;
+    let running = worker.start().await?;
+    let worker_id = worker.id().to_string();
+    announce(
+        out,
+        output,
+        &Lifecycle::Serving {
+            worker_id: worker_id.clone(),
+            metrics_addr: running.metrics_addr().map(|a| a.to_string()),
+        },
+    )?;
+    let taken_over = tokio::select! {
+        () = crate::shutdown_signal() => false,
+        () = running.taken_over() => true,
+    };
+    if taken_over {
+        running.shutdown().await;
+        bail!(
+            "worker {} stopped: another process registered its id (a restart of it, while \
+             this one was thought dead); its tasks were taken back",
+            worker.id()
+        );
+    }
+    announce(
+        out,
+        output,
+        &Lifecycle::Stopping {
+            worker_id: worker_id.clone(),
+            shutdown_timeout: duration::show(shutdown_timeout),
+        },
+    )?;
+    // The worker's own waits share one deadline (`shutdown_grace`); this bounds the rest (handing
+    // tasks back, deregistering), so the whole shutdown has one deadline whatever the database does.
+    tokio::select! {
+        () = running.shutdown() => {}
+        () = tokio::time::sleep(shutdown_timeout + HAND_BACK) => {
+            eprintln!(
+                "quark: shutdown did not finish within {} (+{} to hand tasks back); exiting",
+                duration::show(shutdown_timeout),
+                duration::show(HAND_BACK)
+            );
+            std::process::exit(1);
+        }
+        () = crate::shutdown_signal() => {
+            // Nothing is lost: the leases of the tasks in hand run out, and other workers
+            // (or this one, restarted) take them over.
+            eprintln!("quark: interrupted again; exiting without waiting for the tasks in hand");
+            std::process::exit(130);
+        }
+    }
+    announce(out, output, &Lifecycle::Stopped { worker_id })?;
+    Ok(())
+}
+
+/// What a running worker says as it goes: a line of text, or of JSON in the `json` and `jsonl`
+/// formats (a stream, so one object a line in both).
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Lifecycle {
+    Serving {
+        worker_id: String,
+        metrics_addr: Option<String>,
+    },
+    Stopping {
+        worker_id: String,
+        shutdown_timeout: String,
+    },
+    Stopped {
+        worker_id: String,
+    },
+}
+
+fn announce(out: &mut dyn Write, output: Output, event: &Lifecycle) -> anyhow::Result<()> {
+    if output != Output::Table {
+        serde_json::to_writer(&mut *out, event)?;
+        writeln!(out)?;
+    } else {
+        match event {
+            Lifecycle::Serving {
+                worker_id,
+                metrics_addr,
+            } => {
+                writeln!(out, "worker {worker_id} serving; Ctrl-C to stop")?;
+                if let Some(addr) = metrics_addr {
+                    writeln!(
+                        out,
+                        "metrics and health on http://{addr}/metrics, /healthz, /readyz"
+                    )?;
+                }
+            }
+            Lifecycle::Stopping {
+                shutdown_timeout, ..
+            } => writeln!(
+                out,
+                "stopping: finishing the tasks in hand (up to {shutdown_timeout}); Ctrl-C again \
+                 to exit at once"
+            )?,
+            Lifecycle::Stopped { worker_id } => writeln!(out, "worker {worker_id} stopped")?,
+        }
+    }
+    // Whoever reads the lines (a supervisor, a test) sees each when it happens.
+    out.flush()?;
     Ok(())
 }
 
@@ -424,237 +557,4 @@ fn json_payload(what: &str, text: &str) -> anyhow::Result<Payload> {
     let value: serde_json::Value =
         serde_json::from_str(text).with_context(|| format!("the {what} is not valid JSON"))?;
     Ok(Payload::json(&value)?)
-}
-
-async fn workflow(
-    store: &Arc<dyn Store>,
-    cmd: WorkflowCommand,
-    registry: Option<&Registry>,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let client = Client::new(Arc::clone(store));
-    match cmd {
-        WorkflowCommand::Start {
-            instance_type,
-            id,
-            input,
-            queue,
-        } => {
-            if !registry.is_some_and(|r| r.has_orchestration(&instance_type)) {
-                bail!(
-                    "no orchestration `{instance_type}` is linked into this binary; nothing was started \
-                     (build your own binary with quark_worker::cli::main_with(registry))"
-                );
-            }
-            let input = json_payload("input", &input)?;
-            let mut new = NewInstance::new(&id, &instance_type, input);
-            new.queue = queue;
-            store
-                .create_instance(new, IdReusePolicy::RejectDuplicate)
-                .await?;
-            writeln!(out, "started {id} ({instance_type})")?;
-        }
-        WorkflowCommand::Signal { id, name, value } => {
-            let value = json_payload("signal's value", &value)?;
-            let value: serde_json::Value = value.decode()?;
-            client.signal(&id, &name, &value).await?;
-            writeln!(out, "signalled {id}: {name}")?;
-        }
-        WorkflowCommand::Cancel { id, reason } => {
-            client.cancel(&id, &reason).await?;
-            writeln!(out, "cancellation requested for {id}")?;
-        }
-        WorkflowCommand::Terminate { id, reason } => {
-            client.terminate(&id, &reason).await?;
-            writeln!(out, "terminated {id}")?;
-        }
-        WorkflowCommand::List {
-            instance_type,
-            status,
-            limit,
-            after,
-            output,
-        } => {
-            let statuses = status
-                .iter()
-                .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let after = after.map(|c| parse_cursor(&c)).transpose()?;
-            let page = store
-                .list_instances(InstanceFilter {
-                    instance_type,
-                    statuses,
-                    after,
-                    limit,
-                    ..Default::default()
-                })
-                .await?;
-            if output.output == Output::Json {
-                serde_json::to_writer_pretty(&mut *out, &page)?;
-                writeln!(out)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "{:<40}  {:<20}  {:<16}  {:>7}  created",
-                "id", "type", "status", "events"
-            )?;
-            for i in &page {
-                writeln!(
-                    out,
-                    "{:<40}  {:<20}  {:<16}  {:>7}  {}",
-                    i.id, i.instance_type, i.status, i.history_len, i.created_at
-                )?;
-            }
-            if page.len() as u32 == limit
-                && let Some(last) = page.last()
-            {
-                writeln!(
-                    out,
-                    "\nmore: --after {}/{}",
-                    last.created_at.as_micros(),
-                    last.id
-                )?;
-            }
-        }
-        WorkflowCommand::Describe { id, output } => {
-            let Some(i) = store.get_instance(&id).await? else {
-                bail!("no instance `{id}`")
-            };
-            if output.output == Output::Json {
-                serde_json::to_writer_pretty(&mut *out, &i)?;
-                writeln!(out)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "id:       {}\ntype:     {} (version {})\nstatus:   {}",
-                i.id, i.instance_type, i.version, i.status
-            )?;
-            if let Some(turn) = &i.blocked {
-                writeln!(
-                    out,
-                    "blocked:  since {}, by dead turn {} (fix the code, deploy it, then \
-                     `quark dlq redrive {}`)\nerror:    {}",
-                    turn.since, turn.task_id, turn.task_id, turn.error
-                )?;
-            }
-            writeln!(
-                out,
-                "created:  {}\nupdated:  {}",
-                i.created_at, i.updated_at
-            )?;
-            writeln!(
-                out,
-                "history:  {} events, {} bytes",
-                i.history_len, i.history_bytes
-            )?;
-            writeln!(out, "input:    {:?}", i.input)?;
-            if let Some(o) = &i.output {
-                writeln!(out, "output:   {o:?}")?;
-            }
-            if let Some(p) = &i.parent_id {
-                writeln!(out, "parent:   {p}")?;
-            }
-        }
-        WorkflowCommand::History { id, output } => {
-            let Some(instance) = store.get_instance(&id).await? else {
-                bail!("no instance `{id}`");
-            };
-            let history = read_history_with_progress(&**store, &id, instance.history_len).await?;
-            if output.output == Output::Json {
-                serde_json::to_writer_pretty(&mut *out, &history)?;
-                writeln!(out)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "{:>5}  {:<27}  {:<20}  detail",
-                "seq", "recorded at", "event"
-            )?;
-            for e in history {
-                let detail = serde_json::to_value(&e.event)?;
-                let detail = detail
-                    .as_object()
-                    .and_then(|o| o.values().next())
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
-                let detail: String = detail.chars().take(100).collect();
-                writeln!(
-                    out,
-                    "{:>5}  {}  {:<20}  {}",
-                    e.seq,
-                    e.recorded_at,
-                    e.event.kind(),
-                    detail
-                )?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads a history in pages, with a progress bar on the terminal for long ones.
-async fn read_history_with_progress(
-    store: &dyn Store,
-    id: &str,
-    len: u64,
-) -> anyhow::Result<Vec<quark_history::RecordedEvent>> {
-    const PAGE: u64 = 2_000;
-    let bar = if len > PAGE {
-        indicatif::ProgressBar::new(len)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("reading {id}"));
-    let mut history = Vec::with_capacity(len as usize);
-    loop {
-        let from = history.len() as u64 + 1;
-        let range = HistoryRange::Seq {
-            from,
-            until: from + PAGE,
-        };
-        let page = store.read_history(id, range).await?;
-        let done = (page.len() as u64) < PAGE;
-        bar.inc(page.len() as u64);
-        history.extend(page);
-        if done {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    Ok(history)
-}
-
-fn parse_cursor(cursor: &str) -> anyhow::Result<(quark_history::Timestamp, String)> {
-    let (at, id) = cursor
-        .split_once('/')
-        .context("a cursor looks like MICROS/ID")?;
-    Ok((
-        quark_history::Timestamp::from_micros(at.parse().context("a cursor starts with a number")?),
-        id.to_string(),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_hides_passwords_in_urls() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite://quark.db"), "sqlite://quark.db");
-    }
-
-    #[test]
-    fn it_parses_list_cursors() {
-        let (at, id) = parse_cursor("123/order-1").unwrap();
-        assert_eq!((at.as_micros(), id.as_str()), (123, "order-1"));
-        assert!(parse_cursor("order-1").is_err());
-    }
 }

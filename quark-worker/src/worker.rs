@@ -288,7 +288,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long shutdown waits for in-flight tasks before handing them back (default 30 s).
+    /// How long shutdown waits, in all, for the scheduler, the outbox relay and in-flight tasks
+    /// before handing the tasks back (default 30 s): one deadline, not one per stage.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.settings.shutdown_grace = grace;
         self
@@ -701,25 +702,29 @@ impl RunningWorker {
         for poller in &self.pollers {
             poller.abort();
         }
+        // One deadline for every stage: a scheduler or relay slow to stop leaves the tasks in
+        // hand less time, instead of adding a grace period of its own.
+        let deadline = tokio::time::Instant::now() + shared.settings.shutdown_grace;
         if let Some(mut scheduler) = self.scheduler.take() {
             // It stops at once when idle, or after the fire it is committing (a fire is one
             // transaction: cut short, it leaves nothing behind).
-            let grace = shared.settings.shutdown_grace;
-            if tokio::time::timeout(grace, &mut scheduler).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut scheduler)
+                .await
+                .is_err()
+            {
                 scheduler.abort();
             }
         }
-        let grace = shared.settings.shutdown_grace;
         if let Some(relay) = self.relay.take() {
             let abort = relay.abort_handle();
-            if tokio::time::timeout(grace, relay).await.is_err() {
+            if tokio::time::timeout_at(deadline, relay).await.is_err() {
                 tracing::warn!(
                     "outbox deliveries still running after the grace period; their messages will be re-sent"
                 );
                 abort.abort();
             }
         }
-        let drained = tokio::time::timeout(grace, async {
+        let drained = tokio::time::timeout_at(deadline, async {
             loop {
                 let idle = shared.idle.notified();
                 if shared.in_flight().is_empty() {

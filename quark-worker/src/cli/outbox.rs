@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use quark_history::{Destination, MessageState, OutboxFilter, OutboxMessage, OutboxRecord, Store};
 
-use super::{Output, OutputArg};
+use quark_history::Timestamp;
+use serde::Serialize;
+
+use super::output::{self, Output, rfc3339, rfc3339_opt, table, write_table};
 
 /// `quark outbox ...`
 #[derive(Debug, Subcommand)]
@@ -23,8 +26,6 @@ pub enum OutboxCommand {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        #[command(flatten)]
-        output: OutputArg,
     },
     /// Puts dead messages back in line, due now, with fresh attempts.
     Retry {
@@ -48,75 +49,105 @@ pub enum OutboxCommand {
     },
 }
 
-fn record_json(m: &OutboxRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": m.id,
-        "destination": m.destination.to_string(),
-        "ordering_key": m.ordering_key,
-        "idempotency_key": m.idempotency_key,
-        "state": m.state.as_str(),
-        "attempts": m.attempts,
-        "next_attempt_at": m.next_attempt_at.to_string(),
-        "created_at": m.created_at.to_string(),
-        "sent_at": m.sent_at.map(|t| t.to_string()),
-        "last_error": m.last_error,
-        "headers": m.headers,
-        "payload": String::from_utf8_lossy(&m.payload),
-    })
+/// A message, as listed.
+#[derive(Debug, Serialize)]
+struct MessageView {
+    id: i64,
+    destination: String,
+    ordering_key: String,
+    idempotency_key: String,
+    state: &'static str,
+    attempts: u32,
+    #[serde(serialize_with = "rfc3339")]
+    next_attempt_at: Timestamp,
+    #[serde(serialize_with = "rfc3339")]
+    created_at: Timestamp,
+    #[serde(serialize_with = "rfc3339_opt")]
+    sent_at: Option<Timestamp>,
+    last_error: Option<String>,
+    headers: std::collections::BTreeMap<String, String>,
+    payload: String,
+}
+
+impl From<OutboxRecord> for MessageView {
+    fn from(m: OutboxRecord) -> Self {
+        MessageView {
+            id: m.id,
+            destination: m.destination.to_string(),
+            ordering_key: m.ordering_key,
+            idempotency_key: m.idempotency_key,
+            state: m.state.as_str(),
+            attempts: m.attempts,
+            next_attempt_at: m.next_attempt_at,
+            created_at: m.created_at,
+            sent_at: m.sent_at,
+            last_error: m.last_error,
+            headers: m.headers,
+            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        }
+    }
+}
+
+/// A message a command wrote or put back in line.
+#[derive(Debug, Serialize)]
+struct MessageChanged {
+    message_id: i64,
+    /// `written` or `redriven`.
+    action: &'static str,
 }
 
 pub(super) async fn outbox(
     store: &Arc<dyn Store>,
     cmd: OutboxCommand,
-    out: &mut impl Write,
+    output: Output,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match cmd {
-        OutboxCommand::List {
-            state,
-            key,
-            limit,
-            output,
-        } => {
+        OutboxCommand::List { state, key, limit } => {
             let state = state.map(|s| s.parse::<MessageState>()).transpose()?;
-            let messages = store
+            let messages: Vec<MessageView> = store
                 .list_outbox(OutboxFilter {
                     state,
                     ordering_key: key,
                     limit,
                 })
-                .await?;
-            if output.output == Output::Json {
-                let rows: Vec<_> = messages.iter().map(record_json).collect();
-                serde_json::to_writer_pretty(&mut *out, &rows)?;
-                writeln!(out)?;
-            } else {
-                writeln!(
-                    out,
-                    "{:>8}  {:<7}  {:>8}  {:<40}  {:<27}  error",
-                    "id", "state", "attempts", "destination", "created"
-                )?;
-                for m in &messages {
-                    writeln!(
-                        out,
-                        "{:>8}  {:<7}  {:>8}  {:<40}  {:<27}  {}",
-                        m.id,
-                        m.state,
-                        m.attempts,
-                        m.destination.to_string(),
+                .await?
+                .into_iter()
+                .map(MessageView::from)
+                .collect();
+            output::rows(out, output, &messages, |out, messages| {
+                let mut t = table(["id", "state", "attempts", "destination", "created", "error"]);
+                for m in messages {
+                    t.add_row([
+                        m.id.to_string(),
+                        m.state.to_string(),
+                        m.attempts.to_string(),
+                        m.destination.clone(),
                         m.created_at.to_string(),
-                        m.last_error.as_deref().unwrap_or("")
-                    )?;
+                        m.last_error.clone().unwrap_or_default(),
+                    ]);
                 }
-            }
+                write_table(out, &t)
+            })?;
         }
         OutboxCommand::Retry { ids } => {
+            let mut done = Vec::new();
             for id in ids {
                 store
                     .redrive_message(id)
                     .await
                     .with_context(|| format!("re-driving outbox message {id}"))?;
-                writeln!(out, "outbox message {id} is back in line")?;
+                done.push(MessageChanged {
+                    message_id: id,
+                    action: "redriven",
+                });
             }
+            output::rows(out, output, &done, |out, done| {
+                for d in done {
+                    writeln!(out, "outbox message {} is back in line", d.message_id)?;
+                }
+                Ok(())
+            })?;
         }
         OutboxCommand::Send {
             destination,
@@ -131,7 +162,14 @@ pub(super) async fn outbox(
             message.ordering_key = key;
             message.idempotency_key = idempotency_key;
             let ids = store.send(vec![message]).await?;
-            writeln!(out, "outbox message {} written", ids[0])?;
+            let written = MessageChanged {
+                message_id: ids[0],
+                action: "written",
+            };
+            output::one(out, output, &written, |out, w| {
+                writeln!(out, "outbox message {} written", w.message_id)?;
+                Ok(())
+            })?;
         }
     }
     Ok(())

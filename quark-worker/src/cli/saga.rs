@@ -14,7 +14,9 @@ use clap::Subcommand;
 use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, Store};
 use quark_workflow::StuckCompensation;
 
-use super::{Output, OutputArg};
+use serde::Serialize;
+
+use super::output::{self, Output, table, write_table};
 
 /// `quark saga ...`
 #[derive(Debug, Subcommand)]
@@ -31,8 +33,6 @@ pub enum SagaCommand {
         /// Look at no more than this many failed instances (newest first).
         #[arg(long, default_value_t = 10_000)]
         scan: usize,
-        #[command(flatten)]
-        output: OutputArg,
     },
 }
 
@@ -100,62 +100,75 @@ pub async fn stuck_sagas(
     Ok(found)
 }
 
-fn row_json(r: &StuckSaga) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(&r.stuck)?;
-    if let Some(map) = v.as_object_mut() {
-        map.remove("kind");
-        map.insert("instance_id".into(), r.instance_id.clone().into());
-        map.insert("instance_type".into(), r.instance_type.clone().into());
-        map.insert("failed_at".into(), r.failed_at.clone().into());
+/// A stuck saga, as listed: the marker's fields beside the instance's.
+#[derive(Debug, Serialize)]
+struct StuckView<'a> {
+    instance_id: &'a str,
+    instance_type: &'a str,
+    /// RFC 3339.
+    failed_at: &'a str,
+    compensation: &'a str,
+    input: &'a serde_json::Value,
+    attempts: u32,
+    last_error: &'a str,
+    cause: &'a str,
+    skipped: &'a [String],
+}
+
+impl<'a> From<&'a StuckSaga> for StuckView<'a> {
+    fn from(r: &'a StuckSaga) -> Self {
+        StuckView {
+            instance_id: &r.instance_id,
+            instance_type: &r.instance_type,
+            failed_at: &r.failed_at,
+            compensation: &r.stuck.compensation,
+            input: &r.stuck.input,
+            attempts: r.stuck.attempts,
+            last_error: &r.stuck.last_error,
+            cause: &r.stuck.cause,
+            skipped: &r.stuck.skipped,
+        }
     }
-    Ok(v)
 }
 
 /// Runs `quark saga ...`.
 pub(super) async fn saga(
     store: &Arc<dyn Store>,
     cmd: SagaCommand,
-    out: &mut impl Write,
+    output: Output,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match cmd {
         SagaCommand::Stuck {
             instance_type,
             limit,
             scan,
-            output,
         } => {
-            let rows = stuck_sagas(store, instance_type, limit, scan).await?;
-            if output.output == Output::Json {
-                let rows = rows
-                    .iter()
-                    .map(row_json)
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                serde_json::to_writer_pretty(&mut *out, &rows)?;
-                writeln!(out)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "{:<28} {:<16} {:<20} {:>8}  LAST ERROR",
-                "INSTANCE", "TYPE", "COMPENSATION", "ATTEMPTS"
-            )?;
-            for r in &rows {
-                writeln!(
-                    out,
-                    "{:<28} {:<16} {:<20} {:>8}  {}",
-                    r.instance_id,
-                    r.instance_type,
-                    r.stuck.compensation,
-                    r.stuck.attempts,
-                    r.stuck.last_error
-                )?;
-                writeln!(out, "    input: {}", r.stuck.input)?;
-                writeln!(out, "    compensating for: {}", r.stuck.cause)?;
-                if !r.stuck.skipped.is_empty() {
-                    writeln!(out, "    not run: {}", r.stuck.skipped.join(", "))?;
+            let found = stuck_sagas(store, instance_type, limit, scan).await?;
+            let rows: Vec<StuckView<'_>> = found.iter().map(StuckView::from).collect();
+            output::rows(out, output, &rows, |out, rows| {
+                let mut t = table(["instance", "type", "compensation", "attempts", "last error"]);
+                for r in rows {
+                    t.add_row([
+                        r.instance_id.to_string(),
+                        r.instance_type.to_string(),
+                        r.compensation.to_string(),
+                        r.attempts.to_string(),
+                        r.last_error.to_string(),
+                    ]);
                 }
-            }
-            writeln!(out, "{} stuck saga(s)", rows.len())?;
+                write_table(out, &t)?;
+                for r in rows {
+                    writeln!(out, "\n{}:", r.instance_id)?;
+                    writeln!(out, "    input: {}", r.input)?;
+                    writeln!(out, "    compensating for: {}", r.cause)?;
+                    if !r.skipped.is_empty() {
+                        writeln!(out, "    not run: {}", r.skipped.join(", "))?;
+                    }
+                }
+                writeln!(out, "{} stuck saga(s)", rows.len())?;
+                Ok(())
+            })?;
         }
     }
     Ok(())

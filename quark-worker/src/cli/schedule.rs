@@ -8,16 +8,16 @@ use clap::Subcommand;
 use quark_history::{Missed, NewTask, ScheduleRecord, Store, TaskKind, Timestamp, Upserted};
 use quark_workflow::{Client, JobTask, Registry, Schedule, TaskPayload};
 
-use super::{Output, OutputArg, json_payload};
+use serde::Serialize;
+
+use super::json_payload;
+use super::output::{self, Output, rfc3339, rfc3339_opt, table, time, write_table};
 
 /// `quark schedule ...`
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Lists the schedules, by name.
-    List {
-        #[command(flatten)]
-        output: OutputArg,
-    },
+    List,
     /// Registers a schedule (or changes the one of that name): a job of a registered activity at
     /// every tick of a cron expression.
     Add {
@@ -60,38 +60,43 @@ pub(super) async fn run(
     store: &Arc<dyn Store>,
     cmd: ScheduleCommand,
     registry: Option<&Registry>,
-    out: &mut impl Write,
+    output: Output,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let client = Client::new(Arc::clone(store));
     match cmd {
-        ScheduleCommand::List { output } => {
-            let schedules = client.schedules().await?;
-            if output.output == Output::Json {
-                let rows: Vec<_> = schedules.iter().map(to_json).collect();
-                serde_json::to_writer_pretty(&mut *out, &rows)?;
-                writeln!(out)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "{:<24}  {:<20}  {:<16}  {:<12}  {:<20}  {:<12}  {:<27}  last fired",
-                "name", "cron", "tz", "missed", "activity", "queue", "next at"
-            )?;
-            for s in &schedules {
-                let spec = &s.spec;
-                writeln!(
-                    out,
-                    "{:<24}  {:<20}  {:<16}  {:<12}  {:<20}  {:<12}  {:<27}  {}",
-                    spec.name,
-                    spec.cron,
-                    spec.timezone,
-                    spec.missed,
-                    job_of(s).map_or_else(|| "?".into(), |j| j.activity),
-                    spec.queue,
-                    time(s.next_at),
-                    s.last_fired_at.map_or_else(|| "-".into(), time),
-                )?;
-            }
+        ScheduleCommand::List => {
+            let schedules: Vec<ScheduleView> = client
+                .schedules()
+                .await?
+                .iter()
+                .map(ScheduleView::from)
+                .collect();
+            output::rows(out, output, &schedules, |out, schedules| {
+                let mut t = table([
+                    "name",
+                    "cron",
+                    "tz",
+                    "missed",
+                    "activity",
+                    "queue",
+                    "next at",
+                    "last fired",
+                ]);
+                for s in schedules {
+                    t.add_row([
+                        s.name.clone(),
+                        s.cron.clone(),
+                        s.timezone.clone(),
+                        s.missed.clone(),
+                        s.activity.clone().unwrap_or_else(|| "?".into()),
+                        s.queue.clone(),
+                        time(s.next_at),
+                        s.last_fired_at.map_or_else(|| "-".into(), time),
+                    ]);
+                }
+                write_table(out, &t)
+            })?;
         }
         ScheduleCommand::Add {
             name,
@@ -136,17 +141,40 @@ pub(super) async fn run(
                 Upserted::Unchanged => "unchanged",
                 _ => "registered",
             };
-            writeln!(
-                out,
-                "schedule {name} {what}: {activity} at `{cron}` ({tz}); next at {}",
-                time(record.next_at)
-            )?;
+            let added = ScheduleChanged {
+                name,
+                outcome: what,
+                view: Some(ScheduleView::from(&record)),
+            };
+            output::one(out, output, &added, |out, a| {
+                if let Some(s) = &a.view {
+                    writeln!(
+                        out,
+                        "schedule {} {}: {} at `{}` ({}); next at {}",
+                        a.name,
+                        a.outcome,
+                        s.activity.as_deref().unwrap_or("?"),
+                        s.cron,
+                        s.timezone,
+                        time(s.next_at)
+                    )?;
+                }
+                Ok(())
+            })?;
         }
         ScheduleCommand::Remove { name } => {
             if !client.unschedule(&name).await? {
                 bail!("no schedule `{name}`");
             }
-            writeln!(out, "schedule {name} removed")?;
+            let removed = ScheduleChanged {
+                name,
+                outcome: "removed",
+                view: None,
+            };
+            output::one(out, output, &removed, |out, r| {
+                writeln!(out, "schedule {} removed", r.name)?;
+                Ok(())
+            })?;
         }
     }
     Ok(())
@@ -159,28 +187,55 @@ fn job_of(record: &ScheduleRecord) -> Option<JobTask> {
     }
 }
 
-fn time(at: Timestamp) -> String {
-    if at == Timestamp::MAX {
-        "never".into()
-    } else {
-        at.to_string()
-    }
+/// What `quark schedule add|remove` did.
+#[derive(Debug, Serialize)]
+struct ScheduleChanged {
+    name: String,
+    /// `created`, `updated`, `unchanged` or `removed`.
+    outcome: &'static str,
+    /// The schedule as it stands, unless removed.
+    #[serde(rename = "schedule", skip_serializing_if = "Option::is_none")]
+    view: Option<ScheduleView>,
 }
 
-fn to_json(s: &ScheduleRecord) -> serde_json::Value {
-    let job = job_of(s);
-    serde_json::json!({
-        "name": s.spec.name,
-        "cron": s.spec.cron,
-        "timezone": s.spec.timezone,
-        "missed": s.spec.missed.to_string(),
-        "activity": job.as_ref().map(|j| j.activity.clone()),
-        "input": job.as_ref().and_then(|j| j.input.decode::<serde_json::Value>().ok()),
-        "queue": s.spec.queue,
-        "priority": s.spec.priority,
-        "next_at": (s.next_at != Timestamp::MAX).then(|| s.next_at.to_string()),
-        "last_fired_at": s.last_fired_at.map(|t| t.to_string()),
-        "created_at": s.created_at.to_string(),
-        "updated_at": s.updated_at.to_string(),
-    })
+/// A schedule, as listed.
+#[derive(Debug, Serialize)]
+struct ScheduleView {
+    name: String,
+    cron: String,
+    timezone: String,
+    missed: String,
+    activity: Option<String>,
+    input: Option<serde_json::Value>,
+    queue: String,
+    priority: i32,
+    /// `null` when the expression has no tick left.
+    #[serde(serialize_with = "rfc3339")]
+    next_at: Timestamp,
+    #[serde(serialize_with = "rfc3339_opt")]
+    last_fired_at: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339")]
+    created_at: Timestamp,
+    #[serde(serialize_with = "rfc3339")]
+    updated_at: Timestamp,
+}
+
+impl From<&ScheduleRecord> for ScheduleView {
+    fn from(s: &ScheduleRecord) -> Self {
+        let job = job_of(s);
+        ScheduleView {
+            name: s.spec.name.clone(),
+            cron: s.spec.cron.clone(),
+            timezone: s.spec.timezone.clone(),
+            missed: s.spec.missed.to_string(),
+            activity: job.as_ref().map(|j| j.activity.clone()),
+            input: job.as_ref().and_then(|j| j.input.decode().ok()),
+            queue: s.spec.queue.clone(),
+            priority: s.spec.priority,
+            next_at: s.next_at,
+            last_fired_at: s.last_fired_at,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
 }

@@ -87,9 +87,15 @@ async fn deploy(t: &TestStore, queue: &str, registry: Registry) -> RunningWorker
 async fn quark(t: &TestStore, args: &[&str]) -> String {
     let cli = Cli::try_parse_from([&["quark"], args].concat()).unwrap();
     let mut out = Vec::new();
-    run_on(Arc::clone(&t.store), cli.command, None, &mut out)
-        .await
-        .unwrap();
+    run_on(
+        Arc::clone(&t.store),
+        cli.command,
+        cli.output,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap();
     String::from_utf8(out).unwrap()
 }
 
@@ -190,7 +196,7 @@ async fn it_blocks_an_instance_on_a_nondeterministic_deploy_and_resumes_it_after
     );
     let json = quark(t, &["workflow", "describe", "p-1", "--output", "json"]).await;
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(json["status"], "Blocked");
+    assert_eq!(json["status"], "blocked");
     assert_eq!(json["blocked"]["error"], turn.error.as_str());
     let blocked = quark(t, &["workflow", "list", "--status", "blocked"]).await;
     assert!(

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use quark_history::{
     Commit, Expected, HistoryEvent, IdReusePolicy, NewInstance, Payload, RecordedEvent,
 };
-use quark_worker::cli::{Command, DlqCommand, Output, OutputArg, WorkflowCommand, run_on};
+use quark_worker::cli::{Command, DlqCommand, Output, WorkflowCommand, run_on};
 
-async fn run(store: &Arc<dyn quark_history::Store>, command: Command) -> String {
+async fn run(store: &Arc<dyn quark_history::Store>, command: Command, output: Output) -> String {
     let mut out = Vec::new();
-    run_on(Arc::clone(store), command, None, &mut out)
+    run_on(Arc::clone(store), command, output, None, &mut out)
         .await
         .unwrap();
     String::from_utf8(out).unwrap()
@@ -37,12 +37,8 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
     }
     let json = run(
         &t.store,
-        Command::Workflow(WorkflowCommand::History {
-            id: "long".into(),
-            output: OutputArg {
-                output: Output::Json,
-            },
-        }),
+        Command::Workflow(WorkflowCommand::History { id: "long".into() }),
+        Output::Json,
     )
     .await;
     let history: Vec<RecordedEvent> = serde_json::from_str(&json).unwrap();
@@ -57,28 +53,66 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
 
     let table = run(
         &t.store,
-        Command::Workflow(WorkflowCommand::History {
-            id: "long".into(),
-            output: OutputArg {
-                output: Output::Table,
-            },
-        }),
+        Command::Workflow(WorkflowCommand::History { id: "long".into() }),
+        Output::Table,
     )
     .await;
     assert_eq!(table.lines().count(), 4502, "a header and a line per event");
     assert!(table.lines().nth(4501).unwrap().contains("SignalReceived"));
 
-    let verify = run(&t.store, Command::Verify { id: "long".into() }).await;
+    let verify = run(
+        &t.store,
+        Command::Verify { id: "long".into() },
+        Output::Table,
+    )
+    .await;
     assert_eq!(verify, "long: 4501 events, hash chain intact\n");
+    let verify = run(
+        &t.store,
+        Command::Verify { id: "long".into() },
+        Output::Json,
+    )
+    .await;
+    let verify: serde_json::Value = serde_json::from_str(&verify).unwrap();
+    assert_eq!(
+        (verify["events"].as_u64(), verify["intact"].as_bool()),
+        (Some(4501), Some(true))
+    );
+
+    // Instances in JSON: times as RFC 3339 (they were microseconds), and the next page's cursor.
+    let listed = run(
+        &t.store,
+        Command::Workflow(WorkflowCommand::List {
+            instance_type: None,
+            status: vec![],
+            limit: 10,
+            after: None,
+        }),
+        Output::Json,
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let created = t
+        .store
+        .get_instance("long")
+        .await
+        .unwrap()
+        .unwrap()
+        .created_at;
+    assert_eq!(listed[0]["created_at"], created.to_string(), "{listed}");
+    assert_eq!(listed[0]["status"], "running");
+    assert_eq!(
+        listed[0]["cursor"],
+        format!("{}/long", created.as_micros()),
+        "{listed}"
+    );
     let dlq = run(
         &t.store,
         Command::Dlq(DlqCommand::List {
             queue: None,
             limit: 10,
-            output: OutputArg {
-                output: Output::Json,
-            },
         }),
+        Output::Json,
     )
     .await;
     assert_eq!(dlq.trim(), "[]");

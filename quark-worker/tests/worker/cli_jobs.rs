@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use quark_history::testing::TestStore;
 use quark_history::{ClaimRequest, Commit, FailAction, JobState, Store};
-use quark_worker::cli::{Command, JobCommand, Output, OutputArg, QueueCommand, run_on};
+use quark_worker::cli::{Command, JobCommand, Output, QueueCommand, run_on};
 use quark_workflow::{ActivityContext, ActivityError, Registry, activity};
 
 #[activity]
@@ -13,10 +13,15 @@ async fn resize(_ctx: ActivityContext, url: String) -> Result<u64, ActivityError
 }
 
 async fn quark(t: &TestStore, command: Command) -> anyhow::Result<String> {
+    quark_as(t, Output::Table, command).await
+}
+
+async fn quark_as(t: &TestStore, output: Output, command: Command) -> anyhow::Result<String> {
     let mut out = Vec::new();
     run_on(
         Arc::clone(&t.store),
         command,
+        output,
         Some(Registry::new().register(resize)),
         &mut out,
     )
@@ -36,18 +41,6 @@ fn enqueue(input: &str, unique: Option<&str>) -> Command {
         unique_window: None,
         concurrency: Some("tenant-9:2".into()),
     })
-}
-
-fn table() -> OutputArg {
-    OutputArg {
-        output: Output::Table,
-    }
-}
-
-fn json() -> OutputArg {
-    OutputArg {
-        output: Output::Json,
-    }
 }
 
 async fn state(store: &dyn Store, id: i64) -> JobState {
@@ -97,14 +90,14 @@ async fn it_drives_jobs_and_queues_from_the_command_line(t: &TestStore) {
         "{again}"
     );
 
-    let listed = quark(
+    let listed = quark_as(
         t,
+        Output::Json,
         Command::Job(JobCommand::List {
             queue: Some("images".into()),
             state: vec!["pending".into()],
             limit: 10,
             before: None,
-            output: json(),
         }),
     )
     .await
@@ -120,15 +113,9 @@ async fn it_drives_jobs_and_queues_from_the_command_line(t: &TestStore) {
         .await
         .unwrap();
     assert_eq!(state(&*t.store, id).await, JobState::Paused);
-    let shown = quark(
-        t,
-        Command::Job(JobCommand::Show {
-            id,
-            output: table(),
-        }),
-    )
-    .await
-    .unwrap();
+    let shown = quark(t, Command::Job(JobCommand::Show { id }))
+        .await
+        .unwrap();
     assert!(shown.contains("state        paused"), "{shown}");
     assert!(shown.contains("input        \"s3://a.png\""), "{shown}");
     quark(t, Command::Job(JobCommand::Resume { ids: vec![id] }))
@@ -150,7 +137,7 @@ async fn it_drives_jobs_and_queues_from_the_command_line(t: &TestStore) {
         Command::Queue(QueueCommand::RateLimit {
             queue: "images".into(),
             limit: Some(5),
-            per: 2.0,
+            per: std::time::Duration::from_secs(2),
             clear: false,
         }),
     )
@@ -160,13 +147,14 @@ async fn it_drives_jobs_and_queues_from_the_command_line(t: &TestStore) {
         t,
         Command::Queue(QueueCommand::Stats {
             queue: "images".into(),
-            output: table(),
         }),
     )
     .await
     .unwrap();
     assert!(
-        stats.contains("1 pending") && stats.contains("PAUSED") && stats.contains("5 per 2.000 s"),
+        stats.contains("1 pending")
+            && stats.contains("PAUSED")
+            && stats.contains("rate limit 5 per 2s"),
         "{stats}"
     );
     assert!(

@@ -4,11 +4,15 @@ use std::sync::Arc;
 
 use quark_history::testing::TestStore;
 use quark_history::{Delivery, MessageState, OutboxClaim, OutboxFilter};
-use quark_worker::cli::{Command, OutboxCommand, Output, OutputArg, run_on};
+use quark_worker::cli::{Command, OutboxCommand, Output, run_on};
 
 async fn quark(t: &TestStore, command: Command) -> anyhow::Result<String> {
+    quark_as(t, Output::Table, command).await
+}
+
+async fn quark_as(t: &TestStore, output: Output, command: Command) -> anyhow::Result<String> {
     let mut out = Vec::new();
-    run_on(Arc::clone(&t.store), command, None, &mut out).await?;
+    run_on(Arc::clone(&t.store), command, output, None, &mut out).await?;
     Ok(String::from_utf8(out).unwrap())
 }
 
@@ -17,9 +21,6 @@ fn list(state: Option<&str>) -> Command {
         state: state.map(Into::into),
         key: None,
         limit: 50,
-        output: OutputArg {
-            output: Output::Json,
-        },
     })
 }
 
@@ -37,8 +38,10 @@ async fn it_lists_and_redrives_outbox_messages_from_the_command_line(t: &TestSto
     )
     .await;
     assert!(bad.unwrap_err().to_string().contains("unknown kind"));
-    quark(
+    // A command that writes says what it wrote in JSON too: a script reads the message's id.
+    let written = quark_as(
         t,
+        Output::Json,
         Command::Outbox(OutboxCommand::Send {
             destination: "http:http://127.0.0.1:9/hook".into(),
             payload: r#"{"order": 5}"#.into(),
@@ -48,6 +51,8 @@ async fn it_lists_and_redrives_outbox_messages_from_the_command_line(t: &TestSto
     )
     .await
     .unwrap();
+    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(written["action"], "written", "{written}");
     let claimed = t
         .store
         .claim_outbox(OutboxClaim::new("w"))
@@ -64,8 +69,22 @@ async fn it_lists_and_redrives_outbox_messages_from_the_command_line(t: &TestSto
         .await
         .unwrap();
     let listed: serde_json::Value =
-        serde_json::from_str(&quark(t, list(Some("dead"))).await.unwrap()).unwrap();
+        serde_json::from_str(&quark_as(t, Output::Json, list(Some("dead"))).await.unwrap())
+            .unwrap();
+    assert_eq!(listed[0]["id"], written["message_id"]);
     assert_eq!(listed[0]["idempotency_key"], "order-5");
+    let created = listed[0]["created_at"].as_str().unwrap();
+    assert!(
+        created.len() == 27 && created.ends_with('Z') && created.as_bytes()[10] == b'T',
+        "RFC 3339: {created}"
+    );
+    // JSON lines: the same row, alone on its line.
+    let lines = quark_as(t, Output::Jsonl, list(Some("dead")))
+        .await
+        .unwrap();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(line, listed[0]);
     assert_eq!(listed[0]["ordering_key"], "orders");
     assert_eq!(listed[0]["last_error"], "webhook answered 410");
     assert_eq!(listed[0]["payload"], r#"{"order":5}"#);
@@ -92,9 +111,6 @@ async fn it_lists_and_redrives_outbox_messages_from_the_command_line(t: &TestSto
             state: None,
             key: Some("orders".into()),
             limit: 10,
-            output: OutputArg {
-                output: Output::Table,
-            },
         }),
     )
     .await

@@ -16,7 +16,14 @@ async fn quark(store: &Arc<dyn Store>, args: &[&str]) -> anyhow::Result<String> 
     let cli = Cli::try_parse_from(std::iter::once("quark").chain(args.iter().copied()))?;
     let registry = Registry::new().register(send_report);
     let mut out = Vec::new();
-    run_on(Arc::clone(store), cli.command, Some(registry), &mut out).await?;
+    run_on(
+        Arc::clone(store),
+        cli.command,
+        cli.output,
+        Some(registry),
+        &mut out,
+    )
+    .await?;
     Ok(String::from_utf8(out)?)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use quark_history::InstanceStatus;
 use quark_history::testing::TestStore;
 use quark_worker::Worker;
-use quark_worker::cli::{Command, Output, OutputArg, SagaCommand, run_on};
+use quark_worker::cli::{Command, Output, SagaCommand, run_on};
 use quark_workflow::{
     ActivityContext, ActivityError, Client, ClientError, OrchestrationContext, OrchestrationError,
     Registry, RetryPolicy, activity, orchestration,
@@ -192,9 +192,8 @@ async fn quark(t: &TestStore, output: Output) -> String {
         instance_type: None,
         limit: 50,
         scan: 10_000,
-        output: OutputArg { output },
     });
-    run_on(Arc::clone(&t.store), command, None, &mut out)
+    run_on(Arc::clone(&t.store), command, output, None, &mut out)
         .await
         .unwrap();
     String::from_utf8(out).unwrap()
@@ -212,11 +211,10 @@ fn the_command_line_parses_saga_stuck() {
             instance_type,
             limit,
             scan,
-            output,
         }) => {
             assert_eq!(instance_type.as_deref(), Some("checkout"));
             assert_eq!((limit, scan), (5, 10_000));
-            assert_eq!(output.output, Output::Json);
+            assert_eq!(cli.output, Output::Json);
         }
         other => panic!("parsed as {other:?}"),
     }

@@ -44,6 +44,7 @@ async fn cli(t: &TestStore, command: WorkflowCommand) -> anyhow::Result<String> 
     run_on(
         Arc::clone(&t.store),
         Command::Workflow(command),
+        quark_worker::cli::Output::Table,
         Some(quark_tests::registry()),
         &mut out,
     )

@@ -8,5 +8,6 @@ mod bad_input;
 mod crash;
 mod job_crash;
 mod recovery;
+mod shutdown;
 mod startup;
 mod transactional_crash;

@@ -1,0 +1,565 @@
+//! `quark workflow ...`: instances from the command line, and replaying exported histories.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use quark_history::{
+    HistoryRange, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
+    RecordedEvent, Store, Timestamp,
+};
+use quark_workflow::{Client, Registry, ReplayReport, Replayer};
+use serde::Serialize;
+
+use super::json_payload;
+use super::output::{self, Output, rfc3339, table, write_table};
+
+/// `quark workflow ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Starts an instance of a registered orchestration.
+    Start {
+        /// The orchestration type.
+        #[arg(long = "type")]
+        instance_type: String,
+        /// The instance id.
+        id: String,
+        /// The input, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// The queue of its orchestration tasks.
+        #[arg(long, default_value = "default")]
+        queue: String,
+    },
+    /// Sends a signal.
+    Signal {
+        /// The instance id.
+        id: String,
+        /// The signal's name.
+        name: String,
+        /// The signal's value, as JSON.
+        #[arg(long, default_value = "null")]
+        value: String,
+    },
+    /// Requests cancellation; the orchestration may compensate before it ends.
+    Cancel {
+        /// The instance id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "cancelled from the command line")]
+        reason: String,
+    },
+    /// Stops an instance at once, running no more of its code.
+    Terminate {
+        /// The instance id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "terminated from the command line")]
+        reason: String,
+    },
+    /// Lists instances, newest first.
+    List {
+        /// Only this orchestration type.
+        #[arg(long = "type")]
+        instance_type: Option<String>,
+        /// Only these statuses (running, blocked, completed, failed, cancelled, terminated,
+        /// continued_as_new).
+        #[arg(long, value_delimiter = ',')]
+        status: Vec<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this cursor (printed at the end of the previous page; in JSON, each
+        /// row's `cursor`).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Shows one instance.
+    Describe {
+        /// The instance id.
+        id: String,
+    },
+    /// Prints an instance's history. `--output json` writes the file `quark workflow replay`
+    /// and the `Replayer` read: an array of recorded events as the store keeps them (times in
+    /// microseconds since the epoch, the one exception to RFC 3339 in this CLI's JSON, so that
+    /// exports stay byte-compatible with `Client::history` and checked-in histories).
+    History {
+        /// The instance id.
+        id: String,
+    },
+    /// Replays exported histories (`quark workflow history ID --output json > FILE`) against the
+    /// orchestrations linked into this binary: a divergence means this code would block those
+    /// instances. Fails if any history does not replay.
+    Replay {
+        /// The history files: JSON arrays of recorded events, or one event a line.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where call sites' source files are looked up, to show the lines that diverge
+        /// (default: the current directory and its ancestors).
+        #[arg(long)]
+        source_root: Option<PathBuf>,
+    },
+}
+
+impl WorkflowCommand {
+    pub(super) fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            WorkflowCommand::List { .. }
+                | WorkflowCommand::Describe { .. }
+                | WorkflowCommand::History { .. }
+                | WorkflowCommand::Replay { .. }
+        )
+    }
+}
+
+/// An instance, as listed and described.
+#[derive(Debug, Serialize)]
+struct InstanceView {
+    id: String,
+    instance_type: String,
+    version: u32,
+    status: &'static str,
+    queue: String,
+    history_len: u64,
+    history_bytes: u64,
+    input: Option<serde_json::Value>,
+    output: Option<serde_json::Value>,
+    parent_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    created_at: Timestamp,
+    #[serde(serialize_with = "rfc3339")]
+    updated_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked: Option<BlockedView>,
+    /// Where the next page starts, for `--after`.
+    cursor: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BlockedView {
+    task_id: i64,
+    error: String,
+    #[serde(serialize_with = "rfc3339")]
+    since: Timestamp,
+}
+
+impl From<InstanceRecord> for InstanceView {
+    fn from(i: InstanceRecord) -> Self {
+        InstanceView {
+            cursor: format!("{}/{}", i.created_at.as_micros(), i.id),
+            input: i.input.decode().ok(),
+            output: i.output.as_ref().and_then(|o| o.decode().ok()),
+            id: i.id,
+            instance_type: i.instance_type,
+            version: i.version,
+            status: i.status.as_str(),
+            queue: i.queue,
+            history_len: i.history_len,
+            history_bytes: i.history_bytes,
+            parent_id: i.parent_id,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+            blocked: i.blocked.map(|b| BlockedView {
+                task_id: b.task_id,
+                error: b.error,
+                since: b.since,
+            }),
+        }
+    }
+}
+
+/// What a command that changes an instance did.
+#[derive(Debug, Serialize)]
+struct Changed {
+    id: String,
+    /// `started`, `signalled`, `cancel_requested` or `terminated`.
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<String>,
+}
+
+/// The outcome of replaying one history file.
+#[derive(Debug, Serialize)]
+struct Replayed {
+    file: String,
+    ok: bool,
+    /// How many events were replayed (all of them, if `ok`).
+    events: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_patch_branches: Option<Vec<String>>,
+    /// Why not, if not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub(super) async fn run(
+    store: &Arc<dyn Store>,
+    cmd: WorkflowCommand,
+    registry: Option<&Registry>,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let client = Client::new(Arc::clone(store));
+    let changed = match cmd {
+        WorkflowCommand::Start {
+            instance_type,
+            id,
+            input,
+            queue,
+        } => {
+            if !registry.is_some_and(|r| r.has_orchestration(&instance_type)) {
+                bail!(
+                    "no orchestration `{instance_type}` is linked into this binary; nothing was started \
+                     (build your own binary with quark_worker::cli::main_with(registry))"
+                );
+            }
+            let input = json_payload("input", &input)?;
+            let mut new = NewInstance::new(&id, &instance_type, input);
+            new.queue = queue;
+            store
+                .create_instance(new, IdReusePolicy::RejectDuplicate)
+                .await?;
+            Changed {
+                id,
+                action: "started",
+                instance_type: Some(instance_type),
+                signal: None,
+            }
+        }
+        WorkflowCommand::Signal { id, name, value } => {
+            let value = json_payload("signal's value", &value)?;
+            let value: serde_json::Value = value.decode()?;
+            client.signal(&id, &name, &value).await?;
+            Changed {
+                id,
+                action: "signalled",
+                instance_type: None,
+                signal: Some(name),
+            }
+        }
+        WorkflowCommand::Cancel { id, reason } => {
+            client.cancel(&id, &reason).await?;
+            Changed {
+                id,
+                action: "cancel_requested",
+                instance_type: None,
+                signal: None,
+            }
+        }
+        WorkflowCommand::Terminate { id, reason } => {
+            client.terminate(&id, &reason).await?;
+            Changed {
+                id,
+                action: "terminated",
+                instance_type: None,
+                signal: None,
+            }
+        }
+        WorkflowCommand::List {
+            instance_type,
+            status,
+            limit,
+            after,
+        } => {
+            let statuses = status
+                .iter()
+                .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let after = after.map(|c| parse_cursor(&c)).transpose()?;
+            let page: Vec<InstanceView> = store
+                .list_instances(InstanceFilter {
+                    instance_type,
+                    statuses,
+                    after,
+                    limit,
+                    ..Default::default()
+                })
+                .await?
+                .into_iter()
+                .map(InstanceView::from)
+                .collect();
+            return output::rows(out, output, &page, |out, page| {
+                let mut t = table(["id", "type", "status", "events", "created"]);
+                for i in page {
+                    t.add_row([
+                        i.id.clone(),
+                        i.instance_type.clone(),
+                        i.status.to_string(),
+                        i.history_len.to_string(),
+                        i.created_at.to_string(),
+                    ]);
+                }
+                write_table(out, &t)?;
+                if page.len() as u32 == limit
+                    && let Some(last) = page.last()
+                {
+                    writeln!(out, "\nmore: --after {}", last.cursor)?;
+                }
+                Ok(())
+            });
+        }
+        WorkflowCommand::Describe { id } => {
+            let Some(i) = store.get_instance(&id).await? else {
+                bail!("no instance `{id}`")
+            };
+            return output::one(out, output, &InstanceView::from(i), describe);
+        }
+        WorkflowCommand::History { id } => {
+            let Some(instance) = store.get_instance(&id).await? else {
+                bail!("no instance `{id}`");
+            };
+            let history = read_history_with_progress(&**store, &id, instance.history_len).await?;
+            return output::rows(out, output, &history, |out, history| {
+                let mut t = table(["seq", "recorded at", "event", "detail"]);
+                for e in history {
+                    let detail = serde_json::to_value(&e.event)?;
+                    let detail = detail
+                        .as_object()
+                        .and_then(|o| o.values().next())
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    let detail: String = detail.chars().take(100).collect();
+                    t.add_row([
+                        e.seq.to_string(),
+                        e.recorded_at.to_string(),
+                        e.event.kind().to_string(),
+                        detail,
+                    ]);
+                }
+                write_table(out, &t)
+            });
+        }
+        WorkflowCommand::Replay { files, source_root } => {
+            return replay(&files, source_root, registry, output, out);
+        }
+    };
+    output::one(out, output, &changed, |out, c| {
+        match c.action {
+            "started" => writeln!(
+                out,
+                "started {} ({})",
+                c.id,
+                c.instance_type.as_deref().unwrap_or("")
+            )?,
+            "signalled" => writeln!(
+                out,
+                "signalled {}: {}",
+                c.id,
+                c.signal.as_deref().unwrap_or("")
+            )?,
+            "cancel_requested" => writeln!(out, "cancellation requested for {}", c.id)?,
+            _ => writeln!(out, "terminated {}", c.id)?,
+        }
+        Ok(())
+    })
+}
+
+fn describe(out: &mut dyn Write, i: &InstanceView) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "id:       {}\ntype:     {} (version {})\nstatus:   {}",
+        i.id, i.instance_type, i.version, i.status
+    )?;
+    if let Some(turn) = &i.blocked {
+        writeln!(
+            out,
+            "blocked:  since {}, by dead turn {} (fix the code, deploy it, then \
+             `quark dlq redrive {}`)\nerror:    {}",
+            turn.since, turn.task_id, turn.task_id, turn.error
+        )?;
+    }
+    writeln!(
+        out,
+        "created:  {}\nupdated:  {}",
+        i.created_at, i.updated_at
+    )?;
+    writeln!(
+        out,
+        "history:  {} events, {} bytes",
+        i.history_len, i.history_bytes
+    )?;
+    let json = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .map_or_else(|| "(not JSON)".to_string(), |v| v.to_string())
+    };
+    writeln!(out, "input:    {}", json(&i.input))?;
+    if i.output.is_some() {
+        writeln!(out, "output:   {}", json(&i.output))?;
+    }
+    if let Some(p) = &i.parent_id {
+        writeln!(out, "parent:   {p}")?;
+    }
+    Ok(())
+}
+
+/// `quark workflow replay`: every file replayed, then an error if any did not replay.
+pub(super) fn replay(
+    files: &[PathBuf],
+    source_root: Option<PathBuf>,
+    registry: Option<&Registry>,
+    output: Output,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let Some(registry) = registry else {
+        bail!(
+            "no orchestrations are linked into this binary, so there is no code to replay against \
+             (build your own binary with quark_worker::cli::main_with(registry))"
+        );
+    };
+    let mut replayer = Replayer::new(registry.clone());
+    if let Some(root) = source_root {
+        replayer = replayer.source_root(root);
+    }
+    let mut results = Vec::with_capacity(files.len());
+    for file in files {
+        let history = read_history_file(file)?;
+        let report = replayer
+            .replay(&history)
+            .with_context(|| format!("replaying {}", file.display()))?;
+        let file = file.display().to_string();
+        results.push(match report {
+            ReplayReport::Ok {
+                events,
+                old_branches,
+                ..
+            } => Replayed {
+                file,
+                ok: true,
+                events,
+                old_patch_branches: (!old_branches.is_empty())
+                    .then(|| old_branches.into_iter().collect()),
+                error: None,
+            },
+            ReplayReport::Diverged(d) => Replayed {
+                file,
+                ok: false,
+                events: d.prefix,
+                old_patch_branches: None,
+                error: Some(d.to_string()),
+            },
+            ReplayReport::Panicked { prefix, message } => Replayed {
+                file,
+                ok: false,
+                events: prefix,
+                old_patch_branches: None,
+                error: Some(format!("the code panicked: {message}")),
+            },
+            other => Replayed {
+                file,
+                ok: false,
+                events: 0,
+                old_patch_branches: None,
+                error: Some(format!("{other:?}")),
+            },
+        });
+    }
+    output::rows(out, output, &results, |out, results| {
+        for r in results {
+            match &r.error {
+                None => writeln!(out, "{}: replays ({} events)", r.file, r.events)?,
+                Some(e) => writeln!(out, "{}: DIVERGES after {} events: {e}", r.file, r.events)?,
+            }
+        }
+        Ok(())
+    })?;
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} histories do not replay against this binary's code",
+            results.len()
+        );
+    }
+    Ok(())
+}
+
+/// A history file as `quark workflow history` writes it: a JSON array, or one event a line.
+fn read_history_file(path: &Path) -> anyhow::Result<Vec<RecordedEvent>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if text.trim_start().starts_with('[') {
+        return serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a history (a JSON array of recorded events, as `quark workflow \
+                 history ID --output json` writes)",
+                path.display()
+            )
+        });
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str(line).with_context(|| {
+                format!(
+                    "{} line {}: not a recorded event (a history is a JSON array of them, or \
+                     one a line)",
+                    path.display(),
+                    n + 1
+                )
+            })
+        })
+        .collect()
+}
+
+/// Reads a history in pages, with a progress bar on the terminal for long ones.
+async fn read_history_with_progress(
+    store: &dyn Store,
+    id: &str,
+    len: u64,
+) -> anyhow::Result<Vec<RecordedEvent>> {
+    const PAGE: u64 = 2_000;
+    let bar = if len > PAGE {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("reading {id}"));
+    let mut history = Vec::with_capacity(len as usize);
+    loop {
+        let from = history.len() as u64 + 1;
+        let range = HistoryRange::Seq {
+            from,
+            until: from + PAGE,
+        };
+        let page = store.read_history(id, range).await?;
+        let done = (page.len() as u64) < PAGE;
+        bar.inc(page.len() as u64);
+        history.extend(page);
+        if done {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(history)
+}
+
+fn parse_cursor(cursor: &str) -> anyhow::Result<(Timestamp, String)> {
+    let (at, id) = cursor
+        .split_once('/')
+        .context("a cursor looks like MICROS/ID")?;
+    Ok((
+        Timestamp::from_micros(at.parse().context("a cursor starts with a number")?),
+        id.to_string(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_parses_list_cursors() {
+        let (at, id) = parse_cursor("123/order-1").unwrap();
+        assert_eq!((at.as_micros(), id.as_str()), (123, "order-1"));
+        assert!(parse_cursor("order-1").is_err());
+    }
+}
