@@ -149,6 +149,35 @@ pub use quark_history;
 mod macros;
 pub use macros::{activity, orchestration};
 
+/// What an application using Quark writes against, in one import:
+///
+/// ```
+/// use quark_workflow::prelude::*;
+///
+/// #[activity]
+/// async fn greet(_ctx: ActivityContext, name: String) -> Result<String, ActivityError> {
+///     Ok(format!("hello, {name}"))
+/// }
+///
+/// #[orchestration]
+/// async fn welcome(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+///     ctx.call(greet, &name).await
+/// }
+///
+/// let registry: Registry = Registry::new().register(greet).register(welcome);
+/// # let _ = registry;
+/// ```
+///
+/// The rest of the crate's root (task payloads, commits, the turn function) is the runtime's
+/// plumbing, for those who build a runtime of their own.
+pub mod prelude {
+    pub use crate::{
+        ActivityContext, ActivityError, Client, ClientError, Handle, Job, JobOptions, JobWorkflow,
+        OnFailure, OrchestrationContext, OrchestrationError, Registry, Replayer, RetryPolicy, Saga,
+        Schedule, StartOptions, activity, orchestration,
+    };
+}
+
 /// What the macros' generated code names. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
