@@ -81,6 +81,10 @@ fn stuck<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
 const DIVERGED_AT_FIRST_CALL: &str = "nondeterminism: event 2 was ActivityScheduled(reserve) \
      from quark-workflow/tests/workflow/hidden_nondeterminism.rs:";
 
+/// What a turn that diverged at some call of `reserve` is dead-lettered with.
+const DIVERGED_AT_A_CALL: &str =
+    "was ActivityScheduled(reserve) from quark-workflow/tests/workflow/hidden_nondeterminism.rs:";
+
 /// Replays `history` in this process and returns the divergence it must report.
 fn diverged(history: &str) -> Divergence {
     match Replayer::new(registry()).replay_json(history).unwrap() {
@@ -320,14 +324,23 @@ async fn a_hash_map_iterated_behind_a_type_is_caught_in_another_order() {
         let h = cart_reservation::start(env.client(), "cart", cart)
             .await
             .unwrap();
-        // Every turn decodes the input into a map with another seed.
+        // Every turn decodes the input into a map with another seed. Which call diverges first
+        // is chance: the second turn's map starts with the same item as the first's once in
+        // twelve, and then a later call diverges.
         let reason = stuck(h.result().await);
-        assert!(reason.contains(DIVERGED_AT_FIRST_CALL), "{reason}");
+        assert!(reason.contains(DIVERGED_AT_A_CALL), "{reason}");
         assert!(reason.contains(" x item-"), "{reason}");
     })
     .await;
-    // The replay decodes the input into a map with another seed, as a restarted worker does.
-    let d = diverged(&history);
+    // The replay decodes the input into a map with another seed, as a restarted worker does. The
+    // history may be short enough (one call recorded) for a replay to agree by chance, once in
+    // twelve: a restart that keeps replaying finds the divergence, and so does this.
+    let d = (0..10)
+        .find_map(|_| match Replayer::new(registry()).replay_json(&history) {
+            Ok(ReplayReport::Diverged(d)) => Some(*d),
+            _ => None,
+        })
+        .expect("ten replays, each with another seed, and none diverged");
     let text = d.to_string();
     assert_eq!(d.error.expected, "ActivityScheduled(reserve)", "{text}");
     assert!(
