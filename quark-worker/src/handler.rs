@@ -109,6 +109,8 @@ pub struct TaskContext {
     /// The slot this task runs in, until [`run_here`](Self::run_here) hands it on to a task of the
     /// same kind that continues the work.
     own: Arc<Mutex<Option<(TaskKind, OwnedSemaphorePermit)>>>,
+    /// Whether the commit that created the task started it here (not claimed from the queue).
+    started_here: bool,
 }
 
 /// A slot set aside for a task that the next commit creates.
@@ -147,6 +149,7 @@ impl TaskContext {
             stop,
             reserved: Arc::default(),
             own: Arc::new(Mutex::new(permit)),
+            started_here: false,
         }
     }
 
@@ -296,7 +299,7 @@ impl TaskContext {
                 payload: task.payload,
             };
             shared.metrics.claimed(&claimed, now);
-            spawn_task(shared, &self.routes, claimed, permit);
+            spawn_task(shared, &self.routes, claimed, permit, true);
         }
         Ok(committed)
     }
@@ -379,6 +382,7 @@ pub(crate) fn spawn_task(
     routes: &Arc<Routes>,
     task: ClaimedTask,
     permit: tokio::sync::OwnedSemaphorePermit,
+    started_here: bool,
 ) {
     let Some(route) = routes.get(&task.kind) else {
         tracing::error!(kind = %task.kind, "no handler for a task this worker holds");
@@ -405,7 +409,7 @@ pub(crate) fn spawn_task(
         instance = task.instance_id.as_deref().unwrap_or(""),
         attempt = task.lease.attempt,
     );
-    let cx = TaskContext::new(
+    let mut cx = TaskContext::new(
         Arc::clone(shared),
         Arc::clone(routes),
         task.lease.clone(),
@@ -414,6 +418,7 @@ pub(crate) fn spawn_task(
         stop_requested,
         Some((task.kind, permit)),
     );
+    cx.started_here = started_here;
     let shared2 = Arc::clone(shared);
     let join = tokio::spawn(
         async move {
@@ -465,6 +470,10 @@ impl Host for TaskContext {
 
     fn run_here(&self, task: &mut NewTask) -> bool {
         TaskContext::run_here(self, task)
+    }
+
+    fn started_here(&self) -> bool {
+        self.started_here
     }
 
     /// An activity's heartbeat extends the lease at once (the lease keeper also extends it on its

@@ -65,7 +65,7 @@ pub(crate) async fn run(shared: Arc<Shared>, routes: Arc<Routes>, kind: TaskKind
                         crate::lease::hand_back(&shared, task.lease).await;
                         continue;
                     };
-                    spawn_task(&shared, &routes, task, permit);
+                    spawn_task(&shared, &routes, task, permit, false);
                 }
                 if full {
                     continue;

@@ -275,10 +275,9 @@ impl Inner {
         let mut ran = Vec::new();
         let mut batch = VecDeque::new();
         loop {
-            let next = lock(&self.book.here)
-                .pop_front()
-                .or_else(|| batch.pop_front());
-            let task = match next {
+            let here = lock(&self.book.here).pop_front();
+            let started_here = here.is_some();
+            let task = match here.or_else(|| batch.pop_front()) {
                 Some(task) => task,
                 None => {
                     let claimed = self
@@ -303,7 +302,7 @@ impl Inner {
                     continue;
                 }
             };
-            let settled = self.execute(task.clone()).await;
+            let settled = self.execute(task.clone(), started_here).await;
             ran.push((task, settled));
         }
     }
@@ -342,11 +341,12 @@ impl Inner {
     }
 
     /// Runs one claimed task with the shared runner.
-    async fn execute(&self, task: ClaimedTask) -> Settled {
+    async fn execute(&self, task: ClaimedTask, started_here: bool) -> Settled {
         let host: HostRef = Arc::new(TestHost {
             book: Arc::clone(&self.book),
             lease: task.lease.clone(),
             stop: watch::channel(false).0,
+            started_here,
         });
         self.runner().run(task, host).await
     }
@@ -457,6 +457,7 @@ struct TestHost {
     book: Arc<Book>,
     lease: Lease,
     stop: watch::Sender<bool>,
+    started_here: bool,
 }
 
 impl TestHost {
@@ -520,6 +521,10 @@ impl Host for TestHost {
         }
         task.lease_to = Some((TEST_WORKER.to_string(), LEASE));
         true
+    }
+
+    fn started_here(&self) -> bool {
+        self.started_here
     }
 
     fn heartbeat(&self, info: &ActivityInfo, progress: Option<Payload>) {

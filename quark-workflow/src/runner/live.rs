@@ -87,6 +87,17 @@ pub(crate) enum LiveTurn {
     Cold(Box<Turn>),
 }
 
+/// An activity's result, reporting back to its instance's live run (a warm continuation).
+pub(crate) struct Report {
+    /// The result's event.
+    pub(crate) event: HistoryEvent,
+    /// When it is recorded.
+    pub(crate) at: Timestamp,
+    /// Whether the commit that scheduled the activity started it here (see
+    /// [`Host::started_here`](super::Host::started_here)).
+    pub(crate) started_here: bool,
+}
+
 type Job = Box<dyn FnOnce(&mut Shard) + Send>;
 
 /// The live runs, spread over the orchestration threads.
@@ -505,13 +516,20 @@ impl LiveInstances {
         task: &ClaimedTask,
         registry: &Arc<Registry>,
         history: Option<Vec<RecordedEvent>>,
-        event: HistoryEvent,
-        at: Timestamp,
+        report: Report,
     ) -> Option<(u64, Turn, bool, u64)> {
+        let Report {
+            event,
+            at,
+            started_here,
+        } = report;
         let (id, task, registry) = (instance.to_string(), task.clone(), Arc::clone(registry));
         let token = self.token();
-        // The activity reporting back proves the commit that scheduled it written.
-        let proof = event.command();
+        // An activity that the commit of the run's own turn started here, reporting back, proves
+        // that commit written. One claimed from the queue proves nothing to this run: its command
+        // may have been recorded by another run's commit (another worker's, built on another
+        // prefix of the history), which numbered its commands otherwise.
+        let proof = event.command().filter(|_| started_here);
         self.on_thread(instance, move |shard| {
             let mut live = match history {
                 // A run with a commit in flight is not replaced: the result goes through the

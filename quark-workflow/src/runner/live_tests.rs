@@ -13,6 +13,14 @@ fn completed(command: u64) -> HistoryEvent {
     }
 }
 
+fn report(event: HistoryEvent, at: Timestamp, started_here: bool) -> Report {
+    Report {
+        event,
+        at,
+        started_here,
+    }
+}
+
 fn order_registry() -> Arc<Registry> {
     let mut registry = Registry::new();
     registry.add_orchestration::<OrderV1>();
@@ -60,21 +68,47 @@ async fn a_run_with_a_commit_in_flight_is_not_replaced_and_takes_only_its_own_co
             &claimed("default"),
             &registry,
             Some(vec![started(at)]),
-            completed(1),
-            at,
+            report(completed(1), at, true),
         )
         .await;
     assert!(replaced.is_none(), "a continuation replaced the live run");
     // A confirmation under another turn's token does not reach the run: it still waits.
     live.confirm(ID, token + 100, 2, Timestamp::from_millis(9));
     let early = live
-        .continue_with(ID, &claimed("default"), &registry, None, completed(1), at)
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(completed(1), at, true),
+        )
         .await;
     assert!(early.is_none(), "the run took another turn's confirmation");
-    // Its own does; its activity reporting back proves the commit written.
+    // Its own does. Its activity, claimed from the queue, proves nothing: another run's commit
+    // could have recorded that command.
     live.confirm(ID, token, 2, at);
+    let claimed_there = live
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(completed(1), at, false),
+        )
+        .await;
+    assert!(
+        claimed_there.is_none(),
+        "a queued activity proved the commit"
+    );
+    // Started here by the commit, it proves the commit written.
     let (seq, _, _, _) = live
-        .continue_with(ID, &claimed("default"), &registry, None, completed(1), at)
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(completed(1), at, true),
+        )
         .await
         .expect("the live run continues on its own commit");
     assert_eq!(seq, 3);
@@ -114,12 +148,24 @@ async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_
     // An activity the commit did not schedule reports back: the commit may still fail, and
     // a continuation fenced after its events could land on other events. Refused.
     let other = live
-        .continue_with(ID, &claimed("default"), &registry, None, completed(7), at)
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(completed(7), at, true),
+        )
         .await;
     assert!(other.is_none());
     // The commit's own activity reports back: its task exists, so the commit was written.
     let (seq, turn, _, second) = live
-        .continue_with(ID, &claimed("default"), &registry, None, completed(1), at)
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(completed(1), at, true),
+        )
         .await
         .expect("continued on the written commit");
     assert_eq!(seq, 3);
@@ -132,13 +178,25 @@ async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_
     live.confirm(ID, second, 4, at);
     let fired = HistoryEvent::TimerFired { command: 2 };
     let early = live
-        .continue_with(ID, &claimed("default"), &registry, None, fired.clone(), at)
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(fired.clone(), at, true),
+        )
         .await;
     assert!(early.is_none());
     live.ack(ID, token);
     live.ack(ID, second);
     let (seq, turn, _, _) = live
-        .continue_with(ID, &claimed("default"), &registry, None, fired, at)
+        .continue_with(
+            ID,
+            &claimed("default"),
+            &registry,
+            None,
+            report(fired, at, true),
+        )
         .await
         .expect("continued once acknowledged");
     assert_eq!(seq, 5);

@@ -113,6 +113,13 @@ pub trait Host: Send + Sync + 'static {
     /// `true`.
     fn run_here(&self, task: &mut NewTask) -> bool;
 
+    /// Whether this task was started here by the commit that created it (see
+    /// [`run_here`](Self::run_here)) rather than claimed from the queue. Only such an activity's
+    /// result proves written, to the live run, the commit of its own turn. The default: claimed.
+    fn started_here(&self) -> bool {
+        false
+    }
+
     /// An activity sent a heartbeat.
     fn heartbeat(&self, info: &ActivityInfo, progress: Option<Payload>);
 

@@ -5,7 +5,7 @@ use quark_history::{
     ClaimedTask, Commit, Expected, HistoryRange, IdReusePolicy, Settle, TaskKind, Timestamp,
 };
 
-use super::live::LiveTurn;
+use super::live::{LiveTurn, Report};
 use super::{Handled, HandlerError, HostRef, RunEvent, Runner, now};
 use crate::executor::Outcome;
 use crate::turn::Turn;
@@ -70,7 +70,12 @@ impl Runner {
                 )
             }
         };
-        let mut commit = self.prepare(&instance, turn, &host).await?;
+        // Only a kept run's turn starts its activities here: their results prove its commit
+        // written to the run (see `continue_here`), and a turn on a run that is not kept has no
+        // run to prove anything to.
+        let mut commit = self
+            .prepare(&instance, turn, &host, token.is_some())
+            .await?;
         // The turn's events are recorded at a time chosen here, so that the live run can take
         // exact copies of them once they commit.
         let at = now(&host);
@@ -121,6 +126,7 @@ impl Runner {
         instance: &str,
         turn: Turn,
         host: &HostRef,
+        here: bool,
     ) -> Result<Commit, HandlerError> {
         for child in turn.instances {
             // Ids are deterministic, so a turn that is redone finds its children already there.
@@ -137,7 +143,7 @@ impl Runner {
         let mut commit = turn.commit;
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
         // results): they must not be started here either.
-        if waiting {
+        if waiting && here {
             for task in &mut commit.tasks {
                 if task.kind == TaskKind::Activity {
                     host.run_here(task);
@@ -192,8 +198,11 @@ impl Runner {
                 &as_turn,
                 &self.registry,
                 history,
-                event.clone(),
-                at,
+                Report {
+                    event: event.clone(),
+                    at,
+                    started_here: host.started_here(),
+                },
             )
             .await?;
         if warn {
@@ -203,7 +212,7 @@ impl Runner {
             self.live.forget(instance);
             return None;
         }
-        let mut turn_commit = self.prepare(instance, turn, host).await.ok()?;
+        let mut turn_commit = self.prepare(instance, turn, host, true).await.ok()?;
         let mut events = vec![event.clone()];
         let mut rest = Vec::new();
         for a in turn_commit.appends.drain(..) {
