@@ -11,12 +11,14 @@ use quark_workflow::{
 };
 use serde::{Deserialize, Serialize};
 
+/// How an order is paid.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Payment {
     card: String,
     cents: u64,
 }
 
+/// An order to ship.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Order {
     id: String,
@@ -24,19 +26,27 @@ pub struct Order {
     payment: Payment,
 }
 
+/// The card network's receipt for a charge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt(String);
 
+/// How an order ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OrderResult {
+    /// It did not validate.
     Invalid,
+    /// It was charged, approved and shipped.
     Shipped {
+        /// The charge's receipt.
         receipt: Receipt,
+        /// The parcel's tracking id.
         parcel: String,
+        /// Who approved it.
         approved_by: String,
     },
 }
 
+/// A person's approval, sent as a signal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Approval {
     by: String,
