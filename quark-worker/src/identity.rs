@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use quark_history::Incarnation;
 
-use crate::worker::BuildError;
+use crate::builder::BuildError;
 
 /// How many numbered ids a host may run before the search gives up: far more than the workers
 /// one host serves a database with.

@@ -72,6 +72,7 @@
 //! ```
 
 pub mod backoff;
+mod builder;
 pub mod cli;
 mod committer;
 mod endpoint;
@@ -88,6 +89,7 @@ mod shared;
 mod shutdown;
 mod worker;
 
+pub use builder::{BuildError, WorkerBuilder};
 #[doc(hidden)]
 pub use fault::FaultPoint;
 pub use handler::{Handler, TaskContext};
@@ -95,4 +97,4 @@ pub use metrics::MetricsSnapshot;
 pub use quark_workflow::runner::{Handled, HandlerError};
 pub use relay::{DeliveryError, OutboxRelay};
 pub use shutdown::shutdown_signal;
-pub use worker::{BuildError, RunningWorker, Worker, WorkerBuilder};
+pub use worker::{RunningWorker, Worker};
