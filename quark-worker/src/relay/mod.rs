@@ -10,8 +10,8 @@
 //! idempotency key, which is what each destination deduplicates by.
 //!
 //! Destinations: a signal to a Quark orchestration (`quark_workflow::runner::outbox::deliver_signal`,
-//! which the test environment uses too), an HTTP webhook ([`webhook`]: `http://` and `https://`,
-//! signed), NATS JetStream ([`nats`]), and callbacks registered by name.
+//! which the test environment uses too), an HTTP webhook (`webhook`: `http://` and `https://`,
+//! signed), NATS JetStream (`nats`), and callbacks registered by name.
 
 pub(crate) mod callback;
 pub(crate) mod nats;
