@@ -73,7 +73,9 @@ impl SqliteStore {
     /// Opens (creating if missing) the database file at `path`.
     pub async fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let options = SqliteConnectOptions::new().filename(path);
-        Self::open_options(options, StoreConfig::default()).await
+        let store = Self::open_options(options, StoreConfig::default(), true).await?;
+        store.migrate().await?;
+        Ok(store)
     }
 
     /// Opens a database by URL (`sqlite://file.db`, `sqlite::memory:`).
@@ -82,13 +84,32 @@ impl SqliteStore {
             return Self::in_memory_with(config).await;
         }
         let options = SqliteConnectOptions::from_str(url)?;
-        Self::open_options(options, config).await
+        let store = Self::open_options(options, config, true).await?;
+        store.migrate().await?;
+        Ok(store)
     }
 
-    async fn open_options(options: SqliteConnectOptions, config: StoreConfig) -> Result<Self> {
+    /// Opens an existing database file by URL without creating it or touching its schema (a
+    /// file that does not exist is an error); [`Store::pending_migrations`] says what it lacks.
+    pub async fn open_without_migrating(url: &str, config: StoreConfig) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        Self::open_options(options, config, false).await
+    }
+
+    async fn open_options(
+        options: SqliteConnectOptions,
+        config: StoreConfig,
+        create: bool,
+    ) -> Result<Self> {
+        // WAL is a property of the file, set once by the opening that creates or migrates it;
+        // an opening that must not touch the file leaves it as it is.
+        let options = if create {
+            options.journal_mode(SqliteJournalMode::Wal)
+        } else {
+            options
+        };
         let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            .create_if_missing(create)
             // NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power loss
             // can roll back the last transactions, never corrupt the file.
             .synchronous(SqliteSynchronous::Normal)
@@ -116,7 +137,6 @@ impl SqliteStore {
             rate_limited: Default::default(),
             _anchor: None,
         };
-        store.migrate().await?;
         Ok(store)
     }
 

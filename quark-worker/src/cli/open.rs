@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use quark_history::sqlx::sqlite::SqliteConnectOptions;
-use quark_history::sqlx::{ConnectOptions, Connection};
 use quark_history::{PostgresStore, SqliteStore, Store, StoreConfig};
 
 /// The database when none is named.
@@ -26,25 +25,41 @@ pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn St
 pub async fn open_store_read_only(database_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
     let url = database_url.unwrap_or(DEFAULT_URL);
     let shown = redact(url);
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let store = PostgresStore::connect_without_migrating(url, StoreConfig::default())
-            .await
-            .with_context(|| format!("opening {shown}"))?;
-        let pending = store
-            .pending_migrations()
-            .await
-            .with_context(|| format!("reading the schema version of {shown}"))?;
-        check_current(&shown, &pending)?;
-        return Ok(Arc::new(store));
-    }
-    if url.starts_with("sqlite:") && !(url.contains(":memory:") || url.contains("mode=memory")) {
-        let pending = sqlite_pending(url)
-            .await
-            .with_context(|| format!("opening {shown}"))?;
-        check_current(&shown, &pending)?;
-        // Opening a SQLite store runs its migrations; none is pending, so it writes nothing.
-    }
-    open_store(Some(url)).await
+    let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Arc::new(
+            PostgresStore::connect_without_migrating(url, StoreConfig::default())
+                .await
+                .with_context(|| format!("opening {shown}"))?,
+        )
+    } else if url.starts_with("sqlite:")
+        && !(url.contains(":memory:") || url.contains("mode=memory"))
+    {
+        let path = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("opening {shown}"))?
+            .get_filename()
+            .to_path_buf();
+        if !path.exists() {
+            bail!(
+                "no database at {}; create it with `quark migrate` (a command that only reads \
+                 creates none)",
+                path.display()
+            );
+        }
+        Arc::new(
+            SqliteStore::open_without_migrating(url, StoreConfig::default())
+                .await
+                .with_context(|| format!("opening {shown}"))?,
+        )
+    } else {
+        // An in-memory database is new and empty whatever the command: it is set up as usual.
+        return open_store(Some(url)).await;
+    };
+    let pending = store
+        .pending_migrations()
+        .await
+        .with_context(|| format!("reading the schema version of {shown}"))?;
+    check_current(&shown, &pending)?;
+    Ok(store)
 }
 
 fn check_current(shown: &str, pending: &[i64]) -> anyhow::Result<()> {
@@ -57,66 +72,6 @@ fn check_current(shown: &str, pending: &[i64]) -> anyhow::Result<()> {
          applied); run `quark migrate` first (a command that only reads changes no schema)",
         versions.join(", ")
     )
-}
-
-/// The migrations a SQLite file lacks, read without creating or changing it.
-async fn sqlite_pending(url: &str) -> anyhow::Result<Vec<i64>> {
-    let options = SqliteConnectOptions::from_str(url)?.create_if_missing(false);
-    let path = options.get_filename();
-    if !path.exists() {
-        bail!(
-            "no database at {}; create it with `quark migrate` (a command that only reads \
-             creates none)",
-            path.display()
-        );
-    }
-    let mut conn = options.connect().await?;
-    let applied = applied_versions(&mut conn).await?;
-    conn.close().await?;
-    let known = known_sqlite_versions().await?;
-    Ok(known.into_iter().filter(|v| !applied.contains(v)).collect())
-}
-
-/// The migrations this binary's SQLite store applies. The store keeps its list to itself and
-/// applies it to every file it opens, so a scratch file is opened, read and removed (a few
-/// milliseconds, only for commands that read).
-async fn known_sqlite_versions() -> anyhow::Result<Vec<i64>> {
-    let path = std::env::temp_dir().join(format!("quark-schema-{}.db", uuid::Uuid::now_v7()));
-    let read = async {
-        let scratch = SqliteStore::open(&path).await?;
-        scratch.close().await;
-        let options = SqliteConnectOptions::new().filename(&path);
-        let mut conn = options.connect().await?;
-        let known = applied_versions(&mut conn).await;
-        conn.close().await?;
-        known
-    };
-    let known = read.await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
-    known
-}
-
-async fn applied_versions(
-    conn: &mut quark_history::sqlx::SqliteConnection,
-) -> anyhow::Result<Vec<i64>> {
-    let tracked: bool = quark_history::sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
-         AND name = '_sqlx_migrations')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if !tracked {
-        return Ok(Vec::new());
-    }
-    Ok(quark_history::sqlx::query_scalar(
-        "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(&mut *conn)
-    .await?)
 }
 
 pub(super) fn redact(url: &str) -> String {
