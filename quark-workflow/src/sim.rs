@@ -27,6 +27,21 @@ pub(crate) fn recorded(seq: u64, at: Timestamp, event: HistoryEvent) -> Recorded
     }
 }
 
+/// The first event of an `order` (the executor tests' `OrderV1`) for 500 cents, recorded at `at`.
+pub(crate) fn order_started(at: Timestamp) -> RecordedEvent {
+    recorded(
+        1,
+        at,
+        HistoryEvent::WorkflowStarted {
+            instance_type: "order".into(),
+            version: 1,
+            input: Payload::json(&500u32).unwrap(),
+            parent: None,
+            continued_from: None,
+        },
+    )
+}
+
 /// A claimed orchestration task of instance [`ID`] on queue `queue`.
 pub(crate) fn claimed(queue: &str) -> quark_history::ClaimedTask {
     quark_history::ClaimedTask {

@@ -153,24 +153,14 @@ mod tests {
     use super::*;
     use crate::executor_tests::{ChargeCard, OrderV1, Reordered};
     use crate::sim::recorded;
-    use quark_history::{Payload, Settle, TaskKind, Timestamp};
+    use quark_history::{Settle, TaskKind, Timestamp};
 
     fn claimed() -> ClaimedTask {
         crate::sim::claimed("orders")
     }
 
     fn started() -> RecordedEvent {
-        recorded(
-            1,
-            Timestamp::from_millis(5),
-            HistoryEvent::WorkflowStarted {
-                instance_type: "order".into(),
-                version: 1,
-                input: Payload::json(&500u32).unwrap(),
-                parent: None,
-                continued_from: None,
-            },
-        )
+        crate::sim::order_started(Timestamp::from_millis(5))
     }
 
     fn registry<O: crate::Orchestration>() -> Registry {

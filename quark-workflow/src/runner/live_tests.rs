@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::executor_tests::OrderV1;
-use crate::sim::{ID, claimed, recorded};
+use crate::sim::{ID, claimed, order_started as started};
 use quark_history::Payload;
 
 fn completed(command: u64) -> HistoryEvent {
@@ -25,20 +25,6 @@ fn order_registry() -> Arc<Registry> {
     let mut registry = Registry::new();
     registry.add_orchestration::<OrderV1>();
     Arc::new(registry)
-}
-
-fn started(at: Timestamp) -> RecordedEvent {
-    recorded(
-        1,
-        at,
-        HistoryEvent::WorkflowStarted {
-            instance_type: "order".into(),
-            version: 1,
-            input: Payload::json(&500u32).unwrap(),
-            parent: None,
-            continued_from: None,
-        },
-    )
 }
 
 #[tokio::test]
@@ -117,23 +103,10 @@ async fn a_run_with_a_commit_in_flight_is_not_replaced_and_takes_only_its_own_co
 #[tokio::test]
 async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_proven_written() {
     let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
-    let mut registry = Registry::new();
-    registry.add_orchestration::<OrderV1>();
-    let registry = Arc::new(registry);
+    let registry = order_registry();
     let at = Timestamp::from_millis(5);
-    let started = recorded(
-        1,
-        at,
-        HistoryEvent::WorkflowStarted {
-            instance_type: "order".into(),
-            version: 1,
-            input: Payload::json(&500u32).unwrap(),
-            parent: None,
-            continued_from: None,
-        },
-    );
     let Some(LiveTurn::Turn(turn, _, token)) = live
-        .turn(ID, &claimed("default"), &registry, 1, vec![started])
+        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
         .await
     else {
         panic!("no turn");
