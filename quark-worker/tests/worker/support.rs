@@ -55,7 +55,6 @@ pub(crate) async fn where_it_stands(
         }
         Err(e) => out.push_str(&format!("  history unreadable: {e}\n")),
     }
-    #[allow(irrefutable_let_patterns)]
     if let quark_history::testing::Raw::Postgres(pool) = t.raw() {
         let rows: Result<Vec<String>, _> = sqlx::query_scalar(
             "SELECT (to_jsonb(t) - 'payload')::text FROM tasks t WHERE instance_id = $1 ORDER BY id",
