@@ -340,8 +340,11 @@ async fn it_continues_a_warm_instance_in_the_activity_s_commit_under_both_driver
         .await
         .unwrap()
         .map_err(|e| e.to_string());
-    let completed = running.worker().metrics().completed;
+    // Counted after the shutdown: the result is announced by the last commit, and the worker
+    // counts that commit only once the commit has returned to it; the shutdown waits for that.
+    let counted = running.worker().clone();
     running.shutdown().await;
+    let completed = counted.metrics().completed;
     let worker_record = record(&t.store, "warm", outcome).await;
 
     assert_eq!(env_record, worker_record);
