@@ -71,7 +71,6 @@
 //! }
 //! ```
 
-pub mod backoff;
 mod builder;
 pub mod cli;
 mod committer;

@@ -175,25 +175,15 @@ impl RetryPolicy {
         if attempt >= self.max_attempts {
             return None;
         }
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        Some(self.initial.saturating_mul(factor).min(self.max))
+        Some(crate::backoff::exponential(attempt, self.initial, self.max))
     }
 
     /// [`delay_after`](Self::delay_after) with jitter: shortened by up to a fifth, by an amount
     /// drawn from `salt` (the task, the attempt, the time), so that many tasks that failed together
     /// do not all come back at the same instant. Never longer than the policy's delay.
     pub fn jittered_delay_after(&self, attempt: u32, salt: u64) -> Option<Duration> {
-        let delay = self.delay_after(attempt)?;
-        // splitmix64: a well-spread value from any salt.
-        let mut z = salt
-            .wrapping_add(u64::from(attempt))
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let fifth = delay / 5;
-        let cut = fifth.mul_f64((z % 10_000) as f64 / 10_000.0);
-        Some(delay - cut)
+        self.delay_after(attempt)?;
+        Some(crate::backoff::delay(attempt, self.initial, self.max, salt))
     }
 }
 

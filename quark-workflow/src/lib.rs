@@ -95,6 +95,7 @@
 extern crate self as quark_workflow;
 
 mod activity;
+pub mod backoff;
 mod client;
 mod combinator;
 mod command;

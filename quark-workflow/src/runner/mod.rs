@@ -17,7 +17,6 @@
 //! transaction per step.
 
 mod activity;
-pub mod backoff;
 pub mod live;
 mod orchestration;
 pub mod outbox;

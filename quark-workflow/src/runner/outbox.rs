@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use quark_history::{
-    ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, NewTask, Payload,
-    Store, Timestamp, WindowOutcome,
+    ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, NewTask,
+    OutboxLease, Payload, Store, Timestamp, WindowOutcome,
 };
 
-use super::backoff;
+use crate::backoff;
 
 /// Why a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,9 +120,10 @@ impl DeliveryPolicy {
     pub fn settle(
         &self,
         outcome: Result<(), DeliveryError>,
-        attempt: u32,
+        lease: &OutboxLease,
         now: Timestamp,
     ) -> Delivery {
+        let attempt = lease.attempt;
         match outcome {
             Ok(()) => Delivery::Sent {
                 next_lease: Some(self.lease),
@@ -133,7 +134,8 @@ impl DeliveryPolicy {
             },
             Err(DeliveryError::Retry(e)) => {
                 let (initial, max) = self.backoff;
-                let at = now + backoff::delay(attempt, initial, max);
+                let salt = lease.id as u64 ^ now.as_micros() as u64;
+                let at = now + backoff::delay(attempt, initial, max, salt);
                 Delivery::Retry { at, error: Some(e) }
             }
         }
@@ -179,7 +181,7 @@ pub async fn run_key(
         let (outcome, failed) = match results.into_iter().nth(sent) {
             Some(Err(e)) => {
                 let m = &window[sent];
-                let delivery = policy.settle(Err(e), m.lease.attempt, now);
+                let delivery = policy.settle(Err(e), &m.lease, now);
                 match &delivery {
                     Delivery::Dead { error } => tracing::warn!(
                         id = m.lease.id, destination = %m.destination, %error, "outbox message is dead"

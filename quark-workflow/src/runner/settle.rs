@@ -47,7 +47,8 @@ pub fn release_delay(task: &ClaimedTask) -> Duration {
     } else {
         Duration::from_secs(60)
     };
-    super::backoff::delay(task.lease.attempt, Duration::from_millis(500), max)
+    let salt = task.lease.task_id as u64 ^ task.visible_at.as_micros() as u64;
+    crate::backoff::delay(task.lease.attempt, Duration::from_millis(500), max, salt)
 }
 
 /// The longest an orchestration turn that failed waits before it runs again.
