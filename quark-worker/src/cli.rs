@@ -17,6 +17,7 @@ use serde::Serialize;
 
 mod duration;
 mod jobs;
+mod logs;
 mod open;
 mod outbox;
 mod output;
@@ -25,6 +26,7 @@ mod saga;
 mod schedule;
 mod workflow;
 pub use jobs::JobCommand;
+pub use logs::LogFormat;
 pub use open::{open_store, open_store_read_only};
 pub use outbox::OutboxCommand;
 pub use output::Output;
@@ -60,6 +62,16 @@ pub struct Cli {
         global = true
     )]
     pub output: Output,
+    /// How logs are written to stderr: `text`, or `json` (one object an event) for a log
+    /// pipeline. `RUST_LOG` chooses what is logged (default `warn`).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "QUARK_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -220,19 +232,13 @@ pub async fn main_with(registry: Registry) -> ExitCode {
 }
 
 async fn entry(registry: Option<Registry>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // The application may have installed its own subscriber before calling `main_with`: keep
-        // it rather than fail.
-        .try_init()
-        .ok();
-    match run(Cli::parse(), registry).await {
+    let cli = Cli::parse();
+    let format = cli.log_format;
+    logs::init(format);
+    match run(cli, registry).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("quark: {e:#}");
+            logs::report_failure(format, &e);
             ExitCode::FAILURE
         }
     }

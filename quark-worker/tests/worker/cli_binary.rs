@@ -272,3 +272,72 @@ fn a_command_line_runs_in_a_spawned_task() {
     // A binary around `main_with` may spawn it: the future must be `Send`.
     send(&quark_worker::cli::run(cli, None));
 }
+
+#[test]
+fn it_logs_one_json_object_a_line_when_asked_its_failure_included() {
+    let dir = scratch("log-json");
+    let missing = format!("sqlite://{}", dir.join("missing.db").display());
+    let parsed = |o: &Output| -> Vec<serde_json::Value> {
+        stderr(o)
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .collect()
+    };
+
+    // As text, the failure is a line for people.
+    let o = quark(
+        &dir,
+        &["workflow", "list"],
+        &[("QUARK_DATABASE_URL", &missing)],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).starts_with("quark: no database at"),
+        "{}",
+        stderr(&o)
+    );
+
+    // As JSON, it is one error event.
+    let o = quark(
+        &dir,
+        &["--log-format", "json", "workflow", "list"],
+        &[("QUARK_DATABASE_URL", &missing)],
+    );
+    assert!(!o.status.success());
+    let events = parsed(&o);
+    let last = events.last().expect("an event");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no database at"),
+        "{last}"
+    );
+    assert!(last["timestamp"].as_str().unwrap().ends_with('Z'), "{last}");
+
+    // What the code logs comes out as JSON too (chosen here by the environment variable): the
+    // store's statements, logged at debug by sqlx.
+    let url = format!("sqlite://{}", dir.join("quark.db").display());
+    let o = quark(
+        &dir,
+        &["migrate"],
+        &[
+            ("QUARK_DATABASE_URL", &url),
+            ("QUARK_LOG_FORMAT", "json"),
+            ("RUST_LOG", "sqlx=debug"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let events = parsed(&o);
+    assert!(
+        events.iter().any(
+            |e| e["target"].as_str().is_some_and(|t| t.starts_with("sqlx"))
+                && e["level"] == "DEBUG"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}
