@@ -7,17 +7,24 @@
 //! would show the late iterations costing hundreds of times the early ones; a live instance keeps
 //! them flat. Then the `Replayer` checks the recorded history (every prefix) and its time is shown.
 //!
-//! `cargo bench -p quark-worker --bench history_loop -- [--n 5000] [--window 100] [--warmup 2000] [--backend both|postgres|sqlite] [--warm N]`
+//! The early and late windows are seconds apart, and on a shared host the cost of a commit (an
+//! fsync, on SQLite) drifts by more than 1.5 times within seconds. So the bench also measures a
+//! baseline at the same moment: when the loop has twice `--probe` iterations left, a fresh instance of the same orchestration starts and loops `--probe` times beside it, and the
+//! iterations during the probe's run are compared with the probe's own, from its 10th on. Both instances share the worker and the host then, and differ only in the length of
+//! their histories.
+//!
+//! `cargo bench -p quark-worker --bench history_loop -- [--n 5000] [--window 100] [--warmup 2000] [--backend both|postgres|sqlite] [--warm N] [--probe 200]`
 //! (`--warmup N`: another instance loops N times first, so that both windows are measured on a
 //! database in use rather than the early one on a fresh file.)
-//! (`--warm 0` keeps no instance live: every turn replays, as before live instances).
+//! (`--warm 0` keeps no instance live: every turn replays, as before live instances; `--probe 0`
+//! runs no probe.)
 //! PostgreSQL: `QUARK_TEST_DATABASE_URL`; the bench creates and drops a database of its own.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use quark_history::{HistoryEvent, PostgresStore, SqliteStore, Store, StoreConfig};
+use quark_history::{HistoryEvent, PostgresStore, RecordedEvent, SqliteStore, Store, StoreConfig};
 use quark_worker::Worker;
 use quark_workflow::runner::WarmLimits;
 use quark_workflow::{
@@ -47,6 +54,8 @@ struct Args {
     warmup: u64,
     window: usize,
     warm: Option<usize>,
+    /// Iterations of the probe: a fresh instance run beside the loop's last iterations.
+    probe: u64,
     backends: Vec<&'static str>,
 }
 
@@ -56,6 +65,7 @@ fn args() -> Args {
         warmup: 2000,
         window: 100,
         warm: None,
+        probe: 200,
         backends: vec!["sqlite", "postgres"],
     };
     let mut it = std::env::args().skip(1);
@@ -66,6 +76,7 @@ fn args() -> Args {
             "--window" => a.window = value().parse().expect("--window N"),
             "--warmup" => a.warmup = value().parse().expect("--warmup N"),
             "--warm" => a.warm = Some(value().parse().expect("--warm N")),
+            "--probe" => a.probe = value().parse().expect("--probe N"),
             "--backend" => {
                 a.backends = match value().as_str() {
                     "postgres" => vec!["postgres"],
@@ -108,25 +119,44 @@ async fn bench(backend: &str, store: Arc<dyn Store>, a: &Args) {
     }
     let started = Instant::now();
     let handle = long_loop::start(&client, "loop", a.n).await.unwrap();
+    let probing = a.probe > 0 && a.n > 2 * a.probe;
+    if probing {
+        // The probe starts when the loop has twice its iterations left, so that it ends first.
+        let events_then = 2 * (a.n - 2 * a.probe) + 1;
+        while client.describe("loop").await.unwrap().history_len < events_then {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let probe = long_loop::start(&client, "probe", a.probe).await.unwrap();
+        assert_eq!(probe.result().await.unwrap(), (0..a.probe).sum::<u64>());
+    }
     let sum = handle.result().await.unwrap();
     let took = started.elapsed();
     assert_eq!(sum, (0..a.n).sum::<u64>());
     worker.shutdown().await;
 
     let history = client.history("loop").await.unwrap();
-    // The time each activity result was recorded: one per iteration.
-    let done: Vec<i64> = history
-        .iter()
-        .filter(|e| matches!(e.event, HistoryEvent::ActivityCompleted { .. }))
-        .map(|e| e.recorded_at.as_micros())
-        .collect();
-    let gaps: Vec<u64> = done
-        .windows(2)
-        .map(|w| u64::try_from(w[1] - w[0]).unwrap_or(0))
-        .collect();
+    let done = completions(&history);
+    let gaps = gaps_between(&done);
     let w = a.window.min(gaps.len() / 4).max(1);
     let early = median(gaps[10.min(gaps.len())..(10 + w).min(gaps.len())].to_vec());
     let late = median(gaps[gaps.len().saturating_sub(w)..].to_vec());
+
+    // The same moment: the probe's iterations from its 10th on, and the loop's over that time.
+    let (beside, probe_early) = if probing {
+        let probe = completions(&client.history("probe").await.unwrap());
+        let (from, to) = (probe[10.min(probe.len() - 1)], probe[probe.len() - 1]);
+        let beside: Vec<u64> = done
+            .windows(2)
+            .filter(|w| w[0] >= from && w[1] <= to)
+            .map(|w| u64::try_from(w[1] - w[0]).unwrap_or(0))
+            .collect();
+        (
+            median(beside),
+            median(gaps_between(&probe)[10.min(probe.len() - 1)..].to_vec()),
+        )
+    } else {
+        (0.0, 0.0)
+    };
 
     // The median iteration across the run, in tenths, to show where any growth sets in.
     let tenth = (gaps.len() / 10).max(1);
@@ -145,22 +175,42 @@ async fn bench(backend: &str, store: Arc<dyn Store>, a: &Args) {
     assert!(report.is_ok(), "{report:?}");
 
     println!(
-        "| {backend} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} |",
+        "| {backend} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} |",
         a.n,
         history.len(),
         early,
         late,
         late / early.max(1.0),
+        beside,
+        probe_early,
+        beside / probe_early.max(1.0),
         a.n as f64 / took.as_secs_f64(),
         replay_took.as_secs_f64() * 1000.0,
     );
+}
+
+/// The time each activity result of `history` was recorded: one per iteration.
+fn completions(history: &[RecordedEvent]) -> Vec<i64> {
+    history
+        .iter()
+        .filter(|e| matches!(e.event, HistoryEvent::ActivityCompleted { .. }))
+        .map(|e| e.recorded_at.as_micros())
+        .collect()
+}
+
+/// The gaps between consecutive times, in microseconds.
+fn gaps_between(times: &[i64]) -> Vec<u64> {
+    times
+        .windows(2)
+        .map(|w| u64::try_from(w[1] - w[0]).unwrap_or(0))
+        .collect()
 }
 
 #[tokio::main]
 async fn main() {
     let a = args();
     println!(
-        "| backend | iterations | events | early iteration µs (median of {w} from the 10th) | late iteration µs (median of the last {w}) | late / early | iterations/s | Replayer ms |\n| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| backend | iterations | events | early iteration µs (median of {w} from the 10th) | late iteration µs (median of the last {w}) | late / early | late iteration beside the probe µs | the probe's iteration µs | beside / probe | iterations/s | Replayer ms |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         w = a.window
     );
     for backend in a.backends.clone() {
