@@ -79,7 +79,8 @@ pub(crate) struct WritePlan {
     pub(crate) results: Vec<Result<Vec<(u64, u64)>>>,
     pub(crate) events: Vec<EventRow>,
     pub(crate) instances: Vec<InstanceWrite>,
-    /// Every instance read, as the write leaves it.
+    /// Every instance read, as the write leaves it (PostgreSQL's store keeps the heads).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) heads: Vec<(String, InstanceHead)>,
     pub(crate) settles: Vec<TaskWrite>,
     /// (instance, worker): completed turns make their worker the instance's affinity, and
@@ -97,6 +98,7 @@ pub(crate) struct WritePlan {
 
 impl WritePlan {
     /// The commits that are written.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn live(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.results.len()).filter(|i| self.results[*i].is_ok())
     }

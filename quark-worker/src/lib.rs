@@ -72,6 +72,7 @@
 //! ```
 
 mod builder;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod committer;
 mod endpoint;

@@ -173,6 +173,7 @@ impl Client {
         }
     }
 
+    #[cfg(feature = "sqlite")] // the test environment's, which runs on SQLite
     pub(crate) fn with_driver(store: Arc<dyn Store>, driver: Arc<dyn Driver>) -> Self {
         Client {
             store,

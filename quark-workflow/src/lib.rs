@@ -113,6 +113,7 @@ mod saga;
 mod schedule;
 mod state;
 mod task;
+#[cfg(feature = "sqlite")]
 pub mod testing;
 mod turn;
 

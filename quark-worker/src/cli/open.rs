@@ -1,12 +1,10 @@
 //! Opening the database a command line points at: for writing (migrated first, created if it is a
 //! SQLite file that does not exist), or for reading only (neither created nor migrated).
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use quark_history::sqlx::sqlite::SqliteConnectOptions;
-use quark_history::{PostgresStore, SqliteStore, Store, StoreConfig};
+use quark_history::{Store, StoreConfig};
 
 /// The database when none is named.
 const DEFAULT_URL: &str = "sqlite://quark.db";
@@ -25,31 +23,12 @@ pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn St
 pub async fn open_store_read_only(database_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
     let url = database_url.unwrap_or(DEFAULT_URL);
     let shown = redact(url);
-    let store: Arc<dyn Store> = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Arc::new(
-            PostgresStore::connect_without_migrating(url, StoreConfig::default())
-                .await
-                .with_context(|| format!("opening {shown}"))?,
-        )
+    let store = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        postgres_without_migrating(url, &shown).await?
     } else if url.starts_with("sqlite:")
         && !(url.contains(":memory:") || url.contains("mode=memory"))
     {
-        let path = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("opening {shown}"))?
-            .get_filename()
-            .to_path_buf();
-        if !path.exists() {
-            bail!(
-                "no database at {}; create it with `quark migrate` (a command that only reads \
-                 creates none)",
-                path.display()
-            );
-        }
-        Arc::new(
-            SqliteStore::open_without_migrating(url, StoreConfig::default())
-                .await
-                .with_context(|| format!("opening {shown}"))?,
-        )
+        sqlite_without_migrating(url, &shown).await?
     } else {
         // An in-memory database is new and empty whatever the command: it is set up as usual.
         return open_store(Some(url)).await;
@@ -60,6 +39,47 @@ pub async fn open_store_read_only(database_url: Option<&str>) -> anyhow::Result<
         .with_context(|| format!("reading the schema version of {shown}"))?;
     check_current(&shown, &pending)?;
     Ok(store)
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_without_migrating(url: &str, shown: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let store =
+        quark_history::PostgresStore::connect_without_migrating(url, StoreConfig::default())
+            .await
+            .with_context(|| format!("opening {shown}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_without_migrating(_url: &str, _shown: &str) -> anyhow::Result<Arc<dyn Store>> {
+    bail!("this binary was built without PostgreSQL (quark-worker's `postgres` feature)")
+}
+
+/// A SQLite file that exists, opened as it is.
+#[cfg(feature = "sqlite")]
+async fn sqlite_without_migrating(url: &str, shown: &str) -> anyhow::Result<Arc<dyn Store>> {
+    use quark_history::sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    let path = SqliteConnectOptions::from_str(url)
+        .with_context(|| format!("opening {shown}"))?
+        .get_filename()
+        .to_path_buf();
+    if !path.exists() {
+        bail!(
+            "no database at {}; create it with `quark migrate` (a command that only reads \
+             creates none)",
+            path.display()
+        );
+    }
+    let store = quark_history::SqliteStore::open_without_migrating(url, StoreConfig::default())
+        .await
+        .with_context(|| format!("opening {shown}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn sqlite_without_migrating(_url: &str, _shown: &str) -> anyhow::Result<Arc<dyn Store>> {
+    bail!("this binary was built without SQLite (quark-worker's `sqlite` feature)")
 }
 
 fn check_current(shown: &str, pending: &[i64]) -> anyhow::Result<()> {

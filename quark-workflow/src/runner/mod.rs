@@ -191,6 +191,7 @@ impl Runner {
     /// A runner of `registry` that shares this runner's live instances (the test environment
     /// swaps registries when a test mocks an activity; a run started under other code is
     /// replayed anew).
+    #[cfg(feature = "sqlite")] // the test environment's, which runs on SQLite
     pub(crate) fn with_registry(&self, registry: Registry) -> Self {
         Runner {
             registry: Arc::new(registry),
