@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use quark_history::{HistoryEvent, PostgresStore, RecordedEvent, SqliteStore, Store, StoreConfig};
 use quark_worker::Worker;
-use quark_workflow::runner::WarmLimits;
+use quark_workflow::WarmLimits;
 use quark_workflow::{
     ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
     Replayer, activity, orchestration,

@@ -15,24 +15,54 @@ use crate::metrics::Metrics;
 use crate::shared::{Settings, Shared};
 use crate::worker::Worker;
 
-/// Configures a [`Worker`].
-pub struct WorkerBuilder {
-    store: Option<Arc<dyn Store>>,
+/// Configures a [`Worker`]. [`Worker::builder`] starts one without a store, and only a builder
+/// that was given one has [`build`](WorkerBuilder::build): a worker without a store does not
+/// compile.
+///
+/// ```compile_fail
+/// # fn demo(registry: quark_workflow::Registry) {
+/// let worker = quark_worker::Worker::builder().workflows(registry).build(); // no store
+/// # }
+/// ```
+///
+/// The options can be given in any order: each sets its own value, and `build` puts them
+/// together (a [`concurrency`](WorkerBuilder::concurrency) given before the handler it is for
+/// still applies).
+pub struct WorkerBuilder<S = HasStore> {
+    store: S,
     settings: Settings,
+    /// The handlers, with the concurrency each comes with.
     routes: HashMap<TaskKind, (Arc<dyn Handler>, usize)>,
+    /// Concurrency set with [`concurrency`](WorkerBuilder::concurrency): it wins over the
+    /// handler's own, whatever the order.
+    concurrency: HashMap<TaskKind, usize>,
     relay: crate::relay::OutboxRelay,
     /// The runners of [`workflows`](Self::workflows), whose warm instances the gauges count.
     runners: Vec<quark_workflow::runner::Runner>,
     /// What the runners keep live, and when they warn about a long history.
-    warm: quark_workflow::runner::WarmLimits,
-    history_warning: quark_workflow::runner::HistoryWarning,
+    warm: quark_workflow::WarmLimits,
+    history_warning: quark_workflow::HistoryWarning,
     metrics_addr: Option<SocketAddr>,
     /// The id asked for; `None`: the first free `<host>-<n>`.
     id: Option<String>,
     lock_dir: Option<std::path::PathBuf>,
 }
 
-impl fmt::Debug for WorkerBuilder {
+/// The state of a [`WorkerBuilder`] not given a store yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStore;
+
+/// The state of a [`WorkerBuilder`] given its store: it can [`build`](WorkerBuilder::build).
+#[derive(Clone)]
+pub struct HasStore(Arc<dyn Store>);
+
+impl fmt::Debug for HasStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HasStore").field(&self.0.backend()).finish()
+    }
+}
+
+impl<S> fmt::Debug for WorkerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerBuilder")
             .field("settings", &self.settings)
@@ -45,9 +75,6 @@ impl fmt::Debug for WorkerBuilder {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// No store was given.
-    #[error("a worker needs a store: call .store(..)")]
-    NoStore,
     /// No handler was given and the outbox relay is disabled: the worker would do nothing.
     #[error(
         "a worker needs at least one handler (call .handle(kind, handler, concurrency)) or the outbox relay"
@@ -79,10 +106,10 @@ pub enum BuildError {
     },
 }
 
-impl Default for WorkerBuilder {
+impl Default for WorkerBuilder<NoStore> {
     fn default() -> Self {
         WorkerBuilder {
-            store: None,
+            store: NoStore,
             settings: Settings {
                 id: "".into(),
                 queues: vec!["default".into()],
@@ -99,6 +126,7 @@ impl Default for WorkerBuilder {
                 transactions: DEFAULT_TRANSACTIONS,
             },
             routes: HashMap::new(),
+            concurrency: HashMap::new(),
             relay: crate::relay::OutboxRelay::default(),
             runners: Vec::new(),
             warm: Default::default(),
@@ -115,11 +143,22 @@ impl Default for WorkerBuilder {
 /// other four.
 const DEFAULT_TRANSACTIONS: usize = 12;
 
-impl WorkerBuilder {
-    /// The store to work from.
-    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
+impl<S> WorkerBuilder<S> {
+    /// The store to work from (given again, the last one counts).
+    pub fn store(self, store: Arc<dyn Store>) -> WorkerBuilder<HasStore> {
+        WorkerBuilder {
+            store: HasStore(store),
+            settings: self.settings,
+            routes: self.routes,
+            concurrency: self.concurrency,
+            relay: self.relay,
+            runners: self.runners,
+            warm: self.warm,
+            history_warning: self.history_warning,
+            metrics_addr: self.metrics_addr,
+            id: self.id,
+            lock_dir: self.lock_dir,
+        }
     }
 
     /// The worker's id: keep it across restarts, so that a restarted worker takes back at once
@@ -188,11 +227,10 @@ impl WorkerBuilder {
         })
     }
 
-    /// Sets how many tasks of `kind` run at once (the kind must have a handler).
+    /// Sets how many tasks of `kind` run at once, before or after the handler is given; the kind
+    /// must have a handler by [`build`](WorkerBuilder::build).
     pub fn concurrency(mut self, kind: TaskKind, n: usize) -> Self {
-        if let Some(route) = self.routes.get_mut(&kind) {
-            route.1 = n;
-        }
+        self.concurrency.insert(kind, n);
         self
     }
 
@@ -217,7 +255,7 @@ impl WorkerBuilder {
     /// estimated footprints) they may hold: a live instance's next turn feeds its suspended run
     /// only the new events; one that is not live is replayed from its history. Default: 10,000
     /// instances and 256 MiB; `instances: 0` keeps none.
-    pub fn warm_limits(mut self, limits: quark_workflow::runner::WarmLimits) -> Self {
+    pub fn warm_limits(mut self, limits: quark_workflow::WarmLimits) -> Self {
         self.warm = limits;
         for runner in &self.runners {
             runner.set_limits(self.warm, self.history_warning);
@@ -228,7 +266,7 @@ impl WorkerBuilder {
     /// When an instance's history is long enough to warn about (a log line and the
     /// `quark_long_histories_total` counter, once per live run). Default: 10,240 events or
     /// 10 MiB, as Temporal warns. The answer to the warning is `ctx.continue_as_new`.
-    pub fn history_warning(mut self, warning: quark_workflow::runner::HistoryWarning) -> Self {
+    pub fn history_warning(mut self, warning: quark_workflow::HistoryWarning) -> Self {
         self.history_warning = warning;
         for runner in &self.runners {
             runner.set_limits(self.warm, self.history_warning);
@@ -323,10 +361,26 @@ impl WorkerBuilder {
         self.metrics_addr = Some(addr);
         self
     }
+}
 
+impl WorkerBuilder<HasStore> {
     /// Builds the worker.
-    pub fn build(self) -> Result<Worker, BuildError> {
-        let store = self.store.ok_or(BuildError::NoStore)?;
+    pub fn build(mut self) -> Result<Worker, BuildError> {
+        let store = self.store.0;
+        if let Some(kind) = self
+            .concurrency
+            .keys()
+            .find(|kind| !self.routes.contains_key(kind))
+        {
+            return Err(BuildError::Invalid(format!(
+                "a concurrency is set for {kind} tasks, which have no handler"
+            )));
+        }
+        for (kind, n) in self.concurrency {
+            if let Some(route) = self.routes.get_mut(&kind) {
+                route.1 = n;
+            }
+        }
         if self.routes.is_empty() && !self.relay.enabled {
             return Err(BuildError::NoHandlers);
         }

@@ -89,7 +89,7 @@ mod shared;
 mod shutdown;
 mod worker;
 
-pub use builder::{BuildError, WorkerBuilder};
+pub use builder::{BuildError, HasStore, NoStore, WorkerBuilder};
 #[doc(hidden)]
 pub use fault::FaultPoint;
 pub use handler::{Handler, TaskContext};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::{InstanceStatus, WorkerInfo};
+use quark_history::{InstanceStatus, TaskKind, WorkerInfo};
 use tokio::task::JoinHandle;
 
 use crate::builder::WorkerBuilder;
@@ -55,13 +55,18 @@ impl fmt::Debug for Worker {
 
 impl Worker {
     /// A builder with the defaults.
-    pub fn builder() -> WorkerBuilder {
+    pub fn builder() -> WorkerBuilder<crate::builder::NoStore> {
         WorkerBuilder::default()
     }
 
     /// The worker's id.
     pub fn id(&self) -> &str {
         &self.shared.settings.id
+    }
+
+    /// How many tasks of `kind` this worker runs at once, or `None` if it does not serve them.
+    pub fn concurrency(&self, kind: TaskKind) -> Option<usize> {
+        self.routes.get(&kind).map(|route| route.concurrency)
     }
 
     /// The worker's counters.

@@ -264,7 +264,7 @@ impl Client {
         options: crate::JobOptions,
     ) -> Result<i64, ClientError> {
         let now = self.store.config().clock.now();
-        let task = crate::job_task::<A>(input, &options, now)?;
+        let task = crate::job::job_task::<A>(input, &options, now)?;
         let ids = self.store.enqueue(vec![task]).await?;
         Ok(ids[0])
     }
@@ -279,7 +279,7 @@ impl Client {
         let now = self.store.config().clock.now();
         let tasks = inputs
             .into_iter()
-            .map(|input| crate::job_task::<A>(&input, &options, now))
+            .map(|input| crate::job::job_task::<A>(&input, &options, now))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.store.enqueue(tasks).await?)
     }

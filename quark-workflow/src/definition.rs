@@ -58,7 +58,7 @@ pub trait Activity: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Output, ActivityError>> + Send + 'static;
 }
 
-/// Where and how an activity runs. Serialized into its task (see [`ActivityTask`](crate::ActivityTask)).
+/// Where and how an activity runs. Serialized into its task (see [`ActivityTask`](crate::runner::ActivityTask)).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ActivityOptions {

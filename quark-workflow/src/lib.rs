@@ -108,6 +108,7 @@ mod job;
 mod job_workflow;
 mod registry;
 mod replay;
+#[doc(hidden)]
 pub mod runner;
 mod saga;
 mod schedule;
@@ -126,11 +127,10 @@ pub use combinator::{Join, Select, Timeout};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
-pub use executor::{Outcome, Replay};
 pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
 #[cfg(feature = "postgres")]
 pub use job::enqueue_tx;
-pub use job::{EnqueuedJob, JobOptions, JobTask, job_commit, job_task, job_task_by_name};
+pub use job::{EnqueuedJob, JobOptions};
 pub use job_workflow::{
     JOB_WORKFLOW, Job, JobInput, JobReport, JobSpec, JobStepState, JobWorkflow, JobWorkflowBuilder,
     JobWorkflowError, JobWorkflowHandle, JobWorkflowReport, JobWorkflowRunError, OnFailure,
@@ -140,11 +140,9 @@ pub use job_workflow::{
 pub use quark_history::{Missed, ScheduleRecord, Upserted};
 pub use registry::{Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
-pub use runner::HISTORY_WARN_EVENTS;
+pub use runner::{HISTORY_WARN_EVENTS, HistoryWarning, LiveInstance, WarmLimits};
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};
 pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
-pub use task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
-pub use turn::{Turn, process_turn};
 
 pub use quark_history;
 

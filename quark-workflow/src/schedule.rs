@@ -245,7 +245,7 @@ impl Schedule {
     }
 
     /// The stored spec of this schedule under `name`, enqueueing `job` (a task of kind
-    /// [`TaskKind::Job`], as [`job_task`](crate::job_task) builds) at every tick.
+    /// [`TaskKind::Job`], as [`job_task`](crate::runner::job_task) builds) at every tick.
     pub fn spec(&self, name: &str, job: &NewTask) -> Result<ScheduleSpec, ClientError> {
         if job.kind != TaskKind::Job {
             return Err(invalid(format!(
@@ -288,7 +288,7 @@ impl Client {
             )));
         }
         let now = self.store().config().clock.now();
-        let job = crate::job_task::<A>(input, &options, now)?;
+        let job = crate::job::job_task::<A>(input, &options, now)?;
         self.schedule_job(name, &schedule, &job).await
     }
 

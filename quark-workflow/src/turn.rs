@@ -180,8 +180,8 @@ mod tests {
             (task.kind, task.queue.as_str()),
             (TaskKind::Activity, "orders")
         );
-        let crate::TaskPayload::Activity(a) =
-            crate::TaskPayload::from_bytes(&task.payload).unwrap()
+        let crate::task::TaskPayload::Activity(a) =
+            crate::task::TaskPayload::from_bytes(&task.payload).unwrap()
         else {
             panic!("not an activity task");
         };

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use quark_history::{JobFilter, JobInfo, JobState, Store, Timestamp, UniqueKey, UniquePolicy};
-use quark_workflow::{Client, JobOptions, JobTask, Registry, job_task_by_name};
+use quark_workflow::runner::{JobTask, job_task_by_name};
+use quark_workflow::{Client, JobOptions, Registry};
 
 use serde::Serialize;
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use quark_history::{Missed, NewTask, ScheduleRecord, Store, TaskKind, Timestamp, Upserted};
-use quark_workflow::{Client, JobTask, Registry, Schedule, TaskPayload};
+use quark_workflow::runner::{JobTask, TaskPayload};
+use quark_workflow::{Client, Registry, Schedule};
 
 use serde::Serialize;
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use clap::Parser;
 use quark_history::{Missed, Store};
 use quark_worker::cli::{Cli, run_on};
-use quark_workflow::{ActivityContext, ActivityError, Registry, TaskPayload, activity};
+use quark_workflow::runner::TaskPayload;
+use quark_workflow::{ActivityContext, ActivityError, Registry, activity};
 
 #[activity(queue = "reports")]
 async fn send_report(_ctx: ActivityContext, team: String) -> Result<String, ActivityError> {

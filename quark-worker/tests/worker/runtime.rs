@@ -262,3 +262,35 @@ fn a_worker_can_be_built_outside_a_runtime() {
     }));
     rt.block_on(running.shutdown());
 }
+
+#[tokio::test]
+async fn a_builders_options_apply_whatever_their_order() {
+    let t = quark_history::testing::sqlite().await;
+    let registry = || quark_workflow::Registry::new();
+    // The concurrency before the handlers it is for, and the store last...
+    let first = Worker::builder()
+        .concurrency(TaskKind::Activity, 3)
+        .workflows(registry())
+        .store(Arc::clone(&t.store))
+        .build()
+        .unwrap();
+    // ... or the other way round: the same worker.
+    let second = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .workflows(registry())
+        .concurrency(TaskKind::Activity, 3)
+        .build()
+        .unwrap();
+    for worker in [&first, &second] {
+        assert_eq!(worker.concurrency(TaskKind::Activity), Some(3));
+        assert_eq!(worker.concurrency(TaskKind::Orchestration), Some(256));
+    }
+    // A concurrency for tasks that nothing handles is a mistake, said at build time.
+    let err = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .workflows(registry())
+        .concurrency(TaskKind::Outbox, 2)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("which have no handler"), "{err}");
+}

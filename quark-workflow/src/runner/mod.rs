@@ -15,6 +15,11 @@
 //! has not seen, instead of replaying the whole history; and an activity whose orchestration is
 //! live commits its result together with the turn it unblocks (the warm continuation), one
 //! transaction per step.
+//!
+//! This module is the runtime's plumbing, for `quark-worker` and for whoever builds a runtime of
+//! their own; it is hidden from the documentation and may change in any release. What a user
+//! configures of it (`WarmLimits`, `HistoryWarning`, `LiveInstance`) is re-exported at the crate's
+//! root.
 
 mod activity;
 pub mod live;
@@ -33,9 +38,14 @@ use quark_history::{
 
 use crate::activity::ActivityInfo;
 use crate::registry::Registry;
-use crate::task::{TaskPayload, timer_commit};
 
 pub use live::{HistoryWarning, LiveInstance, WarmLimits};
+// The SDK's task formats and pure steps, for a runtime: what a task carries, how a turn is taken,
+// how an activity's, a timer's or a job's outcome is committed.
+pub use crate::executor::{Outcome, Replay};
+pub use crate::job::{JobTask, job_commit, job_task, job_task_by_name};
+pub use crate::task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
+pub use crate::turn::{Turn, process_turn};
 pub use settle::{MAX_CONFLICT_RETRIES, MAX_TURN_RELEASE_DELAY, Settled, release_delay, settle};
 
 /// Histories past this many events get a warning (Temporal warns at 10,240); see

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quark_tests::{Dice, logged_job};
-use quark_workflow::{Client, JobOptions, TaskPayload};
+use quark_workflow::runner::TaskPayload;
+use quark_workflow::{Client, JobOptions};
 use sqlx::PgPool;
 
 const JOBS: u64 = 10_000;
