@@ -158,7 +158,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                         client: &__q::Client,
                         input: impl ::core::borrow::Borrow<#input_ty>,
                         options: __q::JobOptions,
-                    ) -> ::core::result::Result<i64, __q::ClientError> {
+                    ) -> ::core::result::Result<__q::JobId, __q::ClientError> {
                         client.enqueue::<Self>(input.borrow(), options).await
                     }
                 }

@@ -256,32 +256,32 @@ impl Client {
         }
     }
 
-    /// Enqueues activity `A` as a durable job with `input`; returns the job's task id (the id `quark
-    /// dlq` and `Store::redrive` use).
+    /// Enqueues activity `A` as a durable job with `input`; returns the job's id.
     pub async fn enqueue<A: crate::Activity>(
         &self,
         input: &A::Input,
         options: crate::JobOptions,
-    ) -> Result<i64, ClientError> {
+    ) -> Result<crate::JobId, ClientError> {
         let now = self.store.config().clock.now();
         let task = crate::job::job_task::<A>(input, &options, now)?;
         let ids = self.store.enqueue(vec![task]).await?;
-        Ok(ids[0])
+        Ok(crate::JobId::new(ids[0]))
     }
 
     /// Enqueues one job of activity `A` per input, all in one transaction (one statement on
-    /// PostgreSQL); returns their task ids in order.
+    /// PostgreSQL); returns their ids in order.
     pub async fn enqueue_many<A: crate::Activity>(
         &self,
         inputs: impl IntoIterator<Item = A::Input>,
         options: crate::JobOptions,
-    ) -> Result<Vec<i64>, ClientError> {
+    ) -> Result<Vec<crate::JobId>, ClientError> {
         let now = self.store.config().clock.now();
         let tasks = inputs
             .into_iter()
             .map(|input| crate::job::job_task::<A>(&input, &options, now))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.store.enqueue(tasks).await?)
+        let ids = self.store.enqueue(tasks).await?;
+        Ok(ids.into_iter().map(crate::JobId::new).collect())
     }
 
     /// One instance. A blocked one carries the turn that blocks it

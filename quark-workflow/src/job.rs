@@ -121,11 +121,51 @@ impl JobOptions {
     }
 }
 
+/// A job's id: what enqueueing returns, and what the calls about one job take. It is the id of
+/// the job's task in the store (the one `quark job show`, `quark dlq` and
+/// [`Store::redrive`](quark_history::Store::redrive) use), so it prints and parses as that number.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct JobId(i64);
+
+impl JobId {
+    /// The job with task id `id` (as the store, the command line or another process names it).
+    pub const fn new(id: i64) -> Self {
+        JobId(id)
+    }
+
+    /// The task id, for the store's calls.
+    pub const fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(JobId)
+    }
+}
+
+impl From<JobId> for i64 {
+    fn from(id: JobId) -> i64 {
+        id.0
+    }
+}
+
 /// A job just enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EnqueuedJob {
     /// Its id (for a deduplicated job, the id of the job that holds the key).
-    pub id: i64,
+    pub id: JobId,
     /// Whether it is new, or another job with its unique key was kept or replaced.
     pub outcome: Enqueued,
 }
@@ -200,10 +240,10 @@ pub async fn enqueue_tx<A: Activity>(
     conn: &mut quark_history::PgConnection,
     input: &A::Input,
     options: JobOptions,
-) -> Result<i64, ClientError> {
+) -> Result<JobId, ClientError> {
     use quark_history::Store as _;
     let task = job_task::<A>(input, &options, store.config().clock.now())?;
-    Ok(store.enqueue_in(conn, vec![task]).await?[0])
+    Ok(JobId(store.enqueue_in(conn, vec![task]).await?[0]))
 }
 
 /// Jobs, seen from a client: enqueue with the outcome, read, list, cancel, pause and resume, and
@@ -220,15 +260,15 @@ impl Client {
         let task = job_task::<A>(input, &options, now)?;
         let committed = self.store().commit(Commit::new().enqueue(task)).await?;
         Ok(EnqueuedJob {
-            id: committed.task_ids[0],
+            id: JobId(committed.task_ids[0]),
             outcome: committed.outcome(0),
         })
     }
 
     /// A job: its state, attempts, times, last error and progress.
-    pub async fn job(&self, id: i64) -> Result<JobInfo, ClientError> {
+    pub async fn job(&self, id: JobId) -> Result<JobInfo, ClientError> {
         self.store()
-            .job(id)
+            .job(id.get())
             .await?
             .ok_or_else(|| ClientError::NotFound(format!("job {id}")))
     }
@@ -239,29 +279,29 @@ impl Client {
     }
 
     /// A job's last progress report.
-    pub async fn job_progress(&self, id: i64) -> Result<Option<Progress>, ClientError> {
-        Ok(self.store().job_progress(id).await?)
+    pub async fn job_progress(&self, id: JobId) -> Result<Option<Progress>, ClientError> {
+        Ok(self.store().job_progress(id.get()).await?)
     }
 
     /// Cancels a job: at once if it has not started, else by asking its worker to stop (the
     /// activity's cancellation token fires at the worker's next heartbeat).
-    pub async fn cancel_job(&self, id: i64) -> Result<JobState, ClientError> {
-        Ok(self.store().cancel_job(id).await?)
+    pub async fn cancel_job(&self, id: JobId) -> Result<JobState, ClientError> {
+        Ok(self.store().cancel_job(id.get()).await?)
     }
 
     /// Holds a job that has not started.
-    pub async fn pause_job(&self, id: i64) -> Result<(), ClientError> {
-        Ok(self.store().pause_job(id).await?)
+    pub async fn pause_job(&self, id: JobId) -> Result<(), ClientError> {
+        Ok(self.store().pause_job(id.get()).await?)
     }
 
     /// Releases a paused job.
-    pub async fn resume_job(&self, id: i64) -> Result<(), ClientError> {
-        Ok(self.store().resume_job(id).await?)
+    pub async fn resume_job(&self, id: JobId) -> Result<(), ClientError> {
+        Ok(self.store().resume_job(id.get()).await?)
     }
 
     /// Puts a dead job back on its queue with fresh attempts.
-    pub async fn retry_job(&self, id: i64) -> Result<(), ClientError> {
-        Ok(self.store().redrive(id).await?)
+    pub async fn retry_job(&self, id: JobId) -> Result<(), ClientError> {
+        Ok(self.store().redrive(id.get()).await?)
     }
 
     /// Stops claims from `queue` on every worker until [`resume_queue`](Self::resume_queue).

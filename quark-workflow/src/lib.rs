@@ -130,7 +130,7 @@ pub use error::{ActivityError, Nondeterminism, OrchestrationError};
 pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
 #[cfg(feature = "postgres")]
 pub use job::enqueue_tx;
-pub use job::{EnqueuedJob, JobOptions};
+pub use job::{EnqueuedJob, JobId, JobOptions};
 pub use job_workflow::{
     JOB_WORKFLOW, Job, JobInput, JobReport, JobSpec, JobStepState, JobWorkflow, JobWorkflowBuilder,
     JobWorkflowError, JobWorkflowHandle, JobWorkflowReport, JobWorkflowRunError, OnFailure,
@@ -172,9 +172,9 @@ pub use macros::{activity, orchestration};
 /// plumbing, for those who build a runtime of their own.
 pub mod prelude {
     pub use crate::{
-        ActivityContext, ActivityError, Client, ClientError, Handle, Job, JobOptions, JobWorkflow,
-        OnFailure, OrchestrationContext, OrchestrationError, Registry, Replayer, RetryPolicy, Saga,
-        Schedule, StartOptions, activity, orchestration,
+        ActivityContext, ActivityError, Client, ClientError, Handle, Job, JobId, JobOptions,
+        JobWorkflow, OnFailure, OrchestrationContext, OrchestrationError, Registry, Replayer,
+        RetryPolicy, Saga, Schedule, StartOptions, activity, orchestration,
     };
 }
 
@@ -183,7 +183,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::{
         Activity, ActivityContext, ActivityError, ActivityOptions, Client, ClientError, Handle,
-        JobOptions, Orchestration, OrchestrationContext, OrchestrationError, Registration,
+        JobId, JobOptions, Orchestration, OrchestrationContext, OrchestrationError, Registration,
         Registry, RetryPolicy,
     };
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use quark_history::{JobFilter, JobInfo, JobState, Store, Timestamp, UniqueKey, UniquePolicy};
 use quark_workflow::runner::{JobTask, job_task_by_name};
-use quark_workflow::{Client, JobOptions, Registry};
+use quark_workflow::{Client, JobId, JobOptions, Registry};
 
 use serde::Serialize;
 
@@ -69,31 +69,31 @@ pub enum JobCommand {
     /// Shows one job: state, attempts, times, error, progress, activity and input.
     Show {
         /// The job id.
-        id: i64,
+        id: JobId,
     },
     /// Cancels jobs: at once if not started, else their workers are asked to stop.
     Cancel {
         /// The job ids.
         #[arg(required = true)]
-        ids: Vec<i64>,
+        ids: Vec<JobId>,
     },
     /// Puts dead jobs back on their queues with fresh attempts.
     Retry {
         /// The job ids.
         #[arg(required = true)]
-        ids: Vec<i64>,
+        ids: Vec<JobId>,
     },
     /// Holds jobs that have not started.
     Pause {
         /// The job ids.
         #[arg(required = true)]
-        ids: Vec<i64>,
+        ids: Vec<JobId>,
     },
     /// Releases paused jobs.
     Resume {
         /// The job ids.
         #[arg(required = true)]
-        ids: Vec<i64>,
+        ids: Vec<JobId>,
     },
 }
 
@@ -326,7 +326,7 @@ struct Enqueued {
 /// A job that a command changed, and its state after.
 #[derive(Debug, Serialize)]
 struct JobChanged {
-    job_id: i64,
+    job_id: JobId,
     state: &'static str,
 }
 

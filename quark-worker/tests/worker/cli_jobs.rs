@@ -5,7 +5,7 @@ use std::sync::Arc;
 use quark_history::testing::TestStore;
 use quark_history::{ClaimRequest, Commit, FailAction, JobState, Store};
 use quark_worker::cli::{Command, JobCommand, Output, QueueCommand, run_on};
-use quark_workflow::{ActivityContext, ActivityError, Registry, activity};
+use quark_workflow::{ActivityContext, ActivityError, JobId, Registry, activity};
 
 #[activity]
 async fn resize(_ctx: ActivityContext, url: String) -> Result<u64, ActivityError> {
@@ -109,18 +109,28 @@ async fn it_drives_jobs_and_queues_from_the_command_line(t: &TestStore) {
     assert_eq!(rows[0]["input"], "s3://a.png");
     assert_eq!(rows[0]["concurrency_key"], "tenant-9");
 
-    quark(t, Command::Job(JobCommand::Pause { ids: vec![id] }))
-        .await
-        .unwrap();
+    quark(
+        t,
+        Command::Job(JobCommand::Pause {
+            ids: vec![JobId::new(id)],
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(state(&*t.store, id).await, JobState::Paused);
-    let shown = quark(t, Command::Job(JobCommand::Show { id }))
+    let shown = quark(t, Command::Job(JobCommand::Show { id: JobId::new(id) }))
         .await
         .unwrap();
     assert!(shown.contains("state        paused"), "{shown}");
     assert!(shown.contains("input        \"s3://a.png\""), "{shown}");
-    quark(t, Command::Job(JobCommand::Resume { ids: vec![id] }))
-        .await
-        .unwrap();
+    quark(
+        t,
+        Command::Job(JobCommand::Resume {
+            ids: vec![JobId::new(id)],
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(state(&*t.store, id).await, JobState::Pending);
 
     // Queue controls.
@@ -191,21 +201,36 @@ async fn it_drives_jobs_and_queues_from_the_command_line(t: &TestStore) {
         .await
         .unwrap();
     assert_eq!(state(&*t.store, id).await, JobState::Dead);
-    quark(t, Command::Job(JobCommand::Retry { ids: vec![id] }))
-        .await
-        .unwrap();
+    quark(
+        t,
+        Command::Job(JobCommand::Retry {
+            ids: vec![JobId::new(id)],
+        }),
+    )
+    .await
+    .unwrap();
     let retried = t.store.job(id).await.unwrap().unwrap();
     assert_eq!(
         (retried.state, retried.concurrency_key.as_deref()),
         (JobState::Pending, Some("tenant-9")),
         "a re-driven job keeps its concurrency key"
     );
-    let said = quark(t, Command::Job(JobCommand::Cancel { ids: vec![id] }))
-        .await
-        .unwrap();
+    let said = quark(
+        t,
+        Command::Job(JobCommand::Cancel {
+            ids: vec![JobId::new(id)],
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(said.trim(), format!("job {id} cancelled"));
-    let err = quark(t, Command::Job(JobCommand::Cancel { ids: vec![id] }))
-        .await
-        .unwrap_err();
+    let err = quark(
+        t,
+        Command::Job(JobCommand::Cancel {
+            ids: vec![JobId::new(id)],
+        }),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains("it is cancelled"), "{err:#}");
 }

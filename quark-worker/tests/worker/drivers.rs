@@ -479,7 +479,7 @@ async fn it_stops_a_cancelled_running_job_under_both_drivers(t: &TestStore) {
         async move { env.run_until_idle_settled().await.unwrap() }
     });
     gate(&env_key).started.notified().await;
-    env.store().cancel_job(env_id).await.unwrap();
+    env.store().cancel_job(env_id.get()).await.unwrap();
     driver.await.unwrap();
     let env_state = env.client().job(env_id).await.unwrap().state;
 
@@ -491,7 +491,7 @@ async fn it_stops_a_cancelled_running_job_under_both_drivers(t: &TestStore) {
         .await
         .unwrap();
     gate(&worker_key).started.notified().await;
-    t.store.cancel_job(id).await.unwrap();
+    t.store.cancel_job(id.get()).await.unwrap();
     eventually("the job stopped", async || {
         client.job(id).await.unwrap().state == JobState::Cancelled
     })

@@ -10,7 +10,9 @@ use std::time::Duration;
 use quark_history::testing::{TestStore, eventually};
 use quark_history::{JobState, Store};
 use quark_worker::{RunningWorker, Worker};
-use quark_workflow::{ActivityContext, ActivityError, Client, JobOptions, Registry, activity};
+use quark_workflow::{
+    ActivityContext, ActivityError, Client, JobId, JobOptions, Registry, activity,
+};
 
 quark_history::backend_tests!(
     it_cancels_a_running_job_through_its_context,
@@ -133,8 +135,13 @@ fn tag(t: &TestStore, what: &str) -> String {
     format!("{}-{what}", t.store.backend())
 }
 
-async fn state(store: &dyn Store, id: i64) -> JobState {
-    store.job(id).await.unwrap().expect("the job exists").state
+async fn state(store: &dyn Store, id: JobId) -> JobState {
+    store
+        .job(id.get())
+        .await
+        .unwrap()
+        .expect("the job exists")
+        .state
 }
 
 async fn it_cancels_a_running_job_through_its_context(t: &TestStore) {
@@ -260,7 +267,7 @@ async fn it_purges_finished_jobs_after_their_retention(t: &TestStore) {
     t.clock
         .advance(t.store.config().finished_job_retention + Duration::from_secs(1));
     eventually("the maintenance pass purges it", async || {
-        t.store.job(id).await.unwrap().is_none()
+        t.store.job(id.get()).await.unwrap().is_none()
     })
     .await;
     running.shutdown().await;

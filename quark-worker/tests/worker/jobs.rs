@@ -106,7 +106,7 @@ async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &T
     );
     let dead = t.store.list_dead(Some("default"), 10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].task_id, doomed);
+    assert_eq!(dead[0].task_id, doomed.get());
     assert_eq!(dead[0].attempts, 2);
     assert!(
         dead[0].error.contains("after 2 attempt(s)")
@@ -116,7 +116,7 @@ async fn it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless(t: &T
     );
 
     // Re-driven, it gets its attempts back, and dies again: the operator sees the same error.
-    t.store.redrive(doomed).await.unwrap();
+    t.store.redrive(doomed.get()).await.unwrap();
     t.advance_until(
         Duration::from_secs(1),
         "the re-driven job settled",

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use quark_history::testing::{TestStore, eventually};
 use quark_history::{Backend, JobState, Store, StoreConfig};
 use quark_tests::stuck_first_time;
-use quark_workflow::{Client, JobOptions};
+use quark_workflow::{Client, JobId, JobOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -66,7 +66,7 @@ impl Fixture {
         self.dir.join(name)
     }
 
-    async fn enqueue(&self) -> Vec<i64> {
+    async fn enqueue(&self) -> Vec<JobId> {
         let client = Client::new(Arc::clone(&self.store));
         let mut ids = Vec::new();
         for n in 0..JOBS {
@@ -94,7 +94,7 @@ impl Fixture {
 
     /// Waits until every job completed; returns how long that took from `since`, and checks that
     /// each ran twice: the attempt that died, and one more.
-    async fn wait_until_all_done(&self, ids: &[i64], since: Instant) -> Duration {
+    async fn wait_until_all_done(&self, ids: &[JobId], since: Instant) -> Duration {
         let client = Client::new(Arc::clone(&self.store));
         eventually("every job completes", async || {
             for id in ids {
