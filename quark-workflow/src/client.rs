@@ -306,6 +306,18 @@ impl Client {
             .await?)
     }
 
+    /// Sends `signal` with `value` to instance `instance_id`: the typed
+    /// [`signal`](Self::signal), for a [`Signal`](crate::Signal) declared once and awaited with
+    /// `ctx.wait_for(signal)`.
+    pub async fn send<T: Serialize>(
+        &self,
+        instance_id: &str,
+        signal: crate::Signal<T>,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        self.signal(instance_id, signal.name(), value).await
+    }
+
     /// Sends signal `name` with `value`; the orchestration receives it through
     /// `ctx.wait_for_signal(name)`.
     pub async fn signal<T: Serialize>(
@@ -500,7 +512,16 @@ impl<T: DeserializeOwned> Handle<T> {
         self.client.describe(&self.id).await
     }
 
-    /// Sends a signal.
+    /// Sends `signal` with `value` (see [`Client::send`]).
+    pub async fn send<S: Serialize>(
+        &self,
+        signal: crate::Signal<S>,
+        value: &S,
+    ) -> Result<(), ClientError> {
+        self.client.send(&self.id, signal, value).await
+    }
+
+    /// Sends signal `name` with `value`.
     pub async fn signal<S: Serialize>(&self, name: &str, value: &S) -> Result<(), ClientError> {
         self.client.signal(&self.id, name, value).await
     }

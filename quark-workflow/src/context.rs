@@ -14,7 +14,7 @@ use crate::combinator::{Join, Select};
 use crate::command::{Command, caller, describe_event, event_site};
 use crate::definition::{Activity, Orchestration};
 use crate::error::{Nondeterminism, OrchestrationError};
-use crate::future::{ActivityCall, ChildCall, CommandFuture, Signal, Sleep};
+use crate::future::{ActivityCall, ChildCall, CommandFuture, SignalWait, Sleep};
 use crate::state::{Cancel, Shared, State};
 use crate::task::{ActivityTask, TaskPayload, TimerTask};
 
@@ -196,10 +196,18 @@ impl OrchestrationContext {
         })
     }
 
-    /// Waits for the next signal called `name` and decodes it as `T`. Signals that arrive before
-    /// anyone waits are buffered. Add [`.timeout(d)`](Signal::timeout) to stop waiting.
-    pub fn wait_for_signal<T: DeserializeOwned>(&self, name: &str) -> Signal<T> {
-        Signal::new(self.clone(), name)
+    /// Waits for the next `signal` (declared once as a [`Signal`](crate::Signal) constant, which
+    /// the sender uses too). Signals that arrive before anyone waits are buffered. Add
+    /// [`.timeout(d)`](SignalWait::timeout) to stop waiting.
+    pub fn wait_for<T: DeserializeOwned>(&self, signal: crate::Signal<T>) -> SignalWait<T> {
+        SignalWait::new(self.clone(), signal.name())
+    }
+
+    /// Waits for the next signal called `name` and decodes it as `T`: an untyped
+    /// [`wait_for`](Self::wait_for). Signals that arrive before anyone waits are buffered. Add
+    /// [`.timeout(d)`](SignalWait::timeout) to stop waiting.
+    pub fn wait_for_signal<T: DeserializeOwned>(&self, name: &str) -> SignalWait<T> {
+        SignalWait::new(self.clone(), name)
     }
 
     /// Starts child orchestration `O` under the id `{this id}:{command id}` and waits for its output.

@@ -258,18 +258,18 @@ impl Drop for Sleep {
     }
 }
 
-/// The future of [`OrchestrationContext::wait_for_signal`].
+/// The future of [`OrchestrationContext::wait_for`] and [`OrchestrationContext::wait_for_signal`].
 #[derive(Debug)]
 #[must_use = "a signal wait does nothing unless awaited"]
-pub struct Signal<T> {
+pub struct SignalWait<T> {
     ctx: OrchestrationContext,
     name: String,
     _out: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> Signal<T> {
+impl<T: DeserializeOwned> SignalWait<T> {
     pub(crate) fn new(ctx: OrchestrationContext, name: &str) -> Self {
-        Signal {
+        SignalWait {
             ctx,
             name: name.to_string(),
             _out: PhantomData,
@@ -303,7 +303,7 @@ impl<T: DeserializeOwned> Signal<T> {
     }
 }
 
-impl<T: DeserializeOwned> Future for Signal<T> {
+impl<T: DeserializeOwned> Future for SignalWait<T> {
     type Output = Result<T, OrchestrationError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -325,7 +325,7 @@ impl<T: DeserializeOwned> Future for Signal<T> {
 #[derive(Debug)]
 #[must_use = "a signal wait does nothing unless awaited"]
 pub struct SignalTimeout<T> {
-    signal: Signal<T>,
+    signal: SignalWait<T>,
     timer: Sleep,
 }
 

@@ -112,6 +112,7 @@ mod replay;
 pub mod runner;
 mod saga;
 mod schedule;
+mod signal;
 mod state;
 mod task;
 #[cfg(feature = "sqlite")]
@@ -127,7 +128,7 @@ pub use combinator::{Join, Select, Timeout};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
-pub use future::{ActivityCall, ChildCall, Signal, SignalTimeout, Sleep};
+pub use future::{ActivityCall, ChildCall, SignalTimeout, SignalWait, Sleep};
 #[cfg(feature = "postgres")]
 pub use job::enqueue_tx;
 pub use job::{EnqueuedJob, JobId, JobOptions};
@@ -143,6 +144,7 @@ pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use runner::{HISTORY_WARN_EVENTS, HistoryWarning, LiveInstance, WarmLimits};
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};
 pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
+pub use signal::Signal;
 
 pub use quark_history;
 
@@ -168,13 +170,13 @@ pub use macros::{activity, orchestration};
 /// # let _ = registry;
 /// ```
 ///
-/// The rest of the crate's root (task payloads, commits, the turn function) is the runtime's
-/// plumbing, for those who build a runtime of their own.
+/// The runtime's plumbing (task payloads, commits, the turn function) is in the hidden
+/// `quark_workflow::runner` module, for those who build a runtime of their own.
 pub mod prelude {
     pub use crate::{
         ActivityContext, ActivityError, Client, ClientError, Handle, Job, JobId, JobOptions,
         JobWorkflow, OnFailure, OrchestrationContext, OrchestrationError, Registry, Replayer,
-        RetryPolicy, Saga, Schedule, StartOptions, activity, orchestration,
+        RetryPolicy, Saga, Schedule, Signal, StartOptions, activity, orchestration,
     };
 }
 

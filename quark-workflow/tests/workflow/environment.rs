@@ -8,7 +8,7 @@ use quark_history::{IdReusePolicy, InstanceFilter, InstanceStatus};
 use quark_workflow::testing::{START, TestEnv};
 use quark_workflow::{
     ActivityContext, ActivityError, ClientError, OrchestrationContext, OrchestrationError,
-    Registry, StartOptions, activity, orchestration,
+    Registry, Signal, StartOptions, activity, orchestration,
 };
 
 #[activity(retry(max_attempts = 3, initial = "1s", max = "10s"))]
@@ -40,6 +40,19 @@ async fn approval(ctx: OrchestrationContext, _in: ()) -> Result<String, Orchestr
     Ok(format!("approved by {who}"))
 }
 
+/// A bid: declared once, sent by the test and awaited by `auction`.
+const BID: Signal<u64> = Signal::new("bid");
+
+/// Takes bids until none comes for an hour; returns the highest.
+#[orchestration]
+async fn auction(ctx: OrchestrationContext, _in: ()) -> Result<u64, OrchestrationError> {
+    let mut best = 0;
+    while let Some(bid) = ctx.wait_for(BID).timeout(Duration::from_secs(3600)).await? {
+        best = best.max(bid);
+    }
+    Ok(best)
+}
+
 #[orchestration]
 async fn parent(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
     let child = ctx.call_child(order, &cents).await?;
@@ -58,6 +71,7 @@ async fn countdown(ctx: OrchestrationContext, n: u32) -> Result<u32, Orchestrati
 fn registry() -> Registry {
     Registry::new()
         .register(order)
+        .register(auction)
         .register(approval)
         .register(parent)
         .register(countdown)
@@ -120,6 +134,30 @@ async fn a_signal_resumes_a_waiting_orchestration() {
     }
     handle.signal("approve", &"alice").await.unwrap();
     assert_eq!(handle.result().await.unwrap(), "approved by alice");
+}
+
+#[tokio::test]
+async fn a_typed_signal_is_sent_and_received_through_one_declaration() {
+    let env = TestEnv::new(registry()).await.unwrap();
+    let handle = auction::start(env.client(), "auction-1", ()).await.unwrap();
+    handle.send(BID, &30).await.unwrap();
+    env.client().send("auction-1", BID, &70).await.unwrap();
+    // Sent untyped under the same name, it is the same signal.
+    handle.signal(BID.name(), &50u64).await.unwrap();
+    env.run_until_idle().await.unwrap();
+    env.advance(Duration::from_secs(3601)).await.unwrap();
+    assert_eq!(handle.result().await.unwrap(), 70);
+    let bids = env
+        .client()
+        .history("auction-1")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            matches!(&e.event, quark_history::HistoryEvent::SignalReceived { name, .. } if name == "bid")
+        })
+        .count();
+    assert_eq!(bids, 3);
 }
 
 #[tokio::test]
