@@ -22,9 +22,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::sqlx::{self, PgConnection, Row};
+use quark_history::sqlx::{self, Row};
 use quark_history::{
-    ClaimedMessage, Destination, Inbox, Outbox, OutboxMessage, PostgresStore, Received, Store,
+    ClaimedMessage, DEFAULT_INBOX_WINDOW, Destination, OutboxMessage, PostgresStore, Received,
+    Store, StoreTx,
 };
 use quark_worker::{DeliveryError, OutboxRelay, Worker};
 use quark_workflow::{
@@ -223,9 +224,10 @@ pub async fn transfer_money(
 /// Bank B's side of one request, in one transaction with its inbox record and its reply.
 async fn apply(
     store: &PostgresStore,
-    conn: &mut PgConnection,
+    tx: &mut StoreTx,
     request: &Request,
 ) -> Result<(), quark_history::Error> {
+    let conn = tx.postgres()?;
     match request {
         Request::Credit {
             transfer,
@@ -275,7 +277,7 @@ async fn apply(
                 Destination::signal(transfer.as_str(), "credit_reply"),
                 &reply,
             )?;
-            Outbox::send_tx(store, conn, vec![answer]).await?;
+            store.send_tx(tx, vec![answer]).await?;
         }
         Request::Cancel { transfer } => {
             let row = sqlx::query(
@@ -320,15 +322,18 @@ async fn apply(
 pub async fn consume(store: PostgresStore, message: ClaimedMessage) -> Result<(), DeliveryError> {
     let request: Request = serde_json::from_slice(&message.payload)
         .map_err(|e| DeliveryError::permanent(format!("not a bank request: {e}")))?;
+    let retry = |e: quark_history::Error| DeliveryError::retry(e.to_string());
+    let mut tx = store.begin_tx().await.map_err(retry)?;
     // A duplicate (`Received::Duplicate`) was applied by an earlier delivery: nothing to do.
-    let _: Received<()> = Inbox::new()
+    let _: Received<()> = tx
         .once(
-            &store,
             &message.idempotency_key,
-            async |conn: &mut PgConnection| apply(&store, conn, &request).await,
+            DEFAULT_INBOX_WINDOW,
+            async |tx: &mut StoreTx| apply(&store, tx, &request).await,
         )
         .await
-        .map_err(|e| DeliveryError::retry(e.to_string()))?;
+        .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
     Ok(())
 }
 

@@ -46,7 +46,8 @@ pub trait InboxStore: sealed::Sealed + Send + Sync {
 
     /// Begins a write transaction on the engine's database (on SQLite, on its single writer
     /// connection, with `BEGIN IMMEDIATE`): for code that writes its own rows together with
-    /// [`Inbox::record_in`] or [`Outbox::send_tx_sqlite`](crate::Outbox::send_tx_sqlite).
+    /// [`Inbox::record_in`]. ([`Store::begin_tx`](crate::Store::begin_tx) is the same on either
+    /// database.)
     fn begin_write(&self) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Self::Db>>>;
 
     /// Records `message_id` inside the transaction on `conn`; `true` if it is new.

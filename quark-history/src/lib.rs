@@ -16,7 +16,7 @@
 //! - **The atomic [`Commit`]**: appends, enqueues and settles a task in one transaction.
 //! - **Transactions the caller writes in** ([`Store::begin_tx`], [`Store::commit_tx`]): the
 //!   caller's own rows and a commit, together or not at all.
-//! - **The transactional outbox and the inbox** ([`Outbox`], [`Commit::send`], [`Inbox::once`]):
+//! - **The transactional outbox and the inbox** ([`Commit::send`], [`Store::send_tx`], [`Inbox::once`]):
 //!   messages written in the same transaction as the change that caused them, relayed in order
 //!   per key with leases; message ids deduplicated by the consumer in its own transaction, and
 //!   applied in sequence order per key with [`SequencedInbox`] (gaps held, then declared lost).
@@ -114,7 +114,7 @@ pub use jobs::{
 };
 pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 pub use outbox::{
-    ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, Outbox, OutboxClaim,
+    ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, OutboxClaim,
     OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,
 };
 #[cfg(feature = "postgres")]
@@ -127,11 +127,8 @@ pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 /// The `sqlx` this crate is built on: for code that writes in the engine's transactions
-/// ([`Inbox::once`] handlers, [`Outbox::send_tx`]) without a version mismatch.
+/// ([`Inbox::once`] handlers, [`StoreTx::postgres`]) without a version mismatch.
 pub use sqlx;
-/// The connection type [`PostgresStore::enqueue_in`] takes (a `sqlx` transaction derefs to it).
-#[cfg(feature = "postgres")]
-pub use sqlx::PgConnection;
 pub use store::{
     Backend, DEFAULT_MAX_PAYLOAD_BYTES, JobStore, OutboxStore, ScheduleStore, Store, StoreConfig,
 };

@@ -1,8 +1,8 @@
 //! The transactional outbox: the producer side of messaging.
 //!
 //! An [`OutboxMessage`] is written in the same transaction as the state change that caused it
-//! ([`Commit::send`](crate::Commit::send), [`Outbox::send_tx`] inside a caller's own PostgreSQL
-//! transaction, or [`OutboxStore::send`](crate::OutboxStore::send)), so it exists if and only if that change
+//! ([`Commit::send`](crate::Commit::send), [`Store::send_tx`](crate::Store::send_tx) inside a
+//! caller's own transaction on either database, or [`OutboxStore::send`](crate::OutboxStore::send)), so it exists if and only if that change
 //! committed. A relay (in `quark-worker`) claims pending messages under a lease, delivers them and
 //! settles them ([`OutboxStore::settle_outbox`](crate::OutboxStore::settle_outbox)): sent, retried later, or
 //! dead (listable, re-drivable). Messages with the same ordering key are delivered one after
@@ -539,36 +539,6 @@ impl WindowOutcome {
             failed: None,
             next: None,
         }
-    }
-}
-
-/// The producer side for code outside workflows.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Outbox;
-
-impl Outbox {
-    /// Writes `messages` inside the caller's own transaction on the engine's PostgreSQL database:
-    /// they exist if and only if that transaction commits. Relays hear of them by a `NOTIFY` that
-    /// PostgreSQL delivers at commit. Returns their ids.
-    #[cfg(feature = "postgres")]
-    pub async fn send_tx(
-        store: &crate::PostgresStore,
-        conn: &mut sqlx::PgConnection,
-        messages: Vec<OutboxMessage>,
-    ) -> Result<Vec<i64>> {
-        store.send_in(conn, &messages).await
-    }
-
-    /// Like [`send_tx`](Self::send_tx), inside a transaction on the engine's SQLite database,
-    /// begun with [`InboxStore::begin_write`](crate::InboxStore::begin_write). Relays in this process are told at once (one that
-    /// looks before the commit finds nothing yet and polls again).
-    #[cfg(feature = "sqlite")]
-    pub async fn send_tx_sqlite(
-        store: &crate::SqliteStore,
-        conn: &mut sqlx::SqliteConnection,
-        messages: Vec<OutboxMessage>,
-    ) -> Result<Vec<i64>> {
-        store.send_in(conn, &messages).await
     }
 }
 

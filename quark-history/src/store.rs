@@ -234,6 +234,28 @@ pub trait Store:
     /// lease was lost takes the caller's writes with it.
     fn commit_tx(&self, tx: crate::StoreTx, commit: Commit) -> BoxFuture<'_, Result<Committed>>;
 
+    /// Enqueues `tasks` inside `tx`, the caller's own transaction ([`begin_tx`](Self::begin_tx)),
+    /// without ending it: they exist if and only if it commits (the outbox pattern for jobs).
+    /// Returns their ids. Workers hear of them at the commit (see [`send_tx`](Self::send_tx)).
+    fn enqueue_tx<'a>(
+        &'a self,
+        tx: &'a mut crate::StoreTx,
+        tasks: Vec<NewTask>,
+    ) -> BoxFuture<'a, Result<Vec<i64>>>;
+
+    /// Writes outbox `messages` inside `tx`, the caller's own transaction
+    /// ([`begin_tx`](Self::begin_tx)), without ending it: they exist if and only if it commits.
+    /// Returns their ids. Relays hear of them at the commit on PostgreSQL (a `NOTIFY` sent in the
+    /// transaction); on SQLite, relays in this process are told at once, and one that looks
+    /// before the commit finds nothing yet and polls again. End `tx` with
+    /// [`StoreTx::commit`](crate::StoreTx::commit), or with [`commit_tx`](Self::commit_tx) and a
+    /// commit of its own.
+    fn send_tx<'a>(
+        &'a self,
+        tx: &'a mut crate::StoreTx,
+        messages: Vec<crate::OutboxMessage>,
+    ) -> BoxFuture<'a, Result<Vec<i64>>>;
+
     /// Enqueues tasks in one transaction (a commit with tasks only).
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<i64>>> {
         Box::pin(async move {

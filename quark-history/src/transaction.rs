@@ -166,6 +166,22 @@ impl StoreTx {
         Ok(())
     }
 
+    /// Commits the transaction: the caller's writes and whatever [`Store::enqueue_tx`] and
+    /// [`Store::send_tx`] wrote in it land together. (To record a [`Commit`] with them, hand the
+    /// transaction to [`Store::commit_tx`] instead.)
+    ///
+    /// [`Store::enqueue_tx`]: crate::Store::enqueue_tx
+    /// [`Store::send_tx`]: crate::Store::send_tx
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(tx) => tx.commit().await?,
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
     /// Rolls the transaction back (dropping it does the same, without waiting).
     pub async fn rollback(self) -> Result<()> {
         match self.inner {

@@ -171,7 +171,7 @@ pub struct EnqueuedJob {
 }
 
 /// The task that runs activity `A` with `input` as a job, for code that enqueues it itself (in its
-/// own transaction, with `PostgresStore::enqueue_in`, say). `now` is the store's clock.
+/// own transaction, with `Store::enqueue_tx`, say). `now` is the store's clock.
 pub fn job_task<A: Activity>(
     input: &A::Input,
     options: &JobOptions,
@@ -220,32 +220,6 @@ pub fn job_task_by_name(
     task
 }
 
-/// Enqueues job `A` inside the caller's own transaction on the engine's PostgreSQL database: the
-/// job exists if and only if that transaction commits (write your row and its follow-up job
-/// together). Returns the job's id.
-///
-/// ```no_run
-/// # use quark_workflow::{ActivityContext, ActivityError, JobOptions, activity, enqueue_tx};
-/// # #[activity] async fn send_welcome(_ctx: ActivityContext, user: i64) -> Result<(), ActivityError> { Ok(()) }
-/// # async fn demo(store: &quark_history::PostgresStore) -> anyhow::Result<()> {
-/// let mut tx = store.pool().begin().await?;
-/// // ... INSERT INTO users ... on &mut *tx
-/// enqueue_tx::<send_welcome>(store, &mut tx, &42, JobOptions::default()).await?;
-/// tx.commit().await?;
-/// # Ok(()) }
-/// ```
-#[cfg(feature = "postgres")]
-pub async fn enqueue_tx<A: Activity>(
-    store: &quark_history::PostgresStore,
-    conn: &mut quark_history::PgConnection,
-    input: &A::Input,
-    options: JobOptions,
-) -> Result<JobId, ClientError> {
-    use quark_history::Store as _;
-    let task = job_task::<A>(input, &options, store.config().clock.now())?;
-    Ok(JobId(store.enqueue_in(conn, vec![task]).await?[0]))
-}
-
 /// Jobs, seen from a client: enqueue with the outcome, read, list, cancel, pause and resume, and
 /// queue controls. (`Client::enqueue` and `Client::enqueue_many` enqueue too.)
 impl Client {
@@ -263,6 +237,38 @@ impl Client {
             id: JobId(committed.task_ids[0]),
             outcome: committed.outcome(0),
         })
+    }
+
+    /// Begins a transaction on the engine's database, for your own statements together with
+    /// [`enqueue_tx`](Self::enqueue_tx) and [`StoreTx`](quark_history::StoreTx)'s outbox and
+    /// inbox calls: run yours on `tx.postgres()?` or `tx.sqlite()?`, then `tx.commit()`.
+    pub async fn begin_tx(&self) -> Result<quark_history::StoreTx, ClientError> {
+        Ok(self.store().begin_tx().await?)
+    }
+
+    /// Enqueues job `A` inside `tx`, the caller's own transaction
+    /// ([`begin_tx`](Self::begin_tx)): the job exists if and only if that transaction commits
+    /// (write your row and its follow-up job together). The same on PostgreSQL and SQLite.
+    ///
+    /// ```no_run
+    /// # use quark_workflow::{ActivityContext, ActivityError, Client, JobOptions, activity};
+    /// # #[activity] async fn send_welcome(_ctx: ActivityContext, user: i64) -> Result<(), ActivityError> { Ok(()) }
+    /// # use quark_workflow::quark_history::sqlx;
+    /// # async fn demo(client: &Client) -> anyhow::Result<()> {
+    /// let mut tx = client.begin_tx().await?;
+    /// sqlx::query("INSERT INTO users (id) VALUES (42)").execute(tx.postgres()?).await?;
+    /// let job = client.enqueue_tx::<send_welcome>(&mut tx, &42, JobOptions::default()).await?;
+    /// tx.commit().await?;
+    /// # let _ = job; Ok(()) }
+    /// ```
+    pub async fn enqueue_tx<A: Activity>(
+        &self,
+        tx: &mut quark_history::StoreTx,
+        input: &A::Input,
+        options: JobOptions,
+    ) -> Result<JobId, ClientError> {
+        let task = job_task::<A>(input, &options, self.store().config().clock.now())?;
+        Ok(JobId(self.store().enqueue_tx(tx, vec![task]).await?[0]))
     }
 
     /// A job: its state, attempts, times, last error and progress.

@@ -129,8 +129,6 @@ pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
 pub use future::{ActivityCall, ChildCall, SignalTimeout, SignalWait, Sleep};
-#[cfg(feature = "postgres")]
-pub use job::enqueue_tx;
 pub use job::{EnqueuedJob, JobId, JobOptions};
 pub use job_workflow::{
     JOB_WORKFLOW, Job, JobInput, JobReport, JobSpec, JobStepState, JobWorkflow, JobWorkflowBuilder,

@@ -172,6 +172,10 @@ impl Dialect for Postgres {
         StoreTx::from_postgres(tx, clock)
     }
 
+    fn store_tx_conn(tx: &mut StoreTx) -> Result<&mut sqlx::PgConnection> {
+        tx.postgres()
+    }
+
     fn from_store_tx(tx: StoreTx) -> Result<sqlx::Transaction<'static, Self>> {
         match tx.inner {
             TxInner::Postgres(tx) => Ok(tx),

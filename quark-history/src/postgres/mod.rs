@@ -82,33 +82,6 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Enqueues tasks inside the caller's own transaction on this database: they exist if and only
-    /// if that transaction commits (the outbox pattern for jobs). Idle workers hear of them by a
-    /// `NOTIFY` sent in the same transaction, which PostgreSQL delivers at commit.
-    pub async fn enqueue_in(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        tasks: Vec<crate::NewTask>,
-    ) -> Result<Vec<i64>> {
-        crate::rows::check_tasks(&self.config, &tasks)?;
-        let now = self.config.clock.now();
-        let ids = crate::sql::enqueue::enqueue::<Self>(&mut *conn, &tasks, now)
-            .await?
-            .ids;
-        let notices: Vec<String> = crate::rows::visible_queues(&tasks, now)
-            .into_iter()
-            .map(|(queue, kind)| notify::notice("tx", kind, &queue))
-            .collect();
-        if !notices.is_empty() {
-            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .bind(notify::CHANNEL)
-                .bind(&notices)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(ids)
-    }
-
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
         Ok(self.pool.begin().await?)
     }
@@ -151,6 +124,27 @@ impl crate::sql::SqlStore for PostgresStore {
 
     fn announce(&self, visible: impl IntoIterator<Item = (String, crate::TaskKind)>) {
         PostgresStore::announce(self, visible);
+    }
+
+    fn announce_in<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        visible: Vec<(String, crate::TaskKind)>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let notices: Vec<String> = visible
+                .into_iter()
+                .map(|(queue, kind)| notify::notice("tx", kind, &queue))
+                .collect();
+            if !notices.is_empty() {
+                sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                    .bind(notify::CHANNEL)
+                    .bind(&notices)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        })
     }
 
     fn wakeups(&self) -> BoxFuture<'_, Result<Wakeups>> {

@@ -9,12 +9,10 @@ use futures::future::BoxFuture;
 use sqlx::{PgConnection, Postgres};
 
 use super::PostgresStore;
-use super::notify;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::inbox::InboxStore;
-use crate::outbox::{MessageRow, OUTBOX_WAKE_QUEUE, OutboxMessage, prepare};
-use crate::queue::TaskKind;
+use crate::outbox::MessageRow;
 
 /// Inserts prepared messages in one statement; a taken idempotency key fails the transaction.
 pub(super) async fn insert_messages(
@@ -54,27 +52,6 @@ pub(super) async fn insert_messages(
         }
     }
     Ok(ids)
-}
-
-impl PostgresStore {
-    /// Writes messages inside the caller's transaction, with a `NOTIFY` that is delivered at its
-    /// commit.
-    pub(crate) async fn send_in(
-        &self,
-        conn: &mut PgConnection,
-        messages: &[OutboxMessage],
-    ) -> Result<Vec<i64>> {
-        let rows = prepare(&self.config, messages)?;
-        let ids = insert_messages(conn, &rows, self.config.clock.now()).await?;
-        if !ids.is_empty() {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(notify::CHANNEL)
-                .bind(notify::notice("tx", TaskKind::Outbox, OUTBOX_WAKE_QUEUE))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(ids)
-    }
 }
 
 impl InboxStore for PostgresStore {

@@ -253,6 +253,9 @@ pub(crate) trait Dialect:
 
     /// The write transaction inside a [`StoreTx`] of this database.
     fn from_store_tx(tx: StoreTx) -> Result<Transaction<'static, Self>>;
+
+    /// The connection of a [`StoreTx`] of this database, to write in it without ending it.
+    fn store_tx_conn(tx: &mut StoreTx) -> Result<&mut Self::Connection>;
 }
 
 /// One statement and its arguments: `sqlx::query` for code generic over the database.
@@ -336,6 +339,20 @@ pub(crate) trait SqlStore:
     /// Tells waiting workers and relays that work became visible on these queues: in this process
     /// and, on PostgreSQL, in others by `NOTIFY`.
     fn announce(&self, visible: impl IntoIterator<Item = (String, TaskKind)>);
+
+    /// Announces, from inside the caller's transaction `conn`, work it makes visible. SQLite: in
+    /// this process at once (a worker that looks before the commit finds nothing and polls
+    /// again). PostgreSQL: by a `NOTIFY` sent in the transaction, which the server delivers at its
+    /// commit, to this process's listener and to others.
+    fn announce_in<'a>(
+        &'a self,
+        conn: &'a mut <Self::Db as Database>::Connection,
+        visible: Vec<(String, TaskKind)>,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = conn;
+        self.announce(visible);
+        Box::pin(async { Ok(()) })
+    }
 
     /// A subscription to wake-ups: this process's, and on PostgreSQL other processes' by `LISTEN`.
     fn wakeups(&self) -> BoxFuture<'_, Result<Wakeups>>;

@@ -176,6 +176,47 @@ impl<S: SqlStore> Store for S {
         }
     }
 
+    fn enqueue_tx<'a>(
+        &'a self,
+        tx: &'a mut StoreTx,
+        tasks: Vec<crate::NewTask>,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move {
+            crate::rows::check_tasks(self.settings(), &tasks)?;
+            let now = self.settings().clock.now();
+            let conn = S::Db::store_tx_conn(tx)?;
+            let ids = crate::sql::enqueue::enqueue::<S>(&mut *conn, &tasks, now)
+                .await?
+                .ids;
+            let visible = crate::rows::visible_queues(&tasks, now)
+                .into_iter()
+                .collect();
+            self.announce_in(conn, visible).await?;
+            Ok(ids)
+        })
+    }
+
+    fn send_tx<'a>(
+        &'a self,
+        tx: &'a mut StoreTx,
+        messages: Vec<crate::OutboxMessage>,
+    ) -> BoxFuture<'a, Result<Vec<i64>>> {
+        Box::pin(async move {
+            let rows = crate::outbox::prepare(self.settings(), &messages)?;
+            let now = self.settings().clock.now();
+            let conn = S::Db::store_tx_conn(tx)?;
+            let ids = S::insert_messages(&mut *conn, &rows, now).await?;
+            if !ids.is_empty() {
+                let outbox = vec![(
+                    crate::outbox::OUTBOX_WAKE_QUEUE.to_string(),
+                    crate::TaskKind::Outbox,
+                )];
+                self.announce_in(conn, outbox).await?;
+            }
+            Ok(ids)
+        })
+    }
+
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>> {
         Box::pin(queue::claim(self, request))
     }

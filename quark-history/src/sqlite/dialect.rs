@@ -154,6 +154,10 @@ impl Dialect for Sqlite {
         StoreTx::from_sqlite(tx, clock)
     }
 
+    fn store_tx_conn(tx: &mut StoreTx) -> Result<&mut sqlx::SqliteConnection> {
+        tx.sqlite()
+    }
+
     fn from_store_tx(tx: StoreTx) -> Result<sqlx::Transaction<'static, Self>> {
         match tx.inner {
             TxInner::Sqlite(tx) => Ok(tx),

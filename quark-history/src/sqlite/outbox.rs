@@ -11,7 +11,7 @@ use super::SqliteStore;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::inbox::InboxStore;
-use crate::outbox::{MessageRow, OUTBOX_WAKE_QUEUE, OutboxMessage, prepare};
+use crate::outbox::{MessageRow, OUTBOX_WAKE_QUEUE};
 use crate::queue::TaskKind;
 use crate::wakeup::Wake;
 
@@ -49,18 +49,6 @@ impl SqliteStore {
             queue: OUTBOX_WAKE_QUEUE.to_string(),
             kind: TaskKind::Outbox,
         });
-    }
-
-    pub(crate) async fn send_in(
-        &self,
-        conn: &mut SqliteConnection,
-        messages: &[OutboxMessage],
-    ) -> Result<Vec<i64>> {
-        let rows = prepare(&self.config, messages)?;
-        let ids = insert_messages(conn, &rows, self.config.clock.now()).await?;
-        // Said before the caller commits: a relay that looks too early finds nothing and polls.
-        self.announce_outbox();
-        Ok(ids)
     }
 }
 

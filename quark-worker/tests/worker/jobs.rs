@@ -1,18 +1,20 @@
 //! Durable jobs on the worker: activities enqueued on their own, with retries, dead letters,
-//! delays, bulk enqueue, and (on PostgreSQL) enqueue inside the caller's transaction.
+//! delays, bulk enqueue, and enqueue inside the caller's transaction.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use quark_history::QueueStats;
+use quark_history::sqlx;
 use quark_history::testing::TestStore;
+use quark_history::{Backend, QueueStats, StoreTx};
 use quark_worker::Worker;
 use quark_workflow::{ActivityContext, ActivityError, Client, JobOptions, Registry, activity};
 
 quark_history::backend_tests!(
     it_runs_jobs_once_each_retries_them_and_dead_letters_the_hopeless,
     it_runs_a_delayed_job_no_earlier_than_asked,
+    it_enqueues_a_job_in_the_callers_transaction_only_if_it_commits,
 );
 
 /// Runs per input, shared by the tests of one binary (inputs are unique per test).
@@ -165,42 +167,75 @@ async fn it_runs_a_delayed_job_no_earlier_than_asked(t: &TestStore) {
     running.shutdown().await;
 }
 
-/// PostgreSQL: a job enqueued in the caller's own transaction exists if and only if it commits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_enqueued_in_the_callers_transaction_exists_only_if_it_commits() {
-    let Some(t) = quark_history::testing::postgres().await else {
-        return;
+/// Runs one statement of the caller's in `tx` (`$1` is the placeholder on PostgreSQL, `?` on
+/// SQLite), with `id` bound if given.
+async fn exec(tx: &mut StoreTx, postgres: &'static str, sqlite: &'static str, id: Option<&str>) {
+    match tx.backend() {
+        Backend::Postgres => {
+            let mut q = sqlx::query(postgres);
+            if let Some(id) = id {
+                q = q.bind(id.to_string());
+            }
+            q.execute(tx.postgres().unwrap()).await.unwrap();
+        }
+        _ => {
+            let mut q = sqlx::query(sqlite);
+            if let Some(id) = id {
+                q = q.bind(id.to_string());
+            }
+            q.execute(tx.sqlite().unwrap()).await.unwrap();
+        }
+    }
+}
+
+/// The orders the callers' transactions left, read in a transaction of its own.
+async fn orders(client: &Client) -> Vec<String> {
+    let mut tx = client.begin_tx().await.unwrap();
+    let sql = "SELECT id FROM orders ORDER BY id";
+    let ids = match tx.backend() {
+        Backend::Postgres => sqlx::query_scalar(sql)
+            .fetch_all(tx.postgres().unwrap())
+            .await
+            .unwrap(),
+        _ => sqlx::query_scalar(sql)
+            .fetch_all(tx.sqlite().unwrap())
+            .await
+            .unwrap(),
     };
-    let store = quark_history::PostgresStore::connect_with(
-        &t.database_url().unwrap(),
-        quark_history::StoreConfig::default().clock(t.clock.clone()),
-    )
-    .await
-    .unwrap();
-    sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)")
-        .execute(store.pool())
-        .await
-        .unwrap();
-    let running = worker(&t).start().await.unwrap();
+    tx.rollback().await.unwrap();
+    ids
+}
+
+/// A job enqueued in the caller's own transaction exists if and only if it commits, the same on
+/// both databases.
+async fn it_enqueues_a_job_in_the_callers_transaction_only_if_it_commits(t: &TestStore) {
+    let client = Client::new(Arc::clone(&t.store));
+    let mut tx = client.begin_tx().await.unwrap();
+    let create = "CREATE TABLE orders (id TEXT PRIMARY KEY)";
+    exec(&mut tx, create, create, None).await;
+    tx.commit().await.unwrap();
+    let running = worker(t).start().await.unwrap();
+    let input = |id: &str| format!("tx-{id}-{}", t.store.backend());
     for (id, commit) in [("rolled-back", false), ("committed", true)] {
-        let mut tx = store.pool().begin().await.unwrap();
-        sqlx::query("INSERT INTO orders (id) VALUES ($1)")
-            .bind(id)
-            .execute(&mut *tx)
+        let mut tx = client.begin_tx().await.unwrap();
+        let (postgres, sqlite) = (
+            "INSERT INTO orders (id) VALUES ($1)",
+            "INSERT INTO orders (id) VALUES (?)",
+        );
+        exec(&mut tx, postgres, sqlite, Some(id)).await;
+        let job = client
+            .enqueue_tx::<record>(&mut tx, &input(id), JobOptions::default())
             .await
             .unwrap();
-        quark_workflow::enqueue_tx::<record>(
-            &store,
-            &mut tx,
-            &format!("tx-{id}"),
-            JobOptions::default(),
-        )
-        .await
-        .unwrap();
         if commit {
             tx.commit().await.unwrap();
+            assert!(client.job(job).await.is_ok(), "the committed job exists");
         } else {
             tx.rollback().await.unwrap();
+            assert!(
+                client.job(job).await.is_err(),
+                "the rolled-back job does not"
+            );
         }
     }
     // The job's run is counted before its completion commits: wait for both.
@@ -208,17 +243,12 @@ async fn a_job_enqueued_in_the_callers_transaction_exists_only_if_it_commits() {
         Duration::from_secs(1),
         "the committed job ran and completed",
         async || {
-            count("tx-committed") == 1
+            count(&input("committed")) == 1
                 && t.store.queue_stats("default").await.unwrap() == QueueStats::default()
         },
     )
     .await;
-    assert_eq!(count("tx-rolled-back"), 0, "no job without its order");
-    let orders: Vec<String> = sqlx::query_scalar("SELECT id FROM orders")
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-    assert_eq!(orders, ["committed"]);
+    assert_eq!(count(&input("rolled-back")), 0, "no job without its order");
+    assert_eq!(orders(&client).await, ["committed"]);
     running.shutdown().await;
-    t.cleanup().await;
 }
