@@ -23,7 +23,12 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::store::Backend;
 
-/// An open transaction on the engine's database. See the [module docs](self).
+/// An open transaction on the engine's database, opened by
+/// [`Store::begin_tx`](crate::Store::begin_tx). Run your statements on its connection
+/// ([`postgres`](Self::postgres) or [`sqlite`](Self::sqlite)), add jobs and outbox messages with
+/// [`Store::enqueue_tx`](crate::Store::enqueue_tx) and [`Store::send_tx`](crate::Store::send_tx),
+/// and end it with [`commit`](Self::commit), [`Store::commit_tx`](crate::Store::commit_tx) (with a
+/// commit of the engine's) or [`rollback`](Self::rollback). Dropping it rolls it back.
 pub struct StoreTx {
     pub(crate) inner: TxInner,
     clock: Arc<dyn Clock>,
@@ -172,6 +177,8 @@ impl StoreTx {
     ///
     /// [`Store::enqueue_tx`]: crate::Store::enqueue_tx
     /// [`Store::send_tx`]: crate::Store::send_tx
+    /// [`Store::commit_tx`]: crate::Store::commit_tx
+    /// [`Commit`]: crate::Commit
     pub async fn commit(self) -> Result<()> {
         match self.inner {
             #[cfg(feature = "postgres")]

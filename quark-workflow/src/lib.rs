@@ -7,14 +7,13 @@
 //!   (`process_order::start(&client, id, input)`) and check orchestration bodies for
 //!   nondeterministic calls at compile time.
 //! - [`OrchestrationContext`]: activities (`call`), durable timers (`sleep`), signals
-//!   (`wait_for_signal`, with `.timeout`), children (`call_child`), `side_effect`, `now`,
+//!   (`wait_for` a typed [`Signal`], with `.timeout`), children (`call_child`), `side_effect`, `now`,
 //!   `random`, `uuid`, `join`/`select` that resolve in history order, `continue_as_new`,
 //!   `patched`, cancellation and `history_len`.
-//! - The deterministic replay executor and [`process_turn`]: one pure function from a claimed
-//!   orchestration task and its history to a [`Commit`](quark_history::Commit); the
-//!   [`runner`] around it drives any workflow task from its claim to its settle, for the worker
-//!   and for the test environment alike.
-//! - [`TaskPayload`]: the documented payload of activity and timer tasks.
+//! - The deterministic replay executor: one pure function from a claimed orchestration task and
+//!   its history to a [`Commit`](quark_history::Commit), and the runner around it that drives
+//!   any workflow task from its claim to its settle, for the worker and for the test environment
+//!   alike (the hidden `runner` module, with the task payloads: plumbing for runtimes).
 //! - [`JobWorkflow`]: a DAG of jobs (activities) with dependencies, parallel stages, results
 //!   passed from parents to children and a failure rule, run durably by the built-in
 //!   `quark.job_workflow` orchestration.

@@ -2,7 +2,7 @@
 //! under a virtual clock.
 //!
 //! [`TestEnv`] plays the worker. It drives every task through the same
-//! [`Runner`](crate::runner::Runner) as the worker does, one at a time: the same turns, activity
+//! runner as the worker does, one at a time: the same turns, activity
 //! attempts (timeouts, heartbeat timeouts, panics, cancellation), job checkpoints, warm
 //! continuations and handling of refused commits. An activity a turn schedules runs right after
 //! that turn's commit, as on a worker with a free slot. When nothing is runnable it moves its

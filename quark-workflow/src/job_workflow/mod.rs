@@ -241,7 +241,7 @@ pub struct JobWorkflow {
     jobs: Vec<JobSpec>,
 }
 
-/// Declares a [`JobWorkflow`]; see the [module docs](self).
+/// Declares a [`JobWorkflow`] (see [`JobWorkflow::builder`]).
 #[derive(Debug, Default)]
 pub struct JobWorkflowBuilder {
     jobs: Vec<(String, Job)>,

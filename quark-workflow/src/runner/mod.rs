@@ -2,7 +2,7 @@
 //!
 //! Every task of the shared queue that runs workflow code (an orchestration turn, an activity
 //! attempt, a timer, a job attempt) goes through [`Runner`], and so does the handling of a commit
-//! the store refuses ([`settle`]); every outbox message goes through [`outbox::run_key`]. Whoever claims tasks is a *driver*: the worker
+//! the store refuses ([`settle()`]); every outbox message goes through [`outbox::run_key`]. Whoever claims tasks is a *driver*: the worker
 //! (`quark-worker`, with a real clock, pools, lease keeping and group commit) and the test
 //! environment ([`TestEnv`](crate::testing::TestEnv), with a virtual clock, one task at a time).
 //! A driver gives each task a [`Host`]: what the runner may ask of its driver while the task runs
