@@ -193,15 +193,20 @@ pub(crate) async fn reap<S: SqlStore>(store: &S, caller: &str) -> Result<Vec<Rea
 }
 
 /// Expires every lease `worker_id` holds; returns the queue and kind of each.
+///
+/// The rows are locked in id order, as a commit locks the tasks it settles: an update that
+/// locked them in scan order could deadlock with a commit holding some of them (PostgreSQL).
 async fn release<DB: Dialect>(
     conn: &mut DB::Connection,
     worker_id: &str,
     now: Timestamp,
 ) -> Result<Vec<(String, TaskKind)>> {
-    Stmt::<DB>::new(
-        "UPDATE tasks SET visible_at = $2 WHERE lease_owner = $1 AND visible_at > $2 \
+    Stmt::<DB>::new(sql(format!(
+        "UPDATE tasks SET visible_at = $2 WHERE id IN (SELECT id FROM tasks \
+         WHERE lease_owner = $1 AND visible_at > $2 ORDER BY id{}) \
          RETURNING queue, kind",
-    )
+        DB::FOR_UPDATE
+    )))
     .bind(worker_id)
     .bind(now.as_micros())
     .fetch_all(conn)
