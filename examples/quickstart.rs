@@ -20,7 +20,7 @@ use quark_history::{
 use quark_worker::Worker;
 use quark_workflow::{
     ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
-    activity, orchestration,
+    Signal, activity, orchestration,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,9 @@ async fn ship_order(
     ctx.call(book_courier, &order_id).await
 }
 
+/// A manager's decision: the orchestration waits for it, the manager's code sends it.
+const APPROVE: Signal<bool> = Signal::new("approve");
+
 #[orchestration]
 async fn process_order(
     ctx: OrchestrationContext,
@@ -81,7 +84,7 @@ async fn process_order(
     let receipt = ctx.call(charge_card, &order.cents).await?;
     // A cooling-off period: durable, so it survives a restart.
     ctx.sleep(Duration::from_secs(2)).await?;
-    let approved: bool = ctx.wait_for_signal("approve").await?;
+    let approved = ctx.wait_for(APPROVE).await?;
     if !approved {
         return Ok(format!("{} was not approved", order.id));
     }
@@ -199,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
             .any(|e| matches!(e.event, HistoryEvent::SignalReceived { .. }));
         if timer_fired && !signalled && !approved {
             println!("  (a manager approves {id})");
-            client.signal(&id, "approve", &true).await?;
+            client.send(&id, APPROVE, &true).await?;
             approved = true;
         }
         tokio::select! {
