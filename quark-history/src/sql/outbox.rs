@@ -130,7 +130,8 @@ impl<S: SqlStore> OutboxStore for S {
             .bind(i64::from(claim.limit))
             .bind(claim.worker.as_str())
             .bind(expires.as_micros())
-            .bind(i64::from(claim.window.max(1)));
+            .bind(i64::from(claim.window.max(1)))
+            .planned_each_time();
             let rows = super::claim(self, stmt).await?;
             let mut out = rows
                 .iter()
