@@ -84,6 +84,7 @@ const MIGRATION_LOCK: i64 = 0x7175_6172_6b5f_6d69;
 
 impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const GENERIC_PLANS: bool = true;
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const ONE_WRITER: bool = false;
     const BACKEND: Backend = Backend::Postgres;

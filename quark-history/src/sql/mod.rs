@@ -183,6 +183,10 @@ pub(crate) trait Dialect:
     /// write transaction already holds the one write lock.
     const FOR_UPDATE: &'static str;
 
+    /// Whether a prepared statement may be switched to a plan made without its arguments
+    /// (PostgreSQL's generic plans); see [`Stmt::planned_each_time`].
+    const GENERIC_PLANS: bool;
+
     /// Appended to a `SELECT` of rows to take, so that rows another transaction holds are passed
     /// over rather than waited for: `FOR UPDATE SKIP LOCKED` on PostgreSQL, nothing on SQLite.
     const SKIP_LOCKED: &'static str;
@@ -280,8 +284,12 @@ impl<DB: Dialect> Stmt<DB> {
     /// prepared statement to a generic plan after five runs, chosen on the statistics of the moment
     /// (often a table that was nearly empty), and keeps it. A generic outbox claim went from
     /// milliseconds to seconds once tens of thousands of messages were queued, and the relay
-    /// from 11,800-13,800 to 180-2,600 messages/s.
+    /// from 11,800-13,800 to 180-2,600 messages/s. SQLite plans a statement once whatever its
+    /// arguments, so it keeps its prepared statement.
     pub(crate) fn planned_each_time(self) -> Self {
+        if !DB::GENERIC_PLANS {
+            return self;
+        }
         Stmt(self.0.persistent(false))
     }
 

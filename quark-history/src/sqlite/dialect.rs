@@ -67,6 +67,7 @@ fn json_list<T: serde::Serialize>(items: &[T]) -> String {
 impl Dialect for Sqlite {
     // Every write transaction is `BEGIN IMMEDIATE` on the one writer: it holds every row already.
     const FOR_UPDATE: &'static str = "";
+    const GENERIC_PLANS: bool = false;
     const SKIP_LOCKED: &'static str = "";
     const ONE_WRITER: bool = true;
     const BACKEND: Backend = Backend::Sqlite;
