@@ -211,6 +211,8 @@ impl<S> WorkerBuilder<S> {
     /// and activity pools are large. Transactional activities are bounded separately, by
     /// [`transactions`](Self::transactions).
     pub fn workflows(mut self, registry: quark_workflow::Registry) -> Self {
+        // `build` sets its limits again, so that `warm_limits` and `history_warning` apply
+        // whether they come before this call or after it.
         let runner =
             quark_workflow::runner::Runner::with_limits(registry, self.warm, self.history_warning);
         self.runners.push(runner.clone());
@@ -257,9 +259,6 @@ impl<S> WorkerBuilder<S> {
     /// instances and 256 MiB; `instances: 0` keeps none.
     pub fn warm_limits(mut self, limits: quark_workflow::WarmLimits) -> Self {
         self.warm = limits;
-        for runner in &self.runners {
-            runner.set_limits(self.warm, self.history_warning);
-        }
         self
     }
 
@@ -268,9 +267,6 @@ impl<S> WorkerBuilder<S> {
     /// 10 MiB, as Temporal warns. The answer to the warning is `ctx.continue_as_new`.
     pub fn history_warning(mut self, warning: quark_workflow::HistoryWarning) -> Self {
         self.history_warning = warning;
-        for runner in &self.runners {
-            runner.set_limits(self.warm, self.history_warning);
-        }
         self
     }
 
@@ -375,6 +371,9 @@ impl WorkerBuilder<HasStore> {
             return Err(BuildError::Invalid(format!(
                 "a concurrency is set for {kind} tasks, which have no handler"
             )));
+        }
+        for runner in &self.runners {
+            runner.set_limits(self.warm, self.history_warning);
         }
         for (kind, n) in self.concurrency {
             if let Some(route) = self.routes.get_mut(&kind) {
