@@ -120,6 +120,9 @@ pub struct NewInstance {
     pub priority: i32,
     /// When the first turn may run (`None`: now).
     pub start_at: Option<Timestamp>,
+    /// The W3C trace context (`traceparent`) its first turn continues (see
+    /// [`NewTask::traceparent`](crate::NewTask::traceparent)).
+    pub traceparent: Option<String>,
 }
 
 impl NewInstance {
@@ -135,6 +138,7 @@ impl NewInstance {
             queue: "default".into(),
             priority: 0,
             start_at: None,
+            traceparent: None,
         }
     }
 }

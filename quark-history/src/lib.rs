@@ -120,8 +120,8 @@ pub use outbox::{
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 pub use queue::{
-    ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, NewTask, QueueStats,
-    Reaped, Registered, TaskKind, WorkerInfo,
+    ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, MAX_TRACEPARENT, NewTask,
+    QueueStats, Reaped, Registered, TaskKind, WorkerInfo,
 };
 pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]

@@ -91,7 +91,14 @@ pub struct NewTask {
     /// scheduled, running or waiting for a retry at a time; the others wait for a slot, highest
     /// priority and oldest first.
     pub concurrency: Option<(String, u32)>,
+    /// The W3C trace context (`traceparent`) of the span that created it: the span that runs it
+    /// continues that trace. At most [`MAX_TRACEPARENT`] bytes.
+    pub traceparent: Option<String>,
 }
+
+/// The longest `traceparent` a task or message may carry, in bytes (the W3C header of today's
+/// version is 55).
+pub const MAX_TRACEPARENT: usize = 256;
 
 impl NewTask {
     /// A task of `kind` on `queue`, visible now, priority 0.
@@ -107,6 +114,7 @@ impl NewTask {
             lease_to: None,
             unique: None,
             concurrency: None,
+            traceparent: None,
         }
     }
 
@@ -160,6 +168,12 @@ impl NewTask {
         self
     }
 
+    /// Sets the trace context it continues (a W3C `traceparent`).
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
     /// Whether enqueuing it needs more than a plain insert.
     #[cfg(feature = "postgres")]
     pub(crate) fn is_plain(&self) -> bool {
@@ -201,6 +215,8 @@ pub struct ClaimedTask {
     pub lease_expires_at: Timestamp,
     /// Opaque bytes for the worker.
     pub payload: Vec<u8>,
+    /// The trace context it was created in (see [`NewTask::traceparent`]).
+    pub traceparent: Option<String>,
 }
 
 /// A request for work.

@@ -7,7 +7,7 @@ use crate::codec::{CodecTag, Payload};
 use crate::error::{Error, Result};
 use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
 use crate::journal::{GENESIS, chain_hash, to_hex};
-use crate::queue::NewTask;
+use crate::queue::{MAX_TRACEPARENT, NewTask};
 use crate::store::StoreConfig;
 
 /// An event ready to insert.
@@ -57,10 +57,24 @@ pub(crate) fn check_size(config: &StoreConfig, size: usize) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a trace context longer than [`MAX_TRACEPARENT`] or with characters a `traceparent`
+/// header cannot hold, before anything is written.
+pub(crate) fn check_traceparent(traceparent: Option<&str>) -> Result<()> {
+    match traceparent {
+        Some(t) if t.len() > MAX_TRACEPARENT || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(Error::Invalid(format!(
+                "a traceparent is at most {MAX_TRACEPARENT} printable ASCII characters without spaces; got {t:?}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks a batch of tasks before any of it is written.
 pub(crate) fn check_tasks(config: &StoreConfig, tasks: &[NewTask]) -> Result<()> {
     for task in tasks {
         check_size(config, task.payload.len())?;
+        check_traceparent(task.traceparent.as_deref())?;
         if task.queue.is_empty() {
             return Err(Error::Invalid("a task needs a queue name".into()));
         }

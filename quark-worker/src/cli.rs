@@ -72,6 +72,12 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
+    /// Exports spans over OTLP (HTTP/protobuf) to this collector, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is appended; the `otel` feature). The service name is `OTEL_SERVICE_NAME`,
+    /// or `quark`
+    #[cfg(feature = "otel")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -200,6 +206,23 @@ impl Command {
     }
 
     /// Whether the command needs no database at all.
+    /// The command's name, as its span is named (`quark outbox`).
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Worker(_) => "worker",
+            Command::Migrate => "migrate",
+            Command::Workflow(_) => "workflow",
+            Command::Verify { .. } => "verify",
+            Command::Dlq(_) => "dlq",
+            Command::Job(_) => "job",
+            Command::Queue(_) => "queue",
+            Command::Schedule(_) => "schedule",
+            Command::Outbox(_) => "outbox",
+            Command::Saga(_) => "saga",
+            Command::Completions { .. } => "completions",
+        }
+    }
+
     fn offline(&self) -> bool {
         matches!(
             self,
@@ -234,8 +257,29 @@ pub async fn main_with(registry: Registry) -> ExitCode {
 async fn entry(registry: Option<Registry>) -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
-    logs::init(format);
-    match run(cli, registry).await {
+    #[cfg(feature = "otel")]
+    let telemetry = logs::init(format, cli.otlp_endpoint.as_deref());
+    #[cfg(not(feature = "otel"))]
+    let telemetry = logs::init(format, None);
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            logs::report_failure(format, &e);
+            return ExitCode::FAILURE;
+        }
+    };
+    // One span for a command, so that what it creates (a job, a message) starts a trace. Not for
+    // a worker: it runs for days, and each task it runs has a span of its own.
+    let span = match &cli.command {
+        Command::Worker(_) => tracing::Span::none(),
+        command => tracing::info_span!(
+            "command",
+            "otel.name" = %format_args!("quark {}", command.name())
+        ),
+    };
+    let result = tracing::Instrument::instrument(run(cli, registry), span).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             logs::report_failure(format, &e);

@@ -249,7 +249,8 @@ impl TaskContext {
     /// Commits `commit` and starts the tasks it created for this worker with
     /// [`run_here`](Self::run_here). A handler that commits its task's outcome itself returns
     /// [`Handled::Settled`]; the runtime commits whatever else it returns the same way.
-    pub async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {
+    pub async fn commit(&self, mut commit: Commit) -> quark_history::Result<Committed> {
+        quark_workflow::trace_context::stamp_commit(&mut commit);
         let shared = &self.shared;
         let me = shared.settings.id.as_ref();
         let here: Vec<(usize, NewTask)> = commit
@@ -297,6 +298,7 @@ impl TaskContext {
                 visible_at: now,
                 lease_expires_at: now + shared.settings.lease,
                 payload: task.payload,
+                traceparent: task.traceparent,
             };
             shared.metrics.claimed(&claimed, now);
             spawn_task(shared, &self.routes, claimed, permit, true);
@@ -311,8 +313,9 @@ impl TaskContext {
     pub async fn commit_tx(
         &self,
         tx: quark_history::StoreTx,
-        commit: Commit,
+        mut commit: Commit,
     ) -> quark_history::Result<Committed> {
+        quark_workflow::trace_context::stamp_commit(&mut commit);
         let shared = &self.shared;
         let outcome = Outcome::of(commit.settle.as_ref());
         self.fault(crate::fault::FaultPoint::BeforeTransactionalCommit);
@@ -404,11 +407,14 @@ pub(crate) fn spawn_task(
     );
     let span = tracing::info_span!(
         "task",
+        "otel.name" = %format_args!("quark {}", task.kind),
+        worker = %shared.settings.id,
         kind = %task.kind,
         task_id,
         instance = task.instance_id.as_deref().unwrap_or(""),
         attempt = task.lease.attempt,
     );
+    quark_workflow::trace_context::continue_from(&span, task.traceparent.as_deref());
     let mut cx = TaskContext::new(
         Arc::clone(shared),
         Arc::clone(routes),

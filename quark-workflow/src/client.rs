@@ -218,6 +218,7 @@ impl Client {
         new.queue = options.queue.unwrap_or_else(|| O::queue().to_string());
         new.priority = options.priority;
         new.start_at = options.start_at;
+        crate::trace_context::stamp_instance(&mut new);
         self.store.create_instance(new, options.id_reuse).await?;
         Ok(self.handle::<O>(id))
     }
@@ -240,6 +241,7 @@ impl Client {
             new.queue = queue.clone();
             new.priority = options.priority;
             new.start_at = options.start_at;
+            crate::trace_context::stamp_instance(&mut new);
             news.push(new);
         }
         let ids: Vec<String> = news.iter().map(|n| n.id.clone()).collect();
@@ -368,6 +370,7 @@ impl Client {
                 .append(parent.instance_id.as_str(), Expected::Any, [notice])
                 .enqueue(NewTask::orchestration(&record.queue, &parent.instance_id));
         }
+        crate::trace_context::stamp_commit(&mut commit);
         match self.store.commit(commit.clone()).await {
             // The parent ended first: only the child is left to stop.
             Err(quark_history::Error::InstanceClosed { id, .. }) if id != instance_id => {
@@ -382,9 +385,10 @@ impl Client {
 
     async fn wake_with(&self, instance_id: &str, event: HistoryEvent) -> Result<(), ClientError> {
         let record = self.describe(instance_id).await?;
-        let commit = Commit::new()
+        let mut commit = Commit::new()
             .append(instance_id, Expected::Any, [event])
             .enqueue(NewTask::orchestration(&record.queue, instance_id));
+        crate::trace_context::stamp_commit(&mut commit);
         self.store.commit(commit).await?;
         Ok(())
     }

@@ -217,6 +217,7 @@ pub fn job_task_by_name(
     }
     task.unique = options.unique.clone();
     task.concurrency = options.concurrency.clone();
+    task.traceparent = crate::trace_context::traceparent();
     task
 }
 
@@ -394,6 +395,7 @@ mod tests {
             visible_at: Timestamp::EPOCH,
             lease_expires_at: Timestamp::EPOCH,
             payload: Vec::new(),
+            traceparent: None,
         }
     }
 

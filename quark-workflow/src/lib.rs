@@ -116,6 +116,7 @@ mod state;
 mod task;
 #[cfg(feature = "sqlite")]
 pub mod testing;
+pub mod trace_context;
 mod turn;
 
 pub use activity::{

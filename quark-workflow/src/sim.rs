@@ -58,6 +58,7 @@ pub(crate) fn claimed(queue: &str) -> quark_history::ClaimedTask {
         visible_at: Timestamp::EPOCH,
         lease_expires_at: Timestamp::EPOCH,
         payload: Vec::new(),
+        traceparent: None,
     }
 }
 

@@ -447,6 +447,7 @@ impl Book {
                 visible_at: now,
                 lease_expires_at: now + LEASE,
                 payload: task.payload,
+                traceparent: task.traceparent,
             });
         }
     }

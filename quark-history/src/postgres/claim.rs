@@ -70,7 +70,7 @@ const GENERAL: &str = "WITH q AS (SELECT unnest(CASE WHEN $9 THEN ARRAY(SELECT u
        ORDER BY c.priority DESC, c.visible_at, c.id LIMIT $8) \
      UPDATE tasks t SET attempts = t.attempts + 1, lease_owner = $1, visible_at = $2, rerun = false \
      FROM picked WHERE t.id = picked.id \
-     RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload, \
+     RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload, t.traceparent, \
      (SELECT was.visible_at FROM tasks was WHERE was.id = t.id) AS ready_at";
 
 /// The claim for one queue and one kind (what a worker's poller asks for when it serves one
@@ -89,5 +89,5 @@ const ONE_PAIR: &str = "UPDATE tasks t SET attempts = t.attempts + 1, lease_owne
        AND NOT ($9 AND EXISTS (SELECT 1 FROM queue_settings s \
             WHERE s.queue = $3 AND (s.paused OR s.rate_limit IS NOT NULL))) \
        ORDER BY priority DESC, visible_at, id LIMIT $8 FOR UPDATE SKIP LOCKED)) \
-     RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload, \
+     RETURNING t.id, t.attempts, t.kind, t.queue, t.instance_id, t.priority, t.created_at, t.payload, t.traceparent, \
      (SELECT was.visible_at FROM tasks was WHERE was.id = t.id) AS ready_at";

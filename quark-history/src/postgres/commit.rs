@@ -70,9 +70,9 @@ pub(super) async fn write_settles(
         let ids: Vec<i64> = dead.iter().map(|(id, _)| *id).collect();
         sqlx::query(
             "WITH moved AS (INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, \
-               died_at, payload, concurrency_key, concurrency_limit) \
+               died_at, payload, concurrency_key, concurrency_limit, traceparent) \
              SELECT t.id, t.kind, t.queue, t.instance_id, t.priority, t.attempts, u.error, t.created_at, $1, t.payload, \
-               t.concurrency_key, t.concurrency_limit \
+               t.concurrency_key, t.concurrency_limit, t.traceparent \
              FROM tasks t JOIN UNNEST($2::bigint[], $3::text[]) AS u(id, error) ON t.id = u.id RETURNING id) \
              DELETE FROM tasks WHERE id = ANY($2)",
         )

@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "worker incarnations",
         include_str!("../../migrations/postgres/0012_worker_incarnations.sql"),
     ),
+    (
+        13,
+        "traceparent",
+        include_str!("../../migrations/postgres/0013_traceparent.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -35,8 +35,8 @@ pub(super) async fn insert_instances(
                INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
                SELECT id, 1, 'WorkflowStarted', $11, $12, $13, $10, $9 FROM i), \
              t AS ( \
-               INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, payload) \
-               SELECT 'orchestration', $7, id, $14, $15, $10, ''::bytea FROM i \
+               INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, payload, traceparent) \
+               SELECT 'orchestration', $7, id, $14, $15, $10, ''::bytea, $16 FROM i \
                ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO NOTHING) \
              SELECT id FROM i",
         )
@@ -55,12 +55,13 @@ pub(super) async fn insert_instances(
         .bind(&first.bytes)
         .bind(new.priority)
         .bind(new.start_at.unwrap_or(now).as_micros())
+        .bind(new.traceparent.as_deref())
         .fetch_optional(&mut *conn)
         .await?;
         return Ok(inserted.into_iter().collect());
     }
     let inserted: Vec<String> = sqlx::query_scalar(
-            "WITH n AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::smallint[], $5::bytea[],                $6::text[], $7::text[], $8::bigint[], $9::bytea[], $10::smallint[], $11::bytea[], $12::int[],                $13::bigint[]) WITH ORDINALITY AS n(id, instance_type, version, input_codec, input, parent_id,                queue, history_bytes, last_hash, codec, payload, priority, visible_at, ord)),              i AS (                INSERT INTO instances (id, instance_type, version, status, input_codec, input, parent_id, queue,                  next_seq, history_bytes, last_hash, created_at, updated_at)                SELECT id, instance_type, version, 'running', input_codec, input, parent_id, queue, 2,                  history_bytes, last_hash, $14, $14 FROM n ORDER BY ord                ON CONFLICT (id) DO NOTHING RETURNING id),              h AS (                INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash)                SELECT n.id, 1, 'WorkflowStarted', $15, n.codec, n.payload, $14, n.last_hash                FROM n JOIN i ON i.id = n.id),              t AS (                INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, payload)                SELECT 'orchestration', n.queue, n.id, n.priority, n.visible_at, $14, ''::bytea                FROM n JOIN i ON i.id = n.id ORDER BY n.ord                ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO NOTHING)              SELECT id FROM i",
+            "WITH n AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[], $4::smallint[], $5::bytea[],                $6::text[], $7::text[], $8::bigint[], $9::bytea[], $10::smallint[], $11::bytea[], $12::int[],                $13::bigint[], $16::text[]) WITH ORDINALITY AS n(id, instance_type, version, input_codec, input, parent_id,                queue, history_bytes, last_hash, codec, payload, priority, visible_at, traceparent, ord)),              i AS (                INSERT INTO instances (id, instance_type, version, status, input_codec, input, parent_id, queue,                  next_seq, history_bytes, last_hash, created_at, updated_at)                SELECT id, instance_type, version, 'running', input_codec, input, parent_id, queue, 2,                  history_bytes, last_hash, $14, $14 FROM n ORDER BY ord                ON CONFLICT (id) DO NOTHING RETURNING id),              h AS (                INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash)                SELECT n.id, 1, 'WorkflowStarted', $15, n.codec, n.payload, $14, n.last_hash                FROM n JOIN i ON i.id = n.id),              t AS (                INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, payload, traceparent)                SELECT 'orchestration', n.queue, n.id, n.priority, n.visible_at, $14, ''::bytea, n.traceparent                FROM n JOIN i ON i.id = n.id ORDER BY n.ord                ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO NOTHING)              SELECT id FROM i",
         )
         .bind(news.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
         .bind(news.iter().map(|n| n.instance_type.as_str()).collect::<Vec<_>>())
@@ -85,6 +86,7 @@ pub(super) async fn insert_instances(
         )
         .bind(now.as_micros())
         .bind(SCHEMA_VERSION)
+        .bind(news.iter().map(|n| n.traceparent.as_deref()).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     Ok(inserted)

@@ -18,11 +18,13 @@ pub(super) async fn insert_plain(
 ) -> Result<Vec<i64>> {
     let mut inserted: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
-         lease_owner, attempts, concurrency_key, concurrency_limit) \
-         SELECT kind, queue, instance_id, priority, visible_at, $1, affinity, payload, lease_owner, attempts, ckey, climit \
+         lease_owner, attempts, concurrency_key, concurrency_limit, traceparent) \
+         SELECT kind, queue, instance_id, priority, visible_at, $1, affinity, payload, lease_owner, attempts, ckey, climit, \
+         traceparent \
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::text[], $8::bytea[], \
-         $9::text[], $10::int[], $11::text[], $12::int[]) \
-         WITH ORDINALITY AS t(kind, queue, instance_id, priority, visible_at, affinity, payload, lease_owner, attempts, ckey, climit, ord) \
+         $9::text[], $10::int[], $11::text[], $12::int[], $13::text[]) \
+         WITH ORDINALITY AS t(kind, queue, instance_id, priority, visible_at, affinity, payload, lease_owner, attempts, ckey, climit, \
+         traceparent, ord) \
          ORDER BY ord RETURNING id",
     )
     .bind(now.as_micros())
@@ -55,6 +57,7 @@ pub(super) async fn insert_plain(
     )
     .bind(tasks.iter().map(|t| t.concurrency.as_ref().map(|c| c.0.as_str())).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.concurrency.as_ref().map(|c| c.1 as i32)).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.traceparent.as_deref()).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     inserted.sort_unstable();

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::queue::{ClaimedTask, Lease};
 
 /// The claimed tasks in `rows` (columns `id, attempts, kind, queue, instance_id, priority,
-/// created_at, ready_at, payload`, where `ready_at` is the `visible_at` the claim replaced),
+/// created_at, ready_at, payload, traceparent`, where `ready_at` is the `visible_at` the claim replaced),
 /// leased to `worker` until `expires`.
 pub(crate) fn claimed_tasks<DB: Dialect>(
     rows: Vec<Row<DB>>,
@@ -29,6 +29,7 @@ pub(crate) fn claimed_tasks<DB: Dialect>(
                 visible_at: Timestamp::from_micros(row.get("ready_at")?),
                 lease_expires_at: expires,
                 payload: row.get("payload")?,
+                traceparent: row.get("traceparent")?,
             })
         })
         .collect()

@@ -64,11 +64,13 @@ async fn merge_orchestration<DB: Dialect>(
     now: Timestamp,
 ) -> Result<i64> {
     Stmt::<DB>::new(sql(format!(
-        "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload) \
+        "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, payload, \
+           traceparent) \
          VALUES ('orchestration', $1, $2, $3, $4, $5, \
-           COALESCE($6, (SELECT affinity FROM instances WHERE id = $2)), $7) \
+           COALESCE($6, (SELECT affinity FROM instances WHERE id = $2)), $7, $8) \
          ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
          rerun = tasks.rerun OR tasks.lease_owner IS NOT NULL, \
+         traceparent = COALESCE(tasks.traceparent, excluded.traceparent), \
          visible_at = CASE WHEN tasks.lease_owner IS NULL \
            THEN {least}(tasks.visible_at, excluded.visible_at) ELSE tasks.visible_at END, \
          priority = {greatest}(tasks.priority, excluded.priority) \
@@ -83,6 +85,7 @@ async fn merge_orchestration<DB: Dialect>(
     .bind(now.as_micros())
     .bind(task.affinity.clone())
     .bind(task.payload.clone())
+    .bind(task.traceparent.clone())
     .fetch_one(conn)
     .await?
     .get("id")
@@ -103,8 +106,8 @@ pub(crate) async fn insert_one_by_one<DB: Dialect>(
         };
         let id = Stmt::<DB>::new(
             "INSERT INTO tasks (kind, queue, instance_id, priority, visible_at, created_at, affinity, \
-             payload, lease_owner, attempts, concurrency_key, concurrency_limit) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+             payload, lease_owner, attempts, concurrency_key, concurrency_limit, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         )
         .bind(task.kind.as_str())
         .bind(task.queue.as_str())
@@ -118,6 +121,7 @@ pub(crate) async fn insert_one_by_one<DB: Dialect>(
         .bind(attempts)
         .bind(task.concurrency.as_ref().map(|c| c.0.clone()))
         .bind(task.concurrency.as_ref().map(|c| c.1 as i32))
+        .bind(task.traceparent.clone())
         .fetch_one(&mut *conn)
         .await?
         .get("id")?;

@@ -135,6 +135,7 @@ pub(crate) async fn insert_one_by_one<S: SqlStore>(
         let mut task =
             NewTask::orchestration(new.queue.clone(), new.id.clone()).priority(new.priority);
         task.visible_at = new.start_at;
+        task.traceparent = new.traceparent.clone();
         super::enqueue::enqueue::<S>(&mut *conn, std::slice::from_ref(&task), now).await?;
         inserted.push(new.id.clone());
     }
@@ -157,6 +158,7 @@ pub(crate) async fn create_instances<S: SqlStore>(
     let mut firsts = Vec::with_capacity(news.len());
     for new in &news {
         check_size(config, new.input.len())?;
+        crate::rows::check_traceparent(new.traceparent.as_deref())?;
         let mut encoded = encode_events(config, GENESIS, 1, &[new.started_event()])?;
         firsts.push(encoded.remove(0));
     }

@@ -246,9 +246,9 @@ pub(crate) async fn redrive<S: SqlStore>(store: &S, task_id: i64) -> Result<()> 
     let mut tx = store.begin_write().await?;
     let row = Stmt::<S::Db>::new(sql(format!(
         "INSERT INTO tasks (id, kind, queue, instance_id, priority, visible_at, created_at, \
-         attempts, payload, concurrency_key, concurrency_limit){} \
+         attempts, payload, concurrency_key, concurrency_limit, traceparent){} \
          SELECT id, kind, queue, instance_id, priority, $2, created_at, 0, payload, \
-         concurrency_key, concurrency_limit FROM dead_tasks WHERE id = $1 \
+         concurrency_key, concurrency_limit, traceparent FROM dead_tasks WHERE id = $1 \
          ON CONFLICT (instance_id) WHERE kind = 'orchestration' DO UPDATE SET \
          rerun = tasks.rerun OR tasks.lease_owner IS NOT NULL, \
          visible_at = CASE WHEN tasks.lease_owner IS NULL \

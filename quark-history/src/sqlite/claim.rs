@@ -30,7 +30,7 @@ pub(super) fn claim_stmt(
            AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
                 OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7)) \
            ORDER BY priority DESC, visible_at, id LIMIT $8) \
-         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, ready_at",
+         RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, traceparent, ready_at",
     )
     .bind(request.worker.clone())
     .bind((now + request.lease).as_micros());

@@ -170,8 +170,9 @@ async fn write_settles(
             TaskWrite::Dead { task_id, error } => {
                 sqlx::query(
                     "INSERT INTO dead_tasks (id, kind, queue, instance_id, priority, attempts, error, created_at, died_at, payload, \
-                     concurrency_key, concurrency_limit) \
-                     SELECT id, kind, queue, instance_id, priority, attempts, ?2, created_at, ?3, payload, concurrency_key, concurrency_limit \
+                     concurrency_key, concurrency_limit, traceparent) \
+                     SELECT id, kind, queue, instance_id, priority, attempts, ?2, created_at, ?3, payload, concurrency_key, \
+                     concurrency_limit, traceparent \
                      FROM tasks WHERE id = ?1",
                 )
                 .bind(task_id)

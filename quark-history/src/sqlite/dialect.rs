@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "worker incarnations",
         include_str!("../../migrations/sqlite/0009_worker_incarnations.sql"),
     ),
+    (
+        10,
+        "traceparent",
+        include_str!("../../migrations/sqlite/0010_traceparent.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

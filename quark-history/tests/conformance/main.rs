@@ -24,6 +24,7 @@ mod queue;
 mod readiness;
 mod schedules;
 mod tls;
+mod trace_context;
 mod transaction;
 mod wakeups;
 mod workers;

@@ -14,23 +14,111 @@ pub enum LogFormat {
     Json,
 }
 
+/// What [`init`] installed that needs a last word at exit: the OTLP exporter, whose batches are
+/// flushed when it shuts down.
+pub(super) struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes the spans not exported yet (a bounded wait: the exporter's own timeout).
+    pub(super) fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider {
+            // Its batch processor blocks until its thread has exported: not on a runtime thread.
+            let flushed = std::thread::spawn(move || provider.shutdown()).join();
+            if let Ok(Err(e)) = flushed {
+                eprintln!("quark: exporting the last spans: {e}");
+            }
+        }
+    }
+}
+
 /// Installs the subscriber, unless the application installed its own before calling
-/// [`main_with`](super::main_with): then the application's is kept.
-pub(super) fn init(format: LogFormat) {
+/// [`main_with`](super::main_with): then the application's is kept. With `otlp_endpoint` (the
+/// `otel` feature), spans at `info` and above are also exported over OTLP, whatever `RUST_LOG`
+/// says about logs.
+pub(super) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let subscriber = tracing_subscriber::registry().with(logs.with_filter(filter));
+    #[cfg(feature = "otel")]
+    if let Some(endpoint) = otlp_endpoint {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = otlp::provider(endpoint)?;
+        let traces = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("quark"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        if subscriber.with(traces).try_init().is_ok() {
+            return Ok(Telemetry {
+                provider: Some(provider),
+            });
+        }
+        // The application's own subscriber decides where spans go.
+        let _ = provider.shutdown();
+        return Ok(Telemetry { provider: None });
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = otlp_endpoint;
+    let _ = subscriber.try_init();
+    Ok(Telemetry {
+        #[cfg(feature = "otel")]
+        provider: None,
+    })
+}
+
+#[cfg(feature = "otel")]
+mod otlp {
+    use anyhow::Context;
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    /// A tracer provider that exports batches of spans to the collector at `endpoint` over
+    /// OTLP/HTTP with protobuf bodies.
+    pub(super) fn provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        // The HTTP client is reqwest on rustls with the ring provider, as the webhook relay's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Its blocking client owns a runtime of its own, which must not be made on this one's
+        // threads.
+        let build = {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(url)
+                    .build()
+            })
+        };
+        let exporter = build
+            .join()
+            .map_err(|_| anyhow::anyhow!("building the OTLP exporter panicked"))?
+            .with_context(|| format!("the OTLP exporter for {url}"))?;
+        let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "quark".into());
+        Ok(SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(Resource::builder().with_service_name(service).build())
+            .build())
+    }
 }
 
 /// Reports the error a command ended with: as a line of text, or as one JSON log event, so that

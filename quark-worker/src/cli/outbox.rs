@@ -161,6 +161,12 @@ pub(super) async fn outbox(
             let mut message = OutboxMessage::json(destination, &value)?;
             message.ordering_key = key;
             message.idempotency_key = idempotency_key;
+            if let Some(traceparent) = quark_workflow::trace_context::traceparent() {
+                message.headers.insert(
+                    quark_workflow::trace_context::TRACEPARENT.into(),
+                    traceparent,
+                );
+            }
             let ids = store.send(vec![message]).await?;
             let written = MessageChanged {
                 message_id: ids[0],

@@ -12,9 +12,9 @@ use quark_worker::cli::Cli;
 fn quark(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quark"));
     command.current_dir(dir).args(args);
-    // Only what the test sets: an operator's QUARK_* variables must not leak in.
+    // Only what the test sets: an operator's QUARK_* and OTEL_* variables must not leak in.
     for (key, _) in std::env::vars() {
-        if key.starts_with("QUARK_") {
+        if key.starts_with("QUARK_") || key.starts_with("OTEL_") {
             command.env_remove(key);
         }
     }
@@ -340,4 +340,139 @@ fn it_logs_one_json_object_a_line_when_asked_its_failure_included() {
         "{}",
         stderr(&o)
     );
+}
+
+/// What a collector received: one HTTP request.
+#[derive(Debug)]
+struct Received {
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// A stand-in OTLP/HTTP collector: accepts connections, records each request and answers 200.
+fn collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let log = std::sync::Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                // Requests one after another on the connection (the exporter keeps it alive).
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_string();
+                    let (mut length, mut content_type) = (0usize, String::new());
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        let (name, value) = line.split_once(':').unwrap();
+                        match name.to_ascii_lowercase().as_str() {
+                            "content-length" => length = value.trim().parse().unwrap(),
+                            "content-type" => content_type = value.trim().to_string(),
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    log.lock().unwrap().push(Received {
+                        path,
+                        content_type,
+                        body,
+                    });
+                    writer
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[test]
+fn it_exports_a_commands_span_over_otlp_and_what_the_command_wrote_carries_its_trace() {
+    let dir = scratch("otlp");
+    let (addr, received) = collector();
+    let endpoint = format!("http://{addr}");
+    let o = quark(
+        &dir,
+        &["outbox", "send", "callback:audit", r#"{"n": 1}"#],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The message carries the trace context of the command's span.
+    let o = quark(&dir, &["outbox", "list", "-o", "json"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let traceparent = listed[0]["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no traceparent header: {listed}"))
+        .to_string();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&parts[1][2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let span_id: Vec<u8> = (0..8)
+        .map(|i| u8::from_str_radix(&parts[2][2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+
+    // The process flushed its spans before it exited: the collector has the span, whose ids are
+    // in the protobuf body as raw bytes.
+    let received = received.lock().unwrap();
+    let traces: Vec<&Received> = received.iter().filter(|r| r.path == "/v1/traces").collect();
+    assert!(!traces.is_empty(), "nothing exported: {received:?}");
+    assert!(
+        traces
+            .iter()
+            .all(|r| r.content_type == "application/x-protobuf"),
+        "{traces:?}"
+    );
+    let contains = |body: &[u8], needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        traces
+            .iter()
+            .any(|r| contains(&r.body, &trace_id) && contains(&r.body, &span_id)),
+        "no exported span is the one {traceparent} names"
+    );
+    assert!(
+        traces.iter().any(|r| contains(&r.body, b"quark outbox")),
+        "the span is named after the command"
+    );
+
+    // Without an endpoint nothing is exported and nothing is stamped.
+    let o = quark(&dir, &["outbox", "send", "callback:audit", "2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = quark(&dir, &["outbox", "list", "-o", "json"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let untraced: Vec<&serde_json::Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["headers"].get("traceparent").is_none())
+        .collect();
+    assert_eq!(untraced.len(), 1, "{listed}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -23,6 +23,7 @@ mod outbox;
 mod runtime;
 mod saga;
 mod schedules;
+mod trace_context;
 mod transactional;
 mod webhook;
 mod workflows;

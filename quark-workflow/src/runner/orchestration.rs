@@ -128,7 +128,8 @@ impl Runner {
         host: &HostRef,
         here: bool,
     ) -> Result<Commit, HandlerError> {
-        for child in turn.instances {
+        for mut child in turn.instances {
+            crate::trace_context::stamp_instance(&mut child);
             // Ids are deterministic, so a turn that is redone finds its children already there.
             if let Err(e) = host
                 .store()

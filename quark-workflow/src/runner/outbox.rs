@@ -294,9 +294,16 @@ pub async fn deliver_signal(
         name: name.to_string(),
         payload: Payload::from_bytes(CodecTag::Json, message.payload.clone()),
     };
+    // The turn the signal wakes continues the trace of the commit that sent it.
+    let mut turn = NewTask::orchestration(&record.queue, instance);
+    turn.traceparent = message
+        .headers
+        .get(crate::trace_context::TRACEPARENT)
+        .filter(|t| t.len() <= quark_history::MAX_TRACEPARENT)
+        .cloned();
     let commit = Commit::new()
         .append(instance, Expected::Any, [event])
-        .enqueue(NewTask::orchestration(&record.queue, instance))
+        .enqueue(turn)
         .receive(signal_inbox_id(message));
     match store.commit(commit).await {
         Ok(_) => Ok(()),

@@ -208,6 +208,7 @@ mod tests {
             visible_at: Timestamp::EPOCH,
             lease_expires_at: Timestamp::EPOCH,
             payload: Vec::new(),
+            traceparent: None,
         }
     }
 
