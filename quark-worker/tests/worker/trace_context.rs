@@ -121,6 +121,19 @@ async fn a_trace_follows_the_workflow(t: &TestStore, exporter: &InMemorySpanExpo
     // Started outside the trace: its first turn is not part of it; the turn the outbox's signal
     // wakes is.
     let receiver = traced_receiver::start(&client, RECEIVER, 0).await.unwrap();
+    let receiver_turns = || {
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .filter(|s| task_of(s).is_some_and(|(_, i, _)| i == RECEIVER))
+            .count()
+    };
+    // Its first turn must be over before the signal is sent, or one turn would take both.
+    eventually("the receiver's first turn is exported", async || {
+        receiver_turns() == 1
+    })
+    .await;
 
     let root = tracing::info_span!("checkout");
     let trace: TraceId = root.context().span().span_context().trace_id();
@@ -140,13 +153,7 @@ async fn a_trace_follows_the_workflow(t: &TestStore, exporter: &InMemorySpanExpo
     // The receiver's second turn settles before its result is readable, but its span closes
     // just after: wait until it is exported.
     eventually("the receiver's second turn is exported", async || {
-        exporter
-            .get_finished_spans()
-            .unwrap()
-            .iter()
-            .filter(|s| task_of(s).is_some_and(|(_, i, _)| i == RECEIVER))
-            .count()
-            >= 2
+        receiver_turns() >= 2
     })
     .await;
     a.shutdown().await;
