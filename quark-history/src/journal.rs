@@ -60,22 +60,103 @@ pub struct GlobalEvent {
     pub event: RecordedEvent,
 }
 
-/// The result of checking an instance's hash chain.
+/// The result of checking an instance's hash chain against its events and against the head its
+/// instance row records (the next sequence number and the last event's hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainReport {
     /// The instance.
     pub instance_id: String,
-    /// How many events were checked.
+    /// How many events were read, up to the first problem.
     pub events: u64,
-    /// The first event whose stored hash does not match its recomputed hash, if any. Every event
-    /// after it is unverified.
+    /// The first event that cannot be trusted, if any: every event from it on is unverified.
     pub first_mismatch: Option<u64>,
+    /// What is wrong, if anything.
+    pub problem: Option<ChainBreak>,
 }
 
 impl ChainReport {
-    /// Whether the whole chain holds.
+    /// Whether the whole chain holds, up to the recorded head.
     pub fn is_intact(&self) -> bool {
-        self.first_mismatch.is_none()
+        self.problem.is_none()
+    }
+}
+
+/// How a history's hash chain is broken.
+///
+/// A rewrite of events together with their hashes and the instance's head is consistent by
+/// construction: the chain cannot see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ChainBreak {
+    /// Event `seq`'s stored hash is not the hash of its content after the event before it: it was
+    /// changed (or its hash was).
+    Altered {
+        /// The event.
+        seq: u64,
+    },
+    /// Events `from` up to (not including) `until` are missing: rows were deleted.
+    Missing {
+        /// The first missing event.
+        from: u64,
+        /// The next event present.
+        until: u64,
+    },
+    /// The history ends at event `last`, but the instance records `recorded` events: the events
+    /// after `last` were deleted.
+    Truncated {
+        /// The last event present.
+        last: u64,
+        /// How many events the instance's head records.
+        recorded: u64,
+    },
+    /// The chain holds by itself, but its end is not the head the instance records: events were
+    /// added after it, or the last events were rewritten with their hashes.
+    HeadMismatch {
+        /// The last event present.
+        last: u64,
+        /// How many events the instance's head records.
+        recorded: u64,
+    },
+}
+
+impl ChainBreak {
+    /// The first event that cannot be trusted.
+    pub fn first_untrusted(&self) -> u64 {
+        match *self {
+            ChainBreak::Altered { seq } => seq,
+            ChainBreak::Missing { from, .. } => from,
+            ChainBreak::Truncated { last, .. } => last + 1,
+            ChainBreak::HeadMismatch { last, recorded } => last.min(recorded + 1),
+        }
+    }
+}
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ChainBreak::Altered { seq } => write!(
+                f,
+                "event {seq} was altered: its hash does not match its content"
+            ),
+            ChainBreak::Missing { from, until } if until == from + 1 => {
+                write!(f, "event {from} is missing")
+            }
+            ChainBreak::Missing { from, until } => {
+                write!(f, "events {from} to {} are missing", until - 1)
+            }
+            ChainBreak::Truncated { last, recorded } => write!(
+                f,
+                "truncated: the history ends at event {last}, the instance records {recorded} \
+                 (events {} to {recorded} are missing)",
+                last + 1
+            ),
+            ChainBreak::HeadMismatch { last, recorded } => write!(
+                f,
+                "the history ends at event {last} but does not end at the head the instance \
+                 records (event {recorded} and its hash)"
+            ),
+        }
     }
 }
 

@@ -112,7 +112,7 @@ pub use jobs::{
     Enqueued, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit, UniqueKey,
     UniquePolicy,
 };
-pub use journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+pub use journal::{ChainBreak, ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 pub use outbox::{
     ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, OutboxClaim,
     OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,

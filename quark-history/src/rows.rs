@@ -6,7 +6,7 @@ use crate::clock::Timestamp;
 use crate::codec::{CodecTag, Payload};
 use crate::error::{Error, Result};
 use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
-use crate::journal::{GENESIS, chain_hash, to_hex};
+use crate::journal::{ChainBreak, GENESIS, chain_hash, to_hex};
 use crate::queue::{MAX_TRACEPARENT, NewTask};
 use crate::store::StoreConfig;
 
@@ -159,22 +159,45 @@ pub(crate) fn decode_event(
     })
 }
 
-/// Walks a chain of `(seq, codec, bytes, stored hash)` rows and returns the first mismatch.
-pub(crate) fn first_chain_mismatch<'a>(
+/// Walks a chain of `(seq, codec, bytes, stored hash)` rows, in `seq` order, against the head its
+/// instance records (`next_seq`, `last_hash`). Returns how many rows were read up to the first
+/// problem, and the problem.
+pub(crate) fn check_chain<'a>(
     rows: impl IntoIterator<Item = (i64, i16, &'a [u8], &'a [u8])>,
-) -> (u64, Option<u64>) {
+    head: (u64, [u8; 32]),
+) -> (u64, Option<ChainBreak>) {
     let mut prev = GENESIS;
-    let mut count = 0;
-    for (expected_seq, (seq, codec, bytes, stored)) in (1u64..).zip(rows) {
-        count = expected_seq;
+    let mut next = 1u64;
+    let mut read = 0;
+    for (seq, codec, bytes, stored) in rows {
+        read += 1;
         let seq = seq as u64;
+        if seq > next {
+            return (
+                read,
+                Some(ChainBreak::Missing {
+                    from: next,
+                    until: seq,
+                }),
+            );
+        }
         let computed = chain_hash(&prev, seq, codec, bytes);
-        if seq != expected_seq || stored != computed.as_slice() {
-            return (count, Some(seq));
+        if seq < next || stored != computed.as_slice() {
+            return (read, Some(ChainBreak::Altered { seq }));
         }
         prev = computed;
+        next += 1;
     }
-    (count, None)
+    let (last, (next_seq, last_hash)) = (next - 1, head);
+    let recorded = next_seq.saturating_sub(1);
+    let problem = if last < recorded {
+        Some(ChainBreak::Truncated { last, recorded })
+    } else if last > recorded || prev != last_hash {
+        Some(ChainBreak::HeadMismatch { last, recorded })
+    } else {
+        None
+    };
+    (read, problem)
 }
 
 /// A payload from a `(codec, bytes)` column pair.

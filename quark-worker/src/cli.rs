@@ -24,6 +24,7 @@ mod output;
 mod queue;
 mod saga;
 mod schedule;
+mod verify;
 mod workflow;
 pub use jobs::JobCommand;
 pub use logs::LogFormat;
@@ -95,10 +96,16 @@ pub enum Command {
     /// Inspects, starts and replays workflow instances.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
-    /// Checks an instance's hash chain.
+    /// Checks an instance's hash chain, or every instance's (`--all`), against its events and the
+    /// head its instance records: names an altered event, missing events and a truncated history.
+    /// Fails if any chain is broken.
     Verify {
         /// The instance id.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every instance, with a progress bar on a terminal.
+        #[arg(long)]
+        all: bool,
     },
     /// The dead-letter list.
     #[command(subcommand)]
@@ -350,37 +357,7 @@ pub async fn run_on(
                 Ok(())
             })?;
         }
-        Command::Verify { id } => {
-            let report = store.verify(&id).await?;
-            #[derive(Serialize)]
-            struct Verified {
-                id: String,
-                events: u64,
-                intact: bool,
-                first_mismatch: Option<u64>,
-            }
-            let verified = Verified {
-                id,
-                events: report.events,
-                intact: report.first_mismatch.is_none(),
-                first_mismatch: report.first_mismatch,
-            };
-            if output != Output::Table {
-                output::one(out, output, &verified, |_, _| Ok(()))?;
-            }
-            match verified.first_mismatch {
-                None if output == Output::Table => writeln!(
-                    out,
-                    "{}: {} events, hash chain intact",
-                    verified.id, verified.events
-                )?,
-                None => {}
-                Some(seq) => bail!(
-                    "{}: hash chain broken at event {seq}; events from {seq} on are unverified",
-                    verified.id
-                ),
-            }
-        }
+        Command::Verify { id, all } => verify::run(&store, id, all, output, out).await?,
         Command::Workflow(cmd) => {
             workflow::run(&store, cmd, registry.as_ref(), output, out).await?
         }

@@ -7,7 +7,7 @@ use super::{Dialect, Row, SqlStore, Stmt};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
-use crate::rows::{decode_event, first_chain_mismatch};
+use crate::rows::{check_chain, decode_event, hash32};
 
 /// The columns an event is decoded from ([`event_from_row`]).
 pub(crate) const EVENT_COLUMNS: &str =
@@ -120,39 +120,42 @@ pub(crate) async fn read_all<S: SqlStore>(
 
 /// Recomputes an instance's hash chain.
 pub(crate) async fn verify<S: SqlStore>(store: &S, instance_id: &str) -> Result<ChainReport> {
-    if super::instances::get_instance(store, instance_id)
-        .await?
-        .is_none()
-    {
-        return Err(Error::InstanceNotFound {
-            id: instance_id.to_string(),
-        });
-    }
+    // The head and the rows in one statement, so in one snapshot: an append between two reads
+    // would look like a break.
     let rows = Stmt::<S::Db>::new(
-        "SELECT seq, codec, payload, hash FROM history WHERE instance_id = $1 ORDER BY seq",
+        "SELECT i.next_seq, i.last_hash, h.seq, h.codec, h.payload, h.hash \
+         FROM instances i LEFT JOIN history h ON h.instance_id = i.id \
+         WHERE i.id = $1 ORDER BY h.seq",
     )
     .bind(instance_id)
     .fetch_all(&mut *store.reader().acquire().await?)
     .await?;
-    let decoded: Vec<(i64, i16, Vec<u8>, Vec<u8>)> = rows
-        .iter()
-        .map(|r| {
-            Ok((
-                r.get("seq")?,
-                r.get("codec")?,
-                r.get("payload")?,
-                r.get("hash")?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let (events, first_mismatch) = first_chain_mismatch(
+    let Some(first) = rows.first() else {
+        return Err(Error::InstanceNotFound {
+            id: instance_id.to_string(),
+        });
+    };
+    let head = (
+        first.get::<i64>("next_seq")? as u64,
+        hash32(&first.get::<Vec<u8>>("last_hash")?),
+    );
+    let mut decoded: Vec<(i64, i16, Vec<u8>, Vec<u8>)> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        // An instance without any event left is one row of NULLs.
+        if let Some(seq) = r.get::<Option<i64>>("seq")? {
+            decoded.push((seq, r.get("codec")?, r.get("payload")?, r.get("hash")?));
+        }
+    }
+    let (events, problem) = check_chain(
         decoded
             .iter()
             .map(|(s, c, b, h)| (*s, *c, b.as_slice(), h.as_slice())),
+        head,
     );
     Ok(ChainReport {
         instance_id: instance_id.to_string(),
         events,
-        first_mismatch,
+        first_mismatch: problem.map(|p| p.first_untrusted()),
+        problem,
     })
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use quark_history::Store;
 use quark_history::testing::TestStore;
 use quark_history::{
-    Backend, Commit, Error, Expected, GlobalPosition, HistoryEvent, HistoryRange, Payload,
+    Backend, ChainBreak, Commit, Error, Expected, GlobalPosition, HistoryEvent, HistoryRange,
+    Payload,
 };
 
 use crate::support::{conformance, start};
@@ -16,6 +17,7 @@ conformance!(
     it_reads_many_histories_at_once_each_from_its_own_sequence_number,
     it_reads_all_events_in_commit_order_across_instances,
     it_names_the_first_tampered_event_when_verifying_the_chain,
+    it_names_deleted_events_as_missing_and_a_cut_history_as_truncated,
     it_reports_an_undecodable_event_with_its_instance_and_sequence_number,
 );
 
@@ -231,11 +233,128 @@ async fn it_names_the_first_tampered_event_when_verifying_the_chain(t: &TestStor
     // ...but the chain names it.
     let report = t.store.verify("v").await.unwrap();
     assert_eq!(report.first_mismatch, Some(3));
+    assert_eq!(report.problem, Some(ChainBreak::Altered { seq: 3 }));
     assert!(!report.is_intact());
     assert!(matches!(
         t.store.verify("none").await,
         Err(Error::InstanceNotFound { .. })
     ));
+}
+
+/// Rows deleted behind the engine's back: from the middle, they are missing (not an alteration of
+/// the event after them); from the end, the history is truncated, which only the head recorded on
+/// the instance row can tell; a row added past that head is noticed too.
+async fn it_names_deleted_events_as_missing_and_a_cut_history_as_truncated(t: &TestStore) {
+    for id in ["mid", "end"] {
+        start(t, id).await;
+        t.store
+            .commit(Commit::new().append(
+                id,
+                Expected::Any,
+                [signal(1), signal(2), signal(3), signal(4), signal(5)],
+            ))
+            .await
+            .unwrap();
+        assert!(t.store.verify(id).await.unwrap().is_intact(), "{id}");
+    }
+
+    // Events 3 and 4 of 6 deleted.
+    assert_eq!(
+        t.execute("DELETE FROM history WHERE instance_id = 'mid' AND seq IN (3, 4)")
+            .await,
+        2
+    );
+    let report = t.store.verify("mid").await.unwrap();
+    assert_eq!(
+        report.problem,
+        Some(ChainBreak::Missing { from: 3, until: 5 })
+    );
+    assert_eq!(report.first_mismatch, Some(3));
+    assert_eq!(
+        ChainBreak::Missing { from: 3, until: 5 }.to_string(),
+        "events 3 to 4 are missing"
+    );
+
+    // The last two deleted: what is left is a valid chain, but shorter than the recorded one.
+    assert_eq!(
+        t.execute("DELETE FROM history WHERE instance_id = 'end' AND seq >= 5")
+            .await,
+        2
+    );
+    let report = t.store.verify("end").await.unwrap();
+    assert_eq!(
+        report.problem,
+        Some(ChainBreak::Truncated {
+            last: 4,
+            recorded: 6
+        })
+    );
+    assert_eq!((report.events, report.first_mismatch), (4, Some(5)));
+    // Everything but the instance row deleted.
+    t.execute("DELETE FROM history WHERE instance_id = 'end'")
+        .await;
+    assert_eq!(
+        t.store.verify("end").await.unwrap().problem,
+        Some(ChainBreak::Truncated {
+            last: 0,
+            recorded: 6
+        })
+    );
+
+    // An event added past the recorded head, chained correctly: copied from a twin whose history
+    // is the same but one event longer (the chain hashes content, not the instance id).
+    for id in ["extra", "twin"] {
+        t.store
+            .create_instance(
+                quark_history::NewInstance::new(id, "order", Payload::json(&0).unwrap()),
+                quark_history::IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+        t.store
+            .commit(Commit::new().append(id, Expected::Any, (1..=5).map(signal)))
+            .await
+            .unwrap();
+    }
+    t.store
+        .commit(Commit::new().append("twin", Expected::Any, [signal(6)]))
+        .await
+        .unwrap();
+    let copied = t
+        .execute(
+            "INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
+             SELECT 'extra', seq, kind, schema_version, codec, payload, recorded_at, hash \
+             FROM history WHERE instance_id = 'twin' AND seq = 7",
+        )
+        .await;
+    assert_eq!(copied, 1);
+    assert!(t.store.verify("twin").await.unwrap().is_intact());
+    let report = t.store.verify("extra").await.unwrap();
+    assert_eq!(
+        report.problem,
+        Some(ChainBreak::HeadMismatch {
+            last: 7,
+            recorded: 6
+        })
+    );
+    assert_eq!(report.first_mismatch, Some(7));
+
+    // The recorded head's hash changed: the chain holds by itself but does not end there.
+    assert_eq!(
+        t.execute(
+            "UPDATE instances SET last_hash = (SELECT hash FROM history \
+             WHERE instance_id = 'twin' AND seq = 2) WHERE id = 'twin'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        t.store.verify("twin").await.unwrap().problem,
+        Some(ChainBreak::HeadMismatch {
+            last: 7,
+            recorded: 7
+        })
+    );
 }
 
 async fn it_reports_an_undecodable_event_with_its_instance_and_sequence_number(t: &TestStore) {

@@ -62,14 +62,20 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
 
     let verify = run(
         &t.store,
-        Command::Verify { id: "long".into() },
+        Command::Verify {
+            id: Some("long".into()),
+            all: false,
+        },
         Output::Table,
     )
     .await;
     assert_eq!(verify, "long: 4501 events, hash chain intact\n");
     let verify = run(
         &t.store,
-        Command::Verify { id: "long".into() },
+        Command::Verify {
+            id: Some("long".into()),
+            all: false,
+        },
         Output::Json,
     )
     .await;
@@ -116,4 +122,105 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
     )
     .await;
     assert_eq!(dlq.trim(), "[]");
+}
+
+#[tokio::test]
+async fn it_verifies_every_chain_and_names_each_break() {
+    let t = quark_history::testing::sqlite().await;
+    // More instances than one page of the listing.
+    for n in 0..1203u32 {
+        t.store
+            .create_instance(
+                NewInstance::new(format!("i{n:04}"), "t", Payload::json(&n).unwrap()),
+                IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+    }
+    for id in ["i0007", "i0600", "i1202"] {
+        let events = (0..3u32).map(|n| HistoryEvent::SignalReceived {
+            name: format!("s{n}"),
+            payload: Payload::unit(),
+        });
+        t.store
+            .commit(Commit::new().append(id, Expected::Any, events))
+            .await
+            .unwrap();
+    }
+    let all = || Command::Verify {
+        id: None,
+        all: true,
+    };
+    let table = run(&t.store, all(), Output::Table).await;
+    assert_eq!(table, "1203 instances verified: 1203 intact, 0 broken\n");
+
+    // One truncated, one with a deleted middle event.
+    t.execute("DELETE FROM history WHERE instance_id = 'i0007' AND seq = 4")
+        .await;
+    t.execute("DELETE FROM history WHERE instance_id = 'i1202' AND seq = 2")
+        .await;
+    let mut out = Vec::new();
+    let failed = run_on(Arc::clone(&t.store), all(), Output::Table, None, &mut out)
+        .await
+        .unwrap_err();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("i0007: truncated: the history ends at event 3, the instance records 4"),
+        "{out}"
+    );
+    assert!(out.contains("i1202: event 2 is missing"), "{out}");
+    assert!(
+        out.ends_with("1203 instances verified: 1201 intact, 2 broken\n"),
+        "{out}"
+    );
+    assert!(
+        failed
+            .to_string()
+            .starts_with("2 of 1203 hash chains are broken"),
+        "{failed}"
+    );
+
+    let mut out = Vec::new();
+    run_on(Arc::clone(&t.store), all(), Output::Json, None, &mut out)
+        .await
+        .unwrap_err();
+    let summary: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(summary["checked"], 1203);
+    let mut broken: Vec<(String, String)> = summary["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_str().unwrap().to_string(),
+                b["problem"]["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    broken.sort();
+    assert_eq!(
+        broken,
+        [
+            ("i0007".to_string(), "truncated".to_string()),
+            ("i1202".to_string(), "missing".to_string())
+        ]
+    );
+
+    // One instance: the error says what is wrong.
+    let one = run_on(
+        Arc::clone(&t.store),
+        Command::Verify {
+            id: Some("i1202".into()),
+            all: false,
+        },
+        Output::Table,
+        None,
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        one.to_string(),
+        "i1202: hash chain broken: event 2 is missing; events from 2 on are unverified"
+    );
 }
