@@ -51,6 +51,25 @@ impl GlobalPosition {
     pub const START: GlobalPosition = GlobalPosition { tx: 0, position: 0 };
 }
 
+/// `tx:position`, as the command line reads it.
+impl std::fmt::Display for GlobalPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.tx, self.position)
+    }
+}
+
+impl std::str::FromStr for GlobalPosition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a global position (tx:position, e.g. 0:1200)");
+        let (tx, position) = s.split_once(':').ok_or_else(bad)?;
+        Ok(GlobalPosition {
+            tx: tx.parse().map_err(|_| bad())?,
+            position: position.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// An event read from the global stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlobalEvent {

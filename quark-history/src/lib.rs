@@ -57,6 +57,7 @@
 //! # }
 //! ```
 
+pub mod checkpoint;
 mod clock;
 mod codec;
 mod commit;

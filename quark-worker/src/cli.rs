@@ -15,6 +15,7 @@ use quark_history::{Payload, Store};
 use quark_workflow::Registry;
 use serde::Serialize;
 
+mod checkpoint;
 mod duration;
 mod jobs;
 mod logs;
@@ -26,6 +27,7 @@ mod saga;
 mod schedule;
 mod verify;
 mod workflow;
+pub use checkpoint::CheckpointCommand;
 pub use jobs::JobCommand;
 pub use logs::LogFormat;
 pub use open::{open_store, open_store_read_only};
@@ -125,6 +127,10 @@ pub enum Command {
     /// Sagas: list those whose compensation never succeeded.
     #[command(subcommand)]
     Saga(SagaCommand),
+    /// Signed checkpoints over the global order: proof that history was not rewritten, even
+    /// with the database's hashes and heads rewritten to match.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
     Completions {
         /// The shell.
@@ -206,13 +212,13 @@ impl Command {
             | Command::Queue(QueueCommand::Stats { .. })
             | Command::Schedule(ScheduleCommand::List)
             | Command::Outbox(OutboxCommand::List { .. })
+            | Command::Checkpoint(_)
             | Command::Saga(_) => true,
             Command::Workflow(w) => w.reads_only(),
             _ => false,
         }
     }
 
-    /// Whether the command needs no database at all.
     /// The command's name, as its span is named (`quark outbox`).
     fn name(&self) -> &'static str {
         match self {
@@ -226,14 +232,18 @@ impl Command {
             Command::Schedule(_) => "schedule",
             Command::Outbox(_) => "outbox",
             Command::Saga(_) => "saga",
+            Command::Checkpoint(_) => "checkpoint",
             Command::Completions { .. } => "completions",
         }
     }
 
+    /// Whether the command needs no database at all.
     fn offline(&self) -> bool {
         matches!(
             self,
-            Command::Completions { .. } | Command::Workflow(WorkflowCommand::Replay { .. })
+            Command::Completions { .. }
+                | Command::Workflow(WorkflowCommand::Replay { .. })
+                | Command::Checkpoint(CheckpointCommand::Keygen { .. })
         )
     }
 }
@@ -325,6 +335,9 @@ fn run_offline(
         }
         Command::Workflow(WorkflowCommand::Replay { files, source_root }) => {
             workflow::replay(&files, source_root, registry, output, out)
+        }
+        Command::Checkpoint(CheckpointCommand::Keygen { out: path }) => {
+            checkpoint::keygen(&path, output, out)
         }
         other => bail!("{other:?} needs a database"),
     }
@@ -425,6 +438,7 @@ pub async fn run_on(
         Command::Queue(cmd) => queue::run(&store, cmd, output, out).await?,
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
         Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
+        Command::Checkpoint(cmd) => checkpoint::run(&store, cmd, output, out).await?,
     }
     Ok(())
 }

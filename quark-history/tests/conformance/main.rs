@@ -11,6 +11,7 @@ mod properties;
 
 mod batch;
 mod blocked;
+mod checkpoint;
 mod concurrency;
 mod deadlock;
 mod ending;

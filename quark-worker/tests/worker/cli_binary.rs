@@ -476,3 +476,133 @@ fn it_exports_a_commands_span_over_otlp_and_what_the_command_wrote_carries_its_t
     assert_eq!(untraced.len(), 1, "{listed}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_signed_checkpoint_holds_until_history_or_the_file_is_changed() {
+    let dir = scratch("checkpoint");
+    let ok = |args: &[&str]| {
+        let o = quark(&dir, args, &[]);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    // The key: written once, never overwritten, its public half printed.
+    let o = ok(&["checkpoint", "keygen", "--out", "signing.key", "-o", "json"]);
+    let generated: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let public_key = generated["public_key"].as_str().unwrap().to_string();
+    assert_eq!(public_key.len(), 64, "{generated}");
+    let o = quark(&dir, &["checkpoint", "keygen", "--out", "signing.key"], &[]);
+    assert!(!o.status.success(), "a key file is never overwritten");
+
+    // Two instances of three signals each, written by the store (this binary links no code).
+    let append = |ids: &'static [&'static str], signals: u32| {
+        let path = dir.join("quark.db");
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                use quark_history::{
+                    Commit, Expected, HistoryEvent, IdReusePolicy, NewInstance, Store,
+                };
+                let store = quark_history::SqliteStore::open(&path).await.unwrap();
+                for id in ids {
+                    if store.get_instance(id).await.unwrap().is_none() {
+                        let new = NewInstance::new(*id, "order", quark_history::Payload::unit());
+                        store
+                            .create_instance(new, IdReusePolicy::RejectDuplicate)
+                            .await
+                            .unwrap();
+                    }
+                    let events = (0..signals).map(|n| HistoryEvent::SignalReceived {
+                        name: "paid".into(),
+                        payload: quark_history::Payload::json(&n).unwrap(),
+                    });
+                    store
+                        .commit(Commit::new().append(*id, Expected::Any, events))
+                        .await
+                        .unwrap();
+                }
+                store.close().await;
+            });
+    };
+    append(&["a", "b"], 3);
+    let ok = |args: &[&str]| {
+        let o = quark(&dir, args, &[]);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    let o = ok(&[
+        "checkpoint",
+        "create",
+        "--key",
+        "signing.key",
+        "--out",
+        "cp.json",
+    ]);
+    let made: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(made["events"], 8, "two starts and six signals: {made}");
+    let o = ok(&[
+        "checkpoint",
+        "verify",
+        "cp.json",
+        "--public-key",
+        &public_key,
+    ]);
+    assert!(
+        stdout(&o).starts_with("checkpoint holds: 8 events after 0:0 to "),
+        "{}",
+        stdout(&o)
+    );
+
+    // Later events do not matter; a changed file does.
+    append(&["a"], 1);
+    ok(&[
+        "checkpoint",
+        "verify",
+        "cp.json",
+        "--public-key",
+        &public_key,
+    ]);
+    let mut edited = made.clone();
+    edited["events"] = serde_json::json!(7);
+    std::fs::write(dir.join("edited.json"), edited.to_string()).unwrap();
+    let o = quark(
+        &dir,
+        &[
+            "checkpoint",
+            "verify",
+            "edited.json",
+            "--public-key",
+            &public_key,
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("signature does not verify with the trusted key"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Another key's checkpoint of the same history is refused by whoever trusts the first.
+    ok(&["checkpoint", "keygen", "--out", "other.key"]);
+    ok(&[
+        "checkpoint",
+        "create",
+        "--key",
+        "other.key",
+        "--out",
+        "other.json",
+    ]);
+    let o = quark(
+        &dir,
+        &[
+            "checkpoint",
+            "verify",
+            "other.json",
+            "--public-key",
+            &public_key,
+        ],
+        &[],
+    );
+    assert!(!o.status.success(), "{}", stdout(&o));
+    std::fs::remove_dir_all(dir).unwrap();
+}
