@@ -20,6 +20,17 @@ fn signal(n: u32) -> HistoryEvent {
     }
 }
 
+/// What checking `checkpoint` against the store finds, trusting `key`.
+async fn verdict(
+    t: &TestStore,
+    checkpoint: &checkpoint::Checkpoint,
+    key: Option<&str>,
+) -> CheckpointCheck {
+    checkpoint::check(&*t.store, checkpoint, key, &mut |_| {})
+        .await
+        .unwrap()
+}
+
 fn key() -> SigningKey {
     SigningKey::from_pkcs8(&checkpoint::generate_key().unwrap()).unwrap()
 }
@@ -75,24 +86,14 @@ async fn it_holds_for_the_events_it_covers_whatever_comes_after(t: &TestStore) {
     );
     let trusted = key.public_key_hex();
     let holds = CheckpointCheck::Holds { events: 3 * 1501 };
-    assert_eq!(
-        checkpoint::check(&*t.store, &made, Some(&trusted), &mut |_| {})
-            .await
-            .unwrap(),
-        holds
-    );
+    assert_eq!(verdict(t, &made, Some(&trusted)).await, holds);
 
     // Later events are outside its range.
     t.store
         .commit(Commit::new().append("a", Expected::Any, [signal(9999)]))
         .await
         .unwrap();
-    assert_eq!(
-        checkpoint::check(&*t.store, &made, Some(&trusted), &mut |_| {})
-            .await
-            .unwrap(),
-        holds
-    );
+    assert_eq!(verdict(t, &made, Some(&trusted)).await, holds);
     // A checkpoint of a range in the middle covers just that range.
     eventually("the later event is final", async || {
         t.store.read_all(made.until, 10).await.unwrap().len() == 1
@@ -189,10 +190,7 @@ async fn it_catches_a_coordinated_rewrite_the_hash_chain_cannot_see(t: &TestStor
         t.store.verify("b").await.unwrap().is_intact(),
         "the chain alone cannot see it"
     );
-    match checkpoint::check(&*t.store, &made, Some(&trusted), &mut |_| {})
-        .await
-        .unwrap()
-    {
+    match verdict(t, &made, Some(&trusted)).await {
         CheckpointCheck::Differs {
             events_now,
             events_then,
@@ -211,10 +209,7 @@ async fn it_catches_a_coordinated_rewrite_the_hash_chain_cannot_see(t: &TestStor
     // An event removed from the range is caught too (the chain names it as well).
     t.execute("DELETE FROM history WHERE instance_id = 'c' AND seq = 1501")
         .await;
-    match checkpoint::check(&*t.store, &made, Some(&trusted), &mut |_| {})
-        .await
-        .unwrap()
-    {
+    match verdict(t, &made, Some(&trusted)).await {
         CheckpointCheck::Differs {
             events_now,
             events_then,
@@ -236,9 +231,7 @@ async fn it_refuses_a_changed_checkpoint_and_another_key(t: &TestStore) {
     let mut edited = made.clone();
     edited.events -= 1;
     assert_eq!(
-        checkpoint::check(&*t.store, &edited, Some(&trusted), &mut |_| {})
-            .await
-            .unwrap(),
+        verdict(t, &edited, Some(&trusted)).await,
         CheckpointCheck::BadSignature
     );
     // Re-signed with another key: consistent by itself, refused by whoever trusts the first.
@@ -247,15 +240,11 @@ async fn it_refuses_a_changed_checkpoint_and_another_key(t: &TestStore) {
         .await
         .unwrap();
     assert_eq!(
-        checkpoint::check(&*t.store, &forged, Some(&trusted), &mut |_| {})
-            .await
-            .unwrap(),
+        verdict(t, &forged, Some(&trusted)).await,
         CheckpointCheck::BadSignature
     );
     assert!(matches!(
-        checkpoint::check(&*t.store, &forged, None, &mut |_| {})
-            .await
-            .unwrap(),
+        verdict(t, &forged, None).await,
         CheckpointCheck::Holds { .. }
     ));
     assert!(SigningKey::from_pkcs8(b"not a key").is_err());
