@@ -17,6 +17,7 @@ use serde::Serialize;
 
 mod checkpoint;
 mod duration;
+mod events;
 mod jobs;
 mod logs;
 mod open;
@@ -28,6 +29,7 @@ mod schedule;
 mod verify;
 mod workflow;
 pub use checkpoint::CheckpointCommand;
+pub use events::EventsCommand;
 pub use jobs::JobCommand;
 pub use logs::LogFormat;
 pub use open::{open_store, open_store_read_only};
@@ -131,6 +133,9 @@ pub enum Command {
     /// with the database's hashes and heads rewritten to match.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// The events of every instance, in the global commit order.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
     Completions {
         /// The shell.
@@ -213,6 +218,7 @@ impl Command {
             | Command::Schedule(ScheduleCommand::List)
             | Command::Outbox(OutboxCommand::List { .. })
             | Command::Checkpoint(_)
+            | Command::Events(_)
             | Command::Saga(_) => true,
             Command::Workflow(w) => w.reads_only(),
             _ => false,
@@ -233,6 +239,7 @@ impl Command {
             Command::Outbox(_) => "outbox",
             Command::Saga(_) => "saga",
             Command::Checkpoint(_) => "checkpoint",
+            Command::Events(_) => "events",
             Command::Completions { .. } => "completions",
         }
     }
@@ -439,6 +446,7 @@ pub async fn run_on(
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
         Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
         Command::Checkpoint(cmd) => checkpoint::run(&store, cmd, output, out).await?,
+        Command::Events(cmd) => events::run(&store, cmd, out).await?,
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use quark_history::{
-    Commit, Expected, HistoryEvent, IdReusePolicy, NewInstance, Payload, RecordedEvent,
+    Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, NewInstance, Payload,
+    RecordedEvent,
 };
 use quark_worker::cli::{Command, DlqCommand, Output, WorkflowCommand, run_on};
 
@@ -223,4 +224,104 @@ async fn it_verifies_every_chain_and_names_each_break() {
         one.to_string(),
         "i1202: hash chain broken: event 2 is missing; events from 2 on are unverified"
     );
+}
+
+#[tokio::test]
+async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
+    use quark_worker::cli::EventsCommand;
+    let t = quark_history::testing::sqlite().await;
+    // Two instances written in turns, so that their events interleave in the global order.
+    for id in ["x", "y"] {
+        t.store
+            .create_instance(
+                NewInstance::new(id, "t", Payload::unit()),
+                IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+    }
+    for round in 0..700u32 {
+        for id in ["x", "y"] {
+            let event = HistoryEvent::SignalReceived {
+                name: format!("s{round}"),
+                payload: Payload::unit(),
+            };
+            t.store
+                .commit(Commit::new().append(id, Expected::Any, [event]))
+                .await
+                .unwrap();
+        }
+    }
+    let export = |after: Option<&str>, until: Option<&str>| {
+        Command::Events(EventsCommand::Export {
+            after: after.map(|a| a.parse().unwrap()),
+            until: until.map(|u| u.parse().unwrap()),
+            out: None,
+        })
+    };
+    let lines = |text: String| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = lines(run(&t.store, export(None, None), Output::Table).await);
+    assert_eq!(
+        all.len(),
+        1402,
+        "two starts and 1,400 signals, over two pages"
+    );
+    let seqs = |lines: &[serde_json::Value], id: &str| -> Vec<u64> {
+        lines
+            .iter()
+            .filter(|l| l["instance_id"] == id)
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(seqs(&all, "x"), (1..=701).collect::<Vec<_>>());
+    assert_eq!(seqs(&all, "y"), (1..=701).collect::<Vec<_>>());
+    assert_eq!(all[2]["kind"], "SignalReceived");
+    assert_eq!(
+        all[2]["event"]["SignalReceived"]["name"], "s0",
+        "{}",
+        all[2]
+    );
+    assert!(all[0]["recorded_at"].as_str().unwrap().ends_with('Z'));
+    let history = t.store.read_history("x", HistoryRange::All).await.unwrap();
+    assert_eq!(all[0]["hash"], history[0].hash.as_str());
+
+    // Resumed after a line's position: exactly the lines after it; and stopped at another.
+    let after = all[999]["position"].as_str().unwrap();
+    let rest = lines(run(&t.store, export(Some(after), None), Output::Table).await);
+    assert_eq!(rest, all[1000..]);
+    let until = all[1099]["position"].as_str().unwrap();
+    let slice = lines(run(&t.store, export(Some(after), Some(until)), Output::Table).await);
+    assert_eq!(slice, all[1000..1100]);
+
+    // To a file, which is never overwritten.
+    let path = std::env::temp_dir().join(format!("quark-export-{}.ndjson", uuid::Uuid::now_v7()));
+    let to_file = || {
+        Command::Events(EventsCommand::Export {
+            after: None,
+            until: None,
+            out: Some(path.clone()),
+        })
+    };
+    assert_eq!(run(&t.store, to_file(), Output::Table).await, "");
+    assert_eq!(
+        lines(std::fs::read_to_string(&path).unwrap()),
+        all,
+        "the file holds the same lines"
+    );
+    let mut out = Vec::new();
+    let refused = run_on(
+        Arc::clone(&t.store),
+        to_file(),
+        Output::Table,
+        None,
+        &mut out,
+    )
+    .await;
+    assert!(refused.is_err(), "an existing file is not overwritten");
+    assert_eq!(lines(std::fs::read_to_string(&path).unwrap()).len(), 1402);
+    std::fs::remove_file(path).unwrap();
 }
