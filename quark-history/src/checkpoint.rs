@@ -10,8 +10,11 @@
 //! and the chunk roots narrow it down to [`CHUNK`] events.
 //!
 //! The tree: a leaf per event, `blake3(0x00 || instance id length (8 bytes, big-endian) || instance
-//! id || seq (8 bytes, big-endian) || the event's chain hash in hex)`; an inner node `blake3(0x01 || left
-//! || right)`, an odd last node carried up as it is. Events are taken in chunks of [`CHUNK`]; the
+//! id || seq (8 bytes, big-endian) || recorded at (microseconds, 8 bytes, big-endian) ||
+//! blake3(the event as JSON) || the event's chain hash in hex)`: its place, its time, its content
+//! as the store decodes it now, and its link, so that changing any of them (its content without its
+//! hash included) changes the root; an inner node `blake3(0x01 || left || right)`, an odd last node
+//! carried up as it is. Events are taken in chunks of [`CHUNK`]; the
 //! root is the tree over the chunks' roots. The signature covers [`Checkpoint::signed_bytes`].
 
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
 use crate::journal::{GlobalPosition, to_hex};
 use crate::store::Store;
 
@@ -129,12 +133,26 @@ fn merkle_root(mut nodes: Vec<[u8; 32]>) -> [u8; 32] {
     nodes[0]
 }
 
-fn leaf(instance_id: &str, seq: u64, hash_hex: &str) -> [u8; 32] {
+fn leaf(event: &RecordedEvent) -> Result<[u8; 32]> {
+    let content =
+        serde_json::to_vec(&event.event).map_err(|e| Error::Encode(crate::CodecError::Json(e)))?;
+    Ok(leaf_of(
+        &event.instance_id,
+        event.seq,
+        event.recorded_at.as_micros(),
+        blake3::hash(&content).as_bytes(),
+        &event.hash,
+    ))
+}
+
+fn leaf_of(instance_id: &str, seq: u64, at: i64, content: &[u8; 32], hash_hex: &str) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&[0]);
     h.update(&(instance_id.len() as u64).to_be_bytes());
     h.update(instance_id.as_bytes());
     h.update(&seq.to_be_bytes());
+    h.update(&at.to_be_bytes());
+    h.update(content);
     h.update(hash_hex.as_bytes());
     *h.finalize().as_bytes()
 }
@@ -176,7 +194,7 @@ async fn hash_range(
             if leaves.is_empty() {
                 range.starts.push(e.position);
             }
-            leaves.push(leaf(&e.event.instance_id, e.event.seq, &e.event.hash));
+            leaves.push(leaf(&e.event)?);
             range.until = e.position;
             range.events += 1;
             if leaves.len() == CHUNK {
@@ -260,6 +278,16 @@ pub async fn check(
             checkpoint.format
         )));
     }
+    let is_root = |r: &String| {
+        r.len() == 64
+            && r.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    if !is_root(&checkpoint.root) || !checkpoint.chunks.iter().all(is_root) {
+        return Err(Error::Invalid(
+            "a checkpoint's root and chunk roots are 64 lowercase hex digits each".into(),
+        ));
+    }
     let key = from_hex(trusted_key.unwrap_or(&checkpoint.public_key))?;
     let signature = from_hex(&checkpoint.signature)?;
     if UnparsedPublicKey::new(&ED25519, key)
@@ -305,8 +333,19 @@ mod tests {
 
     #[test]
     fn the_root_depends_on_every_leaf_and_its_place() {
+        let leaf = |id: &str, seq: u64, hash: &str| leaf_of(id, seq, 7, &[1; 32], hash);
         let leaves: Vec<[u8; 32]> = (0..5u64).map(|n| leaf("i", n, "ab")).collect();
         let root = merkle_root(leaves.clone());
+        assert_ne!(
+            leaf_of("i", 1, 7, &[2; 32], "ab"),
+            leaf("i", 1, "ab"),
+            "content"
+        );
+        assert_ne!(
+            leaf_of("i", 1, 8, &[1; 32], "ab"),
+            leaf("i", 1, "ab"),
+            "time"
+        );
         for i in 0..leaves.len() {
             let mut changed = leaves.clone();
             changed[i] = leaf("i", 99, "ab");

@@ -129,8 +129,16 @@ pub enum ChainBreak {
         /// How many events the instance's head records.
         recorded: u64,
     },
-    /// The chain holds by itself, but its end is not the head the instance records: events were
-    /// added after it, or the last events were rewritten with their hashes.
+    /// The chain holds and passes through the head the instance records, but goes on after it:
+    /// events `recorded + 1` to `last` were added behind the engine's back.
+    Beyond {
+        /// The last event present.
+        last: u64,
+        /// How many events the instance's head records.
+        recorded: u64,
+    },
+    /// The chain holds by itself, but does not pass through the head the instance records: some
+    /// event, which one cannot be told, was rewritten with its hash and every hash after it.
     HeadMismatch {
         /// The last event present.
         last: u64,
@@ -146,7 +154,8 @@ impl ChainBreak {
             ChainBreak::Altered { seq } => seq,
             ChainBreak::Missing { from, .. } => from,
             ChainBreak::Truncated { last, .. } => last + 1,
-            ChainBreak::HeadMismatch { last, recorded } => last.min(recorded + 1),
+            ChainBreak::Beyond { recorded, .. } => recorded + 1,
+            ChainBreak::HeadMismatch { .. } => 1,
         }
     }
 }
@@ -170,10 +179,16 @@ impl std::fmt::Display for ChainBreak {
                  (events {} to {recorded} are missing)",
                 last + 1
             ),
+            ChainBreak::Beyond { last, recorded } => write!(
+                f,
+                "events {} to {last} were added after the head the instance records (event \
+                 {recorded})",
+                recorded + 1
+            ),
             ChainBreak::HeadMismatch { last, recorded } => write!(
                 f,
-                "the history ends at event {last} but does not end at the head the instance \
-                 records (event {recorded} and its hash)"
+                "the chain (to event {last}) does not pass through the head the instance records \
+                 (event {recorded} and its hash): an event was rewritten with the hashes after it"
             ),
         }
     }

@@ -122,7 +122,7 @@ pub use outbox::{
 pub use postgres::PostgresStore;
 pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, MAX_TRACEPARENT, NewTask,
-    QueueStats, Reaped, Registered, TaskKind, WorkerInfo,
+    QueueStats, Reaped, Registered, TaskKind, WorkerInfo, is_storable_traceparent,
 };
 pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]

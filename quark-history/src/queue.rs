@@ -100,6 +100,12 @@ pub struct NewTask {
 /// version is 55).
 pub const MAX_TRACEPARENT: usize = 256;
 
+/// Whether a store takes `traceparent` as a task's trace context: at most [`MAX_TRACEPARENT`]
+/// printable ASCII characters, no spaces.
+pub fn is_storable_traceparent(traceparent: &str) -> bool {
+    traceparent.len() <= MAX_TRACEPARENT && traceparent.bytes().all(|b| b.is_ascii_graphic())
+}
+
 impl NewTask {
     /// A task of `kind` on `queue`, visible now, priority 0.
     pub fn new(kind: TaskKind, queue: impl Into<String>) -> Self {

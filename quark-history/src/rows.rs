@@ -61,11 +61,9 @@ pub(crate) fn check_size(config: &StoreConfig, size: usize) -> Result<()> {
 /// header cannot hold, before anything is written.
 pub(crate) fn check_traceparent(traceparent: Option<&str>) -> Result<()> {
     match traceparent {
-        Some(t) if t.len() > MAX_TRACEPARENT || !t.bytes().all(|b| b.is_ascii_graphic()) => {
-            Err(Error::Invalid(format!(
-                "a traceparent is at most {MAX_TRACEPARENT} printable ASCII characters without spaces; got {t:?}"
-            )))
-        }
+        Some(t) if !crate::queue::is_storable_traceparent(t) => Err(Error::Invalid(format!(
+            "a traceparent is at most {MAX_TRACEPARENT} printable ASCII characters without spaces; got {t:?}"
+        ))),
         _ => Ok(()),
     }
 }
@@ -166,7 +164,11 @@ pub(crate) fn check_chain<'a>(
     rows: impl IntoIterator<Item = (i64, i16, &'a [u8], &'a [u8])>,
     head: (u64, [u8; 32]),
 ) -> (u64, Option<ChainBreak>) {
+    let (next_seq, last_hash) = head;
+    let recorded = next_seq.saturating_sub(1);
     let mut prev = GENESIS;
+    // The chain's hash at the recorded head's sequence number, once reached.
+    let mut at_recorded = (recorded == 0).then_some(GENESIS);
     let mut next = 1u64;
     let mut read = 0;
     for (seq, codec, bytes, stored) in rows {
@@ -186,14 +188,18 @@ pub(crate) fn check_chain<'a>(
             return (read, Some(ChainBreak::Altered { seq }));
         }
         prev = computed;
+        if seq == recorded {
+            at_recorded = Some(computed);
+        }
         next += 1;
     }
-    let (last, (next_seq, last_hash)) = (next - 1, head);
-    let recorded = next_seq.saturating_sub(1);
+    let last = next - 1;
     let problem = if last < recorded {
         Some(ChainBreak::Truncated { last, recorded })
-    } else if last > recorded || prev != last_hash {
+    } else if at_recorded != Some(last_hash) {
         Some(ChainBreak::HeadMismatch { last, recorded })
+    } else if last > recorded {
+        Some(ChainBreak::Beyond { last, recorded })
     } else {
         None
     };

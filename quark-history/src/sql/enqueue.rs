@@ -205,13 +205,15 @@ async fn enqueue_unique<S: SqlStore>(
             let replaced = Stmt::<S::Db>::new(
                 "UPDATE tasks SET payload = $2, priority = $3, \
                    visible_at = CASE WHEN held IS NULL THEN $4 ELSE visible_at END, \
-                   held_visible_at = CASE WHEN held IS NULL THEN NULL ELSE $4 END \
+                   held_visible_at = CASE WHEN held IS NULL THEN NULL ELSE $4 END, \
+                   traceparent = $5 \
                  WHERE id = $1 AND lease_owner IS NULL AND attempts = 0",
             )
             .bind(existing)
             .bind(task.payload.clone())
             .bind(task.priority)
             .bind(task.visible_at.unwrap_or(now).as_micros())
+            .bind(task.traceparent.clone())
             .execute(conn)
             .await?;
             match replaced {

@@ -11,6 +11,7 @@ conformance!(
     it_holds_for_the_events_it_covers_whatever_comes_after,
     it_catches_a_coordinated_rewrite_the_hash_chain_cannot_see,
     it_refuses_a_changed_checkpoint_and_another_key,
+    it_catches_an_event_changed_without_its_hash,
 );
 
 fn signal(n: u32) -> HistoryEvent {
@@ -248,4 +249,34 @@ async fn it_refuses_a_changed_checkpoint_and_another_key(t: &TestStore) {
         CheckpointCheck::Holds { .. }
     ));
     assert!(SigningKey::from_pkcs8(b"not a key").is_err());
+}
+
+/// An event's content changed and its hash left alone: the chain names it, and the checkpoint,
+/// which covers content, not only hashes, does not hold either.
+async fn it_catches_an_event_changed_without_its_hash(t: &TestStore) {
+    journal(t, 100).await;
+    let key = key();
+    let trusted = key.public_key_hex();
+    let made = checkpoint::create(&*t.store, &key, GlobalPosition::START, None, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        t.execute(
+            "UPDATE history SET payload = (SELECT payload FROM history h \
+             WHERE h.instance_id = 'a' AND h.seq = 6) WHERE instance_id = 'a' AND seq = 5"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        t.store.verify("a").await.unwrap().problem,
+        Some(quark_history::ChainBreak::Altered { seq: 5 })
+    );
+    assert!(
+        matches!(
+            verdict(t, &made, Some(&trusted)).await,
+            CheckpointCheck::Differs { first_chunk: 0, .. }
+        ),
+        "the checkpoint covers the event's content"
+    );
 }

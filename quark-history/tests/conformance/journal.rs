@@ -332,7 +332,7 @@ async fn it_names_deleted_events_as_missing_and_a_cut_history_as_truncated(t: &T
     let report = t.store.verify("extra").await.unwrap();
     assert_eq!(
         report.problem,
-        Some(ChainBreak::HeadMismatch {
+        Some(ChainBreak::Beyond {
             last: 7,
             recorded: 6
         })
@@ -348,12 +348,18 @@ async fn it_names_deleted_events_as_missing_and_a_cut_history_as_truncated(t: &T
         .await,
         1
     );
+    let report = t.store.verify("twin").await.unwrap();
     assert_eq!(
-        t.store.verify("twin").await.unwrap().problem,
+        report.problem,
         Some(ChainBreak::HeadMismatch {
             last: 7,
             recorded: 7
         })
+    );
+    assert_eq!(
+        report.first_mismatch,
+        Some(1),
+        "which event changed cannot be told"
     );
 }
 

@@ -53,10 +53,13 @@ pub enum CheckpointCommand {
 }
 
 /// Writes `bytes` to a new file at `path`, refusing to replace one.
+/// On Unix the file is made readable by its owner only, before anything is written to it.
 fn create_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)?;
@@ -68,11 +71,6 @@ fn create_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub(super) fn keygen(path: &Path, output: Output, out: &mut dyn Write) -> anyhow::Result<()> {
     let pkcs8 = checkpoint::generate_key()?;
     create_new(path, &pkcs8)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
     #[derive(Serialize)]
     struct Generated {
         key_file: String,
@@ -152,7 +150,19 @@ pub(super) async fn run(
             .await?;
             bar.finish_and_clear();
             if output != Output::Table {
-                output::one(out, output, &verdict, |_, _| Ok(()))?;
+                #[derive(Serialize)]
+                struct Checked<'a> {
+                    #[serde(flatten)]
+                    verdict: &'a CheckpointCheck,
+                    /// Whether the signature was checked against a key the caller trusts, not
+                    /// the one in the file.
+                    trusted_key: bool,
+                }
+                let checked = Checked {
+                    verdict: &verdict,
+                    trusted_key: public_key.is_some(),
+                };
+                output::one(out, output, &checked, |_, _| Ok(()))?;
             }
             let range = format!("{} to {}", checkpoint.after, checkpoint.until);
             match verdict {

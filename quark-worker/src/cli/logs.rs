@@ -66,14 +66,17 @@ pub(super) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
         let traces = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("quark"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-        if subscriber.with(traces).try_init().is_ok() {
-            return Ok(Telemetry {
-                provider: Some(provider),
-            });
+        if tracing::dispatcher::has_been_set() {
+            // The application's own subscriber decides where spans go.
+            let _ = provider.shutdown();
+            return Ok(Telemetry { provider: None });
         }
-        // The application's own subscriber decides where spans go.
-        let _ = provider.shutdown();
-        return Ok(Telemetry { provider: None });
+        // Installed whatever the `log` bridge says (an application's `log` logger makes it
+        // fail, and the spans must still be exported).
+        let _ = subscriber.with(traces).try_init();
+        return Ok(Telemetry {
+            provider: Some(provider),
+        });
     }
     #[cfg(not(feature = "otel"))]
     let _ = otlp_endpoint;

@@ -299,7 +299,7 @@ pub async fn deliver_signal(
     turn.traceparent = message
         .headers
         .get(crate::trace_context::TRACEPARENT)
-        .filter(|t| t.len() <= quark_history::MAX_TRACEPARENT)
+        .filter(|t| quark_history::is_storable_traceparent(t))
         .cloned();
     let commit = Commit::new()
         .append(instance, Expected::Any, [event])
