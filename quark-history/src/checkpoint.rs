@@ -181,31 +181,23 @@ async fn hash_range(
         starts: Vec::new(),
     };
     let mut leaves = Vec::with_capacity(CHUNK);
-    let mut from = after;
-    'read: loop {
-        let page = store.read_all(from, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position;
-        let full = page.len() == PAGE as usize;
-        for e in page {
-            if until.is_some_and(|u| e.position > u) {
-                break 'read;
-            }
-            if leaves.is_empty() {
-                range.starts.push(e.position);
-            }
-            leaves.push(leaf(&e.event)?);
-            range.until = e.position;
-            range.events += 1;
-            if leaves.len() == CHUNK {
-                range.chunks.push(merkle_root(std::mem::take(&mut leaves)));
-            }
+    crate::journal::scan_range(store, after, until, PAGE, |e| {
+        if leaves.is_empty() {
+            range.starts.push(e.position);
         }
-        progress(range.events);
-        if !full {
-            break;
+        leaves.push(leaf(&e.event)?);
+        range.until = e.position;
+        range.events += 1;
+        if leaves.len() == CHUNK {
+            range.chunks.push(merkle_root(std::mem::take(&mut leaves)));
         }
-    }
+        if range.events.is_multiple_of(u64::from(PAGE)) {
+            progress(range.events);
+        }
+        Ok(())
+    })
+    .await?;
+    progress(range.events);
     if !leaves.is_empty() {
         range.chunks.push(merkle_root(leaves));
     }

@@ -70,6 +70,34 @@ impl std::str::FromStr for GlobalPosition {
     }
 }
 
+/// Calls `each` with every event of the global order after `after`, up to and including `until`
+/// (`None`: up to the last final event), in order, reading `page` events at a time.
+pub async fn scan_range(
+    store: &dyn crate::Store,
+    after: GlobalPosition,
+    until: Option<GlobalPosition>,
+    page: u32,
+    mut each: impl FnMut(&GlobalEvent) -> crate::Result<()> + Send,
+) -> crate::Result<()> {
+    let mut from = after;
+    loop {
+        let events = store.read_all(from, page).await?;
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        from = last.position;
+        for e in &events {
+            if until.is_some_and(|u| e.position > u) {
+                return Ok(());
+            }
+            each(e)?;
+        }
+        if events.len() < page as usize {
+            return Ok(());
+        }
+    }
+}
+
 /// An event read from the global stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlobalEvent {

@@ -113,7 +113,7 @@ pub use jobs::{
     Enqueued, JobFilter, JobInfo, JobState, Progress, Purged, QueueSettings, RateLimit, UniqueKey,
     UniquePolicy,
 };
-pub use journal::{ChainBreak, ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
+pub use journal::{ChainBreak, ChainReport, GlobalEvent, GlobalPosition, HistoryRange, scan_range};
 pub use outbox::{
     ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, OutboxClaim,
     OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,

@@ -29,7 +29,7 @@ mod schedule;
 mod verify;
 mod workflow;
 pub use checkpoint::CheckpointCommand;
-pub use events::EventsCommand;
+pub use events::{EventsCommand, Range};
 pub use jobs::JobCommand;
 pub use logs::LogFormat;
 pub use open::{open_store, open_store_read_only};

@@ -29,13 +29,9 @@ pub enum CheckpointCommand {
         /// The signing key (from `quark checkpoint keygen`).
         #[arg(long, env = "QUARK_CHECKPOINT_KEY")]
         key: PathBuf,
-        /// Start after this position (`tx:position`; default: the beginning). Chain checkpoints
-        /// by starting each after the last one's `until`.
-        #[arg(long)]
-        after: Option<GlobalPosition>,
-        /// End at this position (default: the last event final now).
-        #[arg(long)]
-        until: Option<GlobalPosition>,
+        /// The range (chain checkpoints by starting each after the last one's `until`).
+        #[command(flatten)]
+        range: super::events::Range,
         /// Also write it to this file (created; never overwritten).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -107,8 +103,7 @@ pub(super) async fn run(
         CheckpointCommand::Keygen { out: path } => keygen(&path, output, out),
         CheckpointCommand::Create {
             key,
-            after,
-            until,
+            range,
             out: file,
         } => {
             let pkcs8 =
@@ -118,8 +113,8 @@ pub(super) async fn run(
             let made = checkpoint::create(
                 store.as_ref(),
                 &key,
-                after.unwrap_or(GlobalPosition::START),
-                until,
+                range.after.unwrap_or(GlobalPosition::START),
+                range.until,
                 &mut |n| bar.set_position(n),
             )
             .await?;

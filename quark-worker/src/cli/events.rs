@@ -19,16 +19,25 @@ pub enum EventsCommand {
     /// PostgreSQL, events of transactions still running anywhere come later), so an export resumed
     /// `--after` the last line's position misses nothing.
     Export {
-        /// Start after this position (`tx:position`; default: the beginning).
-        #[arg(long)]
-        after: Option<GlobalPosition>,
-        /// Stop at this position, included (default: the last final event).
-        #[arg(long)]
-        until: Option<GlobalPosition>,
+        /// The range.
+        #[command(flatten)]
+        range: Range,
         /// Write to this file (created; never overwritten) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// A range of the global order, as `quark events export` and `quark checkpoint create` take it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Range {
+    /// Start after this position (`tx:position`, as an exported line or a checkpoint's `until`
+    /// gives it; default: the beginning).
+    #[arg(long)]
+    pub after: Option<GlobalPosition>,
+    /// Stop at this position, included (default: the last event final now).
+    #[arg(long)]
+    pub until: Option<GlobalPosition>,
 }
 
 /// One exported line.
@@ -67,11 +76,7 @@ pub(super) async fn run(
     command: EventsCommand,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let EventsCommand::Export {
-        after,
-        until,
-        out: file,
-    } = command;
+    let EventsCommand::Export { range, out: file } = command;
     let mut file_out = match &file {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
@@ -90,24 +95,20 @@ pub(super) async fn run(
         indicatif::ProgressStyle::with_template("{spinner} exported {pos} events ({per_sec})")
             .expect("a valid template"),
     );
-    let mut from = after.unwrap_or(GlobalPosition::START);
-    'read: loop {
-        let page = store.read_all(from, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position;
-        let full = page.len() == PAGE as usize;
-        for e in &page {
-            if until.is_some_and(|u| e.position > u) {
-                break 'read;
-            }
-            serde_json::to_writer(&mut *sink, &Line::from(e))?;
-            sink.write_all(b"\n")?;
+    quark_history::scan_range(
+        store.as_ref(),
+        range.after.unwrap_or(GlobalPosition::START),
+        range.until,
+        PAGE,
+        |e| {
+            serde_json::to_writer(&mut *sink, &Line::from(e))
+                .and_then(|()| sink.write_all(b"\n").map_err(serde_json::Error::io))
+                .map_err(|e| quark_history::Error::Encode(quark_history::CodecError::Json(e)))?;
             progress.inc(1);
-        }
-        if !full {
-            break;
-        }
-    }
+            Ok(())
+        },
+    )
+    .await?;
     sink.flush()?;
     if let Some(f) = file_out {
         f.into_inner()

@@ -62,15 +62,15 @@ pub(super) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
     #[cfg(feature = "otel")]
     if let Some(endpoint) = otlp_endpoint {
         use opentelemetry::trace::TracerProvider as _;
+        // Asked before the exporter is built: building it may set a scoped dispatcher of its own.
+        if tracing::dispatcher::has_been_set() {
+            // The application's own subscriber decides where spans go.
+            return Ok(Telemetry { provider: None });
+        }
         let provider = otlp::provider(endpoint)?;
         let traces = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("quark"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-        if tracing::dispatcher::has_been_set() {
-            // The application's own subscriber decides where spans go.
-            let _ = provider.shutdown();
-            return Ok(Telemetry { provider: None });
-        }
         // Installed whatever the `log` bridge says (an application's `log` logger makes it
         // fail, and the spans must still be exported).
         let _ = subscriber.with(traces).try_init();

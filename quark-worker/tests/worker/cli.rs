@@ -228,7 +228,7 @@ async fn it_verifies_every_chain_and_names_each_break() {
 
 #[tokio::test]
 async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
-    use quark_worker::cli::EventsCommand;
+    use quark_worker::cli::{EventsCommand, Range};
     let t = quark_history::testing::sqlite().await;
     // Two instances written in turns, so that their events interleave in the global order.
     for id in ["x", "y"] {
@@ -254,8 +254,10 @@ async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
     }
     let export = |after: Option<&str>, until: Option<&str>| {
         Command::Events(EventsCommand::Export {
-            after: after.map(|a| a.parse().unwrap()),
-            until: until.map(|u| u.parse().unwrap()),
+            range: Range {
+                after: after.map(|a| a.parse().unwrap()),
+                until: until.map(|u| u.parse().unwrap()),
+            },
             out: None,
         })
     };
@@ -301,8 +303,7 @@ async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
     let path = std::env::temp_dir().join(format!("quark-export-{}.ndjson", uuid::Uuid::now_v7()));
     let to_file = || {
         Command::Events(EventsCommand::Export {
-            after: None,
-            until: None,
+            range: Range::default(),
             out: Some(path.clone()),
         })
     };
