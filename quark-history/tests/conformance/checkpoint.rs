@@ -21,6 +21,13 @@ fn signal(n: u32) -> HistoryEvent {
     }
 }
 
+/// A checkpoint of every event final now, signed with `key`.
+async fn checkpoint_all(t: &TestStore, key: &SigningKey) -> checkpoint::Checkpoint {
+    checkpoint::create(&*t.store, key, GlobalPosition::START, None, &mut |_| {})
+        .await
+        .unwrap()
+}
+
 /// What checking `checkpoint` against the store finds, trusting `key`.
 async fn verdict(
     t: &TestStore,
@@ -181,9 +188,7 @@ async fn it_catches_a_coordinated_rewrite_the_hash_chain_cannot_see(t: &TestStor
     journal(t, 1500).await;
     let key = key();
     let trusted = key.public_key_hex();
-    let made = checkpoint::create(&*t.store, &key, GlobalPosition::START, None, &mut |_| {})
-        .await
-        .unwrap();
+    let made = checkpoint_all(t, &key).await;
 
     // Event 1400 of "b" gets the content of its event 3, and the chain is made whole again.
     rewrite(t, "b", 1400, 3).await;
@@ -223,9 +228,7 @@ async fn it_catches_a_coordinated_rewrite_the_hash_chain_cannot_see(t: &TestStor
 async fn it_refuses_a_changed_checkpoint_and_another_key(t: &TestStore) {
     journal(t, 100).await;
     let key = key();
-    let made = checkpoint::create(&*t.store, &key, GlobalPosition::START, None, &mut |_| {})
-        .await
-        .unwrap();
+    let made = checkpoint_all(t, &key).await;
     let trusted = key.public_key_hex();
 
     // The file edited to match a rewritten store: the signature no longer verifies.
@@ -237,9 +240,7 @@ async fn it_refuses_a_changed_checkpoint_and_another_key(t: &TestStore) {
     );
     // Re-signed with another key: consistent by itself, refused by whoever trusts the first.
     let other = self::key();
-    let forged = checkpoint::create(&*t.store, &other, GlobalPosition::START, None, &mut |_| {})
-        .await
-        .unwrap();
+    let forged = checkpoint_all(t, &other).await;
     assert_eq!(
         verdict(t, &forged, Some(&trusted)).await,
         CheckpointCheck::BadSignature
@@ -257,9 +258,7 @@ async fn it_catches_an_event_changed_without_its_hash(t: &TestStore) {
     journal(t, 100).await;
     let key = key();
     let trusted = key.public_key_hex();
-    let made = checkpoint::create(&*t.store, &key, GlobalPosition::START, None, &mut |_| {})
-        .await
-        .unwrap();
+    let made = checkpoint_all(t, &key).await;
     assert_eq!(
         t.execute(
             "UPDATE history SET payload = (SELECT payload FROM history h \
