@@ -71,14 +71,15 @@ impl std::str::FromStr for GlobalPosition {
 }
 
 /// Calls `each` with every event of the global order after `after`, up to and including `until`
-/// (`None`: up to the last final event), in order, reading `page` events at a time.
-pub async fn scan_range(
+/// (`None`: up to the last final event), in order, reading `page` events at a time. The first error
+/// `each` returns ends the scan and is returned, in the caller's own error type.
+pub async fn scan_range<E: From<crate::Error>>(
     store: &dyn crate::Store,
     after: GlobalPosition,
     until: Option<GlobalPosition>,
     page: u32,
-    mut each: impl FnMut(&GlobalEvent) -> crate::Result<()> + Send,
-) -> crate::Result<()> {
+    mut each: impl FnMut(&GlobalEvent) -> Result<(), E> + Send,
+) -> Result<(), E> {
     let mut from = after;
     loop {
         let events = store.read_all(from, page).await?;
@@ -244,4 +245,31 @@ pub(crate) fn to_hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// The bytes of lowercase or uppercase hex text; an odd length or a non-hex digit is refused.
+pub(crate) fn from_hex(s: &str) -> crate::Result<Vec<u8>> {
+    let bad = || crate::Error::Invalid(format!("not hex: `{s}`"));
+    if !s.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        assert_eq!(
+            from_hex(&to_hex(&[0, 1, 254, 255])).unwrap(),
+            [0, 1, 254, 255]
+        );
+        assert!(from_hex("abc").is_err());
+        assert!(from_hex("zz").is_err());
+    }
 }

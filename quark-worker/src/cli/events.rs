@@ -100,10 +100,9 @@ pub(super) async fn run(
         range.after.unwrap_or(GlobalPosition::START),
         range.until,
         PAGE,
-        |e| {
-            serde_json::to_writer(&mut *sink, &Line::from(e))
-                .and_then(|()| sink.write_all(b"\n").map_err(serde_json::Error::io))
-                .map_err(|e| quark_history::Error::Encode(quark_history::CodecError::Json(e)))?;
+        |e| -> anyhow::Result<()> {
+            serde_json::to_writer(&mut *sink, &Line::from(e))?;
+            sink.write_all(b"\n").context("writing the export")?;
             progress.inc(1);
             Ok(())
         },
