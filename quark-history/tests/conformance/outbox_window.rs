@@ -20,6 +20,8 @@ conformance!(
     it_stops_a_window_before_a_message_that_is_not_due,
     it_writes_nothing_of_a_window_whose_lease_was_lost,
     it_never_hands_one_message_or_key_to_two_racing_relays_with_windows,
+    it_finds_free_keys_behind_the_runs_of_keys_in_flight,
+    it_takes_the_free_keys_in_the_due_order_of_their_heads,
 );
 
 fn msg(key: &str, n: u32) -> OutboxMessage {
@@ -63,6 +65,68 @@ async fn send(t: &TestStore, key: &str, n: u32) -> Vec<i64> {
         .send((0..n).map(|i| msg(key, i)).collect())
         .await
         .unwrap()
+}
+
+/// A claim of `limit` keys with windows of `window`.
+fn claim_of(worker: &str, limit: u32, window: u32) -> OutboxClaim {
+    OutboxClaim::new(worker)
+        .limit(limit)
+        .window(window)
+        .lease(Duration::from_secs(30))
+}
+
+async fn it_finds_free_keys_behind_the_runs_of_keys_in_flight(t: &TestStore) {
+    // Keys a and b have long runs at the front of the due order (longer than a claim looks at
+    // before it visits every key); c and d come after them.
+    send(t, "a", 200).await;
+    send(t, "b", 200).await;
+    send(t, "c", 3).await;
+    send(t, "d", 1).await;
+    let first = t.store.claim_outbox(claim_of("w1", 2, 4)).await.unwrap();
+    let keys: std::collections::BTreeSet<_> =
+        first.iter().map(|m| m.ordering_key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"].into(), "the first keys in due order");
+    // Every due message a claim of two keys looks at first belongs to a or b, both in flight; the
+    // free heads are 392 messages further.
+    let second = t.store.claim_outbox(claim_of("w2", 2, 4)).await.unwrap();
+    assert_eq!(
+        numbers(&second),
+        [
+            ("c".into(), 0),
+            ("c".into(), 1),
+            ("c".into(), 2),
+            ("d".into(), 0)
+        ],
+        "the free keys behind the runs in flight, with their windows"
+    );
+    assert!(
+        t.store
+            .claim_outbox(claim_of("w3", 2, 4))
+            .await
+            .unwrap()
+            .is_empty(),
+        "every key is held"
+    );
+}
+
+async fn it_takes_the_free_keys_in_the_due_order_of_their_heads(t: &TestStore) {
+    // One message on each of 12 keys, sent in the order l, k, ..., a: due in that order.
+    let keys: Vec<String> = ('a'..='l').rev().map(String::from).collect();
+    for key in &keys {
+        send(t, key, 1).await;
+    }
+    // A claim of 3, then of 4, then of the rest: each takes the oldest free heads.
+    let mut taken = Vec::new();
+    for (worker, limit) in [("w1", 3), ("w2", 4), ("w3", 10)] {
+        let claimed = t
+            .store
+            .claim_outbox(claim_of(worker, limit, 2))
+            .await
+            .unwrap();
+        assert!(claimed.len() <= limit as usize);
+        taken.extend(claimed.into_iter().map(|m| m.ordering_key));
+    }
+    assert_eq!(taken, keys, "oldest first, each key once");
 }
 
 async fn it_claims_a_window_of_each_key_in_order_under_one_lease(t: &TestStore) {
