@@ -14,7 +14,7 @@
 //! JetStream ack before it marks a message sent. Every message must arrive exactly once (counted
 //! by idempotency key) and each key in order, or the bench panics.
 //!
-//! `cargo bench -p quark-worker --bench outbox -- [--messages 20000] [--keys 100] [--light 200] [--backend postgres|sqlite|both] [--dest nats|http|both] [--relay-batch 64]`
+//! `cargo bench -p quark-worker --bench outbox -- [--messages 20000] [--keys 100] [--light 200] [--backend postgres|sqlite|both] [--dest nats|http|both] [--relay-batch 64] [--relay-window 64] [--drain 20000]`
 //! PostgreSQL: `QUARK_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
 //! NATS: `QUARK_TEST_NATS_URL` (default `127.0.0.1:4222`). The bench creates and drops a database
 //! and a JetStream stream of its own.
@@ -36,7 +36,10 @@ const USAGE: &str = "cargo bench -p quark-worker --bench outbox -- [options]
   --light N        messages written one at a time, at light load (default 200)
   --backend B      postgres | sqlite | both (default postgres)
   --dest D         nats | http | both (default both)
-  --relay-batch N  the most messages (keys) one relay claim takes (default 64, the library's)";
+  --relay-batch N  the most messages (keys) one relay claim takes (default 64, the library's)
+  --relay-window N the most messages of one key delivered and settled together (default 64, the library's)
+  --drain N        messages (over the same keys) written before the relay starts, then drained
+                   with nothing else running: the relay's own rate (default 20000; 0 skips it)";
 
 /// Messages per `store.send` under load.
 const WRITE_BATCH: u64 = 1_000;
@@ -48,6 +51,8 @@ struct Args {
     backends: Vec<&'static str>,
     dests: Vec<&'static str>,
     relay_batch: u32,
+    relay_window: u32,
+    drain: u64,
 }
 
 fn args() -> Args {
@@ -58,6 +63,8 @@ fn args() -> Args {
         backends: vec!["postgres"],
         dests: vec!["nats", "http"],
         relay_batch: 64,
+        relay_window: 64,
+        drain: 20_000,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -72,6 +79,8 @@ fn args() -> Args {
             "--keys" => a.keys = value.parse().expect("--keys K"),
             "--light" => a.light = value.parse().expect("--light N"),
             "--relay-batch" => a.relay_batch = value.parse().expect("--relay-batch N"),
+            "--relay-window" => a.relay_window = value.parse().expect("--relay-window N"),
+            "--drain" => a.drain = value.parse().expect("--drain N"),
             "--backend" => {
                 a.backends = match value.as_str() {
                     "postgres" => vec!["postgres"],
@@ -334,7 +343,41 @@ async fn bench(
             (Destination::nats(subject), sub)
         }
     };
-    let relay = OutboxRelay::new().nats(nats_url()).batch(a.relay_batch);
+    let relay = OutboxRelay::new()
+        .nats(nats_url())
+        .batch(a.relay_batch)
+        .window(a.relay_window);
+    let message = |k: String, n: u64, b: usize, id: String| {
+        OutboxMessage::json(destination.clone(), &Body { k: k.clone(), n, b })
+            .unwrap()
+            .ordering_key(k)
+            .idempotency_key(id)
+    };
+
+    // Drain: a backlog written before the relay starts, then relayed with nothing else running.
+    if a.drain > 0 {
+        eprintln!(
+            "[{backend}/{dest}] {} messages over {} keys written, then drained",
+            a.drain, a.keys
+        );
+        let mut i = 0;
+        while i < a.drain {
+            let end = (i + WRITE_BATCH).min(a.drain);
+            let batch = (i..end)
+                .map(|i| {
+                    message(
+                        format!("d{}", i % a.keys),
+                        i / a.keys,
+                        0,
+                        format!("{tag}-drain-{i}"),
+                    )
+                })
+                .collect();
+            store.send(batch).await.unwrap();
+            i = end;
+        }
+    }
+    let started = Instant::now();
     let running = Worker::builder()
         .store(Arc::clone(&store))
         .outbox(relay)
@@ -343,12 +386,30 @@ async fn bench(
         .start()
         .await
         .unwrap();
-    let message = |k: String, n: u64, b: usize, id: String| {
-        OutboxMessage::json(destination.clone(), &Body { k: k.clone(), n, b })
-            .unwrap()
-            .ordering_key(k)
-            .idempotency_key(id)
-    };
+    if a.drain > 0 {
+        wait_for(
+            &sink,
+            a.drain as usize,
+            Duration::from_secs(600),
+            Duration::from_millis(500),
+        )
+        .await;
+        let seen = std::mem::take(&mut *sink.lock().unwrap());
+        verify(&seen, a.drain as usize);
+        let last = seen.iter().map(|s| s.at).max().unwrap();
+        let secs = last.duration_since(started).as_secs_f64();
+        rows.push(Row {
+            backend,
+            dest,
+            workload: format!(
+                "{} messages over {} keys written first, drained by a relay started after (claims of {}, windows of {})",
+                a.drain, a.keys, a.relay_batch, a.relay_window
+            ),
+            rate: format!("{:.0} msg/s", a.drain as f64 / secs),
+            p50: f64::NAN,
+            p99: f64::NAN,
+        });
+    }
 
     // Light load: one message at a time, each waited for, the relay idle in between.
     eprintln!("[{backend}/{dest}] {} messages one at a time", a.light);
@@ -427,6 +488,17 @@ async fn bench(
     let seen = std::mem::take(&mut *sink.lock().unwrap());
     verify(&seen, a.messages as usize);
     let last = seen.iter().map(|s| s.at).max().unwrap();
+    // QUARK_BENCH_TIMELINE=1: deliveries per 100 ms since the first commit, to see a stalled key
+    // as a late lump after a gap.
+    if std::env::var("QUARK_BENCH_TIMELINE").is_ok() {
+        let mut buckets = std::collections::BTreeMap::new();
+        for s in &seen {
+            *buckets
+                .entry(s.at.duration_since(commits[0]).as_millis() / 100)
+                .or_insert(0u32) += 1;
+        }
+        eprintln!("timeline (100 ms buckets): {buckets:?}");
+    }
     let secs = last.duration_since(commits[0]).as_secs_f64();
     let mut lat = histogram();
     for s in &seen {
@@ -501,10 +573,22 @@ async fn main() {
     println!(
         "\n| backend | destination | workload | throughput | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- | --- |"
     );
+    let cell = |v: f64| {
+        if v.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{v:.2}")
+        }
+    };
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} |",
-            r.backend, r.dest, r.workload, r.rate, r.p50, r.p99
+            "| {} | {} | {} | {} | {} | {} |",
+            r.backend,
+            r.dest,
+            r.workload,
+            r.rate,
+            cell(r.p50),
+            cell(r.p99)
         );
     }
 }

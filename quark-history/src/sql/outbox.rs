@@ -423,6 +423,9 @@ async fn settle_window<S: SqlStore>(
         .bind(worker)
         .bind((now + lease_for).as_micros())
         .bind(i64::from(size.max(1)))
+        // As the claim: a plan made while the outbox was nearly empty ran for seconds once it
+        // held thousands of messages.
+        .planned_each_time()
         .fetch_all(&mut tx)
         .await?;
         next = rows

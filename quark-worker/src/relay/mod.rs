@@ -86,7 +86,7 @@ impl Default for OutboxRelay {
         OutboxRelay {
             enabled: true,
             batch: 64,
-            window: 16,
+            window: 64,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_attempts: 12,
@@ -126,7 +126,7 @@ impl OutboxRelay {
         self
     }
 
-    /// The most messages of one key that a claim or a hand-over takes at once (default 16): they
+    /// The most messages of one key that a claim or a hand-over takes at once (default 64): they
     /// are delivered in order and settled in one transaction. NATS publishes a window's messages
     /// without waiting for each ack; other destinations take them one after the other. A window
     /// is held in memory, payloads included: lower it for large messages.

@@ -105,11 +105,11 @@ impl DeliveryPolicy {
             backoff,
             timeout,
             lease,
-            window: 16,
+            window: 64,
         }
     }
 
-    /// Sets how many messages of a key are handed over at once (default 16).
+    /// Sets how many messages of a key are handed over at once (default 64).
     pub fn window(mut self, window: u32) -> Self {
         self.window = window.max(1);
         self
