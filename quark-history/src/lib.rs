@@ -115,8 +115,8 @@ pub use jobs::{
 };
 pub use journal::{ChainBreak, ChainReport, GlobalEvent, GlobalPosition, HistoryRange, scan_range};
 pub use outbox::{
-    ClaimedMessage, Delivery, Destination, MessageState, OUTBOX_WAKE_QUEUE, OutboxClaim,
-    OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,
+    ClaimedMessage, Delivery, Destination, MessageState, NextWindow, OUTBOX_WAKE_QUEUE,
+    OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

@@ -439,6 +439,10 @@ pub struct OutboxClaim {
     /// At most this many messages of each key: the head and the due messages right behind it, in
     /// order (a *window*; see [`OutboxStore::settle_outbox_window`](crate::OutboxStore)).
     pub window: u32,
+    /// At most this many payload bytes in each window, the head's own excepted: a window takes
+    /// a message only if the payloads before it in the window are under this, so a head larger
+    /// than it still goes alone.
+    pub window_bytes: u64,
     /// How long the lease holds. Longer than a delivery may take.
     pub lease: Duration,
 }
@@ -450,6 +454,7 @@ impl OutboxClaim {
             worker: worker.into(),
             limit: 64,
             window: 1,
+            window_bytes: UNBOUNDED_BYTES,
             lease: Duration::from_secs(60),
         }
     }
@@ -463,6 +468,13 @@ impl OutboxClaim {
     /// Sets how many messages of each key one claim takes (at least 1).
     pub fn window(mut self, window: u32) -> Self {
         self.window = window.max(1);
+        self
+    }
+
+    /// Sets how many payload bytes a window may hold (see [`OutboxClaim::window_bytes`]; no bound
+    /// by default).
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.window_bytes = bytes;
         self
     }
 
@@ -508,14 +520,47 @@ pub struct WindowOutcome {
     /// `Dead`). The messages after it were not tried: they are handed back, due now, their claim
     /// not counted as an attempt.
     pub failed: Option<Delivery>,
-    /// When every message was sent: lease the key's next window, of at most this many messages
-    /// for this long, to the same worker (saving a claim).
-    pub next: Option<(u32, Duration)>,
+    /// When every message was sent: lease the key's next window to the same worker (saving a
+    /// claim).
+    pub next: Option<NextWindow>,
+}
+
+/// A bound no window reaches: windows bounded by their number of messages only.
+pub(crate) const UNBOUNDED_BYTES: u64 = i64::MAX as u64;
+
+/// The key's next window, leased as a window is settled: at most `messages` messages and
+/// `bytes` payload bytes (as [`OutboxClaim::window_bytes`]), held for `lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NextWindow {
+    /// At most this many messages (at least 1).
+    pub messages: u32,
+    /// At most this many payload bytes, the first message's own excepted.
+    pub bytes: u64,
+    /// How long the lease holds.
+    pub lease: Duration,
+}
+
+impl NextWindow {
+    /// A window of at most `messages` messages, held for `lease`, with no bound on its bytes.
+    pub fn new(messages: u32, lease: Duration) -> Self {
+        NextWindow {
+            messages: messages.max(1),
+            bytes: UNBOUNDED_BYTES,
+            lease,
+        }
+    }
+
+    /// Bounds the window's payload bytes.
+    pub fn bytes(mut self, bytes: u64) -> Self {
+        self.bytes = bytes;
+        self
+    }
 }
 
 impl WindowOutcome {
     /// All `n` messages delivered; with `next`, the key's next window is leased.
-    pub fn all_sent(n: usize, next: Option<(u32, Duration)>) -> Self {
+    pub fn all_sent(n: usize, next: Option<NextWindow>) -> Self {
         WindowOutcome {
             sent: n,
             failed: None,

@@ -34,16 +34,25 @@ const HEAD_CONDITION: &str = "o.state = 'pending' AND o.next_attempt_at <= $1 \
 const FENCE: &str = "id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'pending'";
 
 /// The first `$5` pending messages of each key in `keys` (a subquery), stopping before the first
-/// one that is not due (`$1` is now): a window never skips a message its key has to deliver first.
+/// one that is not due (`$1` is now), and before the first one whose predecessors in the window
+/// carry `$6` payload bytes or more (the first always goes): a window never skips a message its
+/// key has to deliver first, and holds a bounded number of bytes.
 fn window_of(keys: &str) -> String {
     format!(
         "SELECT id FROM (SELECT p.id, \
            row_number() OVER (PARTITION BY p.ordering_key ORDER BY p.id) AS rn, \
            sum(CASE WHEN p.next_attempt_at > $1 THEN 1 ELSE 0 END) \
-             OVER (PARTITION BY p.ordering_key ORDER BY p.id) AS late \
+             OVER (PARTITION BY p.ordering_key ORDER BY p.id) AS late, \
+           sum(length(p.payload)) OVER (PARTITION BY p.ordering_key ORDER BY p.id) \
+             - length(p.payload) AS before \
          FROM outbox p WHERE p.state = 'pending' AND p.ordering_key IN ({keys})) w \
-         WHERE w.rn <= $5 AND w.late = 0"
+         WHERE w.rn <= $5 AND w.late = 0 AND w.before < $6"
     )
+}
+
+/// A window's byte bound as the statements bind it.
+fn byte_bound(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// The columns a claim returns.
@@ -131,6 +140,7 @@ impl<S: SqlStore> OutboxStore for S {
             .bind(claim.worker.as_str())
             .bind(expires.as_micros())
             .bind(i64::from(claim.window.max(1)))
+            .bind(byte_bound(claim.window_bytes))
             .planned_each_time();
             let rows = super::claim(self, stmt).await?;
             let mut out = rows
@@ -409,7 +419,7 @@ async fn settle_window<S: SqlStore>(
         }
     }
     let mut next = Vec::new();
-    if let (Some((size, lease_for)), true) = (outcome.next, tried == window.len()) {
+    if let (Some(following), true) = (outcome.next, tried == window.len()) {
         // Not SKIP LOCKED: a head locked by a claimer must not be passed over for the messages
         // behind it. The re-checked `next_attempt_at <= $1` leaves it out if it got leased.
         let rows = Stmt::<S::Db>::new(sql(format!(
@@ -421,8 +431,9 @@ async fn settle_window<S: SqlStore>(
         .bind(now.as_micros())
         .bind(key)
         .bind(worker)
-        .bind((now + lease_for).as_micros())
-        .bind(i64::from(size.max(1)))
+        .bind((now + following.lease).as_micros())
+        .bind(i64::from(following.messages.max(1)))
+        .bind(byte_bound(following.bytes))
         // As the claim: a plan made while the outbox was nearly empty ran for seconds once it
         // held thousands of messages.
         .planned_each_time()

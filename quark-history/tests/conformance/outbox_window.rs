@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::{
-    ClaimedMessage, Clock, Delivery, Destination, Error, MessageState, OutboxClaim, OutboxFilter,
-    OutboxMessage, OutboxRecord, WindowOutcome,
+    ClaimedMessage, Clock, Delivery, Destination, Error, MessageState, NextWindow, OutboxClaim,
+    OutboxFilter, OutboxMessage, OutboxRecord, WindowOutcome,
 };
 
 use crate::support::conformance;
@@ -22,6 +22,7 @@ conformance!(
     it_never_hands_one_message_or_key_to_two_racing_relays_with_windows,
     it_finds_free_keys_behind_the_runs_of_keys_in_flight,
     it_takes_the_free_keys_in_the_due_order_of_their_heads,
+    it_bounds_a_window_by_its_payload_bytes,
 );
 
 fn msg(key: &str, n: u32) -> OutboxMessage {
@@ -129,6 +130,67 @@ async fn it_takes_the_free_keys_in_the_due_order_of_their_heads(t: &TestStore) {
     assert_eq!(taken, keys, "oldest first, each key once");
 }
 
+async fn it_bounds_a_window_by_its_payload_bytes(t: &TestStore) {
+    // Payloads of 102 bytes (a JSON string of 100) on key a, of 1,002 on key b.
+    let sized = |key: &str, len: usize| {
+        OutboxMessage::json(Destination::callback("test"), &"x".repeat(len))
+            .unwrap()
+            .ordering_key(key)
+    };
+    t.store
+        .send((0..5).map(|_| sized("a", 100)).collect())
+        .await
+        .unwrap();
+    t.store
+        .send((0..2).map(|_| sized("b", 1000)).collect())
+        .await
+        .unwrap();
+    let lengths = |w: &[ClaimedMessage]| w.iter().map(|m| m.payload.len()).collect::<Vec<_>>();
+    let claimed = t
+        .store
+        .claim_outbox(claim_of("w1", 10, 10).window_bytes(250))
+        .await
+        .unwrap();
+    let (a, b): (Vec<_>, Vec<_>) = claimed.into_iter().partition(|m| m.ordering_key == "a");
+    // a: 0, 102 and 204 bytes before the first three, 306 before the fourth.
+    assert_eq!(lengths(&a), [102, 102, 102]);
+    // b: a head larger than the bound goes, alone.
+    assert_eq!(lengths(&b), [1002]);
+    // The hand-over keeps to its own bound.
+    let next = t
+        .store
+        .settle_outbox_window(
+            &a,
+            WindowOutcome::all_sent(
+                3,
+                Some(NextWindow::new(10, Duration::from_secs(30)).bytes(150)),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lengths(&next),
+        [102, 102],
+        "102 bytes before the second, under 150"
+    );
+    let next = t
+        .store
+        .settle_outbox_window(
+            &b,
+            WindowOutcome::all_sent(
+                1,
+                Some(NextWindow::new(10, Duration::from_secs(30)).bytes(1)),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lengths(&next),
+        [1002],
+        "the bound never stops a window's first message"
+    );
+}
+
 async fn it_claims_a_window_of_each_key_in_order_under_one_lease(t: &TestStore) {
     send(t, "a", 5).await;
     send(t, "b", 2).await;
@@ -172,7 +234,7 @@ async fn it_hands_over_the_next_window_when_every_message_was_sent(t: &TestStore
         .store
         .settle_outbox_window(
             &first,
-            WindowOutcome::all_sent(2, Some((2, Duration::from_secs(30)))),
+            WindowOutcome::all_sent(2, Some(NextWindow::new(2, Duration::from_secs(30)))),
         )
         .await
         .unwrap();
@@ -189,7 +251,7 @@ async fn it_hands_over_the_next_window_when_every_message_was_sent(t: &TestStore
         .store
         .settle_outbox_window(
             &next,
-            WindowOutcome::all_sent(2, Some((2, Duration::from_secs(30)))),
+            WindowOutcome::all_sent(2, Some(NextWindow::new(2, Duration::from_secs(30)))),
         )
         .await
         .unwrap();
@@ -198,7 +260,7 @@ async fn it_hands_over_the_next_window_when_every_message_was_sent(t: &TestStore
         .store
         .settle_outbox_window(
             &last,
-            WindowOutcome::all_sent(1, Some((2, Duration::from_secs(30)))),
+            WindowOutcome::all_sent(1, Some(NextWindow::new(2, Duration::from_secs(30)))),
         )
         .await
         .unwrap();
@@ -297,7 +359,7 @@ async fn it_stops_a_window_before_a_message_that_is_not_due(t: &TestStore) {
         .store
         .settle_outbox_window(
             &window,
-            WindowOutcome::all_sent(2, Some((4, Duration::from_secs(30)))),
+            WindowOutcome::all_sent(2, Some(NextWindow::new(4, Duration::from_secs(30)))),
         )
         .await
         .unwrap();
@@ -404,7 +466,10 @@ async fn it_never_hands_one_message_or_key_to_two_racing_relays_with_windows(t: 
                         let outcome = if hand_back {
                             WindowOutcome::handed_back(sent)
                         } else {
-                            WindowOutcome::all_sent(sent, Some((1 + r, Duration::from_secs(30))))
+                            WindowOutcome::all_sent(
+                                sent,
+                                Some(NextWindow::new(1 + r, Duration::from_secs(30))),
+                            )
                         };
                         window = store.settle_outbox_window(&window, outcome).await.unwrap();
                     }

@@ -46,6 +46,7 @@ pub struct OutboxRelay {
     pub(crate) enabled: bool,
     pub(crate) batch: u32,
     pub(crate) window: u32,
+    pub(crate) window_bytes: u64,
     pub(crate) lease: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) max_attempts: u32,
@@ -67,6 +68,7 @@ impl fmt::Debug for OutboxRelay {
             .field("enabled", &self.enabled)
             .field("batch", &self.batch)
             .field("window", &self.window)
+            .field("window_bytes", &self.window_bytes)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
@@ -87,6 +89,7 @@ impl Default for OutboxRelay {
             enabled: true,
             batch: 64,
             window: 64,
+            window_bytes: quark_workflow::runner::outbox::DEFAULT_WINDOW_BYTES,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_attempts: 12,
@@ -129,9 +132,17 @@ impl OutboxRelay {
     /// The most messages of one key that a claim or a hand-over takes at once (default 64): they
     /// are delivered in order and settled in one transaction. NATS publishes a window's messages
     /// without waiting for each ack; other destinations take them one after the other. A window
-    /// is held in memory, payloads included: lower it for large messages.
+    /// is held in memory, payloads included, up to [`window_bytes`](Self::window_bytes).
     pub fn window(mut self, n: u32) -> Self {
         self.window = n;
+        self
+    }
+
+    /// The most payload bytes of one window (default 1 MiB): a window stops before the message
+    /// whose predecessors in it reach this, and a first message larger than it goes alone. With
+    /// [`batch`](Self::batch) keys in flight, it bounds the payloads a relay holds in memory.
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.window_bytes = bytes;
         self
     }
 
@@ -338,8 +349,9 @@ impl Relay {
     /// destinations.
     async fn run_key(&self, shared: &Shared, window: Vec<ClaimedMessage>) {
         let c = &self.config;
-        let policy =
-            DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease).window(c.window);
+        let policy = DeliveryPolicy::new(c.max_attempts, c.backoff, c.timeout, c.lease)
+            .window(c.window)
+            .window_bytes(c.window_bytes);
         let span = tracing::info_span!("outbox", key = %window[0].ordering_key);
         let stopping = || shared.is_stopping();
         let settled = |m: &ClaimedMessage, delivery: &Delivery| {
@@ -455,6 +467,7 @@ pub(crate) async fn run(shared: Arc<Shared>, relay: Arc<Relay>) {
             let claim = OutboxClaim::new(shared.settings.id.to_string())
                 .limit(free)
                 .window(config.window)
+                .window_bytes(config.window_bytes)
                 .lease(config.lease);
             match shared.store.claim_outbox(claim).await {
                 Ok(batch) if !batch.is_empty() => {

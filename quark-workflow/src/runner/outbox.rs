@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use quark_history::{
-    ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, NewTask,
+    ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, NewTask, NextWindow,
     OutboxLease, Payload, Store, Timestamp, WindowOutcome,
 };
 
@@ -74,6 +74,10 @@ pub trait Destinations: Send + Sync {
     }
 }
 
+/// The payload bytes a window holds at most by default, the first message's own excepted: with
+/// 64 keys in flight, 64 MiB of payloads in memory at most.
+pub const DEFAULT_WINDOW_BYTES: u64 = 1024 * 1024;
+
 /// How deliveries are retried.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -90,6 +94,11 @@ pub struct DeliveryPolicy {
     ///
     /// [`OutboxClaim::window`]: quark_history::OutboxClaim::window
     pub window: u32,
+    /// The most payload bytes of a window the store hands over (see
+    /// [`OutboxClaim::window_bytes`]).
+    ///
+    /// [`OutboxClaim::window_bytes`]: quark_history::OutboxClaim::window_bytes
+    pub window_bytes: u64,
 }
 
 impl DeliveryPolicy {
@@ -106,12 +115,20 @@ impl DeliveryPolicy {
             timeout,
             lease,
             window: 64,
+            window_bytes: DEFAULT_WINDOW_BYTES,
         }
     }
 
     /// Sets how many messages of a key are handed over at once (default 64).
     pub fn window(mut self, window: u32) -> Self {
         self.window = window.max(1);
+        self
+    }
+
+    /// Sets how many payload bytes a window handed over may hold (default
+    /// [`DEFAULT_WINDOW_BYTES`]; a first message larger than that still goes, alone).
+    pub fn window_bytes(mut self, bytes: u64) -> Self {
+        self.window_bytes = bytes;
         self
     }
 
@@ -198,7 +215,10 @@ pub async fn run_key(
                 )
             }
             _ if sent == window.len() && !stopping() => (
-                WindowOutcome::all_sent(sent, Some((policy.window, policy.lease))),
+                WindowOutcome::all_sent(
+                    sent,
+                    Some(NextWindow::new(policy.window, policy.lease).bytes(policy.window_bytes)),
+                ),
                 None,
             ),
             // Stopped, or every message sent as the worker stops: hand the rest back.
