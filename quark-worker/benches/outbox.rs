@@ -377,6 +377,7 @@ async fn bench(
             i = end;
         }
     }
+    // From before the worker starts: its start (a claim right away) is part of the drain.
     let started = Instant::now();
     let running = Worker::builder()
         .store(Arc::clone(&store))
@@ -518,8 +519,8 @@ async fn bench(
         backend,
         dest,
         workload: format!(
-            "{} messages over {} keys, commits of {WRITE_BATCH}, relay claims of {}",
-            a.messages, a.keys, a.relay_batch
+            "{} messages over {} keys, commits of {WRITE_BATCH}, relay claims of {}, windows of {}",
+            a.messages, a.keys, a.relay_batch, a.relay_window
         ),
         rate: format!(
             "{:.0} msg/s (writes alone: {:.0} msg/s)",

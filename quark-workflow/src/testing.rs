@@ -323,7 +323,9 @@ impl Inner {
             .claim_outbox(
                 OutboxClaim::new(TEST_WORKER)
                     .limit(64)
-                    .window(policy.window),
+                    .window(policy.window)
+                    .window_bytes(policy.window_bytes)
+                    .lease(policy.lease),
             )
             .await?;
         let windows = windows(claimed);

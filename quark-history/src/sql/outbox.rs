@@ -46,7 +46,7 @@ fn window_of(keys: &str) -> String {
            sum(length(p.payload)) OVER (PARTITION BY p.ordering_key ORDER BY p.id) \
              - length(p.payload) AS before \
          FROM outbox p WHERE p.state = 'pending' AND p.ordering_key IN ({keys})) w \
-         WHERE w.rn <= $5 AND w.late = 0 AND w.before < $6"
+         WHERE w.rn <= $5 AND w.late = 0 AND (w.rn = 1 OR w.before < $6)"
     )
 }
 

@@ -22,12 +22,21 @@ pub(super) struct Telemetry {
 }
 
 impl Telemetry {
-    /// Flushes the spans not exported yet (a bounded wait: the exporter's own timeout).
+    /// Flushes the spans not exported yet, waiting at most as long as one export may take (the
+    /// OTLP exporter's own timeout, 10 s unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise;
+    /// the SDK's default wait, 5 s, could give up on an export still under way).
     pub(super) fn shutdown(self) {
         #[cfg(feature = "otel")]
         if let Some(provider) = self.provider {
+            let wait = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(
+                    std::time::Duration::from_secs(10),
+                    std::time::Duration::from_millis,
+                );
             // Its batch processor blocks until its thread has exported: not on a runtime thread.
-            let flushed = std::thread::spawn(move || provider.shutdown()).join();
+            let flushed = std::thread::spawn(move || provider.shutdown_with_timeout(wait)).join();
             if let Ok(Err(e)) = flushed {
                 eprintln!("quark: exporting the last spans: {e}");
             }

@@ -138,9 +138,10 @@ impl OutboxRelay {
         self
     }
 
-    /// The most payload bytes of one window (default 1 MiB): a window stops before the message
-    /// whose predecessors in it reach this, and a first message larger than it goes alone. With
-    /// [`batch`](Self::batch) keys in flight, it bounds the payloads a relay holds in memory.
+    /// The payload bytes of one window before its last message (default 1 MiB): a window stops
+    /// before the message whose predecessors in it reach this, and a first message larger than it
+    /// goes alone. With [`batch`](Self::batch) keys in flight, a relay holds at most `batch` x
+    /// (this + the store's payload limit) of payloads in memory.
     pub fn window_bytes(mut self, bytes: u64) -> Self {
         self.window_bytes = bytes;
         self

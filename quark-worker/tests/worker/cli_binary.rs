@@ -421,6 +421,7 @@ fn it_exports_a_commands_span_over_otlp_and_what_the_command_wrote_carries_its_t
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    let sent_stderr = stderr(&o);
 
     // The message carries the trace context of the command's span.
     let o = quark(&dir, &["outbox", "list", "-o", "json"], &[]);
@@ -443,7 +444,10 @@ fn it_exports_a_commands_span_over_otlp_and_what_the_command_wrote_carries_its_t
     // in the protobuf body as raw bytes.
     let received = received.lock().unwrap();
     let traces: Vec<&Received> = received.iter().filter(|r| r.path == "/v1/traces").collect();
-    assert!(!traces.is_empty(), "nothing exported: {received:?}");
+    assert!(
+        !traces.is_empty(),
+        "nothing exported: {received:?}; the command said: {sent_stderr}"
+    );
     assert!(
         traces
             .iter()

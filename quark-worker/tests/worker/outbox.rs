@@ -21,6 +21,7 @@ use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry,
 quark_history::backend_tests!(
     it_relays_each_message_once_and_each_key_in_order_across_two_workers,
     it_claims_other_keys_while_one_key_is_still_being_delivered,
+    it_hands_a_window_back_before_its_lease_runs_out,
     it_publishes_to_jetstream_which_drops_a_resend_by_message_id,
     it_publishes_a_keys_windows_to_jetstream_in_order,
     it_signals_a_running_orchestration_once_even_when_the_relay_resends,
@@ -207,6 +208,69 @@ async fn it_claims_other_keys_while_one_key_is_still_being_delivered(t: &TestSto
     })
     .await;
     worker.shutdown().await;
+}
+
+async fn it_hands_a_window_back_before_its_lease_runs_out(t: &TestStore) {
+    // Each delivery takes 10 s of the store's clock; a window of 8 is leased for 30 s and each
+    // delivery may take up to 5: the relay must stop after the third and hand the rest back.
+    let deliveries: Arc<Mutex<Vec<(u32, quark_history::Timestamp, quark_history::Timestamp)>>> =
+        Arc::default();
+    let sink = {
+        let (deliveries, clock) = (Arc::clone(&deliveries), t.clock.clone());
+        relay()
+            .timeout(Duration::from_secs(5))
+            .lease(Duration::from_secs(30))
+            .window(8)
+            .batch(1)
+            .callback("tick", move |m| {
+                let (deliveries, clock) = (Arc::clone(&deliveries), clock.clone());
+                async move {
+                    let n: u32 = serde_json::from_slice(&m.payload).unwrap();
+                    deliveries.lock().unwrap().push((
+                        n,
+                        quark_history::Clock::now(&clock),
+                        m.lease_expires_at,
+                    ));
+                    clock.advance(Duration::from_secs(10));
+                    Ok(())
+                }
+            })
+    };
+    t.store
+        .send(
+            (0..8u32)
+                .map(|n| {
+                    OutboxMessage::json(Destination::callback("tick"), &n)
+                        .unwrap()
+                        .ordering_key("k")
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let worker = start(t, "relay-lease", sink, None).await;
+    eventually("every message is sent", async || {
+        messages(t.store.as_ref(), MessageState::Sent).await.len() == 8
+    })
+    .await;
+    worker.shutdown().await;
+    let deliveries = deliveries.lock().unwrap().clone();
+    assert_eq!(
+        deliveries.iter().map(|d| d.0).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    for (n, at, expires) in &deliveries {
+        assert!(
+            *at + Duration::from_secs(5) < *expires,
+            "message {n} was delivered at {at:?} with its lease ending at {expires:?}"
+        );
+    }
+    let leases: std::collections::BTreeSet<_> = deliveries.iter().map(|d| d.2).collect();
+    assert!(
+        leases.len() >= 3,
+        "the window was cut and the rest claimed again: {leases:?}"
+    );
 }
 
 async fn it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_delivery(

@@ -74,8 +74,9 @@ pub trait Destinations: Send + Sync {
     }
 }
 
-/// The payload bytes a window holds at most by default, the first message's own excepted: with
-/// 64 keys in flight, 64 MiB of payloads in memory at most.
+/// The payload bytes a window holds by default before its last message (which may add up to the
+/// store's payload limit): a window takes a message only while the payloads before it are under
+/// this, and a first message always.
 pub const DEFAULT_WINDOW_BYTES: u64 = 1024 * 1024;
 
 /// How deliveries are retried.
@@ -249,7 +250,8 @@ pub async fn run_key(
 }
 
 /// Delivers a window's messages one after the other, each bounded by the policy's timeout, until
-/// one fails or `stopping` says so.
+/// one fails, `stopping` says so, or the window's lease would run out during the next delivery:
+/// the rest is then handed back untried, before another relay may take the key over.
 async fn deliver_in_turn(
     store: &dyn Store,
     destinations: &dyn Destinations,
@@ -259,7 +261,7 @@ async fn deliver_in_turn(
 ) -> WindowResults {
     let mut results = Vec::with_capacity(window.len());
     for m in window {
-        if stopping() {
+        if stopping() || store.config().clock.now() + policy.timeout >= m.lease_expires_at {
             break;
         }
         let result =
