@@ -138,7 +138,7 @@ async fn it_bounds_a_window_by_its_payload_bytes(t: &TestStore) {
             .ordering_key(key)
     };
     t.store
-        .send((0..5).map(|_| sized("a", 100)).collect())
+        .send((0..6).map(|_| sized("a", 100)).collect())
         .await
         .unwrap();
     t.store
@@ -156,7 +156,7 @@ async fn it_bounds_a_window_by_its_payload_bytes(t: &TestStore) {
     assert_eq!(lengths(&a), [102, 102, 102]);
     // b: a head larger than the bound goes, alone.
     assert_eq!(lengths(&b), [1002]);
-    // The hand-over keeps to its own bound.
+    // The hand-over keeps to its own bound: two of the three left.
     let next = t
         .store
         .settle_outbox_window(
