@@ -62,7 +62,8 @@ pub trait Destinations: Send + Sync {
     /// Delivers a whole window with several messages in flight at once, where the destination
     /// keeps them in order by itself (one connection to a broker that takes them in the order
     /// they were sent), each bounded by `timeout`; `None` (the default) has them delivered one
-    /// after the other.
+    /// after the other. The caller stops waiting one `timeout` before the window's lease runs out
+    /// and counts what has not ended by then as a failed attempt.
     fn pipeline<'a>(
         &'a self,
         store: &'a dyn Store,
@@ -191,7 +192,7 @@ pub async fn run_key(
 ) {
     while !window.is_empty() {
         let results = match destinations.pipeline(store, &window, policy.timeout) {
-            Some(pipelined) if !stopping() => pipelined.await,
+            Some(pipelined) if !stopping() => within_lease(store, policy, &window, pipelined).await,
             _ => deliver_in_turn(store, destinations, policy, &window, stopping).await,
         };
         let sent = results.iter().take_while(|r| r.is_ok()).count();
@@ -246,6 +247,32 @@ pub async fn run_key(
                 return;
             }
         }
+    }
+}
+
+/// Awaits a window's pipelined deliveries until one policy timeout before the window's lease runs
+/// out, whatever the destination does, so that the window is settled while the key is still ours.
+/// Deliveries that have not ended by then count as a failed attempt of the window's first message
+/// (retried later, and dead after its attempts, like any failure); the rest is handed back. Some
+/// of them may have reached the destination: they are sent again with the same idempotency keys.
+async fn within_lease(
+    store: &dyn Store,
+    policy: &DeliveryPolicy,
+    window: &[ClaimedMessage],
+    pipelined: BoxFuture<'_, WindowResults>,
+) -> WindowResults {
+    let now = store.config().clock.now();
+    let left = window[0]
+        .lease_expires_at
+        .since(now)
+        .saturating_sub(policy.timeout);
+    match tokio::time::timeout(left, pipelined).await {
+        Ok(results) => results,
+        Err(_) => vec![Err(DeliveryError::retry(format!(
+            "the window's deliveries had not ended {left:?} after they started, one delivery \
+             timeout ({:?}) before the window's lease would run out",
+            policy.timeout
+        )))],
     }
 }
 
@@ -337,3 +364,7 @@ pub async fn deliver_signal(
         Err(e) => Err(DeliveryError::retry(e.to_string())),
     }
 }
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;
