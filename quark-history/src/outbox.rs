@@ -339,11 +339,13 @@ pub struct OutboxRecord {
     pub headers: BTreeMap<String, String>,
     /// Its state.
     pub state: MessageState,
-    /// How many times it was claimed for delivery.
+    /// How many delivery attempts it has had: counted when it is leased as the first message of
+    /// a window, and for a message behind it in the window, when its delivery is settled.
     pub attempts: u32,
     /// When it is next due (while it is leased: the lease expiry).
     pub next_attempt_at: Timestamp,
-    /// The worker holding it, if it is being delivered.
+    /// The worker holding its key, if it is the first message of a window being delivered (the
+    /// messages behind it in the window are held through it and show none).
     pub lease_owner: Option<String>,
     /// The error of its last failed attempt.
     pub last_error: Option<String>,

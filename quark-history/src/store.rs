@@ -371,7 +371,9 @@ pub trait OutboxStore: Send + Sync {
     /// key's next message is not handed out before the previous one is settled.
     fn claim_outbox(&self, claim: OutboxClaim) -> BoxFuture<'_, Result<Vec<ClaimedMessage>>>;
 
-    /// Settles a claimed message (fenced by its lease: `LeaseLost` if it was claimed again).
+    /// Settles a claimed message that holds its own lease: one claimed alone, or the first of a
+    /// window (fenced by its lease: `LeaseLost` if it was claimed again). The others of a window
+    /// are settled with [`OutboxStore::settle_outbox_window`].
     /// After `Delivery::Sent { next_lease: Some(..) }`, returns the key's next message if it is
     /// due, already leased to the same worker.
     fn settle_outbox<'a>(
@@ -384,8 +386,8 @@ pub trait OutboxStore: Send + Sync {
     /// in id order, delivered in that order. One transaction marks the delivered ones sent,
     /// settles the failed one, hands the untried rest back (due now, the claim not counted as an
     /// attempt), and, with [`WindowOutcome::next`], leases the key's next window and returns it.
-    /// Fenced by the window's lease: `LeaseLost` (and nothing written) if any of its messages was
-    /// claimed again after the lease expired.
+    /// Fenced by the window's lease, which its first message carries for all of them: `LeaseLost`
+    /// (and nothing written) if the key was claimed again after the lease expired.
     fn settle_outbox_window<'a>(
         &'a self,
         window: &'a [ClaimedMessage],

@@ -91,6 +91,7 @@ impl Dialect for Postgres {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const GENERIC_PLANS: bool = true;
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const MODIFYING_CTE: bool = true;
     const ONE_WRITER: bool = false;
     const BACKEND: Backend = Backend::Postgres;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;

@@ -191,6 +191,11 @@ pub(crate) trait Dialect:
     /// over rather than waited for: `FOR UPDATE SKIP LOCKED` on PostgreSQL, nothing on SQLite.
     const SKIP_LOCKED: &'static str;
 
+    /// Whether a statement can change rows in a `WITH` clause and read the table as it was before
+    /// the change (PostgreSQL's data-modifying CTEs); without, the change and the read are two
+    /// statements in one transaction.
+    const MODIFYING_CTE: bool;
+
     /// Whether the database has one writer (SQLite), so that a statement that reads rows and then
     /// changes them must take the write lock before it reads, in a `BEGIN IMMEDIATE` transaction:
     /// alone, it would start as a reader and could find at its first write that another process

@@ -74,6 +74,7 @@ impl Dialect for Sqlite {
     const FOR_UPDATE: &'static str = "";
     const GENERIC_PLANS: bool = false;
     const SKIP_LOCKED: &'static str = "";
+    const MODIFYING_CTE: bool = false;
     const ONE_WRITER: bool = true;
     const BACKEND: Backend = Backend::Sqlite;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;

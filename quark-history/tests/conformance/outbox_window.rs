@@ -372,21 +372,26 @@ async fn it_writes_nothing_of_a_window_whose_lease_was_lost(t: &TestStore) {
     t.clock.advance(Duration::from_secs(31));
     let fresh = t.store.claim_outbox(claim("w2", 3)).await.unwrap();
     assert_eq!(fresh.len(), 3, "the expired window is claimed again");
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push(format!("{:?}", record(t, *id).await));
+    }
     let err = t
         .store
         .settle_outbox_window(&stale, WindowOutcome::all_sent(3, None))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LeaseLost { .. }), "{err:?}");
-    for id in &ids {
+    for (id, before) in ids.iter().zip(&before) {
         let r = record(t, *id).await;
         assert_eq!(r.state, MessageState::Pending);
-        assert_eq!(
-            r.lease_owner.as_deref(),
-            Some("w2"),
-            "the new holder keeps it"
-        );
+        assert_eq!(&format!("{r:?}"), before, "the stale settle wrote nothing");
     }
+    assert_eq!(
+        record(t, ids[0]).await.lease_owner.as_deref(),
+        Some("w2"),
+        "the new holder keeps the key"
+    );
     t.store
         .settle_outbox_window(&fresh, WindowOutcome::all_sent(3, None))
         .await
