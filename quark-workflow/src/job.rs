@@ -257,7 +257,7 @@ impl Client {
     /// # use quark_workflow::quark_history::sqlx;
     /// # async fn demo(client: &Client) -> anyhow::Result<()> {
     /// let mut tx = client.begin_tx().await?;
-    /// sqlx::query("INSERT INTO users (id) VALUES (42)").execute(tx.postgres()?).await?;
+    /// sqlx::query("INSERT INTO users (id) VALUES (42)").execute(tx.sqlite()?).await?;
     /// let job = client.enqueue_tx::<send_welcome>(&mut tx, &42, JobOptions::default()).await?;
     /// tx.commit().await?;
     /// # let _ = job; Ok(()) }

@@ -267,6 +267,13 @@ fn traced(test: impl AsyncFnOnce(&InMemorySpanExporter)) {
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("quark-test")));
     let dispatch = tracing::Dispatch::new(subscriber);
+    // tracing caches each callsite's interest for the whole process. While exactly one dispatcher
+    // exists, it computes that interest with the default of the thread that first reaches the
+    // callsite: a sibling test, on a thread without a subscriber, reaching the worker's task span
+    // first would cache "never", and this test would see no turn at all (it timed out once in CI
+    // that way, waiting for the receiver's first turn). With a second dispatcher alive, tracing
+    // asks every registered dispatcher instead.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let on_threads = dispatch.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
