@@ -307,8 +307,16 @@ async fn it_redelivers_with_the_same_idempotency_key_after_a_relay_dies_mid_deli
     .await;
     drop(doomed);
     let survivor = start(t, "relay-survivor", sink("survivor", false), None).await;
-    // The dead relay's lease runs out (on the store's clock), and the survivor takes over.
-    t.advance_until(Duration::from_secs(5), "the message is sent", async || {
+    // The dead relay's lease runs out (on the store's clock), and the survivor takes over. The
+    // clock stops once the survivor has delivered: moved on while it settles, it would run out the
+    // survivor's own lease too, and the survivor would take the message again.
+    t.advance_until(
+        Duration::from_secs(5),
+        "the survivor delivers",
+        async || seen.lock().unwrap().len() >= 2,
+    )
+    .await;
+    eventually("the message is sent", async || {
         message(t.store.as_ref(), ids[0]).await.state == MessageState::Sent
     })
     .await;
