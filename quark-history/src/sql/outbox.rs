@@ -18,7 +18,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::outbox::{
     ClaimedMessage, Delivery, OUTBOX_WAKE_QUEUE, OutboxClaim, OutboxFilter, OutboxLease,
-    OutboxMessage, OutboxRecord, WindowOutcome, decode_headers, prepare,
+    OutboxMessage, OutboxRecord, UNBOUNDED_BYTES, WindowOutcome, decode_headers, prepare,
 };
 use crate::queue::TaskKind;
 use crate::store::OutboxStore;
@@ -189,14 +189,11 @@ fn byte_bound(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
-/// The columns a claim returns.
-const CLAIMED_COLUMNS: &str = "id, attempts, destination, ordering_key, idempotency_key, payload, headers, created_at, next_attempt_at";
-
 fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
 }
 
-/// A claimed message from a row of [`CLAIMED_COLUMNS`]; its lease expires at `next_attempt_at`.
+/// A claimed message from a row that [`lease_windows`] read; its lease expires at `next_attempt_at`.
 fn claimed<DB: Dialect>(worker: &str, row: &Row<DB>) -> Result<ClaimedMessage> {
     Ok(ClaimedMessage {
         lease: OutboxLease {
@@ -320,24 +317,15 @@ impl<S: SqlStore> OutboxStore for S {
                 next_lease: Some(lease_for),
             } = &delivery
             {
-                // Not SKIP LOCKED: a head locked by a claimer must not be passed over for the
-                // message behind it. The re-checked `next_attempt_at <= now` leaves it out if it
-                // got leased.
-                let row = Stmt::<S::Db>::new(sql(format!(
-                    "UPDATE outbox SET lease_owner = $3, attempts = attempts + 1, next_attempt_at = $4 \
-                     WHERE id = (SELECT min(p.id) FROM outbox p WHERE p.state = 'pending' AND p.ordering_key = $1) \
-                       AND next_attempt_at <= $2 AND state = 'pending' \
-                     RETURNING {CLAIMED_COLUMNS}"
-                )))
-                .bind(key)
-                .bind(now.as_micros())
-                .bind(lease.worker.as_str())
-                .bind((now + *lease_for).as_micros())
-                .fetch_optional(&mut tx)
-                .await?;
-                if let Some(row) = row {
-                    next = Some(claimed(&lease.worker, &row)?);
-                }
+                // The key's next message, as a hand-over of a window of one.
+                next = lease_windows::<S>(
+                    &mut tx,
+                    Heads::Key(&key),
+                    (now, &lease.worker, now + *lease_for),
+                    (1, UNBOUNDED_BYTES),
+                )
+                .await?
+                .pop();
             }
             tx.commit().await?;
             let free = match &delivery {
