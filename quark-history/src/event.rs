@@ -6,6 +6,9 @@
 //! replay executor assigns in the order the code issues commands, and the call site of the `ctx`
 //! call, so a nondeterminism error can point at source lines. Events that resolve a command
 //! (`ActivityCompleted`, `TimerFired`, `ChildCompleted`, ...) carry the same id.
+//!
+//! An entity's stream is a history too, of [`HistoryEvent::EntityEvent`]s only: it shares the
+//! global order, the hash chain, verification and checkpoints with the workflows.
 
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +231,19 @@ pub enum HistoryEvent {
         /// Why, as given by the caller.
         reason: String,
     },
+    /// A domain event of an entity, in the entity's stream (an instance whose status is
+    /// [`InstanceStatus::Stream`](crate::InstanceStatus::Stream)). Only streams hold these, and
+    /// streams hold nothing else.
+    EntityEvent {
+        /// The event's type name (`Deposited`), for readers that select by type.
+        event_type: String,
+        /// The event itself, as the entity's code serialized it.
+        data: Payload,
+        /// What caused it: the id of the command, message or workflow step it answers.
+        causation: Option<String>,
+        /// The conversation it belongs to, carried unchanged from cause to effect.
+        correlation: Option<String>,
+    },
 }
 
 impl HistoryEvent {
@@ -253,6 +269,7 @@ impl HistoryEvent {
             HistoryEvent::WorkflowFailed { .. } => "WorkflowFailed",
             HistoryEvent::WorkflowCancelled { .. } => "WorkflowCancelled",
             HistoryEvent::WorkflowTerminated { .. } => "WorkflowTerminated",
+            HistoryEvent::EntityEvent { .. } => "EntityEvent",
         }
     }
 

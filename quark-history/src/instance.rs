@@ -31,11 +31,14 @@ pub enum InstanceStatus {
     Terminated,
     /// Ended and continued by a new run.
     ContinuedAsNew,
+    /// Not a workflow run but an entity's stream of events: it never ends and has no tasks.
+    /// Listings leave streams out unless asked for this status.
+    Stream,
 }
 
 impl InstanceStatus {
     /// Every status, in declaration order.
-    pub const ALL: [InstanceStatus; 7] = [
+    pub const ALL: [InstanceStatus; 8] = [
         InstanceStatus::Running,
         InstanceStatus::Blocked,
         InstanceStatus::Completed,
@@ -43,6 +46,7 @@ impl InstanceStatus {
         InstanceStatus::Cancelled,
         InstanceStatus::Terminated,
         InstanceStatus::ContinuedAsNew,
+        InstanceStatus::Stream,
     ];
 
     /// The value stored in the `status` column.
@@ -55,13 +59,14 @@ impl InstanceStatus {
             InstanceStatus::Cancelled => "cancelled",
             InstanceStatus::Terminated => "terminated",
             InstanceStatus::ContinuedAsNew => "continued_as_new",
+            InstanceStatus::Stream => "stream",
         }
     }
 
     /// Whether the instance has ended. A blocked instance has not: it resumes once re-driven.
     pub fn is_closed(self) -> bool {
         match self {
-            InstanceStatus::Running | InstanceStatus::Blocked => false,
+            InstanceStatus::Running | InstanceStatus::Blocked | InstanceStatus::Stream => false,
             InstanceStatus::Completed
             | InstanceStatus::Failed
             | InstanceStatus::Cancelled
@@ -205,7 +210,7 @@ pub struct BlockedTurn {
 pub struct InstanceFilter {
     /// Only this orchestration type.
     pub instance_type: Option<String>,
-    /// Only these statuses (empty: all).
+    /// Only these statuses (empty: every status but [`InstanceStatus::Stream`]).
     pub statuses: Vec<InstanceStatus>,
     /// Only instances created at or after this time.
     pub created_from: Option<Timestamp>,

@@ -22,6 +22,9 @@
 //!   applied in sequence order per key with [`SequencedInbox`] (gaps held, then declared lost).
 //! - **Wake-ups** ([`Wakeups`]), the gap-safe global order ([`Store::read_all`]) and a per-instance
 //!   blake3 hash chain ([`Store::verify`]).
+//! - **Entity streams** ([`StreamStore`]): the event-sourced journal of application state, in the
+//!   same history table as the workflows (appended with an expected version, chained, in the global
+//!   order), with versioned [`Snapshot`]s.
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
 //!   ([`ScheduleStore::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
 //!
@@ -74,6 +77,7 @@ mod queue;
 mod schedule;
 mod sql;
 mod store;
+mod stream;
 mod transaction;
 mod wakeup;
 
@@ -91,6 +95,7 @@ pub mod prelude {
     pub use crate::inbox::InboxStore;
     pub use crate::inbox_order::SequencedStore;
     pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
+    pub use crate::stream::StreamStore;
 }
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
@@ -133,6 +138,7 @@ pub use sqlx;
 pub use store::{
     Backend, DEFAULT_MAX_PAYLOAD_BYTES, JobStore, OutboxStore, ScheduleStore, Store, StoreConfig,
 };
+pub use stream::{DEFAULT_SNAPSHOTS_KEPT, Snapshot, StreamStore};
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 

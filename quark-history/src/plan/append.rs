@@ -66,6 +66,18 @@ pub(crate) fn append(
     let mut head = *from;
     let mut output = None;
     for event in &append.events {
+        let entity_event = matches!(event, HistoryEvent::EntityEvent { .. });
+        if entity_event != (head.status == InstanceStatus::Stream) {
+            return Err(Error::Invalid(match entity_event {
+                true => {
+                    format!("`{id}` is a workflow instance: entity events go to entity streams")
+                }
+                false => format!(
+                    "`{id}` is an entity stream: it holds entity events only, not {}",
+                    event.kind()
+                ),
+            }));
+        }
         if head.status.is_closed() {
             return Err(Error::InstanceClosed {
                 id: id.clone(),

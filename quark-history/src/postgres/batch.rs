@@ -147,6 +147,7 @@ impl PostgresStore {
             let head = (!h.status.is_closed()).then_some(Head {
                 next_seq: h.next_seq,
                 last_hash: h.last_hash,
+                stream: h.status == crate::InstanceStatus::Stream,
             });
             (id.clone(), head)
         }));

@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "traceparent",
         include_str!("../../migrations/postgres/0013_traceparent.sql"),
     ),
+    (
+        14,
+        "streams",
+        include_str!("../../migrations/postgres/0014_streams.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -18,6 +18,8 @@ const KEPT: usize = 100_000;
 pub(super) struct Head {
     pub(super) next_seq: u64,
     pub(super) last_hash: [u8; 32],
+    /// An entity stream's head, not a running workflow's: a row never changes between the two.
+    pub(super) stream: bool,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,7 @@ mod tests {
         Head {
             next_seq,
             last_hash: [next_seq as u8; 32],
+            stream: false,
         }
     }
 

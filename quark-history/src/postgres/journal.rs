@@ -113,7 +113,10 @@ pub(super) async fn append_in_tx(
         let running = InstanceHead {
             next_seq: head.next_seq,
             last_hash: head.last_hash,
-            status: InstanceStatus::Running,
+            status: match head.stream {
+                true => InstanceStatus::Stream,
+                false => InstanceStatus::Running,
+            },
         };
         let planned = plan::append(&store.config, append, Some(&running), now)?;
         if write_append(tx, append, &planned, Some(head)).await? {
@@ -148,6 +151,7 @@ fn done(planned: &Appended) -> ((u64, u64), Option<Head>) {
     let head = (!planned.head.status.is_closed()).then_some(Head {
         next_seq: planned.head.next_seq,
         last_hash: planned.head.last_hash,
+        stream: planned.head.status == InstanceStatus::Stream,
     });
     (planned.range, head)
 }
@@ -170,7 +174,7 @@ async fn write_append(
            history_bytes = history_bytes + $12, updated_at = $3, \
            output_codec = COALESCE($13, output_codec), output = COALESCE($14, output) \
            WHERE id = $1 AND ($15::bigint IS NULL OR \
-             (next_seq = $15 AND last_hash = $16 AND status IN ('running', 'blocked'))) \
+             (next_seq = $15 AND last_hash = $16 AND status IN ('running', 'blocked', 'stream'))) \
            RETURNING id) \
          INSERT INTO history (instance_id, seq, kind, schema_version, codec, payload, recorded_at, hash) \
          SELECT $1, seq, kind, $2, codec, payload, $3, hash \

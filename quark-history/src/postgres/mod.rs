@@ -186,6 +186,7 @@ impl crate::sql::SqlStore for PostgresStore {
             let head = heads::Head {
                 next_seq: 2,
                 last_hash,
+                stream: false,
             };
             (id.to_string(), Some(head))
         }));

@@ -297,7 +297,8 @@ pub(crate) async fn list_instances<S: SqlStore>(
     let limit = if filter.limit == 0 { 100 } else { filter.limit };
     // The statuses are the last parameter, present only when the filter names some.
     let statuses = match filter.statuses.is_empty() {
-        true => String::new(),
+        // Entity streams share the table but are not runs: only a filter that names them lists them.
+        true => "AND status <> 'stream' ".to_string(),
         false => format!("AND {} ", S::Db::in_list("status", 7)),
     };
     let stmt = Stmt::<S::Db>::new(sql(format!(

@@ -35,6 +35,7 @@ pub(crate) mod queue;
 mod queue_settings;
 pub(crate) mod schedule;
 mod store;
+mod streams;
 mod workers;
 
 pub(crate) use inbox::{receive, record};

@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "traceparent",
         include_str!("../../migrations/sqlite/0010_traceparent.sql"),
     ),
+    (
+        11,
+        "streams",
+        include_str!("../../migrations/sqlite/0011_streams.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

@@ -24,6 +24,7 @@ mod outbox_window;
 mod queue;
 mod readiness;
 mod schedules;
+mod streams;
 mod tls;
 mod trace_context;
 mod transaction;
