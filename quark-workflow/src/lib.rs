@@ -100,6 +100,7 @@ mod combinator;
 mod command;
 mod context;
 mod definition;
+pub mod entity;
 mod error;
 mod executor;
 mod future;

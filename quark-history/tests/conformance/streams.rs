@@ -176,8 +176,10 @@ async fn it_keeps_streams_and_workflow_instances_apart(t: &TestStore) {
         runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["order-1"]
     );
-    let mut only_streams = InstanceFilter::default();
-    only_streams.statuses = vec![InstanceStatus::Stream];
+    let only_streams = InstanceFilter {
+        statuses: vec![InstanceStatus::Stream],
+        ..Default::default()
+    };
     let streams = s.list_instances(only_streams).await.unwrap();
     assert_eq!(
         streams

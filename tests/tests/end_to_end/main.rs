@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod crash;
+mod entities;
 mod job_crash;
 mod recovery;
 mod shutdown;

@@ -1,0 +1,451 @@
+//! Running commands on entities, and reading their state now or at any past point.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use quark_history::{
+    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, Expected, HistoryEvent, HistoryRange, Payload, Snapshot,
+    Store, Timestamp,
+};
+
+use super::cache::{Cache, LiveEntity, Slot};
+use super::error::{EntityError, from_store};
+use super::load::{Loaded, StoredEvent, encode_state, events, load};
+use super::{Command, Entity, stream_id};
+use crate::runner::WarmLimits;
+
+/// How many times a command is decided before [`EntityError::Contended`]: each conflict with
+/// another writer costs one.
+pub const MAX_CONFLICT_RETRIES: u32 = 16;
+
+/// Where a command comes from, stamped on the events it appends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallMeta {
+    /// What caused the command: a message id, a workflow step, another event.
+    pub causation: Option<String>,
+    /// The conversation it belongs to, carried unchanged from cause to effect.
+    pub correlation: Option<String>,
+}
+
+impl CallMeta {
+    /// Caused by `id`.
+    pub fn caused_by(id: impl Into<String>) -> Self {
+        CallMeta {
+            causation: Some(id.into()),
+            correlation: None,
+        }
+    }
+
+    /// In conversation `id`.
+    pub fn correlated(mut self, id: impl Into<String>) -> Self {
+        self.correlation = Some(id.into());
+        self
+    }
+}
+
+/// A point in a stream's past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// After its first `n` events (0: the empty state).
+    Version(u64),
+    /// After every event appended at or before this time.
+    Time(Timestamp),
+}
+
+/// What changed between two versions of an entity.
+#[derive(Debug, Clone)]
+pub struct EntityDiff<E: Entity> {
+    /// The state at the earlier version.
+    pub before: E::State,
+    /// The state at the later version.
+    pub after: E::State,
+    /// The events between them, in order.
+    pub events: Vec<StoredEvent<E::Event>>,
+}
+
+/// Runs commands on entities over a store, keeping the recently used ones warm. Clones share the
+/// cache.
+#[derive(Clone)]
+pub struct Entities {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    cache: Cache,
+}
+
+impl std::fmt::Debug for Entities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entities")
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entities {
+    /// Entities over `store`, keeping at most [`WarmLimits::default`] live.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Entities::with_limits(store, WarmLimits::default())
+    }
+
+    /// Entities over `store`, keeping at most `limits` live.
+    pub fn with_limits(store: Arc<dyn Store>, limits: WarmLimits) -> Self {
+        Entities {
+            inner: Arc::new(Inner {
+                store,
+                cache: Cache::new(limits),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Entity `E`'s instance `key`.
+    pub fn entity<E: Entity>(&self, key: impl Into<String>) -> EntityRef<E> {
+        let key = key.into();
+        EntityRef {
+            stream: stream_id::<E>(&key),
+            key,
+            entities: self.clone(),
+            entity: PhantomData,
+        }
+    }
+
+    /// The entities kept live, with their footprints.
+    pub fn live(&self) -> Vec<LiveEntity> {
+        self.inner.cache.live()
+    }
+}
+
+/// One entity: entity type `E`, one key.
+pub struct EntityRef<E: Entity> {
+    entities: Entities,
+    key: String,
+    stream: String,
+    entity: PhantomData<fn() -> E>,
+}
+
+impl<E: Entity> Clone for EntityRef<E> {
+    fn clone(&self) -> Self {
+        EntityRef {
+            entities: self.entities.clone(),
+            key: self.key.clone(),
+            stream: self.stream.clone(),
+            entity: PhantomData,
+        }
+    }
+}
+
+impl<E: Entity> std::fmt::Debug for EntityRef<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntityRef")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+type Result<T, E> = std::result::Result<T, EntityError<<E as Entity>::Rejection>>;
+
+impl<E: Entity> EntityRef<E> {
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The stream's id (`TYPE/key`).
+    pub fn stream_id(&self) -> &str {
+        &self.stream
+    }
+
+    fn store(&self) -> &dyn Store {
+        &*self.entities.inner.store
+    }
+
+    /// Runs `command`: decides it against the current state and appends its events at the version
+    /// that state is at. See [`call_with`](Self::call_with).
+    pub async fn call<C: Command<E>>(&self, command: &C) -> Result<C::Reply, E> {
+        self.call_with(command, CallMeta::default()).await
+    }
+
+    /// Runs `command`, stamping its events with `meta`. On a conflict with another writer it
+    /// catches up on the events it missed and decides again, up to [`MAX_CONFLICT_RETRIES`]
+    /// times. A refusal appends nothing and returns the handler's error; so does every other
+    /// error.
+    pub async fn call_with<C: Command<E>>(
+        &self,
+        command: &C,
+        meta: CallMeta,
+    ) -> Result<C::Reply, E> {
+        let slot = self.entities.inner.cache.slot(&self.stream);
+        let mut held = slot.lock().await;
+        let outcome = self.decide_and_append(&mut held, command, &meta).await;
+        if let Err(e) = &outcome
+            && !matches!(e, EntityError::Rejected(_))
+        {
+            // The journal may differ from the state kept (a commit whose outcome is unknown, an
+            // event that did not decode): load it afresh next time.
+            *held = None;
+        }
+        outcome
+    }
+
+    async fn decide_and_append<C: Command<E>>(
+        &self,
+        held: &mut Option<Box<dyn std::any::Any + Send>>,
+        command: &C,
+        meta: &CallMeta,
+    ) -> Result<C::Reply, E> {
+        let store = self.store();
+        let mut attempts = 0;
+        // Whether the state was read from the journal during this call: a kept state may be
+        // behind what other processes appended.
+        let mut fresh = held.is_none();
+        loop {
+            attempts += 1;
+            let loaded = self.loaded(held, true).await?;
+            let decision = command.handle(&loaded.state);
+            // An append finds out at its commit whether the state was current; a refusal or a
+            // reply without events would not. Confirm them against the journal (one read of the
+            // events after the kept version) and decide again if anything was missed.
+            let appends = matches!(&decision, Ok(d) if !d.events.is_empty());
+            if !appends && !fresh {
+                fresh = true;
+                let seen = loaded.version;
+                self.catch_up(loaded).await?;
+                if loaded.version != seen {
+                    continue;
+                }
+            }
+            let decision = decision.map_err(EntityError::Rejected)?;
+            if decision.events.is_empty() {
+                return Ok(decision.reply);
+            }
+            let mut recorded = Vec::with_capacity(decision.events.len());
+            for event in &decision.events {
+                recorded.push(HistoryEvent::EntityEvent {
+                    event_type: E::event_type(event),
+                    data: Payload::encode(store.config().codec, event).map_err(Error::Encode)?,
+                    causation: meta.causation.clone(),
+                    correlation: meta.correlation.clone(),
+                });
+            }
+            let from = loaded.version;
+            let commit =
+                Commit::new().append(self.stream.as_str(), Expected::Seq(from + 1), recorded);
+            match store.commit(commit).await {
+                Ok(_) => {
+                    for event in &decision.events {
+                        E::apply(&mut loaded.state, event);
+                    }
+                    loaded.version = from + decision.events.len() as u64;
+                    let footprint = self.snapshot_if_due(loaded, from).await;
+                    self.entities
+                        .inner
+                        .cache
+                        .note(&self.stream, loaded.version, footprint);
+                    return Ok(decision.reply);
+                }
+                Err(Error::Conflict { .. }) if attempts < MAX_CONFLICT_RETRIES => {
+                    self.catch_up(loaded).await?;
+                    fresh = true;
+                }
+                Err(Error::Conflict { .. }) => {
+                    return Err(EntityError::Contended {
+                        stream: self.stream.clone(),
+                        attempts,
+                    });
+                }
+                Err(e) => return Err(from_store(e)),
+            }
+        }
+    }
+
+    /// The state kept in `held`, loaded (and, `for_write`, the stream opened) if there is none.
+    /// A kept state is not brought up to date here: a write finds out at its commit, a read
+    /// catches up itself.
+    async fn loaded<'h>(
+        &self,
+        held: &'h mut Option<Box<dyn std::any::Any + Send>>,
+        for_write: bool,
+    ) -> Result<&'h mut Loaded<E>, E> {
+        let usable = held
+            .as_ref()
+            .is_some_and(|b| b.downcast_ref::<Loaded<E>>().is_some());
+        if !usable {
+            let loaded = load::<E, E::Rejection>(self.store(), &self.stream, None).await?;
+            let footprint = encode_state::<E>(self.store(), &loaded.state)
+                .map(|p| p.as_bytes().len())
+                .ok();
+            self.entities
+                .inner
+                .cache
+                .note(&self.stream, loaded.version, footprint);
+            *held = Some(Box::new(loaded));
+        }
+        let Some(loaded) = held.as_mut().and_then(|b| b.downcast_mut::<Loaded<E>>()) else {
+            return Err(EntityError::Store(Error::Invalid(format!(
+                "the state of `{}` was not kept",
+                self.stream
+            ))));
+        };
+        if for_write && !loaded.opened {
+            let version = self
+                .store()
+                .open_stream(&self.stream, E::TYPE)
+                .await
+                .map_err(from_store)?;
+            loaded.opened = true;
+            // Someone appended between the load and the open: catch up before deciding.
+            if version > loaded.version {
+                self.catch_up(loaded).await?;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Applies the events appended after `loaded`'s version.
+    async fn catch_up(&self, loaded: &mut Loaded<E>) -> Result<(), E> {
+        for e in events::<E, E::Rejection>(self.store(), &self.stream, loaded.version, None).await?
+        {
+            E::apply(&mut loaded.state, &e.event);
+            loaded.version = e.version;
+        }
+        Ok(())
+    }
+
+    /// Snapshots the state if its version passed a multiple of [`Entity::SNAPSHOT_EVERY`] since
+    /// `from`; returns the state's encoded size if it was measured. A snapshot that fails to save
+    /// is logged, not an error: the events are in, and the next load reads more of them.
+    async fn snapshot_if_due(&self, loaded: &Loaded<E>, from: u64) -> Option<usize> {
+        let every = E::SNAPSHOT_EVERY;
+        if every == 0 || from / every == loaded.version / every {
+            return None;
+        }
+        let store = self.store();
+        let state = match encode_state::<E>(store, &loaded.state) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(stream = %self.stream, "snapshot not taken: {e}");
+                return None;
+            }
+        };
+        let size = state.as_bytes().len();
+        let snapshot = Snapshot {
+            stream_id: self.stream.clone(),
+            version: loaded.version,
+            schema: E::SCHEMA,
+            state,
+            taken_at: store.config().clock.now(),
+        };
+        if let Err(e) = store.save_snapshot(snapshot, DEFAULT_SNAPSHOTS_KEPT).await {
+            tracing::warn!(stream = %self.stream, version = loaded.version, "snapshot not saved: {e}");
+        }
+        Some(size)
+    }
+
+    /// The current state: the kept one brought up to date with the journal (one read of the
+    /// events after it), or loaded. A key never written to has the default state.
+    pub async fn state(&self) -> Result<E::State, E> {
+        Ok(self.current().await?.0)
+    }
+
+    /// The current version: how many events the stream holds.
+    pub async fn version(&self) -> Result<u64, E> {
+        Ok(self.current().await?.1)
+    }
+
+    async fn current(&self) -> Result<(E::State, u64), E> {
+        let slot: Slot = self.entities.inner.cache.slot(&self.stream);
+        let mut held = slot.lock().await;
+        let read = async {
+            let loaded = self.loaded(&mut held, false).await?;
+            self.catch_up(loaded).await?;
+            Ok::<_, EntityError<E::Rejection>>((loaded.state.clone(), loaded.version))
+        }
+        .await;
+        match read {
+            Ok((state, version)) => {
+                self.entities.inner.cache.note(&self.stream, version, None);
+                Ok((state, version))
+            }
+            Err(e) => {
+                *held = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The state at a past point, and the version it is at, read from the journal (the live
+    /// state is neither used nor changed). A version past the stream's end is refused.
+    pub async fn state_at(&self, at: At) -> Result<(E::State, u64), E> {
+        let version = match at {
+            At::Version(v) => v,
+            At::Time(t) => self.version_at(t).await?,
+        };
+        let loaded = load::<E, E::Rejection>(self.store(), &self.stream, Some(version)).await?;
+        if loaded.version < version {
+            return Err(EntityError::Store(Error::Invalid(format!(
+                "stream `{}` has {} events: there is no version {version}",
+                self.stream, loaded.version
+            ))));
+        }
+        Ok((loaded.state, loaded.version))
+    }
+
+    /// The version the stream was at, at time `t`: its last event appended at or before `t`.
+    async fn version_at(&self, t: Timestamp) -> Result<u64, E> {
+        let until = Timestamp::from_micros(t.as_micros().saturating_add(1));
+        let upto = self
+            .store()
+            .read_history(
+                &self.stream,
+                HistoryRange::Time {
+                    from: Timestamp::from_micros(i64::MIN),
+                    until,
+                },
+            )
+            .await
+            .map_err(from_store)?;
+        Ok(upto.last().map_or(0, |e| e.seq))
+    }
+
+    /// The events of versions `from + 1` to `to` and the states at both ends.
+    pub async fn diff(&self, from: u64, to: u64) -> Result<EntityDiff<E>, E> {
+        if from > to {
+            return Err(EntityError::Store(Error::Invalid(format!(
+                "a diff runs forward: version {from} is after {to}"
+            ))));
+        }
+        let (before, _) = self.state_at(At::Version(from)).await?;
+        let events = events::<E, E::Rejection>(self.store(), &self.stream, from, Some(to)).await?;
+        let mut after = before.clone();
+        for e in &events {
+            E::apply(&mut after, &e.event);
+        }
+        if events.len() as u64 != to - from {
+            return Err(EntityError::Store(Error::Invalid(format!(
+                "stream `{}` has {} events: there is no version {to}",
+                self.stream,
+                from + events.len() as u64
+            ))));
+        }
+        Ok(EntityDiff {
+            before,
+            after,
+            events,
+        })
+    }
+
+    /// The stream's events with versions in `(after, until]` (`until: None`: to the end).
+    pub async fn events(
+        &self,
+        after: u64,
+        until: Option<u64>,
+    ) -> Result<Vec<StoredEvent<E::Event>>, E> {
+        events::<E, E::Rejection>(self.store(), &self.stream, after, until).await
+    }
+}

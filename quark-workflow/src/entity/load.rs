@@ -1,0 +1,148 @@
+//! Reading an entity's state from the journal: the newest usable snapshot, then the events after
+//! it; and the events of a stream, decoded as the entity's own.
+
+use quark_history::{
+    HistoryEvent, HistoryRange, Payload, RecordedEvent, Snapshot, Store, Timestamp,
+};
+
+use super::Entity;
+use super::error::{EntityError, from_store};
+
+/// An entity's state at a version of its stream.
+pub(crate) struct Loaded<E: Entity> {
+    pub(crate) state: E::State,
+    pub(crate) version: u64,
+    /// Whether the stream's row is known to exist (a write must open it first).
+    pub(crate) opened: bool,
+}
+
+/// One of a stream's events, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent<Ev> {
+    /// Its version: the position in the stream, from 1.
+    pub version: u64,
+    /// When it was appended.
+    pub recorded_at: Timestamp,
+    /// Its type name.
+    pub event_type: String,
+    /// The event.
+    pub event: Ev,
+    /// What caused it.
+    pub causation: Option<String>,
+    /// The conversation it belongs to.
+    pub correlation: Option<String>,
+}
+
+/// Decodes a recorded event of stream `stream` as one of `E`'s.
+pub(crate) fn decode<E: Entity, R: std::fmt::Debug>(
+    recorded: RecordedEvent,
+) -> Result<StoredEvent<E::Event>, EntityError<R>> {
+    let bad = |message: String| EntityError::Decode {
+        stream: recorded.instance_id.clone(),
+        version: recorded.seq,
+        message,
+    };
+    let HistoryEvent::EntityEvent {
+        event_type,
+        data,
+        causation,
+        correlation,
+    } = recorded.event
+    else {
+        return Err(bad(format!(
+            "a {} event, not an entity event",
+            recorded.event.kind()
+        )));
+    };
+    let event = data.decode::<E::Event>().map_err(|e| {
+        bad(format!(
+            "a `{event_type}` event does not decode as {}'s events: {e}",
+            E::TYPE
+        ))
+    })?;
+    Ok(StoredEvent {
+        version: recorded.seq,
+        recorded_at: recorded.recorded_at,
+        event_type,
+        event,
+        causation,
+        correlation,
+    })
+}
+
+/// The events of `stream` with versions in `(after, until]` (`until: None`: to the end).
+pub(crate) async fn events<E: Entity, R: std::fmt::Debug>(
+    store: &dyn Store,
+    stream: &str,
+    after: u64,
+    until: Option<u64>,
+) -> Result<Vec<StoredEvent<E::Event>>, EntityError<R>> {
+    let range = HistoryRange::Seq {
+        from: after + 1,
+        until: until.map_or(u64::MAX, |u| u.saturating_add(1)),
+    };
+    store
+        .read_history(stream, range)
+        .await
+        .map_err(from_store)?
+        .into_iter()
+        .map(decode::<E, R>)
+        .collect()
+}
+
+/// The state of `stream` at version `until` (`None`: now): the newest snapshot of `E`'s schema at
+/// or before it, then the events after the snapshot. A snapshot that does not decode is skipped
+/// with a warning and the state rebuilt from the events.
+pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
+    store: &dyn Store,
+    stream: &str,
+    until: Option<u64>,
+) -> Result<Loaded<E>, EntityError<R>> {
+    let snapshot = store
+        .load_snapshot(stream, E::SCHEMA, until.unwrap_or(u64::MAX))
+        .await
+        .map_err(from_store)?;
+    let (mut state, mut version) = match snapshot.map(decode_snapshot::<E>) {
+        Some(Ok(start)) => start,
+        Some(Err(message)) => {
+            tracing::warn!(
+                stream,
+                schema = E::SCHEMA,
+                "{message}; rebuilding the state from the stream's events"
+            );
+            (E::State::default(), 0)
+        }
+        None => (E::State::default(), 0),
+    };
+    for e in events::<E, R>(store, stream, version, until).await? {
+        E::apply(&mut state, &e.event);
+        version = e.version;
+    }
+    Ok(Loaded {
+        state,
+        version,
+        opened: false,
+    })
+}
+
+fn decode_snapshot<E: Entity>(snapshot: Snapshot) -> Result<(E::State, u64), String> {
+    snapshot
+        .state
+        .decode::<E::State>()
+        .map(|state| (state, snapshot.version))
+        .map_err(|e| {
+            format!(
+                "the snapshot of `{}` at version {} does not decode: {e}",
+                snapshot.stream_id, snapshot.version
+            )
+        })
+}
+
+/// The state encoded as the store encodes payloads: what a snapshot stores, and the measure of a
+/// live entity's footprint.
+pub(crate) fn encode_state<E: Entity>(
+    store: &dyn Store,
+    state: &E::State,
+) -> Result<Payload, quark_history::Error> {
+    Payload::encode(store.config().codec, state).map_err(quark_history::Error::Encode)
+}

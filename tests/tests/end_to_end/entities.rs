@@ -1,0 +1,426 @@
+//! The entity conformance suite: event-sourced entities over the SDK's `Entities`, on SQLite and
+//! PostgreSQL alike. Two `Entities` over one store stand for two processes: each keeps its own
+//! warm states, and only the journal is shared.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{Clock, Commit, Error, Expected, HistoryEvent, Payload};
+use quark_workflow::WarmLimits;
+use quark_workflow::entity::{At, CallMeta, Command, Decision, Entities, Entity, EntityError};
+use serde::{Deserialize, Serialize};
+
+quark_history::backend_tests!(
+    it_refuses_a_command_that_fails_validation_and_appends_nothing,
+    it_decides_again_against_fresh_state_after_another_writer_appended,
+    it_keeps_every_deposit_of_concurrent_writers_in_one_gapless_stream,
+    it_loads_from_the_newest_snapshot_of_its_schema_and_rebuilds_without_one,
+    it_travels_to_a_version_or_a_time_and_diffs_two_versions,
+    it_names_the_stream_and_version_of_an_event_it_cannot_read,
+    it_refuses_an_oversized_event_with_its_size_and_the_limit,
+    it_keeps_a_bounded_set_of_live_entities_with_their_footprints,
+);
+
+struct Account;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Balance {
+    cents: i64,
+    deposits: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AccountEvent {
+    Deposited { cents: i64, memo: String },
+    Withdrawn { cents: i64 },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    Insufficient { balance: i64, asked: i64 },
+    NotPositive,
+}
+
+fn apply_account(state: &mut Balance, event: &AccountEvent) {
+    match event {
+        AccountEvent::Deposited { cents, .. } => {
+            state.cents += cents;
+            state.deposits += 1;
+        }
+        AccountEvent::Withdrawn { cents } => state.cents -= cents,
+    }
+}
+
+impl Entity for Account {
+    const TYPE: &'static str = "Account";
+    const SNAPSHOT_EVERY: u64 = 10;
+    type State = Balance;
+    type Event = AccountEvent;
+    type Rejection = Refused;
+    fn apply(state: &mut Balance, event: &AccountEvent) {
+        apply_account(state, event)
+    }
+}
+
+/// The same streams under a new state schema: it must not trust the old schema's snapshots.
+struct AccountV2;
+
+impl Entity for AccountV2 {
+    const TYPE: &'static str = "Account";
+    const SCHEMA: u32 = 2;
+    const SNAPSHOT_EVERY: u64 = 0;
+    type State = Balance;
+    type Event = AccountEvent;
+    type Rejection = Refused;
+    fn apply(state: &mut Balance, event: &AccountEvent) {
+        apply_account(state, event)
+    }
+}
+
+struct Deposit(i64, String);
+
+impl<E: Entity<State = Balance, Event = AccountEvent, Rejection = Refused>> Command<E> for Deposit {
+    const NAME: &'static str = "Deposit";
+    type Reply = i64;
+    fn handle(&self, state: &Balance) -> Result<Decision<AccountEvent, i64>, Refused> {
+        if self.0 <= 0 {
+            return Err(Refused::NotPositive);
+        }
+        let event = AccountEvent::Deposited {
+            cents: self.0,
+            memo: self.1.clone(),
+        };
+        Ok(Decision::emit([event]).reply(state.cents + self.0))
+    }
+}
+
+fn deposit(cents: i64) -> Deposit {
+    Deposit(cents, String::new())
+}
+
+struct Withdraw(i64);
+
+impl Command<Account> for Withdraw {
+    const NAME: &'static str = "Withdraw";
+    type Reply = i64;
+    fn handle(&self, state: &Balance) -> Result<Decision<AccountEvent, i64>, Refused> {
+        if self.0 > state.cents {
+            return Err(Refused::Insufficient {
+                balance: state.cents,
+                asked: self.0,
+            });
+        }
+        Ok(Decision::emit([AccountEvent::Withdrawn { cents: self.0 }]).reply(state.cents - self.0))
+    }
+}
+
+fn entities(t: &TestStore) -> Entities {
+    Entities::new(Arc::clone(&t.store))
+}
+
+async fn it_refuses_a_command_that_fails_validation_and_appends_nothing(t: &TestStore) {
+    let alice = entities(t).entity::<Account>("alice");
+    assert_eq!(alice.call(&deposit(30)).await.unwrap(), 30);
+    assert_eq!(alice.call(&Withdraw(10)).await.unwrap(), 20);
+
+    let refused = alice.call(&Withdraw(50)).await.unwrap_err();
+    assert_eq!(
+        refused.rejection(),
+        Some(&Refused::Insufficient {
+            balance: 20,
+            asked: 50
+        })
+    );
+    let refused = alice.call(&deposit(-1)).await.unwrap_err();
+    assert_eq!(refused.rejection(), Some(&Refused::NotPositive));
+    // Nothing of either refusal is in the journal; a fresh process sees the same state.
+    assert_eq!(alice.version().await.unwrap(), 2);
+    let fresh = entities(t).entity::<Account>("alice");
+    assert_eq!(
+        fresh.state().await.unwrap(),
+        Balance {
+            cents: 20,
+            deposits: 1
+        }
+    );
+    assert_eq!(
+        t.store
+            .read_history("Account/alice", quark_history::HistoryRange::All)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(t.store.verify("Account/alice").await.unwrap().is_intact());
+}
+
+async fn it_decides_again_against_fresh_state_after_another_writer_appended(t: &TestStore) {
+    let a = entities(t).entity::<Account>("alice");
+    let b = entities(t).entity::<Account>("alice");
+    a.call(&deposit(10)).await.unwrap();
+    // b appends behind a's back: a's warm state (10) is stale.
+    b.call(&deposit(5)).await.unwrap();
+    // Against the stale state this withdrawal is refused (10 < 15): a refusal is confirmed
+    // against the journal before it is returned, and decided again against 15.
+    let meta = CallMeta::caused_by("transfer-7").correlated("order-42");
+    assert_eq!(a.call_with(&Withdraw(15), meta).await.unwrap(), 0);
+    assert_eq!(a.version().await.unwrap(), 3);
+    assert_eq!(b.state().await.unwrap().cents, 0);
+
+    // b moves on again; a's deposit, decided on its stale state, conflicts at its commit, catches
+    // up and is decided again: its reply is the balance after both.
+    b.call(&deposit(7)).await.unwrap();
+    assert_eq!(a.call(&deposit(1)).await.unwrap(), 8);
+    assert_eq!(b.state().await.unwrap().cents, 8);
+    assert_eq!(a.version().await.unwrap(), 5);
+
+    let events = a.events(0, None).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(events[2].event, AccountEvent::Withdrawn { cents: 15 });
+    assert_eq!(events[2].event_type, "Withdrawn");
+    assert_eq!(events[2].causation.as_deref(), Some("transfer-7"));
+    assert_eq!(events[2].correlation.as_deref(), Some("order-42"));
+}
+
+async fn it_keeps_every_deposit_of_concurrent_writers_in_one_gapless_stream(t: &TestStore) {
+    const WRITERS: usize = 4;
+    const EACH: i64 = 25;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        // One `Entities` per writer: four processes racing on one key.
+        let alice = entities(t).entity::<Account>("alice");
+        tasks.push(tokio::spawn(async move {
+            let mut contended = 0;
+            for i in 0..EACH {
+                let memo = format!("writer {w}, deposit {i}");
+                loop {
+                    match alice.call(&Deposit(1, memo.clone())).await {
+                        Ok(_) => break,
+                        // Lost the race every time it retried: nothing was appended, so
+                        // calling again cannot double the deposit.
+                        Err(EntityError::Contended { .. }) => contended += 1,
+                        Err(e) => panic!("deposit failed: {e}"),
+                    }
+                }
+            }
+            contended
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total = WRITERS as i64 * EACH;
+    let alice = entities(t).entity::<Account>("alice");
+    assert_eq!(
+        alice.state().await.unwrap(),
+        Balance {
+            cents: total,
+            deposits: total as u32
+        }
+    );
+    let events = alice.events(0, None).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=total as u64).collect::<Vec<_>>()
+    );
+    // Each writer's deposits, once each.
+    let mut memos: Vec<String> = events
+        .iter()
+        .map(|e| match &e.event {
+            AccountEvent::Deposited { memo, .. } => memo.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    memos.sort();
+    memos.dedup();
+    assert_eq!(memos.len(), total as usize);
+    assert!(t.store.verify("Account/alice").await.unwrap().is_intact());
+}
+
+async fn it_loads_from_the_newest_snapshot_of_its_schema_and_rebuilds_without_one(t: &TestStore) {
+    let alice = entities(t).entity::<Account>("alice");
+    for _ in 0..25 {
+        alice.call(&deposit(1)).await.unwrap();
+    }
+    // Every 10 events: at 10 and 20.
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'Account/alice'")
+            .await,
+        2
+    );
+    assert_eq!(
+        t.scalar("SELECT MAX(version) FROM snapshots WHERE stream_id = 'Account/alice'")
+            .await,
+        20
+    );
+    // A load starts from the snapshot at 20: doctor it, and a fresh process shows it.
+    let doctored = serde_json::to_vec(&Balance {
+        cents: 1000,
+        deposits: 20,
+    })
+    .unwrap();
+    let hex: String = doctored.iter().map(|b| format!("{b:02x}")).collect();
+    let blob = match t.store.backend() {
+        quark_history::Backend::Postgres => format!("'\\x{hex}'::bytea"),
+        _ => format!("X'{hex}'"),
+    };
+    t.execute(&format!(
+        "UPDATE snapshots SET state = {blob} WHERE stream_id = 'Account/alice' AND version = 20"
+    ))
+    .await;
+    let fresh = entities(t).entity::<Account>("alice");
+    assert_eq!(fresh.state().await.unwrap().cents, 1005);
+
+    // Another schema ignores the snapshots and reads every event.
+    let v2 = entities(t).entity::<AccountV2>("alice");
+    assert_eq!(v2.state().await.unwrap().cents, 25);
+
+    // A snapshot that does not decode is skipped: the state is rebuilt from the events.
+    let garbage = match t.store.backend() {
+        quark_history::Backend::Postgres => "'\\x00ff'::bytea",
+        _ => "X'00ff'",
+    };
+    t.execute(&format!(
+        "UPDATE snapshots SET state = {garbage} WHERE stream_id = 'Account/alice'"
+    ))
+    .await;
+    let rebuilt = entities(t).entity::<Account>("alice");
+    assert_eq!(
+        rebuilt.state().await.unwrap(),
+        Balance {
+            cents: 25,
+            deposits: 25
+        }
+    );
+}
+
+async fn it_travels_to_a_version_or_a_time_and_diffs_two_versions(t: &TestStore) {
+    let alice = entities(t).entity::<Account>("alice");
+    let mut times = Vec::new();
+    for cents in [10, 20, 30] {
+        t.clock.advance(Duration::from_secs(60));
+        alice.call(&deposit(cents)).await.unwrap();
+        times.push(t.clock.now());
+    }
+    alice.call(&Withdraw(5)).await.unwrap();
+
+    for (version, cents) in [(0, 0), (1, 10), (2, 30), (3, 60), (4, 55)] {
+        let (state, at) = alice.state_at(At::Version(version)).await.unwrap();
+        assert_eq!((state.cents, at), (cents, version), "at version {version}");
+    }
+    // By time: after the second deposit and before the third.
+    let between = quark_history::Timestamp::from_micros(times[1].as_micros() + 1);
+    let (state, version) = alice.state_at(At::Time(between)).await.unwrap();
+    assert_eq!((state.cents, version), (30, 2));
+    let before_all = quark_history::Timestamp::from_micros(times[0].as_micros() - 1);
+    assert_eq!(alice.state_at(At::Time(before_all)).await.unwrap().1, 0);
+
+    let diff = alice.diff(1, 3).await.unwrap();
+    assert_eq!((diff.before.cents, diff.after.cents), (10, 60));
+    assert_eq!(
+        diff.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [2, 3]
+    );
+
+    let past_end = alice.state_at(At::Version(9)).await.unwrap_err();
+    assert!(
+        matches!(&past_end, EntityError::Store(Error::Invalid(m)) if m.contains("4 events")),
+        "{past_end:?}"
+    );
+    assert!(alice.diff(3, 1).await.is_err());
+    // Time travel reads the journal; the live state is still the present.
+    assert_eq!(alice.state().await.unwrap().cents, 55);
+}
+
+async fn it_names_the_stream_and_version_of_an_event_it_cannot_read(t: &TestStore) {
+    let alice = entities(t).entity::<Account>("alice");
+    alice.call(&deposit(10)).await.unwrap();
+    // Another program appends an event this code cannot read.
+    t.store
+        .commit(Commit::new().append(
+            "Account/alice",
+            Expected::Seq(2),
+            [HistoryEvent::EntityEvent {
+                event_type: "Frozen".into(),
+                data:
+                    Payload::json(&serde_json::json!({ "Frozen": { "until": "never" } })).unwrap(),
+                causation: None,
+                correlation: None,
+            }],
+        ))
+        .await
+        .unwrap();
+    let e = alice.call(&deposit(1)).await.unwrap_err();
+    assert!(
+        matches!(&e, EntityError::Decode { stream, version: 2, message }
+            if stream == "Account/alice" && message.contains("Frozen")),
+        "{e:?}"
+    );
+    let e = entities(t)
+        .entity::<Account>("alice")
+        .state()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, EntityError::Decode { version: 2, .. }),
+        "{e:?}"
+    );
+    // The refused deposit appended nothing.
+    assert_eq!(
+        t.store
+            .read_history("Account/alice", quark_history::HistoryRange::All)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+async fn it_refuses_an_oversized_event_with_its_size_and_the_limit(t: &TestStore) {
+    let alice = entities(t).entity::<Account>("alice");
+    alice.call(&deposit(10)).await.unwrap();
+    let limit = t.store.config().max_payload_bytes;
+    let huge = Deposit(1, "x".repeat(limit + 1));
+    let e = alice.call(&huge).await.unwrap_err();
+    assert!(
+        matches!(&e, EntityError::Store(Error::PayloadTooLarge { size, limit: l })
+            if *size > limit && *l == limit),
+        "{e:?}"
+    );
+    assert_eq!(alice.version().await.unwrap(), 1);
+    assert_eq!(alice.call(&deposit(1)).await.unwrap(), 11);
+}
+
+async fn it_keeps_a_bounded_set_of_live_entities_with_their_footprints(t: &TestStore) {
+    let limits = WarmLimits {
+        instances: 2,
+        bytes: usize::MAX,
+    };
+    let live = Entities::with_limits(Arc::clone(&t.store), limits);
+    for key in ["a", "b", "c"] {
+        live.entity::<Account>(key).call(&deposit(5)).await.unwrap();
+    }
+    let kept = live.live();
+    assert_eq!(
+        kept.iter()
+            .map(|l| l.stream_id.as_str())
+            .collect::<Vec<_>>(),
+        ["Account/b", "Account/c"]
+    );
+    let expected = serde_json::to_vec(&Balance {
+        cents: 0,
+        deposits: 0,
+    })
+    .unwrap()
+    .len();
+    for l in &kept {
+        // Measured at load (the empty state), kept until the next snapshot.
+        assert_eq!((l.footprint, l.version), (expected, 1), "{l:?}");
+    }
+    // The evicted one loads again, from the journal.
+    assert_eq!(live.entity::<Account>("a").state().await.unwrap().cents, 5);
+}
