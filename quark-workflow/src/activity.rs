@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use quark_history::{CommandId, Commit, Destination, OutboxMessage, Payload, Received, StoreTx};
+use quark_history::{
+    Append, CommandId, Commit, Destination, OutboxMessage, Payload, Received, Store, StoreTx,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -68,7 +70,7 @@ impl fmt::Debug for JobControl {
 }
 
 /// What an attempt leaves to be written with its result: the transaction a transactional
-/// activity wrote in, and the outbox messages it sent. Shared between the runtime, which opens the
+/// activity wrote in, the outbox messages it sent and the entity events it decided. Shared between the runtime, which opens the
 /// transaction before the attempt and finishes it with the result's commit, and the attempt's
 /// [`ActivityContext`].
 #[derive(Clone, Default)]
@@ -80,6 +82,10 @@ pub struct ActivityEffects {
 struct EffectsInner {
     tx: tokio::sync::Mutex<Option<StoreTx>>,
     outbox: std::sync::Mutex<Vec<OutboxMessage>>,
+    /// Entity events decided by the attempt, one append per stream, at the version decided on.
+    appends: std::sync::Mutex<Vec<Append>>,
+    /// The store entity commands read their state from.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl fmt::Debug for ActivityEffects {
@@ -98,8 +104,28 @@ impl ActivityEffects {
             inner: Arc::new(EffectsInner {
                 tx: tokio::sync::Mutex::new(tx),
                 outbox: std::sync::Mutex::default(),
+                appends: std::sync::Mutex::default(),
+                store: None,
             }),
         }
+    }
+
+    /// These effects, with `store` for the entity commands the attempt runs
+    /// ([`ActivityContext::entity`]). Call it before the effects are shared.
+    pub fn on_store(mut self, store: Arc<dyn Store>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.store = Some(store);
+        }
+        self
+    }
+
+    pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.inner.store.as_ref()
+    }
+
+    /// The entity appends decided so far.
+    pub(crate) fn appends(&self) -> std::sync::MutexGuard<'_, Vec<Append>> {
+        self.inner.appends.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn messages(&self) -> std::sync::MutexGuard<'_, Vec<OutboxMessage>> {
@@ -115,6 +141,7 @@ impl ActivityEffects {
         succeeded: bool,
     ) -> Result<(Commit, Option<StoreTx>), quark_history::Error> {
         let messages = std::mem::take(&mut *self.messages());
+        let appends = std::mem::take(&mut *self.appends());
         // The attempt is over, so nothing else holds the lock; a task the activity spawned and
         // left running with the transaction loses it.
         let tx = self.inner.tx.try_lock().ok().and_then(|mut tx| tx.take());
@@ -125,6 +152,9 @@ impl ActivityEffects {
             return Ok((commit, None));
         }
         commit.outbox.extend(messages);
+        // The entity events land with the result or not at all: a stream that moved on since
+        // they were decided fails the commit with a conflict, and the attempt runs again.
+        commit.appends.extend(appends);
         Ok((commit, tx))
     }
 }
@@ -162,6 +192,11 @@ impl ActivityContext {
             job: None,
             effects: ActivityEffects::default(),
         }
+    }
+
+    /// The effects the attempt writes with its result.
+    pub(crate) fn effects(&self) -> &ActivityEffects {
+        &self.effects
     }
 
     /// This context writing its effects (transaction, outbox messages) to `effects`.

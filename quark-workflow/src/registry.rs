@@ -136,6 +136,35 @@ impl Registry {
         self
     }
 
+    /// Registers command `C` of entity `E`, so that orchestrations can call it durably
+    /// (`ctx.entity::<E>(key).call(&command)`): as the built-in activity
+    /// [`command_activity::<E, C>()`](crate::entity::command_activity).
+    pub fn entity_command<E, C>(mut self) -> Self
+    where
+        E: crate::entity::Entity,
+        C: crate::entity::Command<E> + serde::de::DeserializeOwned + 'static,
+        C::Reply: serde::Serialize,
+        E::Rejection: serde::Serialize,
+    {
+        self.add_entity_command::<E, C>();
+        self
+    }
+
+    /// [`entity_command`](Self::entity_command), in place.
+    pub fn add_entity_command<E, C>(&mut self) -> &mut Self
+    where
+        E: crate::entity::Entity,
+        C: crate::entity::Command<E> + serde::de::DeserializeOwned + 'static,
+        C::Reply: serde::Serialize,
+        E::Rejection: serde::Serialize,
+    {
+        self.activities.insert(
+            crate::entity::command_activity::<E, C>(),
+            crate::entity::command_entry::<E, C>(),
+        );
+        self
+    }
+
     /// Replaces activity `A` with `mock` (for tests): orchestrations calling `A` get its output.
     pub fn mock_activity<A: Activity>(
         &mut self,

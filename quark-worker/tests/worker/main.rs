@@ -14,6 +14,7 @@ mod cli_reference;
 mod cli_replay;
 mod cli_schedule;
 mod drivers;
+mod entities;
 mod job_control;
 mod job_workflow;
 mod jobs;

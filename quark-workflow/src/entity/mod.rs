@@ -73,20 +73,25 @@
 //! # }
 //! ```
 
+mod activity;
 mod cache;
 mod error;
 mod handle;
 mod load;
+mod orchestration;
 #[cfg(test)]
 mod tests;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use activity::ActivityEntity;
 pub use cache::LiveEntity;
 pub use error::EntityError;
 pub use handle::{At, CallMeta, Entities, EntityDiff, EntityRef, MAX_CONFLICT_RETRIES};
 pub use load::StoredEvent;
+pub(crate) use orchestration::command_entry;
+pub use orchestration::{OrchestrationEntity, command_activity};
 
 /// An event-sourced entity type: its state, its events and how an event changes the state.
 ///

@@ -36,7 +36,7 @@ impl Runner {
             task.lease.attempt,
         );
         let _turn = transaction_turn(&host, &activity.options).await;
-        let effects = effects_for(host.store().as_ref(), &activity.options).await?;
+        let effects = effects_for(host.store(), &activity.options).await?;
         let input = activity.input.clone();
         let Some(result) = self
             .attempt(info, input, &activity.options, &host, None, &effects)
@@ -113,7 +113,7 @@ impl Runner {
             checkpoint,
         };
         let _turn = transaction_turn(&host, &job.options).await;
-        let effects = effects_for(host.store().as_ref(), &job.options).await?;
+        let effects = effects_for(host.store(), &job.options).await?;
         let input = job.input.clone();
         let Some(result) = self
             .attempt(info, input, &job.options, &host, Some(control), &effects)
@@ -249,7 +249,7 @@ async fn transaction_turn(host: &HostRef, options: &ActivityOptions) -> Option<B
 /// The effects of an attempt of an activity with `options`: a transaction on the store for a
 /// transactional one (see [`ActivityContext::transaction`]).
 async fn effects_for(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     options: &ActivityOptions,
 ) -> Result<ActivityEffects, quark_history::Error> {
     let tx = if options.transactional {
@@ -257,7 +257,7 @@ async fn effects_for(
     } else {
         None
     };
-    Ok(ActivityEffects::new(tx))
+    Ok(ActivityEffects::new(tx).on_store(Arc::clone(store)))
 }
 
 /// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.

@@ -1,0 +1,287 @@
+//! Entities reached from workflows on the worker runtime, on both backends: an orchestration's
+//! durable entity calls, and activities whose entity events are appended with their result, once,
+//! whatever their attempts and conflicts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{HistoryEvent, HistoryRange};
+use quark_worker::Worker;
+use quark_workflow::entity::{Command, Decision, Entities, Entity};
+use quark_workflow::{
+    ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
+    activity, orchestration,
+};
+use serde::{Deserialize, Serialize};
+
+quark_history::backend_tests!(
+    it_calls_an_entity_durably_from_an_orchestration_and_records_each_reply,
+    it_appends_an_activitys_entity_events_once_though_its_first_attempt_failed,
+    it_decides_an_activitys_entity_command_again_when_the_stream_moved_before_its_commit,
+);
+
+struct Wallet;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Funds {
+    cents: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum WalletEvent {
+    Credited(i64),
+    Debited(i64),
+}
+
+impl Entity for Wallet {
+    const TYPE: &'static str = "Wallet";
+    type State = Funds;
+    type Event = WalletEvent;
+    type Rejection = String;
+    fn apply(state: &mut Funds, event: &WalletEvent) {
+        match event {
+            WalletEvent::Credited(c) => state.cents += c,
+            WalletEvent::Debited(c) => state.cents -= c,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Credit(i64);
+
+impl Command<Wallet> for Credit {
+    const NAME: &'static str = "Credit";
+    type Reply = i64;
+    fn handle(&self, state: &Funds) -> Result<Decision<WalletEvent, i64>, String> {
+        Ok(Decision::emit([WalletEvent::Credited(self.0)]).reply(state.cents + self.0))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Debit(i64);
+
+impl Command<Wallet> for Debit {
+    const NAME: &'static str = "Debit";
+    type Reply = i64;
+    fn handle(&self, state: &Funds) -> Result<Decision<WalletEvent, i64>, String> {
+        if self.0 > state.cents {
+            return Err(format!("{} cents available, {} asked", state.cents, self.0));
+        }
+        Ok(Decision::emit([WalletEvent::Debited(self.0)]).reply(state.cents - self.0))
+    }
+}
+
+#[orchestration]
+async fn pay(
+    ctx: OrchestrationContext,
+    key: String,
+) -> Result<(i64, String, i64), OrchestrationError> {
+    let wallet = ctx.entity::<Wallet>(key);
+    let credited = wallet.call(&Credit(10)).await?;
+    let refused = wallet.call(&Debit(50)).await?;
+    let left = wallet.call(&Debit(4)).await?;
+    let refusal = match refused {
+        Err(why) => why,
+        Ok(balance) => format!("debited, leaving {balance}"),
+    };
+    Ok((
+        credited.map_err(OrchestrationError::Failed)?,
+        refusal,
+        left.map_err(OrchestrationError::Failed)?,
+    ))
+}
+
+/// What the activities did once already, by key (both backends' tests share the process, and
+/// their keys differ).
+static DONE_ONCE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn first_time(what: String) -> bool {
+    DONE_ONCE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(what)
+}
+
+/// The store each test's activity writes to behind the engine's back, by key.
+static STORES: Mutex<Option<HashMap<String, Arc<dyn quark_history::Store>>>> = Mutex::new(None);
+
+/// Credits the wallet, then fails its first attempt after deciding.
+#[activity(retry(max_attempts = 3, initial = "10ms", max = "10ms"))]
+async fn credit_then_fail_once(ctx: ActivityContext, key: String) -> Result<i64, ActivityError> {
+    let balance = ctx
+        .entity::<Wallet>(&key)
+        .call(&Credit(7))
+        .await
+        .map_err(ActivityError::message)?;
+    if first_time(format!("fail {key}")) {
+        return Err(ActivityError::message("failing after the decision"));
+    }
+    Ok(balance)
+}
+
+/// Credits the wallet; the first time, another writer appends to it before the result commits.
+#[activity]
+async fn credit_while_another_writes(
+    ctx: ActivityContext,
+    key: String,
+) -> Result<i64, ActivityError> {
+    let balance = ctx
+        .entity::<Wallet>(&key)
+        .call(&Credit(1))
+        .await
+        .map_err(ActivityError::message)?;
+    if first_time(format!("move {key}")) {
+        let store = STORES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|s| s.get(&key).cloned())
+            .ok_or_else(|| ActivityError::message("no store for this key"))?;
+        Entities::new(store)
+            .entity::<Wallet>(&key)
+            .call(&Credit(100))
+            .await
+            .map_err(ActivityError::message)?;
+    }
+    Ok(balance)
+}
+
+#[orchestration]
+async fn run_credit(ctx: OrchestrationContext, key: String) -> Result<i64, OrchestrationError> {
+    ctx.call(credit_then_fail_once, &key).await
+}
+
+#[orchestration]
+async fn run_contended(ctx: OrchestrationContext, key: String) -> Result<i64, OrchestrationError> {
+    ctx.call(credit_while_another_writes, &key).await
+}
+
+fn worker(t: &TestStore) -> Worker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(
+            Registry::new()
+                .register(pay)
+                .register(run_credit)
+                .register(run_contended)
+                .register(credit_then_fail_once)
+                .register(credit_while_another_writes)
+                .entity_command::<Wallet, Credit>()
+                .entity_command::<Wallet, Debit>(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// The wallet's events as (event, causation), read from the journal.
+async fn wallet_events(t: &TestStore, key: &str) -> Vec<(String, Option<String>)> {
+    t.store
+        .read_history(&format!("Wallet/{key}"), HistoryRange::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.event {
+            HistoryEvent::EntityEvent {
+                data, causation, ..
+            } => (
+                data.decode::<serde_json::Value>().unwrap().to_string(),
+                causation,
+            ),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+async fn it_calls_an_entity_durably_from_an_orchestration_and_records_each_reply(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let id = format!("{}-pay", t.store.backend());
+    let handle = pay::start(&client, &id, "alice".to_string()).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, (10, "10 cents available, 50 asked".to_string(), 6));
+    // The refusal appended nothing; each event names the orchestration step that caused it.
+    assert_eq!(
+        wallet_events(t, "alice").await,
+        [
+            (r#"{"Credited":10}"#.to_string(), Some(format!("{id}/1"))),
+            (r#"{"Debited":4}"#.to_string(), Some(format!("{id}/3"))),
+        ]
+    );
+    // The replies are in the orchestration's history: a replay reads them, it calls nothing.
+    let completed = t
+        .store
+        .read_history(&id, HistoryRange::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.event, HistoryEvent::ActivityCompleted { .. }))
+        .count();
+    assert_eq!(completed, 3);
+    assert!(t.store.verify("Wallet/alice").await.unwrap().is_intact());
+    running.shutdown().await;
+}
+
+async fn it_appends_an_activitys_entity_events_once_though_its_first_attempt_failed(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let id = format!("{}-credit", t.store.backend());
+    let key = format!("{}-flaky", t.store.backend());
+    let handle = run_credit::start(&client, &id, key.clone()).await.unwrap();
+    // The retry waits on the store's clock: move it until the instance is done.
+    t.advance_until(
+        Duration::from_millis(10),
+        "the credit completed",
+        async || {
+            let r = t.store.get_instance(&id).await.unwrap().unwrap();
+            r.status.is_closed()
+        },
+    )
+    .await;
+    let out = handle.result().await.unwrap();
+    assert_eq!(out, 7);
+    assert!(
+        !first_time(format!("fail {key}")),
+        "the first attempt failed"
+    );
+    // Two attempts decided the credit; only the one that completed appended it.
+    assert_eq!(wallet_events(t, &key).await.len(), 1);
+    running.shutdown().await;
+}
+
+async fn it_decides_an_activitys_entity_command_again_when_the_stream_moved_before_its_commit(
+    t: &TestStore,
+) {
+    let key = format!("{}-shared", t.store.backend());
+    STORES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(key.clone(), Arc::clone(&t.store));
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let id = format!("{}-contended", t.store.backend());
+    let handle = run_contended::start(&client, &id, key.clone())
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    // The first decision (balance 1) conflicted with the other writer's credit; the second was
+    // made against 100 and is the one recorded.
+    assert_eq!(out, 101);
+    let events: Vec<String> = wallet_events(t, &key)
+        .await
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(events, [r#"{"Credited":100}"#, r#"{"Credited":1}"#]);
+    running.shutdown().await;
+}
