@@ -40,6 +40,18 @@ pub enum Error {
         /// The actual next sequence number.
         actual: u64,
     },
+    /// A projection's checkpoint moved under its writer: its lease was taken by another worker
+    /// (it expired), or the checkpoint is no longer where the writer read from. Roll the read
+    /// model's transaction back; the lease holder applies those events.
+    #[error(
+        "projection `{name}` v{version} moved under this writer: its lease or checkpoint changed"
+    )]
+    ProjectionMoved {
+        /// The projection.
+        name: String,
+        /// Its version.
+        version: u32,
+    },
     /// The lease on a task is no longer held: it expired and the task was claimed again, or it was
     /// completed. The work done under it must be thrown away; the new holder redoes it.
     #[error("lease lost on task {task_id} (attempt {attempt})")]

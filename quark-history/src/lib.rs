@@ -25,6 +25,8 @@
 //! - **Entity streams** ([`StreamStore`]): the event-sourced journal of application state, in the
 //!   same history table as the workflows (appended with an expected version, chained, in the global
 //!   order), with versioned [`Snapshot`]s.
+//! - **Projection checkpoints** ([`ProjectionStore`]): leased, moved in the read model's own
+//!   transaction (exactly once), versioned so a new read model builds beside the active one.
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
 //!   ([`ScheduleStore::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
 //!
@@ -73,6 +75,7 @@ mod jobs;
 mod journal;
 mod outbox;
 mod plan;
+mod projection;
 mod queue;
 mod schedule;
 mod sql;
@@ -94,6 +97,7 @@ pub mod testing;
 pub mod prelude {
     pub use crate::inbox::InboxStore;
     pub use crate::inbox_order::SequencedStore;
+    pub use crate::projection::ProjectionStore;
     pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
     pub use crate::stream::StreamStore;
 }
@@ -125,6 +129,7 @@ pub use outbox::{
 };
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+pub use projection::{ProjectionRecord, ProjectionState, ProjectionStore};
 pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, MAX_TRACEPARENT, NewTask,
     QueueStats, Reaped, Registered, TaskKind, WorkerInfo, is_storable_traceparent,

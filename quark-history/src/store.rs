@@ -102,12 +102,20 @@ impl fmt::Display for Backend {
 }
 
 /// The journal and the queue, and through its supertraits every other capability of a store:
-/// [`JobStore`], [`OutboxStore`], [`ScheduleStore`], [`StreamStore`](crate::StreamStore). Their methods can be called on a `dyn Store` as its own.
+/// [`JobStore`], [`OutboxStore`], [`ScheduleStore`], [`StreamStore`](crate::StreamStore), [`ProjectionStore`](crate::ProjectionStore). Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
 pub trait Store:
-    JobStore + OutboxStore + ScheduleStore + crate::StreamStore + Send + Sync + fmt::Debug + 'static
+    JobStore
+    + OutboxStore
+    + ScheduleStore
+    + crate::StreamStore
+    + crate::ProjectionStore
+    + Send
+    + Sync
+    + fmt::Debug
+    + 'static
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

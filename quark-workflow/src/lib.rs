@@ -106,6 +106,7 @@ mod executor;
 mod future;
 mod job;
 mod job_workflow;
+pub mod projection;
 mod registry;
 mod replay;
 #[doc(hidden)]

@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "streams",
         include_str!("../../migrations/postgres/0014_streams.sql"),
     ),
+    (
+        15,
+        "projections",
+        include_str!("../../migrations/postgres/0015_projections.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are
@@ -97,6 +102,7 @@ impl Dialect for Postgres {
     const GENERIC_PLANS: bool = true;
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const MODIFYING_CTE: bool = true;
+    const TX_TEXT: &'static str = "tx_id::text";
     const ONE_WRITER: bool = false;
     const BACKEND: Backend = Backend::Postgres;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;

@@ -31,6 +31,7 @@ pub(crate) mod jobs;
 pub(crate) mod journal;
 pub(crate) mod locked;
 pub(crate) mod outbox;
+mod projections;
 pub(crate) mod queue;
 mod queue_settings;
 pub(crate) mod schedule;
@@ -191,6 +192,10 @@ pub(crate) trait Dialect:
     /// Appended to a `SELECT` of rows to take, so that rows another transaction holds are passed
     /// over rather than waited for: `FOR UPDATE SKIP LOCKED` on PostgreSQL, nothing on SQLite.
     const SKIP_LOCKED: &'static str;
+
+    /// The expression of a history row's writing transaction id as text (its part of the
+    /// global position): `tx_id::text` on PostgreSQL, `'0'` on SQLite.
+    const TX_TEXT: &'static str;
 
     /// Whether a statement can change rows in a `WITH` clause and read the table as it was before
     /// the change (PostgreSQL's data-modifying CTEs); without, the change and the read are two

@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "streams",
         include_str!("../../migrations/sqlite/0011_streams.sql"),
     ),
+    (
+        12,
+        "projections",
+        include_str!("../../migrations/sqlite/0012_projections.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].
@@ -80,6 +85,7 @@ impl Dialect for Sqlite {
     const GENERIC_PLANS: bool = false;
     const SKIP_LOCKED: &'static str = "";
     const MODIFYING_CTE: bool = false;
+    const TX_TEXT: &'static str = "'0'";
     const ONE_WRITER: bool = true;
     const BACKEND: Backend = Backend::Sqlite;
     const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = MIGRATIONS;

@@ -90,6 +90,7 @@ pub use cache::LiveEntity;
 pub use error::EntityError;
 pub use handle::{At, CallMeta, Entities, EntityDiff, EntityRef, MAX_CONFLICT_RETRIES};
 pub use load::StoredEvent;
+pub(crate) use load::decode;
 pub(crate) use orchestration::command_entry;
 pub use orchestration::{OrchestrationEntity, command_activity};
 

@@ -8,6 +8,7 @@ mod bad_input;
 mod crash;
 mod entities;
 mod job_crash;
+mod projections;
 mod recovery;
 mod shutdown;
 mod startup;

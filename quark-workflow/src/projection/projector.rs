@@ -1,0 +1,320 @@
+//! Running a projection: lease, read a page after the checkpoint, apply it and move the
+//! checkpoint in one transaction; catch up, rebuild, wait for a position, report the lag.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::{GlobalPosition, ProjectionRecord, ProjectionState, Store, StoreTx, Timestamp};
+
+use super::{Batch, Projection, ProjectionError};
+
+/// Events read and applied per transaction, by default.
+pub const DEFAULT_PAGE: u32 = 1000;
+
+/// How long a projector's lease lasts without a step renewing it, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// What one [`Projector::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CatchUp {
+    /// Applied this many events; the checkpoint is now `checkpoint`.
+    Applied {
+        /// Events applied.
+        events: u64,
+        /// The new checkpoint.
+        checkpoint: GlobalPosition,
+    },
+    /// Nothing final after the checkpoint: the read model is up to date.
+    CaughtUp,
+    /// Another runner holds the lease (or this version is retired): nothing done.
+    Busy,
+}
+
+/// How far behind a projection version is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// Its row.
+    pub record: ProjectionRecord,
+    /// The next event it has not applied, if any is final: its position and when it was recorded.
+    pub next: Option<(GlobalPosition, Timestamp)>,
+    /// How long the oldest unapplied event has waited (zero when up to date).
+    pub behind: Duration,
+}
+
+/// Runs a [`Projection`] over a store. Each projector has its own lease owner id; several can run
+/// one projection, and the lease lets one apply at a time.
+pub struct Projector<P: Projection> {
+    store: Arc<dyn Store>,
+    projection: P,
+    owner: String,
+    page: u32,
+    lease: Duration,
+}
+
+impl<P: Projection> std::fmt::Debug for Projector<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projector")
+            .field("projection", &P::NAME)
+            .field("version", &P::VERSION)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Projection> Projector<P> {
+    /// A projector of `projection` over `store`, with a fresh owner id.
+    pub fn new(store: Arc<dyn Store>, projection: P) -> Self {
+        Projector {
+            store,
+            projection,
+            owner: format!("projector-{}", uuid::Uuid::now_v7()),
+            page: DEFAULT_PAGE,
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// Sets the lease owner id (a worker's id, say).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Sets how many events one step applies (at least 1).
+    pub fn page(mut self, events: u32) -> Self {
+        self.page = events.max(1);
+        self
+    }
+
+    /// Sets the lease's length.
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = ttl;
+        self
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// Registers this version (the first of a name is active; a later one builds beside it) and
+    /// returns its row.
+    pub async fn register(&self) -> Result<ProjectionRecord, ProjectionError> {
+        Ok(self.store.register_projection(P::NAME, P::VERSION).await?)
+    }
+
+    /// Applies the next page of events, if this projector can take the lease and there is one.
+    pub async fn step(&self) -> Result<CatchUp, ProjectionError> {
+        let store = &self.store;
+        let Some(record) = store
+            .lease_projection(P::NAME, P::VERSION, &self.owner, self.lease)
+            .await?
+        else {
+            return Ok(CatchUp::Busy);
+        };
+        let events = store.read_all(record.checkpoint, self.page).await?;
+        let Some(last) = events.last() else {
+            return Ok(CatchUp::CaughtUp);
+        };
+        let (to, at) = (last.position, last.event.recorded_at);
+        let mut tx = store.begin_tx().await?;
+        let written = async {
+            let mut batch = Batch {
+                tx: &mut tx,
+                events: &events,
+                version: P::VERSION,
+                name: P::NAME,
+            };
+            self.projection.apply(&mut batch).await?;
+            store
+                .advance_projection(
+                    &mut tx,
+                    P::NAME,
+                    P::VERSION,
+                    &self.owner,
+                    record.checkpoint,
+                    to,
+                    events.len() as u64,
+                    Some(at),
+                )
+                .await?;
+            Ok::<_, ProjectionError>(())
+        }
+        .await;
+        finish(tx, written).await?;
+        Ok(CatchUp::Applied {
+            events: events.len() as u64,
+            checkpoint: to,
+        })
+    }
+
+    /// Steps until the read model is up to date, calling `progress` with the row after each page;
+    /// a building version that catches up becomes the active one. Returns how many events it
+    /// applied. Fails if another runner holds the lease.
+    pub async fn catch_up(
+        &self,
+        mut progress: impl FnMut(u64, GlobalPosition),
+    ) -> Result<u64, ProjectionError> {
+        let record = self.register().await?;
+        let mut applied = 0;
+        loop {
+            match self.step().await? {
+                CatchUp::Applied { events, checkpoint } => {
+                    applied += events;
+                    progress(applied, checkpoint);
+                }
+                CatchUp::CaughtUp => break,
+                CatchUp::Busy => {
+                    return Err(ProjectionError::Store(
+                        quark_history::Error::ProjectionMoved {
+                            name: P::NAME.to_string(),
+                            version: P::VERSION,
+                        },
+                    ));
+                }
+            }
+        }
+        if record.state == ProjectionState::Building {
+            self.store.activate_projection(P::NAME, P::VERSION).await?;
+            tracing::info!(
+                projection = P::NAME,
+                version = P::VERSION,
+                "caught up; this version is now the active one"
+            );
+        }
+        Ok(applied)
+    }
+
+    /// Empties the read model and sets the checkpoint back to the start, in one transaction, then
+    /// catches up from zero. Returns how many events it applied.
+    pub async fn rebuild(
+        &self,
+        progress: impl FnMut(u64, GlobalPosition),
+    ) -> Result<u64, ProjectionError> {
+        self.register().await?;
+        let store = &self.store;
+        if store
+            .lease_projection(P::NAME, P::VERSION, &self.owner, self.lease)
+            .await?
+            .is_none()
+        {
+            return Err(ProjectionError::Store(
+                quark_history::Error::ProjectionMoved {
+                    name: P::NAME.to_string(),
+                    version: P::VERSION,
+                },
+            ));
+        }
+        let mut tx = store.begin_tx().await?;
+        let reset = async {
+            self.projection.reset(&mut tx, P::VERSION).await?;
+            store
+                .reset_projection(&mut tx, P::NAME, P::VERSION, &self.owner)
+                .await?;
+            Ok::<_, ProjectionError>(())
+        }
+        .await;
+        finish(tx, reset).await?;
+        self.catch_up(progress).await
+    }
+
+    /// Gives up the lease, so another runner can take over at once.
+    pub async fn release(&self) -> Result<(), ProjectionError> {
+        Ok(self
+            .store
+            .release_projection(P::NAME, P::VERSION, &self.owner)
+            .await?)
+    }
+
+    /// Waits until this version has applied every event up to `position` (read your writes),
+    /// looking every `every`, at most `timeout`. Someone must be running the projection.
+    pub async fn wait_for(
+        &self,
+        position: GlobalPosition,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<(), ProjectionError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let at = self.record().await?.checkpoint;
+            if at >= position {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                return Err(ProjectionError::Timeout {
+                    name: P::NAME.to_string(),
+                    target: position,
+                    at,
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn record(&self) -> Result<ProjectionRecord, ProjectionError> {
+        self.store
+            .list_projections()
+            .await?
+            .into_iter()
+            .find(|r| r.name == P::NAME && r.version == P::VERSION)
+            .ok_or_else(|| {
+                ProjectionError::apply(P::NAME, format!("version {} is not registered", P::VERSION))
+            })
+    }
+
+    /// How far behind this version is: the next event it has not applied and how long that event
+    /// has waited.
+    pub async fn status(&self) -> Result<ProjectionStatus, ProjectionError> {
+        let record = self.record().await?;
+        let next = self
+            .store
+            .read_all(record.checkpoint, 1)
+            .await?
+            .into_iter()
+            .next()
+            .map(|e| (e.position, e.event.recorded_at));
+        let now = self.store.config().clock.now();
+        let behind = next.map_or(Duration::ZERO, |(_, at)| {
+            Duration::from_micros(now.as_micros().saturating_sub(at.as_micros()).max(0) as u64)
+        });
+        Ok(ProjectionStatus {
+            record,
+            next,
+            behind,
+        })
+    }
+}
+
+/// Commits `tx` if `written` holds, rolls it back otherwise.
+async fn finish(tx: StoreTx, written: Result<(), ProjectionError>) -> Result<(), ProjectionError> {
+    match written {
+        Ok(()) => Ok(tx.commit().await?),
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rolling back a projection page failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The version of projection `name` readers should use: the active one, if any.
+pub async fn active_version(store: &dyn Store, name: &str) -> Result<Option<u32>, ProjectionError> {
+    Ok(store
+        .list_projections()
+        .await?
+        .into_iter()
+        .find(|r| r.name == name && r.state == ProjectionState::Active)
+        .map(|r| r.version))
+}
+
+/// The position in the global order of event `version` of stream `stream` (an entity command's
+/// last event, to wait for with [`Projector::wait_for`]).
+pub async fn position_of(
+    store: &dyn Store,
+    stream: &str,
+    version: u64,
+) -> Result<Option<GlobalPosition>, ProjectionError> {
+    Ok(store.event_position(stream, version).await?)
+}
