@@ -263,6 +263,7 @@ mod book {
         sagas => "sagas.md",
         outbox => "outbox.md",
         transactional => "transactional.md",
+        entities => "entities.md",
         configuration => "configuration.md",
         deployment => "deployment.md",
         cli => "cli.md",

@@ -76,6 +76,17 @@ pub enum ProjectionError {
         /// What its code said.
         message: String,
     },
+    /// Another runner holds the projection's lease (or the version is retired): wait for it to
+    /// finish, stop it, or let its lease run out.
+    #[error("projection `{name}` v{version} is {held}")]
+    Busy {
+        /// The projection.
+        name: String,
+        /// Its version.
+        version: u32,
+        /// Who holds it and until when, or that it is retired.
+        held: String,
+    },
     /// [`Projector::wait_for`] gave up.
     #[error("projection `{name}` did not pass {target} within {waited:?} (it is at {at})")]
     Timeout {

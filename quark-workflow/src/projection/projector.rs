@@ -164,14 +164,7 @@ impl<P: Projection> Projector<P> {
                     progress(applied, checkpoint);
                 }
                 CatchUp::CaughtUp => break,
-                CatchUp::Busy => {
-                    return Err(ProjectionError::Store(
-                        quark_history::Error::ProjectionMoved {
-                            name: P::NAME.to_string(),
-                            version: P::VERSION,
-                        },
-                    ));
-                }
+                CatchUp::Busy => return Err(self.busy().await),
             }
         }
         if record.state == ProjectionState::Building {
@@ -198,12 +191,7 @@ impl<P: Projection> Projector<P> {
             .await?
             .is_none()
         {
-            return Err(ProjectionError::Store(
-                quark_history::Error::ProjectionMoved {
-                    name: P::NAME.to_string(),
-                    version: P::VERSION,
-                },
-            ));
+            return Err(self.busy().await);
         }
         let mut tx = store.begin_tx().await?;
         let reset = async {
@@ -249,6 +237,26 @@ impl<P: Projection> Projector<P> {
                 });
             }
             tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Why this projector could not take the lease, as an error.
+    async fn busy(&self) -> ProjectionError {
+        let held = match self.record().await {
+            Ok(r) if r.state == ProjectionState::Retired => "retired".to_string(),
+            Ok(r) => match r.lease_owner {
+                Some(owner) => format!(
+                    "leased by `{owner}` until {} (store clock)",
+                    r.lease_expires_at
+                ),
+                None => "leased by another runner".to_string(),
+            },
+            Err(e) => return e,
+        };
+        ProjectionError::Busy {
+            name: P::NAME.to_string(),
+            version: P::VERSION,
+            held,
         }
     }
 
