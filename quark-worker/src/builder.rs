@@ -46,7 +46,13 @@ pub struct WorkerBuilder<S = HasStore> {
     /// The id asked for; `None`: the first free `<host>-<n>`.
     id: Option<String>,
     lock_dir: Option<std::path::PathBuf>,
+    /// The projections to run, made once the worker's id (their lease owner) is known.
+    projections: Vec<ProjectionFactory>,
 }
+
+type ProjectionFactory = Box<
+    dyn FnOnce(Arc<dyn Store>, &str) -> Arc<dyn quark_workflow::projection::RunProjection> + Send,
+>;
 
 /// The state of a [`WorkerBuilder`] not given a store yet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,6 +140,7 @@ impl Default for WorkerBuilder<NoStore> {
             metrics_addr: None,
             id: None,
             lock_dir: None,
+            projections: Vec::new(),
         }
     }
 }
@@ -158,6 +165,7 @@ impl<S> WorkerBuilder<S> {
             metrics_addr: self.metrics_addr,
             id: self.id,
             lock_dir: self.lock_dir,
+            projections: self.projections,
         }
     }
 
@@ -336,6 +344,19 @@ impl<S> WorkerBuilder<S> {
         self
     }
 
+    /// Runs projection `projection` on this worker: page by page while it has events to apply,
+    /// looking again every poll interval once it is up to date. One worker at a time applies it
+    /// (the lease, owned by the worker's id); the others stand by and take over when that
+    /// worker stops or its lease runs out. A building version becomes the active one when it
+    /// has caught up. Counted in `quark_projection_events_total`; its lag is the gauge
+    /// `quark_projection_behind_seconds`.
+    pub fn projection<P: quark_workflow::projection::Projection>(mut self, projection: P) -> Self {
+        self.projections.push(Box::new(move |store, owner| {
+            Arc::new(quark_workflow::projection::Projector::new(store, projection).owner(owner))
+        }));
+        self
+    }
+
     /// How this worker relays the transactional outbox (default: on, with
     /// [`OutboxRelay::new`](crate::OutboxRelay::new)'s settings; [`OutboxRelay::disabled`](crate::OutboxRelay::disabled)
     /// leaves it to other workers). Callbacks for `callback:<name>` destinations are registered
@@ -432,7 +453,13 @@ impl WorkerBuilder<HasStore> {
                 )
             })
             .collect();
+        let projections = self
+            .projections
+            .into_iter()
+            .map(|make| make(Arc::clone(&store), &settings.id))
+            .collect();
         Ok(Worker {
+            projections: Arc::new(projections),
             routes: Arc::new(routes),
             relay: Arc::new(relay),
             runners: Arc::new(self.runners),

@@ -115,6 +115,26 @@ fn describe() {
         names::LONG_HISTORIES,
         "Instances whose history passed the warning bounds (continue_as_new them)"
     );
+    describe_counter!(
+        names::PROJECTED,
+        "Events applied to read models, per projection"
+    );
+    describe_gauge!(
+        names::PROJECTION_BEHIND,
+        Unit::Seconds,
+        "How long the oldest event a projection has not applied has waited, per projection \
+         (0: up to date), as of its last look"
+    );
+    describe_counter!(
+        names::PROJECTED,
+        "Events applied to read models, per projection"
+    );
+    describe_gauge!(
+        names::PROJECTION_BEHIND,
+        Unit::Seconds,
+        "How long the oldest event a projection has not applied has waited, per projection \
+         (0: up to date), as of its last look"
+    );
     describe_gauge!(
         names::BLOCKED,
         "Instances blocked by a dead-lettered turn (nondeterminism, a panic), per queue: fix the \

@@ -83,6 +83,7 @@ mod lease;
 mod maintenance;
 mod metrics;
 mod poller;
+mod projections;
 pub mod relay;
 mod scheduler;
 mod shared;

@@ -35,6 +35,8 @@ pub(crate) mod names {
     pub(crate) const CACHED_BYTES: &str = "quark_cached_instance_bytes";
     pub(crate) const LONG_HISTORIES: &str = "quark_long_histories_total";
     pub(crate) const BLOCKED: &str = "quark_instances_blocked";
+    pub(crate) const PROJECTED: &str = "quark_projection_events_total";
+    pub(crate) const PROJECTION_BEHIND: &str = "quark_projection_behind_seconds";
 }
 
 /// The labels of a running task's figures.

@@ -43,6 +43,7 @@ pub struct Worker {
     pub(crate) relay: Arc<crate::relay::Relay>,
     pub(crate) runners: Arc<Vec<quark_workflow::runner::Runner>>,
     pub(crate) metrics_addr: Option<SocketAddr>,
+    pub(crate) projections: Arc<Vec<Arc<dyn quark_workflow::projection::RunProjection>>>,
 }
 
 impl fmt::Debug for Worker {
@@ -174,6 +175,18 @@ impl Worker {
                 Arc::clone(&self.relay),
             ))
         });
+        // Not aborted at shutdown either: each gives up its lease, so another worker takes over
+        // at once.
+        let projections = self
+            .projections
+            .iter()
+            .map(|p| {
+                tokio::spawn(crate::projections::run(
+                    Arc::clone(&self.shared),
+                    Arc::clone(p),
+                ))
+            })
+            .collect();
         let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
         tasks.push(tokio::spawn(lease::reap(Arc::clone(&self.shared))));
         // The gauges follow the worker between scrapes too, for a recorder that is not scraped
@@ -205,6 +218,7 @@ impl Worker {
             pollers: tasks,
             scheduler,
             relay,
+            projections,
             keeper,
         })
     }
@@ -283,6 +297,8 @@ pub struct RunningWorker {
     pollers: Vec<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     relay: Option<JoinHandle<()>>,
+    /// The projections' loops: each finishes its page and gives up its lease at shutdown.
+    projections: Vec<JoinHandle<()>>,
     keeper: JoinHandle<()>,
 }
 
@@ -342,6 +358,13 @@ impl RunningWorker {
                 abort.abort();
             }
         }
+        for projection in std::mem::take(&mut self.projections) {
+            let abort = projection.abort_handle();
+            if tokio::time::timeout_at(deadline, projection).await.is_err() {
+                // Its page rolls back with the connection; its lease runs out by itself.
+                abort.abort();
+            }
+        }
         let drained = tokio::time::timeout_at(deadline, async {
             loop {
                 let idle = shared.idle.notified();
@@ -391,6 +414,9 @@ impl Drop for RunningWorker {
         }
         if let Some(relay) = &self.relay {
             relay.abort();
+        }
+        for projection in &self.projections {
+            projection.abort();
         }
         self.keeper.abort();
     }

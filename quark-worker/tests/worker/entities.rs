@@ -7,9 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quark_history::testing::TestStore;
+use quark_history::testing::eventually;
+use quark_history::{Backend, StoreTx};
 use quark_history::{HistoryEvent, HistoryRange};
 use quark_worker::Worker;
 use quark_workflow::entity::{Command, Decision, Entities, Entity};
+use quark_workflow::projection::{Batch, Projection, ProjectionError};
 use quark_workflow::{
     ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
     activity, orchestration,
@@ -20,6 +23,7 @@ quark_history::backend_tests!(
     it_calls_an_entity_durably_from_an_orchestration_and_records_each_reply,
     it_appends_an_activitys_entity_events_once_though_its_first_attempt_failed,
     it_decides_an_activitys_entity_command_again_when_the_stream_moved_before_its_commit,
+    it_runs_a_projection_on_one_worker_at_a_time_and_hands_it_over_at_shutdown,
 );
 
 struct Wallet;
@@ -284,4 +288,108 @@ async fn it_decides_an_activitys_entity_command_again_when_the_stream_moved_befo
         .collect();
     assert_eq!(events, [r#"{"Credited":100}"#, r#"{"Credited":1}"#]);
     running.shutdown().await;
+}
+
+/// Each wallet's credits, summed.
+struct Totals;
+
+async fn exec(tx: &mut StoreTx, sql: String) -> Result<(), ProjectionError> {
+    let sql = quark_history::sqlx::AssertSqlSafe(sql);
+    match tx.backend() {
+        Backend::Postgres => {
+            quark_history::sqlx::query(sql)
+                .execute(tx.postgres()?)
+                .await?;
+        }
+        _ => {
+            quark_history::sqlx::query(sql)
+                .execute(tx.sqlite()?)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+impl Projection for Totals {
+    const NAME: &'static str = "wallet_totals";
+
+    async fn apply(&self, batch: &mut Batch<'_>) -> Result<(), ProjectionError> {
+        for e in batch.entity_events::<Wallet>()? {
+            let cents = match e.event.event {
+                WalletEvent::Credited(c) => c,
+                WalletEvent::Debited(c) => -c,
+            };
+            exec(
+                batch.tx(),
+                format!(
+                    "INSERT INTO wallet_totals (wallet, cents) VALUES ('{}', {cents}) \
+                     ON CONFLICT (wallet) DO UPDATE SET cents = wallet_totals.cents + {cents}",
+                    e.key
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn projecting_worker(t: &TestStore, id: &str) -> Worker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(format!("{}-{id}", t.store.backend()))
+        .poll_interval(Duration::from_millis(10))
+        .heartbeat(Duration::from_millis(100))
+        .lease(Duration::from_millis(300))
+        .projection(Totals)
+        .build()
+        .unwrap()
+}
+
+async fn it_runs_a_projection_on_one_worker_at_a_time_and_hands_it_over_at_shutdown(t: &TestStore) {
+    t.execute("CREATE TABLE wallet_totals (wallet TEXT PRIMARY KEY, cents BIGINT NOT NULL)")
+        .await;
+    let entities = Entities::new(Arc::clone(&t.store));
+    let total = || async {
+        t.scalar("SELECT CAST(COALESCE(SUM(cents), 0) AS BIGINT) FROM wallet_totals")
+            .await
+    };
+    let a = projecting_worker(t, "a").start().await.unwrap();
+    let b = projecting_worker(t, "b").start().await.unwrap();
+    for i in 0..20 {
+        entities
+            .entity::<Wallet>(format!("w{}", i % 4))
+            .call(&Credit(1))
+            .await
+            .unwrap();
+    }
+    eventually("both workers' projection applied 20 credits", async || {
+        total().await == 20
+    })
+    .await;
+    let owner = t.store.list_projections().await.unwrap()[0]
+        .lease_owner
+        .clone()
+        .expect("a worker holds the projection");
+    let (stopping, staying) = if owner == a.worker().id() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    stopping.shutdown().await;
+    for _ in 0..5 {
+        entities
+            .entity::<Wallet>("w0")
+            .call(&Credit(10))
+            .await
+            .unwrap();
+    }
+    eventually("the other worker took the projection over", async || {
+        total().await == 70
+    })
+    .await;
+    let record = t.store.list_projections().await.unwrap().remove(0);
+    assert_eq!(record.lease_owner.as_deref(), Some(staying.worker().id()));
+    // Every event once: 20 + 5 credits, and no other event in the journal.
+    assert_eq!(record.applied, 25);
+    staying.shutdown().await;
 }

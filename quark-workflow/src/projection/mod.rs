@@ -25,7 +25,8 @@ use std::future::Future;
 
 pub use batch::{Batch, ProjectedEvent};
 pub use projector::{
-    CatchUp, DEFAULT_LEASE, DEFAULT_PAGE, ProjectionStatus, Projector, active_version, position_of,
+    CatchUp, DEFAULT_LEASE, DEFAULT_PAGE, ProjectionStatus, Projector, RunProjection,
+    active_version, position_of,
 };
 pub use quark_history::{GlobalEvent, GlobalPosition, ProjectionRecord, ProjectionState, StoreTx};
 

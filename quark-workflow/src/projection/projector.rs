@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use quark_history::{GlobalPosition, ProjectionRecord, ProjectionState, Store, StoreTx, Timestamp};
 
 use super::{Batch, Projection, ProjectionError};
@@ -325,4 +327,68 @@ pub async fn position_of(
     version: u64,
 ) -> Result<Option<GlobalPosition>, ProjectionError> {
     Ok(store.event_position(stream, version).await?)
+}
+
+impl<P: Projection> Projector<P> {
+    /// Makes this version the active one if it is building and has applied every final event:
+    /// the switch a versioned rebuild ends with. Returns whether it switched.
+    pub async fn promote(&self) -> Result<bool, ProjectionError> {
+        let record = self.record().await?;
+        if record.state != ProjectionState::Building {
+            return Ok(false);
+        }
+        if !self.store.read_all(record.checkpoint, 1).await?.is_empty() {
+            return Ok(false);
+        }
+        self.store.activate_projection(P::NAME, P::VERSION).await?;
+        tracing::info!(
+            projection = P::NAME,
+            version = P::VERSION,
+            "caught up; this version is now the active one"
+        );
+        Ok(true)
+    }
+}
+
+/// A projector with its projection's type erased: what a runtime that runs many projections (the
+/// worker) holds.
+pub trait RunProjection: Send + Sync {
+    /// The projection's name.
+    fn name(&self) -> &'static str;
+    /// Its version.
+    fn version(&self) -> u32;
+    /// [`Projector::register`].
+    fn register(&self) -> BoxFuture<'_, Result<ProjectionRecord, ProjectionError>>;
+    /// [`Projector::step`].
+    fn step(&self) -> BoxFuture<'_, Result<CatchUp, ProjectionError>>;
+    /// [`Projector::promote`].
+    fn promote(&self) -> BoxFuture<'_, Result<bool, ProjectionError>>;
+    /// [`Projector::status`].
+    fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ProjectionError>>;
+    /// [`Projector::release`].
+    fn release(&self) -> BoxFuture<'_, Result<(), ProjectionError>>;
+}
+
+impl<P: Projection> RunProjection for Projector<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+    fn version(&self) -> u32 {
+        P::VERSION
+    }
+    fn register(&self) -> BoxFuture<'_, Result<ProjectionRecord, ProjectionError>> {
+        Box::pin(Projector::register(self))
+    }
+    fn step(&self) -> BoxFuture<'_, Result<CatchUp, ProjectionError>> {
+        Box::pin(Projector::step(self))
+    }
+    fn promote(&self) -> BoxFuture<'_, Result<bool, ProjectionError>> {
+        Box::pin(Projector::promote(self))
+    }
+    fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ProjectionError>> {
+        Box::pin(Projector::status(self))
+    }
+    fn release(&self) -> BoxFuture<'_, Result<(), ProjectionError>> {
+        Box::pin(Projector::release(self))
+    }
 }
