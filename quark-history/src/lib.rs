@@ -27,6 +27,8 @@
 //!   order), with versioned [`Snapshot`]s.
 //! - **Projection checkpoints** ([`ProjectionStore`]): leased, moved in the read model's own
 //!   transaction (exactly once), versioned so a new read model builds beside the active one.
+//! - **Subject keys** ([`SubjectStore`]): a data key per person, wrapped with the operator's
+//!   [`MasterKey`], for personal fields sealed in entity events; erasing a subject deletes its key.
 //! - **Cron schedules** ([`ScheduleSpec`]): stored with their next tick, fired by a compare-and-set
 //!   ([`ScheduleStore::fire_schedule`]) that enqueues each tick's job exactly once among racing workers.
 //!
@@ -81,6 +83,7 @@ mod schedule;
 mod sql;
 mod store;
 mod stream;
+mod subject;
 mod transaction;
 mod wakeup;
 
@@ -100,6 +103,7 @@ pub mod prelude {
     pub use crate::projection::ProjectionStore;
     pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
     pub use crate::stream::StreamStore;
+    pub use crate::subject::SubjectStore;
 }
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
@@ -144,6 +148,7 @@ pub use store::{
     Backend, DEFAULT_MAX_PAYLOAD_BYTES, JobStore, OutboxStore, ScheduleStore, Store, StoreConfig,
 };
 pub use stream::{DEFAULT_SNAPSHOTS_KEPT, Snapshot, StreamStore};
+pub use subject::{DataKey, MasterKey, SubjectKey, SubjectStore};
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 

@@ -43,6 +43,9 @@ pub struct StoreConfig {
     /// [`JobStore::purge_finished`] removes them. Zero: a completed job is deleted at once and leaves
     /// no record, the fastest setting.
     pub finished_job_retention: Duration,
+    /// The key that wraps subjects' data keys, for personal data sealed in entity events
+    /// ([`SubjectStore`](crate::SubjectStore)). `None`: sealing and opening personal data fail.
+    pub master_key: Option<crate::MasterKey>,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +55,7 @@ impl Default for StoreConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             clock: Arc::new(SystemClock),
             finished_job_retention: Duration::from_secs(24 * 3600),
+            master_key: None,
         }
     }
 }
@@ -72,6 +76,12 @@ impl StoreConfig {
     /// Sets the clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the master key that wraps subjects' data keys.
+    pub fn master_key(mut self, key: crate::MasterKey) -> Self {
+        self.master_key = Some(key);
         self
     }
 
@@ -102,7 +112,7 @@ impl fmt::Display for Backend {
 }
 
 /// The journal and the queue, and through its supertraits every other capability of a store:
-/// [`JobStore`], [`OutboxStore`], [`ScheduleStore`], [`StreamStore`](crate::StreamStore), [`ProjectionStore`](crate::ProjectionStore). Their methods can be called on a `dyn Store` as its own.
+/// [`JobStore`], [`OutboxStore`], [`ScheduleStore`], [`StreamStore`](crate::StreamStore), [`ProjectionStore`](crate::ProjectionStore), [`SubjectStore`](crate::SubjectStore). Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
@@ -112,6 +122,7 @@ pub trait Store:
     + ScheduleStore
     + crate::StreamStore
     + crate::ProjectionStore
+    + crate::SubjectStore
     + Send
     + Sync
     + fmt::Debug

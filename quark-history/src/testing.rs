@@ -109,10 +109,16 @@ impl TestStore {
     }
 }
 
-/// A fresh in-memory SQLite store on a manual clock.
+/// The master key of the test stores [`sqlite`] and [`postgres`] make (a fixed, public one: for
+/// tests only).
+pub fn test_master_key() -> crate::MasterKey {
+    crate::MasterKey::from_bytes([0x5a; 32])
+}
+
+/// A fresh in-memory SQLite store on a manual clock, with [`test_master_key`].
 #[cfg(feature = "sqlite")]
 pub async fn sqlite() -> TestStore {
-    sqlite_with(StoreConfig::default()).await
+    sqlite_with(StoreConfig::default().master_key(test_master_key())).await
 }
 
 /// A fresh in-memory SQLite store with `config`, its clock replaced by a manual one.
@@ -152,11 +158,11 @@ pub async fn sqlite_file(dir: &std::path::Path) -> TestStore {
     }
 }
 
-/// A fresh PostgreSQL database on a manual clock, or `None` when PostgreSQL is unreachable and not
+/// A fresh PostgreSQL database on a manual clock, with [`test_master_key`], or `None` when PostgreSQL is unreachable and not
 /// required (a notice is printed once per test binary).
 #[cfg(feature = "postgres")]
 pub async fn postgres() -> Option<TestStore> {
-    postgres_with(StoreConfig::default()).await
+    postgres_with(StoreConfig::default().master_key(test_master_key())).await
 }
 
 /// Like [`postgres`], with `config` (its clock replaced by a manual one).

@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projections",
         include_str!("../../migrations/postgres/0015_projections.sql"),
     ),
+    (
+        16,
+        "subject keys",
+        include_str!("../../migrations/postgres/0016_subject_keys.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -37,6 +37,7 @@ mod queue_settings;
 pub(crate) mod schedule;
 mod store;
 mod streams;
+mod subjects;
 mod workers;
 
 pub(crate) use inbox::{receive, record};

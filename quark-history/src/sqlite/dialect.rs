@@ -72,6 +72,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projections",
         include_str!("../../migrations/sqlite/0012_projections.sql"),
     ),
+    (
+        13,
+        "subject keys",
+        include_str!("../../migrations/sqlite/0013_subject_keys.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

@@ -10,12 +10,12 @@
 
 use std::marker::PhantomData;
 
-use quark_history::{Append, Expected, HistoryEvent, Payload};
+use quark_history::{Append, Expected, HistoryEvent};
 
 use super::error::{EntityError, from_store};
 use super::handle::CallMeta;
-use super::load::{decode, load};
-use super::{Command, Entity, stream_id};
+use super::load::{decode, load, open_events};
+use super::{Command, Entity, personal, stream_id};
 use crate::activity::ActivityContext;
 
 impl ActivityContext {
@@ -24,6 +24,7 @@ impl ActivityContext {
     pub fn entity<E: Entity>(&self, key: &str) -> ActivityEntity<'_, E> {
         ActivityEntity {
             ctx: self,
+            key: key.to_string(),
             stream: stream_id::<E>(key),
             entity: PhantomData,
         }
@@ -33,6 +34,7 @@ impl ActivityContext {
 /// One entity, seen from an activity attempt. See [`ActivityContext::entity`].
 pub struct ActivityEntity<'a, E: Entity> {
     ctx: &'a ActivityContext,
+    key: String,
     stream: String,
     entity: PhantomData<fn() -> E>,
 }
@@ -93,18 +95,22 @@ impl<E: Entity> ActivityEntity<'_, E> {
                         actual: loaded.version + 1,
                     }));
                 }
-                for (i, event) in events.iter().enumerate() {
-                    let recorded = quark_history::RecordedEvent {
+                let mut recorded: Vec<quark_history::RecordedEvent> = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, event)| quark_history::RecordedEvent {
                         instance_id: self.stream.clone(),
                         seq: base + 1 + i as u64,
                         recorded_at: store.config().clock.now(),
                         event: event.clone(),
                         hash: String::new(),
-                    };
-                    E::apply(
-                        &mut loaded.state,
-                        &decode::<E, E::Rejection>(recorded)?.event,
-                    );
+                    })
+                    .collect();
+                open_events(&*store, &mut recorded)
+                    .await
+                    .map_err(from_store)?;
+                for r in recorded {
+                    E::apply(&mut loaded.state, &decode::<E, E::Rejection>(r)?.event);
                 }
                 *base
             }
@@ -120,8 +126,7 @@ impl<E: Entity> ActivityEntity<'_, E> {
         for event in &decision.events {
             recorded.push(HistoryEvent::EntityEvent {
                 event_type: E::event_type(event),
-                data: Payload::encode(store.config().codec, event)
-                    .map_err(quark_history::Error::Encode)?,
+                data: personal::encode::<E, _>(&*store, &self.key, event).await?,
                 causation: meta.causation.clone(),
                 correlation: meta.correlation.clone(),
             });

@@ -107,6 +107,23 @@ impl Cache {
         self.evict(&mut inner);
     }
 
+    /// Drops every slot nobody holds (a held one is dropped by its holder's next load).
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        let free: Vec<(String, u64)> = inner
+            .entries
+            .iter()
+            .filter(|(_, e)| Arc::strong_count(&e.slot) == 1)
+            .map(|(id, e)| (id.clone(), e.used))
+            .collect();
+        for (id, used) in free {
+            if let Some(entry) = inner.entries.remove(&id) {
+                inner.order.remove(&used);
+                inner.bytes -= entry.footprint;
+            }
+        }
+    }
+
     /// Every live entity, by stream id.
     pub(crate) fn live(&self) -> Vec<LiveEntity> {
         let inner = self.lock();

@@ -4,14 +4,14 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use quark_history::{
-    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, Expected, HistoryEvent, HistoryRange, Payload, Snapshot,
-    Store, Timestamp,
+    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, Expected, HistoryEvent, HistoryRange, Snapshot, Store,
+    Timestamp,
 };
 
 use super::cache::{Cache, LiveEntity, Slot};
 use super::error::{EntityError, from_store};
 use super::load::{Loaded, StoredEvent, encode_state, events, load};
-use super::{Command, Entity, stream_id};
+use super::{Command, Entity, personal, stream_id};
 use crate::runner::WarmLimits;
 
 /// How many times a command is decided before [`EntityError::Contended`]: each conflict with
@@ -119,6 +119,23 @@ impl Entities {
     pub fn live(&self) -> Vec<LiveEntity> {
         self.inner.cache.live()
     }
+
+    /// Erases subject `subject` (a person): deletes the data key that seals their
+    /// [`Personal`](super::Personal) fields, in every entity's events and snapshots, and drops
+    /// the states this process keeps warm. From then on those fields read as
+    /// [`Personal::Redacted`](super::Personal::Redacted); every event, snapshot and hash stays, so
+    /// entities load, projections rebuild and `quark verify` passes. Returns `false` if the
+    /// subject had no key (never seen, or erased already). Other processes drop their warm
+    /// states when they evict them: erase through the process that serves the subject, or
+    /// restart the others, if their memory must forget at once.
+    pub async fn erase_subject(
+        &self,
+        subject: &str,
+    ) -> std::result::Result<bool, quark_history::Error> {
+        let erased = self.inner.store.erase_subject(subject).await?;
+        self.inner.cache.clear();
+        Ok(erased)
+    }
 }
 
 /// One entity: entity type `E`, one key.
@@ -225,10 +242,16 @@ impl<E: Entity> EntityRef<E> {
                 return Ok(decision.reply);
             }
             let mut recorded = Vec::with_capacity(decision.events.len());
+            // Whether an event is stored without a personal field (its subject is erased), so
+            // that applying it as decided would keep in memory what the journal does not hold.
+            let mut stored_differs = false;
             for event in &decision.events {
+                let (data, redacted) =
+                    personal::encode_sealed::<E, _>(store, &self.key, event).await?;
+                stored_differs |= redacted;
                 recorded.push(HistoryEvent::EntityEvent {
                     event_type: E::event_type(event),
-                    data: Payload::encode(store.config().codec, event).map_err(Error::Encode)?,
+                    data,
                     causation: meta.causation.clone(),
                     correlation: meta.correlation.clone(),
                 });
@@ -237,6 +260,11 @@ impl<E: Entity> EntityRef<E> {
             let commit =
                 Commit::new().append(self.stream.as_str(), Expected::Seq(from + 1), recorded);
             match store.commit(commit).await {
+                Ok(_) if stored_differs => {
+                    // Read back what was stored, at the next load.
+                    *held = None;
+                    return Ok(decision.reply);
+                }
                 Ok(_) => {
                     for event in &decision.events {
                         E::apply(&mut loaded.state, event);
@@ -326,7 +354,7 @@ impl<E: Entity> EntityRef<E> {
             return None;
         }
         let store = self.store();
-        let state = match encode_state::<E>(store, &loaded.state) {
+        let state = match personal::encode::<E, _>(store, &self.key, &loaded.state).await {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!(stream = %self.stream, "snapshot not taken: {e}");

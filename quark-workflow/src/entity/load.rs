@@ -81,13 +81,14 @@ pub(crate) async fn events<E: Entity, R: std::fmt::Debug>(
         from: after + 1,
         until: until.map_or(u64::MAX, |u| u.saturating_add(1)),
     };
-    store
+    let mut recorded = store
         .read_history(stream, range)
         .await
-        .map_err(from_store)?
-        .into_iter()
-        .map(decode::<E, R>)
-        .collect()
+        .map_err(from_store)?;
+    open_events(store, &mut recorded)
+        .await
+        .map_err(from_store)?;
+    recorded.into_iter().map(decode::<E, R>).collect()
 }
 
 /// The state of `stream` at version `until` (`None`: now): the newest snapshot of `E`'s schema at
@@ -102,6 +103,15 @@ pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
         .load_snapshot(stream, E::SCHEMA, until.unwrap_or(u64::MAX))
         .await
         .map_err(from_store)?;
+    let snapshot = match snapshot {
+        Some(mut s) => {
+            super::personal::open_all(store, &mut [&mut s.state])
+                .await
+                .map_err(from_store)?;
+            Some(s)
+        }
+        None => None,
+    };
     let (mut state, mut version) = match snapshot.map(decode_snapshot::<E>) {
         Some(Ok(start)) => start,
         Some(Err(message)) => {
@@ -123,6 +133,21 @@ pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
         version,
         opened: false,
     })
+}
+
+/// Opens the sealed personal fields of the entity events among `recorded`, in place.
+pub(crate) async fn open_events(
+    store: &dyn Store,
+    recorded: &mut [RecordedEvent],
+) -> Result<(), quark_history::Error> {
+    let mut payloads: Vec<&mut Payload> = recorded
+        .iter_mut()
+        .filter_map(|r| match &mut r.event {
+            HistoryEvent::EntityEvent { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    super::personal::open_all(store, &mut payloads).await
 }
 
 fn decode_snapshot<E: Entity>(snapshot: Snapshot) -> Result<(E::State, u64), String> {

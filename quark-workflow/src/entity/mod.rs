@@ -79,6 +79,7 @@ mod error;
 mod handle;
 mod load;
 mod orchestration;
+mod personal;
 #[cfg(test)]
 mod tests;
 
@@ -93,6 +94,8 @@ pub use load::StoredEvent;
 pub(crate) use load::decode;
 pub(crate) use orchestration::command_entry;
 pub use orchestration::{OrchestrationEntity, command_activity};
+pub use personal::Personal;
+pub(crate) use personal::open_all;
 
 /// An event-sourced entity type: its state, its events and how an event changes the state.
 ///
@@ -122,6 +125,13 @@ pub trait Entity: Sized + Send + Sync + 'static {
 
     /// Changes `state` by `event`.
     fn apply(state: &mut Self::State, event: &Self::Event);
+
+    /// The subject (the person) whose data key seals the [`Personal`] fields of this entity's
+    /// events and state: by default the entity's key. Erasing the subject
+    /// ([`Entities::erase_subject`]) makes those fields unreadable for good.
+    fn subject(key: &str) -> String {
+        key.to_string()
+    }
 
     /// The event's type name, stored beside it for readers that select by type. The default is
     /// the variant name of an enum of events as serde names it (`Deposited` for

@@ -114,7 +114,8 @@ impl<P: Projection> Projector<P> {
         else {
             return Ok(CatchUp::Busy);
         };
-        let events = store.read_all(record.checkpoint, self.page).await?;
+        let mut events = store.read_all(record.checkpoint, self.page).await?;
+        open_page(&**store, &mut events).await?;
         let Some(last) = events.last() else {
             return Ok(CatchUp::CaughtUp);
         };
@@ -294,6 +295,22 @@ impl<P: Projection> Projector<P> {
             behind,
         })
     }
+}
+
+/// Opens the sealed personal fields of a page's entity events (an erased subject's read as
+/// redacted), so the projection sees what an entity sees.
+async fn open_page(
+    store: &dyn Store,
+    events: &mut [quark_history::GlobalEvent],
+) -> Result<(), ProjectionError> {
+    let mut payloads: Vec<&mut quark_history::Payload> = events
+        .iter_mut()
+        .filter_map(|e| match &mut e.event.event {
+            quark_history::HistoryEvent::EntityEvent { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    Ok(crate::entity::open_all(store, &mut payloads).await?)
 }
 
 /// Commits `tx` if `written` holds, rolls it back otherwise.

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quark_history::testing::TestStore;
-use quark_history::{Clock, Commit, Error, Expected, HistoryEvent, Payload};
+use quark_history::{Backend, Clock, Commit, Error, Expected, HistoryEvent, Payload};
 use quark_workflow::WarmLimits;
-use quark_workflow::entity::{At, CallMeta, Command, Decision, Entities, Entity, EntityError};
+use quark_workflow::entity::{
+    At, CallMeta, Command, Decision, Entities, Entity, EntityError, Personal,
+};
+use quark_workflow::projection::{Batch, Projection, ProjectionError, Projector};
 use serde::{Deserialize, Serialize};
 
 quark_history::backend_tests!(
@@ -20,7 +23,23 @@ quark_history::backend_tests!(
     it_names_the_stream_and_version_of_an_event_it_cannot_read,
     it_refuses_an_oversized_event_with_its_size_and_the_limit,
     it_keeps_a_bounded_set_of_live_entities_with_their_footprints,
+    it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased,
 );
+
+#[tokio::test]
+async fn it_refuses_personal_data_without_a_master_key_and_writes_nothing() {
+    let t = quark_history::testing::sqlite_with(quark_history::StoreConfig::default()).await;
+    let ann = Entities::new(Arc::clone(&t.store)).entity::<Customer>("ann");
+    let e = ann.call(&Register("ann@example.com")).await.unwrap_err();
+    assert!(
+        matches!(&e, EntityError::Store(Error::Invalid(m)) if m.contains("master key")),
+        "{e:?}"
+    );
+    assert_eq!(ann.version().await.unwrap(), 0);
+    // Data without personal fields needs no key.
+    ann.call(&ChangePlan("pro")).await.unwrap();
+    t.cleanup().await;
+}
 
 struct Account;
 
@@ -423,4 +442,185 @@ async fn it_keeps_a_bounded_set_of_live_entities_with_their_footprints(t: &TestS
     }
     // The evicted one loads again, from the journal.
     assert_eq!(live.entity::<Account>("a").state().await.unwrap().cents, 5);
+}
+
+/// A customer whose email is personal; the plan is not.
+struct Customer;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    email: Option<Personal<String>>,
+    plan: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum CustomerEvent {
+    Registered { email: Personal<String> },
+    PlanChanged { plan: String },
+}
+
+impl Entity for Customer {
+    const TYPE: &'static str = "Customer";
+    const SNAPSHOT_EVERY: u64 = 2;
+    type State = Profile;
+    type Event = CustomerEvent;
+    type Rejection = String;
+    fn apply(state: &mut Profile, event: &CustomerEvent) {
+        match event {
+            CustomerEvent::Registered { email } => state.email = Some(email.clone()),
+            CustomerEvent::PlanChanged { plan } => state.plan = plan.clone(),
+        }
+    }
+}
+
+struct Register(&'static str);
+
+impl Command<Customer> for Register {
+    const NAME: &'static str = "Register";
+    type Reply = ();
+    fn handle(&self, _: &Profile) -> Result<Decision<CustomerEvent, ()>, String> {
+        Ok(Decision::emit([CustomerEvent::Registered {
+            email: self.0.to_string().into(),
+        }]))
+    }
+}
+
+struct ChangePlan(&'static str);
+
+impl Command<Customer> for ChangePlan {
+    const NAME: &'static str = "ChangePlan";
+    type Reply = Option<Personal<String>>;
+    fn handle(&self, state: &Profile) -> Result<Decision<CustomerEvent, Self::Reply>, String> {
+        Ok(Decision::emit([CustomerEvent::PlanChanged {
+            plan: self.0.to_string(),
+        }])
+        .reply(state.email.clone()))
+    }
+}
+
+async fn it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased(
+    t: &TestStore,
+) {
+    let entities = Entities::new(Arc::clone(&t.store));
+    let ann = entities.entity::<Customer>("ann");
+    ann.call(&Register("ann@example.com")).await.unwrap();
+    ann.call(&ChangePlan("pro")).await.unwrap();
+    ann.call(&ChangePlan("team")).await.unwrap();
+    let email = Some(Personal::Known("ann@example.com".to_string()));
+    assert_eq!(ann.state().await.unwrap().email, email);
+
+    // The journal and the snapshot hold ciphertext only.
+    let leaked = |table: &str, column: &str| {
+        format!(
+            "SELECT COUNT(*) FROM {table} WHERE CAST({column} AS TEXT) LIKE '%ann@example.com%'"
+        )
+    };
+    let as_text = |column: &str| match t.store.backend() {
+        Backend::Postgres => format!("convert_from({column}, 'UTF8')"),
+        _ => column.to_string(),
+    };
+    assert_eq!(t.scalar(&leaked("history", &as_text("payload"))).await, 0);
+    assert_eq!(t.scalar(&leaked("snapshots", &as_text("state"))).await, 0);
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'Customer/ann'")
+            .await,
+        1
+    );
+    // A fresh process reads it back, from the snapshot and from the events.
+    let fresh = Entities::new(Arc::clone(&t.store)).entity::<Customer>("ann");
+    assert_eq!(fresh.state().await.unwrap().email, email);
+    assert_eq!(fresh.state_at(At::Version(1)).await.unwrap().0.email, email);
+
+    // Erased: the key is gone; everything else stays.
+    assert!(entities.erase_subject("ann").await.unwrap());
+    assert!(!entities.erase_subject("ann").await.unwrap());
+    let redacted = Some(Personal::Redacted);
+    for reader in [
+        ann.clone(),
+        Entities::new(Arc::clone(&t.store)).entity::<Customer>("ann"),
+    ] {
+        let profile = reader.state().await.unwrap();
+        assert_eq!(
+            (profile.email, profile.plan.as_str()),
+            (redacted.clone(), "team")
+        );
+    }
+    assert_eq!(
+        ann.state_at(At::Version(1)).await.unwrap().0.email,
+        redacted
+    );
+    // A command still works on the rest, and sees what was redacted.
+    assert_eq!(ann.call(&ChangePlan("free")).await.unwrap(), redacted);
+    // New personal data for an erased subject is not stored either.
+    ann.call(&Register("ann@new.example.com")).await.unwrap();
+    assert_eq!(ann.state().await.unwrap().email, redacted);
+    assert_eq!(
+        t.scalar(&leaked("history", &as_text("payload")).replace("ann@example.com", "ann@new"))
+            .await,
+        0
+    );
+    // The hash chain is over the ciphertext: erasure breaks nothing.
+    assert!(t.store.verify("Customer/ann").await.unwrap().is_intact());
+    // A projection rebuilt after the erasure sees the redaction, not the address.
+    t.execute("CREATE TABLE emails (customer TEXT NOT NULL, email TEXT NOT NULL)")
+        .await;
+    let emails = Projector::new(Arc::clone(&t.store), Emails);
+    emails.rebuild(|_, _| {}).await.unwrap();
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM emails WHERE email = 'redacted'")
+            .await,
+        2
+    );
+    assert_eq!(t.scalar("SELECT COUNT(*) FROM emails").await, 2);
+}
+
+/// Every registration's email, or `redacted`.
+struct Emails;
+
+impl Projection for Emails {
+    const NAME: &'static str = "emails";
+
+    async fn apply(&self, batch: &mut Batch<'_>) -> Result<(), ProjectionError> {
+        for e in batch.entity_events::<Customer>()? {
+            if let CustomerEvent::Registered { email } = e.event.event {
+                let email = email.known().cloned().unwrap_or_else(|| "redacted".into());
+                let sql = format!("INSERT INTO emails VALUES ('{}', '{email}')", e.key);
+                let sql = quark_history::sqlx::AssertSqlSafe(sql);
+                match batch.tx().backend() {
+                    Backend::Postgres => {
+                        quark_history::sqlx::query(sql)
+                            .execute(batch.tx().postgres()?)
+                            .await?;
+                    }
+                    _ => {
+                        quark_history::sqlx::query(sql)
+                            .execute(batch.tx().sqlite()?)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(
+        &self,
+        tx: &mut quark_history::StoreTx,
+        _version: u32,
+    ) -> Result<(), ProjectionError> {
+        let sql = "DELETE FROM emails";
+        match tx.backend() {
+            Backend::Postgres => {
+                quark_history::sqlx::query(sql)
+                    .execute(tx.postgres()?)
+                    .await?;
+            }
+            _ => {
+                quark_history::sqlx::query(sql)
+                    .execute(tx.sqlite()?)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
 }
