@@ -10,15 +10,21 @@
 //!   `balances` table, the table and the checkpoint written in one transaction.
 //! - Then the past: an account's state at an earlier version and at a time, the events between
 //!   two versions, and the hash chain that covers every stream.
+//! - And erasure: the owner's name is personal data, sealed with the owner's key; erasing the
+//!   owner deletes the key, and the account still loads, its balance intact, its name redacted,
+//!   its hash chain still whole.
+//!
+//! Personal data needs a master key: `QUARK_MASTER_KEY` (64 hex digits), or else the key file
+//! beside the database, made on the first run.
 //!
 //! Run it with `cargo run -p quark-examples --example ledger [path/to/file.db]`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::{SqliteStore, Store, StoreTx};
+use quark_history::{MasterKey, SqliteStore, Store, StoreConfig, StoreTx};
 use quark_worker::Worker;
-use quark_workflow::entity::{At, CallMeta, Command, Decision, Entities, Entity};
+use quark_workflow::entity::{At, CallMeta, Command, Decision, Entities, Entity, Personal};
 use quark_workflow::projection::{Batch, Projection, ProjectionError, Projector, position_of};
 use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry, orchestration};
 use serde::{Deserialize, Serialize};
@@ -29,13 +35,14 @@ struct Account;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct AccountState {
-    owner: Option<String>,
+    /// The owner's name: personal data, sealed in the journal.
+    owner: Option<Personal<String>>,
     cents: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum AccountEvent {
-    Opened { owner: String },
+    Opened { owner: Personal<String> },
     Deposited { cents: i64 },
     Withdrawn { cents: i64 },
 }
@@ -76,7 +83,7 @@ impl Command<Account> for Open {
             return Err(Refusal::AlreadyOpen);
         }
         Ok(Decision::emit([AccountEvent::Opened {
-            owner: self.owner.clone(),
+            owner: Personal::Known(self.owner.clone()),
         }]))
     }
 }
@@ -202,7 +209,9 @@ async fn main() -> anyhow::Result<()> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "quark-ledger.db".into());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await?);
+    let config = StoreConfig::default().master_key(master_key(&path)?);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open_with(&format!("sqlite://{path}"), config).await?);
     // The application's own table, in the same database as the journal.
     let mut tx = store.begin_tx().await?;
     quark_history::sqlx::query(
@@ -321,5 +330,40 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     // ANCHOR_END: time_travel
+
+    // ANCHOR: erasure
+    // Alice asks to be forgotten: her key goes, her account stays.
+    entities.erase_subject(&alice).await?;
+    let after = a.state().await?;
+    println!(
+        "after erasure: owner {:?}, balance {:.2}, hash chain {}",
+        after.owner,
+        after.cents as f64 / 100.0,
+        if store.verify(a.stream_id()).await?.is_intact() {
+            "intact"
+        } else {
+            "BROKEN"
+        }
+    );
+    // ANCHOR_END: erasure
     Ok(())
+}
+
+/// The master key: `QUARK_MASTER_KEY`, or the key file beside the database (made, readable by
+/// its owner only, on the first run). A real deployment keeps it out of the database's reach.
+fn master_key(db: &str) -> anyhow::Result<MasterKey> {
+    if let Ok(hex) = std::env::var("QUARK_MASTER_KEY") {
+        return Ok(MasterKey::from_hex(&hex)?);
+    }
+    let file = format!("{db}.master-key");
+    if let Ok(hex) = std::fs::read_to_string(&file) {
+        return Ok(MasterKey::from_hex(&hex)?);
+    }
+    let hex = MasterKey::generate_hex()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&file)?, hex.as_bytes())?;
+    Ok(MasterKey::from_hex(&hex)?)
 }

@@ -4,7 +4,19 @@
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use quark_history::{Store, StoreConfig};
+use quark_history::{MasterKey, Store, StoreConfig};
+
+/// The stores' settings: the defaults, with the master key of `QUARK_MASTER_KEY` if it is set
+/// (needed to read or write personal data sealed in entity events).
+fn config() -> anyhow::Result<StoreConfig> {
+    let config = StoreConfig::default();
+    match std::env::var("QUARK_MASTER_KEY") {
+        Ok(hex) => Ok(config.master_key(
+            MasterKey::from_hex(&hex).map_err(|e| anyhow::anyhow!("QUARK_MASTER_KEY: {e}"))?,
+        )),
+        Err(_) => Ok(config),
+    }
+}
 
 /// The database when none is named.
 const DEFAULT_URL: &str = "sqlite://quark.db";
@@ -12,7 +24,7 @@ const DEFAULT_URL: &str = "sqlite://quark.db";
 /// Opens the store a command line points at, applying the schema migrations it lacks.
 pub async fn open_store(database_url: Option<&str>) -> anyhow::Result<Arc<dyn Store>> {
     let url = database_url.unwrap_or(DEFAULT_URL);
-    quark_history::open(url, StoreConfig::default())
+    quark_history::open(url, config()?)
         .await
         .with_context(|| format!("opening {}", redact(url)))
 }
@@ -43,10 +55,9 @@ pub async fn open_store_read_only(database_url: Option<&str>) -> anyhow::Result<
 
 #[cfg(feature = "postgres")]
 async fn postgres_without_migrating(url: &str, shown: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let store =
-        quark_history::PostgresStore::connect_without_migrating(url, StoreConfig::default())
-            .await
-            .with_context(|| format!("opening {shown}"))?;
+    let store = quark_history::PostgresStore::connect_without_migrating(url, config()?)
+        .await
+        .with_context(|| format!("opening {shown}"))?;
     Ok(Arc::new(store))
 }
 
@@ -71,7 +82,7 @@ async fn sqlite_without_migrating(url: &str, shown: &str) -> anyhow::Result<Arc<
             path.display()
         );
     }
-    let store = quark_history::SqliteStore::open_without_migrating(url, StoreConfig::default())
+    let store = quark_history::SqliteStore::open_without_migrating(url, config()?)
         .await
         .with_context(|| format!("opening {shown}"))?;
     Ok(Arc::new(store))
