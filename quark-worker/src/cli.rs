@@ -15,26 +15,32 @@ use quark_history::{Payload, Store};
 use quark_workflow::Registry;
 use serde::Serialize;
 
+mod audit;
 mod checkpoint;
 mod duration;
+mod entity;
 mod events;
 mod jobs;
 mod logs;
 mod open;
 mod outbox;
 mod output;
+mod projection;
 mod queue;
 mod saga;
 mod schedule;
 mod verify;
 mod workflow;
+pub use audit::AuditCommand;
 pub use checkpoint::CheckpointCommand;
-pub use events::{EventsCommand, Range};
+pub use entity::EntityCommand;
+pub use events::{EventsCommand, Filter, Range};
 pub use jobs::JobCommand;
 pub use logs::LogFormat;
 pub use open::{open_store, open_store_read_only};
 pub use outbox::OutboxCommand;
 pub use output::Output;
+pub use projection::ProjectionCommand;
 pub use queue::QueueCommand;
 pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
@@ -136,6 +142,15 @@ pub enum Command {
     /// The events of every instance, in the global commit order.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Event-sourced entities: their state now or in the past, and what changed between versions.
+    #[command(subcommand)]
+    Entity(EntityCommand),
+    /// Projections (read models): their versions, checkpoints, lease holders and lag.
+    #[command(subcommand)]
+    Projection(ProjectionCommand),
+    /// Who caused what: the chain of events an id led to.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
     Completions {
         /// The shell.
@@ -219,6 +234,9 @@ impl Command {
             | Command::Outbox(OutboxCommand::List { .. })
             | Command::Checkpoint(_)
             | Command::Events(_)
+            | Command::Entity(_)
+            | Command::Projection(_)
+            | Command::Audit(_)
             | Command::Saga(_) => true,
             Command::Workflow(w) => w.reads_only(),
             _ => false,
@@ -240,6 +258,9 @@ impl Command {
             Command::Saga(_) => "saga",
             Command::Checkpoint(_) => "checkpoint",
             Command::Events(_) => "events",
+            Command::Entity(_) => "entity",
+            Command::Projection(_) => "projection",
+            Command::Audit(_) => "audit",
             Command::Completions { .. } => "completions",
         }
     }
@@ -446,7 +467,10 @@ pub async fn run_on(
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
         Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
         Command::Checkpoint(cmd) => checkpoint::run(&store, cmd, output, out).await?,
-        Command::Events(cmd) => events::run(&store, cmd, out).await?,
+        Command::Events(cmd) => events::run(&store, cmd, output, out).await?,
+        Command::Entity(cmd) => entity::run(&store, cmd, registry.as_ref(), output, out).await?,
+        Command::Projection(cmd) => projection::run(&store, cmd, output, out).await?,
+        Command::Audit(cmd) => audit::run(&store, cmd, output, out).await?,
     }
     Ok(())
 }

@@ -45,6 +45,18 @@ pub(crate) type ErasedActivity = Arc<
         + Sync,
 >;
 
+/// Reads an entity's state (as JSON) and version at a point, with its type erased: what the
+/// command line shows for `quark entity show`.
+pub(crate) type ErasedEntityRead = Arc<
+    dyn Fn(
+            Arc<dyn quark_history::Store>,
+            String,
+            Option<crate::entity::At>,
+        ) -> BoxFuture<'static, Result<(serde_json::Value, u64), String>>
+        + Send
+        + Sync,
+>;
+
 #[derive(Clone)]
 pub(crate) struct ActivityEntry {
     pub(crate) options: ActivityOptions,
@@ -59,6 +71,7 @@ pub(crate) struct ActivityEntry {
 pub struct Registry {
     orchestrations: BTreeMap<String, Arc<dyn ErasedOrchestration>>,
     activities: BTreeMap<String, ActivityEntry>,
+    entities: BTreeMap<String, ErasedEntityRead>,
     queues: std::collections::BTreeSet<String>,
 }
 
@@ -85,6 +98,7 @@ impl Default for Registry {
         let mut registry = Registry {
             orchestrations: BTreeMap::new(),
             activities: BTreeMap::new(),
+            entities: BTreeMap::new(),
             queues: std::collections::BTreeSet::new(),
         };
         registry.add_orchestration::<crate::job_workflow::RunJobWorkflow>();
@@ -136,6 +150,52 @@ impl Registry {
         self
     }
 
+    /// Registers entity type `E`, so that tools given this registry (`quark entity show` in a
+    /// binary built on `quark_worker::cli::main_with`) can show its state, not only its events.
+    /// [`entity_command`](Self::entity_command) registers the entity too.
+    pub fn entity<E: crate::entity::Entity>(mut self) -> Self {
+        self.add_entity::<E>();
+        self
+    }
+
+    /// [`entity`](Self::entity), in place.
+    pub fn add_entity<E: crate::entity::Entity>(&mut self) -> &mut Self {
+        let read: ErasedEntityRead = Arc::new(|store, key, at| {
+            Box::pin(async move {
+                let entity = crate::entity::Entities::new(store).entity::<E>(key);
+                let (state, version) = match at {
+                    Some(at) => entity.state_at(at).await,
+                    None => {
+                        let state = entity.state().await;
+                        match state {
+                            Ok(s) => entity.version().await.map(|v| (s, v)),
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+                .map_err(|e| e.to_string())?;
+                let state = serde_json::to_value(&state).map_err(|e| e.to_string())?;
+                Ok((state, version))
+            })
+        });
+        self.entities.insert(E::TYPE.to_string(), read);
+        self
+    }
+
+    /// The state of entity `entity_type`'s `key` as JSON, and its version, now or `at` a point,
+    /// or `None` if that entity type is not registered here.
+    pub fn read_entity(
+        &self,
+        entity_type: &str,
+        store: Arc<dyn quark_history::Store>,
+        key: &str,
+        at: Option<crate::entity::At>,
+    ) -> Option<BoxFuture<'static, Result<(serde_json::Value, u64), String>>> {
+        self.entities
+            .get(entity_type)
+            .map(|read| read(store, key.to_string(), at))
+    }
+
     /// Registers command `C` of entity `E`, so that orchestrations can call it durably
     /// (`ctx.entity::<E>(key).call(&command)`): as the built-in activity
     /// [`command_activity::<E, C>()`](crate::entity::command_activity).
@@ -162,7 +222,7 @@ impl Registry {
             crate::entity::command_activity::<E, C>(),
             crate::entity::command_entry::<E, C>(),
         );
-        self
+        self.add_entity::<E>()
     }
 
     /// Replaces activity `A` with `mock` (for tests): orchestrations calling `A` get its output.

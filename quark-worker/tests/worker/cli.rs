@@ -259,6 +259,7 @@ async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
                 until: until.map(|u| u.parse().unwrap()),
             },
             out: None,
+            filter: Default::default(),
         })
     };
     let lines = |text: String| -> Vec<serde_json::Value> {
@@ -305,6 +306,7 @@ async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
         Command::Events(EventsCommand::Export {
             range: Range::default(),
             out: Some(path.clone()),
+            filter: Default::default(),
         })
     };
     assert_eq!(run(&t.store, to_file(), Output::Table).await, "");

@@ -24,6 +24,7 @@ quark_history::backend_tests!(
     it_appends_an_activitys_entity_events_once_though_its_first_attempt_failed,
     it_decides_an_activitys_entity_command_again_when_the_stream_moved_before_its_commit,
     it_runs_a_projection_on_one_worker_at_a_time_and_hands_it_over_at_shutdown,
+    it_shows_entities_events_projections_and_causes_on_the_command_line,
 );
 
 struct Wallet;
@@ -392,4 +393,157 @@ async fn it_runs_a_projection_on_one_worker_at_a_time_and_hands_it_over_at_shutd
     // Every event once: 20 + 5 credits, and no other event in the journal.
     assert_eq!(record.applied, 25);
     staying.shutdown().await;
+}
+
+async fn cli(
+    t: &TestStore,
+    command: quark_worker::cli::Command,
+    registry: Option<Registry>,
+) -> serde_json::Value {
+    let mut out = Vec::new();
+    quark_worker::cli::run_on(
+        Arc::clone(&t.store),
+        command,
+        quark_worker::cli::Output::Json,
+        registry,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+async fn it_shows_entities_events_projections_and_causes_on_the_command_line(t: &TestStore) {
+    use quark_worker::cli::{
+        AuditCommand, Command as Cli, EntityCommand, EventsCommand, Filter, ProjectionCommand,
+        Range,
+    };
+    let running = worker(t).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let id = format!("{}-cli-pay", t.store.backend());
+    let handle = pay::start(&client, &id, "carol".to_string()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    running.shutdown().await;
+
+    let show = |at| {
+        Cli::Entity(EntityCommand::Show {
+            entity_type: "Wallet".into(),
+            key: "carol".into(),
+            at,
+            at_time: None,
+        })
+    };
+    let wallet = Some(Registry::new().entity::<Wallet>());
+    let now = cli(t, show(None), wallet.clone()).await;
+    assert_eq!(
+        (now["version"].as_u64(), now["at"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(now["state"], serde_json::json!({ "cents": 6 }));
+    assert_eq!(now["events"][1]["event_type"], "Debited");
+    assert_eq!(now["events"][1]["causation"], format!("{id}/3"));
+    let then = cli(t, show(Some(1)), wallet.clone()).await;
+    assert_eq!(then["state"], serde_json::json!({ "cents": 10 }));
+    // Without the entity's code: the events, no state.
+    let raw = cli(t, show(None), None).await;
+    assert!(raw["state"].is_null());
+    assert_eq!(raw["events"].as_array().unwrap().len(), 2);
+
+    let diff = cli(
+        t,
+        Cli::Entity(EntityCommand::Diff {
+            entity_type: "Wallet".into(),
+            key: "carol".into(),
+            from: 1,
+            to: 2,
+        }),
+        wallet,
+    )
+    .await;
+    assert_eq!(
+        (
+            diff["before"]["cents"].as_i64(),
+            diff["after"]["cents"].as_i64()
+        ),
+        (Some(10), Some(6))
+    );
+    assert_eq!(diff["events"].as_array().unwrap().len(), 1);
+
+    let query = |filter: Filter| {
+        Cli::Events(EventsCommand::Query {
+            range: Range::default(),
+            filter,
+            limit: 100,
+        })
+    };
+    let debits = cli(
+        t,
+        query(Filter {
+            stream: Some("Wallet/carol".into()),
+            event_type: Some("Debited".into()),
+            ..Filter::default()
+        }),
+        None,
+    )
+    .await;
+    assert_eq!(debits.as_array().unwrap().len(), 1);
+    let conversation = cli(
+        t,
+        query(Filter {
+            correlation: Some(id.clone()),
+            ..Filter::default()
+        }),
+        None,
+    )
+    .await;
+    assert_eq!(conversation.as_array().unwrap().len(), 2);
+
+    // The trace from the workflow reaches the wallet events its steps caused.
+    let trace = cli(
+        t,
+        Cli::Audit(AuditCommand::Trace {
+            id: id.clone(),
+            range: Range::default(),
+        }),
+        None,
+    )
+    .await;
+    let wallet_links: Vec<_> = trace
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["instance_id"] == "Wallet/carol")
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(wallet_links, [1, 2]);
+    assert!(
+        trace
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["instance_id"] == id.as_str())
+    );
+
+    t.execute("CREATE TABLE wallet_totals (wallet TEXT PRIMARY KEY, cents BIGINT NOT NULL)")
+        .await;
+    quark_workflow::projection::Projector::new(Arc::clone(&t.store), Totals)
+        .catch_up(|_, _| {})
+        .await
+        .unwrap();
+    let listed = cli(t, Cli::Projection(ProjectionCommand::List), None).await;
+    assert_eq!(listed[0]["name"], "wallet_totals");
+    assert_eq!(listed[0]["state"], "active");
+    let status = cli(
+        t,
+        Cli::Projection(ProjectionCommand::Status {
+            name: "wallet_totals".into(),
+        }),
+        None,
+    )
+    .await;
+    assert_eq!(status[0]["behind_seconds"].as_f64(), Some(0.0));
+    assert_eq!(status[0]["applied"], listed[0]["applied"]);
 }

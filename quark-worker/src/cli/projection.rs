@@ -1,0 +1,115 @@
+//! `quark projection ...`: the read models built from the global order, how far each has got,
+//! and who is building it.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::bail;
+use clap::Subcommand;
+use quark_history::{ProjectionRecord, Store, Timestamp};
+use serde::Serialize;
+
+use super::output::{self, Output, rfc3339, rfc3339_opt, table, write_table};
+
+/// `quark projection ...`
+#[derive(Debug, Subcommand)]
+pub enum ProjectionCommand {
+    /// Every projection version: state, checkpoint, events applied, lease holder.
+    List,
+    /// One projection's versions, each with how far behind it is: the next event it has not
+    /// applied and how long that event has waited.
+    Status {
+        /// The projection's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    version: u32,
+    state: String,
+    checkpoint: String,
+    applied: u64,
+    #[serde(serialize_with = "rfc3339_opt")]
+    last_event_at: Option<Timestamp>,
+    lease_owner: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    updated_at: Timestamp,
+    /// The next event not applied (`tx:position`), if one is final.
+    next: Option<String>,
+    /// How long that event has waited, in seconds.
+    behind_seconds: Option<f64>,
+}
+
+fn row(r: ProjectionRecord) -> Row {
+    Row {
+        name: r.name,
+        version: r.version,
+        state: r.state.to_string(),
+        checkpoint: r.checkpoint.to_string(),
+        applied: r.applied,
+        last_event_at: r.last_event_at,
+        lease_owner: r.lease_owner,
+        updated_at: r.updated_at,
+        next: None,
+        behind_seconds: None,
+    }
+}
+
+pub(super) async fn run(
+    store: &Arc<dyn Store>,
+    command: ProjectionCommand,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let all = store.list_projections().await?;
+    let rows: Vec<Row> = match command {
+        ProjectionCommand::List => all.into_iter().map(row).collect(),
+        ProjectionCommand::Status { name } => {
+            let mut rows = Vec::new();
+            let now = store.config().clock.now();
+            for r in all.into_iter().filter(|r| r.name == name) {
+                let next = store.read_all(r.checkpoint, 1).await?.into_iter().next();
+                let mut shown = row(r);
+                if let Some(e) = next {
+                    shown.next = Some(e.position.to_string());
+                    shown.behind_seconds = Some(
+                        (now.as_micros() - e.event.recorded_at.as_micros()).max(0) as f64 / 1e6,
+                    );
+                } else {
+                    shown.behind_seconds = Some(0.0);
+                }
+                rows.push(shown);
+            }
+            if rows.is_empty() {
+                bail!("no projection `{name}`: none has run against this database");
+            }
+            rows
+        }
+    };
+    output::rows(out, output, &rows, |out, rows| {
+        let mut t = table([
+            "name",
+            "version",
+            "state",
+            "checkpoint",
+            "applied",
+            "lease",
+            "behind",
+        ]);
+        for r in rows {
+            t.add_row([
+                r.name.clone(),
+                r.version.to_string(),
+                r.state.clone(),
+                r.checkpoint.clone(),
+                r.applied.to_string(),
+                r.lease_owner.clone().unwrap_or_else(|| "-".into()),
+                r.behind_seconds
+                    .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
+            ]);
+        }
+        write_table(out, &t)
+    })
+}
