@@ -4,8 +4,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use quark_history::{
-    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, Expected, HistoryEvent, HistoryRange, Snapshot, Store,
-    Timestamp,
+    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, Expected, HistoryEvent, HistoryRange, Received,
+    Snapshot, Store, Timestamp,
 };
 
 use super::cache::{Cache, LiveEntity, Slot};
@@ -197,9 +197,46 @@ impl<E: Entity> EntityRef<E> {
         command: &C,
         meta: CallMeta,
     ) -> Result<C::Reply, E> {
+        match self.run(command, &meta, None).await? {
+            Received::First(reply) => Ok(reply),
+            // Without a message id nothing is deduplicated.
+            Received::Duplicate => Err(EntityError::Store(Error::Invalid(
+                "a command without a message id was taken for a duplicate".into(),
+            ))),
+        }
+    }
+
+    /// Runs `command` once per `message_id`: the inbox for messages from outside (a broker, a
+    /// webhook, another service) that may arrive more than once. The id is recorded in the same
+    /// commit as the command's events, so however often the message comes and however many
+    /// processes receive it, its events are appended once; a repeat within the inbox window
+    /// ([`DEFAULT_INBOX_WINDOW`](quark_history::DEFAULT_INBOX_WINDOW)) returns
+    /// [`Received::Duplicate`] and appends nothing. The events are caused by the message id
+    /// unless `meta` says otherwise. A refusal, or a decision without events, records nothing.
+    pub async fn call_once<C: Command<E>>(
+        &self,
+        message_id: &str,
+        command: &C,
+        meta: CallMeta,
+    ) -> Result<Received<C::Reply>, E> {
+        let meta = CallMeta {
+            causation: meta.causation.or_else(|| Some(message_id.to_string())),
+            ..meta
+        };
+        self.run(command, &meta, Some(message_id)).await
+    }
+
+    async fn run<C: Command<E>>(
+        &self,
+        command: &C,
+        meta: &CallMeta,
+        message_id: Option<&str>,
+    ) -> Result<Received<C::Reply>, E> {
         let slot = self.entities.inner.cache.slot(&self.stream);
         let mut held = slot.lock().await;
-        let outcome = self.decide_and_append(&mut held, command, &meta).await;
+        let outcome = self
+            .decide_and_append(&mut held, command, meta, message_id)
+            .await;
         if let Err(e) = &outcome
             && !matches!(e, EntityError::Rejected(_))
         {
@@ -215,7 +252,8 @@ impl<E: Entity> EntityRef<E> {
         held: &mut Option<Box<dyn std::any::Any + Send>>,
         command: &C,
         meta: &CallMeta,
-    ) -> Result<C::Reply, E> {
+        message_id: Option<&str>,
+    ) -> Result<Received<C::Reply>, E> {
         let store = self.store();
         let mut attempts = 0;
         // Whether the state was read from the journal during this call: a kept state may be
@@ -239,7 +277,7 @@ impl<E: Entity> EntityRef<E> {
             }
             let decision = decision.map_err(EntityError::Rejected)?;
             if decision.events.is_empty() {
-                return Ok(decision.reply);
+                return Ok(Received::First(decision.reply));
             }
             let mut recorded = Vec::with_capacity(decision.events.len());
             // Whether an event is stored without a personal field (its subject is erased), so
@@ -257,26 +295,38 @@ impl<E: Entity> EntityRef<E> {
                 });
             }
             let from = loaded.version;
-            let commit =
+            let appended_bytes: usize = recorded
+                .iter()
+                .map(|e| match e {
+                    HistoryEvent::EntityEvent { data, .. } => data.as_bytes().len(),
+                    _ => 0,
+                })
+                .sum();
+            let mut commit =
                 Commit::new().append(self.stream.as_str(), Expected::Seq(from + 1), recorded);
+            if let Some(id) = message_id {
+                commit = commit.receive(id);
+            }
             match store.commit(commit).await {
                 Ok(_) if stored_differs => {
                     // Read back what was stored, at the next load.
                     *held = None;
-                    return Ok(decision.reply);
+                    return Ok(Received::First(decision.reply));
                 }
                 Ok(_) => {
                     for event in &decision.events {
                         E::apply(&mut loaded.state, event);
                     }
                     loaded.version = from + decision.events.len() as u64;
+                    loaded.tail_bytes += appended_bytes;
                     let footprint = self.snapshot_if_due(loaded, from).await;
                     self.entities
                         .inner
                         .cache
                         .note(&self.stream, loaded.version, footprint);
-                    return Ok(decision.reply);
+                    return Ok(Received::First(decision.reply));
                 }
+                Err(Error::AlreadyReceived { .. }) => return Ok(Received::Duplicate),
                 Err(Error::Conflict { .. }) if attempts < MAX_CONFLICT_RETRIES => {
                     self.catch_up(loaded).await?;
                     fresh = true;
@@ -341,6 +391,7 @@ impl<E: Entity> EntityRef<E> {
         {
             E::apply(&mut loaded.state, &e.event);
             loaded.version = e.version;
+            loaded.tail_bytes += e.size;
         }
         Ok(())
     }
@@ -348,11 +399,14 @@ impl<E: Entity> EntityRef<E> {
     /// Snapshots the state if its version passed a multiple of [`Entity::SNAPSHOT_EVERY`] since
     /// `from`; returns the state's encoded size if it was measured. A snapshot that fails to save
     /// is logged, not an error: the events are in, and the next load reads more of them.
-    async fn snapshot_if_due(&self, loaded: &Loaded<E>, from: u64) -> Option<usize> {
+    async fn snapshot_if_due(&self, loaded: &mut Loaded<E>, from: u64) -> Option<usize> {
         let every = E::SNAPSHOT_EVERY;
-        if every == 0 || from / every == loaded.version / every {
+        let by_count = every > 0 && from / every != loaded.version / every;
+        let by_size = E::SNAPSHOT_BYTES > 0 && loaded.tail_bytes >= E::SNAPSHOT_BYTES;
+        if !by_count && !by_size {
             return None;
         }
+        loaded.tail_bytes = 0;
         let store = self.store();
         let state = match personal::encode::<E, _>(store, &self.key, &loaded.state).await {
             Ok(state) => state,

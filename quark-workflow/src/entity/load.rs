@@ -14,6 +14,9 @@ pub(crate) struct Loaded<E: Entity> {
     pub(crate) version: u64,
     /// Whether the stream's row is known to exist (a write must open it first).
     pub(crate) opened: bool,
+    /// The stored size of the events applied since the snapshot the state started from (or
+    /// since the last one taken): what [`Entity::SNAPSHOT_BYTES`] bounds.
+    pub(crate) tail_bytes: usize,
 }
 
 /// One of a stream's events, decoded.
@@ -31,6 +34,8 @@ pub struct StoredEvent<Ev> {
     pub causation: Option<String>,
     /// The conversation it belongs to.
     pub correlation: Option<String>,
+    /// Its stored size in bytes (as encoded, personal fields sealed).
+    pub size: usize,
 }
 
 /// Decodes a recorded event of stream `stream` as one of `E`'s.
@@ -54,6 +59,7 @@ pub(crate) fn decode<E: Entity, R: std::fmt::Debug>(
             recorded.event.kind()
         )));
     };
+    let size = data.as_bytes().len();
     let event = data.decode::<E::Event>().map_err(|e| {
         bad(format!(
             "a `{event_type}` event does not decode as {}'s events: {e}",
@@ -67,6 +73,7 @@ pub(crate) fn decode<E: Entity, R: std::fmt::Debug>(
         event,
         causation,
         correlation,
+        size,
     })
 }
 
@@ -124,14 +131,17 @@ pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
         }
         None => (E::State::default(), 0),
     };
+    let mut tail_bytes = 0;
     for e in events::<E, R>(store, stream, version, until).await? {
         E::apply(&mut state, &e.event);
         version = e.version;
+        tail_bytes += e.size;
     }
     Ok(Loaded {
         state,
         version,
         opened: false,
+        tail_bytes,
     })
 }
 

@@ -114,6 +114,10 @@ pub trait Entity: Sized + Send + Sync + 'static {
     /// A snapshot is taken each time the stream's version passes a multiple of this (0: never).
     const SNAPSHOT_EVERY: u64 = 100;
 
+    /// A snapshot is also taken once the events since the last one add up to this many stored
+    /// bytes (0: never), so that a stream of large events does not wait for its hundredth.
+    const SNAPSHOT_BYTES: usize = 256 * 1024;
+
     /// The state, as derived from the events; `Default` is the state of an empty stream.
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 

@@ -24,6 +24,8 @@ quark_history::backend_tests!(
     it_refuses_an_oversized_event_with_its_size_and_the_limit,
     it_keeps_a_bounded_set_of_live_entities_with_their_footprints,
     it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased,
+    it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives,
+    it_snapshots_by_the_size_of_the_events_since_the_last_snapshot,
 );
 
 #[tokio::test]
@@ -623,4 +625,95 @@ impl Projection for Emails {
         }
         Ok(())
     }
+}
+
+async fn it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives(
+    t: &TestStore,
+) {
+    use quark_history::Received;
+    let a = entities(t).entity::<Account>("alice");
+    let b = entities(t).entity::<Account>("alice");
+    let first = a
+        .call_once("msg-1", &deposit(5), CallMeta::default())
+        .await
+        .unwrap();
+    assert!(matches!(first, Received::First(5)), "{first:?}");
+    // Redelivered, to another process: nothing appended.
+    let again = b
+        .call_once("msg-1", &deposit(5), CallMeta::default())
+        .await
+        .unwrap();
+    assert!(again.is_duplicate());
+    // Four processes receive the same message at once: one applies it.
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            let account = entities(t).entity::<Account>("alice");
+            tokio::spawn(async move {
+                account
+                    .call_once("msg-2", &deposit(7), CallMeta::default())
+                    .await
+                    .unwrap()
+                    .is_duplicate()
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for r in racers {
+        applied += usize::from(!r.await.unwrap());
+    }
+    assert_eq!(applied, 1);
+    let fresh = entities(t).entity::<Account>("alice");
+    assert_eq!(fresh.state().await.unwrap().cents, 12);
+    let events = fresh.events(0, None).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].causation.as_deref(), Some("msg-1"));
+    assert_eq!(events[1].causation.as_deref(), Some("msg-2"));
+}
+
+/// Accounts snapshotted by size alone: once the events since the last snapshot reach 300 bytes.
+struct BigAccount;
+
+impl Entity for BigAccount {
+    const TYPE: &'static str = "BigAccount";
+    const SNAPSHOT_EVERY: u64 = 0;
+    const SNAPSHOT_BYTES: usize = 300;
+    type State = Balance;
+    type Event = AccountEvent;
+    type Rejection = Refused;
+    fn apply(state: &mut Balance, event: &AccountEvent) {
+        apply_account(state, event)
+    }
+}
+
+async fn it_snapshots_by_the_size_of_the_events_since_the_last_snapshot(t: &TestStore) {
+    let versions = || async {
+        let mut v = Vec::new();
+        let n = t
+            .scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'BigAccount/a'")
+            .await;
+        for i in 0..n {
+            v.push(
+                t.scalar(&format!(
+                    "SELECT version FROM snapshots WHERE stream_id = 'BigAccount/a' \
+                     ORDER BY version LIMIT 1 OFFSET {i}"
+                ))
+                .await,
+            );
+        }
+        v
+    };
+    let memo = "m".repeat(200);
+    let a = entities(t).entity::<BigAccount>("a");
+    for _ in 0..5 {
+        a.call(&Deposit(1, memo.clone())).await.unwrap();
+    }
+    // Each event is over 200 bytes: every second one passes 300.
+    assert_eq!(versions().await, [2, 4]);
+    // A fresh process counts the tail it loaded (event 5) towards the next snapshot.
+    let b = entities(t).entity::<BigAccount>("a");
+    b.call(&Deposit(1, memo.clone())).await.unwrap();
+    assert_eq!(versions().await, [2, 4, 6]);
+    // Small events take longer to add up.
+    b.call(&deposit(1)).await.unwrap();
+    assert_eq!(versions().await, [2, 4, 6]);
 }
