@@ -6,7 +6,7 @@ use crate::clock::Timestamp;
 use crate::codec::{CodecTag, Payload};
 use crate::error::{Error, Result};
 use crate::event::{HistoryEvent, RecordedEvent, SCHEMA_VERSION};
-use crate::journal::{ChainBreak, GENESIS, chain_hash, to_hex};
+use crate::journal::{ChainBreak, chain_hash, to_hex};
 use crate::queue::{MAX_TRACEPARENT, NewTask};
 use crate::store::StoreConfig;
 
@@ -157,19 +157,22 @@ pub(crate) fn decode_event(
     })
 }
 
-/// Walks a chain of `(seq, codec, bytes, stored hash)` rows, in `seq` order, against the head its
-/// instance records (`next_seq`, `last_hash`). Returns how many rows were read up to the first
-/// problem, and the problem.
+/// Walks a chain of `(seq, codec, bytes, stored hash)` rows, in `seq` order, from `start` (the
+/// first sequence number kept and the hash it links to: `(1, GENESIS)` unless retention removed
+/// the events before it) against the head its instance records (`next_seq`, `last_hash`).
+/// Returns how many rows were read up to the first problem, and the problem.
 pub(crate) fn check_chain<'a>(
     rows: impl IntoIterator<Item = (i64, i16, &'a [u8], &'a [u8])>,
+    start: (u64, [u8; 32]),
     head: (u64, [u8; 32]),
 ) -> (u64, Option<ChainBreak>) {
     let (next_seq, last_hash) = head;
+    let (first, base) = start;
     let recorded = next_seq.saturating_sub(1);
-    let mut prev = GENESIS;
+    let mut prev = base;
     // The chain's hash at the recorded head's sequence number, once reached.
-    let mut at_recorded = (recorded == 0).then_some(GENESIS);
-    let mut next = 1u64;
+    let mut at_recorded = (recorded + 1 == first).then_some(base);
+    let mut next = first;
     let mut read = 0;
     for (seq, codec, bytes, stored) in rows {
         read += 1;

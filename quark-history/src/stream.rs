@@ -51,6 +51,19 @@ pub trait StreamStore: Send + Sync {
     /// [`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge).
     fn save_snapshot(&self, snapshot: Snapshot, keep: u32) -> BoxFuture<'_, Result<()>>;
 
+    /// Removes up to `limit` of the oldest events of stream `stream_id` that come before version
+    /// `before`, in one short transaction, and moves the start of its hash chain past them (the
+    /// chain then links to the hash of the last event removed, so what is left still verifies).
+    /// Returns the versions removed, `(first, last)`, or `None` if there was nothing to remove.
+    /// Archive the events first: they are gone from the journal and the global order. Refused
+    /// for a workflow instance.
+    fn truncate_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        before: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Option<(u64, u64)>>>;
+
     /// The newest snapshot of `stream_id` in `schema` at version `at_most` or before, if any.
     fn load_snapshot<'a>(
         &'a self,

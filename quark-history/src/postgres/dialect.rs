@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subject keys",
         include_str!("../../migrations/postgres/0016_subject_keys.sql"),
     ),
+    (
+        17,
+        "stream retention",
+        include_str!("../../migrations/postgres/0017_stream_retention.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

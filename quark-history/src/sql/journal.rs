@@ -123,7 +123,7 @@ pub(crate) async fn verify<S: SqlStore>(store: &S, instance_id: &str) -> Result<
     // The head and the rows in one statement, so in one snapshot: an append between two reads
     // would look like a break.
     let rows = Stmt::<S::Db>::new(
-        "SELECT i.next_seq, i.last_hash, h.seq, h.codec, h.payload, h.hash \
+        "SELECT i.next_seq, i.last_hash, i.first_seq, i.base_hash, h.seq, h.codec, h.payload, h.hash \
          FROM instances i LEFT JOIN history h ON h.instance_id = i.id \
          WHERE i.id = $1 ORDER BY h.seq",
     )
@@ -146,10 +146,17 @@ pub(crate) async fn verify<S: SqlStore>(store: &S, instance_id: &str) -> Result<
             decoded.push((seq, r.get("codec")?, r.get("payload")?, r.get("hash")?));
         }
     }
+    let start = (
+        first.get::<i64>("first_seq")? as u64,
+        first
+            .get::<Option<Vec<u8>>>("base_hash")?
+            .map_or(crate::journal::GENESIS, |h| hash32(&h)),
+    );
     let (events, problem) = check_chain(
         decoded
             .iter()
             .map(|(s, c, b, h)| (*s, *c, b.as_slice(), h.as_slice())),
+        start,
         head,
     );
     Ok(ChainReport {

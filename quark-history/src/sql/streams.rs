@@ -2,7 +2,7 @@
 
 use futures::future::BoxFuture;
 
-use super::{SqlStore, Stmt};
+use super::{Dialect, SqlStore, Stmt};
 use crate::clock::Timestamp;
 use crate::codec::{CodecTag, Payload};
 use crate::error::{Error, Result};
@@ -92,6 +92,64 @@ impl<S: SqlStore> StreamStore for S {
             .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    fn truncate_stream<'a>(
+        &'a self,
+        stream_id: &'a str,
+        before: u64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Option<(u64, u64)>>> {
+        Box::pin(async move {
+            let mut tx = self.begin_write().await?;
+            let Some(row) = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
+                "SELECT status, first_seq, next_seq FROM instances WHERE id = $1{}",
+                S::Db::FOR_UPDATE
+            )))
+            .bind(stream_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                return Err(Error::InstanceNotFound {
+                    id: stream_id.to_string(),
+                });
+            };
+            let status: String = row.get("status")?;
+            if status != "stream" {
+                return Err(Error::Invalid(format!(
+                    "`{stream_id}` is a workflow instance: only entity streams are truncated"
+                )));
+            }
+            let first = row.get::<i64>("first_seq")? as u64;
+            let next = row.get::<i64>("next_seq")? as u64;
+            let end = before.min(next).min(first + u64::from(limit.max(1)));
+            if end <= first {
+                return Ok(None);
+            }
+            let hash: Vec<u8> =
+                Stmt::<S::Db>::new("SELECT hash FROM history WHERE instance_id = $1 AND seq = $2")
+                    .bind(stream_id)
+                    .bind((end - 1) as i64)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get("hash")?;
+            Stmt::<S::Db>::new(
+                "DELETE FROM history WHERE instance_id = $1 AND seq >= $2 AND seq < $3",
+            )
+            .bind(stream_id)
+            .bind(first as i64)
+            .bind(end as i64)
+            .execute(&mut *tx)
+            .await?;
+            Stmt::<S::Db>::new("UPDATE instances SET first_seq = $2, base_hash = $3 WHERE id = $1")
+                .bind(stream_id)
+                .bind(end as i64)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some((first, end - 1)))
         })
     }
 

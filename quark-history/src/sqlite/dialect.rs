@@ -77,6 +77,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "subject keys",
         include_str!("../../migrations/sqlite/0013_subject_keys.sql"),
     ),
+    (
+        14,
+        "stream retention",
+        include_str!("../../migrations/sqlite/0014_stream_retention.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

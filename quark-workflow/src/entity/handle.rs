@@ -470,10 +470,25 @@ impl<E: Entity> EntityRef<E> {
         };
         let loaded = load::<E, E::Rejection>(self.store(), &self.stream, Some(version)).await?;
         if loaded.version < version {
-            return Err(EntityError::Store(Error::Invalid(format!(
-                "stream `{}` has {} events: there is no version {version}",
-                self.stream, loaded.version
-            ))));
+            let length = self
+                .store()
+                .get_instance(&self.stream)
+                .await
+                .map_err(from_store)?
+                .map_or(0, |r| r.history_len);
+            return Err(EntityError::Store(Error::Invalid(
+                match version <= length {
+                    true => format!(
+                        "stream `{}` cannot be read at version {version}: retention removed events \
+                     before it, and no snapshot at or before it is left",
+                        self.stream
+                    ),
+                    false => format!(
+                        "stream `{}` has {length} events: there is no version {version}",
+                        self.stream
+                    ),
+                },
+            )));
         }
         Ok((loaded.state, loaded.version))
     }

@@ -132,7 +132,21 @@ pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
         None => (E::State::default(), 0),
     };
     let mut tail_bytes = 0;
-    for e in events::<E, R>(store, stream, version, until).await? {
+    let tail = events::<E, R>(store, stream, version, until).await?;
+    if let Some(first) = tail.first()
+        && first.version != version + 1
+    {
+        // Retention removed events that no snapshot of this schema covers.
+        return Err(EntityError::Store(quark_history::Error::Invalid(format!(
+            "stream `{stream}`: events {} to {} were removed by retention, and no snapshot of \
+             schema {} at or before version {} is left to start from",
+            version + 1,
+            first.version - 1,
+            E::SCHEMA,
+            until.map_or_else(|| "now".to_string(), |u| u.to_string()),
+        ))));
+    }
+    for e in tail {
         E::apply(&mut state, &e.event);
         version = e.version;
         tail_bytes += e.size;

@@ -80,6 +80,7 @@ mod handle;
 mod load;
 mod orchestration;
 mod personal;
+mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -96,6 +97,7 @@ pub(crate) use orchestration::command_entry;
 pub use orchestration::{OrchestrationEntity, command_activity};
 pub use personal::Personal;
 pub(crate) use personal::open_all;
+pub use retention::{Archived, Retention, RetentionReport};
 
 /// An event-sourced entity type: its state, its events and how an event changes the state.
 ///

@@ -26,6 +26,7 @@ quark_history::backend_tests!(
     it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased,
     it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives,
     it_snapshots_by_the_size_of_the_events_since_the_last_snapshot,
+    it_removes_old_events_a_snapshot_covers_after_archiving_them,
 );
 
 #[tokio::test]
@@ -716,4 +717,110 @@ async fn it_snapshots_by_the_size_of_the_events_since_the_last_snapshot(t: &Test
     // Small events take longer to add up.
     b.call(&deposit(1)).await.unwrap();
     assert_eq!(versions().await, [2, 4, 6]);
+}
+
+async fn it_removes_old_events_a_snapshot_covers_after_archiving_them(t: &TestStore) {
+    use quark_workflow::entity::Retention;
+    let entities = entities(t);
+    let alice = entities.entity::<Account>("alice");
+    for _ in 0..33 {
+        alice.call(&deposit(1)).await.unwrap();
+    }
+    // No snapshot yet: left alone.
+    let bare = entities.entity::<AccountV2>("bob");
+    bare.call(&deposit(1)).await.unwrap();
+    // A projection that has applied nothing holds everything back.
+    let projections = quark_history::ProjectionStore::register_projection(&*t.store, "p", 1)
+        .await
+        .unwrap();
+    assert_eq!(projections.checkpoint, quark_history::GlobalPosition::START);
+    let dir = std::env::temp_dir().join(format!("quark-retention-{}", uuid_like(t)));
+    let keep_5 = Retention {
+        max_count: Some(5),
+        batch: 7,
+        ..Retention::default()
+    };
+    let held = entities
+        .apply_retention::<Account>(&keep_5, &dir)
+        .await
+        .unwrap();
+    assert_eq!(held.removed, 0);
+    assert!(
+        held.skipped
+            .iter()
+            .any(|(s, why)| s == "Account/alice" && why.contains("projection"))
+    );
+    assert!(
+        held.skipped
+            .iter()
+            .any(|(s, why)| s == "Account/bob" && why.contains("snapshot"))
+    );
+    // Once it has applied them, they go: the newest 5 stay, but not past the snapshot at 30.
+    let lease = t
+        .store
+        .lease_projection("p", 1, "test", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let all = t.store.read_all(lease.checkpoint, 10_000).await.unwrap();
+    let mut tx = t.store.begin_tx().await.unwrap();
+    t.store
+        .advance_projection(
+            &mut tx,
+            "p",
+            1,
+            "test",
+            lease.checkpoint,
+            all.last().unwrap().position,
+            all.len() as u64,
+            None,
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let done = entities
+        .apply_retention::<Account>(&keep_5, &dir)
+        .await
+        .unwrap();
+    assert_eq!(done.removed, 28);
+    let range = &done.archived[0];
+    assert_eq!(
+        (range.stream.as_str(), range.first, range.last),
+        ("Account/alice", 1, 28)
+    );
+    // The archive holds them, as stored, and its hashes check.
+    let archived = std::fs::read(&range.file).unwrap();
+    assert_eq!(blake3::hash(&archived).to_hex().to_string(), range.blake3);
+    assert_eq!(archived.iter().filter(|b| **b == b'\n').count(), 28);
+    let manifest = std::fs::read(done.manifest.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        Some(blake3::hash(&manifest).to_hex().to_string()),
+        done.manifest_blake3
+    );
+    // The entity loads, the chain of what is left verifies, and new commands append.
+    let fresh = Entities::new(Arc::clone(&t.store)).entity::<Account>("alice");
+    assert_eq!(fresh.state().await.unwrap().cents, 33);
+    assert!(t.store.verify("Account/alice").await.unwrap().is_intact());
+    fresh.call(&deposit(1)).await.unwrap();
+    assert!(t.store.verify("Account/alice").await.unwrap().is_intact());
+    // The removed past is gone from reads, with a clear error, but the snapshot's is there.
+    let gone = fresh.state_at(At::Version(25)).await.unwrap_err();
+    assert!(format!("{gone}").contains("retention"), "{gone}");
+    assert_eq!(fresh.state_at(At::Version(30)).await.unwrap().0.cents, 30);
+    // A row deleted behind retention's back is still caught.
+    t.execute("DELETE FROM history WHERE instance_id = 'Account/alice' AND seq = 31")
+        .await;
+    assert_eq!(
+        t.store.verify("Account/alice").await.unwrap().problem,
+        Some(quark_history::ChainBreak::Missing {
+            from: 31,
+            until: 32
+        })
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn uuid_like(t: &TestStore) -> String {
+    format!("{}-{:?}", t.store.backend(), std::thread::current().id())
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
 }
