@@ -1,6 +1,8 @@
 //! The workload of the end-to-end tests, shared by the test harness and the `crash-worker` binary
 //! it starts and kills.
 
+pub mod ledger;
+
 use std::str::FromStr;
 use std::time::Duration;
 

@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod crash;
 mod entities;
+mod entity_chaos;
 mod job_crash;
 mod projections;
 mod recovery;
