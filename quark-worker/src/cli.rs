@@ -106,9 +106,9 @@ pub enum Command {
     /// Inspects, starts and replays workflow instances.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
-    /// Checks an instance's hash chain, or every instance's (`--all`), against its events and the
-    /// head its instance records: names an altered event, missing events and a truncated history.
-    /// Fails if any chain is broken.
+    /// Checks an instance's or entity stream's hash chain, or every one's (`--all`), against its
+    /// events and the head its row records: names an altered event, missing events and a truncated
+    /// history. Fails if any chain is broken.
     Verify {
         /// The instance id.
         #[arg(required_unless_present = "all", conflicts_with = "all")]

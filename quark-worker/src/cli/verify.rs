@@ -80,6 +80,8 @@ pub(super) async fn run(
             .list_instances(InstanceFilter {
                 after: after.clone(),
                 limit: PAGE,
+                // Workflow runs and entity streams alike.
+                statuses: quark_history::InstanceStatus::ALL.to_vec(),
                 ..InstanceFilter::default()
             })
             .await?;

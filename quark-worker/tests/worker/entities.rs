@@ -546,4 +546,28 @@ async fn it_shows_entities_events_projections_and_causes_on_the_command_line(t: 
     .await;
     assert_eq!(status[0]["behind_seconds"].as_f64(), Some(0.0));
     assert_eq!(status[0]["applied"], listed[0]["applied"]);
+
+    // `verify --all` covers entity streams: one altered behind the engine's back is named.
+    let all = || Cli::Verify {
+        id: None,
+        all: true,
+    };
+    let intact = cli(t, all(), None).await;
+    assert_eq!(intact["broken"].as_array().unwrap().len(), 0);
+    let checked = intact["checked"].as_u64().unwrap();
+    t.execute("DELETE FROM history WHERE instance_id = 'Wallet/carol' AND seq = 2")
+        .await;
+    let mut out = Vec::new();
+    let failed = quark_worker::cli::run_on(
+        Arc::clone(&t.store),
+        all(),
+        quark_worker::cli::Output::Json,
+        None,
+        &mut out,
+    )
+    .await;
+    assert!(failed.is_err(), "a broken chain fails the command");
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["checked"].as_u64(), Some(checked));
+    assert_eq!(report["broken"][0]["id"], "Wallet/carol");
 }
