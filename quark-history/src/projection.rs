@@ -147,6 +147,10 @@ pub trait ProjectionStore: Send + Sync {
     /// transaction: readers switch from one complete read model to the other.
     fn activate_projection<'a>(&'a self, name: &'a str, version: u32) -> BoxFuture<'a, Result<()>>;
 
+    /// The position of the last event committed so far in the global order (`None`: there is
+    /// none), whether or not it is final yet: what a catch-up waits for its checkpoint to pass.
+    fn committed_head(&self) -> BoxFuture<'_, Result<Option<GlobalPosition>>>;
+
     /// The position of event `seq` of `instance_id` in the global order, if it exists: what
     /// a reader waits for a projection to pass, to read its own write.
     fn event_position<'a>(

@@ -465,7 +465,7 @@ impl WorkerBuilder<HasStore> {
             runners: Arc::new(self.runners),
             metrics_addr: self.metrics_addr,
             shared: Arc::new(Shared {
-                committer: crate::committer::Committer::new(),
+                committer: quark_workflow::runner::Committer::new(),
                 transactions: Arc::new(Semaphore::new(settings.transactions)),
                 store,
                 settings,

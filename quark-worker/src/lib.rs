@@ -74,7 +74,6 @@
 mod builder;
 #[cfg(feature = "cli")]
 pub mod cli;
-mod committer;
 mod endpoint;
 mod fault;
 mod handler;

@@ -45,7 +45,7 @@ pub(crate) struct InFlight {
 /// State shared by the pollers, the task runners and the lease keeper.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) committer: crate::committer::Committer,
+    pub(crate) committer: quark_workflow::runner::Committer,
     /// Turns for transactional activities and jobs to hold a database transaction.
     pub(crate) transactions: Arc<Semaphore>,
     pub(crate) settings: Settings,

@@ -251,6 +251,31 @@ impl<S: SqlStore> ProjectionStore for S {
         })
     }
 
+    fn committed_head(&self) -> BoxFuture<'_, Result<Option<GlobalPosition>>> {
+        Box::pin(async move {
+            let order = match S::Db::BACKEND {
+                crate::Backend::Postgres => "tx_id DESC, global_position DESC",
+                _ => "global_position DESC",
+            };
+            let row = Stmt::<S::Db>::new(sql(format!(
+                "SELECT {} AS tx, global_position FROM history ORDER BY {order} LIMIT 1",
+                S::Db::TX_TEXT
+            )))
+            .fetch_optional(&mut *self.reader().acquire().await?)
+            .await?;
+            row.map(|r| {
+                let tx: String = r.get("tx")?;
+                Ok(GlobalPosition {
+                    tx: tx
+                        .parse()
+                        .map_err(|_| Error::Invalid(format!("bad transaction id `{tx}`")))?,
+                    position: r.get("global_position")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
     fn event_position<'a>(
         &'a self,
         instance_id: &'a str,

@@ -12,7 +12,7 @@ use super::cache::{Cache, LiveEntity, Slot};
 use super::error::{EntityError, from_store};
 use super::load::{Loaded, StoredEvent, encode_state, events, load};
 use super::{Command, Entity, personal, stream_id};
-use crate::runner::WarmLimits;
+use crate::runner::{Committer, WarmLimits};
 
 /// How many times a command is decided before [`EntityError::Contended`]: each conflict with
 /// another writer costs one.
@@ -73,6 +73,35 @@ pub struct Entities {
 struct Inner {
     store: Arc<dyn Store>,
     cache: Cache,
+    /// Concurrent commands' appends share transactions (on PostgreSQL).
+    committer: Committer,
+    /// Appends under way: a lone one goes straight to the store, without the hop to a lane.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Committer lanes, and the most commits one transaction takes.
+const LANES: usize = 4;
+const MAX_BATCH: usize = 128;
+
+impl Inner {
+    async fn commit(&self, commit: Commit) -> quark_history::Result<quark_history::Committed> {
+        use std::sync::atomic::Ordering;
+        struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let _done = Done(&self.in_flight);
+        if alone {
+            return self.store.commit(commit).await;
+        }
+        if !self.committer.started() {
+            self.committer.start_lanes(&self.store, LANES, MAX_BATCH);
+        }
+        self.committer.commit(commit).await
+    }
 }
 
 impl std::fmt::Debug for Entities {
@@ -95,6 +124,8 @@ impl Entities {
             inner: Arc::new(Inner {
                 store,
                 cache: Cache::new(limits),
+                committer: Committer::new(),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -307,7 +338,7 @@ impl<E: Entity> EntityRef<E> {
             if let Some(id) = message_id {
                 commit = commit.receive(id);
             }
-            match store.commit(commit).await {
+            match self.entities.inner.commit(commit).await {
                 Ok(_) if stored_differs => {
                     // Read back what was stored, at the next load.
                     *held = None;

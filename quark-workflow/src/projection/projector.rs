@@ -151,20 +151,30 @@ impl<P: Projection> Projector<P> {
         })
     }
 
-    /// Steps until the read model is up to date, calling `progress` with the row after each page;
-    /// a building version that catches up becomes the active one. Returns how many events it
-    /// applied. Fails if another runner holds the lease.
+    /// Steps until the read model holds every event committed before the call, calling
+    /// `progress` with the count and checkpoint after each page; a building version that catches
+    /// up becomes the active one. Returns how many events it applied. On PostgreSQL an event
+    /// becomes readable in the global order only once every transaction older than it has ended,
+    /// so a transaction held open anywhere on the server makes this wait until it ends. Fails if
+    /// another runner holds the lease.
     pub async fn catch_up(
         &self,
         mut progress: impl FnMut(u64, GlobalPosition),
     ) -> Result<u64, ProjectionError> {
         let record = self.register().await?;
+        let target = self.store.committed_head().await?;
         let mut applied = 0;
+        let mut at = record.checkpoint;
         loop {
             match self.step().await? {
                 CatchUp::Applied { events, checkpoint } => {
                     applied += events;
+                    at = checkpoint;
                     progress(applied, checkpoint);
+                }
+                CatchUp::CaughtUp if target.is_some_and(|t| at < t) => {
+                    // Committed, not final yet: an older transaction is still open.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 CatchUp::CaughtUp => break,
                 CatchUp::Busy => return Err(self.busy().await),

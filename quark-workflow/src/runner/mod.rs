@@ -22,6 +22,7 @@
 //! root.
 
 mod activity;
+mod committer;
 pub mod live;
 mod orchestration;
 pub mod outbox;
@@ -39,6 +40,7 @@ use quark_history::{
 use crate::activity::ActivityInfo;
 use crate::registry::Registry;
 
+pub use committer::Committer;
 pub use live::{HistoryWarning, LiveInstance, WarmLimits};
 // The SDK's task formats and pure steps, for a runtime: what a task carries, how a turn is taken,
 // how an activity's, a timer's or a job's outcome is committed.

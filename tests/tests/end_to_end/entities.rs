@@ -762,6 +762,16 @@ async fn it_removes_old_events_a_snapshot_covers_after_archiving_them(t: &TestSt
         .await
         .unwrap()
         .unwrap();
+    // (Final once no older transaction is open anywhere on the server.)
+    quark_history::testing::eventually("every deposit is final", async || {
+        t.store
+            .read_all(lease.checkpoint, 10_000)
+            .await
+            .unwrap()
+            .len()
+            == 34
+    })
+    .await;
     let all = t.store.read_all(lease.checkpoint, 10_000).await.unwrap();
     let mut tx = t.store.begin_tx().await.unwrap();
     t.store

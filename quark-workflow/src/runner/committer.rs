@@ -1,6 +1,6 @@
-//! Group commit: the commits of a worker's concurrent tasks share transactions.
-//!
-//! Task runners hand their commits to a few committer lanes. A lane takes whatever has piled up
+//! Group commit: concurrent commits share transactions. A worker's task runners and the entities
+//! of a process ([`Entities`](crate::entity::Entities)) hand their commits to a few committer
+//! lanes. A lane takes whatever has piled up
 //! (up to a batch limit) and writes it with [`Store::commit_many`], each commit still all or
 //! nothing. Nothing waits to fill a batch: a lone commit goes out at once, and batches grow only
 //! while the database is busy with the previous ones.
@@ -12,16 +12,24 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 type Request = (Commit, oneshot::Sender<quark_history::Result<Committed>>);
 
+/// Batches concurrent commits into [`Store::commit_many`] calls.
 #[derive(Debug)]
-pub(crate) struct Committer {
+pub struct Committer {
     tx: mpsc::UnboundedSender<Request>,
     /// Taken by [`start_lanes`](Self::start_lanes) when the worker starts: building a worker must
     /// not need a running Tokio runtime.
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
 }
 
+impl Default for Committer {
+    fn default() -> Self {
+        Committer::new()
+    }
+}
+
 impl Committer {
-    pub(crate) fn new() -> Self {
+    /// A committer whose lanes are not started yet.
+    pub fn new() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Committer {
             tx,
@@ -29,8 +37,8 @@ impl Committer {
         }
     }
 
-    /// Starts the lanes (once; later calls do nothing).
-    pub(crate) fn start_lanes(&self, store: &Arc<dyn Store>, lanes: usize, max_batch: usize) {
+    /// Starts the lanes (once; later calls do nothing). Needs a running Tokio runtime.
+    pub fn start_lanes(&self, store: &Arc<dyn Store>, lanes: usize, max_batch: usize) {
         let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
@@ -40,14 +48,20 @@ impl Committer {
         }
     }
 
-    pub(crate) async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {
+    /// Whether the lanes run.
+    pub fn started(&self) -> bool {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Commits `commit` in the next batch of a lane; its result is its own.
+    pub async fn commit(&self, commit: Commit) -> quark_history::Result<Committed> {
         let (reply, result) = oneshot::channel();
         if self.tx.send((commit, reply)).is_err() {
-            return Err(Error::Invalid("the worker's committer has stopped".into()));
+            return Err(Error::Invalid("the committer has stopped".into()));
         }
         result
             .await
-            .unwrap_or_else(|_| Err(Error::Invalid("the worker's committer has stopped".into())))
+            .unwrap_or_else(|_| Err(Error::Invalid("the committer has stopped".into())))
     }
 }
 
