@@ -15,10 +15,10 @@
 //!   the state rebuilt from the events.
 //! - **Warm.** Loaded entities stay in memory (bounded, like warm orchestrations), so a hot entity
 //!   does not re-read its stream per command; [`Entities::live`] reports each one's footprint.
-//! - **Time travel.** [`Entities::state_at`] is the state at any past version or time;
-//!   [`Entities::diff`] the events between two versions and the states at both ends.
+//! - **Time travel.** [`EntityRef::state_at`] is the state at any past version or time;
+//!   [`EntityRef::diff`] the events between two versions and the states at both ends.
 //!
-//! A stream's id is `TYPE/key`. Its events are [`HistoryEvent::EntityEvent`]s in the same journal
+//! A stream's id is `TYPE/key`. Its events are [`HistoryEvent::EntityEvent`](quark_history::HistoryEvent::EntityEvent)s in the same journal
 //! as the workflows: the global order, the hash chain, `quark verify` and signed checkpoints cover
 //! them.
 //!

@@ -4,7 +4,7 @@
 //! A [`Projection`] says how a page of events changes its read model, inside the read model's
 //! database transaction ([`StoreTx`]). A [`Projector`] runs it: it takes the projection's lease
 //! (one runner at a time per projection version), reads the next page of the gap-safe global order
-//! after the checkpoint ([`Store::read_all`]), applies it, and moves the checkpoint in the same
+//! after the checkpoint ([`Store::read_all`](quark_history::Store::read_all)), applies it, and moves the checkpoint in the same
 //! transaction, fenced by the lease and the checkpoint it read from. A crash rolls back the page
 //! and its checkpoint together; the next holder applies it again. An event that commits late with
 //! a smaller position is never skipped: `read_all` does not pass it until it is final.
