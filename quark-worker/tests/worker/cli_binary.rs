@@ -415,10 +415,20 @@ fn it_exports_a_commands_span_over_otlp_and_what_the_command_wrote_carries_its_t
     let dir = scratch("otlp");
     let (addr, received) = collector();
     let endpoint = format!("http://{addr}");
+    // A generous export timeout (the flush at exit waits as long): under a loaded CI host an
+    // export has come back empty, with nothing said. The SDK's own logs are asked for, so that a
+    // failure shows what the exporter saw.
     let o = quark(
         &dir,
         &["outbox", "send", "callback:audit", r#"{"n": 1}"#],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
+            (
+                "RUST_LOG",
+                "warn,opentelemetry=debug,opentelemetry_sdk=debug,opentelemetry_otlp=debug",
+            ),
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let sent_stderr = stderr(&o);
