@@ -151,6 +151,11 @@ pub trait ProjectionStore: Send + Sync {
     /// none), whether or not it is final yet: what a catch-up waits for its checkpoint to pass.
     fn committed_head(&self) -> BoxFuture<'_, Result<Option<GlobalPosition>>>;
 
+    /// How many committed events come after `position` in the global order, counting up to
+    /// `cap` at most (a count of `cap` means "at least"): how far behind a projection is, in
+    /// events. Events not final yet are counted too.
+    fn count_after(&self, position: GlobalPosition, cap: u64) -> BoxFuture<'_, Result<u64>>;
+
     /// The position of event `seq` of `instance_id` in the global order, if it exists: what
     /// a reader waits for a projection to pass, to read its own write.
     fn event_position<'a>(

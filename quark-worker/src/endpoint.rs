@@ -136,6 +136,10 @@ fn describe() {
          (0: up to date), as of its last look"
     );
     describe_gauge!(
+        names::PROJECTION_BEHIND_EVENTS,
+        "How many committed events a projection has not applied, per projection, as of its last look"
+    );
+    describe_gauge!(
         names::BLOCKED,
         "Instances blocked by a dead-lettered turn (nondeterminism, a panic), per queue: fix the \
          code, then re-drive the turn"

@@ -37,6 +37,7 @@ pub(crate) mod names {
     pub(crate) const BLOCKED: &str = "quark_instances_blocked";
     pub(crate) const PROJECTED: &str = "quark_projection_events_total";
     pub(crate) const PROJECTION_BEHIND: &str = "quark_projection_behind_seconds";
+    pub(crate) const PROJECTION_BEHIND_EVENTS: &str = "quark_projection_behind_events";
 }
 
 /// The labels of a running task's figures.

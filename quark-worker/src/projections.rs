@@ -12,6 +12,9 @@ use crate::shared::Shared;
 /// How long a failed step waits before the next.
 const BACKOFF: Duration = Duration::from_secs(1);
 
+/// How often the lag is measured while a projection catches up.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs `projection` until the worker stops, then gives up its lease.
 pub(crate) async fn run(shared: Arc<Shared>, projection: Arc<dyn RunProjection>) {
     let (name, version) = (projection.name(), projection.version());
@@ -19,10 +22,16 @@ pub(crate) async fn run(shared: Arc<Shared>, projection: Arc<dyn RunProjection>)
     if let Err(e) = projection.register().await {
         tracing::warn!(projection = name, version, error = %e, "registering the projection failed");
     }
+    let mut last_report = tokio::time::Instant::now();
     while !shared.is_stopping() {
         let wait = match projection.step().await {
             Ok(CatchUp::Applied { events, .. }) => {
                 metrics::counter!(names::PROJECTED, &labels).increment(events);
+                // The lag, while catching up too, at most once a second.
+                if last_report.elapsed() >= LAG_EVERY {
+                    report_lag(&*projection, &labels).await;
+                    last_report = tokio::time::Instant::now();
+                }
                 continue;
             }
             Ok(CatchUp::CaughtUp) => {
@@ -56,5 +65,6 @@ pub(crate) async fn run(shared: Arc<Shared>, projection: Arc<dyn RunProjection>)
 async fn report_lag(projection: &dyn RunProjection, labels: &[(&'static str, String); 1]) {
     if let Ok(status) = projection.status().await {
         metrics::gauge!(names::PROJECTION_BEHIND, labels).set(status.behind.as_secs_f64());
+        metrics::gauge!(names::PROJECTION_BEHIND_EVENTS, labels).set(status.behind_events as f64);
     }
 }

@@ -276,6 +276,25 @@ impl<S: SqlStore> ProjectionStore for S {
         })
     }
 
+    fn count_after(&self, position: GlobalPosition, cap: u64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let after = match S::Db::BACKEND {
+                crate::Backend::Postgres => "(tx_id, global_position) > ($1::text::xid8, $2)",
+                _ => "global_position > $2 AND $1 = $1",
+            };
+            let n: i64 = Stmt::<S::Db>::new(sql(format!(
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM history WHERE {after} LIMIT $3) s"
+            )))
+            .bind(position.tx.to_string())
+            .bind(position.position)
+            .bind(cap.min(i64::MAX as u64) as i64)
+            .fetch_one(&mut *self.reader().acquire().await?)
+            .await?
+            .get("n")?;
+            Ok(n as u64)
+        })
+    }
+
     fn event_position<'a>(
         &'a self,
         instance_id: &'a str,

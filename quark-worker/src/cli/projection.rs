@@ -17,7 +17,7 @@ pub enum ProjectionCommand {
     /// Every projection version: state, checkpoint, events applied, lease holder.
     List,
     /// One projection's versions, each with how far behind it is: the next event it has not
-    /// applied and how long that event has waited.
+    /// applied, how long that event has waited, and how many events it has not applied.
     Status {
         /// The projection's name.
         name: String,
@@ -40,6 +40,8 @@ struct Row {
     next: Option<String>,
     /// How long that event has waited, in seconds.
     behind_seconds: Option<f64>,
+    /// How many committed events it has not applied (counted up to a million).
+    behind_events: Option<u64>,
 }
 
 fn row(r: ProjectionRecord) -> Row {
@@ -54,6 +56,7 @@ fn row(r: ProjectionRecord) -> Row {
         updated_at: r.updated_at,
         next: None,
         behind_seconds: None,
+        behind_events: None,
     }
 }
 
@@ -71,7 +74,11 @@ pub(super) async fn run(
             let now = store.config().clock.now();
             for r in all.into_iter().filter(|r| r.name == name) {
                 let next = store.read_all(r.checkpoint, 1).await?.into_iter().next();
+                let behind_events = store
+                    .count_after(r.checkpoint, quark_workflow::projection::BEHIND_CAP)
+                    .await?;
                 let mut shown = row(r);
+                shown.behind_events = Some(behind_events);
                 if let Some(e) = next {
                     shown.next = Some(e.position.to_string());
                     shown.behind_seconds = Some(
@@ -97,6 +104,7 @@ pub(super) async fn run(
             "applied",
             "lease",
             "behind",
+            "events behind",
         ]);
         for r in rows {
             t.add_row([
@@ -108,6 +116,8 @@ pub(super) async fn run(
                 r.lease_owner.clone().unwrap_or_else(|| "-".into()),
                 r.behind_seconds
                     .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
+                r.behind_events
+                    .map_or_else(|| "-".into(), |n| n.to_string()),
             ]);
         }
         write_table(out, &t)

@@ -545,6 +545,7 @@ async fn it_shows_entities_events_projections_and_causes_on_the_command_line(t: 
     )
     .await;
     assert_eq!(status[0]["behind_seconds"].as_f64(), Some(0.0));
+    assert_eq!(status[0]["behind_events"].as_u64(), Some(0));
     assert_eq!(status[0]["applied"], listed[0]["applied"]);
 
     // `verify --all` covers entity streams: one altered behind the engine's back is named.

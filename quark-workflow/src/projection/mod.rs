@@ -25,7 +25,7 @@ use std::future::Future;
 
 pub use batch::{Batch, ProjectedEvent};
 pub use projector::{
-    CatchUp, DEFAULT_LEASE, DEFAULT_PAGE, ProjectionStatus, Projector, RunProjection,
+    BEHIND_CAP, CatchUp, DEFAULT_LEASE, DEFAULT_PAGE, ProjectionStatus, Projector, RunProjection,
     active_version, position_of,
 };
 pub use quark_history::{GlobalEvent, GlobalPosition, ProjectionRecord, ProjectionState, StoreTx};

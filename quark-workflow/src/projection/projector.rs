@@ -42,7 +42,13 @@ pub struct ProjectionStatus {
     pub next: Option<(GlobalPosition, Timestamp)>,
     /// How long the oldest unapplied event has waited (zero when up to date).
     pub behind: Duration,
+    /// How many committed events it has not applied, counted up to [`BEHIND_CAP`] (a count of
+    /// that many means "at least").
+    pub behind_events: u64,
 }
+
+/// The most unapplied events [`Projector::status`] counts.
+pub const BEHIND_CAP: u64 = 1_000_000;
 
 /// Runs a [`Projection`] over a store. Each projector has its own lease owner id; several can run
 /// one projection, and the lease lets one apply at a time.
@@ -299,10 +305,15 @@ impl<P: Projection> Projector<P> {
         let behind = next.map_or(Duration::ZERO, |(_, at)| {
             Duration::from_micros(now.as_micros().saturating_sub(at.as_micros()).max(0) as u64)
         });
+        let behind_events = self
+            .store
+            .count_after(record.checkpoint, BEHIND_CAP)
+            .await?;
         Ok(ProjectionStatus {
             record,
             next,
             behind,
+            behind_events,
         })
     }
 }

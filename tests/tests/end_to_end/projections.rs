@@ -349,6 +349,7 @@ async fn it_waits_for_a_commands_events_and_reports_how_far_behind_it_is(t: &Tes
     let status = p.status().await.unwrap();
     assert_eq!(status.next.map(|n| n.0), Some(position));
     assert_eq!(status.behind, Duration::from_secs(3));
+    assert_eq!(status.behind_events, 1);
     let waited = p
         .wait_for(
             position,
@@ -377,7 +378,11 @@ async fn it_waits_for_a_commands_events_and_reports_how_far_behind_it_is(t: &Tes
         .unwrap();
     runner.await.unwrap().unwrap();
     assert_eq!(model(t, 1).await, ["#0=5"]);
-    assert_eq!(p.status().await.unwrap().behind, Duration::ZERO);
+    let caught_up = p.status().await.unwrap();
+    assert_eq!(
+        (caught_up.behind, caught_up.behind_events),
+        (Duration::ZERO, 0)
+    );
     assert!(position > GlobalPosition::START);
 }
 
