@@ -490,6 +490,19 @@ async fn it_shows_entities_events_projections_and_causes_on_the_command_line(t: 
     )
     .await;
     assert_eq!(debits.as_array().unwrap().len(), 1);
+    // The queries below scan the global order, which on PostgreSQL reaches an event once no
+    // older transaction is open anywhere on the server (other tests hold some).
+    eventually("the wallet's events are final", async || {
+        t.store
+            .read_all(quark_history::GlobalPosition::START, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.event.instance_id == "Wallet/carol")
+            .count()
+            == 2
+    })
+    .await;
     let conversation = cli(
         t,
         query(Filter {
