@@ -104,18 +104,23 @@ pub(crate) async fn read_all<S: SqlStore>(
         .await?
         .iter()
         .map(|row| {
-            let tx: String = row.get("tx")?;
             Ok(GlobalEvent {
-                position: GlobalPosition {
-                    tx: tx
-                        .parse()
-                        .map_err(|_| Error::Invalid(format!("bad transaction id `{tx}`")))?,
-                    position: row.get("global_position")?,
-                },
+                position: position_from_row(row)?,
                 event: event_from_row(row)?,
             })
         })
         .collect()
+}
+
+/// A global position from a row's `tx` (text) and `global_position` columns.
+pub(crate) fn position_from_row<DB: Dialect>(row: &Row<DB>) -> Result<GlobalPosition> {
+    let tx: String = row.get("tx")?;
+    Ok(GlobalPosition {
+        tx: tx
+            .parse()
+            .map_err(|_| Error::Invalid(format!("bad transaction id `{tx}`")))?,
+        position: row.get("global_position")?,
+    })
 }
 
 /// Recomputes an instance's hash chain.

@@ -263,16 +263,8 @@ impl<S: SqlStore> ProjectionStore for S {
             )))
             .fetch_optional(&mut *self.reader().acquire().await?)
             .await?;
-            row.map(|r| {
-                let tx: String = r.get("tx")?;
-                Ok(GlobalPosition {
-                    tx: tx
-                        .parse()
-                        .map_err(|_| Error::Invalid(format!("bad transaction id `{tx}`")))?,
-                    position: r.get("global_position")?,
-                })
-            })
-            .transpose()
+            row.map(|r| super::journal::position_from_row(&r))
+                .transpose()
         })
     }
 
@@ -309,16 +301,8 @@ impl<S: SqlStore> ProjectionStore for S {
             .bind(seq as i64)
             .fetch_optional(&mut *self.reader().acquire().await?)
             .await?;
-            row.map(|r| {
-                let tx: String = r.get("tx")?;
-                Ok(GlobalPosition {
-                    tx: tx
-                        .parse()
-                        .map_err(|_| Error::Invalid(format!("bad transaction id `{tx}`")))?,
-                    position: r.get("global_position")?,
-                })
-            })
-            .transpose()
+            row.map(|r| super::journal::position_from_row(&r))
+                .transpose()
         })
     }
 }

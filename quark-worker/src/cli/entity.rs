@@ -6,13 +6,14 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use quark_history::{HistoryEvent, HistoryRange, InstanceStatus, Store, Timestamp};
 use quark_workflow::Registry;
 use quark_workflow::entity::At;
 use serde::Serialize;
 
+use super::events::parse_time;
 use super::output::{self, Output, rfc3339, table, write_table};
 
 /// `quark entity ...`
@@ -80,12 +81,6 @@ struct Diffed {
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
     events: Vec<EventRow>,
-}
-
-fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
-    let t = chrono::DateTime::parse_from_rfc3339(s)
-        .with_context(|| format!("`{s}` is not an RFC 3339 time (e.g. 2026-12-04T10:00:00Z)"))?;
-    Ok(Timestamp::from_micros(t.timestamp_micros()))
 }
 
 fn data_json(data: &quark_history::Payload) -> serde_json::Value {

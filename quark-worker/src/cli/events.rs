@@ -73,7 +73,7 @@ struct Matcher {
     until: Option<Timestamp>,
 }
 
-fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
+pub(super) fn parse_time(s: &str) -> anyhow::Result<Timestamp> {
     let t = chrono::DateTime::parse_from_rfc3339(s)
         .with_context(|| format!("`{s}` is not an RFC 3339 time (e.g. 2026-12-04T10:00:00Z)"))?;
     Ok(Timestamp::from_micros(t.timestamp_micros()))
