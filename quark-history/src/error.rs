@@ -192,6 +192,18 @@ pub enum Error {
         /// How long until its registration expires, if it stops heartbeating now.
         expires_in: std::time::Duration,
     },
+    /// An event log that is not a SQL database (Redis) failed or could not be reached.
+    /// `retryable` when the operation had no effect (the server could not be reached, or refused
+    /// before running it).
+    #[error("{backend}: {message}")]
+    Log {
+        /// Where the log is kept (`redis`).
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+        /// Whether the same call may succeed if tried again.
+        retryable: bool,
+    },
     /// Another process registered this worker id since this one did (a restart of the same id,
     /// while this one was thought dead): this process must stop. Its leases are fenced; whatever
     /// it still commits under them is refused.
@@ -207,7 +219,13 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Connection(_) | Error::Transient(_) | Error::Conflict { .. }
+            Error::Connection(_)
+                | Error::Transient(_)
+                | Error::Conflict { .. }
+                | Error::Log {
+                    retryable: true,
+                    ..
+                }
         )
     }
 }

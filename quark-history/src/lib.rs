@@ -70,6 +70,7 @@ mod codec;
 mod commit;
 mod error;
 mod event;
+mod event_log;
 mod inbox;
 mod inbox_order;
 mod instance;
@@ -79,6 +80,8 @@ mod outbox;
 mod plan;
 mod projection;
 mod queue;
+#[cfg(feature = "redis")]
+mod redis_log;
 mod schedule;
 mod sql;
 mod store;
@@ -113,6 +116,7 @@ pub use error::{Error, Result};
 pub use event::{
     CallSite, CommandId, Failure, HistoryEvent, ParentRef, RecordedEvent, SCHEMA_VERSION,
 };
+pub use event_log::EventLog;
 pub use inbox::{DEFAULT_INBOX_WINDOW, Inbox, InboxStore, Received};
 pub use inbox_order::{
     Arrival, DEFAULT_GAP_TIMEOUT, Delivered, DuplicateOf, GapSweep, LostGap, SeqReceipt,
@@ -138,6 +142,8 @@ pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, MAX_TRACEPARENT, NewTask,
     QueueStats, Reaped, Registered, TaskKind, WorkerInfo, is_storable_traceparent,
 };
+#[cfg(feature = "redis")]
+pub use redis_log::{DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX, GroupEntry, LeaseToken, RedisLog};
 pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

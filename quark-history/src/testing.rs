@@ -346,3 +346,38 @@ async fn poll_until(what: &str, mut check: impl AsyncFnMut() -> bool, mut betwee
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// The Redis server of the tests: `QUARK_TEST_REDIS_URL`, else the local one.
+#[cfg(feature = "redis")]
+pub fn redis_url() -> String {
+    std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// A fresh Redis event log (keys under a prefix of its own) on a manual clock, with
+/// [`test_master_key`]; `None`, with a notice, when Redis cannot be reached, unless `CI` or
+/// `QUARK_REQUIRE_REDIS` is set: then it panics, so that CI never skips the Redis suite. Delete its
+/// keys with [`RedisLog::destroy`](crate::RedisLog::destroy).
+#[cfg(feature = "redis")]
+pub async fn redis() -> Option<(crate::RedisLog, ManualClock)> {
+    let clock = ManualClock::new(TEST_EPOCH);
+    let prefix = format!("{{quark-test-{}}}", uuid::Uuid::now_v7().simple());
+    let config = StoreConfig::default()
+        .master_key(test_master_key())
+        .clock(clock.clone());
+    let url = redis_url();
+    let connected = crate::RedisLog::connect_with_prefix(&url, &prefix, config);
+    let required = ["CI", "QUARK_REQUIRE_REDIS"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    match tokio::time::timeout(std::time::Duration::from_secs(10), connected).await {
+        Ok(Ok(log)) => Some((log, clock)),
+        failed if required => panic!(
+            "Redis is required (CI or QUARK_REQUIRE_REDIS is set) but {} is unreachable: {failed:?}",
+            redis_url()
+        ),
+        failed => {
+            eprintln!("quark: Redis tests SKIPPED: {}: {failed:?}", redis_url());
+            None
+        }
+    }
+}

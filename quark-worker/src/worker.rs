@@ -142,7 +142,7 @@ impl Worker {
             // A commit batch as large as a claim (at least 128): a worker tuned to claim many
             // short tasks at once also settles them together.
             .start_lanes(
-                &self.shared.store,
+                Arc::clone(&self.shared.store) as Arc<dyn quark_history::EventLog>,
                 4,
                 (self.shared.settings.claim_batch as usize).max(128),
             );

@@ -4,8 +4,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use quark_history::{
-    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, Expected, HistoryEvent, HistoryRange, Received,
-    Snapshot, Store, Timestamp,
+    Commit, DEFAULT_SNAPSHOTS_KEPT, Error, EventLog, Expected, HistoryEvent, HistoryRange,
+    Received, Snapshot, Store, Timestamp,
 };
 
 use super::cache::{Cache, LiveEntity, Slot};
@@ -71,7 +71,10 @@ pub struct Entities {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    /// Where the streams are.
+    log: Arc<dyn EventLog>,
+    /// The same, when it is a whole store (retention needs its projections' checkpoints).
+    store: Option<Arc<dyn Store>>,
     cache: Cache,
     /// Concurrent commands' appends share transactions (on PostgreSQL).
     committer: Committer,
@@ -95,10 +98,14 @@ impl Inner {
         let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
         let _done = Done(&self.in_flight);
         if alone {
-            return self.store.commit(commit).await;
+            let mut results = self.log.append_commits(vec![commit]).await;
+            return results
+                .pop()
+                .unwrap_or_else(|| Err(Error::Invalid("the log returned no result".into())));
         }
         if !self.committer.started() {
-            self.committer.start_lanes(&self.store, LANES, MAX_BATCH);
+            self.committer
+                .start_lanes(Arc::clone(&self.log), LANES, MAX_BATCH);
         }
         self.committer.commit(commit).await
     }
@@ -107,7 +114,7 @@ impl Inner {
 impl std::fmt::Debug for Entities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entities")
-            .field("store", &self.inner.store)
+            .field("log", &self.inner.log)
             .finish_non_exhaustive()
     }
 }
@@ -120,8 +127,21 @@ impl Entities {
 
     /// Entities over `store`, keeping at most `limits` live.
     pub fn with_limits(store: Arc<dyn Store>, limits: WarmLimits) -> Self {
+        Entities::build(Arc::clone(&store) as Arc<dyn EventLog>, Some(store), limits)
+    }
+
+    /// Entities over an event log that is not a whole store (Redis Streams:
+    /// [`RedisLog`](quark_history::RedisLog)), keeping at most `limits` live. Everything but
+    /// retention works as on a store; calls from activities and orchestrations need the
+    /// workflows' store and go through [`Entities::new`].
+    pub fn on_log(log: Arc<dyn EventLog>, limits: WarmLimits) -> Self {
+        Entities::build(log, None, limits)
+    }
+
+    fn build(log: Arc<dyn EventLog>, store: Option<Arc<dyn Store>>, limits: WarmLimits) -> Self {
         Entities {
             inner: Arc::new(Inner {
+                log,
                 store,
                 cache: Cache::new(limits),
                 committer: Committer::new(),
@@ -130,9 +150,14 @@ impl Entities {
         }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    /// The log the streams are in.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.inner.log
+    }
+
+    /// The store, if the log is a whole store.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.inner.store.as_ref()
     }
 
     /// Entity `E`'s instance `key`.
@@ -163,7 +188,7 @@ impl Entities {
         &self,
         subject: &str,
     ) -> std::result::Result<bool, quark_history::Error> {
-        let erased = self.inner.store.erase_subject(subject).await?;
+        let erased = self.inner.log.erase_subject(subject).await?;
         self.inner.cache.clear();
         Ok(erased)
     }
@@ -209,8 +234,8 @@ impl<E: Entity> EntityRef<E> {
         &self.stream
     }
 
-    fn store(&self) -> &dyn Store {
-        &*self.entities.inner.store
+    fn store(&self) -> &dyn EventLog {
+        &*self.entities.inner.log
     }
 
     /// Runs `command`: decides it against the current state and appends its events at the version
@@ -452,7 +477,7 @@ impl<E: Entity> EntityRef<E> {
             version: loaded.version,
             schema: E::SCHEMA,
             state,
-            taken_at: store.config().clock.now(),
+            taken_at: store.log_config().clock.now(),
         };
         if let Err(e) = store.save_snapshot(snapshot, DEFAULT_SNAPSHOTS_KEPT).await {
             tracing::warn!(stream = %self.stream, version = loaded.version, "snapshot not saved: {e}");
@@ -503,10 +528,9 @@ impl<E: Entity> EntityRef<E> {
         if loaded.version < version {
             let length = self
                 .store()
-                .get_instance(&self.stream)
+                .stream_version(&self.stream)
                 .await
-                .map_err(from_store)?
-                .map_or(0, |r| r.history_len);
+                .map_err(from_store)?;
             return Err(EntityError::Store(Error::Invalid(
                 match version <= length {
                     true => format!(
@@ -529,7 +553,7 @@ impl<E: Entity> EntityRef<E> {
         let until = Timestamp::from_micros(t.as_micros().saturating_add(1));
         let upto = self
             .store()
-            .read_history(
+            .read_stream(
                 &self.stream,
                 HistoryRange::Time {
                     from: Timestamp::from_micros(i64::MIN),

@@ -2,7 +2,7 @@
 //! it; and the events of a stream, decoded as the entity's own.
 
 use quark_history::{
-    HistoryEvent, HistoryRange, Payload, RecordedEvent, Snapshot, Store, Timestamp,
+    EventLog, HistoryEvent, HistoryRange, Payload, RecordedEvent, Snapshot, Timestamp,
 };
 
 use super::Entity;
@@ -79,7 +79,7 @@ pub(crate) fn decode<E: Entity, R: std::fmt::Debug>(
 
 /// The events of `stream` with versions in `(after, until]` (`until: None`: to the end).
 pub(crate) async fn events<E: Entity, R: std::fmt::Debug>(
-    store: &dyn Store,
+    store: &dyn EventLog,
     stream: &str,
     after: u64,
     until: Option<u64>,
@@ -88,10 +88,7 @@ pub(crate) async fn events<E: Entity, R: std::fmt::Debug>(
         from: after + 1,
         until: until.map_or(u64::MAX, |u| u.saturating_add(1)),
     };
-    let mut recorded = store
-        .read_history(stream, range)
-        .await
-        .map_err(from_store)?;
+    let mut recorded = store.read_stream(stream, range).await.map_err(from_store)?;
     open_events(store, &mut recorded)
         .await
         .map_err(from_store)?;
@@ -102,7 +99,7 @@ pub(crate) async fn events<E: Entity, R: std::fmt::Debug>(
 /// or before it, then the events after the snapshot. A snapshot that does not decode is skipped
 /// with a warning and the state rebuilt from the events.
 pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
-    store: &dyn Store,
+    store: &dyn EventLog,
     stream: &str,
     until: Option<u64>,
 ) -> Result<Loaded<E>, EntityError<R>> {
@@ -161,7 +158,7 @@ pub(crate) async fn load<E: Entity, R: std::fmt::Debug>(
 
 /// Opens the sealed personal fields of the entity events among `recorded`, in place.
 pub(crate) async fn open_events(
-    store: &dyn Store,
+    store: &dyn EventLog,
     recorded: &mut [RecordedEvent],
 ) -> Result<(), quark_history::Error> {
     let mut payloads: Vec<&mut Payload> = recorded
@@ -190,8 +187,8 @@ fn decode_snapshot<E: Entity>(snapshot: Snapshot) -> Result<(E::State, u64), Str
 /// The state encoded as the store encodes payloads: what a snapshot stores, and the measure of a
 /// live entity's footprint.
 pub(crate) fn encode_state<E: Entity>(
-    store: &dyn Store,
+    store: &dyn EventLog,
     state: &E::State,
 ) -> Result<Payload, quark_history::Error> {
-    Payload::encode(store.config().codec, state).map_err(quark_history::Error::Encode)
+    Payload::encode(store.log_config().codec, state).map_err(quark_history::Error::Encode)
 }

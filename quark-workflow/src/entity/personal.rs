@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use quark_history::{CodecTag, Payload, Store, SubjectKey};
+use quark_history::{CodecTag, EventLog, Payload, SubjectKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -195,7 +195,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, quark_history::Error> {
 /// `value` (an event or a state of entity `E`'s `key`) as stored: encoded with the store's codec,
 /// or, if it holds personal fields, as JSON with each one sealed for the entity's subject.
 pub(crate) async fn encode<E: Entity, T: Serialize>(
-    store: &dyn Store,
+    store: &dyn EventLog,
     key: &str,
     value: &T,
 ) -> Result<Payload, quark_history::Error> {
@@ -205,15 +205,15 @@ pub(crate) async fn encode<E: Entity, T: Serialize>(
 /// [`encode`], and whether a personal field was left out because its subject is erased (the
 /// stored value then differs from `value`).
 pub(crate) async fn encode_sealed<E: Entity, T: Serialize>(
-    store: &dyn Store,
+    store: &dyn EventLog,
     key: &str,
     value: &T,
 ) -> Result<(Payload, bool), quark_history::Error> {
     let mut v = serde_json::to_value(value)
         .map_err(|e| quark_history::Error::Invalid(format!("encode: {e}")))?;
     if !has(&v, PERSONAL) {
-        let payload =
-            Payload::encode(store.config().codec, value).map_err(quark_history::Error::Encode)?;
+        let payload = Payload::encode(store.log_config().codec, value)
+            .map_err(quark_history::Error::Encode)?;
         return Ok((payload, false));
     }
     let subject = E::subject(key);
@@ -232,7 +232,7 @@ pub(crate) async fn encode_sealed<E: Entity, T: Serialize>(
 /// Opens the sealed personal fields of stored payloads in place, with one read of the keys for
 /// all of them. Payloads without any are left untouched (and cost no parse).
 pub(crate) async fn open_all(
-    store: &dyn Store,
+    store: &dyn EventLog,
     payloads: &mut [&mut Payload],
 ) -> Result<(), quark_history::Error> {
     let marker = SEALED.as_bytes();

@@ -104,7 +104,12 @@ impl Entities {
         policy: &Retention,
         archive: &Path,
     ) -> Result<RetentionReport, EntityError<E::Rejection>> {
-        let store = self.store();
+        let Some(store) = self.store() else {
+            return Err(EntityError::Store(quark_history::Error::Invalid(format!(
+                "retention runs on a SQL store (SQLite or PostgreSQL); these entities are on {}",
+                self.log().log_backend()
+            ))));
+        };
         let now = store.config().clock.now();
         let run = archive.join(format!("retention-{}", uuid::Uuid::now_v7().simple()));
         let mut report = RetentionReport::default();

@@ -1,18 +1,18 @@
 //! Group commit: concurrent commits share transactions. A worker's task runners and the entities
 //! of a process ([`Entities`](crate::entity::Entities)) hand their commits to a few committer
 //! lanes. A lane takes whatever has piled up
-//! (up to a batch limit) and writes it with [`Store::commit_many`], each commit still all or
-//! nothing. Nothing waits to fill a batch: a lone commit goes out at once, and batches grow only
+//! (up to a batch limit) and writes it with [`EventLog::append_commits`] (a store's
+//! [`commit_many`](quark_history::Store::commit_many)), each commit still all or nothing. Nothing waits to fill a batch: a lone commit goes out at once, and batches grow only
 //! while the database is busy with the previous ones.
 
 use std::sync::Arc;
 
-use quark_history::{Commit, Committed, Error, Store};
+use quark_history::{Commit, Committed, Error, EventLog};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 type Request = (Commit, oneshot::Sender<quark_history::Result<Committed>>);
 
-/// Batches concurrent commits into [`Store::commit_many`] calls.
+/// Batches concurrent commits into [`EventLog::append_commits`] calls.
 #[derive(Debug)]
 pub struct Committer {
     tx: mpsc::UnboundedSender<Request>,
@@ -37,14 +37,15 @@ impl Committer {
         }
     }
 
-    /// Starts the lanes (once; later calls do nothing). Needs a running Tokio runtime.
-    pub fn start_lanes(&self, store: &Arc<dyn Store>, lanes: usize, max_batch: usize) {
+    /// Starts the lanes over `log` (a [`Store`](quark_history::Store) is one), once; later calls
+    /// do nothing. Needs a running Tokio runtime.
+    pub fn start_lanes(&self, log: Arc<dyn EventLog>, lanes: usize, max_batch: usize) {
         let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..lanes.max(1) {
-            tokio::spawn(lane(Arc::clone(store), Arc::clone(&rx), max_batch.max(1)));
+            tokio::spawn(lane(Arc::clone(&log), Arc::clone(&rx), max_batch.max(1)));
         }
     }
 
@@ -66,7 +67,7 @@ impl Committer {
 }
 
 async fn lane(
-    store: Arc<dyn Store>,
+    log: Arc<dyn EventLog>,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     max_batch: usize,
 ) {
@@ -85,12 +86,8 @@ async fn lane(
                 }
             }
         }
-        let (mut commits, replies): (Vec<Commit>, Vec<_>) = batch.into_iter().unzip();
-        let results = if commits.len() == 1 {
-            vec![store.commit(commits.remove(0)).await]
-        } else {
-            store.commit_many(commits).await
-        };
+        let (commits, replies): (Vec<Commit>, Vec<_>) = batch.into_iter().unzip();
+        let results = log.append_commits(commits).await;
         for (result, reply) in results.into_iter().zip(replies) {
             let _ = reply.send(result);
         }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quark_history::testing::TestStore;
-use quark_history::{Backend, Clock, Commit, Error, Expected, HistoryEvent, Payload};
+use quark_history::{
+    Backend, Clock, Commit, Error, EventLog, Expected, HistoryEvent, ManualClock, Payload, RedisLog,
+};
 use quark_workflow::WarmLimits;
 use quark_workflow::entity::{
     At, CallMeta, Command, Decision, Entities, Entity, EntityError, Personal,
@@ -14,7 +16,7 @@ use quark_workflow::entity::{
 use quark_workflow::projection::{Batch, Projection, ProjectionError, Projector};
 use serde::{Deserialize, Serialize};
 
-quark_history::backend_tests!(
+log_tests!(
     it_refuses_a_command_that_fails_validation_and_appends_nothing,
     it_decides_again_against_fresh_state_after_another_writer_appended,
     it_keeps_every_deposit_of_concurrent_writers_in_one_gapless_stream,
@@ -26,8 +28,184 @@ quark_history::backend_tests!(
     it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased,
     it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives,
     it_snapshots_by_the_size_of_the_events_since_the_last_snapshot,
-    it_removes_old_events_a_snapshot_covers_after_archiving_them,
 );
+
+// Retention needs the projections' checkpoints, which only the SQL stores keep.
+quark_history::backend_tests!(it_removes_old_events_a_snapshot_covers_after_archiving_them);
+
+/// Runs each conformance test on the three event logs: SQLite, PostgreSQL, Redis Streams.
+macro_rules! log_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let t = super::Fixture::sql(quark_history::testing::sqlite().await);
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(t) = quark_history::testing::postgres().await else { return };
+                    let t = super::Fixture::sql(t);
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis() {
+                    let Some(t) = super::Fixture::redis().await else { return };
+                    super::$name(&t).await;
+                    t.cleanup().await;
+                }
+            }
+        )*
+    };
+}
+use log_tests;
+
+/// One event log under test, with the ways to look at (and damage) what it stores that the
+/// tests need: SQL for the stores, Redis commands for Redis.
+struct Fixture {
+    log: Arc<dyn EventLog>,
+    clock: ManualClock,
+    sql: Option<TestStore>,
+    redis: Option<RedisLog>,
+}
+
+impl Fixture {
+    fn sql(t: TestStore) -> Self {
+        Fixture {
+            log: Arc::clone(&t.store) as Arc<dyn EventLog>,
+            clock: t.clock.clone(),
+            sql: Some(t),
+            redis: None,
+        }
+    }
+
+    async fn redis() -> Option<Self> {
+        let (log, clock) = quark_history::testing::redis().await?;
+        Some(Fixture {
+            log: Arc::new(log.clone()),
+            clock,
+            sql: None,
+            redis: Some(log),
+        })
+    }
+
+    async fn cleanup(self) {
+        if let Some(t) = self.sql {
+            t.cleanup().await;
+        }
+        if let Some(r) = self.redis {
+            r.destroy().await.unwrap();
+        }
+    }
+
+    /// Entities as a process of its own would have them (a cache of its own).
+    fn entities(&self) -> Entities {
+        self.entities_with(WarmLimits::default())
+    }
+
+    fn entities_with(&self, limits: WarmLimits) -> Entities {
+        match &self.sql {
+            Some(t) => Entities::with_limits(Arc::clone(&t.store), limits),
+            None => Entities::on_log(Arc::clone(&self.log), limits),
+        }
+    }
+
+    async fn assert_intact(&self, stream: &str) {
+        let report = match (&self.sql, &self.redis) {
+            (Some(t), _) => t.store.verify(stream).await.unwrap(),
+            (_, Some(r)) => r.verify(stream).await.unwrap(),
+            _ => unreachable!("a fixture has a log"),
+        };
+        assert!(report.is_intact(), "{report:?}");
+    }
+
+    async fn snapshot_versions(&self, stream: &str) -> Vec<u64> {
+        match (&self.sql, &self.redis) {
+            (Some(t), _) => {
+                let n = t
+                    .scalar(&format!(
+                        "SELECT COUNT(*) FROM snapshots WHERE stream_id = '{stream}'"
+                    ))
+                    .await;
+                let mut v = Vec::new();
+                for i in 0..n {
+                    v.push(
+                        t.scalar(&format!(
+                            "SELECT version FROM snapshots WHERE stream_id = '{stream}' \
+                             ORDER BY version LIMIT 1 OFFSET {i}"
+                        ))
+                        .await as u64,
+                    );
+                }
+                v
+            }
+            (_, Some(r)) => r.snapshot_versions(stream).await.unwrap(),
+            _ => unreachable!("a fixture has a log"),
+        }
+    }
+
+    /// Replaces the stored state of the snapshot at `version` (all: `None`) with `bytes`.
+    async fn overwrite_snapshot(&self, stream: &str, version: Option<u64>, bytes: &[u8]) {
+        match (&self.sql, &self.redis) {
+            (Some(t), _) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let blob = match t.store.backend() {
+                    Backend::Postgres => format!("'\\x{hex}'::bytea"),
+                    _ => format!("X'{hex}'"),
+                };
+                let only = version.map_or(String::new(), |v| format!(" AND version = {v}"));
+                t.execute(&format!(
+                    "UPDATE snapshots SET state = {blob} WHERE stream_id = '{stream}'{only}"
+                ))
+                .await;
+            }
+            (_, Some(r)) => r
+                .overwrite_snapshot_state(stream, version, bytes)
+                .await
+                .unwrap(),
+            _ => unreachable!("a fixture has a log"),
+        }
+    }
+
+    /// How many stored events and snapshots of `stream` hold `needle` in the clear.
+    async fn leaked(&self, stream: &str, needle: &str) -> i64 {
+        match (&self.sql, &self.redis) {
+            (Some(t), _) => {
+                let as_text = |column: &str| match t.store.backend() {
+                    Backend::Postgres => format!("convert_from({column}, 'UTF8')"),
+                    _ => column.to_string(),
+                };
+                let mut n = 0;
+                for (table, id, column) in [
+                    ("history", "instance_id", "payload"),
+                    ("snapshots", "stream_id", "state"),
+                ] {
+                    n += t
+                        .scalar(&format!(
+                            "SELECT COUNT(*) FROM {table} WHERE {id} = '{stream}' \
+                             AND CAST({} AS TEXT) LIKE '%{needle}%'",
+                            as_text(column)
+                        ))
+                        .await;
+                }
+                n
+            }
+            (_, Some(r)) => r
+                .stored_bytes(stream)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                .count() as i64,
+            _ => unreachable!("a fixture has a log"),
+        }
+    }
+}
 
 #[tokio::test]
 async fn it_refuses_personal_data_without_a_master_key_and_writes_nothing() {
@@ -137,11 +315,11 @@ impl Command<Account> for Withdraw {
     }
 }
 
-fn entities(t: &TestStore) -> Entities {
-    Entities::new(Arc::clone(&t.store))
+fn entities(t: &Fixture) -> Entities {
+    t.entities()
 }
 
-async fn it_refuses_a_command_that_fails_validation_and_appends_nothing(t: &TestStore) {
+async fn it_refuses_a_command_that_fails_validation_and_appends_nothing(t: &Fixture) {
     let alice = entities(t).entity::<Account>("alice");
     assert_eq!(alice.call(&deposit(30)).await.unwrap(), 30);
     assert_eq!(alice.call(&Withdraw(10)).await.unwrap(), 20);
@@ -167,17 +345,17 @@ async fn it_refuses_a_command_that_fails_validation_and_appends_nothing(t: &Test
         }
     );
     assert_eq!(
-        t.store
-            .read_history("Account/alice", quark_history::HistoryRange::All)
+        t.log
+            .read_stream("Account/alice", quark_history::HistoryRange::All)
             .await
             .unwrap()
             .len(),
         2
     );
-    assert!(t.store.verify("Account/alice").await.unwrap().is_intact());
+    t.assert_intact("Account/alice").await;
 }
 
-async fn it_decides_again_against_fresh_state_after_another_writer_appended(t: &TestStore) {
+async fn it_decides_again_against_fresh_state_after_another_writer_appended(t: &Fixture) {
     let a = entities(t).entity::<Account>("alice");
     let b = entities(t).entity::<Account>("alice");
     a.call(&deposit(10)).await.unwrap();
@@ -208,7 +386,7 @@ async fn it_decides_again_against_fresh_state_after_another_writer_appended(t: &
     assert_eq!(events[2].correlation.as_deref(), Some("order-42"));
 }
 
-async fn it_keeps_every_deposit_of_concurrent_writers_in_one_gapless_stream(t: &TestStore) {
+async fn it_keeps_every_deposit_of_concurrent_writers_in_one_gapless_stream(t: &Fixture) {
     const WRITERS: usize = 4;
     const EACH: i64 = 25;
     let mut tasks = Vec::new();
@@ -260,40 +438,24 @@ async fn it_keeps_every_deposit_of_concurrent_writers_in_one_gapless_stream(t: &
     memos.sort();
     memos.dedup();
     assert_eq!(memos.len(), total as usize);
-    assert!(t.store.verify("Account/alice").await.unwrap().is_intact());
+    t.assert_intact("Account/alice").await;
 }
 
-async fn it_loads_from_the_newest_snapshot_of_its_schema_and_rebuilds_without_one(t: &TestStore) {
+async fn it_loads_from_the_newest_snapshot_of_its_schema_and_rebuilds_without_one(t: &Fixture) {
     let alice = entities(t).entity::<Account>("alice");
     for _ in 0..25 {
         alice.call(&deposit(1)).await.unwrap();
     }
     // Every 10 events: at 10 and 20.
-    assert_eq!(
-        t.scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'Account/alice'")
-            .await,
-        2
-    );
-    assert_eq!(
-        t.scalar("SELECT MAX(version) FROM snapshots WHERE stream_id = 'Account/alice'")
-            .await,
-        20
-    );
+    assert_eq!(t.snapshot_versions("Account/alice").await, [10, 20]);
     // A load starts from the snapshot at 20: doctor it, and a fresh process shows it.
     let doctored = serde_json::to_vec(&Balance {
         cents: 1000,
         deposits: 20,
     })
     .unwrap();
-    let hex: String = doctored.iter().map(|b| format!("{b:02x}")).collect();
-    let blob = match t.store.backend() {
-        quark_history::Backend::Postgres => format!("'\\x{hex}'::bytea"),
-        _ => format!("X'{hex}'"),
-    };
-    t.execute(&format!(
-        "UPDATE snapshots SET state = {blob} WHERE stream_id = 'Account/alice' AND version = 20"
-    ))
-    .await;
+    t.overwrite_snapshot("Account/alice", Some(20), &doctored)
+        .await;
     let fresh = entities(t).entity::<Account>("alice");
     assert_eq!(fresh.state().await.unwrap().cents, 1005);
 
@@ -302,14 +464,8 @@ async fn it_loads_from_the_newest_snapshot_of_its_schema_and_rebuilds_without_on
     assert_eq!(v2.state().await.unwrap().cents, 25);
 
     // A snapshot that does not decode is skipped: the state is rebuilt from the events.
-    let garbage = match t.store.backend() {
-        quark_history::Backend::Postgres => "'\\x00ff'::bytea",
-        _ => "X'00ff'",
-    };
-    t.execute(&format!(
-        "UPDATE snapshots SET state = {garbage} WHERE stream_id = 'Account/alice'"
-    ))
-    .await;
+    t.overwrite_snapshot("Account/alice", None, &[0x00, 0xff])
+        .await;
     let rebuilt = entities(t).entity::<Account>("alice");
     assert_eq!(
         rebuilt.state().await.unwrap(),
@@ -320,7 +476,7 @@ async fn it_loads_from_the_newest_snapshot_of_its_schema_and_rebuilds_without_on
     );
 }
 
-async fn it_travels_to_a_version_or_a_time_and_diffs_two_versions(t: &TestStore) {
+async fn it_travels_to_a_version_or_a_time_and_diffs_two_versions(t: &Fixture) {
     let alice = entities(t).entity::<Account>("alice");
     let mut times = Vec::new();
     for cents in [10, 20, 30] {
@@ -358,12 +514,12 @@ async fn it_travels_to_a_version_or_a_time_and_diffs_two_versions(t: &TestStore)
     assert_eq!(alice.state().await.unwrap().cents, 55);
 }
 
-async fn it_names_the_stream_and_version_of_an_event_it_cannot_read(t: &TestStore) {
+async fn it_names_the_stream_and_version_of_an_event_it_cannot_read(t: &Fixture) {
     let alice = entities(t).entity::<Account>("alice");
     alice.call(&deposit(10)).await.unwrap();
     // Another program appends an event this code cannot read.
-    t.store
-        .commit(Commit::new().append(
+    t.log
+        .append_commits(vec![Commit::new().append(
             "Account/alice",
             Expected::Seq(2),
             [HistoryEvent::EntityEvent {
@@ -373,8 +529,10 @@ async fn it_names_the_stream_and_version_of_an_event_it_cannot_read(t: &TestStor
                 causation: None,
                 correlation: None,
             }],
-        ))
+        )])
         .await
+        .pop()
+        .unwrap()
         .unwrap();
     let e = alice.call(&deposit(1)).await.unwrap_err();
     assert!(
@@ -393,8 +551,8 @@ async fn it_names_the_stream_and_version_of_an_event_it_cannot_read(t: &TestStor
     );
     // The refused deposit appended nothing.
     assert_eq!(
-        t.store
-            .read_history("Account/alice", quark_history::HistoryRange::All)
+        t.log
+            .read_stream("Account/alice", quark_history::HistoryRange::All)
             .await
             .unwrap()
             .len(),
@@ -402,10 +560,10 @@ async fn it_names_the_stream_and_version_of_an_event_it_cannot_read(t: &TestStor
     );
 }
 
-async fn it_refuses_an_oversized_event_with_its_size_and_the_limit(t: &TestStore) {
+async fn it_refuses_an_oversized_event_with_its_size_and_the_limit(t: &Fixture) {
     let alice = entities(t).entity::<Account>("alice");
     alice.call(&deposit(10)).await.unwrap();
-    let limit = t.store.config().max_payload_bytes;
+    let limit = t.log.log_config().max_payload_bytes;
     let huge = Deposit(1, "x".repeat(limit + 1));
     let e = alice.call(&huge).await.unwrap_err();
     assert!(
@@ -417,12 +575,12 @@ async fn it_refuses_an_oversized_event_with_its_size_and_the_limit(t: &TestStore
     assert_eq!(alice.call(&deposit(1)).await.unwrap(), 11);
 }
 
-async fn it_keeps_a_bounded_set_of_live_entities_with_their_footprints(t: &TestStore) {
+async fn it_keeps_a_bounded_set_of_live_entities_with_their_footprints(t: &Fixture) {
     let limits = WarmLimits {
         instances: 2,
         bytes: usize::MAX,
     };
-    let live = Entities::with_limits(Arc::clone(&t.store), limits);
+    let live = t.entities_with(limits);
     for key in ["a", "b", "c"] {
         live.entity::<Account>(key).call(&deposit(5)).await.unwrap();
     }
@@ -501,10 +659,8 @@ impl Command<Customer> for ChangePlan {
     }
 }
 
-async fn it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased(
-    t: &TestStore,
-) {
-    let entities = Entities::new(Arc::clone(&t.store));
+async fn it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased(t: &Fixture) {
+    let entities = t.entities();
     let ann = entities.entity::<Customer>("ann");
     ann.call(&Register("ann@example.com")).await.unwrap();
     ann.call(&ChangePlan("pro")).await.unwrap();
@@ -512,25 +668,13 @@ async fn it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_er
     let email = Some(Personal::Known("ann@example.com".to_string()));
     assert_eq!(ann.state().await.unwrap().email, email);
 
-    // The journal and the snapshot hold ciphertext only.
-    let leaked = |table: &str, column: &str| {
-        format!(
-            "SELECT COUNT(*) FROM {table} WHERE CAST({column} AS TEXT) LIKE '%ann@example.com%'"
-        )
-    };
-    let as_text = |column: &str| match t.store.backend() {
-        Backend::Postgres => format!("convert_from({column}, 'UTF8')"),
-        _ => column.to_string(),
-    };
-    assert_eq!(t.scalar(&leaked("history", &as_text("payload"))).await, 0);
-    assert_eq!(t.scalar(&leaked("snapshots", &as_text("state"))).await, 0);
-    assert_eq!(
-        t.scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'Customer/ann'")
-            .await,
-        1
-    );
+    // The journal and the snapshot hold ciphertext only (and the look would find the clear
+    // text: the plan is stored as is).
+    assert_eq!(t.leaked("Customer/ann", "ann@example.com").await, 0);
+    assert!(t.leaked("Customer/ann", "team").await > 0);
+    assert_eq!(t.snapshot_versions("Customer/ann").await.len(), 1);
     // A fresh process reads it back, from the snapshot and from the events.
-    let fresh = Entities::new(Arc::clone(&t.store)).entity::<Customer>("ann");
+    let fresh = t.entities().entity::<Customer>("ann");
     assert_eq!(fresh.state().await.unwrap().email, email);
     assert_eq!(fresh.state_at(At::Version(1)).await.unwrap().0.email, email);
 
@@ -538,10 +682,7 @@ async fn it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_er
     assert!(entities.erase_subject("ann").await.unwrap());
     assert!(!entities.erase_subject("ann").await.unwrap());
     let redacted = Some(Personal::Redacted);
-    for reader in [
-        ann.clone(),
-        Entities::new(Arc::clone(&t.store)).entity::<Customer>("ann"),
-    ] {
+    for reader in [ann.clone(), t.entities().entity::<Customer>("ann")] {
         let profile = reader.state().await.unwrap();
         assert_eq!(
             (profile.email, profile.plan.as_str()),
@@ -557,14 +698,12 @@ async fn it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_er
     // New personal data for an erased subject is not stored either.
     ann.call(&Register("ann@new.example.com")).await.unwrap();
     assert_eq!(ann.state().await.unwrap().email, redacted);
-    assert_eq!(
-        t.scalar(&leaked("history", &as_text("payload")).replace("ann@example.com", "ann@new"))
-            .await,
-        0
-    );
+    assert_eq!(t.leaked("Customer/ann", "ann@new").await, 0);
     // The hash chain is over the ciphertext: erasure breaks nothing.
-    assert!(t.store.verify("Customer/ann").await.unwrap().is_intact());
-    // A projection rebuilt after the erasure sees the redaction, not the address.
+    t.assert_intact("Customer/ann").await;
+    // A projection rebuilt after the erasure sees the redaction, not the address (the Redis
+    // projections' suite shows the same of a consumer group).
+    let Some(t) = &t.sql else { return };
     t.execute("CREATE TABLE emails (customer TEXT NOT NULL, email TEXT NOT NULL)")
         .await;
     let emails = Projector::new(Arc::clone(&t.store), Emails);
@@ -628,9 +767,7 @@ impl Projection for Emails {
     }
 }
 
-async fn it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives(
-    t: &TestStore,
-) {
+async fn it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives(t: &Fixture) {
     use quark_history::Received;
     let a = entities(t).entity::<Account>("alice");
     let b = entities(t).entity::<Account>("alice");
@@ -686,23 +823,8 @@ impl Entity for BigAccount {
     }
 }
 
-async fn it_snapshots_by_the_size_of_the_events_since_the_last_snapshot(t: &TestStore) {
-    let versions = || async {
-        let mut v = Vec::new();
-        let n = t
-            .scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'BigAccount/a'")
-            .await;
-        for i in 0..n {
-            v.push(
-                t.scalar(&format!(
-                    "SELECT version FROM snapshots WHERE stream_id = 'BigAccount/a' \
-                     ORDER BY version LIMIT 1 OFFSET {i}"
-                ))
-                .await,
-            );
-        }
-        v
-    };
+async fn it_snapshots_by_the_size_of_the_events_since_the_last_snapshot(t: &Fixture) {
+    let versions = || t.snapshot_versions("BigAccount/a");
     let memo = "m".repeat(200);
     let a = entities(t).entity::<BigAccount>("a");
     for _ in 0..5 {
@@ -721,7 +843,7 @@ async fn it_snapshots_by_the_size_of_the_events_since_the_last_snapshot(t: &Test
 
 async fn it_removes_old_events_a_snapshot_covers_after_archiving_them(t: &TestStore) {
     use quark_workflow::entity::Retention;
-    let entities = entities(t);
+    let entities = Entities::new(Arc::clone(&t.store));
     let alice = entities.entity::<Account>("alice");
     for _ in 0..33 {
         alice.call(&deposit(1)).await.unwrap();
