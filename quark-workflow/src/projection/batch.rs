@@ -46,9 +46,19 @@ impl Batch<'_> {
     pub fn entity_events<E: Entity>(
         &self,
     ) -> Result<Vec<ProjectedEvent<E::Event>>, ProjectionError> {
+        entity_events::<E>(self.name, self.events)
+    }
+}
+
+/// The events of entity type `E` among `events`, decoded, for projection `name`.
+pub(super) fn entity_events<E: Entity>(
+    name: &str,
+    events: &[GlobalEvent],
+) -> Result<Vec<ProjectedEvent<E::Event>>, ProjectionError> {
+    {
         let prefix = format!("{}/", E::TYPE);
         let mut out = Vec::new();
-        for e in self.events {
+        for e in events {
             let Some(key) = e.event.instance_id.strip_prefix(&prefix) else {
                 continue;
             };
@@ -56,7 +66,7 @@ impl Batch<'_> {
                 continue;
             }
             let decoded = crate::entity::decode::<E, String>(e.event.clone())
-                .map_err(|err| ProjectionError::apply(self.name, err))?;
+                .map_err(|err| ProjectionError::apply(name, err))?;
             out.push(ProjectedEvent {
                 key: key.to_string(),
                 position: e.position,

@@ -17,9 +17,15 @@
 //! **Read your writes.** [`Projector::wait_for`] waits until the checkpoint has passed a position
 //! (an entity command's events: [`position_of`]); [`Projector::status`] tells how far behind the
 //! projection is, in events and in time, so a reader can refuse a model staler than it accepts.
+//!
+//! **On Redis** (feature `redis`), entities on a [`RedisLog`](quark_history::RedisLog) are
+//! projected into Redis by a `RedisProjector`, through a consumer group on the log's global
+//! stream.
 
 mod batch;
 mod projector;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::future::Future;
 
@@ -29,6 +35,8 @@ pub use projector::{
     active_version, position_of,
 };
 pub use quark_history::{GlobalEvent, GlobalPosition, ProjectionRecord, ProjectionState, StoreTx};
+#[cfg(feature = "redis")]
+pub use redis::{RedisPage, RedisProjection, RedisProjectionStatus, RedisProjector, Writes};
 
 /// A read model built from the global order.
 pub trait Projection: Send + Sync + 'static {

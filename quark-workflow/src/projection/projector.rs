@@ -320,8 +320,8 @@ impl<P: Projection> Projector<P> {
 
 /// Opens the sealed personal fields of a page's entity events (an erased subject's read as
 /// redacted), so the projection sees what an entity sees.
-async fn open_page(
-    store: &dyn Store,
+pub(super) async fn open_page(
+    store: &dyn quark_history::EventLog,
     events: &mut [quark_history::GlobalEvent],
 ) -> Result<(), ProjectionError> {
     let mut payloads: Vec<&mut quark_history::Payload> = events

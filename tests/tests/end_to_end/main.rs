@@ -11,6 +11,7 @@ mod entity_chaos;
 mod job_crash;
 mod projections;
 mod recovery;
+mod redis_projections;
 mod shutdown;
 mod startup;
 mod transactional_crash;
