@@ -10,9 +10,15 @@
 //!   of N entity events (1,000 streams) into a PostgreSQL read model (set-based upserts, 5,000 events per
 //!   transaction).
 //!
-//! `cargo bench -p quark-worker --bench entities -- [--commands 2000] [--events 200000] [--page 5000]`
+//! - on Redis (`--redis`): the same commands, reads and time travel on a `RedisLog`, against
+//!   redis-benchmark's `SET` with 1 and 32 clients in the same run, and a projection's catch-up
+//!   through a consumer group into a Redis hash (`HINCRBY` per account and page).
+//!
+//! `cargo bench -p quark-worker --bench entities -- [--commands 2000] [--events 200000] [--page 5000] [--redis]`
 //! PostgreSQL: `QUARK_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
 //! pgbench from `QUARK_BENCH_PGBENCH` or the PATH. The bench creates and drops databases of its own.
+//! Redis: `QUARK_TEST_REDIS_URL` (default `redis://127.0.0.1:6379/`), keys under a prefix of its
+//! own, deleted at the end.
 #![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
 
 use std::collections::HashMap;
@@ -29,6 +35,7 @@ struct Args {
     commands: u64,
     events: u64,
     page: u32,
+    redis: bool,
 }
 
 fn args() -> Args {
@@ -36,6 +43,7 @@ fn args() -> Args {
         commands: 2_000,
         events: 200_000,
         page: 5_000,
+        redis: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -45,6 +53,11 @@ fn args() -> Args {
             "--commands" => a.commands = value.parse().expect("--commands N"),
             "--events" => a.events = value.parse().expect("--events N"),
             "--page" => a.page = value.parse().expect("--page N"),
+            "--redis" => {
+                a.redis = true;
+                i += 1;
+                continue;
+            }
             "--bench" => {
                 i += 1;
                 continue;
@@ -210,8 +223,8 @@ fn pgbench(url: &str, clients: u32) -> Row {
     }
 }
 
-async fn commands(store: &Arc<dyn Store>, writers: u64, each: u64) -> Row {
-    let entities = Entities::new(Arc::clone(store));
+async fn commands(label: &str, make: &impl Fn() -> Entities, writers: u64, each: u64) -> Row {
+    let entities = make();
     // Warm: every writer's entity loaded (and its stream opened) before the clock starts.
     for w in 0..writers {
         entities
@@ -239,21 +252,21 @@ async fn commands(store: &Arc<dyn Store>, writers: u64, each: u64) -> Row {
         h.add(t.await.unwrap()).unwrap();
     }
     timed(
-        &format!("entity command (deposit), {writers} writer(s)"),
+        &format!("{label}: entity command (deposit), {writers} writer(s)"),
         &h,
         writers * each,
         started.elapsed(),
     )
 }
 
-async fn reads(store: &Arc<dyn Store>, n: u64) -> Vec<Row> {
+async fn reads(label: &str, make: &impl Fn() -> Entities, n: u64) -> Vec<Row> {
     // A 1,000-event stream, snapshotted every 100 by its writer.
-    let writer = Entities::new(Arc::clone(store)).entity::<Account>("long");
+    let writer = make().entity::<Account>("long");
     for _ in 0..1_000 {
         writer.call(&Deposit(1)).await.unwrap();
     }
     let mut rows = Vec::new();
-    let warm = Entities::new(Arc::clone(store)).entity::<Account>("long");
+    let warm = make().entity::<Account>("long");
     warm.state().await.unwrap();
     let mut h = histogram();
     let started = Instant::now();
@@ -263,7 +276,7 @@ async fn reads(store: &Arc<dyn Store>, n: u64) -> Vec<Row> {
         h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
     }
     rows.push(timed(
-        "read, warm entity (state + events after it)",
+        &format!("{label}: read, warm entity (state + events after it)"),
         &h,
         n,
         started.elapsed(),
@@ -273,7 +286,7 @@ async fn reads(store: &Arc<dyn Store>, n: u64) -> Vec<Row> {
         let mut h = histogram();
         let started = Instant::now();
         for _ in 0..n / 4 {
-            let fresh = Entities::new(Arc::clone(store));
+            let fresh = make();
             let t = Instant::now();
             let state = if snapshot {
                 fresh.entity::<Account>("long").state().await.unwrap()
@@ -292,7 +305,12 @@ async fn reads(store: &Arc<dyn Store>, n: u64) -> Vec<Row> {
         } else {
             "read, cold load of 1,000 events, no snapshot"
         };
-        rows.push(timed(what, &h, n / 4, started.elapsed()));
+        rows.push(timed(
+            &format!("{label}: {what}"),
+            &h,
+            n / 4,
+            started.elapsed(),
+        ));
     }
 
     let mut h = histogram();
@@ -305,7 +323,7 @@ async fn reads(store: &Arc<dyn Store>, n: u64) -> Vec<Row> {
         assert_eq!((state.deposits, at), (version, version));
     }
     rows.push(timed(
-        "time travel, state at a version of 1,000",
+        &format!("{label}: time travel, state at a version of 1,000"),
         &h,
         n / 4,
         started.elapsed(),
@@ -382,14 +400,18 @@ async fn main() {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url).await.unwrap());
     let mut rows = vec![pgbench(&url, 1), pgbench(&url, 32)];
     eprintln!("entity commands...");
-    rows.push(commands(&store, 1, a.commands).await);
-    rows.push(commands(&store, 32, a.commands / 32).await);
+    let make = || Entities::new(Arc::clone(&store));
+    rows.push(commands("PostgreSQL", &make, 1, a.commands).await);
+    rows.push(commands("PostgreSQL", &make, 32, a.commands / 32).await);
     eprintln!("reads...");
-    rows.extend(reads(&store, a.commands).await);
+    rows.extend(reads("PostgreSQL", &make, a.commands).await);
     eprintln!("projection catch-up...");
     rows.push(catch_up(&store, &url, a.events, a.page).await);
     drop(store);
     t.cleanup().await;
+    if a.redis {
+        rows.extend(redis_rows(&a).await);
+    }
 
     println!("\n| workload | rate | p50 ms | p99 ms |\n| --- | --- | --- | --- |");
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
@@ -402,4 +424,159 @@ async fn main() {
             cell(r.p99)
         );
     }
+}
+
+/// redis-benchmark's `SET` rate and latency with `clients` clients.
+fn redis_benchmark(clients: u32) -> Row {
+    let url = quark_history::testing::redis_url();
+    let host_port = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let (host, port) = host_port.split_once(':').unwrap_or((&host_port, "6379"));
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "-t", "set", "-n", "100000", "-q"])
+        .args(["-c", &clients.to_string()])
+        .output()
+        .expect("running redis-benchmark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `SET: 95238.10 requests per second, p50=0.279 msec`, after carriage-return progress.
+    let line = text
+        .split(['\r', '\n'])
+        .rfind(|l| l.starts_with("SET:") && l.contains("requests per second"))
+        .unwrap_or_else(|| panic!("redis-benchmark said: {text}"));
+    let rate: f64 = line
+        .trim_start_matches("SET:")
+        .split_whitespace()
+        .next()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("redis-benchmark said: {line}"));
+    let p50 = line
+        .split("p50=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok());
+    Row {
+        what: format!("redis-benchmark SET, {clients} client(s)"),
+        figure: format!("{rate:.0}/s"),
+        p50,
+        p99: None,
+    }
+}
+
+/// Balances per account in a Redis hash, one `HINCRBY` per account and page.
+struct RedisBalances {
+    key: String,
+}
+
+impl quark_workflow::projection::RedisProjection for RedisBalances {
+    const NAME: &'static str = "bench_balances";
+
+    fn apply(
+        &self,
+        page: &quark_workflow::projection::RedisPage<'_>,
+        writes: &mut quark_workflow::projection::Writes,
+    ) -> Result<(), ProjectionError> {
+        let mut deltas: HashMap<String, i64> = HashMap::new();
+        for e in page.entity_events::<Account>()? {
+            let AccountEvent::Deposited { cents } = e.event.event;
+            *deltas.entry(e.key).or_default() += cents;
+        }
+        for (account, cents) in deltas {
+            writes.command([
+                "HINCRBY".to_string(),
+                self.key.clone(),
+                account,
+                cents.to_string(),
+            ]);
+        }
+        Ok(())
+    }
+}
+
+async fn redis_rows(a: &Args) -> Vec<Row> {
+    use quark_history::EventLog;
+    let (log, _clock) = quark_history::testing::redis()
+        .await
+        .expect("Redis for the benchmark");
+    // The bench measures the wall clock, not the manual one of the tests.
+    let log = quark_history::RedisLog::connect_with_prefix(
+        &quark_history::testing::redis_url(),
+        log.prefix(),
+        quark_history::StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut rows = vec![redis_benchmark(1), redis_benchmark(32)];
+    let shared: Arc<dyn EventLog> = Arc::new(log.clone());
+    let make = || Entities::on_log(Arc::clone(&shared), quark_workflow::WarmLimits::default());
+    eprintln!("Redis: entity commands...");
+    rows.push(commands("Redis", &make, 1, a.commands).await);
+    rows.push(commands("Redis", &make, 32, a.commands / 32).await);
+    eprintln!("Redis: reads...");
+    rows.extend(reads("Redis", &make, a.commands).await);
+
+    eprintln!("Redis: projection catch-up...");
+    const STREAMS: u64 = 1_000;
+    let event = HistoryEvent::EntityEvent {
+        event_type: "Deposited".into(),
+        data: Payload::json(&AccountEvent::Deposited { cents: 1 }).unwrap(),
+        causation: None,
+        correlation: None,
+    };
+    let mut next = vec![1u64; STREAMS as usize];
+    let mut written = 0;
+    while written < a.events {
+        let mut commit = Commit::new();
+        for j in 0..20 {
+            let s = ((written / 100) + j) % STREAMS;
+            commit = commit.append(
+                format!("Account/p{s}"),
+                Expected::Seq(next[s as usize]),
+                std::iter::repeat_n(event.clone(), 100),
+            );
+            next[s as usize] += 100;
+        }
+        for r in log.append_commits(vec![commit]).await {
+            r.unwrap();
+        }
+        written += 2_000;
+    }
+    let key = log.key("bench_balances");
+    let projector = quark_workflow::projection::RedisProjector::new(
+        log.clone(),
+        RedisBalances { key: key.clone() },
+    )
+    .page(a.page);
+    let started = Instant::now();
+    let applied = projector.catch_up(|_, _| {}).await.unwrap();
+    let elapsed = started.elapsed();
+    // Every event, once: the model holds the log's sum.
+    let mut conn = redis::Client::open(quark_history::testing::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let model: HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let total: i64 = model
+        .iter()
+        .filter(|(k, _)| k.starts_with('p'))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(total as u64, written);
+    rows.push(Row {
+        what: format!(
+            "Redis: projection catch-up, {applied} events (pages of {})",
+            a.page
+        ),
+        figure: format!("{:.0} events/s", applied as f64 / elapsed.as_secs_f64()),
+        p50: None,
+        p99: None,
+    });
+    log.destroy().await.unwrap();
+    rows
 }
