@@ -132,15 +132,18 @@ pub trait ProjectionStore: Send + Sync {
     /// Every projection version, by name and version.
     fn list_projections(&self) -> BoxFuture<'_, Result<Vec<ProjectionRecord>>>;
 
-    /// Inside `tx` (the transaction that empties the read model), sets a version's checkpoint
-    /// back to the start, to build it again from zero. Fails with
-    /// [`Error::ProjectionMoved`](crate::Error::ProjectionMoved) unless `owner` holds its lease.
+    /// Inside `tx` (the transaction that empties the read model, or takes it back), sets a
+    /// version's checkpoint back to `to`: [`GlobalPosition::START`] to build it again from zero
+    /// (its count of applied events restarts too), another position to apply what follows it
+    /// again. Fails with [`Error::ProjectionMoved`](crate::Error::ProjectionMoved) unless `owner`
+    /// holds its lease.
     fn reset_projection<'a>(
         &'a self,
         tx: &'a mut StoreTx,
         name: &'a str,
         version: u32,
         owner: &'a str,
+        to: GlobalPosition,
     ) -> BoxFuture<'a, Result<()>>;
 
     /// Makes `version` the active one of `name`, retiring the version that was, in one

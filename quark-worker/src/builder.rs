@@ -219,6 +219,12 @@ impl<S> WorkerBuilder<S> {
     /// and activity pools are large. Transactional activities are bounded separately, by
     /// [`transactions`](Self::transactions).
     pub fn workflows(mut self, registry: quark_workflow::Registry) -> Self {
+        // The registry's projections run here too (`Registry::projection`).
+        for make in registry.projections().values() {
+            let make = Arc::clone(make);
+            self.projections
+                .push(Box::new(move |store, owner| make(store, owner)));
+        }
         // `build` sets its limits again, so that `warm_limits` and `history_warning` apply
         // whether they come before this call or after it.
         let runner =
@@ -453,11 +459,23 @@ impl WorkerBuilder<HasStore> {
                 )
             })
             .collect();
-        let projections = self
-            .projections
-            .into_iter()
-            .map(|make| make(Arc::clone(&store), &settings.id))
-            .collect();
+        // One projector per projection version, whether it came from a registry or `projection`.
+        let mut projections: Vec<Arc<dyn quark_workflow::projection::RunProjection>> = Vec::new();
+        for make in self.projections {
+            let p = make(Arc::clone(&store), &settings.id);
+            if projections
+                .iter()
+                .any(|q| (q.name(), q.version()) == (p.name(), p.version()))
+            {
+                tracing::warn!(
+                    projection = p.name(),
+                    version = p.version(),
+                    "projection added twice (a registry and `projection`); running it once"
+                );
+                continue;
+            }
+            projections.push(p);
+        }
         Ok(Worker {
             projections: Arc::new(projections),
             routes: Arc::new(routes),

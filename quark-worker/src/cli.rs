@@ -27,6 +27,7 @@ mod outbox;
 mod output;
 mod projection;
 mod queue;
+mod replay;
 mod saga;
 mod schedule;
 mod verify;
@@ -42,6 +43,7 @@ pub use outbox::OutboxCommand;
 pub use output::Output;
 pub use projection::ProjectionCommand;
 pub use queue::QueueCommand;
+pub use replay::ReplayArgs;
 pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
 pub use workflow::WorkflowCommand;
@@ -467,9 +469,11 @@ pub async fn run_on(
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
         Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
         Command::Checkpoint(cmd) => checkpoint::run(&store, cmd, output, out).await?,
-        Command::Events(cmd) => events::run(&store, cmd, output, out).await?,
+        Command::Events(cmd) => events::run(&store, cmd, registry.as_ref(), output, out).await?,
         Command::Entity(cmd) => entity::run(&store, cmd, registry.as_ref(), output, out).await?,
-        Command::Projection(cmd) => projection::run(&store, cmd, output, out).await?,
+        Command::Projection(cmd) => {
+            projection::run(&store, cmd, registry.as_ref(), output, out).await?
+        }
         Command::Audit(cmd) => audit::run(&store, cmd, output, out).await?,
     }
     Ok(())

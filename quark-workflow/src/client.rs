@@ -308,6 +308,40 @@ impl Client {
             .await?)
     }
 
+    /// Instance `instance_id` as it stood at a past point of its history: after event `n`
+    /// ([`At::Version`](crate::entity::At::Version)) or after every event recorded at or before a
+    /// time ([`At::Time`](crate::entity::At::Time)): its status, what it was waiting for, what it
+    /// had received. Read from the history; no orchestration code runs. A version past the
+    /// history's end is refused.
+    pub async fn state_at(
+        &self,
+        instance_id: &str,
+        at: crate::entity::At,
+    ) -> Result<crate::WorkflowAt, ClientError> {
+        let history = self.history(instance_id).await?;
+        let version = match at {
+            crate::entity::At::Version(v) => {
+                if v > history.len() as u64 {
+                    return Err(ClientError::Store(quark_history::Error::Invalid(format!(
+                        "instance `{instance_id}` has {} events: there is no version {v}",
+                        history.len()
+                    ))));
+                }
+                v
+            }
+            crate::entity::At::Time(t) => history
+                .iter()
+                .take_while(|e| e.recorded_at <= t)
+                .last()
+                .map_or(0, |e| e.seq),
+        };
+        crate::past::workflow_at(&history, version).ok_or_else(|| {
+            ClientError::Store(quark_history::Error::Invalid(format!(
+                "`{instance_id}` is not a workflow instance (an entity stream?)"
+            )))
+        })
+    }
+
     /// Sends `signal` with `value` to instance `instance_id`: the typed
     /// [`signal`](Self::signal), for a [`Signal`](crate::Signal) declared once and awaited with
     /// `ctx.wait_for(signal)`.

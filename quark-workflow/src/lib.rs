@@ -106,6 +106,7 @@ mod executor;
 mod future;
 mod job;
 mod job_workflow;
+mod past;
 pub mod projection;
 mod registry;
 mod replay;
@@ -137,9 +138,10 @@ pub use job_workflow::{
     JobWorkflowError, JobWorkflowHandle, JobWorkflowReport, JobWorkflowRunError, OnFailure,
     RunJobWorkflow,
 };
+pub use past::{Pending, PendingTimer, SignalsSeen, WorkflowAt, workflow_at};
 /// The missed-tick policy of a [`Schedule`] and what the store keeps of a schedule.
 pub use quark_history::{Missed, ScheduleRecord, Upserted};
-pub use registry::{Registration, Registry};
+pub use registry::{ProjectionFactory, Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
 pub use runner::{HISTORY_WARN_EVENTS, HistoryWarning, LiveInstance, WarmLimits};
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};

@@ -45,6 +45,13 @@ pub(crate) type ErasedActivity = Arc<
         + Sync,
 >;
 
+/// Snapshots an entity's current state, with its type erased: `quark events replay --stream`.
+pub(crate) type ErasedEntitySnapshot = Arc<
+    dyn Fn(Arc<dyn quark_history::Store>, String) -> BoxFuture<'static, Result<u64, String>>
+        + Send
+        + Sync,
+>;
+
 /// Reads an entity's state (as JSON) and version at a point, with its type erased: what the
 /// command line shows for `quark entity show`.
 pub(crate) type ErasedEntityRead = Arc<
@@ -71,9 +78,17 @@ pub(crate) struct ActivityEntry {
 pub struct Registry {
     orchestrations: BTreeMap<String, Arc<dyn ErasedOrchestration>>,
     activities: BTreeMap<String, ActivityEntry>,
-    entities: BTreeMap<String, ErasedEntityRead>,
+    entities: BTreeMap<String, (ErasedEntityRead, ErasedEntitySnapshot)>,
+    projections: BTreeMap<String, ProjectionFactory>,
     queues: std::collections::BTreeSet<String>,
 }
+
+/// Makes a projector of a registered projection over a store, owned by a runner id.
+pub type ProjectionFactory = Arc<
+    dyn Fn(Arc<dyn quark_history::Store>, &str) -> Arc<dyn crate::projection::RunProjection>
+        + Send
+        + Sync,
+>;
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,6 +98,7 @@ impl fmt::Debug for Registry {
                 &self.orchestrations.keys().collect::<Vec<_>>(),
             )
             .field("activities", &self.activities.keys().collect::<Vec<_>>())
+            .field("projections", &self.projections.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -99,6 +115,7 @@ impl Default for Registry {
             orchestrations: BTreeMap::new(),
             activities: BTreeMap::new(),
             entities: BTreeMap::new(),
+            projections: BTreeMap::new(),
             queues: std::collections::BTreeSet::new(),
         };
         registry.add_orchestration::<crate::job_workflow::RunJobWorkflow>();
@@ -178,7 +195,16 @@ impl Registry {
                 Ok((state, version))
             })
         });
-        self.entities.insert(E::TYPE.to_string(), read);
+        let snapshot: ErasedEntitySnapshot = Arc::new(|store, key| {
+            Box::pin(async move {
+                crate::entity::Entities::new(store)
+                    .entity::<E>(key)
+                    .snapshot()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        self.entities.insert(E::TYPE.to_string(), (read, snapshot));
         self
     }
 
@@ -193,7 +219,42 @@ impl Registry {
     ) -> Option<BoxFuture<'static, Result<(serde_json::Value, u64), String>>> {
         self.entities
             .get(entity_type)
-            .map(|read| read(store, key.to_string(), at))
+            .map(|(read, _)| read(store, key.to_string(), at))
+    }
+
+    /// Snapshots entity `entity_type`'s `key` at its current version
+    /// ([`EntityRef::snapshot`](crate::entity::EntityRef::snapshot)) and returns the version, or
+    /// `None` if that entity type is not registered here.
+    pub fn snapshot_entity(
+        &self,
+        entity_type: &str,
+        store: Arc<dyn quark_history::Store>,
+        key: &str,
+    ) -> Option<BoxFuture<'static, Result<u64, String>>> {
+        self.entities
+            .get(entity_type)
+            .map(|(_, snapshot)| snapshot(store, key.to_string()))
+    }
+
+    /// Registers projection `projection`: workers built with this registry
+    /// (`Worker::builder().workflows(registry)`) run it, and tools given it can rebuild and
+    /// replay it (`quark projection rebuild NAME`, `quark events replay --into NAME` in a binary
+    /// built on `quark_worker::cli::main_with`). A later registration of the same name replaces
+    /// an earlier one.
+    pub fn projection<P: crate::projection::Projection>(mut self, projection: P) -> Self {
+        let shared = Arc::new(projection);
+        self.projections.insert(
+            P::NAME.to_string(),
+            Arc::new(move |store, owner| {
+                Arc::new(crate::projection::Projector::new(store, Arc::clone(&shared)).owner(owner))
+            }),
+        );
+        self
+    }
+
+    /// The registered projections, by name.
+    pub fn projections(&self) -> &BTreeMap<String, ProjectionFactory> {
+        &self.projections
     }
 
     /// Registers command `C` of entity `E`, so that orchestrations can call it durably

@@ -519,10 +519,33 @@ impl EventLog for RedisLog {
 
     fn append_commits(&self, commits: Vec<Commit>) -> BoxFuture<'_, Vec<Result<Committed>>> {
         Box::pin(async move {
+            // Commits that touch none of the same streams or inbox ids run at once (their scripts
+            // share the connection's pipeline); one that shares any with an earlier commit of the
+            // batch waits for it, so the outcome is that of committing them in order.
             let mut out = Vec::with_capacity(commits.len());
+            let mut wave: Vec<Commit> = Vec::new();
+            let mut touched: std::collections::BTreeSet<String> = Default::default();
             for commit in commits {
-                out.push(self.append_one(commit).await);
+                let keys: Vec<String> = commit
+                    .appends
+                    .iter()
+                    .map(|a| format!("s:{}", a.instance_id))
+                    .chain(commit.receive.iter().map(|id| format!("i:{id}")))
+                    .collect();
+                if keys.iter().any(|k| touched.contains(k)) {
+                    let running = std::mem::take(&mut wave);
+                    out.extend(
+                        futures::future::join_all(running.into_iter().map(|c| self.append_one(c)))
+                            .await,
+                    );
+                    touched.clear();
+                }
+                touched.extend(keys);
+                wave.push(commit);
             }
+            out.extend(
+                futures::future::join_all(wave.into_iter().map(|c| self.append_one(c))).await,
+            );
             out
         })
     }

@@ -193,12 +193,14 @@ impl<S: SqlStore> ProjectionStore for S {
         name: &'a str,
         version: u32,
         owner: &'a str,
+        to: GlobalPosition,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let now = self.settings().clock.now();
             let conn = S::Db::store_tx_conn(tx)?;
             let reset = Stmt::<S::Db>::new(
-                "UPDATE projections SET checkpoint_tx = 0, checkpoint_pos = 0, applied = 0, \
+                "UPDATE projections SET checkpoint_tx = $5, checkpoint_pos = $6, \
+                 applied = CASE WHEN $7 THEN 0 ELSE applied END, \
                  last_event_at = NULL, updated_at = $4 \
                  WHERE name = $1 AND version = $2 AND lease_owner = $3 AND lease_expires_at > $4",
             )
@@ -206,6 +208,9 @@ impl<S: SqlStore> ProjectionStore for S {
             .bind(i64::from(version))
             .bind(owner)
             .bind(now.as_micros())
+            .bind(to.tx as i64)
+            .bind(to.position)
+            .bind(to == GlobalPosition::START)
             .execute(&mut *conn)
             .await?;
             if reset != 1 {

@@ -41,6 +41,11 @@ pub enum EventsCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Applies events again through the code linked into this binary, with progress: the global
+    /// order from a position or a time into a projection (`--into NAME`), or one entity stream
+    /// from a version or a time (`--stream TYPE/KEY`, showing the state after each event).
+    /// `--dry-run` writes nothing.
+    Replay(super::replay::ReplayArgs),
 }
 
 /// Which events `quark events query` and `export` keep.
@@ -164,10 +169,14 @@ const PAGE: u32 = 1000;
 pub(super) async fn run(
     store: &Arc<dyn Store>,
     command: EventsCommand,
+    registry: Option<&quark_workflow::Registry>,
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let (range, file, filter) = match command {
+        EventsCommand::Replay(args) => {
+            return super::replay::replay(store, registry, args, output, out).await;
+        }
         EventsCommand::Export {
             range,
             out: file,

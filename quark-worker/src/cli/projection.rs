@@ -22,6 +22,14 @@ pub enum ProjectionCommand {
         /// The projection's name.
         name: String,
     },
+    /// Empties a projection's read model and builds it again from zero, with a progress bar,
+    /// through its code linked into this binary (`Registry::projection` in a binary built on
+    /// `quark_worker::cli::main_with`). Takes the projection's lease: stop the workers that run
+    /// it first, or wait for their lease to run out.
+    Rebuild {
+        /// The projection's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -63,11 +71,15 @@ fn row(r: ProjectionRecord) -> Row {
 pub(super) async fn run(
     store: &Arc<dyn Store>,
     command: ProjectionCommand,
+    registry: Option<&quark_workflow::Registry>,
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let all = store.list_projections().await?;
     let rows: Vec<Row> = match command {
+        ProjectionCommand::Rebuild { name } => {
+            return super::replay::rebuild(store, registry, &name, output, out).await;
+        }
         ProjectionCommand::List => all.into_iter().map(row).collect(),
         ProjectionCommand::Status { name } => {
             let mut rows = Vec::new();

@@ -76,10 +76,17 @@ pub enum WorkflowCommand {
         #[arg(long)]
         after: Option<String>,
     },
-    /// Shows one instance.
+    /// Shows one instance; with `--at` or `--at-time`, as it stood then (read from its history:
+    /// its status, what it waited for, what it had received).
     Describe {
         /// The instance id.
         id: String,
+        /// After this many events of its history.
+        #[arg(long, conflicts_with = "at_time")]
+        at: Option<u64>,
+        /// After every event recorded at or before this time (RFC 3339).
+        #[arg(long)]
+        at_time: Option<String>,
     },
     /// Prints an instance's history. `--output json` writes the file `quark workflow replay`
     /// and the `Replayer` read: an array of recorded events as the store keeps them (times in
@@ -303,11 +310,38 @@ pub(super) async fn run(
                 Ok(())
             });
         }
-        WorkflowCommand::Describe { id } => {
+        WorkflowCommand::Describe { id, at, at_time } => {
             let Some(i) = store.get_instance(&id).await? else {
                 bail!("no instance `{id}`")
             };
-            return output::one(out, output, &InstanceView::from(i), describe);
+            if at.is_none() && at_time.is_none() {
+                return output::one(out, output, &InstanceView::from(i), describe);
+            }
+            let history = read_history_with_progress(&**store, &id, i.history_len).await?;
+            let version = match (at, at_time) {
+                (Some(v), _) if v > history.len() as u64 => {
+                    bail!(
+                        "instance `{id}` has {} events: there is no version {v}",
+                        history.len()
+                    )
+                }
+                (Some(v), _) => v,
+                (None, Some(t)) => {
+                    let t = super::events::parse_time(&t)?;
+                    history
+                        .iter()
+                        .take_while(|e| e.recorded_at <= t)
+                        .last()
+                        .map_or(0, |e| e.seq)
+                }
+                (None, None) => unreachable!("checked above"),
+            };
+            let Some(past) = quark_workflow::workflow_at(&history, version) else {
+                bail!(
+                    "`{id}` is not a workflow instance (an entity stream? see `quark entity show`)"
+                );
+            };
+            return output::one(out, output, &past, describe_past);
         }
         WorkflowCommand::History { id } => {
             let Some(instance) = store.get_instance(&id).await? else {
@@ -357,6 +391,64 @@ pub(super) async fn run(
         }
         Ok(())
     })
+}
+
+fn describe_past(out: &mut dyn Write, w: &quark_workflow::WorkflowAt) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "id:       {}\ntype:     {}\nat:       event {} of its history{}\nstatus:   {}",
+        w.instance_id,
+        w.instance_type,
+        w.version,
+        w.at.map_or(String::new(), |t| format!(", recorded {}", output::time(t))),
+        w.status
+    )?;
+    for a in &w.pending_activities {
+        writeln!(
+            out,
+            "waiting:  activity {} (command {}), since {}",
+            a.name,
+            a.command,
+            output::time(a.since)
+        )?;
+    }
+    for t in &w.pending_timers {
+        writeln!(
+            out,
+            "waiting:  timer (command {}), due {}",
+            t.command,
+            output::time(t.fire_at)
+        )?;
+    }
+    for c in &w.pending_children {
+        writeln!(
+            out,
+            "waiting:  child {} (command {}), since {}",
+            c.name,
+            c.command,
+            output::time(c.since)
+        )?;
+    }
+    for (name, seen) in &w.signals {
+        writeln!(
+            out,
+            "signal:   {name} x{} (last: {})",
+            seen.count, seen.last
+        )?;
+    }
+    for (what, n) in &w.done {
+        writeln!(out, "done:     {n} {what}")?;
+    }
+    if let Some(reason) = &w.cancel_requested {
+        writeln!(out, "cancel:   requested ({reason})")?;
+    }
+    if let Some(output) = &w.output {
+        writeln!(out, "output:   {output}")?;
+    }
+    if let Some(f) = &w.failure {
+        writeln!(out, "failure:  {}", f.message)?;
+    }
+    Ok(())
 }
 
 fn describe(out: &mut dyn Write, i: &InstanceView) -> anyhow::Result<()> {

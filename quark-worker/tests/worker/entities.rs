@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::testing::eventually;
-use quark_history::{Backend, StoreTx};
+use quark_history::{Backend, Clock, StoreTx};
 use quark_history::{HistoryEvent, HistoryRange};
 use quark_worker::Worker;
 use quark_workflow::entity::{Command, Decision, Entities, Entity};
@@ -25,6 +25,8 @@ quark_history::backend_tests!(
     it_decides_an_activitys_entity_command_again_when_the_stream_moved_before_its_commit,
     it_runs_a_projection_on_one_worker_at_a_time_and_hands_it_over_at_shutdown,
     it_shows_entities_events_projections_and_causes_on_the_command_line,
+    it_rebuilds_and_replays_projections_and_streams_and_shows_a_workflows_past_on_the_command_line,
+    it_runs_the_projections_of_its_registry,
 );
 
 struct Wallet;
@@ -314,6 +316,10 @@ async fn exec(tx: &mut StoreTx, sql: String) -> Result<(), ProjectionError> {
 impl Projection for Totals {
     const NAME: &'static str = "wallet_totals";
 
+    async fn reset(&self, tx: &mut StoreTx, _version: u32) -> Result<(), ProjectionError> {
+        exec(tx, "DELETE FROM wallet_totals".to_string()).await
+    }
+
     async fn apply(&self, batch: &mut Batch<'_>) -> Result<(), ProjectionError> {
         for e in batch.entity_events::<Wallet>()? {
             let cents = match e.event.event {
@@ -584,4 +590,270 @@ async fn it_shows_entities_events_projections_and_causes_on_the_command_line(t: 
     let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["checked"].as_u64(), Some(checked));
     assert_eq!(report["broken"][0]["id"], "Wallet/carol");
+}
+
+/// Each wallet's last version seen: idempotent (an upsert of the greater version), so replaying
+/// events it has applied changes nothing.
+struct LastSeen;
+
+impl Projection for LastSeen {
+    const NAME: &'static str = "wallet_last_seen";
+
+    async fn apply(&self, batch: &mut Batch<'_>) -> Result<(), ProjectionError> {
+        for e in batch.entity_events::<Wallet>()? {
+            exec(
+                batch.tx(),
+                format!(
+                    "INSERT INTO wallet_last_seen (wallet, version) VALUES ('{}', {v}) \
+                     ON CONFLICT (wallet) DO UPDATE SET version = \
+                     CASE WHEN wallet_last_seen.version > {v} THEN wallet_last_seen.version \
+                     ELSE {v} END",
+                    e.key,
+                    v = e.event.version
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn it_rebuilds_and_replays_projections_and_streams_and_shows_a_workflows_past_on_the_command_line(
+    t: &TestStore,
+) {
+    use quark_history::GlobalPosition;
+    use quark_worker::cli::{
+        Command as Cli, EventsCommand, ProjectionCommand, ReplayArgs, WorkflowCommand,
+    };
+    t.execute("CREATE TABLE wallet_totals (wallet TEXT PRIMARY KEY, cents BIGINT NOT NULL)")
+        .await;
+    t.execute("CREATE TABLE wallet_last_seen (wallet TEXT PRIMARY KEY, version BIGINT NOT NULL)")
+        .await;
+    let entities = Entities::new(Arc::clone(&t.store));
+    for i in 0..9 {
+        entities
+            .entity::<Wallet>(format!("w{}", i % 3))
+            .call(&Credit(i + 1))
+            .await
+            .unwrap();
+    }
+    let registry = || {
+        Some(
+            Registry::new()
+                .entity::<Wallet>()
+                .projection(Totals)
+                .projection(LastSeen),
+        )
+    };
+    let total = || async {
+        t.scalar("SELECT CAST(COALESCE(SUM(cents), 0) AS BIGINT) FROM wallet_totals")
+            .await
+    };
+    let applied = |name: &'static str| async move {
+        t.store
+            .list_projections()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| (p.applied, p.checkpoint))
+    };
+
+    // A rebuild empties the model (damaged here) and applies every event once; not while
+    // another runner holds the projection's lease.
+    let running = quark_workflow::projection::Projector::new(Arc::clone(&t.store), Totals);
+    running.catch_up(|_, _| {}).await.unwrap();
+    t.execute("UPDATE wallet_totals SET cents = 999").await;
+    let rebuild = || {
+        Cli::Projection(ProjectionCommand::Rebuild {
+            name: "wallet_totals".into(),
+        })
+    };
+    let mut out = Vec::new();
+    let busy = quark_worker::cli::run_on(
+        Arc::clone(&t.store),
+        rebuild(),
+        quark_worker::cli::Output::Json,
+        registry(),
+        &mut out,
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{busy:#}").contains("leased by"), "{busy:#}");
+    assert_eq!(total().await, 999 * 3);
+    running.release().await.unwrap();
+    let rebuilt = cli(t, rebuild(), registry()).await;
+    assert_eq!(rebuilt["events"], 9);
+    assert_eq!(total().await, 45);
+    assert_eq!(applied("wallet_totals").await.unwrap().0, 9);
+    // Not linked into the binary: a clear refusal.
+    let mut out = Vec::new();
+    let unknown = quark_worker::cli::run_on(
+        Arc::clone(&t.store),
+        Cli::Projection(ProjectionCommand::Rebuild {
+            name: "nope".into(),
+        }),
+        quark_worker::cli::Output::Json,
+        registry(),
+        &mut out,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        unknown.to_string().contains("not registered"),
+        "{unknown:#}"
+    );
+
+    // A dry run applies the events and writes nothing: the model and the checkpoint stay.
+    let before = applied("wallet_totals").await;
+    let tried = cli(
+        t,
+        Cli::Events(EventsCommand::Replay(ReplayArgs {
+            into: Some("wallet_totals".into()),
+            dry_run: true,
+            ..ReplayArgs::default()
+        })),
+        registry(),
+    )
+    .await;
+    assert_eq!(tried["events"], 9);
+    assert_eq!(tried["by_kind"]["Credited"], 9);
+    assert_eq!(total().await, 45);
+    assert_eq!(applied("wallet_totals").await, before);
+
+    // A replay from a position applies what follows it again (to an idempotent model).
+    let last_seen = quark_workflow::projection::Projector::new(Arc::clone(&t.store), LastSeen);
+    last_seen.catch_up(|_, _| {}).await.unwrap();
+    last_seen.release().await.unwrap();
+    let (seen, head) = applied("wallet_last_seen").await.unwrap();
+    assert_eq!(seen, 9);
+    let fourth = t.store.read_all(GlobalPosition::START, 4).await.unwrap()[3].position;
+    let replayed = cli(
+        t,
+        Cli::Events(EventsCommand::Replay(ReplayArgs {
+            into: Some("wallet_last_seen".into()),
+            after: Some(fourth),
+            ..ReplayArgs::default()
+        })),
+        registry(),
+    )
+    .await;
+    assert_eq!(replayed["events"], 5);
+    assert_eq!(applied("wallet_last_seen").await, Some((14, head)));
+    assert_eq!(
+        t.scalar("SELECT CAST(SUM(version) AS BIGINT) FROM wallet_last_seen")
+            .await,
+        9
+    );
+
+    // A stream through its entity's code: the state after each event; then a snapshot.
+    let stream = |dry_run| {
+        Cli::Events(EventsCommand::Replay(ReplayArgs {
+            stream: Some("Wallet/w1".into()),
+            from_version: Some(2),
+            dry_run,
+            ..ReplayArgs::default()
+        }))
+    };
+    let snapshots = || async {
+        t.scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'Wallet/w1'")
+            .await
+    };
+    let steps = cli(t, stream(true), registry()).await;
+    let steps: Vec<(u64, i64)> = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["version"].as_u64().unwrap(),
+                s["state"]["cents"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // w1's credits are 2, 5 and 8.
+    assert_eq!(steps, [(2, 7), (3, 15)]);
+    assert_eq!(snapshots().await, 0);
+    cli(t, stream(false), registry()).await;
+    assert_eq!(snapshots().await, 1);
+    assert_eq!(
+        t.scalar("SELECT MAX(version) FROM snapshots WHERE stream_id = 'Wallet/w1'")
+            .await,
+        3
+    );
+
+    // A workflow as it stood: after its start, after a signal, at its end.
+    let client = Client::new(Arc::clone(&t.store));
+    let id = format!("{}-past", t.store.backend());
+    run_credit::start(&client, &id, "w9".to_string())
+        .await
+        .unwrap();
+    t.clock.advance(Duration::from_secs(60));
+    let before_signal = t.clock.now();
+    t.clock.advance(Duration::from_secs(60));
+    client.signal(&id, "nudge", &7).await.unwrap();
+    client.terminate(&id, "enough").await.unwrap();
+    let at = |at, at_time| {
+        Cli::Workflow(WorkflowCommand::Describe {
+            id: id.clone(),
+            at,
+            at_time,
+        })
+    };
+    let started = cli(t, at(Some(1), None), None).await;
+    assert_eq!(
+        (started["version"].as_u64(), started["status"].as_str()),
+        (Some(1), Some("running"))
+    );
+    assert!(started["signals"].as_object().unwrap().is_empty());
+    let signalled = cli(t, at(Some(2), None), None).await;
+    assert_eq!(signalled["signals"]["nudge"]["count"], 1);
+    assert_eq!(signalled["signals"]["nudge"]["last"], 7);
+    let before_signal = chrono::DateTime::from_timestamp_micros(before_signal.as_micros())
+        .unwrap()
+        .to_rfc3339();
+    let by_time = cli(t, at(None, Some(before_signal)), None).await;
+    assert_eq!(by_time["version"], 1);
+    let ended = cli(t, at(Some(3), None), None).await;
+    assert_eq!(ended["status"], "terminated");
+}
+
+async fn it_runs_the_projections_of_its_registry(t: &TestStore) {
+    t.execute("CREATE TABLE wallet_totals (wallet TEXT PRIMARY KEY, cents BIGINT NOT NULL)")
+        .await;
+    let worker = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(format!("{}-registry-projections", t.store.backend()))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(Registry::new().projection(Totals))
+        .build()
+        .unwrap();
+    let running = worker.start().await.unwrap();
+    let entities = Entities::new(Arc::clone(&t.store));
+    for i in 0..6 {
+        entities
+            .entity::<Wallet>(format!("w{}", i % 2))
+            .call(&Credit(10))
+            .await
+            .unwrap();
+    }
+    eventually(
+        "the registry's projection applied the credits",
+        async || {
+            t.store
+                .list_projections()
+                .await
+                .unwrap()
+                .first()
+                .is_some_and(|p| p.applied == 6)
+        },
+    )
+    .await;
+    running.shutdown().await;
+    assert_eq!(
+        t.scalar("SELECT CAST(SUM(cents) AS BIGINT) FROM wallet_totals")
+            .await,
+        60
+    );
+    assert_eq!(t.store.list_projections().await.unwrap().len(), 1);
 }

@@ -463,14 +463,19 @@ impl<E: Entity> EntityRef<E> {
             return None;
         }
         loaded.tail_bytes = 0;
-        let store = self.store();
-        let state = match personal::encode::<E, _>(store, &self.key, &loaded.state).await {
-            Ok(state) => state,
+        match self.save_snapshot(loaded).await {
+            Ok(size) => Some(size),
             Err(e) => {
-                tracing::warn!(stream = %self.stream, "snapshot not taken: {e}");
-                return None;
+                tracing::warn!(stream = %self.stream, version = loaded.version, "snapshot not saved: {e}");
+                None
             }
-        };
+        }
+    }
+
+    /// Stores a snapshot of `loaded`; returns its encoded size.
+    async fn save_snapshot(&self, loaded: &Loaded<E>) -> std::result::Result<usize, Error> {
+        let store = self.store();
+        let state = personal::encode::<E, _>(store, &self.key, &loaded.state).await?;
         let size = state.as_bytes().len();
         let snapshot = Snapshot {
             stream_id: self.stream.clone(),
@@ -479,10 +484,33 @@ impl<E: Entity> EntityRef<E> {
             state,
             taken_at: store.log_config().clock.now(),
         };
-        if let Err(e) = store.save_snapshot(snapshot, DEFAULT_SNAPSHOTS_KEPT).await {
-            tracing::warn!(stream = %self.stream, version = loaded.version, "snapshot not saved: {e}");
+        store
+            .save_snapshot(snapshot, DEFAULT_SNAPSHOTS_KEPT)
+            .await?;
+        Ok(size)
+    }
+
+    /// Snapshots the current state now, at the current version (replacing a snapshot at that
+    /// version), and returns the version: after a change of [`Entity::SCHEMA`] or when a stored
+    /// snapshot no longer decodes, so that loads start from a snapshot again without waiting for
+    /// the next one. A stream without events is not snapshotted (0).
+    pub async fn snapshot(&self) -> Result<u64, E> {
+        let slot: Slot = self.entities.inner.cache.slot(&self.stream);
+        let mut held = slot.lock().await;
+        let saved = async {
+            let loaded = self.loaded(&mut held, false).await?;
+            self.catch_up(loaded).await?;
+            if loaded.version > 0 {
+                self.save_snapshot(loaded).await.map_err(from_store)?;
+                loaded.tail_bytes = 0;
+            }
+            Ok::<_, EntityError<E::Rejection>>(loaded.version)
         }
-        Some(size)
+        .await;
+        if saved.is_err() {
+            *held = None;
+        }
+        saved
     }
 
     /// The current state: the kept one brought up to date with the journal (one read of the

@@ -31,8 +31,8 @@ use std::future::Future;
 
 pub use batch::{Batch, ProjectedEvent};
 pub use projector::{
-    BEHIND_CAP, CatchUp, DEFAULT_LEASE, DEFAULT_PAGE, ProjectionStatus, Projector, RunProjection,
-    active_version, position_of,
+    BEHIND_CAP, CatchUp, DEFAULT_LEASE, DEFAULT_PAGE, Progress, ProjectionStatus, Projector,
+    Replayed, RunProjection, active_version, position_of,
 };
 pub use quark_history::{GlobalEvent, GlobalPosition, ProjectionRecord, ProjectionState, StoreTx};
 #[cfg(feature = "redis")]
@@ -65,6 +65,28 @@ pub trait Projection: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
         let _ = (tx, version);
         async { Ok(()) }
+    }
+}
+
+/// A shared projection is the projection: what a [`Registry`](crate::Registry) keeps, so that
+/// every projector it makes (a worker's, `quark projection rebuild`'s) runs the same one.
+impl<P: Projection> Projection for std::sync::Arc<P> {
+    const NAME: &'static str = P::NAME;
+    const VERSION: u32 = P::VERSION;
+
+    fn apply(
+        &self,
+        batch: &mut Batch<'_>,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        P::apply(self, batch)
+    }
+
+    fn reset(
+        &self,
+        tx: &mut StoreTx,
+        version: u32,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        P::reset(self, tx, version)
     }
 }
 

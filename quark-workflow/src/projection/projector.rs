@@ -216,13 +216,107 @@ impl<P: Projection> Projector<P> {
         let reset = async {
             self.projection.reset(&mut tx, P::VERSION).await?;
             store
-                .reset_projection(&mut tx, P::NAME, P::VERSION, &self.owner)
+                .reset_projection(
+                    &mut tx,
+                    P::NAME,
+                    P::VERSION,
+                    &self.owner,
+                    GlobalPosition::START,
+                )
                 .await?;
             Ok::<_, ProjectionError>(())
         }
         .await;
         finish(tx, reset).await?;
         self.catch_up(progress).await
+    }
+
+    /// Applies the events after `from` again (of those committed before the call), calling
+    /// `progress` with the count and position after each page. With `dry_run` each page is applied
+    /// in a transaction that is rolled back: nothing is written, the checkpoint stays, no lease is
+    /// taken, and a page the projection fails on is reported as an error naming its first
+    /// position; a way to try a projection's code on the real history. Without `dry_run` the
+    /// projection's lease is taken and its checkpoint set back to `from` (only for read models
+    /// whose writes are idempotent upserts: others [`rebuild`](Self::rebuild)), then it catches
+    /// up. Returns what was applied.
+    pub async fn replay(
+        &self,
+        from: GlobalPosition,
+        dry_run: bool,
+        mut progress: impl FnMut(u64, GlobalPosition),
+    ) -> Result<Replayed, ProjectionError> {
+        let store = &self.store;
+        let mut report = Replayed::default();
+        if !dry_run {
+            self.register().await?;
+            let Some(record) = store
+                .lease_projection(P::NAME, P::VERSION, &self.owner, self.lease)
+                .await?
+            else {
+                return Err(self.busy().await);
+            };
+            if from > record.checkpoint {
+                return Err(ProjectionError::Store(quark_history::Error::Invalid(
+                    format!(
+                        "projection `{}` v{} is at {}: a replay goes back, not forward past {from}",
+                        P::NAME,
+                        P::VERSION,
+                        record.checkpoint
+                    ),
+                )));
+            }
+            let mut tx = store.begin_tx().await?;
+            let rewound = store
+                .reset_projection(&mut tx, P::NAME, P::VERSION, &self.owner, from)
+                .await
+                .map_err(ProjectionError::from);
+            finish(tx, rewound).await?;
+            report.events = self.catch_up(&mut progress).await?;
+            return Ok(report);
+        }
+        let Some(head) = store.committed_head().await? else {
+            return Ok(report);
+        };
+        let mut after = from;
+        loop {
+            let mut events = store.read_all(after, self.page).await?;
+            events.retain(|e| e.position <= head);
+            open_page(&**store, &mut events).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Ok(report);
+            };
+            let mut tx = store.begin_tx().await?;
+            let applied = {
+                let mut batch = Batch {
+                    tx: &mut tx,
+                    events: &events,
+                    version: P::VERSION,
+                    name: P::NAME,
+                };
+                self.projection.apply(&mut batch).await
+            };
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rolling back a dry-run page failed");
+            }
+            if let Err(e) = applied {
+                return Err(ProjectionError::apply(
+                    P::NAME,
+                    format!(
+                        "the page from {} fails (dry run, nothing written): {e}",
+                        events[0].position
+                    ),
+                ));
+            }
+            for e in &events {
+                *report
+                    .by_kind
+                    .entry(event_kind(&e.event.event))
+                    .or_default() += 1;
+            }
+            report.events += events.len() as u64;
+            after = last;
+            progress(report.events, last);
+        }
     }
 
     /// Gives up the lease, so another runner can take over at once.
@@ -388,6 +482,25 @@ impl<P: Projection> Projector<P> {
     }
 }
 
+/// What [`Projector::replay`] applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Events applied.
+    pub events: u64,
+    /// In a dry run, how many of each kind (an entity event's type name, else the event's kind).
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+fn event_kind(event: &quark_history::HistoryEvent) -> String {
+    match event {
+        quark_history::HistoryEvent::EntityEvent { event_type, .. } => event_type.clone(),
+        other => other.kind().to_string(),
+    }
+}
+
+/// The progress callback of the erased [`RunProjection`] methods.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, GlobalPosition) + Send);
+
 /// A projector with its projection's type erased: what a runtime that runs many projections (the
 /// worker) holds.
 pub trait RunProjection: Send + Sync {
@@ -405,6 +518,16 @@ pub trait RunProjection: Send + Sync {
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ProjectionError>>;
     /// [`Projector::release`].
     fn release(&self) -> BoxFuture<'_, Result<(), ProjectionError>>;
+    /// [`Projector::rebuild`].
+    fn rebuild<'a>(&'a self, progress: Progress<'a>)
+    -> BoxFuture<'a, Result<u64, ProjectionError>>;
+    /// [`Projector::replay`].
+    fn replay<'a>(
+        &'a self,
+        from: GlobalPosition,
+        dry_run: bool,
+        progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<Replayed, ProjectionError>>;
 }
 
 impl<P: Projection> RunProjection for Projector<P> {
@@ -428,5 +551,19 @@ impl<P: Projection> RunProjection for Projector<P> {
     }
     fn release(&self) -> BoxFuture<'_, Result<(), ProjectionError>> {
         Box::pin(Projector::release(self))
+    }
+    fn rebuild<'a>(
+        &'a self,
+        progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
+        Box::pin(Projector::rebuild(self, progress))
+    }
+    fn replay<'a>(
+        &'a self,
+        from: GlobalPosition,
+        dry_run: bool,
+        progress: Progress<'a>,
+    ) -> BoxFuture<'a, Result<Replayed, ProjectionError>> {
+        Box::pin(Projector::replay(self, from, dry_run, progress))
     }
 }

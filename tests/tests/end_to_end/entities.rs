@@ -28,6 +28,7 @@ log_tests!(
     it_seals_personal_fields_and_reads_them_redacted_once_the_subject_is_erased,
     it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives,
     it_snapshots_by_the_size_of_the_events_since_the_last_snapshot,
+    it_commits_a_batch_as_if_one_commit_followed_another,
 );
 
 // Retention needs the projections' checkpoints, which only the SQL stores keep.
@@ -955,4 +956,55 @@ async fn it_removes_old_events_a_snapshot_covers_after_archiving_them(t: &TestSt
 fn uuid_like(t: &TestStore) -> String {
     format!("{}-{:?}", t.store.backend(), std::thread::current().id())
         .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+}
+
+async fn it_commits_a_batch_as_if_one_commit_followed_another(t: &Fixture) {
+    for s in ["a", "b", "c", "d"] {
+        t.log
+            .open_stream(&format!("Account/{s}"), "Account")
+            .await
+            .unwrap();
+    }
+    let event = || HistoryEvent::EntityEvent {
+        event_type: "Deposited".into(),
+        data: Payload::json(&AccountEvent::Deposited {
+            cents: 1,
+            memo: String::new(),
+        })
+        .unwrap(),
+        causation: None,
+        correlation: None,
+    };
+    let append = |s: &str, at: u64| {
+        Commit::new().append(format!("Account/{s}"), Expected::Seq(at), [event()])
+    };
+    let results = t
+        .log
+        .append_commits(vec![
+            append("a", 1),
+            append("b", 1),
+            // Needs the first: in order, it lands.
+            append("a", 2),
+            // Decided on the same version as the one before it: in order, it conflicts.
+            append("a", 2),
+            append("c", 1).receive("batch-message"),
+            // The same message again, to another stream: a duplicate, nothing written.
+            append("d", 1).receive("batch-message"),
+        ])
+        .await;
+    let outcome: Vec<&str> = results
+        .iter()
+        .map(|r| match r {
+            Ok(_) => "ok",
+            Err(Error::Conflict { .. }) => "conflict",
+            Err(Error::AlreadyReceived { .. }) => "duplicate",
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    assert_eq!(outcome, ["ok", "ok", "ok", "conflict", "ok", "duplicate"]);
+    let mut versions = Vec::new();
+    for s in ["a", "b", "c", "d"] {
+        versions.push(t.log.stream_version(&format!("Account/{s}")).await.unwrap());
+    }
+    assert_eq!(versions, [2, 1, 1, 0]);
 }
