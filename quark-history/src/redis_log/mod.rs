@@ -420,23 +420,30 @@ fn glob_escape(s: &str) -> String {
 /// A stream entry's fields, by name.
 pub(crate) type Fields = BTreeMap<String, Vec<u8>>;
 
-/// The fields of a stream entry, by name.
-pub(crate) fn fields(value: &Value) -> Result<Fields> {
+/// The fields of a stream entry, by name (the reply's buffers are moved, not copied).
+pub(crate) fn fields(value: Value) -> Result<Fields> {
     let Value::Array(items) = value else {
-        return Err(bad_reply("a stream entry", value));
+        return Err(bad_reply("a stream entry", &value));
     };
     let mut out = BTreeMap::new();
-    for pair in items.chunks(2) {
-        let [name, v] = pair else {
-            return Err(bad_reply("a stream entry", value));
+    let mut items = items.into_iter();
+    while let Some(name) = items.next() {
+        let Some(v) = items.next() else {
+            return Err(bad_reply("a stream entry's fields", &name));
         };
-        let name =
-            String::from_redis_value(name.clone()).map_err(|e| bad_reply(&e.to_string(), value))?;
-        let v =
-            Vec::<u8>::from_redis_value(v.clone()).map_err(|e| bad_reply(&e.to_string(), value))?;
+        let name = String::from_redis_value(name).map_err(|e| parse_error("a field name", e))?;
+        let v = Vec::<u8>::from_redis_value(v).map_err(|e| parse_error("a field value", e))?;
         out.insert(name, v);
     }
     Ok(out)
+}
+
+fn parse_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Log {
+        backend: "redis",
+        message: format!("unexpected reply for {what}: {e}"),
+        retryable: false,
+    }
 }
 
 /// Entries of an `XRANGE` or `XREADGROUP` stream reply: `(id, fields)`.
@@ -450,14 +457,14 @@ pub(crate) fn entries(value: Value) -> Result<Vec<(String, Fields)>> {
     items
         .into_iter()
         .map(|item| {
-            let Value::Array(parts) = &item else {
+            let Value::Array(parts) = item else {
                 return Err(bad_reply("a stream entry", &item));
             };
-            let [id, f] = parts.as_slice() else {
-                return Err(bad_reply("a stream entry", &item));
+            let mut parts = parts.into_iter();
+            let (Some(id), Some(f), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(parse_error("a stream entry", "not an id and its fields"));
             };
-            let id = String::from_redis_value(id.clone())
-                .map_err(|e| bad_reply(&e.to_string(), &item))?;
+            let id = String::from_redis_value(id).map_err(|e| parse_error("an entry id", e))?;
             Ok((id, fields(f)?))
         })
         .collect()

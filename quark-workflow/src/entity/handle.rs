@@ -171,6 +171,19 @@ impl Entities {
         }
     }
 
+    /// The slot of `stream` in the cache.
+    pub(super) fn slot(&self, stream: &str) -> Slot {
+        self.inner.cache.slot(stream)
+    }
+
+    /// Commits through the group committer.
+    pub(super) async fn commit(
+        &self,
+        commit: Commit,
+    ) -> quark_history::Result<quark_history::Committed> {
+        self.inner.commit(commit).await
+    }
+
     /// The entities kept live, with their footprints.
     pub fn live(&self) -> Vec<LiveEntity> {
         self.inner.cache.live()
@@ -236,6 +249,21 @@ impl<E: Entity> EntityRef<E> {
 
     fn store(&self) -> &dyn EventLog {
         &*self.entities.inner.log
+    }
+
+    /// The log the stream is in.
+    pub(super) fn log(&self) -> &dyn EventLog {
+        self.store()
+    }
+
+    /// After `loaded` was appended to from version `from`: a snapshot if one is due, and the
+    /// live entity's figures.
+    pub(super) async fn after_append(&self, loaded: &mut Loaded<E>, from: u64) {
+        let footprint = self.snapshot_if_due(loaded, from).await;
+        self.entities
+            .inner
+            .cache
+            .note(&self.stream, loaded.version, footprint);
     }
 
     /// Runs `command`: decides it against the current state and appends its events at the version
@@ -375,11 +403,7 @@ impl<E: Entity> EntityRef<E> {
                     }
                     loaded.version = from + decision.events.len() as u64;
                     loaded.tail_bytes += appended_bytes;
-                    let footprint = self.snapshot_if_due(loaded, from).await;
-                    self.entities
-                        .inner
-                        .cache
-                        .note(&self.stream, loaded.version, footprint);
+                    self.after_append(loaded, from).await;
                     return Ok(Received::First(decision.reply));
                 }
                 Err(Error::AlreadyReceived { .. }) => return Ok(Received::Duplicate),
@@ -401,7 +425,7 @@ impl<E: Entity> EntityRef<E> {
     /// The state kept in `held`, loaded (and, `for_write`, the stream opened) if there is none.
     /// A kept state is not brought up to date here: a write finds out at its commit, a read
     /// catches up itself.
-    async fn loaded<'h>(
+    pub(super) async fn loaded<'h>(
         &self,
         held: &'h mut Option<Box<dyn std::any::Any + Send>>,
         for_write: bool,
@@ -442,7 +466,7 @@ impl<E: Entity> EntityRef<E> {
     }
 
     /// Applies the events appended after `loaded`'s version.
-    async fn catch_up(&self, loaded: &mut Loaded<E>) -> Result<(), E> {
+    pub(super) async fn catch_up(&self, loaded: &mut Loaded<E>) -> Result<(), E> {
         for e in events::<E, E::Rejection>(self.store(), &self.stream, loaded.version, None).await?
         {
             E::apply(&mut loaded.state, &e.event);

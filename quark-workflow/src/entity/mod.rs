@@ -74,6 +74,7 @@
 //! ```
 
 mod activity;
+mod atomic;
 mod cache;
 mod error;
 mod handle;
@@ -88,6 +89,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use activity::ActivityEntity;
+pub use atomic::{AtomicError, Atomically, Refusal, Replies, Reply};
 pub use cache::LiveEntity;
 pub use error::EntityError;
 pub use handle::{At, CallMeta, Entities, EntityDiff, EntityRef, MAX_CONFLICT_RETRIES};

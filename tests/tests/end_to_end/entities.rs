@@ -29,6 +29,7 @@ log_tests!(
     it_applies_a_message_from_outside_once_however_often_and_wherever_it_arrives,
     it_snapshots_by_the_size_of_the_events_since_the_last_snapshot,
     it_commits_a_batch_as_if_one_commit_followed_another,
+    it_commits_commands_on_several_entities_together_or_not_at_all,
 );
 
 // Retention needs the projections' checkpoints, which only the SQL stores keep.
@@ -1007,4 +1008,132 @@ async fn it_commits_a_batch_as_if_one_commit_followed_another(t: &Fixture) {
         versions.push(t.log.stream_version(&format!("Account/{s}")).await.unwrap());
     }
     assert_eq!(versions, [2, 1, 1, 0]);
+    // An append of no events checks the version all the same (what an atomic batch relies on
+    // for a command that decided nothing), and writes nothing.
+    let empty =
+        |at: u64| Commit::new().append("Account/a", Expected::Seq(at), Vec::<HistoryEvent>::new());
+    let results = t.log.append_commits(vec![empty(2), empty(3)]).await;
+    assert!(
+        matches!(results[0], Err(Error::Conflict { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    assert_eq!(t.log.stream_version("Account/a").await.unwrap(), 2);
+}
+
+async fn it_commits_commands_on_several_entities_together_or_not_at_all(t: &Fixture) {
+    let entities = t.entities();
+    let alice = entities.entity::<Account>("alice");
+    let bob = entities.entity::<Account>("bob");
+    alice.call(&deposit(50)).await.unwrap();
+
+    // A transfer: the debit and the credit land together.
+    let mut batch = entities.atomically();
+    let debit = batch.call(&alice, Withdraw(30));
+    let credit = batch.call(&bob, deposit(30));
+    let mut replies = batch
+        .meta(CallMeta::caused_by("transfer-1"))
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!((replies.take(debit), replies.take(credit)), (20, 30));
+    assert_eq!(
+        bob.events(0, None).await.unwrap()[0].causation.as_deref(),
+        Some("transfer-1")
+    );
+
+    // One refusal and nothing lands, not the credit decided before it either.
+    let mut batch = entities.atomically();
+    batch.call(&bob, deposit(100));
+    batch.call(&alice, Withdraw(100));
+    let e = batch.commit().await.unwrap_err();
+    let EntityError::Rejected(refusal) = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        (refusal.index, refusal.stream.as_str()),
+        (1, "Account/alice")
+    );
+    assert_eq!(
+        refusal.rejection::<Refused>(),
+        Some(&Refused::Insufficient {
+            balance: 20,
+            asked: 100
+        })
+    );
+    assert_eq!(
+        t.entities()
+            .entity::<Account>("bob")
+            .version()
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Another process moved alice: refused on the kept state (20), the batch confirms against
+    // the journal and decides again (25).
+    t.entities()
+        .entity::<Account>("alice")
+        .call(&deposit(5))
+        .await
+        .unwrap();
+    let mut batch = entities.atomically();
+    let debit = batch.call(&alice, Withdraw(25));
+    batch.call(&bob, deposit(25));
+    assert_eq!(batch.commit().await.unwrap().take(debit), 0);
+
+    // Transfers both ways from two processes at once: conflicts are decided again, locks taken
+    // in opposite orders do not deadlock, and no money appears or vanishes.
+    let total = || async {
+        let fresh = t.entities();
+        let a = fresh
+            .entity::<Account>("alice")
+            .state()
+            .await
+            .unwrap()
+            .cents;
+        let b = fresh.entity::<Account>("bob").state().await.unwrap().cents;
+        (a, b)
+    };
+    let (a, b) = total().await;
+    assert_eq!((a, b), (0, 55));
+    let mut tasks = Vec::new();
+    for (from, to) in [("bob", "alice"), ("alice", "bob")] {
+        let process = t.entities();
+        tasks.push(tokio::spawn(async move {
+            let (from, to) = (
+                process.entity::<Account>(from),
+                process.entity::<Account>(to),
+            );
+            let mut moved = 0;
+            for _ in 0..10 {
+                let mut batch = process.atomically();
+                batch.call(&from, Withdraw(1));
+                batch.call(&to, deposit(1));
+                match batch.commit().await {
+                    Ok(_) => moved += 1,
+                    Err(EntityError::Rejected(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            moved
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (a, b) = total().await;
+    assert_eq!(a + b, 55, "alice {a}, bob {b}");
+    assert!(a >= 0 && b >= 0);
+    t.assert_intact("Account/alice").await;
+    t.assert_intact("Account/bob").await;
+    // One command per entity in a batch.
+    let mut batch = entities.atomically();
+    batch.call(&alice, deposit(1));
+    batch.call(&alice, deposit(1));
+    assert!(matches!(
+        batch.commit().await,
+        Err(EntityError::Store(Error::Invalid(m))) if m.contains("one command per entity")
+    ));
 }
