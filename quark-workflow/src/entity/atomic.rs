@@ -16,6 +16,9 @@ use super::{Command, Entity, personal};
 /// What a held slot keeps: an entity's loaded state, type-erased.
 type Held = Option<Box<dyn Any + Send>>;
 
+/// A command's events as the journal records them: its stream, the version they follow, them.
+type Recorded = (String, u64, Vec<HistoryEvent>);
+
 /// A command of an [`Atomically`] batch that its entity refused: which one, and the entity's own
 /// rejection (downcast it with [`rejection`](Self::rejection)).
 pub struct Refusal {
@@ -270,7 +273,7 @@ trait Step: Send {
     fn recorded<'a>(
         &'a mut self,
         meta: &'a CallMeta,
-    ) -> BoxFuture<'a, Result<(String, u64, Vec<HistoryEvent>), AtomicError>>;
+    ) -> BoxFuture<'a, Result<Recorded, AtomicError>>;
     /// After the commit: applies the decided events to the kept state; returns the reply.
     fn committed<'a>(&'a mut self, held: &'a mut Held) -> BoxFuture<'a, Box<dyn Any + Send>>;
 }
@@ -365,7 +368,7 @@ where
     fn recorded<'a>(
         &'a mut self,
         meta: &'a CallMeta,
-    ) -> BoxFuture<'a, Result<(String, u64, Vec<HistoryEvent>), AtomicError>> {
+    ) -> BoxFuture<'a, Result<Recorded, AtomicError>> {
         Box::pin(async move {
             let Some(decided) = self.decided.as_mut() else {
                 return Err(EntityError::Store(Error::Invalid(
