@@ -349,9 +349,16 @@ impl RedisLog {
             });
             args.push(encoded.len().to_string().into_bytes());
             for e in encoded {
-                args.push(e.codec.to_string().into_bytes());
-                args.push(e.bytes);
-                args.push(at.to_string().into_bytes());
+                let record = Record {
+                    schema: SCHEMA_VERSION,
+                    codec: e.codec,
+                    at,
+                    bytes: e.bytes,
+                };
+                args.push(
+                    postcard::to_stdvec(&record)
+                        .map_err(|e| Error::Invalid(format!("encoding an event record: {e}")))?,
+                );
                 args.push(e.hash.to_vec());
             }
             appended.push((next, next + append.events.len() as u64 - 1));
@@ -362,8 +369,7 @@ impl RedisLog {
         invocation
             .arg(commit.appends.len())
             .arg(commit.receive.len())
-            .arg(self.inner.inbox_window.as_millis().max(1) as u64)
-            .arg(SCHEMA_VERSION);
+            .arg(self.inner.inbox_window.as_millis().max(1) as u64);
         for a in args {
             invocation.arg(a);
         }
@@ -482,20 +488,43 @@ fn number<T: std::str::FromStr>(
         .ok_or_else(|| Error::Invalid(format!("{what}: field `{name}` is missing or not a number")))
 }
 
+/// An event as an entry keeps it (field `r`; its hash is field `h`, which the scripts read): one
+/// field to parse per event rather than one per column.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Record {
+    /// The event schema it was written with.
+    pub(crate) schema: i16,
+    /// The codec of `bytes`.
+    pub(crate) codec: i16,
+    /// When it was appended, in microseconds.
+    pub(crate) at: i64,
+    /// The encoded [`HistoryEvent`].
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// The record of an entry.
+pub(crate) fn record(stream: &str, seq: u64, f: &Fields) -> Result<Record> {
+    let stored = f
+        .get("r")
+        .ok_or_else(|| Error::Invalid(format!("event {seq} of stream `{stream}` has no record")))?;
+    postcard::from_bytes(stored).map_err(|e| {
+        Error::Invalid(format!(
+            "event {seq} of stream `{stream}`: its record does not decode: {e}"
+        ))
+    })
+}
+
 /// A stored event from an entry's fields.
-fn recorded(stream: &str, seq: u64, f: &BTreeMap<String, Vec<u8>>) -> Result<RecordedEvent> {
-    let what = format!("event {seq} of stream `{stream}`");
-    let schema: i16 = number(f, "sv", &what)?;
-    let codec: i16 = number(f, "c", &what)?;
-    let at: i64 = number(f, "t", &what)?;
+fn recorded(stream: &str, seq: u64, f: &Fields) -> Result<RecordedEvent> {
+    let r = record(stream, seq, f)?;
     let empty = Vec::new();
     decode_event(
         stream,
         seq as i64,
-        schema,
-        codec,
-        f.get("e").unwrap_or(&empty),
-        at,
+        r.schema,
+        r.codec,
+        &r.bytes,
+        r.at,
         f.get("h").unwrap_or(&empty),
     )
 }

@@ -6,10 +6,9 @@
 ///
 /// `KEYS[1]` the global stream; then for each append its head hash and its event stream; then one
 /// key per inbox id. `ARGV[1]` the number of appends, `ARGV[2]` the number of inbox ids,
-/// `ARGV[3]` the inbox window in milliseconds, `ARGV[4]` the event schema; then for each append
-/// its stream id, the version it expects next, the hash it expects at the head (empty for an
-/// empty stream) and its number of events, followed by each event's codec, bytes, time
-/// (microseconds) and hash.
+/// `ARGV[3]` the inbox window in milliseconds; then for each append its stream id, the version it
+/// expects next, the hash it expects at the head (empty for an empty stream) and its number of
+/// events, followed by each event's record (see `Record`) and hash.
 ///
 /// Returns `{'ok'}`, `{'dup', id}` or `{'conflict', append index from 1, actual next version}`.
 pub(super) const APPEND: &str = r"
@@ -21,7 +20,7 @@ for i = 1, ids do
     return {'dup', KEYS[inbox_from + i]}
   end
 end
-local a = 5
+local a = 4
 for i = 1, n do
   local head = redis.call('HMGET', KEYS[2 * i], 'v', 'h')
   local v = tonumber(head[1] or '0')
@@ -29,27 +28,25 @@ for i = 1, n do
   if v + 1 ~= expected or (v > 0 and head[2] ~= ARGV[a + 2]) then
     return {'conflict', tostring(i), string.format('%d', v + 1)}
   end
-  a = a + 4 + 4 * tonumber(ARGV[a + 3])
+  a = a + 4 + 2 * tonumber(ARGV[a + 3])
 end
-a = 5
+a = 4
 for i = 1, n do
   local name = ARGV[a]
   local expected = tonumber(ARGV[a + 1])
   local k = tonumber(ARGV[a + 3])
   local last
   for j = 0, k - 1 do
-    local e = a + 4 + 4 * j
+    local e = a + 4 + 2 * j
     local seq = string.format('%d', expected + j)
-    local g = redis.call('XADD', KEYS[1], '*', 's', name, 'v', seq, 'c', ARGV[e],
-      'e', ARGV[e + 1], 't', ARGV[e + 2], 'h', ARGV[e + 3], 'sv', ARGV[4])
-    redis.call('XADD', KEYS[2 * i + 1], '0-' .. seq, 'c', ARGV[e], 'e', ARGV[e + 1],
-      't', ARGV[e + 2], 'h', ARGV[e + 3], 'sv', ARGV[4], 'g', g)
-    last = ARGV[e + 3]
+    local g = redis.call('XADD', KEYS[1], '*', 's', name, 'v', seq, 'r', ARGV[e], 'h', ARGV[e + 1])
+    redis.call('XADD', KEYS[2 * i + 1], '0-' .. seq, 'r', ARGV[e], 'h', ARGV[e + 1], 'g', g)
+    last = ARGV[e + 1]
   end
   if k > 0 then
     redis.call('HSET', KEYS[2 * i], 'v', string.format('%d', expected + k - 1), 'h', last)
   end
-  a = a + 4 + 4 * k
+  a = a + 4 + 2 * k
 end
 for i = 1, ids do
   redis.call('SET', KEYS[inbox_from + i], '1', 'PX', ARGV[3])

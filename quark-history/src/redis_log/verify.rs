@@ -60,16 +60,12 @@ impl RedisLog {
                 .strip_prefix("0-")
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| Error::Invalid(format!("stream `{stream_id}` has entry `{id}`")))?;
-            let codec: i16 = std::str::from_utf8(f.get("c").map(Vec::as_slice).unwrap_or_default())
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(-1);
-            rows.push((
-                seq,
-                codec,
-                f.get("e").cloned().unwrap_or_default(),
-                f.get("h").cloned().unwrap_or_default(),
-            ));
+            let hash = f.get("h").cloned().unwrap_or_default();
+            // A record that no longer decodes was changed: its hash will not match.
+            match super::record(stream_id, seq as u64, &f) {
+                Ok(r) => rows.push((seq, r.codec, r.bytes, hash)),
+                Err(_) => rows.push((seq, -1, f.get("r").cloned().unwrap_or_default(), hash)),
+            }
         }
         let (events, problem) = check_chain(
             rows.iter()

@@ -1137,3 +1137,56 @@ async fn it_commits_commands_on_several_entities_together_or_not_at_all(t: &Fixt
         Err(EntityError::Store(Error::Invalid(m))) if m.contains("one command per entity")
     ));
 }
+
+/// The hash chain of a Redis stream names an event removed behind the log's back, as the SQL
+/// stores' does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_names_an_event_removed_from_a_redis_stream() {
+    let Some(t) = Fixture::redis().await else {
+        return;
+    };
+    let alice = t.entities().entity::<Account>("alice");
+    for _ in 0..3 {
+        alice.call(&deposit(1)).await.unwrap();
+    }
+    let redis = t.redis.as_ref().unwrap();
+    assert!(redis.verify("Account/alice").await.unwrap().is_intact());
+    let mut conn = redis::Client::open(quark_history::testing::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let events = redis.key("s:Account/alice");
+    let removed: i64 = redis::cmd("XDEL")
+        .arg(&events)
+        .arg("0-2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let report = redis.verify("Account/alice").await.unwrap();
+    assert_eq!(
+        report.problem,
+        Some(quark_history::ChainBreak::Missing { from: 2, until: 3 }),
+        "{report:?}"
+    );
+    // The last one gone too: the head still records three events.
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&events)
+        .arg("0-3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let report = redis.verify("Account/alice").await.unwrap();
+    assert!(
+        matches!(
+            report.problem,
+            Some(quark_history::ChainBreak::Truncated {
+                last: 1,
+                recorded: 3
+            })
+        ),
+        "{report:?}"
+    );
+    t.cleanup().await;
+}
