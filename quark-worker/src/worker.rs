@@ -65,6 +65,15 @@ impl Worker {
         &self.shared.settings.id
     }
 
+    /// The entities its activities keep live (so that a hot entity's commands do not load it
+    /// from the journal each time), with their footprints.
+    pub fn live_entities(&self) -> Vec<quark_workflow::entity::LiveEntity> {
+        self.runners
+            .iter()
+            .flat_map(|r| r.live_entities())
+            .collect()
+    }
+
     /// How many tasks of `kind` this worker runs at once, or `None` if it does not serve them.
     pub fn concurrency(&self, kind: TaskKind) -> Option<usize> {
         self.routes.get(&kind).map(|route| route.concurrency)

@@ -86,6 +86,8 @@ struct EffectsInner {
     appends: std::sync::Mutex<Vec<Append>>,
     /// The store entity commands read their state from.
     store: Option<Arc<dyn Store>>,
+    /// The live entities of the process (a worker's), kept warm between attempts.
+    entities: Option<crate::entity::Entities>,
 }
 
 impl fmt::Debug for ActivityEffects {
@@ -106,6 +108,7 @@ impl ActivityEffects {
                 outbox: std::sync::Mutex::default(),
                 appends: std::sync::Mutex::default(),
                 store: None,
+                entities: None,
             }),
         }
     }
@@ -121,6 +124,20 @@ impl ActivityEffects {
 
     pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
         self.inner.store.as_ref()
+    }
+
+    /// These effects, reading entity states through `entities` (kept warm between attempts)
+    /// rather than loading them from the store each time. Call it before the effects are
+    /// shared.
+    pub fn on_entities(mut self, entities: crate::entity::Entities) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.entities = Some(entities);
+        }
+        self
+    }
+
+    pub(crate) fn entities(&self) -> Option<&crate::entity::Entities> {
+        self.inner.entities.as_ref()
     }
 
     /// The entity appends decided so far.

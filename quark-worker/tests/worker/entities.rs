@@ -27,6 +27,7 @@ quark_history::backend_tests!(
     it_shows_entities_events_projections_and_causes_on_the_command_line,
     it_rebuilds_and_replays_projections_and_streams_and_shows_a_workflows_past_on_the_command_line,
     it_runs_the_projections_of_its_registry,
+    it_keeps_the_entities_its_activities_call_live_and_snapshots_them,
 );
 
 struct Wallet;
@@ -856,4 +857,88 @@ async fn it_runs_the_projections_of_its_registry(t: &TestStore) {
         60
     );
     assert_eq!(t.store.list_projections().await.unwrap().len(), 1);
+}
+
+/// A counter snapshotted every third event.
+struct Tally;
+
+impl Entity for Tally {
+    const TYPE: &'static str = "Tally";
+    const SNAPSHOT_EVERY: u64 = 3;
+    type State = u64;
+    type Event = u64;
+    type Rejection = String;
+    fn apply(state: &mut u64, by: &u64) {
+        *state += by;
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Bump;
+
+impl Command<Tally> for Bump {
+    const NAME: &'static str = "Bump";
+    type Reply = u64;
+    fn handle(&self, state: &u64) -> Result<Decision<u64, u64>, String> {
+        Ok(Decision::emit([1]).reply(state + 1))
+    }
+}
+
+#[orchestration]
+async fn bump_seven_times(
+    ctx: OrchestrationContext,
+    key: String,
+) -> Result<u64, OrchestrationError> {
+    let mut last = 0;
+    for _ in 0..7 {
+        last = ctx
+            .entity::<Tally>(key.clone())
+            .call(&Bump)
+            .await?
+            .map_err(OrchestrationError::Failed)?;
+    }
+    Ok(last)
+}
+
+async fn it_keeps_the_entities_its_activities_call_live_and_snapshots_them(t: &TestStore) {
+    let worker = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .poll_interval(Duration::from_millis(10))
+        .workflows(
+            Registry::new()
+                .register(bump_seven_times)
+                .entity_command::<Tally, Bump>(),
+        )
+        .build()
+        .unwrap();
+    let running = worker.start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let id = format!("{}-tally", t.store.backend());
+    let handle = bump_seven_times::start(&client, &id, "t".to_string())
+        .await
+        .unwrap();
+    let last = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, 7);
+    // Each command read the live state and caught up on the event the one before appended:
+    // the worker keeps the entity, and snapshots it as its version passes 3 and 6.
+    let live = running.worker().live_entities();
+    let tally = live
+        .iter()
+        .find(|l| l.stream_id == "Tally/t")
+        .unwrap_or_else(|| panic!("Tally/t is not live: {live:?}"));
+    assert!(tally.version >= 6, "{tally:?}");
+    assert_eq!(
+        t.scalar("SELECT COUNT(*) FROM snapshots WHERE stream_id = 'Tally/t'")
+            .await,
+        2
+    );
+    assert_eq!(
+        t.scalar("SELECT MAX(version) FROM snapshots WHERE stream_id = 'Tally/t'")
+            .await,
+        6
+    );
+    running.shutdown().await;
 }

@@ -74,7 +74,17 @@ impl<E: Entity> ActivityEntity<'_, E> {
                     .into(),
             )));
         };
-        let mut loaded = load::<E, E::Rejection>(&*store, &self.stream, None).await?;
+        // The process's live entity (one read of what was appended since it was used), else a
+        // load from the newest snapshot.
+        let mut loaded = match effects.entities() {
+            Some(entities) => {
+                entities
+                    .entity::<E>(self.key.clone())
+                    .current_loaded()
+                    .await?
+            }
+            None => load::<E, E::Rejection>(&*store, &self.stream, None).await?,
+        };
         // What this attempt decided before, on top of the stored state.
         let staged: Option<(u64, Vec<HistoryEvent>)> = effects
             .appends()

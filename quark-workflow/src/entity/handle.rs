@@ -537,6 +537,30 @@ impl<E: Entity> EntityRef<E> {
         saved
     }
 
+    /// The current state and its version, for a decision made elsewhere (an activity's, whose
+    /// events are appended with its result): the kept state brought up to date with the journal
+    /// (one read of the events after it), or loaded; a snapshot is taken if one is due. The kept
+    /// state is not changed by what the caller decides: the next read catches up on whatever
+    /// was appended.
+    pub(crate) async fn current_loaded(&self) -> Result<Loaded<E>, E> {
+        let slot: Slot = self.entities.inner.cache.slot(&self.stream);
+        let mut held = slot.lock().await;
+        let read = async {
+            let loaded = self.loaded(&mut held, false).await?;
+            let before = loaded.version;
+            self.catch_up(loaded).await?;
+            if loaded.version != before {
+                self.after_append(loaded, before).await;
+            }
+            Ok::<_, EntityError<E::Rejection>>(loaded.clone())
+        }
+        .await;
+        if read.is_err() {
+            *held = None;
+        }
+        read
+    }
+
     /// The current state: the kept one brought up to date with the journal (one read of the
     /// events after it), or loaded. A key never written to has the default state.
     pub async fn state(&self) -> Result<E::State, E> {

@@ -19,6 +19,17 @@ pub(crate) struct Loaded<E: Entity> {
     pub(crate) tail_bytes: usize,
 }
 
+impl<E: Entity> Clone for Loaded<E> {
+    fn clone(&self) -> Self {
+        Loaded {
+            state: self.state.clone(),
+            version: self.version,
+            opened: self.opened,
+            tail_bytes: self.tail_bytes,
+        }
+    }
+}
+
 /// One of a stream's events, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent<Ev> {

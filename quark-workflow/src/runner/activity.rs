@@ -36,7 +36,9 @@ impl Runner {
             task.lease.attempt,
         );
         let _turn = transaction_turn(&host, &activity.options).await;
-        let effects = effects_for(host.store(), &activity.options).await?;
+        let effects = effects_for(host.store(), &activity.options)
+            .await?
+            .on_entities(self.entities(host.store()));
         let input = activity.input.clone();
         let Some(result) = self
             .attempt(info, input, &activity.options, &host, None, &effects)
@@ -113,7 +115,9 @@ impl Runner {
             checkpoint,
         };
         let _turn = transaction_turn(&host, &job.options).await;
-        let effects = effects_for(host.store(), &job.options).await?;
+        let effects = effects_for(host.store(), &job.options)
+            .await?
+            .on_entities(self.entities(host.store()));
         let input = job.input.clone();
         let Some(result) = self
             .attempt(info, input, &job.options, &host, Some(control), &effects)

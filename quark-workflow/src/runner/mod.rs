@@ -164,6 +164,8 @@ pub struct Runner {
     registry: Arc<Registry>,
     live: Arc<live::LiveInstances>,
     prefetch: Arc<prefetch::Prefetch>,
+    /// The live entities activities' commands read (made with the store of the first one).
+    entities: Arc<std::sync::OnceLock<crate::entity::Entities>>,
 }
 
 impl fmt::Debug for Runner {
@@ -197,6 +199,7 @@ impl Runner {
             registry: Arc::new(registry),
             prefetch: Arc::new(prefetch::Prefetch::new(Arc::clone(&live))),
             live,
+            entities: Arc::default(),
         }
     }
 
@@ -209,6 +212,7 @@ impl Runner {
             registry: Arc::new(registry),
             live: Arc::clone(&self.live),
             prefetch: Arc::clone(&self.prefetch),
+            entities: Arc::clone(&self.entities),
         }
     }
 
@@ -236,6 +240,21 @@ impl Runner {
     /// Every live instance with its estimated footprint, largest first.
     pub fn live_instances(&self) -> Vec<LiveInstance> {
         self.live.instances()
+    }
+
+    /// The entities the runner's activities keep live, with their footprints.
+    pub fn live_entities(&self) -> Vec<crate::entity::LiveEntity> {
+        self.entities.get().map(|e| e.live()).unwrap_or_default()
+    }
+
+    /// The live entities over `store`, made at first use.
+    pub(crate) fn entities(
+        &self,
+        store: &Arc<dyn quark_history::Store>,
+    ) -> crate::entity::Entities {
+        self.entities
+            .get_or_init(|| crate::entity::Entities::new(Arc::clone(store)))
+            .clone()
     }
 
     /// Drives `task` to its settle: handles it, commits its outcome and deals with a refused
