@@ -71,7 +71,17 @@ struct Inner {
     lease: redis::Script,
     release: redis::Script,
     inbox_window: std::time::Duration,
+    /// The heads this process appended last, `(version, hash)` by stream: an append at the next
+    /// version links to the hash kept here without reading the head first (the script still
+    /// checks both, so a head another process moved is a conflict as ever).
+    heads: std::sync::Mutex<std::collections::HashMap<String, (u64, Vec<u8>)>>,
 }
+
+/// A stream's head as `HMGET v h` reads it: its version and its last event's hash.
+type Head = (Option<u64>, Option<Vec<u8>>);
+
+/// The most heads a log keeps; past it, it forgets them all and reads heads again.
+const HEADS_KEPT: usize = 65_536;
 
 impl std::fmt::Debug for RedisLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,6 +187,7 @@ impl RedisLog {
                 lease: redis::Script::new(scripts::LEASE),
                 release: redis::Script::new(scripts::RELEASE),
                 inbox_window: crate::DEFAULT_INBOX_WINDOW,
+                heads: Default::default(),
             }),
         })
     }
@@ -286,26 +297,55 @@ impl RedisLog {
         }
     }
 
+    fn heads(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Vec<u8>)>> {
+        self.inner.heads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn try_append(&self, commit: &Commit) -> Result<Committed> {
         let mut conn = self.conn();
-        // The heads, in one round trip.
+        // The heads: those this process appended last and that the appends expect, else read,
+        // all in one round trip.
+        let mut heads: Vec<Option<Head>> = {
+            let kept = self.heads();
+            commit
+                .appends
+                .iter()
+                .map(|a| match (a.expected, kept.get(&a.instance_id)) {
+                    (Expected::Seq(next), Some((v, h))) if next == v + 1 => {
+                        Some((Some(*v), Some(h.clone())))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let mut pipe = redis::pipe();
-        for append in &commit.appends {
+        for (append, _) in commit
+            .appends
+            .iter()
+            .zip(&heads)
+            .filter(|(_, h)| h.is_none())
+        {
             pipe.cmd("HMGET")
                 .arg(self.head_key(&append.instance_id))
                 .arg("v")
                 .arg("h");
         }
-        let heads: Vec<(Option<u64>, Option<Vec<u8>>)> = if commit.appends.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await.map_err(redis_error)?
-        };
+        if heads.iter().any(Option::is_none) {
+            let read: Vec<Head> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+            let mut read = read.into_iter();
+            for h in heads.iter_mut().filter(|h| h.is_none()) {
+                *h = read.next();
+            }
+        }
+        let heads: Vec<Head> = heads.into_iter().map(Option::unwrap_or_default).collect();
         let now = self.inner.config.clock.now();
         let mut invocation = self.inner.append.prepare_invoke();
         invocation.key(self.all_key());
         let mut args: Vec<Vec<u8>> = Vec::new();
         let mut appended = Vec::with_capacity(commit.appends.len());
+        let mut new_heads: Vec<(String, (u64, Vec<u8>))> = Vec::new();
         for (append, (version, hash)) in commit.appends.iter().zip(heads) {
             let version = version.unwrap_or(0);
             let next = match append.expected {
@@ -336,6 +376,9 @@ impl RedisLog {
                 }
             };
             let encoded = encode_events(&self.inner.config, previous, next, &append.events)?;
+            if let Some(last) = encoded.last() {
+                new_heads.push((append.instance_id.clone(), (last.seq, last.hash.to_vec())));
+            }
             let at = append.at.unwrap_or(now).as_micros();
             invocation
                 .key(self.head_key(&append.instance_id))
@@ -378,10 +421,19 @@ impl RedisLog {
             .await
             .map_err(redis_error)?;
         match reply.first().map(String::as_str) {
-            Some("ok") => Ok(Committed {
-                appended,
-                ..Committed::default()
-            }),
+            Some("ok") => {
+                let mut kept = self.heads();
+                if kept.len() >= HEADS_KEPT {
+                    kept.clear();
+                }
+                for (stream, last) in &new_heads {
+                    kept.insert(stream.clone(), last.clone());
+                }
+                Ok(Committed {
+                    appended,
+                    ..Committed::default()
+                })
+            }
             Some("dup") => {
                 let key = reply.get(1).cloned().unwrap_or_default();
                 let prefix = self.inbox_key("");
@@ -390,6 +442,11 @@ impl RedisLog {
                 })
             }
             Some("conflict") => {
+                let mut kept = self.heads();
+                for a in &commit.appends {
+                    kept.remove(&a.instance_id);
+                }
+                drop(kept);
                 let index: usize = reply.get(1).and_then(|i| i.parse().ok()).unwrap_or(1);
                 let actual: u64 = reply.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
                 let append = &commit.appends[index.saturating_sub(1).min(commit.appends.len() - 1)];

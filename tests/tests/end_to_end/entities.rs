@@ -1190,3 +1190,31 @@ async fn it_names_an_event_removed_from_a_redis_stream() {
     );
     t.cleanup().await;
 }
+
+/// Two processes on one Redis log: each keeps the heads it appended last, and one that another
+/// process moved since is a conflict at the append, decided again, never a broken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_appends_after_another_process_moved_a_redis_stream_it_appended_to() {
+    let Some(t) = Fixture::redis().await else {
+        return;
+    };
+    let redis = t.redis.as_ref().unwrap();
+    let other = RedisLog::connect_with_prefix(
+        &quark_history::testing::redis_url(),
+        redis.prefix(),
+        quark_history::StoreConfig::default().master_key(quark_history::testing::test_master_key()),
+    )
+    .await
+    .unwrap();
+    let here = t.entities().entity::<Account>("alice");
+    let there = Entities::on_log(Arc::new(other), WarmLimits::default()).entity::<Account>("alice");
+    assert_eq!(here.call(&deposit(1)).await.unwrap(), 1);
+    assert_eq!(there.call(&deposit(10)).await.unwrap(), 11);
+    // `here` kept the head at version 1 and its state at 1 cent: its append conflicts, catches
+    // up and lands at version 3 with the balance after both.
+    assert_eq!(here.call(&deposit(100)).await.unwrap(), 111);
+    assert_eq!(there.call(&deposit(1000)).await.unwrap(), 1111);
+    assert_eq!(here.version().await.unwrap(), 4);
+    assert!(redis.verify("Account/alice").await.unwrap().is_intact());
+    t.cleanup().await;
+}
