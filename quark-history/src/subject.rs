@@ -99,6 +99,17 @@ pub trait SubjectStore: Send + Sync {
     fn erase_subject<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<bool>>;
 }
 
+/// The master key of `config`, or the error that says how to set one.
+pub(crate) fn master_key(config: &crate::StoreConfig) -> Result<&MasterKey> {
+    config.master_key.as_ref().ok_or_else(|| {
+        Error::Invalid(
+            "personal data is sealed with subject keys, which need a master key: set \
+             StoreConfig::master_key (QUARK_MASTER_KEY for the quark binary)"
+                .into(),
+        )
+    })
+}
+
 pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     SystemRandom::new()

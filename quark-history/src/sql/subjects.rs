@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use futures::future::BoxFuture;
 
 use super::{SqlStore, Stmt};
-use crate::error::{Error, Result};
-use crate::subject::{SubjectKey, SubjectStore, new_data_key, unwrap_data_key};
+use crate::error::Result;
+use crate::subject::{SubjectKey, SubjectStore, master_key, new_data_key, unwrap_data_key};
 
 impl<S: SqlStore> SubjectStore for S {
     fn subject_keys<'a>(
@@ -19,13 +19,7 @@ impl<S: SqlStore> SubjectStore for S {
             if subjects.is_empty() {
                 return Ok(out);
             }
-            let Some(master) = self.settings().master_key.as_ref() else {
-                return Err(Error::Invalid(
-                    "personal data is sealed with subject keys, which need a master key: set \
-                     StoreConfig::master_key (QUARK_MASTER_KEY for the quark binary)"
-                        .into(),
-                ));
-            };
+            let master = master_key(self.settings())?;
             let now = self.settings().clock.now().as_micros();
             let mut conn = match create {
                 true => self.writer().acquire().await?,
