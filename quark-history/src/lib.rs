@@ -140,7 +140,8 @@ pub use postgres::PostgresStore;
 pub use projection::{ProjectionRecord, ProjectionState, ProjectionStore};
 pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, MAX_TRACEPARENT, NewTask,
-    QueueStats, Reaped, Registered, TaskKind, WorkerInfo, is_storable_traceparent,
+    Pressure, QueueStats, Reaped, Registered, TaskKind, WorkerInfo, WorkerLoad,
+    is_storable_traceparent,
 };
 #[cfg(feature = "redis")]
 pub use redis_log::{DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX, GroupEntry, LeaseToken, RedisLog};

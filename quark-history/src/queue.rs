@@ -338,6 +338,89 @@ pub struct WorkerInfo {
     pub labels: String,
     /// When it last heartbeated.
     pub heartbeat_at: Timestamp,
+    /// What it reported of its memory and warm state with that heartbeat.
+    pub load: WorkerLoad,
+}
+
+/// How close a worker is to its memory limit, as it reports it. Each level includes what the ones
+/// below it do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Pressure {
+    /// Below the warning threshold.
+    #[default]
+    Normal,
+    /// Past the warning threshold: the worker keeps no new warm state, and other workers may
+    /// take the tasks of instances it keeps warm at once (its affinity is handed away).
+    Warning,
+    /// Past the critical threshold: the worker evicts warm state.
+    Critical,
+    /// Past the reject threshold: the worker claims nothing until it recovers, and sheds its
+    /// warm state.
+    Reject,
+}
+
+impl Pressure {
+    /// Every level, lowest first.
+    pub const ALL: [Pressure; 4] = [
+        Pressure::Normal,
+        Pressure::Warning,
+        Pressure::Critical,
+        Pressure::Reject,
+    ];
+
+    /// The level as stored: 0 for normal up to 3 for reject.
+    pub fn as_i16(self) -> i16 {
+        self as i16
+    }
+
+    /// The level stored as `n`; an unknown (newer) level reads as the highest.
+    pub fn from_i16(n: i16) -> Pressure {
+        match n {
+            i16::MIN..=0 => Pressure::Normal,
+            1 => Pressure::Warning,
+            2 => Pressure::Critical,
+            _ => Pressure::Reject,
+        }
+    }
+
+    /// Its name: `normal`, `warning`, `critical`, `reject`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pressure::Normal => "normal",
+            Pressure::Warning => "warning",
+            Pressure::Critical => "critical",
+            Pressure::Reject => "reject",
+        }
+    }
+}
+
+impl fmt::Display for Pressure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A worker's memory and warm state, as published with its heartbeats. Zero where it does not
+/// measure (a registration made without a worker, or before these figures existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    /// Its pressure level.
+    pub pressure: Pressure,
+    /// Its resident memory, smoothed, in bytes.
+    pub rss_bytes: u64,
+    /// The memory limit its thresholds are fractions of, in bytes.
+    pub memory_limit: u64,
+    /// Orchestration instances it keeps warm.
+    pub cached_instances: u64,
+    /// Their estimated footprint, in bytes.
+    pub cached_bytes: u64,
+    /// Entities it keeps live.
+    pub live_entities: u64,
+    /// Their footprint, in bytes.
+    pub entity_bytes: u64,
 }
 
 /// Counts of tasks on a queue, for operators and tests.

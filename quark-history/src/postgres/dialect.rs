@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "stream retention",
         include_str!("../../migrations/postgres/0017_stream_retention.sql"),
     ),
+    (
+        18,
+        "worker load",
+        include_str!("../../migrations/postgres/0018_worker_load.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{Dialect, SqlStore, Stmt};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::queue::{Incarnation, Reaped, Registered, TaskKind, WorkerInfo};
+use crate::queue::{Incarnation, Pressure, Reaped, Registered, TaskKind, WorkerInfo, WorkerLoad};
 
 fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
@@ -20,6 +20,55 @@ fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
 
 fn micros(d: Duration) -> i64 {
     d.as_micros().min(i64::MAX as u128) as i64
+}
+
+/// The columns a heartbeat's [`WorkerLoad`] is written to, in [`bind_load`]'s order.
+pub(crate) const LOAD_COLUMNS: &str = "pressure, rss_bytes, memory_limit, cached_instances, cached_bytes, live_entities, entity_bytes";
+
+/// `$first, $first+1, ...`, one placeholder per load column.
+pub(crate) fn load_params(first: usize) -> String {
+    (0..LOAD_COLUMNS.split(", ").count())
+        .map(|i| format!("${}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `column = excluded.column` for every load column, for an upsert.
+fn load_from_excluded() -> String {
+    LOAD_COLUMNS
+        .split(", ")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Binds `load`'s figures in [`LOAD_COLUMNS`]' order.
+pub(crate) fn bind_load<DB: Dialect>(stmt: Stmt<DB>, load: &WorkerLoad) -> Stmt<DB> {
+    stmt.bind(i64::from(load.pressure.as_i16()))
+        .bind(signed(load.rss_bytes))
+        .bind(signed(load.memory_limit))
+        .bind(signed(load.cached_instances))
+        .bind(signed(load.cached_bytes))
+        .bind(signed(load.live_entities))
+        .bind(signed(load.entity_bytes))
+}
+
+/// Reads a row's load columns.
+pub(crate) fn read_load<DB: Dialect>(row: &super::Row<DB>) -> Result<WorkerLoad> {
+    let unsigned = |column: &str| -> Result<u64> { Ok(row.get::<i64>(column)?.max(0) as u64) };
+    Ok(WorkerLoad {
+        pressure: Pressure::from_i16(row.get::<i64>("pressure")?.clamp(0, 3) as i16),
+        rss_bytes: unsigned("rss_bytes")?,
+        memory_limit: unsigned("memory_limit")?,
+        cached_instances: unsigned("cached_instances")?,
+        cached_bytes: unsigned("cached_bytes")?,
+        live_entities: unsigned("live_entities")?,
+        entity_bytes: unsigned("entity_bytes")?,
+    })
 }
 
 /// Registers `run` as the holder of `info.id`. A registration of another run is replaced if it is
@@ -62,22 +111,23 @@ pub(crate) async fn register<S: SqlStore>(
             registered.reclaimed = visible.len() as u64;
         }
     }
-    let stmt = Stmt::<S::Db>::new(
-        "INSERT INTO workers (id, queues, labels, heartbeat_at, incarnation, scope, heartbeat_interval) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    let stmt = Stmt::<S::Db>::new(sql(format!(
+        "INSERT INTO workers (id, queues, labels, heartbeat_at, incarnation, scope, heartbeat_interval, \
+         {LOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, {}) \
          ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, labels = excluded.labels, \
          heartbeat_at = excluded.heartbeat_at, incarnation = excluded.incarnation, \
-         scope = excluded.scope, heartbeat_interval = excluded.heartbeat_interval",
-    )
+         scope = excluded.scope, heartbeat_interval = excluded.heartbeat_interval, {}",
+        load_params(8),
+        load_from_excluded()
+    )))
     .bind(info.id.as_str());
-    S::Db::bind_texts(stmt, info.queues)
+    let stmt = S::Db::bind_texts(stmt, info.queues)
         .bind(info.labels)
         .bind(now.as_micros())
         .bind(run.token.as_str())
         .bind(run.scope.as_str())
-        .bind(micros(run.heartbeat))
-        .execute(&mut tx)
-        .await?;
+        .bind(micros(run.heartbeat));
+    bind_load(stmt, &info.load).execute(&mut tx).await?;
     tx.commit().await?;
     store.announce(visible);
     Ok(registered)
@@ -92,33 +142,38 @@ pub(crate) async fn heartbeat<S: SqlStore>(
 ) -> Result<()> {
     let now = store.settings().clock.now();
     let mut conn = store.writer().acquire().await?;
-    let stmt = Stmt::<S::Db>::new(
-        "UPDATE workers SET queues = $2, labels = $3, heartbeat_at = $4 \
-         WHERE id = $1 AND incarnation = $5",
-    )
+    let set_load = LOAD_COLUMNS
+        .split(", ")
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ${}", i + 6))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let stmt = Stmt::<S::Db>::new(sql(format!(
+        "UPDATE workers SET queues = $2, labels = $3, heartbeat_at = $4, {set_load} \
+         WHERE id = $1 AND incarnation = $5"
+    )))
     .bind(info.id.as_str());
-    let updated = S::Db::bind_texts(stmt, info.queues.clone())
+    let stmt = S::Db::bind_texts(stmt, info.queues.clone())
         .bind(info.labels.as_str())
         .bind(now.as_micros())
-        .bind(run.token.as_str())
-        .execute(&mut conn)
-        .await?;
+        .bind(run.token.as_str());
+    let updated = bind_load(stmt, &info.load).execute(&mut conn).await?;
     if updated > 0 {
         return Ok(());
     }
-    let stmt = Stmt::<S::Db>::new(
-        "INSERT INTO workers (id, queues, labels, heartbeat_at, incarnation, scope, heartbeat_interval) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-    )
+    let stmt = Stmt::<S::Db>::new(sql(format!(
+        "INSERT INTO workers (id, queues, labels, heartbeat_at, incarnation, scope, heartbeat_interval, \
+         {LOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, {}) ON CONFLICT (id) DO NOTHING",
+        load_params(8)
+    )))
     .bind(info.id.as_str());
-    let inserted = S::Db::bind_texts(stmt, info.queues)
+    let stmt = S::Db::bind_texts(stmt, info.queues)
         .bind(info.labels)
         .bind(now.as_micros())
         .bind(run.token.as_str())
         .bind(run.scope.as_str())
-        .bind(micros(run.heartbeat))
-        .execute(&mut conn)
-        .await?;
+        .bind(micros(run.heartbeat));
+    let inserted = bind_load(stmt, &info.load).execute(&mut conn).await?;
     if inserted == 0 {
         return Err(Error::Superseded { worker_id: info.id });
     }

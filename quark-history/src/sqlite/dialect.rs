@@ -82,6 +82,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "stream retention",
         include_str!("../../migrations/sqlite/0014_stream_retention.sql"),
     ),
+    (
+        15,
+        "worker load",
+        include_str!("../../migrations/sqlite/0015_worker_load.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

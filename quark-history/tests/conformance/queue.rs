@@ -353,6 +353,7 @@ async fn it_prefers_the_affinity_worker_until_the_delay_or_its_death(t: &TestSto
                 queues: vec!["q".into()],
                 labels: "{}".into(),
                 heartbeat_at: t.clock.now(),
+                load: Default::default(),
             })
             .await
             .unwrap();
@@ -405,6 +406,7 @@ async fn it_prefers_the_affinity_worker_until_the_delay_or_its_death(t: &TestSto
             queues: vec![],
             labels: "{}".into(),
             heartbeat_at: t.clock.now(),
+            load: Default::default(),
         })
         .await
         .unwrap();

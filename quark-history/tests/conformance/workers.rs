@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::{
-    ClaimRequest, Clock, Commit, Error, Incarnation, NewTask, TaskKind, WorkerInfo,
+    ClaimRequest, Clock, Commit, Error, Incarnation, NewTask, Pressure, TaskKind, WorkerInfo,
+    WorkerLoad,
 };
 
 use crate::support::conformance;
@@ -15,6 +16,7 @@ conformance!(
     it_gives_a_restarted_worker_its_leases_back_at_once_and_fences_the_old_run,
     it_refuses_an_id_that_a_live_run_in_another_scope_holds_until_it_stops_heartbeating,
     it_releases_the_leases_of_a_worker_two_heartbeats_after_it_stopped,
+    it_publishes_a_worker_s_load_and_hands_its_affinity_away_under_pressure,
 );
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -26,6 +28,7 @@ fn info(t: &TestStore, id: &str) -> WorkerInfo {
         queues: vec!["q".into()],
         labels: "{}".into(),
         heartbeat_at: t.clock.now(),
+        load: Default::default(),
     }
 }
 
@@ -199,4 +202,62 @@ async fn it_releases_the_leases_of_a_worker_two_heartbeats_after_it_stopped(t: &
         .unwrap();
     assert!(t.store.reap_workers("living").await.unwrap().is_empty());
     assert!(claim(t, "living").await.is_empty());
+}
+
+async fn it_publishes_a_worker_s_load_and_hands_its_affinity_away_under_pressure(t: &TestStore) {
+    let (a, b) = (
+        Incarnation::new("host-a", HEARTBEAT),
+        Incarnation::new("host-b", HEARTBEAT),
+    );
+    t.store.register_worker(info(t, "a"), &a).await.unwrap();
+    t.store.register_worker(info(t, "b"), &b).await.unwrap();
+    let affine = |n: u8| {
+        NewTask::new(TaskKind::Activity, "q")
+            .payload(vec![n])
+            .affinity("a")
+    };
+    let by_b = || {
+        ClaimRequest::new("b", ["q"])
+            .lease(LEASE)
+            .affinity_delay(Duration::from_secs(60))
+    };
+    t.store.enqueue(vec![affine(1)]).await.unwrap();
+    assert!(
+        t.store.claim(by_b()).await.unwrap().is_empty(),
+        "a live worker without pressure keeps its affinity"
+    );
+
+    // a reports a warning: its figures are published, and its affinity is free at once.
+    let load = WorkerLoad {
+        pressure: Pressure::Warning,
+        rss_bytes: 750 << 20,
+        memory_limit: 1 << 30,
+        cached_instances: 1_234,
+        cached_bytes: 300 << 20,
+        live_entities: 56,
+        entity_bytes: 7 << 20,
+    };
+    let mut loaded = info(t, "a");
+    loaded.load = load;
+    t.store.heartbeat_run(loaded, &a).await.unwrap();
+    let listed = t.store.list_workers().await.unwrap();
+    let row = listed.iter().find(|w| w.id == "a").unwrap();
+    assert_eq!(row.load, load);
+    assert_eq!(
+        listed.iter().find(|w| w.id == "b").unwrap().load,
+        WorkerLoad::default()
+    );
+    let taken = t.store.claim(by_b()).await.unwrap();
+    assert_eq!(taken.len(), 1, "b takes a's task without waiting");
+
+    // Back to normal (a registration overwrites the figures too): the affinity holds again.
+    let mut calm = info(t, "a");
+    calm.load.rss_bytes = 100 << 20;
+    t.store.heartbeat_run(calm, &a).await.unwrap();
+    t.store.enqueue(vec![affine(2)]).await.unwrap();
+    assert!(t.store.claim(by_b()).await.unwrap().is_empty());
+    assert_eq!(
+        t.store.list_workers().await.unwrap()[0].load.pressure,
+        Pressure::Normal
+    );
 }

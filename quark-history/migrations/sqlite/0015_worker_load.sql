@@ -1,0 +1,11 @@
+-- What a worker reports with each heartbeat: its memory pressure level (0 normal, 1 warning,
+-- 2 critical, 3 reject), its resident memory and limit, and the warm state it keeps. A claim
+-- treats the affinity of a worker under pressure (level 1 and up) as handed away: another worker
+-- takes the task at once instead of waiting for the affinity delay.
+ALTER TABLE workers ADD COLUMN pressure INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN rss_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN memory_limit INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN cached_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN cached_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN live_entities INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN entity_bytes INTEGER NOT NULL DEFAULT 0;
