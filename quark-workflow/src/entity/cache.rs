@@ -34,6 +34,8 @@ pub struct LiveEntity {
 struct Entry {
     slot: Slot,
     used: u64,
+    /// Commands served while live (see [`Cache::victims`]).
+    hits: u32,
     footprint: usize,
     version: u64,
 }
@@ -45,6 +47,10 @@ struct Inner {
     order: BTreeMap<u64, String>,
     tick: u64,
     bytes: usize,
+    /// New slots are not kept past their command (the worker is short of memory).
+    refuse_new: bool,
+    /// Slots made while refusing, dropped once nobody holds them.
+    transient: Vec<String>,
 }
 
 pub(crate) struct Cache {
@@ -67,6 +73,7 @@ impl Cache {
         let tick = inner.tick;
         let slot = match inner.entries.get_mut(stream) {
             Some(entry) => {
+                entry.hits = entry.hits.saturating_add(1);
                 let old = std::mem::replace(&mut entry.used, tick);
                 let slot = entry.slot.clone();
                 inner.order.remove(&old);
@@ -79,16 +86,90 @@ impl Cache {
                     Entry {
                         slot: slot.clone(),
                         used: tick,
+                        hits: 0,
                         footprint: 0,
                         version: 0,
                     },
                 );
+                if inner.refuse_new {
+                    inner.transient.push(stream.to_string());
+                }
                 slot
             }
         };
         inner.order.insert(tick, stream.to_string());
+        Self::drop_transient(&mut inner);
         self.evict(&mut inner);
         slot
+    }
+
+    /// Turns new slots away past their command (`false`), or keeps them again (`true`).
+    pub(crate) fn admit_new(&self, admit: bool) {
+        let mut inner = self.lock();
+        inner.refuse_new = !admit;
+        Self::drop_transient(&mut inner);
+    }
+
+    /// Drops the slots made while refusing new ones that nobody holds any more.
+    fn drop_transient(inner: &mut Inner) {
+        let transient = std::mem::take(&mut inner.transient);
+        for id in transient {
+            let free = inner
+                .entries
+                .get(&id)
+                .map(|e| Arc::strong_count(&e.slot) == 1);
+            match free {
+                Some(true) => Self::remove(inner, &id),
+                Some(false) => inner.transient.push(id),
+                None => {}
+            }
+        }
+    }
+
+    fn remove(inner: &mut Inner, id: &str) {
+        if let Some(entry) = inner.entries.remove(id) {
+            inner.order.remove(&entry.used);
+            inner.bytes -= entry.footprint;
+        }
+    }
+
+    /// Drops free slots to free `bytes`: the most bytes per unit of locality lost first (a large
+    /// state seldom used before a small hot one), the least recently used among ties. A held
+    /// slot (a command in progress) is pinned.
+    pub(crate) fn shed(&self, bytes: usize) -> crate::runner::live::Evicted {
+        let mut inner = self.lock();
+        let half_life = (inner.entries.len() as f64).max(1.0);
+        let tick = inner.tick;
+        let mut ranked: Vec<(f64, u64, String)> = inner
+            .entries
+            .iter()
+            .filter(|(_, e)| Arc::strong_count(&e.slot) == 1)
+            .map(|(id, e)| {
+                let age = tick.saturating_sub(e.used) as f64;
+                let heat = f64::from(e.hits) * 0.5f64.powf(age / half_life);
+                (e.footprint as f64 / (1.0 + heat), e.used, id.clone())
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut freed = crate::runner::live::Evicted::default();
+        for (_, _, id) in ranked {
+            if freed.bytes >= bytes {
+                break;
+            }
+            let footprint = inner.entries.get(&id).map_or(0, |e| e.footprint);
+            Self::remove(&mut inner, &id);
+            freed += crate::runner::live::Evicted {
+                count: 1,
+                bytes: footprint,
+            };
+        }
+        freed
+    }
+
+    /// The entities kept and their footprints, in bytes.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.entries.len(), inner.bytes)
     }
 
     /// Records what a slot's state now is (after a load or a commit); `footprint: None` keeps the
@@ -104,6 +185,7 @@ impl Cache {
         };
         let old = std::mem::replace(&mut entry.footprint, footprint);
         inner.bytes = inner.bytes - old + footprint;
+        Self::drop_transient(&mut inner);
         self.evict(&mut inner);
     }
 
@@ -178,6 +260,58 @@ mod tests {
 
     fn limits(instances: usize, bytes: usize) -> WarmLimits {
         WarmLimits { instances, bytes }
+    }
+
+    #[test]
+    fn refusing_new_slots_keeps_the_old_ones_and_drops_new_ones_after_their_command() {
+        let cache = Cache::new(limits(100, usize::MAX));
+        drop(cache.slot("old"));
+        cache.note("old", 1, Some(10));
+        cache.admit_new(false);
+        let new = cache.slot("new");
+        cache.note("new", 1, Some(20));
+        // Held by its command: kept until it ends.
+        assert_eq!(cache.size(), (2, 30));
+        drop(new);
+        drop(cache.slot("old"));
+        assert_eq!(cache.size(), (1, 10), "the new slot went after its command");
+        cache.admit_new(true);
+        drop(cache.slot("new"));
+        cache.note("new", 2, Some(20));
+        drop(cache.slot("old"));
+        assert_eq!(cache.size(), (2, 30), "admitted again");
+    }
+
+    #[test]
+    fn shedding_frees_the_most_bytes_per_use_first_and_never_a_held_slot() {
+        let cache = Cache::new(limits(100, usize::MAX));
+        for (id, bytes, uses) in [("hot", 1000, 20), ("cold", 1000, 1), ("small", 10, 1)] {
+            for _ in 0..uses {
+                drop(cache.slot(id));
+            }
+            cache.note(id, 1, Some(bytes));
+        }
+        let held = cache.slot("big-held");
+        cache.note("big-held", 1, Some(5000));
+        let freed = cache.shed(500);
+        assert_eq!(
+            freed,
+            crate::runner::live::Evicted {
+                count: 1,
+                bytes: 1000
+            }
+        );
+        let ids: Vec<_> = cache.live().into_iter().map(|l| l.stream_id).collect();
+        assert_eq!(
+            ids,
+            ["big-held", "hot", "small"],
+            "the cold large state went first"
+        );
+        let freed = cache.shed(usize::MAX);
+        assert_eq!(freed.count, 2);
+        let ids: Vec<_> = cache.live().into_iter().map(|l| l.stream_id).collect();
+        assert_eq!(ids, ["big-held"], "a held slot is pinned");
+        drop(held);
     }
 
     #[test]

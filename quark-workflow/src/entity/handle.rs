@@ -189,6 +189,23 @@ impl Entities {
         self.inner.cache.live()
     }
 
+    /// How many entities are kept live, and their footprints in bytes.
+    pub fn live_size(&self) -> (usize, usize) {
+        self.inner.cache.size()
+    }
+
+    /// Keeps no new entities live past their command (`false`: the process is short of
+    /// memory), or keeps them again (`true`). Entities live already stay.
+    pub fn admit_new(&self, admit: bool) {
+        self.inner.cache.admit_new(admit);
+    }
+
+    /// Drops live entities to free `bytes` of footprint: the most bytes per unit of locality
+    /// lost first, never one a command holds. Their next commands load them again.
+    pub fn shed(&self, bytes: usize) -> crate::runner::live::Evicted {
+        self.inner.cache.shed(bytes)
+    }
+
     /// Erases subject `subject` (a person): deletes the data key that seals their
     /// [`Personal`](super::Personal) fields, in every entity's events and snapshots, and drops
     /// the states this process keeps warm. From then on those fields read as

@@ -178,3 +178,73 @@ async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_
         HistoryEvent::ActivityScheduled { command: 3, activity, .. } if activity == "ship"
     ));
 }
+
+/// A turn of a new `order` instance `id`, its commit written (confirmed and acknowledged).
+async fn settled_turn(live: &LiveInstances, registry: &Arc<Registry>, id: &str) {
+    let at = Timestamp::from_millis(5);
+    let mut event = started(at);
+    event.instance_id = id.into();
+    let mut task = claimed("default");
+    task.instance_id = Some(id.into());
+    let Some(LiveTurn::Turn(turn, _, token)) = live.turn(id, &task, registry, 1, vec![event]).await
+    else {
+        panic!("no turn");
+    };
+    let first = turn.commit.appends[0].events.len() as u64;
+    live.confirm(id, token, first + 1, at);
+    live.ack(id, token);
+    // Both are posted to the run's thread: wait for them.
+    live.on_thread(id, |_| ()).await;
+}
+
+fn live_ids(live: &LiveInstances) -> Vec<String> {
+    let mut ids: Vec<String> = live
+        .instances()
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_runner_short_of_memory_keeps_no_new_runs_and_sheds_the_coldest_bytes_first() {
+    let live = LiveInstances::new(2, WarmLimits::default(), HistoryWarning::default());
+    let registry = order_registry();
+    for id in ["a", "b"] {
+        settled_turn(&live, &registry, id).await;
+    }
+    assert_eq!(live_ids(&live), ["a", "b"]);
+
+    live.admit_new(false);
+    settled_turn(&live, &registry, "c").await;
+    assert_eq!(
+        live_ids(&live),
+        ["a", "b"],
+        "a new run was kept while refusing"
+    );
+    live.admit_new(true);
+    settled_turn(&live, &registry, "c").await;
+    assert_eq!(live_ids(&live), ["a", "b", "c"]);
+
+    // Every run has the same footprint: the one used least recently goes first ("a"), and
+    // asking for one byte evicts one run.
+    let footprint = live.bytes() / 3;
+    assert!(footprint > 0);
+    let victims = live.victims(1);
+    assert_eq!(victims, ["a"]);
+    let freed = live.evict(victims).await;
+    assert_eq!(
+        freed,
+        Evicted {
+            count: 1,
+            bytes: footprint
+        }
+    );
+    assert_eq!(live_ids(&live), ["b", "c"]);
+    assert_eq!(live.bytes(), 2 * footprint);
+    // Enough bytes for everything: everything goes.
+    let freed = live.evict(live.victims(usize::MAX)).await;
+    assert_eq!(freed.count, 2);
+    assert_eq!((live.len(), live.bytes()), (0, 0));
+}

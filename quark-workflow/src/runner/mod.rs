@@ -41,7 +41,7 @@ use crate::activity::ActivityInfo;
 use crate::registry::Registry;
 
 pub use committer::Committer;
-pub use live::{HistoryWarning, LiveInstance, WarmLimits};
+pub use live::{Evicted, HistoryWarning, LiveInstance, WarmLimits};
 // The SDK's task formats and pure steps, for a runtime: what a task carries, how a turn is taken,
 // how an activity's, a timer's or a job's outcome is committed.
 pub use crate::executor::{Outcome, Replay};
@@ -166,6 +166,8 @@ pub struct Runner {
     prefetch: Arc<prefetch::Prefetch>,
     /// The live entities activities' commands read (made with the store of the first one).
     entities: Arc<std::sync::OnceLock<crate::entity::Entities>>,
+    /// New warm state is turned away (see [`Runner::admit_new`]).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for Runner {
@@ -200,6 +202,7 @@ impl Runner {
             prefetch: Arc::new(prefetch::Prefetch::new(Arc::clone(&live))),
             live,
             entities: Arc::default(),
+            refusing: Arc::default(),
         }
     }
 
@@ -213,6 +216,7 @@ impl Runner {
             live: Arc::clone(&self.live),
             prefetch: Arc::clone(&self.prefetch),
             entities: Arc::clone(&self.entities),
+            refusing: Arc::clone(&self.refusing),
         }
     }
 
@@ -253,8 +257,50 @@ impl Runner {
         store: &Arc<dyn quark_history::Store>,
     ) -> crate::entity::Entities {
         self.entities
-            .get_or_init(|| crate::entity::Entities::new(Arc::clone(store)))
+            .get_or_init(|| {
+                let entities = crate::entity::Entities::new(Arc::clone(store));
+                entities.admit_new(!self.refusing.load(std::sync::atomic::Ordering::Acquire));
+                entities
+            })
             .clone()
+    }
+
+    /// How many entities the runner's activities keep live, and their footprints in bytes.
+    pub fn live_entity_size(&self) -> (usize, usize) {
+        self.entities.get().map_or((0, 0), |e| e.live_size())
+    }
+
+    /// Keeps no new warm state (`false`): turns of instances not live yet still run, but their
+    /// runs are not kept, and entities not live yet are dropped after their commands. What is
+    /// live already stays. `true` admits new warm state again. A worker short of memory calls it.
+    pub fn admit_new(&self, admit: bool) {
+        self.refusing
+            .store(!admit, std::sync::atomic::Ordering::Release);
+        self.live.admit_new(admit);
+        if let Some(entities) = self.entities.get() {
+            entities.admit_new(admit);
+        }
+    }
+
+    /// Evicts warm state to free `bytes` of footprint, orchestrations' runs first, then live
+    /// entities: the most bytes freed per unit of locality lost first (a large run seldom used
+    /// before a small hot one), the least recently used among ties. A run with a commit in
+    /// flight and an entity a command holds are pinned. Their next turns and commands replay
+    /// and load again; nothing is lost. Returns what was freed of each.
+    pub async fn shed(&self, bytes: usize) -> (Evicted, Evicted) {
+        let runs = self.live.evict(self.live.victims(bytes)).await;
+        let left = bytes.saturating_sub(runs.bytes);
+        let entities = match self.entities.get() {
+            Some(e) if left > 0 => e.shed(left),
+            _ => Evicted::default(),
+        };
+        (runs, entities)
+    }
+
+    /// Evicts the runs of `instances` (unless a commit of theirs is in flight): their next turns
+    /// replay their histories into new runs.
+    pub async fn evict(&self, instances: Vec<String>) -> Evicted {
+        self.live.evict(instances).await
     }
 
     /// Drives `task` to its settle: handles it, commits its outcome and deals with a refused
