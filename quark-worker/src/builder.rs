@@ -48,6 +48,9 @@ pub struct WorkerBuilder<S = HasStore> {
     lock_dir: Option<std::path::PathBuf>,
     /// The projections to run, made once the worker's id (their lease owner) is known.
     projections: Vec<ProjectionFactory>,
+    /// How the worker watches its memory; `None`: it does not.
+    memory: Option<crate::memory::MemoryConfig>,
+    memory_probe: Option<Arc<dyn crate::memory::MemoryProbe>>,
 }
 
 type ProjectionFactory = Box<
@@ -141,6 +144,8 @@ impl Default for WorkerBuilder<NoStore> {
             id: None,
             lock_dir: None,
             projections: Vec::new(),
+            memory: Some(crate::memory::MemoryConfig::default()),
+            memory_probe: None,
         }
     }
 }
@@ -166,6 +171,8 @@ impl<S> WorkerBuilder<S> {
             id: self.id,
             lock_dir: self.lock_dir,
             projections: self.projections,
+            memory: self.memory,
+            memory_probe: self.memory_probe,
         }
     }
 
@@ -273,6 +280,28 @@ impl<S> WorkerBuilder<S> {
     /// instances and 256 MiB; `instances: 0` keeps none.
     pub fn warm_limits(mut self, limits: quark_workflow::WarmLimits) -> Self {
         self.warm = limits;
+        self
+    }
+
+    /// How the worker watches its memory and acts on its pressure (see [`crate::memory`]). On by
+    /// default: the limit is the control group's or the machine's, the thresholds 70/85/95 %.
+    /// A limit above the machine's memory or the control group's, or thresholds out of order,
+    /// fail [`build`](WorkerBuilder::build) with a message that says which.
+    pub fn memory(mut self, config: crate::memory::MemoryConfig) -> Self {
+        self.memory = Some(config);
+        self
+    }
+
+    /// Turns the memory governor off: the worker keeps what [`warm_limits`](Self::warm_limits)
+    /// allows whatever its memory, and claims whatever its memory.
+    pub fn without_memory_governor(mut self) -> Self {
+        self.memory = None;
+        self
+    }
+
+    /// Where the memory governor reads memory from (default: [`crate::memory::ProcProbe`]).
+    pub fn memory_probe(mut self, probe: impl crate::memory::MemoryProbe) -> Self {
+        self.memory_probe = Some(Arc::new(probe));
         self
     }
 
@@ -434,6 +463,15 @@ impl WorkerBuilder<HasStore> {
                 "the concurrency for {kind} tasks is 0"
             )));
         }
+        let memory = match self.memory {
+            Some(config) => {
+                let probe = self
+                    .memory_probe
+                    .unwrap_or_else(|| Arc::new(crate::memory::ProcProbe::default()));
+                crate::memory::resolve(config, probe).map_err(BuildError::Invalid)?
+            }
+            None => None,
+        };
         let lock_dir = self
             .lock_dir
             .unwrap_or_else(crate::identity::default_lock_dir);
@@ -477,6 +515,7 @@ impl WorkerBuilder<HasStore> {
             projections.push(p);
         }
         Ok(Worker {
+            memory,
             projections: Arc::new(projections),
             routes: Arc::new(routes),
             relay: Arc::new(relay),
@@ -490,6 +529,7 @@ impl WorkerBuilder<HasStore> {
                 identity,
                 superseded: std::sync::atomic::AtomicBool::new(false),
                 metrics: Metrics::default(),
+                memory: crate::memory::Status::default(),
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 stopping: watch::channel(false).0,

@@ -31,6 +31,7 @@ mod replay;
 mod saga;
 mod schedule;
 mod verify;
+mod workers;
 mod workflow;
 pub use audit::AuditCommand;
 pub use checkpoint::CheckpointCommand;
@@ -46,6 +47,7 @@ pub use queue::QueueCommand;
 pub use replay::ReplayArgs;
 pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
+pub use workers::WorkerCommand;
 pub use workflow::WorkflowCommand;
 
 use output::{rfc3339, table, write_table};
@@ -163,7 +165,11 @@ pub enum Command {
 
 /// `quark worker`: every flag also reads an environment variable, for containers.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct WorkerArgs {
+    /// Lists the registered workers instead of running one.
+    #[command(subcommand)]
+    pub command: Option<workers::WorkerCommand>,
     /// The queues to serve.
     #[arg(
         long,
@@ -199,6 +205,15 @@ pub struct WorkerArgs {
     /// `0.0.0.0:9090`.
     #[arg(long, env = "QUARK_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The memory limit the pressure thresholds are fractions of (`2GiB`, `512MiB`; default:
+    /// the control group's limit, else the machine's memory). Refused if above either.
+    #[arg(long, value_parser = workers::parse_bytes, env = "QUARK_MEMORY_LIMIT")]
+    pub memory_limit: Option<u64>,
+    /// The warning, critical and reject thresholds, in percent of the limit (default
+    /// `70,85,95`): warning keeps no new warm state and hands affinity away, critical evicts,
+    /// reject stops claiming until memory is back under warning.
+    #[arg(long, value_parser = workers::parse_thresholds, env = "QUARK_MEMORY_THRESHOLDS")]
+    pub memory_thresholds: Option<crate::memory::Thresholds>,
 }
 
 /// `quark dlq ...`
@@ -241,6 +256,7 @@ impl Command {
             | Command::Audit(_)
             | Command::Saga(_) => true,
             Command::Workflow(w) => w.reads_only(),
+            Command::Worker(w) => w.command.is_some(),
             _ => false,
         }
     }
@@ -496,20 +512,26 @@ async fn worker(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let Some(registry) = registry else {
-        bail!(
-            "no orchestrations or activities are linked into this binary; build your own \
-             with quark_worker::cli::main_with(registry)"
-        );
-    };
     let WorkerArgs {
+        command,
         queues,
         id,
         lock_dir,
         activity_concurrency,
         shutdown_timeout,
         metrics_addr,
+        memory_limit,
+        memory_thresholds,
     } = args;
+    if let Some(command) = command {
+        return workers::run(&store, command, output, out).await;
+    }
+    let Some(registry) = registry else {
+        bail!(
+            "no orchestrations or activities are linked into this binary; build your own \
+             with quark_worker::cli::main_with(registry)"
+        );
+    };
     let mut builder = crate::Worker::builder()
         .store(Arc::clone(&store))
         .queues(queues)
@@ -525,6 +547,11 @@ async fn worker(
     if let Some(addr) = metrics_addr {
         builder = builder.metrics_addr(addr);
     }
+    builder = builder.memory(crate::memory::MemoryConfig {
+        limit: memory_limit,
+        thresholds: memory_thresholds.unwrap_or_default(),
+        ..Default::default()
+    });
     let worker = builder.build()?;
     let running = worker.start().await?;
     let worker_id = worker.id().to_string();

@@ -125,16 +125,6 @@ fn describe() {
         "How long the oldest event a projection has not applied has waited, per projection \
          (0: up to date), as of its last look"
     );
-    describe_counter!(
-        names::PROJECTED,
-        "Events applied to read models, per projection"
-    );
-    describe_gauge!(
-        names::PROJECTION_BEHIND,
-        Unit::Seconds,
-        "How long the oldest event a projection has not applied has waited, per projection \
-         (0: up to date), as of its last look"
-    );
     describe_gauge!(
         names::PROJECTION_BEHIND_EVENTS,
         "How many committed events a projection has not applied, per projection, as of its last look"
@@ -143,6 +133,36 @@ fn describe() {
         names::BLOCKED,
         "Instances blocked by a dead-lettered turn (nondeterminism, a panic), per queue: fix the \
          code, then re-drive the turn"
+    );
+    describe_gauge!(
+        names::MEMORY,
+        Unit::Bytes,
+        "A worker's resident memory, smoothed, per worker"
+    );
+    describe_gauge!(
+        names::MEMORY_LIMIT,
+        Unit::Bytes,
+        "The memory limit a worker's pressure thresholds are fractions of, per worker"
+    );
+    describe_gauge!(
+        names::PRESSURE,
+        "A worker's memory pressure: 0 normal, 1 warning, 2 critical, 3 reject"
+    );
+    describe_gauge!(
+        names::CLAIMS_PAUSED,
+        "1 while a worker's circuit breaker is open and it claims nothing"
+    );
+    describe_counter!(
+        names::BREAKER_TRIPS,
+        "Times a worker's circuit breaker opened (memory past the reject threshold)"
+    );
+    describe_counter!(
+        names::MEMORY_EVICTIONS,
+        "Warm runs and live entities evicted for memory, by what and reason (pressure, leak)"
+    );
+    describe_counter!(
+        names::LEAKS,
+        "Warm runs flagged as suspected leaks (far above their peers' footprint) and evicted"
     );
 }
 

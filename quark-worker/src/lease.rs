@@ -8,13 +8,24 @@ use crate::shared::Shared;
 
 /// Every heartbeat: renews the worker's registration and extends the lease of every in-flight
 /// task. A task whose lease was lost is cancelled: another worker has it now.
-pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
+///
+/// A change of memory pressure heartbeats at once (only the registration: leases are extended
+/// on the regular ticks), so that other workers learn of it without waiting.
+pub(crate) async fn keep(
+    shared: Arc<Shared>,
+    mut info: WorkerInfo,
+    load: Box<dyn Fn() -> quark_history::WorkerLoad + Send + Sync>,
+) {
     let mut tick = tokio::time::interval(shared.settings.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        tick.tick().await;
+        let regular = tokio::select! {
+            _ = tick.tick() => true,
+            () = shared.memory.beat.notified() => false,
+        };
         info.heartbeat_at = shared.store.config().clock.now();
+        info.load = load();
         match shared
             .store
             .heartbeat_run(info.clone(), &shared.identity.run)
@@ -26,6 +37,9 @@ pub(crate) async fn keep(shared: Arc<Shared>, mut info: WorkerInfo) {
                 return;
             }
             Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
+        }
+        if !regular {
+            continue;
         }
         let leases: Vec<Lease> = shared
             .in_flight()

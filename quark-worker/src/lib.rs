@@ -80,6 +80,7 @@ mod handler;
 mod identity;
 mod lease;
 mod maintenance;
+pub mod memory;
 mod metrics;
 mod poller;
 mod projections;
@@ -93,6 +94,7 @@ pub use builder::{BuildError, HasStore, NoStore, WorkerBuilder};
 #[doc(hidden)]
 pub use fault::FaultPoint;
 pub use handler::{Handler, TaskContext};
+pub use memory::{LeakDetection, MemoryConfig, MemoryProbe, MemoryReading, Thresholds};
 pub use metrics::MetricsSnapshot;
 pub use quark_workflow::runner::{Handled, HandlerError};
 pub use relay::{DeliveryError, OutboxRelay};

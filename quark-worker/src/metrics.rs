@@ -38,6 +38,13 @@ pub(crate) mod names {
     pub(crate) const PROJECTED: &str = "quark_projection_events_total";
     pub(crate) const PROJECTION_BEHIND: &str = "quark_projection_behind_seconds";
     pub(crate) const PROJECTION_BEHIND_EVENTS: &str = "quark_projection_behind_events";
+    pub(crate) const MEMORY: &str = "quark_worker_memory_bytes";
+    pub(crate) const MEMORY_LIMIT: &str = "quark_worker_memory_limit_bytes";
+    pub(crate) const PRESSURE: &str = "quark_worker_memory_pressure";
+    pub(crate) const CLAIMS_PAUSED: &str = "quark_worker_claims_paused";
+    pub(crate) const BREAKER_TRIPS: &str = "quark_breaker_trips_total";
+    pub(crate) const MEMORY_EVICTIONS: &str = "quark_memory_evictions_total";
+    pub(crate) const LEAKS: &str = "quark_leaks_suspected_total";
 }
 
 /// The labels of a running task's figures.
@@ -96,6 +103,10 @@ pub(crate) struct Metrics {
     outbox_sent: AtomicU64,
     outbox_retried: AtomicU64,
     outbox_dead: AtomicU64,
+    evicted_runs: AtomicU64,
+    evicted_entities: AtomicU64,
+    leaks_suspected: AtomicU64,
+    breaker_trips: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -132,6 +143,14 @@ pub struct MetricsSnapshot {
     pub outbox_retried: u64,
     /// Outbox messages this worker gave up on (dead).
     pub outbox_dead: u64,
+    /// Warm orchestration runs evicted for memory (pressure or a suspected leak).
+    pub evicted_runs: u64,
+    /// Live entities evicted for memory.
+    pub evicted_entities: u64,
+    /// Warm runs flagged as suspected leaks.
+    pub leaks_suspected: u64,
+    /// Times the circuit breaker opened (memory past the reject threshold).
+    pub breaker_trips: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -223,6 +242,51 @@ impl Metrics {
         metrics::counter!(names::OUTBOX, "outcome" => outcome).increment(1);
     }
 
+    /// The memory governor's reading: resident memory and limit, level and breaker, per worker.
+    pub(crate) fn memory(
+        &self,
+        worker: &str,
+        rss: u64,
+        limit: u64,
+        level: quark_history::Pressure,
+        breaker: bool,
+    ) {
+        let worker = worker.to_string();
+        metrics::gauge!(names::MEMORY, "worker" => worker.clone()).set(rss as f64);
+        metrics::gauge!(names::MEMORY_LIMIT, "worker" => worker.clone()).set(limit as f64);
+        metrics::gauge!(names::PRESSURE, "worker" => worker.clone()).set(f64::from(level.as_i16()));
+        metrics::gauge!(names::CLAIMS_PAUSED, "worker" => worker).set(f64::from(u8::from(breaker)));
+    }
+
+    /// Warm state was evicted for memory (`reason`: `pressure` or `leak`).
+    pub(crate) fn evicted_for_memory(
+        &self,
+        reason: &'static str,
+        runs: quark_workflow::runner::Evicted,
+        entities: quark_workflow::runner::Evicted,
+    ) {
+        self.evicted_runs
+            .fetch_add(runs.count as u64, Ordering::Relaxed);
+        self.evicted_entities
+            .fetch_add(entities.count as u64, Ordering::Relaxed);
+        metrics::counter!(names::MEMORY_EVICTIONS, "what" => "runs", "reason" => reason)
+            .increment(runs.count as u64);
+        metrics::counter!(names::MEMORY_EVICTIONS, "what" => "entities", "reason" => reason)
+            .increment(entities.count as u64);
+    }
+
+    /// A warm run was flagged as a suspected leak.
+    pub(crate) fn leak_suspected(&self) {
+        inc(&self.leaks_suspected);
+        metrics::counter!(names::LEAKS).increment(1);
+    }
+
+    /// The circuit breaker opened.
+    pub(crate) fn breaker_tripped(&self) {
+        inc(&self.breaker_trips);
+        metrics::counter!(names::BREAKER_TRIPS).increment(1);
+    }
+
     /// Reports the slots in use per kind and the instances held live (count and estimated
     /// bytes), as changes since the last report.
     pub(crate) fn gauges(
@@ -283,6 +347,10 @@ impl Metrics {
             outbox_sent: get(&self.outbox_sent),
             outbox_retried: get(&self.outbox_retried),
             outbox_dead: get(&self.outbox_dead),
+            evicted_runs: get(&self.evicted_runs),
+            evicted_entities: get(&self.evicted_entities),
+            leaks_suspected: get(&self.leaks_suspected),
+            breaker_trips: get(&self.breaker_trips),
         }
     }
 }

@@ -18,6 +18,16 @@ pub(crate) async fn run(shared: Arc<Shared>, routes: Arc<Routes>, kind: TaskKind
     // Whether the last claim may have left claimable tasks behind (it came back full).
     let mut backlog = true;
     while !shared.is_stopping() {
+        if shared.memory.breaker_open() {
+            // Out of memory soon: claim nothing, leave the work to other workers, until the
+            // governor closes the breaker.
+            tokio::select! {
+                () = shared.memory.breaker_closed() => {}
+                () = shared.stopped() => return,
+            }
+            backlog = true;
+            continue;
+        }
         let free = slots.available_permits();
         if free == 0 {
             // Every slot is busy: wait for one to free up.

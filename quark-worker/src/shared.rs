@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// Set when another process took the worker's id over: this one stopped by itself.
     pub(crate) superseded: std::sync::atomic::AtomicBool,
     pub(crate) metrics: Metrics,
+    /// The memory governor's level and breaker, and its last reading.
+    pub(crate) memory: crate::memory::Status,
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,

@@ -44,6 +44,8 @@ pub struct Worker {
     pub(crate) runners: Arc<Vec<quark_workflow::runner::Runner>>,
     pub(crate) metrics_addr: Option<SocketAddr>,
     pub(crate) projections: Arc<Vec<Arc<dyn quark_workflow::projection::RunProjection>>>,
+    /// The memory governor's settings, if memory is governed.
+    pub(crate) memory: Option<crate::memory::Resolved>,
 }
 
 impl fmt::Debug for Worker {
@@ -72,6 +74,41 @@ impl Worker {
             .iter()
             .flat_map(|r| r.live_entities())
             .collect()
+    }
+
+    /// The orchestration instances it keeps warm, with their footprints, largest first.
+    pub fn live_instances(&self) -> Vec<quark_workflow::runner::LiveInstance> {
+        let mut all: Vec<_> = self
+            .runners
+            .iter()
+            .flat_map(|r| r.live_instances())
+            .collect();
+        all.sort_by_key(|l| std::cmp::Reverse(l.footprint));
+        all
+    }
+
+    /// The worker's memory as its governor last saw it: pressure level, circuit breaker, resident
+    /// memory and limit.
+    pub fn memory(&self) -> crate::memory::MemoryReading {
+        self.shared.memory.reading()
+    }
+
+    /// The pressure level, as it changes.
+    pub fn watch_pressure(&self) -> tokio::sync::watch::Receiver<quark_history::Pressure> {
+        self.shared.memory.watch_pressure()
+    }
+
+    /// What the worker publishes with its heartbeats: its memory and its warm state.
+    pub fn load(&self) -> quark_history::WorkerLoad {
+        let mut load = self.shared.memory.load();
+        for runner in self.runners.iter() {
+            load.cached_instances += runner.cached_instances() as u64;
+            load.cached_bytes += runner.cached_bytes() as u64;
+            let (entities, bytes) = runner.live_entity_size();
+            load.live_entities += entities as u64;
+            load.entity_bytes += bytes as u64;
+        }
+        load
     }
 
     /// How many tasks of `kind` this worker runs at once, or `None` if it does not serve them.
@@ -122,6 +159,7 @@ impl Worker {
             queues: self.shared.settings.queues.clone(),
             labels: serde_json::Value::Object(self.shared.settings.labels.clone()).to_string(),
             heartbeat_at: self.shared.store.config().clock.now(),
+            load: self.load(),
         }
     }
 
@@ -196,7 +234,19 @@ impl Worker {
                 ))
             })
             .collect();
-        let keeper = tokio::spawn(lease::keep(Arc::clone(&self.shared), self.info()));
+        if let Some(memory) = &self.memory {
+            tasks.push(tokio::spawn(crate::memory::governor::run(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.runners),
+                memory.clone(),
+            )));
+        }
+        let worker = self.clone();
+        let keeper = tokio::spawn(lease::keep(
+            Arc::clone(&self.shared),
+            self.info(),
+            Box::new(move || worker.load()),
+        ));
         tasks.push(tokio::spawn(lease::reap(Arc::clone(&self.shared))));
         // The gauges follow the worker between scrapes too, for a recorder that is not scraped
         // through the endpoint (an application's own).

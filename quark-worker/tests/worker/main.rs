@@ -18,6 +18,7 @@ mod entities;
 mod job_control;
 mod job_workflow;
 mod jobs;
+mod memory;
 mod metrics;
 mod nats_tls;
 mod outbox;
