@@ -1,0 +1,195 @@
+//! Memory benchmark: how well a warm run's estimated footprint (what the memory governor and
+//! `quark worker list` count) matches the memory it really holds.
+//!
+//! For each state size, two child processes run the same workload on PostgreSQL: N orchestrations
+//! that each hold a text input of that size and park on a signal. One keeps every run warm, the other
+//! keeps none. The difference of their resident memory (after the last run parked) is what the
+//! warm runs really hold; it is compared with the sum of their estimated footprints.
+//!
+//! `cargo bench -p quark-worker --bench memory -- [--n 5000] [--sizes 0,1024,16384]`
+//! PostgreSQL: `QUARK_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! each child creates and drops a database of its own.
+#![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::{PostgresStore, Store, StoreConfig};
+use quark_worker::Worker;
+use quark_worker::memory::{MemoryProbe, ProcProbe};
+use quark_workflow::{
+    Client, OrchestrationContext, OrchestrationError, Registry, WarmLimits, orchestration,
+};
+use sqlx::{Connection, Executor, PgConnection};
+
+/// Holds `state` until signalled, then returns its length.
+#[orchestration]
+async fn holder(ctx: OrchestrationContext, state: String) -> Result<u64, OrchestrationError> {
+    let _: u64 = ctx.wait_for_signal("go").await?;
+    Ok(state.len() as u64)
+}
+
+const USAGE: &str = "cargo bench -p quark-worker --bench memory -- [options]
+  --n N            orchestrations per run (default 5000)
+  --sizes A,B,..   bytes of state each holds (default 0,1024,16384)";
+
+fn base_url() -> String {
+    std::env::var("QUARK_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    if query.is_empty() {
+        format!("{base}/{db}")
+    } else {
+        format!("{base}/{db}?{query}")
+    }
+}
+
+/// `size` bytes of text, different for each `i`.
+fn text(i: usize, size: usize) -> String {
+    let letter = char::from(b'a' + (i % 26) as u8);
+    std::iter::repeat_n(letter, size).collect()
+}
+
+/// One child's run: returns (RSS growth in bytes, warm runs, their estimated bytes).
+async fn child(n: usize, size: usize, keep: bool) -> anyhow::Result<(u64, usize, usize)> {
+    let url = base_url();
+    let db = format!("quark_memory_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&url).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await?;
+    let result = async {
+        let store: Arc<dyn Store> = Arc::new(
+            PostgresStore::connect_with(&with_database(&url, &db), StoreConfig::default()).await?,
+        );
+        store.migrate().await?;
+        let limits = WarmLimits {
+            instances: if keep { n + 50 } else { 0 },
+            bytes: usize::MAX,
+        };
+        let worker = Worker::builder()
+            .store(Arc::clone(&store))
+            .poll_interval(Duration::from_millis(20))
+            .warm_limits(limits)
+            .without_memory_governor()
+            .workflows(Registry::new().register(holder))
+            .build()?;
+        let running = worker.start().await?;
+        let client = Client::new(Arc::clone(&store));
+        // Warm up the process (pools, code pages, first allocations) before the baseline.
+        for i in 0..50 {
+            holder::start(&client, &format!("warmup-{i}"), text(i, size)).await?;
+        }
+        wait_parked(&running, &store, 50).await?;
+        let probe = ProcProbe::default();
+        let before = probe.resident()?;
+        for i in 0..n {
+            holder::start(&client, &format!("h-{i}"), text(i, size)).await?;
+        }
+        wait_parked(&running, &store, 50 + n).await?;
+        let after = probe.resident()?;
+        let warm: Vec<_> = running
+            .worker()
+            .live_instances()
+            .into_iter()
+            .filter(|l| l.instance_id.starts_with("h-"))
+            .collect();
+        let estimated: usize = warm.iter().map(|l| l.footprint).sum();
+        running.shutdown().await;
+        anyhow::Ok((after.saturating_sub(before), warm.len(), estimated))
+    }
+    .await;
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .await;
+    result
+}
+
+/// Waits until `n` instances have run their first turn (each parked on its signal).
+async fn wait_parked(
+    running: &quark_worker::RunningWorker,
+    _store: &Arc<dyn Store>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while (running.worker().metrics().completed as usize) < n {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "runs did not park");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if args.iter().any(|a| a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let n: usize = value("--n").map_or(Ok(5000), |v| v.parse())?;
+    if let Some(spec) = value("--child") {
+        // `keep,SIZE` or `none,SIZE`: one measurement, printed as one line.
+        let (mode, size) = spec.split_once(',').unwrap_or(("keep", "0"));
+        let size: usize = size.parse()?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        let (grew, warm, estimated) = runtime.block_on(child(n, size, mode == "keep"))?;
+        println!("{grew} {warm} {estimated}");
+        return Ok(());
+    }
+    let sizes: Vec<usize> = value("--sizes")
+        .unwrap_or_else(|| "0,1024,16384".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let exe = std::env::current_exe()?;
+    let measure = |mode: &str, size: usize| -> anyhow::Result<(u64, usize, usize)> {
+        let out = Command::new(&exe)
+            .args(["--n", &n.to_string(), "--child", &format!("{mode},{size}")])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        let line = text.lines().last().unwrap_or_default();
+        let parts: Vec<u64> = line
+            .split_whitespace()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()?;
+        anyhow::ensure!(parts.len() == 3, "unexpected child output {text:?}");
+        Ok((parts[0], parts[1] as usize, parts[2] as usize))
+    };
+    println!("warm runs' estimated footprint against the memory they hold ({n} runs per row)");
+    println!(
+        "| state bytes | RSS growth, kept | RSS growth, none kept | held by warm runs | estimated | estimate / held |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for size in sizes {
+        let (kept, warm, estimated) = measure("keep", size)?;
+        let (none, _, _) = measure("none", size)?;
+        let held = kept.saturating_sub(none);
+        anyhow::ensure!(warm == n, "{warm} of {n} runs were warm");
+        println!(
+            "| {size} | {:.1} MiB | {:.1} MiB | {:.0} B/run | {:.0} B/run | {:.2} |",
+            kept as f64 / 1048576.0,
+            none as f64 / 1048576.0,
+            held as f64 / n as f64,
+            estimated as f64 / n as f64,
+            estimated as f64 / held.max(1) as f64
+        );
+    }
+    Ok(())
+}
