@@ -339,6 +339,28 @@ pub trait Store:
     /// The registered workers.
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>>;
 
+    /// Of `instances` (which `worker` keeps warm), those whose affinity is no longer `worker`:
+    /// another worker ran a later turn, or the affinity was moved or cleared. A worker drops its
+    /// warm runs of them: their state is elsewhere now, and its own copy is stale. Instances
+    /// that no longer exist are not listed (their runs end with them).
+    fn moved_away<'a>(
+        &'a self,
+        worker: &'a str,
+        instances: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+
+    /// Moves `instance` from worker `from` to worker `to`: its affinity, and its pending tasks',
+    /// so that `to` claims its next turn first and `from` drops its warm run (see
+    /// [`moved_away`](Store::moved_away)). Compare-and-set: `false`, and nothing changed, if its
+    /// affinity is not `from` (a later turn ran elsewhere, or another move won). Running turns
+    /// are not disturbed: a turn's lease fences it, whichever worker holds it.
+    fn move_affinity<'a>(
+        &'a self,
+        instance: &'a str,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<bool>>;
+
     /// Where the data lives, as text that is the same for every process on this host that opens
     /// the same database: the SQLite file's canonical path, or the PostgreSQL server and
     /// database. Workers scope their id lock files by it.

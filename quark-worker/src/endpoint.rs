@@ -161,6 +161,10 @@ fn describe() {
         "Warm runs and live entities evicted for memory, by what and reason (pressure, leak)"
     );
     describe_counter!(
+        names::MOVED_AWAY,
+        "Warm runs a worker dropped because another worker ran a later turn of their instance"
+    );
+    describe_counter!(
         names::LEAKS,
         "Warm runs flagged as suspected leaks (far above their peers' footprint) and evicted"
     );

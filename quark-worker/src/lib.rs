@@ -82,6 +82,7 @@ mod lease;
 mod maintenance;
 pub mod memory;
 mod metrics;
+pub mod placement;
 mod poller;
 mod projections;
 pub mod relay;

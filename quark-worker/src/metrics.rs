@@ -45,6 +45,7 @@ pub(crate) mod names {
     pub(crate) const BREAKER_TRIPS: &str = "quark_breaker_trips_total";
     pub(crate) const MEMORY_EVICTIONS: &str = "quark_memory_evictions_total";
     pub(crate) const LEAKS: &str = "quark_leaks_suspected_total";
+    pub(crate) const MOVED_AWAY: &str = "quark_runs_moved_away_total";
 }
 
 /// The labels of a running task's figures.
@@ -107,6 +108,7 @@ pub(crate) struct Metrics {
     evicted_entities: AtomicU64,
     leaks_suspected: AtomicU64,
     breaker_trips: AtomicU64,
+    moved_away: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -151,6 +153,8 @@ pub struct MetricsSnapshot {
     pub leaks_suspected: u64,
     /// Times the circuit breaker opened (memory past the reject threshold).
     pub breaker_trips: u64,
+    /// Warm runs dropped because another worker ran a later turn of their instance.
+    pub moved_away: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -281,6 +285,13 @@ impl Metrics {
         metrics::counter!(names::LEAKS).increment(1);
     }
 
+    /// Warm runs were dropped: another worker serves their instances now.
+    pub(crate) fn moved_away(&self, freed: quark_workflow::runner::Evicted) {
+        self.moved_away
+            .fetch_add(freed.count as u64, Ordering::Relaxed);
+        metrics::counter!(names::MOVED_AWAY).increment(freed.count as u64);
+    }
+
     /// The circuit breaker opened.
     pub(crate) fn breaker_tripped(&self) {
         inc(&self.breaker_trips);
@@ -351,6 +362,7 @@ impl Metrics {
             evicted_entities: get(&self.evicted_entities),
             leaks_suspected: get(&self.leaks_suspected),
             breaker_trips: get(&self.breaker_trips),
+            moved_away: get(&self.moved_away),
         }
     }
 }

@@ -241,6 +241,12 @@ impl Worker {
                 memory.clone(),
             )));
         }
+        if !self.runners.is_empty() {
+            tasks.push(tokio::spawn(crate::placement::follow::run(
+                Arc::clone(&self.shared),
+                Arc::clone(&self.runners),
+            )));
+        }
         let worker = self.clone();
         let keeper = tokio::spawn(lease::keep(
             Arc::clone(&self.shared),

@@ -265,6 +265,23 @@ impl<S: SqlStore> Store for S {
         Box::pin(queue::list_workers(self))
     }
 
+    fn moved_away<'a>(
+        &'a self,
+        worker: &'a str,
+        instances: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(instances::moved_away(self, worker, instances))
+    }
+
+    fn move_affinity<'a>(
+        &'a self,
+        instance: &'a str,
+        from: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(instances::move_affinity(self, instance, from, to))
+    }
+
     fn location(&self) -> String {
         self.place()
     }

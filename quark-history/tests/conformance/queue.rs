@@ -791,6 +791,49 @@ async fn it_makes_the_worker_that_completed_a_turn_the_instance_s_affinity(t: &T
         Some("w2"),
         "the last turn's worker"
     );
+    // w1 kept a warm run of it: it has moved away from w1 (not from w2). An instance without
+    // an affinity has moved away from everyone; one that does not exist is not listed.
+    start(t, "loose").await;
+    let kept: Vec<String> = ["sticky", "loose", "ghost"].map(String::from).to_vec();
+    assert_eq!(
+        t.store.moved_away("w1", &kept).await.unwrap(),
+        ["sticky", "loose"]
+    );
+    assert_eq!(t.store.moved_away("w2", &kept).await.unwrap(), ["loose"]);
+    assert!(t.store.moved_away("w2", &[]).await.unwrap().is_empty());
+    // A move is a compare-and-set on the affinity, and takes the pending tasks along.
+    assert!(!t.store.move_affinity("sticky", "w1", "w3").await.unwrap());
+    t.store
+        .enqueue(vec![NewTask::orchestration("default", "sticky")])
+        .await
+        .unwrap();
+    assert!(t.store.move_affinity("sticky", "w2", "w3").await.unwrap());
+    assert_eq!(affinity().await.as_deref(), Some("w3"));
+    // w3 is a live worker: its affinity holds.
+    t.store
+        .heartbeat_worker(WorkerInfo {
+            id: "w3".into(),
+            queues: vec!["default".into()],
+            labels: "{}".into(),
+            heartbeat_at: t.clock.now(),
+            load: Default::default(),
+        })
+        .await
+        .unwrap();
+    let by = |w: &str| ClaimRequest::new(w, ["default"]).affinity_delay(Duration::from_secs(60));
+    let of = |tasks: Vec<quark_history::ClaimedTask>| -> Vec<Option<String>> {
+        tasks.into_iter().map(|c| c.instance_id).collect()
+    };
+    // ("loose" has no affinity: anyone takes its start.)
+    assert_eq!(
+        of(t.store.claim(by("w2")).await.unwrap()),
+        [Some("loose".to_string())],
+        "the pending task moved with it"
+    );
+    assert_eq!(
+        of(t.store.claim(by("w3")).await.unwrap()),
+        [Some("sticky".to_string())]
+    );
     assert!(
         matches!(
             t.store.commit(Commit::new().complete(second.lease)).await,

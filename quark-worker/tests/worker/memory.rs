@@ -20,6 +20,7 @@ use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry,
 quark_history::backend_tests!(
     it_acts_on_each_memory_threshold_and_loses_no_work,
     it_evicts_a_run_far_larger_than_its_peers_once_and_rebuilds_it,
+    it_serves_a_moved_instance_on_its_new_worker_and_drops_the_stale_run,
 );
 
 const MIB: u64 = 1 << 20;
@@ -376,4 +377,47 @@ async fn a_worker_limit_above_the_machine_is_refused_at_build() {
         e,
         "invalid setting: the memory limit 16.0 GiB is above this machine's memory (8.0 GiB)"
     );
+}
+
+async fn it_serves_a_moved_instance_on_its_new_worker_and_drops_the_stale_run(t: &TestStore) {
+    let client = Client::new(Arc::clone(&t.store));
+    let (a_id, b_id) = (unique("source"), unique("target"));
+    let calm = || {
+        let memory = Scripted::default();
+        memory.set_percent(10);
+        Some((config(), memory))
+    };
+    let a = worker(t, &a_id, calm()).start().await.unwrap();
+    parked::start(&client, "mover", 5).await.unwrap();
+    eventually("the run is warm on the source", async || {
+        a.worker()
+            .live_instances()
+            .iter()
+            .any(|l| l.instance_id == "mover")
+    })
+    .await;
+    let b = worker(t, &b_id, calm()).start().await.unwrap();
+
+    // The move: a compare-and-set on the affinity. The source drops its run, whose state the
+    // target will hold from the next turn on.
+    assert!(
+        !t.store.move_affinity("mover", &b_id, &a_id).await.unwrap(),
+        "a move from the wrong worker changes nothing"
+    );
+    assert!(t.store.move_affinity("mover", &a_id, &b_id).await.unwrap());
+    eventually("the source dropped its stale run", async || {
+        a.worker().live_instances().is_empty()
+    })
+    .await;
+    assert_eq!(a.worker().metrics().moved_away, 1);
+
+    // The source is alive and calm, and claims every second: only the affinity (an hour's
+    // delay) keeps it from the next turn, which the target runs.
+    let claimed_by_a = a.worker().metrics().claimed;
+    client.signal("mover", "go", &1u64).await.unwrap();
+    assert_eq!(result(&client, "mover").await, 6);
+    assert_eq!(a.worker().metrics().claimed, claimed_by_a);
+    assert!(b.worker().metrics().claimed >= 1);
+    b.shutdown().await;
+    a.shutdown().await;
 }
