@@ -30,9 +30,26 @@ async fn holder(ctx: OrchestrationContext, state: String) -> Result<u64, Orchest
     Ok(state.len() as u64)
 }
 
+/// Holds `state` and serves a turn per signal until a signal of 0.
+#[orchestration]
+async fn server(ctx: OrchestrationContext, state: String) -> Result<u64, OrchestrationError> {
+    let mut turns = 0;
+    loop {
+        let n: u64 = ctx.wait_for_signal("go").await?;
+        if n == 0 {
+            drop(state); // held by the run until here
+            return Ok(turns);
+        }
+        turns += 1;
+    }
+}
+
 const USAGE: &str = "cargo bench -p quark-worker --bench memory -- [options]
   --n N            orchestrations per run (default 5000)
-  --sizes A,B,..   bytes of state each holds (default 0,1024,16384)";
+  --sizes A,B,..   bytes of state each holds (default 0,1024,16384)
+  --migrate M      instead: M moves of a warm instance between two workers per state size
+                   (sizes default 1024,65536,1048576), from the decision (the affinity's
+                   compare-and-set) to the instance serving a turn warm on the target";
 
 fn base_url() -> String {
     std::env::var("QUARK_TEST_DATABASE_URL")
@@ -126,6 +143,104 @@ async fn wait_parked(
     Ok(())
 }
 
+/// Moves warm instances between two workers and times each move from the decision to the
+/// instance serving a turn warm on the target.
+async fn migrate(moves: usize, sizes: &[usize]) -> anyhow::Result<()> {
+    let url = base_url();
+    let db = format!("quark_migrate_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&url).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await?;
+    let result = async {
+        let store: Arc<dyn Store> = Arc::new(
+            PostgresStore::connect_with(&with_database(&url, &db), StoreConfig::default()).await?,
+        );
+        store.migrate().await?;
+        let lock_dir = std::env::temp_dir().join(format!("quark-migrate-{}", uuid::Uuid::now_v7()));
+        let worker = |id: &str| {
+            Worker::builder()
+                .store(Arc::clone(&store))
+                .id(id)
+                .lock_dir(&lock_dir)
+                .poll_interval(Duration::from_millis(20))
+                .affinity_delay(Duration::from_secs(3600))
+                .workflows(Registry::new().register(server))
+                .build()
+        };
+        let workers = [worker("a")?.start().await?, worker("b")?.start().await?];
+        let client = Client::new(Arc::clone(&store));
+        println!("warm instances moved between two workers on PostgreSQL ({moves} moves per size)");
+        println!("| state bytes | p50 | p99 | max |");
+        println!("|---|---|---|---|");
+        for &size in sizes {
+            let id = format!("server-{size}");
+            server::start(&client, &id, text(size, size)).await?;
+            let mut took = hdrhistogram::Histogram::<u64>::new(3)?;
+            for m in 0..moves {
+                // Where it is now: warm on the worker that ran its last turn.
+                let now_on = loop {
+                    let record = store.get_instance(&id).await?;
+                    if let Some(w) = record.and_then(|r| r.affinity) {
+                        let i = usize::from(w == "b");
+                        if workers[i]
+                            .worker()
+                            .live_instances()
+                            .iter()
+                            .any(|l| l.instance_id == id)
+                        {
+                            break i;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                };
+                let (from, to) = (now_on, 1 - now_on);
+                let ids = ["a", "b"];
+                let started = std::time::Instant::now();
+                anyhow::ensure!(
+                    store.move_affinity(&id, ids[from], ids[to]).await?,
+                    "move lost"
+                );
+                client.signal(&id, "go", &(m as u64 + 1)).await?;
+                // Serving on the target: its turn ran there and left the run warm.
+                let target = workers[to].worker();
+                let done = target.metrics().completed + 1;
+                loop {
+                    if target.metrics().completed >= done
+                        && target.live_instances().iter().any(|l| l.instance_id == id)
+                    {
+                        break;
+                    }
+                    anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "move stuck");
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                took.record(started.elapsed().as_micros() as u64)?;
+            }
+            client.signal(&id, "go", &0u64).await?;
+            let turns: u64 = client.result(&id).await?;
+            anyhow::ensure!(turns == moves as u64, "{turns} turns for {moves} moves");
+            let ms = |us: u64| us as f64 / 1000.0;
+            println!(
+                "| {size} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                ms(took.value_at_quantile(0.5)),
+                ms(took.value_at_quantile(0.99)),
+                ms(took.max())
+            );
+        }
+        for w in workers {
+            w.shutdown().await;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .await;
+    result
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |name: &str| {
@@ -139,6 +254,15 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let n: usize = value("--n").map_or(Ok(5000), |v| v.parse())?;
+    if let Some(moves) = value("--migrate") {
+        let sizes: Vec<usize> = value("--sizes")
+            .unwrap_or_else(|| "1024,65536,1048576".into())
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        return runtime.block_on(migrate(moves.parse()?, &sizes));
+    }
     if let Some(spec) = value("--child") {
         // `keep,SIZE` or `none,SIZE`: one measurement, printed as one line.
         let (mode, size) = spec.split_once(',').unwrap_or(("keep", "0"));
