@@ -13,6 +13,7 @@
 
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quark_history::{PostgresStore, Store, StoreConfig};
@@ -47,6 +48,11 @@ async fn server(ctx: OrchestrationContext, state: String) -> Result<u64, Orchest
 const USAGE: &str = "cargo bench -p quark-worker --bench memory -- [options]
   --n N            orchestrations per run (default 5000)
   --sizes A,B,..   bytes of state each holds (default 0,1024,16384)
+  --cluster M      instead: M instances of 256 KiB of state each, started on one worker
+                   process whose limit is its baseline plus --headroom MiB (default 96), then
+                   two more such processes; --rounds R (default 5) signal every instance R
+                   times; reports each process's highest memory against its limit, the warm
+                   state each ends with, and that every instance completed
   --migrate M      instead: M moves of a warm instance between two workers per state size
                    (sizes default 1024,65536,1048576), from the decision (the affinity's
                    compare-and-set) to the instance serving a turn warm on the target";
@@ -140,6 +146,248 @@ async fn wait_parked(
         anyhow::ensure!(std::time::Instant::now() < deadline, "runs did not park");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// A worker process of the cluster run: its limit is its resident memory once started plus
+/// `headroom`. Says `ready LIMIT` and serves until its standard input closes.
+async fn cluster_worker(id: &str, url: &str, headroom: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let store: Arc<dyn Store> =
+        Arc::new(PostgresStore::connect_with(url, StoreConfig::default()).await?);
+    let limit = ProcProbe::default().resident()? + headroom;
+    let lock_dir = std::env::temp_dir().join("quark-cluster-bench");
+    let worker = Worker::builder()
+        .store(store)
+        .id(id)
+        .lock_dir(lock_dir)
+        .poll_interval(Duration::from_millis(20))
+        .warm_limits(WarmLimits {
+            instances: 100_000,
+            bytes: usize::MAX,
+        })
+        .memory(quark_worker::MemoryConfig::default().limit(limit))
+        .workflows(Registry::new().register(server))
+        .build()?;
+    let running = worker.start().await?;
+    println!("ready {limit}");
+    std::io::stdout().flush()?;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while stdin.read(&mut buf).await? > 0 {}
+    let load = running.worker().load();
+    let m = running.worker().metrics();
+    println!(
+        "done {} {} {} {} {}",
+        load.cached_instances, load.cached_bytes, m.evicted_runs, m.moved_away, m.breaker_trips
+    );
+    std::io::stdout().flush()?;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn resident_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+struct Member {
+    id: String,
+    child: std::process::Child,
+    limit: u64,
+    peak: Arc<AtomicU64>,
+}
+
+/// The cluster run: see `--cluster` in the usage.
+async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let url = base_url();
+    let db = format!("quark_cluster_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&url).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await?;
+    let db_url = with_database(&url, &db);
+    let exe = std::env::current_exe()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawn = |id: &str| -> anyhow::Result<Member> {
+        let mut child = Command::new(&exe)
+            .args([
+                "--worker",
+                id,
+                "--url",
+                &db_url,
+                "--headroom",
+                &headroom.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        lines.read_line(&mut line)?;
+        let limit: u64 = line
+            .strip_prefix("ready ")
+            .ok_or_else(|| anyhow::anyhow!("worker {id} said {line:?}"))?
+            .trim()
+            .parse()?;
+        child.stdout = Some(lines.into_inner());
+        let peak = Arc::new(AtomicU64::new(0));
+        let (pid, p, stop) = (child.id(), Arc::clone(&peak), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = resident_of(pid) {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Ok(Member {
+            id: id.to_string(),
+            child,
+            limit,
+            peak,
+        })
+    };
+    let mut members: Vec<Member> = Vec::new();
+    let result = async {
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::connect_with(&db_url, StoreConfig::default()).await?);
+        store.migrate().await?;
+        let client = Client::new(Arc::clone(&store));
+        members.push(spawn("w1")?);
+        let size = 256 * 1024;
+        for i in 0..m {
+            server::start(&client, &format!("s-{i}"), text(i, size)).await?;
+        }
+        let settled = async || -> anyhow::Result<()> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(600);
+            loop {
+                let q = store.queue_stats("default").await?;
+                if q.pending + q.leased == 0 {
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the queue never drained"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        settled().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let alone = store.list_workers().await?;
+        members.push(spawn("w2")?);
+        members.push(spawn("w3")?);
+        let started = std::time::Instant::now();
+        for round in 1..=rounds {
+            for i in 0..m {
+                client.signal(&format!("s-{i}"), "go", &round).await?;
+            }
+            settled().await?;
+        }
+        let took = started.elapsed();
+        // The last hand-overs (checked every second) and heartbeats land before the figures.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let end = store.list_workers().await?;
+        for i in 0..m {
+            client.signal(&format!("s-{i}"), "go", &0u64).await?;
+        }
+        let mut lost = 0;
+        for i in 0..m {
+            let turns: u64 = client.result(&format!("s-{i}")).await?;
+            if turns != rounds {
+                lost += 1;
+            }
+        }
+        anyhow::Ok((alone, end, took, lost))
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    // Each worker reports its figures when its standard input closes.
+    let mut reports = Vec::new();
+    for mut member in members {
+        drop(member.child.stdin.take());
+        let mut out = String::new();
+        if let Some(stdout) = member.child.stdout.as_mut() {
+            use std::io::Read;
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let _ = member.child.wait();
+        let done: Vec<u64> = out
+            .lines()
+            .find_map(|l| l.strip_prefix("done "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        reports.push((
+            member.id,
+            member.limit,
+            member.peak.load(Ordering::Relaxed),
+            done,
+        ));
+    }
+    let _ = admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .await;
+    let (alone, end, took, lost) = result?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "{m} instances of 256 KiB ({:.0} MiB of state); each worker's limit is its baseline + {headroom} MiB",
+        mib(m as u64 * 256 * 1024)
+    );
+    if let Some(w1) = alone.iter().find(|w| w.id == "w1") {
+        println!(
+            "w1 alone after the starts: {}, {:.0} of {:.0} MiB, {} warm runs ({:.0} MiB)",
+            w1.load.pressure,
+            mib(w1.load.rss_bytes),
+            mib(w1.load.memory_limit),
+            w1.load.cached_instances,
+            mib(w1.load.cached_bytes)
+        );
+    }
+    println!("{rounds} rounds of a signal to every instance with three workers took {took:.1?}");
+    println!(
+        "| worker | limit | peak RSS | peak / limit | level after the rounds | warm runs | warm MiB | evicted | dropped (moved away) | breaker trips |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (id, limit, peak, done) in &reports {
+        let get = |i: usize| done.get(i).copied().unwrap_or(0);
+        let load = end
+            .iter()
+            .find(|w| &w.id == id)
+            .map(|w| w.load)
+            .unwrap_or_default();
+        println!(
+            "| {id} | {:.0} MiB | {:.0} MiB | {:.2} | {} | {} | {:.0} | {} | {} | {} |",
+            mib(*limit),
+            mib(*peak),
+            *peak as f64 / *limit as f64,
+            load.pressure,
+            load.cached_instances,
+            mib(load.cached_bytes),
+            get(2),
+            get(3),
+            get(4)
+        );
+    }
+    println!("instances that lost a turn: {lost} of {m}");
     Ok(())
 }
 
@@ -254,6 +502,18 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let n: usize = value("--n").map_or(Ok(5000), |v| v.parse())?;
+    if let Some(id) = value("--worker") {
+        let headroom: u64 = value("--headroom").map_or(Ok(96), |v| v.parse())?;
+        let url = value("--url").ok_or_else(|| anyhow::anyhow!("--url"))?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        return runtime.block_on(cluster_worker(&id, &url, headroom << 20));
+    }
+    if let Some(m) = value("--cluster") {
+        let headroom: u64 = value("--headroom").map_or(Ok(96), |v| v.parse())?;
+        let rounds: u64 = value("--rounds").map_or(Ok(5), |v| v.parse())?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        return runtime.block_on(cluster(m.parse()?, headroom, rounds));
+    }
     if let Some(moves) = value("--migrate") {
         let sizes: Vec<usize> = value("--sizes")
             .unwrap_or_else(|| "1024,65536,1048576".into())

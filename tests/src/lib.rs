@@ -267,6 +267,7 @@ mod book {
         transactional => "transactional.md",
         entities => "entities.md",
         configuration => "configuration.md",
+        placement => "placement.md",
         deployment => "deployment.md",
         cli => "cli.md",
         performance => "performance.md",
