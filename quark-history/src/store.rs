@@ -349,6 +349,12 @@ pub trait Store:
         instances: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<String>>>;
 
+    /// Publishes `worker`'s communication sketch (opaque bytes, replacing its last).
+    fn publish_sketch<'a>(&'a self, worker: &'a str, sketch: Vec<u8>) -> BoxFuture<'a, Result<()>>;
+
+    /// Every worker's last published sketch: worker id, bytes, when.
+    fn sketches(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>, Timestamp)>>>;
+
     /// Moves `instance` from worker `from` to worker `to`: its affinity, and its pending tasks',
     /// so that `to` claims its next turn first and `from` drops its warm run (see
     /// [`moved_away`](Store::moved_away)). Compare-and-set: `false`, and nothing changed, if its

@@ -530,6 +530,10 @@ impl WorkerBuilder<HasStore> {
                 superseded: std::sync::atomic::AtomicBool::new(false),
                 metrics: Metrics::default(),
                 memory: crate::memory::Status::default(),
+                sketch: crate::placement::sketch::Sketch::new(
+                    crate::placement::sketch::CAPACITY,
+                    crate::placement::sketch::HALF_LIFE,
+                ),
                 in_flight: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
                 stopping: watch::channel(false).0,

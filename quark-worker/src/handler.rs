@@ -111,6 +111,8 @@ pub struct TaskContext {
     own: Arc<Mutex<Option<(TaskKind, OwnedSemaphorePermit)>>>,
     /// Whether the commit that created the task started it here (not claimed from the queue).
     started_here: bool,
+    /// The task's instance, if it has one: the sender of what its commits carry to others.
+    instance: Option<Arc<str>>,
 }
 
 /// A slot set aside for a task that the next commit creates.
@@ -150,6 +152,7 @@ impl TaskContext {
             reserved: Arc::default(),
             own: Arc::new(Mutex::new(permit)),
             started_here: false,
+            instance: None,
         }
     }
 
@@ -262,6 +265,9 @@ impl TaskContext {
             .collect();
         let outcome = Outcome::of(commit.settle.as_ref());
         let started = shared.store.config().clock.now();
+        if let Some(instance) = &self.instance {
+            shared.sketch.record_commit(instance, &commit, started);
+        }
         let result = shared.committer.commit(commit).await;
         self.committed(started);
         let mut reserved = std::mem::take(&mut *self.reserved());
@@ -425,6 +431,7 @@ pub(crate) fn spawn_task(
         Some((task.kind, permit)),
     );
     cx.started_here = started_here;
+    cx.instance = task.instance_id.as_deref().map(Arc::from);
     let shared2 = Arc::clone(shared);
     let join = tokio::spawn(
         async move {

@@ -41,6 +41,7 @@ pub(crate) async fn keep(
         if !regular {
             continue;
         }
+        crate::placement::sketch::publish(&shared).await;
         let leases: Vec<Lease> = shared
             .in_flight()
             .values()

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// The memory governor's level and breaker, and its last reading.
     pub(crate) memory: crate::memory::Status,
+    /// Who talks to whom through this worker's commits.
+    pub(crate) sketch: crate::placement::sketch::Sketch,
     pub(crate) in_flight: Mutex<HashMap<i64, InFlight>>,
     pub(crate) idle: Notify,
     pub(crate) stopping: watch::Sender<bool>,

@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "worker load",
         include_str!("../../migrations/postgres/0018_worker_load.sql"),
     ),
+    (
+        19,
+        "placement sketches",
+        include_str!("../../migrations/postgres/0019_placement_sketches.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

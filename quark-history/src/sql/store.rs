@@ -273,6 +273,14 @@ impl<S: SqlStore> Store for S {
         Box::pin(instances::moved_away(self, worker, instances))
     }
 
+    fn publish_sketch<'a>(&'a self, worker: &'a str, sketch: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(workers::publish_sketch(self, worker, sketch))
+    }
+
+    fn sketches(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>, Timestamp)>>> {
+        Box::pin(workers::sketches(self))
+    }
+
     fn move_affinity<'a>(
         &'a self,
         instance: &'a str,

@@ -273,3 +273,41 @@ async fn release<DB: Dialect>(
     })
     .collect()
 }
+
+/// Replaces `worker`'s published sketch.
+pub(crate) async fn publish_sketch<S: SqlStore>(
+    store: &S,
+    worker: &str,
+    sketch: Vec<u8>,
+) -> Result<()> {
+    let now = store.settings().clock.now();
+    Stmt::<S::Db>::new(
+        "INSERT INTO placement_sketches (worker_id, sketch, published_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (worker_id) DO UPDATE SET sketch = excluded.sketch, \
+         published_at = excluded.published_at",
+    )
+    .bind(worker)
+    .bind(sketch)
+    .bind(now.as_micros())
+    .execute(&mut *store.writer().acquire().await?)
+    .await?;
+    Ok(())
+}
+
+/// Every published sketch, by worker id.
+pub(crate) async fn sketches<S: SqlStore>(store: &S) -> Result<Vec<(String, Vec<u8>, Timestamp)>> {
+    Stmt::<S::Db>::new(
+        "SELECT worker_id, sketch, published_at FROM placement_sketches ORDER BY worker_id",
+    )
+    .fetch_all(&mut *store.reader().acquire().await?)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            row.get("worker_id")?,
+            row.get("sketch")?,
+            Timestamp::from_micros(row.get("published_at")?),
+        ))
+    })
+    .collect()
+}

@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "worker load",
         include_str!("../../migrations/sqlite/0015_worker_load.sql"),
     ),
+    (
+        16,
+        "placement sketches",
+        include_str!("../../migrations/sqlite/0016_placement_sketches.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

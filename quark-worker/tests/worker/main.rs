@@ -22,6 +22,7 @@ mod memory;
 mod metrics;
 mod nats_tls;
 mod outbox;
+mod placement;
 mod runtime;
 mod saga;
 mod schedules;
