@@ -268,6 +268,7 @@ mod book {
         entities => "entities.md",
         configuration => "configuration.md",
         placement => "placement.md",
+        placebench => "placebench.md",
         deployment => "deployment.md",
         cli => "cli.md",
         performance => "performance.md",
