@@ -208,7 +208,7 @@ pub(crate) async fn publish(shared: &crate::shared::Shared) {
     }
 }
 
-/// Decodes a sketch as [`publish`] wrote it.
+/// Decodes a sketch as a worker published it.
 pub fn decode(bytes: &[u8]) -> Result<Vec<SketchEdge>, postcard::Error> {
     postcard::from_bytes(bytes)
 }
