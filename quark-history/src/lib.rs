@@ -140,7 +140,7 @@ pub use postgres::PostgresStore;
 pub use projection::{ProjectionRecord, ProjectionState, ProjectionStore};
 pub use queue::{
     ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lease, MAX_TRACEPARENT, NewTask,
-    Pressure, QueueStats, Reaped, Registered, TaskKind, WorkerInfo, WorkerLoad,
+    Pressure, PublishedSketch, QueueStats, Reaped, Registered, TaskKind, WorkerInfo, WorkerLoad,
     is_storable_traceparent,
 };
 #[cfg(feature = "redis")]

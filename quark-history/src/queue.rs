@@ -342,6 +342,17 @@ pub struct WorkerInfo {
     pub load: WorkerLoad,
 }
 
+/// A worker's communication sketch as it last published it (see `quark_worker::placement`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedSketch {
+    /// The worker.
+    pub worker_id: String,
+    /// The sketch, encoded by the worker.
+    pub sketch: Vec<u8>,
+    /// When it was published.
+    pub published_at: Timestamp,
+}
+
 /// How close a worker is to its memory limit, as it reports it. Each level includes what the ones
 /// below it do.
 #[derive(

@@ -353,7 +353,7 @@ pub trait Store:
     fn publish_sketch<'a>(&'a self, worker: &'a str, sketch: Vec<u8>) -> BoxFuture<'a, Result<()>>;
 
     /// Every worker's last published sketch: worker id, bytes, when.
-    fn sketches(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>, Timestamp)>>>;
+    fn sketches(&self) -> BoxFuture<'_, Result<Vec<crate::queue::PublishedSketch>>>;
 
     /// Moves `instance` from worker `from` to worker `to`: its affinity, and its pending tasks',
     /// so that `to` claims its next turn first and `from` drops its warm run (see

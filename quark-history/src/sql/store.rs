@@ -277,7 +277,7 @@ impl<S: SqlStore> Store for S {
         Box::pin(workers::publish_sketch(self, worker, sketch))
     }
 
-    fn sketches(&self) -> BoxFuture<'_, Result<Vec<(String, Vec<u8>, Timestamp)>>> {
+    fn sketches(&self) -> BoxFuture<'_, Result<Vec<crate::queue::PublishedSketch>>> {
         Box::pin(workers::sketches(self))
     }
 

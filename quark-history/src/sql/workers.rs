@@ -295,7 +295,7 @@ pub(crate) async fn publish_sketch<S: SqlStore>(
 }
 
 /// Every published sketch, by worker id.
-pub(crate) async fn sketches<S: SqlStore>(store: &S) -> Result<Vec<(String, Vec<u8>, Timestamp)>> {
+pub(crate) async fn sketches<S: SqlStore>(store: &S) -> Result<Vec<crate::queue::PublishedSketch>> {
     Stmt::<S::Db>::new(
         "SELECT worker_id, sketch, published_at FROM placement_sketches ORDER BY worker_id",
     )
@@ -303,11 +303,11 @@ pub(crate) async fn sketches<S: SqlStore>(store: &S) -> Result<Vec<(String, Vec<
     .await?
     .iter()
     .map(|row| {
-        Ok((
-            row.get("worker_id")?,
-            row.get("sketch")?,
-            Timestamp::from_micros(row.get("published_at")?),
-        ))
+        Ok(crate::queue::PublishedSketch {
+            worker_id: row.get("worker_id")?,
+            sketch: row.get("sketch")?,
+            published_at: Timestamp::from_micros(row.get("published_at")?),
+        })
     })
     .collect()
 }

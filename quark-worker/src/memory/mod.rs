@@ -15,7 +15,7 @@
 //! `workers` table, shown by `quark worker list`) and as metrics.
 //!
 //! The pieces: [`probe`] reads the operating system, [`pressure`] turns readings into levels,
-//! [`governor`] acts on them.
+//! and the governor acts on them.
 
 pub(crate) mod governor;
 pub mod pressure;

@@ -35,7 +35,7 @@ async fn published(t: &TestStore) -> Vec<SketchEdge> {
         .await
         .unwrap()
         .into_iter()
-        .flat_map(|(_, bytes, _)| decode(&bytes).unwrap())
+        .flat_map(|p| decode(&p.sketch).unwrap())
         .collect()
 }
 
