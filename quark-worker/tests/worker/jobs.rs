@@ -53,6 +53,10 @@ fn worker(t: &TestStore) -> Worker {
     Worker::builder()
         .store(Arc::clone(&t.store))
         .poll_interval(Duration::from_millis(10))
+        // Virtual time runs a second a step while jobs run: a lease far longer than the whole
+        // run keeps a busy host from losing one (and claiming the job again under a new
+        // attempt), so the attempts count exactly.
+        .lease(Duration::from_secs(3600))
         .workflows(
             Registry::new()
                 .register(record)
