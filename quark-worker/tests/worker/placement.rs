@@ -57,8 +57,17 @@ async fn it_publishes_who_talks_to_whom_with_its_heartbeats(t: &TestStore) {
         .unwrap()
         .unwrap();
     assert_eq!(result, 12);
+    // A heartbeat may publish between the second child's start and its result: wait for one
+    // after both results.
+    let both_ways = |edges: &[SketchEdge]| {
+        ["callee-3", "callee-3-again"].iter().all(|child| {
+            edges
+                .iter()
+                .any(|e| (e.a == *child || e.b == *child) && e.messages > 1.9)
+        })
+    };
     eventually("the sketch is published", async || {
-        published(t).await.len() >= 2
+        both_ways(&published(t).await)
     })
     .await;
     let edges = published(t).await;
