@@ -145,9 +145,10 @@ impl Cache {
             .iter()
             .filter(|(_, e)| Arc::strong_count(&e.slot) == 1)
             .map(|(id, e)| {
-                let age = tick.saturating_sub(e.used) as f64;
-                let heat = f64::from(e.hits) * 0.5f64.powf(age / half_life);
-                (e.footprint as f64 / (1.0 + heat), e.used, id.clone())
+                let age = tick.saturating_sub(e.used);
+                let score =
+                    crate::runner::live::eviction_score(e.footprint, e.hits, age, half_life);
+                (score, e.used, id.clone())
             })
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
