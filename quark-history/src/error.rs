@@ -212,6 +212,16 @@ pub enum Error {
         /// The id.
         worker_id: String,
     },
+    /// A lease on a role ([`Store::lead`](crate::Store::lead)) expired or passed to another
+    /// holder before the work done under it was committed: nothing was changed. The old holder
+    /// stops acting in the role; whoever holds it now decides again.
+    #[error("the lease on `{role}` of epoch {epoch} is no longer held; nothing was changed")]
+    NotLeader {
+        /// The role.
+        role: String,
+        /// The epoch that was lost.
+        epoch: u64,
+    },
 }
 
 impl Error {

@@ -353,6 +353,50 @@ pub struct PublishedSketch {
     pub published_at: Timestamp,
 }
 
+/// A move of an instance from one worker to another ([`Store::move_affinities`]).
+///
+/// [`Store::move_affinities`]: crate::Store::move_affinities
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AffinityMove {
+    /// The instance.
+    pub instance: String,
+    /// The worker it should have now; the move happens only if it does.
+    pub from: String,
+    /// The worker it moves to.
+    pub to: String,
+}
+
+impl AffinityMove {
+    /// A move of `instance` from worker `from` to worker `to`.
+    pub fn new(
+        instance: impl Into<String>,
+        from: impl Into<String>,
+        to: impl Into<String>,
+    ) -> AffinityMove {
+        AffinityMove {
+            instance: instance.into(),
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+}
+
+/// A lease on a role that one holder at a time plays ([`Store::lead`]). Whatever the holder does
+/// under the role is fenced on the epoch, which grows each time the role changes hands.
+///
+/// [`Store::lead`]: crate::Store::lead
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    /// The role.
+    pub role: String,
+    /// Who holds it.
+    pub holder: String,
+    /// Which tenure: 1 for the first holder, one more at each change of hands.
+    pub epoch: u64,
+    /// When the lease expires unless renewed, by the store's clock.
+    pub expires_at: Timestamp,
+}
+
 /// How close a worker is to its memory limit, as it reports it. Each level includes what the ones
 /// below it do.
 #[derive(

@@ -21,8 +21,8 @@ use crate::outbox::{
     WindowOutcome,
 };
 use crate::queue::{
-    ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lease, NewTask, QueueStats, Reaped,
-    Registered, WorkerInfo,
+    AffinityMove, ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lead, Lease, NewTask,
+    QueueStats, Reaped, Registered, WorkerInfo,
 };
 use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
 use crate::wakeup::Wakeups;
@@ -355,17 +355,42 @@ pub trait Store:
     /// Every worker's last published sketch: worker id, bytes, when.
     fn sketches(&self) -> BoxFuture<'_, Result<Vec<crate::queue::PublishedSketch>>>;
 
-    /// Moves `instance` from worker `from` to worker `to`: its affinity, and its pending tasks',
-    /// so that `to` claims its next turn first and `from` drops its warm run (see
-    /// [`moved_away`](Store::moved_away)). Compare-and-set: `false`, and nothing changed, if its
-    /// affinity is not `from` (a later turn ran elsewhere, or another move won). Running turns
-    /// are not disturbed: a turn's lease fences it, whichever worker holds it.
-    fn move_affinity<'a>(
+    /// Of `instances`, the running ones that have an affinity (a worker that ran their last turn
+    /// or was given them by a move), with that worker's id, ordered by instance id.
+    fn affinities<'a>(
         &'a self,
-        instance: &'a str,
-        from: &'a str,
-        to: &'a str,
-    ) -> BoxFuture<'a, Result<bool>>;
+        instances: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>>>;
+
+    /// Moves instances between workers: each instance's affinity, and its pending tasks', from
+    /// its move's `from` to its `to`, so that `to` claims its next turn first and `from` drops its
+    /// warm run (see [`moved_away`](Store::moved_away)). One transaction; for each move, whether
+    /// it happened: compare-and-set, so a move whose instance's affinity is no longer `from` (a
+    /// later turn ran elsewhere, or another move won) changes nothing. Running turns are not
+    /// disturbed: a turn's lease fences it, whichever worker holds it.
+    ///
+    /// With a `lead` (the placement coordinator's), the moves happen only while that lead is
+    /// current; otherwise [`Error::NotLeader`](crate::Error::NotLeader) and nothing moves.
+    fn move_affinities<'a>(
+        &'a self,
+        moves: &'a [AffinityMove],
+        lead: Option<&'a Lead>,
+    ) -> BoxFuture<'a, Result<Vec<bool>>>;
+
+    /// Takes or renews the lease on `role` (for example `"placement"`) for `holder`, until `ttl`
+    /// from now by the store's clock. Renewed with the same epoch if `holder` holds it; taken
+    /// with the next epoch if nobody holds it or the lease expired; `None` if another holder's
+    /// lease is current. At most one holder per role at a time, by the store's clock.
+    fn lead<'a>(
+        &'a self,
+        role: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<Lead>>>;
+
+    /// Gives up `lead` at once, so that another holder can take the role without waiting for it
+    /// to expire. A lead that passed on already is left alone.
+    fn resign<'a>(&'a self, lead: &'a Lead) -> BoxFuture<'a, Result<()>>;
 
     /// Where the data lives, as text that is the same for every process on this host that opens
     /// the same database: the SQLite file's canonical path, or the PostgreSQL server and

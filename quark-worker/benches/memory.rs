@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use quark_history::{PostgresStore, Store, StoreConfig};
+use quark_history::{AffinityMove, PostgresStore, Store, StoreConfig};
 use quark_worker::Worker;
 use quark_worker::memory::{MemoryProbe, ProcProbe};
 use quark_workflow::{
@@ -446,7 +446,9 @@ async fn migrate(moves: usize, sizes: &[usize]) -> anyhow::Result<()> {
                 let ids = ["a", "b"];
                 let started = std::time::Instant::now();
                 anyhow::ensure!(
-                    store.move_affinity(&id, ids[from], ids[to]).await?,
+                    store
+                        .move_affinities(&[AffinityMove::new(&id, ids[from], ids[to])], None)
+                        .await?[0],
                     "move lost"
                 );
                 client.signal(&id, "go", &(m as u64 + 1)).await?;

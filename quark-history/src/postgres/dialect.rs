@@ -111,6 +111,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "placement sketches",
         include_str!("../../migrations/postgres/0019_placement_sketches.sql"),
     ),
+    (
+        20,
+        "leaders",
+        include_str!("../../migrations/postgres/0020_leaders.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -248,63 +248,6 @@ async fn insert_or_read<S: SqlStore>(
     Ok((inserted, existing))
 }
 
-/// Of `instances`, those whose affinity is not `worker`, in the order given.
-pub(crate) async fn moved_away<S: SqlStore>(
-    store: &S,
-    worker: &str,
-    instances: &[String],
-) -> Result<Vec<String>> {
-    if instances.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut conn = store.reader().acquire().await?;
-    let stmt = Stmt::<S::Db>::new(sql(format!(
-        "SELECT id FROM instances WHERE {} AND (affinity IS NULL OR affinity <> $2)",
-        S::Db::in_list("id", 1)
-    )));
-    let gone: std::collections::HashSet<String> = S::Db::bind_texts(stmt, instances.to_vec())
-        .bind(worker)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| row.get::<String>("id"))
-        .collect::<Result<_>>()?;
-    Ok(instances
-        .iter()
-        .filter(|id| gone.contains(*id))
-        .cloned()
-        .collect())
-}
-
-/// Moves `instance`'s affinity from worker `from` to worker `to`, with its pending tasks';
-/// `false` (and nothing changed) if its affinity is not `from`.
-pub(crate) async fn move_affinity<S: SqlStore>(
-    store: &S,
-    instance: &str,
-    from: &str,
-    to: &str,
-) -> Result<bool> {
-    let mut tx = store.begin_write().await?;
-    let moved =
-        Stmt::<S::Db>::new("UPDATE instances SET affinity = $3 WHERE id = $1 AND affinity = $2")
-            .bind(instance)
-            .bind(from)
-            .bind(to)
-            .execute(&mut tx)
-            .await?;
-    if moved == 0 {
-        return Ok(false);
-    }
-    Stmt::<S::Db>::new("UPDATE tasks SET affinity = $3 WHERE instance_id = $1 AND affinity = $2")
-        .bind(instance)
-        .bind(from)
-        .bind(to)
-        .execute(&mut tx)
-        .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
 /// One instance, or `None`.
 pub(crate) async fn get_instance<S: SqlStore>(
     store: &S,

@@ -31,6 +31,7 @@ pub(crate) mod jobs;
 pub(crate) mod journal;
 pub(crate) mod locked;
 pub(crate) mod outbox;
+mod placement;
 mod projections;
 pub(crate) mod queue;
 mod queue_settings;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::{Dialect, SqlStore, instances, journal, queue, workers};
+use super::{Dialect, SqlStore, instances, journal, placement, queue, workers};
 use crate::clock::Timestamp;
 use crate::commit::{Commit, Committed};
 use crate::error::Result;
@@ -20,8 +20,8 @@ use crate::instance::{
 };
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::queue::{
-    ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lease, QueueStats, Reaped, Registered,
-    WorkerInfo,
+    AffinityMove, ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lead, Lease, QueueStats,
+    Reaped, Registered, WorkerInfo,
 };
 use crate::store::{Backend, Store, StoreConfig};
 use crate::transaction::StoreTx;
@@ -270,24 +270,43 @@ impl<S: SqlStore> Store for S {
         worker: &'a str,
         instances: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<String>>> {
-        Box::pin(instances::moved_away(self, worker, instances))
+        Box::pin(placement::moved_away(self, worker, instances))
     }
 
     fn publish_sketch<'a>(&'a self, worker: &'a str, sketch: Vec<u8>) -> BoxFuture<'a, Result<()>> {
-        Box::pin(workers::publish_sketch(self, worker, sketch))
+        Box::pin(placement::publish_sketch(self, worker, sketch))
     }
 
     fn sketches(&self) -> BoxFuture<'_, Result<Vec<crate::queue::PublishedSketch>>> {
-        Box::pin(workers::sketches(self))
+        Box::pin(placement::sketches(self))
     }
 
-    fn move_affinity<'a>(
+    fn affinities<'a>(
         &'a self,
-        instance: &'a str,
-        from: &'a str,
-        to: &'a str,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(instances::move_affinity(self, instance, from, to))
+        instances: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+        Box::pin(placement::affinities(self, instances))
+    }
+
+    fn move_affinities<'a>(
+        &'a self,
+        moves: &'a [AffinityMove],
+        lead: Option<&'a Lead>,
+    ) -> BoxFuture<'a, Result<Vec<bool>>> {
+        Box::pin(placement::move_affinities(self, moves, lead))
+    }
+
+    fn lead<'a>(
+        &'a self,
+        role: &'a str,
+        holder: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<Lead>>> {
+        Box::pin(placement::lead(self, role, holder, ttl))
+    }
+
+    fn resign<'a>(&'a self, lead: &'a Lead) -> BoxFuture<'a, Result<()>> {
+        Box::pin(placement::resign(self, lead))
     }
 
     fn location(&self) -> String {

@@ -92,6 +92,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "placement sketches",
         include_str!("../../migrations/sqlite/0016_placement_sketches.sql"),
     ),
+    (
+        17,
+        "leaders",
+        include_str!("../../migrations/sqlite/0017_leaders.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

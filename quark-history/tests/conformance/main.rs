@@ -21,6 +21,7 @@ mod jobs;
 mod journal;
 mod outbox;
 mod outbox_window;
+mod placement;
 mod queue;
 mod readiness;
 mod schedules;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use quark_history::Clock;
 use quark_history::testing::TestStore;
 use quark_history::{
-    ClaimRequest, Commit, Error, Expected, FailAction, HistoryEvent, HistoryRange, NewTask,
-    Payload, QueueStats, TaskKind, WorkerInfo,
+    AffinityMove, ClaimRequest, Commit, Error, Expected, FailAction, HistoryEvent, HistoryRange,
+    NewTask, Payload, QueueStats, TaskKind, WorkerInfo,
 };
 
 use crate::support::{claim_all, conformance, start};
@@ -802,12 +802,24 @@ async fn it_makes_the_worker_that_completed_a_turn_the_instance_s_affinity(t: &T
     assert_eq!(t.store.moved_away("w2", &kept).await.unwrap(), ["loose"]);
     assert!(t.store.moved_away("w2", &[]).await.unwrap().is_empty());
     // A move is a compare-and-set on the affinity, and takes the pending tasks along.
-    assert!(!t.store.move_affinity("sticky", "w1", "w3").await.unwrap());
+    assert_eq!(
+        t.store
+            .move_affinities(&[AffinityMove::new("sticky", "w1", "w3")], None)
+            .await
+            .unwrap(),
+        [false]
+    );
     t.store
         .enqueue(vec![NewTask::orchestration("default", "sticky")])
         .await
         .unwrap();
-    assert!(t.store.move_affinity("sticky", "w2", "w3").await.unwrap());
+    assert!(
+        t.store
+            .move_affinities(&[AffinityMove::new("sticky", "w2", "w3")], None)
+            .await
+            .unwrap()
+            == [true]
+    );
     assert_eq!(affinity().await.as_deref(), Some("w3"));
     // w3 is a live worker: its affinity holds.
     t.store

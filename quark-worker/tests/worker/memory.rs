@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use quark_history::testing::{TestStore, eventually};
-use quark_history::{Pressure, WorkerLoad};
+use quark_history::{AffinityMove, Pressure, WorkerLoad};
 use quark_worker::cli::{Cli, Command, run_on};
 use quark_worker::memory::{LeakDetection, MemoryConfig, MemoryProbe};
 use quark_worker::{RunningWorker, Worker};
@@ -401,10 +401,18 @@ async fn it_serves_a_moved_instance_on_its_new_worker_and_drops_the_stale_run(t:
     // The move: a compare-and-set on the affinity. The source drops its run, whose state the
     // target will hold from the next turn on.
     assert!(
-        !t.store.move_affinity("mover", &b_id, &a_id).await.unwrap(),
+        !t.store
+            .move_affinities(&[AffinityMove::new("mover", &b_id, &a_id)], None)
+            .await
+            .unwrap()[0],
         "a move from the wrong worker changes nothing"
     );
-    assert!(t.store.move_affinity("mover", &a_id, &b_id).await.unwrap());
+    assert!(
+        t.store
+            .move_affinities(&[AffinityMove::new("mover", &a_id, &b_id)], None)
+            .await
+            .unwrap()[0]
+    );
     eventually("the source dropped its stale run", async || {
         a.worker().live_instances().is_empty()
     })

@@ -1,0 +1,161 @@
+//! Placement: one placement coordinator at a time under a lease whose epoch fences its moves, and
+//! where live instances are.
+
+use std::time::Duration;
+
+use quark_history::testing::TestStore;
+use quark_history::{
+    AffinityMove, ClaimRequest, Clock, Commit, Error, Expected, HistoryEvent, Payload,
+};
+
+use crate::support::{conformance, start};
+
+conformance!(
+    it_gives_a_role_to_one_holder_at_a_time_and_a_new_epoch_at_each_change_of_hands,
+    it_moves_instances_only_under_the_current_lead,
+    it_tells_where_running_instances_are,
+);
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn it_gives_a_role_to_one_holder_at_a_time_and_a_new_epoch_at_each_change_of_hands(
+    t: &TestStore,
+) {
+    let first = t.store.lead("placement", "w1", TTL).await.unwrap().unwrap();
+    assert_eq!((first.holder.as_str(), first.epoch), ("w1", 1));
+    assert_eq!(
+        first.expires_at.as_micros(),
+        t.clock.now().as_micros() + 10_000_000
+    );
+    assert_eq!(t.store.lead("placement", "w2", TTL).await.unwrap(), None);
+    // Another role is independent.
+    assert_eq!(
+        t.store
+            .lead("other", "w2", TTL)
+            .await
+            .unwrap()
+            .unwrap()
+            .epoch,
+        1
+    );
+    // Renewing keeps the epoch and extends the lease.
+    t.clock.advance(TTL / 2);
+    let renewed = t.store.lead("placement", "w1", TTL).await.unwrap().unwrap();
+    assert_eq!(renewed.epoch, 1);
+    assert!(renewed.expires_at > first.expires_at);
+    t.clock.advance(TTL / 2 + Duration::from_millis(1));
+    assert_eq!(
+        t.store.lead("placement", "w2", TTL).await.unwrap(),
+        None,
+        "still w1's"
+    );
+    // Expired: the next holder gets the next epoch, and the old one cannot renew.
+    t.clock.advance(TTL);
+    let second = t.store.lead("placement", "w2", TTL).await.unwrap().unwrap();
+    assert_eq!((second.holder.as_str(), second.epoch), ("w2", 2));
+    assert_eq!(t.store.lead("placement", "w1", TTL).await.unwrap(), None);
+    // Resigning hands it on at once; resigning a lead that passed on changes nothing.
+    t.store.resign(&renewed).await.unwrap();
+    assert_eq!(t.store.lead("placement", "w1", TTL).await.unwrap(), None);
+    t.store.resign(&second).await.unwrap();
+    let third = t.store.lead("placement", "w1", TTL).await.unwrap().unwrap();
+    assert_eq!(third.epoch, 3);
+}
+
+/// Gives `id` an affinity to `worker` by running a turn of it there, with `events`.
+async fn run_turn_with(t: &TestStore, id: &str, worker: &str, events: Vec<HistoryEvent>) {
+    start(t, id).await;
+    let task = t
+        .store
+        .claim(ClaimRequest::new(worker, ["default"]).limit(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.instance_id.as_deref() == Some(id))
+        .expect("the instance's first turn");
+    t.store
+        .commit(
+            Commit::new()
+                .append(id, Expected::Any, events)
+                .complete(task.lease),
+        )
+        .await
+        .unwrap();
+}
+
+async fn run_turn(t: &TestStore, id: &str, worker: &str) {
+    run_turn_with(t, id, worker, Vec::new()).await;
+}
+
+async fn it_moves_instances_only_under_the_current_lead(t: &TestStore) {
+    run_turn(t, "a", "w1").await;
+    run_turn(t, "b", "w1").await;
+    let old = t.store.lead("placement", "c1", TTL).await.unwrap().unwrap();
+    let moved = t
+        .store
+        .move_affinities(
+            &[
+                AffinityMove::new("a", "w1", "w2"),
+                AffinityMove::new("b", "w9", "w2"),
+            ],
+            Some(&old),
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, [true, false], "b is not on w9: compare-and-set");
+    let ids = ["a".to_owned(), "b".to_owned()];
+    assert_eq!(
+        t.store.affinities(&ids).await.unwrap(),
+        [("a".into(), "w2".into()), ("b".into(), "w1".into())]
+    );
+    // The lease passes to c2 while c1 still believes it leads: c1's moves are refused whole.
+    t.clock.advance(TTL * 2);
+    let new = t.store.lead("placement", "c2", TTL).await.unwrap().unwrap();
+    let err = t
+        .store
+        .move_affinities(&[AffinityMove::new("b", "w1", "w3")], Some(&old))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotLeader { ref role, epoch: 1 } if role == "placement"),
+        "{err:?}"
+    );
+    assert_eq!(
+        t.store.affinities(&ids).await.unwrap()[1],
+        ("b".into(), "w1".into()),
+        "nothing moved"
+    );
+    // An expired lead is refused too, even before anyone else takes the role.
+    assert_eq!(
+        t.store
+            .move_affinities(&[AffinityMove::new("b", "w1", "w3")], Some(&new))
+            .await
+            .unwrap(),
+        [true]
+    );
+    t.clock.advance(TTL);
+    assert!(matches!(
+        t.store
+            .move_affinities(&[AffinityMove::new("b", "w3", "w1")], Some(&new))
+            .await,
+        Err(Error::NotLeader { epoch: 2, .. })
+    ));
+}
+
+async fn it_tells_where_running_instances_are(t: &TestStore) {
+    run_turn(t, "on-w1", "w1").await;
+    start(t, "never-ran").await;
+    let end = HistoryEvent::WorkflowCompleted {
+        output: Payload::json(&"done").unwrap(),
+    };
+    run_turn_with(t, "ended", "w2", vec![end]).await;
+    let asked: Vec<String> = ["ended", "ghost", "never-ran", "on-w1"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(
+        t.store.affinities(&asked).await.unwrap(),
+        [("on-w1".into(), "w1".into())],
+        "only running instances that have a worker"
+    );
+    assert!(t.store.affinities(&[]).await.unwrap().is_empty());
+}
