@@ -140,8 +140,8 @@ pub use postgres::PostgresStore;
 pub use projection::{ProjectionRecord, ProjectionState, ProjectionStore};
 pub use queue::{
     AffinityMove, ClaimRequest, ClaimedTask, DeadTask, FailAction, Incarnation, Lead, Lease,
-    MAX_TRACEPARENT, NewTask, Pressure, PublishedSketch, QueueStats, Reaped, Registered, TaskKind,
-    WorkerInfo, WorkerLoad, is_storable_traceparent,
+    MAX_TRACEPARENT, NewTask, Placed, Pressure, PublishedSketch, QueueStats, Reaped, Registered,
+    TaskKind, WorkerInfo, WorkerLoad, is_storable_traceparent,
 };
 #[cfg(feature = "redis")]
 pub use redis_log::{DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX, GroupEntry, LeaseToken, RedisLog};

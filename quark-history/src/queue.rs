@@ -381,6 +381,20 @@ impl AffinityMove {
     }
 }
 
+/// Where a running instance is: the worker of its affinity, and its queue
+/// ([`Store::affinities`]).
+///
+/// [`Store::affinities`]: crate::Store::affinities
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Placed {
+    /// The instance.
+    pub instance: String,
+    /// The worker that ran its last turn, or that a move gave it to.
+    pub worker: String,
+    /// The queue its turns go to.
+    pub queue: String,
+}
+
 /// A lease on a role that one holder at a time plays ([`Store::lead`]). Whatever the holder does
 /// under the role is fenced on the epoch, which grows each time the role changes hands.
 ///

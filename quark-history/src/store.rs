@@ -21,7 +21,7 @@ use crate::outbox::{
     WindowOutcome,
 };
 use crate::queue::{
-    AffinityMove, ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lead, Lease, NewTask,
+    AffinityMove, ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lead, Lease, NewTask, Placed,
     QueueStats, Reaped, Registered, WorkerInfo,
 };
 use crate::schedule::{Fire, ScheduleRecord, ScheduleSpec, Upserted};
@@ -356,11 +356,9 @@ pub trait Store:
     fn sketches(&self) -> BoxFuture<'_, Result<Vec<crate::queue::PublishedSketch>>>;
 
     /// Of `instances`, the running ones that have an affinity (a worker that ran their last turn
-    /// or was given them by a move), with that worker's id, ordered by instance id.
-    fn affinities<'a>(
-        &'a self,
-        instances: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<(String, String)>>>;
+    /// or was given them by a move), with that worker's id and their queue, ordered by instance
+    /// id.
+    fn affinities<'a>(&'a self, instances: &'a [String]) -> BoxFuture<'a, Result<Vec<Placed>>>;
 
     /// Moves instances between workers: each instance's affinity, and its pending tasks', from
     /// its move's `from` to its `to`, so that `to` claims its next turn first and `from` drops its

@@ -51,6 +51,7 @@ pub struct WorkerBuilder<S = HasStore> {
     /// How the worker watches its memory; `None`: it does not.
     memory: Option<crate::memory::MemoryConfig>,
     memory_probe: Option<Arc<dyn crate::memory::MemoryProbe>>,
+    placement: Option<crate::placement::coordinator::PlacementConfig>,
 }
 
 type ProjectionFactory = Box<
@@ -146,6 +147,7 @@ impl Default for WorkerBuilder<NoStore> {
             projections: Vec::new(),
             memory: Some(crate::memory::MemoryConfig::default()),
             memory_probe: None,
+            placement: Some(crate::placement::coordinator::PlacementConfig::default()),
         }
     }
 }
@@ -173,6 +175,7 @@ impl<S> WorkerBuilder<S> {
             projections: self.projections,
             memory: self.memory,
             memory_probe: self.memory_probe,
+            placement: self.placement,
         }
     }
 
@@ -202,7 +205,10 @@ impl<S> WorkerBuilder<S> {
         self
     }
 
-    /// A placement label (`region`, `zone`, `rack`, ...).
+    /// A label: where the worker is (`region`, `zone`, `rack`), which placement uses, or
+    /// anything else an operator wants to see in `quark worker list`. A topology label that is
+    /// empty, misspelt (`Zone`, `az`, `dc`) or without its wider level (a `rack` without a
+    /// `zone`) fails [`build`](WorkerBuilder::build).
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings
             .labels
@@ -296,6 +302,21 @@ impl<S> WorkerBuilder<S> {
     /// allows whatever its memory, and claims whatever its memory.
     pub fn without_memory_governor(mut self) -> Self {
         self.memory = None;
+        self
+    }
+
+    /// How the placement coordinator works (see [`crate::placement::coordinator`]). On by
+    /// default: every worker may coordinate, one at a time does, and it moves instances between
+    /// the workers that serve their queue for locality every 30 s and at once to relieve a
+    /// worker under memory pressure.
+    pub fn placement(mut self, config: crate::placement::coordinator::PlacementConfig) -> Self {
+        self.placement = Some(config);
+        self
+    }
+
+    /// This worker never coordinates placement (others may still move its instances).
+    pub fn without_placement(mut self) -> Self {
+        self.placement = None;
         self
     }
 
@@ -463,6 +484,11 @@ impl WorkerBuilder<HasStore> {
                 "the concurrency for {kind} tasks is 0"
             )));
         }
+        crate::placement::topology::Place::from_labels(&s.labels)
+            .map_err(|e| BuildError::Invalid(e.to_string()))?;
+        if let Some(placement) = &self.placement {
+            placement.validate().map_err(BuildError::Invalid)?;
+        }
         let memory = match self.memory {
             Some(config) => {
                 let probe = self
@@ -516,6 +542,7 @@ impl WorkerBuilder<HasStore> {
         }
         Ok(Worker {
             memory,
+            placement: self.placement,
             projections: Arc::new(projections),
             routes: Arc::new(routes),
             relay: Arc::new(relay),

@@ -165,6 +165,14 @@ fn describe() {
         "Warm runs a worker dropped because another worker ran a later turn of their instance"
     );
     describe_counter!(
+        names::PLACEMENT_ROUNDS,
+        "Placement rounds a worker ran as the coordinator, by reason (locality, memory)"
+    );
+    describe_counter!(
+        names::PLACEMENT_MOVES,
+        "Instances the placement coordinator moved between workers, by reason (locality, memory)"
+    );
+    describe_counter!(
         names::LEAKS,
         "Warm runs flagged as suspected leaks (far above their peers' footprint) and evicted"
     );

@@ -15,6 +15,7 @@ pub(crate) async fn keep(
     shared: Arc<Shared>,
     mut info: WorkerInfo,
     load: Box<dyn Fn() -> quark_history::WorkerLoad + Send + Sync>,
+    warm: Box<dyn Fn() -> Vec<quark_workflow::runner::LiveInstance> + Send + Sync>,
 ) {
     let mut tick = tokio::time::interval(shared.settings.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,7 +42,7 @@ pub(crate) async fn keep(
         if !regular {
             continue;
         }
-        crate::placement::sketch::publish(&shared).await;
+        crate::placement::sketch::publish(&shared, warm()).await;
         let leases: Vec<Lease> = shared
             .in_flight()
             .values()

@@ -46,6 +46,8 @@ pub(crate) mod names {
     pub(crate) const MEMORY_EVICTIONS: &str = "quark_memory_evictions_total";
     pub(crate) const LEAKS: &str = "quark_leaks_suspected_total";
     pub(crate) const MOVED_AWAY: &str = "quark_runs_moved_away_total";
+    pub(crate) const PLACEMENT_ROUNDS: &str = "quark_placement_rounds_total";
+    pub(crate) const PLACEMENT_MOVES: &str = "quark_placement_moves_total";
 }
 
 /// The labels of a running task's figures.
@@ -109,6 +111,8 @@ pub(crate) struct Metrics {
     leaks_suspected: AtomicU64,
     breaker_trips: AtomicU64,
     moved_away: AtomicU64,
+    placement_rounds: AtomicU64,
+    placement_moves: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -155,6 +159,10 @@ pub struct MetricsSnapshot {
     pub breaker_trips: u64,
     /// Warm runs dropped because another worker ran a later turn of their instance.
     pub moved_away: u64,
+    /// Placement rounds this worker ran as the coordinator.
+    pub placement_rounds: u64,
+    /// Instances this worker, as the coordinator, moved between workers.
+    pub placement_moves: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -292,6 +300,16 @@ impl Metrics {
         metrics::counter!(names::MOVED_AWAY).increment(freed.count as u64);
     }
 
+    /// A placement round ran here (this worker coordinates), and moved `moved` instances for
+    /// `why` (`locality` or `memory`).
+    pub(crate) fn placement_round(&self, moved: usize, why: &'static str) {
+        inc(&self.placement_rounds);
+        self.placement_moves
+            .fetch_add(moved as u64, Ordering::Relaxed);
+        metrics::counter!(names::PLACEMENT_ROUNDS, "reason" => why).increment(1);
+        metrics::counter!(names::PLACEMENT_MOVES, "reason" => why).increment(moved as u64);
+    }
+
     /// The circuit breaker opened.
     pub(crate) fn breaker_tripped(&self) {
         inc(&self.breaker_trips);
@@ -363,6 +381,8 @@ impl Metrics {
             leaks_suspected: get(&self.leaks_suspected),
             breaker_trips: get(&self.breaker_trips),
             moved_away: get(&self.moved_away),
+            placement_rounds: get(&self.placement_rounds),
+            placement_moves: get(&self.placement_moves),
         }
     }
 }

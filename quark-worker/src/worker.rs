@@ -46,6 +46,8 @@ pub struct Worker {
     pub(crate) projections: Arc<Vec<Arc<dyn quark_workflow::projection::RunProjection>>>,
     /// The memory governor's settings, if memory is governed.
     pub(crate) memory: Option<crate::memory::Resolved>,
+    /// The placement coordinator's settings, if this worker may coordinate.
+    pub(crate) placement: Option<crate::placement::coordinator::PlacementConfig>,
 }
 
 impl fmt::Debug for Worker {
@@ -224,7 +226,7 @@ impl Worker {
         });
         // Not aborted at shutdown either: each gives up its lease, so another worker takes over
         // at once.
-        let projections = self
+        let mut leased: Vec<JoinHandle<()>> = self
             .projections
             .iter()
             .map(|p| {
@@ -234,6 +236,12 @@ impl Worker {
                 ))
             })
             .collect();
+        if let Some(placement) = &self.placement {
+            leased.push(tokio::spawn(crate::placement::coordinator::run(
+                Arc::clone(&self.shared),
+                placement.clone(),
+            )));
+        }
         if let Some(memory) = &self.memory {
             tasks.push(tokio::spawn(crate::memory::governor::run(
                 Arc::clone(&self.shared),
@@ -252,6 +260,10 @@ impl Worker {
             Arc::clone(&self.shared),
             self.info(),
             Box::new(move || worker.load()),
+            Box::new({
+                let worker = self.clone();
+                move || worker.live_instances()
+            }),
         ));
         tasks.push(tokio::spawn(lease::reap(Arc::clone(&self.shared))));
         // The gauges follow the worker between scrapes too, for a recorder that is not scraped
@@ -283,7 +295,7 @@ impl Worker {
             pollers: tasks,
             scheduler,
             relay,
-            projections,
+            leased,
             keeper,
         })
     }
@@ -362,8 +374,9 @@ pub struct RunningWorker {
     pollers: Vec<JoinHandle<()>>,
     scheduler: Option<JoinHandle<()>>,
     relay: Option<JoinHandle<()>>,
-    /// The projections' loops: each finishes its page and gives up its lease at shutdown.
-    projections: Vec<JoinHandle<()>>,
+    /// The loops that hold a lease (the projections', the placement coordinator's): each
+    /// finishes what it is doing and gives up its lease at shutdown.
+    leased: Vec<JoinHandle<()>>,
     keeper: JoinHandle<()>,
 }
 
@@ -423,9 +436,9 @@ impl RunningWorker {
                 abort.abort();
             }
         }
-        for projection in std::mem::take(&mut self.projections) {
-            let abort = projection.abort_handle();
-            if tokio::time::timeout_at(deadline, projection).await.is_err() {
+        for looping in std::mem::take(&mut self.leased) {
+            let abort = looping.abort_handle();
+            if tokio::time::timeout_at(deadline, looping).await.is_err() {
                 // Its page rolls back with the connection; its lease runs out by itself.
                 abort.abort();
             }
@@ -480,8 +493,8 @@ impl Drop for RunningWorker {
         if let Some(relay) = &self.relay {
             relay.abort();
         }
-        for projection in &self.projections {
-            projection.abort();
+        for looping in &self.leased {
+            looping.abort();
         }
         self.keeper.abort();
     }

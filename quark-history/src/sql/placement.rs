@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{Dialect, SqlStore, Stmt};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::queue::{AffinityMove, Lead, PublishedSketch};
+use crate::queue::{AffinityMove, Lead, Placed, PublishedSketch};
 
 fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
@@ -91,13 +91,13 @@ pub(crate) async fn moved_away<S: SqlStore>(
 pub(crate) async fn affinities<S: SqlStore>(
     store: &S,
     instances: &[String],
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<Placed>> {
     if instances.is_empty() {
         return Ok(Vec::new());
     }
     let mut conn = store.reader().acquire().await?;
     let stmt = Stmt::<S::Db>::new(sql(format!(
-        "SELECT id, affinity FROM instances WHERE {} AND status = 'running' \
+        "SELECT id, affinity, queue FROM instances WHERE {} AND status = 'running' \
          AND affinity IS NOT NULL ORDER BY id",
         S::Db::in_list("id", 1)
     )));
@@ -105,7 +105,13 @@ pub(crate) async fn affinities<S: SqlStore>(
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(|row| Ok((row.get("id")?, row.get("affinity")?)))
+        .map(|row| {
+            Ok(Placed {
+                instance: row.get("id")?,
+                worker: row.get("affinity")?,
+                queue: row.get("queue")?,
+            })
+        })
         .collect()
 }
 

@@ -20,8 +20,8 @@ use crate::instance::{
 };
 use crate::journal::{ChainReport, GlobalEvent, GlobalPosition, HistoryRange};
 use crate::queue::{
-    AffinityMove, ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lead, Lease, QueueStats,
-    Reaped, Registered, WorkerInfo,
+    AffinityMove, ClaimRequest, ClaimedTask, DeadTask, Incarnation, Lead, Lease, Placed,
+    QueueStats, Reaped, Registered, WorkerInfo,
 };
 use crate::store::{Backend, Store, StoreConfig};
 use crate::transaction::StoreTx;
@@ -281,10 +281,7 @@ impl<S: SqlStore> Store for S {
         Box::pin(placement::sketches(self))
     }
 
-    fn affinities<'a>(
-        &'a self,
-        instances: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+    fn affinities<'a>(&'a self, instances: &'a [String]) -> BoxFuture<'a, Result<Vec<Placed>>> {
         Box::pin(placement::affinities(self, instances))
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::{
-    AffinityMove, ClaimRequest, Clock, Commit, Error, Expected, HistoryEvent, Payload,
+    AffinityMove, ClaimRequest, Clock, Commit, Error, Expected, HistoryEvent, Payload, Placed,
 };
 
 use crate::support::{conformance, start};
@@ -87,6 +87,21 @@ async fn run_turn(t: &TestStore, id: &str, worker: &str) {
     run_turn_with(t, id, worker, Vec::new()).await;
 }
 
+fn owned((a, b): (&str, &str)) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+/// Each of `ids` that runs, with its worker.
+async fn where_(t: &TestStore, ids: &[String]) -> Vec<(String, String)> {
+    t.store
+        .affinities(ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.instance, p.worker))
+        .collect()
+}
+
 async fn it_moves_instances_only_under_the_current_lead(t: &TestStore) {
     run_turn(t, "a", "w1").await;
     run_turn(t, "b", "w1").await;
@@ -104,10 +119,7 @@ async fn it_moves_instances_only_under_the_current_lead(t: &TestStore) {
         .unwrap();
     assert_eq!(moved, [true, false], "b is not on w9: compare-and-set");
     let ids = ["a".to_owned(), "b".to_owned()];
-    assert_eq!(
-        t.store.affinities(&ids).await.unwrap(),
-        [("a".into(), "w2".into()), ("b".into(), "w1".into())]
-    );
+    assert_eq!(where_(t, &ids).await, [("a", "w2"), ("b", "w1")].map(owned));
     // The lease passes to c2 while c1 still believes it leads: c1's moves are refused whole.
     t.clock.advance(TTL * 2);
     let new = t.store.lead("placement", "c2", TTL).await.unwrap().unwrap();
@@ -121,8 +133,8 @@ async fn it_moves_instances_only_under_the_current_lead(t: &TestStore) {
         "{err:?}"
     );
     assert_eq!(
-        t.store.affinities(&ids).await.unwrap()[1],
-        ("b".into(), "w1".into()),
+        where_(t, &ids).await[1],
+        owned(("b", "w1")),
         "nothing moved"
     );
     // An expired lead is refused too, even before anyone else takes the role.
@@ -154,7 +166,11 @@ async fn it_tells_where_running_instances_are(t: &TestStore) {
         .to_vec();
     assert_eq!(
         t.store.affinities(&asked).await.unwrap(),
-        [("on-w1".into(), "w1".into())],
+        [Placed {
+            instance: "on-w1".into(),
+            worker: "w1".into(),
+            queue: "default".into()
+        }],
         "only running instances that have a worker"
     );
     assert!(t.store.affinities(&[]).await.unwrap().is_empty());

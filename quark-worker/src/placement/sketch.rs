@@ -23,6 +23,28 @@ pub const HALF_LIFE: Duration = Duration::from_secs(300);
 /// The heaviest edges a worker publishes with each sketch.
 pub const PUBLISHED: usize = 2_048;
 
+/// The most warm runs a worker lists with each sketch (the largest first).
+pub const PUBLISHED_WARM: usize = 4_096;
+
+/// What a worker publishes: its heaviest edges, and the warm runs it holds with their
+/// footprints, which is what the coordinator weighs and moves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// The heaviest edges, heaviest first.
+    pub edges: Vec<SketchEdge>,
+    /// The warm runs the worker holds, largest first.
+    pub warm: Vec<WarmRun>,
+}
+
+/// A warm run as published: its instance and its estimated footprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmRun {
+    /// The instance.
+    pub instance: String,
+    /// Its estimated footprint, in bytes.
+    pub bytes: u64,
+}
+
 /// One edge as published: two instances and how much passed between them, decayed to the time
 /// of publication.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,14 +207,29 @@ impl Sketch {
     }
 }
 
-/// Publishes `shared`'s heaviest edges (with its heartbeat), if it has any.
-pub(crate) async fn publish(shared: &crate::shared::Shared) {
+/// Publishes `shared`'s heaviest edges and its warm runs (`warm`, largest first), with its
+/// heartbeat, if there is anything to publish.
+pub(crate) async fn publish(
+    shared: &crate::shared::Shared,
+    mut warm: Vec<quark_workflow::runner::LiveInstance>,
+) {
     let now = shared.store.config().clock.now();
-    let top = shared.sketch.top(PUBLISHED, now);
-    if top.is_empty() {
+    let edges = shared.sketch.top(PUBLISHED, now);
+    if edges.is_empty() && warm.is_empty() {
         return;
     }
-    let bytes = match postcard::to_allocvec(&top) {
+    warm.truncate(PUBLISHED_WARM);
+    let published = Published {
+        edges,
+        warm: warm
+            .into_iter()
+            .map(|l| WarmRun {
+                instance: l.instance_id,
+                bytes: l.footprint as u64,
+            })
+            .collect(),
+    };
+    let bytes = match postcard::to_allocvec(&published) {
         Ok(bytes) => bytes,
         Err(e) => {
             tracing::warn!(error = %e, "could not encode the communication sketch");
@@ -209,7 +246,7 @@ pub(crate) async fn publish(shared: &crate::shared::Shared) {
 }
 
 /// Decodes a sketch as a worker published it.
-pub fn decode(bytes: &[u8]) -> Result<Vec<SketchEdge>, postcard::Error> {
+pub fn decode(bytes: &[u8]) -> Result<Published, postcard::Error> {
     postcard::from_bytes(bytes)
 }
 

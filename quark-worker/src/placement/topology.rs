@@ -36,6 +36,27 @@ pub enum TopologyError {
         /// The label's name.
         label: String,
     },
+    /// A label that names a topology level Quark does not know, or a known one misspelt
+    /// (`Zone`, `availability_zone`, `dc`): it would be ignored, and the worker placed as if it
+    /// had no such level. Use `region`, `zone` and `rack`.
+    #[error("worker label `{label}` is not a topology label Quark knows; use `{meant}` instead")]
+    Unknown {
+        /// The label given.
+        label: String,
+        /// The label it most likely means.
+        meant: &'static str,
+    },
+    /// A narrower level without the wider one it is named in (a rack without a zone, a zone
+    /// without a region): two workers in rack `r1` of different zones would look co-located.
+    #[error(
+        "worker label `{label}` needs `{missing}` too: a {label} is named within its {missing}"
+    )]
+    Orphan {
+        /// The narrower label given.
+        label: &'static str,
+        /// The wider label missing.
+        missing: &'static str,
+    },
     /// Measured latencies do not grow with distance (or one is zero). Measure again: a nearer
     /// level can never be slower than a farther one on average.
     #[error("latencies must be positive and grow with distance, got {latencies:?}")]
@@ -75,9 +96,17 @@ impl Place {
         }
     }
 
-    /// Reads a place from a worker's labels. Labels other than [`TOPOLOGY_LABELS`] are ignored;
-    /// a topology label that is not a non-empty string is refused.
+    /// Reads a place from a worker's labels. Labels other than [`TOPOLOGY_LABELS`] are ignored,
+    /// except those that look like a topology level under another name (see
+    /// [`TopologyError::Unknown`]), which are refused; so are a topology label that is not a
+    /// non-empty string, and a rack without a zone or a zone without a region.
     pub fn from_labels(labels: &Map<String, Value>) -> Result<Place, TopologyError> {
+        if let Some((label, meant)) = labels
+            .keys()
+            .find_map(|k| misnamed(k).map(|meant| (k.clone(), meant)))
+        {
+            return Err(TopologyError::Unknown { label, meant });
+        }
         let read = |label: &str| -> Result<Option<String>, TopologyError> {
             match labels.get(label) {
                 None | Some(Value::Null) => Ok(None),
@@ -91,11 +120,24 @@ impl Place {
                 }),
             }
         };
-        Ok(Place {
+        let place = Place {
             region: read("region")?,
             zone: read("zone")?,
             rack: read("rack")?,
-        })
+        };
+        if place.rack.is_some() && place.zone.is_none() {
+            return Err(TopologyError::Orphan {
+                label: "rack",
+                missing: "zone",
+            });
+        }
+        if place.zone.is_some() && place.region.is_none() {
+            return Err(TopologyError::Orphan {
+                label: "zone",
+                missing: "region",
+            });
+        }
+        Ok(place)
     }
 
     /// The region label, if any.
@@ -111,6 +153,26 @@ impl Place {
     /// The rack label, if any.
     pub fn rack(&self) -> Option<&str> {
         self.rack.as_deref()
+    }
+}
+
+/// The topology label `key` most likely means, if it is not one but looks like one: a known
+/// label in other case, plural or with a prefix, or a usual name for a level.
+fn misnamed(key: &str) -> Option<&'static str> {
+    if TOPOLOGY_LABELS.contains(&key) {
+        return None;
+    }
+    let k = key.to_ascii_lowercase().replace(['-', '.', '/'], "_");
+    let k = k
+        .strip_prefix("topology_")
+        .or_else(|| k.strip_prefix("quark_"))
+        .unwrap_or(&k);
+    let k = k.strip_suffix('s').unwrap_or(k);
+    match k {
+        "region" | "geo" => Some("region"),
+        "zone" | "az" | "availability_zone" | "datacenter" | "data_center" | "dc" => Some("zone"),
+        "rack" | "rack_id" | "row" => Some("rack"),
+        _ => None,
     }
 }
 
@@ -296,6 +358,42 @@ mod tests {
             err,
             TopologyError::Empty {
                 label: "zone".into()
+            }
+        );
+    }
+
+    #[test]
+    fn it_refuses_topology_labels_it_does_not_know_and_levels_without_their_parent() {
+        for (label, meant) in [
+            ("Zone", "zone"),
+            ("zones", "zone"),
+            ("availability-zone", "zone"),
+            ("dc", "zone"),
+            ("topology.region", "region"),
+            ("RACK", "rack"),
+        ] {
+            let err =
+                Place::from_labels(&labels(json!({ "region": "eu", label: "x" }))).unwrap_err();
+            assert_eq!(
+                err,
+                TopologyError::Unknown {
+                    label: label.into(),
+                    meant
+                },
+                "{label}"
+            );
+        }
+        assert!(Place::from_labels(&labels(json!({"team": "payments", "host": "h1"}))).is_ok());
+        let err = Place::from_labels(&labels(json!({"rack": "r1"}))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "worker label `rack` needs `zone` too: a rack is named within its zone"
+        );
+        assert_eq!(
+            Place::from_labels(&labels(json!({"zone": "a"}))).unwrap_err(),
+            TopologyError::Orphan {
+                label: "zone",
+                missing: "region"
             }
         );
     }

@@ -14,6 +14,7 @@ use quark_history::testing::{TestStore, eventually};
 use quark_history::{AffinityMove, Pressure, WorkerLoad};
 use quark_worker::cli::{Cli, Command, run_on};
 use quark_worker::memory::{LeakDetection, MemoryConfig, MemoryProbe};
+use quark_worker::placement::coordinator::PlacementConfig;
 use quark_worker::{RunningWorker, Worker};
 use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry, orchestration};
 
@@ -21,6 +22,7 @@ quark_history::backend_tests!(
     it_acts_on_each_memory_threshold_and_loses_no_work,
     it_evicts_a_run_far_larger_than_its_peers_once_and_rebuilds_it,
     it_serves_a_moved_instance_on_its_new_worker_and_drops_the_stale_run,
+    it_moves_warm_state_off_a_worker_under_pressure_before_it_evicts,
 );
 
 const MIB: u64 = 1 << 20;
@@ -82,6 +84,9 @@ fn worker(t: &TestStore, id: &str, memory: Option<(MemoryConfig, Scripted)>) -> 
         // Another worker's affinity holds for an hour: a task moves at once only because its
         // worker hands it away.
         .affinity_delay(Duration::from_secs(3600))
+        // The governor alone: no coordinator moves state off a worker under pressure (the
+        // relief test below turns it on).
+        .without_placement()
         .workflows(registry());
     match memory {
         Some((config, probe)) => builder.memory(config).memory_probe(probe),
@@ -426,6 +431,108 @@ async fn it_serves_a_moved_instance_on_its_new_worker_and_drops_the_stale_run(t:
     assert_eq!(result(&client, "mover").await, 6);
     assert_eq!(a.worker().metrics().claimed, claimed_by_a);
     assert!(b.worker().metrics().claimed >= 1);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+async fn it_moves_warm_state_off_a_worker_under_pressure_before_it_evicts(t: &TestStore) {
+    const RUNS: usize = 6;
+    let client = Client::new(Arc::clone(&t.store));
+    let (a_id, b_id) = (unique("pressed"), unique("roomy"));
+    // A coordinator that only relieves: no balance to keep and nothing talks, so the only
+    // reason to move is memory.
+    let relieving = |id: &str, memory: &Scripted| {
+        let mut options = PlacementConfig::default().options;
+        options.balance.count = false;
+        options.balance.memory = false;
+        options.balance.cpu = false;
+        Worker::builder()
+            .store(Arc::clone(&t.store))
+            .id(id)
+            .poll_interval(Duration::from_millis(10))
+            .heartbeat(Duration::from_millis(50))
+            .lease(Duration::from_secs(3600))
+            .affinity_delay(Duration::from_secs(3600))
+            .memory(config())
+            .memory_probe(memory.clone())
+            .placement(PlacementConfig {
+                every: Duration::from_secs(3600),
+                check_every: Duration::from_millis(50),
+                options,
+                ..PlacementConfig::default()
+            })
+            .workflows(registry())
+            .build()
+            .unwrap()
+    };
+    let (a_memory, b_memory) = (Scripted::default(), Scripted::default());
+    a_memory.set_percent(50);
+    b_memory.set_percent(10);
+    let a = relieving(&a_id, &a_memory).start().await.unwrap();
+    let ids: Vec<String> = (0..RUNS).map(|n| format!("hoard-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        hoarder::start(&client, id, n as u64).await.unwrap();
+    }
+    eventually("the hoards are warm on a", async || {
+        a.worker().live_instances().len() == RUNS
+    })
+    .await;
+    let b = relieving(&b_id, &b_memory).start().await.unwrap();
+    eventually("b is registered", async || {
+        t.store
+            .list_workers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.id == b_id)
+    })
+    .await;
+    assert!(
+        t.store
+            .affinities(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.worker == a_id),
+        "calm, nothing moves"
+    );
+
+    // a passes its warning threshold: the coordinator moves its warm runs to b, which has
+    // room, without a turn of theirs running (a hand-over by claims alone would wait for one),
+    // and a drops them. a never reaches critical, so it evicts nothing.
+    a_memory.set_percent(72);
+    at_level(&a, Pressure::Warning).await;
+    eventually("every hoard moved to b", async || {
+        t.store
+            .affinities(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|p| p.worker == b_id)
+            .count()
+            == RUNS
+    })
+    .await;
+    eventually("a dropped the moved runs", async || {
+        a.worker().live_instances().is_empty()
+    })
+    .await;
+    let moves = a.worker().metrics().placement_moves + b.worker().metrics().placement_moves;
+    assert_eq!(moves, RUNS as u64);
+    assert_eq!(a.worker().metrics().moved_away, RUNS as u64);
+    assert_eq!(a.worker().metrics().evicted_runs, 0);
+
+    // b serves them: their turns run there, and every one completes.
+    let claimed_by_a = a.worker().metrics().claimed;
+    for id in &ids {
+        client.signal(id, "go", &1u64).await.unwrap();
+        client.signal(id, "go", &2u64).await.unwrap();
+    }
+    for id in &ids {
+        // 1 + 2, and the one byte its hoard set.
+        assert_eq!(result(&client, id).await, 4);
+    }
+    assert_eq!(a.worker().metrics().claimed, claimed_by_a);
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -1,16 +1,23 @@
-//! Placement's inputs, on both backends: a worker's commits record who talks to whom (a parent
-//! and its child, an instance and the peer it signals), and its heartbeats publish the heaviest
-//! pairs through the database.
+//! Placement, on both backends: a worker's commits record who talks to whom (a parent and its
+//! child, an instance and the peer it signals), its heartbeats publish the heaviest pairs
+//! through the database, and the coordinator moves instances so that pairs that talk sit on one
+//! worker, within balance, losing nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use quark_history::testing::{TestStore, eventually};
 use quark_worker::Worker;
+use quark_worker::placement::coordinator::PlacementConfig;
+use quark_worker::placement::partition::Options;
 use quark_worker::placement::sketch::{SketchEdge, decode};
 use quark_workflow::{Client, OrchestrationContext, OrchestrationError, Registry, orchestration};
 
-quark_history::backend_tests!(it_publishes_who_talks_to_whom_with_its_heartbeats,);
+quark_history::backend_tests!(
+    it_publishes_who_talks_to_whom_with_its_heartbeats,
+    it_moves_pairs_that_talk_onto_one_worker_and_spreads_them_over_the_workers,
+    it_refuses_to_start_with_topology_labels_it_does_not_know,
+);
 
 #[orchestration]
 async fn callee(_ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
@@ -29,13 +36,27 @@ async fn caller(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationE
     Ok(a + b)
 }
 
+/// Waits for signal `go`, then returns it plus `n`.
+#[orchestration]
+async fn guest(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    let go: u64 = ctx.wait_for_signal("go").await?;
+    Ok(n + go)
+}
+
+/// Starts its guest and waits for its result.
+#[orchestration]
+async fn host(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    ctx.call_child_with_id(guest, &format!("guest-{n}"), &n)
+        .await
+}
+
 async fn published(t: &TestStore) -> Vec<SketchEdge> {
     t.store
         .sketches()
         .await
         .unwrap()
         .into_iter()
-        .flat_map(|p| decode(&p.sketch).unwrap())
+        .flat_map(|p| decode(&p.sketch).unwrap().edges)
         .collect()
 }
 
@@ -89,4 +110,137 @@ async fn it_publishes_who_talks_to_whom_with_its_heartbeats(t: &TestStore) {
         "an instance does not talk to itself"
     );
     running.shutdown().await;
+}
+
+/// A worker that coordinates placement every 50 ms, and moves for any gain (one message between
+/// two instances is enough), and whose affinity holds for an hour: a task goes to another worker
+/// only if the coordinator moves it.
+fn placing_worker(t: &TestStore, id: &str) -> Worker {
+    let options = Options {
+        min_gain: 0.0,
+        min_relative_gain: 0.0,
+        ..PlacementConfig::default().options
+    };
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(id)
+        .poll_interval(Duration::from_millis(10))
+        .heartbeat(Duration::from_millis(50))
+        .lease(Duration::from_secs(3600))
+        .affinity_delay(Duration::from_secs(3600))
+        .without_memory_governor()
+        .placement(PlacementConfig {
+            every: Duration::from_millis(50),
+            check_every: Duration::from_millis(50),
+            options,
+            ..PlacementConfig::default()
+        })
+        .workflows(Registry::new().register(host).register(guest))
+        .build()
+        .unwrap()
+}
+
+async fn it_moves_pairs_that_talk_onto_one_worker_and_spreads_them_over_the_workers(t: &TestStore) {
+    const PAIRS: u64 = 6;
+    let suffix = uuid::Uuid::now_v7();
+    let (a_id, b_id) = (format!("a-{suffix}"), format!("b-{suffix}"));
+    let a = placing_worker(t, &a_id).start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    for n in 0..PAIRS {
+        host::start(&client, &format!("host-{n}"), n).await.unwrap();
+    }
+    let everyone: Vec<String> = (0..PAIRS)
+        .flat_map(|n| [format!("host-{n}"), format!("guest-{n}")])
+        .collect();
+    let placed = async || -> Vec<(String, String)> {
+        t.store
+            .affinities(&everyone)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.instance, p.worker))
+            .collect()
+    };
+    // Every pair talked on `a` (the host started its guest), which is alone: it holds them all.
+    eventually("both ends of every pair ran on a", async || {
+        let now = placed().await;
+        now.len() == everyone.len() && now.iter().all(|(_, w)| *w == a_id)
+    })
+    .await;
+    assert_eq!(
+        a.worker().metrics().placement_moves,
+        0,
+        "alone, nothing moves"
+    );
+
+    // A second worker: the coordinator spreads the pairs over both, keeping each pair together.
+    let b = placing_worker(t, &b_id).start().await.unwrap();
+    let worker_of = |now: &[(String, String)], id: &str| {
+        now.iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default()
+    };
+    eventually("the pairs are spread, each on one worker", async || {
+        let now = placed().await;
+        let on_b = now.iter().filter(|(_, w)| *w == b_id).count();
+        now.len() == everyone.len()
+            && (PAIRS as usize - 1..=PAIRS as usize + 1).contains(&on_b)
+            && (0..PAIRS).all(|n| {
+                worker_of(&now, &format!("host-{n}")) == worker_of(&now, &format!("guest-{n}"))
+            })
+    })
+    .await;
+    let moves = a.worker().metrics().placement_moves + b.worker().metrics().placement_moves;
+    assert!(moves >= PAIRS - 1, "{moves} moves");
+
+    // The moved pairs are served where they moved: each guest's turn runs on its worker, and
+    // its host's with it; nothing is lost on the way.
+    let now = placed().await;
+    for n in 0..PAIRS {
+        client
+            .signal(&format!("guest-{n}"), "go", &100u64)
+            .await
+            .unwrap();
+    }
+    for n in 0..PAIRS {
+        let result: u64 =
+            tokio::time::timeout(Duration::from_secs(60), client.result(&format!("host-{n}")))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(result, n + 100);
+    }
+    let ran_on_b = b.worker().metrics().completed;
+    let moved_to_b = now.iter().filter(|(_, w)| *w == b_id).count() as u64;
+    assert!(
+        ran_on_b >= moved_to_b,
+        "b ran {ran_on_b} turns for the {moved_to_b} instances moved to it"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+async fn it_refuses_to_start_with_topology_labels_it_does_not_know(t: &TestStore) {
+    let build = |key: &str, value: &str| {
+        Worker::builder()
+            .store(Arc::clone(&t.store))
+            .label("region", "eu")
+            .label(key, value)
+            .workflows(Registry::new().register(guest))
+            .build()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = build("availability_zone", "eu-1a").unwrap_err();
+    assert!(
+        err.contains("`availability_zone`") && err.contains("use `zone`"),
+        "{err}"
+    );
+    let err = build("rack", "r1").unwrap_err();
+    assert!(err.contains("needs `zone`"), "{err}");
+    let err = build("zone", "").unwrap_err();
+    assert!(err.contains("`zone` is empty"), "{err}");
+    assert_eq!(build("zone", "eu-1a"), Ok(()));
+    assert_eq!(build("team", "payments"), Ok(()));
 }
