@@ -301,6 +301,11 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
         // The last hand-overs (checked every second) and heartbeats land before the figures.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let end = store.list_workers().await?;
+        let ids: Vec<String> = (0..m).map(|i| format!("s-{i}")).collect();
+        let mut served: std::collections::BTreeMap<String, usize> = Default::default();
+        for placed in store.affinities(&ids).await? {
+            *served.entry(placed.worker).or_default() += 1;
+        }
         for i in 0..m {
             client.signal(&format!("s-{i}"), "go", &0u64).await?;
         }
@@ -311,7 +316,7 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
                 lost += 1;
             }
         }
-        anyhow::Ok((alone, end, took, lost))
+        anyhow::Ok((alone, end, took, lost, served))
     }
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -346,7 +351,7 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
             "DROP DATABASE {db} WITH (FORCE)"
         )))
         .await;
-    let (alone, end, took, lost) = result?;
+    let (alone, end, took, lost, served) = result?;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
         "{m} instances of 256 KiB ({:.0} MiB of state); each worker's limit is its baseline + {headroom} MiB",
@@ -364,9 +369,9 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
     }
     println!("{rounds} rounds of a signal to every instance with three workers took {took:.1?}");
     println!(
-        "| worker | limit | peak RSS | peak / limit | level after the rounds | warm runs | warm MiB | evicted | dropped (moved away) | breaker trips |"
+        "| worker | limit | peak RSS | peak / limit | level after the rounds | RSS after | instances served | warm runs | warm MiB | evicted | dropped (moved away) | breaker trips |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (id, limit, peak, done) in &reports {
         let get = |i: usize| done.get(i).copied().unwrap_or(0);
         let load = end
@@ -375,11 +380,13 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
             .map(|w| w.load)
             .unwrap_or_default();
         println!(
-            "| {id} | {:.0} MiB | {:.0} MiB | {:.2} | {} | {} | {:.0} | {} | {} | {} |",
+            "| {id} | {:.0} MiB | {:.0} MiB | {:.2} | {} | {:.0} MiB | {} | {} | {:.0} | {} | {} | {} |",
             mib(*limit),
             mib(*peak),
             *peak as f64 / *limit as f64,
             load.pressure,
+            mib(load.rss_bytes),
+            served.get(id).copied().unwrap_or(0),
             load.cached_instances,
             mib(load.cached_bytes),
             get(2),
