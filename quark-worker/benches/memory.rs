@@ -55,7 +55,10 @@ const USAGE: &str = "cargo bench -p quark-worker --bench memory -- [options]
                    state each ends with, and that every instance completed
   --migrate M      instead: M moves of a warm instance between two workers per state size
                    (sizes default 1024,65536,1048576), from the decision (the affinity's
-                   compare-and-set) to the instance serving a turn warm on the target";
+                   compare-and-set) to the instance serving a turn warm on the target
+  --crash-moves M  instead: M moves of instances between two worker processes, each followed
+                   at once by a SIGKILL of the source or the target (in turn) and its restart;
+                   fails unless every signal was served exactly once";
 
 fn base_url() -> String {
     std::env::var("QUARK_TEST_DATABASE_URL")
@@ -73,6 +76,36 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 /// `size` bytes of text, different for each `i`.
+/// A database of its own for one run, dropped by [`Scratch::drop`].
+struct Scratch {
+    admin: PgConnection,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn create(prefix: &str) -> anyhow::Result<Scratch> {
+        let base = base_url();
+        let name = format!("quark_{prefix}_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(&base).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let url = with_database(&base, &name);
+        Ok(Scratch { admin, name, url })
+    }
+
+    async fn drop(mut self) {
+        let _ = self
+            .admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {} WITH (FORCE)",
+                self.name
+            )))
+            .await;
+    }
+}
+
 fn text(i: usize, size: usize) -> String {
     let letter = char::from(b'a' + (i % 26) as u8);
     std::iter::repeat_n(letter, size).collect()
@@ -80,16 +113,10 @@ fn text(i: usize, size: usize) -> String {
 
 /// One child's run: returns (RSS growth in bytes, warm runs, their estimated bytes).
 async fn child(n: usize, size: usize, keep: bool) -> anyhow::Result<(u64, usize, usize)> {
-    let url = base_url();
-    let db = format!("quark_memory_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = PgConnection::connect(&url).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await?;
+    let db = Scratch::create("memory").await?;
     let result = async {
-        let store: Arc<dyn Store> = Arc::new(
-            PostgresStore::connect_with(&with_database(&url, &db), StoreConfig::default()).await?,
-        );
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::connect_with(&db.url, StoreConfig::default()).await?);
         store.migrate().await?;
         let limits = WarmLimits {
             instances: if keep { n + 50 } else { 0 },
@@ -127,11 +154,7 @@ async fn child(n: usize, size: usize, keep: bool) -> anyhow::Result<(u64, usize,
         anyhow::Ok((after.saturating_sub(before), warm.len(), estimated))
     }
     .await;
-    let _ = admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .await;
+    db.drop().await;
     result
 }
 
@@ -208,41 +231,48 @@ struct Member {
     peak: Arc<AtomicU64>,
 }
 
-/// The cluster run: see `--cluster` in the usage.
-async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
+/// Starts a worker process of this bench (`cluster_worker`) on `url` with `headroom` MiB over
+/// its baseline, and waits until it serves. Returns it and its limit.
+fn spawn_worker(
+    exe: &std::path::Path,
+    id: &str,
+    url: &str,
+    headroom: u64,
+) -> anyhow::Result<(std::process::Child, u64)> {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let url = base_url();
-    let db = format!("quark_cluster_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = PgConnection::connect(&url).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await?;
-    let db_url = with_database(&url, &db);
+    let mut child = Command::new(exe)
+        .args([
+            "--worker",
+            id,
+            "--url",
+            url,
+            "--headroom",
+            &headroom.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    lines.read_line(&mut line)?;
+    let limit: u64 = line
+        .strip_prefix("ready ")
+        .ok_or_else(|| anyhow::anyhow!("worker {id} said {line:?}"))?
+        .trim()
+        .parse()?;
+    child.stdout = Some(lines.into_inner());
+    Ok((child, limit))
+}
+
+/// The cluster run: see `--cluster` in the usage.
+async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
+    let db = Scratch::create("cluster").await?;
+    let db_url = db.url.clone();
     let exe = std::env::current_exe()?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spawn = |id: &str| -> anyhow::Result<Member> {
-        let mut child = Command::new(&exe)
-            .args([
-                "--worker",
-                id,
-                "--url",
-                &db_url,
-                "--headroom",
-                &headroom.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = String::new();
-        lines.read_line(&mut line)?;
-        let limit: u64 = line
-            .strip_prefix("ready ")
-            .ok_or_else(|| anyhow::anyhow!("worker {id} said {line:?}"))?
-            .trim()
-            .parse()?;
-        child.stdout = Some(lines.into_inner());
+        let (child, limit) = spawn_worker(&exe, id, &db_url, headroom)?;
         let peak = Arc::new(AtomicU64::new(0));
         let (pid, p, stop) = (child.id(), Arc::clone(&peak), Arc::clone(&stop));
         std::thread::spawn(move || {
@@ -346,11 +376,7 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
             done,
         ));
     }
-    let _ = admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .await;
+    db.drop().await;
     let (alone, end, took, lost, served) = result?;
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
@@ -395,22 +421,106 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
         );
     }
     println!("instances that lost a turn: {lost} of {m}");
+    anyhow::ensure!(lost == 0, "{lost} instances lost a turn");
+    for (id, limit, peak, _) in &reports {
+        anyhow::ensure!(peak < limit, "{id} reached its limit: {peak} of {limit} bytes");
+    }
     Ok(())
+}
+
+/// Moves instances between two worker processes and kills one of them with SIGKILL right after
+/// each move, the source and the target in turn, while the moved instance's turn is claimed and
+/// run; restarts it under the same id. Every signal must be served exactly once.
+async fn crash_moves(moves: usize) -> anyhow::Result<()> {
+    const INSTANCES: usize = 8;
+    let db = Scratch::create("crash").await?;
+    let exe = std::env::current_exe()?;
+    let ids = ["a", "b"];
+    let mut procs: Vec<std::process::Child> = Vec::new();
+    let result = async {
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::connect_with(&db.url, StoreConfig::default()).await?);
+        store.migrate().await?;
+        let client = Client::new(Arc::clone(&store));
+        for id in ids {
+            procs.push(spawn_worker(&exe, id, &db.url, 4096)?.0);
+        }
+        let names: Vec<String> = (0..INSTANCES).map(|i| format!("c-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            server::start(&client, name, text(i, 64 * 1024)).await?;
+        }
+        let mut sent = vec![0u64; INSTANCES];
+        let mut kills = [0usize; 2];
+        let started = std::time::Instant::now();
+        for m in 0..moves {
+            let i = m % INSTANCES;
+            let name = &names[i];
+            // Where it is: the worker that ran its last turn.
+            let from = loop {
+                let affinity = store.get_instance(name).await?.and_then(|r| r.affinity);
+                if let Some(w) = affinity.and_then(|w| ids.iter().position(|id| *id == w)) {
+                    break w;
+                }
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "{name} never ran"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            let to = 1 - from;
+            let moved = store
+                .move_affinities(&[AffinityMove::new(name, ids[from], ids[to])], None)
+                .await?[0];
+            sent[i] += 1;
+            client.signal(name, "go", &sent[i]).await?;
+            // The source on even moves, the target on odd ones, while the turn is in flight.
+            let victim = if m % 2 == 0 { from } else { to };
+            if moved {
+                procs[victim].kill()?;
+                procs[victim].wait()?;
+                kills[victim] += 1;
+                procs[victim] = spawn_worker(&exe, ids[victim], &db.url, 4096)?.0;
+            }
+        }
+        let mut lost = 0;
+        for (i, name) in names.iter().enumerate() {
+            client.signal(name, "go", &0u64).await?;
+            let turns: u64 =
+                tokio::time::timeout(Duration::from_secs(120), client.result(name)).await??;
+            if turns != sent[i] {
+                lost += 1;
+                println!("{name}: {turns} turns served for {} signals", sent[i]);
+            }
+        }
+        println!(
+            "{moves} moves, each followed by a SIGKILL ({} of the source, {} of the target; a \
+             killed {} times, b {}) and a restart: {lost} of {INSTANCES} instances served a \
+             signal other than exactly once; took {:.1?}",
+            moves.div_ceil(2),
+            moves / 2,
+            kills[0],
+            kills[1],
+            started.elapsed()
+        );
+        anyhow::ensure!(lost == 0, "{lost} instances served a signal other than exactly once");
+        anyhow::Ok(())
+    }
+    .await;
+    for mut p in procs {
+        drop(p.stdin.take());
+        let _ = p.wait();
+    }
+    db.drop().await;
+    result
 }
 
 /// Moves warm instances between two workers and times each move from the decision to the
 /// instance serving a turn warm on the target.
 async fn migrate(moves: usize, sizes: &[usize]) -> anyhow::Result<()> {
-    let url = base_url();
-    let db = format!("quark_migrate_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = PgConnection::connect(&url).await?;
-    admin
-        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await?;
+    let db = Scratch::create("migrate").await?;
     let result = async {
-        let store: Arc<dyn Store> = Arc::new(
-            PostgresStore::connect_with(&with_database(&url, &db), StoreConfig::default()).await?,
-        );
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::connect_with(&db.url, StoreConfig::default()).await?);
         store.migrate().await?;
         let lock_dir = std::env::temp_dir().join(format!("quark-migrate-{}", uuid::Uuid::now_v7()));
         let worker = |id: &str| {
@@ -490,11 +600,7 @@ async fn migrate(moves: usize, sizes: &[usize]) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    let _ = admin
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .await;
+    db.drop().await;
     result
 }
 
@@ -522,6 +628,10 @@ fn main() -> anyhow::Result<()> {
         let rounds: u64 = value("--rounds").map_or(Ok(5), |v| v.parse())?;
         let runtime = tokio::runtime::Runtime::new()?;
         return runtime.block_on(cluster(m.parse()?, headroom, rounds));
+    }
+    if let Some(moves) = value("--crash-moves") {
+        let runtime = tokio::runtime::Runtime::new()?;
+        return runtime.block_on(crash_moves(moves.parse()?));
     }
     if let Some(moves) = value("--migrate") {
         let sizes: Vec<usize> = value("--sizes")
