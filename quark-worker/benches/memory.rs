@@ -423,7 +423,10 @@ async fn cluster(m: usize, headroom: u64, rounds: u64) -> anyhow::Result<()> {
     println!("instances that lost a turn: {lost} of {m}");
     anyhow::ensure!(lost == 0, "{lost} instances lost a turn");
     for (id, limit, peak, _) in &reports {
-        anyhow::ensure!(peak < limit, "{id} reached its limit: {peak} of {limit} bytes");
+        anyhow::ensure!(
+            peak < limit,
+            "{id} reached its limit: {peak} of {limit} bytes"
+        );
     }
     Ok(())
 }
@@ -449,7 +452,7 @@ async fn crash_moves(moves: usize) -> anyhow::Result<()> {
         for (i, name) in names.iter().enumerate() {
             server::start(&client, name, text(i, 64 * 1024)).await?;
         }
-        let mut sent = vec![0u64; INSTANCES];
+        let mut sent = [0u64; INSTANCES];
         let mut kills = [0usize; 2];
         let started = std::time::Instant::now();
         for m in 0..moves {
@@ -502,7 +505,10 @@ async fn crash_moves(moves: usize) -> anyhow::Result<()> {
             kills[1],
             started.elapsed()
         );
-        anyhow::ensure!(lost == 0, "{lost} instances served a signal other than exactly once");
+        anyhow::ensure!(
+            lost == 0,
+            "{lost} instances served a signal other than exactly once"
+        );
         anyhow::Ok(())
     }
     .await;

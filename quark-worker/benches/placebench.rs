@@ -35,6 +35,8 @@ const USAGE: &str = "cargo bench -p quark-worker --bench placebench -- [options]
   --quick      10,000 instances, k = 4 and 8 (default: 100,000 instances, k = 4, 8, 16)
   --out DIR    write SVG plots to DIR (a relative path is taken from the workspace root)
   --seed N     the seed (default 42)
+  --workload W run only workload W (communities, reshuffle, hubs, ramp, leak, topology, control)
+  --k K        run only k = K workers
   --min-gain X, --min-relative-gain X
                Quark's noise guard (default 24 and 0.5; see partition::Options)";
 
@@ -53,6 +55,8 @@ struct Args {
     seed: u64,
     min_gain: f64,
     min_relative_gain: f64,
+    workload: Option<Kind>,
+    k: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -62,6 +66,8 @@ fn parse_args() -> Result<Args, String> {
         seed: 42,
         min_gain: 24.0,
         min_relative_gain: 0.5,
+        workload: None,
+        k: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -96,6 +102,23 @@ fn parse_args() -> Result<Args, String> {
                     .next()
                     .and_then(|s| s.parse().ok())
                     .ok_or("--min-relative-gain needs a number")?
+            }
+            "--workload" => {
+                let name = it.next().ok_or("--workload needs a name")?;
+                args.workload = Some(
+                    Kind::ALL
+                        .into_iter()
+                        .find(|k| k.name() == name)
+                        .ok_or_else(|| format!("unknown workload `{name}`\n{USAGE}"))?,
+                );
+            }
+            "--k" => {
+                args.k = Some(
+                    it.next()
+                        .and_then(|s| s.parse().ok())
+                        .filter(|&k: &usize| k > 0)
+                        .ok_or("--k needs a positive number")?,
+                )
             }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
@@ -438,8 +461,12 @@ fn main() {
     };
     let started = Instant::now();
     let mut runs = Vec::new();
+    let ks: Vec<usize> = args.k.map_or_else(|| ks.to_vec(), |k| vec![k]);
     for kind in Kind::ALL {
-        for &k in ks {
+        if args.workload.is_some_and(|w| w != kind) {
+            continue;
+        }
+        for &k in &ks {
             if kind == Kind::Topology && k != 8 {
                 continue;
             }
@@ -600,6 +627,9 @@ fn goals(runs: &[Run]) -> String {
 }
 
 fn plots(dir: &std::path::Path, runs: &[Run]) -> std::io::Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir)?;
     let k_shown = if runs.iter().any(|r| r.k == 8) {
         8

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use super::{Dialect, Row, SqlStore, Stmt};
+use super::{Dialect, SqlStore, Stmt};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::jobs::RateLimit;
-use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, TaskKind, WorkerInfo};
+use crate::queue::{ClaimRequest, ClaimedTask, DeadTask, Lease, QueueStats, TaskKind};
 
 fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
@@ -285,58 +285,4 @@ pub(crate) async fn redrive<S: SqlStore>(store: &S, task_id: i64) -> Result<()> 
     tx.commit().await?;
     store.announce([(queue, kind)]);
     Ok(())
-}
-
-/// Registers or refreshes a worker.
-pub(crate) async fn heartbeat_worker<S: SqlStore>(store: &S, info: WorkerInfo) -> Result<()> {
-    let now = store.settings().clock.now();
-    let update = super::workers::LOAD_COLUMNS
-        .split(", ")
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let stmt = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO workers (id, queues, labels, heartbeat_at, {}) VALUES ($1, $3, $2, $4, {}) \
-         ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, labels = excluded.labels, \
-         heartbeat_at = excluded.heartbeat_at, {update}",
-        super::workers::LOAD_COLUMNS,
-        super::workers::load_params(5)
-    )))
-    .bind(info.id)
-    .bind(info.labels);
-    let stmt = S::Db::bind_texts(stmt, info.queues).bind(now.as_micros());
-    super::workers::bind_load(stmt, &info.load)
-        .execute(&mut *store.writer().acquire().await?)
-        .await?;
-    Ok(())
-}
-
-/// Removes a worker's registration.
-pub(crate) async fn deregister_worker<S: SqlStore>(store: &S, worker_id: &str) -> Result<()> {
-    Stmt::<S::Db>::new("DELETE FROM workers WHERE id = $1")
-        .bind(worker_id)
-        .execute(&mut *store.writer().acquire().await?)
-        .await?;
-    Ok(())
-}
-
-/// The registered workers, by id.
-pub(crate) async fn list_workers<S: SqlStore>(store: &S) -> Result<Vec<WorkerInfo>> {
-    Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
-        "SELECT id, queues, labels, heartbeat_at, {} FROM workers ORDER BY id",
-        super::workers::LOAD_COLUMNS
-    )))
-    .fetch_all(&mut *store.reader().acquire().await?)
-    .await?
-    .iter()
-    .map(|row: &Row<S::Db>| {
-        Ok(WorkerInfo {
-            id: row.get("id")?,
-            queues: S::Db::read_texts(row, "queues")?,
-            labels: row.get("labels")?,
-            heartbeat_at: Timestamp::from_micros(row.get("heartbeat_at")?),
-            load: super::workers::read_load(row)?,
-        })
-    })
-    .collect()
 }

@@ -254,15 +254,15 @@ impl<S: SqlStore> Store for S {
     }
 
     fn heartbeat_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
-        Box::pin(queue::heartbeat_worker(self, info))
+        Box::pin(workers::heartbeat_worker(self, info))
     }
 
     fn deregister_worker<'a>(&'a self, worker_id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(queue::deregister_worker(self, worker_id))
+        Box::pin(workers::deregister_worker(self, worker_id))
     }
 
     fn list_workers(&self) -> BoxFuture<'_, Result<Vec<WorkerInfo>>> {
-        Box::pin(queue::list_workers(self))
+        Box::pin(workers::list_workers(self))
     }
 
     fn moved_away<'a>(

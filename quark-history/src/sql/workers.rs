@@ -1,7 +1,8 @@
-//! Runs of workers ([`Incarnation`]s), for both databases: registering a run, which takes back
-//! the leases of a dead run of the same id at once; its heartbeat, which finds out when another
-//! run took the id over; and reaping, which releases the leases of workers whose heartbeats
-//! stopped after two of their intervals rather than a whole lease.
+//! Workers' registrations, for both databases: the plain heartbeat that registers or refreshes a
+//! worker with its load, the listing, and runs of workers ([`Incarnation`]s): registering a run,
+//! which takes back the leases of a dead run of the same id at once; its heartbeat, which finds
+//! out when another run took the id over; and reaping, which releases the leases of workers whose
+//! heartbeats stopped after two of their intervals rather than a whole lease.
 //!
 //! Releasing a lease here is what its expiry would do, sooner: the task's `visible_at` becomes
 //! now. Its `attempts` stays, so the next claim is a new attempt and the old holder's completion,
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::{Dialect, SqlStore, Stmt};
+use super::{Dialect, Row, SqlStore, Stmt};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::queue::{Incarnation, Pressure, Reaped, Registered, TaskKind, WorkerInfo, WorkerLoad};
@@ -270,6 +271,56 @@ async fn release<DB: Dialect>(
     .map(|row| {
         let kind: String = row.get("kind")?;
         Ok((row.get("queue")?, kind.parse().map_err(Error::Invalid)?))
+    })
+    .collect()
+}
+
+/// Registers or refreshes a worker.
+pub(crate) async fn heartbeat_worker<S: SqlStore>(store: &S, info: WorkerInfo) -> Result<()> {
+    let now = store.settings().clock.now();
+    let update = load_from_excluded();
+    let stmt = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO workers (id, queues, labels, heartbeat_at, {}) VALUES ($1, $3, $2, $4, {}) \
+         ON CONFLICT (id) DO UPDATE SET queues = excluded.queues, labels = excluded.labels, \
+         heartbeat_at = excluded.heartbeat_at, {update}",
+        LOAD_COLUMNS,
+        load_params(5)
+    )))
+    .bind(info.id)
+    .bind(info.labels);
+    let stmt = S::Db::bind_texts(stmt, info.queues).bind(now.as_micros());
+    bind_load(stmt, &info.load)
+        .execute(&mut *store.writer().acquire().await?)
+        .await?;
+    Ok(())
+}
+
+/// Removes a worker's registration.
+pub(crate) async fn deregister_worker<S: SqlStore>(store: &S, worker_id: &str) -> Result<()> {
+    Stmt::<S::Db>::new("DELETE FROM workers WHERE id = $1")
+        .bind(worker_id)
+        .execute(&mut *store.writer().acquire().await?)
+        .await?;
+    Ok(())
+}
+
+/// The registered workers, by id.
+pub(crate) async fn list_workers<S: SqlStore>(store: &S) -> Result<Vec<WorkerInfo>> {
+    Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
+        "SELECT id, queues, labels, heartbeat_at, {} FROM workers ORDER BY id",
+        LOAD_COLUMNS
+    )))
+    .fetch_all(&mut *store.reader().acquire().await?)
+    .await?
+    .iter()
+    .map(|row: &Row<S::Db>| {
+        Ok(WorkerInfo {
+            id: row.get("id")?,
+            queues: S::Db::read_texts(row, "queues")?,
+            labels: row.get("labels")?,
+            heartbeat_at: Timestamp::from_micros(row.get("heartbeat_at")?),
+            load: read_load(row)?,
+        })
     })
     .collect()
 }

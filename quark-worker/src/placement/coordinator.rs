@@ -197,7 +197,13 @@ pub(crate) async fn run(shared: Arc<Shared>, config: PlacementConfig) {
                 tracing::info!("the placement lease passed to another worker");
                 lead = None;
             }
-            Err(e) => tracing::warn!(error = %e, "placement round failed; trying again later"),
+            Err(e) => {
+                // Tried again at the next repartition, not at every check.
+                if due {
+                    last_repartition = Some(Instant::now());
+                }
+                tracing::warn!(error = %e, "placement round failed; trying again later");
+            }
         }
     }
 }
