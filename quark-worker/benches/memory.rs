@@ -75,7 +75,6 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
-/// `size` bytes of text, different for each `i`.
 /// A database of its own for one run, dropped by [`Scratch::drop`].
 struct Scratch {
     admin: PgConnection,
@@ -106,6 +105,7 @@ impl Scratch {
     }
 }
 
+/// `size` bytes of text, different for each `i`.
 fn text(i: usize, size: usize) -> String {
     let letter = char::from(b'a' + (i % 26) as u8);
     std::iter::repeat_n(letter, size).collect()

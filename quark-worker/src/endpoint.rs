@@ -165,6 +165,10 @@ fn describe() {
         "Warm runs a worker dropped because another worker ran a later turn of their instance"
     );
     describe_counter!(
+        names::LOCAL_DELIVERIES,
+        "Children's ends that continued their warm parent on the same worker, in one commit"
+    );
+    describe_counter!(
         names::PLACEMENT_ROUNDS,
         "Placement rounds a worker ran as the coordinator, by reason (locality, memory)"
     );

@@ -528,6 +528,7 @@ impl Host for TaskContext {
             RunEvent::LeaseLost => metrics.lease_lost(&self.labels),
             RunEvent::Conflict => metrics.conflict(&self.labels),
             RunEvent::LongHistory => metrics.long_history(&self.labels),
+            RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
             _ => {}
         }
     }

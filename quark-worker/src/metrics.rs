@@ -48,6 +48,7 @@ pub(crate) mod names {
     pub(crate) const MOVED_AWAY: &str = "quark_runs_moved_away_total";
     pub(crate) const PLACEMENT_ROUNDS: &str = "quark_placement_rounds_total";
     pub(crate) const PLACEMENT_MOVES: &str = "quark_placement_moves_total";
+    pub(crate) const LOCAL_DELIVERIES: &str = "quark_local_deliveries_total";
 }
 
 /// The labels of a running task's figures.
@@ -113,6 +114,7 @@ pub(crate) struct Metrics {
     moved_away: AtomicU64,
     placement_rounds: AtomicU64,
     placement_moves: AtomicU64,
+    local_deliveries: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -163,6 +165,9 @@ pub struct MetricsSnapshot {
     pub placement_rounds: u64,
     /// Instances this worker, as the coordinator, moved between workers.
     pub placement_moves: u64,
+    /// Children's ends that continued their warm parent here, in the child's commit, without a
+    /// trip through the queue.
+    pub local_deliveries: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -210,6 +215,12 @@ impl Metrics {
     }
 
     /// A turn found its instance's history past the warning bounds (once per live run).
+    /// A child's end continued its warm parent here (local delivery).
+    pub(crate) fn delivered_here(&self, task: &TaskLabels) {
+        inc(&self.local_deliveries);
+        metrics::counter!(names::LOCAL_DELIVERIES, "queue" => task.queue.clone()).increment(1);
+    }
+
     pub(crate) fn long_history(&self, task: &TaskLabels) {
         metrics::counter!(names::LONG_HISTORIES, "queue" => task.queue.clone()).increment(1);
     }
@@ -383,6 +394,7 @@ impl Metrics {
             moved_away: get(&self.moved_away),
             placement_rounds: get(&self.placement_rounds),
             placement_moves: get(&self.placement_moves),
+            local_deliveries: get(&self.local_deliveries),
         }
     }
 }

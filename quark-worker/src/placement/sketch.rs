@@ -139,22 +139,24 @@ impl Sketch {
     }
 
     /// Records what `commit`, made for `instance`'s task at `at`, carries to other instances:
-    /// one message per other instance it appends to, starts as a child, or enqueues a task of.
+    /// one message per other instance it appends to or enqueues a task of, and one per child an
+    /// appended history starts (the turn of `instance`, or of a warm parent continued in the same
+    /// commit, see local delivery), between that history's instance and the child.
     pub fn record_commit(&self, instance: &str, commit: &Commit, at: Timestamp) {
         let mut others: Vec<(&str, usize)> = Vec::new();
+        let mut starts: Vec<(&str, &str, usize)> = Vec::new();
         for append in &commit.appends {
             if append.instance_id != instance {
                 let bytes = append.events.iter().map(event_bytes).sum();
                 others.push((&append.instance_id, bytes));
-                continue;
             }
-            // A child the turn starts: the store creates it from the parent's own event.
+            // A child the history starts: the store creates it from the starter's own event.
             for event in &append.events {
                 if let HistoryEvent::ChildStarted {
                     instance_id, input, ..
                 } = event
                 {
-                    others.push((instance_id, 32 + input.len()));
+                    starts.push((&append.instance_id, instance_id, 32 + input.len()));
                 }
             }
         }
@@ -162,12 +164,16 @@ impl Sketch {
             if let Some(other) = task.instance_id.as_deref()
                 && other != instance
                 && !others.iter().any(|(o, _)| *o == other)
+                && !starts.iter().any(|(_, child, _)| *child == other)
             {
                 others.push((other, task.payload.len()));
             }
         }
         for (other, bytes) in others {
             self.record(instance, other, bytes, at);
+        }
+        for (starter, child, bytes) in starts {
+            self.record(starter, child, bytes, at);
         }
     }
 
@@ -266,6 +272,7 @@ fn event_bytes(event: &HistoryEvent) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quark_history as quarkh;
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_micros(secs * 1_000_000)
@@ -326,6 +333,51 @@ mod tests {
             [
                 ("child".into(), "parent".into(), 1.0),
                 ("parent".into(), "peer".into(), 1.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parent_continued_in_its_child_s_commit_counts_the_result_and_the_next_child_s_start() {
+        let sketch = Sketch::new(16, Duration::from_secs(60));
+        let commit = Commit::new()
+            .append(
+                "child-1",
+                quarkh::Expected::Seq(3),
+                [HistoryEvent::WorkflowCompleted {
+                    output: quarkh::Payload::json(&1).unwrap(),
+                }],
+            )
+            .append(
+                "parent",
+                quarkh::Expected::Seq(4),
+                [
+                    HistoryEvent::ChildCompleted {
+                        command: 1,
+                        output: quarkh::Payload::json(&1).unwrap(),
+                    },
+                    HistoryEvent::ChildStarted {
+                        command: 2,
+                        instance_id: "child-2".into(),
+                        instance_type: "callee".into(),
+                        input: quarkh::Payload::json(&2).unwrap(),
+                        site: None,
+                    },
+                ],
+            )
+            .enqueue(quarkh::NewTask::orchestration("default", "child-2"));
+        sketch.record_commit("child-1", &commit, at(0));
+        let mut seen: Vec<(String, String, f64)> = sketch
+            .top(10, at(0))
+            .into_iter()
+            .map(|e| (e.a, e.b, e.messages))
+            .collect();
+        seen.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        assert_eq!(
+            seen,
+            [
+                ("child-1".into(), "parent".into(), 1.0),
+                ("child-2".into(), "parent".into(), 1.0)
             ]
         );
     }

@@ -17,6 +17,7 @@ quark_history::backend_tests!(
     it_publishes_who_talks_to_whom_with_its_heartbeats,
     it_moves_pairs_that_talk_onto_one_worker_and_spreads_them_over_the_workers,
     it_refuses_to_start_with_topology_labels_it_does_not_know,
+    it_continues_a_warm_parent_in_its_child_s_last_commit,
 );
 
 #[orchestration]
@@ -246,4 +247,92 @@ async fn it_refuses_to_start_with_topology_labels_it_does_not_know(t: &TestStore
     assert!(err.contains("`zone` is empty"), "{err}");
     assert_eq!(build("zone", "eu-1a"), Ok(()));
     assert_eq!(build("team", "payments"), Ok(()));
+}
+
+async fn it_continues_a_warm_parent_in_its_child_s_last_commit(t: &TestStore) {
+    let worker = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(format!("local-{}", uuid::Uuid::now_v7()))
+        .poll_interval(Duration::from_millis(10))
+        .lease(Duration::from_secs(3600))
+        .workflows(
+            Registry::new()
+                .register(host)
+                .register(guest)
+                .register(caller)
+                .register(callee),
+        )
+        .build()
+        .unwrap();
+    let running = worker.start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    host::start(&client, "host-7", 7).await.unwrap();
+    // Both turns settled: the host's run is warm and idle, the guest waits for its signal.
+    eventually("the host started its guest, which waits", async || {
+        running.worker().metrics().completed >= 2
+    })
+    .await;
+    let before = running.worker().metrics();
+    client.signal("guest-7", "go", &100u64).await.unwrap();
+    let result: u64 = tokio::time::timeout(Duration::from_secs(60), client.result("host-7"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, 107);
+    // The guest's last turn carried its warm host's next turn: one claim (the guest's), where
+    // the queue would have taken two.
+    let after = running.worker().metrics();
+    assert_eq!(after.local_deliveries - before.local_deliveries, 1);
+    assert_eq!(after.claimed - before.claimed, 1);
+    // The host's history is what it would be through the queue.
+    let kinds: Vec<&'static str> = t
+        .store
+        .read_history("host-7", quark_history::HistoryRange::All)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "WorkflowStarted",
+            "ChildStarted",
+            "ChildCompleted",
+            "WorkflowCompleted"
+        ]
+    );
+
+    // A parent turn that starts a child is not continued here: the child (created with its
+    // first task before the commit that records its start) could end before that commit. Of
+    // `caller`'s two children, only the second's end may be delivered here.
+    let before = running.worker().metrics();
+    caller::start(&client, "caller-9", 9).await.unwrap();
+    let result: u64 = tokio::time::timeout(Duration::from_secs(60), client.result("caller-9"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, 36);
+    let after = running.worker().metrics();
+    assert!(after.local_deliveries - before.local_deliveries <= 1);
+    let kinds: Vec<&'static str> = t
+        .store
+        .read_history("caller-9", quark_history::HistoryRange::All)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "WorkflowStarted",
+            "ChildStarted",
+            "ChildCompleted",
+            "ChildStarted",
+            "ChildCompleted",
+            "WorkflowCompleted"
+        ]
+    );
+    running.shutdown().await;
 }

@@ -97,6 +97,9 @@ pub enum RunEvent {
     Conflict,
     /// An instance's history passed the warning bounds ([`HistoryWarning`]), once per run.
     LongHistory,
+    /// A child's end continued its parent's warm run here, in the child's commit, without a
+    /// trip through the queue (local delivery).
+    DeliveredHere,
 }
 
 /// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test

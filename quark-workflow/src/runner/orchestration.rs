@@ -2,7 +2,8 @@
 //! the turn it unblocks.
 
 use quark_history::{
-    ClaimedTask, Commit, Expected, HistoryRange, IdReusePolicy, Settle, TaskKind, Timestamp,
+    ClaimedTask, Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, Settle, TaskKind,
+    Timestamp,
 };
 
 use super::live::{LiveTurn, Report};
@@ -90,7 +91,18 @@ impl Runner {
             (Some(i), Some(token)) => self.confirm_ahead(&commit.appends[i], token, at),
             _ => None,
         };
-        match host.commit(commit.clone()).await {
+        // A turn that ends its instance tells its parent; if the parent's run is warm here, its
+        // next turn runs now and commits with this one (local delivery). Otherwise, or if that
+        // commit fails, this turn commits alone and the parent's turn goes through the queue.
+        let delivered = match self.with_parent_turn(&task, &commit, &host).await {
+            Some(merged) => self.commit_with_parent(merged, &host).await,
+            None => None,
+        };
+        let result = match delivered {
+            Some(committed) => Ok(committed),
+            None => host.commit(commit.clone()).await,
+        };
+        match result {
             Ok(committed) => {
                 if let Some(token) = token {
                     if let Some(i) = own
@@ -164,6 +176,7 @@ impl Runner {
         task: &ClaimedTask,
         plain: &Commit,
         host: &HostRef,
+        children: Children,
     ) -> Option<(Commit, u64)> {
         let [append] = plain.appends.as_slice() else {
             return None;
@@ -209,7 +222,9 @@ impl Runner {
         if warn {
             host.note(RunEvent::LongHistory);
         }
-        if !matches!(turn.commit.settle, Some(Settle::Complete(_))) {
+        if !matches!(turn.commit.settle, Some(Settle::Complete(_)))
+            || (children == Children::Refused && !turn.instances.is_empty())
+        {
             self.live.forget(instance);
             return None;
         }
@@ -242,7 +257,10 @@ impl Runner {
         plain: &Commit,
         host: &HostRef,
     ) -> bool {
-        let Some((combined, token)) = self.continue_here(task, plain, host).await else {
+        let Some((combined, token)) = self
+            .continue_here(task, plain, host, Children::Allowed)
+            .await
+        else {
             return false;
         };
         let own = combined.appends[0].clone();
@@ -276,6 +294,97 @@ impl Runner {
         }
     }
 
+    /// Local delivery of a child's end to its parent: `commit` (a turn of `task`'s instance)
+    /// tells the parent of its end. If the parent's run is warm here and free, the parent's next
+    /// turn runs on it now and is merged into `commit`, fenced at the parent's next sequence
+    /// number, instead of the notice and the parent's task. `None` when that cannot be done.
+    async fn with_parent_turn(
+        &self,
+        task: &ClaimedTask,
+        commit: &Commit,
+        host: &HostRef,
+    ) -> Option<WithParent> {
+        let child = task.instance_id.as_deref()?;
+        let (notice, append) = commit.appends.iter().enumerate().find(|(_, a)| {
+            a.instance_id != child
+                && matches!(
+                    a.events.as_slice(),
+                    [HistoryEvent::ChildCompleted { .. } | HistoryEvent::ChildFailed { .. }]
+                )
+        })?;
+        let parent = append.instance_id.clone();
+        // Warm only: a parent that is not live here would be replayed, which its own worker
+        // does better from the queue.
+        if self.live.next_seq(&parent) <= 1 {
+            return None;
+        }
+        let wake = commit.tasks.iter().position(|t| {
+            t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(parent.as_str())
+        })?;
+        let plain = Commit {
+            appends: vec![append.clone()],
+            tasks: vec![commit.tasks[wake].clone()],
+            ..Commit::new()
+        };
+        // A turn that starts children creates them, each with its first task, before its
+        // commit; a child that ran and ended before the merged commit would put its end in
+        // the parent's history ahead of its start. Such a turn goes through the queue.
+        let (continued, token) = self
+            .continue_here(task, &plain, host, Children::Refused)
+            .await?;
+        let mut merged = commit.clone();
+        merged.appends.remove(notice);
+        merged.tasks.remove(wake);
+        let index = merged.appends.len();
+        merged.appends.extend(continued.appends);
+        merged.tasks.extend(continued.tasks);
+        merged.outbox.extend(continued.outbox);
+        Some(WithParent {
+            commit: merged,
+            parent,
+            index,
+            token,
+        })
+    }
+
+    /// Commits a turn merged with its parent's ([`with_parent_turn`](Self::with_parent_turn)):
+    /// the commit's outcome if it went through, `None` (and the parent's run dropped) if not.
+    async fn commit_with_parent(
+        &self,
+        merged: WithParent,
+        host: &HostRef,
+    ) -> Option<quark_history::Committed> {
+        let own = merged.commit.appends[merged.index].clone();
+        let at = own.at.unwrap_or_else(|| now(host));
+        // The parent's run has taken the notice already; its turn's own events follow it.
+        let turn_events = quark_history::Append {
+            expected: match own.expected {
+                Expected::Seq(n) => Expected::Seq(n + 1),
+                other => other,
+            },
+            events: own.events[1..].to_vec(),
+            ..own.clone()
+        };
+        let confirmed = self.confirm_ahead(&turn_events, merged.token, at);
+        match host.commit(merged.commit).await {
+            Ok(committed) => {
+                if confirmed.is_some() && confirmed != Some(committed.appended[merged.index].0 + 1)
+                {
+                    self.live.forget(&merged.parent);
+                } else {
+                    self.live.ack(&merged.parent, merged.token);
+                }
+                host.note(RunEvent::DeliveredHere);
+                Some(committed)
+            }
+            Err(e) => {
+                self.live.forget(&merged.parent);
+                tracing::debug!(error = %e, "could not continue the parent here");
+                None
+            }
+        }
+    }
+
     /// Hands the live run the events its turn decided, at the sequence number the commit is
     /// fenced at, before the commit is made. The driver may start the activities the commit
     /// schedules here as soon as it is written, before the commit call returns, and their results
@@ -295,4 +404,25 @@ impl Runner {
         self.live.confirm(&append.instance_id, token, first, at);
         Some(first)
     }
+}
+
+/// A turn merged with its warm parent's next turn.
+struct WithParent {
+    /// The merged commit.
+    commit: Commit,
+    /// The parent.
+    parent: String,
+    /// The index of the parent's append in the commit.
+    index: usize,
+    /// The parent's live run's token.
+    token: u64,
+}
+
+/// Whether a continued turn may start children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Children {
+    /// It may.
+    Allowed,
+    /// It may not: the continuation is given up if it would.
+    Refused,
 }
