@@ -277,6 +277,33 @@ fn a_child_is_started_once_and_its_result_resumes_the_parent() {
     assert_eq!(check_replays(&reg, &sim.history), (None, None));
 }
 
+orchestration!(TwoChildren, u32 => u32, |ctx, n| {
+    let a = ctx.call_child(Failing, &n).await?;
+    let b = ctx.call_child(Failing, &a).await?;
+    Ok(a + b)
+});
+
+#[test]
+fn a_child_s_result_that_reaches_the_history_before_its_start_resumes_the_parent() {
+    let mut reg = registry::<TwoChildren>();
+    reg.add_orchestration::<Failing>();
+    let mut sim = Sim::start::<TwoChildren>(reg.clone(), &1, echo);
+    sim.turn();
+    // The second child was created by a turn whose commit had not landed yet when it ended:
+    // its result is in the history before the first child's, and before its own start.
+    sim.push(HistoryEvent::ChildCompleted {
+        command: 2,
+        output: Payload::json(&20u32).unwrap(),
+    });
+    sim.push(HistoryEvent::ChildCompleted {
+        command: 1,
+        output: Payload::json(&10u32).unwrap(),
+    });
+    sim.run();
+    assert_eq!(sim.outcome, completed(30u32));
+    assert_eq!(check_replays(&reg, &sim.history), (None, None));
+}
+
 orchestration!(Overridden, () => u32, |ctx, _in| {
     let options = crate::ActivityOptions::default().queue("gpu");
     let v = ctx.call_with(Echo, &5, options).await?;

@@ -79,6 +79,10 @@ pub(crate) struct State {
     pub(crate) slots: BTreeMap<CommandId, Slot>,
     /// Commands issued beyond what the history held when they were issued.
     pub(crate) fresh: BTreeMap<CommandId, Fresh>,
+    /// Results that came before their command was issued, with the sequence number of their
+    /// event. A child is created (with its first task) just before the commit that records its
+    /// start, so it can end, and its result reach this history, before that commit lands.
+    pub(crate) early: BTreeMap<CommandId, (Resolution, u64)>,
     pub(crate) next_command: CommandId,
     /// The sequence number and time of the event being processed.
     pub(crate) seq: u64,
@@ -113,6 +117,7 @@ impl State {
             settled_timers: BTreeSet::new(),
             slots: BTreeMap::new(),
             fresh: BTreeMap::new(),
+            early: BTreeMap::new(),
             next_command: 1,
             seq: 0,
             now: Timestamp::EPOCH,
@@ -218,6 +223,7 @@ impl State {
             + fresh
             + signals
             + self.settled_timers.len() * 16
+            + self.early.len() * (std::mem::size_of::<Resolution>() + 16)
             + self.patches.keys().map(|p| p.len() + 8).sum::<usize>()
     }
 
@@ -268,6 +274,12 @@ impl State {
                     orphaned: false,
                 },
             );
+            if let Some((resolution, seq)) = self.early.remove(&id)
+                && let Some(slot) = self.slots.get_mut(&id)
+            {
+                slot.result = Some(resolution);
+                slot.resolved_at = seq;
+            }
         }
         id
     }
@@ -290,6 +302,11 @@ impl State {
         let seq = self.seq;
         self.settled_timers.remove(&id);
         let Some(slot) = self.slots.get_mut(&id) else {
+            // Not issued yet: kept for when it is (a result of a command already issued and
+            // gone is nobody's).
+            if id >= self.next_command {
+                self.early.insert(id, (resolution, seq));
+            }
             return;
         };
         if slot.orphaned {
