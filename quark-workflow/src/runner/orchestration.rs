@@ -263,9 +263,32 @@ impl Runner {
         else {
             return false;
         };
-        let own = combined.appends[0].clone();
+        match self.commit_continuing(combined, 0, token, host).await {
+            Ok(_) => true,
+            // The history moved on, the instance ended, or the store hiccuped: the caller falls
+            // back to the plain result; the orchestration runs through the queue.
+            Err(e) => {
+                tracing::debug!(error = %e, "could not continue the orchestration here");
+                false
+            }
+        }
+    }
+
+    /// Commits `commit`, whose append `index` is a continued run's: the event it was continued
+    /// with, then its turn's own events. The run takes the turn's events ahead of the commit (see
+    /// [`confirm_ahead`](Self::confirm_ahead)); it is acknowledged if the commit lands where it
+    /// expected, and dropped otherwise.
+    async fn commit_continuing(
+        &self,
+        commit: Commit,
+        index: usize,
+        token: u64,
+        host: &HostRef,
+    ) -> quark_history::Result<quark_history::Committed> {
+        let own = commit.appends[index].clone();
         let at = own.at.unwrap_or_else(|| now(host));
-        // The run has taken the activity's result already; the turn's own events follow it.
+        // The run has taken the event it was continued with already; its turn's own events
+        // follow it.
         let turn_events = quark_history::Append {
             expected: match own.expected {
                 Expected::Seq(n) => Expected::Seq(n + 1),
@@ -275,23 +298,16 @@ impl Runner {
             ..own.clone()
         };
         let confirmed = self.confirm_ahead(&turn_events, token, at);
-        match host.commit(combined).await {
-            Ok(committed) => {
-                if confirmed.is_some() && confirmed != Some(committed.appended[0].0 + 1) {
-                    self.live.forget(&own.instance_id);
-                } else {
-                    self.live.ack(&own.instance_id, token);
-                }
-                true
+        let result = host.commit(commit).await;
+        match &result {
+            Ok(committed)
+                if confirmed.is_none() || confirmed == Some(committed.appended[index].0 + 1) =>
+            {
+                self.live.ack(&own.instance_id, token)
             }
-            // The history moved on, the instance ended, or the store hiccuped: the caller falls
-            // back to the plain result; the orchestration runs through the queue.
-            Err(e) => {
-                self.live.forget(&own.instance_id);
-                tracing::debug!(error = %e, "could not continue the orchestration here");
-                false
-            }
+            _ => self.live.forget(&own.instance_id),
         }
+        result
     }
 
     /// Local delivery of a child's end to its parent: `commit` (a turn of `task`'s instance)
@@ -312,14 +328,14 @@ impl Runner {
                     [HistoryEvent::ChildCompleted { .. } | HistoryEvent::ChildFailed { .. }]
                 )
         })?;
-        let parent = append.instance_id.clone();
+        let parent = append.instance_id.as_str();
         // Warm only: a parent that is not live here would be replayed, which its own worker
         // does better from the queue.
-        if self.live.next_seq(&parent) <= 1 {
+        if self.live.next_seq(parent) <= 1 {
             return None;
         }
         let wake = commit.tasks.iter().position(|t| {
-            t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(parent.as_str())
+            t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(parent)
         })?;
         let plain = Commit {
             appends: vec![append.clone()],
@@ -341,7 +357,6 @@ impl Runner {
         merged.outbox.extend(continued.outbox);
         Some(WithParent {
             commit: merged,
-            parent,
             index,
             token,
         })
@@ -354,31 +369,15 @@ impl Runner {
         merged: WithParent,
         host: &HostRef,
     ) -> Option<quark_history::Committed> {
-        let own = merged.commit.appends[merged.index].clone();
-        let at = own.at.unwrap_or_else(|| now(host));
-        // The parent's run has taken the notice already; its turn's own events follow it.
-        let turn_events = quark_history::Append {
-            expected: match own.expected {
-                Expected::Seq(n) => Expected::Seq(n + 1),
-                other => other,
-            },
-            events: own.events[1..].to_vec(),
-            ..own.clone()
-        };
-        let confirmed = self.confirm_ahead(&turn_events, merged.token, at);
-        match host.commit(merged.commit).await {
+        match self
+            .commit_continuing(merged.commit, merged.index, merged.token, host)
+            .await
+        {
             Ok(committed) => {
-                if confirmed.is_some() && confirmed != Some(committed.appended[merged.index].0 + 1)
-                {
-                    self.live.forget(&merged.parent);
-                } else {
-                    self.live.ack(&merged.parent, merged.token);
-                }
                 host.note(RunEvent::DeliveredHere);
                 Some(committed)
             }
             Err(e) => {
-                self.live.forget(&merged.parent);
                 tracing::debug!(error = %e, "could not continue the parent here");
                 None
             }
@@ -410,8 +409,6 @@ impl Runner {
 struct WithParent {
     /// The merged commit.
     commit: Commit,
-    /// The parent.
-    parent: String,
     /// The index of the parent's append in the commit.
     index: usize,
     /// The parent's live run's token.
