@@ -244,6 +244,21 @@ pub enum HistoryEvent {
         /// The conversation it belongs to, carried unchanged from cause to effect.
         correlation: Option<String>,
     },
+    /// The code sent a signal to another orchestration instance (`ctx.send`). The same commit
+    /// appends `SignalReceived` to the receiver, if it is still running. Last of the variants
+    /// because stored events name their variant by position.
+    SignalSent {
+        /// The command id.
+        command: CommandId,
+        /// The receiving instance.
+        instance_id: String,
+        /// The signal's name.
+        name: String,
+        /// The signal's value.
+        payload: Payload,
+        /// Where the code made the call.
+        site: Option<CallSite>,
+    },
 }
 
 impl HistoryEvent {
@@ -270,6 +285,7 @@ impl HistoryEvent {
             HistoryEvent::WorkflowCancelled { .. } => "WorkflowCancelled",
             HistoryEvent::WorkflowTerminated { .. } => "WorkflowTerminated",
             HistoryEvent::EntityEvent { .. } => "EntityEvent",
+            HistoryEvent::SignalSent { .. } => "SignalSent",
         }
     }
 
@@ -299,6 +315,7 @@ impl HistoryEvent {
             | HistoryEvent::ChildCompleted { command, .. }
             | HistoryEvent::ChildFailed { command, .. }
             | HistoryEvent::SideEffectRecorded { command, .. }
+            | HistoryEvent::SignalSent { command, .. }
             | HistoryEvent::PatchMarker { command, .. } => Some(*command),
             _ => None,
         }

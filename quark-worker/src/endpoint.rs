@@ -166,7 +166,11 @@ fn describe() {
     );
     describe_counter!(
         names::LOCAL_DELIVERIES,
-        "Children's ends that continued their warm parent on the same worker, in one commit"
+        "Children's ends and signals that continued their warm receiver on the same worker, in one commit"
+    );
+    describe_counter!(
+        names::SIGNALS_DROPPED,
+        "Signals sent by orchestrations (ctx.send) to instances that had ended or did not exist"
     );
     describe_counter!(
         names::PLACEMENT_ROUNDS,

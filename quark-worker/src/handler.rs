@@ -529,6 +529,7 @@ impl Host for TaskContext {
             RunEvent::Conflict => metrics.conflict(&self.labels),
             RunEvent::LongHistory => metrics.long_history(&self.labels),
             RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
+            RunEvent::SignalDropped => metrics.signal_dropped(&self.labels),
             _ => {}
         }
     }

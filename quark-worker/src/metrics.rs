@@ -49,6 +49,7 @@ pub(crate) mod names {
     pub(crate) const PLACEMENT_ROUNDS: &str = "quark_placement_rounds_total";
     pub(crate) const PLACEMENT_MOVES: &str = "quark_placement_moves_total";
     pub(crate) const LOCAL_DELIVERIES: &str = "quark_local_deliveries_total";
+    pub(crate) const SIGNALS_DROPPED: &str = "quark_signals_dropped_total";
 }
 
 /// The labels of a running task's figures.
@@ -115,6 +116,7 @@ pub(crate) struct Metrics {
     placement_rounds: AtomicU64,
     placement_moves: AtomicU64,
     local_deliveries: AtomicU64,
+    signals_dropped: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -165,9 +167,11 @@ pub struct MetricsSnapshot {
     pub placement_rounds: u64,
     /// Instances this worker, as the coordinator, moved between workers.
     pub placement_moves: u64,
-    /// Children's ends that continued their warm parent here, in the child's commit, without a
-    /// trip through the queue.
+    /// Children's ends and signals that continued their warm receiver here, in the sender's
+    /// commit, without a trip through the queue.
     pub local_deliveries: u64,
+    /// Signals orchestrations here sent to instances that had ended or did not exist.
+    pub signals_dropped: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -214,13 +218,19 @@ impl Metrics {
             .increment(1);
     }
 
-    /// A turn found its instance's history past the warning bounds (once per live run).
-    /// A child's end continued its warm parent here (local delivery).
+    /// A child's end or a signal continued its warm receiver here (local delivery).
     pub(crate) fn delivered_here(&self, task: &TaskLabels) {
         inc(&self.local_deliveries);
         metrics::counter!(names::LOCAL_DELIVERIES, "queue" => task.queue.clone()).increment(1);
     }
 
+    /// A signal sent by a turn found no running receiver.
+    pub(crate) fn signal_dropped(&self, task: &TaskLabels) {
+        inc(&self.signals_dropped);
+        metrics::counter!(names::SIGNALS_DROPPED, "queue" => task.queue.clone()).increment(1);
+    }
+
+    /// A turn found its instance's history past the warning bounds (once per live run).
     pub(crate) fn long_history(&self, task: &TaskLabels) {
         metrics::counter!(names::LONG_HISTORIES, "queue" => task.queue.clone()).increment(1);
     }
@@ -395,6 +405,7 @@ impl Metrics {
             placement_rounds: get(&self.placement_rounds),
             placement_moves: get(&self.placement_moves),
             local_deliveries: get(&self.local_deliveries),
+            signals_dropped: get(&self.signals_dropped),
         }
     }
 }

@@ -30,6 +30,12 @@ pub(crate) enum Command {
     Patch {
         patch: String,
     },
+    /// A signal to another instance (`ctx.send`), answered at once.
+    Signal {
+        instance_id: String,
+        name: String,
+        payload: Payload,
+    },
 }
 
 impl Command {
@@ -41,6 +47,9 @@ impl Command {
             Command::Child { instance_type, .. } => format!("ChildStarted({instance_type})"),
             Command::SideEffect { .. } => "SideEffectRecorded".into(),
             Command::Patch { patch } => format!("PatchMarker({patch})"),
+            Command::Signal {
+                instance_id, name, ..
+            } => format!("SignalSent({name} to {instance_id})"),
         }
     }
 
@@ -80,6 +89,17 @@ impl Command {
                 site,
             },
             Command::Patch { patch } => HistoryEvent::PatchMarker { command, patch },
+            Command::Signal {
+                instance_id,
+                name,
+                payload,
+            } => HistoryEvent::SignalSent {
+                command,
+                instance_id,
+                name,
+                payload,
+                site,
+            },
         }
     }
 
@@ -137,6 +157,32 @@ impl Command {
             (Command::Patch { patch }, HistoryEvent::PatchMarker { patch: old, .. }) => {
                 patch == old
             }
+            (
+                Command::Signal {
+                    instance_id,
+                    name,
+                    payload,
+                },
+                HistoryEvent::SignalSent {
+                    instance_id: old_id,
+                    name: old_name,
+                    payload: old,
+                    ..
+                },
+            ) => {
+                if instance_id != old_id || name != old_name {
+                    false
+                } else if !same_payload(payload, old) {
+                    return Err(format!(
+                        "asks for {} with value {}, recorded with value {}",
+                        self.describe(),
+                        show(payload),
+                        show(old)
+                    ));
+                } else {
+                    true
+                }
+            }
             _ => false,
         };
         if same {
@@ -157,6 +203,9 @@ pub(crate) fn describe_event(event: &HistoryEvent) -> String {
             format!("ChildStarted({instance_type})")
         }
         HistoryEvent::PatchMarker { patch, .. } => format!("PatchMarker({patch})"),
+        HistoryEvent::SignalSent {
+            instance_id, name, ..
+        } => format!("SignalSent({name} to {instance_id})"),
         other => other.kind().to_string(),
     }
 }
@@ -167,7 +216,8 @@ pub(crate) fn event_site(event: &HistoryEvent) -> Option<CallSite> {
         HistoryEvent::ActivityScheduled { site, .. }
         | HistoryEvent::TimerCreated { site, .. }
         | HistoryEvent::ChildStarted { site, .. }
-        | HistoryEvent::SideEffectRecorded { site, .. } => site.clone(),
+        | HistoryEvent::SideEffectRecorded { site, .. }
+        | HistoryEvent::SignalSent { site, .. } => site.clone(),
         _ => None,
     }
 }
@@ -182,6 +232,7 @@ pub(crate) fn is_command_event(event: &HistoryEvent) -> bool {
             | HistoryEvent::ChildStarted { .. }
             | HistoryEvent::SideEffectRecorded { .. }
             | HistoryEvent::PatchMarker { .. }
+            | HistoryEvent::SignalSent { .. }
     )
 }
 
@@ -248,6 +299,31 @@ mod tests {
         let stored: HistoryEvent =
             serde_json::from_str(&serde_json::to_string(&cmd.to_event(1, &site)).unwrap()).unwrap();
         assert_eq!(cmd.check(&stored), Ok(()));
+    }
+
+    #[test]
+    fn a_signal_to_another_instance_or_with_another_value_is_a_different_command() {
+        let site = CallSite {
+            file: "x.rs".into(),
+            line: 1,
+            column: 1,
+        };
+        let signal = |to: &str, value: u32| Command::Signal {
+            instance_id: to.into(),
+            name: "ball".into(),
+            payload: Payload::json(&value).unwrap(),
+        };
+        let old = signal("b", 1).to_event(3, &site);
+        assert_eq!(signal("b", 1).check(&old), Ok(()));
+        assert_eq!(
+            signal("c", 1).check(&old).unwrap_err(),
+            "asks for SignalSent(ball to c)"
+        );
+        assert_eq!(describe_event(&old), "SignalSent(ball to b)");
+        assert_eq!(
+            signal("b", 2).check(&old).unwrap_err(),
+            "asks for SignalSent(ball to b) with value 2, recorded with value 1"
+        );
     }
 
     #[test]

@@ -210,6 +210,61 @@ impl OrchestrationContext {
         SignalWait::new(self.clone(), name)
     }
 
+    /// Sends `signal` with `value` to orchestration `instance_id`, which receives it through
+    /// `ctx.wait_for(signal)`: the typed [`signal`](Self::signal).
+    #[track_caller]
+    pub fn send<T: Serialize>(
+        &self,
+        instance_id: &str,
+        signal: crate::Signal<T>,
+        value: &T,
+    ) -> Result<(), OrchestrationError> {
+        let site = caller();
+        self.signal_at(instance_id, signal.name(), value, site)
+    }
+
+    /// Sends signal `name` with `value` to orchestration `instance_id`.
+    ///
+    /// The send is recorded in this history (`SignalSent`) and the signal is appended to the
+    /// receiver's history in the same commit as the turn that sent it: it arrives exactly once,
+    /// and after the turn's other effects are written. A replay sends nothing again. If the
+    /// receiver is warm on this worker, its next turn runs at once and commits with this one
+    /// (local delivery). A signal to an instance that has ended, or that does not exist, is
+    /// dropped (logged, and counted as `quark_signals_dropped_total` on a worker); the sender
+    /// goes on.
+    #[track_caller]
+    pub fn signal<T: Serialize>(
+        &self,
+        instance_id: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<(), OrchestrationError> {
+        let site = caller();
+        self.signal_at(instance_id, name, value, site)
+    }
+
+    fn signal_at<T: Serialize>(
+        &self,
+        instance_id: &str,
+        name: &str,
+        value: &T,
+        site: quark_history::CallSite,
+    ) -> Result<(), OrchestrationError> {
+        if instance_id == self.instance_id() {
+            return Err(OrchestrationError::failed(format!(
+                "`{instance_id}` sends signal `{name}` to itself; a run's own state needs no signal"
+            )));
+        }
+        let payload = Payload::json(value).map_err(OrchestrationError::payload)?;
+        let command = Command::Signal {
+            instance_id: instance_id.to_string(),
+            name: name.to_string(),
+            payload,
+        };
+        self.state.borrow_mut().issue(command, site, |_| None);
+        Ok(())
+    }
+
     /// Starts child orchestration `O` under the id `{this id}:{command id}` and waits for its output.
     #[track_caller]
     pub fn call_child<O: Orchestration>(&self, child: O, input: &O::Input) -> ChildCall<O::Output> {

@@ -71,6 +71,9 @@ pub struct Replay {
     /// Events for other instances: the cancellation of this instance's running children, the
     /// first time a turn sees this instance's cancellation (again, if that turn did not commit).
     pub notices: Vec<(String, HistoryEvent)>,
+    /// Signals the code sent to other instances (`ctx.send`) in this turn, as the
+    /// `SignalReceived` each receiver's history gets, in the order they were sent.
+    pub signals: Vec<(String, HistoryEvent)>,
 }
 
 impl Replay {
@@ -83,6 +86,7 @@ impl Replay {
             outcome,
             patches,
             notices: Vec::new(),
+            signals: Vec::new(),
         }
     }
 }
@@ -467,6 +471,24 @@ impl Executor {
             }
         };
         self.decided = new_events.clone();
+        let signals = new_events
+            .iter()
+            .filter_map(|event| match event {
+                HistoryEvent::SignalSent {
+                    instance_id,
+                    name,
+                    payload,
+                    ..
+                } => Some((
+                    instance_id.clone(),
+                    HistoryEvent::SignalReceived {
+                        name: name.clone(),
+                        payload: payload.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
         Replay {
             new_events,
             tasks,
@@ -474,6 +496,7 @@ impl Executor {
             outcome,
             patches,
             notices,
+            signals,
         }
     }
 }

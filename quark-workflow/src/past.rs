@@ -172,6 +172,7 @@ pub fn workflow_at(history: &[RecordedEvent], version: u64) -> Option<WorkflowAt
                 seen.count += 1;
                 seen.last = json(payload);
             }
+            HistoryEvent::SignalSent { .. } => done("signals sent"),
             HistoryEvent::CancelRequested { reason } => {
                 w.cancel_requested = Some(reason.clone());
                 w.status = "cancelling";

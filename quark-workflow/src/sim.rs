@@ -213,6 +213,7 @@ impl Sim {
         assert_eq!(warm.tasks.len(), cold.tasks.len(), "other tasks");
         assert_eq!(warm.children.len(), cold.children.len(), "other children");
         assert_eq!(warm.notices, cold.notices, "other notices");
+        assert_eq!(warm.signals, cold.signals, "signals sent");
         if !matches!(warm.outcome, Outcome::Waiting) {
             self.live = None;
         }
@@ -357,7 +358,8 @@ fn normalize(events: &[HistoryEvent]) -> Vec<HistoryEvent> {
         match e {
             HistoryEvent::ActivityScheduled { site, .. }
             | HistoryEvent::TimerCreated { site, .. }
-            | HistoryEvent::ChildStarted { site, .. } => *site = None,
+            | HistoryEvent::ChildStarted { site, .. }
+            | HistoryEvent::SignalSent { site, .. } => *site = None,
             HistoryEvent::SideEffectRecorded { site, value, .. } => {
                 *site = None;
                 *value = Payload::unit();

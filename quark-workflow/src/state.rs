@@ -187,6 +187,11 @@ impl State {
             } => instance_id.len() + instance_type.len() + input.len(),
             Command::SideEffect { value } => value.len(),
             Command::Patch { patch } => patch.len(),
+            Command::Signal {
+                instance_id,
+                name,
+                payload,
+            } => instance_id.len() + name.len() + payload.len(),
             Command::Timer { .. } => 0,
         };
         let slots: usize = self
@@ -463,6 +468,13 @@ pub(crate) fn event_bytes(event: &HistoryEvent) -> usize {
             HistoryEvent::SideEffectRecorded { value, site: s, .. } => value.len() + site(s),
             HistoryEvent::PatchMarker { patch, .. } => patch.len(),
             HistoryEvent::SignalReceived { name, payload } => name.len() + payload.len(),
+            HistoryEvent::SignalSent {
+                instance_id,
+                name,
+                payload,
+                site: s,
+                ..
+            } => instance_id.len() + name.len() + payload.len() + site(s),
             HistoryEvent::CancelRequested { reason }
             | HistoryEvent::WorkflowCancelled { reason }
             | HistoryEvent::WorkflowTerminated { reason } => reason.len(),

@@ -26,6 +26,10 @@ pub struct Turn {
     pub instances: Vec<NewInstance>,
     /// Where the code stands.
     pub outcome: Outcome,
+    /// Signals to other instances, as the event each receiver's history gets. They are not in
+    /// [`commit`](Self::commit): the caller looks up where each receiver runs (its queue), and
+    /// whether it still runs, before adding them.
+    pub signals: Vec<(String, HistoryEvent)>,
 }
 
 /// Runs one orchestration turn for `task` over `history` (the instance's whole history).
@@ -77,6 +81,7 @@ fn dead_turn(task: &ClaimedTask, error: String, outcome: Outcome) -> Turn {
         commit: Commit::new().fail(task.lease.clone(), FailAction::Dead { error }),
         instances: Vec::new(),
         outcome,
+        signals: Vec::new(),
     }
 }
 
@@ -145,6 +150,7 @@ pub(crate) fn turn_of(executor: &mut Executor, task: &ClaimedTask) -> Turn {
         commit: commit.complete(task.lease.clone()),
         instances: replay.children,
         outcome: replay.outcome,
+        signals: replay.signals,
     }
 }
 

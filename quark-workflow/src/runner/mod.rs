@@ -97,9 +97,12 @@ pub enum RunEvent {
     Conflict,
     /// An instance's history passed the warning bounds ([`HistoryWarning`]), once per run.
     LongHistory,
-    /// A child's end continued its parent's warm run here, in the child's commit, without a
-    /// trip through the queue (local delivery).
+    /// A child's end or a signal continued its receiver's warm run here, in the sender's commit,
+    /// without a trip through the queue (local delivery).
     DeliveredHere,
+    /// A turn sent a signal (`ctx.send`) to an instance that has ended or does not exist: it was
+    /// dropped.
+    SignalDropped,
 }
 
 /// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test

@@ -2,8 +2,8 @@
 //! the turn it unblocks.
 
 use quark_history::{
-    ClaimedTask, Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, Settle, TaskKind,
-    Timestamp,
+    ClaimedTask, Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, InstanceStatus,
+    NewTask, Settle, TaskKind, Timestamp,
 };
 
 use super::live::{LiveTurn, Report};
@@ -91,11 +91,12 @@ impl Runner {
             (Some(i), Some(token)) => self.confirm_ahead(&commit.appends[i], token, at),
             _ => None,
         };
-        // A turn that ends its instance tells its parent; if the parent's run is warm here, its
-        // next turn runs now and commits with this one (local delivery). Otherwise, or if that
-        // commit fails, this turn commits alone and the parent's turn goes through the queue.
-        let delivered = match self.with_parent_turn(&task, &commit, &host).await {
-            Some(merged) => self.commit_with_parent(merged, &host).await,
+        // A turn that ends its instance tells its parent, and a turn may signal other
+        // instances; if such a receiver's run is warm here, its next turn runs now and commits
+        // with this one (local delivery). Otherwise, or if that commit fails, this turn commits
+        // alone and the receiver's turn goes through the queue.
+        let delivered = match self.with_receiver_turn(&task, &commit, &host).await {
+            Some(merged) => self.commit_with_receiver(merged, &host).await,
             None => None,
         };
         let result = match delivered {
@@ -154,6 +155,20 @@ impl Runner {
         }
         let waiting = matches!(turn.outcome, Outcome::Waiting);
         let mut commit = turn.commit;
+        for (receiver, event) in turn.signals {
+            match self.signal_route(&receiver, host).await {
+                Ok(Some(queue)) => {
+                    commit = commit
+                        .append(receiver.as_str(), Expected::Any, [event])
+                        .enqueue(NewTask::orchestration(&queue, &receiver));
+                }
+                Ok(None) => host.note(RunEvent::SignalDropped),
+                Err(e) => {
+                    self.live.forget(instance);
+                    return Err(e.into());
+                }
+            }
+        }
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
         // results): they must not be started here either.
         if waiting && here {
@@ -164,6 +179,26 @@ impl Runner {
             }
         }
         Ok(commit)
+    }
+
+    /// The queue a signal to `receiver` wakes it on, or `None` (logged) when nothing would
+    /// receive it: no such instance, an instance that has ended, or an entity's stream. An
+    /// instance that ends after this look is caught by the commit, which the settle step then
+    /// makes again without the signal.
+    async fn signal_route(
+        &self,
+        receiver: &str,
+        host: &HostRef,
+    ) -> quark_history::Result<Option<String>> {
+        let record = host.store().get_instance(receiver).await?;
+        let why = match &record {
+            None => "there is no such instance".to_string(),
+            Some(r) if r.status == InstanceStatus::Stream => "it is an entity's stream".into(),
+            Some(r) if r.status.is_closed() => format!("it has ended ({})", r.status),
+            Some(r) => return Ok(Some(r.queue.clone())),
+        };
+        tracing::warn!(instance = %receiver, "dropping a signal to `{receiver}`: {why}");
+        Ok(None)
     }
 
     /// Continues the orchestration right here: the activity's result and the turn it unblocks go
@@ -310,63 +345,72 @@ impl Runner {
         result
     }
 
-    /// Local delivery of a child's end to its parent: `commit` (a turn of `task`'s instance)
-    /// tells the parent of its end. If the parent's run is warm here and free, the parent's next
-    /// turn runs on it now and is merged into `commit`, fenced at the parent's next sequence
-    /// number, instead of the notice and the parent's task. `None` when that cannot be done.
-    async fn with_parent_turn(
+    /// Local delivery: `commit` (a turn of `task`'s instance) tells another instance something
+    /// that wakes it, a child's end to its parent or a signal to its receiver. If the receiver's
+    /// run is warm here and free, its next turn runs on it now and is merged into `commit`,
+    /// fenced at the receiver's next sequence number, instead of the news's append and the
+    /// receiver's task. The first receiver warm here is continued; any others get their news
+    /// through the queue. `None` when none can be.
+    async fn with_receiver_turn(
         &self,
         task: &ClaimedTask,
         commit: &Commit,
         host: &HostRef,
-    ) -> Option<WithParent> {
-        let child = task.instance_id.as_deref()?;
-        let (notice, append) = commit.appends.iter().enumerate().find(|(_, a)| {
-            a.instance_id != child
-                && matches!(
-                    a.events.as_slice(),
-                    [HistoryEvent::ChildCompleted { .. } | HistoryEvent::ChildFailed { .. }]
-                )
-        })?;
-        let parent = append.instance_id.as_str();
-        // Warm only: a parent that is not live here would be replayed, which its own worker
-        // does better from the queue.
-        if self.live.next_seq(parent) <= 1 {
-            return None;
+    ) -> Option<WithReceiver> {
+        let sender = task.instance_id.as_deref()?;
+        for (news, append) in commit.appends.iter().enumerate() {
+            let receiver = append.instance_id.as_str();
+            let wakes = matches!(
+                append.events.as_slice(),
+                [HistoryEvent::ChildCompleted { .. }
+                    | HistoryEvent::ChildFailed { .. }
+                    | HistoryEvent::SignalReceived { .. }]
+            );
+            // Warm only: a receiver that is not live here would be replayed, which its own
+            // worker does better from the queue.
+            if receiver == sender || !wakes || self.live.next_seq(receiver) <= 1 {
+                continue;
+            }
+            let Some(wake) = commit.tasks.iter().position(|t| {
+                t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(receiver)
+            }) else {
+                continue;
+            };
+            let plain = Commit {
+                appends: vec![append.clone()],
+                tasks: vec![commit.tasks[wake].clone()],
+                ..Commit::new()
+            };
+            // A turn that starts children creates them, each with its first task, before its
+            // commit; a child that ran and ended before the merged commit would put its end in
+            // the receiver's history ahead of its start. Such a turn goes through the queue.
+            let Some((continued, token)) = self
+                .continue_here(task, &plain, host, Children::Refused)
+                .await
+            else {
+                continue;
+            };
+            let mut merged = commit.clone();
+            merged.appends.remove(news);
+            merged.tasks.remove(wake);
+            let index = merged.appends.len();
+            merged.appends.extend(continued.appends);
+            merged.tasks.extend(continued.tasks);
+            merged.outbox.extend(continued.outbox);
+            return Some(WithReceiver {
+                commit: merged,
+                index,
+                token,
+            });
         }
-        let wake = commit.tasks.iter().position(|t| {
-            t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(parent)
-        })?;
-        let plain = Commit {
-            appends: vec![append.clone()],
-            tasks: vec![commit.tasks[wake].clone()],
-            ..Commit::new()
-        };
-        // A turn that starts children creates them, each with its first task, before its
-        // commit; a child that ran and ended before the merged commit would put its end in
-        // the parent's history ahead of its start. Such a turn goes through the queue.
-        let (continued, token) = self
-            .continue_here(task, &plain, host, Children::Refused)
-            .await?;
-        let mut merged = commit.clone();
-        merged.appends.remove(notice);
-        merged.tasks.remove(wake);
-        let index = merged.appends.len();
-        merged.appends.extend(continued.appends);
-        merged.tasks.extend(continued.tasks);
-        merged.outbox.extend(continued.outbox);
-        Some(WithParent {
-            commit: merged,
-            index,
-            token,
-        })
+        None
     }
 
-    /// Commits a turn merged with its parent's ([`with_parent_turn`](Self::with_parent_turn)):
-    /// the commit's outcome if it went through, `None` (and the parent's run dropped) if not.
-    async fn commit_with_parent(
+    /// Commits a turn merged with its receiver's ([`with_receiver_turn`](Self::with_receiver_turn)):
+    /// the commit's outcome if it went through, `None` (and the receiver's run dropped) if not.
+    async fn commit_with_receiver(
         &self,
-        merged: WithParent,
+        merged: WithReceiver,
         host: &HostRef,
     ) -> Option<quark_history::Committed> {
         match self
@@ -378,7 +422,7 @@ impl Runner {
                 Some(committed)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "could not continue the parent here");
+                tracing::debug!(error = %e, "could not continue the receiver here");
                 None
             }
         }
@@ -405,13 +449,13 @@ impl Runner {
     }
 }
 
-/// A turn merged with its warm parent's next turn.
-struct WithParent {
+/// A turn merged with the next turn of a warm receiver of its news.
+struct WithReceiver {
     /// The merged commit.
     commit: Commit,
-    /// The index of the parent's append in the commit.
+    /// The index of the receiver's append in the commit.
     index: usize,
-    /// The parent's live run's token.
+    /// The receiver's live run's token.
     token: u64,
 }
 

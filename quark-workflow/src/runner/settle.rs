@@ -61,7 +61,8 @@ pub const MAX_TURN_RELEASE_DELAY: Duration = Duration::from_secs(2);
 /// - A conflict (new events arrived while a turn ran) runs the handler again at once, up to
 ///   [`MAX_CONFLICT_RETRIES`] times.
 /// - If another instance the commit tells has ended (a parent told of its child's end after it was
-///   terminated), the news is dropped and the rest committed.
+///   terminated, a signal's receiver that ended) or is gone, the news is dropped and the rest
+///   committed.
 /// - If the task's own instance has ended, the task is completed and its result dropped.
 /// - A retryable store error releases the task; any other refusal dead-letters it.
 pub async fn settle<F>(task: &ClaimedTask, host: &HostRef, mut handle: F) -> Settled
@@ -118,6 +119,19 @@ where
                             .is_some_and(|f| f.appends.iter().any(|a| a.instance_id == id)) =>
                 {
                     tracing::info!(instance = %id, %status, "dropping news for an ended instance");
+                    commit = match fallback.take() {
+                        Some(f) => f.without_instance(&id),
+                        None => unreachable!("the guard saw it"),
+                    };
+                }
+                // A signal's receiver removed (by retention) since the turn looked it up.
+                Err(Error::InstanceNotFound { id })
+                    if own != Some(id.as_str())
+                        && fallback
+                            .as_ref()
+                            .is_some_and(|f| f.appends.iter().any(|a| a.instance_id == id)) =>
+                {
+                    tracing::warn!(instance = %id, "dropping news for an instance that is gone");
                     commit = match fallback.take() {
                         Some(f) => f.without_instance(&id),
                         None => unreachable!("the guard saw it"),

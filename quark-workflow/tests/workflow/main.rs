@@ -11,4 +11,5 @@ mod job_workflow;
 mod live;
 mod replay;
 mod saga;
+mod signals;
 mod versioning;
