@@ -169,6 +169,10 @@ fn describe() {
         "Children's ends and signals that continued their warm receiver on the same worker, in one commit"
     );
     describe_counter!(
+        names::REPLAYS,
+        "Turns that rebuilt their instance's run by replaying its history (cache misses)"
+    );
+    describe_counter!(
         names::SIGNALS_DROPPED,
         "Signals sent by orchestrations (ctx.send) to instances that had ended or did not exist"
     );

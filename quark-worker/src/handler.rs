@@ -530,6 +530,7 @@ impl Host for TaskContext {
             RunEvent::LongHistory => metrics.long_history(&self.labels),
             RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
             RunEvent::SignalDropped => metrics.signal_dropped(&self.labels),
+            RunEvent::Replayed => metrics.replayed(&self.labels),
             _ => {}
         }
     }

@@ -50,6 +50,7 @@ pub(crate) mod names {
     pub(crate) const PLACEMENT_MOVES: &str = "quark_placement_moves_total";
     pub(crate) const LOCAL_DELIVERIES: &str = "quark_local_deliveries_total";
     pub(crate) const SIGNALS_DROPPED: &str = "quark_signals_dropped_total";
+    pub(crate) const REPLAYS: &str = "quark_replays_total";
 }
 
 /// The labels of a running task's figures.
@@ -117,6 +118,7 @@ pub(crate) struct Metrics {
     placement_moves: AtomicU64,
     local_deliveries: AtomicU64,
     signals_dropped: AtomicU64,
+    replays: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -172,6 +174,8 @@ pub struct MetricsSnapshot {
     pub local_deliveries: u64,
     /// Signals orchestrations here sent to instances that had ended or did not exist.
     pub signals_dropped: u64,
+    /// Turns that rebuilt their instance's run by replaying its history (cache misses).
+    pub replays: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -228,6 +232,12 @@ impl Metrics {
     pub(crate) fn signal_dropped(&self, task: &TaskLabels) {
         inc(&self.signals_dropped);
         metrics::counter!(names::SIGNALS_DROPPED, "queue" => task.queue.clone()).increment(1);
+    }
+
+    /// A turn rebuilt its instance's run from the history (a cache miss).
+    pub(crate) fn replayed(&self, task: &TaskLabels) {
+        inc(&self.replays);
+        metrics::counter!(names::REPLAYS, "queue" => task.queue.clone()).increment(1);
     }
 
     /// A turn found its instance's history past the warning bounds (once per live run).
@@ -406,6 +416,7 @@ impl Metrics {
             placement_moves: get(&self.placement_moves),
             local_deliveries: get(&self.local_deliveries),
             signals_dropped: get(&self.signals_dropped),
+            replays: get(&self.replays),
         }
     }
 }

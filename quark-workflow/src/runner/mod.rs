@@ -103,6 +103,10 @@ pub enum RunEvent {
     /// A turn sent a signal (`ctx.send`) to an instance that has ended or does not exist: it was
     /// dropped.
     SignalDropped,
+    /// A turn found its instance's run not warm here and rebuilt it by replaying a history its
+    /// code had run on before (a cache miss: the instance was evicted, moved, or last ran
+    /// elsewhere).
+    Replayed,
 }
 
 /// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test

@@ -38,12 +38,24 @@ impl Runner {
                 )
             }
         };
+        // A run rebuilt from a history its code has run on before: a cache miss.
+        let decided = |events: &[quark_history::RecordedEvent]| {
+            events
+                .iter()
+                .any(|e| crate::command::is_command_event(&e.event))
+        };
+        if from == 1 && decided(&events) {
+            host.note(RunEvent::Replayed);
+        }
         let mut reply = self
             .live
             .turn(&instance, &task, &self.registry, from, events)
             .await;
         if matches!(reply, Some(LiveTurn::Miss)) {
             let history = store.read_history(&instance, HistoryRange::All).await?;
+            if decided(&history) {
+                host.note(RunEvent::Replayed);
+            }
             reply = self
                 .live
                 .turn(&instance, &task, &self.registry, 1, history)

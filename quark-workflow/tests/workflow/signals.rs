@@ -123,6 +123,10 @@ async fn two_warm_orchestrations_play_a_rally_and_each_signal_arrives_once() {
         .filter(|e| **e == RunEvent::DeliveredHere)
         .count();
     assert!(here >= 4, "{here} of 9 throws were delivered in memory");
+    assert!(
+        !env.run_events().contains(&RunEvent::Replayed),
+        "warm runs are never rebuilt"
+    );
 }
 
 #[tokio::test]
@@ -141,6 +145,15 @@ async fn replaying_every_turn_sends_each_signal_once() {
         !env.run_events().contains(&RunEvent::DeliveredHere),
         "nothing is warm, so nothing is delivered in memory"
     );
+    // Every turn that finds code decisions in its history rebuilds its run, a cache miss: `a`'s
+    // four turns after its serve, and `b`'s four after its first throw (`b` decided nothing
+    // before that one).
+    let replays = env
+        .run_events()
+        .iter()
+        .filter(|e| **e == RunEvent::Replayed)
+        .count();
+    assert_eq!(replays, 8);
 }
 
 #[tokio::test]
