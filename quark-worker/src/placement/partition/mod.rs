@@ -128,9 +128,11 @@ pub struct Options {
     /// a move transfers state, which is not worth a negligible gain or one made of noise.
     pub min_gain: f64,
     /// A move is taken only if it also lowers the cost by more than this fraction of what the
-    /// node's traffic would cost if all of it crossed the farthest distance. Traffic without
-    /// structure still shows, in a sample, a worker a node talks to a little more than its own;
-    /// requiring a share of its traffic keeps such noise from moving state.
+    /// node's traffic costs where it is now (for a group moved together, what the edges it
+    /// touches cost, each once). Traffic without structure still shows, in a sample, a worker a
+    /// node talks to a little more than its own; requiring a share of its cost keeps such noise
+    /// from moving state. Measured against the cost now, not against the farthest distance, so
+    /// that traffic within a zone can be gathered as well as traffic across zones.
     pub min_relative_gain: f64,
     /// Rounds stop once one lowers the cost by less than this fraction of the cost.
     pub min_round_gain: f64,

@@ -63,8 +63,6 @@ pub(super) struct Search<'p> {
     /// Units away from their original worker.
     moved: usize,
     opts: Options,
-    /// Per unit: the least gain that justifies moving it.
-    threshold: Vec<f64>,
     /// Per worker: the weight of the gathered unit's neighbours there.
     scratch: Vec<f64>,
     touched: Vec<u16>,
@@ -85,7 +83,6 @@ impl<'p> Search<'p> {
                 loads[w as usize].add(&problem.units[unit]);
             }
         }
-        let farthest = matrix.iter().fold(0.0, |a: f64, &b| a.max(b));
         let mut search = Search {
             problem,
             matrix,
@@ -96,14 +93,6 @@ impl<'p> Search<'p> {
             limits,
             cost: 0.0,
             moved: 0,
-            threshold: problem
-                .adjacency
-                .iter()
-                .map(|edges| {
-                    let strength: f64 = edges.iter().map(|e| e.1).sum();
-                    opts.min_gain + opts.min_relative_gain * strength * farthest
-                })
-                .collect(),
             opts,
             scratch: vec![0.0; k],
             touched: Vec::new(),
@@ -160,6 +149,38 @@ impl<'p> Search<'p> {
     fn gain(&mut self, unit: u32, to: u16) -> f64 {
         self.gather(unit);
         self.cost_at(self.assign[unit as usize]) - self.cost_at(to)
+    }
+
+    /// The least gain that justifies moving a unit whose edges cost `here` where it is now:
+    /// [`Options::min_gain`] and [`Options::min_relative_gain`] of `here`.
+    fn needed(&self, here: f64) -> f64 {
+        self.opts.min_gain + self.opts.min_relative_gain * here
+    }
+
+    /// [`needed`](Self::needed) for `unit` where it is now.
+    fn needed_for(&mut self, unit: u32) -> f64 {
+        self.gather(unit);
+        self.needed(self.cost_at(self.assign[unit as usize]))
+    }
+
+    /// The least gain that justifies moving `members` together: [`Options::min_gain`] per
+    /// member, and [`Options::min_relative_gain`] of what the edges they touch cost now, each
+    /// edge once (an edge between two members is one message stream, not two).
+    fn needed_for_group(&self, members: &[u32]) -> f64 {
+        let mut sorted = members.to_vec();
+        sorted.sort_unstable();
+        let mut here = 0.0;
+        for &unit in members {
+            let a = self.assign[unit as usize];
+            for &(other, weight) in &self.problem.adjacency[unit as usize] {
+                let b = self.assign[other as usize];
+                if b == UNPLACED || (other < unit && sorted.binary_search(&other).is_ok()) {
+                    continue;
+                }
+                here += weight * self.matrix[a as usize * self.k + b as usize];
+            }
+        }
+        self.opts.min_gain * members.len() as f64 + self.opts.min_relative_gain * here
     }
 
     fn fits(&self, unit: u32, to: u16, fit: Fit) -> bool {
@@ -230,7 +251,7 @@ impl<'p> Search<'p> {
                 }
             }
             if let Some((gain, to)) = best
-                && gain > self.threshold[unit as usize]
+                && gain > self.needed(here)
             {
                 wishes.push(Wish {
                     unit,
@@ -254,8 +275,9 @@ impl<'p> Search<'p> {
         if self.assign[wish.unit as usize] != wish.from || !self.may_move(wish.unit, wish.to) {
             return;
         }
+        let needed = self.needed_for(wish.unit);
         let gain = self.gain(wish.unit, wish.to);
-        if gain <= self.threshold[wish.unit as usize] {
+        if gain <= needed {
             return;
         }
         if self.fits(wish.unit, wish.to, Fit::All) {
@@ -269,7 +291,7 @@ impl<'p> Search<'p> {
                 opposite.pop_front();
                 continue;
             }
-            if self.exchange(wish, gain, other) {
+            if self.exchange(wish, gain, needed, other) {
                 opposite.pop_front();
                 return;
             }
@@ -280,10 +302,11 @@ impl<'p> Search<'p> {
 
     /// Moves `a` and `b` (in opposite directions) together if the pair gains and keeps the
     /// limits of both workers and the move cap.
-    fn exchange(&mut self, a: Wish, gain_a: f64, b: Wish) -> bool {
+    /// `needed_a` is what `a` alone must gain; `b` must gain its own share on top.
+    fn exchange(&mut self, a: Wish, gain_a: f64, needed_a: f64, b: Wish) -> bool {
+        let needed = needed_a + self.needed_for(b.unit);
         self.apply(a.unit, a.to, gain_a);
         let gain_b = self.gain(b.unit, b.to);
-        let needed = self.threshold[a.unit as usize] + self.threshold[b.unit as usize];
         if gain_a + gain_b > needed && self.may_move(b.unit, b.to) {
             self.apply(b.unit, b.to, gain_b);
             if self.within_limits(a.to) && self.within_limits(b.to) {
@@ -312,8 +335,9 @@ impl<'p> Search<'p> {
                         break;
                     }
                     waiting[queue].pop_front();
+                    let needed = self.needed_for(wish.unit);
                     let gain = self.gain(wish.unit, wish.to);
-                    if gain > self.threshold[wish.unit as usize] {
+                    if gain > needed {
                         self.apply(wish.unit, wish.to, gain);
                         stack.push(wish.from);
                     }
@@ -371,6 +395,12 @@ impl<'p> Search<'p> {
     /// the cap, and returns the gain if kept. Without, undoes them and returns the gain they
     /// would bring (to rank groups), or `None` if there is nothing to move.
     fn try_group(&mut self, members: &[u32], target: &[u16], keep: bool) -> Option<f64> {
+        let moving: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|&u| self.assign[u as usize] != target[u as usize])
+            .collect();
+        let needed = self.needed_for_group(&moving);
         let mut done: Vec<(u32, u16, f64)> = Vec::with_capacity(members.len());
         let mut gain = 0.0;
         for &unit in members {
@@ -387,7 +417,6 @@ impl<'p> Search<'p> {
             .iter()
             .all(|&(unit, _, _)| self.within_limits(self.assign[unit as usize]))
             && self.moved <= self.opts.max_moves;
-        let needed: f64 = done.iter().map(|d| self.threshold[d.0 as usize]).sum();
         let accept = keep && fits && gain > needed;
         if !accept {
             for &(unit, from, g) in done.iter().rev() {
