@@ -22,7 +22,9 @@ use quark_worker::memory::{MemoryProbe, ProcProbe};
 use quark_workflow::{
     Client, OrchestrationContext, OrchestrationError, Registry, WarmLimits, orchestration,
 };
-use sqlx::{Connection, Executor, PgConnection};
+
+mod scratch;
+use scratch::Scratch;
 
 /// Holds `state` until signalled, then returns its length.
 #[orchestration]
@@ -59,51 +61,6 @@ const USAGE: &str = "cargo bench -p quark-worker --bench memory -- [options]
   --crash-moves M  instead: M moves of instances between two worker processes, each followed
                    at once by a SIGKILL of the source or the target (in turn) and its restart;
                    fails unless every signal was served exactly once";
-
-fn base_url() -> String {
-    std::env::var("QUARK_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    if query.is_empty() {
-        format!("{base}/{db}")
-    } else {
-        format!("{base}/{db}?{query}")
-    }
-}
-
-/// A database of its own for one run, dropped by [`Scratch::drop`].
-struct Scratch {
-    admin: PgConnection,
-    name: String,
-    url: String,
-}
-
-impl Scratch {
-    async fn create(prefix: &str) -> anyhow::Result<Scratch> {
-        let base = base_url();
-        let name = format!("quark_{prefix}_{}", uuid::Uuid::now_v7().simple());
-        let mut admin = PgConnection::connect(&base).await?;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await?;
-        let url = with_database(&base, &name);
-        Ok(Scratch { admin, name, url })
-    }
-
-    async fn drop(mut self) {
-        let _ = self
-            .admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE {} WITH (FORCE)",
-                self.name
-            )))
-            .await;
-    }
-}
 
 /// `size` bytes of text, different for each `i`.
 fn text(i: usize, size: usize) -> String {
