@@ -1,6 +1,8 @@
 //! Locality benchmark: communities of orchestrations that pass a token around a ring by signals
-//! (`ctx.send`), on four worker processes labelled as two zones of two racks each, once with
-//! placement off and once with it on, each on a database of its own, in one run.
+//! (`ctx.send`), on four worker processes labelled as two zones of two racks each, in three modes
+//! one after the other, each on a database of its own: placement off (an instance stays where its
+//! first turn was claimed), a hash of the instance id (applied before the warm-up, through the
+//! store's fenced moves), and the placement coordinator.
 //!
 //! Each hop's sender and receiver record, as a side effect, the worker process that ran their
 //! turn and the time: a hop is cross-worker when the two differ, and its latency runs from the
@@ -8,13 +10,13 @@
 //! delivery: the receiver continued in the sender's commit), the turns claimed from the queue, and
 //! the runs rebuilt from history (cache misses).
 //!
-//! Phases, the same for both modes: every member is started and placed where its first turn is
-//! claimed (first come: spread as a hash would spread them); a warm-up of `--warm-laps` laps, in
-//! which the coordinator (on) learns who talks to whom; a pause until two repartition periods in a
-//! row move nothing; then the `--laps` measured laps. Moves the coordinator makes during the
-//! measured laps count in them (their cache misses too).
+//! Phases, the same in every mode: every member is started and parks, placed where its first turn
+//! was claimed (first come); hash moves them now; a first `go` starts a warm-up of `--warm-laps`
+//! laps, in which the coordinator (on) learns who talks to whom and moves them; a pause until two
+//! repartition periods in a row move nothing; a second `go` starts the `--laps` measured laps.
+//! Moves the coordinator makes during the measured laps count in them (their cache misses too).
 //!
-//! `cargo bench -p quark-worker --bench locality -- [--communities 32] [--size 8] [--warm-laps 30] [--laps 20] [--modes off,on]`
+//! `cargo bench -p quark-worker --bench locality -- [--communities 32] [--size 8] [--warm-laps 30] [--laps 20] [--modes off,hash,on]`
 //! PostgreSQL: `QUARK_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 #![allow(clippy::disallowed_methods)] // a benchmark reads the wall clock
 
@@ -25,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use quark_history::{PostgresStore, Store, StoreConfig};
+use quark_history::{AffinityMove, PostgresStore, Store, StoreConfig};
 use quark_worker::Worker;
 use quark_worker::placement::coordinator::PlacementConfig;
 use quark_workflow::{
@@ -93,8 +95,9 @@ fn member_id(community: u32, index: u32) -> String {
     format!("c{community}-m{index}")
 }
 
-/// One member: receives the token `warm_laps + laps` times and passes it on to the next member,
-/// member 0 serving first and waiting for `go` between the warm-up and the measured laps.
+/// One member: receives the token `warm_laps + laps` times and passes it on to the next member;
+/// member 0 serves on a first `go`, and waits for a second between the warm-up and the measured
+/// laps.
 #[orchestration]
 async fn member(ctx: OrchestrationContext, ring: Ring) -> Result<Seen, OrchestrationError> {
     let warm_total = ring.size * ring.warm_laps;
@@ -102,6 +105,7 @@ async fn member(ctx: OrchestrationContext, ring: Ring) -> Result<Seen, Orchestra
     let next = member_id(ring.community, (ring.index + 1) % ring.size);
     let mut seen = Seen::default();
     if ring.index == 0 {
+        ctx.wait_for(GO).await?;
         let (worker, at_us) = ctx.side_effect(here)?;
         let first = Token {
             hop: 1,
@@ -141,7 +145,8 @@ const USAGE: &str = "cargo bench -p quark-worker --bench locality -- [options]
   --warm-laps W    laps before the measured ones, at least 1 (default 30: the coordinator
                    moves an instance for sustained traffic, not for a few messages)
   --laps L         measured laps (default 20)
-  --modes M,..     off, on, or both in that order (default off,on)";
+  --modes M,..     off (first come, sticky), hash (moved by a hash of the id before the
+                   warm-up), on (the coordinator), in the order given (default off,hash,on)";
 
 fn value(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -266,9 +271,58 @@ impl Process {
     }
 }
 
+/// Where the members sit during the measured laps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Where their first turn was claimed (first come, then sticky), no coordinator.
+    Off,
+    /// Moved, before the warm-up, to the worker a hash of their id names; no coordinator.
+    Hash,
+    /// Placed by the coordinator.
+    On,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Hash => "hash",
+            Mode::On => "on",
+        }
+    }
+}
+
+/// A stable hash of an instance id: FNV-1a, then mixed (FNV's low bits follow the last byte, so
+/// ids that differ in their last character would never share a worker).
+fn fnv(id: &str) -> u64 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Moves every member to the worker a hash of its id names, through the store's fenced moves.
+async fn place_by_hash(store: &Arc<dyn Store>, communities: u32, size: u32) -> anyhow::Result<u64> {
+    let ids: Vec<String> = (0..communities)
+        .flat_map(|c| (0..size).map(move |i| member_id(c, i)))
+        .collect();
+    let moves: Vec<AffinityMove> = store
+        .affinities(&ids)
+        .await?
+        .into_iter()
+        .filter_map(|p| {
+            let to = WORKERS[(fnv(&p.instance) % WORKERS.len() as u64) as usize].0;
+            (p.worker != to).then(|| AffinityMove::new(p.instance, p.worker, to))
+        })
+        .collect();
+    let applied = store.move_affinities(&moves, None).await?;
+    Ok(applied.iter().filter(|a| **a).count() as u64)
+}
+
 /// The figures of one mode.
 struct Figures {
-    mode: &'static str,
+    mode: Mode,
     hops: u64,
     cross: u64,
     local: u64,
@@ -317,7 +371,7 @@ async fn together(store: &Arc<dyn Store>, communities: u32, size: u32) -> anyhow
 }
 
 async fn run_mode(
-    on: bool,
+    mode: Mode,
     communities: u32,
     size: u32,
     warm_laps: u32,
@@ -331,11 +385,10 @@ async fn run_mode(
     let mut processes = Vec::new();
     let result = async {
         for (id, zone, rack) in WORKERS {
-            processes.push(Process::spawn(id, zone, rack, &url, on)?);
+            processes.push(Process::spawn(id, zone, rack, &url, mode == Mode::On)?);
         }
         let client = Client::new(Arc::clone(&store));
-        // Receivers first: a signal to a member not started yet would be dropped.
-        for index in (0..size).rev() {
+        for index in 0..size {
             let starts = (0..communities).map(|community| {
                 let ring = Ring {
                     community,
@@ -349,6 +402,15 @@ async fn run_mode(
             client
                 .start_many::<member>(starts, StartOptions::default())
                 .await?;
+        }
+        // Every member parked on its first turn; the hash places them before any traffic.
+        drained(&store).await?;
+        let hashed = match mode {
+            Mode::Hash => place_by_hash(&store, communities, size).await?,
+            Mode::Off | Mode::On => 0,
+        };
+        for community in 0..communities {
+            client.send(&member_id(community, 0), GO, &()).await?;
         }
         drained(&store).await?;
         // The coordinator repartitions every `EVERY`: wait until two periods in a row move
@@ -405,10 +467,10 @@ async fn run_mode(
                 .map(|(b, a)| a[k].saturating_sub(b[k]))
                 .sum()
         };
-        let moves: u64 = after.iter().map(|a| a[3]).sum();
+        let moves: u64 = hashed + after.iter().map(|a| a[3]).sum::<u64>();
         let moved_while_measured = delta(3);
         anyhow::Ok(Figures {
-            mode: if on { "on" } else { "off" },
+            mode,
             hops,
             cross,
             claims: delta(0),
@@ -456,15 +518,16 @@ fn main() -> anyhow::Result<()> {
     let laps = number("--laps", 20)?;
     anyhow::ensure!(size >= 2, "--size must be at least 2");
     anyhow::ensure!(warm_laps >= 1, "--warm-laps must be at least 1");
-    let modes = value(&args, "--modes").unwrap_or_else(|| "off,on".into());
+    let modes = value(&args, "--modes").unwrap_or_else(|| "off,hash,on".into());
     let mut rows = Vec::new();
     for mode in modes.split(',') {
-        let on = match mode.trim() {
-            "on" => true,
-            "off" => false,
-            other => anyhow::bail!("unknown mode `{other}`: off or on"),
+        let mode = match mode.trim() {
+            "off" => Mode::Off,
+            "hash" => Mode::Hash,
+            "on" => Mode::On,
+            other => anyhow::bail!("unknown mode `{other}`: off, hash or on"),
         };
-        rows.push(runtime.block_on(run_mode(on, communities, size, warm_laps, laps))?);
+        rows.push(runtime.block_on(run_mode(mode, communities, size, warm_laps, laps))?);
     }
     println!(
         "{communities} rings of {size} members on 4 worker processes (2 zones x 2 racks); \
@@ -478,7 +541,7 @@ fn main() -> anyhow::Result<()> {
     for f in &rows {
         println!(
             "| {} | {:.0} % | {} ({}) | {} | {} ({:.1} %) | {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} |",
-            f.mode,
+            f.mode.name(),
             f.together * 100.0,
             f.moves,
             f.moved_while_measured,
@@ -493,25 +556,14 @@ fn main() -> anyhow::Result<()> {
             f.hops as f64 / f.took.as_secs_f64()
         );
     }
-    // A hash of the instance id puts a ring's next member on another of the 4 workers 3 times
-    // in 4.
-    let hash = 0.75;
-    for f in &rows {
-        println!(
-            "placement {}: {:.0} % fewer cross-worker deliveries than a hash would make ({:.0} % of the hops)",
-            f.mode,
-            (1.0 - f.cross as f64 / (hash * f.hops.max(1) as f64)) * 100.0,
-            hash * 100.0
-        );
-    }
-    if let (Some(off), Some(on)) = (
-        rows.iter().find(|f| f.mode == "off"),
-        rows.iter().find(|f| f.mode == "on"),
-    ) {
-        println!(
-            "placement on: {:.0} % fewer cross-worker deliveries than off",
-            (1.0 - on.cross as f64 / off.cross.max(1) as f64) * 100.0
-        );
+    if let Some(on) = rows.iter().find(|f| f.mode == Mode::On) {
+        for base in rows.iter().filter(|f| f.mode != Mode::On) {
+            println!(
+                "placement on: {:.0} % fewer cross-worker deliveries than {}",
+                (1.0 - on.cross as f64 / base.cross.max(1) as f64) * 100.0,
+                base.mode.name()
+            );
+        }
     }
     Ok(())
 }
