@@ -445,7 +445,11 @@ async fn run_mode(
         let (mut hops, mut cross) = (0u64, 0u64);
         for community in 0..communities {
             for index in 0..size {
-                let seen: Seen = client.result(&member_id(community, index)).await?;
+                let id = member_id(community, index);
+                // A lost token would stall its ring for ever: fail instead.
+                let seen: Seen = tokio::time::timeout(Duration::from_secs(300), client.result(&id))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("{id} did not finish in 5 minutes"))??;
                 hops += u64::from(seen.hops);
                 cross += u64::from(seen.cross);
                 for l in seen.latencies_us {
