@@ -1,7 +1,8 @@
 //! Placement, on both backends: a worker's commits record who talks to whom (a parent and its
 //! child, an instance and the peer it signals), its heartbeats publish the heaviest pairs
-//! through the database, and the coordinator moves instances so that pairs that talk sit on one
-//! worker, within balance, losing nothing.
+//! through the database, the coordinator moves instances so that pairs that talk sit on one
+//! worker, within balance, losing nothing, and a child's end or a signal continues a warm
+//! receiver in the sender's commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ quark_history::backend_tests!(
     it_moves_pairs_that_talk_onto_one_worker_and_spreads_them_over_the_workers,
     it_refuses_to_start_with_topology_labels_it_does_not_know,
     it_continues_a_warm_parent_in_its_child_s_last_commit,
+    it_continues_a_warm_receiver_of_a_signal_in_its_sender_s_commit,
 );
 
 #[orchestration]
@@ -49,6 +51,26 @@ async fn guest(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationEr
 async fn host(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
     ctx.call_child_with_id(guest, &format!("guest-{n}"), &n)
         .await
+}
+
+/// Waits for signal `ping`, then returns it.
+#[orchestration]
+async fn listener(ctx: OrchestrationContext, _in: ()) -> Result<u64, OrchestrationError> {
+    ctx.wait_for_signal("ping").await
+}
+
+/// Waits for `go`, then signals `ping` with `n` to each instance named, and returns.
+#[orchestration]
+async fn pinger(
+    ctx: OrchestrationContext,
+    input: (u64, Vec<String>),
+) -> Result<u64, OrchestrationError> {
+    let (n, targets) = input;
+    let _: () = ctx.wait_for_signal("go").await?;
+    for target in &targets {
+        ctx.signal(target, "ping", &n)?;
+    }
+    Ok(n)
 }
 
 async fn published(t: &TestStore) -> Vec<SketchEdge> {
@@ -344,4 +366,82 @@ async fn it_continues_a_warm_parent_in_its_child_s_last_commit(t: &TestStore) {
         ]
     );
     running.shutdown().await;
+}
+
+async fn it_continues_a_warm_receiver_of_a_signal_in_its_sender_s_commit(t: &TestStore) {
+    let worker = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(format!("signals-{}", uuid::Uuid::now_v7()))
+        .poll_interval(Duration::from_millis(10))
+        .lease(Duration::from_secs(3600))
+        .workflows(Registry::new().register(listener).register(pinger))
+        .build()
+        .unwrap();
+    let running = worker.start().await.unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    listener::start(&client, "listener-1", ()).await.unwrap();
+    let targets = vec!["listener-1".to_string(), "nobody-home".to_string()];
+    pinger::start(&client, "pinger-1", (5, targets))
+        .await
+        .unwrap();
+    // Both first turns settled: both runs are warm and idle.
+    eventually("both instances wait", async || {
+        running.worker().metrics().completed >= 2
+    })
+    .await;
+    let before = running.worker().metrics();
+    client.signal("pinger-1", "go", &()).await.unwrap();
+    for id in ["pinger-1", "listener-1"] {
+        let got: u64 = tokio::time::timeout(Duration::from_secs(60), client.result(id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, 5, "{id}");
+    }
+    // The pinger's turn carried the listener's last turn: one claim (the pinger's), where the
+    // queue would have taken two; the signal to an instance that does not exist was dropped.
+    let after = eventually_metrics(&running, |m| m.signals_dropped >= 1).await;
+    assert_eq!(after.local_deliveries - before.local_deliveries, 1);
+    assert_eq!(after.claimed - before.claimed, 1);
+    assert_eq!(after.signals_dropped - before.signals_dropped, 1);
+    let kinds = |id: &'static str| {
+        let store = Arc::clone(&t.store);
+        async move {
+            store
+                .read_history(id, quark_history::HistoryRange::All)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.event.kind())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        kinds("pinger-1").await,
+        [
+            "WorkflowStarted",
+            "SignalReceived",
+            "SignalSent",
+            "SignalSent",
+            "WorkflowCompleted"
+        ]
+    );
+    assert_eq!(
+        kinds("listener-1").await,
+        ["WorkflowStarted", "SignalReceived", "WorkflowCompleted"]
+    );
+    running.shutdown().await;
+}
+
+/// The worker's metrics once `ready` holds of them (counters are bumped just after the effect
+/// they count).
+async fn eventually_metrics(
+    running: &quark_worker::RunningWorker,
+    ready: impl Fn(&quark_worker::MetricsSnapshot) -> bool,
+) -> quark_worker::MetricsSnapshot {
+    eventually("the worker's counters caught up", async || {
+        ready(&running.worker().metrics())
+    })
+    .await;
+    running.worker().metrics()
 }
