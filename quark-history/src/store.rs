@@ -365,7 +365,9 @@ pub trait Store:
     /// warm run (see [`moved_away`](Store::moved_away)). One transaction; for each move, whether
     /// it happened: compare-and-set, so a move whose instance's affinity is no longer `from` (a
     /// later turn ran elsewhere, or another move won) changes nothing. Running turns are not
-    /// disturbed: a turn's lease fences it, whichever worker holds it.
+    /// disturbed: a turn's lease fences it, whichever worker holds it. The moves never wait for
+    /// the instances' own traffic: an instance whose row or pending task a commit holds right
+    /// now is not moved (reported `false`, like a lost compare-and-set).
     ///
     /// With a `lead` (the placement coordinator's), the moves happen only while that lead is
     /// current; otherwise [`Error::NotLeader`](crate::Error::NotLeader) and nothing moves.

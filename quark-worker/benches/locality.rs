@@ -165,6 +165,14 @@ async fn worker_process(
     on: bool,
 ) -> anyhow::Result<()> {
     WORKER.set(id.to_string()).ok();
+    // `RUST_LOG=quark_worker::placement=info` shows the coordinator's rounds, on standard error
+    // (standard output is the driver's).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let store: Arc<dyn Store> =
         Arc::new(PostgresStore::connect_with(url, StoreConfig::default()).await?);
     let lock_dir = std::env::temp_dir().join("quark-locality-bench");

@@ -144,27 +144,58 @@ pub(crate) async fn move_affinities<S: SqlStore>(
             });
         }
     }
+    // The moves never wait for the instances' traffic: an instance or task row that a commit
+    // holds is skipped, and that instance is not moved this time (as if its compare-and-set had
+    // lost; the next round decides again). Waiting for them deadlocked with commits, which lock
+    // tasks before instances, and with the lease keeper: the whole round failed.
     let mut moved = Vec::with_capacity(moves.len());
     for m in moves {
-        let rows = Stmt::<S::Db>::new(
-            "UPDATE instances SET affinity = $3 WHERE id = $1 AND affinity = $2",
+        let pending = Stmt::<S::Db>::new(
+            "SELECT COUNT(*) AS n FROM tasks WHERE instance_id = $1 AND affinity = $2",
         )
         .bind(m.instance.as_str())
         .bind(m.from.as_str())
-        .bind(m.to.as_str())
-        .execute(&mut tx)
+        .fetch_one(&mut tx)
+        .await?
+        .get::<i64>("n")?;
+        let held: Vec<i64> = Stmt::<S::Db>::new(sql(format!(
+            "SELECT id FROM tasks WHERE instance_id = $1 AND affinity = $2 ORDER BY id{}",
+            S::Db::SKIP_LOCKED
+        )))
+        .bind(m.instance.as_str())
+        .bind(m.from.as_str())
+        .fetch_all(&mut tx)
+        .await?
+        .iter()
+        .map(|row| row.get::<i64>("id"))
+        .collect::<Result<_>>()?;
+        let instance = Stmt::<S::Db>::new(sql(format!(
+            "SELECT id FROM instances WHERE id = $1 AND affinity = $2{}",
+            S::Db::SKIP_LOCKED
+        )))
+        .bind(m.instance.as_str())
+        .bind(m.from.as_str())
+        .fetch_optional(&mut tx)
         .await?;
-        if rows > 0 {
-            Stmt::<S::Db>::new(
-                "UPDATE tasks SET affinity = $3 WHERE instance_id = $1 AND affinity = $2",
-            )
+        if (held.len() as i64) < pending || instance.is_none() {
+            moved.push(false);
+            continue;
+        }
+        Stmt::<S::Db>::new("UPDATE instances SET affinity = $3 WHERE id = $1 AND affinity = $2")
             .bind(m.instance.as_str())
             .bind(m.from.as_str())
             .bind(m.to.as_str())
             .execute(&mut tx)
             .await?;
+        // Only the rows held here: touching another could wait for its holder.
+        for id in held {
+            Stmt::<S::Db>::new("UPDATE tasks SET affinity = $2 WHERE id = $1")
+                .bind(id)
+                .bind(m.to.as_str())
+                .execute(&mut tx)
+                .await?;
         }
-        moved.push(rows > 0);
+        moved.push(true);
     }
     tx.commit().await?;
     Ok(moved)

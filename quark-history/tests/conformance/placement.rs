@@ -14,6 +14,7 @@ conformance!(
     it_gives_a_role_to_one_holder_at_a_time_and_a_new_epoch_at_each_change_of_hands,
     it_moves_instances_only_under_the_current_lead,
     it_tells_where_running_instances_are,
+    it_skips_an_instance_held_by_another_transaction_instead_of_waiting,
 );
 
 const TTL: Duration = Duration::from_secs(10);
@@ -174,4 +175,66 @@ async fn it_tells_where_running_instances_are(t: &TestStore) {
         "only running instances that have a worker"
     );
     assert!(t.store.affinities(&[]).await.unwrap().is_empty());
+}
+
+/// A move never waits for the traffic of the instances it moves: one whose row (or one of whose
+/// tasks) another transaction holds is skipped, reported as not moved, and the others move. On
+/// PostgreSQL only: SQLite has one writer, so nothing else holds a row while the moves run.
+async fn it_skips_an_instance_held_by_another_transaction_instead_of_waiting(t: &TestStore) {
+    #[cfg(feature = "postgres")]
+    if let quark_history::testing::Raw::Postgres(pool) = t.raw() {
+        use sqlx::Acquire;
+        for id in ["busy", "free", "queued"] {
+            run_turn(t, id, "w1").await;
+        }
+        // `queued` has a pending turn (a signal woke it), whose task row another transaction
+        // holds too.
+        t.store
+            .commit(
+                Commit::new()
+                    .append("queued", Expected::Any, [signal_event()])
+                    .enqueue(quark_history::NewTask::orchestration("default", "queued")),
+            )
+            .await
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let mut holder = conn.begin().await.unwrap();
+        sqlx::query("SELECT id FROM instances WHERE id = 'busy' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        sqlx::query("SELECT id FROM tasks WHERE instance_id = 'queued' FOR UPDATE")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let moves: Vec<AffinityMove> = ["busy", "free", "queued"]
+            .iter()
+            .map(|id| AffinityMove::new(*id, "w1", "w2"))
+            .collect();
+        // Waiting for the holder would never end: it commits only after the moves return.
+        let moved = tokio::time::timeout(
+            Duration::from_secs(10),
+            t.store.move_affinities(&moves, None),
+        )
+        .await
+        .expect("the moves waited for a row another transaction holds")
+        .unwrap();
+        assert_eq!(moved, [false, true, false]);
+        holder.rollback().await.unwrap();
+        let ids = ["busy", "free", "queued"].map(String::from);
+        assert_eq!(
+            where_(t, &ids).await,
+            [("busy", "w1"), ("free", "w2"), ("queued", "w1")].map(owned)
+        );
+        // Free again, they move.
+        let moved = t.store.move_affinities(&moves, None).await.unwrap();
+        assert_eq!(moved, [true, false, true]);
+    }
+}
+
+fn signal_event() -> HistoryEvent {
+    HistoryEvent::SignalReceived {
+        name: "go".into(),
+        payload: Payload::json(&1).unwrap(),
+    }
 }
