@@ -310,7 +310,7 @@ impl Runner {
         else {
             return false;
         };
-        match self.commit_continuing(combined, 0, token, host).await {
+        match self.commit_continuing(combined, &[(0, token)], host).await {
             Ok(_) => true,
             // The history moved on, the instance ended, or the store hiccuped: the caller falls
             // back to the plain result; the orchestration runs through the queue.
@@ -321,38 +321,43 @@ impl Runner {
         }
     }
 
-    /// Commits `commit`, whose append `index` is a continued run's: the event it was continued
-    /// with, then its turn's own events. The run takes the turn's events ahead of the commit (see
-    /// [`confirm_ahead`](Self::confirm_ahead)); it is acknowledged if the commit lands where it
-    /// expected, and dropped otherwise.
+    /// Commits `commit`, whose appends at `runs`' indices are continued runs': each the event
+    /// its run was continued with, then its turn's own events. Each run takes its turn's events
+    /// ahead of the commit (see [`confirm_ahead`](Self::confirm_ahead)); it is acknowledged if the
+    /// commit lands where it expected, and dropped otherwise.
     async fn commit_continuing(
         &self,
         commit: Commit,
-        index: usize,
-        token: u64,
+        runs: &[(usize, u64)],
         host: &HostRef,
     ) -> quark_history::Result<quark_history::Committed> {
-        let own = commit.appends[index].clone();
-        let at = own.at.unwrap_or_else(|| now(host));
-        // The run has taken the event it was continued with already; its turn's own events
-        // follow it.
-        let turn_events = quark_history::Append {
-            expected: match own.expected {
-                Expected::Seq(n) => Expected::Seq(n + 1),
-                other => other,
-            },
-            events: own.events[1..].to_vec(),
-            ..own.clone()
-        };
-        let confirmed = self.confirm_ahead(&turn_events, token, at);
+        let mut confirmed = Vec::with_capacity(runs.len());
+        for &(index, token) in runs {
+            let own = &commit.appends[index];
+            let at = own.at.unwrap_or_else(|| now(host));
+            // The run has taken the event it was continued with already; its turn's own events
+            // follow it.
+            let turn_events = quark_history::Append {
+                expected: match own.expected {
+                    Expected::Seq(n) => Expected::Seq(n + 1),
+                    other => other,
+                },
+                events: own.events[1..].to_vec(),
+                ..own.clone()
+            };
+            let first = self.confirm_ahead(&turn_events, token, at);
+            confirmed.push((own.instance_id.clone(), first));
+        }
         let result = host.commit(commit).await;
-        match &result {
-            Ok(committed)
-                if confirmed.is_none() || confirmed == Some(committed.appended[index].0 + 1) =>
-            {
-                self.live.ack(&own.instance_id, token)
+        for (&(index, token), (instance, first)) in runs.iter().zip(confirmed) {
+            match &result {
+                Ok(committed)
+                    if first.is_none() || first == Some(committed.appended[index].0 + 1) =>
+                {
+                    self.live.ack(&instance, token)
+                }
+                _ => self.live.forget(&instance),
             }
-            _ => self.live.forget(&own.instance_id),
         }
         result
     }
@@ -361,8 +366,10 @@ impl Runner {
     /// that wakes it, a child's end to its parent or a signal to its receiver. If the receiver's
     /// run is warm here and free, its next turn runs on it now and is merged into `commit`,
     /// fenced at the receiver's next sequence number, instead of the news's append and the
-    /// receiver's task. The first receiver warm here is continued; any others get their news
-    /// through the queue. `None` when none can be.
+    /// receiver's task. The continued turn may wake another warm receiver in turn, which is
+    /// continued too, up to [`MAX_CONTINUED`] runs per commit; never the sender, whose own turn
+    /// is this commit's, and never a run twice. News for other receivers goes through the
+    /// queue. `None` when no receiver can be continued.
     async fn with_receiver_turn(
         &self,
         task: &ClaimedTask,
@@ -370,52 +377,79 @@ impl Runner {
         host: &HostRef,
     ) -> Option<WithReceiver> {
         let sender = task.instance_id.as_deref()?;
-        for (news, append) in commit.appends.iter().enumerate() {
-            let receiver = append.instance_id.as_str();
-            let wakes = matches!(
-                append.events.as_slice(),
-                [HistoryEvent::ChildCompleted { .. }
-                    | HistoryEvent::ChildFailed { .. }
-                    | HistoryEvent::SignalReceived { .. }]
-            );
-            // Warm only: a receiver that is not live here would be replayed, which its own
-            // worker does better from the queue.
-            if receiver == sender || !wakes || self.live.next_seq(receiver) <= 1 {
-                continue;
+        let mut merged = commit.clone();
+        let mut done: Vec<String> = vec![sender.to_string()];
+        let mut tokens: Vec<(String, u64)> = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
+        'chain: while tokens.len() < MAX_CONTINUED {
+            for (news, append) in merged.appends.iter().enumerate() {
+                let receiver = append.instance_id.as_str();
+                let wakes = matches!(
+                    append.events.as_slice(),
+                    [HistoryEvent::ChildCompleted { .. }
+                        | HistoryEvent::ChildFailed { .. }
+                        | HistoryEvent::SignalReceived { .. }]
+                );
+                // Warm only: a receiver that is not live here would be replayed, which its own
+                // worker does better from the queue.
+                if !wakes
+                    || done.iter().any(|d| d == receiver)
+                    || tried.iter().any(|t| t == receiver)
+                    || self.live.next_seq(receiver) <= 1
+                {
+                    continue;
+                }
+                let Some(wake) = merged.tasks.iter().position(|t| {
+                    t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(receiver)
+                }) else {
+                    continue;
+                };
+                let plain = Commit {
+                    appends: vec![append.clone()],
+                    tasks: vec![merged.tasks[wake].clone()],
+                    ..Commit::new()
+                };
+                let receiver = receiver.to_string();
+                // A turn that starts children creates them, each with its first task, before
+                // its commit; a child that ran and ended before the merged commit would put its
+                // end in the receiver's history ahead of its start. Such a turn goes through the
+                // queue.
+                match self
+                    .continue_here(task, &plain, host, Children::Refused)
+                    .await
+                {
+                    Some((continued, token)) => {
+                        merged.appends.remove(news);
+                        merged.tasks.remove(wake);
+                        merged.appends.extend(continued.appends);
+                        merged.tasks.extend(continued.tasks);
+                        merged.outbox.extend(continued.outbox);
+                        done.push(receiver.clone());
+                        tokens.push((receiver, token));
+                    }
+                    None => tried.push(receiver),
+                }
+                continue 'chain;
             }
-            let Some(wake) = commit.tasks.iter().position(|t| {
-                t.kind == TaskKind::Orchestration && t.instance_id.as_deref() == Some(receiver)
-            }) else {
-                continue;
-            };
-            let plain = Commit {
-                appends: vec![append.clone()],
-                tasks: vec![commit.tasks[wake].clone()],
-                ..Commit::new()
-            };
-            // A turn that starts children creates them, each with its first task, before its
-            // commit; a child that ran and ended before the merged commit would put its end in
-            // the receiver's history ahead of its start. Such a turn goes through the queue.
-            let Some((continued, token)) = self
-                .continue_here(task, &plain, host, Children::Refused)
-                .await
-            else {
-                continue;
-            };
-            let mut merged = commit.clone();
-            merged.appends.remove(news);
-            merged.tasks.remove(wake);
-            let index = merged.appends.len();
-            merged.appends.extend(continued.appends);
-            merged.tasks.extend(continued.tasks);
-            merged.outbox.extend(continued.outbox);
-            return Some(WithReceiver {
-                commit: merged,
-                index,
-                token,
-            });
+            break;
         }
-        None
+        if tokens.is_empty() {
+            return None;
+        }
+        // Each continued run's append is the one fenced at a sequence number.
+        let runs = tokens
+            .into_iter()
+            .map(|(instance, token)| {
+                let index = merged.appends.iter().position(|a| {
+                    a.instance_id == instance && matches!(a.expected, Expected::Seq(_))
+                })?;
+                Some((index, token))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(WithReceiver {
+            commit: merged,
+            runs,
+        })
     }
 
     /// Commits a turn merged with its receiver's ([`with_receiver_turn`](Self::with_receiver_turn)):
@@ -425,12 +459,15 @@ impl Runner {
         merged: WithReceiver,
         host: &HostRef,
     ) -> Option<quark_history::Committed> {
+        let continued = merged.runs.len();
         match self
-            .commit_continuing(merged.commit, merged.index, merged.token, host)
+            .commit_continuing(merged.commit, &merged.runs, host)
             .await
         {
             Ok(committed) => {
-                host.note(RunEvent::DeliveredHere);
+                for _ in 0..continued {
+                    host.note(RunEvent::DeliveredHere);
+                }
                 Some(committed)
             }
             Err(e) => {
@@ -461,14 +498,17 @@ impl Runner {
     }
 }
 
-/// A turn merged with the next turn of a warm receiver of its news.
+/// The most runs continued in one commit by local delivery: a chain of warm receivers, each
+/// woken by the turn before it. Bounded so that one commit, and the sender's wait for it, stays
+/// small.
+pub(super) const MAX_CONTINUED: usize = 16;
+
+/// A turn merged with the next turns of warm receivers of its news.
 struct WithReceiver {
     /// The merged commit.
     commit: Commit,
-    /// The index of the receiver's append in the commit.
-    index: usize,
-    /// The receiver's live run's token.
-    token: u64,
+    /// Each continued run's append index in the commit, and its live run's token.
+    runs: Vec<(usize, u64)>,
 }
 
 /// Whether a continued turn may start children.

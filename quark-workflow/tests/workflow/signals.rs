@@ -129,6 +129,65 @@ async fn two_warm_orchestrations_play_a_rally_and_each_signal_arrives_once() {
     );
 }
 
+/// A place in a relay ring: who comes next, and how many laps to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Leg {
+    next: String,
+    laps: u32,
+    first: bool,
+}
+
+/// Passes a baton (the number of hops so far) to the next member, `laps` times; the first member
+/// starts the relay. Returns the hops it saw.
+#[orchestration]
+async fn runner(ctx: OrchestrationContext, leg: Leg) -> Result<u32, OrchestrationError> {
+    let mut seen = 0;
+    if leg.first {
+        ctx.signal(&leg.next, "baton", &1u32)?;
+    }
+    for lap in 0..leg.laps {
+        let hops: u32 = ctx.wait_for_signal("baton").await?;
+        seen += 1;
+        // The first member ends the relay after its last lap.
+        if !(leg.first && lap + 1 == leg.laps) {
+            ctx.signal(&leg.next, "baton", &(hops + 1))?;
+        }
+    }
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn a_relay_of_warm_runs_continues_each_runner_in_the_commit_of_the_one_before() {
+    let env = TestEnv::new(Registry::new().register(runner))
+        .await
+        .unwrap();
+    let (size, laps) = (5usize, 3u32);
+    let name = |i: usize| format!("r{}", i % size);
+    for i in (0..size).rev() {
+        let leg = Leg {
+            next: name(i + 1),
+            laps,
+            first: i == 0,
+        };
+        env.client().start::<runner>(name(i), &leg).await.unwrap();
+        // Each member's first turn runs (and parks, warm) before the next one starts.
+        env.run_until_idle().await.unwrap();
+    }
+    for i in 0..size {
+        let seen: u32 = env.client().result(&name(i)).await.unwrap();
+        assert_eq!(seen, laps, "{}", name(i));
+    }
+    // A lap is five hops. The first member's turn continues the second, whose turn continues
+    // the third, and so on; only the last hop of a lap, back to the member whose commit carries
+    // the chain, goes through the queue. So four hops of five are delivered in memory.
+    let here = env
+        .run_events()
+        .iter()
+        .filter(|e| **e == RunEvent::DeliveredHere)
+        .count();
+    assert_eq!(here, (size - 1) * laps as usize);
+}
+
 #[tokio::test]
 async fn replaying_every_turn_sends_each_signal_once() {
     // No live runs: each turn replays its history from the start, and a replay must not send
