@@ -84,7 +84,8 @@ pub(crate) struct WritePlan {
     pub(crate) heads: Vec<(String, InstanceHead)>,
     pub(crate) settles: Vec<TaskWrite>,
     /// (instance, worker): completed turns make their worker the instance's affinity, and
-    /// unblock the instance if it was blocked.
+    /// unblock the instance if it was blocked; completed activities make theirs the affinity of
+    /// the entities they appended to ([`entity_homes`]).
     pub(crate) affinity: Vec<(String, String)>,
     /// The instances whose turn was dead-lettered: blocked, if still running.
     pub(crate) blocked: Vec<String>,
@@ -129,6 +130,7 @@ pub(crate) fn plan(
     // A task settles once: by the first commit that settles it and is written.
     let mut settled: Vec<Settled> = Vec::new();
     let mut settled_ids = BTreeSet::new();
+    let mut homes: Vec<(String, String)> = Vec::new();
     for (i, commit) in commits.iter().enumerate() {
         if failed[i].is_some() {
             continue;
@@ -164,6 +166,7 @@ pub(crate) fn plan(
                 }
                 if let Some(s) = planned.settled {
                     settled_ids.insert(s.write.task_id());
+                    homes.extend(entity_homes(commit, &s.write));
                     settled.push(s);
                 }
             }
@@ -194,6 +197,7 @@ pub(crate) fn plan(
             _ => gone.insert(s.write.task_id()),
         };
     }
+    affinity.extend(homes);
     let ending: BTreeSet<&str> = ended_by.keys().copied().collect();
     let dropped = drop_outstanding(
         &ending,
@@ -231,6 +235,35 @@ struct CommitPlan<'c> {
     events: Vec<EventRow>,
     /// Where its appends leave each instance, their bytes and output summed.
     instances: BTreeMap<&'c str, Appended>,
+}
+
+/// The entities a commit leaves live on a worker, as (stream, worker): a completed activity
+/// whose commit appends an entity's events decided them against the entity's state loaded on
+/// the worker that ran it, so that worker becomes the stream's affinity, its home. The entity's
+/// next commands from orchestrations are routed there, and the placement coordinator may move it
+/// like an instance.
+pub(crate) fn entity_homes(commit: &Commit, write: &TaskWrite) -> Vec<(String, String)> {
+    let (
+        TaskWrite::Complete {
+            kind: TaskKind::Activity,
+            ..
+        },
+        Some(settle),
+    ) = (write, &commit.settle)
+    else {
+        return Vec::new();
+    };
+    let worker = &settle.lease().worker;
+    commit
+        .appends
+        .iter()
+        .filter(|a| {
+            a.events
+                .iter()
+                .any(|e| matches!(e, crate::event::HistoryEvent::EntityEvent { .. }))
+        })
+        .map(|a| (a.instance_id.clone(), worker.clone()))
+        .collect()
 }
 
 fn plan_commit<'c>(

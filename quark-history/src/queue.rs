@@ -381,7 +381,7 @@ impl AffinityMove {
     }
 }
 
-/// Where a running instance is: the worker of its affinity, and its queue
+/// Where a running instance (or an entity's stream) is: the worker of its affinity, and its queue
 /// ([`Store::affinities`]).
 ///
 /// [`Store::affinities`]: crate::Store::affinities
@@ -391,7 +391,7 @@ pub struct Placed {
     pub instance: String,
     /// The worker that ran its last turn, or that a move gave it to.
     pub worker: String,
-    /// The queue its turns go to.
+    /// The queue its turns go to (empty for an entity's stream).
     pub queue: String,
 }
 

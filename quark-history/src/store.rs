@@ -357,7 +357,9 @@ pub trait Store:
 
     /// Of `instances`, the running ones that have an affinity (a worker that ran their last turn
     /// or was given them by a move), with that worker's id and their queue, ordered by instance
-    /// id.
+    /// id. Entity streams are listed too: a stream's affinity is its home, the worker whose
+    /// activity last appended to it (or a move's target); its queue is empty (an entity's
+    /// commands run on the queues of the activities that carry them).
     fn affinities<'a>(&'a self, instances: &'a [String]) -> BoxFuture<'a, Result<Vec<Placed>>>;
 
     /// Moves instances between workers: each instance's affinity, and its pending tasks', from

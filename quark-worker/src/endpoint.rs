@@ -165,12 +165,20 @@ fn describe() {
         "Warm runs a worker dropped because another worker ran a later turn of their instance"
     );
     describe_counter!(
+        names::ENTITIES_MOVED_AWAY,
+        "Live entities a worker dropped because their stream's home moved to another worker"
+    );
+    describe_counter!(
         names::LOCAL_DELIVERIES,
         "Children's ends and signals that continued their warm receiver on the same worker, in one commit"
     );
     describe_counter!(
         names::REPLAYS,
         "Turns that rebuilt their instance's run by replaying its history (cache misses)"
+    );
+    describe_counter!(
+        names::ENTITY_ROUTED,
+        "Entity commands of orchestration turns sent to the worker where the entity is live"
     );
     describe_counter!(
         names::SIGNALS_DROPPED,

@@ -531,6 +531,7 @@ impl Host for TaskContext {
             RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
             RunEvent::SignalDropped => metrics.signal_dropped(&self.labels),
             RunEvent::Replayed => metrics.replayed(&self.labels),
+            RunEvent::EntityRouted => metrics.entity_routed(&self.labels),
             _ => {}
         }
     }

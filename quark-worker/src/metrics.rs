@@ -46,11 +46,13 @@ pub(crate) mod names {
     pub(crate) const MEMORY_EVICTIONS: &str = "quark_memory_evictions_total";
     pub(crate) const LEAKS: &str = "quark_leaks_suspected_total";
     pub(crate) const MOVED_AWAY: &str = "quark_runs_moved_away_total";
+    pub(crate) const ENTITIES_MOVED_AWAY: &str = "quark_entities_moved_away_total";
     pub(crate) const PLACEMENT_ROUNDS: &str = "quark_placement_rounds_total";
     pub(crate) const PLACEMENT_MOVES: &str = "quark_placement_moves_total";
     pub(crate) const LOCAL_DELIVERIES: &str = "quark_local_deliveries_total";
     pub(crate) const SIGNALS_DROPPED: &str = "quark_signals_dropped_total";
     pub(crate) const REPLAYS: &str = "quark_replays_total";
+    pub(crate) const ENTITY_ROUTED: &str = "quark_entity_commands_routed_total";
 }
 
 /// The labels of a running task's figures.
@@ -114,11 +116,13 @@ pub(crate) struct Metrics {
     leaks_suspected: AtomicU64,
     breaker_trips: AtomicU64,
     moved_away: AtomicU64,
+    entities_moved_away: AtomicU64,
     placement_rounds: AtomicU64,
     placement_moves: AtomicU64,
     local_deliveries: AtomicU64,
     signals_dropped: AtomicU64,
     replays: AtomicU64,
+    entity_routed: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
     /// other.
@@ -165,6 +169,8 @@ pub struct MetricsSnapshot {
     pub breaker_trips: u64,
     /// Warm runs dropped because another worker ran a later turn of their instance.
     pub moved_away: u64,
+    /// Live entities dropped because their stream's home moved to another worker.
+    pub entities_moved_away: u64,
     /// Placement rounds this worker ran as the coordinator.
     pub placement_rounds: u64,
     /// Instances this worker, as the coordinator, moved between workers.
@@ -176,6 +182,8 @@ pub struct MetricsSnapshot {
     pub signals_dropped: u64,
     /// Turns that rebuilt their instance's run by replaying its history (cache misses).
     pub replays: u64,
+    /// Entity commands of turns here sent to the worker where their entity is live.
+    pub entity_routed: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -232,6 +240,12 @@ impl Metrics {
     pub(crate) fn signal_dropped(&self, task: &TaskLabels) {
         inc(&self.signals_dropped);
         metrics::counter!(names::SIGNALS_DROPPED, "queue" => task.queue.clone()).increment(1);
+    }
+
+    /// A turn's entity command was sent to its entity's home worker.
+    pub(crate) fn entity_routed(&self, task: &TaskLabels) {
+        inc(&self.entity_routed);
+        metrics::counter!(names::ENTITY_ROUTED, "queue" => task.queue.clone()).increment(1);
     }
 
     /// A turn rebuilt its instance's run from the history (a cache miss).
@@ -331,6 +345,13 @@ impl Metrics {
         metrics::counter!(names::MOVED_AWAY).increment(freed.count as u64);
     }
 
+    /// Live entities were dropped: another worker is their home now.
+    pub(crate) fn entities_moved_away(&self, freed: quark_workflow::runner::Evicted) {
+        self.entities_moved_away
+            .fetch_add(freed.count as u64, Ordering::Relaxed);
+        metrics::counter!(names::ENTITIES_MOVED_AWAY).increment(freed.count as u64);
+    }
+
     /// A placement round ran here (this worker coordinates), and moved `moved` instances for
     /// `why` (`locality` or `memory`).
     pub(crate) fn placement_round(&self, moved: usize, why: &'static str) {
@@ -412,11 +433,13 @@ impl Metrics {
             leaks_suspected: get(&self.leaks_suspected),
             breaker_trips: get(&self.breaker_trips),
             moved_away: get(&self.moved_away),
+            entities_moved_away: get(&self.entities_moved_away),
             placement_rounds: get(&self.placement_rounds),
             placement_moves: get(&self.placement_moves),
             local_deliveries: get(&self.local_deliveries),
             signals_dropped: get(&self.signals_dropped),
             replays: get(&self.replays),
+            entity_routed: get(&self.entity_routed),
         }
     }
 }

@@ -89,6 +89,21 @@ impl Worker {
         all
     }
 
+    /// The warm state placement may move, as it publishes it: its orchestration runs and its
+    /// live entities (named by their stream), largest first.
+    fn placeable_state(&self) -> Vec<quark_workflow::runner::LiveInstance> {
+        let mut all = self.live_instances();
+        all.extend(self.live_entities().into_iter().map(|e| {
+            quark_workflow::runner::LiveInstance {
+                instance_id: e.stream_id,
+                footprint: e.footprint,
+                events: e.version,
+            }
+        }));
+        all.sort_by_key(|l| std::cmp::Reverse(l.footprint));
+        all
+    }
+
     /// The worker's memory as its governor last saw it: pressure level, circuit breaker, resident
     /// memory and limit.
     pub fn memory(&self) -> crate::memory::MemoryReading {
@@ -262,7 +277,7 @@ impl Worker {
             Box::new(move || worker.load()),
             Box::new({
                 let worker = self.clone();
-                move || worker.live_instances()
+                move || worker.placeable_state()
             }),
         ));
         tasks.push(tokio::spawn(lease::reap(Arc::clone(&self.shared))));

@@ -74,6 +74,9 @@ pub struct Replay {
     /// Signals the code sent to other instances (`ctx.send`) in this turn, as the
     /// `SignalReceived` each receiver's history gets, in the order they were sent.
     pub signals: Vec<(String, HistoryEvent)>,
+    /// The entity commands among [`tasks`](Self::tasks): (index in `tasks`, the entity's
+    /// stream). Such a command runs best where its entity is live.
+    pub homes: Vec<(usize, String)>,
 }
 
 impl Replay {
@@ -87,6 +90,7 @@ impl Replay {
             patches,
             notices: Vec::new(),
             signals: Vec::new(),
+            homes: Vec::new(),
         }
     }
 }
@@ -443,7 +447,12 @@ impl Executor {
         if let Some(why) = &self.stuck {
             return Replay::nothing(Outcome::Stuck(why.clone()), patches);
         }
-        let (mut new_events, tasks, mut children) = state.drain_new();
+        let crate::state::Drained {
+            events: mut new_events,
+            tasks,
+            mut children,
+            homes,
+        } = state.drain_new();
         let notices = state.cancel_notices();
         drop(state);
         let outcome = match self.result.take() {
@@ -497,6 +506,7 @@ impl Executor {
             patches,
             notices,
             signals,
+            homes,
         }
     }
 }

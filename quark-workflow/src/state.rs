@@ -397,8 +397,9 @@ impl State {
 
     /// The new events of this turn, in command order, and the tasks and children that go with
     /// them, followed by `TimerCancelled` for timers the code abandoned. Each is handed out once.
-    pub(crate) fn drain_new(&mut self) -> (Vec<HistoryEvent>, Vec<NewTask>, Vec<NewInstance>) {
+    pub(crate) fn drain_new(&mut self) -> Drained {
         let (mut events, mut tasks, mut children) = (Vec::new(), Vec::new(), Vec::new());
+        let mut homes = Vec::new();
         let parent = self.instance_id.clone();
         for (id, fresh) in self.fresh.iter_mut() {
             if let Some(event) = fresh.event.take() {
@@ -420,7 +421,14 @@ impl State {
                 }
                 events.push(event);
             }
-            tasks.extend(fresh.task.take());
+            if let Some(task) = fresh.task.take() {
+                if let Command::Activity { name, input, .. } = &fresh.command
+                    && let Some(stream) = crate::entity::stream_of_call(name, input)
+                {
+                    homes.push((tasks.len(), stream));
+                }
+                tasks.push(task);
+            }
         }
         for (id, slot) in &self.slots {
             let unsettled = slot.result.is_none() && !self.settled_timers.contains(id);
@@ -428,8 +436,23 @@ impl State {
                 events.push(HistoryEvent::TimerCancelled { command: *id });
             }
         }
-        (events, tasks, children)
+        Drained {
+            events,
+            tasks,
+            children,
+            homes,
+        }
     }
+}
+
+/// What [`State::drain_new`] hands out.
+pub(crate) struct Drained {
+    pub(crate) events: Vec<HistoryEvent>,
+    pub(crate) tasks: Vec<NewTask>,
+    pub(crate) children: Vec<NewInstance>,
+    /// (index in `tasks`, stream): the entity commands among the tasks, with the stream each
+    /// works on.
+    pub(crate) homes: Vec<(usize, String)>,
 }
 
 /// The approximate encoded size of an event: its payloads and strings, and a fixed part for the

@@ -30,6 +30,9 @@ pub struct Turn {
     /// [`commit`](Self::commit): the caller looks up where each receiver runs (its queue), and
     /// whether it still runs, before adding them.
     pub signals: Vec<(String, HistoryEvent)>,
+    /// The entity commands among the commit's tasks: (index in `commit.tasks`, the entity's
+    /// stream). The caller runs such a command where its entity is live.
+    pub homes: Vec<(usize, String)>,
 }
 
 /// Runs one orchestration turn for `task` over `history` (the instance's whole history).
@@ -82,6 +85,7 @@ fn dead_turn(task: &ClaimedTask, error: String, outcome: Outcome) -> Turn {
         instances: Vec::new(),
         outcome,
         signals: Vec::new(),
+        homes: Vec::new(),
     }
 }
 
@@ -114,6 +118,7 @@ pub(crate) fn turn_of(executor: &mut Executor, task: &ClaimedTask) -> Turn {
     if !replay.new_events.is_empty() {
         commit = commit.append(instance_id.as_str(), Expected::Seq(next), replay.new_events);
     }
+    // The replay's tasks come first, in order: its `homes` index them in `commit.tasks` too.
     for t in replay.tasks {
         commit = commit.enqueue(t);
     }
@@ -151,6 +156,7 @@ pub(crate) fn turn_of(executor: &mut Executor, task: &ClaimedTask) -> Turn {
         instances: replay.children,
         outcome: replay.outcome,
         signals: replay.signals,
+        homes: replay.homes,
     }
 }
 

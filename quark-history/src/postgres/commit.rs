@@ -337,6 +337,17 @@ impl PostgresStore {
             appended.push(range);
             heads.push((append.instance_id.clone(), head));
         }
+        if let Some(s) = &settled {
+            for (stream, worker) in plan::entity_homes(commit, &s.write) {
+                sqlx::query(
+                    "UPDATE instances SET affinity = $2 WHERE id = $1 AND affinity IS DISTINCT FROM $2",
+                )
+                .bind(stream)
+                .bind(worker)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
         let inserted = enqueue::<PostgresStore>(tx, &commit.tasks, now).await?;
         let ending: BTreeSet<&str> = commit.ending_instances().into_iter().collect();
         if !ending.is_empty() {

@@ -87,7 +87,8 @@ pub(crate) async fn moved_away<S: SqlStore>(
         .collect())
 }
 
-/// Of `instances`, the running ones that have an affinity, with it, ordered by id.
+/// Of `instances`, the running ones and the entity streams that have an affinity, with it,
+/// ordered by id.
 pub(crate) async fn affinities<S: SqlStore>(
     store: &S,
     instances: &[String],
@@ -97,7 +98,7 @@ pub(crate) async fn affinities<S: SqlStore>(
     }
     let mut conn = store.reader().acquire().await?;
     let stmt = Stmt::<S::Db>::new(sql(format!(
-        "SELECT id, affinity, queue FROM instances WHERE {} AND status = 'running' \
+        "SELECT id, affinity, queue FROM instances WHERE {} AND status IN ('running', 'stream') \
          AND affinity IS NOT NULL ORDER BY id",
         S::Db::in_list("id", 1)
     )));

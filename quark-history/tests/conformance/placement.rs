@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use quark_history::testing::TestStore;
 use quark_history::{
-    AffinityMove, ClaimRequest, Clock, Commit, Error, Expected, HistoryEvent, Payload, Placed,
+    AffinityMove, ClaimRequest, Clock, Commit, Error, Expected, HistoryEvent, NewTask, Payload,
+    Placed, TaskKind,
 };
 
 use crate::support::{conformance, start};
@@ -15,6 +16,7 @@ conformance!(
     it_moves_instances_only_under_the_current_lead,
     it_tells_where_running_instances_are,
     it_skips_an_instance_held_by_another_transaction_instead_of_waiting,
+    it_makes_the_worker_of_an_activity_that_appends_to_an_entity_its_home,
 );
 
 const TTL: Duration = Duration::from_secs(10);
@@ -237,4 +239,111 @@ fn signal_event() -> HistoryEvent {
         name: "go".into(),
         payload: Payload::json(&1).unwrap(),
     }
+}
+
+/// An activity of `instance` claimed by `worker` (the only activity task ready).
+async fn activity_on(t: &TestStore, instance: &str, worker: &str) -> quark_history::Lease {
+    t.store
+        .enqueue(vec![
+            NewTask::new(TaskKind::Activity, "default").instance(instance),
+        ])
+        .await
+        .unwrap();
+    let claimed = t
+        .store
+        .claim(ClaimRequest::new(worker, ["default"]).limit(10))
+        .await
+        .unwrap();
+    claimed
+        .into_iter()
+        .find(|c| c.kind == TaskKind::Activity)
+        .expect("the activity")
+        .lease
+}
+
+fn entity_event(n: i64) -> HistoryEvent {
+    HistoryEvent::EntityEvent {
+        event_type: "Deposited".into(),
+        data: Payload::json(&n).unwrap(),
+        causation: None,
+        correlation: None,
+    }
+}
+
+/// An entity's home is the worker whose activity last appended to its stream (where the entity
+/// is live now), whether the commit is written alone or in a batch; an activity that does not
+/// append to the stream leaves its home alone. `affinities` lists streams with their home and
+/// an empty queue.
+async fn it_makes_the_worker_of_an_activity_that_appends_to_an_entity_its_home(t: &TestStore) {
+    run_turn(t, "caller", "w1").await;
+    let stream = "Account/alice".to_string();
+    t.store.open_stream(&stream, "Account").await.unwrap();
+    assert!(
+        t.store
+            .affinities(std::slice::from_ref(&stream))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no home before any command"
+    );
+    let home = |worker: &str| Placed {
+        instance: stream.clone(),
+        worker: worker.into(),
+        queue: String::new(),
+    };
+
+    let lease = activity_on(t, "caller", "w1").await;
+    t.store
+        .commit(
+            Commit::new()
+                .append(&stream, Expected::Seq(1), [entity_event(1)])
+                .complete(lease),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store
+            .affinities(std::slice::from_ref(&stream))
+            .await
+            .unwrap(),
+        [home("w1")]
+    );
+
+    // In a batch, next to another commit.
+    let lease = activity_on(t, "caller", "w2").await;
+    let results = t
+        .store
+        .commit_many(vec![
+            Commit::new().append("caller", Expected::Any, [signal_event()]),
+            Commit::new()
+                .append(&stream, Expected::Seq(2), [entity_event(2)])
+                .complete(lease),
+        ])
+        .await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        t.store
+            .affinities(std::slice::from_ref(&stream))
+            .await
+            .unwrap(),
+        [home("w2")]
+    );
+
+    // An activity on w3 that appends elsewhere does not make w3 the entity's home.
+    let lease = activity_on(t, "caller", "w3").await;
+    t.store
+        .commit(
+            Commit::new()
+                .append("caller", Expected::Any, [signal_event()])
+                .complete(lease),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store
+            .affinities(std::slice::from_ref(&stream))
+            .await
+            .unwrap(),
+        [home("w2")]
+    );
 }

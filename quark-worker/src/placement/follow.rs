@@ -6,6 +6,10 @@
 //!
 //! It is a cache decision, never a correctness one: a stale run could not be used anyway (a turn
 //! feeds a run only the events right after what it has seen, and replays otherwise).
+//!
+//! Live entities follow their stream's home the same way: a worker drops the entities whose
+//! home is another worker (the coordinator moved them, or another worker's activity appended
+//! to them last). A stream with no home yet is kept: nothing says it lives elsewhere.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,14 @@ pub(crate) async fn run(shared: Arc<Shared>, runners: Arc<Vec<Runner>>) {
                 .into_iter()
                 .map(|l| l.instance_id)
                 .collect();
+            let live: Vec<String> = runner
+                .live_entities()
+                .into_iter()
+                .map(|e| e.stream_id)
+                .collect();
+            if !live.is_empty() {
+                drop_entities_served_elsewhere(&shared, runner, &live).await;
+            }
             if warm.is_empty() {
                 continue;
             }
@@ -49,5 +61,30 @@ pub(crate) async fn run(shared: Arc<Shared>, runners: Arc<Vec<Runner>>) {
                 Err(e) => tracing::debug!(error = %e, "could not check where warm instances went"),
             }
         }
+    }
+}
+
+/// Drops `runner`'s live entities among `live` whose stream has its home on another worker.
+async fn drop_entities_served_elsewhere(shared: &Shared, runner: &Runner, live: &[String]) {
+    let me: &str = &shared.settings.id;
+    match shared.store.affinities(live).await {
+        Ok(placed) => {
+            let gone: Vec<String> = placed
+                .into_iter()
+                .filter(|p| p.worker != me)
+                .map(|p| p.instance)
+                .collect();
+            if gone.is_empty() {
+                return;
+            }
+            let freed = runner.drop_entities(&gone);
+            shared.metrics.entities_moved_away(freed);
+            tracing::debug!(
+                entities = freed.count,
+                bytes = freed.bytes,
+                "dropped the live entities another worker serves now"
+            );
+        }
+        Err(e) => tracing::debug!(error = %e, "could not check where live entities went"),
     }
 }

@@ -90,9 +90,17 @@ pub fn models(
             *f = (*f).max(warm.bytes);
         }
     }
+    let stream_queues = stream_queues(published, placed);
     let mut by_queue: BTreeMap<&str, Vec<&Placed>> = BTreeMap::new();
     for p in placed {
-        by_queue.entry(&p.queue).or_default().push(p);
+        let queue = match p.queue.as_str() {
+            "" => match stream_queues.get(p.instance.as_str()) {
+                Some(q) => q,
+                None => continue,
+            },
+            q => q,
+        };
+        by_queue.entry(queue).or_default().push(p);
     }
     let mut models = Vec::new();
     for (queue, members) in by_queue {
@@ -177,6 +185,44 @@ pub fn models(
         });
     }
     models
+}
+
+/// The queue each placed entity stream is placed with. A stream has no queue of its own (its
+/// commands run on the queues of the orchestrations that call it): it joins the queue of the
+/// instances it talks to most, by edge weight (the first queue by name among ties). A stream
+/// that talks to no placed instance is left out: nothing says where it belongs.
+fn stream_queues<'a>(
+    published: &[(String, Published)],
+    placed: &'a [Placed],
+) -> BTreeMap<&'a str, &'a str> {
+    let queue_of: BTreeMap<&str, &str> = placed
+        .iter()
+        .map(|p| (p.instance.as_str(), p.queue.as_str()))
+        .collect();
+    let mut weights: BTreeMap<&'a str, BTreeMap<&'a str, f64>> = BTreeMap::new();
+    for (_, p) in published {
+        for edge in &p.edges {
+            let weight = edge.messages + edge.bytes / BYTES_PER_MESSAGE;
+            for (stream, other) in [(&edge.a, &edge.b), (&edge.b, &edge.a)] {
+                if let (Some((&s, &"")), Some(&q)) = (
+                    queue_of.get_key_value(stream.as_str()),
+                    queue_of.get(other.as_str()),
+                ) && !q.is_empty()
+                {
+                    *weights.entry(s).or_default().entry(q).or_default() += weight;
+                }
+            }
+        }
+    }
+    weights
+        .into_iter()
+        .filter_map(|(stream, queues)| {
+            queues
+                .into_iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(a.0)))
+                .map(|(q, _)| (stream, q))
+        })
+        .collect()
 }
 
 /// The bytes of graph nodes each worker holds.
@@ -275,6 +321,46 @@ mod tests {
         assert_eq!(m.graph.edges().len(), 1);
         assert_eq!(m.slots[1].place.region(), Some("eu"));
         assert!(m.excess.is_empty());
+    }
+
+    #[test]
+    fn an_entity_s_stream_is_placed_with_the_queue_it_talks_to_most() {
+        let workers = [
+            worker("w1", &["q", "r"], "{}", WorkerLoad::default()),
+            worker("w2", &["q", "r"], "{}", WorkerLoad::default()),
+        ];
+        let sketch = Published {
+            edges: vec![
+                edge("a", "Wallet/x", 2.0),
+                edge("Wallet/x", "b", 2.0),
+                edge("c", "Wallet/x", 3.0),
+                edge("Wallet/lonely", "gone", 9.0),
+            ],
+            warm: vec![warm("Wallet/x", 2048)],
+        };
+        let where_ = [
+            placed("a", "w1", "q"),
+            placed("b", "w2", "q"),
+            placed("c", "w1", "r"),
+            placed("Wallet/x", "w2", ""),
+            placed("Wallet/lonely", "w1", ""),
+        ];
+        let models = models(&workers, &[("w1".into(), sketch)], &where_, Room::default());
+        let by_queue = |q: &str| {
+            models
+                .iter()
+                .find(|m| m.queue == q)
+                .map(|m| m.instances.clone())
+                .unwrap_or_default()
+        };
+        // 4 messages with `q`'s instances against 3 with `r`'s; the stream that talks to no
+        // placed instance is in no model.
+        assert_eq!(by_queue("q"), ["Wallet/x", "a", "b"]);
+        assert_eq!(by_queue("r"), ["c"]);
+        assert!(models.iter().all(|m| !m.queue.is_empty()));
+        let q = models.iter().find(|m| m.queue == "q").unwrap();
+        assert_eq!(q.graph.nodes()[0].memory, 2048, "the entity's footprint");
+        assert_eq!(q.graph.edges().len(), 2);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use quark_workflow::entity::{Command, Decision, Entities, Entity};
 use quark_workflow::projection::{Batch, Projection, ProjectionError};
 use quark_workflow::{
     ActivityContext, ActivityError, Client, OrchestrationContext, OrchestrationError, Registry,
-    activity, orchestration,
+    StartOptions, activity, orchestration,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,7 @@ quark_history::backend_tests!(
     it_rebuilds_and_replays_projections_and_streams_and_shows_a_workflows_past_on_the_command_line,
     it_runs_the_projections_of_its_registry,
     it_keeps_the_entities_its_activities_call_live_and_snapshots_them,
+    it_runs_an_entity_command_where_the_entity_is_live_and_lets_the_entity_go_when_it_moves,
 );
 
 struct Wallet;
@@ -99,6 +100,22 @@ async fn pay(
         refusal,
         left.map_err(OrchestrationError::Failed)?,
     ))
+}
+
+/// Credits `cents` to wallet `key`, at once or after signal `go`; returns the balance.
+#[orchestration]
+async fn credit_wallet(
+    ctx: OrchestrationContext,
+    input: (String, i64, bool),
+) -> Result<i64, OrchestrationError> {
+    let (key, cents, wait) = input;
+    if wait {
+        let _: () = ctx.wait_for_signal("go").await?;
+    }
+    ctx.entity::<Wallet>(key)
+        .call(&Credit(cents))
+        .await?
+        .map_err(OrchestrationError::Failed)
 }
 
 /// What the activities did once already, by key (both backends' tests share the process, and
@@ -941,4 +958,133 @@ async fn it_keeps_the_entities_its_activities_call_live_and_snapshots_them(t: &T
         6
     );
     running.shutdown().await;
+}
+
+/// A worker serving `queues` whose tasks with another worker's affinity stay that worker's.
+fn serving(t: &TestStore, id: &str, queues: &[&str]) -> Worker {
+    Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(id)
+        .queues(queues.iter().copied())
+        .poll_interval(Duration::from_millis(10))
+        .heartbeat(Duration::from_millis(50))
+        .affinity_delay(Duration::from_secs(3600))
+        .without_placement()
+        .workflows(
+            Registry::new()
+                .register(credit_wallet)
+                .entity_command::<Wallet, Credit>(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// An orchestration's entity command runs on the worker where the entity is live (its stream's
+/// home), not where the orchestration runs; and a worker lets a live entity go once its home is
+/// another worker.
+///
+/// `near` serves queues `qa` and `qb`, `far` only `qb`. An orchestration on `qa` (so on `near`)
+/// credits the wallet first: the wallet is live on `near`, its home. Then an orchestration that
+/// runs on `far` credits it: without routing `far` would load the wallet and run the command
+/// itself; with it, `far` sends the command to `near`, which runs it on the live state.
+async fn it_runs_an_entity_command_where_the_entity_is_live_and_lets_the_entity_go_when_it_moves(
+    t: &TestStore,
+) {
+    let backend = t.store.backend();
+    let (near_id, far_id) = (format!("near-{backend}"), format!("far-{backend}"));
+    let key = format!("{backend}-routed");
+    let stream = format!("Wallet/{key}");
+    let client = Client::new(Arc::clone(&t.store));
+    let far = serving(t, &far_id, &["qb"]).start().await.unwrap();
+    // The waiting orchestration's first turn runs on `far`, the only worker yet: it is warm
+    // there, and its next turns stay there.
+    let waiting = client
+        .start_with::<credit_wallet>(
+            &format!("{backend}-far"),
+            &(key.clone(), 5, true),
+            StartOptions::default().queue("qb"),
+        )
+        .await
+        .unwrap();
+    eventually("the waiting orchestration's first turn", async || {
+        far.worker().metrics().completed >= 1
+    })
+    .await;
+    let near = serving(t, &near_id, &["qa", "qb"]).start().await.unwrap();
+    let first = client
+        .start_with::<credit_wallet>(
+            &format!("{backend}-near"),
+            &(key.clone(), 10, false),
+            StartOptions::default().queue("qa"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.result().await.unwrap(), 10);
+    assert!(
+        near.worker()
+            .live_entities()
+            .iter()
+            .any(|e| e.stream_id == stream)
+    );
+    let home = || {
+        let store = Arc::clone(&t.store);
+        let stream = stream.clone();
+        async move {
+            store
+                .affinities(std::slice::from_ref(&stream))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| p.worker)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(home().await, std::slice::from_ref(&near_id));
+
+    client.signal(waiting.id(), "go", &()).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(60), waiting.result())
+            .await
+            .unwrap()
+            .unwrap(),
+        15
+    );
+    let routed = far.worker().metrics().entity_routed;
+    assert_eq!(routed, 1, "far sent the command to the wallet's home");
+    assert!(
+        far.worker()
+            .live_entities()
+            .iter()
+            .all(|e| e.stream_id != stream),
+        "far never loaded the wallet: {:?}",
+        far.worker().live_entities()
+    );
+    assert_eq!(
+        home().await,
+        std::slice::from_ref(&near_id),
+        "the wallet stayed home"
+    );
+
+    // The wallet's home moves to `far` (as the coordinator would): `near` lets its copy go.
+    let moved = t
+        .store
+        .move_affinities(
+            &[quark_history::AffinityMove::new(&stream, &near_id, &far_id)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, [true]);
+    eventually("near dropped the wallet", async || {
+        near.worker().metrics().entities_moved_away >= 1
+    })
+    .await;
+    assert!(
+        near.worker()
+            .live_entities()
+            .iter()
+            .all(|e| e.stream_id != stream)
+    );
+    near.shutdown().await;
+    far.shutdown().await;
 }

@@ -133,6 +133,30 @@ impl Cache {
         }
     }
 
+    /// Whether `stream`'s state is kept here.
+    pub(crate) fn is_live(&self, stream: &str) -> bool {
+        self.lock().entries.contains_key(stream)
+    }
+
+    /// Drops the free slots of `streams` (a slot a command holds stays: that command's commit
+    /// decides where the entity lives next).
+    pub(crate) fn drop_streams(&self, streams: &[String]) -> crate::runner::live::Evicted {
+        let mut inner = self.lock();
+        let mut freed = crate::runner::live::Evicted::default();
+        for id in streams {
+            let footprint = match inner.entries.get(id) {
+                Some(e) if Arc::strong_count(&e.slot) == 1 => e.footprint,
+                _ => continue,
+            };
+            Self::remove(&mut inner, id);
+            freed += crate::runner::live::Evicted {
+                count: 1,
+                bytes: footprint,
+            };
+        }
+        freed
+    }
+
     /// Drops free slots to free `bytes`: the most bytes per unit of locality lost first (a large
     /// state seldom used before a small hot one), the least recently used among ties. A held
     /// slot (a command in progress) is pinned.

@@ -206,6 +206,18 @@ impl Entities {
         self.inner.cache.shed(bytes)
     }
 
+    /// Whether the entity of `stream` (`TYPE/key`) is live in this process.
+    pub fn is_live(&self, stream: &str) -> bool {
+        self.inner.cache.is_live(stream)
+    }
+
+    /// Drops the live states of `streams` (`TYPE/key`) that no command holds: another process
+    /// serves those entities now, and the copies here only hold memory. Their next commands here,
+    /// if any, load them again.
+    pub fn drop_live(&self, streams: &[String]) -> crate::runner::live::Evicted {
+        self.inner.cache.drop_streams(streams)
+    }
+
     /// Erases subject `subject` (a person): deletes the data key that seals their
     /// [`Personal`](super::Personal) fields, in every entity's events and snapshots, and drops
     /// the states this process keeps warm. From then on those fields read as

@@ -33,6 +33,15 @@ pub fn command_activity<E: Entity, C: Command<E>>() -> String {
     format!("entity:{}.{}", E::TYPE, C::NAME)
 }
 
+/// The stream an activity call works on, if it is an entity's built-in command activity
+/// (`activity` named by [`command_activity`], `input` as [`OrchestrationEntity::call`] encodes
+/// it): its command runs best where that entity is live.
+pub(crate) fn stream_of_call(activity: &str, input: &Payload) -> Option<String> {
+    let (entity_type, _command) = activity.strip_prefix("entity:")?.rsplit_once('.')?;
+    let call = input.decode::<EntityCallInput>().ok()?;
+    Some(format!("{entity_type}/{}", call.key))
+}
+
 impl OrchestrationContext {
     /// Entity `E`'s instance `key`, for durable calls (see [`OrchestrationEntity::call`]).
     pub fn entity<E: Entity>(&self, key: impl Into<String>) -> OrchestrationEntity<'_, E> {

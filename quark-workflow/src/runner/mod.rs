@@ -107,6 +107,9 @@ pub enum RunEvent {
     /// code had run on before (a cache miss: the instance was evicted, moved, or last ran
     /// elsewhere).
     Replayed,
+    /// A turn's entity command was sent to the worker where its entity is live (the stream's
+    /// home) instead of running here.
+    EntityRouted,
 }
 
 /// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test
@@ -305,6 +308,20 @@ impl Runner {
             _ => Evicted::default(),
         };
         (runs, entities)
+    }
+
+    /// Drops the live entities of `streams` that no command holds (another worker is their home
+    /// now). Their next commands here, if any, load them again.
+    pub fn drop_entities(&self, streams: &[String]) -> Evicted {
+        self.entities
+            .get()
+            .map(|e| e.drop_live(streams))
+            .unwrap_or_default()
+    }
+
+    /// Whether the entity of `stream` is live here.
+    pub(crate) fn entity_is_live(&self, stream: &str) -> bool {
+        self.entities.get().is_some_and(|e| e.is_live(stream))
     }
 
     /// Evicts the runs of `instances` (unless a commit of theirs is in flight): their next turns

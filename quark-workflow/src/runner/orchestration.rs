@@ -181,16 +181,46 @@ impl Runner {
                 }
             }
         }
+        // An entity's command runs where the entity is live: on its home worker, through the
+        // queue, unless it is live here or has no home yet (then here, which becomes its home).
+        for (i, stream) in &turn.homes {
+            if let Some(worker) = self.entity_home(stream, host).await
+                && let Some(task) = commit.tasks.get_mut(*i)
+            {
+                task.affinity = Some(worker);
+                host.note(RunEvent::EntityRouted);
+            }
+        }
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
         // results): they must not be started here either.
         if waiting && here {
             for task in &mut commit.tasks {
-                if task.kind == TaskKind::Activity {
+                if task.kind == TaskKind::Activity && task.affinity.is_none() {
                     host.run_here(task);
                 }
             }
         }
         Ok(commit)
+    }
+
+    /// The worker an entity command should run on when that is not this one: the home of
+    /// `stream` (the worker whose activity last appended to it, or where placement moved it),
+    /// unless the entity is live here. `None` runs it here: it is live here, it has no home yet
+    /// (this worker becomes it), or the home could not be read (a routing hint is not worth
+    /// failing the turn for; the command's commit is fenced by the stream's version anyway).
+    async fn entity_home(&self, stream: &str, host: &HostRef) -> Option<String> {
+        if self.entity_is_live(stream) {
+            return None;
+        }
+        match host.store().get_instance(stream).await {
+            Ok(record) => record
+                .and_then(|r| r.affinity)
+                .filter(|w| *w != host.lease().worker),
+            Err(e) => {
+                tracing::debug!(error = %e, stream, "could not read an entity's home; running its command here");
+                None
+            }
+        }
     }
 
     /// The queue a signal to `receiver` wakes it on, or `None` (logged) when nothing would
