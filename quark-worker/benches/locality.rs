@@ -8,7 +8,7 @@
 //! turn and the time: a hop is cross-worker when the two differ, and its latency runs from the
 //! sender's turn to the receiver's. The workers count the hops delivered in memory (local
 //! delivery: the receiver continued in the sender's commit), the turns claimed from the queue, and
-//! the runs rebuilt from history (cache misses).
+//! the runs rebuilt from history (cache misses, by cause: not warm, busy, behind, stale).
 //!
 //! Phases, the same in every mode: every member is started and parks, placed where its first turn
 //! was claimed (first come); hash moves them now; a first `go` starts a warm-up of `--warm-laps`
@@ -199,9 +199,17 @@ async fn worker_process(
     std::io::stdout().flush()?;
     let stats = || {
         let m = running.worker().metrics();
+        let c = m.replay_causes;
         format!(
-            "stats {} {} {} {}",
-            m.claimed, m.local_deliveries, m.replays, m.placement_moves
+            "stats {} {} {} {} {} {} {} {}",
+            m.claimed,
+            m.local_deliveries,
+            m.replays,
+            m.placement_moves,
+            c.not_warm + c.read_ahead,
+            c.busy,
+            c.behind,
+            c.stale
         )
     };
     // Standard input, line by line, from a thread of its own; closed when the driver is done.
@@ -233,7 +241,7 @@ struct Process {
 }
 
 /// One worker's counters: claims, local deliveries, replays, placement moves.
-type Counters = [u64; 4];
+type Counters = [u64; 8];
 
 impl Process {
     fn spawn(id: &str, zone: &str, rack: &str, url: &str, on: bool) -> anyhow::Result<Process> {
@@ -269,8 +277,9 @@ impl Process {
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()?;
-        anyhow::ensure!(values.len() == 4, "worker {} said {line:?}", self.id);
-        Ok([values[0], values[1], values[2], values[3]])
+        values
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("worker {} said {line:?}", self.id))
     }
 
     fn stop(mut self) {
@@ -336,6 +345,8 @@ struct Figures {
     local: u64,
     claims: u64,
     replays: u64,
+    /// Cache misses by cause: not warm, busy, behind, stale.
+    misses: [u64; 4],
     moves: u64,
     moved_while_measured: u64,
     together: f64,
@@ -488,6 +499,7 @@ async fn run_mode(
             claims: delta(0),
             local: delta(1),
             replays: delta(2),
+            misses: [delta(4), delta(5), delta(6), delta(7)],
             moves,
             moved_while_measured,
             together,
@@ -546,13 +558,13 @@ fn main() -> anyhow::Result<()> {
          {warm_laps} laps of warm-up, {laps} measured laps; repartition every {EVERY:?}"
     );
     println!(
-        "| placement | ring edges on one worker | moves (while measured) | hops | cross-worker | in memory | queue claims | cache misses | p50 hop | p99 hop | hops/s |"
+        "| placement | ring edges on one worker | moves (while measured) | hops | cross-worker | in memory | queue claims | cache misses (not warm/busy/behind/stale) | p50 hop | p99 hop | hops/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let ms = |us: u64| us as f64 / 1000.0;
     for f in &rows {
         println!(
-            "| {} | {:.0} % | {} ({}) | {} | {} ({:.1} %) | {} | {} | {} | {:.1} ms | {:.1} ms | {:.0} |",
+            "| {} | {:.0} % | {} ({}) | {} | {} ({:.1} %) | {} | {} | {} ({}) | {:.1} ms | {:.1} ms | {:.0} |",
             f.mode.name(),
             f.together * 100.0,
             f.moves,
@@ -563,6 +575,7 @@ fn main() -> anyhow::Result<()> {
             f.local,
             f.claims,
             f.replays,
+            f.misses.map(|m| m.to_string()).join("/"),
             ms(f.latency.value_at_quantile(0.5)),
             ms(f.latency.value_at_quantile(0.99)),
             f.hops as f64 / f.took.as_secs_f64()

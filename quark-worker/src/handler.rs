@@ -264,11 +264,15 @@ impl TaskContext {
             .map(|(i, t)| (i, t.clone()))
             .collect();
         let outcome = Outcome::of(commit.settle.as_ref());
+        let settles = self.settling(&commit);
         let started = shared.store.config().clock.now();
         if let Some(instance) = &self.instance {
             shared.sketch.record_commit(instance, &commit, started);
         }
         let result = shared.committer.commit(commit).await;
+        if settles && result.is_err() {
+            self.mark_settling(false);
+        }
         self.committed(started);
         let mut reserved = std::mem::take(&mut *self.reserved());
         let committed = match result {
@@ -325,8 +329,12 @@ impl TaskContext {
         let shared = &self.shared;
         let outcome = Outcome::of(commit.settle.as_ref());
         self.fault(crate::fault::FaultPoint::BeforeTransactionalCommit);
+        let settles = self.settling(&commit);
         let started = shared.store.config().clock.now();
         let committed = shared.store.commit_tx(tx, commit).await;
+        if settles && committed.is_err() {
+            self.mark_settling(false);
+        }
         self.committed(started);
         let committed = committed?;
         self.fault(crate::fault::FaultPoint::AfterTransactionalCommit);
@@ -334,6 +342,25 @@ impl TaskContext {
             shared.metrics.settled(outcome, &self.labels);
         }
         Ok(committed)
+    }
+
+    /// Whether `commit` settles this task; if it does, the task is marked as settling from now
+    /// on (the lease keeper leaves it alone).
+    fn settling(&self, commit: &Commit) -> bool {
+        let settles = commit
+            .settle
+            .as_ref()
+            .is_some_and(|s| s.lease().task_id == self.lease.task_id);
+        if settles {
+            self.mark_settling(true);
+        }
+        settles
+    }
+
+    fn mark_settling(&self, on: bool) {
+        if let Some(f) = self.shared.in_flight().get_mut(&self.lease.task_id) {
+            f.settling = on;
+        }
     }
 
     /// Records the time of a commit that began at `started`, whether it succeeded or not.
@@ -409,6 +436,7 @@ pub(crate) fn spawn_task(
             cancel,
             stop,
             abort: None,
+            settling: false,
         },
     );
     let span = tracing::info_span!(
@@ -530,7 +558,7 @@ impl Host for TaskContext {
             RunEvent::LongHistory => metrics.long_history(&self.labels),
             RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
             RunEvent::SignalDropped => metrics.signal_dropped(&self.labels),
-            RunEvent::Replayed => metrics.replayed(&self.labels),
+            RunEvent::Replayed(why) => metrics.replayed(&self.labels, why),
             RunEvent::EntityRouted => metrics.entity_routed(&self.labels),
             _ => {}
         }

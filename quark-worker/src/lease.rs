@@ -56,9 +56,14 @@ pub(crate) async fn keep(
             {
                 Ok(_) => {}
                 Err(Error::LeaseLost { .. }) => {
-                    // The task may simply have finished since the snapshot above.
+                    // The task may simply have finished since the snapshot above, or be writing
+                    // the commit that settles it (fenced by its lease: if the lease is lost, the
+                    // commit fails on its own).
                     let in_flight = shared.in_flight();
-                    if let Some(f) = in_flight.get(&lease.task_id).filter(|f| f.lease == lease) {
+                    if let Some(f) = in_flight
+                        .get(&lease.task_id)
+                        .filter(|f| f.lease == lease && !f.settling)
+                    {
                         tracing::warn!(task_id = lease.task_id, "lease lost; cancelling the task");
                         shared.metrics.lease_lost(&f.labels);
                         let _ = f.cancel.send(true);

@@ -96,7 +96,7 @@ pub use builder::{BuildError, HasStore, NoStore, WorkerBuilder};
 pub use fault::FaultPoint;
 pub use handler::{Handler, TaskContext};
 pub use memory::{LeakDetection, MemoryConfig, MemoryProbe, MemoryReading, Thresholds};
-pub use metrics::MetricsSnapshot;
+pub use metrics::{MetricsSnapshot, ReplayCauses};
 pub use quark_workflow::runner::{Handled, HandlerError};
 pub use relay::{DeliveryError, OutboxRelay};
 pub use shutdown::shutdown_signal;

@@ -122,6 +122,8 @@ pub(crate) struct Metrics {
     local_deliveries: AtomicU64,
     signals_dropped: AtomicU64,
     replays: AtomicU64,
+    /// Replays by cause, in the order of [`ReplayCauses`]' fields.
+    replay_causes: [AtomicU64; 5],
     entity_routed: AtomicU64,
     /// What this worker last added to the process-wide gauges. Gauges are reported as
     /// increments from it, so that two workers in one process sum instead of overwriting each
@@ -136,6 +138,22 @@ struct Reported {
     slots: HashMap<TaskKind, f64>,
     cached: Option<f64>,
     cached_bytes: Option<f64>,
+}
+
+/// Cache misses ([`MetricsSnapshot::replays`]) by cause (see
+/// [`Miss`](quark_workflow::runner::Miss)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplayCauses {
+    /// No run was kept: never here, evicted, or dropped when the instance moved away.
+    pub not_warm: u64,
+    /// The history was read ahead from the start while no run was kept.
+    pub read_ahead: u64,
+    /// The run had a commit of its own in flight.
+    pub busy: u64,
+    /// The run had not seen events another commit appended.
+    pub behind: u64,
+    /// The new events disagreed with what the run had decided.
+    pub stale: u64,
 }
 
 /// A snapshot of a worker's counters.
@@ -182,6 +200,8 @@ pub struct MetricsSnapshot {
     pub signals_dropped: u64,
     /// Turns that rebuilt their instance's run by replaying its history (cache misses).
     pub replays: u64,
+    /// The same, by why the warm run could not be used.
+    pub replay_causes: ReplayCauses,
     /// Entity commands of turns here sent to the worker where their entity is live.
     pub entity_routed: u64,
 }
@@ -248,10 +268,20 @@ impl Metrics {
         metrics::counter!(names::ENTITY_ROUTED, "queue" => task.queue.clone()).increment(1);
     }
 
-    /// A turn rebuilt its instance's run from the history (a cache miss).
-    pub(crate) fn replayed(&self, task: &TaskLabels) {
+    /// A turn rebuilt its instance's run from the history (a cache miss), for `why`.
+    pub(crate) fn replayed(&self, task: &TaskLabels, why: quark_workflow::runner::Miss) {
+        use quark_workflow::runner::Miss;
         inc(&self.replays);
-        metrics::counter!(names::REPLAYS, "queue" => task.queue.clone()).increment(1);
+        let i = match why {
+            Miss::NotWarm => 0,
+            Miss::ReadAhead => 1,
+            Miss::Busy => 2,
+            Miss::Behind => 3,
+            _ => 4,
+        };
+        inc(&self.replay_causes[i]);
+        metrics::counter!(names::REPLAYS, "queue" => task.queue.clone(), "cause" => why.as_str())
+            .increment(1);
     }
 
     /// A turn found its instance's history past the warning bounds (once per live run).
@@ -439,6 +469,13 @@ impl Metrics {
             local_deliveries: get(&self.local_deliveries),
             signals_dropped: get(&self.signals_dropped),
             replays: get(&self.replays),
+            replay_causes: ReplayCauses {
+                not_warm: get(&self.replay_causes[0]),
+                read_ahead: get(&self.replay_causes[1]),
+                busy: get(&self.replay_causes[2]),
+                behind: get(&self.replay_causes[3]),
+                stale: get(&self.replay_causes[4]),
+            },
             entity_routed: get(&self.entity_routed),
         }
     }

@@ -40,6 +40,10 @@ pub(crate) struct InFlight {
     /// settle, unlike `cancel`, after which nothing it commits counts.
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) abort: Option<tokio::task::AbortHandle>,
+    /// The commit that settles it is being written or was written: its lease fences that
+    /// commit, so a lease that looks lost now is no reason to cancel it (its row is gone once
+    /// the commit is written, before the task leaves this map).
+    pub(crate) settling: bool,
 }
 
 /// State shared by the pollers, the task runners and the lease keeper.

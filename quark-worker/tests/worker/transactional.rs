@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_history::testing::TestStore;
+use quark_history::Clock;
+use quark_history::testing::{TestStore, eventually};
 use quark_history::{Backend, Destination, OutboxFilter, Received, StoreTx};
 use quark_worker::Worker;
 use quark_workflow::{
@@ -22,6 +23,7 @@ quark_history::backend_tests!(
     it_applies_an_inbox_message_once_across_two_activities,
     it_sends_an_ordinary_activitys_messages_with_its_result,
     it_holds_no_more_transactions_at_once_than_the_worker_allows,
+    it_does_not_count_a_lease_lost_for_a_task_whose_commit_is_written,
 );
 
 /// Runs one statement of the activity's own in its transaction, on either database.
@@ -362,5 +364,73 @@ async fn it_holds_no_more_transactions_at_once_than_the_worker_allows(t: &TestSt
         most, allowed,
         "transactions open at once; the worker allows 2, the store {allowed}"
     );
+    running.shutdown().await;
+}
+
+/// The lease keeper extends the leases of the tasks in flight. A task's row is gone as soon as
+/// the commit that settles it is written, a moment before the task leaves the worker's books:
+/// the keeper must not take that for a lost lease (before, it warned, counted
+/// `quark_lease_lost_total` and cancelled the task). The deposit's commit is held right after it
+/// is written until the keeper has run twice; no lease is lost.
+async fn it_does_not_count_a_lease_lost_for_a_task_whose_commit_is_written(t: &TestStore) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, mpsc};
+    t.execute("CREATE TABLE deposits (id TEXT, attempt BIGINT)")
+        .await;
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some(gate)));
+    let held = Arc::new(AtomicBool::new(false));
+    let hook = {
+        let (gate, held) = (Arc::clone(&gate), Arc::clone(&held));
+        move |point: quark_worker::FaultPoint, _attempt: u32| {
+            if point == quark_worker::FaultPoint::AfterTransactionalCommit
+                && let Some(gate) = gate.lock().unwrap().take()
+            {
+                held.store(true, Ordering::SeqCst);
+                let _ = gate.recv();
+            }
+        }
+    };
+    let id = format!("keeper-{}", uuid::Uuid::now_v7());
+    let running = Worker::builder()
+        .store(Arc::clone(&t.store))
+        .id(&id)
+        .poll_interval(Duration::from_millis(10))
+        .heartbeat(Duration::from_millis(20))
+        .fault_hook(hook)
+        .workflows(Registry::new().register(make_deposit).register(deposit))
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(Arc::clone(&t.store));
+    let d = Deposit {
+        id: "kept".into(),
+        fail_first: false,
+    };
+    let handle = make_deposit::start(&client, "kept", d).await.unwrap();
+    eventually("the deposit's commit is written and held", async || {
+        held.load(Ordering::SeqCst)
+    })
+    .await;
+    // Two heartbeats after the commit was written: each of the keeper's rounds heartbeats, then
+    // extends the leases in flight, so the round between them tried the deposit's.
+    for _ in 0..2 {
+        t.clock.advance(Duration::from_secs(1));
+        let now = t.clock.now();
+        eventually("the keeper ran a round", async || {
+            t.store
+                .list_workers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|w| w.id == id && w.heartbeat_at >= now)
+        })
+        .await;
+    }
+    release.send(()).unwrap();
+    assert_eq!(handle.result().await.unwrap(), 1);
+    assert_eq!(running.worker().metrics().lease_lost, 0);
     running.shutdown().await;
 }

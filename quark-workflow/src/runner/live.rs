@@ -23,6 +23,7 @@ use quark_history::{ClaimedTask, HistoryEvent, RecordedEvent, Timestamp};
 
 use crate::executor::{Executor, Outcome};
 use crate::registry::{ErasedOrchestration, Registry};
+use crate::runner::Miss;
 use crate::turn::{Turn, start_executor, turn_of};
 
 /// When a run's history is long enough to warn about: past either bound, the worker logs a
@@ -80,7 +81,7 @@ pub(crate) enum LiveTurn {
     Turn(Box<Turn>, bool, u64),
     /// The run is not where the events given start (or is gone, or has a commit in flight):
     /// read the whole history and ask again from sequence number 1.
-    Miss,
+    Miss(Miss),
     /// The turn, run on a run that is not kept: the instance's live run has a commit in flight,
     /// and is left alone until it is known whether that commit was written. Its commit must not
     /// confirm, acknowledge or forget the live run.
@@ -493,13 +494,16 @@ impl LiveInstances {
                 }
                 live
             } else if shard.busy(&id) {
-                return LiveTurn::Miss;
+                return LiveTurn::Miss(Miss::Busy);
             } else {
                 match shard.take_live(&id, &registry, None) {
                     Some(live) if live.executor.next_seq() == from => live,
-                    _ => {
+                    found => {
                         shard.forget(&id);
-                        return LiveTurn::Miss;
+                        return LiveTurn::Miss(match found {
+                            Some(_) => Miss::Behind,
+                            None => Miss::NotWarm,
+                        });
                     }
                 }
             };
@@ -507,7 +511,7 @@ impl LiveInstances {
             live.executor.feed(live.orchestration.as_ref(), &events);
             if live.executor.is_stale() {
                 shard.forget(&id);
-                return LiveTurn::Miss;
+                return LiveTurn::Miss(Miss::Stale);
             }
             let turn = turn_of(&mut live.executor, &task);
             live.in_flight(token, &turn, false);

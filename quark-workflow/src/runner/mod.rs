@@ -105,11 +105,44 @@ pub enum RunEvent {
     SignalDropped,
     /// A turn found its instance's run not warm here and rebuilt it by replaying a history its
     /// code had run on before (a cache miss: the instance was evicted, moved, or last ran
-    /// elsewhere).
-    Replayed,
+    /// elsewhere), for the reason given.
+    Replayed(Miss),
     /// A turn's entity command was sent to the worker where its entity is live (the stream's
     /// home) instead of running here.
     EntityRouted,
+}
+
+/// Why a turn could not feed its instance's warm run and replayed the history instead (see
+/// [`RunEvent::Replayed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Miss {
+    /// No run of the instance is kept here: it was never here, was evicted, or was dropped when
+    /// the instance moved away.
+    NotWarm,
+    /// The turn's history was read ahead (prefetched) from the start while no run was kept,
+    /// and a run appeared meanwhile.
+    ReadAhead,
+    /// The run has a commit of its own in flight (its last turn is not confirmed yet).
+    Busy,
+    /// The run is behind or ahead of the history: events it has not seen were appended by
+    /// another worker or by a commit it was not told of.
+    Behind,
+    /// The run, fed the new events, found they disagree with what it had decided.
+    Stale,
+}
+
+impl Miss {
+    /// Its name, as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Miss::NotWarm => "not_warm",
+            Miss::ReadAhead => "read_ahead",
+            Miss::Busy => "busy",
+            Miss::Behind => "behind",
+            Miss::Stale => "stale",
+        }
+    }
 }
 
 /// What the runner asks of the driver of one task. The worker's `TaskContext` is one; the test

@@ -7,7 +7,7 @@ use quark_history::{
 };
 
 use super::live::{LiveTurn, Report};
-use super::{Handled, HandlerError, HostRef, RunEvent, Runner, now};
+use super::{Handled, HandlerError, HostRef, Miss, RunEvent, Runner, now};
 use crate::executor::Outcome;
 use crate::turn::Turn;
 
@@ -24,12 +24,11 @@ impl Runner {
             HandlerError::Rejected("an orchestration task without an instance".into())
         })?;
         let store = host.store().clone();
+        let warm_from = self.live.next_seq(&instance);
         let (from, events) = match self.prefetch.take(&task) {
-            Some((from, events)) if from == 1 || from == self.live.next_seq(&instance) => {
-                (from, events)
-            }
+            Some((from, events)) if from == 1 || from == warm_from => (from, events),
             _ => {
-                let from = self.live.next_seq(&instance);
+                let from = warm_from;
                 (
                     from,
                     store
@@ -45,16 +44,20 @@ impl Runner {
                 .any(|e| crate::command::is_command_event(&e.event))
         };
         if from == 1 && decided(&events) {
-            host.note(RunEvent::Replayed);
+            let why = match warm_from {
+                1 => Miss::NotWarm,
+                _ => Miss::ReadAhead,
+            };
+            host.note(RunEvent::Replayed(why));
         }
         let mut reply = self
             .live
             .turn(&instance, &task, &self.registry, from, events)
             .await;
-        if matches!(reply, Some(LiveTurn::Miss)) {
+        if let Some(LiveTurn::Miss(why)) = reply {
             let history = store.read_history(&instance, HistoryRange::All).await?;
             if decided(&history) {
-                host.note(RunEvent::Replayed);
+                host.note(RunEvent::Replayed(why));
             }
             reply = self
                 .live
@@ -71,7 +74,7 @@ impl Runner {
                 (*turn, Some(token))
             }
             Some(LiveTurn::Cold(turn)) => (*turn, None),
-            Some(LiveTurn::Miss) | None => {
+            Some(LiveTurn::Miss(_)) | None => {
                 // The orchestration thread could not run it (its job failed): replay the history
                 // here into a run that is not kept, as a worker without live instances does.
                 tracing::warn!(instance = %instance, "the orchestration thread failed a turn; replaying it here");

@@ -3,7 +3,7 @@
 //! receive is dropped without stopping its sender.
 
 use quark_history::{HistoryEvent, InstanceStatus};
-use quark_workflow::runner::{HistoryWarning, RunEvent, WarmLimits};
+use quark_workflow::runner::{HistoryWarning, Miss, RunEvent, WarmLimits};
 use quark_workflow::testing::TestEnv;
 use quark_workflow::{OrchestrationContext, OrchestrationError, Registry, Signal, orchestration};
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,9 @@ async fn two_warm_orchestrations_play_a_rally_and_each_signal_arrives_once() {
         .count();
     assert!(here >= 4, "{here} of 9 throws were delivered in memory");
     assert!(
-        !env.run_events().contains(&RunEvent::Replayed),
+        !env.run_events()
+            .iter()
+            .any(|e| matches!(e, RunEvent::Replayed(_))),
         "warm runs are never rebuilt"
     );
 }
@@ -206,13 +208,21 @@ async fn replaying_every_turn_sends_each_signal_once() {
     );
     // Every turn that finds code decisions in its history rebuilds its run, a cache miss: `a`'s
     // four turns after its serve, and `b`'s four after its first throw (`b` decided nothing
-    // before that one).
+    // before that one). Nothing is kept, so each finds no run at all.
     let replays = env
         .run_events()
         .iter()
-        .filter(|e| **e == RunEvent::Replayed)
+        .filter(|e| matches!(e, RunEvent::Replayed(_)))
         .count();
     assert_eq!(replays, 8);
+    assert!(
+        env.run_events()
+            .iter()
+            .filter(|e| matches!(e, RunEvent::Replayed(_)))
+            .all(|e| *e == RunEvent::Replayed(Miss::NotWarm)),
+        "{:?}",
+        env.run_events()
+    );
 }
 
 #[tokio::test]
