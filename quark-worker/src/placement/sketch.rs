@@ -142,13 +142,43 @@ impl Sketch {
     /// one message per other instance it appends to or enqueues a task of, and one per child an
     /// appended history starts (the turn of `instance`, or of a warm parent continued in the same
     /// commit, see local delivery), between that history's instance and the child.
+    ///
+    /// A commit may carry the turns of several instances (local delivery continues a chain of
+    /// warm receivers in the sender's commit). A signal is counted between the instance whose
+    /// turn sent it (its `SignalSent`) and its receiver, not between `instance` and each
+    /// receiver down the chain; news to `instance` itself from a later turn of the chain (a
+    /// signal back to it, after its own turn) counts too.
     pub fn record_commit(&self, instance: &str, commit: &Commit, at: Timestamp) {
-        let mut others: Vec<(&str, usize)> = Vec::new();
-        let mut starts: Vec<(&str, &str, usize)> = Vec::new();
+        // Who sent each signal the commit delivers: the instance whose append holds its
+        // `SignalSent` (the first such, if several send to one receiver).
+        let mut sent_by: Vec<(&str, &str)> = Vec::new();
         for append in &commit.appends {
-            if append.instance_id != instance {
+            for event in &append.events {
+                if let HistoryEvent::SignalSent { instance_id, .. } = event
+                    && *instance_id != append.instance_id
+                    && !sent_by.iter().any(|(to, _)| *to == instance_id.as_str())
+                {
+                    sent_by.push((instance_id, &append.instance_id));
+                }
+            }
+        }
+        let sender_of = |receiver: &str| {
+            sent_by
+                .iter()
+                .find(|(to, _)| *to == receiver)
+                .map_or(instance, |(_, from)| *from)
+        };
+        let mut others: Vec<(&str, &str, usize)> = Vec::new();
+        let mut starts: Vec<(&str, &str, usize)> = Vec::new();
+        let mut own_turn = true;
+        for append in &commit.appends {
+            // The first append of `instance` is its own turn; a later one is news to it.
+            let own = own_turn && append.instance_id == instance;
+            own_turn &= !own;
+            let from = sender_of(&append.instance_id);
+            if !own && from != append.instance_id {
                 let bytes = append.events.iter().map(event_bytes).sum();
-                others.push((&append.instance_id, bytes));
+                others.push((from, &append.instance_id, bytes));
             }
             // A child the history starts: the store creates it from the starter's own event.
             for event in &append.events {
@@ -162,15 +192,15 @@ impl Sketch {
         }
         for task in &commit.tasks {
             if let Some(other) = task.instance_id.as_deref()
-                && other != instance
-                && !others.iter().any(|(o, _)| *o == other)
+                && sender_of(other) != other
+                && !others.iter().any(|(_, o, _)| *o == other)
                 && !starts.iter().any(|(_, child, _)| *child == other)
             {
-                others.push((other, task.payload.len()));
+                others.push((sender_of(other), other, task.payload.len()));
             }
         }
-        for (other, bytes) in others {
-            self.record(instance, other, bytes, at);
+        for (from, other, bytes) in others {
+            self.record(from, other, bytes, at);
         }
         for (starter, child, bytes) in starts {
             self.record(starter, child, bytes, at);
@@ -379,6 +409,46 @@ mod tests {
                 ("child-1".into(), "parent".into(), 1.0),
                 ("child-2".into(), "parent".into(), 1.0)
             ]
+        );
+    }
+
+    #[test]
+    fn a_chain_of_signals_in_one_commit_counts_each_sender_with_its_receiver() {
+        let sketch = Sketch::new(16, Duration::from_secs(60));
+        let sent = |to: &str| HistoryEvent::SignalSent {
+            command: 1,
+            instance_id: to.into(),
+            name: "token".into(),
+            payload: quarkh::Payload::json(&1).unwrap(),
+            site: None,
+        };
+        let received = || HistoryEvent::SignalReceived {
+            name: "token".into(),
+            payload: quarkh::Payload::json(&1).unwrap(),
+        };
+        // `a`'s turn signals `b`; `b` and then `c` are continued in the same commit, and `c`
+        // signals `a` back, which goes through the queue.
+        let commit = Commit::new()
+            .append("a", quarkh::Expected::Seq(5), [sent("b")])
+            .append("b", quarkh::Expected::Seq(5), [received(), sent("c")])
+            .append("c", quarkh::Expected::Seq(5), [received(), sent("a")])
+            .append("a", quarkh::Expected::Any, [received()])
+            .enqueue(quarkh::NewTask::orchestration("default", "a"));
+        sketch.record_commit("a", &commit, at(0));
+        let mut seen: Vec<(String, String, f64)> = sketch
+            .top(10, at(0))
+            .into_iter()
+            .map(|e| (e.a, e.b, e.messages))
+            .collect();
+        seen.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        assert_eq!(
+            seen,
+            [
+                ("a".into(), "b".into(), 1.0),
+                ("a".into(), "c".into(), 1.0),
+                ("b".into(), "c".into(), 1.0)
+            ],
+            "the ring a -> b -> c -> a, not a star around a"
         );
     }
 }
