@@ -202,6 +202,9 @@ struct Shard {
     thread: usize,
     runs: HashMap<String, Live>,
     index: Arc<Mutex<Index>>,
+    /// Turns waiting for a run's commit in flight to be acknowledged or dropped (see
+    /// [`LiveInstances::settled`]).
+    waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 struct Live {
@@ -294,6 +297,19 @@ impl Shard {
     fn forget(&mut self, instance: &str) {
         self.runs.remove(instance);
         self.index().remove(instance);
+        self.wake(instance);
+    }
+
+    /// Tells the turns waiting for `instance`'s run that it has no commit in flight any more
+    /// (or is gone).
+    fn wake(&mut self, instance: &str) {
+        if !self.busy(instance)
+            && let Some(waiting) = self.waiters.remove(instance)
+        {
+            for w in waiting {
+                let _ = w.send(());
+            }
+        }
     }
 
     /// Whether `instance`'s run has a commit in flight (see [`Live::busy`]).
@@ -388,6 +404,7 @@ impl LiveInstances {
                             thread,
                             runs: HashMap::new(),
                             index,
+                            waiters: HashMap::new(),
                         };
                         // Ends when the runner and every job are gone.
                         while let Ok(job) = rx.recv() {
@@ -619,6 +636,7 @@ impl LiveInstances {
                 .confirm(live.orchestration.as_ref(), first, at)
             {
                 shard.keep(&id, live);
+                shard.wake(&id);
             } else {
                 shard.forget(&id);
             }
@@ -632,7 +650,24 @@ impl LiveInstances {
             if let Some(live) = shard.runs.get_mut(&id) {
                 live.provisional.remove(&token);
             }
+            shard.wake(&id);
         });
+    }
+
+    /// Resolves once `instance`'s run has no commit in flight: at once if it has none (or no
+    /// run is kept), else when that commit is acknowledged or the run dropped. A turn claimed
+    /// while its run's own last commit is being written waits for it rather than replay.
+    pub(crate) fn settled(&self, instance: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let id = instance.to_string();
+        self.post(instance, move |shard| {
+            if shard.busy(&id) {
+                shard.waiters.entry(id).or_default().push(tx);
+            } else {
+                let _ = tx.send(());
+            }
+        });
+        rx
     }
 
     fn token(&self) -> u64 {

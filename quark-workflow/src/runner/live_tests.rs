@@ -248,3 +248,46 @@ async fn a_runner_short_of_memory_keeps_no_new_runs_and_sheds_the_coldest_bytes_
     assert_eq!(freed.count, 2);
     assert_eq!((live.len(), live.bytes()), (0, 0));
 }
+
+#[tokio::test]
+async fn a_turn_waiting_for_a_run_s_commit_in_flight_goes_on_once_it_is_acknowledged_or_dropped() {
+    // One orchestration thread: jobs for every instance run in the order they are posted, so
+    // waiting for `settled` of an instance with no run proves the jobs posted before it ran.
+    let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
+    let registry = order_registry();
+    let at = Timestamp::from_millis(5);
+    let Some(LiveTurn::Turn(_, _, token)) = live
+        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
+        .await
+    else {
+        panic!("no turn");
+    };
+    let mut waiting = live.settled(ID);
+    live.confirm(ID, token, 2, at);
+    live.settled("nobody").await.unwrap();
+    assert_eq!(
+        waiting.try_recv(),
+        Ok(None),
+        "confirmed but not acknowledged: the commit may still fail"
+    );
+    // The next turn would find the run busy.
+    let busy = live
+        .turn(ID, &claimed("default"), &registry, 3, Vec::new())
+        .await;
+    assert!(matches!(busy, Some(LiveTurn::Miss(Miss::Busy))));
+    live.ack(ID, token);
+    waiting.await.expect("settled once acknowledged");
+    assert!(live.settled(ID).await.is_ok(), "nothing in flight now");
+
+    // A run dropped while a turn waits settles it too (the turn then replays).
+    let other = "order-2";
+    let Some(LiveTurn::Turn(..)) = live
+        .turn(other, &claimed("default"), &registry, 1, vec![started(at)])
+        .await
+    else {
+        panic!("no turn");
+    };
+    let waiting = live.settled(other);
+    live.forget(other);
+    waiting.await.expect("settled once dropped");
+}

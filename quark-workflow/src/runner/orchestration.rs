@@ -54,6 +54,22 @@ impl Runner {
             .live
             .turn(&instance, &task, &self.registry, from, events)
             .await;
+        if let Some(LiveTurn::Miss(Miss::Busy)) = reply {
+            // The run's own last commit is in flight: this turn was claimed as soon as that
+            // commit was written, a moment before it is acknowledged. Wait for it (bounded: a
+            // commit that never reports is given up) and go on from the run, rather than replay.
+            let settled = tokio::time::timeout(SETTLE_WAIT, self.live.settled(&instance)).await;
+            let from = self.live.next_seq(&instance);
+            if settled.is_ok() && from > 1 {
+                let events = store
+                    .read_history(&instance, HistoryRange::From(from))
+                    .await?;
+                reply = self
+                    .live
+                    .turn(&instance, &task, &self.registry, from, events)
+                    .await;
+            }
+        }
         if let Some(LiveTurn::Miss(why)) = reply {
             let history = store.read_history(&instance, HistoryRange::All).await?;
             if decided(&history) {
@@ -530,6 +546,11 @@ impl Runner {
         Some(first)
     }
 }
+
+/// How long a turn waits for its run's own commit in flight to be acknowledged before it
+/// replays the history instead. A commit reports within its round trip; this bounds a commit
+/// that never does (its task was cancelled mid-way).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most runs continued in one commit by local delivery: a chain of warm receivers, each
 /// woken by the turn before it. Bounded so that one commit, and the sender's wait for it, stays
