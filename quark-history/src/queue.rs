@@ -239,7 +239,9 @@ pub struct ClaimRequest {
     /// How long the lease holds before it must be extended.
     pub lease: Duration,
     /// How long a task with another worker's affinity waits before this worker may take it. A task
-    /// whose affinity worker has no live registration is free at once.
+    /// whose affinity worker has no live registration, is under memory pressure, or does not
+    /// serve the task's queue (an entity command routed to an entity's home that serves other
+    /// queues) is free at once.
     pub affinity_delay: Duration,
     /// How old a worker's last heartbeat may be before it counts as gone.
     pub worker_ttl: Duration,

@@ -290,8 +290,9 @@ pub trait Store:
     }
 
     /// Claims up to `request.limit` visible tasks under a lease. Prefers none over another worker's
-    /// affinity until `affinity_delay` has passed or that worker is gone; never leases a second
-    /// orchestration task of one instance.
+    /// affinity until `affinity_delay` has passed, that worker is gone or under memory pressure,
+    /// or it does not serve the task's queue; never leases a second orchestration task of one
+    /// instance.
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedTask>>>;
 
     /// Extends a lease to `now + lease`; fails with `LeaseLost` if it is no longer held. Returns the

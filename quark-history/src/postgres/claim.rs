@@ -65,7 +65,8 @@ const GENERAL: &str = "WITH q AS (SELECT unnest(CASE WHEN $9 THEN ARRAY(SELECT u
        SELECT id, priority, visible_at FROM tasks \
        WHERE tasks.queue = q.queue AND tasks.kind = k.kind AND visible_at <= $5 AND NOT cancel_requested \
        AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
-            OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7 AND w.pressure = 0)) \
+            OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7 AND w.pressure = 0 \
+              AND tasks.queue = ANY(w.queues))) \
        ORDER BY priority DESC, visible_at, id LIMIT $8 FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.visible_at, c.id LIMIT $8) \
      UPDATE tasks t SET attempts = t.attempts + 1, lease_owner = $1, visible_at = $2, rerun = false \
@@ -85,7 +86,8 @@ const ONE_PAIR: &str = "UPDATE tasks t SET attempts = t.attempts + 1, lease_owne
      WHERE t.id = ANY(ARRAY(SELECT id FROM tasks \
        WHERE queue = $3 AND kind = $4 AND visible_at <= $5 AND NOT cancel_requested \
        AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
-            OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7 AND w.pressure = 0)) \
+            OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7 AND w.pressure = 0 \
+              AND tasks.queue = ANY(w.queues))) \
        AND NOT ($9 AND EXISTS (SELECT 1 FROM queue_settings s \
             WHERE s.queue = $3 AND (s.paused OR s.rate_limit IS NOT NULL))) \
        ORDER BY priority DESC, visible_at, id LIMIT $8 FOR UPDATE SKIP LOCKED)) \

@@ -28,7 +28,8 @@ pub(super) fn claim_stmt(
            AND ($9 = 0 OR queue NOT IN (SELECT queue FROM queue_settings WHERE paused OR rate_limit IS NOT NULL)) \
            AND (json_array_length($5) = 0 OR kind IN (SELECT value FROM json_each($5))) \
            AND (affinity IS NULL OR affinity = $1 OR visible_at <= $6 \
-                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7 AND w.pressure = 0)) \
+                OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = tasks.affinity AND w.heartbeat_at > $7 AND w.pressure = 0 \
+                  AND tasks.queue IN (SELECT value FROM json_each(w.queues)))) \
            ORDER BY priority DESC, visible_at, id LIMIT $8) \
          RETURNING id, attempts, kind, queue, instance_id, priority, created_at, payload, traceparent, ready_at",
     )

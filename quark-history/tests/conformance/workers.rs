@@ -17,6 +17,7 @@ conformance!(
     it_refuses_an_id_that_a_live_run_in_another_scope_holds_until_it_stops_heartbeating,
     it_releases_the_leases_of_a_worker_two_heartbeats_after_it_stopped,
     it_publishes_a_worker_s_load_and_hands_its_affinity_away_under_pressure,
+    it_frees_a_task_whose_affinity_worker_does_not_serve_its_queue,
 );
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -259,5 +260,29 @@ async fn it_publishes_a_worker_s_load_and_hands_its_affinity_away_under_pressure
     assert_eq!(
         t.store.list_workers().await.unwrap()[0].load.pressure,
         Pressure::Normal
+    );
+}
+
+/// A task's affinity holds only on a worker that could claim it: one whose live registration
+/// does not list the task's queue leaves it to the others at once.
+async fn it_frees_a_task_whose_affinity_worker_does_not_serve_its_queue(t: &TestStore) {
+    let a = Incarnation::new("host-a", HEARTBEAT);
+    let mut registered = info(t, "a");
+    registered.queues = vec!["q".into(), "r".into()];
+    t.store.register_worker(registered, &a).await.unwrap();
+    let on = |queue: &str| NewTask::new(TaskKind::Activity, queue).affinity("a");
+    t.store
+        .enqueue(vec![on("q"), on("elsewhere")])
+        .await
+        .unwrap();
+    let by_b = ClaimRequest::new("b", ["q", "elsewhere"])
+        .lease(LEASE)
+        .affinity_delay(Duration::from_secs(60));
+    let taken = t.store.claim(by_b).await.unwrap();
+    let queues: Vec<&str> = taken.iter().map(|c| c.queue.as_str()).collect();
+    assert_eq!(
+        queues,
+        ["elsewhere"],
+        "a serves q, so its task there waits for it; it does not serve `elsewhere`"
     );
 }
