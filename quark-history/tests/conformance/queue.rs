@@ -403,7 +403,7 @@ async fn it_prefers_the_affinity_worker_until_the_delay_or_its_death(t: &TestSto
     t.store
         .heartbeat_worker(WorkerInfo {
             id: "c".into(),
-            queues: vec![],
+            queues: vec!["q".into()],
             labels: "{}".into(),
             heartbeat_at: t.clock.now(),
             load: Default::default(),
