@@ -279,18 +279,9 @@ async fn it_makes_the_worker_of_an_activity_that_appends_to_an_entity_its_home(t
     let stream = "Account/alice".to_string();
     t.store.open_stream(&stream, "Account").await.unwrap();
     assert!(
-        t.store
-            .affinities(std::slice::from_ref(&stream))
-            .await
-            .unwrap()
-            .is_empty(),
+        where_(t, std::slice::from_ref(&stream)).await.is_empty(),
         "no home before any command"
     );
-    let home = |worker: &str| Placed {
-        instance: stream.clone(),
-        worker: worker.into(),
-        queue: String::new(),
-    };
 
     let lease = activity_on(t, "caller", "w1").await;
     t.store
@@ -301,12 +292,17 @@ async fn it_makes_the_worker_of_an_activity_that_appends_to_an_entity_its_home(t
         )
         .await
         .unwrap();
+    // A stream has no queue of its own.
     assert_eq!(
         t.store
             .affinities(std::slice::from_ref(&stream))
             .await
             .unwrap(),
-        [home("w1")]
+        [Placed {
+            instance: stream.clone(),
+            worker: "w1".into(),
+            queue: String::new(),
+        }]
     );
 
     // In a batch, next to another commit.
@@ -322,11 +318,8 @@ async fn it_makes_the_worker_of_an_activity_that_appends_to_an_entity_its_home(t
         .await;
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     assert_eq!(
-        t.store
-            .affinities(std::slice::from_ref(&stream))
-            .await
-            .unwrap(),
-        [home("w2")]
+        where_(t, std::slice::from_ref(&stream)).await,
+        [owned((stream.as_str(), "w2"))]
     );
 
     // An activity on w3 that appends elsewhere does not make w3 the entity's home.
@@ -340,10 +333,7 @@ async fn it_makes_the_worker_of_an_activity_that_appends_to_an_entity_its_home(t
         .await
         .unwrap();
     assert_eq!(
-        t.store
-            .affinities(std::slice::from_ref(&stream))
-            .await
-            .unwrap(),
-        [home("w2")]
+        where_(t, std::slice::from_ref(&stream)).await,
+        [owned((stream.as_str(), "w2"))]
     );
 }

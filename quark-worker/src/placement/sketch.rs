@@ -337,6 +337,17 @@ mod tests {
         assert_eq!(pairs, [("hot-1", "hot-2"), ("hot-3", "hot-4")]);
     }
 
+    /// The sketch's pairs at time 0 with their messages, in the order of their names.
+    fn pairs(sketch: &Sketch) -> Vec<(String, String, f64)> {
+        let mut seen: Vec<(String, String, f64)> = sketch
+            .top(10, at(0))
+            .into_iter()
+            .map(|e| (e.a, e.b, e.messages))
+            .collect();
+        seen.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        seen
+    }
+
     #[test]
     fn a_commit_counts_one_message_per_other_instance_it_reaches() {
         let sketch = Sketch::new(16, Duration::from_secs(60));
@@ -354,10 +365,7 @@ mod tests {
             .enqueue(quark_history::NewTask::orchestration("default", "peer"))
             .enqueue(quark_history::NewTask::orchestration("default", "child"));
         sketch.record_commit("parent", &commit, at(0));
-        let top = sketch.top(10, at(0));
-        let mut seen: Vec<(String, String, f64)> =
-            top.into_iter().map(|e| (e.a, e.b, e.messages)).collect();
-        seen.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        let seen = pairs(&sketch);
         assert_eq!(
             seen,
             [
@@ -397,12 +405,7 @@ mod tests {
             )
             .enqueue(quarkh::NewTask::orchestration("default", "child-2"));
         sketch.record_commit("child-1", &commit, at(0));
-        let mut seen: Vec<(String, String, f64)> = sketch
-            .top(10, at(0))
-            .into_iter()
-            .map(|e| (e.a, e.b, e.messages))
-            .collect();
-        seen.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        let seen = pairs(&sketch);
         assert_eq!(
             seen,
             [
@@ -435,12 +438,7 @@ mod tests {
             .append("a", quarkh::Expected::Any, [received()])
             .enqueue(quarkh::NewTask::orchestration("default", "a"));
         sketch.record_commit("a", &commit, at(0));
-        let mut seen: Vec<(String, String, f64)> = sketch
-            .top(10, at(0))
-            .into_iter()
-            .map(|e| (e.a, e.b, e.messages))
-            .collect();
-        seen.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+        let seen = pairs(&sketch);
         assert_eq!(
             seen,
             [

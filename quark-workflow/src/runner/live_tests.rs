@@ -27,17 +27,29 @@ fn order_registry() -> Arc<Registry> {
     Arc::new(registry)
 }
 
+/// The first turn of `id` (an order just started at `at`) on `live`: its turn and the token
+/// its commit is confirmed and acknowledged with.
+async fn first_turn(
+    live: &LiveInstances,
+    registry: &Arc<Registry>,
+    id: &str,
+    at: Timestamp,
+) -> (Box<Turn>, u64) {
+    let Some(LiveTurn::Turn(turn, _, token)) = live
+        .turn(id, &claimed("default"), registry, 1, vec![started(at)])
+        .await
+    else {
+        panic!("no turn");
+    };
+    (turn, token)
+}
+
 #[tokio::test]
 async fn a_run_with_a_commit_in_flight_is_not_replaced_and_takes_only_its_own_confirmation() {
     let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
     let registry = order_registry();
     let at = Timestamp::from_millis(5);
-    let Some(LiveTurn::Turn(_, _, token)) = live
-        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
-        .await
-    else {
-        panic!("no turn");
-    };
+    let (_, token) = first_turn(&live, &registry, ID, at).await;
     // Another turn of the instance claimed meanwhile, from the whole history (a read-ahead, or
     // a miss): it runs on a run that is not kept, and the live run stays.
     let again = live
@@ -105,12 +117,7 @@ async fn a_run_ahead_of_an_unwritten_commit_is_built_on_only_once_the_commit_is_
     let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
     let registry = order_registry();
     let at = Timestamp::from_millis(5);
-    let Some(LiveTurn::Turn(turn, _, token)) = live
-        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
-        .await
-    else {
-        panic!("no turn");
-    };
+    let (turn, token) = first_turn(&live, &registry, ID, at).await;
     assert_eq!(
         turn.commit.appends[0].events.len(),
         1,
@@ -256,12 +263,7 @@ async fn a_turn_waiting_for_a_run_s_commit_in_flight_goes_on_once_it_is_acknowle
     let live = LiveInstances::new(1, WarmLimits::default(), HistoryWarning::default());
     let registry = order_registry();
     let at = Timestamp::from_millis(5);
-    let Some(LiveTurn::Turn(_, _, token)) = live
-        .turn(ID, &claimed("default"), &registry, 1, vec![started(at)])
-        .await
-    else {
-        panic!("no turn");
-    };
+    let (_, token) = first_turn(&live, &registry, ID, at).await;
     let mut waiting = live.settled(ID);
     live.confirm(ID, token, 2, at);
     live.settled("nobody").await.unwrap();
@@ -281,12 +283,7 @@ async fn a_turn_waiting_for_a_run_s_commit_in_flight_goes_on_once_it_is_acknowle
 
     // A run dropped while a turn waits settles it too (the turn then replays).
     let other = "order-2";
-    let Some(LiveTurn::Turn(..)) = live
-        .turn(other, &claimed("default"), &registry, 1, vec![started(at)])
-        .await
-    else {
-        panic!("no turn");
-    };
+    first_turn(&live, &registry, other, at).await;
     let waiting = live.settled(other);
     live.forget(other);
     waiting.await.expect("settled once dropped");
