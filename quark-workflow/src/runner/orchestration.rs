@@ -202,12 +202,13 @@ impl Runner {
         }
         // An entity's command runs where the entity is live: on its home worker, through the
         // queue, unless it is live here or has no home yet (then here, which becomes its home).
-        for (i, stream) in &turn.homes {
-            if let Some(worker) = self.entity_home(stream, host).await
-                && let Some(task) = commit.tasks.get_mut(*i)
-            {
-                task.affinity = Some(worker);
-                host.note(RunEvent::EntityRouted);
+        // A turn that ends its instance drops its commands: nothing to route.
+        if waiting {
+            for (i, worker) in self.entity_homes(&turn.homes, host).await {
+                if let Some(task) = commit.tasks.get_mut(i) {
+                    task.affinity = Some(worker);
+                    host.note(RunEvent::EntityRouted);
+                }
             }
         }
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
@@ -222,24 +223,43 @@ impl Runner {
         Ok(commit)
     }
 
-    /// The worker an entity command should run on when that is not this one: the home of
-    /// `stream` (the worker whose activity last appended to it, or where placement moved it),
-    /// unless the entity is live here. `None` runs it here: it is live here, it has no home yet
-    /// (this worker becomes it), or the home could not be read (a routing hint is not worth
-    /// failing the turn for; the command's commit is fenced by the stream's version anyway).
-    async fn entity_home(&self, stream: &str, host: &HostRef) -> Option<String> {
-        if self.entity_is_live(stream) {
-            return None;
+    /// Of a turn's entity commands (`homes`: task index, stream), those to run on another
+    /// worker, with it: the home of their stream (the worker whose activity last appended to it,
+    /// or where placement moved it), unless the entity is live here. One read for all of them.
+    /// The others run here: live here, no home yet (this worker becomes it), or the homes could
+    /// not be read (a routing hint is not worth failing the turn for; a command's commit is
+    /// fenced by its stream's version anyway).
+    async fn entity_homes(
+        &self,
+        homes: &[(usize, String)],
+        host: &HostRef,
+    ) -> Vec<(usize, String)> {
+        let elsewhere: Vec<String> = homes
+            .iter()
+            .map(|(_, stream)| stream)
+            .filter(|stream| !self.entity_is_live(stream))
+            .cloned()
+            .collect();
+        if elsewhere.is_empty() {
+            return Vec::new();
         }
-        match host.store().get_instance(stream).await {
-            Ok(record) => record
-                .and_then(|r| r.affinity)
-                .filter(|w| *w != host.lease().worker),
+        let placed = match host.store().affinities(&elsewhere).await {
+            Ok(placed) => placed,
             Err(e) => {
-                tracing::debug!(error = %e, stream, "could not read an entity's home; running its command here");
-                None
+                tracing::debug!(error = %e, "could not read entities' homes; running their commands here");
+                return Vec::new();
             }
-        }
+        };
+        let me = host.lease().worker.as_str();
+        homes
+            .iter()
+            .filter_map(|(i, stream)| {
+                placed
+                    .iter()
+                    .find(|p| p.instance == *stream && p.worker != me)
+                    .map(|p| (*i, p.worker.clone()))
+            })
+            .collect()
     }
 
     /// The queue a signal to `receiver` wakes it on, or `None` (logged) when nothing would
