@@ -64,6 +64,7 @@
 //! # }
 //! ```
 
+mod catalog;
 pub mod checkpoint;
 mod clock;
 mod codec;
@@ -87,6 +88,7 @@ mod sql;
 mod store;
 mod stream;
 mod subject;
+mod tokens;
 mod transaction;
 mod wakeup;
 
@@ -101,14 +103,17 @@ pub mod testing;
 /// The store's traits, whose methods a concrete store ([`SqliteStore`], [`PostgresStore`]) is used
 /// through: `use quark_history::prelude::*;`. A `dyn Store` needs none of them in scope.
 pub mod prelude {
+    pub use crate::catalog::CatalogStore;
     pub use crate::inbox::InboxStore;
     pub use crate::inbox_order::SequencedStore;
     pub use crate::projection::ProjectionStore;
     pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
     pub use crate::stream::StreamStore;
     pub use crate::subject::SubjectStore;
+    pub use crate::tokens::TokenStore;
 }
 
+pub use catalog::{CatalogStore, RegisteredType, TypeKind};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use codec::{Codec, CodecError, CodecTag, Json, Payload, Postcard};
 pub use commit::{Append, Commit, Committed, Expected, Settle};
@@ -156,6 +161,7 @@ pub use store::{
 };
 pub use stream::{DEFAULT_SNAPSHOTS_KEPT, Snapshot, StreamStore};
 pub use subject::{DataKey, MasterKey, SubjectKey, SubjectStore};
+pub use tokens::{Scope, TokenRecord, TokenStore};
 pub use transaction::StoreTx;
 pub use wakeup::{Wake, Wakeups};
 

@@ -30,6 +30,8 @@ mod queue;
 mod replay;
 mod saga;
 mod schedule;
+mod serve;
+mod tokens;
 mod verify;
 mod workers;
 mod workflow;
@@ -47,6 +49,8 @@ pub use queue::QueueCommand;
 pub use replay::ReplayArgs;
 pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
+pub use serve::ServeArgs;
+pub use tokens::TokenCommand;
 pub use workers::WorkerCommand;
 pub use workflow::WorkflowCommand;
 
@@ -104,6 +108,12 @@ pub enum Command {
     /// Runs a worker for the orchestrations and activities linked into this binary until SIGINT or
     /// SIGTERM, then shuts down gracefully (a second Ctrl-C exits at once).
     Worker(WorkerArgs),
+    /// Serves the gRPC API (package `quark.v1`, with health and reflection) on the database
+    /// until SIGINT or SIGTERM. It needs no workflow code: it starts the types workers registered.
+    Serve(serve::ServeArgs),
+    /// The API's bearer tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
     /// Applies the schema migrations (the only command that creates or upgrades a schema, besides
     /// `worker` and the commands that write).
     Migrate,
@@ -254,7 +264,8 @@ impl Command {
             | Command::Entity(_)
             | Command::Projection(_)
             | Command::Audit(_)
-            | Command::Saga(_) => true,
+            | Command::Saga(_)
+            | Command::Token(tokens::TokenCommand::List) => true,
             Command::Workflow(w) => w.reads_only(),
             Command::Worker(w) => w.command.is_some(),
             _ => false,
@@ -266,6 +277,8 @@ impl Command {
         match self {
             Command::Worker(_) => "worker",
             Command::Migrate => "migrate",
+            Command::Serve(_) => "serve",
+            Command::Token(_) => "token",
             Command::Workflow(_) => "workflow",
             Command::Verify { .. } => "verify",
             Command::Dlq(_) => "dlq",
@@ -334,7 +347,7 @@ async fn entry(registry: Option<Registry>) -> ExitCode {
     // One span for a command, so that what it creates (a job, a message) starts a trace. Not for
     // a worker: it runs for days, and each task it runs has a span of its own.
     let span = match &cli.command {
-        Command::Worker(_) => tracing::Span::none(),
+        Command::Worker(_) | Command::Serve(_) => tracing::Span::none(),
         command => tracing::info_span!(
             "command",
             "otel.name" = %format_args!("quark {}", command.name())
@@ -402,6 +415,8 @@ pub async fn run_on(
             run_offline(command, output, registry.as_ref(), out)?
         }
         Command::Worker(args) => worker(store, args, registry, output, out).await?,
+        Command::Serve(args) => serve::run(store, args, output, out).await?,
+        Command::Token(cmd) => tokens::run(&store, cmd, output, out).await?,
         Command::Migrate => {
             store.migrate().await?;
             #[derive(Serialize)]

@@ -87,6 +87,8 @@ mod poller;
 mod projections;
 pub mod relay;
 mod scheduler;
+#[cfg(feature = "service")]
+pub mod service;
 mod shared;
 mod shutdown;
 mod worker;

@@ -201,6 +201,7 @@ impl Worker {
             None => None,
         };
         self.register().await?;
+        self.publish_catalog().await;
         self.shared
             .committer
             // A commit batch as large as a claim (at least 128): a worker tuned to claim many
@@ -366,6 +367,25 @@ impl Worker {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Publishes the orchestrations and activities this worker runs to the store's catalog, where
+    /// a process without the code (`quark serve`) finds the version and queue to start them with.
+    /// A failure is logged and does not stop the worker: what it runs is unchanged, and the
+    /// catalog keeps the previous registration of each type.
+    async fn publish_catalog(&self) {
+        let id = self.id().to_string();
+        let types: Vec<_> = self
+            .runners
+            .iter()
+            .flat_map(|runner| runner.registry().catalog(&id))
+            .collect();
+        if types.is_empty() {
+            return;
+        }
+        if let Err(e) = self.shared.store.publish_types(types).await {
+            tracing::warn!(worker = %id, error = %e, "could not publish this worker's types to the catalog");
         }
     }
 

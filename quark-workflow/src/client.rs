@@ -223,6 +223,30 @@ impl Client {
         Ok(self.handle::<O>(id))
     }
 
+    /// Starts an instance of the orchestration type called `instance_type`, at `version`, with
+    /// an input already encoded: for a process that knows the type by name only (the API server,
+    /// the command line), which takes the version and the default queue from the catalog of
+    /// registered types. `options.queue` must be set. Returns what the store created (with
+    /// `ReturnExisting`, possibly the existing instance).
+    pub async fn start_by_name(
+        &self,
+        instance_type: &str,
+        version: u32,
+        instance_id: impl Into<String>,
+        input: Payload,
+        options: StartOptions,
+    ) -> Result<quark_history::Created, ClientError> {
+        let mut new = NewInstance::new(instance_id.into(), instance_type, input);
+        new.version = version;
+        new.queue = options
+            .queue
+            .ok_or_else(|| ClientError::Payload("a start by name needs a queue".into()))?;
+        new.priority = options.priority;
+        new.start_at = options.start_at;
+        crate::trace_context::stamp_instance(&mut new);
+        Ok(self.store.create_instance(new, options.id_reuse).await?)
+    }
+
     /// Starts one instance of orchestration `O` per `(instance id, input)`, all in one
     /// transaction (one statement on PostgreSQL): much cheaper than one `start` each when there
     /// are many. A taken id fails the batch and starts none unless `options.id_reuse` is
@@ -363,6 +387,16 @@ impl Client {
         value: &T,
     ) -> Result<(), ClientError> {
         let payload = Payload::json(value).map_err(payload_error)?;
+        self.signal_payload(instance_id, name, payload).await
+    }
+
+    /// Sends signal `name` with a value already encoded (the API server's signal).
+    pub async fn signal_payload(
+        &self,
+        instance_id: &str,
+        name: &str,
+        payload: Payload,
+    ) -> Result<(), ClientError> {
         let event = HistoryEvent::SignalReceived {
             name: name.to_string(),
             payload,
@@ -435,6 +469,19 @@ impl Client {
     /// any process), and looks again at least every
     /// [`result_look_every`](Self::result_look_every) in case a notice was lost.
     pub async fn result<T: DeserializeOwned>(&self, instance_id: &str) -> Result<T, ClientError> {
+        self.result_payload(instance_id)
+            .await?
+            .1
+            .decode()
+            .map_err(payload_error)
+    }
+
+    /// [`result`](Self::result) without decoding: the id of the run that completed (the last
+    /// one, after `continue_as_new`) and its output as stored.
+    pub async fn result_payload(
+        &self,
+        instance_id: &str,
+    ) -> Result<(String, Payload), ClientError> {
         let mut id = instance_id.to_string();
         // Subscribed before the first look, so that an end between a look and the wait is heard.
         let mut ends = match self.driver {
@@ -470,7 +517,7 @@ impl Client {
                 .await?;
             match last.last().map(|e| &e.event) {
                 Some(HistoryEvent::WorkflowCompleted { output }) => {
-                    return output.decode().map_err(payload_error);
+                    return Ok((id, output.clone()));
                 }
                 Some(HistoryEvent::WorkflowFailed { failure }) => {
                     let failure = failure.clone();

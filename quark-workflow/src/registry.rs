@@ -19,6 +19,12 @@ pub(crate) trait ErasedOrchestration: Send + Sync {
         ctx: OrchestrationContext,
         input: &Payload,
     ) -> LocalBoxFuture<'static, Result<Payload, OrchestrationError>>;
+
+    /// The version its code declares.
+    fn version(&self) -> u32;
+
+    /// Its default queue.
+    fn queue(&self) -> &'static str;
 }
 
 struct OrchestrationEntry<O>(std::marker::PhantomData<fn() -> O>);
@@ -35,6 +41,14 @@ impl<O: Orchestration> ErasedOrchestration for OrchestrationEntry<O> {
             let output = O::run(ctx, input).await?;
             Payload::json(&output).map_err(OrchestrationError::payload)
         })
+    }
+
+    fn version(&self) -> u32 {
+        O::VERSION
+    }
+
+    fn queue(&self) -> &'static str {
+        O::queue()
     }
 }
 
@@ -323,6 +337,30 @@ impl Registry {
                 .filter_map(|a| a.options.queue.clone()),
         );
         queues
+    }
+
+    /// What this registry holds, as the catalog entries of worker `worker_id`
+    /// ([`CatalogStore::publish_types`](quark_history::CatalogStore::publish_types)): each
+    /// orchestration with its version and queue, each activity with its queue (`default` when it
+    /// names none, as for a job) and its options.
+    pub fn catalog(&self, worker_id: &str) -> Vec<quark_history::RegisteredType> {
+        use quark_history::{RegisteredType, TypeKind};
+        let orchestrations = self.orchestrations.iter().map(|(name, o)| {
+            RegisteredType::new(
+                TypeKind::Orchestration,
+                name,
+                o.version(),
+                o.queue(),
+                worker_id,
+            )
+        });
+        let activities = self.activities.iter().map(|(name, a)| {
+            let queue = a.options.queue.as_deref().unwrap_or("default");
+            RegisteredType::new(TypeKind::Activity, name, 0, queue, worker_id).options(
+                serde_json::to_string(&a.options).expect("activity options encode as JSON"),
+            )
+        });
+        orchestrations.chain(activities).collect()
     }
 
     /// Whether an orchestration called `name` is registered.

@@ -266,6 +266,7 @@ mod book {
         outbox => "outbox.md",
         transactional => "transactional.md",
         entities => "entities.md",
+        api => "api.md",
         configuration => "configuration.md",
         placement => "placement.md",
         placebench => "placebench.md",

@@ -116,6 +116,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leaders",
         include_str!("../../migrations/postgres/0020_leaders.sql"),
     ),
+    (
+        21,
+        "catalog",
+        include_str!("../../migrations/postgres/0021_catalog.sql"),
+    ),
+    (
+        22,
+        "api tokens",
+        include_str!("../../migrations/postgres/0022_api_tokens.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -15,12 +15,13 @@
 //!
 //! Each capability is one module holding its statements, implemented once for every [`SqlStore`]:
 //! [`Store`](crate::Store) itself in `store` (over [`instances`], [`journal`] and [`queue`]),
-//! [`JobStore`](crate::JobStore) in [`jobs`], and [`inbox_order`], [`outbox`], [`schedule`]. The
+//! [`JobStore`](crate::JobStore) in [`jobs`], [`CatalogStore`](crate::CatalogStore) in `catalog`, [`TokenStore`](crate::TokenStore) in `tokens`, and [`inbox_order`], [`outbox`], [`schedule`]. The
 //! dialects differ in what [`Dialect`] and [`SqlStore`] ask of them, and nothing more: row locks
 //! (`FOR UPDATE`, `SKIP LOCKED`; SQLite has one writer and needs none), lists (arrays or JSON),
 //! array statements where PostgreSQL writes many rows in one, the claim statement, the global
 //! order's horizon, the commit path, and how wake-ups are announced and heard.
 
+mod catalog;
 pub(crate) mod claim;
 pub(crate) mod enqueue;
 mod inbox;
@@ -39,6 +40,7 @@ pub(crate) mod schedule;
 mod store;
 mod streams;
 mod subjects;
+mod tokens;
 mod workers;
 
 pub(crate) use inbox::{receive, record};

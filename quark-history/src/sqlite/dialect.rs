@@ -97,6 +97,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leaders",
         include_str!("../../migrations/sqlite/0017_leaders.sql"),
     ),
+    (
+        18,
+        "catalog",
+        include_str!("../../migrations/sqlite/0018_catalog.sql"),
+    ),
+    (
+        19,
+        "api tokens",
+        include_str!("../../migrations/sqlite/0019_api_tokens.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

@@ -11,6 +11,7 @@ mod properties;
 
 mod batch;
 mod blocked;
+mod catalog;
 mod checkpoint;
 mod concurrency;
 mod deadlock;
@@ -27,6 +28,7 @@ mod readiness;
 mod schedules;
 mod streams;
 mod tls;
+mod tokens;
 mod trace_context;
 mod transaction;
 mod wakeups;

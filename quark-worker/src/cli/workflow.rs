@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use quark_history::{
-    HistoryRange, IdReusePolicy, InstanceFilter, InstanceRecord, InstanceStatus, NewInstance,
-    RecordedEvent, Store, Timestamp,
+    HistoryRange, InstanceFilter, InstanceRecord, InstanceStatus, RecordedEvent, Store, Timestamp,
+    TypeKind,
 };
-use quark_workflow::{Client, Registry, ReplayReport, Replayer};
+use quark_workflow::{Client, Registry, ReplayReport, Replayer, StartOptions};
 use serde::Serialize;
 
 use super::json_payload;
@@ -19,7 +19,8 @@ use super::output::{self, Output, rfc3339, table, write_table};
 /// `quark workflow ...`
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
-    /// Starts an instance of a registered orchestration.
+    /// Starts an instance of an orchestration linked into this binary or registered by a worker
+    /// (then at the version and on the queue that worker's code declares).
     Start {
         /// The orchestration type.
         #[arg(long = "type")]
@@ -29,9 +30,9 @@ pub enum WorkflowCommand {
         /// The input, as JSON.
         #[arg(long, default_value = "null")]
         input: String,
-        /// The queue of its orchestration tasks.
-        #[arg(long, default_value = "default")]
-        queue: String,
+        /// The queue of its orchestration tasks (default: the orchestration's own).
+        #[arg(long)]
+        queue: Option<String>,
     },
     /// Sends a signal.
     Signal {
@@ -219,17 +220,35 @@ pub(super) async fn run(
             input,
             queue,
         } => {
-            if !registry.is_some_and(|r| r.has_orchestration(&instance_type)) {
+            let linked = registry.and_then(|r| {
+                r.catalog("")
+                    .into_iter()
+                    .find(|t| t.kind == TypeKind::Orchestration && t.name == instance_type)
+            });
+            let known = match linked {
+                Some(t) => Some(t),
+                None => {
+                    store
+                        .registered_type(TypeKind::Orchestration, &instance_type)
+                        .await?
+                }
+            };
+            let Some(known) = known else {
                 bail!(
-                    "no orchestration `{instance_type}` is linked into this binary; nothing was started \
-                     (build your own binary with quark_worker::cli::main_with(registry))"
+                    "no orchestration `{instance_type}` is linked into this binary or registered by \
+                     a worker of this database; nothing was started (start a worker that runs it, \
+                     or build your own binary with quark_worker::cli::main_with(registry))"
                 );
-            }
+            };
             let input = json_payload("input", &input)?;
-            let mut new = NewInstance::new(&id, &instance_type, input);
-            new.queue = queue;
-            store
-                .create_instance(new, IdReusePolicy::RejectDuplicate)
+            client
+                .start_by_name(
+                    &instance_type,
+                    known.version,
+                    &id,
+                    input,
+                    StartOptions::default().queue(queue.unwrap_or(known.queue)),
+                )
                 .await?;
             Changed {
                 id,

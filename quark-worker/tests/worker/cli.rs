@@ -328,3 +328,61 @@ async fn it_exports_the_global_order_as_ndjson_and_resumes_after_a_position() {
     assert_eq!(lines(std::fs::read_to_string(&path).unwrap()).len(), 1402);
     std::fs::remove_file(path).unwrap();
 }
+
+/// `quark workflow start --type T` in a binary that does not link `T`: a worker registered it,
+/// so it starts at the version and on the queue the worker's code declares; a type nobody
+/// registered is refused, and nothing is started.
+#[tokio::test]
+async fn it_starts_a_workflow_that_only_a_worker_registered() {
+    use quark_history::{RegisteredType, TypeKind};
+    let t = quark_history::testing::sqlite().await;
+    t.store
+        .publish_types(vec![RegisteredType::new(
+            TypeKind::Orchestration,
+            "process_order",
+            4,
+            "orders",
+            "w1",
+        )])
+        .await
+        .unwrap();
+    let start = |instance_type: &str, id: &str| {
+        Command::Workflow(WorkflowCommand::Start {
+            instance_type: instance_type.into(),
+            id: id.into(),
+            input: r#"{"sku":"A-1"}"#.into(),
+            queue: None,
+        })
+    };
+    let printed = run(&t.store, start("process_order", "o-1"), Output::Table).await;
+    assert_eq!(printed, "started o-1 (process_order)\n");
+    let record = t.store.get_instance("o-1").await.unwrap().unwrap();
+    assert_eq!(
+        (record.version, record.queue.as_str()),
+        (4, "orders"),
+        "the registered version and queue"
+    );
+    assert_eq!(
+        t.store.queue_stats("orders").await.unwrap().pending,
+        1,
+        "its first turn waits on the registered queue"
+    );
+
+    let mut out = Vec::new();
+    let refused = run_on(
+        Arc::clone(&t.store),
+        start("nobody_runs_this", "o-2"),
+        Output::Table,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains(
+            "no orchestration `nobody_runs_this` is linked into this binary or registered"
+        ),
+        "{refused:#}"
+    );
+    assert!(t.store.get_instance("o-2").await.unwrap().is_none());
+}

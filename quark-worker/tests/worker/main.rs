@@ -26,6 +26,8 @@ mod placement;
 mod runtime;
 mod saga;
 mod schedules;
+mod service;
+mod service_auth;
 mod trace_context;
 mod transactional;
 mod webhook;

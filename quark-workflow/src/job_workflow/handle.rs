@@ -197,4 +197,12 @@ impl ErasedOrchestration for Probe {
             Payload::json(&report).map_err(OrchestrationError::payload)
         })
     }
+
+    fn version(&self) -> u32 {
+        <RunJobWorkflow as crate::Orchestration>::VERSION
+    }
+
+    fn queue(&self) -> &'static str {
+        <RunJobWorkflow as crate::Orchestration>::queue()
+    }
 }

@@ -59,7 +59,7 @@ async fn it_refuses_bad_starts_and_bad_signals_and_changes_nothing(t: &TestStore
         instance_type: "crash_order".into(),
         id: id.into(),
         input: "1".into(),
-        queue: "default".into(),
+        queue: Some("default".into()),
     };
     assert_eq!(
         cli(t, start("live")).await.unwrap(),
@@ -82,7 +82,7 @@ async fn it_refuses_bad_starts_and_bad_signals_and_changes_nothing(t: &TestStore
         instance_type: "no_such_thing".into(),
         id: "x".into(),
         input: "1".into(),
-        queue: "default".into(),
+        queue: Some("default".into()),
     };
     let e = cli(t, unknown).await.unwrap_err().to_string();
     assert!(
@@ -94,7 +94,7 @@ async fn it_refuses_bad_starts_and_bad_signals_and_changes_nothing(t: &TestStore
         instance_type: "crash_order".into(),
         id: "y".into(),
         input: "{not json".into(),
-        queue: "default".into(),
+        queue: Some("default".into()),
     };
     let e = format!("{:#}", cli(t, malformed).await.unwrap_err());
     assert!(e.contains("the input is not valid JSON"), "{e}");

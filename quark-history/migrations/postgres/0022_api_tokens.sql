@@ -1,0 +1,10 @@
+-- Bearer tokens of the API (`quark serve`). Only a hash of each token's secret is kept: a token is
+-- shown once, when it is created, and cannot be read back from the database.
+CREATE TABLE api_tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    scope       TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    revoked_at  BIGINT
+);

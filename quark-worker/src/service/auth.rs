@@ -1,0 +1,205 @@
+//! Who may call the API: bearer tokens, each with a scope.
+//!
+//! A token reads `qk_<id>_<secret>`. The id is public (listings and logs name it); the secret is
+//! 32 random bytes that only the token's holder has: the store keeps its BLAKE3 hash, and the
+//! token is shown once, when it is issued. A secret of that entropy needs no slow password hash:
+//! guessing one is as hard as guessing a key.
+//!
+//! Every call names the scope it needs ([`Scope`]); a call without a valid token is
+//! UNAUTHENTICATED, one outside its token's scope PERMISSION_DENIED, and both are logged with the
+//! method and the token's id. Verified tokens are remembered for [`TOKEN_CACHE_TTL`], so a call
+//! costs no database read, and a revocation takes effect within that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use quark_history::{Scope, Store, Timestamp, TokenRecord};
+use ring::rand::SecureRandom as _;
+use tonic::{Request, Status};
+
+/// How long a verified token is trusted without reading it again: the longest a revoked token
+/// goes on working on a server that verified it just before.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// The prefix of every token.
+const PREFIX: &str = "qk_";
+
+/// A token just issued: its record, and the token itself, which is never shown again.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// As stored.
+    pub record: TokenRecord,
+    /// What its holder sends as `authorization: Bearer <token>`.
+    pub token: String,
+}
+
+/// Issues a token called `name` with `scope`.
+pub async fn issue(
+    store: &dyn Store,
+    name: &str,
+    scope: Scope,
+) -> Result<IssuedToken, quark_history::Error> {
+    let rng = ring::rand::SystemRandom::new();
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    rng.fill(&mut id)
+        .and_then(|()| rng.fill(&mut secret))
+        .map_err(|_| quark_history::Error::Invalid("no randomness for a token".into()))?;
+    let id = hex(&id);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    let record = store
+        .create_token(TokenRecord {
+            id: id.clone(),
+            name: name.to_string(),
+            scope,
+            secret_hash: blake3::hash(secret.as_bytes()).to_hex().to_string(),
+            created_at: Timestamp::from_micros(0),
+            revoked_at: None,
+        })
+        .await?;
+    Ok(IssuedToken {
+        record,
+        token: format!("{PREFIX}{id}_{secret}"),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's id (`None` when authentication is off).
+    pub token_id: Option<String>,
+    /// What the token allows.
+    pub scope: Scope,
+}
+
+/// Checks the calls of one server.
+#[derive(Debug)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    required: bool,
+    /// Token id → (secret hash, scope, when read by the store's clock); revoked tokens are not
+    /// kept.
+    cache: Mutex<HashMap<String, (blake3::Hash, Scope, Timestamp)>>,
+}
+
+impl Authenticator {
+    /// Checks tokens against `store`; with `required` false, every call is let through as admin
+    /// (for development on a loopback address).
+    pub fn new(store: Arc<dyn Store>, required: bool) -> Authenticator {
+        Authenticator {
+            store,
+            required,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lets `request` through if it carries a valid token whose scope allows `needed`, for the
+    /// method called `method`.
+    pub async fn check<T>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+        needed: Scope,
+    ) -> Result<Caller, Status> {
+        if !self.required {
+            return Ok(Caller {
+                token_id: None,
+                scope: Scope::Admin,
+            });
+        }
+        let (id, secret) = match bearer(request) {
+            Ok(parts) => parts,
+            Err(why) => {
+                tracing::warn!(method, reason = why, "API call refused: not authenticated");
+                return Err(Status::unauthenticated(format!(
+                    "{why}: send `authorization: Bearer <token>` (`quark token create` issues one)"
+                )));
+            }
+        };
+        let scope = match self.verify(id, secret).await? {
+            Some(scope) => scope,
+            None => {
+                tracing::warn!(
+                    method,
+                    token = id,
+                    "API call refused: invalid or revoked token"
+                );
+                return Err(Status::unauthenticated("invalid or revoked token"));
+            }
+        };
+        if !scope.allows(needed) {
+            tracing::warn!(method, token = id, %scope, %needed, "API call refused: outside the token's scope");
+            return Err(Status::permission_denied(format!(
+                "token `{id}` has scope {scope}; {method} needs {needed}"
+            )));
+        }
+        Ok(Caller {
+            token_id: Some(id.to_string()),
+            scope,
+        })
+    }
+
+    /// The scope of token `id` if `secret` is its secret and it is not revoked.
+    async fn verify(&self, id: &str, secret: &str) -> Result<Option<Scope>, Status> {
+        let presented = blake3::hash(secret.as_bytes());
+        let now = self.store.config().clock.now();
+        let fresh = |at: &Timestamp| {
+            now.as_micros().saturating_sub(at.as_micros()) < TOKEN_CACHE_TTL.as_micros() as i64
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|(_, _, at)| fresh(at))
+            .map(|(hash, scope, _)| (*hash, *scope));
+        let (hash, scope) = match cached {
+            Some(known) => known,
+            None => {
+                let Some(record) = self.store.token(id).await.map_err(super::status::store)? else {
+                    return Ok(None);
+                };
+                if record.revoked_at.is_some() {
+                    self.cache.lock().unwrap().remove(id);
+                    return Ok(None);
+                }
+                let Ok(hash) = blake3::Hash::from_hex(&record.secret_hash) else {
+                    return Ok(None);
+                };
+                self.cache
+                    .lock()
+                    .unwrap()
+                    .insert(id.to_string(), (hash, record.scope, now));
+                (hash, record.scope)
+            }
+        };
+        // blake3::Hash compares in constant time.
+        Ok((hash == presented).then_some(scope))
+    }
+}
+
+/// The token id and secret of a request's `authorization: Bearer qk_<id>_<secret>` header.
+fn bearer<T>(request: &Request<T>) -> Result<(&str, &str), &'static str> {
+    let value = request
+        .metadata()
+        .get("authorization")
+        .ok_or("no token")?
+        .to_str()
+        .map_err(|_| "a malformed authorization header")?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or("an authorization header that is not a bearer token")?
+        .trim();
+    token
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .filter(|(id, secret)| !id.is_empty() && !secret.is_empty())
+        .ok_or("a bearer token that is not a Quark token")
+}

@@ -1,0 +1,145 @@
+//! The gRPC API (`quark serve`): package `quark.v1` over tonic, with the standard health and
+//! reflection services.
+//!
+//! The server holds no workflow code. It reads and writes the same database as the workers, and
+//! starts an instance by its type's name with the version and queue that workers registered in
+//! the catalog ([`CatalogStore`](quark_history::CatalogStore)): a type no worker ever
+//! registered is refused, not started to wait forever.
+//!
+//! The .proto files live in `quark-worker/proto`; the API lock beside them
+//! ([`api_lock`]) records every published message, field, enum value and method, and its test
+//! refuses a change that removes or alters one.
+
+pub mod api_lock;
+pub mod auth;
+mod convert;
+mod status;
+mod workflows;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quark_history::Store;
+
+pub use workflows::Workflows;
+
+/// The generated messages, clients and servers of package `quark.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("quark.v1");
+}
+
+/// The encoded descriptor set of the API's .proto files (what reflection serves).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/quark_v1_descriptor.bin"));
+
+/// The fully qualified names of the services `quark serve` serves, besides health and reflection.
+pub const SERVICES: &[&str] = &["quark.v1.WorkflowService"];
+
+/// How the API server behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServiceOptions {
+    /// The largest request message accepted, in bytes (default 4 MiB). A larger one is refused
+    /// with OUT_OF_RANGE before it is decoded; payloads are also held to the store's own
+    /// limit.
+    pub max_request_bytes: usize,
+    /// Whether every call must carry a valid token (default true). Turn it off only for
+    /// development on a loopback address: every call is then let through as admin.
+    pub authenticate: bool,
+}
+
+impl ServiceOptions {
+    /// Sets [`authenticate`](Self::authenticate).
+    pub fn authenticate(mut self, required: bool) -> Self {
+        self.authenticate = required;
+        self
+    }
+
+    /// Sets [`max_request_bytes`](Self::max_request_bytes).
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
+    }
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            max_request_bytes: 4 * 1024 * 1024,
+            authenticate: true,
+        }
+    }
+}
+
+/// Errors of starting the API server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The address could not be bound or served.
+    #[error("serving the API on {addr}: {source}")]
+    Transport {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The reflection service could not read the API's descriptors.
+    #[error("the API's descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The API's routes over `store`: every `quark.v1` service, health (each service reported
+/// serving) and reflection. The `quark.v1` services check tokens ([`auth`]); health and
+/// reflection, which tell nothing of the data, answer anyone.
+pub fn routes(
+    store: Arc<dyn Store>,
+    options: &ServiceOptions,
+) -> Result<tonic::service::Routes, ServeError> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let auth = Arc::new(auth::Authenticator::new(
+        Arc::clone(&store),
+        options.authenticate,
+    ));
+    let workflows = proto::workflow_service_server::WorkflowServiceServer::new(Workflows::new(
+        Arc::clone(&store),
+        auth,
+    ))
+    .max_decoding_message_size(options.max_request_bytes);
+    // The reporter only flips statuses; the services are serving from the start.
+    tokio::spawn(async move {
+        for service in SERVICES {
+            health_reporter
+                .set_service_status(*service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+    });
+    let mut routes = tonic::service::Routes::new(health);
+    routes = routes.add_service(reflection).add_service(workflows);
+    Ok(routes)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops taking calls and lets the
+/// ones in progress finish.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    listener: tokio::net::TcpListener,
+    options: ServiceOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let routes = routes(store, &options)?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|source| ServeError::Transport { addr, source })
+}
