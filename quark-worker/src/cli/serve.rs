@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -11,7 +12,7 @@ use quark_history::Store;
 use serde::Serialize;
 
 use super::output::Output;
-use crate::service::{ServiceOptions, serve};
+use crate::service::{ServiceOptions, TlsSettings, serve};
 
 /// `quark serve`: every flag also reads an environment variable, for containers.
 #[derive(Debug, Clone, Args)]
@@ -27,6 +28,20 @@ pub struct ServeArgs {
     /// on an address other than a loopback one.
     #[arg(long, env = "QUARK_NO_AUTH")]
     pub no_auth: bool,
+    /// Serves TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "QUARK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "QUARK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Requires clients to present a certificate signed by this authority (PEM); needs
+    /// --tls-cert.
+    #[arg(long, env = "QUARK_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+fn read(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
 }
 
 /// What `quark serve` announces: a line of text, or one JSON object a line.
@@ -70,10 +85,27 @@ pub(super) async fn run(
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?.to_string();
-    let options = ServiceOptions::default()
+    let addr = listener.local_addr()?;
+    let mut options = ServiceOptions::default()
         .max_request_bytes(args.max_request_bytes)
         .authenticate(!args.no_auth);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let mut tls = TlsSettings::new(
+            read("TLS certificate", cert)?,
+            read("TLS private key", key)?,
+        );
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca(read("client certificate authority", ca)?);
+        }
+        tls.check()?;
+        options = options.tls(tls);
+    }
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr = format!("{scheme}://{addr}");
     announce(out, output, &Announce::ApiServing { addr: addr.clone() })?;
     serve(store, listener, options, crate::shutdown_signal()).await?;
     announce(out, output, &Announce::ApiStopped { addr })?;

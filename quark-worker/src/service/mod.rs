@@ -47,12 +47,77 @@ pub struct ServiceOptions {
     /// Whether every call must carry a valid token (default true). Turn it off only for
     /// development on a loopback address: every call is then let through as admin.
     pub authenticate: bool,
+    /// TLS, with client certificates if it names a certificate authority for them; `None`:
+    /// plain text (only behind a proxy that terminates TLS, or on a private network).
+    pub tls: Option<TlsSettings>,
+}
+
+/// The server's certificate and key, and optionally the authority its clients' certificates must
+/// be signed by, all PEM.
+#[derive(Clone)]
+pub struct TlsSettings {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("client_certificates", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsSettings {
+    /// TLS with this certificate chain and private key (PEM).
+    pub fn new(cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> TlsSettings {
+        TlsSettings {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            client_ca_pem: None,
+        }
+    }
+
+    /// Requires every client to present a certificate signed by this authority (PEM): the
+    /// connection is refused in the handshake otherwise, before any call. Tokens are still
+    /// required on top.
+    pub fn client_ca(mut self, ca_pem: impl Into<Vec<u8>>) -> TlsSettings {
+        self.client_ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    /// Checks that the certificate and key are PEM and belong together, and that the client
+    /// authority is PEM, as serving would.
+    pub fn check(&self) -> Result<(), ServeError> {
+        tonic::transport::Server::builder()
+            .tls_config(self.config())
+            .map(drop)
+            .map_err(ServeError::Tls)
+    }
+
+    fn config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(tonic::transport::Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
 }
 
 impl ServiceOptions {
     /// Sets [`authenticate`](Self::authenticate).
     pub fn authenticate(mut self, required: bool) -> Self {
         self.authenticate = required;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -68,6 +133,7 @@ impl Default for ServiceOptions {
         ServiceOptions {
             max_request_bytes: 4 * 1024 * 1024,
             authenticate: true,
+            tls: None,
         }
     }
 }
@@ -85,6 +151,10 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The TLS settings were refused: a certificate or key that is not PEM, a key that does not
+    /// match the certificate.
+    #[error("the API's TLS settings: {0}")]
+    Tls(#[source] tonic::transport::Error),
     /// The reflection service could not read the API's descriptors.
     #[error("the API's descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -137,7 +207,11 @@ pub async fn serve(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let routes = routes(store, &options)?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        server = server.tls_config(tls.config()).map_err(ServeError::Tls)?;
+    }
+    server
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
