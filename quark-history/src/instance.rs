@@ -205,6 +205,18 @@ pub struct BlockedTurn {
     pub since: Timestamp,
 }
 
+impl BlockedTurn {
+    /// The turn of task `task_id`, dead-lettered at `since` with `error` (as a remote client
+    /// reads it back from the API).
+    pub fn new(task_id: i64, error: impl Into<String>, since: Timestamp) -> BlockedTurn {
+        BlockedTurn {
+            task_id,
+            error: error.into(),
+            since,
+        }
+    }
+}
+
 /// Which instances to list. Results are ordered by creation time, newest first, then by id.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {

@@ -100,21 +100,22 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             };
             let stubs = quote! {
                 impl #ident {
-                    /// Starts an instance under `instance_id` and returns its typed handle.
+                    /// Starts an instance under `instance_id` through `client` (the in-process
+                    /// `Client`, or a remote one) and returns its typed handle.
                     #vis async fn start(
-                        client: &__q::Client,
+                        client: &(impl __q::WorkflowClient + ?::core::marker::Sized),
                         instance_id: impl ::core::convert::Into<::std::string::String>,
                         input: impl ::core::borrow::Borrow<#input_ty>,
                     ) -> ::core::result::Result<__q::Handle<#output>, __q::ClientError> {
-                        client.start::<Self>(instance_id, input.borrow()).await
+                        __q::start_orchestration::<Self>(client, instance_id, input.borrow()).await
                     }
 
                     /// The typed handle of an existing instance.
                     #vis fn handle(
-                        client: &__q::Client,
+                        client: &(impl __q::WorkflowClient + ?::core::marker::Sized),
                         instance_id: impl ::core::convert::Into<::std::string::String>,
                     ) -> __q::Handle<#output> {
-                        client.handle::<Self>(instance_id)
+                        __q::Handle::new(client.connection(), instance_id)
                     }
                 }
             };

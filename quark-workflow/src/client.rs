@@ -2,7 +2,6 @@
 //! [`Store`].
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use quark_history::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::connection::Handle;
 use crate::definition::Orchestration;
 
 /// Why a client call failed.
@@ -30,6 +30,15 @@ pub enum ClientError {
     /// A value could not be encoded or decoded: the types on both sides disagree.
     #[error("payload: {0}")]
     Payload(String),
+    /// The API server (a [`Connection`](crate::Connection) to `quark serve`) refused or failed:
+    /// `code` is the gRPC status code's name (`UNAUTHENTICATED`, `UNAVAILABLE`, ...).
+    #[error("the API answered {code}: {message}")]
+    Api {
+        /// The status code's name.
+        code: String,
+        /// What the server said.
+        message: String,
+    },
     /// The orchestration ended with an error.
     #[error("instance `{id}` failed: {}", failure.message)]
     Failed {
@@ -275,11 +284,7 @@ impl Client {
 
     /// The typed handle of instance `instance_id` of orchestration `O`.
     pub fn handle<O: Orchestration>(&self, instance_id: impl Into<String>) -> Handle<O::Output> {
-        Handle {
-            client: self.clone(),
-            id: instance_id.into(),
-            _out: PhantomData,
-        }
+        Handle::new(Arc::new(self.clone()), instance_id)
     }
 
     /// Enqueues activity `A` as a durable job with `input`; returns the job's id.
@@ -558,66 +563,65 @@ async fn wait_for_end(ends: &mut quark_history::Wakeups, instance: &str, every: 
     }
 }
 
-/// A typed handle on one instance: `.result().await` yields the orchestration's output type.
-pub struct Handle<T> {
-    client: Client,
-    id: String,
-    _out: PhantomData<fn() -> T>,
-}
+impl crate::Connection for Client {
+    fn start_instance<'a>(
+        &'a self,
+        instance_type: &'a str,
+        version: u32,
+        instance_id: String,
+        input: Payload,
+        options: StartOptions,
+    ) -> BoxFuture<'a, Result<String, ClientError>> {
+        Box::pin(async move {
+            let created = self
+                .start_by_name(instance_type, version, instance_id, input, options)
+                .await?;
+            Ok(created.instance.id)
+        })
+    }
 
-impl<T> fmt::Debug for Handle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle").field("id", &self.id).finish()
+    fn result_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<(String, Payload), ClientError>> {
+        Box::pin(Client::result_payload(self, instance_id))
+    }
+
+    fn signal_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        name: &'a str,
+        value: Payload,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(Client::signal_payload(self, instance_id, name, value))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        instance_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(Client::cancel(self, instance_id, reason))
+    }
+
+    fn terminate<'a>(
+        &'a self,
+        instance_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), ClientError>> {
+        Box::pin(Client::terminate(self, instance_id, reason))
+    }
+
+    fn describe<'a>(
+        &'a self,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<InstanceRecord, ClientError>> {
+        Box::pin(Client::describe(self, instance_id))
     }
 }
 
-impl<T> Clone for Handle<T> {
-    fn clone(&self) -> Self {
-        Handle {
-            client: self.client.clone(),
-            id: self.id.clone(),
-            _out: PhantomData,
-        }
-    }
-}
-
-impl<T: DeserializeOwned> Handle<T> {
-    /// The instance id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Waits for the end of the instance (following `continue_as_new`) and returns its output.
-    pub async fn result(&self) -> Result<T, ClientError> {
-        self.client.result(&self.id).await
-    }
-
-    /// The instance's row.
-    pub async fn describe(&self) -> Result<InstanceRecord, ClientError> {
-        self.client.describe(&self.id).await
-    }
-
-    /// Sends `signal` with `value` (see [`Client::send`]).
-    pub async fn send<S: Serialize>(
-        &self,
-        signal: crate::Signal<S>,
-        value: &S,
-    ) -> Result<(), ClientError> {
-        self.client.send(&self.id, signal, value).await
-    }
-
-    /// Sends signal `name` with `value`.
-    pub async fn signal<S: Serialize>(&self, name: &str, value: &S) -> Result<(), ClientError> {
-        self.client.signal(&self.id, name, value).await
-    }
-
-    /// Requests cancellation.
-    pub async fn cancel(&self, reason: &str) -> Result<(), ClientError> {
-        self.client.cancel(&self.id, reason).await
-    }
-
-    /// Terminates the instance.
-    pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
-        self.client.terminate(&self.id, reason).await
+impl crate::WorkflowClient for Client {
+    fn connection(&self) -> Arc<dyn crate::Connection> {
+        Arc::new(self.clone())
     }
 }

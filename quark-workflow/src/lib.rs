@@ -98,6 +98,7 @@ pub mod backoff;
 mod client;
 mod combinator;
 mod command;
+mod connection;
 mod context;
 mod definition;
 pub mod entity;
@@ -126,8 +127,9 @@ pub use activity::{
     ActivityContext, ActivityEffects, ActivityInbox, ActivityInfo, ActivityOutbox,
     CancellationToken, HeartbeatSink, JobControl, ProgressSink,
 };
-pub use client::{Client, ClientError, DEFAULT_RESULT_LOOK_EVERY, Handle, StartOptions};
+pub use client::{Client, ClientError, DEFAULT_RESULT_LOOK_EVERY, StartOptions};
 pub use combinator::{Join, Select, Timeout};
+pub use connection::{Connection, Handle, WorkflowClient, start as start_orchestration};
 pub use context::OrchestrationContext;
 pub use definition::{Activity, ActivityOptions, Orchestration, RetryPolicy};
 pub use error::{ActivityError, Nondeterminism, OrchestrationError};
@@ -188,7 +190,7 @@ pub mod __private {
     pub use crate::{
         Activity, ActivityContext, ActivityError, ActivityOptions, Client, ClientError, Handle,
         JobId, JobOptions, Orchestration, OrchestrationContext, OrchestrationError, Registration,
-        Registry, RetryPolicy,
+        Registry, RetryPolicy, WorkflowClient, start_orchestration,
     };
 }
 

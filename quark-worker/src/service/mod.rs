@@ -12,7 +12,10 @@
 
 pub mod api_lock;
 pub mod auth;
+mod catalog;
 mod convert;
+mod remote;
+pub mod starts;
 mod status;
 mod workflows;
 
@@ -21,6 +24,8 @@ use std::sync::Arc;
 
 use quark_history::Store;
 
+pub use catalog::CATALOG_TTL;
+pub use remote::{ApiClient, BearerToken, ConnectError, RemoteClient};
 pub use workflows::Workflows;
 
 /// The generated messages, clients and servers of package `quark.v1`.

@@ -5,18 +5,20 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use quark_history::{
-    HistoryRange, IdReusePolicy, InstanceFilter, InstanceStatus, RecordedEvent, Scope, Store,
-    TypeKind,
+    HistoryRange, IdReusePolicy, InstanceFilter, InstanceStatus, NewInstance, RecordedEvent, Scope,
+    Store, TypeKind,
 };
-use quark_workflow::{Client, ClientError, StartOptions};
+use quark_workflow::{Client, ClientError};
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
+use super::catalog::Catalog;
 use super::convert::{
     page_token_in, page_token_out, payload_in, payload_out, required, status_in, status_out,
     time_in, time_out, workflow_out,
 };
 use super::proto::{self, workflow_service_server::WorkflowService};
+use super::starts::Starts;
 use super::status;
 
 /// How many events a history call reads from the database at a time.
@@ -35,6 +37,8 @@ pub struct Workflows {
     store: Arc<dyn Store>,
     client: Client,
     auth: Arc<Authenticator>,
+    starts: Starts,
+    catalog: Catalog,
 }
 
 impl Workflows {
@@ -42,6 +46,8 @@ impl Workflows {
     pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>) -> Workflows {
         Workflows {
             client: Client::new(Arc::clone(&store)),
+            starts: Starts::new(Arc::clone(&store)),
+            catalog: Catalog::new(Arc::clone(&store)),
             store,
             auth,
         }
@@ -94,30 +100,26 @@ impl WorkflowService for Workflows {
         };
         let start_at = r.start_at.map(|t| time_in("start_at", t)).transpose()?;
         let registered = self
-            .store
-            .registered_type(TypeKind::Orchestration, workflow_type)
-            .await
-            .map_err(status::store)?
+            .catalog
+            .orchestration(workflow_type)
+            .await?
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "no worker has registered an orchestration `{workflow_type}`; nothing was \
                      started (ListWorkflowTypes lists the registered ones)"
                 ))
             })?;
-        let mut options = StartOptions::default()
-            .id_reuse(id_reuse)
-            .queue(if r.queue.is_empty() {
-                registered.queue.clone()
-            } else {
-                r.queue.clone()
-            });
-        options.priority = r.priority;
-        options.start_at = start_at;
-        let created = self
-            .client
-            .start_by_name(workflow_type, registered.version, id, input, options)
-            .await
-            .map_err(status::client)?;
+        let mut new = NewInstance::new(id, workflow_type, input);
+        new.version = registered.version;
+        new.queue = if r.queue.is_empty() {
+            registered.queue.clone()
+        } else {
+            r.queue.clone()
+        };
+        new.priority = r.priority;
+        new.start_at = start_at;
+        quark_workflow::trace_context::stamp_instance(&mut new);
+        let created = self.starts.start(new, id_reuse).await?;
         if !created.created && created.instance.instance_type != workflow_type {
             return Err(Status::already_exists(format!(
                 "instance `{id}` exists as a `{}`, not a `{workflow_type}`",

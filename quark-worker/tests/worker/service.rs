@@ -39,14 +39,20 @@ async fn compose(_ctx: ActivityContext, to: (String, bool)) -> Result<String, Ac
 
 /// Waits for `polite`, then greets.
 #[orchestration(queue = "greetings", version = 3)]
-async fn greet(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+pub(crate) async fn greet(
+    ctx: OrchestrationContext,
+    name: String,
+) -> Result<String, OrchestrationError> {
     let polite: bool = ctx.wait_for_signal("polite").await?;
     ctx.call(compose, &(name, polite)).await
 }
 
 /// Fails with a message.
 #[orchestration(queue = "greetings")]
-async fn doomed(_ctx: OrchestrationContext, why: String) -> Result<(), OrchestrationError> {
+pub(crate) async fn doomed(
+    _ctx: OrchestrationContext,
+    why: String,
+) -> Result<(), OrchestrationError> {
     Err(OrchestrationError::failed(why))
 }
 

@@ -1,0 +1,58 @@
+//! The catalog of registered types as the API reads it: each lookup remembered for
+//! [`CATALOG_TTL`] (by the store's clock), so that a start costs no catalog read; a type a worker
+//! has just registered is seen within that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quark_history::{RegisteredType, Store, Timestamp, TypeKind};
+use tonic::Status;
+
+/// How long a lookup is remembered, found or not.
+pub const CATALOG_TTL: Duration = Duration::from_secs(1);
+
+/// Type name → (what the catalog said, when).
+type Cache = HashMap<String, (Option<RegisteredType>, Timestamp)>;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Catalog {
+    store: Arc<dyn Store>,
+    orchestrations: Arc<Mutex<Cache>>,
+}
+
+impl Catalog {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Catalog {
+        Catalog {
+            store,
+            orchestrations: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The registered orchestration `name`, if a worker registered one.
+    pub(crate) async fn orchestration(&self, name: &str) -> Result<Option<RegisteredType>, Status> {
+        let now = self.store.config().clock.now();
+        let fresh = |at: &Timestamp| {
+            now.as_micros().saturating_sub(at.as_micros()) < CATALOG_TTL.as_micros() as i64
+        };
+        if let Some((known, _)) = self
+            .orchestrations
+            .lock()
+            .unwrap()
+            .get(name)
+            .filter(|(_, at)| fresh(at))
+        {
+            return Ok(known.clone());
+        }
+        let known = self
+            .store
+            .registered_type(TypeKind::Orchestration, name)
+            .await
+            .map_err(super::status::store)?;
+        self.orchestrations
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (known.clone(), now));
+        Ok(known)
+    }
+}

@@ -1,0 +1,120 @@
+//! The API's Rust client: the typed stubs the macros generate (`greet::start(&remote, ..)`) and
+//! their handles work over a `RemoteClient` exactly as over the in-process `Client`, on both
+//! backends; the server's refusals come back as the client errors the in-process path gives.
+
+use std::sync::Arc;
+
+use quark_history::testing::TestStore;
+use quark_history::{InstanceStatus, Scope};
+use quark_worker::service::{RemoteClient, ServiceOptions, serve};
+use quark_workflow::{Client, ClientError, WorkflowClient};
+
+use crate::service::{doomed, greet, worker};
+
+quark_history::backend_tests!(
+    it_runs_typed_stubs_over_the_api_as_over_the_database,
+    it_reports_refusals_through_the_remote_client,
+);
+
+async fn remote(t: &TestStore, scope: Option<Scope>) -> RemoteClient {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        Arc::clone(&t.store),
+        listener,
+        ServiceOptions::default(),
+        std::future::pending(),
+    ));
+    let token = match scope {
+        Some(scope) => Some(
+            quark_worker::service::auth::issue(&*t.store, "remote", scope)
+                .await
+                .unwrap()
+                .token,
+        ),
+        None => None,
+    };
+    RemoteClient::connect(&format!("http://{addr}"), token.as_deref(), None)
+        .await
+        .unwrap()
+}
+
+/// The same code for either client.
+async fn greet_politely(client: &impl WorkflowClient, id: &str) -> String {
+    let handle = greet::start(client, id, "Ada".to_string()).await.unwrap();
+    assert_eq!(handle.id(), id);
+    let running = handle.describe().await.unwrap();
+    assert_eq!(
+        (running.status, running.instance_type.as_str()),
+        (InstanceStatus::Running, "greet")
+    );
+    handle.signal("polite", &true).await.unwrap();
+    handle.result().await.unwrap()
+}
+
+async fn it_runs_typed_stubs_over_the_api_as_over_the_database(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let remote = remote(t, Some(Scope::Write)).await;
+    let local = Client::new(Arc::clone(&t.store));
+    assert_eq!(greet_politely(&remote, "via-api").await, "Good day, Ada");
+    assert_eq!(greet_politely(&local, "via-db").await, "Good day, Ada");
+    let (a, b) = (
+        t.store.get_instance("via-api").await.unwrap().unwrap(),
+        t.store.get_instance("via-db").await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        (a.version, &a.queue, a.status, a.history_len),
+        (b.version, &b.queue, b.status, b.history_len),
+        "the two paths start and run the same"
+    );
+    // A handle of an existing instance, from its id alone.
+    let handle = greet::handle(&remote, "via-db");
+    assert_eq!(handle.result().await.unwrap(), "Good day, Ada");
+    running.shutdown().await;
+}
+
+async fn it_reports_refusals_through_the_remote_client(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let remote = remote(t, Some(Scope::Write)).await;
+    greet::start(&remote, "taken", "A".to_string())
+        .await
+        .unwrap();
+    let duplicate = greet::start(&remote, "taken", "B".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            duplicate,
+            ClientError::Store(quark_history::Error::DuplicateInstance { ref id }) if id == "taken"
+        ),
+        "{duplicate:?}"
+    );
+    let failed = doomed::start(&remote, "doomed-1", "out of stock".to_string())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&failed, ClientError::Failed { id, failure } if id == "doomed-1" && failure.message.contains("out of stock")),
+        "{failed:?}"
+    );
+    let missing = greet::handle(&remote, "nobody")
+        .describe()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, ClientError::NotFound(ref id) if id == "nobody"),
+        "{missing:?}"
+    );
+    let anonymous = self::remote(t, None).await;
+    let refused = greet::start(&anonymous, "anon", "C".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Api { code, .. } if code == "Unauthenticated"),
+        "{refused:?}"
+    );
+    assert!(t.store.get_instance("anon").await.unwrap().is_none());
+    running.shutdown().await;
+}
