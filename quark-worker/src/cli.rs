@@ -27,6 +27,7 @@ mod outbox;
 mod output;
 mod projection;
 mod queue;
+mod remote;
 mod replay;
 mod saga;
 mod schedule;
@@ -35,6 +36,7 @@ mod tokens;
 mod verify;
 mod workers;
 mod workflow;
+mod workflow_output;
 pub use audit::AuditCommand;
 pub use checkpoint::CheckpointCommand;
 pub use entity::EntityCommand;
@@ -70,6 +72,17 @@ pub struct Cli {
         global = true
     )]
     pub database_url: Option<String>,
+    /// An API server (`quark serve`) to talk to instead of the database, e.g.
+    /// `https://quark.internal:7411`: the `workflow` commands go through it.
+    #[arg(long, env = "QUARK_SERVER", global = true)]
+    pub server: Option<String>,
+    /// The token for --server (`quark token create` issues one).
+    #[arg(long, env = "QUARK_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The certificate authority (PEM) that signed the --server's certificate, when it is not
+    /// one the system trusts.
+    #[arg(long, env = "QUARK_SERVER_CA", global = true)]
+    pub server_ca: Option<std::path::PathBuf>,
     /// The output format, for every command: `table` for people, `json` or `jsonl` (one object a
     /// line) for programs.
     #[arg(
@@ -370,6 +383,14 @@ pub async fn run(cli: Cli, registry: Option<Registry>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     if cli.command.offline() {
         return run_offline(cli.command, cli.output, registry.as_ref(), &mut stdout);
+    }
+    if let Some(url) = cli.server {
+        let server = remote::Server {
+            url,
+            token: cli.token,
+            ca: cli.server_ca,
+        };
+        return remote::run(server, cli.command, cli.output, &mut stdout).await;
     }
     let url = cli.database_url.as_deref();
     let store = if cli.command.reads_only() {

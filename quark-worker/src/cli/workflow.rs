@@ -7,14 +7,14 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use quark_history::{
-    HistoryRange, InstanceFilter, InstanceRecord, InstanceStatus, RecordedEvent, Store, Timestamp,
-    TypeKind,
+    HistoryRange, InstanceFilter, InstanceStatus, RecordedEvent, Store, Timestamp, TypeKind,
 };
 use quark_workflow::{Client, Registry, ReplayReport, Replayer, StartOptions};
 use serde::Serialize;
 
 use super::json_payload;
-use super::output::{self, Output, rfc3339, table, write_table};
+use super::output::{self, Output};
+use super::workflow_output::{Changed, print_changed, print_describe, print_history, print_list};
 
 /// `quark workflow ...`
 #[derive(Debug, Subcommand)]
@@ -123,74 +123,6 @@ impl WorkflowCommand {
     }
 }
 
-/// An instance, as listed and described.
-#[derive(Debug, Serialize)]
-struct InstanceView {
-    id: String,
-    instance_type: String,
-    version: u32,
-    status: &'static str,
-    queue: String,
-    history_len: u64,
-    history_bytes: u64,
-    input: Option<serde_json::Value>,
-    output: Option<serde_json::Value>,
-    parent_id: Option<String>,
-    #[serde(serialize_with = "rfc3339")]
-    created_at: Timestamp,
-    #[serde(serialize_with = "rfc3339")]
-    updated_at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    blocked: Option<BlockedView>,
-    /// Where the next page starts, for `--after`.
-    cursor: String,
-}
-
-#[derive(Debug, Serialize)]
-struct BlockedView {
-    task_id: i64,
-    error: String,
-    #[serde(serialize_with = "rfc3339")]
-    since: Timestamp,
-}
-
-impl From<InstanceRecord> for InstanceView {
-    fn from(i: InstanceRecord) -> Self {
-        InstanceView {
-            cursor: format!("{}/{}", i.created_at.as_micros(), i.id),
-            input: i.input.decode().ok(),
-            output: i.output.as_ref().and_then(|o| o.decode().ok()),
-            id: i.id,
-            instance_type: i.instance_type,
-            version: i.version,
-            status: i.status.as_str(),
-            queue: i.queue,
-            history_len: i.history_len,
-            history_bytes: i.history_bytes,
-            parent_id: i.parent_id,
-            created_at: i.created_at,
-            updated_at: i.updated_at,
-            blocked: i.blocked.map(|b| BlockedView {
-                task_id: b.task_id,
-                error: b.error,
-                since: b.since,
-            }),
-        }
-    }
-}
-
-/// What a command that changes an instance did.
-#[derive(Debug, Serialize)]
-struct Changed {
-    id: String,
-    /// `started`, `signalled`, `cancel_requested` or `terminated`.
-    action: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    instance_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signal: Option<String>,
-}
-
 /// The outcome of replaying one history file.
 #[derive(Debug, Serialize)]
 struct Replayed {
@@ -297,7 +229,7 @@ pub(super) async fn run(
                 .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let after = after.map(|c| parse_cursor(&c)).transpose()?;
-            let page: Vec<InstanceView> = store
+            let page = store
                 .list_instances(InstanceFilter {
                     instance_type,
                     statuses,
@@ -305,36 +237,15 @@ pub(super) async fn run(
                     limit,
                     ..Default::default()
                 })
-                .await?
-                .into_iter()
-                .map(InstanceView::from)
-                .collect();
-            return output::rows(out, output, &page, |out, page| {
-                let mut t = table(["id", "type", "status", "events", "created"]);
-                for i in page {
-                    t.add_row([
-                        i.id.clone(),
-                        i.instance_type.clone(),
-                        i.status.to_string(),
-                        i.history_len.to_string(),
-                        i.created_at.to_string(),
-                    ]);
-                }
-                write_table(out, &t)?;
-                if page.len() as u32 == limit
-                    && let Some(last) = page.last()
-                {
-                    writeln!(out, "\nmore: --after {}", last.cursor)?;
-                }
-                Ok(())
-            });
+                .await?;
+            return print_list(out, output, page, limit);
         }
         WorkflowCommand::Describe { id, at, at_time } => {
             let Some(i) = store.get_instance(&id).await? else {
                 bail!("no instance `{id}`")
             };
             if at.is_none() && at_time.is_none() {
-                return output::one(out, output, &InstanceView::from(i), describe);
+                return print_describe(out, output, i);
             }
             let history = read_history_with_progress(&**store, &id, i.history_len).await?;
             let version = match (at, at_time) {
@@ -367,49 +278,13 @@ pub(super) async fn run(
                 bail!("no instance `{id}`");
             };
             let history = read_history_with_progress(&**store, &id, instance.history_len).await?;
-            return output::rows(out, output, &history, |out, history| {
-                let mut t = table(["seq", "recorded at", "event", "detail"]);
-                for e in history {
-                    let detail = serde_json::to_value(&e.event)?;
-                    let detail = detail
-                        .as_object()
-                        .and_then(|o| o.values().next())
-                        .map(|v| v.to_string())
-                        .unwrap_or_default();
-                    let detail: String = detail.chars().take(100).collect();
-                    t.add_row([
-                        e.seq.to_string(),
-                        e.recorded_at.to_string(),
-                        e.event.kind().to_string(),
-                        detail,
-                    ]);
-                }
-                write_table(out, &t)
-            });
+            return print_history(out, output, &history);
         }
         WorkflowCommand::Replay { files, source_root } => {
             return replay(&files, source_root, registry, output, out);
         }
     };
-    output::one(out, output, &changed, |out, c| {
-        match c.action {
-            "started" => writeln!(
-                out,
-                "started {} ({})",
-                c.id,
-                c.instance_type.as_deref().unwrap_or("")
-            )?,
-            "signalled" => writeln!(
-                out,
-                "signalled {}: {}",
-                c.id,
-                c.signal.as_deref().unwrap_or("")
-            )?,
-            "cancel_requested" => writeln!(out, "cancellation requested for {}", c.id)?,
-            _ => writeln!(out, "terminated {}", c.id)?,
-        }
-        Ok(())
-    })
+    print_changed(out, output, &changed)
 }
 
 fn describe_past(out: &mut dyn Write, w: &quark_workflow::WorkflowAt) -> anyhow::Result<()> {
@@ -466,44 +341,6 @@ fn describe_past(out: &mut dyn Write, w: &quark_workflow::WorkflowAt) -> anyhow:
     }
     if let Some(f) = &w.failure {
         writeln!(out, "failure:  {}", f.message)?;
-    }
-    Ok(())
-}
-
-fn describe(out: &mut dyn Write, i: &InstanceView) -> anyhow::Result<()> {
-    writeln!(
-        out,
-        "id:       {}\ntype:     {} (version {})\nstatus:   {}",
-        i.id, i.instance_type, i.version, i.status
-    )?;
-    if let Some(turn) = &i.blocked {
-        writeln!(
-            out,
-            "blocked:  since {}, by dead turn {} (fix the code, deploy it, then \
-             `quark dlq redrive {}`)\nerror:    {}",
-            turn.since, turn.task_id, turn.task_id, turn.error
-        )?;
-    }
-    writeln!(
-        out,
-        "created:  {}\nupdated:  {}",
-        i.created_at, i.updated_at
-    )?;
-    writeln!(
-        out,
-        "history:  {} events, {} bytes",
-        i.history_len, i.history_bytes
-    )?;
-    let json = |v: &Option<serde_json::Value>| {
-        v.as_ref()
-            .map_or_else(|| "(not JSON)".to_string(), |v| v.to_string())
-    };
-    writeln!(out, "input:    {}", json(&i.input))?;
-    if i.output.is_some() {
-        writeln!(out, "output:   {}", json(&i.output))?;
-    }
-    if let Some(p) = &i.parent_id {
-        writeln!(out, "parent:   {p}")?;
     }
     Ok(())
 }
@@ -653,7 +490,7 @@ async fn read_history_with_progress(
     Ok(history)
 }
 
-fn parse_cursor(cursor: &str) -> anyhow::Result<(Timestamp, String)> {
+pub(super) fn parse_cursor(cursor: &str) -> anyhow::Result<(Timestamp, String)> {
     let (at, id) = cursor
         .split_once('/')
         .context("a cursor looks like MICROS/ID")?;

@@ -124,9 +124,10 @@ pub(crate) fn workflow_out(r: &InstanceRecord) -> proto::Workflow {
     }
 }
 
-/// The page token after `(created_at, id)`: opaque to callers.
+/// The page token after `(created_at, id)`: opaque to callers (it reads as the command line's
+/// `--after` cursor, `MICROS/ID`).
 pub(crate) fn page_token_out(created_at: Timestamp, id: &str) -> String {
-    format!("{}:{id}", created_at.as_micros())
+    format!("{}/{id}", created_at.as_micros())
 }
 
 /// The cursor of a page token.
@@ -135,7 +136,7 @@ pub(crate) fn page_token_in(token: &str) -> Result<Option<(Timestamp, String)>, 
         return Ok(None);
     }
     let bad = || Status::invalid_argument("page_token: not a token this server gave out");
-    let (micros, id) = token.split_once(':').ok_or_else(bad)?;
+    let (micros, id) = token.split_once('/').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     Ok(Some((Timestamp::from_micros(micros), id.to_string())))
 }

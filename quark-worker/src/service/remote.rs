@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use quark_history::{BlockedTurn, Failure, InstanceRecord, InstanceStatus, Payload};
+use quark_history::{
+    BlockedTurn, Failure, InstanceFilter, InstanceRecord, InstanceStatus, Payload, RecordedEvent,
+};
 use quark_workflow::{ClientError, Connection, StartOptions, WorkflowClient};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -103,6 +105,70 @@ impl RemoteClient {
     /// The generated client, for the calls this type does not wrap.
     pub fn api(&self) -> ApiClient {
         self.api.clone()
+    }
+
+    /// A page of instances matching `filter` (its `after` is a page token as the server gave
+    /// it, or the command line's cursor), and the token of the next page if there is one.
+    pub async fn list(
+        &self,
+        filter: &InstanceFilter,
+        page_token: Option<String>,
+    ) -> Result<(Vec<InstanceRecord>, Option<String>), ClientError> {
+        let request = proto::ListWorkflowsRequest {
+            workflow_type: filter.instance_type.clone().unwrap_or_default(),
+            statuses: filter
+                .statuses
+                .iter()
+                .map(|s| super::convert::status_out(*s) as i32)
+                .collect(),
+            created_from: filter.created_from.map(super::convert::time_out),
+            created_until: filter.created_until.map(super::convert::time_out),
+            page_size: filter.limit,
+            page_token: page_token.unwrap_or_default(),
+        };
+        let page = self
+            .api
+            .clone()
+            .list_workflows(request)
+            .await
+            .map_err(|s| error(s, ""))?
+            .into_inner();
+        let records = page
+            .workflows
+            .into_iter()
+            .map(record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (!page.next_page_token.is_empty()).then_some(page.next_page_token);
+        Ok((records, next))
+    }
+
+    /// The whole history of `instance_id`, as stored.
+    pub async fn history(&self, instance_id: &str) -> Result<Vec<RecordedEvent>, ClientError> {
+        let mut stream = self
+            .api
+            .clone()
+            .get_workflow_history(proto::GetWorkflowHistoryRequest {
+                instance_id: instance_id.to_string(),
+                after_seq: 0,
+                follow: false,
+            })
+            .await
+            .map_err(|s| error(s, instance_id))?
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(e) = stream.message().await.map_err(|s| error(s, instance_id))? {
+            let event = serde_json::from_str(&e.detail_json).map_err(|err| {
+                ClientError::Payload(format!("event {} of `{instance_id}`: {err}", e.seq))
+            })?;
+            events.push(RecordedEvent {
+                instance_id: instance_id.to_string(),
+                seq: e.seq,
+                recorded_at: time(e.recorded_at)?,
+                event,
+                hash: e.hash,
+            });
+        }
+        Ok(events)
     }
 }
 

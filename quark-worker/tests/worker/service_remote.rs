@@ -118,3 +118,121 @@ async fn it_reports_refusals_through_the_remote_client(t: &TestStore) {
     assert!(t.store.get_instance("anon").await.unwrap().is_none());
     running.shutdown().await;
 }
+
+quark_history::backend_tests!(the_command_line_talks_to_a_server_as_it_talks_to_the_database);
+
+/// The stock `quark` binary with `args`, none of the operator's QUARK_* variables, off the
+/// runtime's threads.
+async fn quark(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quark"));
+        command.args(&args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("QUARK_") || key.starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        command.output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The same command through `run_on` on the store: what the database path prints.
+async fn local(t: &TestStore, args: &[&str]) -> String {
+    use clap::Parser;
+    let cli =
+        quark_worker::cli::Cli::try_parse_from(["quark", "-o", "json"].iter().chain(args.iter()))
+            .unwrap();
+    let mut out = Vec::new();
+    quark_worker::cli::run_on(
+        Arc::clone(&t.store),
+        cli.command,
+        cli.output,
+        None,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+async fn the_command_line_talks_to_a_server_as_it_talks_to_the_database(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(
+        Arc::clone(&t.store),
+        listener,
+        ServiceOptions::default(),
+        std::future::pending(),
+    ));
+    let token = quark_worker::service::auth::issue(&*t.store, "cli", Scope::Write)
+        .await
+        .unwrap()
+        .token;
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--server", &url, "--token", &token, "-o", "json"];
+        all.extend_from_slice(args);
+        quark(all.into_iter().map(String::from).collect())
+    };
+    let ok = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout.clone()).unwrap()
+    };
+
+    let started = ok(&remote(&[
+        "workflow", "start", "--type", "greet", "cli-1", "--input", "\"Ada\"",
+    ])
+    .await);
+    let started: serde_json::Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(
+        (started["action"].as_str(), started["id"].as_str()),
+        (Some("started"), Some("cli-1"))
+    );
+    let record = t.store.get_instance("cli-1").await.unwrap().unwrap();
+    assert_eq!((record.version, record.queue.as_str()), (3, "greetings"));
+    ok(&remote(&["workflow", "signal", "cli-1", "polite", "--value", "false"]).await);
+    Client::new(Arc::clone(&t.store))
+        .result::<String>("cli-1")
+        .await
+        .unwrap();
+
+    // Read through the server, each prints what it prints on the database.
+    for args in [
+        &["workflow", "describe", "cli-1"][..],
+        &["workflow", "history", "cli-1"][..],
+        &["workflow", "list", "--type", "greet"][..],
+    ] {
+        assert_eq!(ok(&remote(args).await), local(t, args).await, "{args:?}");
+    }
+
+    // Refusals say why, and change nothing.
+    let anonymous = quark(
+        [
+            "--server",
+            url.as_str(),
+            "workflow",
+            "start",
+            "--type",
+            "greet",
+            "cli-2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    )
+    .await;
+    assert!(!anonymous.status.success());
+    let said = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        said.contains("Unauthenticated") && said.contains("no token"),
+        "{said}"
+    );
+    assert!(t.store.get_instance("cli-2").await.unwrap().is_none());
+    let jobs = remote(&["job", "list"]).await;
+    assert!(!jobs.status.success());
+    let said = String::from_utf8_lossy(&jobs.stderr);
+    assert!(said.contains("`quark job` works on the database"), "{said}");
+    running.shutdown().await;
+}

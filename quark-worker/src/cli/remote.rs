@@ -1,0 +1,152 @@
+//! `quark --server URL workflow ...`: the workflow commands through the API (`quark serve`)
+//! instead of the database, with a token (`--token`, `QUARK_TOKEN`). They print what the same
+//! commands print on the database.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use quark_history::{InstanceFilter, InstanceStatus};
+use quark_workflow::{Connection, StartOptions};
+
+use super::output::Output;
+use super::workflow::WorkflowCommand;
+use super::workflow_output::{Changed, print_changed, print_describe, print_history, print_list};
+use super::{Command, json_payload};
+use crate::service::RemoteClient;
+
+/// Where the API is, and how to talk to it.
+#[derive(Debug, Clone)]
+pub(super) struct Server {
+    pub(super) url: String,
+    pub(super) token: Option<String>,
+    pub(super) ca: Option<PathBuf>,
+}
+
+pub(super) async fn run(
+    server: Server,
+    command: Command,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let Command::Workflow(command) = command else {
+        bail!(
+            "`quark {}` works on the database (--database-url); through --server, only `quark \
+             workflow start|signal|cancel|terminate|describe|list|history` go through the API so far",
+            command.name()
+        );
+    };
+    let tls = match &server.ca {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| {
+                format!(
+                    "reading the server's certificate authority {}",
+                    path.display()
+                )
+            })?;
+            Some(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+        }
+        None if server.url.starts_with("https:") => {
+            Some(tonic::transport::ClientTlsConfig::new().with_enabled_roots())
+        }
+        None => None,
+    };
+    let remote = RemoteClient::connect(&server.url, server.token.as_deref(), tls).await?;
+    workflow(&remote, command, output, out).await
+}
+
+async fn workflow(
+    remote: &RemoteClient,
+    command: WorkflowCommand,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let changed = match command {
+        WorkflowCommand::Start {
+            instance_type,
+            id,
+            input,
+            queue,
+        } => {
+            let input = json_payload("input", &input)?;
+            let mut options = StartOptions::default();
+            options.queue = queue;
+            remote
+                .start_instance(&instance_type, 0, id.clone(), input, options)
+                .await?;
+            Changed {
+                id,
+                action: "started",
+                instance_type: Some(instance_type),
+                signal: None,
+            }
+        }
+        WorkflowCommand::Signal { id, name, value } => {
+            let value = json_payload("signal's value", &value)?;
+            remote.signal_payload(&id, &name, value).await?;
+            Changed {
+                id,
+                action: "signalled",
+                instance_type: None,
+                signal: Some(name),
+            }
+        }
+        WorkflowCommand::Cancel { id, reason } => {
+            remote.cancel(&id, &reason).await?;
+            Changed {
+                id,
+                action: "cancel_requested",
+                instance_type: None,
+                signal: None,
+            }
+        }
+        WorkflowCommand::Terminate { id, reason } => {
+            remote.terminate(&id, &reason).await?;
+            Changed {
+                id,
+                action: "terminated",
+                instance_type: None,
+                signal: None,
+            }
+        }
+        WorkflowCommand::Describe { id, at, at_time } => {
+            if at.is_some() || at_time.is_some() {
+                bail!(
+                    "`describe --at` reads the history itself: it needs the database (--database-url)"
+                );
+            }
+            let instance = remote.describe(&id).await?;
+            return print_describe(out, output, instance);
+        }
+        WorkflowCommand::List {
+            instance_type,
+            status,
+            limit,
+            after,
+        } => {
+            let statuses = status
+                .iter()
+                .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let filter = InstanceFilter {
+                instance_type,
+                statuses,
+                limit,
+                ..Default::default()
+            };
+            let (page, _next) = remote.list(&filter, after).await?;
+            return print_list(out, output, page, limit);
+        }
+        WorkflowCommand::History { id } => {
+            let history = remote.history(&id).await?;
+            return print_history(out, output, &history);
+        }
+        WorkflowCommand::Replay { .. } => {
+            bail!("`workflow replay` runs here, on exported files: it needs no --server")
+        }
+    };
+    print_changed(out, output, &changed)
+}
