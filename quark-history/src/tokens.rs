@@ -67,6 +67,8 @@ pub struct TokenRecord {
     pub scope: Scope,
     /// The hash of its secret, hex.
     pub secret_hash: String,
+    /// Calls a second it may make, with a burst of one second's worth; `None`: no limit.
+    pub rate_limit: Option<u32>,
     /// When it was created, by the store's clock (set by the store).
     pub created_at: Timestamp,
     /// When it was revoked, if it was.

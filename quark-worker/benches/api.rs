@@ -145,7 +145,9 @@ async fn run(
             "bench",
         )])
         .await?;
-    let token = auth::issue(&*store, "bench", Scope::Write).await?.token;
+    let token = auth::issue(&*store, "bench", Scope::Write, None)
+        .await?
+        .token;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,6 +5,8 @@ CREATE TABLE api_tokens (
     name        TEXT NOT NULL,
     scope       TEXT NOT NULL,
     secret_hash TEXT NOT NULL,
+    -- Calls a second the token may make (a burst of one second's worth); NULL: no limit.
+    rate_limit  INTEGER,
     created_at  INTEGER NOT NULL,
     revoked_at  INTEGER
 );

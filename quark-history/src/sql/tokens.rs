@@ -7,16 +7,20 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::tokens::{TokenRecord, TokenStore};
 
-const COLUMNS: &str = "id, name, scope, secret_hash, created_at, revoked_at";
+const COLUMNS: &str = "id, name, scope, secret_hash, rate_limit, created_at, revoked_at";
 
 fn read<S: SqlStore>(row: &Row<S::Db>) -> Result<TokenRecord> {
     let scope: String = row.get("scope")?;
     let revoked_at: Option<i64> = row.get("revoked_at")?;
+    let rate_limit: Option<i64> = row.get("rate_limit")?;
     Ok(TokenRecord {
         id: row.get("id")?,
         name: row.get("name")?,
         scope: scope.parse().map_err(Error::Invalid)?,
         secret_hash: row.get("secret_hash")?,
+        rate_limit: rate_limit
+            .map(|r| u32::try_from(r).map_err(|_| Error::Invalid(format!("rate limit {r}"))))
+            .transpose()?,
         created_at: Timestamp::from_micros(row.get("created_at")?),
         revoked_at: revoked_at.map(Timestamp::from_micros),
     })
@@ -28,13 +32,14 @@ impl<S: SqlStore> TokenStore for S {
             token.created_at = self.settings().clock.now();
             token.revoked_at = None;
             let inserted = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL) \
+                "INSERT INTO api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL) \
                  ON CONFLICT (id) DO NOTHING"
             )))
             .bind(token.id.as_str())
             .bind(token.name.as_str())
             .bind(token.scope.as_str())
             .bind(token.secret_hash.as_str())
+            .bind(token.rate_limit.map(i64::from))
             .bind(token.created_at.as_micros())
             .execute(&mut *self.writer().acquire().await?)
             .await?;

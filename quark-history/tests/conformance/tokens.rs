@@ -15,6 +15,7 @@ async fn it_stores_tokens_without_secrets_and_revokes_each_once(t: &TestStore) {
         name: format!("{id} token"),
         scope,
         secret_hash: format!("hash-of-{id}"),
+        rate_limit: (scope == Scope::Admin).then_some(100),
         created_at: quark_history::Timestamp::from_micros(0),
         revoked_at: None,
     };
@@ -49,13 +50,14 @@ async fn it_stores_tokens_without_secrets_and_revokes_each_once(t: &TestStore) {
     assert!(!t.store.revoke_token("a1").await.unwrap(), "revoked once");
     assert!(!t.store.revoke_token("zz").await.unwrap(), "no such token");
     let listed = t.store.list_tokens().await.unwrap();
-    let summary: Vec<(&str, Scope, &str, bool)> = listed
+    let summary: Vec<(&str, Scope, &str, Option<u32>, bool)> = listed
         .iter()
         .map(|r| {
             (
                 r.id.as_str(),
                 r.scope,
                 r.secret_hash.as_str(),
+                r.rate_limit,
                 r.revoked_at.is_some(),
             )
         })
@@ -63,8 +65,8 @@ async fn it_stores_tokens_without_secrets_and_revokes_each_once(t: &TestStore) {
     assert_eq!(
         summary,
         vec![
-            ("a1", Scope::Read, "hash-of-a1", true),
-            ("b2", Scope::Admin, "hash-of-b2", false)
+            ("a1", Scope::Read, "hash-of-a1", None, true),
+            ("b2", Scope::Admin, "hash-of-b2", Some(100), false)
         ]
     );
     assert_eq!(listed[0].revoked_at, Some(t.clock.now()));

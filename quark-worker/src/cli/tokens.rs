@@ -22,6 +22,10 @@ pub enum TokenCommand {
         /// What it allows: read, write (read, and start, signal, cancel, terminate) or admin.
         #[arg(long, value_parser = parse_scope)]
         scope: Scope,
+        /// Calls a second it may make on each server (a burst of one second's worth is
+        /// allowed); more are refused with RESOURCE_EXHAUSTED. Default: no limit.
+        #[arg(long)]
+        rate_limit: Option<u32>,
     },
     /// Lists the tokens, revoked ones included (never their secrets).
     List,
@@ -42,6 +46,8 @@ struct TokenView {
     id: String,
     name: String,
     scope: String,
+    /// Calls a second, if limited.
+    rate_limit: Option<u32>,
     #[serde(serialize_with = "rfc3339")]
     created_at: Timestamp,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -57,6 +63,7 @@ impl From<TokenRecord> for TokenView {
             id: r.id,
             name: r.name,
             scope: r.scope.to_string(),
+            rate_limit: r.rate_limit,
             created_at: r.created_at,
             revoked_at: r.revoked_at,
             token: None,
@@ -71,11 +78,15 @@ pub(super) async fn run(
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { name, scope } => {
+        TokenCommand::Create {
+            name,
+            scope,
+            rate_limit,
+        } => {
             if name.trim().is_empty() {
                 bail!("a token needs a name (--name): what it is for");
             }
-            let issued = auth::issue(&**store, &name, scope).await?;
+            let issued = auth::issue(&**store, &name, scope, rate_limit).await?;
             let view = TokenView {
                 token: Some(issued.token),
                 ..TokenView::from(issued.record)
@@ -100,12 +111,13 @@ pub(super) async fn run(
                 .map(TokenView::from)
                 .collect();
             output::rows(out, output, &tokens, |out, tokens| {
-                let mut t = table(["id", "name", "scope", "created", "revoked"]);
+                let mut t = table(["id", "name", "scope", "calls/s", "created", "revoked"]);
                 for v in tokens {
                     t.add_row([
                         v.id.clone(),
                         v.name.clone(),
                         v.scope.clone(),
+                        v.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
                         v.created_at.to_string(),
                         v.revoked_at.map(|r| r.to_string()).unwrap_or_default(),
                     ]);

@@ -8,7 +8,9 @@
 //! Every call names the scope it needs ([`Scope`]); a call without a valid token is
 //! UNAUTHENTICATED, one outside its token's scope PERMISSION_DENIED, and both are logged with the
 //! method and the token's id. Verified tokens are remembered for [`TOKEN_CACHE_TTL`], so a call
-//! costs no database read, and a revocation takes effect within that time.
+//! costs no database read, and a revocation takes effect within that time. A token may carry a
+//! rate limit (calls a second, with a burst of one second's worth): a call over it is
+//! RESOURCE_EXHAUSTED, per server.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,12 +37,19 @@ pub struct IssuedToken {
     pub token: String,
 }
 
-/// Issues a token called `name` with `scope`.
+/// Issues a token called `name` with `scope`, limited to `rate_limit` calls a second (a burst
+/// of one second's worth), or not limited.
 pub async fn issue(
     store: &dyn Store,
     name: &str,
     scope: Scope,
+    rate_limit: Option<u32>,
 ) -> Result<IssuedToken, quark_history::Error> {
+    if rate_limit == Some(0) {
+        return Err(quark_history::Error::Invalid(
+            "a rate limit of 0 calls a second allows nothing; revoke the token instead".into(),
+        ));
+    }
     let rng = ring::rand::SystemRandom::new();
     let mut id = [0u8; 8];
     let mut secret = [0u8; 32];
@@ -55,6 +64,7 @@ pub async fn issue(
             name: name.to_string(),
             scope,
             secret_hash: blake3::hash(secret.as_bytes()).to_hex().to_string(),
+            rate_limit,
             created_at: Timestamp::from_micros(0),
             revoked_at: None,
         })
@@ -83,9 +93,43 @@ pub struct Caller {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     required: bool,
-    /// Token id → (secret hash, scope, when read by the store's clock); revoked tokens are not
+    /// Token id → what was read of it, and when (by the store's clock); revoked tokens are not
     /// kept.
-    cache: Mutex<HashMap<String, (blake3::Hash, Scope, Timestamp)>>,
+    cache: Mutex<HashMap<String, Known>>,
+    /// Token id → its bucket of calls, for tokens with a rate limit.
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// A verified token, as remembered.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    hash: blake3::Hash,
+    scope: Scope,
+    rate_limit: Option<u32>,
+    read_at: Timestamp,
+}
+
+/// A token bucket: `tokens` calls left as of `at`, refilled at the rate limit, up to one
+/// second's worth.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl Bucket {
+    /// Takes one call from the bucket at `now` if there is one.
+    fn take(&mut self, rate: u32, now: Timestamp) -> bool {
+        let elapsed = now.as_micros().saturating_sub(self.at.as_micros()).max(0) as f64 / 1e6;
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Authenticator {
@@ -96,6 +140,7 @@ impl Authenticator {
             store,
             required,
             cache: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -122,8 +167,8 @@ impl Authenticator {
                 )));
             }
         };
-        let scope = match self.verify(id, secret).await? {
-            Some(scope) => scope,
+        let (scope, rate_limit) = match self.verify(id, secret).await? {
+            Some(known) => (known.scope, known.rate_limit),
             None => {
                 tracing::warn!(
                     method,
@@ -139,14 +184,38 @@ impl Authenticator {
                 "token `{id}` has scope {scope}; {method} needs {needed}"
             )));
         }
+        if let Some(rate) = rate_limit {
+            let now = self.store.config().clock.now();
+            let allowed = self
+                .buckets
+                .lock()
+                .unwrap()
+                .entry(id.to_string())
+                .or_insert(Bucket {
+                    tokens: f64::from(rate),
+                    at: now,
+                })
+                .take(rate, now);
+            if !allowed {
+                tracing::warn!(
+                    method,
+                    token = id,
+                    rate,
+                    "API call refused: over the token's rate limit"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "token `{id}` is limited to {rate} calls a second; slow down and retry"
+                )));
+            }
+        }
         Ok(Caller {
             token_id: Some(id.to_string()),
             scope,
         })
     }
 
-    /// The scope of token `id` if `secret` is its secret and it is not revoked.
-    async fn verify(&self, id: &str, secret: &str) -> Result<Option<Scope>, Status> {
+    /// What is known of token `id` if `secret` is its secret and it is not revoked.
+    async fn verify(&self, id: &str, secret: &str) -> Result<Option<Known>, Status> {
         let presented = blake3::hash(secret.as_bytes());
         let now = self.store.config().clock.now();
         let fresh = |at: &Timestamp| {
@@ -157,9 +226,9 @@ impl Authenticator {
             .lock()
             .unwrap()
             .get(id)
-            .filter(|(_, _, at)| fresh(at))
-            .map(|(hash, scope, _)| (*hash, *scope));
-        let (hash, scope) = match cached {
+            .filter(|k| fresh(&k.read_at))
+            .copied();
+        let known = match cached {
             Some(known) => known,
             None => {
                 let Some(record) = self.store.token(id).await.map_err(super::status::store)? else {
@@ -172,15 +241,18 @@ impl Authenticator {
                 let Ok(hash) = blake3::Hash::from_hex(&record.secret_hash) else {
                     return Ok(None);
                 };
-                self.cache
-                    .lock()
-                    .unwrap()
-                    .insert(id.to_string(), (hash, record.scope, now));
-                (hash, record.scope)
+                let known = Known {
+                    hash,
+                    scope: record.scope,
+                    rate_limit: record.rate_limit,
+                    read_at: now,
+                };
+                self.cache.lock().unwrap().insert(id.to_string(), known);
+                known
             }
         };
         // blake3::Hash compares in constant time.
-        Ok((hash == presented).then_some(scope))
+        Ok((known.hash == presented).then_some(known))
     }
 }
 

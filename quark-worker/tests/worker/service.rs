@@ -90,7 +90,7 @@ impl tonic::service::Interceptor for Bearer {
 impl Bearer {
     /// A new token of `scope` for the API over `t`'s store.
     pub(crate) async fn issue(t: &TestStore, scope: quark_history::Scope) -> Bearer {
-        let issued = quark_worker::service::auth::issue(&*t.store, "tests", scope)
+        let issued = quark_worker::service::auth::issue(&*t.store, "tests", scope, None)
             .await
             .unwrap();
         Bearer(format!("Bearer {}", issued.token).parse().unwrap())

@@ -21,6 +21,7 @@ quark_history::backend_tests!(
     it_refuses_every_method_without_a_valid_token_and_changes_nothing,
     it_holds_each_token_to_its_scope,
     it_stops_honouring_a_token_once_it_is_revoked,
+    it_holds_a_token_to_its_rate_limit,
 );
 
 /// The methods of every `quark.v1` service, as the descriptors publish them.
@@ -104,7 +105,7 @@ fn with(channel: &Channel, token: &str) -> Authed {
 async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &TestStore) {
     let running = worker(t).start().await.unwrap();
     let api = api(t, ServiceOptions::default()).await;
-    let valid = quark_worker::service::auth::issue(&*t.store, "real", Scope::Admin)
+    let valid = quark_worker::service::auth::issue(&*t.store, "real", Scope::Admin, None)
         .await
         .unwrap()
         .token;
@@ -154,7 +155,7 @@ async fn it_holds_each_token_to_its_scope(t: &TestStore) {
     let running = worker(t).start().await.unwrap();
     let api = api(t, ServiceOptions::default()).await;
     let token = async |scope| {
-        let issued = quark_worker::service::auth::issue(&*t.store, "scoped", scope)
+        let issued = quark_worker::service::auth::issue(&*t.store, "scoped", scope, None)
             .await
             .unwrap();
         with(&api.channel, &format!("Bearer {}", issued.token))
@@ -192,7 +193,7 @@ async fn it_holds_each_token_to_its_scope(t: &TestStore) {
 
 async fn it_stops_honouring_a_token_once_it_is_revoked(t: &TestStore) {
     let api = api(t, ServiceOptions::default()).await;
-    let issued = quark_worker::service::auth::issue(&*t.store, "leaving", Scope::Read)
+    let issued = quark_worker::service::auth::issue(&*t.store, "leaving", Scope::Read, None)
         .await
         .unwrap();
     let mut client = with(&api.channel, &format!("Bearer {}", issued.token));
@@ -230,6 +231,7 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
         TokenCommand::Create {
             name: "ci".into(),
             scope: Scope::Write,
+            rate_limit: Some(50),
         },
         Output::Json,
     )
@@ -240,6 +242,7 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
     let id = created["id"].as_str().unwrap();
     assert!(token.starts_with(&format!("qk_{id}_")), "{token}");
     assert_eq!(created["scope"], "write");
+    assert_eq!(created["rate_limit"], 50);
     let stored = t.store.token(id).await.unwrap().unwrap();
     let secret = &token[format!("qk_{id}_").len()..];
     assert_ne!(
@@ -280,6 +283,7 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
         TokenCommand::Create {
             name: " ".into(),
             scope: Scope::Read,
+            rate_limit: None,
         },
         Output::Table,
     )
@@ -287,4 +291,35 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
     .unwrap_err();
     assert!(unnamed.to_string().contains("needs a name"), "{unnamed}");
     assert_eq!(t.store.list_tokens().await.unwrap().len(), 1);
+}
+
+async fn it_holds_a_token_to_its_rate_limit(t: &TestStore) {
+    let api = api(t, ServiceOptions::default()).await;
+    let limited = quark_worker::service::auth::issue(&*t.store, "batch-job", Scope::Read, Some(5))
+        .await
+        .unwrap();
+    let free = quark_worker::service::auth::issue(&*t.store, "dashboard", Scope::Read, None)
+        .await
+        .unwrap();
+    let mut limited = with(&api.channel, &format!("Bearer {}", limited.token));
+    let mut free = with(&api.channel, &format!("Bearer {}", free.token));
+    // The store's clock stands still: a burst of one second's worth, then refusals.
+    for _ in 0..5 {
+        call(&mut limited, "ListWorkflows").await.unwrap();
+    }
+    let e = call(&mut limited, "ListWorkflows").await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("limited to 5 calls a second"), "{e:?}");
+    // Another token is not held to it.
+    for _ in 0..20 {
+        call(&mut free, "ListWorkflows").await.unwrap();
+    }
+    // 400 ms refill two calls at five a second, and no more.
+    t.clock.advance(std::time::Duration::from_millis(400));
+    call(&mut limited, "ListWorkflows").await.unwrap();
+    call(&mut limited, "ListWorkflows").await.unwrap();
+    let e = call(&mut limited, "ListWorkflows").await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let zero = quark_worker::service::auth::issue(&*t.store, "nothing", Scope::Read, Some(0)).await;
+    assert!(zero.is_err(), "a limit of 0 is refused");
 }

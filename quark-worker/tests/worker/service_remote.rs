@@ -27,7 +27,7 @@ async fn remote(t: &TestStore, scope: Option<Scope>) -> RemoteClient {
     ));
     let token = match scope {
         Some(scope) => Some(
-            quark_worker::service::auth::issue(&*t.store, "remote", scope)
+            quark_worker::service::auth::issue(&*t.store, "remote", scope, None)
                 .await
                 .unwrap()
                 .token,
@@ -167,7 +167,7 @@ async fn the_command_line_talks_to_a_server_as_it_talks_to_the_database(t: &Test
         ServiceOptions::default(),
         std::future::pending(),
     ));
-    let token = quark_worker::service::auth::issue(&*t.store, "cli", Scope::Write)
+    let token = quark_worker::service::auth::issue(&*t.store, "cli", Scope::Write, None)
         .await
         .unwrap()
         .token;
