@@ -19,7 +19,12 @@ mod service {
         let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
         let mut config = tonic_prost_build::Config::new();
         config.protoc_executable(protoc);
-        let protos = ["proto/quark/v1/workflow.proto"];
+        let protos = [
+            "proto/quark/v1/workflow.proto",
+            "proto/quark/v1/jobs.proto",
+            "proto/quark/v1/queues.proto",
+            "proto/quark/v1/workers.proto",
+        ];
         for proto in protos {
             println!("cargo:rerun-if-changed={proto}");
         }

@@ -34,6 +34,7 @@ const USAGE: &str = "cargo bench -p quark-worker --bench api -- [options]
   --light N          starts one at a time, per path (default 2000)
   --seconds S        seconds per path under load, per round (default 5)
   --concurrency C    callers under load (default 64)
+  --connections N    HTTP/2 connections the API's callers share (default 4)
   --backend B        postgres | sqlite (default postgres)";
 
 const TYPE: &str = "bench_start";
@@ -106,13 +107,24 @@ impl Path {
     }
 }
 
-async fn under_load(path: &Path, tag: &str, seconds: u64, concurrency: u64) -> anyhow::Result<f64> {
+async fn under_load(
+    path: &Path,
+    apis: &[Api],
+    tag: &str,
+    seconds: u64,
+    concurrency: u64,
+) -> anyhow::Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut callers = Vec::new();
     for c in 0..concurrency {
-        let (mut path, done, tag) = (path.clone(), Arc::clone(&done), tag.to_string());
+        // API callers spread over the connections, as many clients would.
+        let mut path = match path {
+            Path::Api(_) => Path::Api(apis[c as usize % apis.len()].clone()),
+            other => other.clone(),
+        };
+        let (done, tag) = (Arc::clone(&done), tag.to_string());
         callers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < deadline {
@@ -129,12 +141,21 @@ async fn under_load(path: &Path, tag: &str, seconds: u64, concurrency: u64) -> a
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn run(
-    store: Arc<dyn Store>,
+/// What to measure.
+struct Load {
     light: u64,
     seconds: u64,
     concurrency: u64,
-) -> anyhow::Result<()> {
+    connections: usize,
+}
+
+async fn run(store: Arc<dyn Store>, load: Load) -> anyhow::Result<()> {
+    let Load {
+        light,
+        seconds,
+        concurrency,
+        connections,
+    } = load;
     store.migrate().await?;
     store
         .publish_types(vec![RegisteredType::new(
@@ -159,13 +180,20 @@ async fn run(
             let _ = stopped.await;
         },
     ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
     let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let mut apis = Vec::new();
+    for _ in 0..connections.max(1) {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        apis.push(WorkflowServiceClient::with_interceptor(
+            channel,
+            bearer.clone(),
+        ));
+    }
     let mut paths = [
         Path::InProcess(Client::new(Arc::clone(&store))),
-        Path::Api(WorkflowServiceClient::with_interceptor(channel, bearer)),
+        Path::Api(apis[0].clone()),
     ];
 
     // Warm both paths (connections, the token and type caches).
@@ -199,15 +227,26 @@ async fn run(
     let mut rates = [Vec::new(), Vec::new()];
     for round in 0..2 {
         for (p, path) in paths.iter().enumerate() {
-            let rate = under_load(path, &format!("load-{round}-{p}"), seconds, concurrency).await?;
+            let rate = under_load(
+                path,
+                &apis,
+                &format!("load-{round}-{p}"),
+                seconds,
+                concurrency,
+            )
+            .await?;
             rates[p].push(rate);
         }
     }
     for (p, path) in paths.iter().enumerate() {
         let r = &rates[p];
         println!(
-            "under load, {concurrency} callers for {seconds} s via {}: {:.0} and {:.0} starts/s",
+            "under load, {concurrency} callers for {seconds} s via {}{}: {:.0} and {:.0} starts/s",
             path.name(),
+            match path {
+                Path::Api(_) => format!(" ({connections} connections)"),
+                Path::InProcess(_) => String::new(),
+            },
             r[0],
             r[1]
         );
@@ -223,6 +262,13 @@ fn main() -> anyhow::Result<()> {
     let light: u64 = value("--light").map_or(Ok(2000), |v| v.parse())?;
     let seconds: u64 = value("--seconds").map_or(Ok(5), |v| v.parse())?;
     let concurrency: u64 = value("--concurrency").map_or(Ok(64), |v| v.parse())?;
+    let connections: usize = value("--connections").map_or(Ok(4), |v| v.parse())?;
+    let load = || Load {
+        light,
+        seconds,
+        concurrency,
+        connections,
+    };
     let backend = value("--backend").unwrap_or_else(|| "postgres".into());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -231,7 +277,7 @@ fn main() -> anyhow::Result<()> {
                 let dir = std::env::temp_dir().join(format!("quark-api-{}", uuid::Uuid::now_v7()));
                 std::fs::create_dir_all(&dir)?;
                 let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join("api.db")).await?);
-                let result = run(store, light, seconds, concurrency).await;
+                let result = run(store, load()).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 result
             }
@@ -253,7 +299,7 @@ fn main() -> anyhow::Result<()> {
                 let result = async {
                     let store: Arc<dyn Store> =
                         Arc::new(PostgresStore::connect_with(&url, StoreConfig::default()).await?);
-                    run(store, light, seconds, concurrency).await
+                    run(store, load()).await
                 }
                 .await;
                 let _ = admin

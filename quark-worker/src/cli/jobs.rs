@@ -117,11 +117,20 @@ pub(super) async fn job(
             unique_window,
             concurrency,
         } => {
-            let Some(defaults) = registry.and_then(|r| r.activity_options(&activity)) else {
-                bail!(
-                    "no activity `{activity}` is linked into this binary; nothing was enqueued \
-                     (build your own binary with quark_worker::cli::main_with(registry))"
-                );
+            let defaults = match registry.and_then(|r| r.activity_options(&activity)) {
+                Some(linked) => linked.clone(),
+                None => match store
+                    .registered_type(quark_history::TypeKind::Activity, &activity)
+                    .await?
+                {
+                    Some(registered) => serde_json::from_str(&registered.options)
+                        .with_context(|| format!("the catalog's options of `{activity}`"))?,
+                    None => bail!(
+                        "no activity `{activity}` is linked into this binary or registered by a \
+                         worker of this database; nothing was enqueued (start a worker that runs \
+                         it, or build your own binary with quark_worker::cli::main_with(registry))"
+                    ),
+                },
             };
             let input = json_payload("input", &input)?;
             let mut options = JobOptions::default().priority(priority);
@@ -148,7 +157,7 @@ pub(super) async fn job(
                 options = options.concurrency(key, limit);
             }
             let now = store.config().clock.now();
-            let task = job_task_by_name(&activity, defaults.clone(), input, &options, now);
+            let task = job_task_by_name(&activity, defaults, input, &options, now);
             let committed = store
                 .commit(quark_history::Commit::new().enqueue(task))
                 .await?;

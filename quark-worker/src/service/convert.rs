@@ -148,3 +148,27 @@ pub(crate) fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Statu
     }
     Ok(value)
 }
+
+/// A duration from a request; `field` names it in the error.
+pub(crate) fn duration_in(
+    field: &str,
+    d: prost_types::Duration,
+) -> Result<std::time::Duration, Status> {
+    std::time::Duration::try_from(d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// A duration for a response.
+pub(crate) fn duration_out(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+/// A page size: 0 is 100, more than 1,000 is 1,000.
+pub(crate) fn page_size(n: u32) -> u32 {
+    match n {
+        0 => 100,
+        n => n.min(1000),
+    }
+}

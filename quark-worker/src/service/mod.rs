@@ -14,9 +14,12 @@ pub mod api_lock;
 pub mod auth;
 mod catalog;
 mod convert;
+mod jobs;
+mod queues;
 mod remote;
 pub mod starts;
 mod status;
+mod workers;
 mod workflows;
 
 use std::net::SocketAddr;
@@ -25,7 +28,10 @@ use std::sync::Arc;
 use quark_history::Store;
 
 pub use catalog::CATALOG_TTL;
+pub use jobs::Jobs;
+pub use queues::Queues;
 pub use remote::{ApiClient, BearerToken, ConnectError, RemoteClient};
+pub use workers::Workers;
 pub use workflows::Workflows;
 
 /// The generated messages, clients and servers of package `quark.v1`.
@@ -39,7 +45,12 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/quark_v1_descriptor.bin"));
 
 /// The fully qualified names of the services `quark serve` serves, besides health and reflection.
-pub const SERVICES: &[&str] = &["quark.v1.WorkflowService"];
+pub const SERVICES: &[&str] = &[
+    "quark.v1.WorkflowService",
+    "quark.v1.JobService",
+    "quark.v1.QueueService",
+    "quark.v1.WorkerService",
+];
 
 /// How the API server behaves.
 #[derive(Debug, Clone)]
@@ -181,11 +192,27 @@ pub fn routes(
         Arc::clone(&store),
         options.authenticate,
     ));
+    let limit = options.max_request_bytes;
     let workflows = proto::workflow_service_server::WorkflowServiceServer::new(Workflows::new(
+        Arc::clone(&store),
+        Arc::clone(&auth),
+    ))
+    .max_decoding_message_size(limit);
+    let jobs = proto::job_service_server::JobServiceServer::new(Jobs::new(
+        Arc::clone(&store),
+        Arc::clone(&auth),
+    ))
+    .max_decoding_message_size(limit);
+    let queues = proto::queue_service_server::QueueServiceServer::new(Queues::new(
+        Arc::clone(&store),
+        Arc::clone(&auth),
+    ))
+    .max_decoding_message_size(limit);
+    let workers = proto::worker_service_server::WorkerServiceServer::new(Workers::new(
         Arc::clone(&store),
         auth,
     ))
-    .max_decoding_message_size(options.max_request_bytes);
+    .max_decoding_message_size(limit);
     // The reporter only flips statuses; the services are serving from the start.
     tokio::spawn(async move {
         for service in SERVICES {
@@ -195,7 +222,12 @@ pub fn routes(
         }
     });
     let mut routes = tonic::service::Routes::new(health);
-    routes = routes.add_service(reflection).add_service(workflows);
+    routes = routes
+        .add_service(reflection)
+        .add_service(workflows)
+        .add_service(jobs)
+        .add_service(queues)
+        .add_service(workers);
     Ok(routes)
 }
 

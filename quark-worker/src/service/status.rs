@@ -10,9 +10,13 @@ use tonic::Status;
 pub(crate) fn store(e: Error) -> Status {
     let message = e.to_string();
     match e {
-        Error::DuplicateInstance { .. } => Status::already_exists(message),
+        Error::DuplicateInstance { .. } | Error::Duplicate { .. } => {
+            Status::already_exists(message)
+        }
         Error::InstanceNotFound { .. } => Status::not_found(message),
         Error::InstanceClosed { .. } => Status::failed_precondition(message),
+        Error::JobState { .. } => Status::failed_precondition(message),
+        Error::TaskNotFound { .. } => Status::not_found(message),
         Error::PayloadTooLarge { .. } => Status::invalid_argument(message),
         Error::Invalid(_) | Error::Encode(_) => Status::invalid_argument(message),
         ref e if e.is_retryable() => Status::unavailable(message),

@@ -386,3 +386,47 @@ async fn it_starts_a_workflow_that_only_a_worker_registered() {
     );
     assert!(t.store.get_instance("o-2").await.unwrap().is_none());
 }
+
+/// `quark job enqueue ACTIVITY` in a binary that does not link it: the catalog gives the options
+/// (queue, retries) a worker registered.
+#[tokio::test]
+async fn it_enqueues_a_job_of_an_activity_that_only_a_worker_registered() {
+    use clap::Parser;
+    use quark_history::{RegisteredType, TypeKind};
+    let t = quark_history::testing::sqlite().await;
+    let mut options = quark_workflow::ActivityOptions::default().queue("images");
+    options.retry.max_attempts = 7;
+    t.store
+        .publish_types(vec![
+            RegisteredType::new(TypeKind::Activity, "resize", 0, "images", "w1")
+                .options(serde_json::to_string(&options).unwrap()),
+        ])
+        .await
+        .unwrap();
+    let cli = quark_worker::cli::Cli::try_parse_from([
+        "quark",
+        "-o",
+        "json",
+        "job",
+        "enqueue",
+        "resize",
+        "--input",
+        "{\"w\":64}",
+    ])
+    .unwrap();
+    let printed = run(&t.store, cli.command, cli.output).await;
+    let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(printed["outcome"], "enqueued", "{printed}");
+    assert_eq!(t.store.queue_stats("images").await.unwrap().pending, 1);
+    let job = t
+        .store
+        .job(printed["job_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let task = quark_workflow::runner::JobTask::of(&job).unwrap();
+    assert_eq!(
+        task.options.retry.max_attempts, 7,
+        "the registered retry policy"
+    );
+}

@@ -28,6 +28,7 @@ mod saga;
 mod schedules;
 mod service;
 mod service_auth;
+mod service_ops;
 mod service_remote;
 mod service_tls;
 mod trace_context;

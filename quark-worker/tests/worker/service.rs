@@ -47,6 +47,12 @@ pub(crate) async fn greet(
     ctx.call(compose, &(name, polite)).await
 }
 
+/// Refuses every input, for good: its jobs go to the dead-letter list.
+#[activity(retry(max_attempts = 1))]
+pub(crate) async fn reject(_ctx: ActivityContext, why: String) -> Result<(), ActivityError> {
+    Err(ActivityError::message(why).terminal())
+}
+
 /// Fails with a message.
 #[orchestration(queue = "greetings")]
 pub(crate) async fn doomed(
@@ -65,7 +71,8 @@ pub(crate) fn worker(t: &TestStore) -> Worker {
             Registry::new()
                 .register(greet)
                 .register(doomed)
-                .register(compose),
+                .register(compose)
+                .register(reject),
         )
         .build()
         .unwrap()

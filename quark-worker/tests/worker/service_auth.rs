@@ -9,13 +9,16 @@ use prost::Message;
 use quark_history::testing::TestStore;
 use quark_history::{InstanceFilter, Scope};
 use quark_worker::cli::{Command, Output, run_on};
+use quark_worker::service::proto::job_service_client::JobServiceClient;
+use quark_worker::service::proto::queue_service_client::QueueServiceClient;
+use quark_worker::service::proto::worker_service_client::WorkerServiceClient;
 use quark_worker::service::proto::workflow_service_client::WorkflowServiceClient;
 use quark_worker::service::proto::{self};
 use quark_worker::service::{FILE_DESCRIPTOR_SET, ServiceOptions};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::service::{Authed, Bearer, api, start, worker};
+use crate::service::{api, start, worker};
 
 quark_history::backend_tests!(
     it_refuses_every_method_without_a_valid_token_and_changes_nothing,
@@ -35,72 +38,224 @@ fn methods() -> Vec<String> {
         .collect()
 }
 
-/// Calls `method` with harmless arguments, and keeps only whether it was let in.
-async fn call<T>(client: &mut WorkflowServiceClient<T>, method: &str) -> Result<(), tonic::Status>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<tonic::codegen::StdError>,
-    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
-    let id = "auth-target".to_string();
-    match method {
-        "StartWorkflow" => client
-            .start_workflow(start("greet", &id, serde_json::json!("Mallory")))
-            .await
-            .map(drop),
-        "SignalWorkflow" => client
-            .signal_workflow(proto::SignalWorkflowRequest {
-                instance_id: id,
-                name: "polite".into(),
-                value: None,
-            })
-            .await
-            .map(drop),
-        "CancelWorkflow" => client
-            .cancel_workflow(proto::CancelWorkflowRequest {
-                instance_id: id,
-                reason: "x".into(),
-            })
-            .await
-            .map(drop),
-        "TerminateWorkflow" => client
-            .terminate_workflow(proto::TerminateWorkflowRequest {
-                instance_id: id,
-                reason: "x".into(),
-            })
-            .await
-            .map(drop),
-        "DescribeWorkflow" => client
-            .describe_workflow(proto::DescribeWorkflowRequest { instance_id: id })
-            .await
-            .map(drop),
-        "ListWorkflows" => client
-            .list_workflows(proto::ListWorkflowsRequest::default())
-            .await
-            .map(drop),
-        "GetWorkflowHistory" => client
-            .get_workflow_history(proto::GetWorkflowHistoryRequest {
-                instance_id: id,
-                ..Default::default()
-            })
-            .await
-            .map(drop),
-        "GetWorkflowResult" => client
-            .get_workflow_result(proto::GetWorkflowResultRequest { instance_id: id })
-            .await
-            .map(drop),
-        "ListWorkflowTypes" => client
-            .list_workflow_types(proto::ListWorkflowTypesRequest {})
-            .await
-            .map(drop),
-        other => panic!("method {other} is not covered by this test: add it to `call`"),
+/// A caller of every service, with a header or none.
+#[derive(Clone)]
+struct Caller {
+    channel: Channel,
+    header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Caller {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            r.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(r)
     }
 }
 
-fn with(channel: &Channel, token: &str) -> Authed {
-    WorkflowServiceClient::with_interceptor(channel.clone(), Bearer(token.parse().unwrap()))
+type Intercepted = tonic::service::interceptor::InterceptedService<Channel, Caller>;
+
+impl Caller {
+    fn workflows(&self) -> WorkflowServiceClient<Intercepted> {
+        WorkflowServiceClient::with_interceptor(self.channel.clone(), self.clone())
+    }
+
+    fn jobs(&self) -> JobServiceClient<Intercepted> {
+        JobServiceClient::with_interceptor(self.channel.clone(), self.clone())
+    }
+
+    fn queues(&self) -> QueueServiceClient<Intercepted> {
+        QueueServiceClient::with_interceptor(self.channel.clone(), self.clone())
+    }
+
+    fn workers(&self) -> WorkerServiceClient<Intercepted> {
+        WorkerServiceClient::with_interceptor(self.channel.clone(), self.clone())
+    }
+
+    /// Calls `method` with harmless arguments, and keeps only whether it was let in.
+    async fn call(&self, method: &str) -> Result<(), tonic::Status> {
+        let id = "auth-target".to_string();
+        match method {
+            "StartWorkflow" => self
+                .workflows()
+                .start_workflow(start("greet", &id, serde_json::json!("Mallory")))
+                .await
+                .map(drop),
+            "SignalWorkflow" => self
+                .workflows()
+                .signal_workflow(proto::SignalWorkflowRequest {
+                    instance_id: id,
+                    name: "polite".into(),
+                    value: None,
+                })
+                .await
+                .map(drop),
+            "CancelWorkflow" => self
+                .workflows()
+                .cancel_workflow(proto::CancelWorkflowRequest {
+                    instance_id: id,
+                    reason: "x".into(),
+                })
+                .await
+                .map(drop),
+            "TerminateWorkflow" => self
+                .workflows()
+                .terminate_workflow(proto::TerminateWorkflowRequest {
+                    instance_id: id,
+                    reason: "x".into(),
+                })
+                .await
+                .map(drop),
+            "DescribeWorkflow" => self
+                .workflows()
+                .describe_workflow(proto::DescribeWorkflowRequest { instance_id: id })
+                .await
+                .map(drop),
+            "ListWorkflows" => self
+                .workflows()
+                .list_workflows(proto::ListWorkflowsRequest::default())
+                .await
+                .map(drop),
+            "GetWorkflowHistory" => self
+                .workflows()
+                .get_workflow_history(proto::GetWorkflowHistoryRequest {
+                    instance_id: id,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GetWorkflowResult" => self
+                .workflows()
+                .get_workflow_result(proto::GetWorkflowResultRequest { instance_id: id })
+                .await
+                .map(drop),
+            "ListWorkflowTypes" => self
+                .workflows()
+                .list_workflow_types(proto::ListWorkflowTypesRequest {})
+                .await
+                .map(drop),
+            "EnqueueJob" => self
+                .jobs()
+                .enqueue_job(proto::EnqueueJobRequest {
+                    activity: "compose".into(),
+                    input: crate::service::json(&serde_json::json!(["Mallory", true])),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GetJob" => self
+                .jobs()
+                .get_job(proto::GetJobRequest { job_id: 424242 })
+                .await
+                .map(drop),
+            "ListJobs" => self
+                .jobs()
+                .list_jobs(proto::ListJobsRequest::default())
+                .await
+                .map(drop),
+            "CancelJob" => self
+                .jobs()
+                .cancel_job(proto::CancelJobRequest { job_id: 424242 })
+                .await
+                .map(drop),
+            "RetryJob" => self
+                .jobs()
+                .retry_job(proto::RetryJobRequest { job_id: 424242 })
+                .await
+                .map(drop),
+            "PauseJob" => self
+                .jobs()
+                .pause_job(proto::PauseJobRequest { job_id: 424242 })
+                .await
+                .map(drop),
+            "ResumeJob" => self
+                .jobs()
+                .resume_job(proto::ResumeJobRequest { job_id: 424242 })
+                .await
+                .map(drop),
+            "GetQueue" => self
+                .queues()
+                .get_queue(proto::GetQueueRequest {
+                    queue: "auth-queue".into(),
+                })
+                .await
+                .map(drop),
+            "PauseQueue" => self
+                .queues()
+                .pause_queue(proto::PauseQueueRequest {
+                    queue: "auth-queue".into(),
+                })
+                .await
+                .map(drop),
+            "ResumeQueue" => self
+                .queues()
+                .resume_queue(proto::ResumeQueueRequest {
+                    queue: "auth-queue".into(),
+                })
+                .await
+                .map(drop),
+            "SetQueueRateLimit" => self
+                .queues()
+                .set_queue_rate_limit(proto::SetQueueRateLimitRequest {
+                    queue: "auth-queue".into(),
+                    rate_limit: Some(proto::QueueRateLimit {
+                        limit: 1,
+                        per: Some(prost_types::Duration {
+                            seconds: 60,
+                            nanos: 0,
+                        }),
+                    }),
+                })
+                .await
+                .map(drop),
+            "ListDeadLetters" => self
+                .queues()
+                .list_dead_letters(proto::ListDeadLettersRequest::default())
+                .await
+                .map(drop),
+            "RedriveDeadLetters" => self
+                .queues()
+                .redrive_dead_letters(proto::RedriveDeadLettersRequest {
+                    task_ids: vec![424242],
+                })
+                .await
+                .map(drop),
+            "ListWorkers" => self
+                .workers()
+                .list_workers(proto::ListWorkersRequest {})
+                .await
+                .map(drop),
+            other => panic!("method {other} is not covered by this test: add it to `call`"),
+        }
+    }
 }
+
+fn with(channel: &Channel, header: &str) -> Caller {
+    Caller {
+        channel: channel.clone(),
+        header: Some(header.parse().unwrap()),
+    }
+}
+
+/// The methods that change something, and the scope they need.
+const WRITES: [&str; 9] = [
+    "StartWorkflow",
+    "SignalWorkflow",
+    "CancelWorkflow",
+    "TerminateWorkflow",
+    "EnqueueJob",
+    "CancelJob",
+    "RetryJob",
+    "PauseJob",
+    "ResumeJob",
+];
+const ADMINS: [&str; 4] = [
+    "PauseQueue",
+    "ResumeQueue",
+    "SetQueueRateLimit",
+    "RedriveDeadLetters",
+];
 
 async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &TestStore) {
     let running = worker(t).start().await.unwrap();
@@ -111,7 +266,10 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         .token;
     let (id, _secret) = valid["qk_".len()..].split_once('_').unwrap();
     let forged = format!("Bearer qk_{id}_{}", "A".repeat(43));
-    let mut anonymous = WorkflowServiceClient::new(api.channel.clone());
+    let anonymous = Caller {
+        channel: api.channel.clone(),
+        header: None,
+    };
     let wrong = [
         "Basic dXNlcjpwYXNz".to_string(),
         "Bearer not-a-quark-token".to_string(),
@@ -119,15 +277,13 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         forged,
     ];
     let methods = methods();
-    assert!(methods.len() >= 9, "{methods:?}");
+    assert!(methods.len() >= 22, "{methods:?}");
     for method in &methods {
-        let e = call(&mut anonymous, method).await.unwrap_err();
+        let e = anonymous.call(method).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{method}: {e:?}");
         assert!(e.message().contains("no token"), "{method}: {e:?}");
         for header in &wrong {
-            let e = call(&mut with(&api.channel, header), method)
-                .await
-                .unwrap_err();
+            let e = with(&api.channel, header).call(method).await.unwrap_err();
             assert_eq!(
                 e.code(),
                 Code::Unauthenticated,
@@ -142,12 +298,10 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         .unwrap();
     assert!(all.is_empty(), "a refused call started {all:?}");
     // The same call with the real token is let in.
-    call(
-        &mut with(&api.channel, &format!("Bearer {valid}")),
-        "StartWorkflow",
-    )
-    .await
-    .unwrap();
+    with(&api.channel, &format!("Bearer {valid}"))
+        .call("StartWorkflow")
+        .await
+        .unwrap();
     running.shutdown().await;
 }
 
@@ -160,34 +314,51 @@ async fn it_holds_each_token_to_its_scope(t: &TestStore) {
             .unwrap();
         with(&api.channel, &format!("Bearer {}", issued.token))
     };
-    let mut reader = token(Scope::Read).await;
-    let mut writer = token(Scope::Write).await;
-    const WRITES: [&str; 4] = [
-        "StartWorkflow",
-        "SignalWorkflow",
-        "CancelWorkflow",
-        "TerminateWorkflow",
-    ];
+    let reader = token(Scope::Read).await;
+    let writer = token(Scope::Write).await;
     for method in methods() {
-        let outcome = call(&mut reader, &method).await;
-        if WRITES.contains(&method.as_str()) {
-            let e = outcome.unwrap_err();
-            assert_eq!(e.code(), Code::PermissionDenied, "{method}: {e:?}");
-            assert!(
-                e.message().contains("has scope read") && e.message().contains("needs write"),
-                "{e:?}"
-            );
-        } else if let Err(e) = outcome {
-            // Let in: whatever it says is about the (absent) instance, not the token.
-            assert_eq!(e.code(), Code::NotFound, "{method}: {e:?}");
+        let needs = if ADMINS.contains(&method.as_str()) {
+            "admin"
+        } else if WRITES.contains(&method.as_str()) {
+            "write"
+        } else {
+            "read"
+        };
+        for (caller, has) in [(&reader, "read"), (&writer, "write")] {
+            let outcome = caller.call(&method).await;
+            let allowed = matches!((has, needs), (_, "read") | ("write", "write"));
+            if allowed {
+                if let Err(e) = outcome {
+                    // Let in: whatever it says is about the (absent) target, not the token.
+                    assert!(
+                        matches!(e.code(), Code::NotFound | Code::FailedPrecondition),
+                        "{method} with {has}: {e:?}"
+                    );
+                }
+            } else {
+                let e = outcome.unwrap_err();
+                assert_eq!(
+                    e.code(),
+                    Code::PermissionDenied,
+                    "{method} with {has}: {e:?}"
+                );
+                assert!(
+                    e.message().contains(&format!("has scope {has}"))
+                        && e.message().contains(&format!("needs {needs}")),
+                    "{e:?}"
+                );
+            }
         }
     }
     assert!(
-        t.store.get_instance("auth-target").await.unwrap().is_none(),
-        "a read token started an instance"
+        t.store.get_instance("auth-target").await.unwrap().is_some(),
+        "the write token's start went through"
     );
-    call(&mut writer, "StartWorkflow").await.unwrap();
-    assert!(t.store.get_instance("auth-target").await.unwrap().is_some());
+    let queue = t.store.queue_settings("auth-queue").await.unwrap();
+    assert!(
+        !queue.paused && queue.rate_limit.is_none(),
+        "neither token may change a queue"
+    );
     running.shutdown().await;
 }
 
@@ -196,15 +367,15 @@ async fn it_stops_honouring_a_token_once_it_is_revoked(t: &TestStore) {
     let issued = quark_worker::service::auth::issue(&*t.store, "leaving", Scope::Read, None)
         .await
         .unwrap();
-    let mut client = with(&api.channel, &format!("Bearer {}", issued.token));
-    call(&mut client, "ListWorkflows").await.unwrap();
+    let client = with(&api.channel, &format!("Bearer {}", issued.token));
+    client.call("ListWorkflows").await.unwrap();
     assert!(t.store.revoke_token(&issued.record.id).await.unwrap());
     // A server trusts a token it verified for a second (by the store's clock): within it, the
     // revoked token still works; past it, it is refused.
-    call(&mut client, "ListWorkflows").await.unwrap();
+    client.call("ListWorkflows").await.unwrap();
     t.clock
         .advance(quark_worker::service::auth::TOKEN_CACHE_TTL);
-    let e = call(&mut client, "ListWorkflows").await.unwrap_err();
+    let e = client.call("ListWorkflows").await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("invalid or revoked token"), "{e:?}");
     assert!(!t.store.revoke_token(&issued.record.id).await.unwrap());
@@ -301,24 +472,24 @@ async fn it_holds_a_token_to_its_rate_limit(t: &TestStore) {
     let free = quark_worker::service::auth::issue(&*t.store, "dashboard", Scope::Read, None)
         .await
         .unwrap();
-    let mut limited = with(&api.channel, &format!("Bearer {}", limited.token));
-    let mut free = with(&api.channel, &format!("Bearer {}", free.token));
+    let limited = with(&api.channel, &format!("Bearer {}", limited.token));
+    let free = with(&api.channel, &format!("Bearer {}", free.token));
     // The store's clock stands still: a burst of one second's worth, then refusals.
     for _ in 0..5 {
-        call(&mut limited, "ListWorkflows").await.unwrap();
+        limited.call("ListWorkflows").await.unwrap();
     }
-    let e = call(&mut limited, "ListWorkflows").await.unwrap_err();
+    let e = limited.call("ListWorkflows").await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("limited to 5 calls a second"), "{e:?}");
     // Another token is not held to it.
     for _ in 0..20 {
-        call(&mut free, "ListWorkflows").await.unwrap();
+        free.call("ListWorkflows").await.unwrap();
     }
     // 400 ms refill two calls at five a second, and no more.
     t.clock.advance(std::time::Duration::from_millis(400));
-    call(&mut limited, "ListWorkflows").await.unwrap();
-    call(&mut limited, "ListWorkflows").await.unwrap();
-    let e = call(&mut limited, "ListWorkflows").await.unwrap_err();
+    limited.call("ListWorkflows").await.unwrap();
+    limited.call("ListWorkflows").await.unwrap();
+    let e = limited.call("ListWorkflows").await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     let zero = quark_worker::service::auth::issue(&*t.store, "nothing", Scope::Read, Some(0)).await;
     assert!(zero.is_err(), "a limit of 0 is refused");
