@@ -24,6 +24,8 @@ mod service {
             "proto/quark/v1/jobs.proto",
             "proto/quark/v1/queues.proto",
             "proto/quark/v1/workers.proto",
+            "proto/quark/v1/schedules.proto",
+            "proto/quark/v1/outbox.proto",
         ];
         for proto in protos {
             println!("cargo:rerun-if-changed={proto}");

@@ -15,8 +15,10 @@ pub mod auth;
 mod catalog;
 mod convert;
 mod jobs;
+mod outbox;
 mod queues;
 mod remote;
+mod schedules;
 pub mod starts;
 mod status;
 mod workers;
@@ -29,8 +31,10 @@ use quark_history::Store;
 
 pub use catalog::CATALOG_TTL;
 pub use jobs::Jobs;
+pub use outbox::Outbox;
 pub use queues::Queues;
 pub use remote::{ApiClient, BearerToken, ConnectError, RemoteClient};
+pub use schedules::Schedules;
 pub use workers::Workers;
 pub use workflows::Workflows;
 
@@ -50,6 +54,8 @@ pub const SERVICES: &[&str] = &[
     "quark.v1.JobService",
     "quark.v1.QueueService",
     "quark.v1.WorkerService",
+    "quark.v1.ScheduleService",
+    "quark.v1.OutboxService",
 ];
 
 /// How the API server behaves.
@@ -210,6 +216,16 @@ pub fn routes(
     .max_decoding_message_size(limit);
     let workers = proto::worker_service_server::WorkerServiceServer::new(Workers::new(
         Arc::clone(&store),
+        Arc::clone(&auth),
+    ))
+    .max_decoding_message_size(limit);
+    let schedules = proto::schedule_service_server::ScheduleServiceServer::new(Schedules::new(
+        Arc::clone(&store),
+        Arc::clone(&auth),
+    ))
+    .max_decoding_message_size(limit);
+    let outbox = proto::outbox_service_server::OutboxServiceServer::new(Outbox::new(
+        Arc::clone(&store),
         auth,
     ))
     .max_decoding_message_size(limit);
@@ -227,7 +243,9 @@ pub fn routes(
         .add_service(workflows)
         .add_service(jobs)
         .add_service(queues)
-        .add_service(workers);
+        .add_service(workers)
+        .add_service(schedules)
+        .add_service(outbox);
     Ok(routes)
 }
 

@@ -10,7 +10,9 @@ use quark_history::testing::TestStore;
 use quark_history::{InstanceFilter, Scope};
 use quark_worker::cli::{Command, Output, run_on};
 use quark_worker::service::proto::job_service_client::JobServiceClient;
+use quark_worker::service::proto::outbox_service_client::OutboxServiceClient;
 use quark_worker::service::proto::queue_service_client::QueueServiceClient;
+use quark_worker::service::proto::schedule_service_client::ScheduleServiceClient;
 use quark_worker::service::proto::worker_service_client::WorkerServiceClient;
 use quark_worker::service::proto::workflow_service_client::WorkflowServiceClient;
 use quark_worker::service::proto::{self};
@@ -71,6 +73,14 @@ impl Caller {
 
     fn workers(&self) -> WorkerServiceClient<Intercepted> {
         WorkerServiceClient::with_interceptor(self.channel.clone(), self.clone())
+    }
+
+    fn schedules(&self) -> ScheduleServiceClient<Intercepted> {
+        ScheduleServiceClient::with_interceptor(self.channel.clone(), self.clone())
+    }
+
+    fn outbox(&self) -> OutboxServiceClient<Intercepted> {
+        OutboxServiceClient::with_interceptor(self.channel.clone(), self.clone())
     }
 
     /// Calls `method` with harmless arguments, and keeps only whether it was let in.
@@ -226,6 +236,41 @@ impl Caller {
                 .list_workers(proto::ListWorkersRequest {})
                 .await
                 .map(drop),
+            "ListSchedules" => self
+                .schedules()
+                .list_schedules(proto::ListSchedulesRequest {})
+                .await
+                .map(drop),
+            "PutSchedule" => self
+                .schedules()
+                .put_schedule(proto::PutScheduleRequest {
+                    name: "auth-schedule".into(),
+                    cron: "0 9 * * *".into(),
+                    activity: "compose".into(),
+                    input: crate::service::json(&serde_json::json!(["M", true])),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "DeleteSchedule" => self
+                .schedules()
+                .delete_schedule(proto::DeleteScheduleRequest {
+                    name: "no-such-schedule".into(),
+                })
+                .await
+                .map(drop),
+            "ListOutboxMessages" => self
+                .outbox()
+                .list_outbox_messages(proto::ListOutboxMessagesRequest::default())
+                .await
+                .map(drop),
+            "RedriveOutboxMessages" => self
+                .outbox()
+                .redrive_outbox_messages(proto::RedriveOutboxMessagesRequest {
+                    message_ids: vec![424242],
+                })
+                .await
+                .map(drop),
             other => panic!("method {other} is not covered by this test: add it to `call`"),
         }
     }
@@ -250,11 +295,14 @@ const WRITES: [&str; 9] = [
     "PauseJob",
     "ResumeJob",
 ];
-const ADMINS: [&str; 4] = [
+const ADMINS: [&str; 7] = [
     "PauseQueue",
     "ResumeQueue",
     "SetQueueRateLimit",
     "RedriveDeadLetters",
+    "PutSchedule",
+    "DeleteSchedule",
+    "RedriveOutboxMessages",
 ];
 
 async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &TestStore) {
@@ -277,7 +325,7 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         forged,
     ];
     let methods = methods();
-    assert!(methods.len() >= 22, "{methods:?}");
+    assert!(methods.len() >= 27, "{methods:?}");
     for method in &methods {
         let e = anonymous.call(method).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{method}: {e:?}");
@@ -358,6 +406,10 @@ async fn it_holds_each_token_to_its_scope(t: &TestStore) {
     assert!(
         !queue.paused && queue.rate_limit.is_none(),
         "neither token may change a queue"
+    );
+    assert!(
+        t.store.list_schedules().await.unwrap().is_empty(),
+        "neither token may schedule"
     );
     running.shutdown().await;
 }

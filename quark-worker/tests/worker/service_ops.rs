@@ -385,3 +385,195 @@ async fn it_lists_workers_with_what_they_report(t: &TestStore) {
     assert!(me.heartbeat_at.is_some());
     running.shutdown().await;
 }
+
+quark_history::backend_tests!(
+    it_puts_lists_and_deletes_schedules_through_the_api,
+    it_lists_and_redrives_outbox_messages_through_the_api,
+);
+
+async fn it_puts_lists_and_deletes_schedules_through_the_api(t: &TestStore) {
+    use quark_worker::service::proto::schedule_service_client::ScheduleServiceClient;
+    let running = worker(t).start().await.unwrap();
+    let api = crate::service::api(t, ServiceOptions::default()).await;
+    let bearer = Bearer::issue(t, quark_history::Scope::Admin).await;
+    let mut schedules = ScheduleServiceClient::with_interceptor(api.channel.clone(), bearer);
+    let put = |cron: &str, tz: &str| proto::PutScheduleRequest {
+        name: "morning-report".into(),
+        cron: cron.into(),
+        timezone: tz.into(),
+        backfill: 2,
+        activity: "compose".into(),
+        input: json(&serde_json::json!(["Team", true])),
+        ..Default::default()
+    };
+    let created = schedules
+        .put_schedule(put("0 9 * * *", "Europe/Paris"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.outcome, "created");
+    assert!(created.next_at.is_some());
+    let again = schedules
+        .put_schedule(put("0 9 * * *", "Europe/Paris"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.outcome, "unchanged");
+    let listed = schedules
+        .list_schedules(proto::ListSchedulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .schedules;
+    assert_eq!(listed.len(), 1);
+    let s = &listed[0];
+    assert_eq!(
+        (
+            s.name.as_str(),
+            s.cron.as_str(),
+            s.timezone.as_str(),
+            s.backfill,
+            s.activity.as_str(),
+            s.queue.as_str()
+        ),
+        (
+            "morning-report",
+            "0 9 * * *",
+            "Europe/Paris",
+            2,
+            "compose",
+            "default"
+        )
+    );
+
+    for (bad, says) in [
+        (put("0 25 * * *", "UTC"), "invalid cron expression"),
+        (put("0 9 * * *", "Europe/Atlantis"), "Europe/Atlantis"),
+    ] {
+        let e = schedules.put_schedule(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(says), "{e:?}");
+    }
+    let mut unknown = put("0 9 * * *", "UTC");
+    unknown.activity = "no_such_activity".into();
+    let e = schedules.put_schedule(unknown).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(
+        t.store.list_schedules().await.unwrap()[0].spec.timezone,
+        "Europe/Paris",
+        "a refused change leaves the schedule as it was"
+    );
+
+    schedules
+        .delete_schedule(proto::DeleteScheduleRequest {
+            name: "morning-report".into(),
+        })
+        .await
+        .unwrap();
+    assert!(t.store.list_schedules().await.unwrap().is_empty());
+    let e = schedules
+        .delete_schedule(proto::DeleteScheduleRequest {
+            name: "morning-report".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    running.shutdown().await;
+}
+
+async fn it_lists_and_redrives_outbox_messages_through_the_api(t: &TestStore) {
+    use quark_history::{Delivery, Destination, OutboxClaim, OutboxMessage};
+    use quark_worker::service::proto::outbox_service_client::OutboxServiceClient;
+    let api = crate::service::api(t, ServiceOptions::default()).await;
+    let bearer = Bearer::issue(t, quark_history::Scope::Admin).await;
+    let mut outbox = OutboxServiceClient::with_interceptor(api.channel.clone(), bearer);
+    let ids = t
+        .store
+        .send(vec![
+            OutboxMessage::json(Destination::nats("orders.paid"), &1)
+                .unwrap()
+                .ordering_key("a"),
+            OutboxMessage::json(Destination::nats("orders.paid"), &2)
+                .unwrap()
+                .ordering_key("b"),
+        ])
+        .await
+        .unwrap();
+    // The first dies (as a relay gives up on it).
+    let claimed = t
+        .store
+        .claim_outbox(
+            OutboxClaim::new("relay")
+                .limit(1)
+                .lease(std::time::Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    t.store
+        .settle_outbox(
+            &claimed[0].lease,
+            Delivery::Dead {
+                error: "broker said no".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let dead = outbox
+        .list_outbox_messages(proto::ListOutboxMessagesRequest {
+            state: proto::MessageState::Dead as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error, "broker said no");
+    assert_eq!(
+        dead[0].destination,
+        Destination::nats("orders.paid").to_string()
+    );
+    let all = outbox
+        .list_outbox_messages(proto::ListOutboxMessagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    let mut listed: Vec<i64> = all.iter().map(|m| m.id).collect();
+    listed.sort();
+    assert_eq!(listed, ids);
+
+    let results = outbox
+        .redrive_outbox_messages(proto::RedriveOutboxMessagesRequest {
+            message_ids: vec![dead[0].id, 999_999],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| (r.message_id, r.redriven))
+            .collect::<Vec<_>>(),
+        [(dead[0].id, true), (999_999, false)]
+    );
+    let still_dead = outbox
+        .list_outbox_messages(proto::ListOutboxMessagesRequest {
+            state: proto::MessageState::Dead as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert!(still_dead.is_empty(), "{still_dead:?}");
+    let e = outbox
+        .list_outbox_messages(proto::ListOutboxMessagesRequest {
+            state: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
