@@ -26,6 +26,7 @@ mod service {
             "proto/quark/v1/workers.proto",
             "proto/quark/v1/schedules.proto",
             "proto/quark/v1/outbox.proto",
+            "proto/quark/v1/sagas.proto",
         ];
         for proto in protos {
             println!("cargo:rerun-if-changed={proto}");

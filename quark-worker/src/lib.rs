@@ -86,6 +86,7 @@ pub mod placement;
 mod poller;
 mod projections;
 pub mod relay;
+pub mod sagas;
 mod scheduler;
 #[cfg(feature = "service")]
 pub mod service;

@@ -18,6 +18,7 @@ mod jobs;
 mod outbox;
 mod queues;
 mod remote;
+mod sagas;
 mod schedules;
 pub mod starts;
 mod status;
@@ -34,6 +35,7 @@ pub use jobs::Jobs;
 pub use outbox::Outbox;
 pub use queues::Queues;
 pub use remote::{ApiClient, BearerToken, ConnectError, RemoteClient};
+pub use sagas::Sagas;
 pub use schedules::Schedules;
 pub use workers::Workers;
 pub use workflows::Workflows;
@@ -56,6 +58,7 @@ pub const SERVICES: &[&str] = &[
     "quark.v1.WorkerService",
     "quark.v1.ScheduleService",
     "quark.v1.OutboxService",
+    "quark.v1.SagaService",
 ];
 
 /// How the API server behaves.
@@ -226,9 +229,12 @@ pub fn routes(
     .max_decoding_message_size(limit);
     let outbox = proto::outbox_service_server::OutboxServiceServer::new(Outbox::new(
         Arc::clone(&store),
-        auth,
+        Arc::clone(&auth),
     ))
     .max_decoding_message_size(limit);
+    let sagas =
+        proto::saga_service_server::SagaServiceServer::new(Sagas::new(Arc::clone(&store), auth))
+            .max_decoding_message_size(limit);
     // The reporter only flips statuses; the services are serving from the start.
     tokio::spawn(async move {
         for service in SERVICES {
@@ -245,7 +251,8 @@ pub fn routes(
         .add_service(queues)
         .add_service(workers)
         .add_service(schedules)
-        .add_service(outbox);
+        .add_service(outbox)
+        .add_service(sagas);
     Ok(routes)
 }
 

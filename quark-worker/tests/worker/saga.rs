@@ -183,6 +183,40 @@ async fn it_lists_a_stuck_saga_on_the_command_line(t: &TestStore) {
     assert!(!table.contains(&fine), "{table}");
     assert!(table.contains("cancel_booking"), "{table}");
     assert!(table.contains("1 stuck saga(s)"), "{table}");
+
+    // The API lists the same.
+    use quark_worker::service::proto::{self, saga_service_client::SagaServiceClient};
+    let api = crate::service::api(t, quark_worker::service::ServiceOptions::default()).await;
+    let bearer = crate::service::Bearer::issue(t, quark_history::Scope::Read).await;
+    let listed = SagaServiceClient::with_interceptor(api.channel.clone(), bearer)
+        .list_stuck_sagas(proto::ListStuckSagasRequest {
+            workflow_type: "checkout".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sagas;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let saga = &listed[0];
+    assert_eq!(
+        (
+            saga.instance_id.as_str(),
+            saga.compensation.as_str(),
+            saga.attempts,
+            saga.skipped.clone()
+        ),
+        (
+            stuck.as_str(),
+            "cancel_booking",
+            2,
+            vec!["release".to_string()]
+        )
+    );
+    assert_eq!(
+        saga.input_json,
+        serde_json::json!(format!("shipment-{stuck}")).to_string()
+    );
     running.shutdown().await;
 }
 

@@ -12,6 +12,7 @@ use quark_worker::cli::{Command, Output, run_on};
 use quark_worker::service::proto::job_service_client::JobServiceClient;
 use quark_worker::service::proto::outbox_service_client::OutboxServiceClient;
 use quark_worker::service::proto::queue_service_client::QueueServiceClient;
+use quark_worker::service::proto::saga_service_client::SagaServiceClient;
 use quark_worker::service::proto::schedule_service_client::ScheduleServiceClient;
 use quark_worker::service::proto::worker_service_client::WorkerServiceClient;
 use quark_worker::service::proto::workflow_service_client::WorkflowServiceClient;
@@ -271,6 +272,12 @@ impl Caller {
                 })
                 .await
                 .map(drop),
+            "ListStuckSagas" => {
+                SagaServiceClient::with_interceptor(self.channel.clone(), self.clone())
+                    .list_stuck_sagas(proto::ListStuckSagasRequest::default())
+                    .await
+                    .map(drop)
+            }
             other => panic!("method {other} is not covered by this test: add it to `call`"),
         }
     }
@@ -325,7 +332,7 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         forged,
     ];
     let methods = methods();
-    assert!(methods.len() >= 27, "{methods:?}");
+    assert!(methods.len() >= 28, "{methods:?}");
     for method in &methods {
         let e = anonymous.call(method).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{method}: {e:?}");
