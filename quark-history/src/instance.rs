@@ -228,6 +228,8 @@ pub struct InstanceFilter {
     pub created_from: Option<Timestamp>,
     /// Only instances created before this time.
     pub created_until: Option<Timestamp>,
+    /// Only instances whose id starts with this (case-sensitive).
+    pub id_prefix: Option<String>,
     /// Resume after this page cursor (the last `(created_at, id)` of the previous page).
     pub after: Option<(Timestamp, String)>,
     /// At most this many (0: 100).

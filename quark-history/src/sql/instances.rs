@@ -299,13 +299,14 @@ pub(crate) async fn list_instances<S: SqlStore>(
     let statuses = match filter.statuses.is_empty() {
         // Entity streams share the table but are not runs: only a filter that names them lists them.
         true => "AND status <> 'stream' ".to_string(),
-        false => format!("AND {} ", S::Db::in_list("status", 7)),
+        false => format!("AND {} ", S::Db::in_list("status", 8)),
     };
     let stmt = Stmt::<S::Db>::new(sql(format!(
         "SELECT {INSTANCE_COLUMNS} FROM instances WHERE \
          ($1 IS NULL OR instance_type = $1) {statuses}\
          AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at < $3) \
          AND ($4 IS NULL OR (created_at, id) < ($4, $5)) \
+         AND ($7 IS NULL OR substr(id, 1, length($7)) = $7) \
          ORDER BY created_at DESC, id DESC LIMIT $6"
     )))
     .bind(filter.instance_type)
@@ -313,7 +314,8 @@ pub(crate) async fn list_instances<S: SqlStore>(
     .bind(filter.created_until.map(Timestamp::as_micros))
     .bind(after_at)
     .bind(after_id)
-    .bind(i64::from(limit));
+    .bind(i64::from(limit))
+    .bind(filter.id_prefix);
     let stmt = match filter.statuses.is_empty() {
         true => stmt,
         false => {

@@ -11,6 +11,7 @@ use quark_history::{
 use crate::support::{claim_all, conformance, start};
 
 conformance!(
+    it_lists_instances_by_id_prefix_exactly,
     it_creates_an_instance_with_its_started_event_and_first_task,
     it_rejects_a_duplicate_id_unless_told_to_return_the_existing_run,
     it_lists_instances_by_type_status_and_time_in_pages,
@@ -352,4 +353,41 @@ async fn it_creates_many_instances_in_one_transaction_or_none(t: &TestStore) {
         .unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     assert!(t.store.get_instance("d-1").await.unwrap().is_none());
+}
+
+/// A prefix is matched as text, case and all: `%` and `_` are not patterns.
+async fn it_lists_instances_by_id_prefix_exactly(t: &TestStore) {
+    for id in [
+        "order-1", "order-2", "Order-3", "orders", "ord%x", "ord_y", "refund-1",
+    ] {
+        t.store
+            .create_instance(
+                NewInstance::new(id, "t", Payload::unit()),
+                IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+    }
+    let with = async |prefix: &str| {
+        let mut ids: Vec<String> = t
+            .store
+            .list_instances(InstanceFilter {
+                id_prefix: Some(prefix.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(with("order-").await, ["order-1", "order-2"]);
+    assert_eq!(with("order").await, ["order-1", "order-2", "orders"]);
+    assert_eq!(with("Order").await, ["Order-3"]);
+    assert_eq!(with("ord%").await, ["ord%x"]);
+    assert_eq!(with("ord_").await, ["ord_y"]);
+    assert!(with("zzz").await.is_empty());
+    assert_eq!(with("").await.len(), 7, "an empty prefix matches every id");
 }

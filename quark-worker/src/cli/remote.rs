@@ -126,6 +126,7 @@ async fn workflow(
             status,
             limit,
             after,
+            id_prefix,
         } => {
             let statuses = status
                 .iter()
@@ -135,6 +136,7 @@ async fn workflow(
                 instance_type,
                 statuses,
                 limit,
+                id_prefix,
                 ..Default::default()
             };
             let (page, _next) = remote.list(&filter, after).await?;

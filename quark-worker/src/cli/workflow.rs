@@ -76,6 +76,9 @@ pub enum WorkflowCommand {
         /// row's `cursor`).
         #[arg(long)]
         after: Option<String>,
+        /// Only instances whose id starts with this.
+        #[arg(long)]
+        id_prefix: Option<String>,
     },
     /// Shows one instance; with `--at` or `--at-time`, as it stood then (read from its history:
     /// its status, what it waited for, what it had received).
@@ -223,6 +226,7 @@ pub(super) async fn run(
             status,
             limit,
             after,
+            id_prefix,
         } => {
             let statuses = status
                 .iter()
@@ -235,6 +239,7 @@ pub(super) async fn run(
                     statuses,
                     after,
                     limit,
+                    id_prefix,
                     ..Default::default()
                 })
                 .await?;

@@ -125,6 +125,7 @@ impl RemoteClient {
             created_until: filter.created_until.map(super::convert::time_out),
             page_size: filter.limit,
             page_token: page_token.unwrap_or_default(),
+            id_prefix: filter.id_prefix.clone().unwrap_or_default(),
         };
         let page = self
             .api

@@ -237,6 +237,7 @@ impl WorkflowService for Workflows {
                 .transpose()?,
             after: page_token_in(&r.page_token)?,
             limit,
+            id_prefix: (!r.id_prefix.is_empty()).then(|| r.id_prefix.clone()),
         };
         let page = self
             .store

@@ -94,6 +94,7 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
             status: vec![],
             limit: 10,
             after: None,
+            id_prefix: None,
         }),
         Output::Json,
     )

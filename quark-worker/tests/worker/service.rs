@@ -606,6 +606,23 @@ async fn it_pages_through_workflows_with_filters(t: &TestStore) {
         .collect();
     ids.sort();
     assert_eq!(ids, ["p-0", "p-2", "p-4"]);
+    let prefixed = api
+        .client
+        .list_workflows(proto::ListWorkflowsRequest {
+            id_prefix: "p-3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows;
+    assert_eq!(
+        prefixed
+            .iter()
+            .map(|w| w.instance_id.as_str())
+            .collect::<Vec<_>>(),
+        ["p-3"]
+    );
     let none = api
         .client
         .list_workflows(proto::ListWorkflowsRequest {
