@@ -357,6 +357,79 @@ impl WorkflowService for Workflows {
         Ok(Response::new(response))
     }
 
+    async fn get_workflow_state(
+        &self,
+        request: Request<proto::GetWorkflowStateRequest>,
+    ) -> Result<Response<proto::GetWorkflowStateResponse>, Status> {
+        self.auth
+            .check(&request, "GetWorkflowState", Scope::Read)
+            .await?;
+        let r = request.into_inner();
+        let id = required("instance_id", &r.instance_id)?;
+        let record = self.instance(id).await?;
+        let at = match (r.at_version, r.at_time) {
+            (0, None) => quark_workflow::entity::At::Version(record.history_len),
+            (v, None) => quark_workflow::entity::At::Version(v),
+            (0, Some(t)) => quark_workflow::entity::At::Time(time_in("at_time", t)?),
+            (_, Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "at_version and at_time: name one or the other",
+                ));
+            }
+        };
+        let state = self.client.state_at(id, at).await.map_err(status::client)?;
+        let pending = |calls: &[quark_workflow::Pending]| {
+            calls
+                .iter()
+                .map(|p| proto::PendingCall {
+                    command: p.command,
+                    name: p.name.clone(),
+                    since: Some(time_out(p.since)),
+                })
+                .collect()
+        };
+        Ok(Response::new(proto::GetWorkflowStateResponse {
+            state: Some(proto::WorkflowState {
+                instance_id: state.instance_id.clone(),
+                workflow_type: state.instance_type.clone(),
+                version: state.version,
+                at: state.at.map(time_out),
+                status: state.status.to_string(),
+                pending_activities: pending(&state.pending_activities),
+                pending_timers: state
+                    .pending_timers
+                    .iter()
+                    .map(|t| proto::PendingTimer {
+                        command: t.command,
+                        fire_at: Some(time_out(t.fire_at)),
+                    })
+                    .collect(),
+                pending_children: pending(&state.pending_children),
+                signals: state
+                    .signals
+                    .iter()
+                    .map(|(name, seen)| proto::SignalsSeen {
+                        name: name.clone(),
+                        count: seen.count,
+                        last_json: seen.last.to_string(),
+                    })
+                    .collect(),
+                cancel_requested: state.cancel_requested.clone().unwrap_or_default(),
+                output_json: state
+                    .output
+                    .as_ref()
+                    .map(|o| o.to_string())
+                    .unwrap_or_default(),
+                failure: state
+                    .failure
+                    .as_ref()
+                    .map(|f| f.message.clone())
+                    .unwrap_or_default(),
+                parent_id: record.parent_id.unwrap_or_default(),
+            }),
+        }))
+    }
+
     async fn list_workflow_types(
         &self,
         request: Request<proto::ListWorkflowTypesRequest>,

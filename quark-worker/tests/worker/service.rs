@@ -268,6 +268,46 @@ async fn it_starts_signals_and_reads_a_workflow_through_the_api(t: &TestStore) {
         WorkflowStatus::Completed as i32
     );
 
+    // Its state, now and as it stood after its first event.
+    let state = |at_version: u64| proto::GetWorkflowStateRequest {
+        instance_id: "g-1".into(),
+        at_version,
+        at_time: None,
+    };
+    let now = api
+        .client
+        .get_workflow_state(state(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(now.status, "completed");
+    assert_eq!(now.output_json, "\"Good day, Ada\"");
+    assert_eq!(
+        now.signals
+            .iter()
+            .map(|s| (s.name.as_str(), s.count, s.last_json.as_str()))
+            .collect::<Vec<_>>(),
+        [("polite", 1, "true")]
+    );
+    let first = api
+        .client
+        .get_workflow_state(state(1))
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!((first.status.as_str(), first.version), ("running", 1));
+    assert!(first.signals.is_empty() && first.pending_activities.is_empty());
+    let beyond = api
+        .client
+        .get_workflow_state(state(10_000))
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::InvalidArgument, "{beyond:?}");
+
     // A signal to an instance that ended is refused and appends nothing.
     let before = t
         .store

@@ -272,6 +272,14 @@ impl Caller {
                 })
                 .await
                 .map(drop),
+            "GetWorkflowState" => self
+                .workflows()
+                .get_workflow_state(proto::GetWorkflowStateRequest {
+                    instance_id: id,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             "ListStuckSagas" => {
                 SagaServiceClient::with_interceptor(self.channel.clone(), self.clone())
                     .list_stuck_sagas(proto::ListStuckSagasRequest::default())
@@ -332,7 +340,7 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         forged,
     ];
     let methods = methods();
-    assert!(methods.len() >= 28, "{methods:?}");
+    assert!(methods.len() >= 29, "{methods:?}");
     for method in &methods {
         let e = anonymous.call(method).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{method}: {e:?}");
