@@ -187,7 +187,8 @@ pub enum ServeError {
 
 /// The API's routes over `store`: every `quark.v1` service, health (each service reported
 /// serving) and reflection. The `quark.v1` services check tokens ([`auth`]); health and
-/// reflection, which tell nothing of the data, answer anyone.
+/// reflection, which tell nothing of the data, answer anyone. Call it inside a Tokio runtime: it
+/// spawns the task that batches starts ([`starts`]) and the one that reports health.
 pub fn routes(
     store: Arc<dyn Store>,
     options: &ServiceOptions,
