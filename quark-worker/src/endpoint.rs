@@ -196,6 +196,18 @@ fn describe() {
         names::LEAKS,
         "Warm runs flagged as suspected leaks (far above their peers' footprint) and evicted"
     );
+    #[cfg(feature = "service")]
+    {
+        describe_counter!(
+            crate::service::metrics::REQUESTS,
+            "API calls, by method and gRPC status code"
+        );
+        describe_histogram!(
+            crate::service::metrics::REQUEST_SECONDS,
+            Unit::Seconds,
+            "API call durations until the response's headers, by method"
+        );
+    }
 }
 
 /// A running endpoint.

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// --tls-cert.
     #[arg(long, env = "QUARK_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serves `/metrics` (Prometheus: calls by method and status code, their durations),
+    /// `/healthz` and `/readyz` on this address, e.g. `0.0.0.0:9091`.
+    #[arg(long, env = "QUARK_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 fn read(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -15,6 +15,7 @@ pub mod auth;
 mod catalog;
 mod convert;
 mod jobs;
+pub mod metrics;
 mod outbox;
 mod queues;
 mod remote;
@@ -275,6 +276,7 @@ pub async fn serve(
         server = server.tls_config(tls.config()).map_err(ServeError::Tls)?;
     }
     server
+        .layer(metrics::ApiMetricsLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -61,6 +61,11 @@ pub(crate) async fn doomed(
 }
 
 pub(crate) fn worker(t: &TestStore) -> Worker {
+    builder(t).build().unwrap()
+}
+
+/// The worker of [`worker`], before it is built.
+pub(crate) fn builder(t: &TestStore) -> quark_worker::WorkerBuilder {
     Worker::builder()
         .store(Arc::clone(&t.store))
         .queues(["greetings", "default"])
@@ -72,8 +77,6 @@ pub(crate) fn worker(t: &TestStore) -> Worker {
                 .register(compose)
                 .register(reject),
         )
-        .build()
-        .unwrap()
 }
 
 /// Adds a bearer token to every call.

@@ -577,3 +577,61 @@ async fn it_lists_and_redrives_outbox_messages_through_the_api(t: &TestStore) {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 }
+
+quark_history::backend_tests!(it_counts_api_calls_by_method_and_code);
+
+/// The API's calls show on the process's `/metrics` by method and status code. The recorder is
+/// the process's, shared with every other test of this binary: the test looks at how much its
+/// own calls moved the figures (at least), not at their totals.
+async fn it_counts_api_calls_by_method_and_code(t: &TestStore) {
+    use crate::metrics::{scrape, value};
+    let running = crate::service::builder(t)
+        .metrics_addr("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let addr = running.metrics_addr().unwrap();
+    let api = crate::service::api(t, ServiceOptions::default()).await;
+    let bearer = Bearer::issue(t, quark_history::Scope::Read).await;
+    let mut workers = WorkerServiceClient::with_interceptor(api.channel.clone(), bearer);
+    let mut jobs = JobServiceClient::new(api.channel.clone());
+    let listed = |s: &std::collections::BTreeMap<String, f64>| {
+        value(
+            s,
+            "quark_api_requests_total",
+            &[("method", "WorkerService/ListWorkers"), ("code", "Ok")],
+        )
+    };
+    let refused = |s: &std::collections::BTreeMap<String, f64>| {
+        value(
+            s,
+            "quark_api_requests_total",
+            &[("method", "JobService/GetJob"), ("code", "Unauthenticated")],
+        )
+    };
+    let before = scrape(addr).await;
+    for _ in 0..3 {
+        workers
+            .list_workers(proto::ListWorkersRequest {})
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        jobs.get_job(proto::GetJobRequest { job_id: 1 })
+            .await
+            .unwrap_err();
+    }
+    let after = scrape(addr).await;
+    assert!(listed(&after) - listed(&before) >= 3.0, "{after:?}");
+    assert!(refused(&after) - refused(&before) >= 2.0, "{after:?}");
+    assert!(
+        value(
+            &after,
+            "quark_api_request_seconds_count",
+            &[("method", "WorkerService/ListWorkers")]
+        ) >= 3.0
+    );
+    running.shutdown().await;
+}
