@@ -98,7 +98,12 @@ pub struct Authenticator {
     cache: Mutex<HashMap<String, Known>>,
     /// Token id → its bucket of calls, for tokens with a rate limit.
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// The budget of token reads from the database ([`LOOKUPS_PER_SECOND`]).
+    lookups: Mutex<Bucket>,
 }
+
+/// How many tokens not in the cache a server reads from the database per second, at most.
+pub const LOOKUPS_PER_SECOND: u32 = 200;
 
 /// A verified token, as remembered.
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +126,7 @@ impl Bucket {
     /// Takes one call from the bucket at `now` if there is one.
     fn take(&mut self, rate: u32, now: Timestamp) -> bool {
         let elapsed = now.as_micros().saturating_sub(self.at.as_micros()).max(0) as f64 / 1e6;
+        let now = now.max(self.at);
         self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
         self.at = now;
         if self.tokens >= 1.0 {
@@ -141,6 +147,10 @@ impl Authenticator {
             required,
             cache: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(Bucket {
+                tokens: f64::from(LOOKUPS_PER_SECOND),
+                at: Timestamp::from_micros(0),
+            }),
         }
     }
 
@@ -218,8 +228,10 @@ impl Authenticator {
     async fn verify(&self, id: &str, secret: &str) -> Result<Option<Known>, Status> {
         let presented = blake3::hash(secret.as_bytes());
         let now = self.store.config().clock.now();
+        // A clock that stepped back makes an entry stale, not fresh for longer.
         let fresh = |at: &Timestamp| {
-            now.as_micros().saturating_sub(at.as_micros()) < TOKEN_CACHE_TTL.as_micros() as i64
+            let age = now.as_micros().saturating_sub(at.as_micros());
+            (0..TOKEN_CACHE_TTL.as_micros() as i64).contains(&age)
         };
         let cached = self
             .cache
@@ -231,6 +243,13 @@ impl Authenticator {
         let known = match cached {
             Some(known) => known,
             None => {
+                // Reads of ids not in the cache are budgeted, so that calls with made-up ids
+                // cannot turn into a database read each: over the budget, they are refused
+                // unread (a real token is read again once the budget refills).
+                let allowed = self.lookups.lock().unwrap().take(LOOKUPS_PER_SECOND, now);
+                if !allowed {
+                    return Ok(None);
+                }
                 let Some(record) = self.store.token(id).await.map_err(super::status::store)? else {
                     return Ok(None);
                 };

@@ -1,6 +1,7 @@
-//! The catalog of registered types as the API reads it: each lookup remembered for
-//! [`CATALOG_TTL`] (by the store's clock), so that a start costs no catalog read; a type a worker
-//! has just registered is seen within that time.
+//! The catalog of registered types as the API reads it: each type found is remembered for
+//! [`CATALOG_TTL`] (by the store's clock), so that a start costs no catalog read. A name not
+//! found is not remembered (what callers may send is unbounded; what workers register is not),
+//! and a name longer than [`MAX_NAME`] is refused before any lookup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,11 @@ use std::time::Duration;
 use quark_history::{RegisteredType, Store, Timestamp, TypeKind};
 use tonic::Status;
 
-/// How long a lookup is remembered, found or not.
+/// How long a type found is remembered.
 pub const CATALOG_TTL: Duration = Duration::from_secs(1);
+
+/// The longest type name looked up, in bytes.
+pub const MAX_NAME: usize = 256;
 
 /// (Kind, name) → (what the catalog said, when).
 type Cache = HashMap<(TypeKind, String), (Option<RegisteredType>, Timestamp)>;
@@ -40,10 +44,16 @@ impl Catalog {
     }
 
     async fn get(&self, kind: TypeKind, name: &str) -> Result<Option<RegisteredType>, Status> {
+        if name.len() > MAX_NAME {
+            return Err(Status::invalid_argument(format!(
+                "a type name is at most {MAX_NAME} bytes"
+            )));
+        }
         let key = (kind, name.to_string());
         let now = self.store.config().clock.now();
         let fresh = |at: &Timestamp| {
-            now.as_micros().saturating_sub(at.as_micros()) < CATALOG_TTL.as_micros() as i64
+            let age = now.as_micros().saturating_sub(at.as_micros());
+            (0..CATALOG_TTL.as_micros() as i64).contains(&age)
         };
         if let Some((known, _)) = self
             .cache

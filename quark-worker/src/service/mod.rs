@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use quark_history::Store;
 
-pub use catalog::CATALOG_TTL;
+pub use catalog::{CATALOG_TTL, MAX_NAME};
 pub use jobs::Jobs;
 pub use outbox::Outbox;
 pub use queues::Queues;
@@ -76,6 +76,8 @@ pub struct ServiceOptions {
     /// TLS, with client certificates if it names a certificate authority for them; `None`:
     /// plain text (only behind a proxy that terminates TLS, or on a private network).
     pub tls: Option<TlsSettings>,
+    /// How long the calls in progress at shutdown may go on (default [`SHUTDOWN_GRACE`]).
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// The server's certificate and key, and optionally the authority its clients' certificates must
@@ -141,6 +143,12 @@ impl ServiceOptions {
         self
     }
 
+    /// Sets [`shutdown_grace`](Self::shutdown_grace).
+    pub fn shutdown_grace(mut self, grace: std::time::Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Sets [`tls`](Self::tls).
     pub fn tls(mut self, tls: TlsSettings) -> Self {
         self.tls = Some(tls);
@@ -160,6 +168,7 @@ impl Default for ServiceOptions {
             max_request_bytes: 4 * 1024 * 1024,
             authenticate: true,
             tls: None,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }
@@ -259,7 +268,7 @@ pub fn routes(
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops taking calls and lets the
-/// ones in progress finish.
+/// ones in progress finish, for at most [`ServiceOptions::shutdown_grace`].
 pub async fn serve(
     store: Arc<dyn Store>,
     listener: tokio::net::TcpListener,
@@ -275,10 +284,38 @@ pub async fn serve(
     if let Some(tls) = &options.tls {
         server = server.tls_config(tls.config()).map_err(ServeError::Tls)?;
     }
-    server
+    // The server stops taking calls when `shutdown` resolves, and lets the calls in progress
+    // finish for at most `options.shutdown_grace`: a followed history or a result awaited on a workflow
+    // that runs for days would otherwise hold the process forever. The calls cut short are
+    // abandoned (`quark serve` exits with them, and their clients see the connection close).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stopped_too = stopped.clone();
+    let serving = server
         .layer(metrics::ApiMetricsLayer)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|source| ServeError::Transport { addr, source })
+        .serve_with_incoming_shutdown(incoming, async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    let grace_period = options.shutdown_grace;
+    let grace = async move {
+        let _ = stopped_too.wait_for(|s| *s).await;
+        tokio::time::sleep(grace_period).await;
+    };
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        served = serving => served.map_err(|source| ServeError::Transport { addr, source }),
+        () = grace => {
+            tracing::warn!(%addr, grace = ?grace_period, "calls still in progress at shutdown were cut short");
+            Ok(())
+        }
+        () = signal => unreachable!("the signal future never ends"),
+    }
 }
+
+/// How long the calls in progress at shutdown may go on, by default ([`serve`]).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

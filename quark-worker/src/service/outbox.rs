@@ -96,12 +96,22 @@ impl OutboxService for Outbox {
             ));
         }
         let mut results = Vec::with_capacity(r.message_ids.len());
+        // As for dead tasks: once the database goes away, the rest say they were not tried.
+        let mut unreachable: Option<String> = None;
         for id in r.message_ids {
+            if let Some(why) = &unreachable {
+                results.push(proto::RedrivenMessage {
+                    message_id: id,
+                    redriven: false,
+                    error: format!("not tried: {why}"),
+                });
+                continue;
+            }
             let outcome = self.store.redrive_message(id).await;
             if let Err(e) = &outcome
                 && e.is_retryable()
             {
-                return Err(status::store(outcome.unwrap_err()));
+                unreachable = Some(e.to_string());
             }
             results.push(proto::RedrivenMessage {
                 message_id: id,

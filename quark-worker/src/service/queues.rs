@@ -166,13 +166,23 @@ impl QueueService for Queues {
             ));
         }
         let mut results = Vec::with_capacity(r.task_ids.len());
+        // Once the database goes away, the rest are not tried: each says so, and the ones
+        // re-driven before keep their answer (a call that changed something does not fail).
+        let mut unreachable: Option<String> = None;
         for task_id in r.task_ids {
+            if let Some(why) = &unreachable {
+                results.push(proto::Redriven {
+                    task_id,
+                    redriven: false,
+                    error: format!("not tried: {why}"),
+                });
+                continue;
+            }
             let outcome = self.store.redrive(task_id).await;
             if let Err(e) = &outcome
                 && e.is_retryable()
             {
-                // The database went away: the rest would fail too; say so for the whole call.
-                return Err(status::store(outcome.unwrap_err()));
+                unreachable = Some(e.to_string());
             }
             results.push(proto::Redriven {
                 task_id,

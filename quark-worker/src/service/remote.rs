@@ -94,7 +94,15 @@ impl RemoteClient {
                 source,
             })?;
         let token = token
-            .map(|t| format!("Bearer {t}").parse())
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map(|mut v| {
+                        // Kept out of Debug output and logs.
+                        v.set_sensitive(true);
+                        v
+                    })
+            })
             .transpose()
             .map_err(|_| ConnectError::Token)?;
         Ok(RemoteClient {

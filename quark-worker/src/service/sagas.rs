@@ -9,6 +9,9 @@ use super::auth::Authenticator;
 use super::proto::{self, saga_service_server::SagaService};
 use super::status;
 
+/// The most failed instances one call looks at (a larger `scan` is served as this).
+const MAX_SCAN: u32 = 100_000;
+
 /// The implementation of `quark.v1.SagaService` over a store.
 #[derive(Debug, Clone)]
 pub struct Sagas {
@@ -39,7 +42,7 @@ impl SagaService for Sagas {
         } as usize;
         let scan = match r.scan {
             0 => 10_000,
-            n => n,
+            n => n.min(MAX_SCAN),
         } as usize;
         let workflow_type = (!r.workflow_type.is_empty()).then_some(r.workflow_type);
         let stuck = crate::sagas::stuck_sagas(&self.store, workflow_type, limit, scan)

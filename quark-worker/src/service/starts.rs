@@ -8,8 +8,10 @@
 //! written with `ReturnExisting`, and a start that asked to refuse a duplicate and found its id
 //! taken gets `DuplicateInstance`), and an id named twice in a batch goes to a later one: one of
 //! the starts creates it, the others find it taken, as if they had come one after the other. If
-//! a batch fails as a whole (a payload over the limit, say), its starts are written one by one,
-//! so that each gets its own answer.
+//! a batch fails as a whole because of one of its starts (a payload over the limit, say), its
+//! starts are written one by one, so that each gets its own answer; if it fails because the
+//! database is unreachable, every start gets that error at once. A batch is written in id order,
+//! so that batches written at the same time cannot deadlock on each other's rows.
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ pub const MAX_BATCH: usize = 256;
 /// The most batches being written at a time.
 pub const IN_FLIGHT: usize = 4;
 
-type Reply = oneshot::Sender<Result<Created, Error>>;
+type Reply = oneshot::Sender<Result<Created, Status>>;
 
 /// Sends starts to the batching task.
 #[derive(Debug, Clone)]
@@ -55,10 +57,7 @@ impl Starts {
             .send((new, policy, reply))
             .await
             .map_err(|_| stopping())?;
-        answer
-            .await
-            .map_err(|_| stopping())?
-            .map_err(super::status::store)
+        answer.await.map_err(|_| stopping())?
     }
 }
 
@@ -89,10 +88,13 @@ async fn batch(
         }
         // An id named twice waits for the next batch, which sees the first one's outcome.
         let mut ids = std::collections::HashSet::new();
-        let (now, later): (Vec<_>, Vec<_>) = batch
+        let (mut now, later): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|(new, _, _)| ids.insert(new.id.clone()));
         held_over = later;
+        // In id order, so that batches written at once take their rows' locks in one order and
+        // cannot deadlock on PostgreSQL (arrivals A, B and B, A in two batches would).
+        now.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         let store = Arc::clone(&store);
         metrics::histogram!("quark_api_start_batch_size").record(now.len() as f64);
         writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -106,7 +108,12 @@ async fn batch(
 async fn write(store: &dyn Store, batch: Vec<(NewInstance, IdReusePolicy, Reply)>) {
     if let [_] = batch.as_slice() {
         let (new, policy, reply) = batch.into_iter().next().expect("one start");
-        let _ = reply.send(store.create_instance(new, policy).await);
+        let _ = reply.send(
+            store
+                .create_instance(new, policy)
+                .await
+                .map_err(super::status::store),
+        );
         return;
     }
     let news: Vec<NewInstance> = batch.iter().map(|(new, _, _)| new.clone()).collect();
@@ -117,18 +124,32 @@ async fn write(store: &dyn Store, batch: Vec<(NewInstance, IdReusePolicy, Reply)
         Ok(created) => {
             for ((_, policy, reply), created) in batch.into_iter().zip(created) {
                 let outcome = if !created.created && policy == IdReusePolicy::RejectDuplicate {
-                    Err(Error::DuplicateInstance {
+                    Err(super::status::store(Error::DuplicateInstance {
                         id: created.instance.id,
-                    })
+                    }))
                 } else {
                     Ok(created)
                 };
                 let _ = reply.send(outcome);
             }
         }
+        // The database is unreachable or the transaction was in a conflict: every start of the
+        // batch gets the error now (its callers retry), rather than waiting for its turn to fail
+        // again one by one.
+        Err(e) if e.is_retryable() => {
+            let status = super::status::store(e);
+            for (_, _, reply) in batch {
+                let _ = reply.send(Err(status.clone()));
+            }
+        }
+        // Something about one of the starts (a payload over the limit, say): each on its own.
         Err(_) => {
             for (new, policy, reply) in batch {
-                let _ = reply.send(store.create_instance(new, policy).await);
+                let outcome = store
+                    .create_instance(new, policy)
+                    .await
+                    .map_err(super::status::store);
+                let _ = reply.send(outcome);
             }
         }
     }

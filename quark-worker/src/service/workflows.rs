@@ -297,7 +297,14 @@ impl WorkflowService for Workflows {
                 // Following: done once the instance has ended and every event was sent.
                 match store.get_instance(&id).await {
                     Ok(Some(i)) if i.status.is_closed() && next > i.history_len => return,
-                    Ok(_) => {}
+                    Ok(Some(_)) => {}
+                    // Purged while followed.
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(Status::not_found(format!("instance `{id}` is gone"))))
+                            .await;
+                        return;
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(status::store(e))).await;
                         return;

@@ -190,3 +190,51 @@ async fn it_pages_through_workflows_with_filters(t: &TestStore) {
     assert!(none.workflows.is_empty() && none.next_page_token.is_empty());
     running.shutdown().await;
 }
+
+quark_history::backend_tests!(it_stops_within_its_grace_while_a_history_is_followed);
+
+/// A followed history of a workflow that waits for days does not hold a server that is told to
+/// stop: past its grace, the server returns.
+async fn it_stops_within_its_grace_while_a_history_is_followed(t: &TestStore) {
+    let running = worker(t).start().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(quark_worker::service::serve(
+        std::sync::Arc::clone(&t.store),
+        listener,
+        ServiceOptions::default()
+            .authenticate(false)
+            .shutdown_grace(Duration::from_millis(200)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client =
+        quark_worker::service::proto::workflow_service_client::WorkflowServiceClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .unwrap();
+    client
+        .start_workflow(start("greet", "waits", serde_json::json!("Ann")))
+        .await
+        .unwrap();
+    let mut stream = client
+        .get_workflow_history(proto::GetWorkflowHistoryRequest {
+            instance_id: "waits".into(),
+            after_seq: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The stored events arrive; then the stream waits for more.
+    assert!(stream.message().await.unwrap().is_some());
+    stop.send(()).unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the server returns after its grace, not when the workflow ends");
+    served.unwrap().unwrap();
+    running.shutdown().await;
+}
