@@ -10,6 +10,15 @@ use quark_worker::service::proto::{self, WorkflowStatus};
 
 use crate::service::{api, signal, start, worker};
 
+/// A request to follow `id`'s history from its first event.
+fn following(id: &str) -> proto::GetWorkflowHistoryRequest {
+    proto::GetWorkflowHistoryRequest {
+        instance_id: id.into(),
+        after_seq: 0,
+        follow: true,
+    }
+}
+
 quark_history::backend_tests!(
     it_streams_a_history_and_follows_it_to_the_end,
     it_pages_through_workflows_with_filters,
@@ -26,11 +35,7 @@ async fn it_streams_a_history_and_follows_it_to_the_end(t: &TestStore) {
     let mut follower = api.client.clone();
     let followed = tokio::spawn(async move {
         let mut stream = follower
-            .get_workflow_history(proto::GetWorkflowHistoryRequest {
-                instance_id: "h-1".into(),
-                after_seq: 0,
-                follow: true,
-            })
+            .get_workflow_history(following("h-1"))
             .await
             .unwrap()
             .into_inner();
@@ -221,11 +226,7 @@ async fn it_stops_within_its_grace_while_a_history_is_followed(t: &TestStore) {
         .await
         .unwrap();
     let mut stream = client
-        .get_workflow_history(proto::GetWorkflowHistoryRequest {
-            instance_id: "waits".into(),
-            after_seq: 0,
-            follow: true,
-        })
+        .get_workflow_history(following("waits"))
         .await
         .unwrap()
         .into_inner();
