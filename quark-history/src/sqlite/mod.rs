@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 
 use crate::commit::{Commit, Committed};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{Store, StoreConfig};
 use crate::wakeup::{Hub, Wakeups};
 
@@ -115,10 +115,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
+        let writer = connect(SqlitePoolOptions::new().max_connections(1), &options).await?;
         // The file exists now (the writer created it).
         let path = options.get_filename();
         let location = std::fs::canonicalize(path)
@@ -128,10 +125,11 @@ impl SqliteStore {
         let store = SqliteStore {
             location,
             writer,
-            reader: SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options.read_only(true))
-                .await?,
+            reader: connect(
+                SqlitePoolOptions::new().max_connections(4),
+                &options.read_only(true),
+            )
+            .await?,
             config,
             hub: Hub::new(),
             rate_limited: Default::default(),
@@ -233,5 +231,32 @@ impl crate::sql::SqlStore for SqliteStore {
         now: crate::Timestamp,
     ) -> BoxFuture<'a, Result<Vec<i64>>> {
         Box::pin(outbox::insert_messages(conn, rows, now))
+    }
+}
+
+/// Connects a pool. Processes that open a new file together race for its first writes (the
+/// file's creation, its journal mode): the loser's connection can be refused with SQLITE_BUSY
+/// before its busy timeout applies. It tries again, for up to about 20 s, as its migrations wait
+/// for another process's.
+async fn connect(
+    pool: SqlitePoolOptions,
+    options: &SqliteConnectOptions,
+) -> Result<sqlx::SqlitePool> {
+    let mut tries: u64 = 0;
+    loop {
+        match pool
+            .clone()
+            .connect_with(options.clone())
+            .await
+            .map_err(Error::from)
+        {
+            Ok(connected) => return Ok(connected),
+            Err(Error::Transient(e)) if tries < 100 => {
+                tries += 1;
+                tracing::info!(error = %e, "the database file is busy; connecting again");
+                tokio::time::sleep(Duration::from_millis(20 * tries.min(10))).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
