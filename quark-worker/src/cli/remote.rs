@@ -77,40 +77,20 @@ async fn workflow(
             remote
                 .start_instance(&instance_type, 0, id.clone(), input, options)
                 .await?;
-            Changed {
-                id,
-                action: "started",
-                instance_type: Some(instance_type),
-                signal: None,
-            }
+            Changed::started(id, instance_type)
         }
         WorkflowCommand::Signal { id, name, value } => {
             let value = json_payload("signal's value", &value)?;
             remote.signal_payload(&id, &name, value).await?;
-            Changed {
-                id,
-                action: "signalled",
-                instance_type: None,
-                signal: Some(name),
-            }
+            Changed::signalled(id, name)
         }
         WorkflowCommand::Cancel { id, reason } => {
             remote.cancel(&id, &reason).await?;
-            Changed {
-                id,
-                action: "cancel_requested",
-                instance_type: None,
-                signal: None,
-            }
+            Changed::cancel_requested(id)
         }
         WorkflowCommand::Terminate { id, reason } => {
             remote.terminate(&id, &reason).await?;
-            Changed {
-                id,
-                action: "terminated",
-                instance_type: None,
-                signal: None,
-            }
+            Changed::terminated(id)
         }
         WorkflowCommand::Describe { id, at, at_time } => {
             if at.is_some() || at_time.is_some() {

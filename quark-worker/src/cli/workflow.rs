@@ -185,41 +185,21 @@ pub(super) async fn run(
                     StartOptions::default().queue(queue.unwrap_or(known.queue)),
                 )
                 .await?;
-            Changed {
-                id,
-                action: "started",
-                instance_type: Some(instance_type),
-                signal: None,
-            }
+            Changed::started(id, instance_type)
         }
         WorkflowCommand::Signal { id, name, value } => {
             let value = json_payload("signal's value", &value)?;
             let value: serde_json::Value = value.decode()?;
             client.signal(&id, &name, &value).await?;
-            Changed {
-                id,
-                action: "signalled",
-                instance_type: None,
-                signal: Some(name),
-            }
+            Changed::signalled(id, name)
         }
         WorkflowCommand::Cancel { id, reason } => {
             client.cancel(&id, &reason).await?;
-            Changed {
-                id,
-                action: "cancel_requested",
-                instance_type: None,
-                signal: None,
-            }
+            Changed::cancel_requested(id)
         }
         WorkflowCommand::Terminate { id, reason } => {
             client.terminate(&id, &reason).await?;
-            Changed {
-                id,
-                action: "terminated",
-                instance_type: None,
-                signal: None,
-            }
+            Changed::terminated(id)
         }
         WorkflowCommand::List {
             instance_type,

@@ -76,6 +76,43 @@ pub(super) struct Changed {
     pub(super) signal: Option<String>,
 }
 
+impl Changed {
+    fn new(id: String, action: &'static str) -> Changed {
+        Changed {
+            id,
+            action,
+            instance_type: None,
+            signal: None,
+        }
+    }
+
+    /// `id` was started as an instance of `instance_type`.
+    pub(super) fn started(id: String, instance_type: String) -> Changed {
+        Changed {
+            instance_type: Some(instance_type),
+            ..Changed::new(id, "started")
+        }
+    }
+
+    /// `id` received signal `name`.
+    pub(super) fn signalled(id: String, name: String) -> Changed {
+        Changed {
+            signal: Some(name),
+            ..Changed::new(id, "signalled")
+        }
+    }
+
+    /// `id` was asked to cancel.
+    pub(super) fn cancel_requested(id: String) -> Changed {
+        Changed::new(id, "cancel_requested")
+    }
+
+    /// `id` was terminated.
+    pub(super) fn terminated(id: String) -> Changed {
+        Changed::new(id, "terminated")
+    }
+}
+
 /// What `workflow start|signal|cancel|terminate` print.
 pub(super) fn print_changed(
     out: &mut dyn Write,
