@@ -259,6 +259,27 @@ pub enum HistoryEvent {
         /// Where the code made the call.
         site: Option<CallSite>,
     },
+    /// An update to the running instance passed its validator (or had none): its handler runs
+    /// from here on. A rejected update leaves no event. Appended by the worker that validated
+    /// it, in the commit of the turn its handler's first steps make.
+    UpdateAccepted {
+        /// The update's id, chosen by the caller (unique per instance).
+        update_id: String,
+        /// The update's name, as its handler was declared.
+        name: String,
+        /// The update's argument.
+        payload: Payload,
+    },
+    /// An update's handler returned: the value handed back to the caller, or why it failed.
+    /// Recorded by the code, like a command: a replay must end the handler the same way.
+    UpdateCompleted {
+        /// The command id.
+        command: CommandId,
+        /// The update's id, from its `UpdateAccepted`.
+        update_id: String,
+        /// What the handler returned.
+        result: std::result::Result<Payload, Failure>,
+    },
 }
 
 impl HistoryEvent {
@@ -286,6 +307,8 @@ impl HistoryEvent {
             HistoryEvent::WorkflowTerminated { .. } => "WorkflowTerminated",
             HistoryEvent::EntityEvent { .. } => "EntityEvent",
             HistoryEvent::SignalSent { .. } => "SignalSent",
+            HistoryEvent::UpdateAccepted { .. } => "UpdateAccepted",
+            HistoryEvent::UpdateCompleted { .. } => "UpdateCompleted",
         }
     }
 
@@ -316,6 +339,7 @@ impl HistoryEvent {
             | HistoryEvent::ChildFailed { command, .. }
             | HistoryEvent::SideEffectRecorded { command, .. }
             | HistoryEvent::SignalSent { command, .. }
+            | HistoryEvent::UpdateCompleted { command, .. }
             | HistoryEvent::PatchMarker { command, .. } => Some(*command),
             _ => None,
         }

@@ -83,6 +83,7 @@ mod projection;
 mod queue;
 #[cfg(feature = "redis")]
 mod redis_log;
+mod requests;
 mod schedule;
 mod sql;
 mod store;
@@ -107,6 +108,7 @@ pub mod prelude {
     pub use crate::inbox::InboxStore;
     pub use crate::inbox_order::SequencedStore;
     pub use crate::projection::ProjectionStore;
+    pub use crate::requests::RequestStore;
     pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
     pub use crate::stream::StreamStore;
     pub use crate::subject::SubjectStore;
@@ -150,6 +152,7 @@ pub use queue::{
 };
 #[cfg(feature = "redis")]
 pub use redis_log::{DEFAULT_PREFIX as DEFAULT_REDIS_PREFIX, GroupEntry, LeaseToken, RedisLog};
+pub use requests::{ANSWERS_KEPT_FOR, Answer, RequestStore};
 pub use schedule::{Fire, Missed, ScheduleRecord, ScheduleSpec, Upserted};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

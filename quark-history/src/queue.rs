@@ -24,16 +24,19 @@ pub enum TaskKind {
     Job,
     /// Relay outbox messages.
     Outbox,
+    /// Answer a query to an orchestration instance, or validate and start an update of it.
+    Request,
 }
 
 impl TaskKind {
     /// Every kind.
-    pub const ALL: [TaskKind; 5] = [
+    pub const ALL: [TaskKind; 6] = [
         TaskKind::Orchestration,
         TaskKind::Activity,
         TaskKind::Timer,
         TaskKind::Job,
         TaskKind::Outbox,
+        TaskKind::Request,
     ];
 
     /// The value stored in the `kind` column.
@@ -44,6 +47,7 @@ impl TaskKind {
             TaskKind::Timer => "timer",
             TaskKind::Job => "job",
             TaskKind::Outbox => "outbox",
+            TaskKind::Request => "request",
         }
     }
 }

@@ -249,6 +249,7 @@ impl<S> WorkerBuilder<S> {
             (TaskKind::Activity, 256),
             (TaskKind::Timer, 16),
             (TaskKind::Job, 32),
+            (TaskKind::Request, 16),
         ]
         .into_iter()
         .fold(self, |builder, (kind, concurrency)| {

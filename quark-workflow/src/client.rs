@@ -79,6 +79,26 @@ pub enum ClientError {
         /// or removed while the instance was read).
         task_id: Option<i64>,
     },
+    /// The instance refused a query or an update, and nothing changed: the orchestration
+    /// declares no handler of that name, the update's validator rejected it, the query's
+    /// handler failed, or the instance has ended (an update) or cannot run (its code is broken).
+    #[error("instance `{id}` refused the request: {reason}")]
+    Rejected {
+        /// The instance.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// An update was accepted and its handler returned an error (recorded in the history).
+    #[error("update `{update}` of instance `{id}` failed: {}", failure.message)]
+    UpdateFailed {
+        /// The instance.
+        id: String,
+        /// The update's id.
+        update: String,
+        /// Why.
+        failure: Failure,
+    },
     /// (Test environment) the instance is still running and nothing can move it forward: it
     /// waits for a signal, or for a task nobody serves. Send the signal, or register the code.
     #[error("instance `{id}` is waiting and nothing can move it forward: {reason}")]
@@ -119,6 +139,9 @@ fn payload_error(e: impl fmt::Display) -> ClientError {
 /// Runs work in-process until an instance ends (the test environment's virtual worker).
 pub(crate) trait Driver: Send + Sync + fmt::Debug {
     fn drive<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ClientError>>;
+    /// Runs what is runnable now or, if nothing is, moves the clock to when something becomes
+    /// runnable; `false` if nothing ever will.
+    fn step(&self) -> BoxFuture<'_, Result<bool, ClientError>>;
 }
 
 /// How to start an instance.
@@ -201,6 +224,11 @@ impl Client {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The test environment's driver, under [`TestEnv`](crate::testing::TestEnv).
+    pub(crate) fn driver(&self) -> Option<&Arc<dyn Driver>> {
+        self.driver.as_ref()
     }
 
     /// Starts orchestration `O` as `instance_id` (refusing a duplicate id).

@@ -36,6 +36,11 @@ pub(crate) enum Command {
         name: String,
         payload: Payload,
     },
+    /// An update's handler returned (issued by the executor, not by a `ctx` call).
+    UpdateCompleted {
+        update_id: String,
+        result: Result<Payload, quark_history::Failure>,
+    },
 }
 
 impl Command {
@@ -50,6 +55,7 @@ impl Command {
             Command::Signal {
                 instance_id, name, ..
             } => format!("SignalSent({name} to {instance_id})"),
+            Command::UpdateCompleted { update_id, .. } => format!("UpdateCompleted({update_id})"),
         }
     }
 
@@ -99,6 +105,11 @@ impl Command {
                 name,
                 payload,
                 site,
+            },
+            Command::UpdateCompleted { update_id, result } => HistoryEvent::UpdateCompleted {
+                command,
+                update_id,
+                result,
             },
         }
     }
@@ -183,6 +194,12 @@ impl Command {
                     true
                 }
             }
+            (
+                Command::UpdateCompleted { update_id, .. },
+                HistoryEvent::UpdateCompleted {
+                    update_id: old_id, ..
+                },
+            ) => update_id == old_id,
             _ => false,
         };
         if same {
@@ -206,6 +223,7 @@ pub(crate) fn describe_event(event: &HistoryEvent) -> String {
         HistoryEvent::SignalSent {
             instance_id, name, ..
         } => format!("SignalSent({name} to {instance_id})"),
+        HistoryEvent::UpdateCompleted { update_id, .. } => format!("UpdateCompleted({update_id})"),
         other => other.kind().to_string(),
     }
 }
@@ -233,6 +251,7 @@ pub(crate) fn is_command_event(event: &HistoryEvent) -> bool {
             | HistoryEvent::SideEffectRecorded { .. }
             | HistoryEvent::PatchMarker { .. }
             | HistoryEvent::SignalSent { .. }
+            | HistoryEvent::UpdateCompleted { .. }
     )
 }
 

@@ -24,6 +24,7 @@ use crate::command::{describe_event, event_site, is_command_event, same_payload}
 use crate::context::OrchestrationContext;
 use crate::error::{Nondeterminism, OrchestrationError};
 use crate::registry::ErasedOrchestration;
+use crate::request::Running;
 use crate::state::{Cancel, Resolution};
 
 /// Where the code stands after a replay.
@@ -141,6 +142,8 @@ pub(crate) struct Executor {
     waker: Waker,
     root: Option<LocalBoxFuture<'static, Result<Payload, OrchestrationError>>>,
     result: Option<Result<Payload, OrchestrationError>>,
+    /// The handlers of the accepted updates that have not returned yet, in acceptance order.
+    updates: Vec<Running>,
     /// The type and version of the run, from `WorkflowStarted`.
     started: Option<(String, u32)>,
     /// The parent, for a child's run.
@@ -187,6 +190,7 @@ impl Executor {
             waker,
             root: None,
             result: None,
+            updates: Vec::new(),
             started: None,
             parent: None,
             closed: false,
@@ -221,6 +225,11 @@ impl Executor {
             && self.stuck.is_none()
             && st.nondeterminism.is_none()
             && !st.stale
+    }
+
+    /// Whether the run has ended (a closing event was fed, or it returned).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// The orchestration type the run runs, once it has seen `WorkflowStarted`.
@@ -381,6 +390,33 @@ impl Executor {
                     .push_back((seq, payload.clone()));
                 st.wake_all();
             }
+            HistoryEvent::UpdateAccepted {
+                update_id,
+                name,
+                payload,
+            } => {
+                let handler = {
+                    let mut st = ctx.state.borrow_mut();
+                    st.updates_accepted.insert(update_id.clone());
+                    st.handlers.update(name)
+                };
+                // A handler declared when the update was accepted is declared at the same point
+                // of a replay; if the code no longer declares it, the update fails (the same
+                // way on every replay from here on).
+                self.updates.push(match handler {
+                    Ok(h) => Running {
+                        update_id: update_id.clone(),
+                        site: h.site.clone(),
+                        future: (h.run)(ctx.clone(), payload.clone()),
+                    },
+                    Err(why) => Running {
+                        update_id: update_id.clone(),
+                        site: crate::command::caller(),
+                        future: Box::pin(std::future::ready(Err(OrchestrationError::Failed(why)))),
+                    },
+                });
+                self.flag.wake_by_ref();
+            }
             HistoryEvent::CancelRequested { reason } => {
                 let mut st = ctx.state.borrow_mut();
                 if st.cancel == Cancel::None {
@@ -404,11 +440,109 @@ impl Executor {
         if ctx.state.borrow().nondeterminism.is_some() {
             return false;
         }
-        if let Err(message) = poll_root(&mut self.root, &mut self.result, &self.flag, &self.waker) {
+        if let Err(message) = self.poll() {
             self.panicked = Some(panic_hint(message));
             return false;
         }
         true
+    }
+
+    /// Polls the code (the orchestration, then each running update handler, in acceptance
+    /// order) while something woke it. A handler that returns issues its `UpdateCompleted`.
+    fn poll(&mut self) -> Result<(), String> {
+        let mut polls = 0u32;
+        while self.flag.0.load(Ordering::SeqCst) {
+            polls += 1;
+            if polls > MAX_POLLS_PER_EVENT {
+                return Err(format!(
+                    "the orchestration woke itself {MAX_POLLS_PER_EVENT} times without waiting on \
+                     a `ctx` future"
+                ));
+            }
+            poll_root(&mut self.root, &mut self.result, &self.flag, &self.waker)?;
+            if self.root.is_none() {
+                // The run returned: what its updates were doing ends with it.
+                self.updates.clear();
+                return Ok(());
+            }
+            let mut cx = Context::from_waker(&self.waker);
+            let mut i = 0;
+            while i < self.updates.len() {
+                let fut = &mut self.updates[i].future;
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    fut.as_mut().poll(&mut cx)
+                }));
+                match polled {
+                    Ok(Poll::Pending) => i += 1,
+                    Ok(Poll::Ready(result)) => {
+                        let done = self.updates.remove(i);
+                        let command = crate::command::Command::UpdateCompleted {
+                            update_id: done.update_id,
+                            result: result.map_err(|e| e.to_failure()),
+                        };
+                        self.ctx
+                            .state
+                            .borrow_mut()
+                            .issue(command, done.site, |_| None);
+                    }
+                    Err(panic) => {
+                        let done = self.updates.remove(i);
+                        std::mem::forget(done.future);
+                        return Err(format!(
+                            "update `{}`'s handler panicked: {}",
+                            done.update_id,
+                            panic_message(panic.as_ref())
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers query `name` with `input` from the run's current state.
+    pub(crate) fn query(&self, name: &str, input: &Payload) -> Result<Payload, String> {
+        let handler = self.ctx.state.borrow().handlers.query(name)?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(input))).map_err(
+            |panic| {
+                format!(
+                    "query `{name}`'s handler panicked: {}",
+                    panic_message(panic.as_ref())
+                )
+            },
+        )?
+    }
+
+    /// Whether update `update_id` (`name` with `input`) may be accepted now: `Ok(true)` if its
+    /// validator (if any) accepts it, `Ok(false)` if it was accepted already (its
+    /// `UpdateAccepted` is in the history), and why not otherwise.
+    pub(crate) fn admit_update(
+        &self,
+        update_id: &str,
+        name: &str,
+        input: &Payload,
+    ) -> Result<bool, String> {
+        let handler = {
+            let st = self.ctx.state.borrow();
+            if st.updates_accepted.contains(update_id) {
+                return Ok(false);
+            }
+            if self.root.is_none() || self.closed {
+                return Err("the instance has ended".into());
+            }
+            st.handlers.update(name)?
+        };
+        if let Some(validate) = handler.validate {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| validate(input))).map_err(
+                |panic| {
+                    format!(
+                        "update `{name}`'s validator panicked: {}",
+                        panic_message(panic.as_ref())
+                    )
+                },
+            )??;
+        }
+        Ok(true)
     }
 
     /// After the events are delivered: code that is pending while no `ctx` future waits can
@@ -548,16 +682,7 @@ fn poll_root(
     waker: &Waker,
 ) -> Result<(), String> {
     let mut cx = Context::from_waker(waker);
-    let mut polls = 0u32;
-    while flag.0.swap(false, Ordering::SeqCst) {
-        // Code that wakes itself forever (a busy `yield_now` loop) would hold the worker.
-        polls += 1;
-        if polls > MAX_POLLS_PER_EVENT {
-            return Err(format!(
-                "the orchestration woke itself {MAX_POLLS_PER_EVENT} times without waiting on \
-                 a `ctx` future"
-            ));
-        }
+    if flag.0.swap(false, Ordering::SeqCst) {
         let Some(fut) = root.as_mut() else {
             return Ok(());
         };

@@ -111,6 +111,8 @@ mod past;
 pub mod projection;
 mod registry;
 mod replay;
+mod request;
+mod request_client;
 #[doc(hidden)]
 pub mod runner;
 mod saga;
@@ -145,6 +147,7 @@ pub use past::{Pending, PendingTimer, SignalsSeen, WorkflowAt, workflow_at};
 pub use quark_history::{Missed, ScheduleRecord, Upserted};
 pub use registry::{ProjectionFactory, Registration, Registry};
 pub use replay::{Divergence, ReplayError, ReplayReport, Replayer};
+pub use request::{Query, Update, UpdateDeclared};
 pub use runner::{HISTORY_WARN_EVENTS, HistoryWarning, LiveInstance, WarmLimits};
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};
 pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
@@ -179,8 +182,9 @@ pub use macros::{activity, orchestration};
 pub mod prelude {
     pub use crate::{
         ActivityContext, ActivityError, Client, ClientError, Handle, Job, JobId, JobOptions,
-        JobWorkflow, OnFailure, OrchestrationContext, OrchestrationError, Registry, Replayer,
-        RetryPolicy, Saga, Schedule, Signal, StartOptions, activity, orchestration,
+        JobWorkflow, OnFailure, OrchestrationContext, OrchestrationError, Query, Registry,
+        Replayer, RetryPolicy, Saga, Schedule, Signal, StartOptions, Update, activity,
+        orchestration,
     };
 }
 

@@ -153,6 +153,7 @@ impl Sim {
                     self.timers.insert((tm.fire_at, tm.command), ());
                 }
                 TaskPayload::Job(j) => panic!("a turn never enqueues a job, got {}", j.activity),
+                TaskPayload::Request(r) => panic!("a turn never enqueues a request, got {}", r.id),
             }
         }
         for e in r.new_events {

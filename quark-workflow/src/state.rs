@@ -104,6 +104,10 @@ pub(crate) struct State {
     pub(crate) turn_over: bool,
     /// Patches the code asked about, and whether any answer sent it down the old branch.
     pub(crate) patches: BTreeMap<String, bool>,
+    /// The query and update handlers the code declared.
+    pub(crate) handlers: crate::request::Handlers,
+    /// The ids of the updates accepted so far (`UpdateAccepted` delivered).
+    pub(crate) updates_accepted: std::collections::HashSet<String>,
     entropy: u64,
 }
 
@@ -131,6 +135,8 @@ impl State {
             stamp: 0,
             turn_over: false,
             patches: BTreeMap::new(),
+            handlers: crate::request::Handlers::default(),
+            updates_accepted: std::collections::HashSet::new(),
             entropy: 0,
         }
     }
@@ -193,6 +199,12 @@ impl State {
                 payload,
             } => instance_id.len() + name.len() + payload.len(),
             Command::Timer { .. } => 0,
+            Command::UpdateCompleted { update_id, result } => {
+                update_id.len()
+                    + result
+                        .as_ref()
+                        .map_or_else(|f| f.message.len(), |p| p.len())
+            }
         };
         let slots: usize = self
             .slots
@@ -230,6 +242,11 @@ impl State {
             + self.settled_timers.len() * 16
             + self.early.len() * (std::mem::size_of::<Resolution>() + 16)
             + self.patches.keys().map(|p| p.len() + 8).sum::<usize>()
+            + self
+                .updates_accepted
+                .iter()
+                .map(|id| id.len() + 16)
+                .sum::<usize>()
     }
 
     /// Issues a command: matches it against the history, or marks it new. Commands that are
@@ -505,6 +522,19 @@ pub(crate) fn event_bytes(event: &HistoryEvent) -> usize {
                 new_instance_id,
                 input,
             } => new_instance_id.len() + input.len(),
+            HistoryEvent::UpdateAccepted {
+                update_id,
+                name,
+                payload,
+            } => update_id.len() + name.len() + payload.len(),
+            HistoryEvent::UpdateCompleted {
+                update_id, result, ..
+            } => {
+                update_id.len()
+                    + result
+                        .as_ref()
+                        .map_or_else(|f| f.message.len() + 16, |p| p.len())
+            }
             _ => 8,
         }
 }

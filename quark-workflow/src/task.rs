@@ -42,6 +42,36 @@ pub enum TaskPayload {
     Timer(TimerTask),
     /// Run an activity as a job.
     Job(crate::job::JobTask),
+    /// Answer a query, or validate and start an update.
+    Request(RequestTask),
+}
+
+/// A query or an update of `instance_id`, the payload of a [`TaskKind::Request`] task.
+///
+/// [`TaskKind::Request`]: quark_history::TaskKind::Request
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestTask {
+    /// The request's id: its answer is stored under it (for an update, the `update_id` of its
+    /// history events).
+    pub id: String,
+    /// The instance it is for.
+    pub instance_id: String,
+    /// A query or an update.
+    pub kind: RequestKind,
+    /// The query's or the update's name.
+    pub name: String,
+    /// Its argument.
+    pub input: Payload,
+}
+
+/// Whether a request reads or changes its instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// A query: answered from the state, recorded nowhere.
+    Query,
+    /// An update: validated, then recorded and run.
+    Update,
 }
 
 /// Run activity `activity` with `input` for command `command` of `instance_id`.
@@ -93,6 +123,14 @@ impl TaskPayload {
         NewTask::new(quark_history::TaskKind::Activity, queue)
             .instance(instance)
             .payload(TaskPayload::Activity(task).to_bytes())
+    }
+
+    /// The task that carries `request` on `queue` (its instance's).
+    pub(crate) fn request_task(request: RequestTask, queue: &str) -> NewTask {
+        let instance = request.instance_id.clone();
+        NewTask::new(quark_history::TaskKind::Request, queue)
+            .instance(instance)
+            .payload(TaskPayload::Request(request).to_bytes())
     }
 
     pub(crate) fn timer_task(task: TimerTask) -> NewTask {

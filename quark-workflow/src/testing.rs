@@ -563,6 +563,30 @@ impl Host for TestHost {
 }
 
 impl Driver for Inner {
+    fn step(&self) -> BoxFuture<'_, Result<bool, ClientError>> {
+        Box::pin(async move {
+            let _guard = self.running.lock().await;
+            if self.run_visible().await? > 0 {
+                return Ok(true);
+            }
+            let now = self.clock.now();
+            let next = {
+                let mut wake = lock(&self.book.wake_at);
+                let later = wake.split_off(&(now + std::time::Duration::from_micros(1)));
+                let next = later.first().copied();
+                *wake = later;
+                next
+            };
+            match next {
+                Some(at) => {
+                    self.clock.set(at);
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+    }
+
     fn drive<'a>(&'a self, instance_id: &'a str) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move {
             let _guard = self.running.lock().await;

@@ -126,6 +126,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "api tokens",
         include_str!("../../migrations/postgres/0022_api_tokens.sql"),
     ),
+    (
+        23,
+        "request answers",
+        include_str!("../../migrations/postgres/0023_request_answers.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

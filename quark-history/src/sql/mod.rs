@@ -15,7 +15,7 @@
 //!
 //! Each capability is one module holding its statements, implemented once for every [`SqlStore`]:
 //! [`Store`](crate::Store) itself in `store` (over [`instances`], [`journal`] and [`queue`]),
-//! [`JobStore`](crate::JobStore) in [`jobs`], [`CatalogStore`](crate::CatalogStore) in `catalog`, [`TokenStore`](crate::TokenStore) in `tokens`, and [`inbox_order`], [`outbox`], [`schedule`]. The
+//! [`JobStore`](crate::JobStore) in [`jobs`], [`CatalogStore`](crate::CatalogStore) in `catalog`, [`TokenStore`](crate::TokenStore) in `tokens`, [`RequestStore`](crate::RequestStore) in `requests`, and [`inbox_order`], [`outbox`], [`schedule`]. The
 //! dialects differ in what [`Dialect`] and [`SqlStore`] ask of them, and nothing more: row locks
 //! (`FOR UPDATE`, `SKIP LOCKED`; SQLite has one writer and needs none), lists (arrays or JSON),
 //! array statements where PostgreSQL writes many rows in one, the claim statement, the global
@@ -36,6 +36,7 @@ mod placement;
 mod projections;
 pub(crate) mod queue;
 mod queue_settings;
+mod requests;
 pub(crate) mod schedule;
 mod store;
 mod streams;

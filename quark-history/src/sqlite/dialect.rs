@@ -107,6 +107,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "api tokens",
         include_str!("../../migrations/sqlite/0019_api_tokens.sql"),
     ),
+    (
+        20,
+        "request answers",
+        include_str!("../../migrations/sqlite/0020_request_answers.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

@@ -25,6 +25,7 @@ mod outbox_window;
 mod placement;
 mod queue;
 mod readiness;
+mod requests;
 mod schedules;
 mod streams;
 mod tls;

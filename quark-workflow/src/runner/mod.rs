@@ -27,6 +27,7 @@ pub mod live;
 mod orchestration;
 pub mod outbox;
 mod prefetch;
+mod request;
 mod settle;
 
 use std::fmt;
@@ -46,7 +47,9 @@ pub use live::{Evicted, HistoryWarning, LiveInstance, WarmLimits};
 // how an activity's, a timer's or a job's outcome is committed.
 pub use crate::executor::{Outcome, Replay};
 pub use crate::job::{JobTask, job_commit, job_task, job_task_by_name};
-pub use crate::task::{ActivityTask, TaskPayload, TimerTask, activity_commit, timer_commit};
+pub use crate::task::{
+    ActivityTask, RequestKind, RequestTask, TaskPayload, TimerTask, activity_commit, timer_commit,
+};
 pub use crate::turn::{Turn, process_turn};
 pub use settle::{MAX_CONFLICT_RETRIES, MAX_TURN_RELEASE_DELAY, Settled, release_delay, settle};
 
@@ -384,6 +387,7 @@ impl Runner {
                 TaskKind::Orchestration => runner.turn(task, host).await,
                 TaskKind::Activity => runner.activity(task, host).await,
                 TaskKind::Job => runner.job(task, host).await,
+                TaskKind::Request => runner.request(task, host).await,
                 TaskKind::Timer => match TaskPayload::from_bytes(&task.payload) {
                     Ok(TaskPayload::Timer(timer)) => {
                         Ok(Handled::Commit(timer_commit(&task, &timer)))

@@ -165,7 +165,7 @@ impl Runner {
 
     /// Creates a turn's children and marks the activities it schedules to run here when the
     /// driver agrees, so that a warm instance does not wait for a trip through the queue.
-    async fn prepare(
+    pub(super) async fn prepare(
         &self,
         instance: &str,
         turn: Turn,

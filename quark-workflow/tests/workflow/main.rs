@@ -12,4 +12,5 @@ mod live;
 mod replay;
 mod saga;
 mod signals;
+mod updates;
 mod versioning;

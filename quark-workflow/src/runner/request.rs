@@ -1,0 +1,208 @@
+//! Requests into running instances: a query answered from the instance's state, an update
+//! validated and, once accepted, recorded and started in one commit.
+//!
+//! The instance's history is replayed into a run of its own here (a request never changes a
+//! live run: the next turn of a warm instance finds an accepted update among its new events,
+//! like any event another worker appended). A query appends nothing; an accepted update's
+//! commit appends `UpdateAccepted` and whatever its handler's first steps decide, fenced at the
+//! history's next sequence number, so an update validated against a state that has moved on
+//! meanwhile conflicts and is validated again.
+
+use quark_history::{
+    Answer, ClaimedTask, Commit, Expected, HistoryEvent, HistoryRange, RecordedEvent,
+};
+
+use super::{Handled, HandlerError, HostRef, Runner, now};
+use crate::executor::Outcome;
+use crate::task::{RequestKind, RequestTask, TaskPayload};
+use crate::turn::{start_executor, turn_of};
+
+impl Runner {
+    /// Runs the request `task` carries.
+    pub(super) async fn request(
+        &self,
+        task: ClaimedTask,
+        host: HostRef,
+    ) -> Result<Handled, HandlerError> {
+        let request = match TaskPayload::from_bytes(&task.payload) {
+            Ok(TaskPayload::Request(request)) => request,
+            _ => {
+                return Err(HandlerError::Rejected(
+                    "the request task's payload cannot be decoded".into(),
+                ));
+            }
+        };
+        let store = host.store().clone();
+        let done = || Ok(Handled::Commit(Commit::new().complete(task.lease.clone())));
+        // Answered already: this task ran before, and its worker stopped before completing it.
+        if store.request_answer(&request.id).await?.is_some() {
+            return done();
+        }
+        let history = store
+            .read_history(&request.instance_id, HistoryRange::All)
+            .await?;
+        let decided = match self.decide(&task, &request, &history, now(&host)) {
+            Decision::Answer(answer) => answer,
+            Decision::Known => return done(),
+            Decision::Accept(turn, event, next, at) => {
+                return self
+                    .accept(&request, *turn, event, next, at, &host)
+                    .await
+                    .map(Handled::Commit);
+            }
+        };
+        if let Answer::Rejected(why) = &decided {
+            tracing::info!(instance = %request.instance_id, request = %request.id, "{} `{}` refused: {why}", kind(request.kind), request.name);
+        }
+        store
+            .answer_request(&request.id, &request.instance_id, decided)
+            .await?;
+        done()
+    }
+
+    /// What to do with `request`, given its instance's `history`: run on a replay of it.
+    fn decide(
+        &self,
+        task: &ClaimedTask,
+        request: &RequestTask,
+        history: &[RecordedEvent],
+        at: quark_history::Timestamp,
+    ) -> Decision {
+        let refuse = |why: String| Decision::Answer(Answer::Rejected(why));
+        if history.is_empty() {
+            return refuse(format!("there is no instance `{}`", request.instance_id));
+        }
+        let as_turn = ClaimedTask {
+            instance_id: Some(request.instance_id.clone()),
+            ..task.clone()
+        };
+        let (mut executor, orchestration) = match start_executor(&self.registry, &as_turn, history)
+        {
+            Ok(started) => started,
+            Err(_) => {
+                let ty = match &history[0].event {
+                    HistoryEvent::WorkflowStarted { instance_type, .. } => instance_type.as_str(),
+                    _ => "?",
+                };
+                return refuse(format!(
+                    "no orchestration `{ty}` is registered on the worker that took the request"
+                ));
+            }
+        };
+        executor.feed(orchestration.as_ref(), history);
+        if let Some(why) = broken(&mut executor, &as_turn) {
+            return refuse(why);
+        }
+        match request.kind {
+            RequestKind::Query => match executor.query(&request.name, &request.input) {
+                Ok(value) => Decision::Answer(Answer::Value(value)),
+                Err(why) => refuse(why),
+            },
+            RequestKind::Update => {
+                match executor.admit_update(&request.id, &request.name, &request.input) {
+                    Err(why) => refuse(why),
+                    Ok(false) => Decision::Known,
+                    Ok(true) => {
+                        let next = executor.next_seq();
+                        let event = HistoryEvent::UpdateAccepted {
+                            update_id: request.id.clone(),
+                            name: request.name.clone(),
+                            payload: request.input.clone(),
+                        };
+                        let rec = RecordedEvent {
+                            instance_id: request.instance_id.clone(),
+                            seq: next,
+                            recorded_at: at,
+                            event: event.clone(),
+                            hash: String::new(),
+                        };
+                        executor.feed(orchestration.as_ref(), std::slice::from_ref(&rec));
+                        let turn = turn_of(&mut executor, &as_turn);
+                        match &turn.outcome {
+                            Outcome::Nondeterminism(n) => refuse(format!(
+                                "the instance's code no longer matches its history: {n}"
+                            )),
+                            Outcome::Panicked(m) => refuse(format!(
+                                "the orchestration panicked while running the update: {m}"
+                            )),
+                            Outcome::Stuck(why) => refuse(why.clone()),
+                            _ => Decision::Accept(Box::new(turn), event, next, at),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The commit of an accepted update: `UpdateAccepted` at `next`, then what the turn it
+    /// started decided, with the turn's children created and its signals routed.
+    async fn accept(
+        &self,
+        request: &RequestTask,
+        turn: crate::turn::Turn,
+        event: HistoryEvent,
+        next: u64,
+        at: quark_history::Timestamp,
+        host: &HostRef,
+    ) -> Result<Commit, HandlerError> {
+        let instance = request.instance_id.as_str();
+        let mut commit = self.prepare(instance, turn, host, false).await?;
+        match commit
+            .appends
+            .iter_mut()
+            .find(|a| a.instance_id == instance)
+        {
+            Some(own) => {
+                own.events.insert(0, event);
+                own.expected = Expected::Seq(next);
+                own.at = Some(at);
+            }
+            None => {
+                let mut own = Commit::new().append(instance, Expected::Seq(next), [event]);
+                own.appends[0].at = Some(at);
+                commit.appends.insert(0, own.appends.remove(0));
+            }
+        }
+        crate::trace_context::stamp_commit(&mut commit);
+        Ok(commit)
+    }
+}
+
+/// What a request comes to.
+enum Decision {
+    /// Answer it (a query's value, or a refusal) and complete it.
+    Answer(Answer),
+    /// An update accepted before (its `UpdateAccepted` is in the history): complete it.
+    Known,
+    /// An update accepted now: the turn its handler's first steps decide, the `UpdateAccepted`
+    /// event, where it goes, and its time.
+    Accept(
+        Box<crate::turn::Turn>,
+        HistoryEvent,
+        u64,
+        quark_history::Timestamp,
+    ),
+}
+
+/// Why a replayed run cannot answer anything, if it cannot.
+fn broken(executor: &mut crate::executor::Executor, task: &ClaimedTask) -> Option<String> {
+    if executor.is_live() || executor.is_closed() {
+        return None;
+    }
+    let turn = turn_of(executor, task);
+    Some(match turn.outcome {
+        Outcome::Nondeterminism(n) => {
+            format!("the instance's code no longer matches its history: {n}")
+        }
+        Outcome::Panicked(m) => format!("the orchestration panicked: {m}"),
+        Outcome::Stuck(why) => why,
+        _ => "the instance's run cannot go on here".into(),
+    })
+}
+
+fn kind(kind: RequestKind) -> &'static str {
+    match kind {
+        RequestKind::Query => "query",
+        RequestKind::Update => "update",
+    }
+}
