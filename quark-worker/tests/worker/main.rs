@@ -35,5 +35,6 @@ mod service_remote;
 mod service_tls;
 mod trace_context;
 mod transactional;
+mod updates;
 mod webhook;
 mod workflows;

@@ -217,6 +217,8 @@ pub struct Runner {
     entities: Arc<std::sync::OnceLock<crate::entity::Entities>>,
     /// New warm state is turned away (see [`Runner::admit_new`]).
     refusing: Arc<std::sync::atomic::AtomicBool>,
+    /// Serializes the updates of each instance on this runner.
+    requests: Arc<request::InstanceLocks>,
 }
 
 impl fmt::Debug for Runner {
@@ -252,6 +254,7 @@ impl Runner {
             live,
             entities: Arc::default(),
             refusing: Arc::default(),
+            requests: Arc::default(),
         }
     }
 
@@ -266,6 +269,7 @@ impl Runner {
             prefetch: Arc::clone(&self.prefetch),
             entities: Arc::clone(&self.entities),
             refusing: Arc::clone(&self.refusing),
+            requests: Arc::clone(&self.requests),
         }
     }
 

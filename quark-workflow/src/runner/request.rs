@@ -38,6 +38,12 @@ impl Runner {
         if store.request_answer(&request.id).await?.is_some() {
             return done();
         }
+        // One update of an instance at a time on this worker, from its validation to its
+        // commit: updates sent together do not all validate on one state and conflict.
+        let _turn = match request.kind {
+            RequestKind::Update => Some(self.requests.lock(&request.instance_id).await),
+            RequestKind::Query => None,
+        };
         let history = store
             .read_history(&request.instance_id, HistoryRange::All)
             .await?;
@@ -45,10 +51,17 @@ impl Runner {
             Decision::Answer(answer) => answer,
             Decision::Known => return done(),
             Decision::Accept(turn, event, next, at) => {
-                return self
-                    .accept(&request, *turn, event, next, at, &host)
-                    .await
-                    .map(Handled::Commit);
+                let commit = self.accept(&request, *turn, event, next, at, &host).await?;
+                // Committed here, under the instance's lock: the next update of the instance
+                // on this worker is validated on the state this one leaves. A refused commit
+                // goes to the settle step (a conflict validates the update again).
+                return match host.commit(commit.clone()).await {
+                    Ok(_) => Ok(Handled::Settled),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "an update's commit failed; handing it to the settle step");
+                        Ok(Handled::Commit(commit))
+                    }
+                };
             }
         };
         if let Answer::Rejected(why) = &decided {
@@ -204,5 +217,52 @@ fn kind(kind: RequestKind) -> &'static str {
     match kind {
         RequestKind::Query => "query",
         RequestKind::Update => "update",
+    }
+}
+
+/// Per-instance locks that serialize a runner's updates of each instance.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceLocks(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+);
+
+/// Holds an instance's lock; the last holder removes it.
+pub(crate) struct InstanceGuard<'a> {
+    locks: &'a InstanceLocks,
+    instance: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl InstanceLocks {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>,
+    > {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for `instance`'s lock.
+    pub(crate) async fn lock(&self, instance: &str) -> InstanceGuard<'_> {
+        let mutex = std::sync::Arc::clone(self.map().entry(instance.to_string()).or_default());
+        InstanceGuard {
+            locks: self,
+            instance: instance.to_string(),
+            guard: Some(mutex.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for InstanceGuard<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut map = self.locks.map();
+        if map
+            .get(&self.instance)
+            .is_some_and(|m| std::sync::Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.instance);
+        }
     }
 }
