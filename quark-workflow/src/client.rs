@@ -646,6 +646,31 @@ impl crate::Connection for Client {
     ) -> BoxFuture<'a, Result<InstanceRecord, ClientError>> {
         Box::pin(Client::describe(self, instance_id))
     }
+
+    fn query_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        name: &'a str,
+        input: Payload,
+    ) -> BoxFuture<'a, Result<Payload, ClientError>> {
+        Box::pin(Client::query_payload(self, instance_id, name, input))
+    }
+
+    fn update_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        update_id: &'a str,
+        name: &'a str,
+        input: Payload,
+    ) -> BoxFuture<'a, Result<Payload, ClientError>> {
+        Box::pin(Client::update_payload(
+            self,
+            instance_id,
+            update_id,
+            name,
+            input,
+        ))
+    }
 }
 
 impl crate::WorkflowClient for Client {

@@ -62,6 +62,24 @@ pub trait Connection: Send + Sync + fmt::Debug {
         &'a self,
         instance_id: &'a str,
     ) -> BoxFuture<'a, Result<InstanceRecord, ClientError>>;
+
+    /// Asks query `name` with `input` (see [`Client::query`](crate::Client::query)).
+    fn query_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        name: &'a str,
+        input: Payload,
+    ) -> BoxFuture<'a, Result<Payload, ClientError>>;
+
+    /// Sends update `name` with `input` under `update_id` and waits for its result (see
+    /// [`Client::update_with_id`](crate::Client::update_with_id)).
+    fn update_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        update_id: &'a str,
+        name: &'a str,
+        input: Payload,
+    ) -> BoxFuture<'a, Result<Payload, ClientError>>;
 }
 
 /// A client that typed stubs take: `process_order::start(&client, id, input)` with a
@@ -167,5 +185,46 @@ impl<T: DeserializeOwned> Handle<T> {
     /// Terminates the instance.
     pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
         self.client.terminate(&self.id, reason).await
+    }
+
+    /// Asks `query` with `input` (see [`Client::query`](crate::Client::query)).
+    pub async fn query<I: Serialize, O: DeserializeOwned>(
+        &self,
+        query: crate::Query<I, O>,
+        input: &I,
+    ) -> Result<O, ClientError> {
+        let input = Payload::json(input).map_err(|e| ClientError::Payload(e.to_string()))?;
+        self.client
+            .query_payload(&self.id, query.name(), input)
+            .await?
+            .decode()
+            .map_err(|e| ClientError::Payload(e.to_string()))
+    }
+
+    /// Sends `update` with `input` and waits for its result (see
+    /// [`Client::update`](crate::Client::update)).
+    pub async fn update<I: Serialize, O: DeserializeOwned>(
+        &self,
+        update: crate::Update<I, O>,
+        input: &I,
+    ) -> Result<O, ClientError> {
+        let update_id = uuid::Uuid::now_v7().to_string();
+        self.update_with_id(&update_id, update, input).await
+    }
+
+    /// [`update`](Self::update) under an id of the caller's: sent again with the same id, it is
+    /// not applied twice.
+    pub async fn update_with_id<I: Serialize, O: DeserializeOwned>(
+        &self,
+        update_id: &str,
+        update: crate::Update<I, O>,
+        input: &I,
+    ) -> Result<O, ClientError> {
+        let input = Payload::json(input).map_err(|e| ClientError::Payload(e.to_string()))?;
+        self.client
+            .update_payload(&self.id, update_id, update.name(), input)
+            .await?
+            .decode()
+            .map_err(|e| ClientError::Payload(e.to_string()))
     }
 }

@@ -387,6 +387,83 @@ impl Connection for RemoteClient {
             record(workflow)
         })
     }
+
+    fn query_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        name: &'a str,
+        input: Payload,
+    ) -> BoxFuture<'a, Result<Payload, ClientError>> {
+        Box::pin(async move {
+            let answered = self
+                .api
+                .clone()
+                .query_workflow(proto::QueryWorkflowRequest {
+                    instance_id: instance_id.to_string(),
+                    name: name.to_string(),
+                    input: Some(payload_out(&input)),
+                })
+                .await
+                .map_err(|s| refused(s, instance_id))?
+                .into_inner();
+            payload_in(answered.answer)
+        })
+    }
+
+    fn update_payload<'a>(
+        &'a self,
+        instance_id: &'a str,
+        update_id: &'a str,
+        name: &'a str,
+        input: Payload,
+    ) -> BoxFuture<'a, Result<Payload, ClientError>> {
+        Box::pin(async move {
+            let answered = self
+                .api
+                .clone()
+                .update_workflow(proto::UpdateWorkflowRequest {
+                    instance_id: instance_id.to_string(),
+                    name: name.to_string(),
+                    input: Some(payload_out(&input)),
+                    update_id: update_id.to_string(),
+                })
+                .await
+                .map_err(|s| refused(s, instance_id))?
+                .into_inner();
+            if !answered.error.is_empty() || answered.error_details.is_some() {
+                let details = answered
+                    .error_details
+                    .map(|p| payload_in(Some(p)))
+                    .transpose()?;
+                return Err(ClientError::UpdateFailed {
+                    id: instance_id.to_string(),
+                    update: answered.update_id,
+                    failure: quark_history::Failure {
+                        message: answered.error,
+                        retryable: false,
+                        details,
+                    },
+                });
+            }
+            payload_in(answered.result)
+        })
+    }
+}
+
+/// The error of a refused query or update: FAILED_PRECONDITION is the instance's refusal.
+fn refused(status: tonic::Status, instance_id: &str) -> ClientError {
+    match status.code() {
+        tonic::Code::FailedPrecondition => {
+            // The server says whose refusal it is; the error says it again.
+            let prefix = format!("instance `{instance_id}` refused the request: ");
+            let message = status.message();
+            ClientError::Rejected {
+                id: instance_id.to_string(),
+                reason: message.strip_prefix(&prefix).unwrap_or(message).to_string(),
+            }
+        }
+        _ => error(status, instance_id),
+    }
 }
 
 impl WorkflowClient for RemoteClient {

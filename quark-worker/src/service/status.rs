@@ -30,6 +30,7 @@ pub(crate) fn client(e: ClientError) -> Status {
         ClientError::Store(e) => store(e),
         ClientError::NotFound(id) => Status::not_found(format!("no instance `{id}`")),
         ClientError::Payload(m) => Status::invalid_argument(m),
+        e @ ClientError::Rejected { .. } => Status::failed_precondition(e.to_string()),
         e => internal(&e),
     }
 }

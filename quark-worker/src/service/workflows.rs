@@ -21,6 +21,9 @@ use super::proto::{self, workflow_service_server::WorkflowService};
 use super::starts::Starts;
 use super::status;
 
+/// The longest update id a caller may choose, in bytes.
+const MAX_UPDATE_ID: usize = 256;
+
 /// How many events a history call reads from the database at a time.
 const HISTORY_PAGE: u64 = 256;
 
@@ -460,5 +463,75 @@ impl WorkflowService for Workflows {
             })
             .collect();
         Ok(Response::new(proto::ListWorkflowTypesResponse { types }))
+    }
+    async fn query_workflow(
+        &self,
+        request: Request<proto::QueryWorkflowRequest>,
+    ) -> Result<Response<proto::QueryWorkflowResponse>, Status> {
+        self.auth
+            .check(&request, "QueryWorkflow", Scope::Read)
+            .await?;
+        let r = request.into_inner();
+        let id = required("instance_id", &r.instance_id)?;
+        let name = required("name", &r.name)?;
+        let input = payload_in("input", r.input)?;
+        self.instance(id).await?;
+        let answer = self
+            .client
+            .query_payload(id, name, input)
+            .await
+            .map_err(status::client)?;
+        Ok(Response::new(proto::QueryWorkflowResponse {
+            answer: Some(payload_out(&answer)),
+        }))
+    }
+
+    async fn update_workflow(
+        &self,
+        request: Request<proto::UpdateWorkflowRequest>,
+    ) -> Result<Response<proto::UpdateWorkflowResponse>, Status> {
+        self.auth
+            .check(&request, "UpdateWorkflow", Scope::Write)
+            .await?;
+        let r = request.into_inner();
+        let id = required("instance_id", &r.instance_id)?;
+        let name = required("name", &r.name)?;
+        let input = payload_in("input", r.input)?;
+        let update_id = match r.update_id.as_str() {
+            "" => uuid::Uuid::now_v7().to_string(),
+            given if given.len() > MAX_UPDATE_ID => {
+                return Err(Status::invalid_argument(format!(
+                    "update_id: {} bytes, at most {MAX_UPDATE_ID}",
+                    given.len()
+                )));
+            }
+            given => given.to_string(),
+        };
+        let instance = self.instance(id).await?;
+        if instance.status.is_closed() {
+            return Err(Status::failed_precondition(format!(
+                "instance `{id}` is {}; it takes no more updates",
+                instance.status
+            )));
+        }
+        let answered = self
+            .client
+            .update_payload(id, &update_id, name, input)
+            .await;
+        let response = match answered {
+            Ok(result) => proto::UpdateWorkflowResponse {
+                update_id,
+                result: Some(payload_out(&result)),
+                ..Default::default()
+            },
+            Err(ClientError::UpdateFailed { failure, .. }) => proto::UpdateWorkflowResponse {
+                update_id,
+                error: failure.message,
+                error_details: failure.details.as_ref().map(payload_out),
+                ..Default::default()
+            },
+            Err(e) => return Err(status::client(e)),
+        };
+        Ok(Response::new(response))
     }
 }

@@ -32,6 +32,7 @@ mod service_lock;
 mod service_ops;
 mod service_reads;
 mod service_remote;
+mod service_requests;
 mod service_tls;
 mod trace_context;
 mod transactional;

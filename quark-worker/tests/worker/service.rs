@@ -12,8 +12,8 @@ use quark_worker::service::proto::workflow_service_client::WorkflowServiceClient
 use quark_worker::service::proto::{self, WorkflowStatus};
 use quark_worker::service::{ServiceOptions, serve};
 use quark_workflow::{
-    ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Registry, activity,
-    orchestration,
+    ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Query, Registry,
+    Update, activity, orchestration,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -60,6 +60,36 @@ pub(crate) async fn doomed(
     Err(OrchestrationError::failed(why))
 }
 
+/// How much the tally holds.
+pub(crate) const COUNT: Query<(), u32> = Query::new("count");
+/// Adds a positive amount; answers the new count.
+pub(crate) const ADD: Update<u32, u32> = Update::new("add");
+
+/// Counts what updates add, until it is signalled `stop`.
+#[orchestration(queue = "greetings")]
+pub(crate) async fn tally(
+    ctx: OrchestrationContext,
+    start: u32,
+) -> Result<u32, OrchestrationError> {
+    let count = std::rc::Rc::new(std::cell::Cell::new(start));
+    let c = count.clone();
+    ctx.on_query(COUNT, move |()| c.get());
+    let c = count.clone();
+    ctx.on_update(ADD, move |_ctx, n| {
+        let c = c.clone();
+        async move {
+            c.set(c.get() + n);
+            Ok(c.get())
+        }
+    })
+    .validate(|n| match n {
+        0 => Err("add a positive amount".into()),
+        _ => Ok(()),
+    });
+    ctx.wait_for_signal::<()>("stop").await?;
+    Ok(count.get())
+}
+
 pub(crate) fn worker(t: &TestStore) -> Worker {
     builder(t).build().unwrap()
 }
@@ -74,6 +104,7 @@ pub(crate) fn builder(t: &TestStore) -> quark_worker::WorkerBuilder {
             Registry::new()
                 .register(greet)
                 .register(doomed)
+                .register(tally)
                 .register(compose)
                 .register(reject),
         )

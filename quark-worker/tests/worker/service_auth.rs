@@ -272,6 +272,24 @@ impl Caller {
                 })
                 .await
                 .map(drop),
+            "QueryWorkflow" => self
+                .workflows()
+                .query_workflow(proto::QueryWorkflowRequest {
+                    instance_id: id,
+                    name: "mood".into(),
+                    input: None,
+                })
+                .await
+                .map(drop),
+            "UpdateWorkflow" => self
+                .workflows()
+                .update_workflow(proto::UpdateWorkflowRequest {
+                    instance_id: id,
+                    name: "rename".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             "GetWorkflowState" => self
                 .workflows()
                 .get_workflow_state(proto::GetWorkflowStateRequest {
@@ -299,9 +317,10 @@ fn with(channel: &Channel, header: &str) -> Caller {
 }
 
 /// The methods that change something, and the scope they need.
-const WRITES: [&str; 9] = [
+const WRITES: [&str; 10] = [
     "StartWorkflow",
     "SignalWorkflow",
+    "UpdateWorkflow",
     "CancelWorkflow",
     "TerminateWorkflow",
     "EnqueueJob",
@@ -340,7 +359,7 @@ async fn it_refuses_every_method_without_a_valid_token_and_changes_nothing(t: &T
         forged,
     ];
     let methods = methods();
-    assert!(methods.len() >= 29, "{methods:?}");
+    assert!(methods.len() >= 31, "{methods:?}");
     for method in &methods {
         let e = anonymous.call(method).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{method}: {e:?}");
