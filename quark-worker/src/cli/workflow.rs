@@ -12,9 +12,11 @@ use quark_history::{
 use quark_workflow::{Client, Registry, ReplayReport, Replayer, StartOptions};
 use serde::Serialize;
 
-use super::json_payload;
 use super::output::{self, Output};
-use super::workflow_output::{Changed, print_changed, print_describe, print_history, print_list};
+use super::workflow_output::{
+    Answered, Changed, print_answer, print_changed, print_describe, print_history, print_list,
+};
+use super::{duration, json_payload};
 
 /// `quark workflow ...`
 #[derive(Debug, Subcommand)]
@@ -43,6 +45,38 @@ pub enum WorkflowCommand {
         /// The signal's value, as JSON.
         #[arg(long, default_value = "null")]
         value: String,
+    },
+    /// Asks a query of an instance: a worker that runs its code answers from the instance's
+    /// state (its final state, once it has ended). Nothing is recorded. Prints the answer.
+    Query {
+        /// The instance id.
+        id: String,
+        /// The query's name, as the orchestration declares it.
+        name: String,
+        /// Its argument, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// How long to wait for a worker's answer.
+        #[arg(long, default_value = "30s", value_parser = duration::parse)]
+        timeout: std::time::Duration,
+    },
+    /// Sends an update to a running instance and prints its result: its validator may reject
+    /// it (and nothing is recorded); once accepted, it is recorded and its handler runs.
+    Update {
+        /// The instance id.
+        id: String,
+        /// The update's name, as the orchestration declares it.
+        name: String,
+        /// Its argument, as JSON.
+        #[arg(long, default_value = "null")]
+        input: String,
+        /// An id for it (default: a new one, printed on a timeout): sent again with the same
+        /// id, an update is not applied twice, and the command waits for the first one's result.
+        #[arg(long)]
+        update_id: Option<String>,
+        /// How long to wait for its result.
+        #[arg(long, default_value = "30s", value_parser = duration::parse)]
+        timeout: std::time::Duration,
     },
     /// Requests cancellation; the orchestration may compensate before it ends.
     Cancel {
@@ -192,6 +226,30 @@ pub(super) async fn run(
             let value: serde_json::Value = value.decode()?;
             client.signal(&id, &name, &value).await?;
             Changed::signalled(id, name)
+        }
+        WorkflowCommand::Query {
+            id,
+            name,
+            input,
+            timeout,
+        } => {
+            let input = json_payload("query's argument", &input)?;
+            let asked = client.query_payload(&id, &name, input);
+            let answer = within(timeout, asked, || no_answer(&id, None)).await??;
+            return print_answer(out, output, Answered::query(id, name, &answer));
+        }
+        WorkflowCommand::Update {
+            id,
+            name,
+            input,
+            update_id,
+            timeout,
+        } => {
+            let input = json_payload("update's argument", &input)?;
+            let update_id = update_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let sent = client.update_payload(&id, &update_id, &name, input);
+            let result = within(timeout, sent, || no_answer(&id, Some(&update_id))).await??;
+            return print_answer(out, output, Answered::update(id, name, update_id, &result));
         }
         WorkflowCommand::Cancel { id, reason } => {
             client.cancel(&id, &reason).await?;
@@ -483,6 +541,32 @@ pub(super) fn parse_cursor(cursor: &str) -> anyhow::Result<(Timestamp, String)> 
         Timestamp::from_micros(at.parse().context("a cursor starts with a number")?),
         id.to_string(),
     ))
+}
+
+/// `call`'s outcome, or the error `late` makes if it takes longer than `timeout`.
+pub(super) async fn within<T>(
+    timeout: std::time::Duration,
+    call: impl std::future::Future<Output = T>,
+    late: impl FnOnce() -> anyhow::Error,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| late())
+}
+
+/// The error of a query or an update nobody answered in time.
+pub(super) fn no_answer(id: &str, update_id: Option<&str>) -> anyhow::Error {
+    match update_id {
+        None => anyhow::anyhow!(
+            "no worker answered the query to `{id}` in time: is a worker that runs its \
+             orchestration serving its queue?"
+        ),
+        Some(update_id) => anyhow::anyhow!(
+            "no result for update `{update_id}` of `{id}` in time; it may still be applied when \
+             a worker takes it: run the command again with --update-id {update_id} to wait for \
+             its result without sending it twice"
+        ),
+    }
 }
 
 #[cfg(test)]

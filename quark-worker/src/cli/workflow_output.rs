@@ -242,3 +242,63 @@ fn describe(out: &mut dyn Write, i: &InstanceView) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What `workflow query|update` print: the answer, and what it answers.
+#[derive(Debug, Serialize)]
+pub(super) struct Answered {
+    pub(super) id: String,
+    /// `query` or `update`.
+    pub(super) kind: &'static str,
+    pub(super) name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) update_id: Option<String>,
+    /// The query's answer or the update's result, as JSON (or a note on a binary value).
+    pub(super) answer: serde_json::Value,
+}
+
+impl Answered {
+    fn value(p: &quark_history::Payload) -> serde_json::Value {
+        p.decode().unwrap_or_else(|_| {
+            serde_json::Value::String(format!("<{} bytes of {:?}>", p.len(), p.codec()))
+        })
+    }
+
+    /// Query `name` of `id` answered `answer`.
+    pub(super) fn query(id: String, name: String, answer: &quark_history::Payload) -> Answered {
+        Answered {
+            id,
+            kind: "query",
+            name,
+            update_id: None,
+            answer: Self::value(answer),
+        }
+    }
+
+    /// Update `name` (`update_id`) of `id` returned `result`.
+    pub(super) fn update(
+        id: String,
+        name: String,
+        update_id: String,
+        result: &quark_history::Payload,
+    ) -> Answered {
+        Answered {
+            id,
+            kind: "update",
+            name,
+            update_id: Some(update_id),
+            answer: Self::value(result),
+        }
+    }
+}
+
+/// What `workflow query|update` print: the answer as JSON on one line, or the whole record.
+pub(super) fn print_answer(
+    out: &mut dyn Write,
+    output: Output,
+    answered: Answered,
+) -> anyhow::Result<()> {
+    output::one(out, output, &answered, |out, a| {
+        writeln!(out, "{}", a.answer)?;
+        Ok(())
+    })
+}

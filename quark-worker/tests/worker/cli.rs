@@ -431,3 +431,70 @@ async fn it_enqueues_a_job_of_an_activity_that_only_a_worker_registered() {
         "the registered retry policy"
     );
 }
+
+/// `quark workflow query|update` with no worker to answer: each gives up after its timeout and
+/// says what to do; an update's message names its id, to wait for it without sending it twice.
+#[tokio::test]
+async fn it_says_when_no_worker_answers_a_query_or_an_update() {
+    use quark_history::{RegisteredType, TypeKind};
+    let t = quark_history::testing::sqlite().await;
+    t.store
+        .publish_types(vec![RegisteredType::new(
+            TypeKind::Orchestration,
+            "cart",
+            1,
+            "carts",
+            "w1",
+        )])
+        .await
+        .unwrap();
+    let started = Command::Workflow(WorkflowCommand::Start {
+        instance_type: "cart".into(),
+        id: "cart-9".into(),
+        input: "null".into(),
+        queue: None,
+    });
+    run(&t.store, started, Output::Table).await;
+    let timeout = std::time::Duration::from_millis(50);
+    let asks = [
+        Command::Workflow(WorkflowCommand::Query {
+            id: "cart-9".into(),
+            name: "items".into(),
+            input: "null".into(),
+            timeout,
+        }),
+        Command::Workflow(WorkflowCommand::Update {
+            id: "cart-9".into(),
+            name: "add".into(),
+            input: "2".into(),
+            update_id: Some("u-7".into()),
+            timeout,
+        }),
+    ];
+    let mut said = Vec::new();
+    for ask in asks {
+        let mut out = Vec::new();
+        let e = run_on(Arc::clone(&t.store), ask, Output::Table, None, &mut out)
+            .await
+            .unwrap_err();
+        said.push(e.to_string());
+    }
+    assert!(
+        said[0].contains("no worker answered the query to `cart-9` in time"),
+        "{said:?}"
+    );
+    assert!(
+        said[1].contains("run the command again with --update-id u-7"),
+        "{said:?}"
+    );
+    // Both requests wait on the instance's queue for a worker; nothing is in its history.
+    assert_eq!(t.store.queue_stats("carts").await.unwrap().pending, 3);
+    assert_eq!(
+        t.store
+            .read_history("cart-9", HistoryRange::All)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

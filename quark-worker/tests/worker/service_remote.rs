@@ -207,6 +207,56 @@ async fn the_command_line_talks_to_a_server_as_it_talks_to_the_database(t: &Test
         assert_eq!(ok(&remote(args).await), local(t, args).await, "{args:?}");
     }
 
+    // Queries and updates, through the server and on the database, print the same.
+    ok(&remote(&[
+        "workflow", "start", "--type", "tally", "cli-t", "--input", "2",
+    ])
+    .await);
+    let updated = ok(&remote(&[
+        "workflow",
+        "update",
+        "cli-t",
+        "add",
+        "--input",
+        "3",
+        "--update-id",
+        "u-1",
+    ])
+    .await);
+    let updated: serde_json::Value = serde_json::from_str(&updated).unwrap();
+    assert_eq!(
+        (&updated["answer"], &updated["update_id"], &updated["kind"]),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!("u-1"),
+            &serde_json::json!("update")
+        )
+    );
+    let args = ["workflow", "query", "cli-t", "count"];
+    let asked = ok(&remote(&args).await);
+    assert_eq!(asked, local(t, &args).await);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&asked).unwrap()["answer"],
+        5
+    );
+    let refused = remote(&["workflow", "update", "cli-t", "add", "--input", "0"]).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("add a positive amount"), "{said}");
+    let history = t
+        .store
+        .read_history("cli-t", quark_history::HistoryRange::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| matches!(e.event, quark_history::HistoryEvent::UpdateAccepted { .. }))
+            .count(),
+        1,
+        "only the accepted update is recorded"
+    );
+
     // Refusals say why, and change nothing.
     let anonymous = quark(
         [
