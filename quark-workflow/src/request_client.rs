@@ -203,6 +203,9 @@ impl Client {
             input,
         };
         let mut task = TaskPayload::request_task(request, &record.queue);
+        // The worker where the instance last ran likely keeps it warm: it answers a query
+        // without replaying the history.
+        task.affinity = record.affinity;
         task.traceparent = crate::trace_context::traceparent();
         self.store().enqueue(vec![task]).await?;
         Ok(())

@@ -26,54 +26,6 @@ use crate::registry::{ErasedOrchestration, Registry};
 use crate::runner::Miss;
 use crate::turn::{Turn, start_executor, turn_of};
 
-/// When a run's history is long enough to warn about: past either bound, the worker logs a
-/// warning and counts it, once per run. Temporal warns at 10,240 events and 10 MB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryWarning {
-    /// Events.
-    pub events: u64,
-    /// Approximate encoded bytes.
-    pub bytes: u64,
-}
-
-impl Default for HistoryWarning {
-    fn default() -> Self {
-        HistoryWarning {
-            events: 10_240,
-            bytes: 10 * 1024 * 1024,
-        }
-    }
-}
-
-/// How much a runner keeps live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WarmLimits {
-    /// At most this many live instances.
-    pub instances: usize,
-    /// At most this many bytes of live instances (by their footprint estimates).
-    pub bytes: usize,
-}
-
-impl Default for WarmLimits {
-    fn default() -> Self {
-        WarmLimits {
-            instances: 10_000,
-            bytes: 256 * 1024 * 1024,
-        }
-    }
-}
-
-/// A live instance's figures, as reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveInstance {
-    /// The instance.
-    pub instance_id: String,
-    /// The estimated memory its run holds, in bytes.
-    pub footprint: usize,
-    /// The events of its history the run has seen.
-    pub events: u64,
-}
-
 /// What a turn on a live run came to.
 pub(crate) enum LiveTurn {
     /// The turn, whether this run's history just passed the warning bounds, and the token to
@@ -372,16 +324,6 @@ impl Live {
     }
 }
 
-fn warn_long(instance: &str, executor: &Executor) {
-    let (events, bytes) = executor.history_size();
-    tracing::warn!(
-        instance = %instance,
-        events,
-        bytes,
-        "long history: end the run with `ctx.continue_as_new` and carry its state over"
-    );
-}
-
 impl LiveInstances {
     /// Live runs on `threads` orchestration threads, within `limits`.
     pub(crate) fn new(threads: usize, limits: WarmLimits, warning: HistoryWarning) -> Self {
@@ -676,6 +618,29 @@ impl LiveInstances {
     }
 
     /// Drops `instance`'s run: the next turn replays its history.
+    /// Runs `ask` on `instance`'s live run if it has seen exactly the events before `next`
+    /// (the whole history, when `next` is one past its end) and has no commit in flight;
+    /// `None` otherwise (the caller replays the history instead).
+    pub(crate) async fn ask<R: Send + 'static>(
+        &self,
+        instance: &str,
+        next: u64,
+        ask: impl FnOnce(&Executor) -> R + Send + 'static,
+    ) -> Option<R> {
+        let id = instance.to_string();
+        self.on_thread(instance, move |shard| {
+            shard.sweep();
+            if shard.busy(&id) {
+                return None;
+            }
+            let live = shard.runs.get(&id)?;
+            (live.executor.next_seq() == next && live.executor.is_live())
+                .then(|| ask(&live.executor))
+        })
+        .await
+        .flatten()
+    }
+
     pub(crate) fn forget(&self, instance: &str) {
         self.index().remove(instance);
         let id = instance.to_string();
@@ -715,8 +680,12 @@ impl LiveInstances {
 
 #[path = "eviction.rs"]
 mod eviction;
+#[path = "limits.rs"]
+mod limits;
 pub use eviction::Evicted;
 pub(crate) use eviction::eviction_score;
+use limits::warn_long;
+pub use limits::{HistoryWarning, LiveInstance, WarmLimits};
 
 #[cfg(test)]
 #[path = "live_tests.rs"]

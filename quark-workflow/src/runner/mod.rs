@@ -106,9 +106,9 @@ pub enum RunEvent {
     /// A turn sent a signal (`ctx.send`) to an instance that has ended or does not exist: it was
     /// dropped.
     SignalDropped,
-    /// A turn found its instance's run not warm here and rebuilt it by replaying a history its
-    /// code had run on before (a cache miss: the instance was evicted, moved, or last ran
-    /// elsewhere), for the reason given.
+    /// A turn (or a query) found its instance's run not warm here and rebuilt it by replaying a
+    /// history its code had run on before (a cache miss: the instance was evicted, moved, or
+    /// last ran elsewhere), for the reason given.
     Replayed(Miss),
     /// A turn's entity command was sent to the worker where its entity is live (the stream's
     /// home) instead of running here.

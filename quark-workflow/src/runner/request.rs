@@ -38,6 +38,26 @@ impl Runner {
         if store.request_answer(&request.id).await?.is_some() {
             return done();
         }
+        // A query of a run kept warm here that has seen the whole history is answered by it.
+        if request.kind == RequestKind::Query
+            && let Some(record) = store.get_instance(&request.instance_id).await?
+        {
+            let (name, input) = (request.name.clone(), request.input.clone());
+            let warm = self
+                .live
+                .ask(&request.instance_id, record.history_len + 1, move |run| {
+                    run.query(&name, &input)
+                })
+                .await;
+            if let Some(answered) = warm {
+                let answer = answered.map_or_else(Answer::Rejected, Answer::Value);
+                store
+                    .answer_request(&request.id, &request.instance_id, answer)
+                    .await?;
+                return done();
+            }
+            host.note(super::RunEvent::Replayed(super::Miss::NotWarm));
+        }
         // One update of an instance at a time on this worker, from its validation to its
         // commit: updates sent together do not all validate on one state and conflict.
         let _turn = match request.kind {

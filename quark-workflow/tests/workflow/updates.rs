@@ -286,3 +286,49 @@ async fn a_failing_handler_fails_its_update_not_the_instance_and_an_ended_instan
         other => panic!("expected not found, got {other:?}"),
     }
 }
+
+fn replays(env: &TestEnv) -> usize {
+    env.run_events()
+        .iter()
+        .filter(|e| matches!(e, quark_workflow::runner::RunEvent::Replayed(_)))
+        .count()
+}
+
+#[tokio::test]
+async fn a_warm_run_answers_a_query_without_replaying_and_a_cold_one_replays() {
+    let warm = env().await;
+    started(&warm, "cart-5").await;
+    warm.client()
+        .update("cart-5", NOTE, &"hi".to_string())
+        .await
+        .unwrap();
+    // The update's commit moved the history past the warm run: the next turn catches it up.
+    warm.client().signal("cart-5", "nudge", &()).await.unwrap();
+    warm.run_until_idle().await.unwrap();
+    let before = replays(&warm);
+    assert_eq!(warm.client().query("cart-5", TOTAL, &()).await.unwrap(), 0);
+    assert_eq!(replays(&warm), before, "answered by the warm run");
+
+    let limits = quark_workflow::WarmLimits {
+        instances: 0,
+        ..Default::default()
+    };
+    let cold = TestEnv::with_limits(
+        Registry::new().register(cart).register(price),
+        limits,
+        quark_workflow::HistoryWarning::default(),
+    )
+    .await
+    .unwrap();
+    started(&cold, "cart-6").await;
+    let before = replays(&cold);
+    assert_eq!(
+        cold.client().query("cart-6", ITEMS, &()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        replays(&cold),
+        before + 1,
+        "nothing warm: the query replayed"
+    );
+}
