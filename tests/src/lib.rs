@@ -255,6 +255,7 @@ mod book {
         getting_started => "getting_started.md",
         concepts => "concepts.md",
         workflows => "workflows.md",
+        queries_and_updates => "queries_and_updates.md",
         determinism => "determinism.md",
         testing => "testing.md",
         versioning => "versioning.md",
