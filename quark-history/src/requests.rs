@@ -4,7 +4,9 @@
 //! queue; the worker that runs it answers here. A query's answer is its value; an update's is
 //! stored only when it is rejected (an accepted update is in the history: `UpdateAccepted`, then
 //! `UpdateCompleted` with its result). The first answer to a request stands, so that a request
-//! run twice (its worker died after answering) cannot be answered two ways.
+//! run twice (its worker died after answering) cannot be answered two ways; an update's answer
+//! stays until it expires (a worker that runs the request again finds it), a query's is removed
+//! by its caller.
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -29,20 +31,30 @@ pub enum Answer {
 /// Where requests' answers wait for their callers. A capability of every
 /// [`Store`](crate::Store); sealed.
 pub trait RequestStore: Send + Sync {
-    /// Stores `answer` to request `id` (of `instance_id`) unless it has one, and returns the one
-    /// that stands. Answers older than [`ANSWERS_KEPT_FOR`] are dropped on the way.
+    /// Stores `answer` to request `id` of `instance_id` unless it has one, and returns the one
+    /// that stands (one statement: the two cannot be told apart by a caller that reads between
+    /// them). Answers older than [`ANSWERS_KEPT_FOR`] are dropped on the way.
     fn answer_request<'a>(
         &'a self,
-        id: &'a str,
         instance_id: &'a str,
+        id: &'a str,
         answer: Answer,
     ) -> BoxFuture<'a, Result<Answer>>;
 
-    /// The answer to request `id`, if it has one.
-    fn request_answer<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Answer>>>;
+    /// The answer to request `id` of `instance_id`, if it has one.
+    fn request_answer<'a>(
+        &'a self,
+        instance_id: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Answer>>>;
 
-    /// Drops the answer to request `id` (its caller has it); `true` if there was one.
-    fn forget_answer<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Drops the answer to request `id` of `instance_id` (its caller has it); `true` if there
+    /// was one.
+    fn forget_answer<'a>(
+        &'a self,
+        instance_id: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool>>;
 }
 
 /// An answer as stored.

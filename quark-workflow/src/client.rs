@@ -120,7 +120,7 @@ fn redrive_hint(task_id: Option<i64>) -> String {
 }
 
 /// The error that reports a blocked instance.
-fn blocked(record: InstanceRecord) -> ClientError {
+pub(crate) fn blocked(record: InstanceRecord) -> ClientError {
     let (error, task_id) = match record.blocked {
         Some(turn) => (turn.error, Some(turn.task_id)),
         None => ("its turn was dead-lettered".into(), None),

@@ -195,11 +195,35 @@ impl Command {
                 }
             }
             (
-                Command::UpdateCompleted { update_id, .. },
+                Command::UpdateCompleted { update_id, result },
                 HistoryEvent::UpdateCompleted {
-                    update_id: old_id, ..
+                    update_id: old_id,
+                    result: old,
+                    ..
                 },
-            ) => update_id == old_id,
+            ) => {
+                if update_id != old_id {
+                    false
+                } else {
+                    let same = match (result, old) {
+                        (Ok(a), Ok(b)) => same_payload(a, b),
+                        (Err(a), Err(b)) => a.message == b.message,
+                        _ => false,
+                    };
+                    if !same {
+                        let side = |r: &Result<Payload, quark_history::Failure>| match r {
+                            Ok(p) => format!("returns {}", show(p)),
+                            Err(f) => format!("fails ({})", f.message),
+                        };
+                        return Err(format!(
+                            "ends update `{update_id}`: {}, recorded: {}",
+                            side(result),
+                            side(old)
+                        ));
+                    }
+                    true
+                }
+            }
             _ => false,
         };
         if same {

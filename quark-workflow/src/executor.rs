@@ -503,14 +503,18 @@ impl Executor {
     /// Answers query `name` with `input` from the run's current state.
     pub(crate) fn query(&self, name: &str, input: &Payload) -> Result<Payload, String> {
         let handler = self.ctx.state.borrow().handlers.query(name)?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(input))).map_err(
-            |panic| {
-                format!(
-                    "query `{name}`'s handler panicked: {}",
-                    panic_message(panic.as_ref())
-                )
-            },
-        )?
+        self.read_only(|| handler(input))
+            .map_err(|panic| format!("query `{name}`'s handler panicked: {panic}"))?
+    }
+
+    /// Runs `f` (a handler that only reads) with commands forbidden; a panic is its message.
+    fn read_only<R>(&self, f: impl FnOnce() -> R) -> Result<R, String> {
+        self.ctx.state.borrow_mut().read_only = true;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        if let Ok(mut st) = self.ctx.state.try_borrow_mut() {
+            st.read_only = false;
+        }
+        ran.map_err(|panic| panic_message(panic.as_ref()))
     }
 
     /// Whether update `update_id` (`name` with `input`) may be accepted now: `Ok(true)` if its
@@ -533,14 +537,8 @@ impl Executor {
             st.handlers.update(name)?
         };
         if let Some(validate) = handler.validate {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| validate(input))).map_err(
-                |panic| {
-                    format!(
-                        "update `{name}`'s validator panicked: {}",
-                        panic_message(panic.as_ref())
-                    )
-                },
-            )??;
+            self.read_only(|| validate(input))
+                .map_err(|panic| format!("update `{name}`'s validator panicked: {panic}"))??;
         }
         Ok(true)
     }

@@ -47,9 +47,9 @@ impl Client {
             .await?;
         let mut waiting = Wait::new();
         loop {
-            match self.store().request_answer(&id).await? {
+            match self.store().request_answer(instance_id, &id).await? {
                 Some(answer) => {
-                    self.store().forget_answer(&id).await?;
+                    self.store().forget_answer(instance_id, &id).await?;
                     return match answer {
                         Answer::Value(value) => Ok(value),
                         Answer::Rejected(reason) => Err(ClientError::Rejected {
@@ -122,12 +122,22 @@ impl Client {
                     failure,
                 });
             }
-            if let Some(Answer::Rejected(reason)) = self.store().request_answer(update_id).await? {
-                self.store().forget_answer(update_id).await?;
+            // An update's answer is left to expire: a worker that runs the request again (it
+            // died before completing the task) finds it, and does not validate it again.
+            if let Some(Answer::Rejected(reason)) =
+                self.store().request_answer(instance_id, update_id).await?
+            {
                 return Err(ClientError::Rejected {
                     id: instance_id.to_string(),
                     reason,
                 });
+            }
+            // A handler that broke (a panic) blocks the instance: it will not complete.
+            if seen.accepted
+                && let Some(record) = self.store().get_instance(instance_id).await?
+                && record.status == quark_history::InstanceStatus::Blocked
+            {
+                return Err(crate::client::blocked(record));
             }
             if seen.closed {
                 let reason = if seen.accepted {

@@ -108,6 +108,9 @@ pub(crate) struct State {
     pub(crate) handlers: crate::request::Handlers,
     /// The ids of the updates accepted so far (`UpdateAccepted` delivered).
     pub(crate) updates_accepted: std::collections::HashSet<String>,
+    /// Set while a query's handler or an update's validator runs: they read the state and may
+    /// not issue commands (a warm run would keep them, and commit them with its next turn).
+    pub(crate) read_only: bool,
     entropy: u64,
 }
 
@@ -137,6 +140,7 @@ impl State {
             patches: BTreeMap::new(),
             handlers: crate::request::Handlers::default(),
             updates_accepted: std::collections::HashSet::new(),
+            read_only: false,
             entropy: 0,
         }
     }
@@ -257,6 +261,11 @@ impl State {
         site: CallSite,
         task: impl FnOnce(CommandId) -> Option<NewTask>,
     ) -> CommandId {
+        assert!(
+            !self.read_only,
+            "a query's handler or an update's validator only reads the orchestration's state: \
+             it cannot call activities, sleep, send signals or record side effects"
+        );
         let id = self.next_command;
         self.next_command += 1;
         match self.recorded.remove(&id) {
@@ -380,6 +389,10 @@ impl State {
 
     /// A fresh pseudo-random number for a side effect that is about to be recorded.
     pub(crate) fn entropy(&mut self) -> u64 {
+        assert!(
+            !self.read_only,
+            "a query's handler or an update's validator cannot draw random values"
+        );
         use std::hash::BuildHasher;
         self.entropy += 1;
         std::collections::hash_map::RandomState::new().hash_one((self.entropy, self.seq))

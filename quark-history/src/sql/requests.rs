@@ -9,8 +9,8 @@ use crate::requests::{Answer, RequestStore, decode, encode, stale_before};
 impl<S: SqlStore> RequestStore for S {
     fn answer_request<'a>(
         &'a self,
-        id: &'a str,
         instance_id: &'a str,
+        id: &'a str,
         answer: Answer,
     ) -> BoxFuture<'a, Result<Answer>> {
         Box::pin(async move {
@@ -20,32 +20,37 @@ impl<S: SqlStore> RequestStore for S {
                 .bind(stale_before(now).as_micros())
                 .execute(&mut *conn)
                 .await?;
-            Stmt::<S::Db>::new(
-                "INSERT INTO request_answers (id, instance_id, answer, answered_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+            // An answer already there stands: the no-op update returns it.
+            let stored: Vec<u8> = Stmt::<S::Db>::new(
+                "INSERT INTO request_answers (instance_id, id, answer, answered_at) \
+                 VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (instance_id, id) DO UPDATE SET answer = request_answers.answer \
+                 RETURNING answer",
             )
-            .bind(id)
             .bind(instance_id)
+            .bind(id)
             .bind(encode(&answer))
             .bind(now.as_micros())
-            .execute(&mut *conn)
-            .await?;
-            let stored: Vec<u8> =
-                Stmt::<S::Db>::new("SELECT answer FROM request_answers WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *conn)
-                    .await?
-                    .get("answer")?;
+            .fetch_one(&mut *conn)
+            .await?
+            .get("answer")?;
             decode(&stored)
         })
     }
 
-    fn request_answer<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Answer>>> {
+    fn request_answer<'a>(
+        &'a self,
+        instance_id: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Answer>>> {
         Box::pin(async move {
-            let row = Stmt::<S::Db>::new("SELECT answer FROM request_answers WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *self.reader().acquire().await?)
-                .await?;
+            let row = Stmt::<S::Db>::new(
+                "SELECT answer FROM request_answers WHERE instance_id = $1 AND id = $2",
+            )
+            .bind(instance_id)
+            .bind(id)
+            .fetch_optional(&mut *self.reader().acquire().await?)
+            .await?;
             match row {
                 Some(row) => Ok(Some(decode(&row.get::<Vec<u8>>("answer")?)?)),
                 None => Ok(None),
@@ -53,12 +58,19 @@ impl<S: SqlStore> RequestStore for S {
         })
     }
 
-    fn forget_answer<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool>> {
+    fn forget_answer<'a>(
+        &'a self,
+        instance_id: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let gone = Stmt::<S::Db>::new("DELETE FROM request_answers WHERE id = $1")
-                .bind(id)
-                .execute(&mut *self.writer().acquire().await?)
-                .await?;
+            let gone = Stmt::<S::Db>::new(
+                "DELETE FROM request_answers WHERE instance_id = $1 AND id = $2",
+            )
+            .bind(instance_id)
+            .bind(id)
+            .execute(&mut *self.writer().acquire().await?)
+            .await?;
             Ok(gone > 0)
         })
     }

@@ -507,13 +507,9 @@ impl WorkflowService for Workflows {
             }
             given => given.to_string(),
         };
-        let instance = self.instance(id).await?;
-        if instance.status.is_closed() {
-            return Err(Status::failed_precondition(format!(
-                "instance `{id}` is {}; it takes no more updates",
-                instance.status
-            )));
-        }
+        // An instance that has ended is the client's to report: an update it completed before
+        // it ended (sent again under its id) still answers with its result.
+        self.instance(id).await?;
         let answered = self
             .client
             .update_payload(id, &update_id, name, input)

@@ -83,8 +83,8 @@ async fn it_queries_and_updates_through_the_api_and_refuses_clearly(t: &TestStor
         .unwrap()
         .into_inner();
     assert_eq!(
-        (number(again.result), again.update_id),
-        (8, updated.update_id)
+        (number(again.result), &again.update_id),
+        (8, &updated.update_id)
     );
 
     // Refusals record nothing.
@@ -162,7 +162,15 @@ async fn it_queries_and_updates_through_the_api_and_refuses_clearly(t: &TestStor
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("takes no more updates"), "{e:?}");
+    assert!(e.message().contains("has ended"), "{e:?}");
+    // An update it completed before it ended, sent again under its id, still answers.
+    let late = api
+        .client
+        .update_workflow(update("tally-1", "add", 3, &again.update_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(number(late.result), 8);
     running.shutdown().await;
 }
 

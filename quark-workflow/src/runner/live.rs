@@ -617,7 +617,6 @@ impl LiveInstances {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Drops `instance`'s run: the next turn replays its history.
     /// Runs `ask` on `instance`'s live run if it has seen exactly the events before `next`
     /// (the whole history, when `next` is one past its end) and has no commit in flight;
     /// `None` otherwise (the caller replays the history instead).
@@ -641,6 +640,7 @@ impl LiveInstances {
         .flatten()
     }
 
+    /// Drops `instance`'s run: the next turn replays its history.
     pub(crate) fn forget(&self, instance: &str) {
         self.index().remove(instance);
         let id = instance.to_string();

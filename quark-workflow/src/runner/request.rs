@@ -35,7 +35,11 @@ impl Runner {
         let store = host.store().clone();
         let done = || Ok(Handled::Commit(Commit::new().complete(task.lease.clone())));
         // Answered already: this task ran before, and its worker stopped before completing it.
-        if store.request_answer(&request.id).await?.is_some() {
+        if store
+            .request_answer(&request.instance_id, &request.id)
+            .await?
+            .is_some()
+        {
             return done();
         }
         // A query of a run kept warm here that has seen the whole history is answered by it.
@@ -52,7 +56,7 @@ impl Runner {
             if let Some(answered) = warm {
                 let answer = answered.map_or_else(Answer::Rejected, Answer::Value);
                 store
-                    .answer_request(&request.id, &request.instance_id, answer)
+                    .answer_request(&request.instance_id, &request.id, answer)
                     .await?;
                 return done();
             }
@@ -64,31 +68,42 @@ impl Runner {
             RequestKind::Update => Some(self.requests.lock(&request.instance_id).await),
             RequestKind::Query => None,
         };
-        let history = store
-            .read_history(&request.instance_id, HistoryRange::All)
-            .await?;
-        let decided = match self.decide(&task, &request, &history, now(&host)) {
-            Decision::Answer(answer) => answer,
-            Decision::Known => return done(),
-            Decision::Accept(turn, event, next, at) => {
-                let commit = self.accept(&request, *turn, event, next, at, &host).await?;
-                // Committed here, under the instance's lock: the next update of the instance
-                // on this worker is validated on the state this one leaves. A refused commit
-                // goes to the settle step (a conflict validates the update again).
-                return match host.commit(commit.clone()).await {
-                    Ok(_) => Ok(Handled::Settled),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "an update's commit failed; handing it to the settle step");
-                        Ok(Handled::Commit(commit))
+        // An update validated on a state that moved on before its commit landed is validated
+        // again, here, still under the lock (the settle step would commit the stale commit once
+        // more first).
+        let mut conflicts = 0;
+        let decided = loop {
+            let history = store
+                .read_history(&request.instance_id, HistoryRange::All)
+                .await?;
+            match self.decide(&task, &request, &history, now(&host)) {
+                Decision::Answer(answer) => break answer,
+                Decision::Known => return done(),
+                Decision::Accept(turn, event, next, at) => {
+                    let commit = self.accept(&request, *turn, event, next, at, &host).await?;
+                    // Committed under the instance's lock: the next update of the instance on
+                    // this worker is validated on the state this one leaves.
+                    match host.commit(commit.clone()).await {
+                        Ok(_) => return Ok(Handled::Settled),
+                        Err(quark_history::Error::Conflict { .. })
+                            if conflicts < super::MAX_CONFLICT_RETRIES =>
+                        {
+                            host.note(super::RunEvent::Conflict);
+                            conflicts += 1;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "an update's commit failed; handing it to the settle step");
+                            return Ok(Handled::Commit(commit));
+                        }
                     }
-                };
+                }
             }
         };
         if let Answer::Rejected(why) = &decided {
             tracing::info!(instance = %request.instance_id, request = %request.id, "{} `{}` refused: {why}", kind(request.kind), request.name);
         }
         store
-            .answer_request(&request.id, &request.instance_id, decided)
+            .answer_request(&request.instance_id, &request.id, decided)
             .await?;
         done()
     }

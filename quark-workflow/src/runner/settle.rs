@@ -160,6 +160,21 @@ where
 }
 
 async fn dead(task: &ClaimedTask, host: &HostRef, error: String) -> Settled {
+    // A request's caller waits for an answer: it gets the reason, and the request is refused.
+    if task.kind == TaskKind::Request
+        && let Ok(crate::task::TaskPayload::Request(request)) =
+            crate::task::TaskPayload::from_bytes(&task.payload)
+    {
+        let answer = quark_history::Answer::Rejected(format!("the request failed: {error}"));
+        if let Err(e) = host
+            .store()
+            .answer_request(&request.instance_id, &request.id, answer)
+            .await
+        {
+            tracing::warn!(error = %e, "could not answer a dead-lettered request; releasing it");
+            return release(task, host, e.to_string()).await;
+        }
+    }
     let commit = Commit::new().fail(
         task.lease.clone(),
         FailAction::Dead {

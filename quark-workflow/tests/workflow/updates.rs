@@ -28,6 +28,8 @@ const NOTE: Update<String, usize> = Update::new("note");
 /// Fails on purpose.
 const BREAK: Update<(), ()> = Update::new("break");
 const CHECKOUT: Signal<()> = Signal::new("checkout");
+/// Tries to draw a random number while answering: refused.
+const SNEAKY: Query<(), u64> = Query::new("sneaky");
 
 #[activity]
 async fn price(_ctx: ActivityContext, sku: String) -> Result<u64, ActivityError> {
@@ -74,6 +76,8 @@ async fn cart(ctx: OrchestrationContext, _: ()) -> Result<u64, OrchestrationErro
             Ok(s.borrow().note.len())
         }
     });
+    let c = ctx.clone();
+    ctx.on_query(SNEAKY, move |()| c.random());
     ctx.on_update(BREAK, |_ctx, ()| async {
         Err::<(), _>(OrchestrationError::Failed("broken on purpose".into()))
     });
@@ -200,7 +204,7 @@ async fn a_rejected_update_or_an_unknown_name_is_refused_and_leaves_no_trace() {
     match client.query("cart-2", WHAT, &()).await {
         Err(ClientError::Rejected { reason, .. }) => assert_eq!(
             reason,
-            "the orchestration has no query `what` (it declares: items, total)"
+            "the orchestration has no query `what` (it declares: items, sneaky, total)"
         ),
         other => panic!("expected a rejection, got {other:?}"),
     }
@@ -331,4 +335,44 @@ async fn a_warm_run_answers_a_query_without_replaying_and_a_cold_one_replays() {
         before + 1,
         "nothing warm: the query replayed"
     );
+}
+
+#[tokio::test]
+async fn a_query_that_would_record_something_is_refused_and_a_changed_update_result_diverges() {
+    let env = env().await;
+    started(&env, "cart-7").await;
+    let client = env.client();
+    let before = history(&env, "cart-7").await;
+    match client.query("cart-7", SNEAKY, &()).await {
+        Err(ClientError::Rejected { reason, .. }) => {
+            assert!(reason.contains("cannot draw random values"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Nothing was kept for the next turn to commit.
+    client
+        .update("cart-7", NOTE, &"n".to_string())
+        .await
+        .unwrap();
+    let after = history(&env, "cart-7").await;
+    assert_eq!(
+        kinds(&after[before.len()..]),
+        ["UpdateAccepted", "UpdateCompleted"]
+    );
+
+    // A replay whose handler ends the update otherwise than recorded is a divergence.
+    let mut recorded = client.history("cart-7").await.unwrap();
+    let last = recorded.len() - 1;
+    if let HistoryEvent::UpdateCompleted { result, .. } = &mut recorded[last].event {
+        *result = Ok(quark_history::Payload::json(&99).unwrap());
+    }
+    let report = Replayer::new(Registry::new().register(cart).register(price))
+        .replay(&recorded)
+        .unwrap();
+    match report {
+        quark_workflow::ReplayReport::Diverged(d) => {
+            assert!(d.error.to_string().contains("ends update"), "{d}")
+        }
+        other => panic!("expected a divergence, got {other:?}"),
+    }
 }
