@@ -268,6 +268,7 @@ mod book {
         transactional => "transactional.md",
         entities => "entities.md",
         api => "api.md",
+        console => "console.md",
         configuration => "configuration.md",
         placement => "placement.md",
         placebench => "placebench.md",

@@ -73,6 +73,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The console's pages are not API calls (and their paths hold instance ids: no labels).
+        if request.uri().path().starts_with("/ui") {
+            return Box::pin(self.inner.call(request));
+        }
         let method = method(request.uri().path());
         #[allow(clippy::disallowed_methods)] // a duration, not a time of the engine's
         let started = Instant::now();

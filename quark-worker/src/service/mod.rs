@@ -1,5 +1,5 @@
 //! The gRPC API (`quark serve`): package `quark.v1` over tonic, with the standard health and
-//! reflection services.
+//! reflection services, and the web console under `/ui` on the same port.
 //!
 //! The server holds no workflow code. It reads and writes the same database as the workers, and
 //! starts an instance by its type's name with the version and queue that workers registered in
@@ -13,6 +13,7 @@
 pub mod api_lock;
 pub mod auth;
 mod catalog;
+mod console;
 mod convert;
 mod jobs;
 pub mod metrics;
@@ -213,39 +214,36 @@ pub fn routes(
         options.authenticate,
     ));
     let limit = options.max_request_bytes;
-    let workflows = proto::workflow_service_server::WorkflowServiceServer::new(Workflows::new(
-        Arc::clone(&store),
-        Arc::clone(&auth),
-    ))
-    .max_decoding_message_size(limit);
-    let jobs = proto::job_service_server::JobServiceServer::new(Jobs::new(
-        Arc::clone(&store),
-        Arc::clone(&auth),
-    ))
-    .max_decoding_message_size(limit);
-    let queues = proto::queue_service_server::QueueServiceServer::new(Queues::new(
-        Arc::clone(&store),
-        Arc::clone(&auth),
-    ))
-    .max_decoding_message_size(limit);
-    let workers = proto::worker_service_server::WorkerServiceServer::new(Workers::new(
-        Arc::clone(&store),
-        Arc::clone(&auth),
-    ))
-    .max_decoding_message_size(limit);
-    let schedules = proto::schedule_service_server::ScheduleServiceServer::new(Schedules::new(
-        Arc::clone(&store),
-        Arc::clone(&auth),
-    ))
-    .max_decoding_message_size(limit);
-    let outbox = proto::outbox_service_server::OutboxServiceServer::new(Outbox::new(
-        Arc::clone(&store),
-        Arc::clone(&auth),
-    ))
-    .max_decoding_message_size(limit);
-    let sagas =
-        proto::saga_service_server::SagaServiceServer::new(Sagas::new(Arc::clone(&store), auth))
+    // One instance of each service, shared by gRPC and the console (which calls it in-process
+    // with the signed-in token).
+    let services = console::Services {
+        workflows: Workflows::new(Arc::clone(&store), Arc::clone(&auth)),
+        jobs: Jobs::new(Arc::clone(&store), Arc::clone(&auth)),
+        queues: Queues::new(Arc::clone(&store), Arc::clone(&auth)),
+        workers: Workers::new(Arc::clone(&store), Arc::clone(&auth)),
+        schedules: Schedules::new(Arc::clone(&store), Arc::clone(&auth)),
+        outbox: Outbox::new(Arc::clone(&store), Arc::clone(&auth)),
+        sagas: Sagas::new(Arc::clone(&store), Arc::clone(&auth)),
+        auth,
+        authenticate: options.authenticate,
+        tls: options.tls.is_some(),
+    };
+    let workflows =
+        proto::workflow_service_server::WorkflowServiceServer::new(services.workflows.clone())
             .max_decoding_message_size(limit);
+    let jobs = proto::job_service_server::JobServiceServer::new(services.jobs.clone())
+        .max_decoding_message_size(limit);
+    let queues = proto::queue_service_server::QueueServiceServer::new(services.queues.clone())
+        .max_decoding_message_size(limit);
+    let workers = proto::worker_service_server::WorkerServiceServer::new(services.workers.clone())
+        .max_decoding_message_size(limit);
+    let schedules =
+        proto::schedule_service_server::ScheduleServiceServer::new(services.schedules.clone())
+            .max_decoding_message_size(limit);
+    let outbox = proto::outbox_service_server::OutboxServiceServer::new(services.outbox.clone())
+        .max_decoding_message_size(limit);
+    let sagas = proto::saga_service_server::SagaServiceServer::new(services.sagas.clone())
+        .max_decoding_message_size(limit);
     // The reporter only flips statuses; the services are serving from the start.
     tokio::spawn(async move {
         for service in SERVICES {
@@ -264,7 +262,9 @@ pub fn routes(
         .add_service(schedules)
         .add_service(outbox)
         .add_service(sagas);
-    Ok(routes)
+    // The console, beside the services, on the same port (HTTP/1.1 for browsers).
+    let router = routes.into_axum_router().merge(console::router(services));
+    Ok(tonic::service::Routes::from(router))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops taking calls and lets the
@@ -280,7 +280,8 @@ pub async fn serve(
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let routes = routes(store, &options)?;
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let mut server = tonic::transport::Server::builder();
+    // HTTP/1.1 too, for the console's browsers; gRPC stays on HTTP/2.
+    let mut server = tonic::transport::Server::builder().accept_http1(true);
     if let Some(tls) = &options.tls {
         server = server.tls_config(tls.config()).map_err(ServeError::Tls)?;
     }

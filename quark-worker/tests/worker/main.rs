@@ -28,6 +28,7 @@ mod saga;
 mod schedules;
 mod service;
 mod service_auth;
+mod service_console;
 mod service_lock;
 mod service_ops;
 mod service_reads;

@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod console;
 mod crash;
 mod entities;
 mod entity_chaos;
