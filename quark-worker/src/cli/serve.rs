@@ -64,7 +64,8 @@ fn announce(out: &mut dyn Write, output: Output, event: &Announce) -> anyhow::Re
         match event {
             Announce::ApiServing { addr } => writeln!(
                 out,
-                "API serving on {addr} (gRPC: quark.v1, health, reflection); Ctrl-C to stop"
+                "API serving on {addr} (gRPC: quark.v1, health, reflection; the console at \
+                 /ui); Ctrl-C to stop"
             )?,
             Announce::ApiStopped { addr } => writeln!(out, "API on {addr} stopped")?,
         }
