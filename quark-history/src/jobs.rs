@@ -205,6 +205,8 @@ pub struct JobInfo {
 pub struct JobFilter {
     /// Only this queue.
     pub queue: Option<String>,
+    /// Only queues whose name starts with this (a namespace's: `acme::`).
+    pub queue_prefix: Option<String>,
     /// Only these states (empty: all).
     pub states: Vec<JobState>,
     /// Only ids below this one (paging backwards from the newest).

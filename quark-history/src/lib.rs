@@ -77,6 +77,7 @@ mod inbox_order;
 mod instance;
 mod jobs;
 mod journal;
+mod namespace;
 mod outbox;
 mod plan;
 mod projection;
@@ -138,6 +139,7 @@ pub use jobs::{
     UniquePolicy,
 };
 pub use journal::{ChainBreak, ChainReport, GlobalEvent, GlobalPosition, HistoryRange, scan_range};
+pub use namespace::{MAX_NAMESPACE, NAMESPACE_SEPARATOR, check_namespace, namespace_of, qualify};
 pub use outbox::{
     ClaimedMessage, Delivery, Destination, MessageState, NextWindow, OUTBOX_WAKE_QUEUE,
     OutboxClaim, OutboxFilter, OutboxLease, OutboxMessage, OutboxRecord, WindowOutcome,

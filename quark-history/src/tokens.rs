@@ -69,6 +69,9 @@ pub struct TokenRecord {
     pub secret_hash: String,
     /// Calls a second it may make, with a burst of one second's worth; `None`: no limit.
     pub rate_limit: Option<u32>,
+    /// The one namespace it may see and touch (see [`qualify`](crate::qualify)); `None`: every
+    /// namespace, and the names outside any.
+    pub namespace: Option<String>,
     /// When it was created, by the store's clock (set by the store).
     pub created_at: Timestamp,
     /// When it was revoked, if it was.

@@ -52,6 +52,8 @@ pub struct WorkerBuilder<S = HasStore> {
     memory: Option<crate::memory::MemoryConfig>,
     memory_probe: Option<Arc<dyn crate::memory::MemoryProbe>>,
     placement: Option<crate::placement::coordinator::PlacementConfig>,
+    /// The namespace whose queues it serves, if any.
+    namespace: Option<String>,
 }
 
 type ProjectionFactory = Box<
@@ -148,6 +150,7 @@ impl Default for WorkerBuilder<NoStore> {
             memory: Some(crate::memory::MemoryConfig::default()),
             memory_probe: None,
             placement: Some(crate::placement::coordinator::PlacementConfig::default()),
+            namespace: None,
         }
     }
 }
@@ -176,6 +179,7 @@ impl<S> WorkerBuilder<S> {
             memory: self.memory,
             memory_probe: self.memory_probe,
             placement: self.placement,
+            namespace: self.namespace,
         }
     }
 
@@ -196,6 +200,14 @@ impl<S> WorkerBuilder<S> {
     /// locks to keep its ids apart.
     pub fn lock_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.lock_dir = Some(dir.into());
+        self
+    }
+
+    /// Serves namespace `namespace`: each queue this worker serves is its namespace's
+    /// (`orders` is `acme::orders`). Its instances' children, signals by a plain id and
+    /// activities' own queues stay in their namespace by themselves.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
         self
     }
 
@@ -441,6 +453,15 @@ impl WorkerBuilder<HasStore> {
     /// Builds the worker.
     pub fn build(mut self) -> Result<Worker, BuildError> {
         let store = self.store.0;
+        if let Some(ns) = &self.namespace {
+            quark_history::check_namespace(ns).map_err(BuildError::Invalid)?;
+            self.settings.queues = self
+                .settings
+                .queues
+                .iter()
+                .map(|q| quark_history::qualify(Some(ns), q))
+                .collect();
+        }
         if let Some(kind) = self
             .concurrency
             .keys()

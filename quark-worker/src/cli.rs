@@ -201,6 +201,9 @@ pub struct WorkerArgs {
         env = "QUARK_QUEUES"
     )]
     pub queues: Vec<String>,
+    /// Serves this namespace: each queue is its namespace's (`orders` is `acme::orders`).
+    #[arg(long, env = "QUARK_NAMESPACE")]
+    pub namespace: Option<String>,
     /// The worker's id. Keep it across restarts: a worker restarted under its id takes back
     /// at once the tasks it held when it died (default: `<host>-<n>`, the smallest `n` no
     /// live worker on this host uses for this database, which a restart finds free again).
@@ -551,6 +554,7 @@ async fn worker(
     let WorkerArgs {
         command,
         queues,
+        namespace,
         id,
         lock_dir,
         activity_concurrency,
@@ -576,6 +580,9 @@ async fn worker(
         .shutdown_grace(shutdown_timeout);
     if let Some(id) = id {
         builder = builder.id(id);
+    }
+    if let Some(ns) = namespace {
+        builder = builder.namespace(ns);
     }
     if let Some(dir) = lock_dir {
         builder = builder.lock_dir(dir);

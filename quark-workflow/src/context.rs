@@ -53,6 +53,13 @@ impl OrchestrationContext {
         self.state.borrow().instance_id.clone()
     }
 
+    /// `name` (an instance's id) in this instance's namespace: a plain name is qualified with
+    /// it, a qualified one is kept (see [`quark_history::qualify`]).
+    fn in_namespace(&self, name: &str) -> String {
+        let st = self.state.borrow();
+        quark_history::qualify(quark_history::namespace_of(&st.instance_id), name)
+    }
+
     /// The number of history events processed so far: grows with every step. Keep histories
     /// short: past about 10,000 events or 10 MB (the worker warns), end the run with
     /// [`continue_as_new`](Self::continue_as_new) and carry the state over in its input.
@@ -142,7 +149,13 @@ impl OrchestrationContext {
         site: quark_history::CallSite,
     ) -> ActivityCall<T> {
         let mut st = self.state.borrow_mut();
-        let queue = options.queue.clone().unwrap_or_else(|| st.queue.clone());
+        // An activity's own queue is its namespace's, as the instance is.
+        let queue = match &options.queue {
+            Some(queue) => {
+                quark_history::qualify(quark_history::namespace_of(&st.instance_id), queue)
+            }
+            None => st.queue.clone(),
+        };
         let (instance_id, orchestration_queue, now) =
             (st.instance_id.clone(), st.queue.clone(), st.now);
         let command = Command::Activity {
@@ -250,7 +263,9 @@ impl OrchestrationContext {
         value: &T,
         site: quark_history::CallSite,
     ) -> Result<(), OrchestrationError> {
-        if instance_id == self.instance_id() {
+        // A plain name is an instance of this one's namespace.
+        let instance_id = &self.in_namespace(instance_id);
+        if *instance_id == self.instance_id() {
             return Err(OrchestrationError::failed(format!(
                 "`{instance_id}` sends signal `{name}` to itself; a run's own state needs no signal"
             )));
@@ -286,6 +301,7 @@ impl OrchestrationContext {
     ) -> ChildCall<O::Output> {
         let _ = child;
         let site = caller();
+        let instance_id = &self.in_namespace(instance_id);
         let input = match Payload::json(input) {
             Ok(p) => p,
             Err(e) => return ChildCall::failed(OrchestrationError::payload(e), instance_id),

@@ -131,6 +131,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "request answers",
         include_str!("../../migrations/postgres/0023_request_answers.sql"),
     ),
+    (
+        24,
+        "token namespaces",
+        include_str!("../../migrations/postgres/0024_token_namespaces.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

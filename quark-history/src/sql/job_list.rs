@@ -67,8 +67,14 @@ fn list_sql(filter: &JobFilter, now: Timestamp, by_id: bool) -> String {
     if by_id {
         outer.push("j.id = $1".into());
     } else {
+        let mut n = 0;
         if filter.queue.is_some() {
-            outer.push("j.queue = $1".into());
+            n += 1;
+            outer.push(format!("j.queue = ${n}"));
+        }
+        if filter.queue_prefix.is_some() {
+            n += 1;
+            outer.push(format!("substr(j.queue, 1, length(${n})) = ${n}"));
         }
         if let Some(before) = filter.before_id {
             outer.push(format!("j.id < {before}"));
@@ -163,6 +169,9 @@ pub(crate) async fn list_jobs<S: SqlStore>(store: &S, filter: JobFilter) -> Resu
     let mut stmt = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(sql));
     if let Some(queue) = filter.queue {
         stmt = stmt.bind(queue);
+    }
+    if let Some(prefix) = filter.queue_prefix {
+        stmt = stmt.bind(prefix);
     }
     stmt.fetch_all(&mut *store.reader().acquire().await?)
         .await?

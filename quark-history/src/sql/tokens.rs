@@ -7,7 +7,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::tokens::{TokenRecord, TokenStore};
 
-const COLUMNS: &str = "id, name, scope, secret_hash, rate_limit, created_at, revoked_at";
+const COLUMNS: &str = "id, name, scope, secret_hash, rate_limit, created_at, revoked_at, namespace";
 
 fn read<S: SqlStore>(row: &Row<S::Db>) -> Result<TokenRecord> {
     let scope: String = row.get("scope")?;
@@ -23,16 +23,20 @@ fn read<S: SqlStore>(row: &Row<S::Db>) -> Result<TokenRecord> {
             .transpose()?,
         created_at: Timestamp::from_micros(row.get("created_at")?),
         revoked_at: revoked_at.map(Timestamp::from_micros),
+        namespace: row.get("namespace")?,
     })
 }
 
 impl<S: SqlStore> TokenStore for S {
     fn create_token(&self, mut token: TokenRecord) -> BoxFuture<'_, Result<TokenRecord>> {
         Box::pin(async move {
+            if let Some(ns) = &token.namespace {
+                crate::check_namespace(ns).map_err(Error::Invalid)?;
+            }
             token.created_at = self.settings().clock.now();
             token.revoked_at = None;
             let inserted = Stmt::<S::Db>::new(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL) \
+                "INSERT INTO api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7) \
                  ON CONFLICT (id) DO NOTHING"
             )))
             .bind(token.id.as_str())
@@ -41,6 +45,7 @@ impl<S: SqlStore> TokenStore for S {
             .bind(token.secret_hash.as_str())
             .bind(token.rate_limit.map(i64::from))
             .bind(token.created_at.as_micros())
+            .bind(token.namespace.clone())
             .execute(&mut *self.writer().acquire().await?)
             .await?;
             if inserted == 0 {

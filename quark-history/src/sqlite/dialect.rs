@@ -112,6 +112,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "request answers",
         include_str!("../../migrations/sqlite/0020_request_answers.sql"),
     ),
+    (
+        21,
+        "token namespaces",
+        include_str!("../../migrations/sqlite/0021_token_namespaces.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

@@ -597,6 +597,7 @@ async fn it_lists_jobs_by_state_and_queue_newest_first(t: &TestStore) {
     let scheduled = t
         .store
         .list_jobs(JobFilter {
+            queue_prefix: None,
             queue: Some("jobs".into()),
             states: vec![JobState::Scheduled],
             ..JobFilter::default()
@@ -618,6 +619,36 @@ async fn it_lists_jobs_by_state_and_queue_newest_first(t: &TestStore) {
         .await
         .unwrap();
     assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[1]]);
+    // A queue prefix (a namespace's) keeps the queues it starts; with a state, both hold.
+    let by_prefix = async |prefix: &str, states: Vec<JobState>| {
+        t.store
+            .list_jobs(JobFilter {
+                queue_prefix: Some(prefix.into()),
+                states,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| (j.id, j.queue.clone()))
+            .collect::<Vec<_>>()
+    };
+    let queues: Vec<(i64, String)> = all.iter().map(|j| (j.id, j.queue.clone())).collect();
+    let jo = by_prefix("jo", vec![]).await;
+    assert_eq!(
+        jo,
+        queues
+            .iter()
+            .filter(|(_, q)| q.starts_with("jo"))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert!(!jo.is_empty() && jo.len() < queues.len(), "{queues:?}");
+    assert_eq!(
+        by_prefix("jo", vec![JobState::Scheduled]).await,
+        [(ids[1], "jobs".to_string())]
+    );
+    assert!(by_prefix("zz", vec![]).await.is_empty());
     let mail = claim_all(&*t.store, "w", "mail").await.remove(0);
     t.store
         .commit(Commit::new().fail(mail.lease, FailAction::Dead { error: "no".into() }))

@@ -18,6 +18,7 @@ async fn it_stores_tokens_without_secrets_and_revokes_each_once(t: &TestStore) {
         rate_limit: (scope == Scope::Admin).then_some(100),
         created_at: quark_history::Timestamp::from_micros(0),
         revoked_at: None,
+        namespace: (scope == Scope::Read).then(|| "acme".to_string()),
     };
     let first = t
         .store
@@ -70,5 +71,23 @@ async fn it_stores_tokens_without_secrets_and_revokes_each_once(t: &TestStore) {
         ]
     );
     assert_eq!(listed[0].revoked_at, Some(t.clock.now()));
+    assert_eq!(
+        (
+            listed[0].namespace.as_deref(),
+            listed[1].namespace.as_deref()
+        ),
+        (Some("acme"), None),
+        "a token's namespace is kept"
+    );
+    let bad = TokenRecord {
+        namespace: Some("Not A Namespace".into()),
+        ..token("c3", Scope::Read)
+    };
+    let refused = t.store.create_token(bad).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("is not a namespace"),
+        "{refused}"
+    );
+    assert!(t.store.token("c3").await.unwrap().is_none());
     assert!(t.store.token("zz").await.unwrap().is_none());
 }

@@ -196,6 +196,7 @@ pub(super) async fn job(
             let jobs: Vec<JobView> = client
                 .jobs(JobFilter {
                     queue,
+                    queue_prefix: None,
                     states,
                     before_id: before,
                     limit,

@@ -26,6 +26,11 @@ pub enum TokenCommand {
         /// allowed); more are refused with RESOURCE_EXHAUSTED. Default: no limit.
         #[arg(long)]
         rate_limit: Option<u32>,
+        /// Limits it to one namespace: it sees and touches only the instances, queues, jobs
+        /// and schedules named `<namespace>::...` (a plain name it sends is taken in it).
+        /// Default: every namespace.
+        #[arg(long)]
+        namespace: Option<String>,
     },
     /// Lists the tokens, revoked ones included (never their secrets).
     List,
@@ -48,6 +53,8 @@ struct TokenView {
     scope: String,
     /// Calls a second, if limited.
     rate_limit: Option<u32>,
+    /// The one namespace it is limited to, if any.
+    namespace: Option<String>,
     #[serde(serialize_with = "rfc3339")]
     created_at: Timestamp,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -64,6 +71,7 @@ impl From<TokenRecord> for TokenView {
             name: r.name,
             scope: r.scope.to_string(),
             rate_limit: r.rate_limit,
+            namespace: r.namespace,
             created_at: r.created_at,
             revoked_at: r.revoked_at,
             token: None,
@@ -82,11 +90,13 @@ pub(super) async fn run(
             name,
             scope,
             rate_limit,
+            namespace,
         } => {
             if name.trim().is_empty() {
                 bail!("a token needs a name (--name): what it is for");
             }
-            let issued = auth::issue(&**store, &name, scope, rate_limit).await?;
+            let issued =
+                auth::issue_in(&**store, namespace.as_deref(), &name, scope, rate_limit).await?;
             let view = TokenView {
                 token: Some(issued.token),
                 ..TokenView::from(issued.record)
@@ -111,12 +121,21 @@ pub(super) async fn run(
                 .map(TokenView::from)
                 .collect();
             output::rows(out, output, &tokens, |out, tokens| {
-                let mut t = table(["id", "name", "scope", "calls/s", "created", "revoked"]);
+                let mut t = table([
+                    "id",
+                    "name",
+                    "scope",
+                    "namespace",
+                    "calls/s",
+                    "created",
+                    "revoked",
+                ]);
                 for v in tokens {
                     t.add_row([
                         v.id.clone(),
                         v.name.clone(),
                         v.scope.clone(),
+                        v.namespace.clone().unwrap_or_else(|| "(all)".into()),
                         v.rate_limit.map(|r| r.to_string()).unwrap_or_default(),
                         v.created_at.to_string(),
                         v.revoked_at.map(|r| r.to_string()).unwrap_or_default(),

@@ -45,6 +45,18 @@ pub async fn issue(
     scope: Scope,
     rate_limit: Option<u32>,
 ) -> Result<IssuedToken, quark_history::Error> {
+    issue_in(store, None, name, scope, rate_limit).await
+}
+
+/// [`issue`], for a token limited to `namespace` (with `Some`): it sees and touches only the
+/// instances, queues, jobs and schedules named `<namespace>::...`.
+pub async fn issue_in(
+    store: &dyn Store,
+    namespace: Option<&str>,
+    name: &str,
+    scope: Scope,
+    rate_limit: Option<u32>,
+) -> Result<IssuedToken, quark_history::Error> {
     if rate_limit == Some(0) {
         return Err(quark_history::Error::Invalid(
             "a rate limit of 0 calls a second allows nothing; revoke the token instead".into(),
@@ -67,6 +79,7 @@ pub async fn issue(
             rate_limit,
             created_at: Timestamp::from_micros(0),
             revoked_at: None,
+            namespace: namespace.map(str::to_string),
         })
         .await?;
     Ok(IssuedToken {
@@ -86,6 +99,8 @@ pub struct Caller {
     pub token_id: Option<String>,
     /// What the token allows.
     pub scope: Scope,
+    /// The one namespace the token is limited to, if any (see [`tenancy`](super::tenancy)).
+    pub namespace: Option<String>,
 }
 
 /// Checks the calls of one server.
@@ -106,11 +121,12 @@ pub struct Authenticator {
 pub const LOOKUPS_PER_SECOND: u32 = 200;
 
 /// A verified token, as remembered.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Known {
     hash: blake3::Hash,
     scope: Scope,
     rate_limit: Option<u32>,
+    namespace: Option<String>,
     read_at: Timestamp,
 }
 
@@ -166,6 +182,7 @@ impl Authenticator {
             return Ok(Caller {
                 token_id: None,
                 scope: Scope::Admin,
+                namespace: None,
             });
         }
         let (id, secret) = match bearer(request) {
@@ -177,8 +194,8 @@ impl Authenticator {
                 )));
             }
         };
-        let (scope, rate_limit) = match self.verify(id, secret).await? {
-            Some(known) => (known.scope, known.rate_limit),
+        let (scope, rate_limit, namespace) = match self.verify(id, secret).await? {
+            Some(known) => (known.scope, known.rate_limit, known.namespace),
             None => {
                 tracing::warn!(
                     method,
@@ -221,6 +238,7 @@ impl Authenticator {
         Ok(Caller {
             token_id: Some(id.to_string()),
             scope,
+            namespace,
         })
     }
 
@@ -239,7 +257,7 @@ impl Authenticator {
             .unwrap()
             .get(id)
             .filter(|k| fresh(&k.read_at))
-            .copied();
+            .cloned();
         let known = match cached {
             Some(known) => known,
             None => {
@@ -264,9 +282,13 @@ impl Authenticator {
                     hash,
                     scope: record.scope,
                     rate_limit: record.rate_limit,
+                    namespace: record.namespace,
                     read_at: now,
                 };
-                self.cache.lock().unwrap().insert(id.to_string(), known);
+                self.cache
+                    .lock()
+                    .unwrap()
+                    .insert(id.to_string(), known.clone());
                 known
             }
         };

@@ -100,13 +100,31 @@ fn job_out(j: &JobInfo) -> proto::Job {
     }
 }
 
+impl Jobs {
+    /// Job `id`, if the caller may see it (a namespace's token sees its own queues' jobs only;
+    /// another's is not found, as if it did not exist).
+    async fn visible_job(
+        &self,
+        caller: &super::auth::Caller,
+        id: i64,
+    ) -> Result<quark_history::JobInfo, Status> {
+        self.store
+            .job(id)
+            .await
+            .map_err(status::store)?
+            .filter(|job| caller.sees(&job.queue))
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))
+    }
+}
+
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn enqueue_job(
         &self,
         request: Request<proto::EnqueueJobRequest>,
     ) -> Result<Response<proto::EnqueueJobResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "EnqueueJob", Scope::Write)
             .await?;
         let r = request.into_inner();
@@ -153,6 +171,15 @@ impl JobService for Jobs {
         })?;
         let defaults: ActivityOptions =
             serde_json::from_str(&registered.options).map_err(|e| status::internal(&e))?;
+        // A namespace's jobs go to its own queues.
+        if caller.namespace.is_some() {
+            let queue = options
+                .queue
+                .clone()
+                .or_else(|| defaults.queue.clone())
+                .unwrap_or_else(|| registered.queue.clone());
+            options.queue = Some(caller.name("queue", &queue)?);
+        }
         let now = self.store.config().clock.now();
         let task = job_task_by_name(activity, defaults, input, &options, now);
         let committed = self
@@ -175,14 +202,9 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
-        self.auth.check(&request, "GetJob", Scope::Read).await?;
+        let caller = self.auth.check(&request, "GetJob", Scope::Read).await?;
         let id = request.into_inner().job_id;
-        let job = self
-            .store
-            .job(id)
-            .await
-            .map_err(status::store)?
-            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+        let job = self.visible_job(&caller, id).await?;
         Ok(Response::new(proto::GetJobResponse {
             job: Some(job_out(&job)),
         }))
@@ -192,7 +214,7 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        self.auth.check(&request, "ListJobs", Scope::Read).await?;
+        let caller = self.auth.check(&request, "ListJobs", Scope::Read).await?;
         let r = request.into_inner();
         let states = r
             .states
@@ -209,7 +231,10 @@ impl JobService for Jobs {
         let jobs = self
             .store
             .list_jobs(JobFilter {
-                queue: (!r.queue.is_empty()).then(|| r.queue.clone()),
+                queue: (!r.queue.is_empty())
+                    .then(|| caller.name("queue", &r.queue))
+                    .transpose()?,
+                queue_prefix: caller.prefix(),
                 states,
                 before_id,
                 limit,
@@ -230,8 +255,9 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
-        self.auth.check(&request, "CancelJob", Scope::Write).await?;
+        let caller = self.auth.check(&request, "CancelJob", Scope::Write).await?;
         let id = request.into_inner().job_id;
+        self.visible_job(&caller, id).await?;
         let state = self
             .client
             .cancel_job(JobId::new(id))
@@ -246,8 +272,9 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::RetryJobRequest>,
     ) -> Result<Response<proto::RetryJobResponse>, Status> {
-        self.auth.check(&request, "RetryJob", Scope::Write).await?;
+        let caller = self.auth.check(&request, "RetryJob", Scope::Write).await?;
         let id = request.into_inner().job_id;
+        self.visible_job(&caller, id).await?;
         self.client
             .retry_job(JobId::new(id))
             .await
@@ -259,8 +286,9 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::PauseJobRequest>,
     ) -> Result<Response<proto::PauseJobResponse>, Status> {
-        self.auth.check(&request, "PauseJob", Scope::Write).await?;
+        let caller = self.auth.check(&request, "PauseJob", Scope::Write).await?;
         let id = request.into_inner().job_id;
+        self.visible_job(&caller, id).await?;
         self.client
             .pause_job(JobId::new(id))
             .await
@@ -272,8 +300,9 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::ResumeJobRequest>,
     ) -> Result<Response<proto::ResumeJobResponse>, Status> {
-        self.auth.check(&request, "ResumeJob", Scope::Write).await?;
+        let caller = self.auth.check(&request, "ResumeJob", Scope::Write).await?;
         let id = request.into_inner().job_id;
+        self.visible_job(&caller, id).await?;
         self.client
             .resume_job(JobId::new(id))
             .await

@@ -24,6 +24,7 @@ mod sagas;
 mod schedules;
 pub mod starts;
 mod status;
+mod tenancy;
 mod workers;
 mod workflows;
 

@@ -41,7 +41,8 @@ impl OutboxService for Outbox {
     ) -> Result<Response<proto::ListOutboxMessagesResponse>, Status> {
         self.auth
             .check(&request, "ListOutboxMessages", Scope::Read)
-            .await?;
+            .await?
+            .cluster_wide("the outbox")?;
         let r = request.into_inner();
         let state = match proto::MessageState::try_from(r.state) {
             Ok(proto::MessageState::Unspecified) => None,
@@ -88,7 +89,8 @@ impl OutboxService for Outbox {
     ) -> Result<Response<proto::RedriveOutboxMessagesResponse>, Status> {
         self.auth
             .check(&request, "RedriveOutboxMessages", Scope::Admin)
-            .await?;
+            .await?
+            .cluster_wide("the outbox")?;
         let r = request.into_inner();
         if r.message_ids.is_empty() || r.message_ids.len() > 1000 {
             return Err(Status::invalid_argument(

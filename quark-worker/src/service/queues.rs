@@ -24,15 +24,42 @@ impl Queues {
     }
 }
 
+/// How many dead tasks a namespace's listing and re-drive look through for its own.
+const NAMESPACE_DEAD_SCAN: u32 = 10_000;
+
+impl Queues {
+    /// Up to `limit` dead tasks (of `queue`, if given) that the caller may see.
+    async fn visible_dead(
+        &self,
+        caller: &super::auth::Caller,
+        queue: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<quark_history::DeadTask>, Status> {
+        let scan = match (&caller.namespace, queue) {
+            (Some(_), None) => NAMESPACE_DEAD_SCAN,
+            _ => limit,
+        };
+        let mut dead = self
+            .store
+            .list_dead(queue, scan)
+            .await
+            .map_err(status::store)?;
+        dead.retain(|d| caller.sees(&d.queue));
+        dead.truncate(limit as usize);
+        Ok(dead)
+    }
+}
+
 #[tonic::async_trait]
 impl QueueService for Queues {
     async fn get_queue(
         &self,
         request: Request<proto::GetQueueRequest>,
     ) -> Result<Response<proto::GetQueueResponse>, Status> {
-        self.auth.check(&request, "GetQueue", Scope::Read).await?;
+        let caller = self.auth.check(&request, "GetQueue", Scope::Read).await?;
         let r = request.into_inner();
-        let queue = required("queue", &r.queue)?;
+        let queue = caller.name("queue", required("queue", &r.queue)?)?;
+        let queue = queue.as_str();
         let stats = self.store.queue_stats(queue).await.map_err(status::store)?;
         let settings = self
             .store
@@ -59,11 +86,13 @@ impl QueueService for Queues {
         &self,
         request: Request<proto::PauseQueueRequest>,
     ) -> Result<Response<proto::PauseQueueResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "PauseQueue", Scope::Admin)
             .await?;
         let r = request.into_inner();
-        let queue = required("queue", &r.queue)?;
+        let queue = caller.name("queue", required("queue", &r.queue)?)?;
+        let queue = queue.as_str();
         self.store
             .set_queue_paused(queue, true)
             .await
@@ -75,11 +104,13 @@ impl QueueService for Queues {
         &self,
         request: Request<proto::ResumeQueueRequest>,
     ) -> Result<Response<proto::ResumeQueueResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "ResumeQueue", Scope::Admin)
             .await?;
         let r = request.into_inner();
-        let queue = required("queue", &r.queue)?;
+        let queue = caller.name("queue", required("queue", &r.queue)?)?;
+        let queue = queue.as_str();
         self.store
             .set_queue_paused(queue, false)
             .await
@@ -91,11 +122,13 @@ impl QueueService for Queues {
         &self,
         request: Request<proto::SetQueueRateLimitRequest>,
     ) -> Result<Response<proto::SetQueueRateLimitResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "SetQueueRateLimit", Scope::Admin)
             .await?;
         let r = request.into_inner();
-        let queue = required("queue", &r.queue)?;
+        let queue = caller.name("queue", required("queue", &r.queue)?)?;
+        let queue = queue.as_str();
         let limit = match r.rate_limit {
             None => None,
             Some(l) => {
@@ -123,16 +156,17 @@ impl QueueService for Queues {
         &self,
         request: Request<proto::ListDeadLettersRequest>,
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "ListDeadLetters", Scope::Read)
             .await?;
         let r = request.into_inner();
-        let queue = (!r.queue.is_empty()).then_some(r.queue.as_str());
+        let queue = (!r.queue.is_empty())
+            .then(|| caller.name("queue", &r.queue))
+            .transpose()?;
         let dead = self
-            .store
-            .list_dead(queue, page_size(r.page_size))
-            .await
-            .map_err(status::store)?;
+            .visible_dead(&caller, queue.as_deref(), page_size(r.page_size))
+            .await?;
         Ok(Response::new(proto::ListDeadLettersResponse {
             dead_letters: dead
                 .into_iter()
@@ -153,7 +187,8 @@ impl QueueService for Queues {
         &self,
         request: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "RedriveDeadLetters", Scope::Admin)
             .await?;
         let r = request.into_inner();
@@ -165,6 +200,17 @@ impl QueueService for Queues {
                 "task_ids: at most 1,000 tasks a call",
             ));
         }
+        // A namespace's token re-drives its own queues' tasks; another's are not found.
+        let visible: Option<std::collections::HashSet<i64>> = match caller.namespace {
+            None => None,
+            Some(_) => Some(
+                self.visible_dead(&caller, None, NAMESPACE_DEAD_SCAN)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.task_id)
+                    .collect(),
+            ),
+        };
         let mut results = Vec::with_capacity(r.task_ids.len());
         // Once the database goes away, the rest are not tried: each says so, and the ones
         // re-driven before keep their answer (a call that changed something does not fail).
@@ -175,6 +221,14 @@ impl QueueService for Queues {
                     task_id,
                     redriven: false,
                     error: format!("not tried: {why}"),
+                });
+                continue;
+            }
+            if visible.as_ref().is_some_and(|v| !v.contains(&task_id)) {
+                results.push(proto::Redriven {
+                    task_id,
+                    redriven: false,
+                    error: quark_history::Error::TaskNotFound { task_id }.to_string(),
                 });
                 continue;
             }

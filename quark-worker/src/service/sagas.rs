@@ -32,7 +32,8 @@ impl SagaService for Sagas {
         &self,
         request: Request<proto::ListStuckSagasRequest>,
     ) -> Result<Response<proto::ListStuckSagasResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "ListStuckSagas", Scope::Read)
             .await?;
         let r = request.into_inner();
@@ -45,9 +46,10 @@ impl SagaService for Sagas {
             n => n.min(MAX_SCAN),
         } as usize;
         let workflow_type = (!r.workflow_type.is_empty()).then_some(r.workflow_type);
-        let stuck = crate::sagas::stuck_sagas(&self.store, workflow_type, limit, scan)
+        let mut stuck = crate::sagas::stuck_sagas(&self.store, workflow_type, limit, scan)
             .await
             .map_err(status::store)?;
+        stuck.retain(|s| caller.sees(&s.instance_id));
         Ok(Response::new(proto::ListStuckSagasResponse {
             sagas: stuck
                 .into_iter()

@@ -38,10 +38,12 @@ impl ScheduleService for Schedules {
         &self,
         request: Request<proto::ListSchedulesRequest>,
     ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "ListSchedules", Scope::Read)
             .await?;
-        let schedules = self.client.schedules().await.map_err(status::client)?;
+        let mut schedules = self.client.schedules().await.map_err(status::client)?;
+        schedules.retain(|s| caller.sees(&s.spec.name));
         Ok(Response::new(proto::ListSchedulesResponse {
             schedules: schedules
                 .iter()
@@ -74,11 +76,13 @@ impl ScheduleService for Schedules {
         &self,
         request: Request<proto::PutScheduleRequest>,
     ) -> Result<Response<proto::PutScheduleResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "PutSchedule", Scope::Admin)
             .await?;
         let r = request.into_inner();
-        let name = required("name", &r.name)?;
+        let name = caller.name("name", required("name", &r.name)?)?;
+        let name = name.as_str();
         let activity = required("activity", &r.activity)?;
         let input = payload_in("input", r.input)?;
         let timezone = if r.timezone.is_empty() {
@@ -106,6 +110,8 @@ impl ScheduleService for Schedules {
         } else {
             r.queue.clone()
         };
+        // A namespace's schedule fires jobs on its own queues.
+        let queue = caller.name("queue", &queue)?;
         let job = TaskPayload::Job(JobTask {
             activity: activity.to_string(),
             input,
@@ -140,11 +146,13 @@ impl ScheduleService for Schedules {
         &self,
         request: Request<proto::DeleteScheduleRequest>,
     ) -> Result<Response<proto::DeleteScheduleResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "DeleteSchedule", Scope::Admin)
             .await?;
         let r = request.into_inner();
-        let name = required("name", &r.name)?;
+        let name = caller.name("name", required("name", &r.name)?)?;
+        let name = name.as_str();
         if !self.client.unschedule(name).await.map_err(status::client)? {
             return Err(Status::not_found(format!("no schedule `{name}`")));
         }

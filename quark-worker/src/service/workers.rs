@@ -30,10 +30,16 @@ impl WorkerService for Workers {
         &self,
         request: Request<proto::ListWorkersRequest>,
     ) -> Result<Response<proto::ListWorkersResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "ListWorkers", Scope::Read)
             .await?;
-        let workers = self.store.list_workers().await.map_err(status::store)?;
+        let mut workers = self.store.list_workers().await.map_err(status::store)?;
+        // A namespace sees the workers that serve its queues, and only those queues.
+        for w in &mut workers {
+            w.queues.retain(|q| caller.sees(q));
+        }
+        workers.retain(|w| caller.namespace.is_none() || !w.queues.is_empty());
         Ok(Response::new(proto::ListWorkersResponse {
             workers: workers
                 .into_iter()

@@ -82,12 +82,14 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::StartWorkflowRequest>,
     ) -> Result<Response<proto::StartWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "StartWorkflow", Scope::Write)
             .await?;
         let r = request.into_inner();
         let workflow_type = required("workflow_type", &r.workflow_type)?;
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         let input = payload_in("input", r.input)?;
         let id_reuse = match proto::IdReusePolicy::try_from(r.id_reuse) {
             Ok(proto::IdReusePolicy::Unspecified | proto::IdReusePolicy::RejectDuplicate) => {
@@ -114,10 +116,12 @@ impl WorkflowService for Workflows {
             })?;
         let mut new = NewInstance::new(id, workflow_type, input);
         new.version = registered.version;
+        // A namespace's instances start on its own queues: the registered queue, or the one
+        // asked for, in the caller's namespace.
         new.queue = if r.queue.is_empty() {
-            registered.queue.clone()
+            caller.name("queue", &registered.queue)?
         } else {
-            r.queue.clone()
+            caller.name("queue", &r.queue)?
         };
         new.priority = r.priority;
         new.start_at = start_at;
@@ -140,11 +144,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::SignalWorkflowRequest>,
     ) -> Result<Response<proto::SignalWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "SignalWorkflow", Scope::Write)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         let name = required("name", &r.name)?;
         let value = payload_in("value", r.value)?;
         let instance = self.instance(id).await?;
@@ -165,11 +171,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::CancelWorkflowRequest>,
     ) -> Result<Response<proto::CancelWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "CancelWorkflow", Scope::Write)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         self.instance(id).await?;
         self.client
             .cancel(id, &r.reason)
@@ -182,11 +190,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::TerminateWorkflowRequest>,
     ) -> Result<Response<proto::TerminateWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "TerminateWorkflow", Scope::Write)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         self.instance(id).await?;
         self.client
             .terminate(id, &r.reason)
@@ -199,11 +209,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::DescribeWorkflowRequest>,
     ) -> Result<Response<proto::DescribeWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "DescribeWorkflow", Scope::Read)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         let record = self.instance(id).await?;
         Ok(Response::new(proto::DescribeWorkflowResponse {
             workflow: Some(workflow_out(&record)),
@@ -214,7 +226,8 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::ListWorkflowsRequest>,
     ) -> Result<Response<proto::ListWorkflowsResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "ListWorkflows", Scope::Read)
             .await?;
         let r = request.into_inner();
@@ -240,7 +253,12 @@ impl WorkflowService for Workflows {
                 .transpose()?,
             after: page_token_in(&r.page_token)?,
             limit,
-            id_prefix: (!r.id_prefix.is_empty()).then(|| r.id_prefix.clone()),
+            // A namespace's listing is its prefix's.
+            id_prefix: match (caller.prefix(), r.id_prefix.is_empty()) {
+                (None, true) => None,
+                (Some(prefix), true) => Some(prefix),
+                (_, false) => Some(caller.name("id_prefix", &r.id_prefix)?),
+            },
         };
         let page = self
             .store
@@ -263,11 +281,12 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::GetWorkflowHistoryRequest>,
     ) -> Result<Response<Self::GetWorkflowHistoryStream>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "GetWorkflowHistory", Scope::Read)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?.to_string();
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
         self.instance(&id).await?;
         let store = Arc::clone(&self.store);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -329,11 +348,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::GetWorkflowResultRequest>,
     ) -> Result<Response<proto::GetWorkflowResultResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "GetWorkflowResult", Scope::Read)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         self.instance(id).await?;
         let ended =
             |instance_id: String, status: InstanceStatus| proto::GetWorkflowResultResponse {
@@ -371,11 +392,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::GetWorkflowStateRequest>,
     ) -> Result<Response<proto::GetWorkflowStateResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "GetWorkflowState", Scope::Read)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         let record = self.instance(id).await?;
         let at = match (r.at_version, r.at_time) {
             (0, None) => quark_workflow::entity::At::Version(record.history_len),
@@ -468,11 +491,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::QueryWorkflowRequest>,
     ) -> Result<Response<proto::QueryWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "QueryWorkflow", Scope::Read)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         let name = required("name", &r.name)?;
         let input = payload_in("input", r.input)?;
         self.instance(id).await?;
@@ -490,11 +515,13 @@ impl WorkflowService for Workflows {
         &self,
         request: Request<proto::UpdateWorkflowRequest>,
     ) -> Result<Response<proto::UpdateWorkflowResponse>, Status> {
-        self.auth
+        let caller = self
+            .auth
             .check(&request, "UpdateWorkflow", Scope::Write)
             .await?;
         let r = request.into_inner();
-        let id = required("instance_id", &r.instance_id)?;
+        let id = caller.name("instance_id", required("instance_id", &r.instance_id)?)?;
+        let id = id.as_str();
         let name = required("name", &r.name)?;
         let input = payload_in("input", r.input)?;
         let update_id = match r.update_id.as_str() {

@@ -30,6 +30,7 @@ mod service;
 mod service_auth;
 mod service_console;
 mod service_lock;
+mod service_namespaces;
 mod service_ops;
 mod service_reads;
 mod service_remote;

@@ -489,6 +489,7 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
             name: "ci".into(),
             scope: Scope::Write,
             rate_limit: Some(50),
+            namespace: Some("acme".into()),
         },
         Output::Json,
     )
@@ -500,7 +501,9 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
     assert!(token.starts_with(&format!("qk_{id}_")), "{token}");
     assert_eq!(created["scope"], "write");
     assert_eq!(created["rate_limit"], 50);
+    assert_eq!(created["namespace"], "acme");
     let stored = t.store.token(id).await.unwrap().unwrap();
+    assert_eq!(stored.namespace.as_deref(), Some("acme"));
     let secret = &token[format!("qk_{id}_").len()..];
     assert_ne!(
         stored.secret_hash, secret,
@@ -513,6 +516,7 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
 
     let listed = run(TokenCommand::List, Output::Table).await.unwrap();
     assert!(listed.contains(id) && listed.contains("ci") && listed.contains("write"));
+    assert!(listed.contains("acme"), "{listed}");
     assert!(!listed.contains(secret), "a listing shows no secret");
 
     let revoked = run(TokenCommand::Revoke { id: id.into() }, Output::Table)
@@ -541,6 +545,7 @@ async fn it_issues_lists_and_revokes_tokens_from_the_command_line() {
             name: " ".into(),
             scope: Scope::Read,
             rate_limit: None,
+            namespace: None,
         },
         Output::Table,
     )

@@ -9,6 +9,7 @@ mod hidden_nondeterminism;
 pub mod issue_example;
 mod job_workflow;
 mod live;
+mod namespaces;
 mod replay;
 mod saga;
 mod signals;
