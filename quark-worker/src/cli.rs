@@ -17,6 +17,7 @@ use serde::Serialize;
 
 mod audit;
 mod checkpoint;
+mod dlq;
 mod duration;
 mod entity;
 mod events;
@@ -25,6 +26,7 @@ mod logs;
 mod open;
 mod outbox;
 mod output;
+mod place;
 mod projection;
 mod queue;
 mod remote;
@@ -55,8 +57,6 @@ pub use serve::ServeArgs;
 pub use tokens::TokenCommand;
 pub use workers::WorkerCommand;
 pub use workflow::WorkflowCommand;
-
-use output::{rfc3339, table, write_table};
 
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]
@@ -462,65 +462,18 @@ pub async fn run_on(
         Command::Schedule(cmd) => {
             schedule::run(&store, cmd, registry.as_ref(), output, out).await?
         }
-        Command::Dlq(DlqCommand::List { queue, limit }) => {
-            #[derive(Serialize)]
-            struct DeadRow {
-                task_id: i64,
-                kind: &'static str,
-                queue: String,
-                instance_id: Option<String>,
-                attempts: u32,
-                error: String,
-                #[serde(serialize_with = "rfc3339")]
-                died_at: quark_history::Timestamp,
-            }
-            let dead: Vec<DeadRow> = store
-                .list_dead(queue.as_deref(), limit)
-                .await?
-                .into_iter()
-                .map(|d| DeadRow {
-                    task_id: d.task_id,
-                    kind: d.kind.as_str(),
-                    queue: d.queue,
-                    instance_id: d.instance_id,
-                    attempts: d.attempts,
-                    error: d.error,
-                    died_at: d.died_at,
-                })
-                .collect();
-            output::rows(out, output, &dead, |out, dead| {
-                let mut t = table(["task", "kind", "queue", "attempts", "died at", "error"]);
-                for d in dead {
-                    t.add_row([
-                        d.task_id.to_string(),
-                        d.kind.to_string(),
-                        d.queue.clone(),
-                        d.attempts.to_string(),
-                        d.died_at.to_string(),
-                        d.error.clone(),
-                    ]);
-                }
-                write_table(out, &t)
-            })?;
+        Command::Dlq(cmd) => dlq::run(place::Place::Database(&store), cmd, output, out).await?,
+        Command::Job(cmd) => {
+            jobs::job(
+                place::Place::Database(&store),
+                cmd,
+                registry.as_ref(),
+                output,
+                out,
+            )
+            .await?
         }
-        Command::Dlq(DlqCommand::Retry { task_ids }) => {
-            let mut done = Vec::new();
-            for id in task_ids {
-                store
-                    .redrive(id)
-                    .await
-                    .with_context(|| format!("re-driving task {id}"))?;
-                done.push(Redriven { task_id: id });
-            }
-            output::rows(out, output, &done, |out, done| {
-                for d in done {
-                    writeln!(out, "task {} is back on its queue", d.task_id)?;
-                }
-                Ok(())
-            })?;
-        }
-        Command::Job(cmd) => jobs::job(&store, cmd, registry.as_ref(), output, out).await?,
-        Command::Queue(cmd) => queue::run(&store, cmd, output, out).await?,
+        Command::Queue(cmd) => queue::run(place::Place::Database(&store), cmd, output, out).await?,
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
         Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
         Command::Checkpoint(cmd) => checkpoint::run(&store, cmd, output, out).await?,
@@ -532,12 +485,6 @@ pub async fn run_on(
         Command::Audit(cmd) => audit::run(&store, cmd, output, out).await?,
     }
     Ok(())
-}
-
-/// A task put back on its queue.
-#[derive(Debug, Serialize)]
-struct Redriven {
-    task_id: i64,
 }
 
 /// How long a worker that has spent its shutdown timeout still gets to hand its tasks back and

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use quark_history::{JobFilter, JobInfo, JobState, Store, Timestamp, UniqueKey, UniquePolicy};
+use quark_history::{JobFilter, JobInfo, JobState, Timestamp, UniqueKey, UniquePolicy};
 use quark_workflow::runner::{JobTask, job_task_by_name};
 use quark_workflow::{Client, JobId, JobOptions, Registry};
 
@@ -15,6 +15,9 @@ use serde::Serialize;
 use super::duration;
 use super::json_payload;
 use super::output::{self, Output, rfc3339, rfc3339_opt, table, write_table};
+use super::place::Place;
+use crate::service::jobs as jobs_api;
+use crate::service::proto;
 
 /// `quark job ...`
 #[derive(Debug, Subcommand)]
@@ -98,13 +101,12 @@ pub enum JobCommand {
 }
 
 pub(super) async fn job(
-    store: &Arc<dyn Store>,
+    place: Place<'_>,
     cmd: JobCommand,
     registry: Option<&Registry>,
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let client = Client::new(Arc::clone(store));
     match cmd {
         JobCommand::Enqueue {
             activity,
@@ -117,58 +119,23 @@ pub(super) async fn job(
             unique_window,
             concurrency,
         } => {
-            let defaults = match registry.and_then(|r| r.activity_options(&activity)) {
-                Some(linked) => linked.clone(),
-                None => match store
-                    .registered_type(quark_history::TypeKind::Activity, &activity)
-                    .await?
-                {
-                    Some(registered) => serde_json::from_str(&registered.options)
-                        .with_context(|| format!("the catalog's options of `{activity}`"))?,
-                    None => bail!(
-                        "no activity `{activity}` is linked into this binary or registered by a \
-                         worker of this database; nothing was enqueued (start a worker that runs \
-                         it, or build your own binary with quark_worker::cli::main_with(registry))"
-                    ),
-                },
-            };
             let input = json_payload("input", &input)?;
-            let mut options = JobOptions::default().priority(priority);
-            options.queue = queue;
-            options.delay = delay;
-            if let Some(key) = unique {
-                let policy = match unique_policy.as_str() {
-                    "reject" => UniquePolicy::Reject,
-                    "keep" => UniquePolicy::Keep,
-                    "replace" => UniquePolicy::Replace,
-                    other => bail!("unknown unique policy `{other}`: use reject, keep or replace"),
-                };
-                let mut key = UniqueKey::new(key).policy(policy);
-                if let Some(window) = unique_window {
-                    key = key.window(window);
-                }
-                options = options.unique(key);
-            }
-            if let Some(spec) = concurrency {
-                let (key, limit) = spec
-                    .rsplit_once(':')
-                    .and_then(|(k, n)| Some((k, n.parse::<u32>().ok()?)))
-                    .with_context(|| format!("--concurrency `{spec}`: expected KEY:N"))?;
-                options = options.concurrency(key, limit);
-            }
-            let now = store.config().clock.now();
-            let task = job_task_by_name(&activity, defaults, input, &options, now);
-            let committed = store
-                .commit(quark_history::Commit::new().enqueue(task))
+            let request = EnqueueArgs {
+                queue,
+                priority,
+                delay,
+                unique,
+                unique_policy,
+                unique_window,
+                concurrency,
+            };
+            let (job_id, outcome) = place
+                .enqueue_job(&activity, input, request, registry)
                 .await?;
             let enqueued = Enqueued {
-                job_id: committed.task_ids[0],
+                job_id,
                 activity,
-                outcome: match committed.outcome(0) {
-                    quark_history::Enqueued::New => "enqueued",
-                    quark_history::Enqueued::Existing => "existing",
-                    quark_history::Enqueued::Replaced => "replaced",
-                },
+                outcome,
             };
             output::one(out, output, &enqueued, |out, e| {
                 let id = e.job_id;
@@ -193,8 +160,8 @@ pub(super) async fn job(
                 .iter()
                 .map(|s| s.parse::<JobState>().map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let jobs: Vec<JobView> = client
-                .jobs(JobFilter {
+            let jobs: Vec<JobView> = place
+                .list_jobs(JobFilter {
                     queue,
                     queue_prefix: None,
                     states,
@@ -249,13 +216,13 @@ pub(super) async fn job(
             })?;
         }
         JobCommand::Show { id } => {
-            let j = JobView::from(&client.job(id).await?);
+            let j = JobView::from(&place.job(id).await?);
             output::one(out, output, &j, show)?;
         }
         JobCommand::Cancel { ids } => {
             let mut done = Vec::new();
             for id in ids {
-                let state = client
+                let state = place
                     .cancel_job(id)
                     .await
                     .with_context(|| format!("cancelling job {id}"))?;
@@ -281,7 +248,7 @@ pub(super) async fn job(
         JobCommand::Retry { ids } => {
             let mut done = Vec::new();
             for id in ids {
-                client
+                place
                     .retry_job(id)
                     .await
                     .with_context(|| format!("retrying job {id}"))?;
@@ -295,7 +262,7 @@ pub(super) async fn job(
         JobCommand::Pause { ids } => {
             let mut done = Vec::new();
             for id in ids {
-                client
+                place
                     .pause_job(id)
                     .await
                     .with_context(|| format!("pausing job {id}"))?;
@@ -309,7 +276,7 @@ pub(super) async fn job(
         JobCommand::Resume { ids } => {
             let mut done = Vec::new();
             for id in ids {
-                client
+                place
                     .resume_job(id)
                     .await
                     .with_context(|| format!("resuming job {id}"))?;
@@ -452,4 +419,232 @@ fn show(out: &mut dyn Write, j: &JobView) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `quark job enqueue` asks for besides the activity and its input.
+struct EnqueueArgs {
+    queue: Option<String>,
+    priority: i32,
+    delay: Option<Duration>,
+    unique: Option<String>,
+    unique_policy: String,
+    unique_window: Option<Duration>,
+    concurrency: Option<String>,
+}
+
+impl EnqueueArgs {
+    fn policy(&self) -> anyhow::Result<UniquePolicy> {
+        Ok(match self.unique_policy.as_str() {
+            "reject" => UniquePolicy::Reject,
+            "keep" => UniquePolicy::Keep,
+            "replace" => UniquePolicy::Replace,
+            other => bail!("unknown unique policy `{other}`: use reject, keep or replace"),
+        })
+    }
+
+    fn concurrency(&self) -> anyhow::Result<Option<(String, u32)>> {
+        self.concurrency
+            .as_ref()
+            .map(|spec| {
+                spec.rsplit_once(':')
+                    .and_then(|(k, n)| Some((k.to_string(), n.parse::<u32>().ok()?)))
+                    .with_context(|| format!("--concurrency `{spec}`: expected KEY:N"))
+            })
+            .transpose()
+    }
+}
+
+impl Place<'_> {
+    /// Enqueues a job of `activity`; its id and `enqueued`, `existing` or `replaced`.
+    async fn enqueue_job(
+        &self,
+        activity: &str,
+        input: quark_history::Payload,
+        args: EnqueueArgs,
+        registry: Option<&Registry>,
+    ) -> anyhow::Result<(i64, &'static str)> {
+        let policy = args.policy()?;
+        let concurrency = args.concurrency()?;
+        let store = match self {
+            Place::Database(store) => store,
+            Place::Server(remote) => {
+                let policy = match policy {
+                    UniquePolicy::Keep => proto::UniquePolicy::Keep,
+                    UniquePolicy::Replace => proto::UniquePolicy::Replace,
+                    _ => proto::UniquePolicy::Reject,
+                };
+                let (concurrency_key, concurrency_limit) = concurrency.unwrap_or_default();
+                let enqueued = remote
+                    .jobs()
+                    .enqueue_job(proto::EnqueueJobRequest {
+                        activity: activity.to_string(),
+                        input: Some(crate::service::convert::payload_out(&input)),
+                        queue: args.queue.unwrap_or_default(),
+                        priority: args.priority,
+                        run_at: None,
+                        delay: args.delay.map(crate::service::convert::duration_out),
+                        unique_key: args.unique.unwrap_or_default(),
+                        unique_policy: policy as i32,
+                        unique_window: args
+                            .unique_window
+                            .map(crate::service::convert::duration_out),
+                        concurrency_key,
+                        concurrency_limit,
+                    })
+                    .await
+                    .map_err(super::place::api)?
+                    .into_inner();
+                let outcome = match enqueued.outcome.as_str() {
+                    "existing" => "existing",
+                    "replaced" => "replaced",
+                    _ => "enqueued",
+                };
+                return Ok((enqueued.job_id, outcome));
+            }
+        };
+        let defaults = match registry.and_then(|r| r.activity_options(activity)) {
+            Some(linked) => linked.clone(),
+            None => match store
+                .registered_type(quark_history::TypeKind::Activity, activity)
+                .await?
+            {
+                Some(registered) => serde_json::from_str(&registered.options)
+                    .with_context(|| format!("the catalog's options of `{activity}`"))?,
+                None => bail!(
+                    "no activity `{activity}` is linked into this binary or registered by a \
+                     worker of this database; nothing was enqueued (start a worker that runs \
+                     it, or build your own binary with quark_worker::cli::main_with(registry))"
+                ),
+            },
+        };
+        let mut options = JobOptions::default().priority(args.priority);
+        options.queue = args.queue;
+        options.delay = args.delay;
+        if let Some(key) = args.unique {
+            let mut key = UniqueKey::new(key).policy(policy);
+            if let Some(window) = args.unique_window {
+                key = key.window(window);
+            }
+            options = options.unique(key);
+        }
+        if let Some((key, limit)) = concurrency {
+            options = options.concurrency(key, limit);
+        }
+        let now = store.config().clock.now();
+        let task = job_task_by_name(activity, defaults, input, &options, now);
+        let committed = store
+            .commit(quark_history::Commit::new().enqueue(task))
+            .await?;
+        let outcome = match committed.outcome(0) {
+            quark_history::Enqueued::New => "enqueued",
+            quark_history::Enqueued::Existing => "existing",
+            quark_history::Enqueued::Replaced => "replaced",
+        };
+        Ok((committed.task_ids[0], outcome))
+    }
+
+    /// Jobs matching `filter`, newest first.
+    async fn list_jobs(&self, filter: JobFilter) -> anyhow::Result<Vec<JobInfo>> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).jobs(filter).await?),
+            Place::Server(remote) => {
+                let listed = remote
+                    .jobs()
+                    .list_jobs(proto::ListJobsRequest {
+                        queue: filter.queue.unwrap_or_default(),
+                        states: filter
+                            .states
+                            .iter()
+                            .map(|s| jobs_api::state_out(*s) as i32)
+                            .collect(),
+                        page_size: filter.limit,
+                        page_token: filter.before_id.map(|b| b.to_string()).unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(super::place::api)?
+                    .into_inner();
+                listed
+                    .jobs
+                    .into_iter()
+                    .map(|j| jobs_api::job_in(j).map_err(super::place::api))
+                    .collect()
+            }
+        }
+    }
+
+    /// Job `id`.
+    async fn job(&self, id: JobId) -> anyhow::Result<JobInfo> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).job(id).await?),
+            Place::Server(remote) => {
+                let got = remote
+                    .jobs()
+                    .get_job(proto::GetJobRequest { job_id: id.get() })
+                    .await
+                    .map_err(super::place::api)?
+                    .into_inner();
+                let job = got.job.context("the API answered no job")?;
+                jobs_api::job_in(job).map_err(super::place::api)
+            }
+        }
+    }
+
+    /// Cancels job `id`; its state after.
+    async fn cancel_job(&self, id: JobId) -> anyhow::Result<JobState> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).cancel_job(id).await?),
+            Place::Server(remote) => {
+                let state = remote
+                    .jobs()
+                    .cancel_job(proto::CancelJobRequest { job_id: id.get() })
+                    .await
+                    .map_err(super::place::api)?
+                    .into_inner()
+                    .state;
+                jobs_api::state_in(state).map_err(super::place::api)
+            }
+        }
+    }
+
+    async fn retry_job(&self, id: JobId) -> anyhow::Result<()> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).retry_job(id).await?),
+            Place::Server(remote) => {
+                remote
+                    .jobs()
+                    .retry_job(proto::RetryJobRequest { job_id: id.get() })
+                    .await
+                    .map_err(super::place::api)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn pause_job(&self, id: JobId) -> anyhow::Result<()> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).pause_job(id).await?),
+            Place::Server(remote) => {
+                remote
+                    .jobs()
+                    .pause_job(proto::PauseJobRequest { job_id: id.get() })
+                    .await
+                    .map_err(super::place::api)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn resume_job(&self, id: JobId) -> anyhow::Result<()> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).resume_job(id).await?),
+            Place::Server(remote) => {
+                remote
+                    .jobs()
+                    .resume_job(proto::ResumeJobRequest { job_id: id.get() })
+                    .await
+                    .map_err(super::place::api)?;
+                Ok(())
+            }
+        }
+    }
 }

@@ -1,16 +1,17 @@
 //! `quark queue ...`: queue statistics and controls from the command line.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use quark_history::{RateLimit, Store};
+use quark_history::RateLimit;
 use serde::Serialize;
 
 use super::duration;
 use super::output::{self, Output};
+use super::place::{self, Place};
+use crate::service::proto;
 
 /// `quark queue ...`
 #[derive(Debug, Subcommand)]
@@ -66,27 +67,14 @@ struct RateLimitView {
 }
 
 pub(super) async fn run(
-    store: &Arc<dyn Store>,
+    place: Place<'_>,
     cmd: QueueCommand,
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let (queue, paused, rate_limit) = match cmd {
         QueueCommand::Stats { queue } => {
-            let stats = store.queue_stats(&queue).await?;
-            let settings = store.queue_settings(&queue).await?;
-            let view = QueueView {
-                queue,
-                pending: stats.pending,
-                leased: stats.leased,
-                held: stats.held,
-                dead: stats.dead,
-                paused: stats.paused,
-                rate_limit: settings.rate_limit.map(|l| RateLimitView {
-                    limit: l.limit,
-                    per: duration::show(l.interval),
-                }),
-            };
+            let view = place.queue(queue).await?;
             return output::one(out, output, &view, |out, q| {
                 writeln!(
                     out,
@@ -106,11 +94,11 @@ pub(super) async fn run(
             });
         }
         QueueCommand::Pause { queue } => {
-            store.set_queue_paused(&queue, true).await?;
+            place.set_paused(&queue, true).await?;
             (queue, Some(true), None)
         }
         QueueCommand::Resume { queue } => {
-            store.set_queue_paused(&queue, false).await?;
+            place.set_paused(&queue, false).await?;
             (queue, Some(false), None)
         }
         QueueCommand::RateLimit {
@@ -120,14 +108,14 @@ pub(super) async fn run(
             clear,
         } => {
             if clear {
-                store.set_rate_limit(&queue, None).await?;
+                place.set_rate_limit(&queue, None).await?;
                 (queue, None, Some(None))
             } else {
                 let limit = limit.context("--limit is required")?;
                 if per.is_zero() {
                     bail!("--per must be longer than zero, e.g. 1s");
                 }
-                store
+                place
                     .set_rate_limit(
                         &queue,
                         Some(RateLimit {
@@ -166,4 +154,100 @@ pub(super) async fn run(
         }
         Ok(())
     })
+}
+
+impl Place<'_> {
+    /// `queue`'s counts and controls.
+    async fn queue(&self, queue: String) -> anyhow::Result<QueueView> {
+        match self {
+            Place::Database(store) => {
+                let stats = store.queue_stats(&queue).await?;
+                let settings = store.queue_settings(&queue).await?;
+                Ok(QueueView {
+                    queue,
+                    pending: stats.pending,
+                    leased: stats.leased,
+                    held: stats.held,
+                    dead: stats.dead,
+                    paused: stats.paused,
+                    rate_limit: settings.rate_limit.map(|l| RateLimitView {
+                        limit: l.limit,
+                        per: duration::show(l.interval),
+                    }),
+                })
+            }
+            Place::Server(remote) => {
+                let q = remote
+                    .queues()
+                    .get_queue(proto::GetQueueRequest { queue })
+                    .await
+                    .map_err(place::api)?
+                    .into_inner()
+                    .queue
+                    .context("the API answered no queue")?;
+                let rate_limit = match q.rate_limit {
+                    Some(l) => Some(RateLimitView {
+                        limit: l.limit,
+                        per: duration::show(
+                            crate::service::convert::duration_in(
+                                "rate_limit.per",
+                                l.per.unwrap_or_default(),
+                            )
+                            .map_err(place::api)?,
+                        ),
+                    }),
+                    None => None,
+                };
+                Ok(QueueView {
+                    queue: q.name,
+                    pending: q.pending,
+                    leased: q.leased,
+                    held: q.held,
+                    dead: q.dead,
+                    paused: q.paused,
+                    rate_limit,
+                })
+            }
+        }
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> anyhow::Result<()> {
+        match self {
+            Place::Database(store) => Ok(store.set_queue_paused(queue, paused).await?),
+            Place::Server(remote) => {
+                let queue = queue.to_string();
+                let mut queues = remote.queues();
+                if paused {
+                    queues.pause_queue(proto::PauseQueueRequest { queue }).await
+                } else {
+                    queues
+                        .resume_queue(proto::ResumeQueueRequest { queue })
+                        .await
+                        .map(|_| tonic::Response::new(proto::PauseQueueResponse {}))
+                }
+                .map_err(place::api)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn set_rate_limit(&self, queue: &str, limit: Option<RateLimit>) -> anyhow::Result<()> {
+        match self {
+            Place::Database(store) => Ok(store.set_rate_limit(queue, limit).await?),
+            Place::Server(remote) => {
+                remote
+                    .queues()
+                    .set_queue_rate_limit(proto::SetQueueRateLimitRequest {
+                        queue: queue.to_string(),
+                        rate_limit: limit.map(|l| proto::QueueRateLimit {
+                            limit: l.limit,
+                            per: Some(crate::service::convert::duration_out(l.interval)),
+                        }),
+                    })
+                    .await
+                    .map_err(place::api)?;
+                Ok(())
+            }
+        }
+    }
 }

@@ -31,13 +31,16 @@ pub(super) async fn run(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let Command::Workflow(command) = command else {
+    if !matches!(
+        command,
+        Command::Workflow(_) | Command::Job(_) | Command::Dlq(_) | Command::Queue(_)
+    ) {
         bail!(
-            "`quark {}` works on the database (--database-url); through --server, only `quark \
-             workflow start|signal|cancel|terminate|describe|list|history` go through the API so far",
+            "`quark {}` works on the database (--database-url); through --server, `quark \
+             workflow`, `job`, `dlq` and `queue` go through the API",
             command.name()
         );
-    };
+    }
     let tls = match &server.ca {
         Some(path) => {
             let pem = std::fs::read(path).with_context(|| {
@@ -57,7 +60,14 @@ pub(super) async fn run(
         None => None,
     };
     let remote = RemoteClient::connect(&server.url, server.token.as_deref(), tls).await?;
-    workflow(&remote, command, output, out).await
+    let place = super::place::Place::Server(&remote);
+    match command {
+        Command::Workflow(command) => workflow(&remote, command, output, out).await,
+        Command::Job(command) => super::jobs::job(place, command, None, output, out).await,
+        Command::Dlq(command) => super::dlq::run(place, command, output, out).await,
+        Command::Queue(command) => super::queue::run(place, command, output, out).await,
+        _ => unreachable!("refused above"),
+    }
 }
 
 async fn workflow(

@@ -36,7 +36,7 @@ impl Jobs {
     }
 }
 
-fn state_out(s: JobState) -> proto::JobState {
+pub(crate) fn state_out(s: JobState) -> proto::JobState {
     use proto::JobState as P;
     match s {
         JobState::Pending => P::Pending,
@@ -53,7 +53,7 @@ fn state_out(s: JobState) -> proto::JobState {
     }
 }
 
-fn state_in(value: i32) -> Result<JobState, Status> {
+pub(crate) fn state_in(value: i32) -> Result<JobState, Status> {
     use proto::JobState as P;
     Ok(match P::try_from(value) {
         Ok(P::Pending) => JobState::Pending,
@@ -95,9 +95,49 @@ fn job_out(j: &JobInfo) -> proto::Job {
             percent: p.percent,
             message: p.message.clone().unwrap_or_default(),
             updated_at: Some(time_out(p.updated_at)),
+            checkpoint: p.checkpoint.clone(),
         }),
         input: task.as_ref().map(|t| payload_out(&t.input)),
     }
+}
+
+/// A job as the API sends it, as the store's record (the command line prints both the same).
+/// Its payload holds its activity and input, with the activity's default options.
+pub(crate) fn job_in(j: proto::Job) -> Result<JobInfo, Status> {
+    let time = |field: &str, t: Option<prost_types::Timestamp>| {
+        t.map(|t| super::convert::time_in(field, t)).transpose()
+    };
+    let task = quark_workflow::runner::TaskPayload::Job(JobTask {
+        activity: j.activity,
+        input: super::convert::payload_in("input", j.input)?,
+        options: ActivityOptions::default(),
+    });
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    Ok(JobInfo {
+        id: j.id,
+        queue: j.queue,
+        state: state_in(j.state)?,
+        priority: j.priority,
+        attempts: j.attempts,
+        created_at: time("created_at", j.created_at)?.unwrap_or(quark_history::Timestamp::EPOCH),
+        run_at: time("run_at", j.run_at)?,
+        finished_at: time("finished_at", j.finished_at)?,
+        error: text(j.error),
+        concurrency_key: text(j.concurrency_key),
+        progress: j
+            .progress
+            .map(|p| -> Result<quark_history::Progress, Status> {
+                Ok(quark_history::Progress {
+                    percent: p.percent,
+                    message: text(p.message),
+                    checkpoint: p.checkpoint,
+                    updated_at: time("progress.updated_at", p.updated_at)?
+                        .unwrap_or(quark_history::Timestamp::EPOCH),
+                })
+            })
+            .transpose()?,
+        payload: task.to_bytes(),
+    })
 }
 
 impl Jobs {

@@ -67,7 +67,12 @@ pub enum ConnectError {
 #[derive(Debug, Clone)]
 pub struct RemoteClient {
     api: ApiClient,
+    channel: Channel,
+    bearer: BearerToken,
 }
+
+/// A generated client of one of the other services, with the token added to every call.
+pub type Authed = InterceptedService<Channel, BearerToken>;
 
 impl RemoteClient {
     /// Connects to the server at `url` (`http://host:port`, or `https://` with `tls`), sending
@@ -105,14 +110,33 @@ impl RemoteClient {
             })
             .transpose()
             .map_err(|_| ConnectError::Token)?;
+        let bearer = BearerToken(token);
         Ok(RemoteClient {
-            api: WorkflowServiceClient::with_interceptor(channel, BearerToken(token)),
+            api: WorkflowServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            channel,
+            bearer,
         })
     }
 
     /// The generated client, for the calls this type does not wrap.
     pub fn api(&self) -> ApiClient {
         self.api.clone()
+    }
+
+    /// The job service's generated client.
+    pub fn jobs(&self) -> proto::job_service_client::JobServiceClient<Authed> {
+        proto::job_service_client::JobServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+
+    /// The queue service's generated client (queues and dead letters).
+    pub fn queues(&self) -> proto::queue_service_client::QueueServiceClient<Authed> {
+        proto::queue_service_client::QueueServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
     }
 
     /// A page of instances matching `filter` (its `after` is a page token as the server gave

@@ -280,9 +280,57 @@ async fn the_command_line_talks_to_a_server_as_it_talks_to_the_database(t: &Test
         "{said}"
     );
     assert!(t.store.get_instance("cli-2").await.unwrap().is_none());
-    let jobs = remote(&["job", "list"]).await;
-    assert!(!jobs.status.success());
-    let said = String::from_utf8_lossy(&jobs.stderr);
-    assert!(said.contains("`quark job` works on the database"), "{said}");
+    // Jobs, dead letters and queues through the server print what the database path prints.
+    let enqueued = ok(&remote(&[
+        "job",
+        "enqueue",
+        "reject",
+        "--input",
+        "\"no\"",
+        "--queue",
+        "greetings",
+    ])
+    .await);
+    let enqueued: serde_json::Value = serde_json::from_str(&enqueued).unwrap();
+    let job = enqueued["job_id"].as_i64().unwrap().to_string();
+    quark_history::testing::eventually("the rejected job is dead", async || {
+        !t.store.list_dead(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    for args in [
+        &["job", "list"][..],
+        &["job", "show", &job][..],
+        &["dlq", "list"][..],
+        &["queue", "stats", "greetings"][..],
+    ] {
+        assert_eq!(ok(&remote(args).await), local(t, args).await, "{args:?}");
+    }
+    // The operator's controls need an admin token, through the server as through the API.
+    let refused = remote(&["queue", "pause", "greetings"]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("needs admin"));
+    assert!(!t.store.queue_settings("greetings").await.unwrap().paused);
+    let admin = quark_worker::service::auth::issue(&*t.store, "ops", Scope::Admin, None)
+        .await
+        .unwrap()
+        .token;
+    let as_admin = |args: &[&str]| {
+        let mut all = vec!["--server", &url, "--token", &admin, "-o", "json"];
+        all.extend_from_slice(args);
+        quark(all.into_iter().map(String::from).collect())
+    };
+    ok(&as_admin(&["queue", "pause", "greetings"]).await);
+    assert!(t.store.queue_settings("greetings").await.unwrap().paused);
+    ok(&as_admin(&["queue", "resume", "greetings"]).await);
+    let redriven = ok(&as_admin(&["dlq", "retry", &job]).await);
+    let redriven: serde_json::Value = serde_json::from_str(&redriven).unwrap();
+    assert_eq!(redriven[0]["task_id"].to_string(), job, "{redriven}");
+    let schedules = remote(&["schedule", "list"]).await;
+    assert!(!schedules.status.success());
+    let said = String::from_utf8_lossy(&schedules.stderr);
+    assert!(
+        said.contains("`quark schedule` works on the database"),
+        "{said}"
+    );
     running.shutdown().await;
 }
