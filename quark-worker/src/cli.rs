@@ -73,7 +73,8 @@ pub struct Cli {
     )]
     pub database_url: Option<String>,
     /// An API server (`quark serve`) to talk to instead of the database, e.g.
-    /// `https://quark.internal:7411`: the `workflow` commands go through it.
+    /// `https://quark.internal:7411`: the `workflow`, `job`, `dlq` and `queue` commands go
+    /// through it.
     #[arg(long, env = "QUARK_SERVER", global = true)]
     pub server: Option<String>,
     /// The token for --server (`quark token create` issues one).
