@@ -99,7 +99,7 @@ pub struct Caller {
     pub token_id: Option<String>,
     /// What the token allows.
     pub scope: Scope,
-    /// The one namespace the token is limited to, if any (see [`tenancy`](super::tenancy)).
+    /// The one namespace the token is limited to, if any (see [`quark_history::qualify`]).
     pub namespace: Option<String>,
 }
 
