@@ -24,8 +24,15 @@ async fn a_commit_rolled_back_for_a_deadlock_is_run_again() {
         "the instance's turn is queued"
     );
 
-    // Another transaction holds the instance's row.
+    // Another transaction holds the instance's row. Its deadlock check waits far longer than the
+    // commit's (1 s, the server's default): whichever of two waiters checks first is the one
+    // rolled back, and on a loaded machine the order of two equal timers is not the order they
+    // started in.
     let mut other = t.store.begin_tx().await.unwrap();
+    sqlx::query("SET LOCAL deadlock_timeout = '30s'")
+        .execute(other.postgres().unwrap())
+        .await
+        .unwrap();
     sqlx::query("SELECT 1 FROM instances WHERE id = $1 FOR UPDATE")
         .bind(id)
         .execute(other.postgres().unwrap())
