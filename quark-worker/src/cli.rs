@@ -73,8 +73,8 @@ pub struct Cli {
     )]
     pub database_url: Option<String>,
     /// An API server (`quark serve`) to talk to instead of the database, e.g.
-    /// `https://quark.internal:7411`: the `workflow`, `job`, `dlq` and `queue` commands go
-    /// through it.
+    /// `https://quark.internal:7411`: the `workflow`, `job`, `dlq`, `queue` and `schedule`
+    /// commands go through it.
     #[arg(long, env = "QUARK_SERVER", global = true)]
     pub server: Option<String>,
     /// The token for --server (`quark token create` issues one).
@@ -461,7 +461,8 @@ pub async fn run_on(
             workflow::run(&store, cmd, registry.as_ref(), output, out).await?
         }
         Command::Schedule(cmd) => {
-            schedule::run(&store, cmd, registry.as_ref(), output, out).await?
+            let place = place::Place::Database(&store);
+            schedule::run(place, cmd, registry.as_ref(), output, out).await?
         }
         Command::Dlq(cmd) => dlq::run(place::Place::Database(&store), cmd, output, out).await?,
         Command::Job(cmd) => {

@@ -33,11 +33,15 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     if !matches!(
         command,
-        Command::Workflow(_) | Command::Job(_) | Command::Dlq(_) | Command::Queue(_)
+        Command::Workflow(_)
+            | Command::Job(_)
+            | Command::Dlq(_)
+            | Command::Queue(_)
+            | Command::Schedule(_)
     ) {
         bail!(
             "`quark {}` works on the database (--database-url); through --server, `quark \
-             workflow`, `job`, `dlq` and `queue` go through the API",
+             workflow`, `job`, `dlq`, `queue` and `schedule` go through the API",
             command.name()
         );
     }
@@ -66,6 +70,7 @@ pub(super) async fn run(
         Command::Job(command) => super::jobs::job(place, command, None, output, out).await,
         Command::Dlq(command) => super::dlq::run(place, command, output, out).await,
         Command::Queue(command) => super::queue::run(place, command, output, out).await,
+        Command::Schedule(command) => super::schedule::run(place, command, None, output, out).await,
         _ => unreachable!("refused above"),
     }
 }

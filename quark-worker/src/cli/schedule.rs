@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use quark_history::{Missed, NewTask, ScheduleRecord, Store, TaskKind, Timestamp, Upserted};
+use quark_history::{Missed, NewTask, ScheduleRecord, ScheduleSpec, TaskKind, Timestamp, Upserted};
 use quark_workflow::runner::{JobTask, TaskPayload};
 use quark_workflow::{Client, Registry, Schedule};
 
@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use super::json_payload;
 use super::output::{self, Output, rfc3339, rfc3339_opt, table, time, write_table};
+use super::place::{self, Place};
+use crate::service::proto;
 
 /// `quark schedule ...`
 #[derive(Debug, Subcommand)]
@@ -58,16 +60,15 @@ fn parse_missed(text: &str) -> Result<Missed, String> {
 }
 
 pub(super) async fn run(
-    store: &Arc<dyn Store>,
+    place: Place<'_>,
     cmd: ScheduleCommand,
     registry: Option<&Registry>,
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let client = Client::new(Arc::clone(store));
     match cmd {
         ScheduleCommand::List => {
-            let schedules: Vec<ScheduleView> = client
+            let schedules: Vec<ScheduleView> = place
                 .schedules()
                 .await?
                 .iter()
@@ -109,32 +110,26 @@ pub(super) async fn run(
             priority,
             missed,
         } => {
-            let Some(options) = registry.and_then(|r| r.activity_options(&activity)) else {
-                bail!(
-                    "no activity `{activity}` is linked into this binary; nothing was scheduled \
-                     (build your own binary with quark_worker::cli::main_with(registry))"
-                );
-            };
-            let schedule = Schedule::cron(&cron)?.timezone(&tz)?.missed(missed);
-            let input = json_payload("input", &input)?;
-            let queue = queue
-                .or_else(|| options.queue.clone())
-                .unwrap_or_else(|| "default".into());
-            let job = TaskPayload::Job(JobTask {
-                activity: activity.clone(),
-                input,
-                options: options.clone(),
-            });
-            let task = NewTask::new(TaskKind::Job, queue)
-                .priority(priority)
-                .payload(job.to_bytes());
-            let upserted = client
-                .schedule_job(&name, &schedule, &task)
-                .await
-                .with_context(|| format!("registering schedule `{name}`"))?;
-            let record = store
-                .get_schedule(&name)
+            let upserted = place
+                .put_schedule(
+                    &name,
+                    PutArgs {
+                        cron,
+                        tz,
+                        activity,
+                        input,
+                        queue,
+                        priority,
+                        missed,
+                    },
+                    registry,
+                )
+                .await?;
+            let record = place
+                .schedules()
                 .await?
+                .into_iter()
+                .find(|s| s.spec.name == name)
                 .with_context(|| format!("schedule `{name}` was removed meanwhile"))?;
             let what = match upserted {
                 Upserted::Created => "created",
@@ -164,7 +159,7 @@ pub(super) async fn run(
             })?;
         }
         ScheduleCommand::Remove { name } => {
-            if !client.unschedule(&name).await? {
+            if !place.remove_schedule(&name).await? {
                 bail!("no schedule `{name}`");
             }
             let removed = ScheduleChanged {
@@ -179,6 +174,162 @@ pub(super) async fn run(
         }
     }
     Ok(())
+}
+
+/// What `quark schedule add` registers.
+struct PutArgs {
+    cron: String,
+    tz: String,
+    activity: String,
+    input: String,
+    queue: Option<String>,
+    priority: i32,
+    missed: Missed,
+}
+
+impl Place<'_> {
+    /// Every schedule, by name.
+    async fn schedules(&self) -> anyhow::Result<Vec<ScheduleRecord>> {
+        let remote = match self {
+            Place::Database(store) => {
+                return Ok(Client::new(Arc::clone(store)).schedules().await?);
+            }
+            Place::Server(remote) => remote,
+        };
+        let listed = remote
+            .schedules()
+            .list_schedules(proto::ListSchedulesRequest::default())
+            .await
+            .map_err(place::api)?
+            .into_inner()
+            .schedules;
+        let time =
+            |field: &str, t: Option<prost_types::Timestamp>| -> anyhow::Result<Option<Timestamp>> {
+                t.map(|t| crate::service::convert::time_in(field, t))
+                    .transpose()
+                    .map_err(place::api)
+            };
+        listed
+            .into_iter()
+            .map(|s| {
+                let job = TaskPayload::Job(JobTask {
+                    activity: s.activity,
+                    input: crate::service::convert::payload_in("input", s.input)
+                        .map_err(place::api)?,
+                    options: Default::default(),
+                });
+                Ok(ScheduleRecord {
+                    spec: ScheduleSpec {
+                        name: s.name,
+                        cron: s.cron,
+                        timezone: s.timezone,
+                        missed: match s.backfill {
+                            0 => Missed::Skip,
+                            n => Missed::Backfill(n),
+                        },
+                        queue: s.queue,
+                        priority: s.priority,
+                        payload: job.to_bytes(),
+                    },
+                    next_at: time("next_at", s.next_at)?.unwrap_or(Timestamp::EPOCH),
+                    last_fired_at: time("last_fired_at", s.last_fired_at)?,
+                    created_at: time("created_at", s.created_at)?.unwrap_or(Timestamp::EPOCH),
+                    updated_at: time("updated_at", s.updated_at)?.unwrap_or(Timestamp::EPOCH),
+                })
+            })
+            .collect()
+    }
+
+    /// Registers schedule `name`, or changes it.
+    async fn put_schedule(
+        &self,
+        name: &str,
+        args: PutArgs,
+        registry: Option<&Registry>,
+    ) -> anyhow::Result<Upserted> {
+        let store = match self {
+            Place::Database(store) => store,
+            Place::Server(remote) => {
+                let put = remote
+                    .schedules()
+                    .put_schedule(proto::PutScheduleRequest {
+                        name: name.to_string(),
+                        cron: args.cron,
+                        timezone: args.tz,
+                        backfill: args.missed.backfill(),
+                        activity: args.activity,
+                        input: Some(crate::service::convert::payload_out(&json_payload(
+                            "input",
+                            &args.input,
+                        )?)),
+                        queue: args.queue.unwrap_or_default(),
+                        priority: args.priority,
+                    })
+                    .await
+                    .map_err(place::api)?
+                    .into_inner();
+                return Ok(match put.outcome.as_str() {
+                    "created" => Upserted::Created,
+                    "updated" => Upserted::Updated,
+                    _ => Upserted::Unchanged,
+                });
+            }
+        };
+        let PutArgs {
+            cron,
+            tz,
+            activity,
+            input,
+            queue,
+            priority,
+            missed,
+        } = args;
+        {
+            let Some(options) = registry.and_then(|r| r.activity_options(&activity)) else {
+                bail!(
+                    "no activity `{activity}` is linked into this binary; nothing was scheduled \
+                     (build your own binary with quark_worker::cli::main_with(registry))"
+                );
+            };
+            let schedule = Schedule::cron(&cron)?.timezone(&tz)?.missed(missed);
+            let input = json_payload("input", &input)?;
+            let queue = queue
+                .or_else(|| options.queue.clone())
+                .unwrap_or_else(|| "default".into());
+            let job = TaskPayload::Job(JobTask {
+                activity: activity.clone(),
+                input,
+                options: options.clone(),
+            });
+            let task = NewTask::new(TaskKind::Job, queue)
+                .priority(priority)
+                .payload(job.to_bytes());
+            Client::new(Arc::clone(store))
+                .schedule_job(name, &schedule, &task)
+                .await
+                .with_context(|| format!("registering schedule `{name}`"))
+        }
+    }
+
+    /// Removes schedule `name`; `false` if there is none.
+    async fn remove_schedule(&self, name: &str) -> anyhow::Result<bool> {
+        match self {
+            Place::Database(store) => Ok(Client::new(Arc::clone(store)).unschedule(name).await?),
+            Place::Server(remote) => {
+                match remote
+                    .schedules()
+                    .delete_schedule(proto::DeleteScheduleRequest {
+                        name: name.to_string(),
+                    })
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+                    Err(status) => Err(place::api(status)),
+                }
+            }
+        }
+    }
 }
 
 fn job_of(record: &ScheduleRecord) -> Option<JobTask> {

@@ -131,6 +131,14 @@ impl RemoteClient {
         )
     }
 
+    /// The schedule service's generated client.
+    pub fn schedules(&self) -> proto::schedule_service_client::ScheduleServiceClient<Authed> {
+        proto::schedule_service_client::ScheduleServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+
     /// The queue service's generated client (queues and dead letters).
     pub fn queues(&self) -> proto::queue_service_client::QueueServiceClient<Authed> {
         proto::queue_service_client::QueueServiceClient::with_interceptor(

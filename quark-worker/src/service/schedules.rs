@@ -66,6 +66,8 @@ impl ScheduleService for Schedules {
                         priority: s.spec.priority,
                         next_at: Some(time_out(s.next_at)),
                         last_fired_at: s.last_fired_at.map(time_out),
+                        created_at: Some(time_out(s.created_at)),
+                        updated_at: Some(time_out(s.updated_at)),
                     }
                 })
                 .collect(),

@@ -325,11 +325,40 @@ async fn the_command_line_talks_to_a_server_as_it_talks_to_the_database(t: &Test
     let redriven = ok(&as_admin(&["dlq", "retry", &job]).await);
     let redriven: serde_json::Value = serde_json::from_str(&redriven).unwrap();
     assert_eq!(redriven[0]["task_id"].to_string(), job, "{redriven}");
-    let schedules = remote(&["schedule", "list"]).await;
-    assert!(!schedules.status.success());
-    let said = String::from_utf8_lossy(&schedules.stderr);
+    // Schedules: registered by name through the server (no code linked), listed the same way.
+    let added = ok(&as_admin(&[
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--activity",
+        "compose",
+        "--input",
+        "[\"night\",true]",
+        "--missed",
+        "backfill:2",
+    ])
+    .await);
+    let added: serde_json::Value = serde_json::from_str(&added).unwrap();
+    assert_eq!(
+        (&added["outcome"], &added["schedule"]["missed"]),
+        (
+            &serde_json::json!("created"),
+            &serde_json::json!("backfill:2")
+        )
+    );
+    let args = ["schedule", "list"];
+    assert_eq!(ok(&remote(&args).await), local(t, &args).await);
+    ok(&as_admin(&["schedule", "remove", "nightly"]).await);
+    assert!(t.store.get_schedule("nightly").await.unwrap().is_none());
+    let gone = as_admin(&["schedule", "remove", "nightly"]).await;
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no schedule `nightly`"));
+    let outbox = remote(&["outbox", "list"]).await;
+    assert!(!outbox.status.success());
+    let said = String::from_utf8_lossy(&outbox.stderr);
     assert!(
-        said.contains("`quark schedule` works on the database"),
+        said.contains("`quark outbox` works on the database"),
         "{said}"
     );
     running.shutdown().await;
