@@ -73,8 +73,8 @@ pub struct Cli {
     )]
     pub database_url: Option<String>,
     /// An API server (`quark serve`) to talk to instead of the database, e.g.
-    /// `https://quark.internal:7411`: the `workflow`, `job`, `dlq`, `queue` and `schedule`
-    /// commands go through it.
+    /// `https://quark.internal:7411`: the `workflow`, `job`, `dlq`, `queue`, `schedule` and
+    /// `saga` commands go through it.
     #[arg(long, env = "QUARK_SERVER", global = true)]
     pub server: Option<String>,
     /// The token for --server (`quark token create` issues one).
@@ -477,7 +477,7 @@ pub async fn run_on(
         }
         Command::Queue(cmd) => queue::run(place::Place::Database(&store), cmd, output, out).await?,
         Command::Outbox(cmd) => outbox::outbox(&store, cmd, output, out).await?,
-        Command::Saga(cmd) => saga::saga(&store, cmd, output, out).await?,
+        Command::Saga(cmd) => saga::saga(place::Place::Database(&store), cmd, output, out).await?,
         Command::Checkpoint(cmd) => checkpoint::run(&store, cmd, output, out).await?,
         Command::Events(cmd) => events::run(&store, cmd, registry.as_ref(), output, out).await?,
         Command::Entity(cmd) => entity::run(&store, cmd, registry.as_ref(), output, out).await?,

@@ -31,19 +31,8 @@ pub(super) async fn run(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    if !matches!(
-        command,
-        Command::Workflow(_)
-            | Command::Job(_)
-            | Command::Dlq(_)
-            | Command::Queue(_)
-            | Command::Schedule(_)
-    ) {
-        bail!(
-            "`quark {}` works on the database (--database-url); through --server, `quark \
-             workflow`, `job`, `dlq`, `queue` and `schedule` go through the API",
-            command.name()
-        );
+    if !api_backed(&command) {
+        return Err(refused(&command));
     }
     let tls = match &server.ca {
         Some(path) => {
@@ -71,8 +60,31 @@ pub(super) async fn run(
         Command::Dlq(command) => super::dlq::run(place, command, output, out).await,
         Command::Queue(command) => super::queue::run(place, command, output, out).await,
         Command::Schedule(command) => super::schedule::run(place, command, None, output, out).await,
-        _ => unreachable!("refused above"),
+        Command::Saga(command) => super::saga::saga(place, command, output, out).await,
+        other => Err(refused(&other)),
     }
+}
+
+/// Whether `command` has its calls in the API (and so goes through a server).
+fn api_backed(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Workflow(_)
+            | Command::Job(_)
+            | Command::Dlq(_)
+            | Command::Queue(_)
+            | Command::Schedule(_)
+            | Command::Saga(_)
+    )
+}
+
+/// The error of a command that works on the database only.
+fn refused(command: &Command) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`quark {}` works on the database (--database-url); through --server, `quark workflow`, \
+         `job`, `dlq`, `queue`, `schedule` and `saga` go through the API",
+        command.name()
+    )
 }
 
 async fn workflow(

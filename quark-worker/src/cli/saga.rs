@@ -8,14 +8,15 @@
 //! of the database.
 
 use std::io::Write;
-use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Subcommand;
-use quark_history::Store;
-
+use quark_workflow::StuckCompensation;
 use serde::Serialize;
 
 use super::output::{self, Output, table, write_table};
+use super::place::{self, Place};
+use crate::service::proto;
 
 /// `quark saga ...`
 #[derive(Debug, Subcommand)]
@@ -70,7 +71,7 @@ impl<'a> From<&'a StuckSaga> for StuckView<'a> {
 
 /// Runs `quark saga ...`.
 pub(super) async fn saga(
-    store: &Arc<dyn Store>,
+    place: Place<'_>,
     cmd: SagaCommand,
     output: Output,
     out: &mut (dyn Write + Send),
@@ -81,7 +82,7 @@ pub(super) async fn saga(
             limit,
             scan,
         } => {
-            let found = stuck_sagas(store, instance_type, limit, scan).await?;
+            let found = place.stuck_sagas(instance_type, limit, scan).await?;
             let rows: Vec<StuckView<'_>> = found.iter().map(StuckView::from).collect();
             output::rows(out, output, &rows, |out, rows| {
                 let mut t = table(["instance", "type", "compensation", "attempts", "last error"]);
@@ -109,4 +110,55 @@ pub(super) async fn saga(
         }
     }
     Ok(())
+}
+
+impl Place<'_> {
+    /// The stuck sagas among the newest `scan` failed instances, at most `limit` of them.
+    async fn stuck_sagas(
+        &self,
+        instance_type: Option<String>,
+        limit: usize,
+        scan: usize,
+    ) -> anyhow::Result<Vec<StuckSaga>> {
+        let remote = match self {
+            Place::Database(store) => {
+                return Ok(stuck_sagas(store, instance_type, limit, scan).await?);
+            }
+            Place::Server(remote) => remote,
+        };
+        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let listed = remote
+            .sagas()
+            .list_stuck_sagas(proto::ListStuckSagasRequest {
+                workflow_type: instance_type.unwrap_or_default(),
+                limit: bound(limit),
+                scan: bound(scan),
+            })
+            .await
+            .map_err(place::api)?
+            .into_inner()
+            .sagas;
+        listed
+            .into_iter()
+            .map(|s| {
+                Ok(StuckSaga {
+                    instance_id: s.instance_id,
+                    instance_type: s.workflow_type,
+                    failed_at: s.failed_at,
+                    // The marker's own form (its type admits no other construction).
+                    stuck: serde_json::from_value::<StuckCompensation>(serde_json::json!({
+                        "kind": quark_workflow::STUCK_KIND,
+                        "compensation": s.compensation,
+                        "input": serde_json::from_str::<serde_json::Value>(&s.input_json)
+                            .context("the API sent a compensation input that is not JSON")?,
+                        "attempts": s.attempts,
+                        "last_error": s.last_error,
+                        "cause": s.cause,
+                        "skipped": s.skipped,
+                    }))
+                    .context("the API sent a stuck saga this build cannot read")?,
+                })
+            })
+            .collect()
+    }
 }

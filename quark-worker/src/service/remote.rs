@@ -131,6 +131,14 @@ impl RemoteClient {
         )
     }
 
+    /// The saga service's generated client.
+    pub fn sagas(&self) -> proto::saga_service_client::SagaServiceClient<Authed> {
+        proto::saga_service_client::SagaServiceClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
+
     /// The schedule service's generated client.
     pub fn schedules(&self) -> proto::schedule_service_client::ScheduleServiceClient<Authed> {
         proto::schedule_service_client::ScheduleServiceClient::with_interceptor(

@@ -217,6 +217,31 @@ async fn it_lists_a_stuck_saga_on_the_command_line(t: &TestStore) {
         saga.input_json,
         serde_json::json!(format!("shipment-{stuck}")).to_string()
     );
+
+    // The command line through the server prints what it prints on the database.
+    let token =
+        quark_worker::service::auth::issue(&*t.store, "ops", quark_history::Scope::Read, None)
+            .await
+            .unwrap()
+            .token;
+    let through = crate::service_remote::quark(
+        [
+            "--server", &api.url, "--token", &token, "-o", "json", "saga", "stuck",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    )
+    .await;
+    assert!(
+        through.status.success(),
+        "{}",
+        String::from_utf8_lossy(&through.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(through.stdout).unwrap(),
+        quark(t, Output::Json).await
+    );
     running.shutdown().await;
 }
 

@@ -144,6 +144,8 @@ pub(crate) type Authed =
 pub(crate) struct Api {
     pub(crate) client: Authed,
     pub(crate) channel: Channel,
+    /// Where it listens: `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -163,6 +165,7 @@ pub(crate) async fn api(t: &TestStore, options: ServiceOptions) -> Api {
     Api {
         client: WorkflowServiceClient::with_interceptor(channel.clone(), bearer),
         channel,
+        url: format!("http://{addr}"),
         _stop: stop,
     }
 }

@@ -123,7 +123,7 @@ quark_history::backend_tests!(the_command_line_talks_to_a_server_as_it_talks_to_
 
 /// The stock `quark` binary with `args`, none of the operator's QUARK_* variables, off the
 /// runtime's threads.
-async fn quark(args: Vec<String>) -> std::process::Output {
+pub(crate) async fn quark(args: Vec<String>) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_quark"));
         command.args(&args);
