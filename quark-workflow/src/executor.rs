@@ -9,11 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Wake, Waker};
 
 use futures::future::LocalBoxFuture;
 use quark_history::{
@@ -98,6 +96,14 @@ impl Replay {
 
 #[derive(Debug, Default)]
 struct Flag(AtomicBool);
+
+#[path = "executor_poll.rs"]
+mod poll;
+#[path = "executor_requests.rs"]
+mod requests;
+
+use poll::panic_hint;
+pub(crate) use poll::panic_message;
 
 impl Wake for Flag {
     fn wake(self: Arc<Self>) {
@@ -447,102 +453,6 @@ impl Executor {
         true
     }
 
-    /// Polls the code (the orchestration, then each running update handler, in acceptance
-    /// order) while something woke it. A handler that returns issues its `UpdateCompleted`.
-    fn poll(&mut self) -> Result<(), String> {
-        let mut polls = 0u32;
-        while self.flag.0.load(Ordering::SeqCst) {
-            polls += 1;
-            if polls > MAX_POLLS_PER_EVENT {
-                return Err(format!(
-                    "the orchestration woke itself {MAX_POLLS_PER_EVENT} times without waiting on \
-                     a `ctx` future"
-                ));
-            }
-            poll_root(&mut self.root, &mut self.result, &self.flag, &self.waker)?;
-            if self.root.is_none() {
-                // The run returned: what its updates were doing ends with it.
-                self.updates.clear();
-                return Ok(());
-            }
-            let mut cx = Context::from_waker(&self.waker);
-            let mut i = 0;
-            while i < self.updates.len() {
-                let fut = &mut self.updates[i].future;
-                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    fut.as_mut().poll(&mut cx)
-                }));
-                match polled {
-                    Ok(Poll::Pending) => i += 1,
-                    Ok(Poll::Ready(result)) => {
-                        let done = self.updates.remove(i);
-                        let command = crate::command::Command::UpdateCompleted {
-                            update_id: done.update_id,
-                            result: result.map_err(|e| e.to_failure()),
-                        };
-                        self.ctx
-                            .state
-                            .borrow_mut()
-                            .issue(command, done.site, |_| None);
-                    }
-                    Err(panic) => {
-                        let done = self.updates.remove(i);
-                        std::mem::forget(done.future);
-                        return Err(format!(
-                            "update `{}`'s handler panicked: {}",
-                            done.update_id,
-                            panic_message(panic.as_ref())
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers query `name` with `input` from the run's current state.
-    pub(crate) fn query(&self, name: &str, input: &Payload) -> Result<Payload, String> {
-        let handler = self.ctx.state.borrow().handlers.query(name)?;
-        self.read_only(|| handler(input))
-            .map_err(|panic| format!("query `{name}`'s handler panicked: {panic}"))?
-    }
-
-    /// Runs `f` (a handler that only reads) with commands forbidden; a panic is its message.
-    fn read_only<R>(&self, f: impl FnOnce() -> R) -> Result<R, String> {
-        self.ctx.state.borrow_mut().read_only = true;
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        if let Ok(mut st) = self.ctx.state.try_borrow_mut() {
-            st.read_only = false;
-        }
-        ran.map_err(|panic| panic_message(panic.as_ref()))
-    }
-
-    /// Whether update `update_id` (`name` with `input`) may be accepted now: `Ok(true)` if its
-    /// validator (if any) accepts it, `Ok(false)` if it was accepted already (its
-    /// `UpdateAccepted` is in the history), and why not otherwise.
-    pub(crate) fn admit_update(
-        &self,
-        update_id: &str,
-        name: &str,
-        input: &Payload,
-    ) -> Result<bool, String> {
-        let handler = {
-            let st = self.ctx.state.borrow();
-            if st.updates_accepted.contains(update_id) {
-                return Ok(false);
-            }
-            if self.root.is_none() || self.closed {
-                return Err("the instance has ended".into());
-            }
-            st.handlers.update(name)?
-        };
-        if let Some(validate) = handler.validate {
-            self.read_only(|| validate(input))
-                .map_err(|panic| format!("update `{name}`'s validator panicked: {panic}"))??;
-        }
-        Ok(true)
-    }
-
     /// After the events are delivered: code that is pending while no `ctx` future waits can
     /// never be woken by the history.
     fn check_waiting(&mut self) {
@@ -651,67 +561,6 @@ impl Drop for Executor {
         }
         self.root = None;
     }
-}
-
-/// A panic's message, with a hint when it comes from a Tokio future awaited in the
-/// orchestration (they need a runtime that orchestration code does not run on).
-fn panic_hint(message: String) -> String {
-    let tokio = message.contains("Tokio") || message.contains("reactor");
-    if tokio {
-        format!(
-            "{message} (orchestration code runs on Quark's deterministic executor, not on a \
-             Tokio runtime: use `ctx.sleep`, `ctx.timeout` and `ctx` futures instead of \
-             `tokio::time` and `tokio::task`)"
-        )
-    } else {
-        message
-    }
-}
-
-/// How often the orchestration may be polled for one history event.
-const MAX_POLLS_PER_EVENT: u32 = 10_000;
-
-/// Polls the orchestration while something woke it. A panic in the user's code is caught and
-/// returned as its message: the turn is abandoned, not the worker.
-fn poll_root(
-    root: &mut Option<LocalBoxFuture<'static, Result<Payload, OrchestrationError>>>,
-    result: &mut Option<Result<Payload, OrchestrationError>>,
-    flag: &Flag,
-    waker: &Waker,
-) -> Result<(), String> {
-    let mut cx = Context::from_waker(waker);
-    if flag.0.swap(false, Ordering::SeqCst) {
-        let Some(fut) = root.as_mut() else {
-            return Ok(());
-        };
-        let polled =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(&mut cx)));
-        match polled {
-            Ok(Poll::Ready(r)) => {
-                *result = Some(r);
-                *root = None;
-                return Ok(());
-            }
-            Ok(Poll::Pending) => {}
-            Err(panic) => {
-                // Its state is unknown after a panic: forget it rather than run its destructors.
-                if let Some(fut) = root.take() {
-                    std::mem::forget(fut);
-                }
-                return Err(panic_message(panic.as_ref()));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The message of a panic payload.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with a non-string payload".to_string())
 }
 
 fn resolve(ctx: &OrchestrationContext, command: u64, resolution: Resolution) {
