@@ -57,7 +57,7 @@ impl OrchestrationContext {
     /// it, a qualified one is kept (see [`quark_history::qualify`]).
     fn in_namespace(&self, name: &str) -> String {
         let st = self.state.borrow();
-        quark_history::qualify(quark_history::namespace_of(&st.instance_id), name)
+        quark_history::qualify(run_namespace(&st.instance_id, &st.queue), name)
     }
 
     /// The number of history events processed so far: grows with every step. Keep histories
@@ -151,9 +151,7 @@ impl OrchestrationContext {
         let mut st = self.state.borrow_mut();
         // An activity's own queue is its namespace's, as the instance is.
         let queue = match &options.queue {
-            Some(queue) => {
-                quark_history::qualify(quark_history::namespace_of(&st.instance_id), queue)
-            }
+            Some(queue) => quark_history::qualify(run_namespace(&st.instance_id, &st.queue), queue),
             None => st.queue.clone(),
         };
         let (instance_id, orchestration_queue, now) =
@@ -501,4 +499,14 @@ impl OrchestrationContext {
     ) -> Select<F> {
         Select::new(self.state.clone(), futures)
     }
+}
+
+/// The namespace a run works in: its id's, when its queue is in the same namespace. Both are set
+/// when it starts in a namespace (by a namespace's token, worker or parent); an instance whose id
+/// merely holds `::` (named so before namespaces existed) but whose queue does not works in none,
+/// so its replays issue the commands its history recorded.
+fn run_namespace<'a>(instance_id: &'a str, queue: &str) -> Option<&'a str> {
+    let ns = quark_history::namespace_of(instance_id)?;
+    (quark_history::namespace_of(queue) == Some(ns) && quark_history::check_namespace(ns).is_ok())
+        .then_some(ns)
 }

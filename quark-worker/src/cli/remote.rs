@@ -103,10 +103,11 @@ async fn workflow(
             let input = json_payload("input", &input)?;
             let mut options = StartOptions::default();
             options.queue = queue;
-            remote
-                .start_instance(&instance_type, 0, id.clone(), input, options)
+            // The server's id: a namespace's token's plain id comes back qualified.
+            let started = remote
+                .start_instance(&instance_type, 0, id, input, options)
                 .await?;
-            Changed::started(id, instance_type)
+            Changed::started(started, instance_type)
         }
         WorkflowCommand::Signal { id, name, value } => {
             let value = json_payload("signal's value", &value)?;

@@ -129,7 +129,14 @@ pub(super) async fn run(
                 .schedules()
                 .await?
                 .into_iter()
-                .find(|s| s.spec.name == name)
+                .find(|s| {
+                    // Through a namespace's token, the name is stored in its namespace.
+                    s.spec.name == name
+                        || s.spec
+                            .name
+                            .strip_suffix(name.as_str())
+                            .is_some_and(|ns| ns.ends_with(quark_history::NAMESPACE_SEPARATOR))
+                })
                 .with_context(|| format!("schedule `{name}` was removed meanwhile"))?;
             let what = match upserted {
                 Upserted::Created => "created",

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use quark_history::{Commit, JobFilter, JobInfo, JobState, Scope, Store, UniqueKey, UniquePolicy};
+use quark_history::{
+    Commit, JobFilter, JobInfo, JobState, Scope, Store, UniqueKey, UniquePolicy, qualify,
+};
 use quark_workflow::runner::{JobTask, job_task_by_name};
 use quark_workflow::{ActivityOptions, Client, JobId, JobOptions};
 use tonic::{Request, Response, Status};
@@ -190,7 +192,9 @@ impl JobService for Jobs {
                     )));
                 }
             };
-            let mut key = UniqueKey::new(r.unique_key.clone()).policy(policy);
+            // Keys are the namespace's own: another's job holding the same key is not this one's.
+            let mut key =
+                UniqueKey::new(qualify(caller.namespace.as_deref(), &r.unique_key)).policy(policy);
             if let Some(window) = r.unique_window {
                 key = key.window(duration_in("unique_window", window)?);
             }
@@ -202,7 +206,10 @@ impl JobService for Jobs {
                     "concurrency_limit: a concurrency key needs a limit of at least 1",
                 ));
             }
-            options = options.concurrency(r.concurrency_key.clone(), r.concurrency_limit);
+            options = options.concurrency(
+                qualify(caller.namespace.as_deref(), &r.concurrency_key),
+                r.concurrency_limit,
+            );
         }
         let registered = self.catalog.activity(activity).await?.ok_or_else(|| {
             Status::not_found(format!(

@@ -195,6 +195,9 @@ pub enum ServeError {
     /// The reflection service could not read the API's descriptors.
     #[error("the API's descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The system gave no randomness for the console's secret.
+    #[error("no randomness for the console's secret")]
+    Random,
 }
 
 /// The API's routes over `store`: every `quark.v1` service, health (each service reported
@@ -228,6 +231,14 @@ pub fn routes(
         auth,
         authenticate: options.authenticate,
         tls: options.tls.is_some(),
+        secret: {
+            use ring::rand::SecureRandom as _;
+            let mut secret = [0u8; 32];
+            ring::rand::SystemRandom::new()
+                .fill(&mut secret)
+                .map_err(|_| ServeError::Random)?;
+            secret
+        },
     };
     let workflows =
         proto::workflow_service_server::WorkflowServiceServer::new(services.workflows.clone())

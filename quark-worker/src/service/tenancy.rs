@@ -17,6 +17,16 @@ impl Caller {
     /// namespace, or refused if it names another.
     pub(crate) fn name(&self, field: &str, name: &str) -> Result<String, Status> {
         let qualified = qualify(self.namespace.as_deref(), name);
+        // A name that starts with the separator names no namespace: not this caller's either.
+        if let Some(prefix) = self.prefix()
+            && !qualified.starts_with(&prefix)
+            && namespace_of(&qualified).is_none()
+        {
+            return Err(Status::permission_denied(format!(
+                "{field}: `{name}` is in no namespace; this token is limited to namespace `{}`",
+                self.namespace.as_deref().unwrap_or_default()
+            )));
+        }
         match (&self.namespace, namespace_of(&qualified)) {
             (Some(mine), Some(theirs)) if mine != theirs => {
                 Err(Status::permission_denied(format!(
@@ -75,6 +85,7 @@ mod tests {
         let refused = acme.name("id", "globex::order-7").unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(acme.sees("acme::x") && !acme.sees("globex::x") && !acme.sees("x"));
+        assert!(acme.name("id", "::x").is_err() && !acme.sees("::x"));
         let everyone = caller(None);
         assert_eq!(everyone.name("id", "globex::x").unwrap(), "globex::x");
         assert!(everyone.sees("x") && everyone.sees("globex::x"));

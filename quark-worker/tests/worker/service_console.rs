@@ -13,7 +13,19 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 
 use crate::service::{greet, worker};
 
-quark_history::backend_tests!(it_keeps_the_console_behind_tokens_and_its_own_forms);
+quark_history::backend_tests!(
+    it_keeps_the_console_behind_tokens_and_its_own_forms,
+    it_answers_an_open_console_only_on_a_loopback_name,
+);
+
+/// A client that follows no redirect (on rustls's ring provider, the engine's).
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
 
 /// Signs in with `token`: the session cookie.
 async fn sign_in(http: &reqwest::Client, base: &str, token: &str) -> reqwest::Response {
@@ -51,10 +63,7 @@ async fn it_keeps_the_console_behind_tokens_and_its_own_forms(t: &TestStore) {
         ServiceOptions::default(),
         std::future::pending(),
     ));
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = http();
     let client = quark_workflow::Client::new(Arc::clone(&t.store));
     greet::start(
         &client,
@@ -157,5 +166,47 @@ async fn it_keeps_the_console_behind_tokens_and_its_own_forms(t: &TestStore) {
         sent.headers()
     );
     assert_eq!(signals(t, "guest-1").await, 1);
+
+    // A form another site makes the browser post is refused, token and form value or not.
+    let crossed = http
+        .post(format!("{base}/ui/workflows/guest-1/signal"))
+        .header(COOKIE, &writer)
+        .header("origin", "http://evil.example")
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("csrf={}&name=polite&value=true", csrf(&page)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crossed.status(), StatusCode::FORBIDDEN);
+    assert!(crossed.text().await.unwrap().contains("another site"));
+    assert_eq!(signals(t, "guest-1").await, 1, "nothing changed");
     running.shutdown().await;
+}
+
+async fn it_answers_an_open_console_only_on_a_loopback_name(t: &TestStore) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        Arc::clone(&t.store),
+        listener,
+        ServiceOptions::default().authenticate(false),
+        std::future::pending(),
+    ));
+    let http = http();
+    let page = async |host: &str| {
+        http.get(format!("http://{addr}/ui/workflows"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+    };
+    // Without authentication no sign-in is asked; a rebinding page's name is refused.
+    assert_eq!(page(&addr.to_string()).await.status(), StatusCode::OK);
+    assert_eq!(
+        page(&format!("localhost:{}", addr.port())).await.status(),
+        StatusCode::OK
+    );
+    let rebound = page(&format!("evil.example:{}", addr.port())).await;
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    assert!(rebound.text().await.unwrap().contains("loopback name"));
 }

@@ -475,6 +475,37 @@ async fn it_keeps_each_namespace_to_itself(t: &TestStore) {
             .is_some()
     );
 
+    // Job keys are a namespace's own: globex holds `nightly-report` (a job due in an hour);
+    // acme's job of the same key is acme's, not globex's returned or replaced.
+    let keyed = |tenant: &Tenant| {
+        let mut jobs = tenant.jobs();
+        async move {
+            jobs.enqueue_job(proto::EnqueueJobRequest {
+                activity: "compose".into(),
+                input: json(&serde_json::json!(["report", true])),
+                delay: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                unique_key: "nightly-report".into(),
+                unique_policy: proto::UniquePolicy::Replace as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let theirs = keyed(&globex).await;
+    let ours = keyed(&acme).await;
+    assert_eq!(
+        (theirs.outcome.as_str(), ours.outcome.as_str()),
+        ("enqueued", "enqueued")
+    );
+    assert_ne!(theirs.job_id, ours.job_id);
+    let kept = t.store.job(theirs.job_id).await.unwrap().unwrap();
+    assert_eq!(kept.queue, "globex::default", "globex's job untouched");
+
     // Its own, acme reaches: a plain name is taken in its namespace.
     let described = acme
         .workflows()

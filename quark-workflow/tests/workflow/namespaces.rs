@@ -34,11 +34,15 @@ async fn parent(ctx: OrchestrationContext, _: ()) -> Result<u32, OrchestrationEr
     Ok(born)
 }
 
-async fn run(env: &TestEnv, prefix: &str) -> Vec<HistoryEvent> {
+/// Runs `{prefix}parent` on `queue` beside the listener it signals, `{listener_prefix}listener`.
+async fn run(env: &TestEnv, prefix: &str, queue: &str, listener_prefix: &str) -> Vec<HistoryEvent> {
     let client = env.client();
-    let queue = format!("{prefix}default");
+    let queue = queue.to_string();
     for (id, start) in [("listener", true), ("parent", false)] {
-        let id = format!("{prefix}{id}");
+        let id = match start {
+            true => format!("{listener_prefix}{id}"),
+            false => format!("{prefix}{id}"),
+        };
         let options = StartOptions::default().queue(queue.clone());
         if start {
             client
@@ -58,7 +62,7 @@ async fn run(env: &TestEnv, prefix: &str) -> Vec<HistoryEvent> {
     );
     assert_eq!(
         client
-            .result::<u32>(&format!("{prefix}listener"))
+            .result::<u32>(&format!("{listener_prefix}listener"))
             .await
             .unwrap(),
         11
@@ -97,7 +101,7 @@ async fn an_instance_of_a_namespace_keeps_its_children_signals_and_activities_in
     let env = TestEnv::new(registry()).await.unwrap();
     env.serve("acme::default");
     env.serve("acme::payments");
-    let history = run(&env, "acme::").await;
+    let history = run(&env, "acme::", "acme::default", "acme::").await;
     assert_eq!(
         where_it_went(&history),
         (
@@ -108,7 +112,16 @@ async fn an_instance_of_a_namespace_keeps_its_children_signals_and_activities_in
     );
 
     let plain = TestEnv::new(registry()).await.unwrap();
-    let history = run(&plain, "").await;
+    let history = run(&plain, "", "default", "").await;
+    assert_eq!(
+        where_it_went(&history),
+        ("payments".into(), "kid".into(), "listener".into())
+    );
+
+    // An id named with `::` before namespaces, on a queue of no namespace: not a namespace's run,
+    // so its commands are the ones its history recorded before.
+    let legacy = TestEnv::new(registry()).await.unwrap();
+    let history = run(&legacy, "billing::", "default", "").await;
     assert_eq!(
         where_it_went(&history),
         ("payments".into(), "kid".into(), "listener".into())

@@ -24,10 +24,18 @@ pub(super) fn attr(text: &str) -> String {
     esc(text)
 }
 
-/// `text`, percent-encoded for a URL's path segment or query value.
+/// `text`, percent-encoded for a URL's path segment or query value (a space is `%20`, which a
+/// path and a query both read back as a space).
 pub(super) fn url(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+    percent_encoding::utf8_percent_encode(text, URL_SAFE).to_string()
 }
+
+/// What [`url`] leaves as it is: letters, digits, `-`, `_` and `~` (a `.` is encoded, so that no
+/// id reads as a `..` segment).
+const URL_SAFE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The sections of the console, in the navigation's order: (path, title).
 const SECTIONS: [(&str, &str); 8] = [
@@ -268,7 +276,9 @@ mod tests {
             esc(r#"<script>alert("x")</script> & 'y'"#),
             "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
         );
-        assert_eq!(url("a b/c?d&e"), "a+b%2Fc%3Fd%26e");
+        assert_eq!(url("a b/c?d&e"), "a%20b%2Fc%3Fd%26e");
+        assert_eq!(url("order-7_x~"), "order-7_x~");
+        assert_eq!(url(".."), "%2E%2E");
     }
 
     #[test]

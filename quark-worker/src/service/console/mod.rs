@@ -8,7 +8,10 @@
 //! few seconds (`live.js`, a few lines of plain JavaScript); nothing needs a JavaScript toolchain.
 
 mod html;
+mod jobs;
 mod operations;
+mod queues;
+mod timeline;
 mod workflows;
 
 use std::sync::Arc;
@@ -42,12 +45,15 @@ pub(crate) struct Services {
     pub(crate) authenticate: bool,
     /// Whether the server speaks TLS (the cookie is then `Secure`).
     pub(crate) tls: bool,
+    /// A secret of this process that forms' values are derived with (random at start).
+    pub(crate) secret: [u8; 32],
 }
 
 type Console = Arc<Services>;
 
 /// The console's routes.
 pub(crate) fn router(services: Services) -> Router {
+    let console = Arc::new(services);
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/workflows") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/workflows") }))
@@ -56,13 +62,62 @@ pub(crate) fn router(services: Services) -> Router {
         .route("/ui/assets/style.css", get(style))
         .route("/ui/assets/live.js", get(script))
         .merge(workflows::routes())
+        .merge(queues::routes())
+        .merge(jobs::routes())
         .merge(operations::routes())
-        .with_state(Arc::new(services))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&console),
+            guard,
+        ))
+        .with_state(console)
+}
+
+/// Refuses what a page of another site makes a browser send: a post whose `Origin` is not this
+/// server (browsers send it with every post; a client that is not a browser sends none), and,
+/// with authentication off, a request whose `Host` is not a loopback name (a page that rebinds
+/// its own name to 127.0.0.1 could otherwise read and drive the open console).
+async fn guard(
+    State(console): State<Console>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !console.authenticate && !is_loopback(host) {
+        return refusal(&Status::permission_denied(format!(
+            "without authentication the console answers only to a loopback name (127.0.0.1, \
+             localhost, [::1]), not `{host}`"
+        )));
+    }
+    if request.method() == axum::http::Method::POST
+        && let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+    {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if authority != host {
+            return refusal(&Status::permission_denied(
+                "the form was sent by another site, not this console",
+            ));
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `host` (a `Host` header: name and port) names this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
 }
 
 /// The signed-in user: the token every call of a page is made with.
 pub(super) struct Session {
     token: Option<String>,
+    secret: [u8; 32],
 }
 
 impl Session {
@@ -70,9 +125,16 @@ impl Session {
     /// anonymous session; one with has none without the cookie.
     fn of(console: &Services, headers: &HeaderMap) -> Option<Session> {
         let token = cookie(headers, COOKIE);
+        let secret = console.secret;
         match (token, console.authenticate) {
-            (Some(token), _) => Some(Session { token: Some(token) }),
-            (None, false) => Some(Session { token: None }),
+            (Some(token), _) => Some(Session {
+                token: Some(token),
+                secret,
+            }),
+            (None, false) => Some(Session {
+                token: None,
+                secret,
+            }),
             (None, true) => None,
         }
     }
@@ -92,7 +154,12 @@ impl Session {
     /// another site cannot know it.
     pub(super) fn csrf(&self) -> String {
         let token = self.token.as_deref().unwrap_or("");
-        blake3::hash(format!("quark console form:{token}").as_bytes()).to_hex()[..32].to_string()
+        blake3::keyed_hash(
+            &self.secret,
+            format!("quark console form:{token}").as_bytes(),
+        )
+        .to_hex()[..32]
+            .to_string()
     }
 }
 
@@ -147,6 +214,22 @@ impl Posted {
             .map(|(_, v)| v.as_str())
             .collect()
     }
+}
+
+/// The ids checked in a form, as numbers.
+pub(super) fn ids(form: &Posted, name: &str) -> Result<Vec<i64>, Status> {
+    let ids = form
+        .all(name)
+        .into_iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|_| Status::invalid_argument(format!("`{v}` is not an id")))
+        })
+        .collect::<Result<Vec<i64>, Status>>()?;
+    if ids.is_empty() {
+        return Err(Status::invalid_argument("nothing was selected"));
+    }
+    Ok(ids)
 }
 
 /// The fields of a query string.
@@ -225,6 +308,7 @@ async fn login(State(console): State<Console>, body: Bytes) -> Response {
     let token = field(&fields, "token").trim().to_string();
     let session = Session {
         token: Some(token.clone()),
+        secret: console.secret,
     };
     // The token is checked as any call's would be (the least scope: reading).
     if let Err(status) = console
