@@ -10,10 +10,8 @@ use quark_history::{InstanceFilter, InstanceStatus};
 use quark_workflow::{Connection, StartOptions};
 
 use super::output::Output;
-use super::workflow::{WorkflowCommand, no_answer, within};
-use super::workflow_output::{
-    Answered, Changed, print_answer, print_changed, print_describe, print_history, print_list,
-};
+use super::workflow::{WorkflowCommand, ask};
+use super::workflow_output::{Changed, print_changed, print_describe, print_history, print_list};
 use super::{Command, json_payload};
 use crate::service::RemoteClient;
 
@@ -114,29 +112,8 @@ async fn workflow(
             remote.signal_payload(&id, &name, value).await?;
             Changed::signalled(id, name)
         }
-        WorkflowCommand::Query {
-            id,
-            name,
-            input,
-            timeout,
-        } => {
-            let input = json_payload("query's argument", &input)?;
-            let asked = remote.query_payload(&id, &name, input);
-            let answer = within(timeout, asked, || no_answer(&id, None)).await??;
-            return print_answer(out, output, Answered::query(id, name, &answer));
-        }
-        WorkflowCommand::Update {
-            id,
-            name,
-            input,
-            update_id,
-            timeout,
-        } => {
-            let input = json_payload("update's argument", &input)?;
-            let update_id = update_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let sent = remote.update_payload(&id, &update_id, &name, input);
-            let result = within(timeout, sent, || no_answer(&id, Some(&update_id))).await??;
-            return print_answer(out, output, Answered::update(id, name, update_id, &result));
+        cmd @ (WorkflowCommand::Query { .. } | WorkflowCommand::Update { .. }) => {
+            return ask(remote, cmd, output, out).await;
         }
         WorkflowCommand::Cancel { id, reason } => {
             remote.cancel(&id, &reason).await?;

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use quark_history::{
     HistoryRange, InstanceFilter, InstanceStatus, RecordedEvent, Store, Timestamp, TypeKind,
 };
-use quark_workflow::{Client, Registry, ReplayReport, Replayer, StartOptions};
+use quark_workflow::{Client, Connection, Registry, ReplayReport, Replayer, StartOptions};
 use serde::Serialize;
 
 use super::output::{self, Output};
@@ -227,29 +227,8 @@ pub(super) async fn run(
             client.signal(&id, &name, &value).await?;
             Changed::signalled(id, name)
         }
-        WorkflowCommand::Query {
-            id,
-            name,
-            input,
-            timeout,
-        } => {
-            let input = json_payload("query's argument", &input)?;
-            let asked = client.query_payload(&id, &name, input);
-            let answer = within(timeout, asked, || no_answer(&id, None)).await??;
-            return print_answer(out, output, Answered::query(id, name, &answer));
-        }
-        WorkflowCommand::Update {
-            id,
-            name,
-            input,
-            update_id,
-            timeout,
-        } => {
-            let input = json_payload("update's argument", &input)?;
-            let update_id = update_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let sent = client.update_payload(&id, &update_id, &name, input);
-            let result = within(timeout, sent, || no_answer(&id, Some(&update_id))).await??;
-            return print_answer(out, output, Answered::update(id, name, update_id, &result));
+        cmd @ (WorkflowCommand::Query { .. } | WorkflowCommand::Update { .. }) => {
+            return ask(&client, cmd, output, out).await;
         }
         WorkflowCommand::Cancel { id, reason } => {
             client.cancel(&id, &reason).await?;
@@ -543,8 +522,46 @@ pub(super) fn parse_cursor(cursor: &str) -> anyhow::Result<(Timestamp, String)> 
     ))
 }
 
+/// `quark workflow query|update` through `connection` (the database's client, or a server's):
+/// the request, waited for at most its `--timeout`, and its answer printed.
+pub(super) async fn ask(
+    connection: &dyn Connection,
+    cmd: WorkflowCommand,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let answered = match cmd {
+        WorkflowCommand::Query {
+            id,
+            name,
+            input,
+            timeout,
+        } => {
+            let input = json_payload("query's argument", &input)?;
+            let asked = connection.query_payload(&id, &name, input);
+            let answer = within(timeout, asked, || no_answer(&id, None)).await??;
+            Answered::query(id, name, &answer)
+        }
+        WorkflowCommand::Update {
+            id,
+            name,
+            input,
+            update_id,
+            timeout,
+        } => {
+            let input = json_payload("update's argument", &input)?;
+            let update_id = update_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            let sent = connection.update_payload(&id, &update_id, &name, input);
+            let result = within(timeout, sent, || no_answer(&id, Some(&update_id))).await??;
+            Answered::update(id, name, update_id, &result)
+        }
+        other => anyhow::bail!("`{other:?}` is not a query or an update"),
+    };
+    print_answer(out, output, answered)
+}
+
 /// `call`'s outcome, or the error `late` makes if it takes longer than `timeout`.
-pub(super) async fn within<T>(
+async fn within<T>(
     timeout: std::time::Duration,
     call: impl std::future::Future<Output = T>,
     late: impl FnOnce() -> anyhow::Error,
@@ -555,7 +572,7 @@ pub(super) async fn within<T>(
 }
 
 /// The error of a query or an update nobody answered in time.
-pub(super) fn no_answer(id: &str, update_id: Option<&str>) -> anyhow::Error {
+fn no_answer(id: &str, update_id: Option<&str>) -> anyhow::Error {
     match update_id {
         None => anyhow::anyhow!(
             "no worker answered the query to `{id}` in time: is a worker that runs its \
