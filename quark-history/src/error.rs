@@ -222,6 +222,16 @@ pub enum Error {
         /// The epoch that was lost.
         epoch: u64,
     },
+    /// A two-phase transaction was decided otherwise before its coordinator could decide to
+    /// commit it (recovery or an operator gave up on it): none of its branches commits. Running
+    /// the work again, under a new global id, may succeed.
+    #[error("two-phase transaction `{gid}` was already decided: {decision}")]
+    Decided {
+        /// The transaction's global id.
+        gid: String,
+        /// The decision that stands.
+        decision: crate::two_phase::Decision,
+    },
 }
 
 impl Error {
@@ -232,6 +242,7 @@ impl Error {
             Error::Connection(_)
                 | Error::Transient(_)
                 | Error::Conflict { .. }
+                | Error::Decided { .. }
                 | Error::Log {
                     retryable: true,
                     ..

@@ -92,6 +92,7 @@ mod stream;
 mod subject;
 mod tokens;
 mod transaction;
+pub mod two_phase;
 mod wakeup;
 
 #[cfg(feature = "postgres")]
@@ -114,6 +115,7 @@ pub mod prelude {
     pub use crate::stream::StreamStore;
     pub use crate::subject::SubjectStore;
     pub use crate::tokens::TokenStore;
+    pub use crate::two_phase::DecisionStore;
 }
 
 pub use catalog::{CatalogStore, RegisteredType, TypeKind};

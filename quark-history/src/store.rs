@@ -112,7 +112,7 @@ impl fmt::Display for Backend {
 }
 
 /// The journal and the queue, and through its supertraits every other capability of a store:
-/// [`JobStore`], [`CatalogStore`](crate::CatalogStore), [`TokenStore`](crate::TokenStore), [`RequestStore`](crate::RequestStore), [`OutboxStore`], [`ScheduleStore`], [`StreamStore`](crate::StreamStore), [`ProjectionStore`](crate::ProjectionStore), [`SubjectStore`](crate::SubjectStore), and the [`EventLog`](crate::EventLog) entities run on. Their methods can be called on a `dyn Store` as its own.
+/// [`JobStore`], [`CatalogStore`](crate::CatalogStore), [`TokenStore`](crate::TokenStore), [`RequestStore`](crate::RequestStore), [`DecisionStore`](crate::two_phase::DecisionStore), [`OutboxStore`], [`ScheduleStore`], [`StreamStore`](crate::StreamStore), [`ProjectionStore`](crate::ProjectionStore), [`SubjectStore`](crate::SubjectStore), and the [`EventLog`](crate::EventLog) entities run on. Their methods can be called on a `dyn Store` as its own.
 ///
 /// Every method that writes is one database transaction. Methods return boxed futures so that a
 /// `dyn Store` can be chosen at run time from a URL (see [`open`](crate::open)).
@@ -121,6 +121,7 @@ pub trait Store:
     + crate::CatalogStore
     + crate::TokenStore
     + crate::RequestStore
+    + crate::two_phase::DecisionStore
     + OutboxStore
     + ScheduleStore
     + crate::StreamStore

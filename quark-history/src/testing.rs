@@ -256,10 +256,15 @@ mod pg {
 
     impl TestDatabase {
         pub(super) async fn create() -> Option<Self> {
-            let admin = super::postgres_admin_url();
+            Self::create_on(super::postgres_admin_url(), super::postgres_required()).await
+        }
+
+        /// A fresh database on the server of `admin`; `None` if it is unreachable and not
+        /// `required`.
+        pub(super) async fn create_on(admin: String, required: bool) -> Option<Self> {
             let mut conn = match PgConnection::connect(&admin).await {
                 Ok(conn) => conn,
-                Err(e) if !super::postgres_required() => {
+                Err(e) if !required => {
                     SKIP_NOTICE.call_once(|| {
                         // Straight to the terminal: the test harness captures print!, not this.
                         let _ = writeln!(
@@ -293,6 +298,99 @@ mod pg {
                     .await;
                 let _ = conn.close().await;
             }
+        }
+    }
+}
+
+/// The extra PostgreSQL servers of the tests that span several (two-phase commit, shards):
+/// `QUARK_TEST_CLUSTER_URLS`, comma-separated, else the three `.ci/clusters` makes (ports 5433 to
+/// 5435).
+#[cfg(feature = "postgres")]
+pub fn cluster_urls() -> Vec<String> {
+    match std::env::var("QUARK_TEST_CLUSTER_URLS") {
+        Ok(urls) => urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => (5433..=5435)
+            .map(|port| format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"))
+            .collect(),
+    }
+}
+
+/// Whether a missing extra server must fail the test rather than skip it: under `CI` or
+/// `QUARK_REQUIRE_CLUSTERS`.
+pub fn clusters_required() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("QUARK_REQUIRE_CLUSTERS").is_some()
+}
+
+/// Fresh databases on `n` of the extra servers ([`cluster_urls`]), one on each, or `None` when
+/// one is unreachable and they are not required (a notice is printed). `bash .ci/clusters`
+/// makes the servers.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct ClusterDatabases {
+    /// Their URLs, in the servers' order.
+    pub urls: Vec<String>,
+    dbs: Vec<pg::TestDatabase>,
+}
+
+#[cfg(feature = "postgres")]
+impl ClusterDatabases {
+    /// Fresh databases on the first `n` extra servers.
+    pub async fn create(n: usize) -> Option<Self> {
+        let urls = cluster_urls();
+        assert!(
+            urls.len() >= n,
+            "the test needs {n} extra PostgreSQL servers; QUARK_TEST_CLUSTER_URLS names {}",
+            urls.len()
+        );
+        let mut dbs = Vec::with_capacity(n);
+        for admin in urls.into_iter().take(n) {
+            match pg::TestDatabase::create_on(admin.clone(), clusters_required()).await {
+                Some(db) => dbs.push(db),
+                None => {
+                    eprintln!(
+                        "\nquark: multi-server suite SKIPPED: {admin} is unreachable; run `bash .ci/clusters` \
+                         (set QUARK_REQUIRE_CLUSTERS=1 to make this an error)\n"
+                    );
+                    for db in dbs {
+                        db.drop_database().await;
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(ClusterDatabases {
+            urls: dbs.iter().map(|d| d.url.clone()).collect(),
+            dbs,
+        })
+    }
+
+    /// Drops the databases (rolling back whatever is still prepared in them first: a prepared
+    /// transaction keeps its database from being dropped).
+    pub async fn cleanup(self) {
+        for db in self.dbs {
+            if let Ok(pool) = sqlx::PgPool::connect(&db.url).await {
+                let gids: Vec<String> = sqlx::query_scalar(
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                for gid in gids {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "ROLLBACK PREPARED '{}'",
+                        gid.replace('\'', "''")
+                    )))
+                    .execute(&pool)
+                    .await;
+                }
+                pool.close().await;
+            }
+            db.drop_database().await;
         }
     }
 }

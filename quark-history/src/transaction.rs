@@ -157,6 +157,48 @@ impl StoreTx {
         }
     }
 
+    /// Records, in this transaction, the decision to commit two-phase transaction `gid`, whose
+    /// branches are prepared in `participants`: the transaction's commit is the commit point of
+    /// the two-phase one. Fails with [`Error::Decided`] if it was given up meanwhile (a decision to
+    /// abort stands); then roll this transaction back and the branches with it.
+    pub async fn decide_commit(&mut self, gid: &str, participants: &[String]) -> Result<()> {
+        crate::two_phase::decision::check_gid(gid)?;
+        let now = self.clock.now();
+        let decision = crate::two_phase::Decision::Commit;
+        let standing = match &mut self.inner {
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(tx) => {
+                crate::sql::decisions::decide_in::<sqlx::Postgres>(
+                    tx,
+                    gid,
+                    decision,
+                    participants,
+                    now,
+                )
+                .await?
+            }
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(tx) => {
+                crate::sql::decisions::decide_in::<sqlx::Sqlite>(
+                    tx,
+                    gid,
+                    decision,
+                    participants,
+                    now,
+                )
+                .await?
+            }
+        };
+        if standing == decision {
+            Ok(())
+        } else {
+            Err(Error::Decided {
+                gid: gid.to_owned(),
+                decision: standing,
+            })
+        }
+    }
+
     async fn execute(&mut self, sql: &'static str) -> Result<()> {
         match &mut self.inner {
             #[cfg(feature = "postgres")]

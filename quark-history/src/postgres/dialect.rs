@@ -136,6 +136,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token namespaces",
         include_str!("../../migrations/postgres/0024_token_namespaces.sql"),
     ),
+    (
+        25,
+        "two-phase commit decisions",
+        include_str!("../../migrations/postgres/0025_two_phase.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

@@ -15,7 +15,7 @@
 //!
 //! Each capability is one module holding its statements, implemented once for every [`SqlStore`]:
 //! [`Store`](crate::Store) itself in `store` (over [`instances`], [`journal`] and [`queue`]),
-//! [`JobStore`](crate::JobStore) in [`jobs`], [`CatalogStore`](crate::CatalogStore) in `catalog`, [`TokenStore`](crate::TokenStore) in `tokens`, [`RequestStore`](crate::RequestStore) in `requests`, and [`inbox_order`], [`outbox`], [`schedule`]. The
+//! [`JobStore`](crate::JobStore) in [`jobs`], [`CatalogStore`](crate::CatalogStore) in `catalog`, [`TokenStore`](crate::TokenStore) in `tokens`, [`RequestStore`](crate::RequestStore) in `requests`, [`DecisionStore`](crate::two_phase::DecisionStore) in `decisions`, and [`inbox_order`], [`outbox`], [`schedule`]. The
 //! dialects differ in what [`Dialect`] and [`SqlStore`] ask of them, and nothing more: row locks
 //! (`FOR UPDATE`, `SKIP LOCKED`; SQLite has one writer and needs none), lists (arrays or JSON),
 //! array statements where PostgreSQL writes many rows in one, the claim statement, the global
@@ -23,6 +23,7 @@
 
 mod catalog;
 pub(crate) mod claim;
+pub(crate) mod decisions;
 pub(crate) mod enqueue;
 mod inbox;
 pub(crate) mod inbox_order;

@@ -117,6 +117,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token namespaces",
         include_str!("../../migrations/sqlite/0021_token_namespaces.sql"),
     ),
+    (
+        22,
+        "two-phase commit decisions",
+        include_str!("../../migrations/sqlite/0022_two_phase.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

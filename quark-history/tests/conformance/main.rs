@@ -32,5 +32,6 @@ mod tls;
 mod tokens;
 mod trace_context;
 mod transaction;
+mod two_phase;
 mod wakeups;
 mod workers;
