@@ -54,6 +54,9 @@ pub struct WorkerBuilder<S = HasStore> {
     placement: Option<crate::placement::coordinator::PlacementConfig>,
     /// The namespace whose queues it serves, if any.
     namespace: Option<String>,
+    /// The databases transactional activities may write in by two-phase commit.
+    #[cfg(feature = "postgres")]
+    participants: Option<quark_history::two_phase::Participants>,
 }
 
 type ProjectionFactory = Box<
@@ -151,6 +154,8 @@ impl Default for WorkerBuilder<NoStore> {
             memory_probe: None,
             placement: Some(crate::placement::coordinator::PlacementConfig::default()),
             namespace: None,
+            #[cfg(feature = "postgres")]
+            participants: None,
         }
     }
 }
@@ -180,6 +185,8 @@ impl<S> WorkerBuilder<S> {
             memory_probe: self.memory_probe,
             placement: self.placement,
             namespace: self.namespace,
+            #[cfg(feature = "postgres")]
+            participants: self.participants,
         }
     }
 
@@ -200,6 +207,17 @@ impl<S> WorkerBuilder<S> {
     /// locks to keep its ids apart.
     pub fn lock_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.lock_dir = Some(dir.into());
+        self
+    }
+
+    /// Lets the workflows' transactional activities write in these PostgreSQL databases as well
+    /// (`ActivityContext::participant`): their writes there commit with the activity's result
+    /// by two-phase commit, and this worker finishes what crashed coordinators left prepared
+    /// (every few seconds; see `quark tx in-doubt`). Every worker must name the same
+    /// participants. Needs [`workflows`](Self::workflows).
+    #[cfg(feature = "postgres")]
+    pub fn participants(mut self, participants: quark_history::two_phase::Participants) -> Self {
+        self.participants = Some(participants);
         self
     }
 
@@ -473,6 +491,19 @@ impl WorkerBuilder<HasStore> {
         }
         for runner in &self.runners {
             runner.set_limits(self.warm, self.history_warning);
+        }
+        #[cfg(feature = "postgres")]
+        if let Some(participants) = self.participants.take() {
+            if self.runners.is_empty() {
+                return Err(BuildError::Invalid(
+                    "participants are for the transactional activities of workflows: this worker \
+                     runs none (call `workflows`)"
+                        .into(),
+                ));
+            }
+            for runner in &self.runners {
+                runner.set_participants(participants.clone());
+            }
         }
         for (kind, n) in self.concurrency {
             if let Some(route) = self.routes.get_mut(&kind) {

@@ -35,6 +35,8 @@ mod saga;
 mod schedule;
 mod serve;
 mod tokens;
+#[cfg(feature = "postgres")]
+pub mod tx;
 mod verify;
 mod workers;
 mod workflow;
@@ -179,6 +181,11 @@ pub enum Command {
     /// Who caused what: the chain of events an id led to.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Two-phase transactions across databases: in-doubt ones, resolving one by hand,
+    /// recovery.
+    #[cfg(feature = "postgres")]
+    #[command(subcommand)]
+    Tx(tx::TxCommand),
     /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
     Completions {
         /// The shell.
@@ -241,6 +248,17 @@ pub struct WorkerArgs {
     /// reject stops claiming until memory is back under warning.
     #[arg(long, value_parser = workers::parse_thresholds, env = "QUARK_MEMORY_THRESHOLDS")]
     pub memory_thresholds: Option<crate::memory::Thresholds>,
+    /// A PostgreSQL database transactional activities may also write in, committed with their
+    /// results by two-phase commit: `NAME=postgres://...` (repeat it, or list them
+    /// comma-separated). Every worker must name the same ones.
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long = "participant",
+        value_name = "NAME=URL",
+        value_delimiter = ',',
+        env = "QUARK_PARTICIPANTS"
+    )]
+    pub participants: Vec<String>,
 }
 
 /// `quark dlq ...`
@@ -283,6 +301,8 @@ impl Command {
             | Command::Audit(_)
             | Command::Saga(_)
             | Command::Token(tokens::TokenCommand::List) => true,
+            #[cfg(feature = "postgres")]
+            Command::Tx(tx::TxCommand::InDoubt { .. }) => true,
             Command::Workflow(w) => w.reads_only(),
             Command::Worker(w) => w.command.is_some(),
             _ => false,
@@ -309,6 +329,8 @@ impl Command {
             Command::Entity(_) => "entity",
             Command::Projection(_) => "projection",
             Command::Audit(_) => "audit",
+            #[cfg(feature = "postgres")]
+            Command::Tx(_) => "tx",
             Command::Completions { .. } => "completions",
         }
     }
@@ -485,6 +507,8 @@ pub async fn run_on(
             projection::run(&store, cmd, registry.as_ref(), output, out).await?
         }
         Command::Audit(cmd) => audit::run(&store, cmd, output, out).await?,
+        #[cfg(feature = "postgres")]
+        Command::Tx(cmd) => tx::run(&store, cmd, output, out).await?,
     }
     Ok(())
 }
@@ -511,6 +535,8 @@ async fn worker(
         metrics_addr,
         memory_limit,
         memory_thresholds,
+        #[cfg(feature = "postgres")]
+        participants,
     } = args;
     if let Some(command) = command {
         return workers::run(&store, command, output, out).await;
@@ -529,6 +555,10 @@ async fn worker(
         .shutdown_grace(shutdown_timeout);
     if let Some(id) = id {
         builder = builder.id(id);
+    }
+    #[cfg(feature = "postgres")]
+    if !participants.is_empty() {
+        builder = builder.participants(tx::participants(&participants)?);
     }
     if let Some(ns) = namespace {
         builder = builder.namespace(ns);

@@ -92,6 +92,8 @@ mod scheduler;
 pub mod service;
 mod shared;
 mod shutdown;
+#[cfg(feature = "postgres")]
+pub mod two_phase;
 mod worker;
 
 pub use builder::{BuildError, HasStore, NoStore, WorkerBuilder};

@@ -216,6 +216,17 @@ impl Worker {
             let (shared, routes) = (Arc::clone(&self.shared), Arc::clone(&self.routes));
             tasks.push(tokio::spawn(poller::run(shared, routes, *kind)));
         }
+        #[cfg(feature = "postgres")]
+        if let Some(coordinator) = self
+            .runners
+            .first()
+            .and_then(|r| r.coordinator(&self.shared.store))
+        {
+            tasks.push(tokio::spawn(crate::two_phase::run(
+                Arc::clone(&self.shared),
+                coordinator,
+            )));
+        }
         if let Some(every) = self.shared.settings.maintenance {
             tasks.push(tokio::spawn(crate::maintenance::run(
                 Arc::clone(&self.shared),

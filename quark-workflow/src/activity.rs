@@ -88,6 +88,11 @@ struct EffectsInner {
     store: Option<Arc<dyn Store>>,
     /// The live entities of the process (a worker's), kept warm between attempts.
     entities: Option<crate::entity::Entities>,
+    /// Whether the attempt has a transaction (whether or not it still holds it).
+    transactional: bool,
+    /// Its branches in other databases, committed by two-phase commit with its result.
+    #[cfg(feature = "postgres")]
+    two_phase: Option<crate::participant::AttemptBranches>,
 }
 
 impl fmt::Debug for ActivityEffects {
@@ -104,13 +109,40 @@ impl ActivityEffects {
     pub fn new(tx: Option<StoreTx>) -> Self {
         ActivityEffects {
             inner: Arc::new(EffectsInner {
+                transactional: tx.is_some(),
                 tx: tokio::sync::Mutex::new(tx),
                 outbox: std::sync::Mutex::default(),
                 appends: std::sync::Mutex::default(),
                 store: None,
                 entities: None,
+                #[cfg(feature = "postgres")]
+                two_phase: None,
             }),
         }
+    }
+
+    /// These effects, writing in other databases through `coordinator`'s participants
+    /// ([`ActivityContext::participant`]). Only a transactional attempt's: its engine
+    /// transaction records the decision. Call it before the effects are shared.
+    #[cfg(feature = "postgres")]
+    pub fn on_two_phase(mut self, coordinator: quark_history::two_phase::Coordinator) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner)
+            && inner.transactional
+        {
+            inner.two_phase = Some(crate::participant::AttemptBranches::new(coordinator));
+        }
+        self
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn two_phase(&self) -> Option<&crate::participant::AttemptBranches> {
+        self.inner.two_phase.as_ref()
+    }
+
+    /// Whether the attempt is a transactional activity's.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn is_transactional(&self) -> bool {
+        self.inner.transactional
     }
 
     /// These effects, with `store` for the entity commands the attempt runs
@@ -163,6 +195,11 @@ impl ActivityEffects {
         // left running with the transaction loses it.
         let tx = self.inner.tx.try_lock().ok().and_then(|mut tx| tx.take());
         if !succeeded {
+            // Its branches in other databases roll back with it (their sessions close).
+            #[cfg(feature = "postgres")]
+            if let Some(two_phase) = &self.inner.two_phase {
+                two_phase.branches.lock().await.clear();
+            }
             if let Some(tx) = tx {
                 tx.rollback().await?;
             }

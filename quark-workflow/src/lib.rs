@@ -107,6 +107,7 @@ mod executor;
 mod future;
 mod job;
 mod job_workflow;
+mod participant;
 mod past;
 pub mod projection;
 mod registry;

@@ -110,6 +110,7 @@ pub(crate) fn split_names(stored: &str) -> Vec<String> {
 }
 
 /// Checks a participant's name: letters, digits, `_` and `-`, at most 63 bytes.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn check_participant_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63

@@ -189,7 +189,7 @@ async fn recovery_finishes_every_crash_point_by_the_recorded_decision(t: &TestSt
         return;
     };
     let c = &banks.coordinator;
-    let names = vec!["bank_a".to_string(), "bank_b".to_string()];
+    let names = ["bank_a".to_string(), "bank_b".to_string()];
 
     // Before any prepare: the coordinator's connections close, the servers roll back.
     drop(banks.transfer(10).await);

@@ -38,6 +38,7 @@ mod service_requests;
 mod service_tls;
 mod trace_context;
 mod transactional;
+mod two_phase;
 mod updates;
 mod webhook;
 mod workflows;

@@ -14,6 +14,7 @@ use crate::activity::{
 use crate::definition::ActivityOptions;
 use crate::error::ActivityError;
 use crate::job::job_commit;
+use crate::participant;
 use crate::task::{ActivityTask, TaskPayload, activity_commit};
 
 impl Runner {
@@ -36,7 +37,8 @@ impl Runner {
             task.lease.attempt,
         );
         let _turn = transaction_turn(&host, &activity.options).await;
-        let effects = effects_for(host.store(), &activity.options)
+        let effects = self
+            .effects_for(host.store(), &activity.options, &task)
             .await?
             .on_entities(self.entities(host.store()));
         let input = activity.input.clone();
@@ -58,11 +60,17 @@ impl Runner {
         let (plain, tx) = effects
             .finish(activity_commit(&task, &activity, result, now(&host)), ok)
             .await?;
-        if let Some(tx) = tx {
+        if let Some(mut tx) = tx {
             // Its writes, its messages and its result: one transaction, fenced by the lease. A
             // lost lease or a failed commit rolls the writes back; the task is released and run
-            // again (or, if the lease is gone, by its new holder).
-            return match host.commit_tx(tx, plain.clone()).await {
+            // again (or, if the lease is gone, by its new holder). Its writes in other databases
+            // are prepared first, and the decision to commit them is written with the rest.
+            let pending =
+                participant::prepare(&effects, task.lease.task_id, task.lease.attempt, &mut tx)
+                    .await?;
+            let committed = host.commit_tx(tx, plain.clone()).await;
+            participant::finish(&effects, pending, committed.is_ok()).await;
+            return match committed {
                 Ok(_) => Ok(Handled::Settled),
                 Err(quark_history::Error::InstanceClosed { .. }) => {
                     // The orchestration ended meanwhile: the writes are rolled back and the
@@ -115,7 +123,8 @@ impl Runner {
             checkpoint,
         };
         let _turn = transaction_turn(&host, &job.options).await;
-        let effects = effects_for(host.store(), &job.options)
+        let effects = self
+            .effects_for(host.store(), &job.options, &task)
             .await?
             .on_entities(self.entities(host.store()));
         let input = job.input.clone();
@@ -133,8 +142,13 @@ impl Runner {
             .finish(job_commit(&task, &job, result, now(&host)), ok)
             .await?;
         match tx {
-            Some(tx) => {
-                host.commit_tx(tx, commit).await?;
+            Some(mut tx) => {
+                let pending =
+                    participant::prepare(&effects, task.lease.task_id, task.lease.attempt, &mut tx)
+                        .await?;
+                let committed = host.commit_tx(tx, commit).await;
+                participant::finish(&effects, pending, committed.is_ok()).await;
+                committed?;
                 Ok(Handled::Settled)
             }
             None => Ok(Handled::Commit(commit)),
@@ -250,18 +264,36 @@ async fn transaction_turn(host: &HostRef, options: &ActivityOptions) -> Option<B
     }
 }
 
-/// The effects of an attempt of an activity with `options`: a transaction on the store for a
-/// transactional one (see [`ActivityContext::transaction`]).
-async fn effects_for(
-    store: &Arc<dyn Store>,
-    options: &ActivityOptions,
-) -> Result<ActivityEffects, quark_history::Error> {
-    let tx = if options.transactional {
-        Some(store.begin_tx().await?)
-    } else {
-        None
-    };
-    Ok(ActivityEffects::new(tx).on_store(Arc::clone(store)))
+impl Runner {
+    /// The effects of an attempt of `task`, an activity with `options`: a transaction on the
+    /// store for a transactional one (see [`ActivityContext::transaction`]), with branches in the
+    /// runner's participants (see `ActivityContext::participant`).
+    async fn effects_for(
+        &self,
+        store: &Arc<dyn Store>,
+        options: &ActivityOptions,
+        task: &ClaimedTask,
+    ) -> Result<ActivityEffects, quark_history::Error> {
+        if !options.transactional {
+            return Ok(ActivityEffects::new(None).on_store(Arc::clone(store)));
+        }
+        #[cfg(feature = "postgres")]
+        let coordinator = self.two_phase.coordinator(store);
+        #[cfg(feature = "postgres")]
+        if let Some(coordinator) = &coordinator {
+            participant::abandon_earlier(coordinator, task.lease.task_id, task.lease.attempt).await;
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = task;
+        let effects =
+            ActivityEffects::new(Some(store.begin_tx().await?)).on_store(Arc::clone(store));
+        #[cfg(feature = "postgres")]
+        let effects = match coordinator {
+            Some(coordinator) => effects.on_two_phase(coordinator),
+            None => effects,
+        };
+        Ok(effects)
+    }
 }
 
 /// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.

@@ -219,6 +219,8 @@ pub struct Runner {
     refusing: Arc<std::sync::atomic::AtomicBool>,
     /// Serializes the updates of each instance on this runner.
     requests: Arc<request::InstanceLocks>,
+    /// The databases transactional activities may also write in, by two-phase commit.
+    two_phase: Arc<crate::participant::TwoPhaseConfig>,
 }
 
 impl fmt::Debug for Runner {
@@ -255,7 +257,26 @@ impl Runner {
             entities: Arc::default(),
             refusing: Arc::default(),
             requests: Arc::default(),
+            two_phase: Arc::default(),
         }
+    }
+
+    /// Lets this runner's transactional activities (and its clones') write in `participants`
+    /// as well (see `ActivityContext::participant`), committed with their results by two-phase
+    /// commit. Set once: `false` if they were set already.
+    #[cfg(feature = "postgres")]
+    pub fn set_participants(&self, participants: quark_history::two_phase::Participants) -> bool {
+        self.two_phase.set(participants)
+    }
+
+    /// The two-phase commit coordinator of this runner's participants, deciding in `store`'s
+    /// log; `None` without participants.
+    #[cfg(feature = "postgres")]
+    pub fn coordinator(
+        &self,
+        store: &Arc<dyn quark_history::Store>,
+    ) -> Option<quark_history::two_phase::Coordinator> {
+        self.two_phase.coordinator(store)
     }
 
     /// A runner of `registry` that shares this runner's live instances (the test environment
@@ -270,6 +291,7 @@ impl Runner {
             entities: Arc::clone(&self.entities),
             refusing: Arc::clone(&self.refusing),
             requests: Arc::clone(&self.requests),
+            two_phase: Arc::clone(&self.two_phase),
         }
     }
 
