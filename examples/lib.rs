@@ -1,3 +1,4 @@
 //! Runnable Quark programs; see the `[[example]]` entries.
 
 pub mod bank;
+pub mod bank_two_phase;
