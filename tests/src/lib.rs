@@ -266,6 +266,7 @@ mod book {
         sagas => "sagas.md",
         outbox => "outbox.md",
         transactional => "transactional.md",
+        two_phase => "two_phase.md",
         entities => "entities.md",
         api => "api.md",
         console => "console.md",
