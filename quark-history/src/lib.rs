@@ -86,6 +86,7 @@ mod queue;
 mod redis_log;
 mod requests;
 mod schedule;
+pub mod shards;
 mod sql;
 mod store;
 mod stream;
@@ -111,6 +112,7 @@ pub mod prelude {
     pub use crate::inbox_order::SequencedStore;
     pub use crate::projection::ProjectionStore;
     pub use crate::requests::RequestStore;
+    pub use crate::shards::ShardMapStore;
     pub use crate::store::{JobStore, OutboxStore, ScheduleStore, Store};
     pub use crate::stream::StreamStore;
     pub use crate::subject::SubjectStore;

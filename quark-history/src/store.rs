@@ -122,6 +122,7 @@ pub trait Store:
     + crate::TokenStore
     + crate::RequestStore
     + crate::two_phase::DecisionStore
+    + crate::shards::ShardMapStore
     + OutboxStore
     + ScheduleStore
     + crate::StreamStore

@@ -141,6 +141,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "two-phase commit decisions",
         include_str!("../../migrations/postgres/0025_two_phase.sql"),
     ),
+    (
+        26,
+        "shard map",
+        include_str!("../../migrations/postgres/0026_shard_map.sql"),
+    ),
 ];
 
 /// The advisory lock that migration runs take turns on ("quark_mi" in ASCII). Advisory locks are

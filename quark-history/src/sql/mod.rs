@@ -39,6 +39,7 @@ pub(crate) mod queue;
 mod queue_settings;
 mod requests;
 pub(crate) mod schedule;
+mod shard_map;
 mod store;
 mod streams;
 mod subjects;

@@ -122,6 +122,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "two-phase commit decisions",
         include_str!("../../migrations/sqlite/0022_two_phase.sql"),
     ),
+    (
+        23,
+        "shard map",
+        include_str!("../../migrations/sqlite/0023_shard_map.sql"),
+    ),
 ];
 
 /// A JSON array of `items`, for [`Dialect::in_list`].

@@ -27,6 +27,7 @@ mod queue;
 mod readiness;
 mod requests;
 mod schedules;
+mod shards;
 mod streams;
 mod tls;
 mod tokens;
