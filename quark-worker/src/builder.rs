@@ -54,6 +54,8 @@ pub struct WorkerBuilder<S = HasStore> {
     placement: Option<crate::placement::coordinator::PlacementConfig>,
     /// The namespace whose queues it serves, if any.
     namespace: Option<String>,
+    /// The deployment's shards and this worker's position among them, if sharded.
+    shard: Option<(quark_history::shards::Shards, usize)>,
     /// The databases transactional activities may write in by two-phase commit.
     #[cfg(feature = "postgres")]
     participants: Option<quark_history::two_phase::Participants>,
@@ -154,6 +156,7 @@ impl Default for WorkerBuilder<NoStore> {
             memory_probe: None,
             placement: Some(crate::placement::coordinator::PlacementConfig::default()),
             namespace: None,
+            shard: None,
             #[cfg(feature = "postgres")]
             participants: None,
         }
@@ -185,6 +188,7 @@ impl<S> WorkerBuilder<S> {
             memory_probe: self.memory_probe,
             placement: self.placement,
             namespace: self.namespace,
+            shard: self.shard,
             #[cfg(feature = "postgres")]
             participants: self.participants,
         }
@@ -218,6 +222,17 @@ impl<S> WorkerBuilder<S> {
     #[cfg(feature = "postgres")]
     pub fn participants(mut self, participants: quark_history::two_phase::Participants) -> Self {
         self.participants = Some(participants);
+        self
+    }
+
+    /// Makes this worker one of shard `name`'s workers in a sharded deployment: its store must
+    /// be that shard's. Signals its instances send to instances on other shards go through the
+    /// outbox, and its relay delivers outbox signals into their instance's shard. (To serve
+    /// several shards, run a worker per shard; see `quark worker --shard`.)
+    pub fn shard(mut self, shards: quark_history::shards::Shards, name: &str) -> Self {
+        let position = shards.map().names().iter().position(|n| n == name);
+        // An unknown name is refused by `build`.
+        self.shard = Some((shards, position.unwrap_or(usize::MAX)));
         self
     }
 
@@ -514,7 +529,25 @@ impl WorkerBuilder<HasStore> {
             return Err(BuildError::NoHandlers);
         }
         self.relay.check().map_err(BuildError::Invalid)?;
-        let relay = crate::relay::Relay::new(self.relay).map_err(BuildError::Invalid)?;
+        let mut relay = crate::relay::Relay::new(self.relay).map_err(BuildError::Invalid)?;
+        if let Some((shards, position)) = self.shard.take() {
+            if position >= shards.map().len() {
+                return Err(BuildError::Invalid(format!(
+                    "this worker's shard is not in the shard map [{}]",
+                    shards.map().names().join(", ")
+                )));
+            }
+            if !Arc::ptr_eq(shards.store(position), &store) {
+                return Err(BuildError::Invalid(format!(
+                    "a worker of shard `{}` must work from that shard's store",
+                    shards.map().names()[position]
+                )));
+            }
+            for runner in &self.runners {
+                runner.set_shard(shards.clone(), position);
+            }
+            relay = relay.with_shards(shards);
+        }
         let s = &self.settings;
         if s.heartbeat >= s.lease {
             return Err(BuildError::Invalid(format!(

@@ -558,6 +558,7 @@ impl Host for TaskContext {
             RunEvent::LongHistory => metrics.long_history(&self.labels),
             RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
             RunEvent::SignalDropped => metrics.signal_dropped(&self.labels),
+            RunEvent::SignalAcrossShards => metrics.signal_across_shards(&self.labels),
             RunEvent::Replayed(why) => metrics.replayed(&self.labels, why),
             RunEvent::EntityRouted => metrics.entity_routed(&self.labels),
             _ => {}

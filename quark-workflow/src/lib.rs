@@ -118,6 +118,7 @@ mod request_client;
 pub mod runner;
 mod saga;
 mod schedule;
+mod sharded_client;
 mod signal;
 mod state;
 mod task;
@@ -152,6 +153,7 @@ pub use request::{Query, Update, UpdateDeclared};
 pub use runner::{HISTORY_WARN_EVENTS, HistoryWarning, LiveInstance, WarmLimits};
 pub use saga::{STUCK_KIND, Saga, StuckCompensation};
 pub use schedule::{LATE_TICK_GRACE, Schedule, ScheduleError};
+pub use sharded_client::ShardedClient;
 pub use signal::Signal;
 
 pub use quark_history;

@@ -318,6 +318,8 @@ impl OutboxRelay {
 /// A running relay's state.
 pub(crate) struct Relay {
     config: OutboxRelay,
+    /// The deployment's shards, if sharded: a signal goes to its instance's shard.
+    shards: Option<quark_history::shards::Shards>,
     webhooks: webhook::Webhooks,
     nats: nats::Nats,
     #[cfg(feature = "rabbitmq")]
@@ -331,6 +333,7 @@ impl Relay {
     /// refused here, when the worker is built).
     pub(crate) fn new(config: OutboxRelay) -> Result<Self, String> {
         Ok(Relay {
+            shards: None,
             webhooks: webhook::Webhooks::new(&config.webhook, config.timeout)?,
             nats: nats::Nats::new(config.nats.clone()),
             #[cfg(feature = "rabbitmq")]
@@ -339,6 +342,12 @@ impl Relay {
             redis: redis_streams::RedisStreams::new(config.redis_url.clone(), config.redis_window),
             config,
         })
+    }
+
+    /// This relay, delivering signals into the shard of their instance.
+    pub(crate) fn with_shards(mut self, shards: quark_history::shards::Shards) -> Self {
+        self.shards = Some(shards);
+        self
     }
 
     pub(crate) fn config(&self) -> &OutboxRelay {
@@ -412,6 +421,10 @@ impl Destinations for WorkerDestinations<'_> {
         Box::pin(async move {
             match &m.destination {
                 Destination::Signal { instance, name } => {
+                    let store = match &self.relay.shards {
+                        Some(shards) => &**shards.store_for(instance),
+                        None => store,
+                    };
                     deliver_signal(store, instance, name, m).await
                 }
                 Destination::Http { url } => {

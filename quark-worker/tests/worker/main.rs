@@ -36,6 +36,7 @@ mod service_reads;
 mod service_remote;
 mod service_requests;
 mod service_tls;
+mod shards;
 mod trace_context;
 mod transactional;
 mod two_phase;

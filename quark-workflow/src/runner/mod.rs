@@ -106,6 +106,9 @@ pub enum RunEvent {
     /// A turn sent a signal (`ctx.send`) to an instance that has ended or does not exist: it was
     /// dropped.
     SignalDropped,
+    /// A turn sent a signal to an instance on another shard: it went into the outbox, whose
+    /// relay delivers it there.
+    SignalAcrossShards,
     /// A turn (or a query) found its instance's run not warm here and rebuilt it by replaying a
     /// history its code had run on before (a cache miss: the instance was evicted, moved, or
     /// last ran elsewhere), for the reason given.
@@ -221,6 +224,8 @@ pub struct Runner {
     requests: Arc<request::InstanceLocks>,
     /// The databases transactional activities may also write in, by two-phase commit.
     two_phase: Arc<crate::participant::TwoPhaseConfig>,
+    /// The deployment's shards and the position of the one this runner's store is, if sharded.
+    shard: Arc<std::sync::OnceLock<(quark_history::shards::Shards, usize)>>,
 }
 
 impl fmt::Debug for Runner {
@@ -258,7 +263,23 @@ impl Runner {
             refusing: Arc::default(),
             requests: Arc::default(),
             two_phase: Arc::default(),
+            shard: Arc::default(),
         }
+    }
+
+    /// Makes this runner (and its clones) the runner of shard `position` of `shards`: a signal
+    /// to an instance on another shard goes through the outbox, which delivers it there once,
+    /// and a child on another shard is refused (children Quark names stay with their parent).
+    /// Set once: `false` if it was set already.
+    pub fn set_shard(&self, shards: quark_history::shards::Shards, position: usize) -> bool {
+        self.shard.set((shards, position)).is_ok()
+    }
+
+    /// The shard an instance lives on, if it is not this runner's: its name.
+    pub(crate) fn elsewhere(&self, instance_id: &str) -> Option<&str> {
+        let (shards, here) = self.shard.get()?;
+        let there = shards.shard_of(instance_id);
+        (there != *here).then(|| shards.map().names()[there].as_str())
     }
 
     /// Lets this runner's transactional activities (and its clones') write in `participants`
@@ -292,6 +313,7 @@ impl Runner {
             refusing: Arc::clone(&self.refusing),
             requests: Arc::clone(&self.requests),
             two_phase: Arc::clone(&self.two_phase),
+            shard: Arc::clone(&self.shard),
         }
     }
 

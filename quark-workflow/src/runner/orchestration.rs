@@ -173,6 +173,17 @@ impl Runner {
         here: bool,
     ) -> Result<Commit, HandlerError> {
         for mut child in turn.instances {
+            if let Some(shard) = self.elsewhere(&child.id) {
+                // Its completion could not reach this parent in this database's commit.
+                self.live.forget(instance);
+                return Err(HandlerError::Rejected(format!(
+                    "child `{}` would live on shard `{shard}`, not on its parent's: a child on \
+                     another shard is not supported; name it `{}:...` (as call_child does) so \
+                     that it lives with its parent, then re-drive this turn",
+                    child.id,
+                    quark_history::shards::shard_key(instance)
+                )));
+            }
             crate::trace_context::stamp_instance(&mut child);
             // Ids are deterministic, so a turn that is redone finds its children already there.
             if let Err(e) = host
@@ -187,6 +198,23 @@ impl Runner {
         let waiting = matches!(turn.outcome, Outcome::Waiting);
         let mut commit = turn.commit;
         for (receiver, event) in turn.signals {
+            if self.elsewhere(&receiver).is_some() {
+                // Written with the turn, delivered once by the outbox relay into the receiver's
+                // shard (its inbox deduplicates a re-send).
+                if let HistoryEvent::SignalReceived { name, payload } = &event {
+                    let message = quark_history::OutboxMessage::new(
+                        quark_history::Destination::Signal {
+                            instance: receiver.clone(),
+                            name: name.clone(),
+                        },
+                        payload.as_bytes().to_vec(),
+                    )
+                    .header("content-type", "application/json");
+                    commit.outbox.push(message);
+                    host.note(RunEvent::SignalAcrossShards);
+                }
+                continue;
+            }
             match self.signal_route(&receiver, host).await {
                 Ok(Some(queue)) => {
                     commit = commit

@@ -1,0 +1,218 @@
+//! A deployment of three shards on three PostgreSQL servers (`bash .ci/clusters`): a worker per
+//! shard, a client that routes by instance id, signals between instances on different shards
+//! (through the outbox, delivered once into the receiver's shard), children that live with their
+//! parent, a child named onto another shard refused with a clear message, and listings merged
+//! across shards.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_history::shards::Shards;
+use quark_history::testing::{ClusterDatabases, eventually};
+use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, StoreConfig};
+use quark_worker::Worker;
+use quark_workflow::{
+    OrchestrationContext, OrchestrationError, Registry, ShardedClient, orchestration,
+};
+
+#[orchestration]
+async fn echo(_ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    Ok(n * 2)
+}
+
+/// Pings its partner, waits for the partner's ping, then asks a child (named by Quark, so on
+/// this shard) to double its number.
+#[orchestration]
+async fn ping(
+    ctx: OrchestrationContext,
+    (partner, n): (String, u32),
+) -> Result<u32, OrchestrationError> {
+    ctx.signal(&partner, "ping", &n)?;
+    let theirs: u32 = ctx.wait_for_signal("ping").await?;
+    let doubled = ctx.call_child(echo, &n).await?;
+    Ok(doubled + theirs)
+}
+
+/// Names its child explicitly, onto another shard.
+#[orchestration]
+async fn stray_parent(
+    ctx: OrchestrationContext,
+    child_id: String,
+) -> Result<u32, OrchestrationError> {
+    ctx.call_child_with_id(echo, &child_id, &1).await
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .register(echo)
+        .register(ping)
+        .register(stray_parent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
+    let Some(dbs) = ClusterDatabases::create(3).await else {
+        return;
+    };
+    let shards = Shards::connect(
+        [
+            ("s0", &dbs.urls[0]),
+            ("s1", &dbs.urls[1]),
+            ("s2", &dbs.urls[2]),
+        ],
+        StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let client = ShardedClient::new(shards.clone());
+
+    // Pairs p-i <-> q-i; started before any worker runs, so every partner exists.
+    const PAIRS: u32 = 20;
+    let mut handles = Vec::new();
+    let mut crossing = 0;
+    for i in 0..PAIRS {
+        let (p, q) = (format!("p-{i}"), format!("q-{i}"));
+        if shards.shard_of(&p) != shards.shard_of(&q) {
+            crossing += 1;
+        }
+        handles.push(ping::start(&client, &p, (q.clone(), i)).await.unwrap());
+        handles.push(
+            ping::start(&client, &q, (p.clone(), 100 + i))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        crossing >= 5,
+        "only {crossing} of {PAIRS} pairs cross shards"
+    );
+    // A parent whose explicit child id lives on another shard.
+    let stray = "stray-1";
+    let child_id = (0..)
+        .map(|n| format!("elsewhere-{n}"))
+        .find(|id| shards.shard_of(id) != shards.shard_of(stray))
+        .unwrap();
+    stray_parent::start(&client, stray, child_id.clone())
+        .await
+        .unwrap();
+
+    // One worker per shard, each on its own database.
+    let mut workers = Vec::new();
+    for name in ["s0", "s1", "s2"] {
+        let position = shards.map().names().iter().position(|n| n == name).unwrap();
+        let worker = Worker::builder()
+            .store(Arc::clone(shards.store(position)))
+            .shard(shards.clone(), name)
+            .poll_interval(Duration::from_millis(20))
+            .workflows(registry())
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        workers.push(worker);
+    }
+
+    for (k, handle) in handles.into_iter().enumerate() {
+        let i = k as u32 / 2;
+        let (mine, theirs) = if k % 2 == 0 {
+            (i, 100 + i)
+        } else {
+            (100 + i, i)
+        };
+        let out = tokio::time::timeout(Duration::from_secs(60), handle.result())
+            .await
+            .expect("every ping completes")
+            .unwrap();
+        assert_eq!(out, mine * 2 + theirs);
+    }
+    // Each instance lives on its shard alone, received exactly one ping, and its child is on
+    // the same shard.
+    for i in 0..PAIRS {
+        for id in [format!("p-{i}"), format!("q-{i}")] {
+            let home = shards.shard_of(&id);
+            for (position, store) in shards.stores().iter().enumerate() {
+                let found = store.get_instance(&id).await.unwrap().is_some();
+                assert_eq!(found, position == home, "{id} on shard {position}");
+            }
+            let history = shards
+                .store(home)
+                .read_history(&id, HistoryRange::All)
+                .await
+                .unwrap();
+            let pings = history
+                .iter()
+                .filter(|e| matches!(e.event, HistoryEvent::SignalReceived { .. }))
+                .count();
+            assert_eq!(pings, 1, "{id} received {pings} pings");
+            let children = client
+                .shard(home)
+                .list(InstanceFilter {
+                    id_prefix: Some(format!("{id}:")),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(children.len(), 1, "{id}'s child is on its shard");
+        }
+    }
+
+    // The stray parent's turn is refused, saying why, and nothing was created elsewhere.
+    let store = shards.store_for(stray);
+    eventually("the stray parent's turn is dead-lettered", async || {
+        !store.list_dead(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    let dead = store.list_dead(None, 10).await.unwrap();
+    assert!(
+        dead[0].error.contains("would live on shard") && dead[0].error.contains("stray-1:"),
+        "{}",
+        dead[0].error
+    );
+    assert!(
+        client.describe(&child_id).await.is_err(),
+        "no child was created"
+    );
+
+    // A listing merges all three shards, newest first, as one database would list them.
+    let all = client
+        .list(InstanceFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.len() as u32,
+        4 * PAIRS + 1,
+        "pings, their children and the stray parent"
+    );
+    let ids: BTreeSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "no instance listed twice");
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].created_at, &w[0].id) >= (w[1].created_at, &w[1].id))
+    );
+    let on_every_shard: BTreeSet<usize> = all.iter().map(|r| shards.shard_of(&r.id)).collect();
+    assert_eq!(on_every_shard.len(), 3);
+    let page = client
+        .list(InstanceFilter {
+            limit: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page,
+        all[..7].to_vec(),
+        "a page is the newest of all shards"
+    );
+
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    drop(client);
+    drop(shards);
+    dbs.cleanup().await;
+}
