@@ -259,6 +259,26 @@ pub struct WorkerArgs {
         env = "QUARK_PARTICIPANTS"
     )]
     pub participants: Vec<String>,
+    /// The deployment's shards, in order: `NAME=postgres://...` (repeat it, or list them
+    /// comma-separated). Every process must name the same ones in the same order; one whose map
+    /// differs from what the databases record refuses to start. `--database` is not used then.
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long = "shard",
+        value_name = "NAME=URL",
+        value_delimiter = ',',
+        env = "QUARK_SHARDS"
+    )]
+    pub shards: Vec<String>,
+    /// The shards this process serves, a worker for each (default: all of them).
+    #[cfg(feature = "postgres")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "shards",
+        env = "QUARK_SERVE_SHARDS"
+    )]
+    pub serve_shards: Vec<String>,
 }
 
 /// `quark dlq ...`
@@ -418,6 +438,13 @@ pub async fn run(cli: Cli, registry: Option<Registry>) -> anyhow::Result<()> {
         };
         return remote::run(server, cli.command, cli.output, &mut stdout).await;
     }
+    #[cfg(feature = "postgres")]
+    if let Command::Worker(args) = &cli.command
+        && args.command.is_none()
+        && !args.shards.is_empty()
+    {
+        return sharded_worker(args.clone(), registry, cli.output, &mut stdout).await;
+    }
     let url = cli.database_url.as_deref();
     let store = if cli.command.reads_only() {
         open_store_read_only(url).await?
@@ -524,91 +551,158 @@ async fn worker(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let WorkerArgs {
-        command,
-        queues,
-        namespace,
-        id,
-        lock_dir,
-        activity_concurrency,
-        shutdown_timeout,
-        metrics_addr,
-        memory_limit,
-        memory_thresholds,
-        #[cfg(feature = "postgres")]
-        participants,
-    } = args;
-    if let Some(command) = command {
+    if let Some(command) = args.command.clone() {
         return workers::run(&store, command, output, out).await;
     }
-    let Some(registry) = registry else {
-        bail!(
+    let registry = linked(registry)?;
+    let worker = worker_builder(store, &args, registry, true)?.build()?;
+    serve_workers(vec![worker], args.shutdown_timeout, output, out).await
+}
+
+/// The registry a worker runs, or why there is none.
+fn linked(registry: Option<Registry>) -> anyhow::Result<Registry> {
+    registry.ok_or_else(|| {
+        anyhow::anyhow!(
             "no orchestrations or activities are linked into this binary; build your own \
              with quark_worker::cli::main_with(registry)"
-        );
-    };
+        )
+    })
+}
+
+/// A worker on `store` with the command line's settings; `first` gets the metrics address (one
+/// process serves it once).
+fn worker_builder(
+    store: Arc<dyn Store>,
+    args: &WorkerArgs,
+    registry: Registry,
+    first: bool,
+) -> anyhow::Result<crate::WorkerBuilder> {
     let mut builder = crate::Worker::builder()
-        .store(Arc::clone(&store))
-        .queues(queues)
+        .store(store)
+        .queues(args.queues.clone())
         .workflows(registry)
-        .concurrency(quark_history::TaskKind::Activity, activity_concurrency)
-        .shutdown_grace(shutdown_timeout);
-    if let Some(id) = id {
-        builder = builder.id(id);
+        .concurrency(quark_history::TaskKind::Activity, args.activity_concurrency)
+        .shutdown_grace(args.shutdown_timeout);
+    if let Some(id) = &args.id {
+        builder = builder.id(id.clone());
     }
     #[cfg(feature = "postgres")]
-    if !participants.is_empty() {
-        builder = builder.participants(tx::participants(&participants)?);
+    if !args.participants.is_empty() {
+        builder = builder.participants(tx::participants(&args.participants)?);
     }
-    if let Some(ns) = namespace {
-        builder = builder.namespace(ns);
+    if let Some(ns) = &args.namespace {
+        builder = builder.namespace(ns.clone());
     }
-    if let Some(dir) = lock_dir {
-        builder = builder.lock_dir(dir);
+    if let Some(dir) = &args.lock_dir {
+        builder = builder.lock_dir(dir.clone());
     }
-    if let Some(addr) = metrics_addr {
+    if let Some(addr) = args.metrics_addr.filter(|_| first) {
         builder = builder.metrics_addr(addr);
     }
-    builder = builder.memory(crate::memory::MemoryConfig {
-        limit: memory_limit,
-        thresholds: memory_thresholds.unwrap_or_default(),
+    Ok(builder.memory(crate::memory::MemoryConfig {
+        limit: args.memory_limit,
+        thresholds: args.memory_thresholds.unwrap_or_default(),
         ..Default::default()
-    });
-    let worker = builder.build()?;
-    let running = worker.start().await?;
-    let worker_id = worker.id().to_string();
-    announce(
-        out,
-        output,
-        &Lifecycle::Serving {
-            worker_id: worker_id.clone(),
-            metrics_addr: running.metrics_addr().map(|a| a.to_string()),
-        },
-    )?;
-    let taken_over = tokio::select! {
-        () = crate::shutdown_signal() => false,
-        () = running.taken_over() => true,
+    }))
+}
+
+/// `quark worker --shard ...`: a worker for each shard it serves, in this process.
+#[cfg(feature = "postgres")]
+async fn sharded_worker(
+    args: WorkerArgs,
+    registry: Option<Registry>,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let registry = linked(registry)?;
+    let specs = args
+        .shards
+        .iter()
+        .map(|spec| {
+            spec.split_once('=')
+                .filter(|(name, url)| !name.is_empty() && !url.is_empty())
+                .map(|(name, url)| (name.to_owned(), url.to_owned()))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("`{spec}` is not a shard: write NAME=postgres://...")
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let shards =
+        quark_history::shards::Shards::connect(specs, quark_history::StoreConfig::default())
+            .await?;
+    let serve: Vec<String> = if args.serve_shards.is_empty() {
+        shards.map().names().to_vec()
+    } else {
+        args.serve_shards.clone()
     };
-    if taken_over {
-        running.shutdown().await;
+    let mut workers = Vec::new();
+    for name in &serve {
+        let Some(position) = shards.map().names().iter().position(|n| n == name) else {
+            bail!(
+                "--serve-shards names `{name}`, which is not in the shard map [{}]",
+                shards.map().names().join(", ")
+            );
+        };
+        let store = Arc::clone(shards.store(position));
+        let builder = worker_builder(store, &args, registry.clone(), workers.is_empty())?
+            .shard(shards.clone(), name);
+        workers.push(builder.build()?);
+    }
+    serve_workers(workers, args.shutdown_timeout, output, out).await
+}
+
+/// Starts `workers`, serves until SIGINT or SIGTERM (or one is taken over), then shuts them all
+/// down within `shutdown_timeout`.
+async fn serve_workers(
+    workers: Vec<crate::Worker>,
+    shutdown_timeout: Duration,
+    output: Output,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let mut running = Vec::new();
+    let mut ids = Vec::new();
+    for worker in &workers {
+        let started = worker.start().await?;
+        ids.push(worker.id().to_string());
+        announce(
+            out,
+            output,
+            &Lifecycle::Serving {
+                worker_id: worker.id().to_string(),
+                metrics_addr: started.metrics_addr().map(|a| a.to_string()),
+            },
+        )?;
+        running.push(started);
+    }
+    let taken_over = {
+        let taken = futures::future::select_all(running.iter().map(|r| Box::pin(r.taken_over())));
+        tokio::select! {
+            () = crate::shutdown_signal() => None,
+            ((), i, _) = taken => Some(i),
+        }
+    };
+    if let Some(i) = taken_over {
+        futures::future::join_all(running.into_iter().map(|r| r.shutdown())).await;
         bail!(
             "worker {} stopped: another process registered its id (a restart of it, while \
              this one was thought dead); its tasks were taken back",
-            worker.id()
+            ids[i]
         );
     }
-    announce(
-        out,
-        output,
-        &Lifecycle::Stopping {
-            worker_id: worker_id.clone(),
-            shutdown_timeout: duration::show(shutdown_timeout),
-        },
-    )?;
+    for worker_id in &ids {
+        announce(
+            out,
+            output,
+            &Lifecycle::Stopping {
+                worker_id: worker_id.clone(),
+                shutdown_timeout: duration::show(shutdown_timeout),
+            },
+        )?;
+    }
     // The worker's own waits share one deadline (`shutdown_grace`); this bounds the rest (handing
     // tasks back, deregistering), so the whole shutdown has one deadline whatever the database does.
     tokio::select! {
-        () = running.shutdown() => {}
+        _ = futures::future::join_all(running.into_iter().map(|r| r.shutdown())) => {}
         () = tokio::time::sleep(shutdown_timeout + HAND_BACK) => {
             eprintln!(
                 "quark: shutdown did not finish within {} (+{} to hand tasks back); exiting",
@@ -624,7 +718,9 @@ async fn worker(
             std::process::exit(130);
         }
     }
-    announce(out, output, &Lifecycle::Stopped { worker_id })?;
+    for worker_id in ids {
+        announce(out, output, &Lifecycle::Stopped { worker_id })?;
+    }
     Ok(())
 }
 

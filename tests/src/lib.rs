@@ -39,6 +39,20 @@ pub fn expected(n: u64) -> u64 {
     (n + 1) * 2 + 1
 }
 
+/// The sharded crash loop's workload: pings its partner (often on another shard) with `n`,
+/// waits for the partner's ping, then runs [`crash_order`] as a child (named by Quark, so on its
+/// own shard). Returns [`expected`]`(n)` plus the partner's number.
+#[orchestration]
+pub async fn shard_ping(
+    ctx: OrchestrationContext,
+    (partner, n): (String, u64),
+) -> Result<u64, OrchestrationError> {
+    ctx.signal(&partner, "ping", &n)?;
+    let theirs: u64 = ctx.wait_for_signal("ping").await?;
+    let ordered = ctx.call_child(crash_order, &n).await?;
+    Ok(ordered + theirs)
+}
+
 /// The table where every run of [`logged_job`] leaves a row, created by the job crash test. The
 /// times come from PostgreSQL's clock, so they compare with the test's own records.
 pub const JOB_RUNS_DDL: &str = "CREATE TABLE job_runs (\
@@ -192,6 +206,7 @@ pub async fn stuck_first_time(ctx: ActivityContext, _n: u64) -> Result<u32, Acti
 pub fn registry() -> Registry {
     Registry::new()
         .register(crash_order)
+        .register(shard_ping)
         .register(increment)
         .register(double)
         .register(logged_job)

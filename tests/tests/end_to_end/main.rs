@@ -13,6 +13,7 @@ mod job_crash;
 mod projections;
 mod recovery;
 mod redis_projections;
+mod shard_crash;
 mod shutdown;
 mod startup;
 mod transactional_crash;
