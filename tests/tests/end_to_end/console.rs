@@ -284,8 +284,10 @@ async fn an_operator_signs_in_finds_a_workflow_signals_it_and_redrives_a_dead_jo
     b.accept_alert().await.unwrap();
     assert!(text(&b, ".notice").await.contains("Signal `approve` sent."));
     let page = b.current_url().await.unwrap();
+    // A deadline, not a timing: the page refreshes every 3 s, and on a loaded machine the
+    // signalled instance may take a while to complete (one CI run missed a 20 s deadline).
     b.wait()
-        .at_most(Duration::from_secs(20))
+        .at_most(Duration::from_secs(60))
         .for_element(Locator::XPath(
             "//div[@data-live='summary' and @data-refreshed]//span[contains(@class,'badge') and text()='completed']",
         ))
