@@ -198,7 +198,7 @@ impl ActivityEffects {
             // Its branches in other databases roll back with it (their sessions close).
             #[cfg(feature = "postgres")]
             if let Some(two_phase) = &self.inner.two_phase {
-                two_phase.branches.lock().await.clear();
+                two_phase.clear();
             }
             if let Some(tx) = tx {
                 tx.rollback().await?;

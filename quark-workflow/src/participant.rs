@@ -57,6 +57,7 @@ pub(crate) use branches::AttemptBranches;
 #[cfg(feature = "postgres")]
 mod branches {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use quark_history::StoreTx;
     use quark_history::sqlx::PgConnection;
@@ -65,18 +66,31 @@ mod branches {
     use crate::activity::ActivityContext;
     use crate::error::ActivityError;
 
+    /// A branch's place: empty until the attempt first names its participant. Each has its own
+    /// lock, so an activity may hold the connections of several participants at once.
+    type Slot = Arc<tokio::sync::Mutex<Option<Branch>>>;
+
     /// One attempt's branches, opened as it names participants.
     pub(crate) struct AttemptBranches {
         pub(crate) coordinator: Coordinator,
-        pub(crate) branches: tokio::sync::Mutex<BTreeMap<String, Branch>>,
+        branches: std::sync::Mutex<BTreeMap<String, Slot>>,
     }
 
     impl AttemptBranches {
         pub(crate) fn new(coordinator: Coordinator) -> Self {
             AttemptBranches {
                 coordinator,
-                branches: tokio::sync::Mutex::default(),
+                branches: std::sync::Mutex::default(),
             }
+        }
+
+        fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+            self.branches.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Drops every branch: they roll back (their sessions close).
+        pub(crate) fn clear(&self) {
+            self.slots().clear();
         }
 
         /// Prepares the branches (if any) as attempt `attempt` of task `task_id` and records
@@ -88,9 +102,17 @@ mod branches {
             attempt: u32,
             tx: &mut StoreTx,
         ) -> Result<Option<Prepared>, quark_history::Error> {
-            let branches: Vec<Branch> = std::mem::take(&mut *self.branches.lock().await)
-                .into_values()
-                .collect();
+            let slots: Vec<Slot> = std::mem::take(&mut *self.slots()).into_values().collect();
+            let mut branches = Vec::with_capacity(slots.len());
+            for slot in slots {
+                // The attempt is over: no guard is held (one an activity leaked would keep its
+                // branch out, and it would roll back).
+                if let Ok(mut slot) = slot.try_lock()
+                    && let Some(branch) = slot.take()
+                {
+                    branches.push(branch);
+                }
+            }
             if branches.is_empty() {
                 return Ok(None);
             }
@@ -140,13 +162,16 @@ mod branches {
         /// activity must be `#[activity(transactional)]`, whose engine transaction records the
         /// decision. The branch is opened the first time the attempt names the participant.
         ///
-        /// Touch participants in one order in all your activities (prepared branches hold their
-        /// row locks until they are finished). A reader that must see no transaction half
+        /// Guards of several participants may be held at once; holding two of the same one
+        /// waits forever, as with [`transaction`](Self::transaction). Touch participants in one
+        /// order in all your activities (prepared branches hold their row locks until they are
+        /// finished). A reader that must see no transaction half
         /// committed across participants reads with `FOR SHARE` in the same order.
         pub async fn participant(
             &self,
             name: &str,
-        ) -> Result<tokio::sync::MappedMutexGuard<'_, PgConnection>, ActivityError> {
+        ) -> Result<tokio::sync::OwnedMappedMutexGuard<Option<Branch>, PgConnection>, ActivityError>
+        {
             let info = self.info();
             let Some(two_phase) = self.effects().two_phase() else {
                 return Err(ActivityError::message(format!(
@@ -160,9 +185,10 @@ mod branches {
                 ))
                 .terminal());
             };
-            let mut branches = two_phase.branches.lock().await;
-            if !branches.contains_key(name) {
-                let branch = match two_phase.coordinator.begin(name).await {
+            let slot = Arc::clone(two_phase.slots().entry(name.to_owned()).or_default());
+            let mut branch = slot.lock_owned().await;
+            if branch.is_none() {
+                let opened = match two_phase.coordinator.begin(name).await {
                     Ok(branch) => branch,
                     Err(e @ quark_history::Error::Invalid(_)) => {
                         return Err(ActivityError::message(e.to_string()).terminal());
@@ -171,12 +197,10 @@ mod branches {
                         return Err(ActivityError::message(format!("participant `{name}`: {e}")));
                     }
                 };
-                branches.insert(name.to_owned(), branch);
+                *branch = Some(opened);
             }
-            Ok(tokio::sync::MutexGuard::map(branches, |b| {
-                b.get_mut(name)
-                    .expect("the branch was just opened")
-                    .connection()
+            Ok(tokio::sync::OwnedMutexGuard::map(branch, |b| {
+                b.as_mut().expect("the branch was just opened").connection()
             }))
         }
     }

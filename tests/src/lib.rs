@@ -282,6 +282,7 @@ mod book {
         outbox => "outbox.md",
         transactional => "transactional.md",
         two_phase => "two_phase.md",
+        shards => "shards.md",
         entities => "entities.md",
         api => "api.md",
         console => "console.md",
