@@ -614,7 +614,6 @@ async fn sharded_worker(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let registry = linked(registry)?;
     let specs = args
         .shards
         .iter()
@@ -630,6 +629,8 @@ async fn sharded_worker(
     let shards =
         quark_history::shards::Shards::connect(specs, quark_history::StoreConfig::default())
             .await?;
+    // The map is checked first: a process with the wrong map must say so, whatever else.
+    let registry = linked(registry)?;
     let serve: Vec<String> = if args.serve_shards.is_empty() {
         shards.map().names().to_vec()
     } else {

@@ -621,3 +621,34 @@ fn a_signed_checkpoint_holds_until_history_or_the_file_is_changed() {
     assert!(!o.status.success(), "{}", stdout(&o));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `quark worker --shard ...` with a map the shards' databases disagree with refuses to start,
+/// saying which shard is missing (three more PostgreSQL servers: `bash .ci/clusters`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_shard_map_disagrees_refuses_to_start() {
+    let Some(dbs) = quark_history::testing::ClusterDatabases::create(3).await else {
+        return;
+    };
+    let deployment = quark_history::shards::Shards::connect(
+        [
+            ("s0", &dbs.urls[0]),
+            ("s1", &dbs.urls[1]),
+            ("s2", &dbs.urls[2]),
+        ],
+        quark_history::StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    drop(deployment);
+    let dir = scratch("shard-map");
+    let shards = format!("s0={},s1={}", dbs.urls[0], dbs.urls[1]);
+    let out = quark(&dir, &["worker"], &[("QUARK_SHARDS", &shards)]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("shard(s) `s2` are missing from this process's map")
+            && err.contains("refusing to start"),
+        "{err}"
+    );
+    dbs.cleanup().await;
+}
