@@ -7,61 +7,22 @@
 //! late one) runs too.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quark_examples::bank::{Totals, Transfer, open_banks, transfer_money};
 use quark_history::sqlx::{self, PgPool, Row};
 use quark_history::testing::Raw;
-use quark_history::{InstanceFilter, InstanceStatus, MessageState, OutboxFilter};
+use quark_history::{InstanceStatus, MessageState, OutboxFilter};
 use quark_workflow::Client;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use crate::{Dice, closed_instances, spawn_worker};
 
 const TRANSFERS: usize = 1_000;
 const A_ACCOUNTS: usize = 50;
 const B_ACCOUNTS: usize = 20;
 const BALANCE: i64 = 3_000;
-
-fn spawn_worker(url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_bank-worker"))
-        .kill_on_drop(true)
-        .env("QUARK_DATABASE_URL", url)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start a bank-worker")
-}
-
-/// xorshift: a reproducible sequence.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-async fn closed_instances(t: &quark_history::testing::TestStore) -> usize {
-    let mut n = 0;
-    for status in [InstanceStatus::Completed, InstanceStatus::Failed] {
-        n += t
-            .store
-            .list_instances(InstanceFilter {
-                statuses: vec![status],
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len();
-    }
-    n
-}
 
 async fn pending_messages(t: &quark_history::testing::TestStore) -> usize {
     t.store
@@ -114,7 +75,7 @@ async fn a_thousand_transfers_keep_the_total_while_workers_are_killed() {
     }
 
     // Three workers; every 300–700 ms one of them dies and a new one starts.
-    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url)).collect();
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url, None)).collect();
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while closed_instances(&t).await < TRANSFERS {
@@ -130,7 +91,7 @@ async fn a_thousand_transfers_keep_the_total_while_workers_are_killed() {
         dead.start_kill().expect("SIGKILL a worker");
         dead.wait().await.unwrap();
         kills += 1;
-        workers.push(spawn_worker(&url));
+        workers.push(spawn_worker(&url, None));
     }
     // The last messages (cancellations, late replies) are relayed by the survivors.
     quark_history::testing::eventually("every outbox message was relayed", async || {

@@ -8,63 +8,23 @@
 //! is left prepared in either bank.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use quark_examples::bank_two_phase::{Totals, Transfer, open_banks, transfer_atomically};
+use quark_history::InstanceStatus;
 use quark_history::sqlx::{self, Connection, PgConnection, PgPool, Row};
 use quark_history::testing::ClusterDatabases;
-use quark_history::{InstanceFilter, InstanceStatus};
 use quark_workflow::Client;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use crate::{Dice, closed_instances, spawn_worker};
 
 const TRANSFERS: usize = 300;
 const A_ACCOUNTS: usize = 40;
 const B_ACCOUNTS: usize = 15;
 const BALANCE: i64 = 2_000;
-
-fn spawn_worker(url: &str, participants: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_bank-worker"))
-        .kill_on_drop(true)
-        .env("QUARK_DATABASE_URL", url)
-        .env("QUARK_PARTICIPANTS", participants)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start a bank-worker")
-}
-
-/// xorshift: a reproducible sequence.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-async fn closed_instances(t: &quark_history::testing::TestStore) -> usize {
-    let mut n = 0;
-    for status in [InstanceStatus::Completed, InstanceStatus::Failed] {
-        n += t
-            .store
-            .list_instances(InstanceFilter {
-                statuses: vec![status],
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len();
-    }
-    n
-}
 
 async fn prepared(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()")
@@ -136,7 +96,9 @@ async fn transfers_across_two_servers_are_never_seen_in_flight_while_coordinator
     };
 
     // Three workers; every 300–700 ms one of them dies and a new one starts.
-    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url, &participants)).collect();
+    let mut workers: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&url, Some(&participants)))
+        .collect();
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while closed_instances(&t).await < TRANSFERS {
@@ -153,7 +115,7 @@ async fn transfers_across_two_servers_are_never_seen_in_flight_while_coordinator
         dead.start_kill().expect("SIGKILL a worker");
         dead.wait().await.unwrap();
         kills += 1;
-        workers.push(spawn_worker(&url, &participants));
+        workers.push(spawn_worker(&url, Some(&participants)));
     }
     // What killed coordinators left prepared is finished by the survivors' recovery (decided
     // branches) and by retries (undecided ones).

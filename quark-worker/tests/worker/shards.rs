@@ -62,6 +62,31 @@ async fn open_gates(
     Ok(())
 }
 
+/// A worker for each shard, on its database; relayed signals retried every half second at most
+/// (a shard that is down comes back within seconds in these tests).
+async fn start_workers(shards: &Shards) -> Vec<quark_worker::RunningWorker> {
+    let mut workers = Vec::new();
+    for (position, name) in shards.map().names().iter().enumerate() {
+        let worker = Worker::builder()
+            .store(Arc::clone(shards.store(position)))
+            .shard(shards.clone(), name)
+            .poll_interval(Duration::from_millis(20))
+            .outbox(
+                quark_worker::OutboxRelay::new()
+                    .backoff(Duration::from_millis(50), Duration::from_millis(500))
+                    .max_attempts(1000),
+            )
+            .workflows(registry())
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        workers.push(worker);
+    }
+    workers
+}
+
 fn registry() -> Registry {
     Registry::new()
         .register(echo)
@@ -119,21 +144,7 @@ async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
         .unwrap();
 
     // One worker per shard, each on its own database.
-    let mut workers = Vec::new();
-    for name in ["s0", "s1", "s2"] {
-        let position = shards.map().names().iter().position(|n| n == name).unwrap();
-        let worker = Worker::builder()
-            .store(Arc::clone(shards.store(position)))
-            .shard(shards.clone(), name)
-            .poll_interval(Duration::from_millis(20))
-            .workflows(registry())
-            .build()
-            .unwrap()
-            .start()
-            .await
-            .unwrap();
-        workers.push(worker);
-    }
+    let workers = start_workers(&shards).await;
 
     for (k, handle) in handles.into_iter().enumerate() {
         let i = k as u32 / 2;
@@ -327,26 +338,7 @@ async fn a_shard_that_goes_down_stalls_only_its_own_instances_and_resumes() {
     .await
     .unwrap();
     let client = ShardedClient::new(shards.clone());
-    let mut workers = Vec::new();
-    for name in ["s0", "s1", "s2"] {
-        let position = shards.map().names().iter().position(|n| n == name).unwrap();
-        let worker = Worker::builder()
-            .store(Arc::clone(shards.store(position)))
-            .shard(shards.clone(), name)
-            .poll_interval(Duration::from_millis(20))
-            .outbox(
-                quark_worker::OutboxRelay::new()
-                    .backoff(Duration::from_millis(50), Duration::from_millis(500))
-                    .max_attempts(1000),
-            )
-            .workflows(registry())
-            .build()
-            .unwrap()
-            .start()
-            .await
-            .unwrap();
-        workers.push(worker);
-    }
+    let workers = start_workers(&shards).await;
     // Gates on s2 wait for a signal (their first turns may run before s2 goes down or after it
     // is back: either way the signal opens them).
     let gates = ids_on(&shards, "gate", 2, 4);
