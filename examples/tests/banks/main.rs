@@ -5,6 +5,7 @@ mod saga;
 mod two_phase;
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use quark_history::{InstanceFilter, InstanceStatus};
 use tokio::process::{Child, Command};
@@ -54,4 +55,38 @@ async fn closed_instances(t: &quark_history::testing::TestStore) -> usize {
             .len();
     }
     n
+}
+
+/// Runs three `bank-worker`s (with `participants`, the two-phase variant) and, every 300–700 ms,
+/// kills one with SIGKILL and starts another, until all `transfers` have ended (at most 300 s;
+/// `check` runs at every round and may fail the test). Returns the survivors (killed when
+/// dropped) and how many were killed.
+async fn kill_workers_until_done(
+    t: &quark_history::testing::TestStore,
+    url: &str,
+    participants: Option<&str>,
+    transfers: usize,
+    dice: &mut Dice,
+    mut check: impl FnMut(),
+) -> (Vec<Child>, usize) {
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(url, participants)).collect();
+    let mut kills = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while closed_instances(t).await < transfers {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {transfers} transfers ended in 300 s",
+            closed_instances(t).await
+        );
+        check();
+        // The chaos cadence, not a synchronization: a worker dies every 300–700 ms.
+        tokio::time::sleep(Duration::from_millis(300 + dice.roll(400))).await;
+        let victim = dice.roll(workers.len() as u64) as usize;
+        let mut dead = workers.swap_remove(victim);
+        dead.start_kill().expect("SIGKILL a worker");
+        dead.wait().await.unwrap();
+        kills += 1;
+        workers.push(spawn_worker(url, participants));
+    }
+    (workers, kills)
 }

@@ -8,16 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use quark_examples::bank::{Totals, Transfer, open_banks, transfer_money};
 use quark_history::sqlx::{self, PgPool, Row};
 use quark_history::testing::Raw;
 use quark_history::{InstanceStatus, MessageState, OutboxFilter};
 use quark_workflow::Client;
-use tokio::process::Child;
 
-use crate::{Dice, closed_instances, spawn_worker};
+use crate::{Dice, kill_workers_until_done};
 
 const TRANSFERS: usize = 1_000;
 const A_ACCOUNTS: usize = 50;
@@ -75,24 +73,8 @@ async fn a_thousand_transfers_keep_the_total_while_workers_are_killed() {
     }
 
     // Three workers; every 300–700 ms one of them dies and a new one starts.
-    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url, None)).collect();
-    let mut kills = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while closed_instances(&t).await < TRANSFERS {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {TRANSFERS} transfers ended in 300 s",
-            closed_instances(&t).await
-        );
-        // The chaos cadence, not a synchronization: a worker dies every 300–700 ms.
-        tokio::time::sleep(Duration::from_millis(300 + dice.roll(400))).await;
-        let victim = dice.roll(workers.len() as u64) as usize;
-        let mut dead = workers.swap_remove(victim);
-        dead.start_kill().expect("SIGKILL a worker");
-        dead.wait().await.unwrap();
-        kills += 1;
-        workers.push(spawn_worker(&url, None));
-    }
+    let (workers, kills) =
+        kill_workers_until_done(&t, &url, None, TRANSFERS, &mut dice, || {}).await;
     // The last messages (cancellations, late replies) are relayed by the survivors.
     quark_history::testing::eventually("every outbox message was relayed", async || {
         pending_messages(&t).await == 0

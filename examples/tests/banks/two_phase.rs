@@ -17,9 +17,8 @@ use quark_history::InstanceStatus;
 use quark_history::sqlx::{self, Connection, PgConnection, PgPool, Row};
 use quark_history::testing::ClusterDatabases;
 use quark_workflow::Client;
-use tokio::process::Child;
 
-use crate::{Dice, closed_instances, spawn_worker};
+use crate::{Dice, kill_workers_until_done};
 
 const TRANSFERS: usize = 300;
 const A_ACCOUNTS: usize = 40;
@@ -96,27 +95,11 @@ async fn transfers_across_two_servers_are_never_seen_in_flight_while_coordinator
     };
 
     // Three workers; every 300–700 ms one of them dies and a new one starts.
-    let mut workers: Vec<Child> = (0..3)
-        .map(|_| spawn_worker(&url, Some(&participants)))
-        .collect();
-    let mut kills = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    while closed_instances(&t).await < TRANSFERS {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {TRANSFERS} transfers ended in 300 s",
-            closed_instances(&t).await
-        );
-        assert!(!reader.is_finished(), "the reader stopped early");
-        // The chaos cadence, not a synchronization: a worker dies every 300–700 ms.
-        tokio::time::sleep(Duration::from_millis(300 + dice.roll(400))).await;
-        let victim = dice.roll(workers.len() as u64) as usize;
-        let mut dead = workers.swap_remove(victim);
-        dead.start_kill().expect("SIGKILL a worker");
-        dead.wait().await.unwrap();
-        kills += 1;
-        workers.push(spawn_worker(&url, Some(&participants)));
-    }
+    let (workers, kills) =
+        kill_workers_until_done(&t, &url, Some(&participants), TRANSFERS, &mut dice, || {
+            assert!(!reader.is_finished(), "the reader stopped early")
+        })
+        .await;
     // What killed coordinators left prepared is finished by the survivors' recovery (decided
     // branches) and by retries (undecided ones).
     quark_history::testing::eventually("nothing is left prepared in either bank", async || {
