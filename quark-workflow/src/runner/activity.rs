@@ -60,17 +60,11 @@ impl Runner {
         let (plain, tx) = effects
             .finish(activity_commit(&task, &activity, result, now(&host)), ok)
             .await?;
-        if let Some(mut tx) = tx {
+        if let Some(tx) = tx {
             // Its writes, its messages and its result: one transaction, fenced by the lease. A
             // lost lease or a failed commit rolls the writes back; the task is released and run
-            // again (or, if the lease is gone, by its new holder). Its writes in other databases
-            // are prepared first, and the decision to commit them is written with the rest.
-            let pending =
-                participant::prepare(&effects, task.lease.task_id, task.lease.attempt, &mut tx)
-                    .await?;
-            let committed = host.commit_tx(tx, plain.clone()).await;
-            participant::finish(&effects, pending, committed.is_ok()).await;
-            return match committed {
+            // again (or, if the lease is gone, by its new holder).
+            return match commit_attempt(&host, &effects, &task, tx, plain.clone()).await {
                 Ok(_) => Ok(Handled::Settled),
                 Err(quark_history::Error::InstanceClosed { .. }) => {
                     // The orchestration ended meanwhile: the writes are rolled back and the
@@ -142,13 +136,8 @@ impl Runner {
             .finish(job_commit(&task, &job, result, now(&host)), ok)
             .await?;
         match tx {
-            Some(mut tx) => {
-                let pending =
-                    participant::prepare(&effects, task.lease.task_id, task.lease.attempt, &mut tx)
-                        .await?;
-                let committed = host.commit_tx(tx, commit).await;
-                participant::finish(&effects, pending, committed.is_ok()).await;
-                committed?;
+            Some(tx) => {
+                commit_attempt(&host, &effects, &task, tx, commit).await?;
                 Ok(Handled::Settled)
             }
             None => Ok(Handled::Commit(commit)),
@@ -294,6 +283,22 @@ impl Runner {
         };
         Ok(effects)
     }
+}
+
+/// Commits a transactional attempt's `commit` in its transaction `tx`, with its writes in other
+/// databases: prepared first, the decision to commit them written in `tx`, finished after.
+async fn commit_attempt(
+    host: &HostRef,
+    effects: &ActivityEffects,
+    task: &ClaimedTask,
+    mut tx: quark_history::StoreTx,
+    commit: quark_history::Commit,
+) -> Result<quark_history::Committed, quark_history::Error> {
+    let pending =
+        participant::prepare(effects, task.lease.task_id, task.lease.attempt, &mut tx).await?;
+    let committed = host.commit_tx(tx, commit).await;
+    participant::finish(effects, pending, committed.is_ok()).await;
+    committed
 }
 
 /// Resolves when `every` passes without a heartbeat; never, without a heartbeat timeout.
