@@ -54,8 +54,8 @@ pub struct WorkerBuilder<S = HasStore> {
     placement: Option<crate::placement::coordinator::PlacementConfig>,
     /// The namespace whose queues it serves, if any.
     namespace: Option<String>,
-    /// The deployment's shards and this worker's position among them, if sharded.
-    shard: Option<(quark_history::shards::Shards, usize)>,
+    /// The deployment's shards and the name of this worker's, if sharded.
+    shard: Option<(quark_history::shards::Shards, String)>,
     /// The databases transactional activities may write in by two-phase commit.
     #[cfg(feature = "postgres")]
     participants: Option<quark_history::two_phase::Participants>,
@@ -230,9 +230,8 @@ impl<S> WorkerBuilder<S> {
     /// outbox, and its relay delivers outbox signals into their instance's shard. (To serve
     /// several shards, run a worker per shard; see `quark worker --shard`.)
     pub fn shard(mut self, shards: quark_history::shards::Shards, name: &str) -> Self {
-        let position = shards.map().names().iter().position(|n| n == name);
         // An unknown name is refused by `build`.
-        self.shard = Some((shards, position.unwrap_or(usize::MAX)));
+        self.shard = Some((shards, name.to_owned()));
         self
     }
 
@@ -530,13 +529,13 @@ impl WorkerBuilder<HasStore> {
         }
         self.relay.check().map_err(BuildError::Invalid)?;
         let mut relay = crate::relay::Relay::new(self.relay).map_err(BuildError::Invalid)?;
-        if let Some((shards, position)) = self.shard.take() {
-            if position >= shards.map().len() {
+        if let Some((shards, name)) = self.shard.take() {
+            let Some(position) = shards.map().names().iter().position(|n| *n == name) else {
                 return Err(BuildError::Invalid(format!(
-                    "this worker's shard is not in the shard map [{}]",
+                    "shard `{name}` is not in the shard map [{}]",
                     shards.map().names().join(", ")
                 )));
-            }
+            };
             if !Arc::ptr_eq(shards.store(position), &store) {
                 return Err(BuildError::Invalid(format!(
                     "a worker of shard `{}` must work from that shard's store",

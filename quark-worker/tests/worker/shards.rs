@@ -444,3 +444,38 @@ mod url_parts {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_an_unknown_shard_or_on_another_shards_store_is_refused() {
+    let Some(dbs) = ClusterDatabases::create(2).await else {
+        return;
+    };
+    let shards = Shards::connect(
+        [("s0", &dbs.urls[0]), ("s1", &dbs.urls[1])],
+        StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let build = |position: usize, name: &str| {
+        Worker::builder()
+            .store(Arc::clone(shards.store(position)))
+            .shard(shards.clone(), name)
+            .workflows(registry())
+            .build()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let unknown = build(0, "s9");
+    assert!(
+        unknown.contains("shard `s9` is not in the shard map [s0, s1]"),
+        "{unknown}"
+    );
+    let wrong = build(0, "s1");
+    assert!(
+        wrong.contains("a worker of shard `s1` must work from that shard's store"),
+        "{wrong}"
+    );
+    drop(shards);
+    dbs.cleanup().await;
+}
