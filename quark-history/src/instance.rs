@@ -105,7 +105,7 @@ pub enum IdReusePolicy {
 
 /// A request to start an instance: inserts the row, appends `WorkflowStarted` and enqueues the
 /// first orchestration task, in one transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewInstance {
     /// The id; unique.
     pub id: String,

@@ -26,7 +26,8 @@ use crate::store::StoreConfig;
 pub const OUTBOX_WAKE_QUEUE: &str = "outbox";
 
 /// Where a message goes. Stored as text: `signal:<instance>/<name>`, `http:<url>`,
-/// `nats:<subject>`, `amqp:<exchange>/<routing key>`, `redis:<stream>`, `callback:<name>`.
+/// `nats:<subject>`, `amqp:<exchange>/<routing key>`, `redis:<stream>`, `callback:<name>`,
+/// `instance:<instance>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Destination {
@@ -69,6 +70,14 @@ pub enum Destination {
     Callback {
         /// The name.
         name: String,
+    },
+    /// News for a Quark instance on another shard: a child to start there, or events for it (a
+    /// child's end for its parent, a notice for a child). The payload is a
+    /// [`Crossing`](crate::shards::Crossing); the relay delivers it into the instance's shard,
+    /// once per idempotency key.
+    Instance {
+        /// The instance id.
+        instance: String,
     },
 }
 
@@ -127,6 +136,7 @@ impl fmt::Display for Destination {
             } => write!(f, "amqp:{exchange}/{routing_key}"),
             Destination::RedisStream { stream } => write!(f, "redis:{stream}"),
             Destination::Callback { name } => write!(f, "callback:{name}"),
+            Destination::Instance { instance } => write!(f, "instance:{instance}"),
         }
     }
 }
@@ -137,7 +147,7 @@ impl FromStr for Destination {
     fn from_str(s: &str) -> Result<Self> {
         let invalid = |why: &str| {
             Error::Invalid(format!(
-                "destination `{s}`: {why}; expected signal:<instance>/<name>, http:<url>, nats:<subject>, amqp:<exchange>/<routing key>, redis:<stream> or callback:<name>"
+                "destination `{s}`: {why}; expected signal:<instance>/<name>, http:<url>, nats:<subject>, amqp:<exchange>/<routing key>, redis:<stream>, callback:<name> or instance:<instance>"
             ))
         };
         let (kind, target) = s.split_once(':').ok_or_else(|| invalid("no kind"))?;
@@ -172,6 +182,9 @@ impl FromStr for Destination {
             }
             "redis" => Ok(Destination::redis_stream(target)),
             "callback" => Ok(Destination::callback(target)),
+            "instance" => Ok(Destination::Instance {
+                instance: target.to_string(),
+            }),
             _ => Err(invalid("unknown kind")),
         }
     }

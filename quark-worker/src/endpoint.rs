@@ -181,6 +181,14 @@ fn describe() {
         "Entity commands of orchestration turns sent to the worker where the entity is live"
     );
     describe_counter!(
+        names::SIGNALS_ACROSS_SHARDS,
+        "Signals orchestration turns sent to instances on other shards, through the outbox"
+    );
+    describe_counter!(
+        names::CHILDREN_ACROSS_SHARDS,
+        "Children started on other shards, and children's ends and notices sent across shards, through the outbox"
+    );
+    describe_counter!(
         names::SIGNALS_DROPPED,
         "Signals sent by orchestrations (ctx.send) to instances that had ended or did not exist"
     );

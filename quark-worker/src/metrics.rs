@@ -52,6 +52,7 @@ pub(crate) mod names {
     pub(crate) const LOCAL_DELIVERIES: &str = "quark_local_deliveries_total";
     pub(crate) const SIGNALS_DROPPED: &str = "quark_signals_dropped_total";
     pub(crate) const SIGNALS_ACROSS_SHARDS: &str = "quark_signals_across_shards_total";
+    pub(crate) const CHILDREN_ACROSS_SHARDS: &str = "quark_children_across_shards_total";
     pub(crate) const REPLAYS: &str = "quark_replays_total";
     pub(crate) const ENTITY_ROUTED: &str = "quark_entity_commands_routed_total";
 }
@@ -266,6 +267,12 @@ impl Metrics {
     /// A turn sent a signal to an instance on another shard, through the outbox.
     pub(crate) fn signal_across_shards(&self, task: &TaskLabels) {
         metrics::counter!(names::SIGNALS_ACROSS_SHARDS, "queue" => task.queue.clone()).increment(1);
+    }
+
+    /// A turn started a child on another shard or told one something, through the outbox.
+    pub(crate) fn child_across_shards(&self, task: &TaskLabels) {
+        metrics::counter!(names::CHILDREN_ACROSS_SHARDS, "queue" => task.queue.clone())
+            .increment(1);
     }
 
     /// A turn's entity command was sent to its entity's home worker.

@@ -53,7 +53,8 @@ use crate::definition::Activity;
 use crate::error::ActivityError;
 use crate::registry::Registry;
 use crate::runner::outbox::{
-    DeliveryError, DeliveryPolicy, Destinations, deliver_signal, run_key, windows,
+    DeliveryError, DeliveryPolicy, Destinations, deliver_signal, deliver_to_instance, run_key,
+    windows,
 };
 use crate::runner::{
     HistoryWarning, Host, HostRef, LiveInstance, RunEvent, Runner, Settled, WarmLimits,
@@ -397,6 +398,7 @@ impl Destinations for Book {
                 Destination::Signal { instance, name } => {
                     deliver_signal(store, instance, name, m).await
                 }
+                Destination::Instance { instance } => deliver_to_instance(store, instance, m).await,
                 Destination::Callback { name } => {
                     let callback = lock(&self.callbacks).get(name).cloned();
                     match callback {

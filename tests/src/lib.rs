@@ -40,8 +40,10 @@ pub fn expected(n: u64) -> u64 {
 }
 
 /// The sharded crash loop's workload: pings its partner (often on another shard) with `n`,
-/// waits for the partner's ping, then runs [`crash_order`] as a child (named by Quark, so on its
-/// own shard). Returns [`expected`]`(n)` plus the partner's number.
+/// waits for the partner's ping, then runs [`crash_order`] twice as a child: once named by Quark
+/// (so on its own shard), once named `{partner}:order` (so on the partner's shard: started there
+/// and answering back through the outbox). Returns `2 * `[`expected`]`(n)` plus the partner's
+/// number.
 #[orchestration]
 pub async fn shard_ping(
     ctx: OrchestrationContext,
@@ -50,7 +52,10 @@ pub async fn shard_ping(
     ctx.signal(&partner, "ping", &n)?;
     let theirs: u64 = ctx.wait_for_signal("ping").await?;
     let ordered = ctx.call_child(crash_order, &n).await?;
-    Ok(ordered + theirs)
+    let across = ctx
+        .call_child_with_id(crash_order, &format!("{partner}:order"), &n)
+        .await?;
+    Ok(ordered + across + theirs)
 }
 
 /// The table where every run of [`logged_job`] leaves a row, created by the job crash test. The

@@ -6,13 +6,16 @@
 //! `{parent}:{command}` (and their children) live with their root, and the shard is
 //! [`jump_hash`] of the key's BLAKE3 hash over the number of shards. Everything about one
 //! instance (its history, tasks, timers, answers) is then in one database, and every invariant
-//! of a single store holds inside it; what crosses shards travels by the outbox.
+//! of a single store holds inside it; what crosses shards travels by the outbox (a signal as a
+//! signal, a child's start and what it and its parent tell each other as a [`Crossing`]).
 //!
 //! Every shard's database records the map it belongs to ([`ShardMapStore`]), written the first
 //! time a process connects with that map. A process whose map disagrees (a shard missing, an
 //! extra one, another order, a database configured as another shard) refuses to start
 //! ([`Shards::check`]) and says which, rather than route an instance to the wrong database.
 
+mod crossing;
 mod map;
 
+pub use crossing::Crossing;
 pub use map::{ShardMap, ShardMapStore, Shards, jump_hash, shard_key};

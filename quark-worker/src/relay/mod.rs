@@ -10,7 +10,8 @@
 //! idempotency key, which is what each destination deduplicates by.
 //!
 //! Destinations: a signal to a Quark orchestration (`quark_workflow::runner::outbox::deliver_signal`,
-//! which the test environment uses too), an HTTP webhook (`webhook`: `http://` and `https://`,
+//! which the test environment uses too), news for an instance on another shard (a child's start,
+//! its end, a notice: `deliver_to_instance`, into that instance's shard), an HTTP webhook (`webhook`: `http://` and `https://`,
 //! signed), NATS JetStream (`nats`), and callbacks registered by name.
 
 pub(crate) mod callback;
@@ -29,7 +30,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use quark_history::{ClaimedMessage, Delivery, Destination, OutboxClaim, Store, TaskKind, Wake};
 use quark_workflow::runner::outbox::{
-    DeliveryPolicy, Destinations, WindowResults, deliver_signal, run_key, windows,
+    DeliveryPolicy, Destinations, WindowResults, deliver_signal, deliver_to_instance, run_key,
+    windows,
 };
 use tracing::Instrument;
 
@@ -426,6 +428,13 @@ impl Destinations for WorkerDestinations<'_> {
                         None => store,
                     };
                     deliver_signal(store, instance, name, m).await
+                }
+                Destination::Instance { instance } => {
+                    let store = match &self.relay.shards {
+                        Some(shards) => &**shards.store_for(instance),
+                        None => store,
+                    };
+                    deliver_to_instance(store, instance, m).await
                 }
                 Destination::Http { url } => {
                     let now = store.config().clock.now();

@@ -1,8 +1,8 @@
 //! A deployment of three shards on three PostgreSQL servers (`bash .ci/clusters`): a worker per
 //! shard, a client that routes by instance id, signals between instances on different shards
 //! (through the outbox, delivered once into the receiver's shard), children that live with their
-//! parent, a child named onto another shard refused with a clear message, and listings merged
-//! across shards.
+//! parent, children named onto another shard (started there and answering back through the
+//! outbox, and cancelled with their parent), and listings merged across shards.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quark_history::shards::Shards;
 use quark_history::testing::{ClusterDatabases, eventually};
-use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, StoreConfig};
+use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, StoreConfig};
 use quark_worker::Worker;
 use quark_workflow::{
     OrchestrationContext, OrchestrationError, Registry, ShardedClient, orchestration,
@@ -36,7 +36,7 @@ async fn ping(
 
 /// Names its child explicitly, onto another shard.
 #[orchestration]
-async fn stray_parent(
+async fn remote_parent(
     ctx: OrchestrationContext,
     child_id: String,
 ) -> Result<u32, OrchestrationError> {
@@ -48,6 +48,15 @@ async fn stray_parent(
 async fn gate(ctx: OrchestrationContext) -> Result<(), OrchestrationError> {
     let () = ctx.wait_for_signal("open").await?;
     Ok(())
+}
+
+/// Waits on a [`gate`] child named onto another shard.
+#[orchestration]
+async fn gate_parent(
+    ctx: OrchestrationContext,
+    child_id: String,
+) -> Result<(), OrchestrationError> {
+    ctx.call_child_with_id(gate, &child_id, &()).await
 }
 
 /// Opens `gates` (on whatever shard they are).
@@ -91,8 +100,9 @@ fn registry() -> Registry {
     Registry::new()
         .register(echo)
         .register(ping)
-        .register(stray_parent)
+        .register(remote_parent)
         .register(gate)
+        .register(gate_parent)
         .register(open_gates)
 }
 
@@ -133,13 +143,20 @@ async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
         crossing >= 5,
         "only {crossing} of {PAIRS} pairs cross shards"
     );
-    // A parent whose explicit child id lives on another shard.
-    let stray = "stray-1";
-    let child_id = (0..)
-        .map(|n| format!("elsewhere-{n}"))
-        .find(|id| shards.shard_of(id) != shards.shard_of(stray))
+    // Parents whose explicit child ids live on other shards: one whose child answers, one
+    // whose child waits until the parent is cancelled.
+    let elsewhere = |parent: &str, name: &str| {
+        (0..)
+            .map(|n| format!("{name}-{n}"))
+            .find(|id| shards.shard_of(id) != shards.shard_of(parent))
+            .unwrap()
+    };
+    let (remote, gated) = ("remote-1", "gated-1");
+    let (child_id, gate_id) = (elsewhere(remote, "child"), elsewhere(gated, "gate"));
+    let remote_handle = remote_parent::start(&client, remote, child_id.clone())
+        .await
         .unwrap();
-    stray_parent::start(&client, stray, child_id.clone())
+    gate_parent::start(&client, gated, gate_id.clone())
         .await
         .unwrap();
 
@@ -190,21 +207,63 @@ async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
         }
     }
 
-    // The stray parent's turn is refused, saying why, and nothing was created elsewhere.
-    let store = shards.store_for(stray);
-    eventually("the stray parent's turn is dead-lettered", async || {
-        !store.list_dead(None, 10).await.unwrap().is_empty()
+    // The child on another shard ran there, as the parent's child, and its end came back
+    // once.
+    let out = tokio::time::timeout(Duration::from_secs(60), remote_handle.result())
+        .await
+        .expect("the remote parent completes")
+        .unwrap();
+    assert_eq!(out, 2);
+    let child = shards
+        .store_for(&child_id)
+        .get_instance(&child_id)
+        .await
+        .unwrap()
+        .expect("the child is on its own shard");
+    assert_eq!(child.status, InstanceStatus::Completed);
+    assert_eq!(child.parent_id.as_deref(), Some(remote));
+    assert!(
+        shards
+            .store_for(remote)
+            .get_instance(&child_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "the child is not on its parent's shard"
+    );
+    let ends = shards
+        .store_for(remote)
+        .read_history(remote, HistoryRange::All)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.event, HistoryEvent::ChildCompleted { .. }))
+        .count();
+    assert_eq!(ends, 1, "the child's end reached its parent once");
+
+    // Cancelling a parent cancels its child on another shard.
+    eventually("the gate child runs on its shard", async || {
+        client
+            .describe(&gate_id)
+            .await
+            .is_ok_and(|r| r.status == InstanceStatus::Running)
     })
     .await;
-    let dead = store.list_dead(None, 10).await.unwrap();
-    assert!(
-        dead[0].error.contains("would live on shard") && dead[0].error.contains("stray-1:"),
-        "{}",
-        dead[0].error
-    );
-    assert!(
-        client.describe(&child_id).await.is_err(),
-        "no child was created"
+    client
+        .client_for(gated)
+        .cancel(gated, "test")
+        .await
+        .unwrap();
+    eventually("the gate child is cancelled with its parent", async || {
+        client
+            .describe(&gate_id)
+            .await
+            .is_ok_and(|r| r.status == InstanceStatus::Cancelled)
+    })
+    .await;
+    assert_eq!(
+        client.describe(gated).await.unwrap().status,
+        InstanceStatus::Cancelled
     );
 
     // A listing merges all three shards, newest first, as one database would list them.
@@ -217,8 +276,8 @@ async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
         .unwrap();
     assert_eq!(
         all.len() as u32,
-        4 * PAIRS + 1,
-        "pings, their children and the stray parent"
+        4 * PAIRS + 4,
+        "pings, their children, and the two parents with theirs"
     );
     let ids: BTreeSet<&str> = all.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), all.len(), "no instance listed twice");

@@ -109,6 +109,9 @@ pub enum RunEvent {
     /// A turn sent a signal to an instance on another shard: it went into the outbox, whose
     /// relay delivers it there.
     SignalAcrossShards,
+    /// A turn started a child on another shard, or told one (a parent its child's end, a child
+    /// a notice): it went into the outbox, whose relay delivers it there.
+    ChildAcrossShards,
     /// A turn (or a query) found its instance's run not warm here and rebuilt it by replaying a
     /// history its code had run on before (a cache miss: the instance was evicted, moved, or
     /// last ran elsewhere), for the reason given.
@@ -267,9 +270,11 @@ impl Runner {
         }
     }
 
-    /// Makes this runner (and its clones) the runner of shard `position` of `shards`: a signal
-    /// to an instance on another shard goes through the outbox, which delivers it there once,
-    /// and a child on another shard is refused (children Quark names stay with their parent).
+    /// Makes this runner (and its clones) the runner of shard `position` of `shards`: what a
+    /// turn sends to an instance on another shard (a signal, a child's start, a child's end for
+    /// its parent, a notice for a child) goes through the outbox, which delivers it there once.
+    /// Children Quark names (`call_child`) stay with their parent; `call_child_with_id` may
+    /// place one anywhere.
     /// Set once: `false` if it was set already.
     pub fn set_shard(&self, shards: quark_history::shards::Shards, position: usize) -> bool {
         self.shard.set((shards, position)).is_ok()

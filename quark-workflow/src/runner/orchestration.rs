@@ -1,6 +1,7 @@
 //! Orchestration turns on live runs, and the warm continuation: an activity's result committed together with
 //! the turn it unblocks.
 
+use quark_history::shards::Crossing;
 use quark_history::{
     ClaimedTask, Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, InstanceStatus,
     NewTask, Settle, TaskKind, Timestamp,
@@ -172,19 +173,17 @@ impl Runner {
         host: &HostRef,
         here: bool,
     ) -> Result<Commit, HandlerError> {
+        let mut starts = Vec::new();
         for mut child in turn.instances {
-            if let Some(shard) = self.elsewhere(&child.id) {
-                // Its completion could not reach this parent in this database's commit.
-                self.live.forget(instance);
-                return Err(HandlerError::Rejected(format!(
-                    "child `{}` would live on shard `{shard}`, not on its parent's: a child on \
-                     another shard is not supported; name it `{}:...` (as call_child does) so \
-                     that it lives with its parent, then re-drive this turn",
-                    child.id,
-                    quark_history::shards::shard_key(instance)
-                )));
-            }
             crate::trace_context::stamp_instance(&mut child);
+            if self.elsewhere(&child.id).is_some() {
+                // Started by the outbox relay in the child's shard: written with this turn, so
+                // the child exists if and only if the turn committed.
+                let id = child.id.clone();
+                starts.push(Crossing::Start(child).message(&id));
+                host.note(RunEvent::ChildAcrossShards);
+                continue;
+            }
             // Ids are deterministic, so a turn that is redone finds its children already there.
             if let Err(e) = host
                 .store()
@@ -197,6 +196,17 @@ impl Runner {
         }
         let waiting = matches!(turn.outcome, Outcome::Waiting);
         let mut commit = turn.commit;
+        let across = starts
+            .into_iter()
+            .collect::<quark_history::Result<Vec<_>>>()
+            .and_then(|starts| {
+                commit.outbox.extend(starts);
+                self.news_across_shards(instance, &mut commit, host)
+            });
+        if let Err(e) = across {
+            self.live.forget(instance);
+            return Err(e.into());
+        }
         for (receiver, event) in turn.signals {
             if self.elsewhere(&receiver).is_some() {
                 // Written with the turn, delivered once by the outbox relay into the receiver's
@@ -249,6 +259,36 @@ impl Runner {
             }
         }
         Ok(commit)
+    }
+
+    /// Moves what `commit` tells instances on other shards (a child's end for its parent, a
+    /// notice for a child) into its outbox, as [`Crossing`]s with the receivers' wake-ups left
+    /// out: this commit cannot write to another database. The relay there appends the events
+    /// and wakes the receiver, once.
+    fn news_across_shards(
+        &self,
+        instance: &str,
+        commit: &mut Commit,
+        host: &HostRef,
+    ) -> quark_history::Result<()> {
+        let mut i = 0;
+        while i < commit.appends.len() {
+            let receiver = &commit.appends[i].instance_id;
+            if receiver == instance || self.elsewhere(receiver).is_none() {
+                i += 1;
+                continue;
+            }
+            let append = commit.appends.remove(i);
+            let receiver = append.instance_id.as_str();
+            commit.tasks.retain(|t| {
+                t.kind != TaskKind::Orchestration || t.instance_id.as_deref() != Some(receiver)
+            });
+            commit
+                .outbox
+                .push(Crossing::Events(append.events).message(receiver)?);
+            host.note(RunEvent::ChildAcrossShards);
+        }
+        Ok(())
     }
 
     /// Of a turn's entity commands (`homes`: task index, stream), those to run on another

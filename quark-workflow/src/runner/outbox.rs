@@ -7,9 +7,10 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use quark_history::shards::Crossing;
 use quark_history::{
-    ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, NewTask, NextWindow,
-    OutboxLease, Payload, Store, Timestamp, WindowOutcome,
+    ClaimedMessage, CodecTag, Commit, Delivery, Error, Expected, HistoryEvent, IdReusePolicy,
+    NewTask, NextWindow, OutboxLease, Payload, Store, Timestamp, WindowOutcome,
 };
 
 use crate::backoff;
@@ -362,6 +363,74 @@ pub async fn deliver_signal(
             Err(DeliveryError::permanent(e.to_string()))
         }
         Err(e) => Err(DeliveryError::retry(e.to_string())),
+    }
+}
+
+/// Delivers `message` (a [`Crossing`]) to `instance`, in the store of the instance's shard.
+///
+/// A start creates the child unless it exists (its id is the parent's choice, the same on every
+/// re-send). Events go in as [`deliver_signal`] puts a signal: one commit appends them, enqueues
+/// the instance's orchestration task and records the message in the inbox, so a re-send writes
+/// nothing. Events for an instance that has ended are dropped, as they are within a shard (a
+/// child's end reaching a parent that was cancelled meanwhile).
+pub async fn deliver_to_instance(
+    store: &dyn Store,
+    instance: &str,
+    message: &ClaimedMessage,
+) -> Result<(), DeliveryError> {
+    let crossing =
+        Crossing::decode(&message.payload).map_err(|e| DeliveryError::permanent(e.to_string()))?;
+    let retry = |e: Error| DeliveryError::retry(e.to_string());
+    match crossing {
+        Crossing::Start(child) => {
+            if child.id != instance {
+                return Err(DeliveryError::permanent(format!(
+                    "a start of `{}` sent to `{instance}`",
+                    child.id
+                )));
+            }
+            store
+                .create_instance(child, IdReusePolicy::ReturnExisting)
+                .await
+                .map_err(retry)?;
+            Ok(())
+        }
+        Crossing::Events(events) => {
+            let record = match store.get_instance(instance).await {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    return Err(DeliveryError::permanent(format!(
+                        "no orchestration instance `{instance}`"
+                    )));
+                }
+                Err(e) => return Err(retry(e)),
+            };
+            if record.status.is_closed() {
+                tracing::warn!(%instance, status = %record.status, "dropping news for an instance that has ended");
+                return Ok(());
+            }
+            let mut turn = NewTask::orchestration(&record.queue, instance);
+            turn.traceparent = message
+                .headers
+                .get(crate::trace_context::TRACEPARENT)
+                .filter(|t| quark_history::is_storable_traceparent(t))
+                .cloned();
+            let commit = Commit::new()
+                .append(instance, Expected::Any, events)
+                .enqueue(turn)
+                .receive(signal_inbox_id(message));
+            match store.commit(commit).await {
+                Ok(_) | Err(Error::AlreadyReceived { .. }) => Ok(()),
+                Err(Error::InstanceClosed { .. }) => {
+                    tracing::warn!(%instance, "dropping news for an instance that has ended");
+                    Ok(())
+                }
+                Err(e @ Error::InstanceNotFound { .. }) => {
+                    Err(DeliveryError::permanent(e.to_string()))
+                }
+                Err(e) => Err(retry(e)),
+            }
+        }
     }
 }
 

@@ -113,3 +113,79 @@ async fn a_pipelined_window_that_never_ends_is_settled_before_its_lease_runs_out
         "{settles:?}"
     );
 }
+
+#[tokio::test]
+async fn news_for_an_instance_is_delivered_once_however_often_it_is_resent() {
+    use quark_history::shards::Crossing;
+    use quark_history::{
+        HistoryEvent, HistoryRange, IdReusePolicy, NewInstance, ParentRef, Payload,
+    };
+
+    use super::deliver_to_instance;
+
+    let store = SqliteStore::in_memory().await.unwrap();
+    let parent = NewInstance::new("p", "parent", Payload::json(&()).unwrap());
+    store
+        .create_instance(parent, IdReusePolicy::ReturnExisting)
+        .await
+        .unwrap();
+    let mut child = NewInstance::new("p:order", "child", Payload::json(&1).unwrap());
+    child.parent = Some(ParentRef {
+        instance_id: "p".into(),
+        command: 3,
+    });
+    let end = HistoryEvent::ChildCompleted {
+        command: 3,
+        output: Payload::json(&2).unwrap(),
+    };
+    store
+        .send(vec![
+            Crossing::Start(child).message("p:order").unwrap(),
+            Crossing::Events(vec![end.clone()]).message("p").unwrap(),
+            OutboxMessage::new(
+                Destination::Instance {
+                    instance: "q".into(),
+                },
+                b"not news".to_vec(),
+            ),
+        ])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_outbox(OutboxClaim::new("w").limit(10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    // Each delivered twice, as a relay that lost its lease after delivering would.
+    for m in &claimed[..2] {
+        let Destination::Instance { instance } = &m.destination else {
+            panic!("{:?}", m.destination)
+        };
+        for _ in 0..2 {
+            deliver_to_instance(&store, instance, m).await.unwrap();
+        }
+    }
+    let child = store.get_instance("p:order").await.unwrap().unwrap();
+    assert_eq!(child.parent_id.as_deref(), Some("p"));
+    let ends: Vec<HistoryEvent> = store
+        .read_history("p", HistoryRange::All)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| matches!(e, HistoryEvent::ChildCompleted { .. }))
+        .collect();
+    assert_eq!(
+        ends,
+        [end],
+        "the child's end is in its parent's history once"
+    );
+    // A payload that is not news can never be delivered: the message dies, saying why.
+    let said = deliver_to_instance(&store, "q", &claimed[2])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&said, DeliveryError::Permanent(m) if m.contains("must carry a start or events")),
+        "{said}"
+    );
+}

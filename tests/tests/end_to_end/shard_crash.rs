@@ -1,9 +1,11 @@
 //! Shards under fire: three PostgreSQL servers (`bash .ci/clusters`), worker processes that each
 //! serve two of the three shards, killed with SIGKILL at random, and instances that signal
-//! partners on other shards (through the outbox) and run children on their own. Every
-//! orchestration completes exactly once with the right result, each receives its partner's ping
-//! exactly once, and nothing is left in any shard's queue or outbox.
+//! partners on other shards and run a child on their own shard and one on their partner's (all
+//! through the outbox). Every orchestration completes exactly once with the right result, each
+//! receives its partner's ping and each child's end exactly once, and nothing is left in any
+//! shard's queue or outbox.
 
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -153,7 +155,7 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
             };
             assert_eq!(
                 record.output.unwrap().decode::<u64>().unwrap(),
-                quark_tests::expected(number) + partner_number,
+                2 * quark_tests::expected(number) + partner_number,
                 "{id}"
             );
             let history = store.read_history(&id, HistoryRange::All).await.unwrap();
@@ -169,11 +171,16 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
                 1,
                 "{id} completed once"
             );
+            assert_eq!(
+                count(|e| matches!(e, HistoryEvent::ChildCompleted { .. })),
+                2,
+                "{id} heard of each child's end once"
+            );
             assert!(
                 store.verify(&id).await.unwrap().is_intact(),
                 "{id}: hash chain"
             );
-            // Its child ran on its shard.
+            // On its shard: its own child, and the one its partner started (`{id}:order`).
             let children = store
                 .list_instances(InstanceFilter {
                     id_prefix: Some(format!("{id}:")),
@@ -181,9 +188,15 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
                 })
                 .await
                 .unwrap();
+            let parents: BTreeSet<Option<&str>> =
+                children.iter().map(|c| c.parent_id.as_deref()).collect();
             assert!(
-                children.len() == 1 && children[0].status == InstanceStatus::Completed,
-                "{id}'s child completed on its shard (partner {partner}): {children:?}"
+                children.len() == 2
+                    && children
+                        .iter()
+                        .all(|c| c.status == InstanceStatus::Completed)
+                    && parents == BTreeSet::from([Some(id.as_str()), Some(partner.as_str())]),
+                "{id}'s child and its partner's completed on its shard: {children:?}"
             );
         }
     }
