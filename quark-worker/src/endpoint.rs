@@ -185,8 +185,12 @@ fn describe() {
         "Signals orchestration turns sent to instances on other shards, through the outbox"
     );
     describe_counter!(
-        names::CHILDREN_ACROSS_SHARDS,
-        "Children started on other shards, and children's ends and notices sent across shards, through the outbox"
+        names::NEWS_ACROSS_SHARDS,
+        "News sent through the outbox to instances on other shards: children's starts, ends and cancellations, entity commands' results"
+    );
+    describe_counter!(
+        names::ENTITY_ACROSS_SHARDS,
+        "Entity commands of orchestration turns sent through the outbox to their entity's shard"
     );
     describe_counter!(
         names::SIGNALS_DROPPED,

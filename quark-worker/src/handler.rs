@@ -559,7 +559,8 @@ impl Host for TaskContext {
             RunEvent::DeliveredHere => metrics.delivered_here(&self.labels),
             RunEvent::SignalDropped => metrics.signal_dropped(&self.labels),
             RunEvent::SignalAcrossShards => metrics.signal_across_shards(&self.labels),
-            RunEvent::ChildAcrossShards => metrics.child_across_shards(&self.labels),
+            RunEvent::NewsAcrossShards => metrics.news_across_shards(&self.labels),
+            RunEvent::EntityAcrossShards => metrics.entity_across_shards(&self.labels),
             RunEvent::Replayed(why) => metrics.replayed(&self.labels, why),
             RunEvent::EntityRouted => metrics.entity_routed(&self.labels),
             _ => {}

@@ -52,7 +52,8 @@ pub(crate) mod names {
     pub(crate) const LOCAL_DELIVERIES: &str = "quark_local_deliveries_total";
     pub(crate) const SIGNALS_DROPPED: &str = "quark_signals_dropped_total";
     pub(crate) const SIGNALS_ACROSS_SHARDS: &str = "quark_signals_across_shards_total";
-    pub(crate) const CHILDREN_ACROSS_SHARDS: &str = "quark_children_across_shards_total";
+    pub(crate) const NEWS_ACROSS_SHARDS: &str = "quark_news_across_shards_total";
+    pub(crate) const ENTITY_ACROSS_SHARDS: &str = "quark_entity_commands_across_shards_total";
     pub(crate) const REPLAYS: &str = "quark_replays_total";
     pub(crate) const ENTITY_ROUTED: &str = "quark_entity_commands_routed_total";
 }
@@ -269,10 +270,14 @@ impl Metrics {
         metrics::counter!(names::SIGNALS_ACROSS_SHARDS, "queue" => task.queue.clone()).increment(1);
     }
 
-    /// A turn started a child on another shard or told one something, through the outbox.
-    pub(crate) fn child_across_shards(&self, task: &TaskLabels) {
-        metrics::counter!(names::CHILDREN_ACROSS_SHARDS, "queue" => task.queue.clone())
-            .increment(1);
+    /// A turn or an activity sent news to an instance on another shard, through the outbox.
+    pub(crate) fn news_across_shards(&self, task: &TaskLabels) {
+        metrics::counter!(names::NEWS_ACROSS_SHARDS, "queue" => task.queue.clone()).increment(1);
+    }
+
+    /// A turn sent an entity command to its entity's shard, through the outbox.
+    pub(crate) fn entity_across_shards(&self, task: &TaskLabels) {
+        metrics::counter!(names::ENTITY_ACROSS_SHARDS, "queue" => task.queue.clone()).increment(1);
     }
 
     /// A turn's entity command was sent to its entity's home worker.

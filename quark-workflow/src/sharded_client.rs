@@ -1,5 +1,5 @@
-//! A client over a deployment's shards: each call goes to the database of the instance it names,
-//! and listings merge every shard's.
+//! A client over a deployment's shards: each call goes to the database of the instance (or the
+//! entity) it names, and listings merge every shard's.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use quark_history::shards::Shards;
 use quark_history::{InstanceFilter, InstanceRecord, Payload};
 
 use crate::client::{Client, ClientError, StartOptions};
+use crate::entity::{Entities, Entity, EntityRef, stream_id};
 
 /// A [`Client`] for each shard, routed by instance id ([`Shards::shard_of`]): starts, signals,
 /// queries, updates, results and descriptions of an instance go to its shard's database; a
@@ -18,6 +19,7 @@ use crate::client::{Client, ClientError, StartOptions};
 pub struct ShardedClient {
     shards: Shards,
     clients: Arc<[Client]>,
+    entities: Arc<[Entities]>,
 }
 
 impl fmt::Debug for ShardedClient {
@@ -36,7 +38,24 @@ impl ShardedClient {
             .iter()
             .map(|store| Client::new(Arc::clone(store)))
             .collect();
-        ShardedClient { shards, clients }
+        let entities = shards
+            .stores()
+            .iter()
+            .map(|store| Entities::new(Arc::clone(store)))
+            .collect();
+        ShardedClient {
+            shards,
+            clients,
+            entities,
+        }
+    }
+
+    /// Entity `E`'s instance `key`, on the shard its stream lives on (the stream id
+    /// `TYPE/key` is its shard key). Orchestrations reach entities on other shards by
+    /// themselves (`ctx.entity`): their commands go there through the outbox.
+    pub fn entity<E: Entity>(&self, key: impl Into<String>) -> EntityRef<E> {
+        let key = key.into();
+        self.entities[self.shards.shard_of(&stream_id::<E>(&key))].entity(key)
     }
 
     /// The shards.

@@ -2,7 +2,8 @@
 //! shard, a client that routes by instance id, signals between instances on different shards
 //! (through the outbox, delivered once into the receiver's shard), children that live with their
 //! parent, children named onto another shard (started there and answering back through the
-//! outbox, and cancelled with their parent), and listings merged across shards.
+//! outbox, and cancelled with their parent), entity commands run on their entity's shard for an
+//! orchestration on another, and listings merged across shards.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,11 +11,16 @@ use std::time::Duration;
 
 use quark_history::shards::Shards;
 use quark_history::testing::{ClusterDatabases, eventually};
-use quark_history::{HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, StoreConfig};
+use quark_history::{
+    HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, MessageState, OutboxFilter,
+    QueueStats, StoreConfig,
+};
 use quark_worker::Worker;
+use quark_workflow::entity::{Command, Decision, Entity};
 use quark_workflow::{
     OrchestrationContext, OrchestrationError, Registry, ShardedClient, orchestration,
 };
+use serde::{Deserialize, Serialize};
 
 #[orchestration]
 async fn echo(_ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
@@ -41,6 +47,50 @@ async fn remote_parent(
     child_id: String,
 ) -> Result<u32, OrchestrationError> {
     ctx.call_child_with_id(echo, &child_id, &1).await
+}
+
+/// A counter that refuses to go below zero.
+struct Tally;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Add(i64);
+
+impl Entity for Tally {
+    const TYPE: &'static str = "Tally";
+    type State = i64;
+    type Event = i64;
+    type Rejection = String;
+    fn apply(state: &mut i64, event: &i64) {
+        *state += event;
+    }
+}
+
+impl Command<Tally> for Add {
+    const NAME: &'static str = "Add";
+    type Reply = i64;
+    fn handle(&self, state: &i64) -> Result<Decision<i64, i64>, String> {
+        if state + self.0 < 0 {
+            return Err(format!("{state} cannot go down by {}", -self.0));
+        }
+        Ok(Decision::emit([self.0]).reply(state + self.0))
+    }
+}
+
+/// Adds 3 and 4 to tally `key`, then tries to take 100 away.
+#[orchestration]
+async fn count_up(
+    ctx: OrchestrationContext,
+    key: String,
+) -> Result<(i64, i64, String), OrchestrationError> {
+    let tally = ctx.entity::<Tally>(key);
+    let three = tally.call(&Add(3)).await?;
+    let four = tally.call(&Add(4)).await?;
+    let refused = tally.call(&Add(-100)).await?;
+    Ok((
+        three.map_err(OrchestrationError::Failed)?,
+        four.map_err(OrchestrationError::Failed)?,
+        refused.err().unwrap_or_default(),
+    ))
 }
 
 /// Waits for its signal.
@@ -103,6 +153,8 @@ fn registry() -> Registry {
         .register(remote_parent)
         .register(gate)
         .register(gate_parent)
+        .register(count_up)
+        .entity_command::<Tally, Add>()
         .register(open_gates)
 }
 
@@ -375,6 +427,89 @@ fn ids_on(shards: &Shards, prefix: &str, shard: usize, n: usize) -> Vec<String> 
         .filter(|id| shards.shard_of(id) == shard)
         .take(n)
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
+    let Some(dbs) = ClusterDatabases::create(3).await else {
+        return;
+    };
+    let shards = Shards::connect(
+        [
+            ("s0", &dbs.urls[0]),
+            ("s1", &dbs.urls[1]),
+            ("s2", &dbs.urls[2]),
+        ],
+        StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let client = ShardedClient::new(shards.clone());
+    let id = "count-1";
+    let key = (0..)
+        .map(|n| format!("tally-{n}"))
+        .find(|k| shards.shard_of(&format!("Tally/{k}")) != shards.shard_of(id))
+        .unwrap();
+    let stream = format!("Tally/{key}");
+    // The client reaches the entity on its shard too.
+    assert_eq!(
+        client.entity::<Tally>(&key).call(&Add(10)).await.unwrap(),
+        10
+    );
+    let handle = count_up::start(&client, id, key.clone()).await.unwrap();
+    let workers = start_workers(&shards).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), handle.result())
+        .await
+        .expect("the orchestration completes")
+        .unwrap();
+    assert_eq!(out, (13, 17, "17 cannot go down by 100".to_string()));
+
+    // The entity's events are on its shard alone, each once; the orchestration heard each
+    // reply once.
+    for (position, store) in shards.stores().iter().enumerate() {
+        let found = store.get_instance(&stream).await.unwrap().is_some();
+        assert_eq!(
+            found,
+            position == shards.shard_of(&stream),
+            "{stream} on {position}"
+        );
+    }
+    let tally = client.entity::<Tally>(&key);
+    assert_eq!(tally.state().await.unwrap(), 17);
+    assert_eq!(tally.version().await.unwrap(), 3, "10, 3 and 4, each once");
+    let replies = shards
+        .store_for(id)
+        .read_history(id, HistoryRange::All)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.event, HistoryEvent::ActivityCompleted { .. }))
+        .count();
+    assert_eq!(replies, 3);
+    eventually("every shard's outbox is relayed", async || {
+        let mut pending = 0;
+        for store in shards.stores() {
+            pending += store
+                .list_outbox(OutboxFilter::default().state(MessageState::Pending))
+                .await
+                .unwrap()
+                .len();
+        }
+        pending == 0
+    })
+    .await;
+    for store in shards.stores() {
+        assert_eq!(
+            store.queue_stats("default").await.unwrap(),
+            QueueStats::default()
+        );
+    }
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    drop(client);
+    drop(shards);
+    dbs.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,14 +52,19 @@ impl Runner {
                 activity.activity
             ))
             .terminal();
-            let commit = activity_commit(&task, &activity, Err(error), now(&host));
+            let mut commit = activity_commit(&task, &activity, Err(error), now(&host));
+            self.news_across_shards(&mut commit, &host)?;
             return Ok(Handled::Commit(commit));
         };
         let result = fit_for_history(host.store().config(), &activity, task.lease.attempt, result);
         let ok = result.is_ok();
-        let (plain, tx) = effects
+        let (mut plain, tx) = effects
             .finish(activity_commit(&task, &activity, result, now(&host)), ok)
             .await?;
+        // An entity command run on its entity's shard for an orchestration on another: the
+        // result goes back through the outbox.
+        let remote = self.elsewhere(&activity.instance_id).is_some();
+        self.news_across_shards(&mut plain, &host)?;
         if let Some(tx) = tx {
             // Its writes, its messages and its result: one transaction, fenced by the lease. A
             // lost lease or a failed commit rolls the writes back; the task is released and run
@@ -76,7 +81,7 @@ impl Runner {
                 Err(e) => Err(e.into()),
             };
         }
-        if self.commit_continued(&task, &plain, &host).await {
+        if !remote && self.commit_continued(&task, &plain, &host).await {
             return Ok(Handled::Settled);
         }
         Ok(Handled::Commit(plain))

@@ -23,6 +23,7 @@
 
 mod activity;
 mod committer;
+mod crossing;
 pub mod live;
 mod orchestration;
 pub mod outbox;
@@ -109,9 +110,12 @@ pub enum RunEvent {
     /// A turn sent a signal to an instance on another shard: it went into the outbox, whose
     /// relay delivers it there.
     SignalAcrossShards,
-    /// A turn started a child on another shard, or told one (a parent its child's end, a child
-    /// a notice): it went into the outbox, whose relay delivers it there.
-    ChildAcrossShards,
+    /// A turn or an activity sent news to an instance on another shard (a child's start, a
+    /// child's end for its parent, a notice for a child, an entity command's result for its
+    /// orchestration): it went into the outbox, whose relay delivers it there.
+    NewsAcrossShards,
+    /// A turn's entity command went to its entity's shard, through the outbox, to run there.
+    EntityAcrossShards,
     /// A turn (or a query) found its instance's run not warm here and rebuilt it by replaying a
     /// history its code had run on before (a cache miss: the instance was evicted, moved, or
     /// last ran elsewhere), for the reason given.

@@ -181,7 +181,7 @@ impl Runner {
                 // the child exists if and only if the turn committed.
                 let id = child.id.clone();
                 starts.push(Crossing::Start(child).message(&id));
-                host.note(RunEvent::ChildAcrossShards);
+                host.note(RunEvent::NewsAcrossShards);
                 continue;
             }
             // Ids are deterministic, so a turn that is redone finds its children already there.
@@ -201,7 +201,7 @@ impl Runner {
             .collect::<quark_history::Result<Vec<_>>>()
             .and_then(|starts| {
                 commit.outbox.extend(starts);
-                self.news_across_shards(instance, &mut commit, host)
+                self.news_across_shards(&mut commit, host)
             });
         if let Err(e) = across {
             self.live.forget(instance);
@@ -241,13 +241,22 @@ impl Runner {
         // An entity's command runs where the entity is live: on its home worker, through the
         // queue, unless it is live here or has no home yet (then here, which becomes its home).
         // A turn that ends its instance drops its commands: nothing to route.
+        // An entity on another shard runs its commands there: they go through the outbox.
+        let (remote, homes): (Vec<_>, Vec<_>) = turn
+            .homes
+            .into_iter()
+            .partition(|(_, stream)| self.elsewhere(stream).is_some());
         if waiting {
-            for (i, worker) in self.entity_homes(&turn.homes, host).await {
+            for (i, worker) in self.entity_homes(&homes, host).await {
                 if let Some(task) = commit.tasks.get_mut(i) {
                     task.affinity = Some(worker);
                     host.note(RunEvent::EntityRouted);
                 }
             }
+        }
+        if let Err(e) = self.commands_across_shards(&mut commit, &remote, waiting, host) {
+            self.live.forget(instance);
+            return Err(e.into());
         }
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
         // results): they must not be started here either.
@@ -259,36 +268,6 @@ impl Runner {
             }
         }
         Ok(commit)
-    }
-
-    /// Moves what `commit` tells instances on other shards (a child's end for its parent, a
-    /// notice for a child) into its outbox, as [`Crossing`]s with the receivers' wake-ups left
-    /// out: this commit cannot write to another database. The relay there appends the events
-    /// and wakes the receiver, once.
-    fn news_across_shards(
-        &self,
-        instance: &str,
-        commit: &mut Commit,
-        host: &HostRef,
-    ) -> quark_history::Result<()> {
-        let mut i = 0;
-        while i < commit.appends.len() {
-            let receiver = &commit.appends[i].instance_id;
-            if receiver == instance || self.elsewhere(receiver).is_none() {
-                i += 1;
-                continue;
-            }
-            let append = commit.appends.remove(i);
-            let receiver = append.instance_id.as_str();
-            commit.tasks.retain(|t| {
-                t.kind != TaskKind::Orchestration || t.instance_id.as_deref() != Some(receiver)
-            });
-            commit
-                .outbox
-                .push(Crossing::Events(append.events).message(receiver)?);
-            host.note(RunEvent::ChildAcrossShards);
-        }
-        Ok(())
     }
 
     /// Of a turn's entity commands (`homes`: task index, stream), those to run on another

@@ -369,7 +369,8 @@ pub async fn deliver_signal(
 /// Delivers `message` (a [`Crossing`]) to `instance`, in the store of the instance's shard.
 ///
 /// A start creates the child unless it exists (its id is the parent's choice, the same on every
-/// re-send). Events go in as [`deliver_signal`] puts a signal: one commit appends them, enqueues
+/// re-send). An entity command's activity task is enqueued, with the message recorded in the
+/// inbox in the same commit. Events go in as [`deliver_signal`] puts a signal: one commit appends them, enqueues
 /// the instance's orchestration task and records the message in the inbox, so a re-send writes
 /// nothing. Events for an instance that has ended are dropped, as they are within a shard (a
 /// child's end reaching a parent that was cancelled meanwhile).
@@ -382,6 +383,16 @@ pub async fn deliver_to_instance(
         Crossing::decode(&message.payload).map_err(|e| DeliveryError::permanent(e.to_string()))?;
     let retry = |e: Error| DeliveryError::retry(e.to_string());
     match crossing {
+        Crossing::Activity { .. } => {
+            let task = crossing.task().expect("an activity crossing has a task");
+            let commit = Commit::new()
+                .enqueue(task)
+                .receive(signal_inbox_id(message));
+            match store.commit(commit).await {
+                Ok(_) | Err(Error::AlreadyReceived { .. }) => Ok(()),
+                Err(e) => Err(retry(e)),
+            }
+        }
         Crossing::Start(child) => {
             if child.id != instance {
                 return Err(DeliveryError::permanent(format!(
