@@ -42,8 +42,9 @@ pub fn expected(n: u64) -> u64 {
 /// The sharded crash loop's workload: pings its partner (often on another shard) with `n`,
 /// waits for the partner's ping, then runs [`crash_order`] twice as a child: once named by Quark
 /// (so on its own shard), once named `{partner}:order` (so on the partner's shard: started there
-/// and answering back through the outbox). Returns `2 * `[`expected`]`(n)` plus the partner's
-/// number.
+/// and answering back through the outbox). Last, deposits `n` into the [`ledger::Account`] named
+/// by its own id, whose stream is on whatever shard its id maps to. Returns
+/// `2 * `[`expected`]`(n) + n` plus the partner's number.
 #[orchestration]
 pub async fn shard_ping(
     ctx: OrchestrationContext,
@@ -55,7 +56,12 @@ pub async fn shard_ping(
     let across = ctx
         .call_child_with_id(crash_order, &format!("{partner}:order"), &n)
         .await?;
-    Ok(ordered + across + theirs)
+    let deposited = ctx
+        .entity::<ledger::Account>(ctx.instance_id())
+        .call(&ledger::Deposit(n as i64))
+        .await?
+        .map_err(OrchestrationError::Failed)?;
+    Ok(ordered + across + theirs + deposited as u64)
 }
 
 /// The table where every run of [`logged_job`] leaves a row, created by the job crash test. The
@@ -218,6 +224,7 @@ pub fn registry() -> Registry {
         .register(post_once)
         .register(post_entry)
         .register(stuck_first_time)
+        .entity_command::<ledger::Account, ledger::Deposit>()
 }
 
 /// A small deterministic pseudo-random sequence (xorshift), so a failing run can be reproduced.

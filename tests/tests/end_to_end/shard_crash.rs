@@ -1,9 +1,10 @@
 //! Shards under fire: three PostgreSQL servers (`bash .ci/clusters`), worker processes that each
 //! serve two of the three shards, killed with SIGKILL at random, and instances that signal
-//! partners on other shards and run a child on their own shard and one on their partner's (all
-//! through the outbox). Every orchestration completes exactly once with the right result, each
-//! receives its partner's ping and each child's end exactly once, and nothing is left in any
-//! shard's queue or outbox.
+//! partners on other shards, run a child on their own shard and one on their partner's, and
+//! deposit into an account whose stream is often on a third (all through the outbox). Every
+//! orchestration completes exactly once with the right result, each receives its partner's ping,
+//! each child's end and the deposit's reply exactly once, each deposit is applied once, and
+//! nothing is left in any shard's queue or outbox.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +17,7 @@ use quark_history::{
     QueueStats, StoreConfig,
 };
 use quark_tests::Dice;
+use quark_tests::ledger::Account;
 use quark_workflow::ShardedClient;
 
 const PAIRS: u64 = 60;
@@ -143,6 +145,7 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
         "the test killed {kills} workers; it proves little below 3"
     );
 
+    let mut deposits_across = 0;
     for n in 0..PAIRS {
         for (id, partner, number) in pair(n) {
             let store = shards.store_for(&id);
@@ -155,7 +158,7 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
             };
             assert_eq!(
                 record.output.unwrap().decode::<u64>().unwrap(),
-                2 * quark_tests::expected(number) + partner_number,
+                2 * quark_tests::expected(number) + number + partner_number,
                 "{id}"
             );
             let history = store.read_history(&id, HistoryRange::All).await.unwrap();
@@ -176,6 +179,19 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
                 2,
                 "{id} heard of each child's end once"
             );
+            // Its deposit, applied once on the account's shard.
+            let account = client.entity::<Account>(&id);
+            assert_eq!(
+                (
+                    account.state().await.unwrap().cents,
+                    account.version().await.unwrap()
+                ),
+                (number as i64, 1),
+                "{id}'s deposit"
+            );
+            if shards.shard_of(&account.stream_id()) != shards.shard_of(&id) {
+                deposits_across += 1;
+            }
             assert!(
                 store.verify(&id).await.unwrap().is_intact(),
                 "{id}: hash chain"
@@ -207,9 +223,13 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
             "tasks left behind on {name}"
         );
     }
+    assert!(
+        deposits_across >= PAIRS / 2,
+        "only {deposits_across} deposits crossed shards"
+    );
     eprintln!(
-        "shard crash loop: {} orchestrations on 3 shards, {crossing} of {PAIRS} pairs across \
-         shards, {kills} workers killed with SIGKILL",
+        "shard crash loop: {} orchestrations on 3 shards, {crossing} of {PAIRS} pairs and \
+         {deposits_across} deposits across shards, {kills} workers killed with SIGKILL",
         2 * PAIRS
     );
     drop(client);
