@@ -339,16 +339,16 @@ pub struct ClusterDatabases {
 
 #[cfg(feature = "postgres")]
 impl ClusterDatabases {
-    /// Fresh databases on the first `n` extra servers.
+    /// `n` fresh databases on the extra servers, one a server in turn (a fourth database is
+    /// on the first server again).
     pub async fn create(n: usize) -> Option<Self> {
         let urls = cluster_urls();
         assert!(
-            urls.len() >= n,
-            "the test needs {n} extra PostgreSQL servers; QUARK_TEST_CLUSTER_URLS names {}",
-            urls.len()
+            !urls.is_empty() || n == 0,
+            "the test needs extra PostgreSQL servers; QUARK_TEST_CLUSTER_URLS names none"
         );
         let mut dbs = Vec::with_capacity(n);
-        for admin in urls.into_iter().take(n) {
+        for admin in urls.into_iter().cycle().take(n) {
             match pg::TestDatabase::create_on(admin.clone(), clusters_required()).await {
                 Some(db) => dbs.push(db),
                 None => {

@@ -34,6 +34,8 @@ mod replay;
 mod saga;
 mod schedule;
 mod serve;
+#[cfg(feature = "postgres")]
+mod shards;
 mod tokens;
 #[cfg(feature = "postgres")]
 pub mod tx;
@@ -57,6 +59,8 @@ pub use replay::ReplayArgs;
 pub use saga::{SagaCommand, StuckSaga, stuck_sagas};
 pub use schedule::ScheduleCommand;
 pub use serve::ServeArgs;
+#[cfg(feature = "postgres")]
+pub use shards::{ShardArgs, ShardsCommand};
 pub use tokens::TokenCommand;
 pub use workers::WorkerCommand;
 pub use workflow::WorkflowCommand;
@@ -187,6 +191,11 @@ pub enum Command {
     #[cfg(feature = "postgres")]
     #[command(subcommand)]
     Tx(tx::TxCommand),
+    /// A sharded deployment as one: its map, adding a shard, listings merged across shards,
+    /// an instance found on its shard.
+    #[cfg(feature = "postgres")]
+    #[command(subcommand)]
+    Shards(shards::ShardsCommand),
     /// Prints a shell completion script: `quark completions bash > /etc/bash_completion.d/quark`.
     Completions {
         /// The shell.
@@ -352,6 +361,8 @@ impl Command {
             Command::Audit(_) => "audit",
             #[cfg(feature = "postgres")]
             Command::Tx(_) => "tx",
+            #[cfg(feature = "postgres")]
+            Command::Shards(_) => "shards",
             Command::Completions { .. } => "completions",
         }
     }
@@ -430,6 +441,10 @@ pub async fn run(cli: Cli, registry: Option<Registry>) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     if cli.command.offline() {
         return run_offline(cli.command, cli.output, registry.as_ref(), &mut stdout);
+    }
+    #[cfg(feature = "postgres")]
+    if let Command::Shards(cmd) = cli.command {
+        return shards::run(cmd, registry.as_ref(), cli.output, &mut stdout).await;
     }
     if let Some(url) = cli.server {
         let server = remote::Server {
@@ -538,6 +553,8 @@ pub async fn run_on(
         Command::Audit(cmd) => audit::run(&store, cmd, output, out).await?,
         #[cfg(feature = "postgres")]
         Command::Tx(cmd) => tx::run(&store, cmd, output, out).await?,
+        #[cfg(feature = "postgres")]
+        Command::Shards(cmd) => shards::run(cmd, registry.as_ref(), output, out).await?,
     }
     Ok(())
 }

@@ -53,9 +53,13 @@ impl ShardedClient {
     /// Entity `E`'s instance `key`, on the shard its stream lives on (the stream id
     /// `TYPE/key` is its shard key). Orchestrations reach entities on other shards by
     /// themselves (`ctx.entity`): their commands go there through the outbox.
-    pub fn entity<E: Entity>(&self, key: impl Into<String>) -> EntityRef<E> {
+    pub async fn entity<E: Entity>(
+        &self,
+        key: impl Into<String>,
+    ) -> Result<EntityRef<E>, ClientError> {
         let key = key.into();
-        self.entities[self.shards.shard_of(&stream_id::<E>(&key))].entity(key)
+        let shard = self.shards.locate(&stream_id::<E>(&key)).await?;
+        Ok(self.entities[shard].entity(key))
     }
 
     /// The shards.
@@ -63,9 +67,10 @@ impl ShardedClient {
         &self.shards
     }
 
-    /// The client of the shard instance `instance_id` lives on.
-    pub fn client_for(&self, instance_id: &str) -> &Client {
-        &self.clients[self.shards.shard_of(instance_id)]
+    /// The client of the shard instance `instance_id` lives on, or is created on (see
+    /// [`Shards::locate`]: no database read unless shards were added).
+    pub async fn client_for(&self, instance_id: &str) -> Result<&Client, ClientError> {
+        Ok(&self.clients[self.shards.locate(instance_id).await?])
     }
 
     /// The client of the shard at `position` in the map.
@@ -75,7 +80,10 @@ impl ShardedClient {
 
     /// One instance, from its shard.
     pub async fn describe(&self, instance_id: &str) -> Result<InstanceRecord, ClientError> {
-        self.client_for(instance_id).describe(instance_id).await
+        self.client_for(instance_id)
+            .await?
+            .describe(instance_id)
+            .await
     }
 
     /// Instances matching `filter` on every shard, newest first (by creation time, then id, as on
@@ -114,22 +122,28 @@ impl crate::Connection for ShardedClient {
         input: Payload,
         options: StartOptions,
     ) -> BoxFuture<'a, Result<String, ClientError>> {
-        let client = self.client_for(&instance_id);
-        crate::Connection::start_instance(
-            client,
-            instance_type,
-            version,
-            instance_id,
-            input,
-            options,
-        )
+        Box::pin(async move {
+            let client = self.client_for(&instance_id).await?;
+            crate::Connection::start_instance(
+                client,
+                instance_type,
+                version,
+                instance_id,
+                input,
+                options,
+            )
+            .await
+        })
     }
 
     fn result_payload<'a>(
         &'a self,
         instance_id: &'a str,
     ) -> BoxFuture<'a, Result<(String, Payload), ClientError>> {
-        crate::Connection::result_payload(self.client_for(instance_id), instance_id)
+        Box::pin(async move {
+            crate::Connection::result_payload(self.client_for(instance_id).await?, instance_id)
+                .await
+        })
     }
 
     fn signal_payload<'a>(
@@ -138,7 +152,15 @@ impl crate::Connection for ShardedClient {
         name: &'a str,
         value: Payload,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        crate::Connection::signal_payload(self.client_for(instance_id), instance_id, name, value)
+        Box::pin(async move {
+            crate::Connection::signal_payload(
+                self.client_for(instance_id).await?,
+                instance_id,
+                name,
+                value,
+            )
+            .await
+        })
     }
 
     fn cancel<'a>(
@@ -146,7 +168,10 @@ impl crate::Connection for ShardedClient {
         instance_id: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        crate::Connection::cancel(self.client_for(instance_id), instance_id, reason)
+        Box::pin(async move {
+            crate::Connection::cancel(self.client_for(instance_id).await?, instance_id, reason)
+                .await
+        })
     }
 
     fn terminate<'a>(
@@ -154,14 +179,19 @@ impl crate::Connection for ShardedClient {
         instance_id: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
-        crate::Connection::terminate(self.client_for(instance_id), instance_id, reason)
+        Box::pin(async move {
+            crate::Connection::terminate(self.client_for(instance_id).await?, instance_id, reason)
+                .await
+        })
     }
 
     fn describe<'a>(
         &'a self,
         instance_id: &'a str,
     ) -> BoxFuture<'a, Result<InstanceRecord, ClientError>> {
-        crate::Connection::describe(self.client_for(instance_id), instance_id)
+        Box::pin(async move {
+            crate::Connection::describe(self.client_for(instance_id).await?, instance_id).await
+        })
     }
 
     fn query_payload<'a>(
@@ -170,7 +200,15 @@ impl crate::Connection for ShardedClient {
         name: &'a str,
         input: Payload,
     ) -> BoxFuture<'a, Result<Payload, ClientError>> {
-        crate::Connection::query_payload(self.client_for(instance_id), instance_id, name, input)
+        Box::pin(async move {
+            crate::Connection::query_payload(
+                self.client_for(instance_id).await?,
+                instance_id,
+                name,
+                input,
+            )
+            .await
+        })
     }
 
     fn update_payload<'a>(
@@ -180,13 +218,16 @@ impl crate::Connection for ShardedClient {
         name: &'a str,
         input: Payload,
     ) -> BoxFuture<'a, Result<Payload, ClientError>> {
-        crate::Connection::update_payload(
-            self.client_for(instance_id),
-            instance_id,
-            update_id,
-            name,
-            input,
-        )
+        Box::pin(async move {
+            crate::Connection::update_payload(
+                self.client_for(instance_id).await?,
+                instance_id,
+                update_id,
+                name,
+                input,
+            )
+            .await
+        })
     }
 }
 

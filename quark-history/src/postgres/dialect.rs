@@ -249,6 +249,15 @@ impl Dialect for Postgres {
         tx.postgres()
     }
 
+    fn hold_shard_map(
+        pool: &sqlx::PgPool,
+        key: (i32, i32),
+        exclusive: bool,
+        map: String,
+    ) -> BoxFuture<'static, Result<Option<crate::shards::MapHold>>> {
+        super::shard_hold::hold(pool.connect_options().as_ref().clone(), key, exclusive, map)
+    }
+
     fn from_store_tx(tx: StoreTx) -> Result<sqlx::Transaction<'static, Self>> {
         match tx.inner {
             TxInner::Postgres(tx) => Ok(tx),

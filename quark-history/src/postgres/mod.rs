@@ -13,6 +13,7 @@ mod journal;
 mod notify;
 mod outbox;
 mod queue;
+mod shard_hold;
 
 use std::str::FromStr;
 use std::sync::Arc;

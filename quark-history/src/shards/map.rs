@@ -1,18 +1,19 @@
-//! The shard map, the function from an instance id to its shard, and the shards' stores.
+//! The shard map and the function from an instance id to its shard.
 
 use std::fmt;
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
-use crate::store::Store;
 
 /// The shards of a deployment, by name, in order: the order is part of the map (an instance's
-/// shard is a position in it).
+/// shard is a position in it). A deployment that added shards keeps its earlier *generations*,
+/// the number of shards it had before each addition: an instance created before an addition
+/// stays on the shard its generation placed it on (see [`Shards::locate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShardMap {
     names: Vec<String>,
+    /// The sizes of the earlier generations, oldest first, each smaller than the next and than
+    /// `names.len()`.
+    earlier: Vec<usize>,
 }
 
 impl ShardMap {
@@ -40,12 +41,79 @@ impl ShardMap {
                 return Err(Error::Invalid(format!("shard `{name}` is named twice")));
             }
         }
-        Ok(ShardMap { names })
+        Ok(ShardMap {
+            names,
+            earlier: Vec::new(),
+        })
     }
 
-    /// The map as stored: the names, comma-separated, in order.
+    /// The map as stored ([`Display`](fmt::Display)): the names, comma-separated, in order, then
+    /// the sizes of the earlier generations after a `;` if shards were added (`a,b,c,d;3`).
     pub fn parse(stored: &str) -> Result<Self> {
-        Self::new(stored.split(','))
+        let (names, earlier) = stored.split_once(';').unwrap_or((stored, ""));
+        let mut map = Self::new(names.split(','))?;
+        if !earlier.is_empty() {
+            for size in earlier.split(',') {
+                let size: usize = size.parse().map_err(|_| {
+                    Error::Invalid(format!("`{stored}`: `{size}` is not a generation's size"))
+                })?;
+                let previous = map.earlier.last().copied().unwrap_or(0);
+                if size <= previous || size >= map.names.len() {
+                    return Err(Error::Invalid(format!(
+                        "`{stored}`: the generations' sizes must grow and stay below the number \
+                         of shards"
+                    )));
+                }
+                map.earlier.push(size);
+            }
+        }
+        Ok(map)
+    }
+
+    /// This map with shard `name` added at the end: a new generation. New instances spread over
+    /// all the shards at once; those created before stay where they are.
+    pub fn with_shard(&self, name: impl Into<String>) -> Result<Self> {
+        let mut names = self.names.clone();
+        names.push(name.into());
+        let mut map = Self::new(names)?;
+        map.earlier = self.earlier.clone();
+        map.earlier.push(self.names.len());
+        Ok(map)
+    }
+
+    /// The same shards, with the earlier generations of `recorded` (a process names the shards;
+    /// the deployment remembers how they were added). `None` if the names differ.
+    pub fn with_history_of(&self, recorded: &ShardMap) -> Option<Self> {
+        (self.names == recorded.names).then(|| recorded.clone())
+    }
+
+    /// The generation the shard at `position` joined in (1: the deployment's first).
+    pub fn generation_of(&self, position: usize) -> usize {
+        1 + self
+            .earlier
+            .iter()
+            .filter(|size| position >= **size)
+            .count()
+    }
+
+    /// How many generations the map has had (1 until a shard is added).
+    pub fn generations(&self) -> usize {
+        self.earlier.len() + 1
+    }
+
+    /// The shards an instance with id `id` may live on, newest generation first, each once: where
+    /// it is created now, then where each earlier generation would have created it. Jump hashing
+    /// keeps most ids on one shard across generations: a list of one.
+    pub fn candidates(&self, id: &str) -> Vec<usize> {
+        let key = key_hash(id);
+        let mut shards = vec![jump_hash(key, self.names.len() as u32) as usize];
+        for size in self.earlier.iter().rev() {
+            let shard = jump_hash(key, *size as u32) as usize;
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        shards
     }
 
     /// The shards' names, in order.
@@ -63,23 +131,22 @@ impl ShardMap {
         self.names.is_empty()
     }
 
-    /// The position of the shard that instance `id` lives on.
+    /// The position of the shard a new instance `id` is created on. Until a shard is added, every
+    /// instance lives there; after, one created before may live on an earlier generation's
+    /// ([`candidates`](Self::candidates)).
     pub fn shard_of(&self, id: &str) -> usize {
-        let hash = blake3::hash(shard_key(id).as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&hash.as_bytes()[..8]);
-        jump_hash(u64::from_le_bytes(first), self.names.len() as u32) as usize
+        jump_hash(key_hash(id), self.names.len() as u32) as usize
     }
 
-    /// The name of the shard instance `id` lives on.
+    /// The name of the shard a new instance `id` is created on.
     pub fn shard_name(&self, id: &str) -> &str {
         &self.names[self.shard_of(id)]
     }
 
-    /// How `self` (this process's map) differs from `deployment` (the one the databases hold),
-    /// in words; `None` if they are the same.
+    /// How `self` differs from `deployment` in its shards (names and order; the generations are
+    /// the deployment's to remember), in words; `None` if they are the same.
     pub fn differences(&self, deployment: &ShardMap) -> Option<String> {
-        if self == deployment {
+        if self.names == deployment.names {
             return None;
         }
         let missing: Vec<&str> = deployment
@@ -110,6 +177,12 @@ impl ShardMap {
         if missing.is_empty() && extra.is_empty() {
             said.push("the same shards are in another order".into());
         }
+        if extra.len() == 1 && missing.is_empty() && self.names.starts_with(&deployment.names) {
+            said.push(format!(
+                "to add shard `{}`, run `quark shards add` first",
+                extra[0]
+            ));
+        }
         Some(format!(
             "{} (the deployment's map is [{}], this process's [{}])",
             said.join("; "),
@@ -121,8 +194,21 @@ impl ShardMap {
 
 impl fmt::Display for ShardMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.names.join(","))
+        f.write_str(&self.names.join(","))?;
+        if !self.earlier.is_empty() {
+            let sizes: Vec<String> = self.earlier.iter().map(usize::to_string).collect();
+            write!(f, ";{}", sizes.join(","))?;
+        }
+        Ok(())
     }
+}
+
+/// The first 8 bytes of the BLAKE3 hash of `id`'s shard key.
+fn key_hash(id: &str) -> u64 {
+    let hash = blake3::hash(shard_key(id).as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 fn quoted(names: &[&str]) -> String {
@@ -158,122 +244,6 @@ pub fn jump_hash(mut key: u64, buckets: u32) -> u32 {
         j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
     }
     b.max(0) as u32
-}
-
-/// Where a shard's database records the map it belongs to and its position in it. A capability
-/// of every [`Store`]; sealed.
-pub trait ShardMapStore: Send + Sync {
-    /// Records that this database is shard `position` of `map`, unless it records a map
-    /// already; returns what it records (one statement: concurrent first starts agree).
-    fn claim_shard<'a>(
-        &'a self,
-        map: &'a ShardMap,
-        position: usize,
-    ) -> BoxFuture<'a, Result<(ShardMap, usize)>>;
-}
-
-/// The stores of a deployment's shards, in the map's order, checked against what their
-/// databases record.
-#[derive(Clone)]
-pub struct Shards {
-    map: ShardMap,
-    stores: Arc<[Arc<dyn Store>]>,
-}
-
-impl fmt::Debug for Shards {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shards")
-            .field("map", &self.map)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Shards {
-    /// The shards of `map`, one store per shard in its order, once every database is checked:
-    /// a database that records no map is claimed as its shard; one that records another map, or
-    /// another position, refuses the whole set, naming the difference.
-    pub async fn check(map: ShardMap, stores: Vec<Arc<dyn Store>>) -> Result<Self> {
-        if stores.len() != map.len() {
-            return Err(Error::Invalid(format!(
-                "the shard map names {} shard(s) but {} database(s) were given",
-                map.len(),
-                stores.len()
-            )));
-        }
-        for (position, store) in stores.iter().enumerate() {
-            let (recorded, at) = store.claim_shard(&map, position).await?;
-            if let Some(diff) = map.differences(&recorded) {
-                return Err(Error::Invalid(format!(
-                    "shard map mismatch at `{}` ({}): {diff}; refusing to start rather than \
-                     route instances to the wrong database",
-                    map.names()[position],
-                    store.location()
-                )));
-            }
-            if at != position {
-                return Err(Error::Invalid(format!(
-                    "the database configured as shard `{}` ({}) is shard `{}` of the deployment; \
-                     refusing to start rather than route instances to the wrong database",
-                    map.names()[position],
-                    store.location(),
-                    map.names()[at]
-                )));
-            }
-        }
-        Ok(Shards {
-            map,
-            stores: stores.into(),
-        })
-    }
-
-    /// Connects to `(name, url)` shards in order (PostgreSQL), applies the migrations, and
-    /// [`check`](Self::check)s them.
-    #[cfg(feature = "postgres")]
-    pub async fn connect<N, U>(
-        shards: impl IntoIterator<Item = (N, U)>,
-        config: crate::StoreConfig,
-    ) -> Result<Self>
-    where
-        N: Into<String>,
-        U: AsRef<str>,
-    {
-        let (names, urls): (Vec<String>, Vec<U>) =
-            shards.into_iter().map(|(n, u)| (n.into(), u)).unzip();
-        let map = ShardMap::new(names)?;
-        let mut stores: Vec<Arc<dyn Store>> = Vec::with_capacity(urls.len());
-        for (name, url) in map.names().iter().zip(&urls) {
-            let store = crate::PostgresStore::connect_with(url.as_ref(), config.clone())
-                .await
-                .map_err(|e| Error::Invalid(format!("shard `{name}`: {e}")))?;
-            stores.push(Arc::new(store));
-        }
-        Self::check(map, stores).await
-    }
-
-    /// The map.
-    pub fn map(&self) -> &ShardMap {
-        &self.map
-    }
-
-    /// The store of the shard at `position`.
-    pub fn store(&self, position: usize) -> &Arc<dyn Store> {
-        &self.stores[position]
-    }
-
-    /// Every shard's store, in the map's order.
-    pub fn stores(&self) -> &[Arc<dyn Store>] {
-        &self.stores
-    }
-
-    /// The store of the shard instance `id` lives on.
-    pub fn store_for(&self, id: &str) -> &Arc<dyn Store> {
-        &self.stores[self.map.shard_of(id)]
-    }
-
-    /// The position of the shard instance `id` lives on.
-    pub fn shard_of(&self, id: &str) -> usize {
-        self.map.shard_of(id)
-    }
 }
 
 #[cfg(test)]
@@ -331,6 +301,41 @@ mod tests {
             }
         }
         assert!((4_000..6_000).contains(&moved), "{moved} of 20000 moved");
+    }
+
+    #[test]
+    fn a_map_keeps_its_generations_and_an_id_its_earlier_shards() {
+        let three = ShardMap::new(["a", "b", "c"]).unwrap();
+        let four = three.with_shard("d").unwrap();
+        let five = four.with_shard("e").unwrap();
+        assert_eq!(five.to_string(), "a,b,c,d,e;3,4");
+        assert_eq!(ShardMap::parse("a,b,c,d,e;3,4").unwrap(), five);
+        assert_eq!(five.generations(), 3);
+        assert!(three.differences(&five).is_some());
+        assert_eq!(
+            ShardMap::new(five.names().iter().cloned())
+                .unwrap()
+                .differences(&five),
+            None
+        );
+        for bad in ["a,b,c;3", "a,b,c;0", "a,b,c;2,1", "a,b,c;x"] {
+            assert!(ShardMap::parse(bad).is_err(), "{bad}");
+        }
+        for n in 0..2_000 {
+            let id = format!("instance-{n}");
+            let candidates = five.candidates(&id);
+            assert_eq!(candidates[0], five.shard_of(&id));
+            assert!(candidates.contains(&three.shard_of(&id)), "{id}");
+            assert!(candidates.contains(&four.shard_of(&id)), "{id}");
+            let mut unique = candidates.clone();
+            unique.dedup();
+            assert_eq!(unique.len(), candidates.len());
+        }
+        let said = ShardMap::new(["a", "b", "c", "d"])
+            .unwrap()
+            .differences(&three)
+            .unwrap();
+        assert!(said.contains("run `quark shards add` first"), "{said}");
     }
 
     #[test]

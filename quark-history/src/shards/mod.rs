@@ -15,7 +15,12 @@
 //! ([`Shards::check`]) and says which, rather than route an instance to the wrong database.
 
 mod crossing;
+mod deployment;
 mod map;
 
 pub use crossing::Crossing;
-pub use map::{ShardMap, ShardMapStore, Shards, jump_hash, shard_key};
+#[cfg(feature = "postgres")]
+pub use deployment::connect_stores;
+pub(crate) use deployment::map_lock_key;
+pub use deployment::{MapHold, ShardMapStore, Shards};
+pub use map::{ShardMap, jump_hash, shard_key};

@@ -279,6 +279,17 @@ pub(crate) trait Dialect:
 
     /// The connection of a [`StoreTx`] of this database, to write in it without ending it.
     fn store_tx_conn(tx: &mut StoreTx) -> Result<&mut Self::Connection>;
+
+    /// Holds the lock `key` on a session of its own (see
+    /// [`ShardMapStore::hold_shard_map`](crate::shards::ShardMapStore::hold_shard_map)); a
+    /// shared hold that loses its session takes the lock again and is marked stale if the
+    /// recorded map is no longer `map`.
+    fn hold_shard_map(
+        pool: &Pool<Self>,
+        key: (i32, i32),
+        exclusive: bool,
+        map: String,
+    ) -> BoxFuture<'static, Result<Option<crate::shards::MapHold>>>;
 }
 
 /// One statement and its arguments: `sqlx::query` for code generic over the database.

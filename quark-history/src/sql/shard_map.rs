@@ -4,7 +4,7 @@ use futures::future::BoxFuture;
 
 use super::{SqlStore, Stmt};
 use crate::error::{Error, Result};
-use crate::shards::{ShardMap, ShardMapStore};
+use crate::shards::{MapHold, ShardMap, ShardMapStore};
 
 impl<S: SqlStore> ShardMapStore for S {
     fn claim_shard<'a>(
@@ -32,5 +32,42 @@ impl<S: SqlStore> ShardMapStore for S {
             })?;
             Ok((recorded, at as usize))
         })
+    }
+
+    fn replace_shard_map<'a>(
+        &'a self,
+        from: &'a ShardMap,
+        to: &'a ShardMap,
+    ) -> BoxFuture<'a, Result<Option<(ShardMap, usize)>>> {
+        Box::pin(async move {
+            let mut conn = self.writer().acquire().await?;
+            Stmt::<S::Db>::new("UPDATE shard_map SET names = $1 WHERE one = 1 AND names = $2")
+                .bind(to.to_string())
+                .bind(from.to_string())
+                .execute(&mut *conn)
+                .await?;
+            let row = Stmt::<S::Db>::new("SELECT names, position FROM shard_map WHERE one = 1")
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let names: String = row.get("names")?;
+            let at: i64 = row.get("position")?;
+            Ok(Some((ShardMap::parse(&names)?, at as usize)))
+        })
+    }
+
+    fn hold_shard_map<'a>(
+        &'a self,
+        map: &'a ShardMap,
+        exclusive: bool,
+    ) -> BoxFuture<'a, Result<Option<MapHold>>> {
+        <S::Db as super::Dialect>::hold_shard_map(
+            self.writer(),
+            crate::shards::map_lock_key(map),
+            exclusive,
+            map.to_string(),
+        )
     }
 }

@@ -231,6 +231,16 @@ impl Dialect for Sqlite {
         tx.sqlite()
     }
 
+    /// One process has a SQLite database: nothing to hold against.
+    fn hold_shard_map(
+        _pool: &sqlx::SqlitePool,
+        _key: (i32, i32),
+        _exclusive: bool,
+        _map: String,
+    ) -> BoxFuture<'static, Result<Option<crate::shards::MapHold>>> {
+        Box::pin(async { Ok(Some(crate::shards::MapHold::new(Default::default(), None))) })
+    }
+
     fn from_store_tx(tx: StoreTx) -> Result<sqlx::Transaction<'static, Self>> {
         match tx.inner {
             TxInner::Sqlite(tx) => Ok(tx),

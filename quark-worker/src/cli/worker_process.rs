@@ -87,18 +87,7 @@ pub(super) async fn sharded_worker(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let specs = args
-        .shards
-        .iter()
-        .map(|spec| {
-            spec.split_once('=')
-                .filter(|(name, url)| !name.is_empty() && !url.is_empty())
-                .map(|(name, url)| (name.to_owned(), url.to_owned()))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("`{spec}` is not a shard: write NAME=postgres://...")
-                })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let specs = super::shards::parse_specs(&args.shards)?;
     let shards =
         quark_history::shards::Shards::connect(specs, quark_history::StoreConfig::default())
             .await?;

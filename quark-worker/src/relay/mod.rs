@@ -351,6 +351,21 @@ impl Relay {
         self.shards = Some(shards);
         self
     }
+    /// The store of the shard `instance` lives on (`here` if the worker is not sharded); a
+    /// shard map that cannot be read is a delivery to retry.
+    async fn shard_of<'a>(
+        &'a self,
+        here: &'a dyn Store,
+        instance: &str,
+    ) -> Result<&'a dyn Store, DeliveryError> {
+        match &self.shards {
+            Some(shards) => match shards.locate_store(instance).await {
+                Ok(store) => Ok(&**store),
+                Err(e) => Err(DeliveryError::retry(e.to_string())),
+            },
+            None => Ok(here),
+        }
+    }
 
     pub(crate) fn config(&self) -> &OutboxRelay {
         &self.config
@@ -423,17 +438,11 @@ impl Destinations for WorkerDestinations<'_> {
         Box::pin(async move {
             match &m.destination {
                 Destination::Signal { instance, name } => {
-                    let store = match &self.relay.shards {
-                        Some(shards) => &**shards.store_for(instance),
-                        None => store,
-                    };
+                    let store = self.relay.shard_of(store, instance).await?;
                     deliver_signal(store, instance, name, m).await
                 }
                 Destination::Instance { instance } => {
-                    let store = match &self.relay.shards {
-                        Some(shards) => &**shards.store_for(instance),
-                        None => store,
-                    };
+                    let store = self.relay.shard_of(store, instance).await?;
                     deliver_to_instance(store, instance, m).await
                 }
                 Destination::Http { url } => {

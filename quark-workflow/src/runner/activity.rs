@@ -53,7 +53,7 @@ impl Runner {
             ))
             .terminal();
             let mut commit = activity_commit(&task, &activity, Err(error), now(&host));
-            self.news_across_shards(&mut commit, &host)?;
+            self.news_across_shards(&mut commit, &host).await?;
             return Ok(Handled::Commit(commit));
         };
         let result = fit_for_history(host.store().config(), &activity, task.lease.attempt, result);
@@ -63,8 +63,8 @@ impl Runner {
             .await?;
         // An entity command run on its entity's shard for an orchestration on another: the
         // result goes back through the outbox.
-        let remote = self.elsewhere(&activity.instance_id).is_some();
-        self.news_across_shards(&mut plain, &host)?;
+        let remote = self.elsewhere(&activity.instance_id).await?.is_some();
+        self.news_across_shards(&mut plain, &host).await?;
         if let Some(tx) = tx {
             // Its writes, its messages and its result: one transaction, fenced by the lease. A
             // lost lease or a failed commit rolls the writes back; the task is released and run

@@ -11,14 +11,18 @@ impl Runner {
     /// notice for a child, an entity command's result for its orchestration) into its outbox,
     /// with the receivers' wake-ups left out. The relay there appends the events and wakes the
     /// receiver, once. Nothing to do for a runner that is not sharded.
-    pub(super) fn news_across_shards(
+    pub(super) async fn news_across_shards(
         &self,
         commit: &mut Commit,
         host: &HostRef,
     ) -> quark_history::Result<()> {
         let mut i = 0;
         while i < commit.appends.len() {
-            if self.elsewhere(&commit.appends[i].instance_id).is_none() {
+            if self
+                .elsewhere(&commit.appends[i].instance_id)
+                .await?
+                .is_none()
+            {
                 i += 1;
                 continue;
             }

@@ -284,11 +284,14 @@ impl Runner {
         self.shard.set((shards, position)).is_ok()
     }
 
-    /// The shard an instance lives on, if it is not this runner's: its name.
-    pub(crate) fn elsewhere(&self, instance_id: &str) -> Option<&str> {
-        let (shards, here) = self.shard.get()?;
-        let there = shards.shard_of(instance_id);
-        (there != *here).then(|| shards.map().names()[there].as_str())
+    /// The shard an instance lives on (or will be created on), if it is not this runner's: its
+    /// name. No database read unless shards were added (see `Shards::locate`).
+    pub(crate) async fn elsewhere(&self, instance_id: &str) -> quark_history::Result<Option<&str>> {
+        let Some((shards, here)) = self.shard.get() else {
+            return Ok(None);
+        };
+        let there = shards.locate(instance_id).await?;
+        Ok((there != *here).then(|| shards.map().names()[there].as_str()))
     }
 
     /// Lets this runner's transactional activities (and its clones') write in `participants`

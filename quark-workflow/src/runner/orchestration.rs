@@ -165,7 +165,8 @@ impl Runner {
     }
 
     /// Creates a turn's children and marks the activities it schedules to run here when the
-    /// driver agrees, so that a warm instance does not wait for a trip through the queue.
+    /// driver agrees, so that a warm instance does not wait for a trip through the queue. What
+    /// goes to instances on other shards goes into the commit's outbox instead.
     pub(super) async fn prepare(
         &self,
         instance: &str,
@@ -173,42 +174,41 @@ impl Runner {
         host: &HostRef,
         here: bool,
     ) -> Result<Commit, HandlerError> {
-        let mut starts = Vec::new();
+        match self.prepare_commit(turn, host, here).await {
+            Ok(commit) => Ok(commit),
+            Err(e) => {
+                self.live.forget(instance);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn prepare_commit(
+        &self,
+        turn: Turn,
+        host: &HostRef,
+        here: bool,
+    ) -> quark_history::Result<Commit> {
+        let waiting = matches!(turn.outcome, Outcome::Waiting);
+        let mut commit = turn.commit;
         for mut child in turn.instances {
             crate::trace_context::stamp_instance(&mut child);
-            if self.elsewhere(&child.id).is_some() {
+            if self.elsewhere(&child.id).await?.is_some() {
                 // Started by the outbox relay in the child's shard: written with this turn, so
                 // the child exists if and only if the turn committed.
                 let id = child.id.clone();
-                starts.push(Crossing::Start(child).message(&id));
+                commit.outbox.push(Crossing::Start(child).message(&id)?);
                 host.note(RunEvent::NewsAcrossShards);
                 continue;
             }
             // Ids are deterministic, so a turn that is redone finds its children already there.
-            if let Err(e) = host
-                .store()
+            host.store()
                 .create_instance(child, IdReusePolicy::ReturnExisting)
-                .await
-            {
-                self.live.forget(instance);
-                return Err(e.into());
-            }
+                .await?;
         }
-        let waiting = matches!(turn.outcome, Outcome::Waiting);
-        let mut commit = turn.commit;
-        let across = starts
-            .into_iter()
-            .collect::<quark_history::Result<Vec<_>>>()
-            .and_then(|starts| {
-                commit.outbox.extend(starts);
-                self.news_across_shards(&mut commit, host)
-            });
-        if let Err(e) = across {
-            self.live.forget(instance);
-            return Err(e.into());
-        }
+        self.news_across_shards(&mut commit, host).await?;
         for (receiver, event) in turn.signals {
-            if self.elsewhere(&receiver).is_some() {
+            if self.elsewhere(&receiver).await?.is_some() {
                 // Written with the turn, delivered once by the outbox relay into the receiver's
                 // shard (its inbox deduplicates a re-send).
                 if let HistoryEvent::SignalReceived { name, payload } = &event {
@@ -225,27 +225,27 @@ impl Runner {
                 }
                 continue;
             }
-            match self.signal_route(&receiver, host).await {
-                Ok(Some(queue)) => {
+            match self.signal_route(&receiver, host).await? {
+                Some(queue) => {
                     commit = commit
                         .append(receiver.as_str(), Expected::Any, [event])
                         .enqueue(NewTask::orchestration(&queue, &receiver));
                 }
-                Ok(None) => host.note(RunEvent::SignalDropped),
-                Err(e) => {
-                    self.live.forget(instance);
-                    return Err(e.into());
-                }
+                None => host.note(RunEvent::SignalDropped),
             }
         }
         // An entity's command runs where the entity is live: on its home worker, through the
         // queue, unless it is live here or has no home yet (then here, which becomes its home).
-        // A turn that ends its instance drops its commands: nothing to route.
         // An entity on another shard runs its commands there: they go through the outbox.
-        let (remote, homes): (Vec<_>, Vec<_>) = turn
-            .homes
-            .into_iter()
-            .partition(|(_, stream)| self.elsewhere(stream).is_some());
+        // A turn that ends its instance drops its commands: nothing to route.
+        let (mut remote, mut homes) = (Vec::new(), Vec::new());
+        for (i, stream) in turn.homes {
+            if self.elsewhere(&stream).await?.is_some() {
+                remote.push((i, stream));
+            } else {
+                homes.push((i, stream));
+            }
+        }
         if waiting {
             for (i, worker) in self.entity_homes(&homes, host).await {
                 if let Some(task) = commit.tasks.get_mut(i) {
@@ -254,10 +254,7 @@ impl Runner {
                 }
             }
         }
-        if let Err(e) = self.commands_across_shards(&mut commit, &remote, waiting, host) {
-            self.live.forget(instance);
-            return Err(e.into());
-        }
+        self.commands_across_shards(&mut commit, &remote, waiting, host)?;
         // A turn that ends its instance drops the activities it scheduled (nobody will read their
         // results): they must not be started here either.
         if waiting && here {

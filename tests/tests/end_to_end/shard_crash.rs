@@ -180,7 +180,7 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
                 "{id} heard of each child's end once"
             );
             // Its deposit, applied once on the account's shard.
-            let account = client.entity::<Account>(&id);
+            let account = client.entity::<Account>(&id).await.unwrap();
             assert_eq!(
                 (
                     account.state().await.unwrap().cents,
