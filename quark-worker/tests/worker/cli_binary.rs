@@ -652,3 +652,95 @@ async fn a_worker_whose_shard_map_disagrees_refuses_to_start() {
     );
     dbs.cleanup().await;
 }
+
+/// `quark shards`: the map shown, a shard added (refused while a process routes by the current
+/// map), listings merged across the four, an instance described from its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shards_commands_show_add_and_read_across_shards() {
+    let Some(dbs) = quark_history::testing::ClusterDatabases::create(4).await else {
+        return;
+    };
+    let three = format!("s0={},s1={},s2={}", dbs.urls[0], dbs.urls[1], dbs.urls[2]);
+    let four = format!("{three},s3={}", dbs.urls[3]);
+    let dir = scratch("shards");
+    let run = |args: &[&str], shards: &str| quark(&dir, args, &[("QUARK_SHARDS", shards)]);
+
+    let shown = run(&["shards", "show", "-o", "json"], &three);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let rows: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert_eq!(rows[2]["name"], "s2");
+    assert_eq!(rows[2]["generation"], 1);
+
+    // Instances on the three shards, from a client that holds the map meanwhile.
+    let shards = quark_history::shards::Shards::connect(
+        [
+            ("s0", &dbs.urls[0]),
+            ("s1", &dbs.urls[1]),
+            ("s2", &dbs.urls[2]),
+        ],
+        quark_history::StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    for n in 0..12 {
+        let id = format!("order-{n}");
+        shards
+            .store_for(&id)
+            .create_instance(
+                quark_history::NewInstance::new(
+                    id.as_str(),
+                    "order",
+                    quark_history::Payload::json(&n).unwrap(),
+                ),
+                quark_history::IdReusePolicy::RejectDuplicate,
+            )
+            .await
+            .unwrap();
+    }
+    let new_shard = format!("s3={}", dbs.urls[3]);
+    let busy = run(&["shards", "add", &new_shard], &three);
+    assert!(!busy.status.success(), "{}", stdout(&busy));
+    assert!(
+        stderr(&busy).contains("in use by a worker or client"),
+        "{}",
+        stderr(&busy)
+    );
+    drop(shards);
+    let added = run(&["shards", "add", &new_shard, "-o", "json"], &three);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let rows: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert_eq!(rows[3]["name"], "s3");
+    assert_eq!(rows[3]["generation"], 2);
+
+    // The old map is refused now; the new one lists all twelve, merged, and finds each.
+    let old = run(&["shards", "list"], &three);
+    assert!(!old.status.success());
+    assert!(
+        stderr(&old).contains("`s3` are missing"),
+        "{}",
+        stderr(&old)
+    );
+    let listed = run(&["shards", "list", "-o", "json", "--limit", "100"], &four);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let mut ids: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..12).map(|n| format!("order-{n}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    for n in [0, 5, 11] {
+        let id = format!("order-{n}");
+        let described = run(&["shards", "describe", &id, "-o", "json"], &four);
+        assert!(described.status.success(), "{id}: {}", stderr(&described));
+        let row: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
+        assert_eq!(row["id"], id.as_str());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+    dbs.cleanup().await;
+}

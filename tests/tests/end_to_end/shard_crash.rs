@@ -189,7 +189,7 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
                 (number as i64, 1),
                 "{id}'s deposit"
             );
-            if shards.shard_of(&account.stream_id()) != shards.shard_of(&id) {
+            if shards.shard_of(account.stream_id()) != shards.shard_of(&id) {
                 deposits_across += 1;
             }
             assert!(
