@@ -16,6 +16,7 @@
 
 mod crossing;
 mod deployment;
+mod feed;
 mod map;
 
 pub use crossing::Crossing;
@@ -23,4 +24,5 @@ pub use crossing::Crossing;
 pub use deployment::connect_stores;
 pub(crate) use deployment::map_lock_key;
 pub use deployment::{MapHold, ShardMapStore, Shards};
+pub use feed::{ShardCursor, ShardEvent};
 pub use map::{ShardMap, jump_hash, shard_key};

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use quark_history::shards::{Shards, connect_stores};
+use quark_history::shards::{ShardCursor, Shards, connect_stores};
 use quark_history::{InstanceFilter, InstanceStatus, StoreConfig};
 use quark_workflow::{Registry, ShardedClient};
 use serde::Serialize;
@@ -81,6 +81,20 @@ pub enum ShardsCommand {
         /// The instance id.
         id: String,
     },
+    /// The events of every shard as one feed: each shard's in its global order (gap-safe, as
+    /// `quark events`), the shards interleaved by recording time. Resume with the cursor a page
+    /// ends with (in JSON, each row's `cursor`): a position per shard.
+    Events {
+        /// The shards.
+        #[command(flatten)]
+        shards: ShardArgs,
+        /// Continue after this cursor.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// An instance's history, from the shard it lives on (as `quark workflow history`).
     History {
         /// The shards.
@@ -99,6 +113,21 @@ struct ShardView {
     /// The generation it joined in (1: the deployment's first).
     generation: usize,
     database: String,
+}
+
+/// One event in `quark shards events`.
+#[derive(Debug, Serialize)]
+struct EventLine {
+    shard: String,
+    /// `tx:position` on its shard.
+    position: String,
+    instance_id: String,
+    seq: u64,
+    #[serde(serialize_with = "output::rfc3339")]
+    recorded_at: quark_history::Timestamp,
+    kind: &'static str,
+    /// The cursor to resume after this event.
+    cursor: String,
 }
 
 /// `(name, url)` pairs from `NAME=URL` specifications.
@@ -176,6 +205,48 @@ pub(super) async fn run(
                 at_time: None,
             };
             workflow::run(&store, cmd, registry, output, out).await
+        }
+        ShardsCommand::Events {
+            shards,
+            after,
+            limit,
+        } => {
+            let shards = connect(&shards).await?;
+            let mut cursor: ShardCursor = after.as_deref().unwrap_or("").parse()?;
+            let (page, next) = shards.read_all(&cursor, limit).await?;
+            let lines: Vec<EventLine> = page
+                .into_iter()
+                .map(|e| {
+                    cursor.advance(e.shard, e.event.position);
+                    EventLine {
+                        shard: shards.map().names()[e.shard].clone(),
+                        position: e.event.position.to_string(),
+                        instance_id: e.event.event.instance_id,
+                        seq: e.event.event.seq,
+                        recorded_at: e.event.event.recorded_at,
+                        kind: e.event.event.event.kind(),
+                        cursor: cursor.to_string(),
+                    }
+                })
+                .collect();
+            output::rows(out, output, &lines, |out, lines| {
+                let mut t = table(["shard", "position", "instance", "seq", "kind", "recorded"]);
+                for l in lines {
+                    t.add_row([
+                        l.shard.clone(),
+                        l.position.clone(),
+                        l.instance_id.clone(),
+                        l.seq.to_string(),
+                        l.kind.to_string(),
+                        output::time(l.recorded_at),
+                    ]);
+                }
+                write_table(out, &t)?;
+                if lines.len() as u32 == limit {
+                    writeln!(out, "\nmore: --after {next}")?;
+                }
+                Ok(())
+            })
         }
         ShardsCommand::History { shards, id } => {
             let shards = connect(&shards).await?;

@@ -734,6 +734,27 @@ async fn the_shards_commands_show_add_and_read_across_shards() {
     let mut expected: Vec<String> = (0..12).map(|n| format!("order-{n}")).collect();
     expected.sort();
     assert_eq!(ids, expected);
+    // The events of all four shards as one feed, in pages resumed by cursor.
+    let mut after = String::new();
+    let mut events = Vec::new();
+    loop {
+        let mut args = vec!["shards", "events", "-o", "json", "--limit", "5"];
+        if !after.is_empty() {
+            args.extend(["--after", after.as_str()]);
+        }
+        let page = run(&args, &four);
+        assert!(page.status.success(), "{}", stderr(&page));
+        let rows: serde_json::Value = serde_json::from_slice(&page.stdout).unwrap();
+        let rows = rows.as_array().unwrap().clone();
+        let Some(last) = rows.last() else { break };
+        after = last["cursor"].as_str().unwrap().to_string();
+        events.extend(
+            rows.iter()
+                .map(|r| r["instance_id"].as_str().unwrap().to_string()),
+        );
+    }
+    events.sort();
+    assert_eq!(events, expected, "each instance's one event, once");
     for n in [0, 5, 11] {
         let id = format!("order-{n}");
         let described = run(&["shards", "describe", &id, "-o", "json"], &four);
