@@ -17,6 +17,7 @@ use quark_history::{
 };
 use quark_worker::Worker;
 use quark_workflow::entity::{Command, Decision, Entity};
+use quark_workflow::projection::{Batch, Projection, ProjectionError};
 use quark_workflow::{
     OrchestrationContext, OrchestrationError, Registry, ShardedClient, orchestration,
 };
@@ -73,6 +74,28 @@ impl Command<Tally> for Add {
             return Err(format!("{state} cannot go down by {}", -self.0));
         }
         Ok(Decision::emit([self.0]).reply(state + self.0))
+    }
+}
+
+/// Each tally's total, in the database of the shard the tally lives on: a projection over all
+/// events runs on every shard, over that shard's events, with its checkpoint there.
+struct TallyTotals;
+
+impl Projection for TallyTotals {
+    const NAME: &'static str = "tally_totals";
+
+    async fn apply(&self, batch: &mut Batch<'_>) -> Result<(), ProjectionError> {
+        for e in batch.entity_events::<Tally>()? {
+            let sql = format!(
+                "INSERT INTO tally_totals (key, total) VALUES ('{}', {}) \
+                 ON CONFLICT (key) DO UPDATE SET total = tally_totals.total + {}",
+                e.key, e.event.event, e.event.event
+            );
+            quark_history::sqlx::query(quark_history::sqlx::AssertSqlSafe(sql))
+                .execute(batch.tx().postgres()?)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +178,7 @@ fn registry() -> Registry {
         .register(gate_parent)
         .register(count_up)
         .entity_command::<Tally, Add>()
+        .projection(TallyTotals)
         .register(open_gates)
 }
 
@@ -453,6 +477,16 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
         .find(|k| shards.shard_of(&format!("Tally/{k}")) != shards.shard_of(id))
         .unwrap();
     let stream = format!("Tally/{key}");
+    for url in &dbs.urls {
+        let pool = quark_history::sqlx::PgPool::connect(url).await.unwrap();
+        quark_history::sqlx::query(
+            "CREATE TABLE tally_totals (key TEXT PRIMARY KEY, total BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
     // The client reaches the entity on its shard too.
     assert_eq!(
         client
@@ -494,6 +528,43 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
         .filter(|e| matches!(e.event, HistoryEvent::ActivityCompleted { .. }))
         .count();
     assert_eq!(replies, 3);
+
+    // More tallies, over every shard: the projection, running on each shard, sees each event
+    // once, and each tally's total is on its own shard's database.
+    for k in 1..=12 {
+        client
+            .entity::<Tally>(format!("spread-{k}"))
+            .await
+            .unwrap()
+            .call(&Add(k))
+            .await
+            .unwrap();
+    }
+    let totals = async || {
+        let mut rows: Vec<(usize, String, i64)> = Vec::new();
+        for (shard, url) in dbs.urls.iter().enumerate() {
+            let pool = quark_history::sqlx::PgPool::connect(url).await.unwrap();
+            let found: Vec<(String, i64)> =
+                quark_history::sqlx::query_as("SELECT key, total FROM tally_totals")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            rows.extend(found.into_iter().map(|(k, t)| (shard, k, t)));
+        }
+        rows
+    };
+    eventually("each shard's projection caught up", async || {
+        totals().await.iter().map(|(_, _, t)| t).sum::<i64>() == 17 + (1..=12).sum::<i64>()
+    })
+    .await;
+    let rows = totals().await;
+    assert_eq!(rows.len(), 13, "one row a tally: {rows:?}");
+    for (shard, key, _) in &rows {
+        assert_eq!(*shard, shards.shard_of(&format!("Tally/{key}")), "{key}");
+    }
+    let used: BTreeSet<usize> = rows.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(used.len(), 3, "tallies on every shard");
     eventually("every shard's outbox is relayed", async || {
         let mut pending = 0;
         for store in shards.stores() {
