@@ -432,6 +432,23 @@ pub async fn eventually(what: &str, check: impl AsyncFnMut() -> bool) {
     poll_until(what, check, || {}).await;
 }
 
+/// Waits (as [`eventually`]) until no store of `stores` (a deployment's shards) has an outbox
+/// message still to deliver.
+pub async fn outboxes_relayed(stores: &[Arc<dyn Store>]) {
+    eventually("every shard's outbox is relayed", async || {
+        let mut pending = 0;
+        for store in stores {
+            pending += store
+                .list_outbox(crate::OutboxFilter::default().state(crate::MessageState::Pending))
+                .await
+                .unwrap()
+                .len();
+        }
+        pending == 0
+    })
+    .await;
+}
+
 async fn poll_until(what: &str, mut check: impl AsyncFnMut() -> bool, mut between: impl FnMut()) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while !check().await {

@@ -63,7 +63,7 @@ pub use serve::ServeArgs;
 pub use shards::{ShardArgs, ShardsCommand};
 pub use tokens::TokenCommand;
 pub use workers::WorkerCommand;
-pub use workflow::WorkflowCommand;
+pub use workflow::{ListArgs, WorkflowCommand};
 
 /// Quark: durable execution for Rust.
 #[derive(Debug, Parser)]

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use quark_history::{InstanceFilter, InstanceStatus};
+use quark_history::InstanceFilter;
 use quark_workflow::{Connection, StartOptions};
 
 use super::output::Output;
@@ -132,26 +132,14 @@ async fn workflow(
             let instance = remote.describe(&id).await?;
             return print_describe(out, output, instance);
         }
-        WorkflowCommand::List {
-            instance_type,
-            status,
-            limit,
-            after,
-            id_prefix,
-        } => {
-            let statuses = status
-                .iter()
-                .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+        WorkflowCommand::List(args) => {
+            // The server reads the cursor itself.
             let filter = InstanceFilter {
-                instance_type,
-                statuses,
-                limit,
-                id_prefix,
-                ..Default::default()
+                after: None,
+                ..args.filter()?
             };
-            let (page, _next) = remote.list(&filter, after).await?;
-            return print_list(out, output, page, limit);
+            let (page, _next) = remote.list(&filter, args.after).await?;
+            return print_list(out, output, page, args.limit);
         }
         WorkflowCommand::History { id } => {
             let history = remote.history(&id).await?;

@@ -6,13 +6,13 @@ use std::io::Write;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use quark_history::StoreConfig;
 use quark_history::shards::{ShardCursor, Shards, connect_stores};
-use quark_history::{InstanceFilter, InstanceStatus, StoreConfig};
 use quark_workflow::{Registry, ShardedClient};
 use serde::Serialize;
 
 use super::output::{self, Output, table, write_table};
-use super::workflow::{self, WorkflowCommand, parse_cursor};
+use super::workflow::{self, ListArgs, WorkflowCommand};
 use super::workflow_output::print_list;
 
 /// The deployment's shards, as its workers name them.
@@ -56,22 +56,9 @@ pub enum ShardsCommand {
         /// The shards.
         #[command(flatten)]
         shards: ShardArgs,
-        /// Only this orchestration type.
-        #[arg(long = "type")]
-        instance_type: Option<String>,
-        /// Only these statuses (running, blocked, completed, failed, cancelled, terminated,
-        /// continued_as_new).
-        #[arg(long, value_delimiter = ',')]
-        status: Vec<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Continue after this cursor (printed at the end of the previous page).
-        #[arg(long)]
-        after: Option<String>,
-        /// Only instances whose id starts with this.
-        #[arg(long)]
-        id_prefix: Option<String>,
+        /// Which instances.
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// One instance, from the shard it lives on (as `quark workflow describe`).
     Describe {
@@ -170,31 +157,10 @@ pub(super) async fn run(
             let shards = Shards::add_shard(existing, &name, new_store).await?;
             show(&shards, output, out)
         }
-        ShardsCommand::List {
-            shards,
-            instance_type,
-            status,
-            limit,
-            after,
-            id_prefix,
-        } => {
-            let statuses = status
-                .iter()
-                .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let after = after.map(|c| parse_cursor(&c)).transpose()?;
+        ShardsCommand::List { shards, list } => {
             let client = ShardedClient::new(connect(&shards).await?);
-            let page = client
-                .list(InstanceFilter {
-                    instance_type,
-                    statuses,
-                    after,
-                    limit,
-                    id_prefix,
-                    ..Default::default()
-                })
-                .await?;
-            print_list(out, output, page, limit)
+            let page = client.list(list.filter()?).await?;
+            print_list(out, output, page, list.limit)
         }
         ShardsCommand::Describe { shards, id } => {
             let shards = connect(&shards).await?;

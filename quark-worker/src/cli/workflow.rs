@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use quark_history::{
     HistoryRange, InstanceFilter, InstanceStatus, RecordedEvent, Store, Timestamp, TypeKind,
 };
@@ -95,25 +95,7 @@ pub enum WorkflowCommand {
         reason: String,
     },
     /// Lists instances, newest first.
-    List {
-        /// Only this orchestration type.
-        #[arg(long = "type")]
-        instance_type: Option<String>,
-        /// Only these statuses (running, blocked, completed, failed, cancelled, terminated,
-        /// continued_as_new).
-        #[arg(long, value_delimiter = ',')]
-        status: Vec<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Continue after this cursor (printed at the end of the previous page; in JSON, each
-        /// row's `cursor`).
-        #[arg(long)]
-        after: Option<String>,
-        /// Only instances whose id starts with this.
-        #[arg(long)]
-        id_prefix: Option<String>,
-    },
+    List(ListArgs),
     /// Shows one instance; with `--at` or `--at-time`, as it stood then (read from its history:
     /// its status, what it waited for, what it had received).
     Describe {
@@ -157,6 +139,48 @@ impl WorkflowCommand {
                 | WorkflowCommand::History { .. }
                 | WorkflowCommand::Replay { .. }
         )
+    }
+}
+
+/// Which instances a listing shows, and where its page starts.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only this orchestration type.
+    #[arg(long = "type")]
+    pub instance_type: Option<String>,
+    /// Only these statuses (running, blocked, completed, failed, cancelled, terminated,
+    /// continued_as_new).
+    #[arg(long, value_delimiter = ',')]
+    pub status: Vec<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Continue after this cursor (printed at the end of the previous page; in JSON, each
+    /// row's `cursor`).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Only instances whose id starts with this.
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+}
+
+impl ListArgs {
+    /// The filter these arguments make: statuses and cursor read, or a clear error.
+    pub(super) fn filter(&self) -> anyhow::Result<InstanceFilter> {
+        let statuses = self
+            .status
+            .iter()
+            .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let after = self.after.as_deref().map(parse_cursor).transpose()?;
+        Ok(InstanceFilter {
+            instance_type: self.instance_type.clone(),
+            statuses,
+            after,
+            limit: self.limit,
+            id_prefix: self.id_prefix.clone(),
+            ..Default::default()
+        })
     }
 }
 
@@ -238,29 +262,9 @@ pub(super) async fn run(
             client.terminate(&id, &reason).await?;
             Changed::terminated(id)
         }
-        WorkflowCommand::List {
-            instance_type,
-            status,
-            limit,
-            after,
-            id_prefix,
-        } => {
-            let statuses = status
-                .iter()
-                .map(|s| s.parse::<InstanceStatus>().map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let after = after.map(|c| parse_cursor(&c)).transpose()?;
-            let page = store
-                .list_instances(InstanceFilter {
-                    instance_type,
-                    statuses,
-                    after,
-                    limit,
-                    id_prefix,
-                    ..Default::default()
-                })
-                .await?;
-            return print_list(out, output, page, limit);
+        WorkflowCommand::List(args) => {
+            let page = store.list_instances(args.filter()?).await?;
+            return print_list(out, output, page, args.limit);
         }
         WorkflowCommand::Describe { id, at, at_time } => {
             let Some(i) = store.get_instance(&id).await? else {

@@ -6,7 +6,7 @@ use quark_history::{
     Commit, Expected, HistoryEvent, HistoryRange, IdReusePolicy, NewInstance, Payload,
     RecordedEvent,
 };
-use quark_worker::cli::{Command, DlqCommand, Output, WorkflowCommand, run_on};
+use quark_worker::cli::{Command, DlqCommand, ListArgs, Output, WorkflowCommand, run_on};
 
 async fn run(store: &Arc<dyn quark_history::Store>, command: Command, output: Output) -> String {
     let mut out = Vec::new();
@@ -89,13 +89,13 @@ async fn it_exports_a_long_history_in_pages_as_the_json_the_replayer_reads() {
     // Instances in JSON: times as RFC 3339 (they were microseconds), and the next page's cursor.
     let listed = run(
         &t.store,
-        Command::Workflow(WorkflowCommand::List {
+        Command::Workflow(WorkflowCommand::List(ListArgs {
             instance_type: None,
             status: vec![],
             limit: 10,
             after: None,
             id_prefix: None,
-        }),
+        })),
         Output::Json,
     )
     .await;

@@ -12,8 +12,7 @@ use std::time::Duration;
 use quark_history::shards::Shards;
 use quark_history::testing::{ClusterDatabases, eventually};
 use quark_history::{
-    HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, MessageState, OutboxFilter,
-    QueueStats, StoreConfig,
+    HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, QueueStats, StoreConfig,
 };
 use quark_worker::Worker;
 use quark_workflow::entity::{Command, Decision, Entity};
@@ -169,6 +168,17 @@ async fn start_workers(shards: &Shards) -> Vec<quark_worker::RunningWorker> {
     workers
 }
 
+/// A deployment of the first `n` databases of `dbs`, named `s0`, `s1`, ...
+async fn first_shards(dbs: &ClusterDatabases, n: usize) -> Shards {
+    let named = dbs.urls[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, url)| (format!("s{i}"), url.as_str()));
+    Shards::connect(named, StoreConfig::default())
+        .await
+        .unwrap()
+}
+
 fn registry() -> Registry {
     Registry::new()
         .register(echo)
@@ -187,16 +197,7 @@ async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
     let Some(dbs) = ClusterDatabases::create(3).await else {
         return;
     };
-    let shards = Shards::connect(
-        [
-            ("s0", &dbs.urls[0]),
-            ("s1", &dbs.urls[1]),
-            ("s2", &dbs.urls[2]),
-        ],
-        StoreConfig::default(),
-    )
-    .await
-    .unwrap();
+    let shards = first_shards(&dbs, 3).await;
     let client = ShardedClient::new(shards.clone());
 
     // Pairs p-i <-> q-i; started before any worker runs, so every partner exists.
@@ -460,16 +461,7 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
     let Some(dbs) = ClusterDatabases::create(3).await else {
         return;
     };
-    let shards = Shards::connect(
-        [
-            ("s0", &dbs.urls[0]),
-            ("s1", &dbs.urls[1]),
-            ("s2", &dbs.urls[2]),
-        ],
-        StoreConfig::default(),
-    )
-    .await
-    .unwrap();
+    let shards = first_shards(&dbs, 3).await;
     let client = ShardedClient::new(shards.clone());
     let id = "count-1";
     let key = (0..)
@@ -565,18 +557,7 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
     }
     let used: BTreeSet<usize> = rows.iter().map(|(s, _, _)| *s).collect();
     assert_eq!(used.len(), 3, "tallies on every shard");
-    eventually("every shard's outbox is relayed", async || {
-        let mut pending = 0;
-        for store in shards.stores() {
-            pending += store
-                .list_outbox(OutboxFilter::default().state(MessageState::Pending))
-                .await
-                .unwrap()
-                .len();
-        }
-        pending == 0
-    })
-    .await;
+    quark_history::testing::outboxes_relayed(shards.stores()).await;
     for store in shards.stores() {
         assert_eq!(
             store.queue_stats("default").await.unwrap(),
@@ -604,9 +585,7 @@ async fn a_shard_added_takes_new_instances_and_the_old_ones_run_on_where_they_ar
             .zip(dbs.urls.iter().map(String::as_str))
             .take(n)
     };
-    let shards = Shards::connect(urls(3), StoreConfig::default())
-        .await
-        .unwrap();
+    let shards = first_shards(&dbs, 3).await;
     let client = ShardedClient::new(shards.clone());
     // Before the addition: ping pairs and gates, waiting in their queues.
     const PAIRS: u32 = 12;

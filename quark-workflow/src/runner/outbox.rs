@@ -344,16 +344,9 @@ pub async fn deliver_signal(
         name: name.to_string(),
         payload: Payload::from_bytes(CodecTag::Json, message.payload.clone()),
     };
-    // The turn the signal wakes continues the trace of the commit that sent it.
-    let mut turn = NewTask::orchestration(&record.queue, instance);
-    turn.traceparent = message
-        .headers
-        .get(crate::trace_context::TRACEPARENT)
-        .filter(|t| quark_history::is_storable_traceparent(t))
-        .cloned();
     let commit = Commit::new()
         .append(instance, Expected::Any, [event])
-        .enqueue(turn)
+        .enqueue(wake(&record.queue, instance, message))
         .receive(signal_inbox_id(message));
     match store.commit(commit).await {
         Ok(_) => Ok(()),
@@ -364,6 +357,18 @@ pub async fn deliver_signal(
         }
         Err(e) => Err(DeliveryError::retry(e.to_string())),
     }
+}
+
+/// The turn that relayed `message` wakes `instance` on `queue` for: it continues the trace of the
+/// commit that sent the message.
+fn wake(queue: &str, instance: &str, message: &ClaimedMessage) -> NewTask {
+    let mut turn = NewTask::orchestration(queue, instance);
+    turn.traceparent = message
+        .headers
+        .get(crate::trace_context::TRACEPARENT)
+        .filter(|t| quark_history::is_storable_traceparent(t))
+        .cloned();
+    turn
 }
 
 /// Delivers `message` (a [`Crossing`]) to `instance`, in the store of the instance's shard.
@@ -420,15 +425,9 @@ pub async fn deliver_to_instance(
                 tracing::warn!(%instance, status = %record.status, "dropping news for an instance that has ended");
                 return Ok(());
             }
-            let mut turn = NewTask::orchestration(&record.queue, instance);
-            turn.traceparent = message
-                .headers
-                .get(crate::trace_context::TRACEPARENT)
-                .filter(|t| quark_history::is_storable_traceparent(t))
-                .cloned();
             let commit = Commit::new()
                 .append(instance, Expected::Any, events)
-                .enqueue(turn)
+                .enqueue(wake(&record.queue, instance, message))
                 .receive(signal_inbox_id(message));
             match store.commit(commit).await {
                 Ok(_) | Err(Error::AlreadyReceived { .. }) => Ok(()),

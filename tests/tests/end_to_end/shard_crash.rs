@@ -13,8 +13,7 @@ use std::time::Duration;
 use quark_history::shards::Shards;
 use quark_history::testing::ClusterDatabases;
 use quark_history::{
-    HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, MessageState, OutboxFilter,
-    QueueStats, StoreConfig,
+    HistoryEvent, HistoryRange, InstanceFilter, InstanceStatus, QueueStats, StoreConfig,
 };
 use quark_tests::Dice;
 use quark_tests::ledger::Account;
@@ -127,18 +126,7 @@ async fn every_sharded_orchestration_completes_once_while_workers_are_killed() {
         workers.0.push((spawn_worker(&spec, serves), serves));
     }
     // The last relays (pings to partners that completed meanwhile find them closed: dropped).
-    quark_history::testing::eventually("every shard's outbox is relayed", async || {
-        let mut pending = 0;
-        for store in shards.stores() {
-            pending += store
-                .list_outbox(OutboxFilter::default().state(MessageState::Pending))
-                .await
-                .unwrap()
-                .len();
-        }
-        pending == 0
-    })
-    .await;
+    quark_history::testing::outboxes_relayed(shards.stores()).await;
     drop(workers);
     assert!(
         kills >= 3,
