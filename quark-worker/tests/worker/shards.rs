@@ -168,6 +168,21 @@ async fn start_workers(shards: &Shards) -> Vec<quark_worker::RunningWorker> {
     workers
 }
 
+/// Stops the workers, lets go of the shards (and their map locks), and drops the databases.
+async fn teardown(
+    workers: Vec<quark_worker::RunningWorker>,
+    client: ShardedClient,
+    shards: Shards,
+    dbs: ClusterDatabases,
+) {
+    for worker in workers {
+        worker.shutdown().await;
+    }
+    drop(client);
+    drop(shards);
+    dbs.cleanup().await;
+}
+
 /// A deployment of the first `n` databases of `dbs`, named `s0`, `s1`, ...
 async fn first_shards(dbs: &ClusterDatabases, n: usize) -> Shards {
     let named = dbs.urls[..n]
@@ -379,12 +394,7 @@ async fn instances_on_three_shards_signal_each_other_once_and_list_as_one() {
         "a page is the newest of all shards"
     );
 
-    for worker in workers {
-        worker.shutdown().await;
-    }
-    drop(client);
-    drop(shards);
-    dbs.cleanup().await;
+    teardown(workers, client, shards, dbs).await;
 }
 
 /// A TCP proxy in front of one PostgreSQL server: the shard is "down" when the proxy cuts every
@@ -564,12 +574,7 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
             QueueStats::default()
         );
     }
-    for worker in workers {
-        worker.shutdown().await;
-    }
-    drop(client);
-    drop(shards);
-    dbs.cleanup().await;
+    teardown(workers, client, shards, dbs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,12 +716,7 @@ async fn a_shard_added_takes_new_instances_and_the_old_ones_run_on_where_they_ar
         on_new += usize::from(at == 3);
     }
     assert!(on_new >= 3, "only {on_new} new instances on the new shard");
-    for worker in workers {
-        worker.shutdown().await;
-    }
-    drop(client);
-    drop(shards);
-    dbs.cleanup().await;
+    teardown(workers, client, shards, dbs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
