@@ -88,6 +88,9 @@ struct EffectsInner {
     store: Option<Arc<dyn Store>>,
     /// The live entities of the process (a worker's), kept warm between attempts.
     entities: Option<crate::entity::Entities>,
+    /// The deployment's shards and the position of the one `store` is, if sharded: an entity
+    /// on another shard cannot be written in this attempt's commit.
+    shard: Option<(quark_history::shards::Shards, usize)>,
     /// Whether the attempt has a transaction (whether or not it still holds it).
     transactional: bool,
     /// Its branches in other databases, committed by two-phase commit with its result.
@@ -115,6 +118,7 @@ impl ActivityEffects {
                 appends: std::sync::Mutex::default(),
                 store: None,
                 entities: None,
+                shard: None,
                 #[cfg(feature = "postgres")]
                 two_phase: None,
             }),
@@ -156,6 +160,31 @@ impl ActivityEffects {
 
     pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
         self.inner.store.as_ref()
+    }
+
+    /// These effects, on shard `here` of `shards`: an entity command on an entity of another
+    /// shard is refused. Call it before the effects are shared.
+    pub(crate) fn on_shard(
+        mut self,
+        shard: Option<(quark_history::shards::Shards, usize)>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.shard = shard;
+        }
+        self
+    }
+
+    /// The name of the shard `stream` lives on, if the attempt is sharded and it is not this
+    /// attempt's.
+    pub(crate) async fn shard_elsewhere(
+        &self,
+        stream: &str,
+    ) -> quark_history::Result<Option<String>> {
+        let Some((shards, here)) = &self.inner.shard else {
+            return Ok(None);
+        };
+        let there = shards.locate(stream).await?;
+        Ok((there != *here).then(|| shards.map().names()[there].clone()))
     }
 
     /// These effects, reading entity states through `entities` (kept warm between attempts)

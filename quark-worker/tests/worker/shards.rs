@@ -18,7 +18,8 @@ use quark_worker::Worker;
 use quark_workflow::entity::{Command, Decision, Entity};
 use quark_workflow::projection::{Batch, Projection, ProjectionError};
 use quark_workflow::{
-    OrchestrationContext, OrchestrationError, Registry, ShardedClient, orchestration,
+    ActivityContext, ActivityError, OrchestrationContext, OrchestrationError, Registry,
+    ShardedClient, activity, orchestration,
 };
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +97,23 @@ impl Projection for TallyTotals {
         }
         Ok(())
     }
+}
+
+/// Adds one to tally `key` from an activity (whose writes go with its result, in its shard).
+#[activity]
+async fn add_one_here(ctx: ActivityContext, key: String) -> Result<i64, ActivityError> {
+    ctx.entity::<Tally>(&key)
+        .call(&Add(1))
+        .await
+        .map_err(|e| ActivityError::message(e.to_string()).terminal())
+}
+
+#[orchestration]
+async fn add_from_activity(
+    ctx: OrchestrationContext,
+    key: String,
+) -> Result<i64, OrchestrationError> {
+    ctx.call(add_one_here, &key).await
 }
 
 /// Adds 3 and 4 to tally `key`, then tries to take 100 away.
@@ -202,6 +220,8 @@ fn registry() -> Registry {
         .register(gate)
         .register(gate_parent)
         .register(count_up)
+        .register(add_one_here)
+        .register(add_from_activity)
         .entity_command::<Tally, Add>()
         .projection(TallyTotals)
         .register(open_gates)
@@ -479,6 +499,15 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
         .find(|k| shards.shard_of(&format!("Tally/{k}")) != shards.shard_of(id))
         .unwrap();
     let stream = format!("Tally/{key}");
+    // An instance on the orchestration's shard, and a tally that lives there too.
+    let id_beside = (0..)
+        .map(|n| format!("beside-{n}"))
+        .find(|id| shards.shard_of(id) != shards.shard_of(&stream))
+        .unwrap();
+    let near = (0..)
+        .map(|n| format!("near-{n}"))
+        .find(|k| shards.shard_of(&format!("Tally/{k}")) == shards.shard_of("add-here"))
+        .unwrap();
     for url in &dbs.urls {
         let pool = quark_history::sqlx::PgPool::connect(url).await.unwrap();
         quark_history::sqlx::query(
@@ -562,6 +591,35 @@ async fn an_orchestration_runs_entity_commands_on_the_entitys_shard_once() {
     .await;
     let rows = totals().await;
     assert_eq!(rows.len(), 13, "one row a tally: {rows:?}");
+
+    // An activity writes entities of its own shard only: one on another shard is refused,
+    // saying where it lives, and nothing is written.
+    let refused = add_from_activity::start(&client, &id_beside, key.clone())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!("entity `{stream}` lives on shard")),
+        "{refused}"
+    );
+    let here = add_from_activity::start(&client, "add-here", near.clone())
+        .await
+        .unwrap();
+    assert_eq!(here.result().await.unwrap(), 1);
+    assert_eq!(
+        client
+            .entity::<Tally>(&key)
+            .await
+            .unwrap()
+            .version()
+            .await
+            .unwrap(),
+        3,
+        "the refused command wrote nothing"
+    );
     for (shard, key, _) in &rows {
         assert_eq!(*shard, shards.shard_of(&format!("Tally/{key}")), "{key}");
     }

@@ -74,6 +74,19 @@ impl<E: Entity> ActivityEntity<'_, E> {
                     .into(),
             )));
         };
+        if let Some(shard) = effects
+            .shard_elsewhere(&self.stream)
+            .await
+            .map_err(EntityError::Store)?
+        {
+            // Its events would land in this shard's database, where the entity does not live.
+            return Err(EntityError::Store(quark_history::Error::Invalid(format!(
+                "entity `{}` lives on shard `{shard}`, not on this activity's: an activity \
+                 writes entities of its own shard only; call it from the orchestration \
+                 (`ctx.entity`), whose commands run on the entity's shard",
+                self.stream
+            ))));
+        }
         // The process's live entity (one read of what was appended since it was used), else a
         // load from the newest snapshot.
         let mut loaded = match effects.entities() {

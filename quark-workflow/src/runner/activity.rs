@@ -40,7 +40,8 @@ impl Runner {
         let effects = self
             .effects_for(host.store(), &activity.options, &task)
             .await?
-            .on_entities(self.entities(host.store()));
+            .on_entities(self.entities(host.store()))
+            .on_shard(self.shard.get().cloned());
         let input = activity.input.clone();
         let Some(result) = self
             .attempt(info, input, &activity.options, &host, None, &effects)
@@ -53,7 +54,7 @@ impl Runner {
             ))
             .terminal();
             let mut commit = activity_commit(&task, &activity, Err(error), now(&host));
-            self.news_across_shards(&mut commit, &host).await?;
+            self.news_across_shards(&mut commit, None, &host).await?;
             return Ok(Handled::Commit(commit));
         };
         let result = fit_for_history(host.store().config(), &activity, task.lease.attempt, result);
@@ -64,7 +65,7 @@ impl Runner {
         // An entity command run on its entity's shard for an orchestration on another: the
         // result goes back through the outbox.
         let remote = self.elsewhere(&activity.instance_id).await?.is_some();
-        self.news_across_shards(&mut plain, &host).await?;
+        self.news_across_shards(&mut plain, None, &host).await?;
         if let Some(tx) = tx {
             // Its writes, its messages and its result: one transaction, fenced by the lease. A
             // lost lease or a failed commit rolls the writes back; the task is released and run
@@ -125,7 +126,8 @@ impl Runner {
         let effects = self
             .effects_for(host.store(), &job.options, &task)
             .await?
-            .on_entities(self.entities(host.store()));
+            .on_entities(self.entities(host.store()))
+            .on_shard(self.shard.get().cloned());
         let input = job.input.clone();
         let Some(result) = self
             .attempt(info, input, &job.options, &host, Some(control), &effects)

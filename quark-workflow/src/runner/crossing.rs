@@ -10,19 +10,18 @@ impl Runner {
     /// Moves what `commit` tells instances on other shards (a child's end for its parent, a
     /// notice for a child, an entity command's result for its orchestration) into its outbox,
     /// with the receivers' wake-ups left out. The relay there appends the events and wakes the
-    /// receiver, once. Nothing to do for a runner that is not sharded.
+    /// receiver, once. Nothing to do for a runner that is not sharded. `own`: the instance whose
+    /// turn this is, here by definition.
     pub(super) async fn news_across_shards(
         &self,
         commit: &mut Commit,
+        own: Option<&str>,
         host: &HostRef,
     ) -> quark_history::Result<()> {
         let mut i = 0;
         while i < commit.appends.len() {
-            if self
-                .elsewhere(&commit.appends[i].instance_id)
-                .await?
-                .is_none()
-            {
+            let receiver = commit.appends[i].instance_id.as_str();
+            if Some(receiver) == own || self.elsewhere(receiver).await?.is_none() {
                 i += 1;
                 continue;
             }

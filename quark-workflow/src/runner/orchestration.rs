@@ -174,7 +174,7 @@ impl Runner {
         host: &HostRef,
         here: bool,
     ) -> Result<Commit, HandlerError> {
-        match self.prepare_commit(turn, host, here).await {
+        match self.prepare_commit(instance, turn, host, here).await {
             Ok(commit) => Ok(commit),
             Err(e) => {
                 self.live.forget(instance);
@@ -185,6 +185,7 @@ impl Runner {
 
     async fn prepare_commit(
         &self,
+        instance: &str,
         turn: Turn,
         host: &HostRef,
         here: bool,
@@ -206,7 +207,8 @@ impl Runner {
                 .create_instance(child, IdReusePolicy::ReturnExisting)
                 .await?;
         }
-        self.news_across_shards(&mut commit, host).await?;
+        self.news_across_shards(&mut commit, Some(instance), host)
+            .await?;
         for (receiver, event) in turn.signals {
             if self.elsewhere(&receiver).await?.is_some() {
                 // Written with the turn, delivered once by the outbox relay into the receiver's
