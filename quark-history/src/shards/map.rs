@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 /// The shards of a deployment, by name, in order: the order is part of the map (an instance's
 /// shard is a position in it). A deployment that added shards keeps its earlier *generations*,
 /// the number of shards it had before each addition: an instance created before an addition
-/// stays on the shard its generation placed it on (see [`Shards::locate`]).
+/// stays on the shard its generation placed it on (see [`Shards::locate`](super::Shards::locate)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShardMap {
     names: Vec<String>,
