@@ -320,6 +320,94 @@ pub fn cluster_urls() -> Vec<String> {
     }
 }
 
+/// The PostgreSQL server a test may stop and start again (`.ci/clusters` makes it, on port 5436,
+/// and no other test uses it): `QUARK_TEST_STOPPABLE_CLUSTER`, `VERSION/NAME/PORT` as
+/// `pg_ctlcluster` knows it.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone)]
+pub struct StoppableCluster {
+    version: String,
+    name: String,
+    /// Its administrative URL.
+    pub url: String,
+}
+
+#[cfg(feature = "postgres")]
+impl StoppableCluster {
+    /// The server, or `None` (with a notice) when `QUARK_TEST_STOPPABLE_CLUSTER` is not set and
+    /// the extra servers are not required; a test that needs it and finds none under `CI` or
+    /// `QUARK_REQUIRE_CLUSTERS` panics.
+    pub fn get() -> Option<Self> {
+        let Ok(spec) = std::env::var("QUARK_TEST_STOPPABLE_CLUSTER") else {
+            assert!(
+                !clusters_required(),
+                "this test stops and starts a server of its own: run `bash .ci/clusters` and set \
+                 QUARK_TEST_STOPPABLE_CLUSTER=VERSION/quark4/5436 (as .ci/run does)"
+            );
+            eprintln!(
+                "\nquark: stopped-server suite SKIPPED: QUARK_TEST_STOPPABLE_CLUSTER is not set\n"
+            );
+            return None;
+        };
+        let parts: Vec<&str> = spec.split('/').collect();
+        let [version, name, port] = parts.as_slice() else {
+            panic!("QUARK_TEST_STOPPABLE_CLUSTER=`{spec}` is not VERSION/NAME/PORT");
+        };
+        Some(StoppableCluster {
+            version: version.to_string(),
+            name: name.to_string(),
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable"),
+        })
+    }
+
+    /// A fresh database on it, dropped by [`ClusterDatabases::cleanup`] of the result.
+    pub async fn database(&self) -> ClusterDatabases {
+        let db = pg::TestDatabase::create_on(self.url.clone(), true)
+            .await
+            .expect("the stoppable server answers");
+        ClusterDatabases {
+            urls: vec![db.url.clone()],
+            dbs: vec![db],
+        }
+    }
+
+    /// Stops the server (`pg_ctlcluster ... stop -m fast`: every session is cut).
+    pub fn stop(&self) {
+        self.ctl("stop", &["-m", "fast"]);
+    }
+
+    /// Starts the server again and returns once it accepts connections.
+    pub async fn start(&self) {
+        self.ctl("start", &[]);
+        eventually("the stopped server accepts connections again", async || {
+            sqlx::PgPool::connect(&self.url)
+                .await
+                .map(|pool| drop(pool))
+                .is_ok()
+        })
+        .await;
+    }
+
+    fn ctl(&self, action: &str, more: &[&str]) {
+        let status = std::process::Command::new("pg_ctlcluster")
+            .args([
+                "--skip-systemctl-redirect",
+                &self.version,
+                &self.name,
+                action,
+            ])
+            .args(more)
+            .status()
+            .expect("run pg_ctlcluster");
+        assert!(
+            status.success(),
+            "pg_ctlcluster {action} {}/{}",
+            self.version,
+            self.name
+        );
+    }
+}
+
 /// Whether a missing extra server must fail the test rather than skip it: under `CI` or
 /// `QUARK_REQUIRE_CLUSTERS`.
 pub fn clusters_required() -> bool {

@@ -1,4 +1,5 @@
-//! One shard down: the others go on, its own instances wait and resume.
+//! One shard down (cut off behind a proxy, or its server stopped and started again): the others
+//! go on, its own instances wait and resume.
 
 use super::*;
 
@@ -90,26 +91,92 @@ async fn a_shard_that_goes_down_stalls_only_its_own_instances_and_resumes() {
     )
     .await
     .unwrap();
+    s2_down_and_back(&shards, async || proxy.down(), async || proxy.up()).await;
+    drop(shards);
+    drop(proxy);
+    dbs.cleanup().await;
+}
+
+/// The same with s2's server itself stopped (`pg_ctlcluster stop -m fast`: every session cut,
+/// the wake-up listener and the map's lock with them) and started again; afterwards the
+/// deployment's lock on its map is held on s2 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_server_is_stopped_and_started_again_loses_nothing() {
+    let Some(cluster) = quark_history::testing::StoppableCluster::get() else {
+        return;
+    };
+    let Some(dbs) = ClusterDatabases::create(2).await else {
+        return;
+    };
+    let own = cluster.database().await;
+    let s2 = own.urls[0].clone();
+    let shards = Shards::connect(
+        [
+            ("s0", dbs.urls[0].as_str()),
+            ("s1", dbs.urls[1].as_str()),
+            ("s2", s2.as_str()),
+        ],
+        StoreConfig::default(),
+    )
+    .await
+    .unwrap();
+    let map_locks = async || {
+        let Ok(pool) = quark_history::sqlx::PgPool::connect(&s2).await else {
+            return 0;
+        };
+        let held: i64 = quark_history::sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+        pool.close().await;
+        held
+    };
+    assert!(map_locks().await >= 1, "the map's lock is held on s2");
+    s2_down_and_back(
+        &shards,
+        async || cluster.stop(),
+        async || cluster.start().await,
+    )
+    .await;
+    // The session that held the map's lock died with the server; it is taken again.
+    eventually("the map's lock is held on s2 again", async || {
+        map_locks().await >= 1
+    })
+    .await;
+    assert!(
+        shards.locate("anything").await.is_ok(),
+        "the hold is not stale"
+    );
+    drop(shards);
+    dbs.cleanup().await;
+    own.cleanup().await;
+}
+
+/// A shard down and back: gates on s2 wait for a signal; s2 goes `down`; pairs across s0 and
+/// s1 complete meanwhile, and an instance on s0 opens the gates (its signals wait in s0's
+/// outbox); s2 comes back `up`, and each gate opens, its signal received once.
+async fn s2_down_and_back(shards: &Shards, down: impl AsyncFnOnce(), up: impl AsyncFnOnce()) {
     let client = ShardedClient::new(shards.clone());
-    let workers = start_workers(&shards).await;
-    // Gates on s2 wait for a signal (their first turns may run before s2 goes down or after it
-    // is back: either way the signal opens them).
-    let gates = ids_on(&shards, "gate", 2, 4);
+    let workers = start_workers(shards).await;
+    // Their first turns may run before s2 goes down or after it is back: either way the
+    // signal opens them.
+    let gates = ids_on(shards, "gate", 2, 4);
     let mut gate_handles = Vec::new();
     for id in &gates {
         gate_handles.push(gate::start(&client, id, ()).await.unwrap());
     }
-    proxy.down();
+    down().await;
 
-    // The shards that are up go on: pairs across s0 and s1 complete, and an instance on s0
-    // opens the gates (its signals wait in s0's outbox).
-    let (up0, up1) = (ids_on(&shards, "a", 0, 6), ids_on(&shards, "b", 1, 6));
+    let (up0, up1) = (ids_on(shards, "a", 0, 6), ids_on(shards, "b", 1, 6));
     let mut staying = Vec::new();
     for (x, y) in up0.iter().zip(&up1) {
         staying.push(ping::start(&client, x, (y.clone(), 1)).await.unwrap());
         staying.push(ping::start(&client, y, (x.clone(), 2)).await.unwrap());
     }
-    let opener_id = &ids_on(&shards, "opener", 0, 1)[0];
+    let opener_id = &ids_on(shards, "opener", 0, 1)[0];
     let opener = open_gates::start(&client, opener_id, gates.clone())
         .await
         .unwrap();
@@ -141,7 +208,7 @@ async fn a_shard_that_goes_down_stalls_only_its_own_instances_and_resumes() {
         "s2 cannot be read"
     );
 
-    proxy.up();
+    up().await;
     for (id, handle) in gates.iter().zip(gate_handles) {
         tokio::time::timeout(Duration::from_secs(60), handle.result())
             .await
@@ -161,10 +228,6 @@ async fn a_shard_that_goes_down_stalls_only_its_own_instances_and_resumes() {
     for worker in workers {
         worker.shutdown().await;
     }
-    drop(client);
-    drop(shards);
-    drop(proxy);
-    dbs.cleanup().await;
 }
 
 /// The host's port of a test URL, and the URL with another port.
