@@ -382,7 +382,7 @@ impl StoppableCluster {
         eventually("the stopped server accepts connections again", async || {
             sqlx::PgPool::connect(&self.url)
                 .await
-                .map(|pool| drop(pool))
+                .map(drop)
                 .is_ok()
         })
         .await;
