@@ -380,10 +380,7 @@ impl StoppableCluster {
     pub async fn start(&self) {
         self.ctl("start", &[]);
         eventually("the stopped server accepts connections again", async || {
-            sqlx::PgPool::connect(&self.url)
-                .await
-                .map(drop)
-                .is_ok()
+            sqlx::PgPool::connect(&self.url).await.map(drop).is_ok()
         })
         .await;
     }

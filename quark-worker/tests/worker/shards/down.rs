@@ -81,16 +81,7 @@ async fn a_shard_that_goes_down_stalls_only_its_own_instances_and_resumes() {
     let url: url_parts::Url = url_parts::parse(&dbs.urls[2]);
     let proxy = Proxy::to(format!("127.0.0.1:{}", url.port).parse().unwrap()).await;
     let s2 = url.with_port(proxy.port);
-    let shards = Shards::connect(
-        [
-            ("s0", dbs.urls[0].as_str()),
-            ("s1", dbs.urls[1].as_str()),
-            ("s2", s2.as_str()),
-        ],
-        StoreConfig::default(),
-    )
-    .await
-    .unwrap();
+    let shards = with_s2(&dbs, &s2).await;
     s2_down_and_back(&shards, async || proxy.down(), async || proxy.up()).await;
     drop(shards);
     drop(proxy);
@@ -110,16 +101,7 @@ async fn a_shard_whose_server_is_stopped_and_started_again_loses_nothing() {
     };
     let own = cluster.database().await;
     let s2 = own.urls[0].clone();
-    let shards = Shards::connect(
-        [
-            ("s0", dbs.urls[0].as_str()),
-            ("s1", dbs.urls[1].as_str()),
-            ("s2", s2.as_str()),
-        ],
-        StoreConfig::default(),
-    )
-    .await
-    .unwrap();
+    let shards = with_s2(&dbs, &s2).await;
     let map_locks = async || {
         let Ok(pool) = quark_history::sqlx::PgPool::connect(&s2).await else {
             return 0;
@@ -153,6 +135,20 @@ async fn a_shard_whose_server_is_stopped_and_started_again_loses_nothing() {
     drop(shards);
     dbs.cleanup().await;
     own.cleanup().await;
+}
+
+/// Shards s0 and s1 on the first two databases of `dbs`, s2 at `s2`.
+async fn with_s2(dbs: &ClusterDatabases, s2: &str) -> Shards {
+    Shards::connect(
+        [
+            ("s0", dbs.urls[0].as_str()),
+            ("s1", dbs.urls[1].as_str()),
+            ("s2", s2),
+        ],
+        StoreConfig::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// A shard down and back: gates on s2 wait for a signal; s2 goes `down`; pairs across s0 and
