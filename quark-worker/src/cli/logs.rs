@@ -19,13 +19,20 @@ pub enum LogFormat {
 pub(super) struct Telemetry {
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Told when a command's span closes (see [`CommandClosed`]).
+    #[cfg(feature = "otel")]
+    closed: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Telemetry {
     /// Flushes the spans not exported yet, waiting at most as long as one export may take (the
     /// OTLP exporter's own timeout, 10 s unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise;
     /// the SDK's default wait, 5 s, could give up on an export still under way).
-    pub(super) fn shutdown(self) {
+    /// `command`: whether a command's span was made (not for `worker` and `serve`); it is
+    /// exported once closed, so the flush waits for that first, as long as an export may take.
+    pub(super) fn shutdown(self, command: bool) {
+        #[cfg(not(feature = "otel"))]
+        let _ = command;
         #[cfg(feature = "otel")]
         if let Some(provider) = self.provider {
             let wait = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT")
@@ -35,6 +42,9 @@ impl Telemetry {
                     std::time::Duration::from_secs(10),
                     std::time::Duration::from_millis,
                 );
+            if command && let Some(closed) = &self.closed {
+                let _ = closed.recv_timeout(wait);
+            }
             // Its batch processor blocks until its thread has exported: not on a runtime thread.
             // A flush before the shutdown: with the shutdown alone, the command's span was missing
             // from the export about one run in eight (a shutdown reports nothing of its export,
@@ -82,17 +92,23 @@ pub(super) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
         // Asked before the exporter is built: building it may set a scoped dispatcher of its own.
         if tracing::dispatcher::has_been_set() {
             // The application's own subscriber decides where spans go.
-            return Ok(Telemetry { provider: None });
+            return Ok(Telemetry {
+                provider: None,
+                closed: None,
+            });
         }
         let provider = otlp::provider(endpoint)?;
         let traces = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("quark"))
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let (tell, closed) = std::sync::mpsc::sync_channel(1);
         // Installed whatever the `log` bridge says (an application's `log` logger makes it
-        // fail, and the spans must still be exported).
-        let _ = subscriber.with(traces).try_init();
+        // fail, and the spans must still be exported). The watch goes last: a layer hears of a
+        // close after the layers inside it, so the span is with the exporter by then.
+        let _ = subscriber.with(traces).with(CommandClosed(tell)).try_init();
         return Ok(Telemetry {
             provider: Some(provider),
+            closed: Some(closed),
         });
     }
     #[cfg(not(feature = "otel"))]
@@ -101,7 +117,31 @@ pub(super) fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Re
     Ok(Telemetry {
         #[cfg(feature = "otel")]
         provider: None,
+        #[cfg(feature = "otel")]
+        closed: None,
     })
+}
+
+/// Tells when a command's span (a root span named `command`) closes. It closes when its last
+/// handle is dropped, which may be a moment after the command returned: sqlx's SQLite worker
+/// threads run each statement inside a clone of the caller's span and drop it after answering.
+/// A span is exported only once closed, so the exit's flush waits for this.
+#[cfg(feature = "otel")]
+struct CommandClosed(std::sync::mpsc::SyncSender<()>);
+
+#[cfg(feature = "otel")]
+impl<S> tracing_subscriber::Layer<S> for CommandClosed
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && span.name() == "command"
+            && span.parent().is_none()
+        {
+            let _ = self.0.try_send(());
+        }
+    }
 }
 
 #[cfg(feature = "otel")]
