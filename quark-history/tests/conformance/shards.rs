@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use quark_history::shards::{ShardCursor, ShardMap, Shards, connect_stores};
-use quark_history::testing::{ClusterDatabases, TestStore};
+use quark_history::testing::{ClusterDatabases, TestStore, eventually};
 use quark_history::{IdReusePolicy, NewInstance, Payload, Store, StoreConfig};
 
 use crate::support::conformance;
@@ -307,37 +307,30 @@ async fn every_shards_events_read_as_one_feed_each_once_and_in_its_own_order() {
     let mut cursor = ShardCursor::start();
     let mut seen: Vec<(usize, String, u64)> = Vec::new();
     let mut last: Vec<Option<quark_history::GlobalPosition>> = vec![None; 3];
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let (page, next) = shards.read_all(&cursor, 4).await.unwrap();
-        if page.is_empty() {
-            if seen.len() >= written {
-                break;
+    // An empty page means nothing more is final yet (a transaction elsewhere on the server,
+    // another test's, may hold the gap-safe horizon back): a reader asks again later.
+    eventually("every event is final and read", async || {
+        loop {
+            let (page, next) = shards.read_all(&cursor, 4).await.unwrap();
+            if page.is_empty() {
+                return seen.len() >= written;
             }
-            // Nothing final yet: a transaction elsewhere on the server (another test's) holds
-            // the gap-safe horizon back. A reader polls, as this one does, within a deadline.
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {} of {written} events became final",
-                seen.len()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            continue;
+            assert!(page.len() <= 4);
+            for e in page {
+                assert_eq!(e.shard, shards.shard_of(&e.event.event.instance_id));
+                assert!(
+                    last[e.shard] < Some(e.event.position),
+                    "shard {} out of its order",
+                    e.shard
+                );
+                last[e.shard] = Some(e.event.position);
+                seen.push((e.shard, e.event.event.instance_id, e.event.event.seq));
+            }
+            cursor = next.to_string().parse().unwrap();
+            assert_eq!(cursor, next);
         }
-        assert!(page.len() <= 4);
-        for e in page {
-            assert_eq!(e.shard, shards.shard_of(&e.event.event.instance_id));
-            assert!(
-                last[e.shard] < Some(e.event.position),
-                "shard {} out of its order",
-                e.shard
-            );
-            last[e.shard] = Some(e.event.position);
-            seen.push((e.shard, e.event.event.instance_id, e.event.event.seq));
-        }
-        cursor = next.to_string().parse().unwrap();
-        assert_eq!(cursor, next);
-    }
+    })
+    .await;
     assert_eq!(seen.len(), written, "every event once");
     let mut unique = seen.clone();
     unique.sort();
