@@ -251,13 +251,20 @@ impl Policy {
         moved
     }
 
-    /// One repartition call, from what the sketch learnt.
-    pub(crate) fn repartition(&mut self, workload: &Workload, workers: &[WorkerSlot], tick: u32) {
+    /// One repartition call, from what the sketch learnt; the sketch's weights are then
+    /// multiplied by `decay`.
+    pub(crate) fn repartition(
+        &mut self,
+        workload: &Workload,
+        workers: &[WorkerSlot],
+        tick: u32,
+        decay: f64,
+    ) {
         let Some(sketch) = &mut self.sketch else {
             return;
         };
         let edges = sketch.merged();
-        sketch.decay(0.5);
+        sketch.decay(decay);
         match self.kind {
             PolicyKind::Quark => {
                 let mut graph = Graph::new();

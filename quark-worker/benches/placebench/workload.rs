@@ -80,6 +80,9 @@ impl Kind {
     }
 }
 
+/// Ticks between two changes of group memberships (reshuffle).
+pub(crate) const RESHUFFLE_EVERY: u32 = 10;
+
 /// Base state of an instance, in bytes.
 const BASE_MEMORY: u64 = 16 * 1024;
 
@@ -194,7 +197,7 @@ impl Workload {
 
     /// Changes group memberships at `tick` (reshuffle only).
     pub(crate) fn evolve(&mut self, tick: u32, rng: &mut Rng) {
-        if self.kind != Kind::Reshuffle || tick == 0 || !tick.is_multiple_of(10) {
+        if self.kind != Kind::Reshuffle || tick == 0 || !tick.is_multiple_of(RESHUFFLE_EVERY) {
             return;
         }
         for _ in 0..self.n / 10 {
