@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fantoccini::elements::Element;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use quark_history::testing::eventually;
 use quark_history::{JobState, Scope, StoreConfig};
@@ -146,29 +145,33 @@ async fn text(b: &Browser, css: &str) -> String {
     }
 }
 
-/// The page now shown, to tell later when the browser has left it.
-async fn this_page(b: &Browser) -> Element {
-    b.find(Locator::Css("html")).await.unwrap()
+/// Marks the page now shown, to tell later when the browser has left it: a page the browser goes
+/// to has a window of its own, without the mark.
+async fn mark_page(b: &Browser) {
+    b.execute("window.quarkTestMark = true;", vec![])
+        .await
+        .unwrap();
 }
 
-/// Waits until the browser has left `page` (a form was sent, a link followed), so that what the
-/// test reads next comes from the page it went to, not from the one it was on.
-async fn left(page: Element) {
+/// Waits until the browser shows a page other than the one [`mark_page`] marked (a form was sent,
+/// a link followed), so that what the test reads next comes from the page it went to, not from
+/// the one it was on. While the next page loads, the question may fail; it is asked again.
+async fn left(b: &Browser) {
     eventually("the browser leaves the page", async || {
-        match page.tag_name().await {
-            Ok(_) => false,
-            Err(e) if e.is_stale_element_reference() => true,
-            Err(e) => panic!("asking whether the page is still shown: {e}"),
-        }
+        matches!(
+            b.execute("return window.quarkTestMark === undefined;", vec![])
+                .await,
+            Ok(serde_json::Value::Bool(true))
+        )
     })
     .await;
 }
 
 /// Clicks the element matching `locator` and waits until the browser has left the page.
 async fn click_away(b: &Browser, locator: Locator<'_>) {
-    let page = this_page(b).await;
+    mark_page(b).await;
     b.find(locator).await.unwrap().click().await.unwrap();
-    left(page).await;
+    left(b).await;
 }
 
 #[tokio::test]
@@ -287,7 +290,7 @@ async fn an_operator_signs_in_finds_a_workflow_signals_it_and_redrives_a_dead_jo
         .send_keys("true")
         .await
         .unwrap();
-    let page = this_page(&b).await;
+    mark_page(&b).await;
     b.find(Locator::Css("form[action$='/signal'] button"))
         .await
         .unwrap()
@@ -300,7 +303,7 @@ async fn an_operator_signs_in_finds_a_workflow_signals_it_and_redrives_a_dead_jo
         "asked first"
     );
     b.accept_alert().await.unwrap();
-    left(page).await;
+    left(&b).await;
     assert!(text(&b, ".notice").await.contains("Signal `approve` sent."));
     let page = b.current_url().await.unwrap();
     // A deadline, not a timing: the page refreshes every 3 s, and on a loaded machine the
@@ -331,7 +334,7 @@ async fn an_operator_signs_in_finds_a_workflow_signals_it_and_redrives_a_dead_jo
         .click()
         .await
         .unwrap();
-    let page = this_page(&b).await;
+    mark_page(&b).await;
     b.find(Locator::Css("form#redrive button"))
         .await
         .unwrap()
@@ -339,7 +342,7 @@ async fn an_operator_signs_in_finds_a_workflow_signals_it_and_redrives_a_dead_jo
         .await
         .unwrap();
     b.accept_alert().await.unwrap();
-    left(page).await;
+    left(&b).await;
     assert!(text(&b, ".notice").await.contains("Re-drove 1 of 1."));
     // It ran again (and, still broken, died again, later).
     eventually("the re-driven import ran again", async || {
