@@ -125,7 +125,11 @@ pub struct Options {
     /// The most nodes one call may move (a node moved and moved back does not count).
     pub max_moves: usize,
     /// A move is taken only if it lowers the cost by more than this (in weight × cost units):
-    /// a move transfers state, which is not worth a negligible gain or one made of noise.
+    /// a move transfers state, which is not worth a negligible gain or one made of noise. For
+    /// a single node it shrinks by how strongly the node's neighbours on the destination are
+    /// anchored there (the share of their own traffic that stays on their worker, above chance):
+    /// a node that started talking to an established group follows it on little evidence of its
+    /// own, while one whose samples point at scattered nodes needs all of it.
     pub min_gain: f64,
     /// A move is taken only if it also lowers the cost by more than this fraction of what the
     /// node's traffic costs where it is now (for a group moved together, what the edges it

@@ -66,6 +66,9 @@ pub(super) struct Search<'p> {
     /// Per worker: the weight of the gathered unit's neighbours there.
     scratch: Vec<f64>,
     touched: Vec<u16>,
+    /// Per unit, at the start of the search: the share of its traffic (by weight) with placed
+    /// units that stays on its own worker (0 for a unit unplaced or without placed neighbours).
+    locality: Vec<f64>,
 }
 
 impl<'p> Search<'p> {
@@ -96,9 +99,37 @@ impl<'p> Search<'p> {
             opts,
             scratch: vec![0.0; k],
             touched: Vec::new(),
+            locality: Vec::new(),
         };
         search.cost = search.total_cost();
+        search.locality = search.locality();
         search
+    }
+
+    /// Each unit's locality: the share of its traffic (by weight) with placed units that stays
+    /// on its own worker.
+    fn locality(&self) -> Vec<f64> {
+        (0..self.problem.len())
+            .map(|v| {
+                let at = self.assign[v];
+                if at == UNPLACED {
+                    return 0.0;
+                }
+                let (mut local, mut total) = (0.0, 0.0);
+                for &(u, w) in &self.problem.adjacency[v] {
+                    match self.assign[u as usize] {
+                        UNPLACED => {}
+                        b => {
+                            total += w;
+                            if b == at {
+                                local += w;
+                            }
+                        }
+                    }
+                }
+                if total == 0.0 { 0.0 } else { local / total }
+            })
+            .collect()
     }
 
     fn total_cost(&self) -> f64 {
@@ -151,20 +182,44 @@ impl<'p> Search<'p> {
         self.cost_at(self.assign[unit as usize]) - self.cost_at(to)
     }
 
-    /// The least gain that justifies moving a unit whose edges cost `here` where it is now:
-    /// [`Options::min_gain`] and [`Options::min_relative_gain`] of `here`.
-    fn needed(&self, here: f64) -> f64 {
-        self.opts.min_gain + self.opts.min_relative_gain * here
+    /// The least gain that justifies moving `unit`, whose edges cost `here` where it is now, to
+    /// `to`: [`Options::min_gain`], less the share of it that the unit's neighbours on `to`
+    /// vouch for, and [`Options::min_relative_gain`] of `here`.
+    ///
+    /// The absolute guard is there because a few samples of traffic without structure can point
+    /// anywhere. Neighbours anchored on `to` (most of their own traffic stays there) are evidence
+    /// of their own that a group sits there, so the unit's own samples need not carry it all.
+    /// Their anchoring is their mean locality (weighted by the unit's traffic with each) above
+    /// the `1/k` that traffic without structure keeps on its worker, scaled to 0..1; the guard
+    /// shrinks by that share. Neighbours scattered without structure are local no more than
+    /// chance and leave the guard whole (the mean is taken before chance is subtracted, so that
+    /// their noise cancels rather than adds up).
+    fn needed(&self, unit: u32, to: u16, here: f64) -> f64 {
+        let (mut weight, mut local) = (0.0, 0.0);
+        for &(other, w) in &self.problem.adjacency[unit as usize] {
+            if self.assign[other as usize] == to {
+                weight += w;
+                local += w * self.locality[other as usize];
+            }
+        }
+        let chance = 1.0 / self.k as f64;
+        let anchoring = if weight > 0.0 && self.k > 1 {
+            ((local / weight - chance) / (1.0 - chance)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.opts.min_gain * (1.0 - anchoring) + self.opts.min_relative_gain * here
     }
 
-    /// [`needed`](Self::needed) for `unit` where it is now.
-    fn needed_for(&mut self, unit: u32) -> f64 {
+    /// [`needed`](Self::needed) for moving `unit` from where it is now to `to`.
+    fn needed_for(&mut self, unit: u32, to: u16) -> f64 {
         self.gather(unit);
-        self.needed(self.cost_at(self.assign[unit as usize]))
+        let here = self.cost_at(self.assign[unit as usize]);
+        self.needed(unit, to, here)
     }
 
     /// The least gain that justifies moving `members` together: [`Options::min_gain`] per
-    /// member, and [`Options::min_relative_gain`] of what the edges they touch cost now, each
+    /// member (whole: a group carries its own evidence), and [`Options::min_relative_gain`] of what the edges they touch cost now, each
     /// edge once (an edge between two members is one message stream, not two).
     fn needed_for_group(&self, members: &[u32]) -> f64 {
         let mut sorted = members.to_vec();
@@ -251,7 +306,7 @@ impl<'p> Search<'p> {
                 }
             }
             if let Some((gain, to)) = best
-                && gain > self.needed(here)
+                && gain > self.needed(unit, to, here)
             {
                 wishes.push(Wish {
                     unit,
@@ -275,7 +330,7 @@ impl<'p> Search<'p> {
         if self.assign[wish.unit as usize] != wish.from || !self.may_move(wish.unit, wish.to) {
             return;
         }
-        let needed = self.needed_for(wish.unit);
+        let needed = self.needed_for(wish.unit, wish.to);
         let gain = self.gain(wish.unit, wish.to);
         if gain <= needed {
             return;
@@ -304,7 +359,7 @@ impl<'p> Search<'p> {
     /// limits of both workers and the move cap.
     /// `needed_a` is what `a` alone must gain; `b` must gain its own share on top.
     fn exchange(&mut self, a: Wish, gain_a: f64, needed_a: f64, b: Wish) -> bool {
-        let needed = needed_a + self.needed_for(b.unit);
+        let needed = needed_a + self.needed_for(b.unit, b.to);
         self.apply(a.unit, a.to, gain_a);
         let gain_b = self.gain(b.unit, b.to);
         if gain_a + gain_b > needed && self.may_move(b.unit, b.to) {
@@ -335,7 +390,7 @@ impl<'p> Search<'p> {
                         break;
                     }
                     waiting[queue].pop_front();
-                    let needed = self.needed_for(wish.unit);
+                    let needed = self.needed_for(wish.unit, wish.to);
                     let gain = self.gain(wish.unit, wish.to);
                     if gain > needed {
                         self.apply(wish.unit, wish.to, gain);

@@ -207,7 +207,9 @@ fn it_respects_the_move_cap_and_still_gains() {
 fn it_ignores_gains_below_the_noise_guard() {
     // Node 0 on worker 0 talks to nodes 1 and 2 on worker 1 (weight 1 each) and to node 3
     // on worker 0 (weight 1): moving it gains one remote unit (8) of the 16 its traffic costs
-    // now.
+    // now. Nodes 1 and 2 keep 5/6 of their traffic on worker 1, 2/3 of the way from chance (1/2)
+    // to all of it: they vouch for two thirds of `min_gain`, so the gain of 8 passes any
+    // `min_gain` below 24.
     let mut graph = Graph::new();
     for _ in 0..6 {
         graph.add_node(1, 1.0);
@@ -236,10 +238,63 @@ fn it_ignores_gains_below_the_noise_guard() {
         to: 1,
     }];
     assert_eq!(moves(0.0, 0.0), single);
-    assert_eq!(moves(7.9, 0.0), single);
-    assert!(moves(8.0, 0.0).is_empty());
+    assert_eq!(moves(23.9, 0.0), single);
+    assert!(moves(24.1, 0.0).is_empty());
     assert_eq!(moves(0.0, 0.49), single);
     assert!(moves(0.0, 0.5).is_empty());
+}
+
+/// A node that talks to a group anchored on another worker follows it on evidence that would
+/// not move it towards nodes that are there by chance: the same two edges, the same gain, and
+/// only the partners' own traffic differs.
+#[test]
+fn it_follows_an_anchored_group_on_less_evidence_than_scattered_partners_need() {
+    // Node 0 (x) on worker 0 talks to nodes 1 and 2 (y1, y2) on worker 1, weight 2 each: moving
+    // it gains 32, and the guard asks for 24 (less what y1 and y2 vouch for) plus half of 32.
+    let worker_of_x = |anchored: bool| {
+        let mut graph = Graph::new();
+        for _ in 0..8 {
+            graph.add_node(1, 1.0);
+        }
+        graph.add_edge(0, 1, 2.0).unwrap();
+        graph.add_edge(0, 2, 2.0).unwrap();
+        let current: Vec<u16> = if anchored {
+            // y1, y2 and node 3 talk among themselves on worker 1: 10/11 of y's traffic stays
+            // there. Nodes 4 to 7 are idle.
+            graph.add_edge(1, 2, 10.0).unwrap();
+            graph.add_edge(1, 3, 10.0).unwrap();
+            graph.add_edge(2, 3, 10.0).unwrap();
+            vec![0, 1, 1, 1, 0, 0, 1, 0]
+        } else {
+            // y1 and y2 each talk as much to a node on worker 1 (3 and 6) as to one on worker 0
+            // (4 and 5), which are held there by node 7: less than half of y's traffic stays
+            // on worker 1, no more than chance.
+            graph.add_edge(1, 3, 10.0).unwrap();
+            graph.add_edge(1, 4, 10.0).unwrap();
+            graph.add_edge(2, 6, 10.0).unwrap();
+            graph.add_edge(2, 5, 10.0).unwrap();
+            graph.add_edge(4, 7, 30.0).unwrap();
+            graph.add_edge(5, 7, 30.0).unwrap();
+            vec![0, 1, 1, 1, 0, 0, 1, 0]
+        };
+        let opts = Options {
+            min_gain: 24.0,
+            min_relative_gain: 0.5,
+            ..Options::default()
+        };
+        let plan = repartition(&graph, &flat_workers(2), &current, &opts).unwrap();
+        plan.assignment[0]
+    };
+    assert_eq!(
+        worker_of_x(true),
+        1,
+        "x joins the group anchored on worker 1"
+    );
+    assert_eq!(
+        worker_of_x(false),
+        0,
+        "x stays: its partners are there by chance"
+    );
 }
 
 #[test]
