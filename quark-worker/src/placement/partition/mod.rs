@@ -197,6 +197,7 @@ pub fn repartition(
     let matrix = cost_matrix(workers, &opts.costs);
     let limits = balance_limits(&problem.units, current, workers, &opts.balance);
     let mut search = Search::new(&problem, &matrix, limits.clone(), current, *opts);
+    search.anchor();
     let cost_before = search.cost;
     search.rebalance();
     // Single moves cannot pull a community out of a split where each part holds on to its

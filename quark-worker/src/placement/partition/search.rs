@@ -66,8 +66,9 @@ pub(super) struct Search<'p> {
     /// Per worker: the weight of the gathered unit's neighbours there.
     scratch: Vec<f64>,
     touched: Vec<u16>,
-    /// Per unit, at the start of the search: the share of its traffic (by weight) with placed
-    /// units that stays on its own worker (0 for a unit unplaced or without placed neighbours).
+    /// Per unit, once [`anchor`](Self::anchor) ran: the share of its traffic (by weight) with
+    /// placed units that stays on its own worker (0 for a unit unplaced or without placed
+    /// neighbours). All 0 otherwise, which leaves [`Options::min_gain`] whole.
     locality: Vec<f64>,
 }
 
@@ -99,17 +100,19 @@ impl<'p> Search<'p> {
             opts,
             scratch: vec![0.0; k],
             touched: Vec::new(),
-            locality: Vec::new(),
+            locality: vec![0.0; problem.len()],
         };
         search.cost = search.total_cost();
-        search.locality = search.locality();
         search
     }
 
-    /// Each unit's locality: the share of its traffic (by weight) with placed units that stays
-    /// on its own worker.
-    fn locality(&self) -> Vec<f64> {
-        (0..self.problem.len())
+    /// Lets a single unit's neighbours vouch for its moves (see [`needed`](Self::needed)), from
+    /// each unit's locality in the assignment as it is now. Only for a search over nodes: the
+    /// neighbours of a cluster are other clusters, whose locality says nothing about where a
+    /// group sits, and in the four-process run anchoring the cluster search left more rings
+    /// split (a median of 2.2 % of hops across workers in nine runs, against 0.8 %).
+    pub(super) fn anchor(&mut self) {
+        self.locality = (0..self.problem.len())
             .map(|v| {
                 let at = self.assign[v];
                 if at == UNPLACED {
@@ -129,7 +132,7 @@ impl<'p> Search<'p> {
                 }
                 if total == 0.0 { 0.0 } else { local / total }
             })
-            .collect()
+            .collect();
     }
 
     fn total_cost(&self) -> f64 {
