@@ -104,5 +104,5 @@ pub use memory::{LeakDetection, MemoryConfig, MemoryProbe, MemoryReading, Thresh
 pub use metrics::{MetricsSnapshot, ReplayCauses};
 pub use quark_workflow::runner::{Handled, HandlerError};
 pub use relay::{DeliveryError, OutboxRelay};
-pub use shutdown::shutdown_signal;
+pub use shutdown::{ShutdownSignals, shutdown_signal};
 pub use worker::{RunningWorker, Worker};

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use quark_history::Store;
 use quark_workflow::Registry;
 use serde::Serialize;
@@ -122,6 +122,10 @@ async fn serve_workers(
     output: Output,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
+    // Listening from here on: a second Ctrl-C that comes right after the first, before the
+    // shutdown below waits for it, is kept rather than lost.
+    let mut signals =
+        crate::shutdown::ShutdownSignals::new().context("listening for Ctrl-C and SIGTERM")?;
     let mut running = Vec::new();
     let mut ids = Vec::new();
     for worker in &workers {
@@ -140,7 +144,7 @@ async fn serve_workers(
     let taken_over = {
         let taken = futures::future::select_all(running.iter().map(|r| Box::pin(r.taken_over())));
         tokio::select! {
-            () = crate::shutdown_signal() => None,
+            () = signals.recv() => None,
             ((), i, _) = taken => Some(i),
         }
     };
@@ -174,7 +178,7 @@ async fn serve_workers(
             );
             std::process::exit(1);
         }
-        () = crate::shutdown_signal() => {
+        () = signals.recv() => {
             // Nothing is lost: the leases of the tasks in hand run out, and other workers
             // (or this one, restarted) take them over.
             eprintln!("quark: interrupted again; exiting without waiting for the tasks in hand");
