@@ -417,7 +417,6 @@ async fn entry(registry: Option<Registry>) -> ExitCode {
     };
     // One span for a command, so that what it creates (a job, a message) starts a trace. Not for
     // a worker: it runs for days, and each task it runs has a span of its own.
-    let command = !matches!(cli.command, Command::Worker(_) | Command::Serve(_));
     let span = match &cli.command {
         Command::Worker(_) | Command::Serve(_) => tracing::Span::none(),
         command => tracing::info_span!(
@@ -425,6 +424,7 @@ async fn entry(registry: Option<Registry>) -> ExitCode {
             "otel.name" = %format_args!("quark {}", command.name())
         ),
     };
+    let command = !span.is_none();
     let result = tracing::Instrument::instrument(run(cli, registry), span).await;
     telemetry.shutdown(command);
     match result {
