@@ -61,23 +61,11 @@ pub(crate) fn parse_args() -> Result<Args, String> {
                     dir
                 });
             }
-            "--seed" => {
-                args.seed = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--seed needs a number")?
-            }
-            "--min-gain" => {
-                args.min_gain = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--min-gain needs a number")?
-            }
+            "--seed" => args.seed = value(&mut it, "--seed needs a number", |_| true)?,
+            "--min-gain" => args.min_gain = value(&mut it, "--min-gain needs a number", |_| true)?,
             "--min-relative-gain" => {
-                args.min_relative_gain = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--min-relative-gain needs a number")?
+                args.min_relative_gain =
+                    value(&mut it, "--min-relative-gain needs a number", |_| true)?
             }
             "--workload" => {
                 let name = it.next().ok_or("--workload needs a name")?;
@@ -88,27 +76,17 @@ pub(crate) fn parse_args() -> Result<Args, String> {
                         .ok_or_else(|| format!("unknown workload `{name}`\n{USAGE}"))?,
                 );
             }
-            "--k" => {
-                args.k = Some(
-                    it.next()
-                        .and_then(|s| s.parse().ok())
-                        .filter(|&k: &usize| k > 0)
-                        .ok_or("--k needs a positive number")?,
-                )
-            }
+            "--k" => args.k = Some(value(&mut it, "--k needs a positive number", |&k| k > 0)?),
             "--sample-one-in" => {
-                args.sample_one_in = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|&n: &u64| n > 0)
-                    .ok_or("--sample-one-in needs a positive number")?
+                args.sample_one_in =
+                    value(&mut it, "--sample-one-in needs a positive number", |&n| {
+                        n > 0
+                    })?
             }
             "--decay" => {
-                args.decay = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|f: &f64| *f > 0.0 && *f <= 1.0)
-                    .ok_or("--decay needs a number in (0, 1]")?
+                args.decay = value(&mut it, "--decay needs a number in (0, 1]", |&f| {
+                    f > 0.0 && f <= 1.0
+                })?
             }
             // cargo bench passes --bench to every bench target.
             "--bench" => {}
@@ -117,4 +95,16 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// The next argument as a `T` that `valid` accepts, or `error`.
+fn value<T: std::str::FromStr>(
+    it: &mut impl Iterator<Item = String>,
+    error: &str,
+    valid: impl Fn(&T) -> bool,
+) -> Result<T, String> {
+    it.next()
+        .and_then(|s| s.parse().ok())
+        .filter(|v| valid(v))
+        .ok_or_else(|| error.to_string())
 }

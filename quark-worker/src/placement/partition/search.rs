@@ -120,14 +120,10 @@ impl<'p> Search<'p> {
                 }
                 let (mut local, mut total) = (0.0, 0.0);
                 for &(u, w) in &self.problem.adjacency[v] {
-                    match self.assign[u as usize] {
-                        UNPLACED => {}
-                        b => {
-                            total += w;
-                            if b == at {
-                                local += w;
-                            }
-                        }
+                    let b = self.assign[u as usize];
+                    if b != UNPLACED {
+                        total += w;
+                        local += if b == at { w } else { 0.0 };
                     }
                 }
                 if total == 0.0 { 0.0 } else { local / total }
@@ -222,8 +218,9 @@ impl<'p> Search<'p> {
     }
 
     /// The least gain that justifies moving `members` together: [`Options::min_gain`] per
-    /// member (whole: a group carries its own evidence), and [`Options::min_relative_gain`] of what the edges they touch cost now, each
-    /// edge once (an edge between two members is one message stream, not two).
+    /// member (whole: a group carries its own evidence), and [`Options::min_relative_gain`] of
+    /// what the edges they touch cost now, each edge once (an edge between two members is one
+    /// message stream, not two).
     fn needed_for_group(&self, members: &[u32]) -> f64 {
         let mut sorted = members.to_vec();
         sorted.sort_unstable();
